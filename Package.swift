@@ -1,0 +1,48 @@
+// swift-tools-version: 6.1
+// Rampart: security-group enforcement for hypervisors, programmed into nftables over netlink.
+import PackageDescription
+
+let package = Package(
+    name: "Rampart",
+    platforms: [.macOS(.v13)],
+    products: [
+        .library(name: "RampartNetlink", targets: ["RampartNetlink"]),
+        .library(name: "RampartCore", targets: ["RampartCore"]),
+        .executable(name: "rampart-bench", targets: ["rampart-bench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/x-sheep/swift-property-based.git", from: "2.0.1"),
+    ],
+    targets: [
+        // C shim over libnftnl/libmnl: only what Swift cannot import directly (macros,
+        // attribute iteration, the batch-begin message with a generation id).
+        .target(
+            name: "CNetfilter",
+            path: "CShims",
+            linkerSettings: [.linkedLibrary("nftnl"), .linkedLibrary("mnl")]
+        ),
+        // Typed nftables objects and batches, sent over netlink; no process is ever started.
+        .target(name: "RampartNetlink", dependencies: ["CNetfilter"]),
+        // The pure core: document, validation, model, compiler, differ, events, fan-out.
+        .target(name: "RampartCore"),
+        // Network-namespace fixtures for tests, benchmarks and the demo (uses `ip`, never on
+        // Rampart's own kernel path).
+        .target(name: "RampartHarness"),
+        .executableTarget(
+            name: "rampart-bench",
+            dependencies: [
+                "RampartNetlink", "RampartCore", "RampartHarness",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .testTarget(name: "RampartNetlinkTests", dependencies: ["RampartNetlink", "RampartHarness"]),
+        .testTarget(
+            name: "RampartCoreTests",
+            dependencies: [
+                "RampartCore",
+                .product(name: "PropertyBased", package: "swift-property-based"),
+            ]
+        ),
+    ]
+)

@@ -1,0 +1,1 @@
+/// RampartCore: the desired-state document, validation, model, compiler, differ and events.

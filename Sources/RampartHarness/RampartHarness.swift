@@ -1,0 +1,1 @@
+/// RampartHarness: network-namespace fixtures for tests, benchmarks and the demo.
