@@ -1,0 +1,52 @@
+import Foundation
+
+/// A network namespace made for one test (or benchmark) and removed when it is released.
+/// Names carry the process id and a counter, so parallel tests never share one, and the
+/// machine's own namespace is never the target.
+public final class TestNamespace: Sendable {
+    public let name: String
+    private static let counter = Counter()
+
+    /// Creates `rt-<prefix>-<pid>-<n>` (with loopback up).
+    public init(prefix: String = "t") throws {
+        name = "rt-\(prefix)-\(getpid())-\(Self.counter.next())"
+        try runCommand(["ip", "netns", "add", name], check: true)
+        try runCommand(["ip", "-n", name, "link", "set", "lo", "up"], check: true)
+    }
+
+    deinit {
+        _ = try? runCommand(["ip", "netns", "del", name])
+    }
+
+    /// Runs a command inside the namespace.
+    @discardableResult
+    public func run(_ arguments: [String], input: String? = nil, check: Bool = false) throws -> CommandResult {
+        try runCommand(["ip", "netns", "exec", name] + arguments, input: input, check: check)
+    }
+
+    /// `nft` inside the namespace (the test oracle).
+    @discardableResult
+    public func nft(_ arguments: String..., input: String? = nil, check: Bool = true) throws -> CommandResult {
+        try run(["nft"] + arguments, input: input, check: check)
+    }
+
+    /// `nft -j list ruleset` parsed: the list of objects under `nftables`.
+    public func nftJSON() throws -> [[String: Any]] {
+        let out = try nft("-j", "list", "ruleset").stdout
+        guard let top = try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any],
+              let items = top["nftables"] as? [[String: Any]] else {
+            throw HarnessError("unexpected nft -j output: \(out.prefix(200))")
+        }
+        return items
+    }
+}
+
+private final class Counter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = 0
+    func next() -> Int {
+        lock.lock(); defer { lock.unlock() }
+        value += 1
+        return value
+    }
+}

@@ -1,1 +1,0 @@
-/// RampartHarness: network-namespace fixtures for tests, benchmarks and the demo.

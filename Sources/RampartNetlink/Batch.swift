@@ -1,0 +1,67 @@
+/// One operation of a batch. A batch of operations is one nftables transaction: the kernel
+/// commits all of them or none.
+public enum Operation: Sendable, Hashable, CustomStringConvertible {
+    /// Create a table (no error if it exists, like `nft add table`).
+    case addTable(Table)
+    /// Delete a table with everything in it.
+    case deleteTable(family: Family, name: String)
+    /// Create a chain (no error if it exists; a base chain's policy is updated).
+    case addChain(Chain)
+    /// Delete a chain: it must be empty of references (jumps, map elements) by the end of the batch.
+    case deleteChain(family: Family, table: String, name: String)
+    /// Remove every rule of a chain.
+    case flushChain(family: Family, table: String, name: String)
+    /// Append a rule to its chain.
+    case addRule(Rule)
+    /// Create a set or map (no error if it exists with the same definition).
+    case addSet(SetDefinition)
+    /// Delete a set or map: no rule may still use it.
+    case deleteSet(family: Family, table: String, name: String)
+    /// Remove every element of a set or map.
+    case flushSet(family: Family, table: String, name: String)
+    /// Add elements to a set or map; adding an element that exists is not an error.
+    /// Large lists are split over several messages of the same batch.
+    case addElements(family: Family, table: String, set: String, elements: [SetElement])
+    /// Delete elements; deleting one that does not exist is an error (ENOENT).
+    case deleteElements(family: Family, table: String, set: String, elements: [SetElement])
+
+    /// A short name of the object the operation acts on, for errors and logs.
+    public var description: String {
+        switch self {
+        case .addTable(let t): "add table \(t.family) \(t.name)"
+        case .deleteTable(let f, let n): "delete table \(f) \(n)"
+        case .addChain(let c): "add chain \(c.family) \(c.table) \(c.name)"
+        case .deleteChain(let f, let t, let n): "delete chain \(f) \(t) \(n)"
+        case .flushChain(let f, let t, let n): "flush chain \(f) \(t) \(n)"
+        case .addRule(let r):
+            "add rule \(r.family) \(r.table) \(r.chain)" + (r.comment.map { " (comment \"\($0)\")" } ?? "")
+        case .addSet(let s): "add \(s.isVerdictMap ? "map" : "set") \(s.family) \(s.table) \(s.name)"
+        case .deleteSet(let f, let t, let n): "delete set \(f) \(t) \(n)"
+        case .flushSet(let f, let t, let n): "flush set \(f) \(t) \(n)"
+        case .addElements(let f, let t, let s, let e): "add element \(f) \(t) \(s) (\(e.count) elements)"
+        case .deleteElements(let f, let t, let s, let e): "delete element \(f) \(t) \(s) (\(e.count) elements)"
+        }
+    }
+}
+
+/// An ordered list of operations sent as one transaction (one `sendmsg`).
+public struct Batch: Sendable, Hashable {
+    public var operations: [Operation]
+
+    public init(_ operations: [Operation] = []) { self.operations = operations }
+
+    public mutating func append(_ op: Operation) { operations.append(op) }
+    public mutating func append(contentsOf ops: [Operation]) { operations.append(contentsOf: ops) }
+
+    public var isEmpty: Bool { operations.isEmpty }
+}
+
+/// What a successful commit reports.
+public struct CommitResult: Sendable, Hashable {
+    /// The ruleset generation after this commit (the kernel echoes it).
+    public var generation: UInt32
+    /// Netlink messages sent (operations plus element-list splits), batch begin/end excluded.
+    public var messages: Int
+    /// Bytes in the one datagram sent.
+    public var bytes: Int
+}

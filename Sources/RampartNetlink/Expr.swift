@@ -1,0 +1,239 @@
+/// nftables expressions: the kernel's instruction set for rules.
+///
+/// `Expr` mirrors the kernel's expressions one to one (what `nft --debug=netlink` shows),
+/// so a rule read back compares equal to the rule written. `Match` builds the common matches
+/// (interface names, addresses, ports, conntrack state, set lookups) out of them, emitting the
+/// same bytecode `nft` emits so that `nft list ruleset` prints them as the matches they are.
+
+/// Registers. `verdict` receives verdicts (and vmap results); `r1`...`r4` are 128-bit data
+/// registers, enough for an interface name or an IPv6 address.
+public enum Register: UInt32, Sendable, Hashable {
+    case verdict = 0, r1 = 1, r2 = 2, r3 = 3, r4 = 4
+}
+
+/// `meta` keys Rampart uses (`NFT_META_*`).
+public enum MetaKey: UInt32, Sendable, Hashable {
+    case length = 0, nfproto = 15, l4proto = 16, iifname = 6, oifname = 7, iiftype = 8, oiftype = 9
+    case mark = 3, iif = 4, oif = 5
+}
+
+/// `ct` keys Rampart uses (`NFT_CT_*`).
+public enum CtKey: UInt32, Sendable, Hashable {
+    case state = 0, direction = 1, status = 2, mark = 3
+}
+
+/// Where a payload offset counts from (`NFT_PAYLOAD_*_HEADER`).
+public enum PayloadBase: UInt32, Sendable, Hashable {
+    case linkLayer = 0, network = 1, transport = 2
+}
+
+/// Comparison operators of `cmp` and `range` (`NFT_CMP_*`).
+public enum CmpOp: UInt32, Sendable, Hashable {
+    case eq = 0, neq = 1, lt = 2, lte = 3, gt = 4, gte = 5
+}
+
+/// One kernel expression.
+public enum Expr: Sendable, Hashable {
+    /// Load packet metadata into `dreg`.
+    case meta(key: MetaKey, dreg: Register)
+    /// Compare `sreg` with `data`; a false comparison ends the rule.
+    case cmp(sreg: Register, op: CmpOp, data: [UInt8])
+    /// Load `length` bytes at `offset` from a header into `dreg`.
+    case payload(base: PayloadBase, offset: UInt32, length: UInt32, dreg: Register)
+    /// `dreg = (sreg & mask) ^ xor` over `mask.count` bytes.
+    case bitwise(sreg: Register, dreg: Register, mask: [UInt8], xor: [UInt8])
+    /// `from <= sreg <= to` (op eq) or its negation (op neq).
+    case range(sreg: Register, op: CmpOp, from: [UInt8], to: [UInt8])
+    /// Look `sreg` up in a named set. With `dreg` (`.verdict` for a vmap) the map's value is
+    /// loaded; otherwise a miss (or, when `inverted`, a hit) ends the rule.
+    case lookup(set: String, sreg: Register, dreg: Register?, inverted: Bool)
+    /// Load conntrack data into `dreg`.
+    case ct(key: CtKey, dreg: Register)
+    /// Count packets and bytes. Values are ignored when writing a new rule's counter as 0.
+    case counter(packets: UInt64, bytes: UInt64)
+    /// Set the verdict.
+    case verdict(Verdict)
+    /// Read back only: an expression Rampart does not write (someone else's), by kernel name.
+    case foreign(String)
+
+    /// The kernel's expression name.
+    public var kind: String {
+        switch self {
+        case .meta: "meta"
+        case .cmp: "cmp"
+        case .payload: "payload"
+        case .bitwise: "bitwise"
+        case .range: "range"
+        case .lookup: "lookup"
+        case .ct: "ct"
+        case .counter: "counter"
+        case .verdict: "immediate"
+        case .foreign(let name): name
+        }
+    }
+
+    /// Names of the sets this expression refers to.
+    public var referencedSet: String? {
+        if case .lookup(let set, _, _, _) = self { return set }
+        return nil
+    }
+
+    /// The chain a jump/goto verdict refers to.
+    public var referencedChain: String? {
+        if case .verdict(let v) = self { return v.target }
+        return nil
+    }
+}
+
+/// `ct state` bits (`NF_CT_STATE_*_BIT`).
+public struct CtState: OptionSet, Sendable, Hashable {
+    public let rawValue: UInt32
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+    public static let invalid = CtState(rawValue: 1)
+    public static let established = CtState(rawValue: 2)
+    public static let related = CtState(rawValue: 4)
+    public static let new = CtState(rawValue: 8)
+    public static let untracked = CtState(rawValue: 64)
+}
+
+/// Builders of common matches, each the bytecode nft itself generates for that match, so
+/// `nft list ruleset` prints it back as the same match (e.g. `iifname "tap0"`,
+/// `ip saddr 10.0.0.0/8`, `tcp dport 22`, `ct state established,related`).
+public enum Match {
+    /// Interface names are compared as 16 NUL-padded bytes (`IFNAMSIZ`), as nft does.
+    public static func ifnameBytes(_ name: String) -> [UInt8] {
+        var bytes = Array(name.utf8.prefix(15))
+        bytes += [UInt8](repeating: 0, count: 16 - bytes.count)
+        return bytes
+    }
+
+    /// `iifname "NAME"` / `oifname "NAME"` (or `!=` when `equal` is false).
+    public static func interface(_ key: MetaKey, _ name: String, equal: Bool = true) -> [Expr] {
+        [.meta(key: key, dreg: .r1), .cmp(sreg: .r1, op: equal ? .eq : .neq, data: ifnameBytes(name))]
+    }
+
+    /// `meta nfproto ipv4|ipv6`.
+    public static func nfproto(_ family: Family) -> [Expr] {
+        [.meta(key: .nfproto, dreg: .r1), .cmp(sreg: .r1, op: .eq, data: [family.rawValue])]
+    }
+
+    /// `meta l4proto N`.
+    public static func l4proto(_ proto: UInt8) -> [Expr] {
+        [.meta(key: .l4proto, dreg: .r1), .cmp(sreg: .r1, op: .eq, data: [proto])]
+    }
+
+    /// Source or destination address field of IPv4 or IPv6 (offset and length in the header).
+    public enum AddressField: Sendable {
+        case source, destination
+        func location(ipv6: Bool) -> (offset: UInt32, length: UInt32) {
+            switch (self, ipv6) {
+            case (.source, false): (12, 4)
+            case (.destination, false): (16, 4)
+            case (.source, true): (8, 16)
+            case (.destination, true): (24, 16)
+            }
+        }
+    }
+
+    /// `ip saddr A/len` or `ip6 daddr A/len` (with the family check nft adds in the inet family).
+    /// A full-length prefix is an exact compare; a shorter one masks first; /0 only checks
+    /// the family. `equal: false` negates the comparison (`!=`).
+    public static func address(_ field: AddressField, _ address: [UInt8], prefixLength: Int? = nil,
+                               equal: Bool = true) -> [Expr] {
+        let ipv6 = address.count == 16
+        precondition(address.count == 4 || address.count == 16, "address must be 4 or 16 bytes")
+        let bits = prefixLength ?? address.count * 8
+        var out = nfproto(ipv6 ? .ipv6 : .ipv4)
+        guard bits > 0 else { return out }
+        let (offset, length) = field.location(ipv6: ipv6)
+        if bits == address.count * 8 {
+            out += [.payload(base: .network, offset: offset, length: length, dreg: .r1),
+                    .cmp(sreg: .r1, op: equal ? .eq : .neq, data: address)]
+            return out
+        }
+        // nft loads only the bytes the prefix covers when it ends on a byte boundary, and
+        // masks the last partial byte otherwise.
+        let bytes = (bits + 7) / 8
+        out.append(.payload(base: .network, offset: offset, length: UInt32(bytes), dreg: .r1))
+        if bits % 8 != 0 {
+            var mask = [UInt8](repeating: 0xff, count: bytes)
+            mask[bytes - 1] = UInt8(truncatingIfNeeded: 0xff << (8 - bits % 8))
+            out.append(.bitwise(sreg: .r1, dreg: .r1, mask: mask, xor: [UInt8](repeating: 0, count: bytes)))
+        }
+        out.append(.cmp(sreg: .r1, op: equal ? .eq : .neq, data: Array(address.prefix(bytes))))
+        return out
+    }
+
+    /// `ip saddr @set` / `ip6 daddr != @set`.
+    public static func address(_ field: AddressField, ipv6: Bool, inSet set: String, inverted: Bool = false) -> [Expr] {
+        let (offset, length) = field.location(ipv6: ipv6)
+        return nfproto(ipv6 ? .ipv6 : .ipv4) + [
+            .payload(base: .network, offset: offset, length: length, dreg: .r1),
+            .lookup(set: set, sreg: .r1, dreg: nil, inverted: inverted),
+        ]
+    }
+
+    /// `iifname @set` / `oifname != @set`.
+    public static func interface(_ key: MetaKey, inSet set: String, inverted: Bool = false) -> [Expr] {
+        [.meta(key: key, dreg: .r1), .lookup(set: set, sreg: .r1, dreg: nil, inverted: inverted)]
+    }
+
+    /// `iifname vmap @map` / `oifname vmap @map`.
+    public static func interfaceVerdictMap(_ key: MetaKey, map: String) -> [Expr] {
+        [.meta(key: key, dreg: .r1), .lookup(set: map, sreg: .r1, dreg: .verdict, inverted: false)]
+    }
+
+    /// `tcp dport 22` / `udp sport 1000-2000`: the protocol check, then the port (or range).
+    public static func port(protocol proto: UInt8, destination: Bool, _ ports: ClosedRange<UInt16>) -> [Expr] {
+        l4proto(proto) + transportPort(destination: destination, ports)
+    }
+
+    /// `th dport N` (or a range): the port field of TCP, UDP and SCTP alike, without a
+    /// protocol check (the caller adds one).
+    public static func transportPort(destination: Bool, _ ports: ClosedRange<UInt16>) -> [Expr] {
+        let load = Expr.payload(base: .transport, offset: destination ? 2 : 0, length: 2, dreg: .r1)
+        if ports.lowerBound == ports.upperBound {
+            return [load, .cmp(sreg: .r1, op: .eq, data: be16(ports.lowerBound))]
+        }
+        return [load, .range(sreg: .r1, op: .eq, from: be16(ports.lowerBound), to: be16(ports.upperBound))]
+    }
+
+    /// `icmp type T [code C]` (IPv4, protocol 1) or `icmpv6 type ...` (protocol 58). A type
+    /// range (`icmpv6 type 133-136`) uses a `range` expression.
+    public static func icmp(v6: Bool, types: ClosedRange<UInt8>, code: UInt8? = nil) -> [Expr] {
+        var out = l4proto(v6 ? 58 : 1)
+        out.append(.payload(base: .transport, offset: 0, length: 1, dreg: .r1))
+        if types.lowerBound == types.upperBound {
+            out.append(.cmp(sreg: .r1, op: .eq, data: [types.lowerBound]))
+        } else {
+            out.append(.range(sreg: .r1, op: .eq, from: [types.lowerBound], to: [types.upperBound]))
+        }
+        if let code {
+            out += [.payload(base: .transport, offset: 1, length: 1, dreg: .r1), .cmp(sreg: .r1, op: .eq, data: [code])]
+        }
+        return out
+    }
+
+    /// `ct state established,related` (any of the given states).
+    public static func ctState(_ states: CtState) -> [Expr] {
+        [.ct(key: .state, dreg: .r1),
+         .bitwise(sreg: .r1, dreg: .r1, mask: le32(states.rawValue), xor: [0, 0, 0, 0]),
+         .cmp(sreg: .r1, op: .neq, data: [0, 0, 0, 0])]
+    }
+
+    /// `ether saddr != MAC` (with the `meta iiftype ether` check nft adds).
+    public static func etherSource(_ mac: [UInt8], equal: Bool = true) -> [Expr] {
+        precondition(mac.count == 6, "a MAC address has 6 bytes")
+        return [.meta(key: .iiftype, dreg: .r1), .cmp(sreg: .r1, op: .eq, data: [1, 0]),
+                .payload(base: .linkLayer, offset: 6, length: 6, dreg: .r1),
+                .cmp(sreg: .r1, op: equal ? .eq : .neq, data: mac)]
+    }
+
+    /// A fresh counter.
+    public static let counter: [Expr] = [.counter(packets: 0, bytes: 0)]
+
+    static func be16(_ v: UInt16) -> [UInt8] { [UInt8(v >> 8), UInt8(v & 0xff)] }
+    /// ct state and meta iiftype are host-endian registers; this project runs on little-endian
+    /// Linux (x86_64, aarch64).
+    static func le32(_ v: UInt32) -> [UInt8] { withUnsafeBytes(of: v.littleEndian) { Array($0) } }
+}

@@ -1,0 +1,237 @@
+/// The nftables objects Rampart writes and reads back, as plain values.
+///
+/// They mirror what the kernel stores (not nft's syntax), so a table read back over netlink
+/// compares equal to the values that created it.
+
+/// An nftables address family (`NFPROTO_*`).
+public enum Family: UInt8, Sendable, Hashable, CaseIterable, CustomStringConvertible {
+    case inet = 1, ipv4 = 2, arp = 3, netdev = 5, bridge = 7, ipv6 = 10
+
+    public var description: String {
+        switch self {
+        case .inet: "inet"
+        case .ipv4: "ip"
+        case .arp: "arp"
+        case .netdev: "netdev"
+        case .bridge: "bridge"
+        case .ipv6: "ip6"
+        }
+    }
+}
+
+/// A table. Rampart owns one (`inet rampart`) and never touches any other.
+public struct Table: Sendable, Hashable {
+    public var family: Family
+    public var name: String
+    /// `NFT_TABLE_F_*` bits (dormant 0x1, owner 0x2, persist 0x4).
+    public var flags: UInt32
+    /// Opaque userdata stored with the table (nft keeps a comment there).
+    public var userData: [UInt8]
+
+    public init(family: Family, name: String, flags: UInt32 = 0, userData: [UInt8] = []) {
+        self.family = family
+        self.name = name
+        self.flags = flags
+        self.userData = userData
+    }
+}
+
+/// Netfilter hooks a base chain can attach to (`NF_INET_*`).
+public enum Hook: UInt32, Sendable, Hashable, CaseIterable, CustomStringConvertible {
+    case prerouting = 0, input = 1, forward = 2, output = 3, postrouting = 4
+
+    public var description: String {
+        switch self {
+        case .prerouting: "prerouting"
+        case .input: "input"
+        case .forward: "forward"
+        case .output: "output"
+        case .postrouting: "postrouting"
+        }
+    }
+}
+
+/// What a base chain does with a packet that no rule decided.
+public enum ChainPolicy: UInt32, Sendable, Hashable {
+    case drop = 0, accept = 1
+}
+
+/// The attachment of a base chain: type, hook, priority and policy.
+public struct BaseChainSpec: Sendable, Hashable {
+    /// `filter`, `nat` or `route`.
+    public var type: String
+    public var hook: Hook
+    public var priority: Int32
+    public var policy: ChainPolicy
+
+    public init(type: String = "filter", hook: Hook, priority: Int32, policy: ChainPolicy = .accept) {
+        self.type = type
+        self.hook = hook
+        self.priority = priority
+        self.policy = policy
+    }
+}
+
+/// A chain: a base chain when `base` is set, a regular chain (reached by jump/goto) otherwise.
+public struct Chain: Sendable, Hashable {
+    public var family: Family
+    public var table: String
+    public var name: String
+    public var base: BaseChainSpec?
+    /// Opaque userdata (Rampart stores a content hash here).
+    public var userData: [UInt8]
+
+    public init(family: Family, table: String, name: String, base: BaseChainSpec? = nil, userData: [UInt8] = []) {
+        self.family = family
+        self.table = table
+        self.name = name
+        self.base = base
+        self.userData = userData
+    }
+}
+
+/// A verdict: ends a rule's evaluation (accept, drop, ...) or moves to another chain.
+public enum Verdict: Sendable, Hashable, CustomStringConvertible {
+    case accept, drop, `return`, `continue`
+    case jump(String)
+    case goto(String)
+
+    /// The kernel's verdict code (`NF_ACCEPT`, `NF_DROP`, `NFT_JUMP`, ...).
+    var code: Int32 {
+        switch self {
+        case .drop: 0
+        case .accept: 1
+        case .continue: -1
+        case .return: -5
+        case .jump: -3
+        case .goto: -4
+        }
+    }
+
+    /// The chain a jump or goto leads to.
+    public var target: String? {
+        switch self {
+        case .jump(let c), .goto(let c): c
+        default: nil
+        }
+    }
+
+    init?(code: Int32, chain: String?) {
+        switch code {
+        case 0: self = .drop
+        case 1: self = .accept
+        case -1: self = .continue
+        case -5: self = .return
+        case -3: guard let chain else { return nil }; self = .jump(chain)
+        case -4: guard let chain else { return nil }; self = .goto(chain)
+        default: return nil
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .accept: "accept"
+        case .drop: "drop"
+        case .return: "return"
+        case .continue: "continue"
+        case .jump(let c): "jump \(c)"
+        case .goto(let c): "goto \(c)"
+        }
+    }
+}
+
+/// The key types Rampart uses for sets and maps. The raw values are nft's datatype ids,
+/// which nft needs in the set's key type to print elements (confirmed by reading back sets
+/// that nft itself created: see the netlink tests).
+public enum SetKeyType: UInt32, Sendable, Hashable, CaseIterable {
+    case ipv4Address = 7
+    case ipv6Address = 8
+    case inetService = 13
+    case ifname = 41
+
+    /// Key length in bytes.
+    public var length: UInt32 {
+        switch self {
+        case .ipv4Address: 4
+        case .ipv6Address: 16
+        case .inetService: 2
+        case .ifname: 16
+        }
+    }
+}
+
+/// A named set, or a verdict map when `isVerdictMap` is set.
+public struct SetDefinition: Sendable, Hashable {
+    public var family: Family
+    public var table: String
+    public var name: String
+    public var keyType: SetKeyType
+    /// Interval set: elements are ranges (prefixes) rather than single keys.
+    public var isInterval: Bool
+    /// A map whose values are verdicts (`ifname : verdict`, used with `vmap`).
+    public var isVerdictMap: Bool
+    /// Opaque userdata (Rampart stores a content hash here).
+    public var userData: [UInt8]
+
+    public init(family: Family, table: String, name: String, keyType: SetKeyType,
+                isInterval: Bool = false, isVerdictMap: Bool = false, userData: [UInt8] = []) {
+        self.family = family
+        self.table = table
+        self.name = name
+        self.keyType = keyType
+        self.isInterval = isInterval
+        self.isVerdictMap = isVerdictMap
+        self.userData = userData
+    }
+
+    /// `NFT_SET_*` flags for the kernel.
+    var kernelFlags: UInt32 {
+        var f: UInt32 = 0
+        if isInterval { f |= 0x4 }     // NFT_SET_INTERVAL
+        if isVerdictMap { f |= 0x8 }   // NFT_SET_MAP
+        return f
+    }
+}
+
+/// One element of a set or map.
+///
+/// For an interval set, a prefix is stored by the kernel as a half-open range: an element at
+/// its first address and an "interval end" element at the address after its last. `rangeEnd`
+/// is that exclusive end; `nil` means the range runs to the end of the key space.
+public struct SetElement: Sendable, Hashable {
+    public var key: [UInt8]
+    public var rangeEnd: [UInt8]?
+    /// For a verdict map: the element's verdict.
+    public var verdict: Verdict?
+
+    public init(key: [UInt8], rangeEnd: [UInt8]? = nil, verdict: Verdict? = nil) {
+        self.key = key
+        self.rangeEnd = rangeEnd
+        self.verdict = verdict
+    }
+}
+
+/// A rule: a sequence of expressions evaluated in order, with userdata for comments and tags.
+public struct Rule: Sendable, Hashable {
+    public var family: Family
+    public var table: String
+    public var chain: String
+    public var expressions: [Expr]
+    /// Shown by `nft list ruleset` as `comment "..."`.
+    public var comment: String?
+    /// A private tag (Rampart stores a content hash); nft ignores it.
+    public var tag: [UInt8]?
+    /// The kernel's handle, filled in on read-back only.
+    public var handle: UInt64?
+
+    public init(family: Family, table: String, chain: String, expressions: [Expr],
+                comment: String? = nil, tag: [UInt8]? = nil, handle: UInt64? = nil) {
+        self.family = family
+        self.table = table
+        self.chain = chain
+        self.expressions = expressions
+        self.comment = comment
+        self.tag = tag
+        self.handle = handle
+    }
+}
