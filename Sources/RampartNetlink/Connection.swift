@@ -41,6 +41,11 @@ public final class NFTablesConnection: NFTablesClient {
         try socket.setReceiveTimeout(seconds: 10)
     }
 
+    /// Test hook: a tiny receive buffer makes the kernel drop replies (ENOBUFS).
+    func shrinkReceiveBufferForTesting(bytes: Int32) throws(NetlinkError) {
+        try socket.setReceiveBufferForTesting(bytes)
+    }
+
     // MARK: generation
 
     public func generation() throws(NetlinkError) -> UInt32 {
@@ -153,7 +158,7 @@ public final class NFTablesConnection: NFTablesClient {
     private func readTableOnce(family: Family, name: String) throws(NetlinkError) -> TableSnapshot? {
         var table: Table?
         do {
-            try request(NFT_MSG_GETTABLE.rawValue, family: family, dump: false, payload: { (nlh) throws(NetlinkError) in
+            _ = try request(NFT_MSG_GETTABLE.rawValue, family: family, dump: false, payload: { (nlh) throws(NetlinkError) in
                 let t = try NftnlTable(Table(family: family, name: name))
                 nftnl_table_nlmsg_build_payload(nlh, t.pointer)
             }) { (nlh) throws(NetlinkError) in table = try Decode.table(nlh) }
@@ -163,7 +168,7 @@ public final class NFTablesConnection: NFTablesClient {
         }
         guard let table else { return nil }
         var snapshot = TableSnapshot(table: table)
-        try request(NFT_MSG_GETCHAIN.rawValue, family: family, dump: true, payload: { (nlh) throws(NetlinkError) in
+        _ = try request(NFT_MSG_GETCHAIN.rawValue, family: family, dump: true, payload: { (nlh) throws(NetlinkError) in
             let c = try NftnlChain(Chain(family: family, table: name, name: "x"))
             nftnl_chain_unset(c.pointer, UInt16(NFTNL_CHAIN_NAME.rawValue))
             nftnl_chain_nlmsg_build_payload(nlh, c.pointer)
@@ -172,7 +177,7 @@ public final class NFTablesConnection: NFTablesClient {
             if c.table == name { snapshot.chains.append(c) }
         }
         for c in snapshot.chains { snapshot.rules[c.name] = [] }
-        try request(NFT_MSG_GETRULE.rawValue, family: family, dump: true, payload: { (nlh) throws(NetlinkError) in
+        _ = try request(NFT_MSG_GETRULE.rawValue, family: family, dump: true, payload: { (nlh) throws(NetlinkError) in
             let r = try NftnlRule(Rule(family: family, table: name, chain: "x", expressions: []))
             nftnl_rule_unset(r.pointer, UInt16(NFTNL_RULE_CHAIN.rawValue))
             nftnl_rule_nlmsg_build_payload(nlh, r.pointer)
@@ -180,7 +185,7 @@ public final class NFTablesConnection: NFTablesClient {
             let r = try Decode.rule(nlh)
             if r.table == name { snapshot.rules[r.chain, default: []].append(r) }
         }
-        try request(NFT_MSG_GETSET.rawValue, family: family, dump: true, payload: { (nlh) throws(NetlinkError) in
+        _ = try request(NFT_MSG_GETSET.rawValue, family: family, dump: true, payload: { (nlh) throws(NetlinkError) in
             let s = try NftnlSet(family: family, table: name, name: "x")
             nftnl_set_unset(s.pointer, UInt16(NFTNL_SET_NAME.rawValue))
             nftnl_set_nlmsg_build_payload(nlh, s.pointer)
@@ -189,16 +194,35 @@ public final class NFTablesConnection: NFTablesClient {
             if s.table == name { snapshot.sets.append(s) }
         }
         for s in snapshot.sets {
-            var raw: [(key: [UInt8], isEnd: Bool, verdict: Verdict?)] = []
-            try request(NFT_MSG_GETSETELEM.rawValue, family: family, dump: true, payload: { (nlh) throws(NetlinkError) in
-                let obj = try NftnlSet(family: family, table: name, name: s.name)
-                nftnl_set_elems_nlmsg_build_payload(nlh, obj.pointer)
-            }) { (nlh) throws(NetlinkError) in try Decode.elements(nlh, into: &raw) }
-            snapshot.elements[s.name] = s.isInterval
-                ? Decode.intervals(raw)
-                : raw.map { SetElement(key: $0.key, verdict: $0.verdict) }
+            snapshot.elements[s.name] = try readElements(family: family, table: name, set: s)
         }
         return snapshot
+    }
+
+    /// Reads a set's elements. A dump larger than one datagram restarts the kernel's walk of the
+    /// set for every datagram; a hash set that is resizing meanwhile (it does so in the
+    /// background after growing) can then skip or repeat elements without flagging the dump as
+    /// interrupted. Such a dump is trusted only once a second one agrees with it.
+    private func readElements(family: Family, table: String, set s: SetDefinition) throws(NetlinkError) -> [SetElement] {
+        func once() throws(NetlinkError) -> (elements: [SetElement], datagrams: Int) {
+            var raw: [(key: [UInt8], isEnd: Bool, verdict: Verdict?)] = []
+            let datagrams = try request(NFT_MSG_GETSETELEM.rawValue, family: family, dump: true, payload: { (nlh) throws(NetlinkError) in
+                let obj = try NftnlSet(family: family, table: table, name: s.name)
+                nftnl_set_elems_nlmsg_build_payload(nlh, obj.pointer)
+            }) { (nlh) throws(NetlinkError) in try Decode.elements(nlh, into: &raw) }
+            let elements = s.isInterval ? Decode.intervals(raw) : raw.map { SetElement(key: $0.key, verdict: $0.verdict) }
+            return (elements, datagrams)
+        }
+        var (elements, datagrams) = try once()
+        var attempts = 0
+        while datagrams > 1 {
+            let again = try once()
+            if again.elements.count == elements.count && Set(again.elements) == Set(elements) { break }
+            attempts += 1
+            if attempts > 20 { throw .protocolError("elements of set \(s.name) kept changing while being read") }
+            (elements, datagrams) = again
+        }
+        return elements
     }
 
     /// Sends one GET request and calls `each` for every object in the reply (one object, or
@@ -206,7 +230,7 @@ public final class NFTablesConnection: NFTablesClient {
     /// the caller retries.
     private func request(_ type: UInt32, family: Family, dump: Bool,
                          payload: (UnsafeMutablePointer<nlmsghdr>) throws(NetlinkError) -> Void,
-                         each: (UnsafePointer<nlmsghdr>) throws(NetlinkError) -> Void) throws(NetlinkError) {
+                         each: (UnsafePointer<nlmsghdr>) throws(NetlinkError) -> Void) throws(NetlinkError) -> Int {
         let seq = socket.reserveSequence(1)
         try withScratch(4096) { (buf) throws(NetlinkError) in
             let flags = UInt16(dump ? NLM_F_DUMP : NLM_F_ACK)
@@ -217,7 +241,9 @@ public final class NFTablesConnection: NFTablesClient {
         }
         var done = false
         var interrupted = false
+        var datagrams = 0
         while !done {
+            datagrams += 1
             let got = try socket.receive(wait: true) { (nlh) throws(NetlinkError) in
                 guard nlh.pointee.nlmsg_seq == seq else { return }  // a stale reply to an earlier request
                 if nlh.pointee.nlmsg_flags & UInt16(NLM_F_DUMP_INTR) != 0 { interrupted = true }
@@ -236,6 +262,7 @@ public final class NFTablesConnection: NFTablesClient {
             if !got { throw .protocolError("no reply to netlink request \(type)") }
         }
         if interrupted { throw .protocolError("dump interrupted by a concurrent change") }
+        return datagrams
     }
 }
 

@@ -17,11 +17,11 @@ enum Decode {
         defer { nftnl_table_free(t) }
         guard nftnl_table_nlmsg_parse(nlh, t) >= 0 else { throw .protocolError("unparsable table message") }
         var len: UInt32 = 0
-        let ud = nftnl_table_get_data(t, UInt16(NFTNL_TABLE_USERDATA.rawValue), &len)
+        let ud = UserData.decode(bytes(nftnl_table_get_data(t, UInt16(NFTNL_TABLE_USERDATA.rawValue), &len), len))
         return Table(family: Family(rawValue: UInt8(nftnl_table_get_u32(t, UInt16(NFTNL_TABLE_FAMILY.rawValue)))) ?? .inet,
                      name: string(nftnl_table_get_str(t, UInt16(NFTNL_TABLE_NAME.rawValue))),
                      flags: nftnl_table_get_u32(t, UInt16(NFTNL_TABLE_FLAGS.rawValue)),
-                     userData: bytes(ud, len))
+                     comment: ud.comment, tag: ud.tag)
     }
 
     static func chain(_ nlh: UnsafePointer<nlmsghdr>) throws(NetlinkError) -> Chain {
@@ -37,11 +37,11 @@ enum Decode {
                                  policy: ChainPolicy(rawValue: nftnl_chain_get_u32(c, attr(NFTNL_CHAIN_POLICY))) ?? .accept)
         }
         var len: UInt32 = 0
-        let ud = nftnl_chain_get_data(c, attr(NFTNL_CHAIN_USERDATA), &len)
+        let ud = UserData.decode(bytes(nftnl_chain_get_data(c, attr(NFTNL_CHAIN_USERDATA), &len), len))
         return Chain(family: Family(rawValue: UInt8(nftnl_chain_get_u32(c, attr(NFTNL_CHAIN_FAMILY)))) ?? .inet,
                      table: string(nftnl_chain_get_str(c, attr(NFTNL_CHAIN_TABLE))),
                      name: string(nftnl_chain_get_str(c, attr(NFTNL_CHAIN_NAME))),
-                     base: base, userData: bytes(ud, len))
+                     base: base, comment: ud.comment, tag: ud.tag)
     }
 
     static func rule(_ nlh: UnsafePointer<nlmsghdr>) throws(NetlinkError) -> Rule {
@@ -58,7 +58,7 @@ enum Decode {
         }
         var len: UInt32 = 0
         let ud = nftnl_rule_get_data(r, attr(NFTNL_RULE_USERDATA), &len)
-        let (comment, tag) = RuleUserData.decode(bytes(ud, len))
+        let (comment, tag) = UserData.decode(bytes(ud, len))
         return Rule(family: Family(rawValue: UInt8(nftnl_rule_get_u32(r, attr(NFTNL_RULE_FAMILY)))) ?? .inet,
                     table: string(nftnl_rule_get_str(r, attr(NFTNL_RULE_TABLE))),
                     chain: string(nftnl_rule_get_str(r, attr(NFTNL_RULE_CHAIN))),
@@ -133,7 +133,7 @@ enum Decode {
         let flags = nftnl_set_get_u32(s, attr(NFTNL_SET_FLAGS))
         let keyType = nftnl_set_get_u32(s, attr(NFTNL_SET_KEY_TYPE))
         var len: UInt32 = 0
-        let ud = nftnl_set_get_data(s, attr(NFTNL_SET_USERDATA), &len)
+        let ud = UserData.decode(bytes(nftnl_set_get_data(s, attr(NFTNL_SET_USERDATA), &len), len), commentType: UserData.setCommentType)
         let name = string(nftnl_set_get_str(s, attr(NFTNL_SET_NAME)))
         guard let key = SetKeyType(rawValue: keyType) else {
             throw .protocolError("set \(name) has key type \(keyType), which Rampart does not use")
@@ -142,7 +142,7 @@ enum Decode {
                              table: string(nftnl_set_get_str(s, attr(NFTNL_SET_TABLE))),
                              name: name, keyType: key,
                              isInterval: flags & 0x4 != 0, isVerdictMap: flags & 0x8 != 0,
-                             userData: bytes(ud, len))
+                             comment: ud.comment, tag: ud.tag)
     }
 
     /// Elements of one NEWSETELEM message, as (key, interval-end flag, verdict).

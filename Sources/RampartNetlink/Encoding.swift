@@ -175,8 +175,9 @@ final class NftnlTable {
         try checkName(t.name, "table")
         nftnl_table_set_str(p, UInt16(NFTNL_TABLE_NAME.rawValue), t.name)
         if t.flags != 0 { nftnl_table_set_u32(p, UInt16(NFTNL_TABLE_FLAGS.rawValue), t.flags) }
-        if !t.userData.isEmpty {
-            t.userData.withUnsafeBytes { _ = nftnl_table_set_data(p, UInt16(NFTNL_TABLE_USERDATA.rawValue), $0.baseAddress, UInt32($0.count)) }
+        let udata = try UserData.encode(comment: t.comment, tag: t.tag)
+        if !udata.isEmpty {
+            udata.withUnsafeBytes { _ = nftnl_table_set_data(p, UInt16(NFTNL_TABLE_USERDATA.rawValue), $0.baseAddress, UInt32($0.count)) }
         }
     }
     deinit { nftnl_table_free(pointer) }
@@ -199,8 +200,9 @@ final class NftnlChain {
             nftnl_chain_set_s32(p, UInt16(NFTNL_CHAIN_PRIO.rawValue), base.priority)
             nftnl_chain_set_u32(p, UInt16(NFTNL_CHAIN_POLICY.rawValue), base.policy.rawValue)
         }
-        if !c.userData.isEmpty {
-            c.userData.withUnsafeBytes { _ = nftnl_chain_set_data(p, UInt16(NFTNL_CHAIN_USERDATA.rawValue), $0.baseAddress, UInt32($0.count)) }
+        let udata = try UserData.encode(comment: c.comment, tag: c.tag)
+        if !udata.isEmpty {
+            udata.withUnsafeBytes { _ = nftnl_chain_set_data(p, UInt16(NFTNL_CHAIN_USERDATA.rawValue), $0.baseAddress, UInt32($0.count)) }
         }
     }
     deinit { nftnl_chain_free(pointer) }
@@ -221,7 +223,7 @@ final class NftnlRule {
             // nftnl_rule_add_expr takes ownership of the expression.
             nftnl_rule_add_expr(p, try makeExpression(e))
         }
-        let udata = try RuleUserData.encode(comment: r.comment, tag: r.tag)
+        let udata = try UserData.encode(comment: r.comment, tag: r.tag)
         if !udata.isEmpty {
             udata.withUnsafeBytes { _ = nftnl_rule_set_data(p, UInt16(NFTNL_RULE_USERDATA.rawValue), $0.baseAddress, UInt32($0.count)) }
         }
@@ -254,9 +256,12 @@ final class NftnlSet {
             nftnl_set_set_u32(pointer, UInt16(NFTNL_SET_DATA_TYPE.rawValue), NFT_DATA_VERDICT.rawValue)
             nftnl_set_set_u32(pointer, UInt16(NFTNL_SET_DATA_LEN.rawValue), 0)
         }
-        if !d.userData.isEmpty {
-            d.userData.withUnsafeBytes { _ = nftnl_set_set_data(pointer, UInt16(NFTNL_SET_USERDATA.rawValue), $0.baseAddress, UInt32($0.count)) }
-        }
+        // nft needs the key's byte order to print elements (an ifname is a string, in host
+        // order; without this nft prints every name as "").
+        var order = UserData()
+        order.put(UserData.setKeyByteOrderType, withUnsafeBytes(of: d.keyType.nftByteOrder) { Array($0) })
+        let udata = try UserData.encode(comment: d.comment, commentType: UserData.setCommentType, tag: d.tag, prefix: order)
+        udata.withUnsafeBytes { _ = nftnl_set_set_data(pointer, UInt16(NFTNL_SET_USERDATA.rawValue), $0.baseAddress, UInt32($0.count)) }
     }
 
     /// Adds one element (two for a bounded interval: its start and its exclusive end).

@@ -151,17 +151,20 @@ public enum Match {
                     .cmp(sreg: .r1, op: equal ? .eq : .neq, data: address)]
             return out
         }
-        // nft loads only the bytes the prefix covers when it ends on a byte boundary, and
-        // masks the last partial byte otherwise.
-        let bytes = (bits + 7) / 8
-        out.append(.payload(base: .network, offset: offset, length: UInt32(bytes), dreg: .r1))
-        if bits % 8 != 0 {
-            var mask = [UInt8](repeating: 0xff, count: bytes)
-            mask[bytes - 1] = UInt8(truncatingIfNeeded: 0xff << (8 - bits % 8))
-            out.append(.bitwise(sreg: .r1, dreg: .r1, mask: mask, xor: [UInt8](repeating: 0, count: bytes)))
+        // nft's own encoding, which it prints back as a prefix: a prefix ending on a byte
+        // boundary loads and compares only the bytes it covers; any other loads the whole
+        // address and masks it.
+        if bits % 8 == 0 {
+            let bytes = bits / 8
+            return out + [.payload(base: .network, offset: offset, length: UInt32(bytes), dreg: .r1),
+                          .cmp(sreg: .r1, op: equal ? .eq : .neq, data: Array(address.prefix(bytes)))]
         }
-        out.append(.cmp(sreg: .r1, op: equal ? .eq : .neq, data: Array(address.prefix(bytes))))
-        return out
+        var mask = [UInt8](repeating: 0, count: address.count)
+        for bit in 0..<bits { mask[bit / 8] |= 0x80 >> UInt8(bit % 8) }
+        let masked = zip(address, mask).map { $0 & $1 }
+        return out + [.payload(base: .network, offset: offset, length: length, dreg: .r1),
+                      .bitwise(sreg: .r1, dreg: .r1, mask: mask, xor: [UInt8](repeating: 0, count: address.count)),
+                      .cmp(sreg: .r1, op: equal ? .eq : .neq, data: masked)]
     }
 
     /// `ip saddr @set` / `ip6 daddr != @set`.

@@ -25,14 +25,17 @@ public struct Table: Sendable, Hashable {
     public var name: String
     /// `NFT_TABLE_F_*` bits (dormant 0x1, owner 0x2, persist 0x4).
     public var flags: UInt32
-    /// Opaque userdata stored with the table (nft keeps a comment there).
-    public var userData: [UInt8]
+    /// Shown by nft as the table's comment.
+    public var comment: String?
+    /// A private tag kept in the table's userdata (nft ignores it).
+    public var tag: [UInt8]?
 
-    public init(family: Family, name: String, flags: UInt32 = 0, userData: [UInt8] = []) {
+    public init(family: Family, name: String, flags: UInt32 = 0, comment: String? = nil, tag: [UInt8]? = nil) {
         self.family = family
         self.name = name
         self.flags = flags
-        self.userData = userData
+        self.comment = comment
+        self.tag = tag
     }
 }
 
@@ -78,15 +81,19 @@ public struct Chain: Sendable, Hashable {
     public var table: String
     public var name: String
     public var base: BaseChainSpec?
-    /// Opaque userdata (Rampart stores a content hash here).
-    public var userData: [UInt8]
+    /// Shown by nft as the chain's comment.
+    public var comment: String?
+    /// A private tag kept in the chain's userdata (Rampart stores a content hash; nft ignores it).
+    public var tag: [UInt8]?
 
-    public init(family: Family, table: String, name: String, base: BaseChainSpec? = nil, userData: [UInt8] = []) {
+    public init(family: Family, table: String, name: String, base: BaseChainSpec? = nil,
+                comment: String? = nil, tag: [UInt8]? = nil) {
         self.family = family
         self.table = table
         self.name = name
         self.base = base
-        self.userData = userData
+        self.comment = comment
+        self.tag = tag
     }
 }
 
@@ -149,6 +156,15 @@ public enum SetKeyType: UInt32, Sendable, Hashable, CaseIterable {
     case inetService = 13
     case ifname = 41
 
+    /// nft's byte order of the key (1 host, 2 big endian), which nft needs in the set's
+    /// userdata to print elements: addresses and ports are network order, names are strings.
+    var nftByteOrder: UInt32 {
+        switch self {
+        case .ifname: 1
+        default: 2
+        }
+    }
+
     /// Key length in bytes.
     public var length: UInt32 {
         switch self {
@@ -170,18 +186,21 @@ public struct SetDefinition: Sendable, Hashable {
     public var isInterval: Bool
     /// A map whose values are verdicts (`ifname : verdict`, used with `vmap`).
     public var isVerdictMap: Bool
-    /// Opaque userdata (Rampart stores a content hash here).
-    public var userData: [UInt8]
+    /// Shown by nft as the set's comment.
+    public var comment: String?
+    /// A private tag kept in the set's userdata (nft ignores it).
+    public var tag: [UInt8]?
 
     public init(family: Family, table: String, name: String, keyType: SetKeyType,
-                isInterval: Bool = false, isVerdictMap: Bool = false, userData: [UInt8] = []) {
+                isInterval: Bool = false, isVerdictMap: Bool = false, comment: String? = nil, tag: [UInt8]? = nil) {
         self.family = family
         self.table = table
         self.name = name
         self.keyType = keyType
         self.isInterval = isInterval
         self.isVerdictMap = isVerdictMap
-        self.userData = userData
+        self.comment = comment
+        self.tag = tag
     }
 
     /// `NFT_SET_*` flags for the kernel.

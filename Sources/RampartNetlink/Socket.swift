@@ -118,6 +118,10 @@ final class NetlinkSocket {
         return true
     }
 
+    func setReceiveBufferForTesting(_ bytes: Int32) throws(NetlinkError) {
+        try setOption(SOL_SOCKET, SO_RCVBUFFORCE, bytes, "SO_RCVBUFFORCE")
+    }
+
     /// Sets a receive timeout so a lost reply to a request cannot hang the caller forever.
     func setReceiveTimeout(seconds: Int) throws(NetlinkError) {
         var tv = timeval(tv_sec: seconds, tv_usec: 0)

@@ -1,50 +1,72 @@
-/// Rule userdata: a list of TLVs (type byte, length byte, value), the format nft uses.
-/// nft shows type 0 as the rule's comment and ignores types it does not know, so Rampart
-/// keeps its private tag (a content hash) in a type of its own beside the comment.
-enum RuleUserData {
-    /// `NFTNL_UDATA_RULE_COMMENT`: a NUL-terminated string.
-    static let commentType: UInt8 = 0
+/// Userdata of tables, chains, sets and rules: TLVs (type byte, length byte, value), the
+/// format nft uses. nft shows its comment type as `comment "..."` and ignores types it does not
+/// know, so Rampart keeps a private tag (a content hash) in a type of its own beside it.
+struct UserData {
+    /// nft's comment type: 0 for tables, chains and rules (`NFTNL_UDATA_*_COMMENT`), 7 for sets.
+    static let ruleCommentType: UInt8 = 0
+    static let setCommentType: UInt8 = 7
+    /// `NFTNL_UDATA_SET_KEYBYTEORDER`: how nft should print a set's keys.
+    static let setKeyByteOrderType: UInt8 = 0
     /// Rampart's tag. High enough to stay clear of the types nft defines.
     static let tagType: UInt8 = 0xA5
     /// The kernel's limit on userdata (`NFT_USERDATA_MAXLEN`).
     static let maxLength = 256
-    /// nft refuses to print comments longer than this (`NFT_USERDATA_MAXLEN` / 2).
+    /// nft refuses comments longer than this, NUL included (`NFTNL_UDATA_COMMENT_MAXLEN`).
     static let maxCommentLength = 128
 
-    static func encode(comment: String?, tag: [UInt8]?) throws(NetlinkError) -> [UInt8] {
-        var out: [UInt8] = []
-        if let comment {
-            let bytes = Array(comment.utf8)
-            guard bytes.count < maxCommentLength, !bytes.contains(0) else {
-                throw .protocolError("rule comment is longer than \(maxCommentLength - 1) bytes or contains NUL: \(comment.prefix(40))…")
-            }
-            out += [commentType, UInt8(bytes.count + 1)] + bytes + [0]
-        }
-        if let tag {
-            guard tag.count <= 64 else { throw .protocolError("rule tag is longer than 64 bytes") }
-            out += [tagType, UInt8(tag.count)] + tag
-        }
-        guard out.count <= maxLength else { throw .protocolError("rule userdata exceeds \(maxLength) bytes") }
-        return out
+    var bytes: [UInt8] = []
+
+    mutating func put(_ type: UInt8, _ value: [UInt8]) {
+        bytes += [type, UInt8(value.count)] + value
     }
 
-    static func decode(_ bytes: [UInt8]) -> (comment: String?, tag: [UInt8]?) {
-        var comment: String?
-        var tag: [UInt8]?
+    mutating func putComment(_ comment: String?, type: UInt8) throws(NetlinkError) {
+        guard let comment else { return }
+        let utf8 = Array(comment.utf8)
+        guard utf8.count < Self.maxCommentLength, !utf8.contains(0) else {
+            throw .protocolError("comment is longer than \(Self.maxCommentLength - 1) bytes or contains NUL: \(comment.prefix(40))…")
+        }
+        put(type, utf8 + [0])
+    }
+
+    mutating func putTag(_ tag: [UInt8]?) throws(NetlinkError) {
+        guard let tag else { return }
+        guard tag.count <= 64 else { throw .protocolError("tag is longer than 64 bytes") }
+        put(Self.tagType, tag)
+    }
+
+    /// Builds comment + tag userdata, checking the kernel's size limit.
+    static func encode(comment: String?, commentType: UInt8 = ruleCommentType, tag: [UInt8]?,
+                       prefix: UserData = UserData()) throws(NetlinkError) -> [UInt8] {
+        var u = prefix
+        try u.putComment(comment, type: commentType)
+        try u.putTag(tag)
+        guard u.bytes.count <= maxLength else { throw .protocolError("userdata exceeds \(maxLength) bytes") }
+        return u.bytes
+    }
+
+    /// Every TLV, in order.
+    static func parse(_ bytes: [UInt8]) -> [(type: UInt8, value: [UInt8])] {
+        var out: [(UInt8, [UInt8])] = []
         var i = 0
         while i + 2 <= bytes.count {
             let type = bytes[i], len = Int(bytes[i + 1])
             guard i + 2 + len <= bytes.count else { break }
-            let value = Array(bytes[(i + 2)..<(i + 2 + len)])
-            switch type {
-            case commentType:
-                comment = String(decoding: value.prefix { $0 != 0 }, as: UTF8.self)
-            case tagType:
-                tag = value
-            default:
-                break
-            }
+            out.append((type, Array(bytes[(i + 2)..<(i + 2 + len)])))
             i += 2 + len
+        }
+        return out
+    }
+
+    static func decode(_ bytes: [UInt8], commentType: UInt8 = ruleCommentType) -> (comment: String?, tag: [UInt8]?) {
+        var comment: String?
+        var tag: [UInt8]?
+        for (type, value) in parse(bytes) {
+            if type == commentType {
+                comment = String(decoding: value.prefix { $0 != 0 }, as: UTF8.self)
+            } else if type == tagType {
+                tag = value
+            }
         }
         return (comment, tag)
     }
