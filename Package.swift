@@ -28,7 +28,7 @@ let package = Package(
         .target(name: "RampartCore"),
         // Network-namespace fixtures for tests, benchmarks and the demo (uses `ip`, never on
         // Rampart's own kernel path).
-        .target(name: "RampartHarness"),
+        .target(name: "RampartHarness", dependencies: ["RampartNetlink"]),
         .executableTarget(
             name: "rampart-bench",
             dependencies: [

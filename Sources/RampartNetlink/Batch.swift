@@ -1,6 +1,6 @@
 /// One operation of a batch. A batch of operations is one nftables transaction: the kernel
 /// commits all of them or none.
-public enum Operation: Sendable, Hashable, CustomStringConvertible {
+public enum BatchOperation: Sendable, Hashable, CustomStringConvertible {
     /// Create a table (no error if it exists, like `nft add table`).
     case addTable(Table)
     /// Delete a table with everything in it.
@@ -46,12 +46,12 @@ public enum Operation: Sendable, Hashable, CustomStringConvertible {
 
 /// An ordered list of operations sent as one transaction (one `sendmsg`).
 public struct Batch: Sendable, Hashable {
-    public var operations: [Operation]
+    public var operations: [BatchOperation]
 
-    public init(_ operations: [Operation] = []) { self.operations = operations }
+    public init(_ operations: [BatchOperation] = []) { self.operations = operations }
 
-    public mutating func append(_ op: Operation) { operations.append(op) }
-    public mutating func append(contentsOf ops: [Operation]) { operations.append(contentsOf: ops) }
+    public mutating func append(_ op: BatchOperation) { operations.append(op) }
+    public mutating func append(contentsOf ops: [BatchOperation]) { operations.append(contentsOf: ops) }
 
     public var isEmpty: Bool { operations.isEmpty }
 }

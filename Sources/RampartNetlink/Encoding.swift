@@ -89,7 +89,7 @@ struct EncodedBatch: ~Copyable {
         return { buf, seq in nftnl_nlmsg_build_hdr(buf, UInt16(type), UInt16(family.rawValue), f, seq) }
     }
 
-    private mutating func encode(_ op: Operation, index: Int, echo: Bool) throws(NetlinkError) {
+    private mutating func encode(_ op: BatchOperation, index: Int, echo: Bool) throws(NetlinkError) {
         switch op {
         case .addTable(let t):
             let obj = try NftnlTable(t)

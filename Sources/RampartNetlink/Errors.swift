@@ -104,7 +104,7 @@ public struct OperationFailure: Sendable, Hashable, CustomStringConvertible {
     /// Index of the operation in the batch, nil if the error concerned the batch as a whole.
     public var index: Int?
     /// The operation, as sent.
-    public var operation: Operation?
+    public var operation: BatchOperation?
     public var errno: Errno
     /// The kernel's extended-ack text, when it gave one.
     public var kernelMessage: String?

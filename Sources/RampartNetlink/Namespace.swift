@@ -31,7 +31,16 @@ public enum NetworkNamespace: Sendable, Hashable, CustomStringConvertible {
     }
 
     /// Runs `body` with the calling thread inside this namespace, then moves the thread back.
-    /// Only for short, synchronous work such as creating a socket.
+    /// Only for short, synchronous work such as creating a socket, or starting a process that
+    /// should live in the namespace (a child inherits the namespace of the thread that made it).
+    public func perform<T>(_ body: () throws -> T) throws -> T {
+        var result: Result<T, any Error>?
+        try run { () throws(NetlinkError) in
+            result = Result { try body() }
+        }
+        return try result!.get()
+    }
+
     func run<T>(_ body: () throws(NetlinkError) -> T) throws(NetlinkError) -> T {
         guard let path = filePath else { return try body() }
         if case .named(let n) = self, n.isEmpty || n.contains("/") || n == "." || n == ".." {

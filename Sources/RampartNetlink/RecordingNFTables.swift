@@ -61,7 +61,7 @@ public final class RecordingNFTables: NFTablesClient {
         return CommitResult(generation: currentGeneration, messages: batch.operations.count, bytes: 0)
     }
 
-    private static func apply(_ op: Operation, to state: inout [TableKey: TableSnapshot]) -> Errno? {
+    private static func apply(_ op: BatchOperation, to state: inout [TableKey: TableSnapshot]) -> Errno? {
         func withTable(_ f: Family, _ n: String, _ body: (inout TableSnapshot) -> Errno?) -> Errno? {
             let key = TableKey(family: f, name: n)
             guard var t = state[key] else { return .ENOENT }

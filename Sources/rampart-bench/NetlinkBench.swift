@@ -1,8 +1,189 @@
 import ArgumentParser
+import Foundation
+import RampartHarness
+import RampartNetlink
 
-/// `rampart-bench netlink`: not written yet.
+/// `rampart-bench netlink`: the netlink layer against `nft` doing the same work, in the same run,
+/// each in a throwaway network namespace.
 struct NetlinkBench: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "netlink", abstract: "Netlink layer benchmarks (not implemented yet).")
+    static let configuration = CommandConfiguration(
+        commandName: "netlink",
+        abstract: "Bulk rules, bulk elements and one-element commits: netlink vs the nft process.")
+
     @OptionGroup var options: CommonBenchOptions
-    func run() throws { throw ValidationError("the netlink benchmark is not implemented yet") }
+
+    func run() throws {
+        let report = Report(json: options.json)
+        let bulkRepeats = options.repeats ?? 7
+        let ns = try TestNamespace(prefix: "bench")
+        let nl = try NFTablesConnection(namespace: .named(ns.name))
+        let table = "bench"
+        let where_ = NetworkNamespace.named(ns.name)
+
+        report.note("netlink benchmarks in namespace \(ns.name) (medians of \(bulkRepeats) runs for bulk loads)")
+
+        // 10,000 rules in one batch vs nft -f of the same ruleset.
+        let rules = BulkRuleset(table: table, chains: 100, rules: 10_000)
+        let ruleBatch = rules.batch()
+        let ruleText = rules.nftText()
+        try verifySame(ns: ns, nl: nl, table: table, batch: ruleBatch, text: ruleText)
+        let rulesOurs = try measureFresh(ns: ns, nl: nl, table: table, repeats: bulkRepeats) { try nl.commit(ruleBatch) }
+        let ruleFile = try temporaryFile(ruleText)
+        let rulesNft = try measureFresh(ns: ns, nl: nl, table: table, repeats: bulkRepeats) {
+            try expectSuccess(spawnQuiet(["nft", "-f", ruleFile], in: where_))
+        }
+        report.add(Figure(benchmark: "netlink.bulk_10k_rules", median_ns: median(rulesOurs),
+                          baseline: "nft -f (same ruleset)", baseline_median_ns: median(rulesNft),
+                          extra: ["target": "≥1.5× faster than nft -f", "rules": "10000"]))
+
+        // 100,000 set elements vs nft -f.
+        let elements = BulkElements(table: table, count: 100_000)
+        let elementBatch = elements.batch()
+        let elementText = elements.nftText()
+        let elemOurs = try measureFresh(ns: ns, nl: nl, table: table, repeats: bulkRepeats) { try nl.commit(elementBatch) }
+        let elementFile = try temporaryFile(elementText)
+        let elemNft = try measureFresh(ns: ns, nl: nl, table: table, repeats: bulkRepeats) {
+            try expectSuccess(spawnQuiet(["nft", "-f", elementFile], in: where_))
+        }
+        report.add(Figure(benchmark: "netlink.bulk_100k_elements", median_ns: median(elemOurs),
+                          baseline: "nft -f (same set)", baseline_median_ns: median(elemNft),
+                          extra: ["target": "≥1.5× faster than nft -f", "elements": "100000"]))
+
+        // One element committed: add then delete, alternating, on a table with a set of 1,000.
+        try resetTable(nl: nl, table: table)
+        try nl.commit(BulkElements(table: table, count: 1_000).batch())
+        let one = [SetElement(key: [172, 16, 0, 1])]
+        var add = true
+        let hot = try measure(repeats: options.repeats ?? 2_000) {
+            try nl.commit(Batch([add ? .addElements(family: .inet, table: table, set: "s", elements: one)
+                                     : .deleteElements(family: .inet, table: table, set: "s", elements: one)]))
+            add.toggle()
+        }
+        if !add { try nl.commit(Batch([.deleteElements(family: .inet, table: table, set: "s", elements: one)])) }
+        // An isolated commit (after 10 ms idle) pays cold caches; report it too.
+        var isolated: [UInt64] = []
+        for i in 0..<(options.repeats.map { min($0, 200) } ?? 200) {
+            usleep(10_000)
+            let op: BatchOperation = i % 2 == 0 ? .addElements(family: .inet, table: table, set: "s", elements: one)
+                                           : .deleteElements(family: .inet, table: table, set: "s", elements: one)
+            let t0 = monotonicNanos()
+            try nl.commit(Batch([op]))
+            isolated.append(monotonicNanos() - t0)
+        }
+        if isolated.count % 2 == 1 { try nl.commit(Batch([.deleteElements(family: .inet, table: table, set: "s", elements: one)])) }
+        var nftToggle = true
+        let nftOne = try measure(repeats: options.repeats.map { min($0, 40) } ?? 40) {
+            try expectSuccess(spawnQuiet(["nft", nftToggle ? "add" : "delete", "element", "inet", table, "s", "{ 172.16.0.1 }"], in: where_))
+            nftToggle.toggle()
+        }
+        report.add(Figure(benchmark: "netlink.one_element_commit", median_ns: median(hot),
+                          baseline: "nft add/delete element (one process each)", baseline_median_ns: median(nftOne),
+                          extra: ["target": "≤0.3 ms", "p99_ns": "\(percentile(hot, 99))"]))
+        report.add(Figure(benchmark: "netlink.one_element_commit_isolated", median_ns: median(isolated),
+                          baseline: "nft add/delete element (one process each)", baseline_median_ns: median(nftOne),
+                          extra: ["note": "after 10 ms idle each", "p99_ns": "\(percentile(isolated, 99))"]))
+
+        let gen = try measure(repeats: 2_000) { _ = try nl.generation() }
+        report.add(Figure(benchmark: "netlink.getgen_round_trip", median_ns: median(gen), baseline: nil, baseline_median_ns: nil))
+        report.finish()
+    }
+
+    private func temporaryFile(_ text: String) throws -> String {
+        let path = NSTemporaryDirectory() + "rampart-bench-\(getpid())-\(text.count).nft"
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    private func expectSuccess(_ status: Int32) throws {
+        guard status == 0 else { throw HarnessError("baseline command failed with status \(status)") }
+    }
+
+    /// Times `body` with the table absent before each run (removed outside the timing).
+    private func measureFresh(ns: TestNamespace, nl: NFTablesConnection, table: String, repeats: Int,
+                              _ body: () throws -> Void) throws -> [UInt64] {
+        var samples: [UInt64] = []
+        for _ in 0..<repeats {
+            try resetTable(nl: nl, table: table, recreate: false)
+            let t0 = monotonicNanos()
+            try body()
+            samples.append(monotonicNanos() - t0)
+        }
+        return samples
+    }
+
+    private func resetTable(nl: NFTablesConnection, table: String, recreate: Bool = false) throws {
+        if try nl.readTable(family: .inet, name: table) != nil {
+            try nl.commit(Batch([.deleteTable(family: .inet, name: table)]))
+        }
+    }
+
+    /// Both ways of loading must produce the same ruleset, or the comparison means nothing.
+    private func verifySame(ns: TestNamespace, nl: NFTablesConnection, table: String, batch: Batch, text: String) throws {
+        try resetTable(nl: nl, table: table)
+        try nl.commit(batch)
+        let ours = try ns.nft("list", "table", "inet", table).stdout
+        try resetTable(nl: nl, table: table)
+        try ns.nft("-f", "-", input: text)
+        let theirs = try ns.nft("list", "table", "inet", table).stdout
+        guard ours == theirs else { throw HarnessError("netlink and nft -f loaded different rulesets") }
+    }
+}
+
+/// A table of regular chains full of rules like a hypervisor's: prefix, port, counter, accept.
+struct BulkRuleset {
+    var table: String
+    var chains: Int
+    var rules: Int
+
+    private func rule(_ i: Int) -> (chain: String, a: Int, b: Int, port: Int) {
+        ("c\(i % chains)", (i / 250) % 250, i % 250, 1 + i % 60_000)
+    }
+
+    func batch() -> Batch {
+        var b = Batch([.addTable(Table(family: .inet, name: table))])
+        for c in 0..<chains { b.append(.addChain(Chain(family: .inet, table: table, name: "c\(c)"))) }
+        for i in 0..<rules {
+            let r = rule(i)
+            let port = UInt16(r.port)
+            b.append(.addRule(Rule(family: .inet, table: table, chain: r.chain,
+                                   expressions: Match.address(.source, [10, UInt8(r.a), UInt8(r.b), 0], prefixLength: 24)
+                                       + Match.port(protocol: 6, destination: true, port...port)
+                                       + Match.counter + [.verdict(.accept)])))
+        }
+        return b
+    }
+
+    func nftText() -> String {
+        var s = "table inet \(table) {\n"
+        var byChain = [[String]](repeating: [], count: chains)
+        for i in 0..<rules {
+            let r = rule(i)
+            byChain[i % chains].append("ip saddr 10.\(r.a).\(r.b).0/24 tcp dport \(r.port) counter accept")
+        }
+        for c in 0..<chains {
+            s += "chain c\(c) {\n" + byChain[c].map { "  \($0)\n" }.joined() + "}\n"
+        }
+        return s + "}\n"
+    }
+}
+
+/// A table with one IPv4 hash set of `count` elements.
+struct BulkElements {
+    var table: String
+    var count: Int
+
+    private func address(_ i: Int) -> [UInt8] { [10, UInt8(truncatingIfNeeded: i >> 16), UInt8(truncatingIfNeeded: i >> 8), UInt8(truncatingIfNeeded: i)] }
+
+    func batch() -> Batch {
+        Batch([
+            .addTable(Table(family: .inet, name: table)),
+            .addSet(SetDefinition(family: .inet, table: table, name: "s", keyType: .ipv4Address)),
+            .addElements(family: .inet, table: table, set: "s", elements: (0..<count).map { SetElement(key: address($0)) }),
+        ])
+    }
+
+    func nftText() -> String {
+        let elems = (0..<count).map { address($0).map(String.init).joined(separator: ".") }.joined(separator: ",")
+        return "table inet \(table) {\nset s {\ntype ipv4_addr\nelements = { \(elems) }\n}\n}\n"
+    }
 }
