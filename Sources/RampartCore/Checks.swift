@@ -115,6 +115,14 @@ enum Checks {
         return out
     }
 
+    /// All rules of one typed rule, including the value ranges the JSON parser checks on text.
+    static func typedRuleIssues(_ r: Rule, path: String, groupExists: (String) -> Bool) -> [ValidationIssue] {
+        var out = ruleIssues(RuleDraft(r), path: path, groupExists: groupExists)
+        if r.proto == .number(0) { out.append(ValidationIssue(path: path + ".protocol", reason: "0 is ambiguous; write \"any\"")) }
+        if let p = r.ports, p.lowerBound == 0 { out.append(ValidationIssue(path: path + ".ports", reason: "0 is out of range 1-65535")) }
+        return out
+    }
+
     static func descriptionProblem(_ s: String) -> String? {
         s.count > 255 ? "\(s.count) characters long; at most 255" : nil
     }
@@ -133,13 +141,7 @@ extension Document {
                 out.append(ValidationIssue(path: joinPath(gp, "description"), reason: p))
             }
             for (i, r) in g.rules.enumerated() {
-                out += Checks.ruleIssues(Checks.RuleDraft(r), path: joinPath(gp, "rules") + "[\(i)]", groupExists: exists)
-                if r.proto == .number(0) {
-                    out.append(ValidationIssue(path: joinPath(gp, "rules") + "[\(i)].protocol", reason: "0 is ambiguous; write \"any\""))
-                }
-                if let p = r.ports, p.lowerBound == 0 {
-                    out.append(ValidationIssue(path: joinPath(gp, "rules") + "[\(i)].ports", reason: "0 is out of range 1-65535"))
-                }
+                out += Checks.typedRuleIssues(r, path: joinPath(gp, "rules") + "[\(i)]", groupExists: exists)
             }
         }
         for (iid, inst) in instances {
