@@ -1,0 +1,241 @@
+/// One host's engine: the document as the model, the committed IR, and the events that change
+/// them. Each event validates its input, edits the model, and returns the Plan that takes the
+/// committed IR to the IR of the new document, touching only the objects the event affects
+/// (its cost is proportional to the change, not to the host or the cloud). The committed IR is
+/// advanced to the result, on the assumption that the caller commits the Plan; after a failed
+/// commit, call `resync(committed:)` with what the kernel really holds.
+public struct Engine: Sendable {
+    private var model: HostModel
+    private var loaded = false
+    /// What the kernel holds, as far as Rampart knows (nil: no table).
+    public private(set) var committed: RulesetIR?
+
+    /// An engine for `host` whose kernel holds `committed` (nil: nothing) and no document yet.
+    public init(host: String, committed: RulesetIR? = nil) {
+        model = HostModel(Document(host: host))
+        self.committed = committed
+    }
+
+    /// The current desired document.
+    public var document: Document { model.doc }
+
+    /// The IR compiled from the current document (equal to `committed` after every event).
+    public func desiredIR() -> RulesetIR { model.compileAll() }
+
+    // MARK: whole document
+
+    /// Replaces the whole document: compile and diff (cost proportional to the host).
+    public mutating func apply(document: Document) throws(DocumentError) -> Plan {
+        try document.validate()
+        let next = HostModel(document)
+        let ir = next.compileAll()
+        let plan = diff(from: committed, to: ir)
+        model = next
+        committed = ir
+        loaded = true
+        return plan
+    }
+
+    /// After drift or a failed commit: the Plan from what the kernel holds to the document's IR.
+    public mutating func resync(committed kernel: RulesetIR?) -> Plan {
+        let ir = model.compileAll()
+        let plan = diff(from: kernel, to: ir)
+        committed = ir
+        return plan
+    }
+
+    /// The Plan that removes everything Rampart programmed (`flush`).
+    public mutating func flush() -> Plan {
+        let plan = diff(from: committed, to: nil)
+        committed = nil
+        model = HostModel(Document(host: model.host))
+        loaded = false
+        return plan
+    }
+
+    // MARK: refresh_security_group_members
+
+    /// Members of `group` changed: `added` are new or changed member records (each must list
+    /// `group`), `removed` are ids that are no longer members (their record keeps its other groups;
+    /// an instance elsewhere left in no group is dropped from the document).
+    /// Typical Plan: element deltas of `m4-<group>`/`m6-<group>` only.
+    public mutating func membersChanged(group: String, added: [String: Instance] = [:], removed: [String] = []) throws(DocumentError) -> Plan {
+        try requireLoaded()
+        var issues: [ValidationIssue] = []
+        if model.doc.groups[group] == nil { issues.append(ValidationIssue(path: joinPath("groups", group), reason: "unknown group")) }
+        var changes: [(String, Instance?)] = []
+        for id in removed.sorted() {
+            guard let inst = model.doc.instances[id], model.isMember(id, of: group) else {
+                issues.append(ValidationIssue(path: joinPath("instances", id), reason: "is not a member of group \(group)"))
+                continue
+            }
+            var next = inst
+            next.groups.removeAll { $0 == group }
+            changes.append((id, next.groups.isEmpty && inst.host != model.host ? nil : next))
+        }
+        for (id, inst) in added.sorted(by: { $0.key < $1.key }) {
+            if !inst.groups.contains(group) {
+                issues.append(ValidationIssue(path: joinPath(joinPath("instances", id), "groups"), reason: "does not contain \(group)"))
+            }
+            if removed.contains(id) {
+                issues.append(ValidationIssue(path: joinPath("instances", id), reason: "both added and removed"))
+            }
+            changes.append((id, inst))
+        }
+        issues += instanceIssues(changes)
+        if !issues.isEmpty { throw DocumentError(issues) }
+        return commit { m, t in for (id, inst) in changes { m.replace(id, with: inst, &t) } }
+    }
+
+    /// Members of `group` are now exactly `members` (id → record): the full-list form of the
+    /// refresh call. Records equal to the current ones cost a comparison each.
+    public mutating func membersChanged(group: String, members: [String: Instance]) throws(DocumentError) -> Plan {
+        try requireLoaded()
+        let removed = model.memberIDs(of: group).filter { members[$0] == nil }
+        let added = members.filter { model.doc.instances[$0.key] != $0.value }
+        return try membersChanged(group: group, added: added, removed: Array(removed))
+    }
+
+    // MARK: refresh_security_group_rules
+
+    /// The rules of `group` are now `rules` (the group is created if new). Typical Plan: rewrite
+    /// of `gin-<group>`/`gout-<group>` plus creation/deletion of member sets whose last
+    /// reference appears or goes.
+    public mutating func rulesChanged(group: String, rules: [Rule], description: String? = nil) throws(DocumentError) -> Plan {
+        try requireLoaded()
+        var issues: [ValidationIssue] = []
+        let gp = joinPath("groups", group)
+        if !Checks.isValidID(group) { issues.append(ValidationIssue(path: gp, reason: Checks.idProblem(group))) }
+        if let d = description, let p = Checks.descriptionProblem(d) { issues.append(ValidationIssue(path: joinPath(gp, "description"), reason: p)) }
+        let doc = model.doc
+        for (i, r) in rules.enumerated() {
+            issues += Checks.typedRuleIssues(r, path: joinPath(gp, "rules") + "[\(i)]") { $0 == group || doc.groups[$0] != nil }
+        }
+        if !issues.isEmpty { throw DocumentError(issues) }
+        return commit { m, t in m.setRules(group, rules, description: description, &t) }
+    }
+
+    // MARK: instances on this host
+
+    /// An instance was plugged on this host (its record's `host` must be this host).
+    public mutating func instancePlugged(id: String, instance: Instance) throws(DocumentError) -> Plan {
+        try requireLoaded()
+        var issues: [ValidationIssue] = []
+        if instance.host != model.host {
+            issues.append(ValidationIssue(path: joinPath(joinPath("instances", id), "host"), reason: "\(quoted(instance.host)) is not this host (\(model.host))"))
+        }
+        if let old = model.doc.instances[id], old.host == model.host {
+            issues.append(ValidationIssue(path: joinPath("instances", id), reason: "is already plugged on this host"))
+        }
+        issues += instanceIssues([(id, instance)])
+        if !issues.isEmpty { throw DocumentError(issues) }
+        return commit { m, t in m.replace(id, with: instance, &t) }
+    }
+
+    /// An instance left this host.
+    public mutating func instanceUnplugged(id: String) throws(DocumentError) -> Plan {
+        try requireLoaded()
+        guard let old = model.doc.instances[id], old.host == model.host else {
+            throw DocumentError([ValidationIssue(path: joinPath("instances", id), reason: "is not plugged on this host")])
+        }
+        return commit { m, t in m.replace(id, with: nil, &t) }
+    }
+
+    /// An instance's groups changed (on this host or elsewhere).
+    public mutating func instanceGroupsChanged(id: String, groups: [String]) throws(DocumentError) -> Plan {
+        try requireLoaded()
+        guard var inst = model.doc.instances[id] else {
+            throw DocumentError([ValidationIssue(path: joinPath("instances", id), reason: "unknown instance")])
+        }
+        inst.groups = groups
+        let issues = instanceIssues([(id, inst)])
+        if !issues.isEmpty { throw DocumentError(issues) }
+        return commit { m, t in m.replace(id, with: inst, &t) }
+    }
+
+    // MARK: machinery
+
+    private func requireLoaded() throws(DocumentError) {
+        if !loaded { throw DocumentError([ValidationIssue(path: "", reason: "no document applied yet")]) }
+    }
+
+    /// The spec's instance rules for records about to replace the current ones, including
+    /// uniqueness of interfaces and addresses on this host against the rest of the model and
+    /// within the batch.
+    private func instanceIssues(_ changes: [(String, Instance?)]) -> [ValidationIssue] {
+        var out: [ValidationIssue] = []
+        let doc = model.doc
+        var ifaceOwner: [String: String] = [:], addrOwner: [IPAddress: String] = [:]
+        let changing = Set(changes.map(\.0))
+        for (id, inst) in changes {
+            guard let inst else { continue }
+            out += Checks.instanceIssues(id: id, inst, thisHost: doc.host) { doc.groups[$0] != nil }
+            guard inst.host == doc.host, let iface = inst.interface else { continue }
+            let path = joinPath("instances", id)
+            if let other = ifaceOwner[iface] ?? model.localInterfaces[iface], other != id, ifaceOwner[iface] != nil || !changing.contains(other) {
+                out.append(ValidationIssue(path: joinPath(path, "interface"), reason: "\(quoted(iface)) is already used by instance \(other)"))
+            }
+            ifaceOwner[iface] = id
+            for (i, a) in inst.ips.enumerated() {
+                if let other = addrOwner[a] ?? model.localAddresses[a], other != id, addrOwner[a] != nil || !changing.contains(other) {
+                    out.append(ValidationIssue(path: joinPath(path, "ips") + "[\(i)]", reason: "\(a) is already used by instance \(other)"))
+                }
+                addrOwner[a] = id
+            }
+        }
+        return out
+    }
+
+    /// Runs an edit of the model, then builds the Plan from the touched objects only and advances
+    /// the committed IR by it.
+    private mutating func commit(_ edit: (inout HostModel, inout Touched) -> Void) -> Plan {
+        var t = Touched()
+        edit(&model, &t)
+        guard committed != nil else {
+            // Nothing committed (only after a resync against an empty kernel): a full diff.
+            let ir = model.compileAll()
+            let plan = diff(from: nil, to: ir)
+            committed = ir
+            return plan
+        }
+        let plan = plan(for: t)
+        // `plan(for:)` holds no reference into the committed IR any more, so this updates it in
+        // place instead of copying its dictionaries.
+        applyUnchecked(plan, to: &committed!)
+        return plan
+    }
+
+    /// The Plan for the touched objects: each compared between the committed IR and the model.
+    private func plan(for t: Touched) -> Plan {
+        let ir = committed!
+        var b = PlanBuilder()
+        for key in t.chains {
+            let old = ir.chains[key.name], new = model.chain(key)
+            if old != new { b.chain(old: old, new: new) }
+        }
+        for k in t.memberSets.union(t.memberCandidates.keys) {
+            let old = ir.sets[k.name]
+            let should = model.memberSetExists(k)
+            switch (old, should) {
+            case (nil, true): b.set(old: nil, new: model.memberSet(k))
+            case (let o?, false): b.set(old: o, new: nil)
+            case (let o?, true):
+                for e in t.memberCandidates[k] ?? [] {
+                    let want = model.memberSetContains(k, e), have = o.elements.contains(e)
+                    if want && !have { b.addElements[k.name, default: []].append(e) }
+                    if have && !want { b.removeElements[k.name, default: []].append(e) }
+                }
+            case (nil, false): break
+            }
+        }
+        for iface in t.interfaces {
+            let d = model.dispatch(iface)
+            let have = ir.sets[Naming.instanceInterfaces]?.elements.contains(.ifname(iface)) ?? false
+            if d != nil && !have { b.addElements[Naming.instanceInterfaces, default: []].append(.ifname(iface)) }
+            if d == nil && have { b.removeElements[Naming.instanceInterfaces, default: []].append(.ifname(iface)) }
+            b.mapKey(Naming.fromInstanceMap, iface, old: ir.maps[Naming.fromInstanceMap]?.elements[iface], new: d?.from)
+            b.mapKey(Naming.toInstanceMap, iface, old: ir.maps[Naming.toInstanceMap]?.elements[iface], new: d?.to)
+        }
+        return b.build()
+    }
+}

@@ -1,0 +1,270 @@
+/// The backend-neutral ruleset: what the kernel should hold, as plain values. The nftables
+/// backend translates each object 1:1 into netlink objects; tests compare IRs with `==`.
+public struct RulesetIR: Hashable, Sendable {
+    /// Always `rampart`.
+    public var tableName: String = Naming.table
+    /// Always inet: one table covers IPv4 and IPv6.
+    public var family: String = "inet"
+    public var chains: [String: Chain] = [:]
+    public var sets: [String: NamedSet] = [:]
+    public var maps: [String: VerdictMap] = [:]
+
+    public init(chains: [String: Chain] = [:], sets: [String: NamedSet] = [:], maps: [String: VerdictMap] = [:]) {
+        self.chains = chains
+        self.sets = sets
+        self.maps = maps
+    }
+}
+
+/// Netfilter hooks Rampart attaches base chains to.
+public enum Hook: String, Hashable, Sendable {
+    case forward, input, output
+}
+
+/// Policy of a base chain.
+public enum ChainPolicy: String, Hashable, Sendable {
+    case accept, drop
+}
+
+/// What makes a chain a base chain (type filter).
+public struct BaseChainSpec: Hashable, Sendable {
+    public var hook: Hook
+    public var priority: Int32
+    public var policy: ChainPolicy
+
+    public init(hook: Hook, priority: Int32, policy: ChainPolicy) {
+        self.hook = hook
+        self.priority = priority
+        self.policy = policy
+    }
+}
+
+/// A chain's identity without its rules: what `createChain` carries.
+public struct ChainHeader: Hashable, Sendable {
+    public var name: String
+    /// nil for a regular chain (reached only by jumps).
+    public var base: BaseChainSpec?
+
+    public init(name: String, base: BaseChainSpec? = nil) {
+        self.name = name
+        self.base = base
+    }
+}
+
+/// A chain and its rules. The chain is the unit of rule change: it is always rewritten whole.
+public struct Chain: Hashable, Sendable {
+    public var header: ChainHeader
+    public var rules: [IRRule]
+
+    public init(name: String, base: BaseChainSpec? = nil, rules: [IRRule] = []) {
+        header = ChainHeader(name: name, base: base)
+        self.rules = rules
+    }
+
+    public var name: String { header.name }
+    public var base: BaseChainSpec? { header.base }
+
+    /// Stable 64-bit hash of the chain's canonical nft text (header and rules).
+    public var contentHash: UInt64 { FNV1a.hash(Render.chain(self)) }
+}
+
+/// Connection-tracking states matched by `ct state`.
+public struct CTStates: OptionSet, Hashable, Sendable {
+    public let rawValue: UInt8
+    public init(rawValue: UInt8) { self.rawValue = rawValue }
+    public static let invalid = CTStates(rawValue: 1)
+    public static let established = CTStates(rawValue: 2)
+    public static let related = CTStates(rawValue: 4)
+    public static let new = CTStates(rawValue: 8)
+}
+
+/// One match term of a rule. The terms are neutral (no netlink types); the backend emits the
+/// protocol dependency each one implies: `ip*` terms imply `meta nfproto ipv4`, `ip6*` terms
+/// `meta nfproto ipv6`, `udpSport`/`udpDport` imply `meta l4proto udp`, `icmp*` terms imply
+/// `meta l4proto icmp` / `icmpv6` (the compiler also emits those explicitly where it matters).
+public enum Match: Hashable, Sendable {
+    /// `iifname @set` / `oifname @set`.
+    case iifnameInSet(String)
+    case oifnameInSet(String)
+    case ctState(CTStates)
+    case nfproto(IPFamily)
+    case l4proto(UInt8)
+    /// Source/destination prefix (never /0: that compiles to `nfproto`).
+    case ip4Saddr(IPv4Prefix)
+    case ip4Daddr(IPv4Prefix)
+    case ip6Saddr(IPv6Prefix)
+    case ip6Daddr(IPv6Prefix)
+    /// `ip saddr != A` (anti-spoofing; several in one rule means "none of them").
+    case ip4SaddrNot(IPv4Address)
+    case ip6SaddrNot(IPv6Address)
+    /// `ip saddr @set` (family says ip or ip6).
+    case saddrInSet(IPFamily, String)
+    case daddrInSet(IPFamily, String)
+    /// Transport destination port or range (tcp, udp, sctp share the offset).
+    case thDport(ClosedRange<UInt16>)
+    case udpSport(UInt16)
+    case udpDport(UInt16)
+    case icmpType(UInt8)
+    case icmpCode(UInt8)
+    case icmpv6Type(ClosedRange<UInt8>)
+    case icmpv6Code(UInt8)
+    case etherSaddrNot(MACAddress)
+
+    /// The named set this term reads, if any.
+    public var setReference: String? {
+        switch self {
+        case .iifnameInSet(let s), .oifnameInSet(let s), .saddrInSet(_, let s), .daddrInSet(_, let s): s
+        default: nil
+        }
+    }
+}
+
+/// Which interface a verdict-map dispatch looks up.
+public enum InterfaceKey: String, Hashable, Sendable {
+    case iifname, oifname
+}
+
+/// What a rule does when it matches.
+public enum Verdict: Hashable, Sendable {
+    case accept
+    case drop
+    case `return`
+    case jump(String)
+    case goto(String)
+    /// `iifname vmap @map` / `oifname vmap @map`: the verdict is looked up in a verdict map.
+    case vmap(InterfaceKey, String)
+
+    /// The chain this verdict can transfer control to directly.
+    public var chainReference: String? {
+        switch self {
+        case .jump(let c), .goto(let c): c
+        default: nil
+        }
+    }
+
+    /// The verdict map this verdict reads.
+    public var mapReference: String? {
+        if case .vmap(_, let m) = self { return m }
+        return nil
+    }
+}
+
+/// One kernel rule.
+public struct IRRule: Hashable, Sendable {
+    public var matches: [Match]
+    /// Packet/byte counter (group rules have one so `show` can print hits).
+    public var counter: Bool
+    public var verdict: Verdict
+    /// At most 128 bytes, no double quotes or control characters (see `Naming.ruleComment`).
+    public var comment: String?
+
+    public init(_ matches: [Match], counter: Bool = false, _ verdict: Verdict, comment: String? = nil) {
+        self.matches = matches
+        self.counter = counter
+        self.verdict = verdict
+        self.comment = comment
+    }
+
+    /// Sets and maps this rule reads.
+    public var setReferences: [String] {
+        var out = matches.compactMap(\.setReference)
+        if let m = verdict.mapReference { out.append(m) }
+        return out
+    }
+}
+
+/// Key type of a named set.
+public enum SetKeyType: String, Hashable, Sendable {
+    case ipv4Addr = "ipv4_addr"
+    case ipv6Addr = "ipv6_addr"
+    case ifname
+}
+
+/// One element of a named set.
+public enum SetElement: Hashable, Sendable, Comparable, CustomStringConvertible {
+    case ipv4(IPv4Address)
+    case ipv6(IPv6Address)
+    case ifname(String)
+
+    public init(_ a: IPAddress) {
+        switch a {
+        case .v4(let x): self = .ipv4(x)
+        case .v6(let x): self = .ipv6(x)
+        }
+    }
+
+    public var keyType: SetKeyType {
+        switch self {
+        case .ipv4: .ipv4Addr
+        case .ipv6: .ipv6Addr
+        case .ifname: .ifname
+        }
+    }
+
+    /// nft text: addresses bare, interface names quoted.
+    public var description: String {
+        switch self {
+        case .ipv4(let a): a.description
+        case .ipv6(let a): a.description
+        case .ifname(let s): "\"" + s + "\""
+        }
+    }
+
+    public static func < (a: Self, b: Self) -> Bool {
+        switch (a, b) {
+        case (.ipv4(let x), .ipv4(let y)): x < y
+        case (.ipv6(let x), .ipv6(let y)): x < y
+        case (.ifname(let x), .ifname(let y)): x < y
+        default: a.keyType.rawValue < b.keyType.rawValue
+        }
+    }
+}
+
+/// A set's identity without elements: what `createSet` carries.
+public struct SetHeader: Hashable, Sendable {
+    public var name: String
+    public var keyType: SetKeyType
+    public init(name: String, keyType: SetKeyType) {
+        self.name = name
+        self.keyType = keyType
+    }
+}
+
+/// A named set. Sets change only by element deltas.
+public struct NamedSet: Hashable, Sendable {
+    public var header: SetHeader
+    public var elements: Set<SetElement>
+
+    public init(name: String, keyType: SetKeyType, elements: Set<SetElement> = []) {
+        header = SetHeader(name: name, keyType: keyType)
+        self.elements = elements
+    }
+
+    public var name: String { header.name }
+    public var keyType: SetKeyType { header.keyType }
+
+    /// Stable hash, independent of element order: the header's hash plus the wrapping sum of the
+    /// elements' hashes (so it needs no sort and could be maintained per delta).
+    public var contentHash: UInt64 {
+        var h = FNV1a()
+        h.mix(header.name)
+        h.mix(header.keyType.rawValue)
+        return elements.reduce(h.value) { $0 &+ FNV1a.hash($1.description) }
+    }
+}
+
+/// A verdict map keyed by interface name (the dispatch maps).
+public struct VerdictMap: Hashable, Sendable {
+    public var name: String
+    public var elements: [String: Verdict]
+
+    public init(name: String, elements: [String: Verdict] = [:]) {
+        self.name = name
+        self.elements = elements
+    }
+
+    /// Stable, order-independent hash (see `NamedSet.contentHash`).
+    public var contentHash: UInt64 {
+        elements.reduce(FNV1a.hash(name)) { $0 &+ FNV1a.hash($1.key + " : " + Render.verdict($1.value)) }
+    }
+}

@@ -1,0 +1,32 @@
+/// One reason a document (or an event's input) is invalid: a JSON path and what is wrong there.
+public struct ValidationIssue: Hashable, Sendable, Comparable, CustomStringConvertible {
+    /// JSON path, e.g. `groups.web.rules[2].ports` (empty for the document itself).
+    public var path: String
+    public var reason: String
+
+    public init(path: String, reason: String) {
+        self.path = path
+        self.reason = reason
+    }
+
+    /// `path: reason`, the form printed to operators.
+    public var description: String { path.isEmpty ? reason : "\(path): \(reason)" }
+
+    public static func < (a: Self, b: Self) -> Bool { (a.path, a.reason) < (b.path, b.reason) }
+}
+
+/// A rejected document: every issue found, sorted by path, so one round trip fixes them all.
+public struct DocumentError: Error, Hashable, Sendable, CustomStringConvertible {
+    public var issues: [ValidationIssue]
+
+    public init(_ issues: [ValidationIssue]) { self.issues = issues.sorted() }
+
+    /// One issue per line.
+    public var description: String {
+        "invalid document (\(issues.count) error\(issues.count == 1 ? "" : "s")):\n"
+            + issues.map { "  " + $0.description }.joined(separator: "\n")
+    }
+}
+
+/// Joins a JSON path and an object key.
+func joinPath(_ path: String, _ key: String) -> String { path.isEmpty ? key : path + "." + key }

@@ -1,0 +1,71 @@
+/// Every kernel object name Rampart uses. Names are derived from ids only, never from other user
+/// text, so they are stable across runs and hosts. Ids are at most 64 bytes of
+/// `[A-Za-z0-9._:-]`, so the longest name (`gout-` + id) is 69 bytes, far below the kernel's
+/// 256-byte limit (NFT_NAME_MAXLEN), and a name can never contain a quote, space or control byte.
+public enum Naming {
+    /// The one table Rampart owns (family inet).
+    public static let table = "rampart"
+    /// Interfaces of all instances on this host.
+    public static let instanceInterfaces = "inst-ifaces"
+    /// Dispatch map for traffic from instances: interface → jump out-<inst>.
+    public static let fromInstanceMap = "from-inst"
+    /// Dispatch map for traffic to instances: interface → jump in-<inst>.
+    public static let toInstanceMap = "to-inst"
+    /// Base chains.
+    public static let egressChain = "egress"
+    public static let ingressChain = "ingress"
+    public static let inputChain = "input"
+    public static let outputChain = "output"
+
+    /// Egress chain of one instance on this host.
+    public static func instanceOut(_ id: String) -> String { "out-" + id }
+    /// Ingress chain of one instance on this host.
+    public static func instanceIn(_ id: String) -> String { "in-" + id }
+    /// Ingress rules of a group (shared by its members on this host).
+    public static func groupIn(_ id: String) -> String { "gin-" + id }
+    /// Egress rules of a group.
+    public static func groupOut(_ id: String) -> String { "gout-" + id }
+    /// Member addresses of a group, per family.
+    public static func memberSet(_ family: IPFamily, _ group: String) -> String {
+        (family == .ipv4 ? "m4-" : "m6-") + group
+    }
+
+    /// The kernel's limit on rule comments (NFTNL_UDATA_COMMENT_MAXLEN).
+    public static let commentMaxBytes = 128
+
+    /// The comment of a compiled group rule: `<group>/<rule id>` or `<group>/#<index>`.
+    /// Rule ids are free text, so the comment is made safe here once: control characters and
+    /// double quotes become `?`/`'` (nft strings have no escapes) and the id part is cut on a
+    /// character boundary so the whole stays within 128 bytes.
+    public static func ruleComment(group: String, ruleID: String?, index: Int) -> String {
+        let head = group + "/"
+        guard let rid = ruleID else { return head + "#\(index)" }
+        var out = head
+        var budget = commentMaxBytes - head.utf8.count
+        for u in rid.unicodeScalars {
+            let c: Unicode.Scalar = u == "\"" ? "'" : (u.value < 0x20 || u.value == 0x7f ? "?" : u)
+            let n = String(c).utf8.count
+            if n > budget { break }
+            budget -= n
+            out.unicodeScalars.append(c)
+        }
+        return out
+    }
+
+    /// nft words that could be taken for keywords where a name is expected; quoted when rendered.
+    static let keywords: Set<String> = ["ingress", "egress", "input", "output", "forward", "prerouting", "postrouting",
+                                        "table", "chain", "set", "map", "rule", "element", "accept", "drop", "jump", "goto",
+                                        "return", "counter", "comment", "inet", "ip", "ip6", "ether", "meta", "ct", "th"]
+
+    /// A name as nft's grammar accepts it: bare when it is a plain identifier, else double-quoted
+    /// (ids may contain ':' or start with a digit). Names never contain quotes (see above).
+    public static func nftQuoted(_ name: String) -> String {
+        let u = Array(name.utf8)
+        let bare = !u.isEmpty && !keywords.contains(name) && u.enumerated().allSatisfy { i, c in
+            let alpha = (c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a) || c == UInt8(ascii: "_")
+            let more = (c >= 0x30 && c <= 0x39) || c == UInt8(ascii: "-") || c == UInt8(ascii: ".") || c == UInt8(ascii: "/")
+            return i == 0 ? alpha || c == UInt8(ascii: ".") : alpha || more
+        }
+        return bare ? name : "\"" + name + "\""
+    }
+}

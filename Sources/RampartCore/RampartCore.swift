@@ -1,1 +1,0 @@
-/// RampartCore: the desired-state document, validation, model, compiler, differ and events.

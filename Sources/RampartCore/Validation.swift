@@ -1,0 +1,281 @@
+import Foundation
+
+extension Document {
+    /// Parses and validates a version-1 document. Throws `DocumentError` with every issue found
+    /// (sorted by path); a document is accepted only whole.
+    public static func parse(json data: Data) throws(DocumentError) -> Document {
+        try parse(bytes: Array(data))
+    }
+
+    /// Same as `parse(json:)` for text.
+    public static func parse(json text: String) throws(DocumentError) -> Document {
+        try parse(bytes: Array(text.utf8))
+    }
+
+    static func parse(bytes: [UInt8]) throws(DocumentError) -> Document {
+        let root: JSONValue
+        do {
+            root = try JSONParser.parse(bytes)
+        } catch {
+            throw DocumentError([ValidationIssue(path: "", reason: "not valid JSON at byte \(error.offset): \(error.reason)")])
+        }
+        var w = DocumentWalker()
+        let doc = w.document(root)
+        var issues = w.issues
+        if let doc {
+            // Cross-instance rules need the whole document, so they run after the walk.
+            issues += doc.localUniquenessIssues()
+        }
+        if !issues.isEmpty || doc == nil { throw DocumentError(issues) }
+        return doc!
+    }
+}
+
+/// Walks the JSON tree, converting it into typed values and collecting every issue on the way.
+/// Each field is converted independently so that one bad field does not hide the next.
+struct DocumentWalker {
+    var issues: [ValidationIssue] = []
+
+    private mutating func issue(_ path: String, _ reason: String) {
+        issues.append(ValidationIssue(path: path, reason: reason))
+    }
+
+    /// Checks an object's keys (unknown, duplicate, missing) and returns it as a dictionary.
+    private mutating func object(_ v: JSONValue, _ path: String, allowed: Set<String>, required: [String]) -> [String: JSONValue]? {
+        guard case .object(let pairs) = v else {
+            issue(path, "expected an object, got \(v.typeName)")
+            return nil
+        }
+        var out: [String: JSONValue] = [:]
+        for (k, val) in pairs {
+            if !allowed.contains(k) { issue(joinPath(path, k), "unknown key"); continue }
+            if out[k] != nil { issue(joinPath(path, k), "duplicate key"); continue }
+            out[k] = val
+        }
+        for k in required where out[k] == nil { issue(joinPath(path, k), "missing required key") }
+        return out
+    }
+
+    /// A map of id → value (groups, instances): only duplicate keys and ids are checked here.
+    private mutating func idMap(_ v: JSONValue, _ path: String) -> [(String, JSONValue)]? {
+        guard case .object(let pairs) = v else {
+            issue(path, "expected an object, got \(v.typeName)")
+            return nil
+        }
+        var seen = Set<String>()
+        var out: [(String, JSONValue)] = []
+        for (k, val) in pairs {
+            if !seen.insert(k).inserted { issue(joinPath(path, k), "duplicate key"); continue }
+            if !Checks.isValidID(k) { issue(joinPath(path, k), Checks.idProblem(k)); continue }
+            out.append((k, val))
+        }
+        return out
+    }
+
+    private mutating func string(_ v: JSONValue, _ path: String) -> String? {
+        guard case .string(let s) = v else { issue(path, "expected a string, got \(v.typeName)"); return nil }
+        return s
+    }
+
+    private mutating func integer(_ v: JSONValue, _ path: String, _ range: ClosedRange<Int>) -> Int? {
+        guard case .number(let text) = v else { issue(path, "expected an integer, got \(v.typeName)"); return nil }
+        guard let n = v.integer else {
+            // An integer too large for Int is still an integer, just out of range.
+            if !text.contains(where: { $0 == "." || $0 == "e" || $0 == "E" }) {
+                issue(path, "\(text) is out of range \(range.lowerBound)-\(range.upperBound)")
+            } else {
+                issue(path, "expected an integer, got \(text)")
+            }
+            return nil
+        }
+        guard range.contains(n) else { issue(path, "\(n) is out of range \(range.lowerBound)-\(range.upperBound)"); return nil }
+        return n
+    }
+
+    mutating func document(_ root: JSONValue) -> Document? {
+        guard let top = object(root, "", allowed: ["version", "host", "groups", "instances"],
+                               required: ["version", "host", "groups", "instances"]) else { return nil }
+        if let v = top["version"] {
+            if case .number(let t) = v {
+                if v.integer != 1 { issue("version", "\(t) is not supported; expected 1") }
+            } else {
+                issue("version", "expected the number 1, got \(v.typeName)")
+            }
+        }
+        var host: String?
+        if let h = top["host"], let s = string(h, "host") {
+            if s.isEmpty { issue("host", "must not be empty") } else { host = s }
+        }
+        // Group ids are collected first so that references can be checked even when a group's
+        // body is itself invalid.
+        let groupPairs = top["groups"].flatMap { idMap($0, "groups") }
+        let groupIDs = Set(groupPairs?.map(\.0) ?? [])
+        let exists: (String) -> Bool = { groupIDs.contains($0) }
+        var groups: [String: Group] = [:]
+        var groupsOK = groupPairs != nil
+        for (gid, gv) in groupPairs ?? [] {
+            if let g = group(gv, joinPath("groups", gid), exists: exists) { groups[gid] = g } else { groupsOK = false }
+        }
+        var instances: [String: Instance] = [:]
+        let instPairs = top["instances"].flatMap { idMap($0, "instances") }
+        var instancesOK = instPairs != nil
+        for (iid, iv) in instPairs ?? [] {
+            if let i = instance(iv, joinPath("instances", iid), thisHost: host, exists: exists) { instances[iid] = i } else { instancesOK = false }
+        }
+        guard let host, groupsOK, instancesOK, issues.isEmpty else { return nil }
+        return Document(host: host, groups: groups, instances: instances)
+    }
+
+    private mutating func group(_ v: JSONValue, _ path: String, exists: (String) -> Bool) -> Group? {
+        guard let o = object(v, path, allowed: ["description", "rules"], required: ["rules"]) else { return nil }
+        var ok = true
+        var g = Group()
+        if let d = o["description"] {
+            if let s = string(d, joinPath(path, "description")) {
+                if let p = Checks.descriptionProblem(s) { issue(joinPath(path, "description"), p); ok = false } else { g.description = s }
+            } else { ok = false }
+        }
+        if let r = o["rules"] {
+            let rp = joinPath(path, "rules")
+            if case .array(let items) = r {
+                for (i, item) in items.enumerated() {
+                    if let rule = rule(item, rp + "[\(i)]", exists: exists) { g.rules.append(rule) } else { ok = false }
+                }
+            } else {
+                issue(rp, "expected an array, got \(r.typeName)")
+                ok = false
+            }
+        } else { ok = false }
+        return ok ? g : nil
+    }
+
+    private mutating func rule(_ v: JSONValue, _ path: String, exists: (String) -> Bool) -> Rule? {
+        guard let o = object(v, path, allowed: ["id", "direction", "protocol", "ports", "icmp_type", "icmp_code", "cidr", "group", "ethertype"],
+                             required: ["protocol"]) else { return nil }
+        let before = issues.count
+        var d = Checks.RuleDraft()
+        var id: String?
+        if let x = o["id"] { id = string(x, joinPath(path, "id")) }
+        var direction = Direction.ingress
+        if let x = o["direction"], let s = string(x, joinPath(path, "direction")) {
+            if let dir = Direction(rawValue: s) { direction = dir } else { issue(joinPath(path, "direction"), "\(quoted(s)) is not \"ingress\" or \"egress\"") }
+        }
+        if let x = o["protocol"] { d.proto = proto(x, joinPath(path, "protocol")) }
+        var ports: ClosedRange<UInt16>?
+        if let x = o["ports"] {
+            d.hasPorts = true
+            ports = self.ports(x, joinPath(path, "ports"))
+        }
+        var icmpType: UInt8?, icmpCode: UInt8?
+        if let x = o["icmp_type"] {
+            d.hasIcmpType = true
+            icmpType = integer(x, joinPath(path, "icmp_type"), 0...255).map { UInt8($0) }
+        }
+        if let x = o["icmp_code"] {
+            d.hasIcmpCode = true
+            icmpCode = integer(x, joinPath(path, "icmp_code"), 0...255).map { UInt8($0) }
+        }
+        if let x = o["cidr"] {
+            d.hasCidr = true
+            if let s = string(x, joinPath(path, "cidr")) {
+                switch IPPrefix.parse(s) {
+                case .ok(let p): d.cidr = p
+                case .invalid(let why): issue(joinPath(path, "cidr"), why)
+                }
+            }
+        }
+        if let x = o["group"] {
+            d.hasGroup = true
+            d.group = string(x, joinPath(path, "group"))
+        }
+        if let x = o["ethertype"], let s = string(x, joinPath(path, "ethertype")) {
+            if let e = IPFamily(rawValue: s) { d.ethertype = e } else { issue(joinPath(path, "ethertype"), "\(quoted(s)) is not \"ipv4\" or \"ipv6\"") }
+        }
+        issues += Checks.ruleIssues(d, path: path, groupExists: exists)
+        guard issues.count == before, let p = d.proto else { return nil }
+        let remote: Remote = d.cidr.map { .cidr($0) } ?? .group(d.group!)
+        return Rule(id: id, direction: direction, proto: p, ports: ports, icmpType: icmpType, icmpCode: icmpCode,
+                    remote: remote, ethertype: d.ethertype)
+    }
+
+    private mutating func proto(_ v: JSONValue, _ path: String) -> RuleProtocol? {
+        switch v {
+        case .string(let s):
+            if s == "any" { return .any }
+            if let n = RuleProtocol.names[s] { return .number(n) }
+            issue(path, "\(quoted(s)) is not one of tcp, udp, sctp, icmp, icmpv6, any, or a number 1-255")
+            return nil
+        case .number:
+            if v.integer == 0 { issue(path, "0 is ambiguous; write \"any\""); return nil }
+            return integer(v, path, 0...255).map { .number(UInt8($0)) }
+        default:
+            issue(path, "expected a string or an integer, got \(v.typeName)")
+            return nil
+        }
+    }
+
+    private mutating func ports(_ v: JSONValue, _ path: String) -> ClosedRange<UInt16>? {
+        guard let s = string(v, path) else { return nil }
+        let parts = s.split(separator: "-", maxSplits: 1, omittingEmptySubsequences: false)
+        var nums: [Int] = []
+        for p in parts {
+            // Digits only: Int("+80") would otherwise accept a sign.
+            guard !p.isEmpty, p.count <= 10, p.allSatisfy({ $0.isASCII && $0.isNumber }), let n = Int(p) else {
+                issue(path, "\(quoted(s)) is not \"N\" or \"N-M\"")
+                return nil
+            }
+            nums.append(n)
+        }
+        for n in nums where !(1...65535).contains(n) {
+            issue(path, "\(n) is out of range 1-65535")
+            return nil
+        }
+        let lo = nums[0], hi = nums.count == 2 ? nums[1] : nums[0]
+        guard lo <= hi else { issue(path, "\(quoted(s)): \(lo) is greater than \(hi)"); return nil }
+        return UInt16(lo)...UInt16(hi)
+    }
+
+    private mutating func instance(_ v: JSONValue, _ path: String, thisHost: String?, exists: (String) -> Bool) -> Instance? {
+        guard let o = object(v, path, allowed: ["host", "groups", "ips", "interface", "mac"], required: ["host", "groups", "ips"]) else {
+            return nil
+        }
+        let before = issues.count
+        var host: String?
+        if let x = o["host"], let s = string(x, joinPath(path, "host")) {
+            if s.isEmpty { issue(joinPath(path, "host"), "must not be empty") } else { host = s }
+        }
+        var groups: [String] = []
+        if let x = o["groups"] {
+            let gp = joinPath(path, "groups")
+            if case .array(let items) = x {
+                for (i, item) in items.enumerated() {
+                    guard let g = string(item, gp + "[\(i)]") else { continue }
+                    if !exists(g) { issue(gp + "[\(i)]", "unknown group \(quoted(g))") } else { groups.append(g) }
+                }
+            } else { issue(gp, "expected an array, got \(x.typeName)") }
+        }
+        var ips: [IPAddress] = []
+        if let x = o["ips"] {
+            let ip = joinPath(path, "ips")
+            if case .array(let items) = x {
+                if items.isEmpty { issue(ip, "needs at least one address") }
+                for (i, item) in items.enumerated() {
+                    guard let s = string(item, ip + "[\(i)]") else { continue }
+                    if let a = IPAddress(s) { ips.append(a) } else { issue(ip + "[\(i)]", "\(quoted(s)) is not an IPv4 or IPv6 address") }
+                }
+            } else { issue(ip, "expected an array, got \(x.typeName)") }
+        }
+        var iface: String?
+        if let x = o["interface"], let s = string(x, joinPath(path, "interface")) {
+            if let p = Checks.interfaceProblem(s) { issue(joinPath(path, "interface"), p) } else { iface = s }
+        } else if o["interface"] == nil, let h = host, h == thisHost {
+            issue(joinPath(path, "interface"), "missing; required for an instance on this host (\(h))")
+        }
+        var mac: MACAddress?
+        if let x = o["mac"], let s = string(x, joinPath(path, "mac")) {
+            if let m = MACAddress(s) { mac = m } else { issue(joinPath(path, "mac"), "\(quoted(s)) is not a MAC address like aa:bb:cc:dd:ee:ff") }
+        }
+        guard issues.count == before, let host else { return nil }
+        return Instance(host: host, groups: groups, ips: ips, interface: iface, mac: mac)
+    }
+}

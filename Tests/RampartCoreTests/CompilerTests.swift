@@ -1,0 +1,142 @@
+import Foundation
+import Testing
+@testable import RampartCore
+
+func twoTier() throws -> Document {
+    try Document.parse(json: Data(contentsOf: URL(fileURLWithPath: "/work/shared/spec/examples/two-tier.json")))
+}
+
+func rendered(_ c: Chain?) -> [String] { c?.rules.map(Render.rule) ?? [] }
+
+@Suite struct CompilerTests {
+    @Test func twoTierObjects() throws {
+        let ir = Compiler.compile(try twoTier())
+        #expect(Set(ir.chains.keys) == ["egress", "ingress", "input", "output", "in-web-1", "out-web-1", "in-web-2", "out-web-2",
+                                        "in-db-1", "out-db-1", "gin-web", "gout-web", "gin-db", "gout-db"])
+        // admin has no member here: no chains; it is referenced, so it has sets.
+        #expect(Set(ir.sets.keys) == ["inst-ifaces", "m4-web", "m6-web", "m4-admin", "m6-admin"])
+        #expect(ir.sets["m4-admin"]?.elements == [.ipv4(IPv4Address("10.0.9.5")!)])
+        #expect(ir.sets["m6-web"]?.elements == [.ipv6(IPv6Address("fd00::11")!)])
+        #expect(ir.sets["inst-ifaces"]?.elements == [.ifname("tapweb1"), .ifname("tapweb2"), .ifname("tapdb1")])
+        #expect(ir.maps["from-inst"]?.elements["tapweb1"] == .jump("out-web-1"))
+        #expect(ir.maps["to-inst"]?.elements["tapdb1"] == .jump("in-db-1"))
+    }
+
+    @Test func baseChains() throws {
+        let ir = Compiler.compile(try twoTier())
+        #expect(ir.chains["egress"]?.base == BaseChainSpec(hook: .forward, priority: -1, policy: .accept))
+        #expect(ir.chains["ingress"]?.base == BaseChainSpec(hook: .forward, priority: 0, policy: .accept))
+        #expect(ir.chains["input"]?.base?.hook == .input)
+        #expect(ir.chains["output"]?.base?.hook == .output)
+        #expect(rendered(ir.chains["egress"]) == ["iifname @inst-ifaces ct state established,related accept",
+                                                  "iifname @inst-ifaces ct state invalid drop", "iifname vmap @from-inst"])
+        #expect(ir.chains["output"]?.rules == ir.chains["ingress"]?.rules)
+        #expect(ir.chains["input"]?.rules == ir.chains["egress"]?.rules)
+    }
+
+    @Test func instanceChains() throws {
+        let ir = Compiler.compile(try twoTier())
+        #expect(rendered(ir.chains["out-web-1"]) == [
+            "meta l4proto icmpv6 icmpv6 type 133-136 accept",
+            "meta nfproto ipv4 udp sport 68 udp dport 67 accept",
+            "ether saddr != 02:00:00:00:01:11 drop",
+            "ip saddr != 10.0.1.11 drop",
+            "ip6 saddr != fd00::11 drop",
+            "jump gout-web",
+            "drop",
+        ])
+        #expect(rendered(ir.chains["out-web-2"])[2...3] == ["ip saddr != 10.0.1.12 drop", "meta nfproto ipv6 drop"])
+        #expect(rendered(ir.chains["in-db-1"]) == [
+            "meta l4proto icmpv6 icmpv6 type 133-136 accept",
+            "meta nfproto ipv4 udp sport 67 udp dport 68 accept",
+            "jump gin-db",
+            "drop",
+        ])
+    }
+
+    @Test func groupChains() throws {
+        let ir = Compiler.compile(try twoTier())
+        #expect(rendered(ir.chains["gin-web"]) == [
+            #"meta nfproto ipv4 meta l4proto tcp th dport 80 counter accept comment "web/http""#,
+            #"meta nfproto ipv4 meta l4proto tcp th dport 443 counter accept comment "web/https""#,
+            #"meta nfproto ipv6 meta l4proto tcp th dport 443 counter accept comment "web/https6""#,
+            #"ip saddr @m4-admin meta l4proto tcp th dport 22 counter accept comment "web/ssh-from-admin""#,
+            #"ip6 saddr @m6-admin meta l4proto tcp th dport 22 counter accept comment "web/ssh-from-admin""#,
+            #"ip saddr 10.0.0.0/8 meta l4proto icmp icmp type 8 counter accept comment "web/ping""#,
+        ])
+        #expect(rendered(ir.chains["gout-db"]) == [#"ip daddr 10.0.0.2 meta l4proto udp th dport 53 counter accept comment "db/replies-only""#])
+    }
+
+    @Test func familiesOfGroupRules() {
+        func chain(_ r: Rule) -> [String] {
+            let g = Group(rules: [r])
+            let c = Compiler.groupChains("g", g)
+            return rendered(r.direction == .ingress ? c.ingress : c.egress)
+        }
+        #expect(chain(Rule(proto: .icmp, remote: .group("x"))) == [#"ip saddr @m4-x meta l4proto icmp counter accept comment "g/#0""#])
+        #expect(chain(Rule(proto: .icmpv6, icmpType: 128, icmpCode: 0, remote: .group("x"))) ==
+            [#"ip6 saddr @m6-x meta l4proto icmpv6 icmpv6 type 128 icmpv6 code 0 counter accept comment "g/#0""#])
+        #expect(chain(Rule(direction: .egress, proto: .any, remote: .group("x"), ethertype: .ipv6)) == [#"ip6 daddr @m6-x counter accept comment "g/#0""#])
+        #expect(chain(Rule(direction: .egress, proto: .udp, ports: 1000...2000, remote: .group("x"))) == [
+            #"ip daddr @m4-x meta l4proto udp th dport 1000-2000 counter accept comment "g/#0""#,
+            #"ip6 daddr @m6-x meta l4proto udp th dport 1000-2000 counter accept comment "g/#0""#,
+        ])
+        #expect(chain(Rule(proto: .number(47), remote: .cidr(.v6(IPv6Prefix(address: IPv6Address("fd00::")!, length: 8))))) ==
+            [#"ip6 saddr fd00::/8 meta l4proto 47 counter accept comment "g/#0""#])
+    }
+
+    @Test func memberSetsOnlyWhenReferencedByACompiledRule() {
+        // A rule referencing "x" in a group with no member here compiles nowhere: no set.
+        var d = Document(host: "hv1", groups: ["a": Group(rules: [Rule(proto: .tcp, remote: .group("x"))]), "x": Group()])
+        d.instances["r"] = Instance(host: "hv2", groups: ["x"], ips: [IPAddress("10.9.9.9")!])
+        #expect(Compiler.compile(d).sets.keys.sorted() == ["inst-ifaces"])
+        d.instances["l"] = Instance(host: "hv1", groups: ["a"], ips: [IPAddress("10.0.0.1")!], interface: "tap0")
+        let ir = Compiler.compile(d)
+        #expect(ir.sets.keys.sorted() == ["inst-ifaces", "m4-x", "m6-x"])
+        #expect(ir.sets["m4-x"]?.elements == [.ipv4(IPv4Address("10.9.9.9")!)])
+        #expect(ir.sets["m6-x"]?.elements == [])
+        // An instance in no group gets only the basics.
+        #expect(ir.chains["gin-x"] == nil)
+    }
+
+    @Test func contentHashesAreStableAndSensitive() throws {
+        let a = Compiler.compile(try twoTier()), b = Compiler.compile(try twoTier())
+        #expect(a.chains["gin-web"]!.contentHash == b.chains["gin-web"]!.contentHash)
+        #expect(a.chains["gin-web"]!.contentHash != a.chains["gin-db"]!.contentHash)
+        #expect(a.sets["m4-web"]!.contentHash == b.sets["m4-web"]!.contentHash)
+        var s = a.sets["m4-web"]!
+        s.elements.insert(.ipv4(IPv4Address("10.0.0.9")!))
+        #expect(s.contentHash != a.sets["m4-web"]!.contentHash)
+        // A fixed value: the hash must not depend on the process (Swift's Hasher is seeded per run).
+        #expect(FNV1a.hash("") == 0xaf63_bd4c_8601_b7df)
+    }
+}
+
+@Suite struct NamingTests {
+    @Test func names() {
+        #expect(Naming.groupIn("web") == "gin-web")
+        #expect(Naming.groupOut("web") == "gout-web")
+        #expect(Naming.instanceIn("a:b") == "in-a:b")
+        #expect(Naming.memberSet(.ipv6, "g") == "m6-g")
+        let longest = Naming.groupOut(String(repeating: "x", count: 64))
+        #expect(longest.utf8.count == 69)
+    }
+
+    @Test func quoting() {
+        #expect(Naming.nftQuoted("gin-web") == "gin-web")
+        #expect(Naming.nftQuoted("gin-a:b") == #""gin-a:b""#)
+        #expect(Naming.nftQuoted("ingress") == #""ingress""#)
+        #expect(Naming.nftQuoted("m4-1.2") == "m4-1.2")
+        #expect(Render.rule(IRRule([.saddrInSet(.ipv4, "m4-a:b")], .jump("gin-a:b"))) == #"ip saddr @"m4-a:b" jump "gin-a:b""#)
+    }
+
+    @Test func comments() {
+        #expect(Naming.ruleComment(group: "web", ruleID: nil, index: 3) == "web/#3")
+        #expect(Naming.ruleComment(group: "web", ruleID: "say \"hi\"\n", index: 0) == "web/say 'hi'?")
+        let g = String(repeating: "g", count: 64)
+        let c = Naming.ruleComment(group: g, ruleID: String(repeating: "é", count: 100), index: 0)
+        #expect(c.utf8.count <= 128)
+        #expect(c.utf8.count == 127) // 65 bytes of head, 31 two-byte characters; never half a character
+        #expect(Naming.ruleComment(group: "g", ruleID: String(repeating: "r", count: 300), index: 0).utf8.count == 128)
+    }
+}

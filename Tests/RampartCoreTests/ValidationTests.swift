@@ -1,0 +1,199 @@
+import Foundation
+import Testing
+@testable import RampartCore
+
+/// Builds a document around the given group/instance JSON fragments and returns the error lines.
+func errors(_ json: String) -> [String] {
+    do {
+        _ = try Document.parse(json: json)
+        return []
+    } catch {
+        return error.issues.map(\.description)
+    }
+}
+
+/// A valid base document: one group, one local instance; tests splice a fragment into it.
+func doc(groups: String = #""web": {"rules": []}"#, instances: String = #""web-1": {"host": "hv1", "interface": "tap1", "ips": ["10.0.0.1"], "groups": ["web"]}"#) -> String {
+    #"{"version": 1, "host": "hv1", "groups": {\#(groups)}, "instances": {\#(instances)}}"#
+}
+
+func rule(_ body: String) -> String { doc(groups: #""web": {"rules": [{"protocol": "tcp", "cidr": "0.0.0.0/0"}, \#(body)]}"#) }
+
+@Suite struct ValidationTests {
+    @Test func exampleIsValid() throws {
+        let url = URL(fileURLWithPath: "/work/shared/spec/examples/two-tier.json")
+        guard let data = try? Data(contentsOf: url) else { return }
+        let d = try Document.parse(json: data)
+        #expect(d.host == "hv1")
+        #expect(d.groups.count == 3)
+        #expect(d.instances["web-1"]?.mac == MACAddress("02:00:00:00:01:11"))
+        #expect(d.groups["web"]?.rules[3].remote == .group("admin"))
+        try d.validate()
+    }
+
+    @Test func baseDocumentIsValid() {
+        #expect(errors(doc()) == [])
+    }
+
+    @Test func syntax() {
+        #expect(errors("{").first?.hasPrefix("not valid JSON at byte") == true)
+        #expect(errors("[]") == ["expected an object, got an array"])
+    }
+
+    @Test func topLevel() {
+        #expect(errors(#"{"version": 1, "host": "hv1", "groups": {}}"#) == ["instances: missing required key"])
+        #expect(errors(#"{"version": 2, "host": "hv1", "groups": {}, "instances": {}}"#) == ["version: 2 is not supported; expected 1"])
+        #expect(errors(#"{"version": "1", "host": "hv1", "groups": {}, "instances": {}}"#) == ["version: expected the number 1, got a string"])
+        #expect(errors(#"{"version": 1.0, "host": "hv1", "groups": {}, "instances": {}}"#) == ["version: 1.0 is not supported; expected 1"])
+        #expect(errors(#"{"version": 1, "host": "", "groups": {}, "instances": {}}"#) == ["host: must not be empty"])
+        #expect(errors(#"{"version": 1, "host": "hv1", "groups": {}, "instances": {}, "extra": 1}"#) == ["extra: unknown key"])
+        #expect(errors(#"{"version": 1, "host": "hv1", "host": "hv2", "groups": {}, "instances": {}}"#) == ["host: duplicate key"])
+        #expect(errors(#"{"version": 1, "host": 5, "groups": [], "instances": {}}"#) == ["groups: expected an object, got an array", "host: expected a string, got a number"])
+    }
+
+    @Test func ids() {
+        #expect(errors(doc(groups: #""web": {"rules": []}, "bad id": {"rules": []}"#))
+            == [#"groups.bad id: "bad id" is not a valid id (1-64 characters of A-Z a-z 0-9 . _ : -)"#])
+        let long = String(repeating: "a", count: 65)
+        #expect(errors(doc(groups: #""web": {"rules": []}, "\#(long)": {"rules": []}"#)).count == 1)
+        let max = String(repeating: "a", count: 64)
+        #expect(errors(doc(groups: #""web": {"rules": []}, "\#(max)": {"rules": []}, "a.b_c:d-1": {"rules": []}"#)) == [])
+    }
+
+    @Test func groupKeys() {
+        #expect(errors(doc(groups: #""web": {}"#)) == ["groups.web.rules: missing required key"])
+        #expect(errors(doc(groups: #""web": {"rules": [], "descr": "x"}"#)) == ["groups.web.descr: unknown key"])
+        #expect(errors(doc(groups: #""web": {"rules": {}}"#)) == ["groups.web.rules: expected an array, got an object"])
+        let d = String(repeating: "x", count: 256)
+        #expect(errors(doc(groups: #""web": {"rules": [], "description": "\#(d)"}"#)) == ["groups.web.description: 256 characters long; at most 255"])
+    }
+
+    @Test func ruleKeys() {
+        #expect(errors(rule(#"{"prot": "tcp", "cidr": "0.0.0.0/0"}"#)) == ["groups.web.rules[1].prot: unknown key", "groups.web.rules[1].protocol: missing required key"])
+        #expect(errors(rule(#"{"protocol": "tcp"}"#)) == ["groups.web.rules[1]: needs one of cidr or group"])
+        #expect(errors(rule(#"{"protocol": "tcp", "cidr": "10.0.0.0/8", "group": "web"}"#)) == ["groups.web.rules[1]: cidr and group are mutually exclusive"])
+        #expect(errors(rule(#"{"protocol": "tcp", "cidr": "0.0.0.0/0", "direction": "in"}"#)) == [#"groups.web.rules[1].direction: "in" is not "ingress" or "egress""#])
+        #expect(errors(rule(#"{"protocol": "tcp", "cidr": "0.0.0.0/0", "id": 3}"#)) == ["groups.web.rules[1].id: expected a string, got a number"])
+    }
+
+    @Test func protocols() {
+        #expect(errors(rule(#"{"protocol": 0, "cidr": "0.0.0.0/0"}"#)) == [#"groups.web.rules[1].protocol: 0 is ambiguous; write "any""#])
+        #expect(errors(rule(#"{"protocol": 256, "cidr": "0.0.0.0/0"}"#)) == ["groups.web.rules[1].protocol: 256 is out of range 0-255"])
+        #expect(errors(rule(#"{"protocol": "tcpp", "cidr": "0.0.0.0/0"}"#)) == [#"groups.web.rules[1].protocol: "tcpp" is not one of tcp, udp, sctp, icmp, icmpv6, any, or a number 1-255"#])
+        #expect(errors(rule(#"{"protocol": true, "cidr": "0.0.0.0/0"}"#)) == ["groups.web.rules[1].protocol: expected a string or an integer, got a boolean"])
+        #expect(errors(rule(#"{"protocol": 47, "cidr": "0.0.0.0/0"}"#)) == [])
+    }
+
+    @Test func ports() {
+        #expect(errors(rule(#"{"protocol": "tcp", "ports": "70000", "cidr": "0.0.0.0/0"}"#)) == ["groups.web.rules[1].ports: 70000 is out of range 1-65535"])
+        #expect(errors(rule(#"{"protocol": "tcp", "ports": "0", "cidr": "0.0.0.0/0"}"#)) == ["groups.web.rules[1].ports: 0 is out of range 1-65535"])
+        #expect(errors(rule(#"{"protocol": "tcp", "ports": "90-80", "cidr": "0.0.0.0/0"}"#)) == [#"groups.web.rules[1].ports: "90-80": 90 is greater than 80"#])
+        #expect(errors(rule(#"{"protocol": "tcp", "ports": "http", "cidr": "0.0.0.0/0"}"#)) == [#"groups.web.rules[1].ports: "http" is not "N" or "N-M""#])
+        #expect(errors(rule(#"{"protocol": "tcp", "ports": "+80", "cidr": "0.0.0.0/0"}"#)) == [#"groups.web.rules[1].ports: "+80" is not "N" or "N-M""#])
+        #expect(errors(rule(#"{"protocol": "tcp", "ports": 80, "cidr": "0.0.0.0/0"}"#)) == ["groups.web.rules[1].ports: expected a string, got a number"])
+        #expect(errors(rule(#"{"protocol": "icmp", "ports": "80", "cidr": "0.0.0.0/0"}"#)) == ["groups.web.rules[1].ports: not allowed with protocol icmp (only tcp, udp, sctp)"])
+        #expect(errors(rule(#"{"protocol": "any", "ports": "80", "cidr": "0.0.0.0/0"}"#)) == ["groups.web.rules[1].ports: not allowed with protocol any (only tcp, udp, sctp)"])
+        #expect(errors(rule(#"{"protocol": 17, "ports": "53", "cidr": "0.0.0.0/0"}"#)) == [])
+        #expect(errors(rule(#"{"protocol": "sctp", "ports": "1-65535", "cidr": "0.0.0.0/0"}"#)) == [])
+    }
+
+    @Test func icmp() {
+        #expect(errors(rule(#"{"protocol": "tcp", "icmp_type": 8, "cidr": "0.0.0.0/0"}"#)) == ["groups.web.rules[1].icmp_type: not allowed with protocol tcp (only icmp, icmpv6)"])
+        #expect(errors(rule(#"{"protocol": "icmp", "icmp_code": 0, "cidr": "0.0.0.0/0"}"#)) == ["groups.web.rules[1].icmp_code: only allowed together with icmp_type"])
+        #expect(errors(rule(#"{"protocol": "icmp", "icmp_type": 256, "cidr": "0.0.0.0/0"}"#)) == ["groups.web.rules[1].icmp_type: 256 is out of range 0-255"])
+        #expect(errors(rule(#"{"protocol": "icmp", "icmp_type": 8.5, "cidr": "0.0.0.0/0"}"#)) == ["groups.web.rules[1].icmp_type: expected an integer, got 8.5"])
+        #expect(errors(rule(#"{"protocol": "icmp", "cidr": "::/0"}"#)) == ["groups.web.rules[1].protocol: icmp cannot match the IPv6 remote ::/0"])
+        #expect(errors(rule(#"{"protocol": "icmpv6", "cidr": "10.0.0.0/8"}"#)) == ["groups.web.rules[1].protocol: icmpv6 cannot match the IPv4 remote 10.0.0.0/8"])
+        #expect(errors(rule(#"{"protocol": "icmp", "group": "web", "ethertype": "ipv6"}"#)) == ["groups.web.rules[1].protocol: icmp cannot match with ethertype ipv6"])
+        #expect(errors(rule(#"{"protocol": "icmpv6", "icmp_type": 128, "icmp_code": 0, "group": "web"}"#)) == [])
+    }
+
+    @Test func remotes() {
+        #expect(errors(rule(#"{"protocol": "tcp", "cidr": "10.0.0.1/8"}"#)) == ["groups.web.rules[1].cidr: 10.0.0.1/8 has host bits set; did you mean 10.0.0.0/8"])
+        #expect(errors(rule(#"{"protocol": "tcp", "cidr": "fd00::1/64"}"#)) == ["groups.web.rules[1].cidr: fd00::1/64 has host bits set; did you mean fd00::/64"])
+        #expect(errors(rule(#"{"protocol": "tcp", "cidr": "10.0.0.0/33"}"#)) == [#"groups.web.rules[1].cidr: "10.0.0.0/33": prefix length 33 is out of range 0-32"#])
+        #expect(errors(rule(#"{"protocol": "tcp", "cidr": "10.0.0/8"}"#)) == [#"groups.web.rules[1].cidr: "10.0.0/8" is not an IPv4 or IPv6 prefix"#])
+        #expect(errors(rule(#"{"protocol": "tcp", "cidr": "10.0.0.0/"}"#)) == [#"groups.web.rules[1].cidr: "10.0.0.0/" has an invalid prefix length"#])
+        #expect(errors(rule(#"{"protocol": "tcp", "cidr": "10.0.0.0/8", "ethertype": "ipv6"}"#)) == ["groups.web.rules[1].ethertype: ipv6 contradicts cidr 10.0.0.0/8"])
+        #expect(errors(rule(#"{"protocol": "tcp", "cidr": "10.0.0.0/8", "ethertype": "arp"}"#)) == [#"groups.web.rules[1].ethertype: "arp" is not "ipv4" or "ipv6""#])
+        #expect(errors(rule(#"{"protocol": "tcp", "group": "admin"}"#)) == [#"groups.web.rules[1].group: unknown group "admin""#])
+        #expect(errors(rule(#"{"protocol": "tcp", "cidr": "10.1.2.3"}"#)) == [])
+        #expect(errors(rule(#"{"protocol": "tcp", "group": "web", "ethertype": "ipv4"}"#)) == [])
+    }
+
+    @Test func instances() {
+        func inst(_ body: String) -> [String] { errors(doc(instances: #""web-1": \#(body)"#)) }
+        #expect(inst(#"{"host": "hv1", "interface": "tap1", "ips": ["10.0.0.1"]}"#) == ["instances.web-1.groups: missing required key"])
+        #expect(inst(#"{"host": "hv1", "interface": "tap1", "ips": [], "groups": []}"#) == ["instances.web-1.ips: needs at least one address"])
+        #expect(inst(#"{"host": "hv1", "interface": "tap1", "ips": ["10.0.0.300"], "groups": []}"#) == [#"instances.web-1.ips[0]: "10.0.0.300" is not an IPv4 or IPv6 address"#])
+        #expect(inst(#"{"host": "hv1", "interface": "tap1", "ips": ["10.0.0.1/32"], "groups": []}"#) == [#"instances.web-1.ips[0]: "10.0.0.1/32" is not an IPv4 or IPv6 address"#])
+        #expect(inst(#"{"host": "hv1", "ips": ["10.0.0.1"], "groups": []}"#) == ["instances.web-1.interface: missing; required for an instance on this host (hv1)"])
+        #expect(inst(#"{"host": "hv2", "ips": ["10.0.0.1"], "groups": []}"#) == [])
+        #expect(inst(#"{"host": "hv1", "interface": "tap1", "ips": ["10.0.0.1"], "groups": ["nope"]}"#) == [#"instances.web-1.groups[0]: unknown group "nope""#])
+        #expect(inst(#"{"host": "hv1", "interface": "tap1", "ips": ["10.0.0.1"], "groups": [], "mac": "02:00:00:00:01"}"#) == [#"instances.web-1.mac: "02:00:00:00:01" is not a MAC address like aa:bb:cc:dd:ee:ff"#])
+        #expect(inst(#"{"host": "hv1", "interface": "tap1", "ips": ["10.0.0.1"], "groups": [], "vlan": 3}"#) == ["instances.web-1.vlan: unknown key"])
+    }
+
+    @Test func interfaceNames() {
+        func iface(_ name: String) -> [String] {
+            errors(doc(instances: #""web-1": {"host": "hv1", "interface": "\#(name)", "ips": ["10.0.0.1"], "groups": []}"#))
+        }
+        #expect(iface("tap/1") == [#"instances.web-1.interface: "tap/1" is not a valid interface name: contains '/'"#])
+        #expect(iface("tap:1") == [#"instances.web-1.interface: "tap:1" is not a valid interface name: contains ':'"#])
+        #expect(iface("tap 1") == [#"instances.web-1.interface: "tap 1" is not a valid interface name: contains white space"#])
+        #expect(iface("") == [#"instances.web-1.interface: "" is not a valid interface name: empty"#])
+        #expect(iface("..") == [#"instances.web-1.interface: ".." is not a valid interface name: reserved"#])
+        #expect(iface(".") == [#"instances.web-1.interface: "." is not a valid interface name: reserved"#])
+        #expect(iface("0123456789abcdef") == [#"instances.web-1.interface: "0123456789abcdef" is not a valid interface name: 16 bytes long; at most 15"#])
+        #expect(iface(#"tap\"x"#) == [#"instances.web-1.interface: "tap\"x" is not a valid interface name: contains a quote or backslash"#])
+        #expect(iface(#"tap\u0001"#) == [#"instances.web-1.interface: "tap\u0001" is not a valid interface name: contains a control character"#])
+        #expect(iface("tapé") == [#"instances.web-1.interface: "tapé" is not a valid interface name: contains a non-ASCII character"#])
+        #expect(iface("0123456789abcde") == [])
+        #expect(iface("veth-a.b_c") == [])
+    }
+
+    @Test func uniquenessOnThisHost() {
+        let two = #""a": {"host": "hv1", "interface": "tap1", "ips": ["10.0.0.1"], "groups": []}, "b": {"host": "hv1", "interface": "tap1", "ips": ["10.0.0.1"], "groups": []}"#
+        #expect(errors(doc(instances: two)) == [#"instances.b.interface: "tap1" is already used by instance a"#, "instances.b.ips[0]: 10.0.0.1 is already used by instance a"])
+        // Elsewhere, the same address is not this host's problem.
+        let remote = #""a": {"host": "hv1", "interface": "tap1", "ips": ["10.0.0.1"], "groups": []}, "b": {"host": "hv2", "interface": "tap1", "ips": ["10.0.0.1"], "groups": []}"#
+        #expect(errors(doc(instances: remote)) == [])
+    }
+
+    @Test func severalErrorsAtOnceSortedByPath() {
+        let json = doc(groups: #""web": {"rules": [{"protocol": "tcp", "ports": "70000", "cidr": "10.0.0.1/8"}, {"prot": 1}]}"#,
+                       instances: #""z": {"host": "hv1", "ips": ["x"], "groups": ["nope"]}"#)
+        #expect(errors(json) == [
+            "groups.web.rules[0].cidr: 10.0.0.1/8 has host bits set; did you mean 10.0.0.0/8",
+            "groups.web.rules[0].ports: 70000 is out of range 1-65535",
+            "groups.web.rules[1]: needs one of cidr or group",
+            "groups.web.rules[1].prot: unknown key",
+            "groups.web.rules[1].protocol: missing required key",
+            #"instances.z.groups[0]: unknown group "nope""#,
+            "instances.z.interface: missing; required for an instance on this host (hv1)",
+            #"instances.z.ips[0]: "x" is not an IPv4 or IPv6 address"#,
+        ])
+        do {
+            _ = try Document.parse(json: json)
+            Issue.record("accepted an invalid document")
+        } catch {
+            #expect(error.description.hasPrefix("invalid document (8 errors):\n  groups.web.rules[0].cidr"))
+        }
+    }
+
+    @Test func typedValidationMatchesParser() {
+        var d = Document(host: "hv1", groups: ["web": Group(rules: [Rule(proto: .number(0), ports: 0...5, remote: .group("x"))])],
+                         instances: ["a": Instance(host: "hv1", groups: ["web"], ips: [])])
+        #expect(d.issues().map(\.description) == [
+            #"groups.web.rules[0].group: unknown group "x""#,
+            "groups.web.rules[0].ports: 0 is out of range 1-65535",
+            #"groups.web.rules[0].ports: not allowed with protocol 0 (only tcp, udp, sctp)"#,
+            #"groups.web.rules[0].protocol: 0 is ambiguous; write "any""#,
+            "instances.a.interface: missing; required for an instance on this host (hv1)",
+            "instances.a.ips: needs at least one address",
+        ])
+        d.groups["web"]!.rules = []
+        d.instances["a"] = Instance(host: "hv1", groups: ["web"], ips: [IPAddress("10.0.0.1")!], interface: "tap0")
+        #expect(d.issues() == [])
+    }
+}
