@@ -135,14 +135,13 @@ enum Decode {
         var len: UInt32 = 0
         let ud = UserData.decode(bytes(nftnl_set_get_data(s, attr(NFTNL_SET_USERDATA), &len), len), commentType: UserData.setCommentType)
         let name = string(nftnl_set_get_str(s, attr(NFTNL_SET_NAME)))
-        guard let key = SetKeyType(rawValue: keyType) else {
-            throw .protocolError("set \(name) has key type \(keyType), which Rampart does not use")
-        }
-        return SetDefinition(family: Family(rawValue: UInt8(nftnl_set_get_u32(s, attr(NFTNL_SET_FAMILY)))) ?? .inet,
+        var definition = SetDefinition(family: Family(rawValue: UInt8(nftnl_set_get_u32(s, attr(NFTNL_SET_FAMILY)))) ?? .inet,
                              table: string(nftnl_set_get_str(s, attr(NFTNL_SET_TABLE))),
-                             name: name, keyType: key,
+                             name: name, keyType: SetKeyType(rawValue: keyType),
                              isInterval: flags & 0x4 != 0, isVerdictMap: flags & 0x8 != 0,
                              comment: ud.comment, tag: ud.tag)
+        definition.keyLength = nftnl_set_get_u32(s, attr(NFTNL_SET_KEY_LEN))
+        return definition
     }
 
     /// Elements of one NEWSETELEM message, as (key, interval-end flag, verdict).

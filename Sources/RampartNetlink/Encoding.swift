@@ -251,7 +251,7 @@ final class NftnlSet {
         try self.init(family: d.family, table: d.table, name: d.name)
         nftnl_set_set_u32(pointer, UInt16(NFTNL_SET_FLAGS.rawValue), d.kernelFlags)
         nftnl_set_set_u32(pointer, UInt16(NFTNL_SET_KEY_TYPE.rawValue), d.keyType.rawValue)
-        nftnl_set_set_u32(pointer, UInt16(NFTNL_SET_KEY_LEN.rawValue), d.keyType.length)
+        nftnl_set_set_u32(pointer, UInt16(NFTNL_SET_KEY_LEN.rawValue), d.keyLength)
         if d.isVerdictMap {
             nftnl_set_set_u32(pointer, UInt16(NFTNL_SET_DATA_TYPE.rawValue), NFT_DATA_VERDICT.rawValue)
             nftnl_set_set_u32(pointer, UInt16(NFTNL_SET_DATA_LEN.rawValue), 0)

@@ -140,40 +140,45 @@ public enum Match {
     /// the family. `equal: false` negates the comparison (`!=`).
     public static func address(_ field: AddressField, _ address: [UInt8], prefixLength: Int? = nil,
                                equal: Bool = true) -> [Expr] {
+        nfproto(address.count == 16 ? .ipv6 : .ipv4)
+            + addressWithoutFamilyCheck(field, address, prefixLength: prefixLength, equal: equal)
+    }
+
+    /// `address(...)` without its `meta nfproto` check, for callers that already made it.
+    public static func addressWithoutFamilyCheck(_ field: AddressField, _ address: [UInt8], prefixLength: Int? = nil,
+                                                 equal: Bool = true) -> [Expr] {
         let ipv6 = address.count == 16
         precondition(address.count == 4 || address.count == 16, "address must be 4 or 16 bytes")
         let bits = prefixLength ?? address.count * 8
-        var out = nfproto(ipv6 ? .ipv6 : .ipv4)
-        guard bits > 0 else { return out }
+        guard bits > 0 else { return [] }
         let (offset, length) = field.location(ipv6: ipv6)
-        if bits == address.count * 8 {
-            out += [.payload(base: .network, offset: offset, length: length, dreg: .r1),
-                    .cmp(sreg: .r1, op: equal ? .eq : .neq, data: address)]
-            return out
-        }
         // nft's own encoding, which it prints back as a prefix: a prefix ending on a byte
         // boundary loads and compares only the bytes it covers; any other loads the whole
         // address and masks it.
         if bits % 8 == 0 {
             let bytes = bits / 8
-            return out + [.payload(base: .network, offset: offset, length: UInt32(bytes), dreg: .r1),
-                          .cmp(sreg: .r1, op: equal ? .eq : .neq, data: Array(address.prefix(bytes)))]
+            return [.payload(base: .network, offset: offset, length: UInt32(bytes), dreg: .r1),
+                    .cmp(sreg: .r1, op: equal ? .eq : .neq, data: Array(address.prefix(bytes)))]
         }
         var mask = [UInt8](repeating: 0, count: address.count)
         for bit in 0..<bits { mask[bit / 8] |= 0x80 >> UInt8(bit % 8) }
         let masked = zip(address, mask).map { $0 & $1 }
-        return out + [.payload(base: .network, offset: offset, length: length, dreg: .r1),
-                      .bitwise(sreg: .r1, dreg: .r1, mask: mask, xor: [UInt8](repeating: 0, count: address.count)),
-                      .cmp(sreg: .r1, op: equal ? .eq : .neq, data: masked)]
+        return [.payload(base: .network, offset: offset, length: length, dreg: .r1),
+                .bitwise(sreg: .r1, dreg: .r1, mask: mask, xor: [UInt8](repeating: 0, count: address.count)),
+                .cmp(sreg: .r1, op: equal ? .eq : .neq, data: masked)]
     }
 
     /// `ip saddr @set` / `ip6 daddr != @set`.
     public static func address(_ field: AddressField, ipv6: Bool, inSet set: String, inverted: Bool = false) -> [Expr] {
+        nfproto(ipv6 ? .ipv6 : .ipv4) + addressLookupWithoutFamilyCheck(field, ipv6: ipv6, inSet: set, inverted: inverted)
+    }
+
+    /// `address(_:ipv6:inSet:)` without its `meta nfproto` check.
+    public static func addressLookupWithoutFamilyCheck(_ field: AddressField, ipv6: Bool, inSet set: String,
+                                                       inverted: Bool = false) -> [Expr] {
         let (offset, length) = field.location(ipv6: ipv6)
-        return nfproto(ipv6 ? .ipv6 : .ipv4) + [
-            .payload(base: .network, offset: offset, length: length, dreg: .r1),
-            .lookup(set: set, sreg: .r1, dreg: nil, inverted: inverted),
-        ]
+        return [.payload(base: .network, offset: offset, length: length, dreg: .r1),
+                .lookup(set: set, sreg: .r1, dreg: nil, inverted: inverted)]
     }
 
     /// `iifname @set` / `oifname != @set`.
@@ -204,17 +209,21 @@ public enum Match {
     /// `icmp type T [code C]` (IPv4, protocol 1) or `icmpv6 type ...` (protocol 58). A type
     /// range (`icmpv6 type 133-136`) uses a `range` expression.
     public static func icmp(v6: Bool, types: ClosedRange<UInt8>, code: UInt8? = nil) -> [Expr] {
-        var out = l4proto(v6 ? 58 : 1)
-        out.append(.payload(base: .transport, offset: 0, length: 1, dreg: .r1))
+        l4proto(v6 ? 58 : 1) + icmpType(types) + (code.map(icmpCode) ?? [])
+    }
+
+    /// The ICMP/ICMPv6 type field (same offset in both), without the protocol check.
+    public static func icmpType(_ types: ClosedRange<UInt8>) -> [Expr] {
+        let load = Expr.payload(base: .transport, offset: 0, length: 1, dreg: .r1)
         if types.lowerBound == types.upperBound {
-            out.append(.cmp(sreg: .r1, op: .eq, data: [types.lowerBound]))
-        } else {
-            out.append(.range(sreg: .r1, op: .eq, from: [types.lowerBound], to: [types.upperBound]))
+            return [load, .cmp(sreg: .r1, op: .eq, data: [types.lowerBound])]
         }
-        if let code {
-            out += [.payload(base: .transport, offset: 1, length: 1, dreg: .r1), .cmp(sreg: .r1, op: .eq, data: [code])]
-        }
-        return out
+        return [load, .range(sreg: .r1, op: .eq, from: [types.lowerBound], to: [types.upperBound])]
+    }
+
+    /// The ICMP/ICMPv6 code field, without the protocol check.
+    public static func icmpCode(_ code: UInt8) -> [Expr] {
+        [.payload(base: .transport, offset: 1, length: 1, dreg: .r1), .cmp(sreg: .r1, op: .eq, data: [code])]
     }
 
     /// `ct state established,related` (any of the given states).

@@ -147,31 +147,41 @@ public enum Verdict: Sendable, Hashable, CustomStringConvertible {
     }
 }
 
-/// The key types Rampart uses for sets and maps. The raw values are nft's datatype ids,
-/// which nft needs in the set's key type to print elements (confirmed by reading back sets
-/// that nft itself created: see the netlink tests).
-public enum SetKeyType: UInt32, Sendable, Hashable, CaseIterable {
-    case ipv4Address = 7
-    case ipv6Address = 8
-    case inetService = 13
-    case ifname = 41
+/// A set's key type: nft's datatype id, which nft needs in the set to print its elements
+/// (confirmed by reading back sets that nft itself created: see the netlink tests). Any id read
+/// back from the kernel is representable, so a set someone else put in Rampart's table can still
+/// be read (and removed).
+public struct SetKeyType: RawRepresentable, Sendable, Hashable, CustomStringConvertible {
+    public let rawValue: UInt32
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
 
-    /// nft's byte order of the key (1 host, 2 big endian), which nft needs in the set's
-    /// userdata to print elements: addresses and ports are network order, names are strings.
-    var nftByteOrder: UInt32 {
-        switch self {
-        case .ifname: 1
-        default: 2
-        }
-    }
+    public static let ipv4Address = SetKeyType(rawValue: 7)
+    public static let ipv6Address = SetKeyType(rawValue: 8)
+    public static let inetService = SetKeyType(rawValue: 13)
+    public static let ifname = SetKeyType(rawValue: 41)
 
-    /// Key length in bytes.
-    public var length: UInt32 {
+    /// Key length in bytes of the known types.
+    public var length: UInt32? {
         switch self {
         case .ipv4Address: 4
         case .ipv6Address: 16
         case .inetService: 2
         case .ifname: 16
+        default: nil
+        }
+    }
+
+    /// nft's byte order of the key (1 host, 2 big endian), which nft needs in the set's
+    /// userdata to print elements: addresses and ports are network order, names are strings.
+    var nftByteOrder: UInt32 { self == .ifname ? 1 : 2 }
+
+    public var description: String {
+        switch self {
+        case .ipv4Address: "ipv4_addr"
+        case .ipv6Address: "ipv6_addr"
+        case .inetService: "inet_service"
+        case .ifname: "ifname"
+        default: "type \(rawValue)"
         }
     }
 }
@@ -182,6 +192,8 @@ public struct SetDefinition: Sendable, Hashable {
     public var table: String
     public var name: String
     public var keyType: SetKeyType
+    /// Key length in bytes (from the key type for the known types).
+    public var keyLength: UInt32
     /// Interval set: elements are ranges (prefixes) rather than single keys.
     public var isInterval: Bool
     /// A map whose values are verdicts (`ifname : verdict`, used with `vmap`).
@@ -197,6 +209,7 @@ public struct SetDefinition: Sendable, Hashable {
         self.table = table
         self.name = name
         self.keyType = keyType
+        self.keyLength = keyType.length ?? 0
         self.isInterval = isInterval
         self.isVerdictMap = isVerdictMap
         self.comment = comment

@@ -50,10 +50,6 @@ public final class RecordingNFTables: NFTablesClient {
                 failures.append(OperationFailure(index: i, operation: op, errno: e, kernelMessage: nil))
             }
         }
-        // Like the kernel, check references once the whole batch has been seen.
-        if failures.isEmpty, let (i, e) = Self.danglingReference(state, batch) {
-            failures.append(OperationFailure(index: i, operation: batch.operations[i], errno: e, kernelMessage: nil))
-        }
         if !failures.isEmpty { throw .rejected(failures) }
         tables = state
         committed.append(batch)
@@ -90,7 +86,11 @@ public final class RecordingNFTables: NFTablesClient {
         case .deleteChain(let f, let tn, let n):
             return withTable(f, tn) { t in
                 guard let i = t.chains.firstIndex(where: { $0.name == n }) else { return .ENOENT }
-                if !(t.rules[n] ?? []).isEmpty { return .EBUSY }
+                // Like the kernel, deleting a chain deletes its own rules, but a chain that other
+                // rules or map elements still jump to at this point of the batch is busy.
+                let byRule = t.rules.filter { $0.key != n }.values.joined().contains { $0.expressions.contains { $0.referencedChain == n } }
+                let byElement = t.elements.values.joined().contains { $0.verdict?.target == n }
+                if byRule || byElement { return .EBUSY }
                 t.chains.remove(at: i)
                 t.rules[n] = nil
                 return nil
@@ -140,7 +140,7 @@ public final class RecordingNFTables: NFTablesClient {
             return withTable(f, tn) { t in
                 guard let def = t.set(s) else { return .ENOENT }
                 for e in elements {
-                    if e.key.count != Int(def.keyType.length) { return .EINVAL }
+                    if e.key.count != Int(def.keyLength) { return .EINVAL }
                     if def.isVerdictMap != (e.verdict != nil) { return .EINVAL }
                     if let c = e.verdict?.target, t.rules[c] == nil { return .ENOENT }
                     if let i = t.elements[s]!.firstIndex(where: { $0.key == e.key }) {
@@ -161,16 +161,5 @@ public final class RecordingNFTables: NFTablesClient {
                 return nil
             }
         }
-    }
-
-    /// A chain deleted while a rule or map element of the final state still jumps to it.
-    private static func danglingReference(_ state: [TableKey: TableSnapshot], _ batch: Batch) -> (Int, Errno)? {
-        for (i, op) in batch.operations.enumerated() {
-            guard case .deleteChain(let f, let tn, let n) = op, let t = state[TableKey(family: f, name: tn)] else { continue }
-            let byRule = t.rules.values.joined().contains { $0.expressions.contains { $0.referencedChain == n } }
-            let byElement = t.elements.values.joined().contains { $0.verdict?.target == n }
-            if byRule || byElement { return (i, .EBUSY) }
-        }
-        return nil
     }
 }
