@@ -8,6 +8,7 @@ let package = Package(
     products: [
         .library(name: "RampartNetlink", targets: ["RampartNetlink"]),
         .library(name: "RampartCore", targets: ["RampartCore"]),
+        .executable(name: "rampart", targets: ["rampart"]),
         .executable(name: "rampart-bench", targets: ["rampart-bench"]),
     ],
     dependencies: [
@@ -26,9 +27,19 @@ let package = Package(
         .target(name: "RampartNetlink", dependencies: ["CNetfilter"]),
         // The pure core: document, validation, model, compiler, differ, events, fan-out.
         .target(name: "RampartCore"),
+        // The nftables backend: IR ⇄ netlink objects, plans as one batch, read-back, drift repair.
+        .target(name: "RampartNFTables", dependencies: ["RampartCore", "RampartNetlink"]),
         // Network-namespace fixtures for tests, benchmarks and the demo (uses `ip`, never on
         // Rampart's own kernel path).
         .target(name: "RampartHarness", dependencies: ["RampartNetlink"]),
+        // The CLI: apply, diff, show, flush.
+        .executableTarget(
+            name: "rampart",
+            dependencies: [
+                "RampartCore", "RampartNFTables", "RampartNetlink",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
         .executableTarget(
             name: "rampart-bench",
             dependencies: [

@@ -1,0 +1,92 @@
+import RampartCore
+import RampartNetlink
+
+/// The nftables backend: keeps the kernel's `inet rampart` table equal to a desired IR, one
+/// atomic transaction per change, and never touches anything outside that table.
+///
+/// It keeps a mirror of what it last committed, with the ruleset generation of that commit.
+/// The mirror is trusted only while the generation says nobody else committed; otherwise the
+/// table is read back (and anything someone else changed in it is planned for repair). Every
+/// commit carries the generation it was planned against, so a concurrent writer makes it fail
+/// cleanly (`NetlinkError.generationChanged`) instead of being overwritten blindly.
+public final class NFTablesBackend {
+    public let client: NFTablesClient
+    public let table: String
+    /// What Rampart believes the kernel holds (nil: no table), valid at `mirrorGeneration`.
+    public private(set) var mirror: RulesetIR?
+    public private(set) var mirrorGeneration: UInt32?
+
+    public init(client: NFTablesClient, table: String = Naming.table) {
+        self.client = client
+        self.table = table
+    }
+
+    /// Reads the table back as IR (see `Observe`); `reference` is the IR expected, against which
+    /// rule bytecode is compared. Updates the mirror.
+    public func readBack(reference: RulesetIR?) throws(NetlinkError) -> RulesetIR? {
+        while true {
+            let before = try client.generation()
+            if let snap = try client.readTable(family: .inet, name: table) {
+                mirror = Observe.ir(snap, reference: reference)
+                mirrorGeneration = snap.generation
+                return mirror
+            }
+            // No table: trust its absence only if nobody committed around the read.
+            if try client.generation() == before {
+                mirror = nil
+                mirrorGeneration = before
+                return nil
+            }
+        }
+    }
+
+    /// What the kernel holds: the mirror while nobody else has committed, else a read-back.
+    public func committed(reference: RulesetIR?) throws(NetlinkError) -> RulesetIR? {
+        if let g = mirrorGeneration, try client.generation() == g { return mirror }
+        return try readBack(reference: reference)
+    }
+
+    /// Forgets the mirror: the next `committed` reads the table back.
+    public func invalidate() {
+        mirrorGeneration = nil
+    }
+
+    /// Commits `plan` as one transaction, guarded by the mirror's generation when known, and on
+    /// success records `result` (the IR the plan leads to) as the mirror.
+    @discardableResult
+    public func commit(_ plan: Plan, result: RulesetIR?) throws(NetlinkError) -> CommitResult? {
+        guard !plan.isEmpty else { return nil }
+        let batch = Translate.batch(plan, table: table, desired: result)
+        do {
+            let r = try client.commit(batch, expectedGeneration: mirrorGeneration)
+            mirror = result
+            mirrorGeneration = r.generation
+            return r
+        } catch let error {
+            // Whatever happened, the mirror can no longer be trusted without a look.
+            mirrorGeneration = nil
+            throw error
+        }
+    }
+
+    /// Brings the table to `desired` (nil: no table): plan from what the kernel holds, commit,
+    /// and if someone else committed in between, plan again from a fresh read-back.
+    public func converge(to desired: RulesetIR?, attempts: Int = 5) throws(NetlinkError) -> (plan: Plan, commit: CommitResult?) {
+        var attempt = 0
+        while true {
+            attempt += 1
+            let current = try committed(reference: desired)
+            let plan = diff(from: current, to: desired)
+            do {
+                return (plan, try commit(plan, result: desired))
+            } catch let error {
+                guard case .generationChanged = error, attempt < attempts else { throw error }
+            }
+        }
+    }
+
+    /// The batch a plan would be sent as (for tests and `--dry-run` diagnostics).
+    public func batch(for plan: Plan, result: RulesetIR?) -> Batch {
+        Translate.batch(plan, table: table, desired: result)
+    }
+}

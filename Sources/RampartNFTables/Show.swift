@@ -1,0 +1,80 @@
+import RampartCore
+import RampartNetlink
+
+/// What is enforced, as read from the kernel: instance → groups → rules, with each rule's
+/// packet and byte counters. Counters belong to the group's chain on this host, so a rule's
+/// counters are shared by all members of the group here.
+public struct EnforcementView: Codable, Sendable, Hashable {
+    public struct RuleView: Codable, Sendable, Hashable {
+        public var direction: String
+        /// `group/rule-id` (or `group/#index`), the rule's comment in the kernel.
+        public var comment: String?
+        public var match: String
+        public var packets: UInt64
+        public var bytes: UInt64
+    }
+    public struct GroupView: Codable, Sendable, Hashable {
+        public var group: String
+        public var rules: [RuleView]
+    }
+    public struct InstanceView: Codable, Sendable, Hashable {
+        public var instance: String
+        public var interface: String
+        public var groups: [GroupView]
+    }
+    public var table: String
+    public var generation: UInt32
+    public var instances: [InstanceView]
+
+    /// Builds the view from a read-back table.
+    public init(_ snap: TableSnapshot) {
+        table = "\(snap.table.family) \(snap.table.name)"
+        generation = snap.generation
+        var interfaces: [String: String] = [:]  // instance → interface
+        for e in snap.elements[Naming.fromInstanceMap] ?? [] {
+            if case .jump(let chain)? = e.verdict, chain.hasPrefix("out-") {
+                interfaces[String(chain.dropFirst(4))] = Translate.ifname(e.key)
+            }
+        }
+        func groups(of chain: String, prefix: String) -> [String] {
+            (snap.rules[chain] ?? []).compactMap { r in
+                for e in r.expressions { if case .verdict(.jump(let t)) = e, t.hasPrefix(prefix) { return String(t.dropFirst(prefix.count)) } }
+                return nil
+            }
+        }
+        func rules(_ chain: String, _ direction: String) -> [RuleView] {
+            (snap.rules[chain] ?? []).map { r in
+                let c = Describe.counter(r.expressions)
+                return RuleView(direction: direction, comment: r.comment, match: Describe.rule(r.expressions),
+                                packets: c?.packets ?? 0, bytes: c?.bytes ?? 0)
+            }
+        }
+        instances = interfaces.keys.sorted().map { id in
+            let ins = groups(of: Naming.instanceIn(id), prefix: "gin-")
+            let outs = groups(of: Naming.instanceOut(id), prefix: "gout-")
+            var seen = Set<String>()
+            let all = (ins + outs).filter { seen.insert($0).inserted }
+            return InstanceView(instance: id, interface: interfaces[id] ?? "?", groups: all.map { g in
+                GroupView(group: g, rules: rules(Naming.groupIn(g), "ingress") + rules(Naming.groupOut(g), "egress"))
+            })
+        }
+    }
+
+    /// Plain text for operators.
+    public var text: String {
+        var out = "table \(table) (generation \(generation)): \(instances.count) instance\(instances.count == 1 ? "" : "s")\n"
+        for i in instances {
+            out += "instance \(i.instance) (\(i.interface))\n"
+            if i.groups.isEmpty { out += "  no groups: only established traffic, NDP and DHCP pass\n" }
+            for g in i.groups {
+                out += "  group \(g.group)\n"
+                if g.rules.isEmpty { out += "    (no rules)\n" }
+                for r in g.rules {
+                    let name = (r.comment ?? "-").padding(toLength: 28, withPad: " ", startingAt: 0)
+                    out += "    \(r.direction.padding(toLength: 8, withPad: " ", startingAt: 0)) \(name) \(r.match)   [\(r.packets) packets, \(r.bytes) bytes]\n"
+                }
+            }
+        }
+        return out
+    }
+}
