@@ -49,6 +49,10 @@ let package = Package(
         ),
         .testTarget(name: "RampartNetlinkTests", dependencies: ["RampartNetlink", "RampartHarness"]),
         .testTarget(
+            name: "RampartNFTablesTests",
+            dependencies: ["RampartNFTables", "RampartCore", "RampartNetlink", "RampartHarness"]
+        ),
+        .testTarget(
             name: "RampartCoreTests",
             dependencies: [
                 "RampartCore",

@@ -1,0 +1,80 @@
+import Foundation
+import Testing
+import RampartCore
+import RampartHarness
+@testable import RampartNFTables
+import RampartNetlink
+
+/// The example document of the spec.
+let exampleDocument: Document = {
+    let url = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../docs/examples/two-tier.json")
+    return try! Document.parse(json: Data(contentsOf: url.standardizedFileURL))
+}()
+
+/// The backend against the in-memory fake: exact batches, no root needed.
+@Suite("Backend with the recording fake") struct BackendFakeTests {
+    @Test func applyThenReapplyCommitsNothing() throws {
+        let fake = RecordingNFTables()
+        let backend = NFTablesBackend(client: fake)
+        let desired = Compiler.compile(exampleDocument)
+        let (plan, commit) = try backend.converge(to: desired)
+        #expect(!plan.isEmpty)
+        #expect(commit != nil)
+        #expect(fake.committed.count == 1)
+        // A fresh backend (a new CLI process) reads the table back and finds nothing to do.
+        let again = NFTablesBackend(client: fake)
+        let (plan2, commit2) = try again.converge(to: desired)
+        #expect(plan2.isEmpty)
+        #expect(commit2 == nil)
+        #expect(fake.committed.count == 1)
+    }
+
+    @Test func membershipChangeSendsOnlyElements() throws {
+        let fake = RecordingNFTables()
+        let backend = NFTablesBackend(client: fake)
+        var engine = Engine(host: "hv1")
+        try backend.commit(try engine.apply(document: exampleDocument), result: engine.committed)
+        var bastion = exampleDocument.instances["bastion"]!
+        bastion.ips.append(IPAddress("10.0.9.6")!)
+        let plan = try engine.membersChanged(group: "admin", added: ["bastion": bastion])
+        try backend.commit(plan, result: engine.committed)
+        let batch = try #require(fake.committed.last)
+        #expect(batch.operations == [.addElements(family: .inet, table: "rampart", set: "m4-admin",
+                                                  elements: [RampartNetlink.SetElement(key: [10, 0, 9, 6])])])
+    }
+
+    @Test func driftIsRepaired() throws {
+        let fake = RecordingNFTables()
+        let backend = NFTablesBackend(client: fake)
+        let desired = Compiler.compile(exampleDocument)
+        try backend.converge(to: desired)
+        fake.mutateTable(family: .inet, name: "rampart") { t in
+            t.rules["gin-web"]!.removeLast()                                      // a rule deleted
+            t.elements["m4-web"]!.append(RampartNetlink.SetElement(key: [1, 2, 3, 4]))  // an element added
+            t.chains.append(RampartNetlink.Chain(family: .inet, table: "rampart", name: "intruder"))
+            t.rules["intruder"] = []
+        }
+        let (plan, _) = try backend.converge(to: desired)
+        #expect(plan.summary.chainsRewritten == 1)
+        #expect(plan.summary.chainsDeleted == 1)
+        #expect(plan.summary.elementsRemoved == 1)
+        let (plan2, _) = try NFTablesBackend(client: fake).converge(to: desired)
+        #expect(plan2.isEmpty)
+    }
+
+    @Test func commitIsGuardedByTheMirrorsGeneration() throws {
+        let fake = RecordingNFTables()
+        let backend = NFTablesBackend(client: fake)
+        var engine = Engine(host: "hv1")
+        try backend.commit(try engine.apply(document: exampleDocument), result: engine.committed)
+        fake.bumpGeneration()  // someone else committed
+        var bastion = exampleDocument.instances["bastion"]!
+        bastion.ips.append(IPAddress("10.0.9.7")!)
+        let plan = try engine.membersChanged(group: "admin", added: ["bastion": bastion])
+        let error = #expect(throws: NetlinkError.self) { try backend.commit(plan, result: engine.committed) }
+        guard case .generationChanged = error else { Issue.record("expected generationChanged"); return }
+        // Converging reads back and succeeds.
+        let (again, _) = try backend.converge(to: engine.committed)
+        #expect(again.summary.elementsAdded == 1)
+    }
+}
