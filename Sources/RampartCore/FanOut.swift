@@ -60,6 +60,8 @@ struct HostCounts: Sendable {
 ///
 /// Both are kept as per-host counts, updated on every change, so a query walks only its answer
 /// (no union over referencing groups, no scan) and stays correct under any sequence of edits.
+/// It also answers group → members, group → referencing groups and host → instances, which is
+/// what a controller needs to build each host's document and each refresh payload.
 /// Ids are interned to Int32 and per-object data lives in arrays indexed by them, which keeps a
 /// million groups and a million instances within a few hundred MB.
 public struct CloudIndex: Sendable {
@@ -68,12 +70,19 @@ public struct CloudIndex: Sendable {
     private var hostIndex: [String: Int32] = [:]
     private var hostNames: [String] = []
     private var instanceIndex: [String: Int32] = [:]
+    private var instanceNames: [String] = []
 
     /// Per instance: host (-1 when removed) and groups.
     private var instanceHost: [Int32] = []
     private var instanceGroups: [[Int32]] = []
     /// Per group: the groups its rules reference (deduplicated).
     private var references: [[Int32]] = []
+    /// Per group: its member instances; per group: the groups whose rules reference it;
+    /// per host: its instances. Plain arrays (removal is a linear search in one group's or one
+    /// host's list), which keeps a million of them compact.
+    private var groupMembers: [[Int32]] = []
+    private var referrers: [[Int32]] = []
+    private var hostInstances: [[Int32]] = []
     /// Per group: host → number of its members there.
     private var memberHosts: [HostCounts] = []
     /// Per group: host → Σ over groups R referencing it of R's members there.
@@ -88,8 +97,10 @@ public struct CloudIndex: Sendable {
     public mutating func reserve(groups: Int, instances: Int, hosts: Int) {
         groupIndex.reserveCapacity(groups); groupNames.reserveCapacity(groups)
         references.reserveCapacity(groups); memberHosts.reserveCapacity(groups); referrerHosts.reserveCapacity(groups)
+        groupMembers.reserveCapacity(groups); referrers.reserveCapacity(groups)
         instanceIndex.reserveCapacity(instances); instanceHost.reserveCapacity(instances); instanceGroups.reserveCapacity(instances)
-        hostIndex.reserveCapacity(hosts); hostNames.reserveCapacity(hosts)
+        instanceNames.reserveCapacity(instances)
+        hostIndex.reserveCapacity(hosts); hostNames.reserveCapacity(hosts); hostInstances.reserveCapacity(hosts)
     }
 
     private mutating func group(_ name: String) -> Int32 {
@@ -98,6 +109,8 @@ public struct CloudIndex: Sendable {
         groupIndex[name] = g
         groupNames.append(name)
         references.append([])
+        groupMembers.append([])
+        referrers.append([])
         memberHosts.append(HostCounts())
         referrerHosts.append(HostCounts())
         return g
@@ -108,6 +121,7 @@ public struct CloudIndex: Sendable {
         let h = Int32(hostNames.count)
         hostIndex[name] = h
         hostNames.append(name)
+        hostInstances.append([])
         return h
     }
 
@@ -125,9 +139,11 @@ public struct CloudIndex: Sendable {
         if old == new { return }
         let hosts = memberHosts[Int(r)].packed
         for g in old {
+            Self.removeOne(r, from: &referrers[Int(g)])
             for e in hosts { referrerHosts[Int(g)].add(Int32(truncatingIfNeeded: e >> 32), -Int32(e & 0xffff_ffff)) }
         }
         for g in new {
+            referrers[Int(g)].append(r)
             for e in hosts { referrerHosts[Int(g)].add(Int32(truncatingIfNeeded: e >> 32), Int32(e & 0xffff_ffff)) }
         }
         references[Int(r)] = new
@@ -150,10 +166,15 @@ public struct CloudIndex: Sendable {
             instanceIndex[id] = i
             instanceHost.append(-1)
             instanceGroups.append([])
+            instanceNames.append(id)
         }
         instanceHost[Int(i)] = h
         instanceGroups[Int(i)] = gs
-        for g in gs { count(member: g, host: h, by: 1) }
+        hostInstances[Int(h)].append(i)
+        for g in gs {
+            groupMembers[Int(g)].append(i)
+            count(member: g, host: h, by: 1)
+        }
     }
 
     /// Removes an instance.
@@ -168,7 +189,36 @@ public struct CloudIndex: Sendable {
     private mutating func detach(_ i: Int32) {
         let h = instanceHost[Int(i)]
         guard h >= 0 else { return }
-        for g in instanceGroups[Int(i)] { count(member: g, host: h, by: -1) }
+        Self.removeOne(i, from: &hostInstances[Int(h)])
+        for g in instanceGroups[Int(i)] {
+            Self.removeOne(i, from: &groupMembers[Int(g)])
+            count(member: g, host: h, by: -1)
+        }
+    }
+
+    /// Swap-removes one occurrence (order inside these lists carries no meaning).
+    private static func removeOne(_ x: Int32, from a: inout [Int32]) {
+        guard let k = a.lastIndex(of: x) else { return }
+        a.swapAt(k, a.count - 1)
+        a.removeLast()
+    }
+
+    /// Member instances of a group (any order).
+    public func members(of groupName: String) -> [String] {
+        guard let g = groupIndex[groupName] else { return [] }
+        return groupMembers[Int(g)].map { instanceNames[Int($0)] }
+    }
+
+    /// Groups whose rules reference `group` (any order).
+    public func referrers(of groupName: String) -> [String] {
+        guard let g = groupIndex[groupName] else { return [] }
+        return referrers[Int(g)].map { groupNames[Int($0)] }
+    }
+
+    /// Instances on a host (any order): what its document is built from.
+    public func instances(onHost hostName: String) -> [String] {
+        guard let h = hostIndex[hostName] else { return [] }
+        return hostInstances[Int(h)].map { instanceNames[Int($0)] }
     }
 
     private mutating func count(member g: Int32, host h: Int32, by n: Int32) {
@@ -216,5 +266,21 @@ public struct CloudIndex: Sendable {
             out.insert(hostNames[Int(instanceHost[i])])
         }
         return out
+    }
+
+    /// Reference answers by scanning, for tests.
+    public func scanMembers(of groupName: String) -> Set<String> {
+        guard let g = groupIndex[groupName] else { return [] }
+        return Set(instanceGroups.indices.filter { instanceHost[$0] >= 0 && instanceGroups[$0].contains(g) }.map { instanceNames[$0] })
+    }
+
+    public func scanReferrers(of groupName: String) -> Set<String> {
+        guard let g = groupIndex[groupName] else { return [] }
+        return Set(references.indices.filter { references[$0].contains(g) }.map { groupNames[$0] })
+    }
+
+    public func scanInstances(onHost hostName: String) -> Set<String> {
+        guard let h = hostIndex[hostName] else { return [] }
+        return Set(instanceHost.indices.filter { instanceHost[$0] == h }.map { instanceNames[$0] })
     }
 }

@@ -73,9 +73,9 @@ public struct PlanSummary: Hashable, Sendable, CustomStringConvertible {
     }
 
     public var description: String {
-        if tableDeleted { return "table deleted" }
+        if tableDeleted && !tableCreated { return "table deleted" }
         var parts: [String] = []
-        if tableCreated { parts.append("table created") }
+        if tableCreated { parts.append(tableDeleted ? "table rebuilt" : "table created") }
         parts.append("chains: \(chainsCreated) created, \(chainsRewritten) rewritten (\(rulesWritten) rules), \(chainsDeleted) deleted")
         parts.append("sets/maps: \(setsCreated) created, \(setsDeleted) deleted")
         parts.append("elements: +\(elementsAdded) -\(elementsRemoved)")
@@ -152,12 +152,8 @@ struct PlanBuilder {
         case (let o?, nil):
             deleteChains[o.name] = o.rules.compactMap(\.verdict.chainReference)
         case (let o?, let n?):
-            if o.header != n.header {
-                // Never happens for Rampart's own chains (headers are fixed by name); a chain
-                // whose hook changed would need delete + create, which one batch cannot do under
-                // the same name, so it is rewritten and the header difference left to a flush.
-                rewrites[n.name] = n.rules
-            } else if o.rules != n.rules {
+            // Headers never differ here: `diff` rebuilds the table when one does.
+            if o.rules != n.rules {
                 rewrites[n.name] = n.rules
             }
         case (nil, nil):

@@ -16,6 +16,9 @@ import Testing
         #expect(Set(c.hostsForMembersRefresh("web")) == ["hv2"])
         #expect(c.hostsForMembersRefresh("db") == [])
         #expect(c.hostsForRulesRefresh("admin") == ["hv3"])
+        #expect(Set(c.referrers(of: "admin")) == ["web", "db"])
+        #expect(c.members(of: "web") == ["web-1"])
+        #expect(c.instances(onHost: "hv2") == ["db-1"])
         c.setReferences(of: "db", to: [])
         #expect(c.hostsForMembersRefresh("admin") == ["hv1"])
         c.removeInstance("web-1")
@@ -46,6 +49,14 @@ import Testing
                 #expect(Set(m) == c.scanHostsForMembersRefresh(g), "seed \(seed) group \(g)")
                 #expect(Set(r) == c.scanHostsForRulesRefresh(g), "seed \(seed) group \(g)")
                 #expect(m.count == Set(m).count && r.count == Set(r).count)
+            }
+            // The other indexes, against what the edits left.
+            for h in hosts {
+                #expect(Set(c.instances(onHost: h)) == c.scanInstances(onHost: h), "seed \(seed) host \(h)")
+            }
+            for g in groups {
+                #expect(Set(c.members(of: g)) == c.scanMembers(of: g), "seed \(seed) group \(g)")
+                #expect(Set(c.referrers(of: g)) == c.scanReferrers(of: g), "seed \(seed) group \(g)")
             }
         }
     }

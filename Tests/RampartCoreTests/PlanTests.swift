@@ -50,6 +50,17 @@ import Testing
         #expect(diff(from: ir, to: nil).ops == [.deleteTable])
     }
 
+    @Test func headerDriftRebuildsTheTableInOnePlan() throws {
+        let ir = Compiler.compile(try twoTier())
+        var drift = ir
+        drift.chains["egress"]!.header.base!.policy = .drop
+        let p = diff(from: drift, to: ir)
+        #expect(p.ops.first == .deleteTable)
+        #expect(p.ops.dropFirst().first == .createTable)
+        #expect(try apply(p, to: drift) == ir)
+        #expect(p.summary.description.hasPrefix("table rebuilt"))
+    }
+
     @Test func summaryAndRender() throws {
         let ir = Compiler.compile(try twoTier())
         let p = diff(from: nil, to: ir)
