@@ -274,11 +274,13 @@ public struct CloudIndex: Sendable {
         return Set(instanceGroups.indices.filter { instanceHost[$0] >= 0 && instanceGroups[$0].contains(g) }.map { instanceNames[$0] })
     }
 
+    /// Groups referencing `group`, by scanning every group (tests).
     public func scanReferrers(of groupName: String) -> Set<String> {
         guard let g = groupIndex[groupName] else { return [] }
         return Set(references.indices.filter { references[$0].contains(g) }.map { groupNames[$0] })
     }
 
+    /// Instances on a host, by scanning every instance (tests).
     public func scanInstances(onHost hostName: String) -> Set<String> {
         guard let h = hostIndex[hostName] else { return [] }
         return Set(instanceHost.indices.filter { instanceHost[$0] == h }.map { instanceNames[$0] })

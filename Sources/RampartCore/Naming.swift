@@ -18,8 +18,11 @@ public enum Naming {
     public static let toInstanceMap = "to-inst"
     /// Base chains.
     public static let egressChain = "egress"
+    /// Base chain for traffic to instances (forward hook, priority 0).
     public static let ingressChain = "ingress"
+    /// Base chain for instance → host traffic (input hook).
     public static let inputChain = "input"
+    /// Base chain for host → instance traffic (output hook).
     public static let outputChain = "output"
 
     /// An id as it appears inside kernel names: `:` becomes `/` (see above).

@@ -28,10 +28,12 @@ public enum PlanOp: Hashable, Sendable {
 /// deletions. So everything a rule or map element references exists before it is referenced,
 /// and nothing is deleted while a rule or map element still references it.
 public struct Plan: Hashable, Sendable {
+    /// The operations, in the order they must be executed.
     public var ops: [PlanOp]
 
     public init(ops: [PlanOp] = []) { self.ops = ops }
 
+    /// True when nothing needs to change.
     public var isEmpty: Bool { ops.isEmpty }
 
     /// Counts by kind, for the CLI's one-line output.
@@ -40,18 +42,30 @@ public struct Plan: Hashable, Sendable {
 
 /// How much a Plan changes, by kind.
 public struct PlanSummary: Hashable, Sendable, CustomStringConvertible {
+    // Counts per kind of operation; element counts are summed over all sets (or maps).
+    /// Chains created (each new chain, empty at first).
     public var chainsCreated = 0
+    /// Chains flushed and re-filled.
     public var chainsRewritten = 0
+    /// Chains deleted.
     public var chainsDeleted = 0
     /// Rules written by rewrites (each rewrite re-adds all rules of its chain).
     public var rulesWritten = 0
+    /// Sets and maps created.
     public var setsCreated = 0
+    /// Sets and maps deleted.
     public var setsDeleted = 0
+    /// Set elements added.
     public var elementsAdded = 0
+    /// Set elements removed.
     public var elementsRemoved = 0
+    /// Dispatch-map entries added.
     public var mapElementsAdded = 0
+    /// Dispatch-map entries removed.
     public var mapElementsRemoved = 0
+    /// The table is created (or, with `tableDeleted`, rebuilt).
     public var tableCreated = false
+    /// The table is deleted.
     public var tableDeleted = false
 
     public init(_ plan: Plan) {
@@ -192,6 +206,7 @@ struct PlanBuilder {
 public struct PlanError: Error, Hashable, Sendable, CustomStringConvertible {
     /// Index of the offending operation.
     public var index: Int
+    /// What the kernel would have refused.
     public var reason: String
     public var description: String { "plan op \(index): \(reason)" }
 }
