@@ -52,6 +52,46 @@ struct HostCounts: Sendable {
     func count(of h: Int32) -> Int { find(h).map { Int(packed[$0] & 0xffff_ffff) } ?? 0 }
 }
 
+/// A list of ids with O(1) insertion and removal: an unordered array, plus a position index once
+/// the list is long enough that a linear search would cost (a default group with 100,000 members,
+/// a host with hundreds of instances). Most lists are short and stay a single small array.
+struct IDList: Sendable {
+    private(set) var items: [Int32] = []
+    private var position: [Int32: Int32]?
+
+    private static let indexAbove = 16
+
+    mutating func insert(_ x: Int32) {
+        items.append(x)
+        if position != nil {
+            position![x] = Int32(items.count - 1)
+        } else if items.count > Self.indexAbove {
+            var p: [Int32: Int32] = [:]
+            for (i, e) in items.enumerated() { p[e] = Int32(i) }
+            position = p
+        }
+    }
+
+    /// Removes `x` if present (ids are unique in each list).
+    mutating func remove(_ x: Int32) {
+        let k: Int
+        if let position {
+            guard let i = position[x] else { return }
+            k = Int(i)
+        } else {
+            guard let i = items.lastIndex(of: x) else { return }
+            k = i
+        }
+        let last = items.count - 1
+        if k != last {
+            items[k] = items[last]
+            position?[items[k]] = Int32(k)
+        }
+        items.removeLast()
+        position?[x] = nil
+    }
+}
+
 /// The cloud-wide fan-out index: which hosts must receive each refresh call for a group.
 ///
 /// - rules refresh of G: hosts with a member of G (`memberHosts[G]`);
@@ -78,11 +118,10 @@ public struct CloudIndex: Sendable {
     /// Per group: the groups its rules reference (deduplicated).
     private var references: [[Int32]] = []
     /// Per group: its member instances; per group: the groups whose rules reference it;
-    /// per host: its instances. Plain arrays (removal is a linear search in one group's or one
-    /// host's list), which keeps a million of them compact.
-    private var groupMembers: [[Int32]] = []
-    private var referrers: [[Int32]] = []
-    private var hostInstances: [[Int32]] = []
+    /// per host: its instances.
+    private var groupMembers: [IDList] = []
+    private var referrers: [IDList] = []
+    private var hostInstances: [IDList] = []
     /// Per group: host → number of its members there.
     private var memberHosts: [HostCounts] = []
     /// Per group: host → Σ over groups R referencing it of R's members there.
@@ -109,8 +148,8 @@ public struct CloudIndex: Sendable {
         groupIndex[name] = g
         groupNames.append(name)
         references.append([])
-        groupMembers.append([])
-        referrers.append([])
+        groupMembers.append(IDList())
+        referrers.append(IDList())
         memberHosts.append(HostCounts())
         referrerHosts.append(HostCounts())
         return g
@@ -121,7 +160,7 @@ public struct CloudIndex: Sendable {
         let h = Int32(hostNames.count)
         hostIndex[name] = h
         hostNames.append(name)
-        hostInstances.append([])
+        hostInstances.append(IDList())
         return h
     }
 
@@ -139,11 +178,11 @@ public struct CloudIndex: Sendable {
         if old == new { return }
         let hosts = memberHosts[Int(r)].packed
         for g in old {
-            Self.removeOne(r, from: &referrers[Int(g)])
+            referrers[Int(g)].remove(r)
             for e in hosts { referrerHosts[Int(g)].add(Int32(truncatingIfNeeded: e >> 32), -Int32(e & 0xffff_ffff)) }
         }
         for g in new {
-            referrers[Int(g)].append(r)
+            referrers[Int(g)].insert(r)
             for e in hosts { referrerHosts[Int(g)].add(Int32(truncatingIfNeeded: e >> 32), Int32(e & 0xffff_ffff)) }
         }
         references[Int(r)] = new
@@ -170,9 +209,9 @@ public struct CloudIndex: Sendable {
         }
         instanceHost[Int(i)] = h
         instanceGroups[Int(i)] = gs
-        hostInstances[Int(h)].append(i)
+        hostInstances[Int(h)].insert(i)
         for g in gs {
-            groupMembers[Int(g)].append(i)
+            groupMembers[Int(g)].insert(i)
             count(member: g, host: h, by: 1)
         }
     }
@@ -189,36 +228,29 @@ public struct CloudIndex: Sendable {
     private mutating func detach(_ i: Int32) {
         let h = instanceHost[Int(i)]
         guard h >= 0 else { return }
-        Self.removeOne(i, from: &hostInstances[Int(h)])
+        hostInstances[Int(h)].remove(i)
         for g in instanceGroups[Int(i)] {
-            Self.removeOne(i, from: &groupMembers[Int(g)])
+            groupMembers[Int(g)].remove(i)
             count(member: g, host: h, by: -1)
         }
-    }
-
-    /// Swap-removes one occurrence (order inside these lists carries no meaning).
-    private static func removeOne(_ x: Int32, from a: inout [Int32]) {
-        guard let k = a.lastIndex(of: x) else { return }
-        a.swapAt(k, a.count - 1)
-        a.removeLast()
     }
 
     /// Member instances of a group (any order).
     public func members(of groupName: String) -> [String] {
         guard let g = groupIndex[groupName] else { return [] }
-        return groupMembers[Int(g)].map { instanceNames[Int($0)] }
+        return groupMembers[Int(g)].items.map { instanceNames[Int($0)] }
     }
 
     /// Groups whose rules reference `group` (any order).
     public func referrers(of groupName: String) -> [String] {
         guard let g = groupIndex[groupName] else { return [] }
-        return referrers[Int(g)].map { groupNames[Int($0)] }
+        return referrers[Int(g)].items.map { groupNames[Int($0)] }
     }
 
     /// Instances on a host (any order): what its document is built from.
     public func instances(onHost hostName: String) -> [String] {
         guard let h = hostIndex[hostName] else { return [] }
-        return hostInstances[Int(h)].map { instanceNames[Int($0)] }
+        return hostInstances[Int(h)].items.map { instanceNames[Int($0)] }
     }
 
     private mutating func count(member g: Int32, host h: Int32, by n: Int32) {
