@@ -11,6 +11,7 @@ public enum IPFamily: String, Hashable, Sendable, CaseIterable, Comparable {
 
 /// An IPv4 address, stored in host byte order so that prefix arithmetic is plain shifting.
 public struct IPv4Address: Hashable, Sendable, Comparable, CustomStringConvertible {
+    /// The address in host byte order.
     public var raw: UInt32
     public init(raw: UInt32) { self.raw = raw }
 
@@ -31,7 +32,9 @@ public struct IPv4Address: Hashable, Sendable, Comparable, CustomStringConvertib
 
 /// An IPv6 address as two 64-bit halves in host byte order.
 public struct IPv6Address: Hashable, Sendable, Comparable, CustomStringConvertible {
+    /// The first 64 bits (host byte order).
     public var hi: UInt64
+    /// The last 64 bits (host byte order).
     public var lo: UInt64
     public init(hi: UInt64, lo: UInt64) { self.hi = hi; self.lo = lo }
 
@@ -76,6 +79,7 @@ public enum IPAddress: Hashable, Sendable, Comparable, CustomStringConvertible {
         if let a = IPv4Address(text) { self = .v4(a) } else if let a = IPv6Address(text) { self = .v6(a) } else { return nil }
     }
 
+    /// The address family.
     public var family: IPFamily {
         switch self { case .v4: .ipv4; case .v6: .ipv6 }
     }
@@ -96,7 +100,9 @@ public enum IPAddress: Hashable, Sendable, Comparable, CustomStringConvertible {
 
 /// An IPv4 prefix whose host bits are zero (validation guarantees it).
 public struct IPv4Prefix: Hashable, Sendable, CustomStringConvertible {
+    /// The network address (host bits zero).
     public var address: IPv4Address
+    /// Prefix length in bits.
     public var length: UInt8
     public init(address: IPv4Address, length: UInt8) { self.address = address; self.length = length }
     /// The network mask for `length` in host order.
@@ -106,7 +112,9 @@ public struct IPv4Prefix: Hashable, Sendable, CustomStringConvertible {
 
 /// An IPv6 prefix whose host bits are zero.
 public struct IPv6Prefix: Hashable, Sendable, CustomStringConvertible {
+    /// The network address (host bits zero).
     public var address: IPv6Address
+    /// Prefix length in bits.
     public var length: UInt8
     public init(address: IPv6Address, length: UInt8) { self.address = address; self.length = length }
     /// The network mask as two halves.
@@ -124,9 +132,11 @@ public enum IPPrefix: Hashable, Sendable, CustomStringConvertible {
     case v4(IPv4Prefix)
     case v6(IPv6Prefix)
 
+    /// The address family.
     public var family: IPFamily {
         switch self { case .v4: .ipv4; case .v6: .ipv6 }
     }
+    /// Prefix length in bits.
     public var length: UInt8 {
         switch self { case .v4(let p): p.length; case .v6(let p): p.length }
     }
@@ -175,6 +185,7 @@ public enum IPPrefix: Hashable, Sendable, CustomStringConvertible {
 
 /// A 48-bit Ethernet address.
 public struct MACAddress: Hashable, Sendable, CustomStringConvertible {
+    /// The 48 bits in the low end, first octet most significant.
     public var raw: UInt64
     public init(raw: UInt64) { self.raw = raw & 0xffff_ffff_ffff }
 
@@ -190,6 +201,7 @@ public struct MACAddress: Hashable, Sendable, CustomStringConvertible {
         raw = v
     }
 
+    /// The 6 octets in wire order.
     public var bytes: [UInt8] { (0..<6).map { UInt8(truncatingIfNeeded: raw >> (40 - 8 * UInt64($0))) } }
     public var description: String { bytes.map { String(format: "%02x", $0) }.joined(separator: ":") }
 }

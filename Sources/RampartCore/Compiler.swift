@@ -34,18 +34,19 @@ public enum Compiler {
     static let ndp = IRRule([.l4proto(58), .icmpv6Type(133...136)], .accept)
 
     /// Groups in document order without repeats (a repeated group would only jump twice).
-    static func uniqueGroups(_ groups: [String]) -> [String] {
-        var seen = Set<String>()
-        return groups.filter { seen.insert($0).inserted }
-    }
+    static func uniqueGroups(_ groups: [String]) -> [String] { uniqued(groups) }
+
+    static let dhcpRequest = IRRule([.nfproto(.ipv4), .udpSport(68), .udpDport(67)], .accept)
+    static let dhcpReply = IRRule([.nfproto(.ipv4), .udpSport(67), .udpDport(68)], .accept)
+    static let finalDrop = IRRule([], .drop)
 
     /// `out-<id>`: egress of one instance on this host.
     static func instanceOut(_ id: String, _ inst: Instance) -> Chain {
-        var rules = [ndp, IRRule([.nfproto(.ipv4), .udpSport(68), .udpDport(67)], .accept)]
+        var rules = [ndp, dhcpRequest]
+        rules.reserveCapacity(6 + inst.groups.count)
         if let mac = inst.mac { rules.append(IRRule([.etherSaddrNot(mac)], .drop)) }
         var v4: [IPv4Address] = [], v6: [IPv6Address] = []
-        var seen = Set<IPAddress>()
-        for a in inst.ips where seen.insert(a).inserted {
+        for a in uniqued(inst.ips) {
             switch a {
             case .v4(let x): v4.append(x)
             case .v6(let x): v6.append(x)
@@ -54,15 +55,16 @@ public enum Compiler {
         rules.append(v4.isEmpty ? IRRule([.nfproto(.ipv4)], .drop) : IRRule(v4.map { .ip4SaddrNot($0) }, .drop))
         rules.append(v6.isEmpty ? IRRule([.nfproto(.ipv6)], .drop) : IRRule(v6.map { .ip6SaddrNot($0) }, .drop))
         for g in uniqueGroups(inst.groups) { rules.append(IRRule([], .jump(Naming.groupOut(g)))) }
-        rules.append(IRRule([], .drop))
+        rules.append(finalDrop)
         return Chain(name: Naming.instanceOut(id), rules: rules)
     }
 
     /// `in-<id>`: ingress of one instance on this host.
     static func instanceIn(_ id: String, _ inst: Instance) -> Chain {
-        var rules = [ndp, IRRule([.nfproto(.ipv4), .udpSport(67), .udpDport(68)], .accept)]
+        var rules = [ndp, dhcpReply]
+        rules.reserveCapacity(3 + inst.groups.count)
         for g in uniqueGroups(inst.groups) { rules.append(IRRule([], .jump(Naming.groupIn(g)))) }
-        rules.append(IRRule([], .drop))
+        rules.append(finalDrop)
         return Chain(name: Naming.instanceIn(id), rules: rules)
     }
 

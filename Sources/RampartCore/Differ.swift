@@ -12,6 +12,13 @@ public func diff(from old: RulesetIR?, to new: RulesetIR?) -> Plan {
         b.createTable = true
         diffObjects(RulesetIR(), n, into: &b)
     case (let o?, let n?):
+        // A chain whose hook, priority or policy differs (only possible after drift: Rampart's
+        // own names fix their headers) cannot be fixed by a rewrite, and deleting and re-creating
+        // a name in one batch would break the creation-before-deletion order. Rebuild the table
+        // instead, still in one transaction.
+        if o.chains.contains(where: { name, c in n.chains[name].map { $0.header != c.header } ?? false }) {
+            return Plan(ops: [.deleteTable] + diff(from: nil, to: n).ops)
+        }
         diffObjects(o, n, into: &b)
     }
     return b.build()

@@ -81,7 +81,9 @@ public enum Remote: Hashable, Sendable {
 public struct Rule: Hashable, Sendable {
     /// Stable name shown in kernel comments and errors (any string).
     public var id: String?
+    /// Ingress (to the member) or egress (from it).
     public var direction: Direction
+    /// The IP protocol.
     public var proto: RuleProtocol
     /// Destination ports (only with tcp/udp/sctp); nil means all.
     public var ports: ClosedRange<UInt16>?
@@ -89,6 +91,7 @@ public struct Rule: Hashable, Sendable {
     public var icmpType: UInt8?
     /// ICMP code (only with `icmpType`).
     public var icmpCode: UInt8?
+    /// The remote side: source for ingress, destination for egress.
     public var remote: Remote
     /// With a cidr it agrees with the prefix; with a group it limits the rule to one family.
     public var ethertype: IPFamily?

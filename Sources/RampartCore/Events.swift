@@ -25,7 +25,12 @@ public struct Engine: Sendable {
     // MARK: whole document
 
     /// Replaces the whole document: compile and diff (cost proportional to the host).
+    /// The document must be for this engine's host: a document for another hypervisor applied
+    /// here would silently drop every local instance's protection.
     public mutating func apply(document: Document) throws(DocumentError) -> Plan {
+        if document.host != model.host {
+            throw DocumentError([ValidationIssue(path: "host", reason: "\(quoted(document.host)) is not this host (\(model.host))")])
+        }
         try document.validate()
         let next = HostModel(document)
         let ir = next.compileAll()

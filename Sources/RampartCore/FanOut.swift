@@ -52,6 +52,46 @@ struct HostCounts: Sendable {
     func count(of h: Int32) -> Int { find(h).map { Int(packed[$0] & 0xffff_ffff) } ?? 0 }
 }
 
+/// A list of ids with O(1) insertion and removal: an unordered array, plus a position index once
+/// the list is long enough that a linear search would cost (a default group with 100,000 members,
+/// a host with hundreds of instances). Most lists are short and stay a single small array.
+struct IDList: Sendable {
+    private(set) var items: [Int32] = []
+    private var position: [Int32: Int32]?
+
+    private static let indexAbove = 16
+
+    mutating func insert(_ x: Int32) {
+        items.append(x)
+        if position != nil {
+            position![x] = Int32(items.count - 1)
+        } else if items.count > Self.indexAbove {
+            var p: [Int32: Int32] = [:]
+            for (i, e) in items.enumerated() { p[e] = Int32(i) }
+            position = p
+        }
+    }
+
+    /// Removes `x` if present (ids are unique in each list).
+    mutating func remove(_ x: Int32) {
+        let k: Int
+        if let position {
+            guard let i = position[x] else { return }
+            k = Int(i)
+        } else {
+            guard let i = items.lastIndex(of: x) else { return }
+            k = i
+        }
+        let last = items.count - 1
+        if k != last {
+            items[k] = items[last]
+            position?[items[k]] = Int32(k)
+        }
+        items.removeLast()
+        position?[x] = nil
+    }
+}
+
 /// The cloud-wide fan-out index: which hosts must receive each refresh call for a group.
 ///
 /// - rules refresh of G: hosts with a member of G (`memberHosts[G]`);
@@ -60,6 +100,8 @@ struct HostCounts: Sendable {
 ///
 /// Both are kept as per-host counts, updated on every change, so a query walks only its answer
 /// (no union over referencing groups, no scan) and stays correct under any sequence of edits.
+/// It also answers group → members, group → referencing groups and host → instances, which is
+/// what a controller needs to build each host's document and each refresh payload.
 /// Ids are interned to Int32 and per-object data lives in arrays indexed by them, which keeps a
 /// million groups and a million instances within a few hundred MB.
 public struct CloudIndex: Sendable {
@@ -68,12 +110,18 @@ public struct CloudIndex: Sendable {
     private var hostIndex: [String: Int32] = [:]
     private var hostNames: [String] = []
     private var instanceIndex: [String: Int32] = [:]
+    private var instanceNames: [String] = []
 
     /// Per instance: host (-1 when removed) and groups.
     private var instanceHost: [Int32] = []
     private var instanceGroups: [[Int32]] = []
     /// Per group: the groups its rules reference (deduplicated).
     private var references: [[Int32]] = []
+    /// Per group: its member instances; per group: the groups whose rules reference it;
+    /// per host: its instances.
+    private var groupMembers: [IDList] = []
+    private var referrers: [IDList] = []
+    private var hostInstances: [IDList] = []
     /// Per group: host → number of its members there.
     private var memberHosts: [HostCounts] = []
     /// Per group: host → Σ over groups R referencing it of R's members there.
@@ -88,8 +136,10 @@ public struct CloudIndex: Sendable {
     public mutating func reserve(groups: Int, instances: Int, hosts: Int) {
         groupIndex.reserveCapacity(groups); groupNames.reserveCapacity(groups)
         references.reserveCapacity(groups); memberHosts.reserveCapacity(groups); referrerHosts.reserveCapacity(groups)
+        groupMembers.reserveCapacity(groups); referrers.reserveCapacity(groups)
         instanceIndex.reserveCapacity(instances); instanceHost.reserveCapacity(instances); instanceGroups.reserveCapacity(instances)
-        hostIndex.reserveCapacity(hosts); hostNames.reserveCapacity(hosts)
+        instanceNames.reserveCapacity(instances)
+        hostIndex.reserveCapacity(hosts); hostNames.reserveCapacity(hosts); hostInstances.reserveCapacity(hosts)
     }
 
     private mutating func group(_ name: String) -> Int32 {
@@ -98,6 +148,8 @@ public struct CloudIndex: Sendable {
         groupIndex[name] = g
         groupNames.append(name)
         references.append([])
+        groupMembers.append(IDList())
+        referrers.append(IDList())
         memberHosts.append(HostCounts())
         referrerHosts.append(HostCounts())
         return g
@@ -108,6 +160,7 @@ public struct CloudIndex: Sendable {
         let h = Int32(hostNames.count)
         hostIndex[name] = h
         hostNames.append(name)
+        hostInstances.append(IDList())
         return h
     }
 
@@ -125,9 +178,11 @@ public struct CloudIndex: Sendable {
         if old == new { return }
         let hosts = memberHosts[Int(r)].packed
         for g in old {
+            referrers[Int(g)].remove(r)
             for e in hosts { referrerHosts[Int(g)].add(Int32(truncatingIfNeeded: e >> 32), -Int32(e & 0xffff_ffff)) }
         }
         for g in new {
+            referrers[Int(g)].insert(r)
             for e in hosts { referrerHosts[Int(g)].add(Int32(truncatingIfNeeded: e >> 32), Int32(e & 0xffff_ffff)) }
         }
         references[Int(r)] = new
@@ -150,10 +205,15 @@ public struct CloudIndex: Sendable {
             instanceIndex[id] = i
             instanceHost.append(-1)
             instanceGroups.append([])
+            instanceNames.append(id)
         }
         instanceHost[Int(i)] = h
         instanceGroups[Int(i)] = gs
-        for g in gs { count(member: g, host: h, by: 1) }
+        hostInstances[Int(h)].insert(i)
+        for g in gs {
+            groupMembers[Int(g)].insert(i)
+            count(member: g, host: h, by: 1)
+        }
     }
 
     /// Removes an instance.
@@ -168,7 +228,29 @@ public struct CloudIndex: Sendable {
     private mutating func detach(_ i: Int32) {
         let h = instanceHost[Int(i)]
         guard h >= 0 else { return }
-        for g in instanceGroups[Int(i)] { count(member: g, host: h, by: -1) }
+        hostInstances[Int(h)].remove(i)
+        for g in instanceGroups[Int(i)] {
+            groupMembers[Int(g)].remove(i)
+            count(member: g, host: h, by: -1)
+        }
+    }
+
+    /// Member instances of a group (any order).
+    public func members(of groupName: String) -> [String] {
+        guard let g = groupIndex[groupName] else { return [] }
+        return groupMembers[Int(g)].items.map { instanceNames[Int($0)] }
+    }
+
+    /// Groups whose rules reference `group` (any order).
+    public func referrers(of groupName: String) -> [String] {
+        guard let g = groupIndex[groupName] else { return [] }
+        return referrers[Int(g)].items.map { groupNames[Int($0)] }
+    }
+
+    /// Instances on a host (any order): what its document is built from.
+    public func instances(onHost hostName: String) -> [String] {
+        guard let h = hostIndex[hostName] else { return [] }
+        return hostInstances[Int(h)].items.map { instanceNames[Int($0)] }
     }
 
     private mutating func count(member g: Int32, host h: Int32, by n: Int32) {
@@ -216,5 +298,23 @@ public struct CloudIndex: Sendable {
             out.insert(hostNames[Int(instanceHost[i])])
         }
         return out
+    }
+
+    /// Reference answers by scanning, for tests.
+    public func scanMembers(of groupName: String) -> Set<String> {
+        guard let g = groupIndex[groupName] else { return [] }
+        return Set(instanceGroups.indices.filter { instanceHost[$0] >= 0 && instanceGroups[$0].contains(g) }.map { instanceNames[$0] })
+    }
+
+    /// Groups referencing `group`, by scanning every group (tests).
+    public func scanReferrers(of groupName: String) -> Set<String> {
+        guard let g = groupIndex[groupName] else { return [] }
+        return Set(references.indices.filter { references[$0].contains(g) }.map { groupNames[$0] })
+    }
+
+    /// Instances on a host, by scanning every instance (tests).
+    public func scanInstances(onHost hostName: String) -> Set<String> {
+        guard let h = hostIndex[hostName] else { return [] }
+        return Set(instanceHost.indices.filter { instanceHost[$0] == h }.map { instanceNames[$0] })
     }
 }

@@ -2,10 +2,12 @@
 /// them in kernel userdata and compares on read-back), which Swift's per-process seeded `Hasher`
 /// is not.
 public struct FNV1a: Sendable {
+    /// The hash of everything mixed so far.
     public private(set) var value: UInt64 = 0xcbf2_9ce4_8422_2325
 
     public init() {}
 
+    /// Mixes raw bytes.
     public mutating func mix<S: Sequence>(bytes: S) where S.Element == UInt8 {
         for b in bytes {
             value ^= UInt64(b)
@@ -20,6 +22,7 @@ public struct FNV1a: Sendable {
         mix(bytes: CollectionOfOne(0))
     }
 
+    /// The hash of one string (with its separator).
     public static func hash(_ s: String) -> UInt64 {
         var h = FNV1a()
         h.mix(s)

@@ -5,8 +5,11 @@ public struct RulesetIR: Hashable, Sendable {
     public var tableName: String = Naming.table
     /// Always inet: one table covers IPv4 and IPv6.
     public var family: String = "inet"
+    /// Chains by name (base chains included).
     public var chains: [String: Chain] = [:]
+    /// Named sets by name.
     public var sets: [String: NamedSet] = [:]
+    /// Verdict maps by name.
     public var maps: [String: VerdictMap] = [:]
 
     public init(chains: [String: Chain] = [:], sets: [String: NamedSet] = [:], maps: [String: VerdictMap] = [:]) {
@@ -28,8 +31,11 @@ public enum ChainPolicy: String, Hashable, Sendable {
 
 /// What makes a chain a base chain (type filter).
 public struct BaseChainSpec: Hashable, Sendable {
+    /// Netfilter hook.
     public var hook: Hook
+    /// Priority at the hook (lower runs first).
     public var priority: Int32
+    /// Verdict for packets that fall off the end.
     public var policy: ChainPolicy
 
     public init(hook: Hook, priority: Int32, policy: ChainPolicy) {
@@ -41,6 +47,7 @@ public struct BaseChainSpec: Hashable, Sendable {
 
 /// A chain's identity without its rules: what `createChain` carries.
 public struct ChainHeader: Hashable, Sendable {
+    /// The object's name (see `Naming`).
     public var name: String
     /// nil for a regular chain (reached only by jumps).
     public var base: BaseChainSpec?
@@ -53,7 +60,9 @@ public struct ChainHeader: Hashable, Sendable {
 
 /// A chain and its rules. The chain is the unit of rule change: it is always rewritten whole.
 public struct Chain: Hashable, Sendable {
+    /// Name and base-chain spec.
     public var header: ChainHeader
+    /// Rules in order.
     public var rules: [IRRule]
 
     public init(name: String, base: BaseChainSpec? = nil, rules: [IRRule] = []) {
@@ -61,7 +70,9 @@ public struct Chain: Hashable, Sendable {
         self.rules = rules
     }
 
+    /// The object's name.
     public var name: String { header.name }
+    /// Hook, priority and policy of a base chain.
     public var base: BaseChainSpec? { header.base }
 
     /// Stable 64-bit hash of the chain's canonical nft text (header and rules).
@@ -70,6 +81,7 @@ public struct Chain: Hashable, Sendable {
 
 /// Connection-tracking states matched by `ct state`.
 public struct CTStates: OptionSet, Hashable, Sendable {
+    /// Bit set of states.
     public let rawValue: UInt8
     public init(rawValue: UInt8) { self.rawValue = rawValue }
     public static let invalid = CTStates(rawValue: 1)
@@ -151,9 +163,11 @@ public enum Verdict: Hashable, Sendable {
 
 /// One kernel rule.
 public struct IRRule: Hashable, Sendable {
+    /// All must match (logical and), in order.
     public var matches: [Match]
     /// Packet/byte counter (group rules have one so `show` can print hits).
     public var counter: Bool
+    /// What happens on a match.
     public var verdict: Verdict
     /// At most 128 bytes, no double quotes or control characters (see `Naming.ruleComment`).
     public var comment: String?
@@ -193,6 +207,7 @@ public enum SetElement: Hashable, Sendable, Comparable, CustomStringConvertible 
         }
     }
 
+    /// The key type a set holding this element must have.
     public var keyType: SetKeyType {
         switch self {
         case .ipv4: .ipv4Addr
@@ -222,7 +237,9 @@ public enum SetElement: Hashable, Sendable, Comparable, CustomStringConvertible 
 
 /// A set's identity without elements: what `createSet` carries.
 public struct SetHeader: Hashable, Sendable {
+    /// The object's name (see `Naming`).
     public var name: String
+    /// Key type of the elements.
     public var keyType: SetKeyType
     public init(name: String, keyType: SetKeyType) {
         self.name = name
@@ -232,7 +249,9 @@ public struct SetHeader: Hashable, Sendable {
 
 /// A named set. Sets change only by element deltas.
 public struct NamedSet: Hashable, Sendable {
+    /// Name and key type.
     public var header: SetHeader
+    /// The elements.
     public var elements: Set<SetElement>
 
     public init(name: String, keyType: SetKeyType, elements: Set<SetElement> = []) {
@@ -240,7 +259,9 @@ public struct NamedSet: Hashable, Sendable {
         self.elements = elements
     }
 
+    /// The object's name.
     public var name: String { header.name }
+    /// Key type of the elements.
     public var keyType: SetKeyType { header.keyType }
 
     /// Stable hash, independent of element order: the header's hash plus the wrapping sum of the
@@ -255,7 +276,9 @@ public struct NamedSet: Hashable, Sendable {
 
 /// A verdict map keyed by interface name (the dispatch maps).
 public struct VerdictMap: Hashable, Sendable {
+    /// The object's name (see `Naming`).
     public var name: String
+    /// Interface name → verdict (always a jump for Rampart's maps).
     public var elements: [String: Verdict]
 
     public init(name: String, elements: [String: Verdict] = [:]) {

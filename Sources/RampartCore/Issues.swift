@@ -2,6 +2,7 @@
 public struct ValidationIssue: Hashable, Sendable, Comparable, CustomStringConvertible {
     /// JSON path, e.g. `groups.web.rules[2].ports` (empty for the document itself).
     public var path: String
+    /// What is wrong there.
     public var reason: String
 
     public init(path: String, reason: String) {
@@ -17,6 +18,7 @@ public struct ValidationIssue: Hashable, Sendable, Comparable, CustomStringConve
 
 /// A rejected document: every issue found, sorted by path, so one round trip fixes them all.
 public struct DocumentError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// Every issue, sorted by path.
     public var issues: [ValidationIssue]
 
     public init(_ issues: [ValidationIssue]) { self.issues = issues.sorted() }

@@ -45,10 +45,16 @@ struct HostModel: Sendable {
     private(set) var addressCount: [String: [IPAddress: Int]] = [:]
     private(set) var setReferences: [MemberSetKey: Int] = [:]
 
+    /// Whether edits record what they touch; off while building from a whole document, where
+    /// nothing is compared against a committed IR and the bookkeeping would be pure cost.
+    private var tracking = false
+
     init(_ doc: Document) {
         self.doc = Document(host: doc.host, groups: doc.groups)
+        self.doc.instances.reserveCapacity(doc.instances.count)
         var scratch = Touched()
         for (id, inst) in doc.instances { add(id, inst, &scratch) }
+        tracking = true
     }
 
     var host: String { doc.host }
@@ -85,16 +91,18 @@ struct HostModel: Sendable {
             let iface = inst.interface!
             localInterfaces[iface] = id
             for a in inst.ips { localAddresses[a] = id }
-            t.interfaces.insert(iface)
-            t.chains.insert(.instanceIn(id))
-            t.chains.insert(.instanceOut(id))
+            if tracking {
+                t.interfaces.insert(iface)
+                t.chains.insert(.instanceIn(id))
+                t.chains.insert(.instanceOut(id))
+            }
         }
-        let ips = Set(inst.ips)
-        for g in Set(inst.groups) {
+        let ips = uniqued(inst.ips)
+        for g in uniqued(inst.groups) {
             members[g, default: []].insert(id)
             for a in ips {
                 addressCount[g, default: [:]][a, default: 0] += 1
-                t.memberCandidates[MemberSetKey(family: a.family, group: g), default: []].insert(SetElement(a))
+                if tracking { t.memberCandidates[MemberSetKey(family: a.family, group: g), default: []].insert(SetElement(a)) }
             }
             if local {
                 let wasActive = isActive(g)
@@ -115,8 +123,8 @@ struct HostModel: Sendable {
             t.chains.insert(.instanceIn(id))
             t.chains.insert(.instanceOut(id))
         }
-        let ips = Set(inst.ips)
-        for g in Set(inst.groups) {
+        let ips = uniqued(inst.ips)
+        for g in uniqued(inst.groups) {
             members[g]?.remove(id)
             if members[g]?.isEmpty == true { members[g] = nil }
             for a in ips {
@@ -136,6 +144,7 @@ struct HostModel: Sendable {
     }
 
     /// The group's chains appear on this host and the member sets they read gain references.
+    /// (While building, `t` is a scratch value and the insertions below are few: once per group.)
     private mutating func activate(_ g: String, _ t: inout Touched) {
         t.chains.insert(.groupIn(g))
         t.chains.insert(.groupOut(g))
@@ -224,4 +233,14 @@ struct HostModel: Sendable {
         }
         return ir
     }
+}
+
+/// Order-preserving de-duplication for the short lists of one instance (groups, addresses):
+/// a quadratic scan beats hashing at these sizes.
+func uniqued<T: Equatable>(_ a: [T]) -> [T] {
+    if a.count < 2 { return a }
+    var out: [T] = []
+    out.reserveCapacity(a.count)
+    for x in a where !out.contains(x) { out.append(x) }
+    return out
 }

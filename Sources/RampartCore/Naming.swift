@@ -2,6 +2,11 @@
 /// text, so they are stable across runs and hosts. Ids are at most 64 bytes of
 /// `[A-Za-z0-9._:-]`, so the longest name (`gout-` + id) is 69 bytes, far below the kernel's
 /// 256-byte limit (NFT_NAME_MAXLEN), and a name can never contain a quote, space or control byte.
+///
+/// One substitution: `:` in an id becomes `/` in kernel names. nft's grammar (checked with nft
+/// 1.0.6) accepts neither `:` in a bare name nor a quoted name for sets and chains, so a name
+/// with `:` could be created over netlink but never listed back into a usable `nft -f` file.
+/// `/` is in nft's identifier alphabet and never occurs in an id, so the mapping stays one-to-one.
 public enum Naming {
     /// The one table Rampart owns (family inet).
     public static let table = "rampart"
@@ -13,21 +18,30 @@ public enum Naming {
     public static let toInstanceMap = "to-inst"
     /// Base chains.
     public static let egressChain = "egress"
+    /// Base chain for traffic to instances (forward hook, priority 0).
     public static let ingressChain = "ingress"
+    /// Base chain for instance → host traffic (input hook).
     public static let inputChain = "input"
+    /// Base chain for host → instance traffic (output hook).
     public static let outputChain = "output"
 
+    /// An id as it appears inside kernel names: `:` becomes `/` (see above).
+    public static func kernelID(_ id: String) -> String {
+        guard id.utf8.contains(UInt8(ascii: ":")) else { return id }
+        return String(decoding: id.utf8.map { $0 == UInt8(ascii: ":") ? UInt8(ascii: "/") : $0 }, as: UTF8.self)
+    }
+
     /// Egress chain of one instance on this host.
-    public static func instanceOut(_ id: String) -> String { "out-" + id }
+    public static func instanceOut(_ id: String) -> String { "out-" + kernelID(id) }
     /// Ingress chain of one instance on this host.
-    public static func instanceIn(_ id: String) -> String { "in-" + id }
+    public static func instanceIn(_ id: String) -> String { "in-" + kernelID(id) }
     /// Ingress rules of a group (shared by its members on this host).
-    public static func groupIn(_ id: String) -> String { "gin-" + id }
+    public static func groupIn(_ id: String) -> String { "gin-" + kernelID(id) }
     /// Egress rules of a group.
-    public static func groupOut(_ id: String) -> String { "gout-" + id }
+    public static func groupOut(_ id: String) -> String { "gout-" + kernelID(id) }
     /// Member addresses of a group, per family.
     public static func memberSet(_ family: IPFamily, _ group: String) -> String {
-        (family == .ipv4 ? "m4-" : "m6-") + group
+        (family == .ipv4 ? "m4-" : "m6-") + kernelID(group)
     }
 
     /// The kernel's limit on rule comments (NFTNL_UDATA_COMMENT_MAXLEN).
@@ -52,20 +66,17 @@ public enum Naming {
         return out
     }
 
-    /// nft words that could be taken for keywords where a name is expected; quoted when rendered.
-    static let keywords: Set<String> = ["ingress", "egress", "input", "output", "forward", "prerouting", "postrouting",
-                                        "table", "chain", "set", "map", "rule", "element", "accept", "drop", "jump", "goto",
-                                        "return", "counter", "comment", "inet", "ip", "ip6", "ether", "meta", "ct", "th"]
-
-    /// A name as nft's grammar accepts it: bare when it is a plain identifier, else double-quoted
-    /// (ids may contain ':' or start with a digit). Names never contain quotes (see above).
+    /// A name as written in nft text. Rampart's own names always fit nft's bare identifier
+    /// grammar (`[A-Za-z_.][A-Za-z0-9/_.-]*`; keywords are accepted where a name is expected).
+    /// Anything else (only possible in a hand-built IR) is double-quoted as a best effort: nft
+    /// 1.0.6 does not accept quoted set or chain names, so such text is for reading only.
     public static func nftQuoted(_ name: String) -> String {
         let u = Array(name.utf8)
-        let bare = !u.isEmpty && !keywords.contains(name) && u.enumerated().allSatisfy { i, c in
-            let alpha = (c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a) || c == UInt8(ascii: "_")
-            let more = (c >= 0x30 && c <= 0x39) || c == UInt8(ascii: "-") || c == UInt8(ascii: ".") || c == UInt8(ascii: "/")
-            return i == 0 ? alpha || c == UInt8(ascii: ".") : alpha || more
+        let bare = !u.isEmpty && u.enumerated().allSatisfy { i, c in
+            let alpha = (c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a) || c == UInt8(ascii: "_") || c == UInt8(ascii: ".")
+            let more = (c >= 0x30 && c <= 0x39) || c == UInt8(ascii: "-") || c == UInt8(ascii: "/")
+            return i == 0 ? alpha : alpha || more
         }
-        return bare ? name : "\"" + name + "\""
+        return bare ? name : "\"" + name.replacingOccurrences(of: "\"", with: "'") + "\""
     }
 }

@@ -28,10 +28,12 @@ public enum PlanOp: Hashable, Sendable {
 /// deletions. So everything a rule or map element references exists before it is referenced,
 /// and nothing is deleted while a rule or map element still references it.
 public struct Plan: Hashable, Sendable {
+    /// The operations, in the order they must be executed.
     public var ops: [PlanOp]
 
     public init(ops: [PlanOp] = []) { self.ops = ops }
 
+    /// True when nothing needs to change.
     public var isEmpty: Bool { ops.isEmpty }
 
     /// Counts by kind, for the CLI's one-line output.
@@ -40,18 +42,30 @@ public struct Plan: Hashable, Sendable {
 
 /// How much a Plan changes, by kind.
 public struct PlanSummary: Hashable, Sendable, CustomStringConvertible {
+    // Counts per kind of operation; element counts are summed over all sets (or maps).
+    /// Chains created (each new chain, empty at first).
     public var chainsCreated = 0
+    /// Chains flushed and re-filled.
     public var chainsRewritten = 0
+    /// Chains deleted.
     public var chainsDeleted = 0
     /// Rules written by rewrites (each rewrite re-adds all rules of its chain).
     public var rulesWritten = 0
+    /// Sets and maps created.
     public var setsCreated = 0
+    /// Sets and maps deleted.
     public var setsDeleted = 0
+    /// Set elements added.
     public var elementsAdded = 0
+    /// Set elements removed.
     public var elementsRemoved = 0
+    /// Dispatch-map entries added.
     public var mapElementsAdded = 0
+    /// Dispatch-map entries removed.
     public var mapElementsRemoved = 0
+    /// The table is created (or, with `tableDeleted`, rebuilt).
     public var tableCreated = false
+    /// The table is deleted.
     public var tableDeleted = false
 
     public init(_ plan: Plan) {
@@ -73,9 +87,9 @@ public struct PlanSummary: Hashable, Sendable, CustomStringConvertible {
     }
 
     public var description: String {
-        if tableDeleted { return "table deleted" }
+        if tableDeleted && !tableCreated { return "table deleted" }
         var parts: [String] = []
-        if tableCreated { parts.append("table created") }
+        if tableCreated { parts.append(tableDeleted ? "table rebuilt" : "table created") }
         parts.append("chains: \(chainsCreated) created, \(chainsRewritten) rewritten (\(rulesWritten) rules), \(chainsDeleted) deleted")
         parts.append("sets/maps: \(setsCreated) created, \(setsDeleted) deleted")
         parts.append("elements: +\(elementsAdded) -\(elementsRemoved)")
@@ -152,12 +166,8 @@ struct PlanBuilder {
         case (let o?, nil):
             deleteChains[o.name] = o.rules.compactMap(\.verdict.chainReference)
         case (let o?, let n?):
-            if o.header != n.header {
-                // Never happens for Rampart's own chains (headers are fixed by name); a chain
-                // whose hook changed would need delete + create, which one batch cannot do under
-                // the same name, so it is rewritten and the header difference left to a flush.
-                rewrites[n.name] = n.rules
-            } else if o.rules != n.rules {
+            // Headers never differ here: `diff` rebuilds the table when one does.
+            if o.rules != n.rules {
                 rewrites[n.name] = n.rules
             }
         case (nil, nil):
@@ -196,6 +206,7 @@ struct PlanBuilder {
 public struct PlanError: Error, Hashable, Sendable, CustomStringConvertible {
     /// Index of the offending operation.
     public var index: Int
+    /// What the kernel would have refused.
     public var reason: String
     public var description: String { "plan op \(index): \(reason)" }
 }

@@ -11,14 +11,20 @@ struct EngineBench: ParsableCommand {
         abstract: "Core engine: compile, incremental events vs recompile+diff, fan-out at a million groups.")
     @OptionGroup var options: CommonBenchOptions
 
+    @Option(name: .customLong("scenario"), help: "Run only these scenarios (host-1k, host-5k, cloud-1M); default all.")
+    var scenarios: [String] = []
+
     func run() throws {
+        let known = ["host-1k", "host-5k", "cloud-1M"]
+        for s in scenarios where !known.contains(s) { throw ValidationError("unknown scenario \(s); expected one of \(known.joined(separator: ", "))") }
+        let selected = scenarios.isEmpty ? known : scenarios
         let report = Report(json: options.json)
         let fast = options.repeats ?? 301
         let slow = max(3, (options.repeats ?? 301) / 30)
-        for n in [1_000, 5_000] {
+        for (name, n) in [("host-1k", 1_000), ("host-5k", 5_000)] where selected.contains(name) {
             try hostScenario(instances: n, report: report, fast: fast, slow: slow)
         }
-        cloudScenario(report: report, queries: max(fast, 1_001), slow: 3)
+        if selected.contains("cloud-1M") { cloudScenario(report: report, queries: max(fast, 1_001), slow: 3) }
         report.finish()
     }
 

@@ -116,7 +116,8 @@ func rendered(_ c: Chain?) -> [String] { c?.rules.map(Render.rule) ?? [] }
     @Test func names() {
         #expect(Naming.groupIn("web") == "gin-web")
         #expect(Naming.groupOut("web") == "gout-web")
-        #expect(Naming.instanceIn("a:b") == "in-a:b")
+        #expect(Naming.instanceIn("a:b") == "in-a/b")
+        #expect(Naming.memberSet(.ipv4, "x:y:z") == "m4-x/y/z")
         #expect(Naming.memberSet(.ipv6, "g") == "m6-g")
         let longest = Naming.groupOut(String(repeating: "x", count: 64))
         #expect(longest.utf8.count == 69)
@@ -124,10 +125,11 @@ func rendered(_ c: Chain?) -> [String] { c?.rules.map(Render.rule) ?? [] }
 
     @Test func quoting() {
         #expect(Naming.nftQuoted("gin-web") == "gin-web")
-        #expect(Naming.nftQuoted("gin-a:b") == #""gin-a:b""#)
-        #expect(Naming.nftQuoted("ingress") == #""ingress""#)
+        #expect(Naming.nftQuoted("gin-a/b") == "gin-a/b")
+        #expect(Naming.nftQuoted("ingress") == "ingress")
         #expect(Naming.nftQuoted("m4-1.2") == "m4-1.2")
-        #expect(Render.rule(IRRule([.saddrInSet(.ipv4, "m4-a:b")], .jump("gin-a:b"))) == #"ip saddr @"m4-a:b" jump "gin-a:b""#)
+        #expect(Naming.nftQuoted("odd name") == #""odd name""#)
+        #expect(Render.rule(IRRule([.saddrInSet(.ipv4, Naming.memberSet(.ipv4, "a:b"))], .jump(Naming.groupIn("a:b")))) == "ip saddr @m4-a/b jump gin-a/b")
     }
 
     @Test func comments() {

@@ -93,6 +93,8 @@ import Testing
         #expect(throws: DocumentError([ValidationIssue(path: "instances.web-2.groups[0]", reason: #"unknown group "nope""#)])) {
             try e.instanceGroupsChanged(id: "web-2", groups: ["nope"])
         }
+        var other = Engine(host: "hv9")
+        #expect(throws: DocumentError([ValidationIssue(path: "host", reason: #""hv1" is not this host (hv9)"#)])) { try other.apply(document: try twoTier()) }
         var fresh = Engine(host: "hv1")
         #expect(throws: DocumentError.self) { try fresh.instanceUnplugged(id: "a") }
     }

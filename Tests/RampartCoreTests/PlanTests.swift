@@ -50,6 +50,17 @@ import Testing
         #expect(diff(from: ir, to: nil).ops == [.deleteTable])
     }
 
+    @Test func headerDriftRebuildsTheTableInOnePlan() throws {
+        let ir = Compiler.compile(try twoTier())
+        var drift = ir
+        drift.chains["egress"]!.header.base!.policy = .drop
+        let p = diff(from: drift, to: ir)
+        #expect(p.ops.first == .deleteTable)
+        #expect(p.ops.dropFirst().first == .createTable)
+        #expect(try apply(p, to: drift) == ir)
+        #expect(p.summary.description.hasPrefix("table rebuilt"))
+    }
+
     @Test func summaryAndRender() throws {
         let ir = Compiler.compile(try twoTier())
         let p = diff(from: nil, to: ir)
@@ -62,7 +73,7 @@ import Testing
         let text = Render.plan(p)
         #expect(text.hasPrefix("add table inet rampart\nadd set inet rampart inst-ifaces { type ifname; }\n"))
         #expect(text.contains(#"add element inet rampart from-inst { "tapdb1" : jump out-db-1, "tapweb1" : jump out-web-1, "tapweb2" : jump out-web-2 }"#))
-        #expect(text.contains("add chain inet rampart \"egress\" { type filter hook forward priority -1; policy accept; }\n"))
+        #expect(text.contains("add chain inet rampart egress { type filter hook forward priority -1; policy accept; }\n"))
         #expect(text.contains("flush chain inet rampart gin-db\nadd rule inet rampart gin-db ip saddr @m4-web meta l4proto tcp th dport 5432 counter accept comment \"db/pg-from-web\"\n"))
         #expect(Render.ruleset(ir).contains("\tset m4-admin {\n\t\ttype ipv4_addr\n\t\telements = { 10.0.9.5 }\n\t}\n"))
     }

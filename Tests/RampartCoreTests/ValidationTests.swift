@@ -196,4 +196,34 @@ func rule(_ body: String) -> String { doc(groups: #""web": {"rules": [{"protocol
         d.instances["a"] = Instance(host: "hv1", groups: ["web"], ips: [IPAddress("10.0.0.1")!], interface: "tap0")
         #expect(d.issues() == [])
     }
+
+    @Test func typesAndShapes() {
+        func inst(_ body: String) -> [String] { errors(doc(instances: #""web-1": \#(body)"#)) }
+        #expect(inst(#"{"interface": "tap1", "ips": ["10.0.0.1"], "groups": []}"#) == ["instances.web-1.host: missing required key"])
+        #expect(inst(#"{"host": ["hv1"], "ips": ["10.0.0.1"], "groups": []}"#) == ["instances.web-1.host: expected a string, got an array"])
+        #expect(inst(#"{"host": "hv2", "ips": "10.0.0.1", "groups": "web"}"#) == ["instances.web-1.groups: expected an array, got a string", "instances.web-1.ips: expected an array, got a string"])
+        #expect(inst(#"{"host": "hv2", "ips": [1], "groups": [null]}"#) == ["instances.web-1.groups[0]: expected a string, got null", "instances.web-1.ips[0]: expected a string, got a number"])
+        #expect(inst(#"{"host": "hv1", "interface": 7, "ips": ["10.0.0.1"], "groups": []}"#) == ["instances.web-1.interface: expected a string, got a number"])
+        #expect(inst(#"{"host": "hv2", "interface": "a/b", "ips": ["10.0.0.1"], "groups": []}"#) == [#"instances.web-1.interface: "a/b" is not a valid interface name: contains '/'"#])
+        #expect(inst(#""web""#) == ["instances.web-1: expected an object, got a string"])
+        #expect(errors(doc(instances: #""web 1": {"host": "hv2", "ips": ["10.0.0.1"], "groups": []}"#)) == [#"instances.web 1: "web 1" is not a valid id (1-64 characters of A-Z a-z 0-9 . _ : -)"#])
+        #expect(errors(doc(groups: #""web": {"rules": []}, "web": {"rules": []}"#)) == ["groups.web: duplicate key"])
+        #expect(errors(doc(groups: #""web": {"rules": [], "description": 5}"#)) == ["groups.web.description: expected a string, got a number"])
+        #expect(errors(doc(groups: #""web": {"rules": ["tcp"]}"#)) == ["groups.web.rules[0]: expected an object, got a string"])
+        #expect(errors(rule(#"{"protocol": "tcp", "cidr": 10}"#)) == ["groups.web.rules[1].cidr: expected a string, got a number"])
+        #expect(errors(rule(#"{"protocol": "tcp", "group": "bad id"}"#)) == [#"groups.web.rules[1].group: "bad id" is not a valid id (1-64 characters of A-Z a-z 0-9 . _ : -)"#])
+        #expect(errors(rule(#"{"protocol": "icmp", "icmp_type": 3, "icmp_code": -1, "cidr": "0.0.0.0/0"}"#)) == ["groups.web.rules[1].icmp_code: -1 is out of range 0-255"])
+        #expect(errors(rule(#"{"protocol": "tcp", "cidr": "0.0.0.0/0", "ethertype": "ipv4", "direction": "egress", "id": "x"}"#)) == [])
+        #expect(errors(rule(#"{"protocol": 99999999999999999999999, "cidr": "0.0.0.0/0"}"#)) == ["groups.web.rules[1].protocol: 99999999999999999999999 is out of range 0-255"])
+    }
+
+    @Test func parsedValues() throws {
+        let d = try Document.parse(json: rule(#"{"id": "r", "direction": "egress", "protocol": "udp", "ports": "53-54", "cidr": "fd00::/8"}"#))
+        let r = d.groups["web"]!.rules[1]
+        #expect(r == Rule(id: "r", direction: .egress, proto: .udp, ports: 53...54, remote: .cidr(.v6(IPv6Prefix(address: IPv6Address("fd00::")!, length: 8)))))
+        #expect(d.groups["web"]!.rules[0].direction == .ingress)
+        #expect(IPv6Address("FD00:0:0::1")!.description == "fd00::1")
+        #expect(IPv4Address("010.0.0.1") == nil)
+        #expect(MACAddress("02:AB:cd:00:00:01")!.description == "02:ab:cd:00:00:01")
+    }
 }
