@@ -89,50 +89,47 @@ struct EncodedBatch: ~Copyable {
         return { buf, seq in nftnl_nlmsg_build_hdr(buf, UInt16(type), UInt16(family.rawValue), f, seq) }
     }
 
+    /// Appends one message carrying `object`'s payload.
+    private mutating func append(_ type: UInt32, _ family: Family, _ flags: Int32, echo: Bool, index: Int,
+                                 _ object: some NftnlPayload) throws(NetlinkError) {
+        let hdr = header(type, family, flags, echo: echo)
+        try append(operation: index) { b, s in
+            let n = hdr(b, s)
+            if let n { object.buildPayload(n) }
+            return n
+        }
+    }
+
     private mutating func encode(_ op: BatchOperation, index: Int, echo: Bool) throws(NetlinkError) {
         switch op {
         case .addTable(let t):
-            let obj = try NftnlTable(t)
-            let hdr = header(NFT_MSG_NEWTABLE.rawValue, t.family, NLM_F_CREATE, echo: echo)
-            try append(operation: index) { b, s in let n = hdr(b, s); if let n { nftnl_table_nlmsg_build_payload(n, obj.pointer) }; return n }
+            try append(NFT_MSG_NEWTABLE.rawValue, t.family, NLM_F_CREATE, echo: echo, index: index, NftnlTable(t))
         case .deleteTable(let family, let name):
-            let obj = try NftnlTable(Table(family: family, name: name))
-            let hdr = header(NFT_MSG_DELTABLE.rawValue, family, 0, echo: echo)
-            try append(operation: index) { b, s in let n = hdr(b, s); if let n { nftnl_table_nlmsg_build_payload(n, obj.pointer) }; return n }
+            try append(NFT_MSG_DELTABLE.rawValue, family, 0, echo: echo, index: index, NftnlTable(Table(family: family, name: name)))
         case .addChain(let c):
-            let obj = try NftnlChain(c)
-            let hdr = header(NFT_MSG_NEWCHAIN.rawValue, c.family, NLM_F_CREATE, echo: echo)
-            try append(operation: index) { b, s in let n = hdr(b, s); if let n { nftnl_chain_nlmsg_build_payload(n, obj.pointer) }; return n }
+            try append(NFT_MSG_NEWCHAIN.rawValue, c.family, NLM_F_CREATE, echo: echo, index: index, NftnlChain(c))
         case .deleteChain(let family, let table, let name):
-            let obj = try NftnlChain(Chain(family: family, table: table, name: name))
-            let hdr = header(NFT_MSG_DELCHAIN.rawValue, family, 0, echo: echo)
-            try append(operation: index) { b, s in let n = hdr(b, s); if let n { nftnl_chain_nlmsg_build_payload(n, obj.pointer) }; return n }
+            try append(NFT_MSG_DELCHAIN.rawValue, family, 0, echo: echo, index: index,
+                       NftnlChain(Chain(family: family, table: table, name: name)))
         case .flushChain(let family, let table, let chain):
             // DELRULE with a chain and no handle removes every rule of that chain.
-            let obj = try NftnlRule(Rule(family: family, table: table, chain: chain, expressions: []))
-            let hdr = header(NFT_MSG_DELRULE.rawValue, family, 0, echo: echo)
-            try append(operation: index) { b, s in let n = hdr(b, s); if let n { nftnl_rule_nlmsg_build_payload(n, obj.pointer) }; return n }
+            try append(NFT_MSG_DELRULE.rawValue, family, 0, echo: echo, index: index,
+                       NftnlRule(Rule(family: family, table: table, chain: chain, expressions: [])))
         case .addRule(let r):
-            let obj = try NftnlRule(r)
-            let hdr = header(NFT_MSG_NEWRULE.rawValue, r.family, NLM_F_CREATE | NLM_F_APPEND, echo: echo)
-            try append(operation: index) { b, s in let n = hdr(b, s); if let n { nftnl_rule_nlmsg_build_payload(n, obj.pointer) }; return n }
+            try append(NFT_MSG_NEWRULE.rawValue, r.family, NLM_F_CREATE | NLM_F_APPEND, echo: echo, index: index, NftnlRule(r))
         case .addSet(let d):
             let obj = try NftnlSet(d)
             // The kernel requires a batch-local set id on creation (it lets later messages of the
             // same batch refer to an anonymous set); named sets are also found by name.
             nextSetID += 1
             nftnl_set_set_u32(obj.pointer, UInt16(NFTNL_SET_ID.rawValue), nextSetID)
-            let hdr = header(NFT_MSG_NEWSET.rawValue, d.family, NLM_F_CREATE, echo: echo)
-            try append(operation: index) { b, s in let n = hdr(b, s); if let n { nftnl_set_nlmsg_build_payload(n, obj.pointer) }; return n }
+            try append(NFT_MSG_NEWSET.rawValue, d.family, NLM_F_CREATE, echo: echo, index: index, obj)
         case .deleteSet(let family, let table, let name):
-            let obj = try NftnlSet(family: family, table: table, name: name)
-            let hdr = header(NFT_MSG_DELSET.rawValue, family, 0, echo: echo)
-            try append(operation: index) { b, s in let n = hdr(b, s); if let n { nftnl_set_nlmsg_build_payload(n, obj.pointer) }; return n }
+            try append(NFT_MSG_DELSET.rawValue, family, 0, echo: echo, index: index, NftnlSet(family: family, table: table, name: name))
         case .flushSet(let family, let table, let name):
             // DELSETELEM without an element list flushes the set.
-            let obj = try NftnlSet(family: family, table: table, name: name)
-            let hdr = header(NFT_MSG_DELSETELEM.rawValue, family, 0, echo: echo)
-            try append(operation: index) { b, s in let n = hdr(b, s); if let n { nftnl_set_elems_nlmsg_build_payload(n, obj.pointer) }; return n }
+            try append(NFT_MSG_DELSETELEM.rawValue, family, 0, echo: echo, index: index,
+                       NftnlSetElements(try NftnlSet(family: family, table: table, name: name)))
         case .addElements(let family, let table, let set, let elements):
             try encodeElements(NFT_MSG_NEWSETELEM.rawValue, NLM_F_CREATE, family, table, set, elements, index: index, echo: echo)
         case .deleteElements(let family, let table, let set, let elements):
@@ -164,6 +161,34 @@ struct EncodedBatch: ~Copyable {
 }
 
 // MARK: - libnftnl objects with one owner each
+
+/// A libnftnl object that can write itself as the payload of a netlink message.
+protocol NftnlPayload {
+    func buildPayload(_ nlh: UnsafeMutablePointer<nlmsghdr>)
+}
+
+extension NftnlTable: NftnlPayload {
+    func buildPayload(_ nlh: UnsafeMutablePointer<nlmsghdr>) { nftnl_table_nlmsg_build_payload(nlh, pointer) }
+}
+
+extension NftnlChain: NftnlPayload {
+    func buildPayload(_ nlh: UnsafeMutablePointer<nlmsghdr>) { nftnl_chain_nlmsg_build_payload(nlh, pointer) }
+}
+
+extension NftnlRule: NftnlPayload {
+    func buildPayload(_ nlh: UnsafeMutablePointer<nlmsghdr>) { nftnl_rule_nlmsg_build_payload(nlh, pointer) }
+}
+
+extension NftnlSet: NftnlPayload {
+    func buildPayload(_ nlh: UnsafeMutablePointer<nlmsghdr>) { nftnl_set_nlmsg_build_payload(nlh, pointer) }
+}
+
+/// A set's element list (empty: the whole set, i.e. a flush) as a message payload.
+struct NftnlSetElements: NftnlPayload {
+    let set: NftnlSet
+    init(_ set: NftnlSet) { self.set = set }
+    func buildPayload(_ nlh: UnsafeMutablePointer<nlmsghdr>) { nftnl_set_elems_nlmsg_build_payload(nlh, set.pointer) }
+}
 
 /// Owns a `struct nftnl_table`.
 final class NftnlTable {
