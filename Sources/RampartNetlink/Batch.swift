@@ -25,6 +25,19 @@ public enum BatchOperation: Sendable, Hashable, CustomStringConvertible {
     /// Delete elements; deleting one that does not exist is an error (ENOENT).
     case deleteElements(family: Family, table: String, set: String, elements: [SetElement])
 
+    /// The table the operation acts in.
+    public var tableIdentity: (Family, String) {
+        switch self {
+        case .addTable(let t): (t.family, t.name)
+        case .deleteTable(let f, let n): (f, n)
+        case .addChain(let c): (c.family, c.table)
+        case .deleteChain(let f, let t, _), .flushChain(let f, let t, _), .deleteSet(let f, let t, _), .flushSet(let f, let t, _): (f, t)
+        case .addRule(let r): (r.family, r.table)
+        case .addSet(let s): (s.family, s.table)
+        case .addElements(let f, let t, _, _), .deleteElements(let f, let t, _, _): (f, t)
+        }
+    }
+
     /// A short name of the object the operation acts on, for errors and logs.
     public var description: String {
         switch self {

@@ -87,7 +87,7 @@ public final class NFTablesConnection: NFTablesClient {
             return CommitResult(generation: try generation(), messages: 0, bytes: 0)
         }
         let encoded = try EncodedBatch(batch, firstSequence: socket.reserveSequence(0), expectedGeneration: expectedGeneration)
-        _ = socket.reserveSequence(encoded.operationMessages + 2)
+        _ = socket.reserveSequence(encoded.messageCount)
         try encoded.withBytes { (p, n) throws(NetlinkError) in try socket.send(p, length: n) }
 
         // The kernel handles the whole batch inside sendmsg: every reply is queued by now.

@@ -16,8 +16,8 @@ struct EncodedBatch: ~Copyable {
     private(set) var operationOfMessage: [Int?] = []
     private var nextSetID: UInt32 = 0
 
-    /// The number of messages that carry operations.
-    var operationMessages: Int { operationOfMessage.count - 2 }
+    /// The number of messages that carry operations (batch begin, end and the echo carrier excluded).
+    var operationMessages: Int { operationOfMessage.compactMap { $0 }.count }
 
     /// Every message of an operation must fit in what is left of the buffer: element lists
     /// are cut into messages of at most 64 KiB (one attribute has a 16-bit length), and the
@@ -32,11 +32,23 @@ struct EncodedBatch: ~Copyable {
             try append(operation: nil) { buf, seq in
                 rampart_batch_begin(buf, seq, expectedGeneration != nil, expectedGeneration ?? 0)
             }
+            // The first message after batch-begin carries NLM_F_ECHO: the kernel then sends us
+            // the new generation (NFT_MSG_NEWGEN) once the transaction commits, a positive
+            // confirmation that needs no extra round trip. But the echo also returns every
+            // notification that message causes (deleting a table echoes each of its rules and
+            // chains; adding 100k elements echoes 100k elements), which would overflow the
+            // receive buffer. So the echo rides on a message of its own that causes at most one
+            // notification: NEWTABLE of the first operation's table (a no-op when the table
+            // exists; if it does not, the batch's own operations decide whether it stays).
+            // A batch that starts by adding a table needs no carrier: that message is one.
+            let startsWithTable: Bool
+            if case .addTable? = batch.operations.first { startsWithTable = true } else { startsWithTable = false }
+            if !startsWithTable, let (family, table) = batch.operations.first?.tableIdentity {
+                try append(NFT_MSG_NEWTABLE.rawValue, family, NLM_F_CREATE, echo: true, index: nil,
+                           NftnlTable(Table(family: family, name: table)))
+            }
             for (index, op) in batch.operations.enumerated() {
-                // The first message after batch-begin asks for an echo: the kernel then sends us
-                // the new generation (NFT_MSG_NEWGEN) once the transaction commits, a positive
-                // confirmation that needs no extra round trip.
-                try encode(op, index: index, echo: index == 0)
+                try encode(op, index: index, echo: index == 0 && startsWithTable)
             }
             try append(operation: nil) { buf, seq in nftnl_batch_end(buf, seq) }
         } catch {
@@ -57,6 +69,9 @@ struct EncodedBatch: ~Copyable {
         guard k >= 0, k < operationOfMessage.count else { return nil }
         return operationOfMessage[k]
     }
+
+    /// Every message of the datagram, batch begin and end included.
+    var messageCount: Int { operationOfMessage.count }
 
     var lastSequence: UInt32 { firstSequence &+ UInt32(operationOfMessage.count) &- 1 }
 
@@ -90,7 +105,7 @@ struct EncodedBatch: ~Copyable {
     }
 
     /// Appends one message carrying `object`'s payload.
-    private mutating func append(_ type: UInt32, _ family: Family, _ flags: Int32, echo: Bool, index: Int,
+    private mutating func append(_ type: UInt32, _ family: Family, _ flags: Int32, echo: Bool, index: Int?,
                                  _ object: some NftnlPayload) throws(NetlinkError) {
         let hdr = header(type, family, flags, echo: echo)
         try append(operation: index) { b, s in

@@ -67,3 +67,30 @@ import RampartHarness
         #expect(readBack == Set(elements), "elements differ")
     }
 }
+
+/// Deleting or flushing big objects in one batch: the kernel's notifications for what a message
+/// removes must not flood the socket (they are echoed only for the echo carrier).
+@Suite("Big deletions") struct BigDeletionTests {
+    @Test func deleteAndFlushLargeObjects() throws {
+        let k = try KernelFixture("bigdel")
+        var b = Batch([.addTable(Table(family: .inet, name: T)), .addChain(Chain(family: .inet, table: T, name: "c")),
+                       .addSet(SetDefinition(family: .inet, table: T, name: "s", keyType: .ipv4Address))])
+        for i in 0..<20_000 {
+            let p = UInt16(1 + i % 60_000)
+            b.append(.addRule(rule("c", Match.port(protocol: 17, destination: true, p...p) + [.verdict(.accept)])))
+        }
+        b.append(.addElements(family: .inet, table: T, set: "s", elements: (0..<50_000).map { (i: Int) -> SetElement in
+            SetElement(key: [10, UInt8(truncatingIfNeeded: i >> 16), UInt8(truncatingIfNeeded: i >> 8), UInt8(truncatingIfNeeded: i)])
+        }))
+        try k.nl.commit(b)
+        // Each of these, as the first operation of its batch, makes the kernel notify thousands of
+        // objects; none may be reported as anything but a success.
+        try k.nl.commit(Batch([.flushSet(family: .inet, table: T, name: "s")]))
+        try k.nl.commit(Batch([.flushChain(family: .inet, table: T, name: "c")]))
+        try k.nl.commit(b.operations.dropFirst(3).reduce(into: Batch()) { $0.append($1) })
+        let g = try k.nl.generation()
+        let r = try k.nl.commit(Batch([.deleteTable(family: .inet, name: T)]))
+        #expect(r.generation == g + 1)
+        #expect(try k.nl.readTable(family: .inet, name: T) == nil)
+    }
+}
