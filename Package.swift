@@ -37,6 +37,7 @@ let package = Package(
             ]
         ),
         .testTarget(name: "RampartNetlinkTests", dependencies: ["RampartNetlink", "RampartHarness"]),
+        .testTarget(name: "RampartHarnessTests", dependencies: ["RampartHarness"]),
         .testTarget(
             name: "RampartCoreTests",
             dependencies: [

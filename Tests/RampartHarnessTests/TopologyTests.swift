@@ -1,0 +1,205 @@
+import Foundation
+import RampartHarness
+import Testing
+
+/// Every probe between every pair of nodes that share an address family: TCP (with echo),
+/// UDP and ICMP, to each address of the destination. Instances on the same host, instance ↔
+/// outside host, hypervisor ↔ instance, IPv4 and IPv6.
+func fullMatrix(_ topo: HypervisorTopology, tcpPorts: [UInt16] = [80], udpPort: UInt16 = 53) -> [Probe] {
+    var probes: [Probe] = []
+    for a in topo.nodes {
+        for b in topo.nodes where b.name != a.name {
+            for address in b.addresses {
+                let v6 = address.contains(":")
+                guard (v6 ? a.ipv6 : a.ipv4) != nil else { continue }
+                for port in tcpPorts { probes.append(.tcp(from: a.name, to: address, port: port)) }
+                probes.append(.udp(from: a.name, to: address, port: udpPort))
+                probes.append(.icmp(from: a.name, to: address))
+            }
+        }
+    }
+    return probes
+}
+
+func failures(_ results: [ProbeResult], expectPassed: (Probe) -> Bool) -> [String] {
+    results.filter { $0.passed != expectPassed($0.probe) }.map { "expected \(expectPassed($0.probe) ? "pass" : "deny"): \($0)" }
+}
+
+func netnsList() throws -> String {
+    try runCommand(["ip", "netns", "list"], check: true).stdout
+}
+
+@Suite("Routed hypervisor topology and probes")
+struct TopologyTests {
+    @Test("with no firewall, everything passes in every direction (v4, v6; tcp, udp, icmp)")
+    func everythingPasses() throws {
+        let topo = try HypervisorTopology(.twoTier)
+        defer { topo.destroy() }
+        let probes = fullMatrix(topo)
+        // 5 nodes: 20 ordered IPv4 pairs; hv, web-1 and bastion have IPv6: 6 ordered pairs.
+        #expect(probes.count == (20 + 6) * 3)
+        let results = try topo.probe(probes)
+        #expect(failures(results) { _ in true } == [])
+        // Stateful return traffic: every UDP datagram was echoed back, and the listener saw the
+        // sender's own address (routed, no NAT).
+        for r in results where r.probe.kind == .udp(port: 53) {
+            #expect(r.answered, "\(r)")
+            #expect(r.seenSource == topo[r.probe.from].addresses.first { $0.contains(":") == r.probe.to.contains(":") }, "\(r)")
+        }
+        // Host ↔ instance: from and to the hypervisor's own address.
+        #expect(try topo.tcp(from: "db-1", to: "10.255.0.1", port: 22))
+        #expect(try topo.tcp(from: "hv", to: "fd00::11", port: 22))
+    }
+
+    @Test("a hand-written forward rule denies exactly its probes, and a denied probe costs ≈ its timeout")
+    func forwardRuleDeniesExactlyItsProbes() throws {
+        let topo = try HypervisorTopology(.twoTier)
+        defer { topo.destroy() }
+        let probes = fullMatrix(topo, tcpPorts: [80, 5432])
+        #expect(failures(try topo.probe(probes)) { _ in true } == [])
+
+        let hv = topo.hypervisor
+        try hv.nft("add", "table", "inet", "t")
+        try hv.nft("add", "chain", "inet", "t", "f", "{ type filter hook forward priority 0; }")
+        try hv.nft("add", "rule", "inet", "t", "f", "tcp", "dport", "5432", "drop")
+
+        let start = Date()
+        let results = try topo.probe(probes)
+        let elapsed = Date().timeIntervalSince(start)
+        // Forwarded = neither end is the hypervisor (its own traffic takes input/output).
+        let denied: (Probe) -> Bool = { p in
+            p.kind == .tcp(port: 5432) && p.from != "hv" && topo.owner(of: p.to)?.name != "hv"
+        }
+        #expect(failures(results) { !denied($0) } == [])
+        #expect(results.filter { !$0.passed }.count == 12 + 2)  // 12 v4 + 2 v6 forwarded pairs
+        #expect(elapsed < 2.5, "denied probes run concurrently: the batch took \(elapsed) s")
+        let one = try topo.probe(.tcp(from: "web-1", to: "10.0.2.21", port: 5432, timeout: 0.3))
+        #expect(!one.passed && one.elapsed < 0.6, "\(one)")
+    }
+
+    @Test("an established TCP session survives an unrelated rule change, and can be cut")
+    func sessionSurvivesUnrelatedChange() throws {
+        let topo = try HypervisorTopology(.twoTier)
+        defer { topo.destroy() }
+        let session = try topo.openTCPSession(from: "web-1", to: "10.0.2.21", port: 8080)
+        #expect(session.exchange())
+        let v6 = try topo.openTCPSession(from: "bastion", to: "fd00::11", port: 8443)
+        #expect(v6.exchange())
+
+        let hv = topo.hypervisor
+        try hv.nft("add", "table", "inet", "t")
+        try hv.nft("add", "chain", "inet", "t", "f", "{ type filter hook forward priority 0; }")
+        try hv.nft("add", "rule", "inet", "t", "f", "tcp", "dport", "5432", "drop")
+        #expect(session.exchange())
+        // An unrelated change: the chain flushed and re-filled in one transaction.
+        try hv.nft("-f", "-", input: """
+            flush chain inet t f
+            add rule inet t f tcp dport 5432 drop
+            add rule inet t f udp dport 9999 drop
+            """)
+        #expect(session.exchange())
+        #expect(v6.exchange())
+        #expect(!(try topo.tcp(from: "web-1", to: "10.0.2.21", port: 5432)))
+
+        // The same session CAN fail: drop its port, then lift the drop again.
+        try hv.nft("add", "rule", "inet", "t", "f", "tcp", "dport", "8080", "drop")
+        #expect(!session.exchange(timeout: 0.5))
+        try hv.nft("flush", "chain", "inet", "t", "f")
+        // TCP retransmits with back-off, so the held-up data needs a moment.
+        #expect(session.exchange(timeout: 5))
+        session.close()
+        #expect(!session.isOpen && !session.exchange())
+    }
+
+    @Test("spoofed source addresses and MACs: sendable, visible, and filterable")
+    func spoofing() throws {
+        let topo = try HypervisorTopology(.twoTier)
+        defer { topo.destroy() }
+        let hv = topo.hypervisor
+
+        // An address web-1 does not own, added to its interface: one-way (no route back).
+        try topo["web-1"].addAddress("10.0.1.99")
+        let udp = try topo.probe(.udp(from: "web-1", to: "10.0.9.5", port: 53, source: "10.0.1.99"))
+        #expect(udp.passed && udp.delivered && !udp.answered && udp.seenSource == "10.0.1.99", "\(udp)")
+        #expect(!(try topo.ping(from: "web-1", to: "10.0.9.5", source: "10.0.1.99")))
+        // Routed by the hypervisor, it behaves like an address of the instance.
+        try topo["web-1"].addAddress("10.0.1.98", routeOnHypervisor: true)
+        #expect(try topo.ping(from: "web-1", to: "10.0.9.5", source: "10.0.1.98"))
+        #expect(try topo.tcp(from: "web-1", to: "10.0.9.5", port: 22, source: "10.0.1.98"))
+        #expect(try topo.tcp(from: "bastion", to: "10.0.1.98", port: 22))
+        // Any source, even one that is not on the interface (another instance's address).
+        let stolen = try topo.probe(.udp(from: "web-2", to: "10.0.9.5", port: 53, source: "10.0.1.11"))
+        #expect(stolen.delivered && stolen.seenSource == "10.0.1.11", "\(stolen)")
+        let stolen6 = try topo.probe(.udp(from: "web-1", to: "fd00::95", port: 53, source: "fd00::66"))
+        #expect(stolen6.delivered && stolen6.seenSource == "fd00::66", "\(stolen6)")
+
+        // An anti-spoofing rule of the kind Rampart writes stops exactly those.
+        try hv.nft("-f", "-", input: """
+            add table inet t
+            add chain inet t f { type filter hook forward priority 0; }
+            add rule inet t f iifname "tapweb2" ip saddr != 10.0.1.12 drop
+            add rule inet t f iifname "tapweb1" ether saddr != 02:00:00:00:01:11 drop
+            """)
+        #expect(!(try topo.probe(.udp(from: "web-2", to: "10.0.9.5", port: 53, source: "10.0.1.11")).delivered))
+        #expect(try topo.udp(from: "web-2", to: "10.0.9.5", port: 53))
+
+        // MAC: web-1's own MAC passes; a changed one is dropped by the rule above.
+        #expect(try topo["web-1"].mac() == "02:00:00:00:01:11")
+        #expect(try topo.tcp(from: "web-1", to: "10.0.9.5", port: 80))
+        try topo["web-1"].setMAC("02:00:00:00:09:99")
+        #expect(try topo["web-1"].mac() == "02:00:00:00:09:99")
+        #expect(!(try topo.tcp(from: "web-1", to: "10.0.9.5", port: 80, timeout: 0.5)))
+        try hv.nft("flush", "ruleset")
+        #expect(try topo.tcp(from: "web-1", to: "10.0.9.5", port: 80))
+        #expect(try topo.ping(from: "web-1", to: "fd00::95"))
+    }
+
+    @Test("destroy (and deinit) removes every namespace; the root namespace is untouched")
+    func cleanup() throws {
+        let rootLinks = try runCommand(["ip", "-o", "link", "show"], check: true).stdout
+        let topo = try HypervisorTopology(.twoTier)
+        let names = topo.namespaceNames
+        #expect(names.count == 5 && Set(names).count == 5)
+        let listed = try netnsList()
+        for n in names { #expect(listed.contains(n)) }
+        _ = try topo.openTCPSession(from: "web-2", to: "10.0.9.5", port: 80)
+        topo.destroy()
+        topo.destroy()  // idempotent
+        let after = try netnsList()
+        for n in names { #expect(!after.contains(n), "\(n) left behind") }
+
+        var other: [String] = []
+        do {
+            let t = try HypervisorTopology(instances: [InstanceSpec(name: "solo", interface: "tapsolo", addresses: ["10.9.9.9"])])
+            other = t.namespaceNames
+            #expect(try t.ping(from: "solo", to: "10.255.0.1"))
+        }
+        let afterDeinit = try netnsList()
+        for n in other { #expect(!afterDeinit.contains(n), "\(n) left behind after deinit") }
+        #expect(try runCommand(["ip", "-o", "link", "show"], check: true).stdout == rootLinks)
+    }
+
+    @Test("invalid descriptions are rejected before anything is made")
+    func validation() throws {
+        #expect(throws: HarnessError.self) {
+            try HypervisorTopology(instances: [InstanceSpec(name: "a", interface: "tap-name-too-long", addresses: ["10.0.0.1"])])
+        }
+        #expect(throws: HarnessError.self) {
+            try HypervisorTopology(instances: [
+                InstanceSpec(name: "a", interface: "tapa", addresses: ["10.0.0.1"]),
+                InstanceSpec(name: "b", interface: "tapa", addresses: ["10.0.0.2"]),
+            ])
+        }
+        #expect(throws: HarnessError.self) {
+            try HypervisorTopology(instances: [InstanceSpec(name: "hv", interface: "tapa", addresses: ["10.0.0.1"])])
+        }
+        #expect(throws: HarnessError.self) {
+            try HypervisorTopology(instances: [InstanceSpec(name: "a", interface: "tapa", addresses: ["10.0.0.1/24"])])
+        }
+        // A probe to an address no node owns is a set-up error, not a "denied".
+        let topo = try HypervisorTopology(instances: [InstanceSpec(name: "a", interface: "tapa", addresses: ["10.0.0.1"])])
+        defer { topo.destroy() }
+        #expect(throws: HarnessError.self) { try topo.tcp(from: "a", to: "192.0.2.1", port: 80) }
+        #expect(!(try topo.ping(from: "a", to: "192.0.2.1", timeout: 0.2)))
+    }
+}
