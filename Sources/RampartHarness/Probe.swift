@@ -631,7 +631,10 @@ enum ProbeRunner {
     }
 
     /// iputils' ping, by absolute path when it is in the usual place.
-    private static let pingPath = ["/usr/bin/ping", "/bin/ping"].first { access($0, X_OK) == 0 } ?? "ping"
+    private static let pingPath: String = {
+        let candidates: [String] = ["/usr/bin/ping", "/bin/ping"]
+        return candidates.first { access($0, X_OK) == 0 } ?? "ping"
+    }()
 
     /// Waits for `pid` and returns its exit status (128+signal when killed).
     @discardableResult

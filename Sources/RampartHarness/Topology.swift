@@ -292,8 +292,8 @@ public final class HypervisorTopology: @unchecked Sendable {
                 batch.append(isIPv6(a) ? "addr add \(a)/128 dev eth0 nodad" : "addr add \(a)/32 dev eth0")
             }
             let v4 = plan.addresses.first { !isIPv6($0) }, v6 = plan.addresses.first { isIPv6($0) }
-            batch.append("-4 route add default via \(Self.gatewayIPv4) dev eth0 onlink" + (v4.map { " src \($0)" } ?? ""))
-            batch.append("-6 route add default via \(Self.gatewayIPv6) dev eth0" + (v6.map { " src \($0)" } ?? ""))
+            batch.append("route add default via \(Self.gatewayIPv4) dev eth0 onlink" + (v4.map { " src \($0)" } ?? ""))
+            batch.append("route add default via \(Self.gatewayIPv6) dev eth0" + (v6.map { " src \($0)" } ?? ""))
             try runCommand(["ip", "-n", ns.name, "-batch", "-"], input: batch.joined(separator: "\n") + "\n", check: true)
         }
 
