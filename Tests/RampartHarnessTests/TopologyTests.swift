@@ -180,6 +180,27 @@ struct TopologyTests {
         #expect(try runCommand(["ip", "-o", "link", "show"], check: true).stdout == rootLinks)
     }
 
+    @Test("several addresses per family: each is routed, the first is the default source")
+    func severalAddresses() throws {
+        let topo = try HypervisorTopology(
+            instances: [InstanceSpec(name: "multi", interface: "tapmulti",
+                                     addresses: ["10.0.3.1", "fd00::3:1", "10.0.3.2", "fd00::3:2"])],
+            outside: [OutsideHostSpec(name: "net", addresses: ["198.51.100.7", "2001:db8::7"])])
+        defer { topo.destroy() }
+        #expect(topo["multi"].ipv4 == "10.0.3.1" && topo["multi"].ipv6 == "fd00::3:1")
+        #expect(topo["net"].hostInterface == "up0" && topo["multi"].hostInterface == "tapmulti")
+        let results = try topo.probe([
+            .tcp(from: "net", to: "10.0.3.2", port: 443),
+            .tcp(from: "net", to: "fd00::3:2", port: 443),
+            .udp(from: "multi", to: "198.51.100.7", port: 123),
+            .udp(from: "multi", to: "2001:db8::7", port: 123, source: "fd00::3:2"),
+            .icmp(from: "hv", to: "10.0.3.2"),
+            .icmp(from: "multi", to: "fd00:ff::1", source: "fd00::3:2"),
+        ])
+        #expect(failures(results) { _ in true } == [])
+        #expect(results[2].seenSource == "10.0.3.1" && results[3].seenSource == "fd00::3:2" && results[3].answered)
+    }
+
     @Test("invalid descriptions are rejected before anything is made")
     func validation() throws {
         #expect(throws: HarnessError.self) {
@@ -200,6 +221,7 @@ struct TopologyTests {
         // A probe to an address no node owns is a set-up error, not a "denied".
         let topo = try HypervisorTopology(instances: [InstanceSpec(name: "a", interface: "tapa", addresses: ["10.0.0.1"])])
         defer { topo.destroy() }
+        #expect(topo.owner(of: "10.0.0.1")?.name == "a" && topo.owner(of: "10.255.0.1")?.name == "hv")
         #expect(throws: HarnessError.self) { try topo.tcp(from: "a", to: "192.0.2.1", port: 80) }
         #expect(!(try topo.ping(from: "a", to: "192.0.2.1", timeout: 0.2)))
     }
