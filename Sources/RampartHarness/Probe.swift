@@ -440,8 +440,8 @@ enum ProbeRunner {
     private final class Client {
         let probe: Probe
         let token = tokenCounter.next()
-        let start = now()
-        let deadline: Double
+        var start = 0.0
+        var deadline = 0.0
         var fd: Int32 = -1
         var pid: pid_t = 0
         var connected = false
@@ -450,6 +450,11 @@ enum ProbeRunner {
 
         init(_ probe: Probe) {
             self.probe = probe
+        }
+
+        /// Starts the clock.
+        func begin() {
+            start = now()
             // ping enforces its own timeout; give the process a grace period to exit.
             deadline = start + probe.timeout + (probe.kind == .icmp ? 2 : 0)
         }
@@ -461,6 +466,11 @@ enum ProbeRunner {
             if fd >= 0 { close(fd); fd = -1 }
         }
     }
+
+    /// Probes in flight at once: far below the usual 1024 open files.
+    static let maxInFlight = 256
+    /// ping processes at once.
+    static let maxPings = 64
 
     static func run(_ probes: [ResolvedProbe], server: EchoServer) throws -> [ProbeResult] {
         // Listeners first, so that no probe can race its listener.
@@ -479,12 +489,21 @@ enum ProbeRunner {
                 if c.pid > 0 { kill(c.pid, SIGKILL); reap(c.pid) }
             }
         }
-        for (c, p) in zip(clients, probes) {
-            try start(c, in: p.sourceNamespace, server: server)
-        }
+        // At most `maxInFlight` at once (each holds a socket, and the listener side one more),
+        // started in order as earlier ones finish.
+        var next = 0
+        var running: [Client] = []
         while true {
-            let active = clients.filter { $0.result == nil }
-            if active.isEmpty { break }
+            running.removeAll { $0.result != nil }
+            while next < clients.count && running.count < maxInFlight {
+                if clients[next].probe.kind == .icmp && running.count(where: { $0.pid > 0 }) >= maxPings { break }
+                clients[next].begin()
+                try start(clients[next], in: probes[next].sourceNamespace, server: server)
+                if clients[next].result == nil { running.append(clients[next]) }
+                next += 1
+            }
+            let active = running
+            if active.isEmpty { if next == clients.count { break } else { continue } }
             // ping processes are polled with waitpid(WNOHANG) every 10 ms; sockets by poll().
             let pinging = active.contains { $0.pid > 0 }
             let sockets = active.filter { $0.fd >= 0 }

@@ -75,6 +75,16 @@ struct TopologyTests {
         #expect(elapsed < 2.5, "denied probes run concurrently: the batch took \(elapsed) s")
         let one = try topo.probe(.tcp(from: "web-1", to: "10.0.2.21", port: 5432, timeout: 0.3))
         #expect(!one.passed && one.elapsed < 0.6, "\(one)")
+
+        // Routed: the forward hook names both ports, also between instances on this host.
+        try hv.nft("add", "rule", "inet", "t", "f", "iifname", "tapweb1", "oifname", "tapdb1", "tcp", "dport", "6000", "drop")
+        let ports = try topo.probe([
+            .tcp(from: "web-1", to: "10.0.2.21", port: 6000, timeout: 0.5),
+            .tcp(from: "web-2", to: "10.0.2.21", port: 6000),
+            .tcp(from: "web-1", to: "10.0.1.12", port: 6000),
+            .tcp(from: "db-1", to: "10.0.1.11", port: 6000),
+        ])
+        #expect(ports.map(\.passed) == [false, true, true, true], "\(ports)")
     }
 
     @Test("an established TCP session survives an unrelated rule change, and can be cut")
@@ -199,6 +209,27 @@ struct TopologyTests {
         ])
         #expect(failures(results) { _ in true } == [])
         #expect(results[2].seenSource == "10.0.3.1" && results[3].seenSource == "fd00::3:2" && results[3].answered)
+    }
+
+    @Test("a large batch (more probes than may be in flight at once) runs fast and in order")
+    func largeBatch() throws {
+        let specs = (1...20).map { i in
+            InstanceSpec(name: "vm\(i)", interface: "tapvm\(i)", addresses: ["10.1.0.\(i)", "fd00:1::\(i)"])
+        }
+        let topo = try HypervisorTopology(instances: specs)
+        defer { topo.destroy() }
+        var probes: [Probe] = []
+        for a in specs { for b in specs where a.name != b.name {
+            probes.append(.tcp(from: a.name, to: b.addresses[0], port: 7))
+            probes.append(.udp(from: a.name, to: b.addresses[1], port: 7))
+        } }
+        probes += specs.map { .icmp(from: "hv", to: $0.addresses[1]) } + specs.map { .icmp(from: $0.name, to: "10.255.0.1") }
+        let start = Date()
+        let results = try topo.probe(probes)
+        let elapsed = Date().timeIntervalSince(start)
+        #expect(results.count == 800 && zip(results, probes).allSatisfy { $0.probe == $1 })
+        #expect(failures(results) { _ in true } == [])
+        #expect(elapsed < 5, "800 passing probes took \(elapsed) s")
     }
 
     @Test("invalid descriptions are rejected before anything is made")
