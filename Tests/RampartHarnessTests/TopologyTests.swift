@@ -25,6 +25,13 @@ func failures(_ results: [ProbeResult], expectPassed: (Probe) -> Bool) -> [Strin
     results.filter { $0.passed != expectPassed($0.probe) }.map { "expected \(expectPassed($0.probe) ? "pass" : "deny"): \($0)" }
 }
 
+/// Interface names of the machine's own namespace (this process's namespace).
+func rootInterfaceNames() throws -> Set<String> {
+    let out = try runCommand(["ip", "-j", "link", "show"], check: true).stdout
+    let links = try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [[String: Any]] ?? []
+    return Set(links.compactMap { $0["ifname"] as? String })
+}
+
 func netnsList() throws -> String {
     try runCommand(["ip", "netns", "list"], check: true).stdout
 }
@@ -74,7 +81,7 @@ struct TopologyTests {
         #expect(results.filter { !$0.passed }.count == 12 + 2)  // 12 v4 + 2 v6 forwarded pairs
         #expect(elapsed < 2.5, "denied probes run concurrently: the batch took \(elapsed) s")
         let one = try topo.probe(.tcp(from: "web-1", to: "10.0.2.21", port: 5432, timeout: 0.3))
-        #expect(!one.passed && one.elapsed < 0.6, "\(one)")
+        #expect(!one.passed && one.elapsed >= 0.3 && one.elapsed < 1, "\(one)")
 
         // Routed: the forward hook names both ports, also between instances on this host.
         try hv.nft("add", "rule", "inet", "t", "f", "iifname", "tapweb1", "oifname", "tapdb1", "tcp", "dport", "6000", "drop")
@@ -167,7 +174,7 @@ struct TopologyTests {
 
     @Test("destroy (and deinit) removes every namespace; the root namespace is untouched")
     func cleanup() throws {
-        let rootLinks = try runCommand(["ip", "-o", "link", "show"], check: true).stdout
+        let rootLinks = try rootInterfaceNames()
         let topo = try HypervisorTopology(.twoTier)
         let names = topo.namespaceNames
         #expect(names.count == 5 && Set(names).count == 5)
@@ -187,7 +194,10 @@ struct TopologyTests {
         }
         let afterDeinit = try netnsList()
         for n in other { #expect(!afterDeinit.contains(n), "\(n) left behind after deinit") }
-        #expect(try runCommand(["ip", "-o", "link", "show"], check: true).stdout == rootLinks)
+        // (Names only: other test processes on the machine may legitimately change counters.)
+        let rootAfter = try rootInterfaceNames()
+        for tap in ["tapweb1", "tapweb2", "tapdb1", "up0", "tapsolo"] { #expect(!rootAfter.contains(tap)) }
+        #expect(rootAfter == rootLinks)
     }
 
     @Test("several addresses per family: each is routed, the first is the default source")
