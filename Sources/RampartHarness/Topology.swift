@@ -311,6 +311,44 @@ public final class HypervisorTopology: @unchecked Sendable {
         self.instances = nodes.filter { $0.role == .instance }
         self.outsideHosts = nodes.filter { $0.role == .outside }
         self.nodesByName = Dictionary(uniqueKeysWithValues: ([hvNode] + nodes).map { ($0.name, $0) })
+        try waitUntilReady()
+    }
+
+    /// Rounds of the readiness check that were needed beyond the first (0 on an idle machine).
+    public private(set) var setupRetries = 0
+
+    /// The UDP port on the hypervisor's own addresses used for the readiness check.
+    public static let readinessPort: UInt16 = 9
+
+    /// Returns once every node reaches the hypervisor's own address and gets the answer back,
+    /// in each family both have. A freshly raised veth drops what is sent before the kernel's
+    /// link watcher has attached its queue (asynchronous, and slow while other namespaces are
+    /// being torn down: it needs the RTNL lock), and a lost first ARP/NDP packet is only
+    /// retried after 1 s, which would make a passing 1 s probe fail. This also leaves the
+    /// neighbour entries of the gateway and of every node warm.
+    private func waitUntilReady(within limit: Double = 10) throws {
+        var pending: [Probe] = []
+        for node in instances + outsideHosts {
+            for target in [hypervisorNode.ipv4, hypervisorNode.ipv6].compactMap({ $0 }) {
+                if (isIPv6(target) ? node.ipv6 : node.ipv4) != nil {
+                    pending.append(.udp(from: node.name, to: target, port: Self.readinessPort, timeout: 0.2))
+                }
+            }
+        }
+        let start = Date()
+        var round = 0
+        while !pending.isEmpty {
+            if round > 0 {
+                guard Date().timeIntervalSince(start) < limit else {
+                    throw HarnessError("topology not ready after \(limit) s: \(pending)\n\(diagnostics())")
+                }
+                usleep(50_000)
+            }
+            let results = try probe(pending)
+            pending = results.filter { !$0.answered }.map(\.probe)
+            round += 1
+        }
+        setupRetries = round - 1
     }
 
     public convenience init(instances: [InstanceSpec], outside: [OutsideHostSpec] = [],
@@ -355,6 +393,24 @@ public final class HypervisorTopology: @unchecked Sendable {
     /// The node that owns `address` (spec addresses and those added with `addAddress`).
     public func owner(of address: String) -> TopologyNode? {
         book.owner(of: address).flatMap { nodesByName[$0] }
+    }
+
+    /// A dump of every namespace (links, addresses, routes, neighbours, forwarding sysctls and
+    /// the hypervisor's ruleset), for a failing test's message.
+    public func diagnostics() -> String {
+        var out: [String] = []
+        for node in nodes {
+            out.append("== \(node)")
+            for args in [["-br", "link"], ["-br", "addr"], ["-4", "route"], ["-6", "route"], ["neigh"]] {
+                let r = try? runCommand(["ip", "-n", node.namespace.name] + args)
+                out.append("$ ip \(args.joined(separator: " "))\n" + (r.map { $0.stdout + $0.stderr } ?? "(failed)"))
+            }
+        }
+        let sysctls = try? hypervisor.run(["sysctl", "net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"])
+        out.append("== hv sysctl\n" + (sysctls?.stdout ?? ""))
+        let rules = try? hypervisor.run(["nft", "list", "ruleset"])
+        out.append("== hv nft list ruleset\n" + (rules?.stdout ?? ""))
+        return out.joined(separator: "\n")
     }
 
     // MARK: Probes

@@ -32,6 +32,15 @@ func rootInterfaceNames() throws -> Set<String> {
     return Set(links.compactMap { $0["ifname"] as? String })
 }
 
+/// A topology; notes on stderr when the readiness check needed retries (a slow link watcher).
+func makeTopology(_ spec: TopologySpec) throws -> HypervisorTopology {
+    let topo = try HypervisorTopology(spec)
+    if topo.setupRetries > 0 {
+        FileHandle.standardError.write(Data("note: topology ready after \(topo.setupRetries) retries\n".utf8))
+    }
+    return topo
+}
+
 func netnsList() throws -> String {
     try runCommand(["ip", "netns", "list"], check: true).stdout
 }
@@ -40,7 +49,7 @@ func netnsList() throws -> String {
 struct TopologyTests {
     @Test("with no firewall, everything passes in every direction (v4, v6; tcp, udp, icmp)")
     func everythingPasses() throws {
-        let topo = try HypervisorTopology(.twoTier)
+        let topo = try makeTopology(.twoTier)
         defer { topo.destroy() }
         let probes = fullMatrix(topo)
         // 5 nodes: 20 ordered IPv4 pairs; hv, web-1 and bastion have IPv6: 6 ordered pairs.
@@ -60,7 +69,7 @@ struct TopologyTests {
 
     @Test("a hand-written forward rule denies exactly its probes, and a denied probe costs ≈ its timeout")
     func forwardRuleDeniesExactlyItsProbes() throws {
-        let topo = try HypervisorTopology(.twoTier)
+        let topo = try makeTopology(.twoTier)
         defer { topo.destroy() }
         let probes = fullMatrix(topo, tcpPorts: [80, 5432])
         #expect(failures(try topo.probe(probes)) { _ in true } == [])
@@ -96,7 +105,7 @@ struct TopologyTests {
 
     @Test("an established TCP session survives an unrelated rule change, and can be cut")
     func sessionSurvivesUnrelatedChange() throws {
-        let topo = try HypervisorTopology(.twoTier)
+        let topo = try makeTopology(.twoTier)
         defer { topo.destroy() }
         let session = try topo.openTCPSession(from: "web-1", to: "10.0.2.21", port: 8080)
         #expect(session.exchange())
@@ -130,7 +139,7 @@ struct TopologyTests {
 
     @Test("spoofed source addresses and MACs: sendable, visible, and filterable")
     func spoofing() throws {
-        let topo = try HypervisorTopology(.twoTier)
+        let topo = try makeTopology(.twoTier)
         defer { topo.destroy() }
         let hv = topo.hypervisor
 
@@ -175,7 +184,7 @@ struct TopologyTests {
     @Test("destroy (and deinit) removes every namespace; the root namespace is untouched")
     func cleanup() throws {
         let rootLinks = try rootInterfaceNames()
-        let topo = try HypervisorTopology(.twoTier)
+        let topo = try makeTopology(.twoTier)
         let names = topo.namespaceNames
         #expect(names.count == 5 && Set(names).count == 5)
         let listed = try netnsList()
@@ -202,10 +211,10 @@ struct TopologyTests {
 
     @Test("several addresses per family: each is routed, the first is the default source")
     func severalAddresses() throws {
-        let topo = try HypervisorTopology(
+        let topo = try makeTopology(TopologySpec(
             instances: [InstanceSpec(name: "multi", interface: "tapmulti",
                                      addresses: ["10.0.3.1", "fd00::3:1", "10.0.3.2", "fd00::3:2"])],
-            outside: [OutsideHostSpec(name: "net", addresses: ["198.51.100.7", "2001:db8::7"])])
+            outside: [OutsideHostSpec(name: "net", addresses: ["198.51.100.7", "2001:db8::7"])]))
         defer { topo.destroy() }
         #expect(topo["multi"].ipv4 == "10.0.3.1" && topo["multi"].ipv6 == "fd00::3:1")
         #expect(topo["net"].hostInterface == "up0" && topo["multi"].hostInterface == "tapmulti")
@@ -217,7 +226,8 @@ struct TopologyTests {
             .icmp(from: "hv", to: "10.0.3.2"),
             .icmp(from: "multi", to: "fd00:ff::1", source: "fd00::3:2"),
         ])
-        #expect(failures(results) { _ in true } == [])
+        let failed = failures(results) { _ in true }
+        #expect(failed == [], "\(failed)\n\(failed.isEmpty ? "" : topo.diagnostics())")
         #expect(results[2].seenSource == "10.0.3.1" && results[3].seenSource == "fd00::3:2" && results[3].answered)
     }
 
@@ -226,7 +236,7 @@ struct TopologyTests {
         let specs = (1...20).map { i in
             InstanceSpec(name: "vm\(i)", interface: "tapvm\(i)", addresses: ["10.1.0.\(i)", "fd00:1::\(i)"])
         }
-        let topo = try HypervisorTopology(instances: specs)
+        let topo = try makeTopology(TopologySpec(instances: specs))
         defer { topo.destroy() }
         var probes: [Probe] = []
         for a in specs { for b in specs where a.name != b.name {
