@@ -48,6 +48,7 @@ let package = Package(
             ]
         ),
         .testTarget(name: "RampartNetlinkTests", dependencies: ["RampartNetlink", "RampartHarness"]),
+        .testTarget(name: "RampartHarnessTests", dependencies: ["RampartHarness"]),
         .testTarget(
             name: "RampartNFTablesTests",
             dependencies: ["RampartNFTables", "RampartCore", "RampartNetlink", "RampartHarness"]
