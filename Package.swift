@@ -10,6 +10,7 @@ let package = Package(
         .library(name: "RampartCore", targets: ["RampartCore"]),
         .executable(name: "rampart", targets: ["rampart"]),
         .executable(name: "rampart-bench", targets: ["rampart-bench"]),
+        .executable(name: "rampart-demo", targets: ["rampart-demo"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
@@ -40,6 +41,8 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // The demo hypervisor behind scripts/demo.
+        .executableTarget(name: "rampart-demo", dependencies: ["RampartHarness"]),
         .executableTarget(
             name: "rampart-bench",
             dependencies: [
