@@ -2,8 +2,12 @@ import Foundation
 import Testing
 @testable import RampartCore
 
+/// The spec's example document (a copy kept in the project, docs/examples/two-tier.json).
+let twoTierURL = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+    .appendingPathComponent("../../docs/examples/two-tier.json").standardizedFileURL
+
 func twoTier() throws -> Document {
-    try Document.parse(json: Data(contentsOf: URL(fileURLWithPath: "/work/shared/spec/examples/two-tier.json")))
+    try Document.parse(json: Data(contentsOf: twoTierURL))
 }
 
 func rendered(_ c: Chain?) -> [String] { c?.rules.map(Render.rule) ?? [] }

@@ -21,9 +21,7 @@ func rule(_ body: String) -> String { doc(groups: #""web": {"rules": [{"protocol
 
 @Suite struct ValidationTests {
     @Test func exampleIsValid() throws {
-        let url = URL(fileURLWithPath: "/work/shared/spec/examples/two-tier.json")
-        guard let data = try? Data(contentsOf: url) else { return }
-        let d = try Document.parse(json: data)
+        let d = try Document.parse(json: Data(contentsOf: twoTierURL))
         #expect(d.host == "hv1")
         #expect(d.groups.count == 3)
         #expect(d.instances["web-1"]?.mac == MACAddress("02:00:00:00:01:11"))
