@@ -123,6 +123,8 @@ private struct HostRun {
     var rulesOurs: [UInt64] = []
     var plugOurs: [UInt64] = []
     var kernelRules = 0
+    /// Commits whose replies were lost (ENOBUFS) but which the read-back showed committed.
+    var outcomeUnknown = 0
 
     mutating func execute() throws {
         try doc.validate()
@@ -155,10 +157,15 @@ private struct HostRun {
         let place = NetworkNamespace.named(ns.name)
         let table = Naming.table
 
+        // The table is deleted with `nft delete table`, outside the timing, not over Rampart's
+        // socket: a netlink batch deleting a large table loses its replies (ENOBUFS) because its
+        // first message carries NLM_F_ECHO and the kernel then echoes every object the deletion
+        // takes with it; the rest of those echoes stay queued on the socket and confuse the
+        // next request (reported as a finding of this benchmark).
         func dropTable() throws {
-            if try nl.readTable(family: .inet, name: table) != nil {
-                try nl.commit(Batch([.deleteTable(family: .inet, name: table)]))
-            }
+            guard try nl.readTable(family: .inet, name: table) != nil else { return }
+            try expectZero(try spawnQuiet(["nft", "delete", "table", "inet", table], in: place), "nft delete table")
+            guard try nl.readTable(family: .inet, name: table) == nil else { throw HarnessError("\(tag): table still there after nft delete table") }
         }
         func countRules() throws -> (rules: Int, elements: Int) {
             guard let snap = try nl.readTable(family: .inet, name: table) else { return (0, 0) }
@@ -177,7 +184,7 @@ private struct HostRun {
             let t0 = monotonicNanos()
             let plan = try engine.apply(document: doc)
             let t1 = monotonicNanos()
-            try backend.commit(plan, result: engine.committed)
+            try commitReconciling(backend, plan, engine.committed)
             let t2 = monotonicNanos()
             coldOurs.append(t2 - t0)
             coldPlan.append(t1 - t0)
@@ -310,6 +317,22 @@ private struct HostRun {
         point.rampart = median(membersOurs)
         point.nftAddElement = median(nftMembers)
         try dropTable()
+    }
+
+    /// Commits; if the outcome is unknown (`ENOBUFS`: replies lost), reconciles as a daemon
+    /// would: reads the table back and accepts the commit only if the kernel holds `result`.
+    mutating func commitReconciling(_ backend: NFTablesBackend, _ plan: Plan, _ result: RulesetIR?) throws {
+        do {
+            try backend.commit(plan, result: result)
+        } catch let error {
+            guard case .outcomeUnknown(let why) = error else { throw error }
+            let gen = try? backend.client.generation()
+            let kernel = try backend.readBack(reference: result)
+            let rules = kernel.map { $0.chains.values.reduce(0) { $0 + $1.rules.count } } ?? -1
+            report.note("\(tag): commit outcome unknown (\(why)); generation \(gen.map(String.init) ?? "?"); table read back: \(kernel == nil ? "absent" : kernel == result ? "equal to the plan's result" : "DIFFERENT (\(rules) rules)")")
+            guard kernel == result else { throw HarnessError("\(tag): commit outcome unknown and the kernel does not hold the result") }
+            outcomeUnknown += 1
+        }
     }
 
     /// `nft list table inet rampart`, as lines, without the table's comment (Rampart's
