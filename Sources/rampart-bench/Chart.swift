@@ -10,7 +10,7 @@ enum Chart {
 
     /// Membership-change latency (median) against instances per host, for Rampart and the
     /// baselines; log-scale on both axes. Points not measured (0) are left out.
-    static func membershipLatency(_ points: [MembershipPoint]) -> String {
+    static func membershipLatency(_ points: [MembershipPoint], footnote: String) -> String {
         func series(_ name: String, _ color: String, _ value: (MembershipPoint) -> UInt64) -> Series {
             Series(name: name, color: color, points: points.compactMap { p in value(p) > 0 ? (p.instances, value(p)) : nil })
         }
@@ -22,10 +22,10 @@ enum Chart {
                 series("classic: iptables-legacy-restore, full re-load", "#b2182b", \.legacyRestore),
                 series("classic: iptables-nft-restore, full re-load", "#e08214", \.nftRestore),
             ].filter { !$0.points.isEmpty },
-            target: (1_000_000, "target ≤ 1 ms"))
+            target: (1_000_000, "target ≤ 1 ms"), footnote: footnote)
     }
 
-    static func lineChart(title: String, series: [Series], target: (ns: UInt64, label: String)?) -> String {
+    static func lineChart(title: String, series: [Series], target: (ns: UInt64, label: String)?, footnote: String = "") -> String {
         let width = 860.0, height = 480.0
         let left = 80.0, right = 330.0, top = 50.0, bottom = 60.0
         let plotW = width - left - right, plotH = height - top - bottom
@@ -69,7 +69,8 @@ enum Chart {
             out += "<text x=\"\(f(xp))\" y=\"\(f(top + plotH + 18))\" text-anchor=\"middle\">\(label)</text>\n"
         }
         out += "<rect x=\"\(f(left))\" y=\"\(f(top))\" width=\"\(f(plotW))\" height=\"\(f(plotH))\" fill=\"none\" stroke=\"#333333\"/>\n"
-        out += "<text x=\"\(f(left + plotW / 2))\" y=\"\(f(height - 16))\" text-anchor=\"middle\">instances per host (log scale)</text>\n"
+        out += "<text x=\"\(f(left + plotW / 2))\" y=\"\(f(height - 24))\" text-anchor=\"middle\">instances per host (log scale)</text>\n"
+        out += "<text x=\"\(f(left))\" y=\"\(f(height - 6))\" font-size=\"10\" fill=\"#555555\">\(esc(footnote))</text>\n"
         out += "<text transform=\"translate(18 \(f(top + plotH / 2))) rotate(-90)\" text-anchor=\"middle\">latency per change (log scale)</text>\n"
         if let t = target {
             let y = py(Double(t.ns))

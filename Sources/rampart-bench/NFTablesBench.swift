@@ -36,8 +36,8 @@ struct NFTablesBench: ParsableCommand {
     @Option(help: "Classic restores per figure (cold and reload) at host-100 and host-1k.")
     var classicRepeats = 3
 
-    @Option(help: "Classic restores per figure at host-5k (~1.8M rules: tens of seconds each).")
-    var classicRepeats5k = 1
+    @Option(help: "Classic restores per figure at host-5k (~1.9M rules: up to ~50 s each).")
+    var classicRepeats5k = 3
 
     @Flag(help: "Skip the classic iptables-restore baselines (quick runs).")
     var noClassic = false
@@ -64,7 +64,12 @@ struct NFTablesBench: ParsableCommand {
                                Double(last.rampart) / Double(first.rampart)))
         }
         if let svg {
-            try Chart.membershipLatency(points).write(toFile: svg, atomically: true, encoding: .utf8)
+            var u = utsname()
+            uname(&u)
+            let kernel = withUnsafeBytes(of: &u.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            let footnote = "rampart-bench nftables, one run; Rampart: median of \(options.repeats ?? 301) changes; nft: \(processRepeats) processes; "
+                + "restores: median of \(classicRepeats) (host-5k: \(classicRepeats5k)); \(ProcessInfo.processInfo.activeProcessorCount) cores, Linux \(kernel)"
+            try Chart.membershipLatency(points, footnote: footnote).write(toFile: svg, atomically: true, encoding: .utf8)
             report.note("chart written to \(svg)")
         }
         report.note("total time \(formatDuration(monotonicNanos() - started))")
@@ -140,6 +145,7 @@ private struct HostRun {
         var e = extra
         let m = median(samples)
         e["p99"] = formatDuration(percentile(samples, 99))
+        e["min"] = formatDuration(samples.min() ?? 0)
         e["n"] = "\(samples.count)"
         if let base { e["baseline_n"] = "\(base.count)" }
         if let target {
