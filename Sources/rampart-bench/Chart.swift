@@ -83,7 +83,7 @@ enum Chart {
             for p in s.points {
                 let x = px(Double(p.x)), y = py(Double(p.ns))
                 out += "<circle cx=\"\(f(x))\" cy=\"\(f(y))\" r=\"4\" fill=\"\(s.color)\"/>\n"
-                out += "<text x=\"\(f(x + 7))\" y=\"\(f(y - 7))\" fill=\"\(s.color)\" font-size=\"11\">\(esc(formatDuration(p.ns)))</text>\n"
+                out += "<text x=\"\(f(x + 7))\" y=\"\(f(y - 7))\" fill=\"\(s.color)\" font-size=\"11\" stroke=\"white\" stroke-width=\"3\" paint-order=\"stroke\">\(esc(formatDuration(p.ns)))</text>\n"
             }
         }
         // Legend, right of the plot.
