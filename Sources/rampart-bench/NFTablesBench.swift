@@ -225,9 +225,10 @@ private struct HostRun {
         report.note("\(tag): kernel holds \(counted.rules) rules and \(counted.elements) set/map elements in \(ir.chains.count) chains (Rampart); nft -f of the same text: the same (`nft list table` prints both alike)")
         add("cold apply (event → committed)", coldOurs, baseline: "nft -f same ruleset", nftCold,
             target: instances == 1_000 ? 150_000_000 : nil,
-            extra: ["kernel_rules": "\(counted.rules)", "elements": "\(counted.elements)", "chains": "\(ir.chains.count)",
+            extra: (outcomeUnknown > 0 ? ["outcome_unknown_then_verified": "\(outcomeUnknown)"] : [:]).merging([
+                    "kernel_rules": "\(counted.rules)", "elements": "\(counted.elements)", "chains": "\(ir.chains.count)",
                     "engine_apply": formatDuration(median(coldPlan)), "commit": formatDuration(median(coldCommit)),
-                    "of_which_translate": formatDuration(median(coldTranslate))])
+                    "of_which_translate": formatDuration(median(coldTranslate))]) { a, _ in a })
 
         // Load it with Rampart again for the events.
         try dropTable()
