@@ -46,7 +46,7 @@ let package = Package(
         .executableTarget(
             name: "rampart-bench",
             dependencies: [
-                "RampartNetlink", "RampartCore", "RampartHarness",
+                "RampartNetlink", "RampartCore", "RampartNFTables", "RampartHarness",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -30,82 +30,6 @@ struct EngineBench: ParsableCommand {
 
     // MARK: host-N
 
-    /// Deterministic generator (SplitMix64) so every run measures the same documents.
-    struct RNG: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9e37_79b9_7f4a_7c15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
-            z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
-            return z ^ (z >> 31)
-        }
-    }
-
-    static let groupCount = 200
-    static let remoteMembersPerGroup = 40
-
-    /// host-N: N instances here, each in 2 of 200 groups; 5 rules per group, 2 of them with a
-    /// remote group; 40 members per group on other hosts (with the ~10 local ones at N=1000,
-    /// 50 members per group across the cloud).
-    static func hostDocument(instances n: Int) -> Document {
-        var rng = RNG(state: 42)
-        var d = Document(host: "hv0")
-        for g in 0..<groupCount {
-            let r1 = Int.random(in: 0..<groupCount, using: &rng), r2 = Int.random(in: 0..<groupCount, using: &rng)
-            d.groups["g\(g)"] = Group(rules: [
-                Rule(id: "ssh", proto: .tcp, ports: 22...22, remote: .group("g\(r1)")),
-                Rule(id: "pg", proto: .tcp, ports: 5432...5432, remote: .group("g\(r2)")),
-                Rule(id: "web", proto: .tcp, ports: 80...80, remote: .cidr(.v4(IPv4Prefix(address: IPv4Address(raw: 0), length: 0)))),
-                Rule(id: "ping", proto: .icmp, icmpType: 8, remote: .cidr(.v4(IPv4Prefix(address: IPv4Address(raw: 0x0a00_0000), length: 8)))),
-                Rule(id: "out", direction: .egress, proto: .any, remote: .cidr(.v4(IPv4Prefix(address: IPv4Address(raw: 0), length: 0)))),
-            ])
-        }
-        for i in 0..<n {
-            let g1 = i % groupCount, g2 = (i / groupCount + i + 1) % groupCount
-            d.instances["vm\(i)"] = Instance(host: "hv0", groups: ["g\(g1)", "g\(g2 == g1 ? (g1 + 1) % groupCount : g2)"],
-                                             ips: [.v4(IPv4Address(raw: 0x0a00_0000 + UInt32(i) + 1)),
-                                                   .v6(IPv6Address(hi: 0xfd00_0000_0000_0000, lo: UInt64(i) + 1))],
-                                             interface: "tap\(i)", mac: MACAddress(raw: 0x0200_0000_0000 + UInt64(i)))
-        }
-        var k = 0
-        for g in 0..<groupCount {
-            for _ in 0..<remoteMembersPerGroup {
-                k += 1
-                d.instances["r\(k)"] = Instance(host: "hv\(1 + k % 99)", groups: ["g\(g)"], ips: [.v4(IPv4Address(raw: 0x0b00_0000 + UInt32(k)))])
-            }
-        }
-        return d
-    }
-
-    /// The original design's compile: per instance, per group rule, one iptables rule per
-    /// remote member address, as text. Returns the number of rules.
-    static func classicExpansion(_ d: Document) -> Int {
-        var members: [String: [IPAddress]] = [:]
-        for inst in d.instances.values { for g in inst.groups { members[g, default: []] += inst.ips } }
-        var out = ""
-        var count = 0
-        for (id, inst) in d.instances where inst.host == d.host {
-            for g in inst.groups {
-                for r in d.groups[g]!.rules {
-                    let chain = r.direction == .ingress ? "in-\(id)" : "out-\(id)"
-                    let tail = " -p \(r.proto) --dport \(r.ports?.lowerBound ?? 0) -j RETURN\n"
-                    switch r.remote {
-                    case .cidr(let p):
-                        out += "-A \(chain) -s \(p)" + tail
-                        count += 1
-                    case .group(let rg):
-                        for a in members[rg] ?? [] where a.family == .ipv4 {
-                            out += "-A \(chain) -s \(a)/32" + tail
-                            count += 1
-                        }
-                    }
-                }
-            }
-        }
-        return out.isEmpty ? 0 : count
-    }
-
     func add(_ report: Report, _ name: String, _ samples: [UInt64], baseline: String? = nil, _ base: [UInt64]? = nil,
              target: UInt64? = nil, extra: [String: String] = [:]) {
         var e = extra
@@ -120,8 +44,8 @@ struct EngineBench: ParsableCommand {
 
     func hostScenario(instances n: Int, report: Report, fast: Int, slow: Int) throws {
         let tag = "host-\(n / 1000)k"
-        report.note("\(tag): generating (\(n) instances here, \(Self.groupCount) groups, \(Self.groupCount * Self.remoteMembersPerGroup) members elsewhere)")
-        let doc = Self.hostDocument(instances: n)
+        report.note("\(tag): generating (\(n) instances here, \(Scenarios.groupCount) groups, \(Scenarios.groupCount * Scenarios.remoteMembersPerGroup) members elsewhere)")
+        let doc = Scenarios.hostDocument(instances: n)
         try doc.validate()
         var engine = Engine(host: doc.host)
         _ = try engine.apply(document: doc)
@@ -133,7 +57,7 @@ struct EngineBench: ParsableCommand {
         // instance × rule × remote member, as iptables-restore text).
         let compile = measure(repeats: slow * 3) { _ = Compiler.compile(doc) }
         var classicRules = 0
-        let classic = measure(repeats: slow) { classicRules = Self.classicExpansion(doc) }
+        let classic = measure(repeats: slow) { classicRules = Scenarios.classicExpansion(doc) }
         let firstPlan = measure(repeats: slow * 3) { _ = diff(from: nil, to: ir) }
         add(report, "\(tag) full compile", compile, baseline: "classic per-member expansion", classic, target: n == 1_000 ? 20_000_000 : nil,
             extra: ["chains": "\(ir.chains.count)", "rules": "\(rules)", "sets": "\(ir.sets.count)", "classic_rules": "\(classicRules)"])
@@ -221,7 +145,7 @@ struct EngineBench: ParsableCommand {
     func cloudScenario(report: Report, queries: Int, slow: Int) {
         let groups = 1_000_000, instances = 1_000_000, hosts = 10_000
         report.note("cloud-1M: generating \(groups) groups, \(instances) instances on \(hosts) hosts")
-        var rng = RNG(state: 7)
+        var rng = Scenarios.RNG(state: 7)
         let groupNames = (0..<groups).map { "g\($0)" }
         let hostNames = (0..<hosts).map { "h\($0)" }
         // Each group: 5 rules, 2 of which reference a group; each instance in 2 groups.
@@ -253,7 +177,7 @@ struct EngineBench: ParsableCommand {
         ]))
 
         var total = 0
-        var probe = RNG(state: 99)
+        var probe = Scenarios.RNG(state: 99)
         let probes = (0..<queries).map { _ in groupNames[Int.random(in: 0..<groups, using: &probe)] }
         var k = 0
         let members = measure(repeats: queries) {

@@ -1,0 +1,420 @@
+import ArgumentParser
+import Foundation
+import RampartCore
+import RampartHarness
+import RampartNFTables
+import RampartNetlink
+
+/// `rampart-bench nftables`: the whole path (engine event → Plan → netlink batch → committed)
+/// on host-100, host-1k and host-5k, beside the baselines measured in the same run, each in its
+/// own throwaway network namespace:
+///
+/// - `nft -f` of the same ruleset (`Render.ruleset`) for the cold apply, `nft add element` for a
+///   membership change, `nft -f` of the event's Plan (`Render.plan`) for rules change and plug;
+/// - the classic driver's ruleset (one chain per instance, one rule per remote member, see
+///   `Scenarios.classicRestore`) loaded with `iptables-legacy-restore` and `iptables-nft-restore`,
+///   cold into an empty table and re-loaded whole for a change, as the classic driver did.
+///
+/// Every baseline process is started with `posix_spawn` from a thread inside the namespace
+/// (`spawnQuiet`) and must exit 0; every ruleset loaded is counted in the kernel.
+struct NFTablesBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "nftables",
+        abstract: "Cold apply, membership change, rules change, instance plug in the kernel vs nft and classic iptables-restore.")
+
+    @OptionGroup var options: CommonBenchOptions
+
+    @Option(name: .customLong("scenario"), help: "Run only these scenarios (host-100, host-1k, host-5k); default all.")
+    var scenarios: [String] = []
+
+    @Option(help: "Cold applies per scenario for Rampart and for nft -f (host-5k: at most 5).")
+    var coldRepeats = 9
+
+    @Option(help: "Baseline processes per figure (nft add element, nft -f of a Plan).")
+    var processRepeats = 40
+
+    @Option(help: "Classic restores per figure (cold and reload) at host-100 and host-1k.")
+    var classicRepeats = 3
+
+    @Option(help: "Classic restores per figure at host-5k (~1.9M rules: up to ~50 s each).")
+    var classicRepeats5k = 3
+
+    @Flag(help: "Skip the classic iptables-restore baselines (quick runs).")
+    var noClassic = false
+
+    @Option(help: "Write the membership-change chart (SVG) to this path.")
+    var svg: String?
+
+    func run() throws {
+        let known = [("host-100", 100), ("host-1k", 1_000), ("host-5k", 5_000)]
+        for s in scenarios where !known.contains(where: { $0.0 == s }) {
+            throw ValidationError("unknown scenario \(s); expected one of \(known.map(\.0).joined(separator: ", "))")
+        }
+        let report = Report(json: options.json)
+        var points: [MembershipPoint] = []
+        let started = monotonicNanos()
+        for (name, n) in known where scenarios.isEmpty || scenarios.contains(name) {
+            var run = HostRun(tag: name, instances: n, report: report, bench: self)
+            try run.execute()
+            points.append(run.point)
+        }
+        if points.count > 1, let first = points.first, let last = points.last, first.rampart > 0 {
+            report.note(String(format: "membership change, Rampart: %@ at %d instances, %@ at %d (×%.2f)",
+                               formatDuration(first.rampart), first.instances, formatDuration(last.rampart), last.instances,
+                               Double(last.rampart) / Double(first.rampart)))
+        }
+        if let svg {
+            var u = utsname()
+            uname(&u)
+            let kernel = withUnsafeBytes(of: &u.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            let footnote = "rampart-bench nftables, one run; Rampart: median of \(options.repeats ?? 301) changes; nft: \(processRepeats) processes; "
+                + "restores: median of \(classicRepeats) (host-5k: \(classicRepeats5k)); \(ProcessInfo.processInfo.activeProcessorCount) cores, Linux \(kernel)"
+            try Chart.membershipLatency(points, footnote: footnote).write(toFile: svg, atomically: true, encoding: .utf8)
+            report.note("chart written to \(svg)")
+        }
+        report.note("total time \(formatDuration(monotonicNanos() - started))")
+        report.finish()
+    }
+}
+
+/// One scenario's membership-change medians, for the chart (0: not measured).
+struct MembershipPoint {
+    var instances: Int
+    var rampart: UInt64 = 0
+    var nftAddElement: UInt64 = 0
+    var legacyRestore: UInt64 = 0
+    var nftRestore: UInt64 = 0
+}
+
+/// One host-N scenario: all figures, in this order (the sensitive in-process ones first):
+/// Rampart cold apply, `nft -f` cold apply, Rampart events, `nft` events, classic restores.
+private struct HostRun {
+    let tag: String
+    let instances: Int
+    let report: Report
+    let bench: NFTablesBench
+    var point: MembershipPoint
+
+    /// The group given 100 local members (rules change) and the document with it.
+    let hotGroup = "g0"
+    let doc: Document
+    /// The group whose membership changes: referenced by the hot group's first rule, so its
+    /// member set exists on this host.
+    let memberGroup: String
+    let joiner: Instance
+    let files: TempFiles
+
+    init(tag: String, instances: Int, report: Report, bench: NFTablesBench) {
+        self.tag = tag
+        self.instances = instances
+        self.report = report
+        self.bench = bench
+        point = MembershipPoint(instances: instances)
+        doc = Scenarios.withLocalMembers(Scenarios.hostDocument(instances: instances), group: hotGroup, count: 100)
+        guard case .group(let g) = doc.groups[hotGroup]!.rules[0].remote else { fatalError("scenario: rule 0 of g0 must name a group") }
+        memberGroup = g
+        joiner = Instance(host: "hv7", groups: [g], ips: [.v4(IPv4Address(raw: 0x0c00_0001))])
+        files = TempFiles(prefix: "rampart-bench-\(getpid())-\(tag)")
+    }
+
+    var isBig: Bool { instances >= 5_000 }
+    var fast: Int { bench.options.repeats ?? 301 }
+    var cold: Int { isBig ? min(bench.coldRepeats, 5) : bench.coldRepeats }
+    var classicN: Int { isBig ? bench.classicRepeats5k : bench.classicRepeats }
+
+    // Medians kept for the classic figures, which compare against every Rampart figure.
+    var coldOurs: [UInt64] = []
+    var membersOurs: [UInt64] = []
+    var rulesOurs: [UInt64] = []
+    var plugOurs: [UInt64] = []
+    var kernelRules = 0
+    /// Commits whose replies were lost (ENOBUFS) but which the read-back showed committed.
+    var outcomeUnknown = 0
+
+    mutating func execute() throws {
+        try doc.validate()
+        let local = doc.instances.values.filter { $0.host == doc.host }
+        let hot = local.filter { $0.groups.contains(hotGroup) }.count
+        report.note("\(tag): \(local.count) instances here in 2 of \(Scenarios.groupCount) groups, \(doc.instances.count - local.count) members elsewhere; \(hotGroup) has \(hot) local members; membership changes in \(memberGroup)")
+        try rampartAndNft()
+        if !bench.noClassic { try classic() }
+    }
+
+    func add(_ name: String, _ samples: [UInt64], baseline: String? = nil, _ base: [UInt64]? = nil,
+             target: UInt64? = nil, extra: [String: String] = [:]) {
+        var e = extra
+        let m = median(samples)
+        e["p99"] = formatDuration(percentile(samples, 99))
+        e["min"] = formatDuration(samples.min() ?? 0)
+        e["n"] = "\(samples.count)"
+        if let base { e["baseline_n"] = "\(base.count)" }
+        if let target {
+            e["target"] = "≤ " + formatDuration(target)
+            e["met"] = m <= target ? "yes" : "NO"
+        }
+        report.add(Figure(benchmark: "\(tag) \(name)", median_ns: m, baseline: baseline, baseline_median_ns: base.map(median), extra: e))
+    }
+
+    // MARK: Rampart and nft
+
+    mutating func rampartAndNft() throws {
+        let ns = try TestNamespace(prefix: "bnft")
+        let nl = try NFTablesConnection(namespace: .named(ns.name))
+        let place = NetworkNamespace.named(ns.name)
+        let table = Naming.table
+
+        // The table is deleted with `nft delete table`, outside the timing, not over Rampart's
+        // socket: a netlink batch deleting a large table loses its replies (ENOBUFS) because its
+        // first message carries NLM_F_ECHO and the kernel then echoes every object the deletion
+        // takes with it; the rest of those echoes stay queued on the socket and confuse the
+        // next request (reported as a finding of this benchmark).
+        func dropTable() throws {
+            guard try nl.readTable(family: .inet, name: table) != nil else { return }
+            try expectZero(try spawnQuiet(["nft", "delete", "table", "inet", table], in: place), "nft delete table")
+            guard try nl.readTable(family: .inet, name: table) == nil else { throw HarnessError("\(tag): table still there after nft delete table") }
+        }
+        func countRules() throws -> (rules: Int, elements: Int) {
+            guard let snap = try nl.readTable(family: .inet, name: table) else { return (0, 0) }
+            return (snap.rules.values.reduce(0) { $0 + $1.count }, snap.elements.values.reduce(0) { $0 + $1.count })
+        }
+
+        // Cold apply: a fresh engine and backend on an empty namespace; the table is deleted
+        // between repetitions, outside the timing.
+        var engine = Engine(host: doc.host)
+        var backend = NFTablesBackend(client: nl)
+        var coldPlan: [UInt64] = [], coldCommit: [UInt64] = [], coldTranslate: [UInt64] = []
+        for _ in 0..<cold {
+            try dropTable()
+            engine = Engine(host: doc.host)
+            backend = NFTablesBackend(client: nl)
+            let t0 = monotonicNanos()
+            let plan = try engine.apply(document: doc)
+            let t1 = monotonicNanos()
+            try commitReconciling(backend, plan, engine.committed)
+            let t2 = monotonicNanos()
+            coldOurs.append(t2 - t0)
+            coldPlan.append(t1 - t0)
+            coldCommit.append(t2 - t1)
+            // Translation of the Plan into netlink objects alone (a part of the commit above).
+            let t3 = monotonicNanos()
+            _ = backend.batch(for: plan, result: engine.committed)
+            coldTranslate.append(monotonicNanos() - t3)
+        }
+        let ir = engine.committed!
+        guard try backend.readBack(reference: ir) == ir else { throw HarnessError("\(tag): kernel table differs from the IR after the cold apply") }
+        let counted = try countRules()
+        kernelRules = counted.rules
+        let listedOurs = try listTable(ns)
+
+        // The same ruleset with nft -f (verified equal to what Rampart loaded).
+        let rulesetFile = try files.write("ruleset.nft", Render.ruleset(ir))
+        var nftCold: [UInt64] = []
+        for _ in 0..<cold {
+            try dropTable()
+            let t0 = monotonicNanos()
+            let status = try spawnQuiet(["nft", "-f", rulesetFile], in: place)
+            nftCold.append(monotonicNanos() - t0)
+            try expectZero(status, "nft -f ruleset")
+        }
+        let nftLoaded = try countRules()
+        let listedNft = try listTable(ns)
+        guard nftLoaded == counted, listedNft == listedOurs else {
+            let diff = zip(listedOurs, listedNft).first { $0 != $1 }.map { "\n  rampart: \($0.0)\n  nft -f:  \($0.1)" } ?? ""
+            throw HarnessError("\(tag): nft -f loaded \(nftLoaded.rules) rules and \(nftLoaded.elements) elements, Rampart \(counted.rules) and \(counted.elements)\(diff)")
+        }
+        report.note("\(tag): kernel holds \(counted.rules) rules and \(counted.elements) set/map elements in \(ir.chains.count) chains (Rampart); nft -f of the same text: the same (`nft list table` prints both alike)")
+        add("cold apply (event → committed)", coldOurs, baseline: "nft -f same ruleset", nftCold,
+            target: instances == 1_000 ? 150_000_000 : nil,
+            extra: (outcomeUnknown > 0 ? ["outcome_unknown_then_verified": "\(outcomeUnknown)"] : [:]).merging([
+                    "kernel_rules": "\(counted.rules)", "elements": "\(counted.elements)", "chains": "\(ir.chains.count)",
+                    "engine_apply": formatDuration(median(coldPlan)), "commit": formatDuration(median(coldCommit)),
+                    "of_which_translate": formatDuration(median(coldTranslate))]) { a, _ in a })
+
+        // Load it with Rampart again for the events.
+        try dropTable()
+        engine = Engine(host: doc.host)
+        backend = NFTablesBackend(client: nl)
+        try backend.commit(try engine.apply(document: doc), result: engine.committed)
+
+        let pairs = (fast + 1) / 2
+        // Membership change: a member elsewhere joins and leaves memberGroup, alternately.
+        var ops = 0
+        for k in 0..<(2 * pairs) {
+            let t0 = monotonicNanos()
+            let plan = k % 2 == 0 ? try engine.membersChanged(group: memberGroup, added: ["joiner": joiner])
+                                  : try engine.membersChanged(group: memberGroup, removed: ["joiner"])
+            try backend.commit(plan, result: engine.committed)
+            membersOurs.append(monotonicNanos() - t0)
+            ops = max(ops, plan.ops.count)
+        }
+        let membersOps = ops
+
+        // Rules change of the group with 100 local members: two versions alternate (one port).
+        let oldRules = engine.document.groups[hotGroup]!.rules
+        var newRules = oldRules
+        newRules[0].ports = 2222...2222
+        var rulesPlans: [Plan] = []
+        for k in 0..<(2 * pairs) {
+            let t0 = monotonicNanos()
+            let plan = try engine.rulesChanged(group: hotGroup, rules: k % 2 == 0 ? newRules : oldRules)
+            try backend.commit(plan, result: engine.committed)
+            rulesOurs.append(monotonicNanos() - t0)
+            if rulesPlans.count < 2 { rulesPlans.append(plan) }
+        }
+
+        // Instance plug (and unplug, timed separately): a new instance in two existing groups.
+        let vm = Instance(host: doc.host, groups: [hotGroup, "g3"], ips: [.v4(IPv4Address(raw: 0x0d00_0001))],
+                          interface: "tapnew", mac: MACAddress(raw: 0x0200_0d00_0001))
+        var unplug: [UInt64] = []
+        var plugPlans: [Plan] = []
+        for _ in 0..<pairs {
+            var t0 = monotonicNanos()
+            let p = try engine.instancePlugged(id: "new", instance: vm)
+            try backend.commit(p, result: engine.committed)
+            plugOurs.append(monotonicNanos() - t0)
+            t0 = monotonicNanos()
+            let u = try engine.instanceUnplugged(id: "new")
+            try backend.commit(u, result: engine.committed)
+            unplug.append(monotonicNanos() - t0)
+            if plugPlans.isEmpty { plugPlans = [p, u] }
+        }
+        guard engine.committed == Compiler.compile(engine.document),
+              try backend.readBack(reference: engine.committed) == engine.committed else {
+            throw HarnessError("\(tag): kernel or engine diverged from the document after the events")
+        }
+
+        // The nft process baselines for the same changes (the table is Rampart's, as loaded).
+        let set = Naming.memberSet(.ipv4, memberGroup)
+        var nftMembers: [UInt64] = []
+        for k in 0..<(2 * ((bench.processRepeats + 1) / 2)) {
+            let t0 = monotonicNanos()
+            let status = try spawnQuiet(["nft", k % 2 == 0 ? "add" : "delete", "element", "inet", table, set, "{ 12.0.0.1 }"], in: place)
+            nftMembers.append(monotonicNanos() - t0)
+            try expectZero(status, "nft add/delete element")
+        }
+        let rulesFiles = try rulesPlans.enumerated().map { try files.write("rules\($0.offset).nft", Render.plan($0.element)) }
+        let plugFiles = try plugPlans.enumerated().map { try files.write("plug\($0.offset).nft", Render.plan($0.element)) }
+        var nftRules: [UInt64] = [], nftPlug: [UInt64] = [], nftUnplug: [UInt64] = []
+        for k in 0..<(2 * ((bench.processRepeats + 1) / 2)) {
+            let t0 = monotonicNanos()
+            let status = try spawnQuiet(["nft", "-f", rulesFiles[k % 2]], in: place)
+            nftRules.append(monotonicNanos() - t0)
+            try expectZero(status, "nft -f rules change")
+        }
+        for _ in 0..<((bench.processRepeats + 1) / 2) {
+            var t0 = monotonicNanos()
+            var status = try spawnQuiet(["nft", "-f", plugFiles[0]], in: place)
+            nftPlug.append(monotonicNanos() - t0)
+            try expectZero(status, "nft -f plug")
+            t0 = monotonicNanos()
+            status = try spawnQuiet(["nft", "-f", plugFiles[1]], in: place)
+            nftUnplug.append(monotonicNanos() - t0)
+            try expectZero(status, "nft -f unplug")
+        }
+        guard try countRules().rules == kernelRules else { throw HarnessError("\(tag): nft baselines left the table changed") }
+
+        add("membership change (event → committed)", membersOurs, baseline: "nft add element (one process)", nftMembers,
+            target: 1_000_000, extra: ["ops": "\(membersOps)"])
+        add("rules change, 100 local members (event → committed)", rulesOurs, baseline: "nft -f of the same Plan", nftRules,
+            target: 5_000_000, extra: ["ops": "\(rulesPlans.first?.ops.count ?? 0)", "rules_written": "\(rulesPlans.first?.summary.rulesWritten ?? 0)"])
+        add("instance plug (event → committed)", plugOurs, baseline: "nft -f of the same Plan", nftPlug,
+            target: 5_000_000, extra: ["ops": "\(plugPlans.first?.ops.count ?? 0)"])
+        add("instance unplug (event → committed)", unplug, baseline: "nft -f of the same Plan", nftUnplug,
+            extra: ["ops": "\(plugPlans.last?.ops.count ?? 0)"])
+        point.rampart = median(membersOurs)
+        point.nftAddElement = median(nftMembers)
+        try dropTable()
+    }
+
+    /// Commits; if the outcome is unknown (`ENOBUFS`: replies lost), reconciles as a daemon
+    /// would: reads the table back and accepts the commit only if the kernel holds `result`.
+    mutating func commitReconciling(_ backend: NFTablesBackend, _ plan: Plan, _ result: RulesetIR?) throws {
+        do {
+            try backend.commit(plan, result: result)
+        } catch let error {
+            guard case .outcomeUnknown(let why) = error else { throw error }
+            let gen = try? backend.client.generation()
+            let kernel = try backend.readBack(reference: result)
+            let rules = kernel.map { $0.chains.values.reduce(0) { $0 + $1.rules.count } } ?? -1
+            report.note("\(tag): commit outcome unknown (\(why)); generation \(gen.map(String.init) ?? "?"); table read back: \(kernel == nil ? "absent" : kernel == result ? "equal to the plan's result" : "DIFFERENT (\(rules) rules)")")
+            guard kernel == result else { throw HarnessError("\(tag): commit outcome unknown and the kernel does not hold the result") }
+            outcomeUnknown += 1
+        }
+    }
+
+    /// `nft list table inet rampart`, as lines, without the table's comment (Rampart's
+    /// provenance note, which `Render.ruleset` does not print).
+    func listTable(_ ns: TestNamespace) throws -> [String] {
+        let text = try ns.nft("list", "table", "inet", Naming.table).stdout
+        return text.split(separator: "\n").map(String.init).filter { !$0.hasPrefix("\tcomment ") }
+    }
+
+    // MARK: classic
+
+    mutating func classic() throws {
+        let base = Scenarios.classicRestore(doc)
+        var joined = doc
+        joined.instances["joiner"] = joiner
+        let changed = Scenarios.classicRestore(joined)
+        let files0 = try files.write("classic0.rules", base.text)
+        let files1 = try files.write("classic1.rules", changed.text)
+        let empty = try files.write("empty.rules", "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n")
+        report.note("\(tag): classic ruleset \(base.rules) rules (\(base.text.utf8.count / 1_048_576) MiB of iptables-restore text, IPv4 only); with the joiner \(changed.rules); Rampart's kernel table \(kernelRules) rules")
+
+        for (tool, save) in [("iptables-legacy-restore", "iptables-legacy-save"), ("iptables-nft-restore", "iptables-nft-save")] {
+            let ns = try TestNamespace(prefix: "bcl")
+            let place = NetworkNamespace.named(ns.name)
+            func restore(_ file: String) throws -> UInt64 {
+                let t0 = monotonicNanos()
+                let status = try spawnQuiet([tool], in: place, stdinPath: file)
+                let t = monotonicNanos() - t0
+                try expectZero(status, tool)
+                return t
+            }
+            var coldT: [UInt64] = [], reloadT: [UInt64] = []
+            for _ in 0..<classicN {
+                _ = try restore(empty)
+                coldT.append(try restore(files0))
+            }
+            // Verify what the kernel holds (once, outside the timing).
+            let count = try ns.run(["sh", "-c", "\(save) -t filter | grep -c '^-A'"], check: true).stdout
+                .trimmingCharacters(in: .whitespacesAndNewlines)
+            guard Int(count) == base.rules else {
+                throw HarnessError("\(tag): \(tool) left \(count) rules in the kernel, expected \(base.rules)")
+            }
+            // A change: the classic driver re-loads the whole ruleset (the member joins, leaves, …).
+            for k in 0..<classicN { reloadT.append(try restore(k % 2 == 0 ? files1 : files0)) }
+            _ = try restore(empty)
+
+            let name = tool == "iptables-legacy-restore" ? "classic iptables-legacy-restore" : "classic iptables-nft-restore"
+            let facts = ["classic_rules": "\(base.rules)", "kernel_rules_counted": count, "rampart_kernel_rules": "\(kernelRules)"]
+            add("cold apply (event → committed)", coldOurs, baseline: "\(name), \(base.rules) rules", coldT, extra: facts)
+            add("membership change (event → committed)", membersOurs, baseline: "\(name) full re-load", reloadT,
+                extra: ["target": "≥ 1000× faster", "met": median(reloadT) >= 1_000 * median(membersOurs) ? "yes" : "NO"])
+            add("rules change, 100 local members (event → committed)", rulesOurs, baseline: "\(name) full re-load", reloadT)
+            add("instance plug (event → committed)", plugOurs, baseline: "\(name) full re-load", reloadT)
+            if tool == "iptables-legacy-restore" { point.legacyRestore = median(reloadT) } else { point.nftRestore = median(reloadT) }
+        }
+    }
+
+    func expectZero(_ status: Int32, _ what: String) throws {
+        guard status == 0 else { throw HarnessError("\(tag): \(what) exited with status \(status)") }
+    }
+}
+
+/// Temporary input files of one scenario, removed when it is done.
+private final class TempFiles {
+    let prefix: String
+    private var paths: [String] = []
+
+    init(prefix: String) { self.prefix = NSTemporaryDirectory() + prefix }
+
+    func write(_ name: String, _ text: String) throws -> String {
+        let path = "\(prefix)-\(name)"
+        try text.write(toFile: path, atomically: false, encoding: .utf8)
+        paths.append(path)
+        return path
+    }
+
+    deinit { for p in paths { try? FileManager.default.removeItem(atPath: p) } }
+}
