@@ -9,64 +9,90 @@ public enum Compiler {
     static let ctEstablished = CTStates([.established, .related])
 
     /// The four base chains. They never change, so they are compiled once per table.
+    ///
+    /// Everything that is the same for every instance lives here, once, instead of in each
+    /// instance's chains: conntrack, NDP, DHCP, and anti-spoofing through sets of (interface .
+    /// address) pairs. The kernel re-validates every rule reachable from the base chains on each
+    /// commit that adds a rule, so rules per instance are what makes a rule change or a plug cost
+    /// more on a bigger host (measured: `docs/nftables-bench.md`).
     static func baseChains() -> [Chain] {
-        func dispatch(_ key: InterfaceKey, _ map: String) -> [IRRule] {
-            let inSet: Match = key == .iifname ? .iifnameInSet(Naming.instanceInterfaces) : .oifnameInSet(Naming.instanceInterfaces)
+        let ndp: [Match] = [.l4proto(58), .icmpv6Type(133...136)]
+        func egress() -> [IRRule] {
+            let mine: Match = .iifnameInSet(Naming.instanceInterfaces)
             return [
-                IRRule([inSet, .ctState(ctEstablished)], .accept),
-                IRRule([inSet, .ctState(.invalid)], .drop),
-                IRRule([], .vmap(key, map)),
+                IRRule([mine, .ctState(ctEstablished)], .accept),
+                IRRule([mine, .ctState(.invalid)], .drop),
+                // NDP before anti-spoofing: its sources are link-local.
+                IRRule([mine] + ndp, .accept),
+                // A DHCP request's source may be 0.0.0.0.
+                IRRule([mine, .nfproto(.ipv4), .udpSport(68), .udpDport(67)], .accept),
+                IRRule([.iifnameInSet(Naming.macInterfaces), .ifaceEtherSaddrNotInSet(Naming.sourceMACs)], .drop),
+                IRRule([mine, .ifaceSaddrNotInSet(.ipv4, Naming.sources4)], .drop),
+                IRRule([mine, .ifaceSaddrNotInSet(.ipv6, Naming.sources6)], .drop),
+                IRRule([], .vmap(.iifname, Naming.fromInstanceMap)),
             ]
         }
-        let egress = dispatch(.iifname, Naming.fromInstanceMap)
-        let ingress = dispatch(.oifname, Naming.toInstanceMap)
+        func ingress() -> [IRRule] {
+            let mine: Match = .oifnameInSet(Naming.instanceInterfaces)
+            return [
+                IRRule([mine, .ctState(ctEstablished)], .accept),
+                IRRule([mine, .ctState(.invalid)], .drop),
+                IRRule([mine] + ndp, .accept),
+                IRRule([mine, .nfproto(.ipv4), .udpSport(67), .udpDport(68)], .accept),
+                IRRule([], .vmap(.oifname, Naming.toInstanceMap)),
+            ]
+        }
         // Egress before ingress on the forward hook (priority -1 < 0): the sender's accept ends
         // only its own base chain, so the receiver's ingress chain still sees the packet.
         return [
-            Chain(name: Naming.egressChain, base: BaseChainSpec(hook: .forward, priority: -1, policy: .accept), rules: egress),
-            Chain(name: Naming.ingressChain, base: BaseChainSpec(hook: .forward, priority: 0, policy: .accept), rules: ingress),
-            Chain(name: Naming.inputChain, base: BaseChainSpec(hook: .input, priority: 0, policy: .accept), rules: egress),
-            Chain(name: Naming.outputChain, base: BaseChainSpec(hook: .output, priority: 0, policy: .accept), rules: ingress),
+            Chain(name: Naming.egressChain, base: BaseChainSpec(hook: .forward, priority: -1, policy: .accept), rules: egress()),
+            Chain(name: Naming.ingressChain, base: BaseChainSpec(hook: .forward, priority: 0, policy: .accept), rules: ingress()),
+            Chain(name: Naming.inputChain, base: BaseChainSpec(hook: .input, priority: 0, policy: .accept), rules: egress()),
+            Chain(name: Naming.outputChain, base: BaseChainSpec(hook: .output, priority: 0, policy: .accept), rules: ingress()),
         ]
     }
 
-    /// NDP (ICMPv6 133–136) passes both ways, before anti-spoofing: its sources are link-local.
-    static let ndp = IRRule([.l4proto(58), .icmpv6Type(133...136)], .accept)
-
     /// Groups in document order without repeats (a repeated group would only jump twice).
-    static func uniqueGroups(_ groups: [String]) -> [String] { uniqued(groups) }
+    static func uniqueGroups(_ groups: [String]) -> [String] {
+        var seen = Set<String>()
+        return groups.filter { seen.insert($0).inserted }
+    }
 
-    static let dhcpRequest = IRRule([.nfproto(.ipv4), .udpSport(68), .udpDport(67)], .accept)
-    static let dhcpReply = IRRule([.nfproto(.ipv4), .udpSport(67), .udpDport(68)], .accept)
-    static let finalDrop = IRRule([], .drop)
-
-    /// `out-<id>`: egress of one instance on this host.
+    /// `out-<id>`: egress of one instance on this host, after the base chain's checks.
     static func instanceOut(_ id: String, _ inst: Instance) -> Chain {
-        var rules = [ndp, dhcpRequest]
-        rules.reserveCapacity(6 + inst.groups.count)
-        if let mac = inst.mac { rules.append(IRRule([.etherSaddrNot(mac)], .drop)) }
-        var v4: [IPv4Address] = [], v6: [IPv6Address] = []
-        for a in uniqued(inst.ips) {
-            switch a {
-            case .v4(let x): v4.append(x)
-            case .v6(let x): v6.append(x)
-            }
-        }
-        rules.append(v4.isEmpty ? IRRule([.nfproto(.ipv4)], .drop) : IRRule(v4.map { .ip4SaddrNot($0) }, .drop))
-        rules.append(v6.isEmpty ? IRRule([.nfproto(.ipv6)], .drop) : IRRule(v6.map { .ip6SaddrNot($0) }, .drop))
-        for g in uniqueGroups(inst.groups) { rules.append(IRRule([], .jump(Naming.groupOut(g)))) }
-        rules.append(finalDrop)
+        let rules = uniqueGroups(inst.groups).map { IRRule([], .jump(Naming.groupOut($0))) } + [IRRule([], .drop)]
         return Chain(name: Naming.instanceOut(id), rules: rules)
     }
 
     /// `in-<id>`: ingress of one instance on this host.
     static func instanceIn(_ id: String, _ inst: Instance) -> Chain {
-        var rules = [ndp, dhcpReply]
-        rules.reserveCapacity(3 + inst.groups.count)
-        for g in uniqueGroups(inst.groups) { rules.append(IRRule([], .jump(Naming.groupIn(g)))) }
-        rules.append(finalDrop)
+        let rules = uniqueGroups(inst.groups).map { IRRule([], .jump(Naming.groupIn($0))) } + [IRRule([], .drop)]
         return Chain(name: Naming.instanceIn(id), rules: rules)
     }
+
+    /// The anti-spoofing elements of one local instance: (interface . address) pairs, and
+    /// (interface . MAC) with the interface in `mac-ifaces` when it has a MAC.
+    static func sourceElements(_ inst: Instance) -> [(set: String, element: SetElement)] {
+        guard let iface = inst.interface else { return [] }
+        var out: [(String, SetElement)] = []
+        for a in uniqued(inst.ips) {
+            switch a {
+            case .v4(let x): out.append((Naming.sources4, .ifaceIPv4(iface, x)))
+            case .v6(let x): out.append((Naming.sources6, .ifaceIPv6(iface, x)))
+            }
+        }
+        if let mac = inst.mac {
+            out.append((Naming.sourceMACs, .ifaceEther(iface, mac)))
+            out.append((Naming.macInterfaces, .ifname(iface)))
+        }
+        return out
+    }
+
+    /// The fixed sets every table has, with their key types.
+    static let fixedSets: [(String, SetKeyType)] = [
+        (Naming.instanceInterfaces, .ifname), (Naming.sources4, .ifnameIPv4), (Naming.sources6, .ifnameIPv6),
+        (Naming.sourceMACs, .ifnameEther), (Naming.macInterfaces, .ifname),
+    ]
 
     /// The kernel rules of one group rule: one per family it applies to (see `Rule.families`).
     static func kernelRules(group: String, rule r: Rule, index: Int) -> [IRRule] {

@@ -16,7 +16,11 @@ public func diff(from old: RulesetIR?, to new: RulesetIR?) -> Plan {
         // own names fix their headers) cannot be fixed by a rewrite, and deleting and re-creating
         // a name in one batch would break the creation-before-deletion order. Rebuild the table
         // instead, still in one transaction.
-        if o.chains.contains(where: { name, c in n.chains[name].map { $0.header != c.header } ?? false }) {
+        // The same holds for a set whose key type differs, or a set and a map that swapped a name.
+        let headerDrift = o.chains.contains { name, c in n.chains[name].map { $0.header != c.header } ?? false }
+            || o.sets.contains { name, s in (n.sets[name].map { $0.header != s.header } ?? false) || n.maps[name] != nil }
+            || o.maps.keys.contains { n.sets[$0] != nil }
+        if headerDrift {
             return Plan(ops: [.deleteTable] + diff(from: nil, to: n).ops)
         }
         diffObjects(o, n, into: &b)

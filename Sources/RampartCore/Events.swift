@@ -233,6 +233,13 @@ public struct Engine: Sendable {
             case (nil, false): break
             }
         }
+        for (set, candidates) in t.sourceCandidates {
+            for e in candidates {
+                let want = model.sourceElementWanted(set, e), have = ir.sets[set]?.elements.contains(e) ?? false
+                if want && !have { b.addElements[set, default: []].append(e) }
+                if have && !want { b.removeElements[set, default: []].append(e) }
+            }
+        }
         for iface in t.interfaces {
             let d = model.dispatch(iface)
             let have = ir.sets[Naming.instanceInterfaces]?.elements.contains(.ifname(iface)) ?? false

@@ -121,11 +121,17 @@ public enum Match: Hashable, Sendable {
     case icmpv6Type(ClosedRange<UInt8>)
     case icmpv6Code(UInt8)
     case etherSaddrNot(MACAddress)
+    /// `iifname . ip saddr != @set` (family says ip or ip6): the packet's input interface and
+    /// source address are not a pair in the set. Anti-spoofing for every instance in one rule.
+    case ifaceSaddrNotInSet(IPFamily, String)
+    /// `iifname . ether saddr != @set`.
+    case ifaceEtherSaddrNotInSet(String)
 
     /// The named set this term reads, if any.
     public var setReference: String? {
         switch self {
-        case .iifnameInSet(let s), .oifnameInSet(let s), .saddrInSet(_, let s), .daddrInSet(_, let s): s
+        case .iifnameInSet(let s), .oifnameInSet(let s), .saddrInSet(_, let s), .daddrInSet(_, let s),
+             .ifaceSaddrNotInSet(_, let s), .ifaceEtherSaddrNotInSet(let s): s
         default: nil
         }
     }
@@ -192,6 +198,10 @@ public enum SetKeyType: String, Hashable, Sendable {
     case ipv4Addr = "ipv4_addr"
     case ipv6Addr = "ipv6_addr"
     case ifname
+    /// Concatenations: an interface and the source it may use.
+    case ifnameIPv4 = "ifname . ipv4_addr"
+    case ifnameIPv6 = "ifname . ipv6_addr"
+    case ifnameEther = "ifname . ether_addr"
 }
 
 /// One element of a named set.
@@ -199,6 +209,10 @@ public enum SetElement: Hashable, Sendable, Comparable, CustomStringConvertible 
     case ipv4(IPv4Address)
     case ipv6(IPv6Address)
     case ifname(String)
+    /// An interface and an address or MAC it may send from (anti-spoofing sets).
+    case ifaceIPv4(String, IPv4Address)
+    case ifaceIPv6(String, IPv6Address)
+    case ifaceEther(String, MACAddress)
 
     public init(_ a: IPAddress) {
         switch a {
@@ -213,6 +227,9 @@ public enum SetElement: Hashable, Sendable, Comparable, CustomStringConvertible 
         case .ipv4: .ipv4Addr
         case .ipv6: .ipv6Addr
         case .ifname: .ifname
+        case .ifaceIPv4: .ifnameIPv4
+        case .ifaceIPv6: .ifnameIPv6
+        case .ifaceEther: .ifnameEther
         }
     }
 
@@ -222,6 +239,9 @@ public enum SetElement: Hashable, Sendable, Comparable, CustomStringConvertible 
         case .ipv4(let a): a.description
         case .ipv6(let a): a.description
         case .ifname(let s): "\"" + s + "\""
+        case .ifaceIPv4(let i, let a): "\"" + i + "\" . " + a.description
+        case .ifaceIPv6(let i, let a): "\"" + i + "\" . " + a.description
+        case .ifaceEther(let i, let m): "\"" + i + "\" . " + m.description
         }
     }
 
@@ -230,6 +250,9 @@ public enum SetElement: Hashable, Sendable, Comparable, CustomStringConvertible 
         case (.ipv4(let x), .ipv4(let y)): x < y
         case (.ipv6(let x), .ipv6(let y)): x < y
         case (.ifname(let x), .ifname(let y)): x < y
+        case (.ifaceIPv4(let i, let x), .ifaceIPv4(let j, let y)): (i, x.raw) < (j, y.raw)
+        case (.ifaceIPv6(let i, let x), .ifaceIPv6(let j, let y)): i != j ? i < j : x < y
+        case (.ifaceEther(let i, let x), .ifaceEther(let j, let y)): (i, x.raw) < (j, y.raw)
         default: a.keyType.rawValue < b.keyType.rawValue
         }
     }

@@ -27,6 +27,8 @@ struct Touched {
     var memberSets = Set<MemberSetKey>()
     var memberCandidates: [MemberSetKey: Set<SetElement>] = [:]
     var interfaces = Set<String>()
+    /// Anti-spoofing elements (see `Compiler.sourceElements`) whose presence may have changed.
+    var sourceCandidates: [String: Set<SetElement>] = [:]
 }
 
 /// One host's document with the indexes that make each event cheap:
@@ -95,6 +97,7 @@ struct HostModel: Sendable {
                 t.interfaces.insert(iface)
                 t.chains.insert(.instanceIn(id))
                 t.chains.insert(.instanceOut(id))
+                for (set, e) in Compiler.sourceElements(inst) { t.sourceCandidates[set, default: []].insert(e) }
             }
         }
         let ips = uniqued(inst.ips)
@@ -122,6 +125,7 @@ struct HostModel: Sendable {
             t.interfaces.insert(iface)
             t.chains.insert(.instanceIn(id))
             t.chains.insert(.instanceOut(id))
+            for (set, e) in Compiler.sourceElements(inst) { t.sourceCandidates[set, default: []].insert(e) }
         }
         let ips = uniqued(inst.ips)
         for g in uniqued(inst.groups) {
@@ -189,7 +193,7 @@ struct HostModel: Sendable {
         switch e {
         case .ipv4(let x): a = .v4(x)
         case .ipv6(let x): a = .v6(x)
-        case .ifname: return false
+        case .ifname, .ifaceIPv4, .ifaceIPv6, .ifaceEther: return false
         }
         return (addressCount[k.group]?[a] ?? 0) > 0
     }
@@ -207,12 +211,27 @@ struct HostModel: Sendable {
         return (.jump(Naming.instanceOut(id)), .jump(Naming.instanceIn(id)))
     }
 
+    /// Whether an anti-spoofing element belongs in its set: its interface is a local instance's
+    /// whose record yields it.
+    func sourceElementWanted(_ set: String, _ e: SetElement) -> Bool {
+        let iface: String
+        switch e {
+        case .ifaceIPv4(let i, _), .ifaceIPv6(let i, _), .ifaceEther(let i, _), .ifname(let i): iface = i
+        default: return false
+        }
+        guard let id = localInterfaces[iface], let inst = doc.instances[id] else { return false }
+        return Compiler.sourceElements(inst).contains { $0.set == set && $0.element == e }
+    }
+
     /// The whole IR for this host.
     func compileAll() -> RulesetIR {
         var ir = RulesetIR()
         for c in Compiler.baseChains() { ir.chains[c.name] = c }
-        ir.sets[Naming.instanceInterfaces] = NamedSet(name: Naming.instanceInterfaces, keyType: .ifname,
-                                                      elements: Set(localInterfaces.keys.map { .ifname($0) }))
+        for (name, type) in Compiler.fixedSets { ir.sets[name] = NamedSet(name: name, keyType: type) }
+        ir.sets[Naming.instanceInterfaces]!.elements = Set(localInterfaces.keys.map { .ifname($0) })
+        for id in localInterfaces.values {
+            for (set, e) in Compiler.sourceElements(doc.instances[id]!) { ir.sets[set]!.elements.insert(e) }
+        }
         for k in setReferences.keys { ir.sets[k.name] = memberSet(k) }
         var from = VerdictMap(name: Naming.fromInstanceMap), to = VerdictMap(name: Naming.toInstanceMap)
         for iface in localInterfaces.keys {

@@ -12,6 +12,13 @@ public enum Naming {
     public static let table = "rampart"
     /// Interfaces of all instances on this host.
     public static let instanceInterfaces = "inst-ifaces"
+    /// (interface . address) pairs each instance may send from, per family, and
+    /// (interface . MAC) pairs of the instances that have a MAC, with their interfaces:
+    /// anti-spoofing for all instances in one rule each.
+    public static let sources4 = "inst-src4"
+    public static let sources6 = "inst-src6"
+    public static let sourceMACs = "inst-macs"
+    public static let macInterfaces = "mac-ifaces"
     /// Dispatch map for traffic from instances: interface → jump out-<inst>.
     public static let fromInstanceMap = "from-inst"
     /// Dispatch map for traffic to instances: interface → jump in-<inst>.

@@ -45,6 +45,8 @@ public enum Render {
         case .icmpv6Type(let r): return r.lowerBound == r.upperBound ? "icmpv6 type \(r.lowerBound)" : "icmpv6 type \(r.lowerBound)-\(r.upperBound)"
         case .icmpv6Code(let c): return "icmpv6 code \(c)"
         case .etherSaddrNot(let mac): return "ether saddr != \(mac)"
+        case .ifaceSaddrNotInSet(let f, let s): return "iifname . \(f == .ipv4 ? "ip" : "ip6") saddr != \(ref(s))"
+        case .ifaceEtherSaddrNotInSet(let s): return "iifname . ether saddr != \(ref(s))"
         }
     }
 

@@ -26,12 +26,7 @@ enum Observe {
                 }
                 ir.maps[def.name] = m
             } else {
-                let type: RampartCore.SetKeyType
-                switch def.keyType {
-                case .ipv4Address: type = .ipv4Addr
-                case .ipv6Address: type = .ipv6Addr
-                case .ifname: type = .ifname
-                default:
+                guard let type = Translate.keyType(def.keyType) else {
                     // A set of a type Rampart never makes: as an empty set of the closest type,
                     // under its own name, which no desired IR has, so the differ deletes it.
                     ir.sets[def.name] = NamedSet(name: def.name, keyType: .ifname)

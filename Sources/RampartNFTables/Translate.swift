@@ -44,23 +44,48 @@ enum Translate {
         case .ipv4Addr: .ipv4Address
         case .ipv6Addr: .ipv6Address
         case .ifname: .ifname
+        case .ifnameIPv4: .ifnameIPv4
+        case .ifnameIPv6: .ifnameIPv6
+        case .ifnameEther: .ifnameEther
         }
     }
 
+    static func keyType(_ t: RampartNetlink.SetKeyType) -> RampartCore.SetKeyType? {
+        switch t {
+        case .ipv4Address: .ipv4Addr
+        case .ipv6Address: .ipv6Addr
+        case .ifname: .ifname
+        case .ifnameIPv4: .ifnameIPv4
+        case .ifnameIPv6: .ifnameIPv6
+        case .ifnameEther: .ifnameEther
+        default: nil
+        }
+    }
+
+    /// A key as the kernel stores it; in a concatenation each part fills whole 32-bit words.
     static func key(_ e: RampartCore.SetElement) -> [UInt8] {
         switch e {
         case .ipv4(let a): bytes(a)
         case .ipv6(let a): bytes(a)
         case .ifname(let n): Match.ifnameBytes(n)
+        case .ifaceIPv4(let i, let a): Match.ifnameBytes(i) + bytes(a)
+        case .ifaceIPv6(let i, let a): Match.ifnameBytes(i) + bytes(a)
+        case .ifaceEther(let i, let m): Match.ifnameBytes(i) + bytes(m) + [0, 0]
         }
     }
 
     static func element(_ key: [UInt8], _ type: RampartNetlink.SetKeyType) -> RampartCore.SetElement? {
+        let iface = key.count > 16 ? ifname(Array(key[0..<16])) : ""
         switch type {
-        case .ipv4Address: ipv4(key).map { .ipv4($0) }
-        case .ipv6Address: ipv6(key).map { .ipv6($0) }
-        case .ifname: .ifname(ifname(key))
-        default: nil
+        case .ipv4Address: return ipv4(key).map { .ipv4($0) }
+        case .ipv6Address: return ipv6(key).map { .ipv6($0) }
+        case .ifname: return .ifname(ifname(key))
+        case .ifnameIPv4: return ipv4(Array(key.dropFirst(16))).map { .ifaceIPv4(iface, $0) }
+        case .ifnameIPv6: return ipv6(Array(key.dropFirst(16))).map { .ifaceIPv6(iface, $0) }
+        case .ifnameEther:
+            guard key.count == 24 else { return nil }
+            return .ifaceEther(iface, MACAddress(raw: key[16..<22].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }))
+        default: return nil
         }
     }
 
@@ -124,6 +149,9 @@ enum Translate {
             case .icmpv6Type(let t): need(l4: 58); out += Match.icmpType(t)
             case .icmpv6Code(let c): need(l4: 58); out += Match.icmpCode(c)
             case .etherSaddrNot(let mac): out += Match.etherSource(bytes(mac), equal: false)
+            case .ifaceSaddrNotInSet(let f, let s):
+                need(f); out += Match.interfaceAndSourceWithoutFamilyCheck(ipv6: f == .ipv6, inSet: s, inverted: true)
+            case .ifaceEtherSaddrNotInSet(let s): out += Match.interfaceAndEtherSource(inSet: s, inverted: true)
             }
         }
         if r.counter { out += Match.counter }

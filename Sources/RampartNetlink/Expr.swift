@@ -186,6 +186,24 @@ public enum Match {
         [.meta(key: key, dreg: .r1), .lookup(set: set, sreg: .r1, dreg: nil, inverted: inverted)]
     }
 
+    /// `iifname . ip saddr @set` (or `!= @set`, or `ip6`): the interface and the source address
+    /// as one concatenated key (interface in register 1, address in register 2, as nft does).
+    /// Without the `meta nfproto` check, which the caller adds.
+    public static func interfaceAndSourceWithoutFamilyCheck(ipv6: Bool, inSet set: String, inverted: Bool = false) -> [Expr] {
+        let (offset, length) = AddressField.source.location(ipv6: ipv6)
+        return [.meta(key: .iifname, dreg: .r1),
+                .payload(base: .network, offset: offset, length: length, dreg: .r2),
+                .lookup(set: set, sreg: .r1, dreg: nil, inverted: inverted)]
+    }
+
+    /// `iifname . ether saddr @set` (or `!= @set`), with the `meta iiftype ether` check nft adds.
+    public static func interfaceAndEtherSource(inSet set: String, inverted: Bool = false) -> [Expr] {
+        [.meta(key: .iiftype, dreg: .r1), .cmp(sreg: .r1, op: .eq, data: [1, 0]),
+         .meta(key: .iifname, dreg: .r1),
+         .payload(base: .linkLayer, offset: 6, length: 6, dreg: .r2),
+         .lookup(set: set, sreg: .r1, dreg: nil, inverted: inverted)]
+    }
+
     /// `iifname vmap @map` / `oifname vmap @map`.
     public static func interfaceVerdictMap(_ key: MetaKey, map: String) -> [Expr] {
         [.meta(key: key, dreg: .r1), .lookup(set: map, sreg: .r1, dreg: .verdict, inverted: false)]

@@ -159,6 +159,11 @@ public struct SetKeyType: RawRepresentable, Sendable, Hashable, CustomStringConv
     public static let ipv6Address = SetKeyType(rawValue: 8)
     public static let inetService = SetKeyType(rawValue: 13)
     public static let ifname = SetKeyType(rawValue: 41)
+    /// Concatenations (nft packs each component's id in 6 bits): `ifname . ipv4_addr`,
+    /// `ifname . ipv6_addr`, `ifname . ether_addr`.
+    public static let ifnameIPv4 = SetKeyType(rawValue: 41 << 6 | 7)
+    public static let ifnameIPv6 = SetKeyType(rawValue: 41 << 6 | 8)
+    public static let ifnameEther = SetKeyType(rawValue: 41 << 6 | 9)
 
     /// Key length in bytes of the known types.
     public var length: UInt32? {
@@ -167,6 +172,10 @@ public struct SetKeyType: RawRepresentable, Sendable, Hashable, CustomStringConv
         case .ipv6Address: 16
         case .inetService: 2
         case .ifname: 16
+        // Each component of a concatenation takes whole 32-bit registers: a MAC takes 8 bytes.
+        case .ifnameIPv4: 20
+        case .ifnameIPv6: 32
+        case .ifnameEther: 24
         default: nil
         }
     }
@@ -181,6 +190,9 @@ public struct SetKeyType: RawRepresentable, Sendable, Hashable, CustomStringConv
         case .ipv6Address: "ipv6_addr"
         case .inetService: "inet_service"
         case .ifname: "ifname"
+        case .ifnameIPv4: "ifname . ipv4_addr"
+        case .ifnameIPv6: "ifname . ipv6_addr"
+        case .ifnameEther: "ifname . ether_addr"
         default: "type \(rawValue)"
         }
     }

@@ -68,10 +68,12 @@ import Testing
         #expect(s.mapElementsAdded == 2)
         #expect(p.ops.contains(.addElements("inst-ifaces", [.ifname("tapadm")])))
         #expect(p.ops.contains(.addElements("m4-admin", [.ipv4(IPv4Address("10.0.3.1")!)])))
+        #expect(p.ops.contains(.addElements("inst-src4", [.ifaceIPv4("tapadm", IPv4Address("10.0.3.1")!)])))
         try checked(e, before, p)
         let before2 = e.committed
         let u = try e.instanceUnplugged(id: "adm-1")
         #expect(u.summary.chainsDeleted == 4)
+        #expect(u.ops.contains(.removeElements("inst-src4", [.ifaceIPv4("tapadm", IPv4Address("10.0.3.1")!)])))
         try checked(e, before2, u)
         #expect(e.committed == before)
     }

@@ -68,7 +68,8 @@ import Testing
         #expect(s.tableCreated)
         #expect(s.chainsCreated == 14)
         #expect(s.chainsRewritten == 14)
-        #expect(s.elementsAdded == 8)
+        // 3 interfaces, 5 member addresses, 4 anti-spoofing address pairs, 1 MAC pair and its interface.
+        #expect(s.elementsAdded == 14)
         #expect(s.mapElementsAdded == 6)
         let text = Render.plan(p)
         #expect(text.hasPrefix("add table inet rampart\nadd set inet rampart inst-ifaces { type ifname; }\n"))
