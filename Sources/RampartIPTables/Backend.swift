@@ -1,0 +1,357 @@
+import Foundation
+import RampartCore
+
+/// Which iptables implementation writes the rules.
+public enum IPTablesVariant: String, Sendable, CaseIterable {
+    /// The x_tables kernel interface (`iptables-legacy-restore`).
+    case legacy
+    /// The nftables-based compatibility layer (`iptables-nft-restore`).
+    case nft
+
+    func tool(_ f: IPFamily, _ verb: String) -> String {
+        (f == .ipv4 ? "iptables-" : "ip6tables-") + rawValue + "-" + verb
+    }
+
+    /// The variant `iptables` runs on this machine (Debian's alternatives link).
+    public static func detect() -> IPTablesVariant {
+        let r = try? Runner(netns: nil).run(["iptables", "--version"])
+        return (r?.stdout ?? "").contains("nf_tables") ? .nft : .legacy
+    }
+}
+
+/// One change of Rampart's iptables state: what to write, in which order.
+public struct IPTChange: Sendable {
+    /// ipset commands (ipset restore syntax) before the rules: create, add.
+    public var ipsetBefore: [String] = []
+    /// The inverse of `ipsetBefore`, run if the rules cannot be written.
+    public var ipsetRollback: [String] = []
+    /// ipset commands after the rules: del, destroy.
+    public var ipsetAfter: [String] = []
+    /// One `iptables-restore --noflush` input per family (nil: nothing to write).
+    public var restore4: String?
+    public var restore6: String?
+    public var chainsCreated = 0, chainsRewritten = 0, chainsDeleted = 0, rulesWritten = 0
+    public var setsCreated = 0, setsDestroyed = 0, membersAdded = 0, membersRemoved = 0, jumps = 0
+
+    public var isEmpty: Bool { ipsetBefore.isEmpty && ipsetAfter.isEmpty && restore4 == nil && restore6 == nil }
+
+    /// One line, in the shape of the nftables backend's Plan summary.
+    public var summary: String {
+        "chains: \(chainsCreated) created, \(chainsRewritten) rewritten (\(rulesWritten) rules), \(chainsDeleted) deleted; "
+            + "ipsets: \(setsCreated) created, \(setsDestroyed) destroyed; members: +\(membersAdded) -\(membersRemoved); jumps: \(jumps)"
+    }
+
+    /// What would be run, as text (`diff`, `--dry-run`).
+    public var text: String {
+        var out = ""
+        if !ipsetBefore.isEmpty { out += "# ipset restore\n" + ipsetBefore.joined(separator: "\n") + "\n" }
+        if let r = restore4 { out += "# iptables-restore --noflush\n" + r }
+        if let r = restore6 { out += "# ip6tables-restore --noflush\n" + r }
+        if !ipsetAfter.isEmpty { out += "# ipset restore\n" + ipsetAfter.joined(separator: "\n") + "\n" }
+        return out
+    }
+}
+
+/// The iptables backend: keeps Rampart's chains (`RAMPART-*`, `rp-*`) of the filter table and
+/// its ipsets (`rp4-*`, `rp6-*`) equal to the IR, never touching anything else.
+///
+/// Rules are written with one `iptables-restore --noflush` (and one `ip6tables-restore`) input
+/// that declares, and so flushes and refills, only the chains that changed; the jumps from the
+/// built-in chains are inserted once when missing. Group members are ipset deltas (see
+/// `IPSetWriter`).
+public final class IPTablesBackend {
+    public let variant: IPTablesVariant
+    public let topology: IPTTopology
+    public let netns: String?
+    let runner: Runner
+    public var ipset: any IPSetWriter
+    /// What Rampart believes it last wrote (nil: unknown, read back first).
+    public private(set) var mirror: IPTState?
+    public private(set) var mirrorIR: RulesetIR?
+
+    public init(variant: IPTablesVariant = .detect(), topology: IPTTopology = .routed, netns: String? = nil, ipset: (any IPSetWriter)? = nil) {
+        self.variant = variant
+        self.topology = topology
+        self.netns = netns
+        runner = Runner(netns: netns)
+        self.ipset = ipset ?? IPSetWriters.best(netns: netns)
+    }
+
+    // MARK: reading
+
+    /// Rampart's chains of one family as `iptables-save -t filter` prints them.
+    public func save(_ f: IPFamily) throws -> String {
+        let r = try runner.run([variant.tool(f, "save"), "-t", "filter"])
+        // No filter table yet (nothing was ever written in this namespace) is an empty state.
+        if r.status != 0 && (r.stderr.contains("does not exist") || r.stderr.contains("Table does not exist")) { return "" }
+        guard r.status == 0 else { throw IPTError(command: variant.tool(f, "save"), status: r.status, message: r.stderr) }
+        return r.stdout
+    }
+
+    /// Parses save output: Rampart's chains and which built-ins jump to Rampart's entries.
+    public static func parseSave(_ text: String) -> (IPTChains, Set<String>) {
+        var chains = IPTChains()
+        var jumps: Set<String> = []
+        let entries = Dictionary(uniqueKeysWithValues: IPTNames.entries.map { ($0.builtin, $0.chain) })
+        for line in text.split(separator: "\n") {
+            if line.hasPrefix(":") {
+                let name = String(line.dropFirst().prefix { $0 != " " })
+                if IPTNames.isOwnedChain(name) { chains.chains[name, default: []] = chains.chains[name] ?? [] }
+            } else if line.hasPrefix("-A ") {
+                let rest = line.dropFirst(3)
+                let name = String(rest.prefix { $0 != " " })
+                let spec = String(rest.dropFirst(name.count + 1))
+                if IPTNames.isOwnedChain(name) {
+                    chains.chains[name, default: []].append(spec)
+                } else if let e = entries[name], spec == "-j \(e)" {
+                    jumps.insert(name)
+                }
+            }
+        }
+        return (chains, jumps)
+    }
+
+    /// Parses `ipset save`: Rampart's sets and members (canonical address text).
+    public static func parseIPSetSave(_ text: String) -> [String: IPSetSpec] {
+        var sets: [String: IPSetSpec] = [:]
+        for line in text.split(separator: "\n") {
+            let w = line.split(separator: " ")
+            guard w.count >= 3, IPTNames.isOwnedSet(String(w[1])) else { continue }
+            let name = String(w[1])
+            if w[0] == "create" {
+                let fam: IPFamily = w.firstIndex(of: "family").map { w[$0 + 1] == "inet6" ? .ipv6 : .ipv4 } ?? .ipv4
+                sets[name] = IPSetSpec(family: fam)
+            } else if w[0] == "add" {
+                let a = IPAddress(String(w[2])).map { "\($0)" } ?? String(w[2])
+                sets[name, default: IPSetSpec(family: .ipv4)].members.insert(a)
+            }
+        }
+        return sets
+    }
+
+    /// What the kernel holds of Rampart's (three processes: two saves and `ipset save`).
+    public func readBack() throws -> IPTState {
+        var st = IPTState()
+        (st.v4, st.jumps4) = Self.parseSave(try save(.ipv4))
+        (st.v6, st.jumps6) = Self.parseSave(try save(.ipv6))
+        st.sets = Self.parseIPSetSave(try runner.check(["ipset", "save"]))
+        mirror = st
+        return st
+    }
+
+    // MARK: planning
+
+    /// The change from `cur` to `des`. With `only`, just those chains and sets are compared
+    /// (the incremental path, which knows what the Plan touched).
+    public static func change(from cur: IPTState, to des: IPTState, chains only: Set<String>? = nil, sets onlySets: Set<String>? = nil) -> IPTChange {
+        var c = IPTChange()
+        let setNames = onlySets ?? Set(cur.sets.keys).union(des.sets.keys)
+        for name in setNames.sorted() {
+            let old = cur.sets[name], new = des.sets[name]
+            if let n = new {
+                if old == nil || old!.family != n.family {
+                    if old != nil { c.ipsetAfter.append("destroy \(name)") }  // cannot happen with Rampart's names
+                    c.ipsetBefore.append("create \(name) hash:ip family \(n.family == .ipv4 ? "inet" : "inet6") -exist")
+                    c.ipsetRollback.append("destroy \(name)")
+                    c.setsCreated += 1
+                }
+                let oldMembers = old?.family == n.family ? old!.members : []
+                let add = n.members.subtracting(oldMembers).sorted(), del = oldMembers.subtracting(n.members).sorted()
+                c.ipsetBefore += add.map { "add \(name) \($0)" }
+                if old != nil { c.ipsetRollback += add.map { "del \(name) \($0)" } }
+                c.ipsetAfter += del.map { "del \(name) \($0)" }
+                c.membersAdded += add.count
+                c.membersRemoved += del.count
+            } else if old != nil {
+                c.ipsetAfter.append("destroy \(name)")
+                c.setsDestroyed += 1
+            }
+        }
+        c.ipsetRollback.reverse()
+        for f in [IPFamily.ipv4, .ipv6] {
+            let oc = cur[f].chains, nc = des[f].chains
+            let names = only.map { n in n.filter { oc[$0] != nil || nc[$0] != nil } } ?? Set(oc.keys).union(nc.keys)
+            var declare: [String] = [], body: [String] = [], delete: [String] = []
+            for n in names.sorted() {
+                switch (oc[n], nc[n]) {
+                case (nil, let new?):
+                    declare.append(n); c.chainsCreated += 1
+                    body += new.map { "-A \(n) \($0)" }; c.rulesWritten += new.count
+                case (let old?, let new?) where old != new:
+                    declare.append(n); c.chainsRewritten += 1
+                    body += new.map { "-A \(n) \($0)" }; c.rulesWritten += new.count
+                case (.some, nil):
+                    declare.append(n); delete.append(n); c.chainsDeleted += 1
+                default: break
+                }
+            }
+            let had = f == .ipv4 ? cur.jumps4 : cur.jumps6
+            var jumpLines: [String] = [], unjump: [String] = []
+            for (b, e) in IPTNames.entries {
+                if nc[e] != nil && !had.contains(b) { jumpLines.append("-I \(b) 1 -j \(e)"); c.jumps += 1 }
+                if nc[e] == nil && had.contains(b) { unjump.append("-D \(b) -j \(e)"); c.jumps += 1 }
+            }
+            guard !declare.isEmpty || !jumpLines.isEmpty || !unjump.isEmpty else { continue }
+            var text = "*filter\n"
+            text += declare.map { ":\($0) - [0:0]\n" }.joined()
+            text += unjump.map { $0 + "\n" }.joined()
+            text += body.map { $0 + "\n" }.joined()
+            text += delete.map { "-X \($0)\n" }.joined()
+            text += jumpLines.map { $0 + "\n" }.joined()
+            text += "COMMIT\n"
+            if f == .ipv4 { c.restore4 = text } else { c.restore6 = text }
+        }
+        return c
+    }
+
+    // MARK: writing
+
+    func restore(_ f: IPFamily, _ text: String) throws {
+        _ = try runner.check([variant.tool(f, "restore"), "-w", "--noflush"], input: text)
+    }
+
+    /// Runs a change: ipset creations and additions, the IPv4 restore, the IPv6 restore, then
+    /// ipset removals. If a restore fails, what was already done is undone (best effort) and the
+    /// previous rules stay in place; the error is rethrown.
+    public func execute(_ c: IPTChange, from cur: IPTState, to des: IPTState) throws {
+        if !c.ipsetBefore.isEmpty { try ipset.apply(c.ipsetBefore) }
+        do {
+            if let r = c.restore4 { try restore(.ipv4, r) }
+        } catch {
+            mirror = nil
+            if !c.ipsetRollback.isEmpty { try? ipset.apply(c.ipsetRollback) }
+            throw error
+        }
+        do {
+            if let r = c.restore6 { try restore(.ipv6, r) }
+        } catch {
+            mirror = nil
+            if c.restore4 != nil, let back = Self.change(from: des.onlyFamily(.ipv4), to: cur.onlyFamily(.ipv4)).restore4 {
+                try? restore(.ipv4, back)
+            }
+            if !c.ipsetRollback.isEmpty { try? ipset.apply(c.ipsetRollback) }
+            throw error
+        }
+        if !c.ipsetAfter.isEmpty {
+            do { try ipset.apply(c.ipsetAfter) } catch { mirror = nil; throw error }
+        }
+    }
+
+    /// Brings the kernel to `desired` (nil: remove all of Rampart's) from a fresh read-back, so
+    /// anything someone else changed in Rampart's chains or sets is repaired.
+    @discardableResult
+    public func converge(to desired: RulesetIR?) throws -> IPTChange {
+        var des = try IPTRender.state(desired, topology: topology)
+        let cur = try readBack()
+        let c = Self.change(from: cur, to: des)
+        try execute(c, from: cur, to: des)
+        des.jumps4 = des.v4.chains.isEmpty ? [] : Set(IPTNames.entries.map(\.builtin))
+        des.jumps6 = des.v6.chains.isEmpty ? [] : Set(IPTNames.entries.map(\.builtin))
+        mirror = des
+        mirrorIR = desired
+        return c
+    }
+
+    /// What `converge` would do, without doing it.
+    public func pending(to desired: RulesetIR?) throws -> IPTChange {
+        Self.change(from: try readBack(), to: try IPTRender.state(desired, topology: topology))
+    }
+
+    /// Commits a core Plan incrementally against the mirror (read back first if there is none):
+    /// set-element ops become ipset deltas only (no process with libipset, no rule touched);
+    /// chain ops rewrite only the chains they name; map ops rewrite the dispatch chains.
+    @discardableResult
+    public func commit(_ plan: Plan, result: RulesetIR?) throws -> IPTChange {
+        guard !plan.isEmpty else { return IPTChange() }
+        if mirror == nil { _ = try readBack() }
+        let cur = mirror!
+        var des = cur
+        var chains: Set<String> = [], sets: Set<String> = []
+        var dispatch = false
+        var fastSets: [String] = []  // lines for pure member deltas
+        var fastAfter: [String] = []
+        var fastOnly = true
+        for op in plan.ops {
+            switch op {
+            case .addElements(let n, let e) where n != Naming.instanceInterfaces:
+                let s = IPTNames.set(n)
+                fastSets += e.map { "add \(s) \($0)" }
+                des.sets[s, default: IPSetSpec(family: n.hasPrefix("m6-") ? .ipv6 : .ipv4)].members.formUnion(e.map(\.description))
+                sets.insert(s)
+            case .removeElements(let n, let e) where n != Naming.instanceInterfaces:
+                let s = IPTNames.set(n)
+                fastAfter += e.map { "del \(s) \($0)" }
+                des.sets[s]?.members.subtract(e.map(\.description))
+                sets.insert(s)
+            default:
+                fastOnly = false
+            }
+        }
+        if fastOnly {
+            // The hot path: membership only. One ipset batch, no rule read or written.
+            try ipset.apply(fastSets + fastAfter)
+            mirror = des
+            mirrorIR = result
+            var c = IPTChange()
+            c.ipsetBefore = fastSets + fastAfter
+            c.membersAdded = fastSets.count
+            c.membersRemoved = fastAfter.count
+            return c
+        }
+        guard let result else {
+            return try converge(to: nil)
+        }
+        // Everything else: re-render only what the plan names.
+        let full = try IPTRender.state(result, topology: topology)
+        for op in plan.ops {
+            switch op {
+            case .createTable, .deleteTable:
+                return try converge(to: result)
+            case .createSet(let h):
+                if h.keyType == .ifname { dispatch = true } else { sets.insert(IPTNames.set(h.name)) }
+            case .deleteSet(let n): sets.insert(IPTNames.set(n))
+            case .addElements(let n, _), .removeElements(let n, _):
+                if n == Naming.instanceInterfaces { dispatch = true } else { sets.insert(IPTNames.set(n)) }
+            case .createMap, .deleteMap, .addMapElements, .removeMapElements: dispatch = true
+            case .createChain(let h):
+                if h.base == nil { chains.insert(IPTNames.chain(h.name)); chains.insert(IPTNames.spoofHelper(IPTNames.chain(h.name))) }
+            case .rewriteChain(let n, _), .deleteChain(let n):
+                if result.chains[n]?.base == nil && !isBase(n) {
+                    chains.insert(IPTNames.chain(n)); chains.insert(IPTNames.spoofHelper(IPTNames.chain(n)))
+                }
+            }
+        }
+        if dispatch {
+            chains.formUnion([IPTNames.forward, IPTNames.input, IPTNames.output, IPTNames.fromInstances, IPTNames.toInstances,
+                              IPTNames.forwardInstances, IPTNames.inputInstances, IPTNames.outputInstances, IPTNames.accept])
+        }
+        for f in [IPFamily.ipv4, .ipv6] {
+            for n in chains { des[f].chains[n] = full[f].chains[n] }
+        }
+        for s in sets { des.sets[s] = full.sets[s] }
+        let c = Self.change(from: cur, to: des, chains: chains, sets: sets)
+        try execute(c, from: cur, to: des)
+        des.jumps4 = des.v4.chains[IPTNames.forward] == nil ? [] : Set(IPTNames.entries.map(\.builtin))
+        des.jumps6 = des.v6.chains[IPTNames.forward] == nil ? [] : Set(IPTNames.entries.map(\.builtin))
+        mirror = des
+        mirrorIR = result
+        return c
+    }
+
+    func isBase(_ n: String) -> Bool {
+        [Naming.egressChain, Naming.ingressChain, Naming.inputChain, Naming.outputChain].contains(n)
+    }
+
+    /// Forgets the mirror: the next commit reads back first.
+    public func invalidate() { mirror = nil }
+}
+
+extension IPTState {
+    /// This state with the other family's chains removed (for a one-family rollback).
+    func onlyFamily(_ f: IPFamily) -> IPTState {
+        var s = IPTState()
+        s[f] = self[f]
+        if f == .ipv4 { s.jumps4 = jumps4 } else { s.jumps6 = jumps6 }
+        return s
+    }
+}
