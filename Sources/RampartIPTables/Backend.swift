@@ -226,7 +226,9 @@ public final class IPTablesBackend {
             if let r = c.restore6 { try restore(.ipv6, r) }
         } catch {
             mirror = nil
-            if c.restore4 != nil, let back = Self.change(from: des.onlyFamily(.ipv4), to: cur.onlyFamily(.ipv4)).restore4 {
+            var written = des.onlyFamily(.ipv4)
+            written.jumps4 = cur.jumps4.union(written.v4.chains[IPTNames.forward] == nil ? [] : IPTNames.entries.map(\.builtin))
+            if c.restore4 != nil, let back = Self.change(from: written, to: cur.onlyFamily(.ipv4)).restore4 {
                 try? restore(.ipv4, back)
             }
             if !c.ipsetRollback.isEmpty { try? ipset.apply(c.ipsetRollback) }
