@@ -184,7 +184,7 @@ public enum IPTRender {
             case .icmpCode(let c): icmpCode = c
             case .icmpv6Type(let t): icmp6Types = t; proto = proto ?? 58
             case .icmpv6Code(let c): icmp6Code = c
-            case .etherSaddrNot(let m): mac.append("-m mac ! --mac-source \(m.description.uppercased())")
+            case .etherSaddrNot(let m): mac.append("-m mac ! --mac-source \(m.description)")
             }
         }
         guard src.count <= 1, dst.count <= 1 else { throw IPTUnsupported("several address prefixes in one rule") }

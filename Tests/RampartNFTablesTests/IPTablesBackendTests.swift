@@ -21,6 +21,7 @@ import RampartHarness
     }
 
     @Test func exampleRendersPerFamily() throws {
+        var helpers: [String: [String]] = [:]
         let st = try IPTRender.state(Compiler.compile(exampleDocument))
         #expect(st.v4.chains["rp-gi-db"] == [
             #"-p tcp -m set --match-set rp4-web src -m tcp --dport 5432 -m comment --comment "db/pg-from-web" -g rp-accept"#,
@@ -37,6 +38,8 @@ import RampartHarness
         #expect(st.sets["rp4-web"]?.members == ["10.0.1.11", "10.0.1.12"])
         #expect(st.sets["rp6-web"]?.family == .ipv6)
         #expect(st.v4.chains[IPTNames.forwardInstances]?.last == "-j ACCEPT")
+        // MAC addresses as iptables-save prints them (lower case), so read-back compares equal.
+        #expect(try IPTRender.rule(IRRule([.etherSaddrNot(MACAddress("02:AB:00:00:00:0A")!)], .drop), in: "c", family: .ipv4, helpers: &helpers) == ["-m mac ! --mac-source 02:ab:00:00:00:0a -j DROP"])
     }
 
     @Test func severalAddressesUseAnAntiSpoofingHelper() throws {
