@@ -317,6 +317,10 @@ public final class IPTablesBackend {
             case .createMap, .deleteMap, .addMapElements, .removeMapElements: dispatch = true
             case .createChain(let h):
                 if h.base == nil { chains.insert(IPTNames.chain(h.name)); chains.insert(IPTNames.spoofHelper(IPTNames.chain(h.name))) }
+            case .rewriteChain(let n, _) where topology == .bridged && n.hasPrefix("out-"):
+                // Bridged: the instance's addresses also dispatch host → instance traffic.
+                dispatch = true
+                chains.insert(IPTNames.chain(n)); chains.insert(IPTNames.spoofHelper(IPTNames.chain(n)))
             case .rewriteChain(let n, _), .deleteChain(let n):
                 if result.chains[n]?.base == nil && !isBase(n) {
                     chains.insert(IPTNames.chain(n)); chains.insert(IPTNames.spoofHelper(IPTNames.chain(n)))
@@ -325,7 +329,8 @@ public final class IPTablesBackend {
         }
         if dispatch {
             chains.formUnion([IPTNames.forward, IPTNames.input, IPTNames.output, IPTNames.fromInstances, IPTNames.toInstances,
-                              IPTNames.forwardInstances, IPTNames.inputInstances, IPTNames.outputInstances, IPTNames.accept])
+                              IPTNames.forwardInstances, IPTNames.inputInstances, IPTNames.outputInstances, IPTNames.accept,
+                              IPTNames.toHostInstances])
         }
         for f in [IPFamily.ipv4, .ipv6] {
             for n in chains { des[f].chains[n] = full[f].chains[n] }

@@ -23,6 +23,8 @@ public enum IPTNames {
     public static let fromInstances = "rp-from"
     /// Ingress dispatch (the `to-inst` map): `-o tapX -j rp-i-X`.
     public static let toInstances = "rp-to"
+    /// Bridged topology, host → instance: by destination address, `-d A -j rp-i-X`.
+    public static let toHostInstances = "rp-to-host"
     /// An IR `accept` in a regular chain: `-g rp-accept` sets the mark bit and returns.
     public static let accept = "rp-accept"
     /// The built-in chains and the Rampart chain each jumps to.

@@ -76,14 +76,14 @@ public enum IPTRender {
                 for r in c.rules { lines += try rule(r, in: name, family: f, helpers: &out.chains) }
                 out.chains[name] = lines
             }
-            dispatch(ir, topology: topology, into: &out.chains)
+            dispatch(ir, topology: topology, family: f, into: &out.chains)
             st[f] = out
         }
         return st
     }
 
     /// The fixed chains: entries, per-hook instance chains, the dispatch chains, rp-accept.
-    static func dispatch(_ ir: RulesetIR, topology: IPTTopology, into chains: inout [String: [String]]) {
+    static func dispatch(_ ir: RulesetIR, topology: IPTTopology, family: IPFamily, into chains: inout [String: [String]]) {
         func iif(_ x: String, bridged: Bool) -> String {
             topology == .routed ? "-i \(x)" : "-m physdev --physdev-in \(x)" + (bridged ? " --physdev-is-bridged" : "")
         }
@@ -94,17 +94,41 @@ public enum IPTRender {
         if let s = ir.sets[Naming.instanceInterfaces] {
             ifaces = s.elements.compactMap { if case .ifname(let n) = $0 { n } else { nil } }.sorted()
         }
-        chains[IPTNames.forward] = ifaces.flatMap { ["\(iif($0, bridged: true)) -g \(IPTNames.forwardInstances)", "\(oif($0, bridged: true)) -g \(IPTNames.forwardInstances)"] }
+        chains[IPTNames.forward] = ifaces.flatMap { ["\(iif($0, bridged: false)) -g \(IPTNames.forwardInstances)", "\(oif($0, bridged: true)) -g \(IPTNames.forwardInstances)"] }
         chains[IPTNames.input] = ifaces.map { "\(iif($0, bridged: false)) -g \(IPTNames.inputInstances)" }
         // Host → bridged instance: the bridge port is chosen after OUTPUT, physdev-out cannot
-        // see it there; the routed topology names the instance's own device.
-        chains[IPTNames.output] = topology == .routed ? ifaces.map { "\(oif($0, bridged: false)) -g \(IPTNames.outputInstances)" } : []
+        // see it there, so the instance is told by its addresses (those its egress chain allows
+        // as sources); the routed topology names the instance's own device.
+        var toHost: [String] = []
+        if topology == .bridged {
+            var dests: [String] = []
+            for (k, v) in (ir.maps[Naming.toInstanceMap]?.elements ?? [:]).sorted(by: { $0.key < $1.key }) {
+                guard let inChain = v.chainReference, let outChain = ir.maps[Naming.fromInstanceMap]?.elements[k]?.chainReference,
+                      let out = ir.chains[outChain] else { continue }
+                for r in out.rules {
+                    for m in r.matches {
+                        switch m {
+                        case .ip4SaddrNot(let a) where family == .ipv4:
+                            dests.append("-d \(a)/32"); toHost.append("-d \(a)/32 -j \(IPTNames.chain(inChain))")
+                        case .ip6SaddrNot(let a) where family == .ipv6:
+                            dests.append("-d \(a)/128"); toHost.append("-d \(a)/128 -j \(IPTNames.chain(inChain))")
+                        default: break
+                        }
+                    }
+                }
+            }
+            chains[IPTNames.output] = dests.map { "\($0) -g \(IPTNames.outputInstances)" }
+            chains[IPTNames.toHostInstances] = toHost
+        } else {
+            chains[IPTNames.output] = ifaces.map { "\(oif($0, bridged: false)) -g \(IPTNames.outputInstances)" }
+        }
         let est = "-m conntrack --ctstate RELATED,ESTABLISHED"
         let inv = "-m conntrack --ctstate INVALID -j DROP"
         let from = "-j \(IPTNames.fromInstances)", to = "-j \(IPTNames.toInstances)"
         chains[IPTNames.forwardInstances] = ["\(est) -j ACCEPT", inv, clearMark, from, clearMark, to, clearMark, "-j ACCEPT"]
         chains[IPTNames.inputInstances] = ["\(est) -j RETURN", inv, clearMark, from, clearMark]
-        chains[IPTNames.outputInstances] = ["\(est) -j RETURN", inv, clearMark, to, clearMark]
+        let toFromHost = topology == .bridged ? "-j \(IPTNames.toHostInstances)" : to
+        chains[IPTNames.outputInstances] = ["\(est) -j RETURN", inv, clearMark, toFromHost, clearMark]
         chains[IPTNames.accept] = [setMark]
         func entries(_ map: String, _ match: (String) -> String) -> [String] {
             guard let m = ir.maps[map] else { return [] }

@@ -8,6 +8,8 @@ enum TrafficBackend: String, CaseIterable, Sendable, CustomTestStringConvertible
     case nftables
     case iptablesLegacy = "iptables-legacy"
     case iptablesNFT = "iptables-nft"
+    /// iptables-legacy on a bridged hypervisor: instances told apart by bridge port (physdev).
+    case iptablesBridged = "iptables-legacy-bridged"
 
     var testDescription: String { rawValue }
 
@@ -17,16 +19,20 @@ enum TrafficBackend: String, CaseIterable, Sendable, CustomTestStringConvertible
         case .nftables: []
         case .iptablesLegacy: ["--backend", "iptables", "--iptables", "legacy"]
         case .iptablesNFT: ["--backend", "iptables", "--iptables", "nft"]
+        case .iptablesBridged: ["--backend", "iptables", "--iptables", "legacy", "--topology", "bridged"]
         }
     }
 
     var variant: String? {
         switch self {
         case .nftables: nil
-        case .iptablesLegacy: "legacy"
+        case .iptablesLegacy, .iptablesBridged: "legacy"
         case .iptablesNFT: "nft"
         }
     }
+
+    /// The topology this backend is tested on.
+    var bridged: Bool { self == .iptablesBridged }
 
     func tool(_ v6: Bool, _ verb: String? = nil) -> String {
         (v6 ? "ip6tables-" : "iptables-") + variant! + (verb.map { "-" + $0 } ?? "")

@@ -67,7 +67,9 @@ import RampartNetlink
         let backend: TrafficBackend
         init(_ backend: TrafficBackend, _ document: String = TrafficTests.document()) throws {
             self.backend = backend
-            topo = try HypervisorTopology(TrafficTests.topologySpec)
+            var spec = TrafficTests.topologySpec
+            spec.bridged = backend.bridged
+            topo = try HypervisorTopology(spec)
             let r = try apply(document)
             guard r.status == 0 else { throw HarnessError("apply failed: \(r.stderr)") }
         }
@@ -165,10 +167,12 @@ import RampartNetlink
         let e = try Enforced(backend)
         let lonely = e.topo["lonely"]
         // NDP: the instance resolves its IPv6 gateway (fe80::1 on the hypervisor) although no
-        // rule allows it anything; the ping itself is then dropped by policy.
+        // rule allows it anything; the ping itself is then dropped by policy. (Bridged: there is
+        // no gateway, every destination is on-link, so it resolves the destination itself.)
         _ = try lonely.run(["ping", "-6", "-c", "1", "-W", "1", "2001:db8::10"])
-        let neigh = try lonely.run(["ip", "-6", "neigh", "show", "fe80::1", "dev", "eth0"], check: true).stdout
-        #expect(neigh.contains("lladdr"), "fe80::1 unresolved: \(neigh)")
+        let next = backend.bridged ? "2001:db8::10" : "fe80::1"
+        let neigh = try lonely.run(["ip", "-6", "neigh", "show", next, "dev", "eth0"], check: true).stdout
+        #expect(neigh.contains("lladdr"), "\(next) unresolved: \(neigh)")
         #expect(!(try e.topo.ping(from: "lonely", to: "2001:db8::10")))
 
         // DHCPv4: request 68 → 67 to the host, reply 67 → 68 back.
