@@ -210,29 +210,35 @@ public final class IPTablesBackend {
         _ = try runner.check([variant.tool(f, "restore"), "-w", "--noflush"], input: text)
     }
 
-    /// Runs a change: ipset creations and additions, the IPv4 restore, the IPv6 restore, then
-    /// ipset removals. If a restore fails, what was already done is undone (best effort) and the
-    /// previous rules stay in place; the error is rethrown.
+    /// Runs a change: ipset creations and additions, then the IPv4 and IPv6 restores (two
+    /// processes, run side by side: each family's table is its own atomic unit), then ipset
+    /// removals. If a restore fails, the other family's restore is undone if it succeeded, the
+    /// ipset additions are undone (best effort), so the previous rules stay in place; the error
+    /// is rethrown.
     public func execute(_ c: IPTChange, from cur: IPTState, to des: IPTState) throws {
         if !c.ipsetBefore.isEmpty { try ipset.apply(c.ipsetBefore) }
-        do {
-            if let r = c.restore4 { try restore(.ipv4, r) }
-        } catch {
-            mirror = nil
-            if !c.ipsetRollback.isEmpty { try? ipset.apply(c.ipsetRollback) }
-            throw error
+        nonisolated(unsafe) var errors: [IPFamily: any Error] = [:]
+        let lock = NSLock()
+        let work: [(IPFamily, String)] = [(.ipv4, c.restore4), (.ipv6, c.restore6)].compactMap { f, t in t.map { (f, $0) } }
+        let runner = self.runner, variant = self.variant
+        DispatchQueue.concurrentPerform(iterations: work.count) { i in
+            let (f, text) = work[i]
+            do { _ = try runner.check([variant.tool(f, "restore"), "-w", "--noflush"], input: text) } catch {
+                lock.lock(); errors[f] = error; lock.unlock()
+            }
         }
-        do {
-            if let r = c.restore6 { try restore(.ipv6, r) }
-        } catch {
+        if let failed = errors.values.first {
             mirror = nil
-            var written = des.onlyFamily(.ipv4)
-            written.jumps4 = cur.jumps4.union(written.v4.chains[IPTNames.forward] == nil ? [] : IPTNames.entries.map(\.builtin))
-            if c.restore4 != nil, let back = Self.change(from: written, to: cur.onlyFamily(.ipv4)).restore4 {
-                try? restore(.ipv4, back)
+            for (f, _) in work where errors[f] == nil {
+                // This family committed: put it back as it was.
+                var written = des.onlyFamily(f)
+                let entries = written[f].chains[IPTNames.forward] == nil ? [] : IPTNames.entries.map(\.builtin)
+                if f == .ipv4 { written.jumps4 = cur.jumps4.union(entries) } else { written.jumps6 = cur.jumps6.union(entries) }
+                let back = Self.change(from: written, to: cur.onlyFamily(f))
+                if let text = f == .ipv4 ? back.restore4 : back.restore6 { try? restore(f, text) }
             }
             if !c.ipsetRollback.isEmpty { try? ipset.apply(c.ipsetRollback) }
-            throw error
+            throw failed
         }
         if !c.ipsetAfter.isEmpty {
             do { try ipset.apply(c.ipsetAfter) } catch { mirror = nil; throw error }
