@@ -3,6 +3,7 @@ import Foundation
 import RampartCore
 import RampartHarness
 import RampartIPTables
+import RampartNetlink
 
 /// `rampart-bench iptables`: the iptables backend at host-1k, each change from the Engine's
 /// event to the kernel, beside the classic driver's full `iptables-restore` of the per-member
@@ -98,8 +99,9 @@ struct IPTablesBench: ParsableCommand {
         defer { try? FileManager.default.removeItem(atPath: file) }
         let restore = "iptables-\(v.rawValue)-restore"
         let classicT = try measure(repeats: slow) {
-            let r = try ns.run(["sh", "-c", "\(restore) -w < \(file)"])
-            guard r.status == 0 else { throw ValidationError("classic restore failed: \(r.stderr.prefix(300))") }
+            // posix_spawn from inside the namespace, as Rampart's own processes: no `ip netns exec`.
+            let status = try spawnQuiet([restore, "-w"], in: .named(ns.name), stdinPath: file)
+            guard status == 0 else { throw ValidationError("classic restore failed: status \(status)") }
         }
         try ns.run([restore, "-w"], input: "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n", check: true)
         let base = "classic full iptables-restore (\(classic.rules) rules)"
