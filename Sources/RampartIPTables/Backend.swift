@@ -31,6 +31,8 @@ public struct IPTChange: Sendable {
     public var restore4: String?
     public var restore6: String?
     public var chainsCreated = 0, chainsRewritten = 0, chainsDeleted = 0, rulesWritten = 0
+    /// Dispatch chains changed rule by rule, and the rules deleted from them.
+    public var chainsPatched = 0, rulesDeleted = 0
     public var setsCreated = 0, setsDestroyed = 0, membersAdded = 0, membersRemoved = 0, jumps = 0
 
     public var isEmpty: Bool { ipsetBefore.isEmpty && ipsetAfter.isEmpty && restore4 == nil && restore6 == nil }
@@ -38,7 +40,7 @@ public struct IPTChange: Sendable {
     /// One line, in the shape of the nftables backend's Plan summary.
     public var summary: String {
         "chains: \(chainsCreated) created, \(chainsRewritten) rewritten (\(rulesWritten) rules), \(chainsDeleted) deleted; "
-            + "ipsets: \(setsCreated) created, \(setsDestroyed) destroyed; members: +\(membersAdded) -\(membersRemoved); jumps: \(jumps)"
+            + "dispatch: \(chainsPatched) patched (-\(rulesDeleted) rules); ipsets: \(setsCreated) created, \(setsDestroyed) destroyed; members: +\(membersAdded) -\(membersRemoved); jumps: \(jumps)"
     }
 
     /// What would be run, as text (`diff`, `--dry-run`).
@@ -171,8 +173,21 @@ public final class IPTablesBackend {
         for f in [IPFamily.ipv4, .ipv6] {
             let oc = cur[f].chains, nc = des[f].chains
             let names = only.map { n in n.filter { oc[$0] != nil || nc[$0] != nil } } ?? Set(oc.keys).union(nc.keys)
-            var declare: [String] = [], body: [String] = [], delete: [String] = []
+            var declare: [String] = [], body: [String] = [], delete: [String] = [], patch: [String] = []
             for n in names.sorted() {
+                if IPTNames.unordered.contains(n), let old = oc[n], let new = nc[n] {
+                    // A dispatch chain: delete the rules it should not have, append the missing.
+                    var count: [String: Int] = [:]
+                    for l in old { count[l, default: 0] += 1 }
+                    for l in new { count[l, default: 0] -= 1 }
+                    var dels = 0, adds = 0
+                    for (l, k) in count.sorted(by: { $0.key < $1.key }) where k != 0 {
+                        if k > 0 { patch += Array(repeating: "-D \(n) \(l)", count: k); dels += k }
+                        else { patch += Array(repeating: "-A \(n) \(l)", count: -k); adds += -k }
+                    }
+                    if dels + adds > 0 { c.chainsPatched += 1; c.rulesWritten += adds; c.rulesDeleted += dels }
+                    continue
+                }
                 switch (oc[n], nc[n]) {
                 case (nil, let new?):
                     declare.append(n); c.chainsCreated += 1
@@ -191,11 +206,14 @@ public final class IPTablesBackend {
                 if nc[e] != nil && !had.contains(b) { jumpLines.append("-I \(b) 1 -j \(e)"); c.jumps += 1 }
                 if nc[e] == nil && had.contains(b) { unjump.append("-D \(b) -j \(e)"); c.jumps += 1 }
             }
-            guard !declare.isEmpty || !jumpLines.isEmpty || !unjump.isEmpty else { continue }
+            guard !declare.isEmpty || !patch.isEmpty || !jumpLines.isEmpty || !unjump.isEmpty else { continue }
             var text = "*filter\n"
             text += declare.map { ":\($0) - [0:0]\n" }.joined()
             text += unjump.map { $0 + "\n" }.joined()
             text += body.map { $0 + "\n" }.joined()
+            // Deletions first: a rule moved from one position to another is not deleted twice.
+            text += patch.filter { $0.hasPrefix("-D") }.map { $0 + "\n" }.joined()
+            text += patch.filter { $0.hasPrefix("-A") }.map { $0 + "\n" }.joined()
             text += delete.map { "-X \($0)\n" }.joined()
             text += jumpLines.map { $0 + "\n" }.joined()
             text += "COMMIT\n"

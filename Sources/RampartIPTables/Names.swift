@@ -30,6 +30,11 @@ public enum IPTNames {
     /// The built-in chains and the Rampart chain each jumps to.
     public static let entries: [(builtin: String, chain: String)] = [("FORWARD", forward), ("INPUT", input), ("OUTPUT", output)]
 
+    /// Dispatch chains: each rule matches one interface (or address) no other rule of the chain
+    /// matches, so their order does not matter. They are compared as multisets and changed rule by
+    /// rule (`-D` / `-A`), not rewritten: plugging an instance adds its few dispatch rules.
+    public static let unordered: Set<String> = [forward, input, output, fromInstances, toInstances, toHostInstances]
+
     /// The packet-mark bit Rampart uses (and clears again) to carry "accepted" out of a group
     /// chain through the instance chain that jumped to it.
     public static let markBit: UInt32 = 0x2000_0000

@@ -13,6 +13,14 @@ public enum IPTTopology: String, Sendable, CaseIterable {
 public struct IPTChains: Hashable, Sendable {
     public var chains: [String: [String]] = [:]
     public init(chains: [String: [String]] = [:]) { self.chains = chains }
+
+    /// The dispatch chains' rules sorted (their order does not matter, see `IPTNames.unordered`):
+    /// compare canonical forms.
+    public var canonical: IPTChains {
+        var c = self
+        for n in IPTNames.unordered { c.chains[n] = c.chains[n]?.sorted() }
+        return c
+    }
 }
 
 /// One ipset Rampart owns.

@@ -185,9 +185,9 @@ struct IPTablesBench: ParsableCommand {
         // Exact: the kernel holds what a full render of the final IR says.
         let want = try IPTRender.state(engine.committed)
         let got = try backend.readBack()
-        guard got.v4 == want.v4, got.v6 == want.v6, got.sets == want.sets else {
-            let bad4 = Set(got.v4.chains.keys).union(want.v4.chains.keys).filter { got.v4.chains[$0] != want.v4.chains[$0] }
-            let bad6 = Set(got.v6.chains.keys).union(want.v6.chains.keys).filter { got.v6.chains[$0] != want.v6.chains[$0] }
+        guard got.v4.canonical == want.v4.canonical, got.v6.canonical == want.v6.canonical, got.sets == want.sets else {
+            let bad4 = Set(got.v4.chains.keys).union(want.v4.chains.keys).filter { got.v4.canonical.chains[$0] != want.v4.canonical.chains[$0] }
+            let bad6 = Set(got.v6.chains.keys).union(want.v6.chains.keys).filter { got.v6.canonical.chains[$0] != want.v6.canonical.chains[$0] }
             let badSets = Set(got.sets.keys).union(want.sets.keys).filter { got.sets[$0] != want.sets[$0] }
             throw ValidationError("\(tag): kernel state diverged from the full render: v4 \(bad4.sorted().prefix(5)) v6 \(bad6.sorted().prefix(5)) sets \(badSets.sorted().prefix(5))")
         }
