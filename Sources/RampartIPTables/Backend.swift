@@ -113,6 +113,36 @@ public final class IPTablesBackend {
         return (chains, jumps)
     }
 
+    /// One rule of Rampart's with its counters (`iptables-save -c`).
+    public struct CountedRule: Sendable, Hashable, Codable {
+        public var family: String
+        public var chain: String
+        public var rule: String
+        public var packets: UInt64
+        public var bytes: UInt64
+    }
+
+    /// Rampart's rules of both families with their packet and byte counters.
+    public func countedRules() throws -> [CountedRule] {
+        var out: [CountedRule] = []
+        for f in [IPFamily.ipv4, .ipv6] {
+            let r = try runner.run([variant.tool(f, "save"), "-c", "-t", "filter"])
+            guard r.status == 0 else { continue }
+            for line in r.stdout.split(separator: "\n") where line.hasPrefix("[") {
+                guard let close = line.firstIndex(of: "]") else { continue }
+                let nums = line[line.index(after: line.startIndex)..<close].split(separator: ":")
+                let rest = line[line.index(after: close)...].drop { $0 == " " }
+                guard nums.count == 2, rest.hasPrefix("-A ") else { continue }
+                let chain = String(rest.dropFirst(3).prefix { $0 != " " })
+                guard IPTNames.isOwnedChain(chain) else { continue }
+                out.append(CountedRule(family: f == .ipv4 ? "ipv4" : "ipv6", chain: chain,
+                                       rule: String(rest.dropFirst(3 + chain.count + 1)),
+                                       packets: UInt64(nums[0]) ?? 0, bytes: UInt64(nums[1]) ?? 0))
+            }
+        }
+        return out
+    }
+
     /// Parses `ipset save`: Rampart's sets and members (canonical address text).
     public static func parseIPSetSave(_ text: String) -> [String: IPSetSpec] {
         var sets: [String: IPSetSpec] = [:]

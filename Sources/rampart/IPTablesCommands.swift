@@ -68,27 +68,65 @@ enum IPTablesCommands {
         }
     }
 
+    /// Instance → groups → rules with counters, read from Rampart's chains: the dispatch chain
+    /// `rp-from` names each instance's interface and egress chain, the instance chains name
+    /// their groups, the group chains hold the rules (one per family).
+    struct View: Codable {
+        struct InstanceView: Codable {
+            var instance: String
+            var interface: String
+            var ingress_groups: [String]
+            var egress_groups: [String]
+        }
+        var instances: [InstanceView]
+        var rules: [IPTablesBackend.CountedRule]
+        var ipsets: [String: [String]]
+    }
+
     static func show(_ t: TargetOptions, json: Bool) throws {
         try reporting {
-            let st = try backend(t).readBack()
-            if json {
-                var obj: [String: Any] = [:]
-                obj["ipv4"] = st.v4.chains
-                obj["ipv6"] = st.v6.chains
-                obj["ipsets"] = st.sets.mapValues { $0.members.sorted() }
-                let data = try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys])
-                print(String(decoding: data, as: UTF8.self))
-                return
-            }
+            let b = backend(t)
+            let st = try b.readBack()
             if st.v4.chains.isEmpty && st.v6.chains.isEmpty && st.sets.isEmpty {
-                print("no rampart chains: nothing is enforced")
+                print(json ? "null" : "no rampart chains: nothing is enforced")
                 return
             }
-            for (label, ch) in [("iptables", st.v4), ("ip6tables", st.v6)] {
-                print("# \(label) -t filter")
-                for (name, rules) in ch.chains.sorted(by: { $0.key < $1.key }) {
-                    print(":\(name)")
-                    for r in rules { print("-A \(name) \(r)") }
+            let counted = try b.countedRules()
+            func groups(_ chain: String, _ prefix: String) -> [String] {
+                var out: [String] = []
+                for r in (st.v4.chains[chain] ?? []) + (st.v6.chains[chain] ?? []) where r.hasPrefix("-j " + prefix) {
+                    let g = String(r.dropFirst(3 + prefix.count))
+                    if !out.contains(g) { out.append(g) }
+                }
+                return out
+            }
+            var instances: [View.InstanceView] = []
+            for line in st.v4.chains[IPTNames.fromInstances] ?? st.v6.chains[IPTNames.fromInstances] ?? [] {
+                let w = line.split(separator: " ").map(String.init)
+                guard let j = w.firstIndex(of: "-j"), j + 1 < w.count, w[j + 1].hasPrefix("rp-o-") else { continue }
+                let iface = w[1] == "physdev" ? w[3] : w[1]
+                let id = String(w[j + 1].dropFirst(5))
+                instances.append(.init(instance: id, interface: iface, ingress_groups: groups("rp-i-" + id, "rp-gi-"),
+                                       egress_groups: groups("rp-o-" + id, "rp-go-")))
+            }
+            instances.sort { $0.instance < $1.instance }
+            let groupRules = counted.filter { $0.chain.hasPrefix("rp-gi-") || $0.chain.hasPrefix("rp-go-") }
+            let view = View(instances: instances, rules: groupRules, ipsets: st.sets.mapValues { $0.members.sorted() })
+            if json {
+                let enc = JSONEncoder()
+                enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+                print(String(decoding: try enc.encode(view), as: UTF8.self))
+                return
+            }
+            for i in instances {
+                print("instance \(i.instance) (\(i.interface))")
+                for (dir, gs, p) in [("ingress", i.ingress_groups, "rp-gi-"), ("egress", i.egress_groups, "rp-go-")] {
+                    for g in gs {
+                        print("  \(dir) \(g)")
+                        for r in groupRules where r.chain == p + g {
+                            print("    \(r.family) \(r.rule)   packets \(r.packets) bytes \(r.bytes)")
+                        }
+                    }
                 }
             }
             for (name, s) in st.sets.sorted(by: { $0.key < $1.key }) {

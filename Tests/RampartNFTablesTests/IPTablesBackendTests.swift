@@ -109,6 +109,18 @@ import RampartHarness
         #expect(try ns.run(["ipset", "list", "-n"], check: true).stdout.isEmpty)
     }
 
+    @Test func showListsInstancesGroupsAndRules() throws {
+        let ns = try TestNamespace(prefix: "ipt")
+        #expect(try Self.cli(ns, .legacy, ["apply", KernelBackendTests.examplePath]).status == 0)
+        let text = try Self.cli(ns, .legacy, ["show"]).stdout
+        #expect(text.contains("instance web-1 (tapweb1)") && text.contains("  ingress web") && text.contains("  egress db"), "\(text)")
+        #expect(text.contains(#"ipv4 -p tcp -m tcp --dport 80 -m comment --comment "web/http" -g rp-accept   packets 0 bytes 0"#), "\(text)")
+        let json = try JSONSerialization.jsonObject(with: Data(try Self.cli(ns, .legacy, ["show", "--json"]).stdout.utf8)) as? [String: Any]
+        #expect((json?["instances"] as? [[String: Any]])?.compactMap { $0["instance"] as? String } == ["db-1", "web-1", "web-2"])
+        #expect(try Self.cli(ns, .legacy, ["flush"]).status == 0)
+        #expect(try Self.cli(ns, .legacy, ["show"]).stdout.contains("nothing is enforced"))
+    }
+
     @Test(arguments: IPTablesVariant.allCases)
     func driftIsRepaired(_ v: IPTablesVariant) throws {
         let ns = try TestNamespace(prefix: "ipt")
