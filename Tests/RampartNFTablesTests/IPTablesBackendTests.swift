@@ -109,6 +109,28 @@ import RampartHarness
         #expect(try ns.run(["ipset", "list", "-n"], check: true).stdout.isEmpty)
     }
 
+    /// Through the CLI: another owner jumps to one of Rampart's instance chains, so deleting it
+    /// (the instance is gone from the document) is refused by the kernel: exit 2, and every rule
+    /// and set is as before.
+    @Test(arguments: IPTablesVariant.allCases)
+    func refusedApplyExitsTwoAndChangesNothing(_ v: IPTablesVariant) throws {
+        let ns = try TestNamespace(prefix: "ipt")
+        #expect(try Self.cli(ns, v, ["apply", KernelBackendTests.examplePath]).status == 0)
+        try ns.run(["iptables-" + v.rawValue, "-w", "-N", "FOREIGN"], check: true)
+        try ns.run(["iptables-" + v.rawValue, "-w", "-A", "FOREIGN", "-j", "rp-i-web-2"], check: true)
+        let before4 = try Self.save(ns, v), before6 = try Self.save(ns, v, v6: true)
+        let sets = try ns.run(["ipset", "save"], check: true).stdout
+        var text = try String(contentsOfFile: KernelBackendTests.examplePath, encoding: .utf8)
+        text = text.replacingOccurrences(of: #""web-2": {"host": "hv1", "interface": "tapweb2", "ips": ["10.0.1.12"], "groups": ["web"]},"#, with: "")
+        #expect(!text.contains("tapweb2"))
+        let r = try Self.cli(ns, v, ["apply", "-"], input: text)
+        #expect(r.status == 2, "\(r.stdout) \(r.stderr)")
+        #expect(r.stderr.contains("restore"), "\(r.stderr)")
+        #expect(try Self.save(ns, v) == before4)
+        #expect(try Self.save(ns, v, v6: true) == before6)
+        #expect(try ns.run(["ipset", "save"], check: true).stdout == sets)
+    }
+
     @Test func showListsInstancesGroupsAndRules() throws {
         let ns = try TestNamespace(prefix: "ipt")
         #expect(try Self.cli(ns, .legacy, ["apply", KernelBackendTests.examplePath]).status == 0)
