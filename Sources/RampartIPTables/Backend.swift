@@ -345,7 +345,7 @@ public final class IPTablesBackend {
         }
         if fastOnly {
             // The hot path: membership only. One ipset batch, no rule read or written.
-            try ipset.apply(fastSets + fastAfter)
+            do { try ipset.apply(fastSets + fastAfter) } catch { mirror = nil; throw error }
             mirror = des
             mirrorIR = result
             var c = IPTChange()

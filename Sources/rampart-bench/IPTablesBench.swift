@@ -85,7 +85,7 @@ struct IPTablesBench: ParsableCommand {
     }
 
     func scenario(_ v: IPTablesVariant, _ doc: Document, _ report: Report) throws {
-        let tag = "iptables-\(v.rawValue) host-\(instances / 1000)k"
+        let tag = "iptables-\(v.rawValue) host-" + (instances % 1000 == 0 ? "\(instances / 1000)k" : "\(instances)")
         let slow = max(3, (options.repeats ?? 301) / 60)
         let fast = options.repeats ?? 301
         let ns = try TestNamespace(prefix: "iptb")
