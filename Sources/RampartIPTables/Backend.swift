@@ -1,5 +1,6 @@
 import Foundation
 import RampartCore
+import RampartNetlink
 
 /// Which iptables implementation writes the rules.
 public enum IPTablesVariant: String, Sendable, CaseIterable {
@@ -80,6 +81,20 @@ public final class IPTablesBackend {
     }
 
     // MARK: reading
+
+    /// For the bridged topology: whether br_netfilter hands bridged IPv4 and IPv6 traffic to
+    /// iptables in the target namespace (nil: the sysctls do not exist, br_netfilter is absent).
+    public func bridgeNetfilterEnabled() -> Bool? {
+        let ns: NetworkNamespace = netns.map { .named($0) } ?? .current
+        return try? ns.perform { () -> Bool? in
+            var on = true
+            for f in ["bridge-nf-call-iptables", "bridge-nf-call-ip6tables"] {
+                guard let t = try? String(contentsOfFile: "/proc/sys/net/bridge/" + f, encoding: .utf8) else { return nil }
+                on = on && t.trimmingCharacters(in: .whitespacesAndNewlines) == "1"
+            }
+            return on
+        } ?? nil
+    }
 
     /// Rampart's chains of one family as `iptables-save -t filter` prints them.
     public func save(_ f: IPFamily) throws -> String {

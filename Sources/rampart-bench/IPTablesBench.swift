@@ -152,7 +152,7 @@ struct IPTablesBench: ParsableCommand {
             try viaProcess.commit(try engine.membersChanged(group: g, removed: ["joiner"]), result: engine.committed)
             membersProc.append(monotonicNanos() - t0)
         }
-        add(report, "\(tag) membership change via ipset process", membersProc, baseline: "libipset in-process (above)", members)
+        add(report, "\(tag) membership (ipset process)", membersProc, baseline: "libipset in-process (above)", members)
 
         // Rules change: a group's rules alternate between two versions.
         let oldRules = engine.document.groups[g]!.rules

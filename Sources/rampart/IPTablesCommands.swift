@@ -34,6 +34,9 @@ enum IPTablesCommands {
     static func apply(_ t: TargetOptions, document: Document, dryRun: Bool, start: UInt64) throws {
         try reporting {
             let b = backend(t)
+            if b.topology == .bridged, b.bridgeNetfilterEnabled() != true {
+                FileHandle.standardError.write(Data("rampart: warning: br_netfilter is not handing bridged traffic to iptables here (net.bridge.bridge-nf-call-iptables / -ip6tables): bridged instances are not filtered\n".utf8))
+            }
             let desired = Compiler.compile(document)
             if dryRun {
                 let c = try b.pending(to: desired)
