@@ -1,3 +1,4 @@
+import Foundation
 import RampartCore
 
 /// How instances are told apart at the hypervisor.
@@ -161,20 +162,31 @@ public enum IPTRender {
         return nil
     }
 
-    static func protoName(_ n: UInt8) -> String {
+    /// Protocol names as iptables-save prints them: the system's protocol database
+    /// (/etc/protocols, as iptables itself looks them up), else iptables' built-in names, else
+    /// the number.
+    static let protoNames: [String] = (0...255).map { n -> String in
+        var ent = protoent()
+        var result: UnsafeMutablePointer<protoent>?
+        var buf = [CChar](repeating: 0, count: 1024)
+        if getprotobynumber_r(Int32(n), &ent, &buf, buf.count, &result) == 0, let r = result, let name = r.pointee.p_name {
+            return String(cString: name)
+        }
         switch n {
-        case 1: "icmp"
-        case 6: "tcp"
-        case 17: "udp"
-        case 58: "ipv6-icmp"
-        case 132: "sctp"
-        case 136: "udplite"
-        case 50: "esp"
-        case 51: "ah"
-        case 135: "mh"
-        default: String(n)
+        case 1: return "icmp"
+        case 6: return "tcp"
+        case 17: return "udp"
+        case 58: return "ipv6-icmp"
+        case 132: return "sctp"
+        case 136: return "udplite"
+        case 50: return "esp"
+        case 51: return "ah"
+        case 135: return "mh"
+        default: return String(n)
         }
     }
+
+    static func protoName(_ n: UInt8) -> String { protoNames[Int(n)] }
 
     static func ports(_ r: ClosedRange<UInt16>) -> String {
         r.lowerBound == r.upperBound ? "\(r.lowerBound)" : "\(r.lowerBound):\(r.upperBound)"
@@ -281,6 +293,8 @@ public enum IPTRender {
 
     /// A comment as iptables-save prints it.
     static func quote(_ s: String) -> String {
-        "\"" + s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\""
+        // iptables-save escapes backslashes and both quotes; iptables-restore reads that back.
+        "\"" + s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
+            .replacingOccurrences(of: "'", with: "\\'") + "\""
     }
 }

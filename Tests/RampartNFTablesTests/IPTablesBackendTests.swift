@@ -42,6 +42,13 @@ import RampartHarness
         #expect(try IPTRender.rule(IRRule([.etherSaddrNot(MACAddress("02:AB:00:00:00:0A")!)], .drop), in: "c", family: .ipv4, helpers: &helpers) == ["-m mac ! --mac-source 02:ab:00:00:00:0a -j DROP"])
     }
 
+    /// Protocols by the names iptables-save prints, so a re-apply compares equal.
+    @Test func protocolNamesMatchIPTablesSave() throws {
+        #expect(IPTRender.protoName(6) == "tcp" && IPTRender.protoName(58) == "ipv6-icmp" && IPTRender.protoName(132) == "sctp")
+        #expect(IPTRender.protoName(47) == "gre" && IPTRender.protoName(135) == "mobility-header")
+        #expect(IPTRender.protoName(253) == "253")
+    }
+
     @Test func severalAddressesUseAnAntiSpoofingHelper() throws {
         var doc = exampleDocument
         doc.instances["web-2"]!.ips = [IPAddress("10.0.1.12")!, IPAddress("10.0.1.13")!]
@@ -129,6 +136,37 @@ import RampartHarness
         #expect(try Self.save(ns, v) == before4)
         #expect(try Self.save(ns, v, v6: true) == before6)
         #expect(try ns.run(["ipset", "save"], check: true).stdout == sets)
+    }
+
+    /// Every rule shape (other protocols, port ranges, ICMP codes, IPv6 prefixes, family-limited
+    /// group rules, several addresses, a MAC with letters, a comment with quotes and a backslash)
+    /// reads back exactly as written: re-applying changes nothing.
+    @Test(arguments: IPTablesVariant.allCases)
+    func everyRuleShapeReadsBackAsWritten(_ v: IPTablesVariant) throws {
+        let ns = try TestNamespace(prefix: "ipt")
+        let doc = #"""
+        {"version": 1, "host": "hv1",
+         "groups": {
+          "g": {"rules": [
+            {"id": "gre", "protocol": 47, "cidr": "192.0.2.0/24"},
+            {"id": "sctp", "protocol": "sctp", "ports": "3000-3010", "cidr": "0.0.0.0/0"},
+            {"id": "udp", "protocol": "udp", "ports": "1-65535", "cidr": "0.0.0.0/0"},
+            {"id": "unreach", "protocol": "icmp", "icmp_type": 3, "icmp_code": 4, "cidr": "10.0.0.0/8"},
+            {"id": "pkt-big", "protocol": "icmpv6", "icmp_type": 2, "icmp_code": 0, "cidr": "2001:db8::/32"},
+            {"id": "v6grp", "protocol": "udp", "ports": "53", "group": "h", "ethertype": "ipv6"},
+            {"id": "out", "direction": "egress", "protocol": "tcp", "ports": "443", "group": "h"},
+            {"id": "odd \"quoted\" 'id' \\ here", "protocol": 253, "cidr": "::/0"}
+          ]},
+          "h": {"rules": []}},
+         "instances": {
+          "a": {"host": "hv1", "interface": "tapa", "ips": ["10.0.0.5", "10.0.0.6", "fd00::5", "fd00::6"], "mac": "02:AB:CD:00:00:0F", "groups": ["g", "h"]},
+          "b": {"host": "hv2", "ips": ["10.9.0.5", "fd00:9::5"], "groups": ["h"]}}}
+        """#
+        let first = try Self.cli(ns, v, ["apply", "-"], input: doc)
+        #expect(first.status == 0, "\(first.stderr)")
+        let again = try Self.cli(ns, v, ["diff", "-"], input: doc)
+        #expect(again.stdout.contains("in sync"), "\(again.stdout)")
+        #expect(try Self.save(ns, v, v6: true).contains(#"-A rp-gi-g -p 253 -m comment --comment "g/odd \'quoted\' \'id\' \\ here" -g rp-accept"#))
     }
 
     @Test func showListsInstancesGroupsAndRules() throws {
