@@ -167,7 +167,7 @@ public final class IPTablesBackend {
             let name = String(w[1])
             if w[0] == "create" {
                 let fam: IPFamily = w.firstIndex(of: "family").map { w[$0 + 1] == "inet6" ? .ipv6 : .ipv4 } ?? .ipv4
-                sets[name] = IPSetSpec(family: fam)
+                sets[name] = IPSetSpec(family: fam, type: String(w[2]))
             } else if w[0] == "add" {
                 let a = IPAddress(String(w[2])).map { "\($0)" } ?? String(w[2])
                 sets[name, default: IPSetSpec(family: .ipv4)].members.insert(a)
@@ -195,14 +195,25 @@ public final class IPTablesBackend {
         let setNames = onlySets ?? Set(cur.sets.keys).union(des.sets.keys)
         for name in setNames.sorted() {
             let old = cur.sets[name], new = des.sets[name]
+            if let n = new, let o = old, o.type != n.type || o.family != n.family {
+                // A set of Rampart's name with another type or family (made by hand while no
+                // rule referenced it): destroyed and made again. The kernel swaps only sets of
+                // one type, so there is no way around the destroy; while a rule references the
+                // set the kernel refuses it, and the apply fails changing nothing else.
+                let fam = n.family == .ipv4 ? "inet" : "inet6"
+                let members = n.members.sorted()
+                c.ipsetBefore += ["destroy \(name)", "create \(name) hash:ip family \(fam)"] + members.map { "add \(name) \($0)" }
+                c.setsCreated += 1
+                c.membersAdded += members.count
+                continue
+            }
             if let n = new {
-                if old == nil || old!.family != n.family {
-                    if old != nil { c.ipsetAfter.append("destroy \(name)") }  // cannot happen with Rampart's names
+                if old == nil {
                     c.ipsetBefore.append("create \(name) hash:ip family \(n.family == .ipv4 ? "inet" : "inet6") -exist")
                     c.ipsetRollback.append("destroy \(name)")
                     c.setsCreated += 1
                 }
-                let oldMembers = old?.family == n.family ? old!.members : []
+                let oldMembers = old?.members ?? []
                 let add = n.members.subtracting(oldMembers).sorted(), del = oldMembers.subtracting(n.members).sorted()
                 c.ipsetBefore += add.map { "add \(name) \($0)" }
                 if old != nil { c.ipsetRollback += add.map { "del \(name) \($0)" } }

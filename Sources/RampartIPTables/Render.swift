@@ -29,9 +29,12 @@ public struct IPSetSpec: Hashable, Sendable {
     public var family: IPFamily
     /// Addresses in their canonical text form.
     public var members: Set<String>
-    public init(family: IPFamily, members: Set<String> = []) {
+    /// The ipset type: always `hash:ip` for Rampart's sets; read back as found.
+    public var type: String
+    public init(family: IPFamily, members: Set<String> = [], type: String = "hash:ip") {
         self.family = family
         self.members = members
+        self.type = type
     }
 }
 

@@ -205,6 +205,18 @@ import RampartHarness
         #expect(try Self.cli(ns, v, ["diff", KernelBackendTests.examplePath]).stdout.contains("in sync"))
     }
 
+    /// A set of Rampart's name but another type, made while nothing referenced it, is replaced.
+    @Test func squattedSetIsReplaced() throws {
+        let ns = try TestNamespace(prefix: "ipt")
+        try ns.run(["ipset", "create", "rp6-web", "hash:net", "family", "inet6"], check: true)
+        try ns.run(["ipset", "add", "rp6-web", "2001:db8::/64"], check: true)
+        let r = try Self.cli(ns, .legacy, ["apply", KernelBackendTests.examplePath])
+        #expect(r.status == 0, "\(r.stderr)")
+        let web6 = try ns.run(["ipset", "save", "rp6-web"], check: true).stdout
+        #expect(web6.contains("create rp6-web hash:ip family inet6") && web6.contains("add rp6-web fd00::11") && !web6.contains("2001:db8"), "\(web6)")
+        #expect(try Self.cli(ns, .legacy, ["diff", KernelBackendTests.examplePath]).stdout.contains("in sync"))
+    }
+
     /// A refused restore leaves the previous rules (and members) in place; an IPv6 failure after
     /// the IPv4 restore puts the IPv4 rules back.
     @Test(arguments: IPTablesVariant.allCases)
