@@ -10,6 +10,8 @@ enum TrafficBackend: String, CaseIterable, Sendable, CustomTestStringConvertible
     case iptablesNFT = "iptables-nft"
     /// iptables-legacy on a bridged hypervisor: instances told apart by bridge port (physdev).
     case iptablesBridged = "iptables-legacy-bridged"
+    /// iptables-nft on a bridged hypervisor.
+    case iptablesNFTBridged = "iptables-nft-bridged"
 
     var testDescription: String { rawValue }
 
@@ -20,6 +22,7 @@ enum TrafficBackend: String, CaseIterable, Sendable, CustomTestStringConvertible
         case .iptablesLegacy: ["--backend", "iptables", "--iptables", "legacy"]
         case .iptablesNFT: ["--backend", "iptables", "--iptables", "nft"]
         case .iptablesBridged: ["--backend", "iptables", "--iptables", "legacy", "--topology", "bridged"]
+        case .iptablesNFTBridged: ["--backend", "iptables", "--iptables", "nft", "--topology", "bridged"]
         }
     }
 
@@ -27,12 +30,12 @@ enum TrafficBackend: String, CaseIterable, Sendable, CustomTestStringConvertible
         switch self {
         case .nftables: nil
         case .iptablesLegacy, .iptablesBridged: "legacy"
-        case .iptablesNFT: "nft"
+        case .iptablesNFT, .iptablesNFTBridged: "nft"
         }
     }
 
     /// The topology this backend is tested on.
-    var bridged: Bool { self == .iptablesBridged }
+    var bridged: Bool { self == .iptablesBridged || self == .iptablesNFTBridged }
 
     func tool(_ v6: Bool, _ verb: String? = nil) -> String {
         (v6 ? "ip6tables-" : "iptables-") + variant! + (verb.map { "-" + $0 } ?? "")
