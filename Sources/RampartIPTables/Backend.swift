@@ -384,27 +384,30 @@ public final class IPTablesBackend {
             return try converge(to: nil)
         }
         // Everything else: re-render only what the plan names.
-        let full = try IPTRender.state(result, topology: topology)
+        var irChains: Set<String> = [], irSets: Set<String> = []
+        func touch(_ n: String) {
+            irChains.insert(n)
+            chains.insert(IPTNames.chain(n)); chains.insert(IPTNames.spoofHelper(IPTNames.chain(n)))
+        }
+        func touchSet(_ n: String) { irSets.insert(n); sets.insert(IPTNames.set(n)) }
         for op in plan.ops {
             switch op {
             case .createTable, .deleteTable:
                 return try converge(to: result)
             case .createSet(let h):
-                if h.keyType == .ifname { dispatch = true } else { sets.insert(IPTNames.set(h.name)) }
-            case .deleteSet(let n): sets.insert(IPTNames.set(n))
+                if h.keyType == .ifname { dispatch = true } else { touchSet(h.name) }
+            case .deleteSet(let n): touchSet(n)
             case .addElements(let n, _), .removeElements(let n, _):
-                if n == Naming.instanceInterfaces { dispatch = true } else { sets.insert(IPTNames.set(n)) }
+                if n == Naming.instanceInterfaces { dispatch = true } else { touchSet(n) }
             case .createMap, .deleteMap, .addMapElements, .removeMapElements: dispatch = true
             case .createChain(let h):
-                if h.base == nil { chains.insert(IPTNames.chain(h.name)); chains.insert(IPTNames.spoofHelper(IPTNames.chain(h.name))) }
+                if h.base == nil { touch(h.name) }
             case .rewriteChain(let n, _) where topology == .bridged && n.hasPrefix("out-"):
                 // Bridged: the instance's addresses also dispatch host → instance traffic.
                 dispatch = true
-                chains.insert(IPTNames.chain(n)); chains.insert(IPTNames.spoofHelper(IPTNames.chain(n)))
+                touch(n)
             case .rewriteChain(let n, _), .deleteChain(let n):
-                if result.chains[n]?.base == nil && !isBase(n) {
-                    chains.insert(IPTNames.chain(n)); chains.insert(IPTNames.spoofHelper(IPTNames.chain(n)))
-                }
+                if result.chains[n]?.base == nil && !isBase(n) { touch(n) }
             }
         }
         if dispatch {
@@ -412,10 +415,12 @@ public final class IPTablesBackend {
                               IPTNames.forwardInstances, IPTNames.inputInstances, IPTNames.outputInstances, IPTNames.accept,
                               IPTNames.toHostInstances])
         }
+        // Render only what the plan touched (not the whole host).
+        let part = try IPTRender.partial(result, chains: irChains, dispatch: dispatch, sets: irSets, topology: topology)
         for f in [IPFamily.ipv4, .ipv6] {
-            for n in chains { des[f].chains[n] = full[f].chains[n] }
+            for n in chains { des[f].chains[n] = part[f].chains[n] }
         }
-        for s in sets { des.sets[s] = full.sets[s] }
+        for s in sets { des.sets[s] = part.sets[s] }
         let c = Self.change(from: cur, to: des, chains: chains, sets: sets)
         try execute(c, from: cur, to: des)
         des.jumps4 = des.v4.chains[IPTNames.forward] == nil ? [] : Set(IPTNames.entries.map(\.builtin))

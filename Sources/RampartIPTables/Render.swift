@@ -71,24 +71,34 @@ public enum IPTRender {
     static let markedReturn = "-m mark --mark \(markMask)/\(markMask) -j RETURN"
 
     public static func state(_ ir: RulesetIR?, topology: IPTTopology = .routed) throws -> IPTState {
+        guard let ir else { return IPTState() }
+        return try partial(ir, chains: nil, dispatch: true, sets: nil, topology: topology)
+    }
+
+    /// Only part of the state: the given IR chains (nil: all regular chains), the dispatch chains
+    /// if asked, the given IR sets (nil: all). The incremental path renders only what a Plan
+    /// touches.
+    public static func partial(_ ir: RulesetIR, chains only: Set<String>?, dispatch withDispatch: Bool, sets onlySets: Set<String>?,
+                               topology: IPTTopology) throws -> IPTState {
         var st = IPTState()
-        guard let ir else { return st }
-        for s in ir.sets.values {
+        for n in onlySets ?? Set(ir.sets.keys) {
+            guard let s = ir.sets[n] else { continue }
             switch s.keyType {
             case .ipv4Addr: st.sets[IPTNames.set(s.name)] = IPSetSpec(family: .ipv4, members: Set(s.elements.map(\.description)))
             case .ipv6Addr: st.sets[IPTNames.set(s.name)] = IPSetSpec(family: .ipv6, members: Set(s.elements.map(\.description)))
             case .ifname: break  // the instance interfaces become dispatch rules
             }
         }
+        let chainList = only.map { $0.compactMap { ir.chains[$0] } } ?? Array(ir.chains.values)
         for f in [IPFamily.ipv4, .ipv6] {
             var out = IPTChains()
-            for c in ir.chains.values where c.base == nil {
+            for c in chainList where c.base == nil {
                 let name = IPTNames.chain(c.name)
                 var lines: [String] = []
                 for r in c.rules { lines += try rule(r, in: name, family: f, helpers: &out.chains) }
                 out.chains[name] = lines
             }
-            dispatch(ir, topology: topology, family: f, into: &out.chains)
+            if withDispatch { dispatch(ir, topology: topology, family: f, into: &out.chains) }
             st[f] = out
         }
         return st
