@@ -34,6 +34,16 @@ public struct IPTChange: Sendable {
     public var chainsCreated = 0, chainsRewritten = 0, chainsDeleted = 0, rulesWritten = 0
     /// Dispatch chains changed rule by rule, and the rules deleted from them.
     public var chainsPatched = 0, rulesDeleted = 0
+    /// The patched dispatch chains as the kernel holds them afterwards, in its order.
+    public var patched4: [String: [String]] = [:], patched6: [String: [String]] = [:]
+
+    /// `des` with the patched chains in kernel order: what the mirror must hold.
+    func applied(to des: IPTState) -> IPTState {
+        var d = des
+        for (n, l) in patched4 { d.v4.chains[n] = l }
+        for (n, l) in patched6 { d.v6.chains[n] = l }
+        return d
+    }
     public var setsCreated = 0, setsDestroyed = 0, membersAdded = 0, membersRemoved = 0, jumps = 0
 
     public var isEmpty: Bool { ipsetBefore.isEmpty && ipsetAfter.isEmpty && restore4 == nil && restore6 == nil }
@@ -229,19 +239,29 @@ public final class IPTablesBackend {
         for f in [IPFamily.ipv4, .ipv6] {
             let oc = cur[f].chains, nc = des[f].chains
             let names = only.map { n in n.filter { oc[$0] != nil || nc[$0] != nil } } ?? Set(oc.keys).union(nc.keys)
-            var declare: [String] = [], body: [String] = [], delete: [String] = [], patch: [String] = []
+            var declare: [String] = [], body: [String] = [], delete: [String] = [], patchDel: [String] = [], patchAdd: [String] = []
             for n in names.sorted() {
                 if IPTNames.unordered.contains(n), let old = oc[n], let new = nc[n] {
-                    // A dispatch chain: delete the rules it should not have, append the missing.
-                    var count: [String: Int] = [:]
-                    for l in old { count[l, default: 0] += 1 }
-                    for l in new { count[l, default: 0] -= 1 }
-                    var dels = 0, adds = 0
-                    for (l, k) in count.sorted(by: { $0.key < $1.key }) where k != 0 {
-                        if k > 0 { patch += Array(repeating: "-D \(n) \(l)", count: k); dels += k }
-                        else { patch += Array(repeating: "-A \(n) \(l)", count: -k); adds += -k }
+                    // A dispatch chain: delete the rules it should not have (by position, highest
+                    // first, so the kernel need not compare rule bodies), append the missing.
+                    var want: [String: Int] = [:]
+                    for l in new { want[l, default: 0] += 1 }
+                    var keep: [String] = [], drop: [Int] = []
+                    for (i, l) in old.enumerated() {
+                        if let k = want[l], k > 0 { want[l] = k - 1; keep.append(l) } else { drop.append(i + 1) }
                     }
-                    if dels + adds > 0 { c.chainsPatched += 1; c.rulesWritten += adds; c.rulesDeleted += dels }
+                    let adds = new.filter { l in
+                        guard let k = want[l], k > 0 else { return false }
+                        want[l] = k - 1
+                        return true
+                    }
+                    if !drop.isEmpty || !adds.isEmpty {
+                        patchDel += drop.reversed().map { "-D \(n) \($0)" }
+                        patchAdd += adds.map { "-A \(n) \($0)" }
+                        c.chainsPatched += 1; c.rulesWritten += adds.count; c.rulesDeleted += drop.count
+                        // What the kernel will hold, in its order (the mirror must know positions).
+                        if f == .ipv4 { c.patched4[n] = keep + adds } else { c.patched6[n] = keep + adds }
+                    }
                     continue
                 }
                 switch (oc[n], nc[n]) {
@@ -262,14 +282,14 @@ public final class IPTablesBackend {
                 if nc[e] != nil && !had.contains(b) { jumpLines.append("-I \(b) 1 -j \(e)"); c.jumps += 1 }
                 if nc[e] == nil && had.contains(b) { unjump.append("-D \(b) -j \(e)"); c.jumps += 1 }
             }
-            guard !declare.isEmpty || !patch.isEmpty || !jumpLines.isEmpty || !unjump.isEmpty else { continue }
+            guard !declare.isEmpty || !patchDel.isEmpty || !patchAdd.isEmpty || !jumpLines.isEmpty || !unjump.isEmpty else { continue }
             var text = "*filter\n"
             text += declare.map { ":\($0) - [0:0]\n" }.joined()
             text += unjump.map { $0 + "\n" }.joined()
             text += body.map { $0 + "\n" }.joined()
-            // Deletions first: a rule moved from one position to another is not deleted twice.
-            text += patch.filter { $0.hasPrefix("-D") }.map { $0 + "\n" }.joined()
-            text += patch.filter { $0.hasPrefix("-A") }.map { $0 + "\n" }.joined()
+            // Deletions (by position, highest first) before additions.
+            text += patchDel.map { $0 + "\n" }.joined()
+            text += patchAdd.map { $0 + "\n" }.joined()
             text += delete.map { "-X \($0)\n" }.joined()
             text += jumpLines.map { $0 + "\n" }.joined()
             text += "COMMIT\n"
@@ -305,7 +325,7 @@ public final class IPTablesBackend {
             mirror = nil
             for (f, _) in work where errors[f] == nil {
                 // This family committed: put it back as it was.
-                var written = des.onlyFamily(f)
+                var written = c.applied(to: des).onlyFamily(f)
                 let entries = written[f].chains[IPTNames.forward] == nil ? [] : IPTNames.entries.map(\.builtin)
                 if f == .ipv4 { written.jumps4 = cur.jumps4.union(entries) } else { written.jumps6 = cur.jumps6.union(entries) }
                 let back = Self.change(from: written, to: cur.onlyFamily(f))
@@ -327,6 +347,7 @@ public final class IPTablesBackend {
         let cur = try readBack()
         let c = Self.change(from: cur, to: des)
         try execute(c, from: cur, to: des)
+        des = c.applied(to: des)
         des.jumps4 = des.v4.chains.isEmpty ? [] : Set(IPTNames.entries.map(\.builtin))
         des.jumps6 = des.v6.chains.isEmpty ? [] : Set(IPTNames.entries.map(\.builtin))
         mirror = des
@@ -423,6 +444,7 @@ public final class IPTablesBackend {
         for s in sets { des.sets[s] = part.sets[s] }
         let c = Self.change(from: cur, to: des, chains: chains, sets: sets)
         try execute(c, from: cur, to: des)
+        des = c.applied(to: des)
         des.jumps4 = des.v4.chains[IPTNames.forward] == nil ? [] : Set(IPTNames.entries.map(\.builtin))
         des.jumps6 = des.v6.chains[IPTNames.forward] == nil ? [] : Set(IPTNames.entries.map(\.builtin))
         mirror = des

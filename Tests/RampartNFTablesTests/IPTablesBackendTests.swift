@@ -275,8 +275,14 @@ import RampartHarness
         let p = try backend.commit(try engine.instancePlugged(id: "web-9", instance: Instance(host: "hv1", groups: ["web"], ips: [IPAddress("10.0.1.19")!], interface: "tapweb9")), result: engine.committed)
         #expect(p.chainsCreated == 4 && p.membersAdded == 1 && p.chainsRewritten == 0 && p.chainsPatched == 10, "\(p.summary)")
         try matchesFullRender()
+        // Another plug, then unplugging the earlier one: its dispatch rules are deleted by
+        // position from the middle of the dispatch chains.
+        try backend.commit(try engine.instancePlugged(id: "web-8", instance: Instance(host: "hv1", groups: ["db"], ips: [IPAddress("10.0.1.18")!], interface: "tapweb8")), result: engine.committed)
         try backend.commit(try engine.instanceUnplugged(id: "web-9"), result: engine.committed)
         try matchesFullRender()
+        try backend.commit(try engine.instanceUnplugged(id: "db-1"), result: engine.committed)
+        try matchesFullRender()
+        #expect(try Self.cli(ns, v, ["diff", "-"], input: try String(contentsOfFile: KernelBackendTests.examplePath, encoding: .utf8)).status == 0)
     }
 }
 
