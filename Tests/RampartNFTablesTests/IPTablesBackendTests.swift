@@ -169,6 +169,16 @@ import RampartHarness
         #expect(try Self.save(ns, v, v6: true).contains(#"-A rp-gi-g -p 253 -m comment --comment "g/odd \'quoted\' \'id\' \\ here" -g rp-accept"#))
     }
 
+    @Test func dryRunPrintsTheRestoreInputAndChangesNothing() throws {
+        let ns = try TestNamespace(prefix: "ipt")
+        let dry = try Self.cli(ns, .legacy, ["apply", "--dry-run", KernelBackendTests.examplePath])
+        #expect(dry.status == 0)
+        #expect(dry.stdout.contains("# iptables-restore --noflush") && dry.stdout.contains(":rp-gi-db - [0:0]")
+                && dry.stdout.contains("-I FORWARD 1 -j RAMPART-FWD") && dry.stdout.contains("create rp4-web hash:ip family inet"), "\(dry.stdout)")
+        #expect(!(try Self.save(ns, .legacy).contains { $0.contains("rp-") }))
+        #expect(try ns.run(["ipset", "list", "-n"], check: true).stdout.isEmpty)
+    }
+
     @Test func showListsInstancesGroupsAndRules() throws {
         let ns = try TestNamespace(prefix: "ipt")
         #expect(try Self.cli(ns, .legacy, ["apply", KernelBackendTests.examplePath]).status == 0)
