@@ -28,6 +28,14 @@ let package = Package(
         .target(name: "RampartNetlink", dependencies: ["CNetfilter"]),
         // The pure core: document, validation, model, compiler, differ, events, fan-out.
         .target(name: "RampartCore"),
+        // C shim over libipset: membership deltas over netlink, in-process.
+        .target(
+            name: "CIPSet",
+            path: "CIPSetShim",
+            linkerSettings: [.linkedLibrary("ipset")]
+        ),
+        // The iptables backend: the same IR as iptables-restore --noflush input and ipsets.
+        .target(name: "RampartIPTables", dependencies: ["RampartCore", "RampartNetlink", "CIPSet"]),
         // The nftables backend: IR ⇄ netlink objects, plans as one batch, read-back, drift repair.
         .target(name: "RampartNFTables", dependencies: ["RampartCore", "RampartNetlink"]),
         // Network-namespace fixtures for tests, benchmarks and the demo (uses `ip`, never on
@@ -37,7 +45,7 @@ let package = Package(
         .executableTarget(
             name: "rampart",
             dependencies: [
-                "RampartCore", "RampartNFTables", "RampartNetlink",
+                "RampartCore", "RampartNFTables", "RampartNetlink", "RampartIPTables",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -46,7 +54,7 @@ let package = Package(
         .executableTarget(
             name: "rampart-bench",
             dependencies: [
-                "RampartNetlink", "RampartCore", "RampartNFTables", "RampartHarness",
+                "RampartNetlink", "RampartCore", "RampartNFTables", "RampartHarness", "RampartIPTables",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -54,7 +62,7 @@ let package = Package(
         .testTarget(name: "RampartHarnessTests", dependencies: ["RampartHarness"]),
         .testTarget(
             name: "RampartNFTablesTests",
-            dependencies: ["RampartNFTables", "RampartCore", "RampartNetlink", "RampartHarness"]
+            dependencies: ["RampartNFTables", "RampartIPTables", "RampartCore", "RampartNetlink", "RampartHarness"]
         ),
         .testTarget(
             name: "RampartCoreTests",

@@ -48,14 +48,23 @@ public struct TopologySpec: Sendable, Hashable {
     public var outside: [OutsideHostSpec]
     /// The hypervisor's own addresses (on its loopback), reachable from every node.
     public var hypervisorAddresses: [String]
+    /// Bridged instead of routed: every node's hypervisor-side device is a port of one bridge
+    /// (`br0`, carrying the hypervisor's addresses), every node reaches every other on-link
+    /// (default routes `dev eth0`), so traffic between nodes is bridged and br_netfilter hands
+    /// it to iptables (`physdev`). Default: routed.
+    public var bridged: Bool = false
+
+    /// The bridge of a bridged topology.
+    public static let bridge = "br0"
 
     public static let defaultHypervisorAddresses = ["10.255.0.1", "fd00:ff::1"]
 
     public init(instances: [InstanceSpec], outside: [OutsideHostSpec] = [],
-                hypervisorAddresses: [String] = TopologySpec.defaultHypervisorAddresses) {
+                hypervisorAddresses: [String] = TopologySpec.defaultHypervisorAddresses, bridged: Bool = false) {
         self.instances = instances
         self.outside = outside
         self.hypervisorAddresses = hypervisorAddresses
+        self.bridged = bridged
     }
 
     /// The instances of `spec/examples/two-tier.json` on hv1, and its "bastion" (on hv2) as an
@@ -257,9 +266,27 @@ public final class HypervisorTopology: @unchecked Sendable {
 
         // 2. The hypervisor: its addresses on lo; per node a veth, the gateway addresses on the
         //    hypervisor end, and a host route per node address.
+        //    Bridged: its addresses on br0, every veth a port of br0, host routes via br0.
+        let br = TopologySpec.bridge
         var hvBatch = ["link set lo up"]
-        for a in hvAddresses { hvBatch.append(isIPv6(a) ? "addr add \(a)/128 dev lo nodad" : "addr add \(a)/32 dev lo") }
-        for (plan, ns) in zip(plans, namespaces) {
+        if spec.bridged {
+            // br_netfilter hands bridged IP traffic to iptables (built in here, or a module).
+            _ = try? runCommand(["modprobe", "br_netfilter"])
+            try hv.run(["sysctl", "-q", "-w", "net/bridge/bridge-nf-call-iptables=1", "net/bridge/bridge-nf-call-ip6tables=1"], check: true)
+            hvBatch += ["link add \(br) type bridge", "link set \(br) up"]
+        }
+        let hvDev = spec.bridged ? br : "lo"
+        for a in hvAddresses { hvBatch.append(isIPv6(a) ? "addr add \(a)/128 dev \(hvDev) nodad" : "addr add \(a)/32 dev \(hvDev)") }
+        for (plan, ns) in zip(plans, namespaces) where spec.bridged {
+            hvBatch += ["link add \(plan.tap) type veth peer name eth0 netns \(ns.name)", "link set \(plan.tap) master \(br)", "link set \(plan.tap) up"]
+            for a in plan.addresses {
+                let v6 = isIPv6(a)
+                var route = "route add \(a)/\(v6 ? 128 : 32) dev \(br)"
+                if let src = v6 ? hvSource.1 : hvSource.0 { route += " src \(src)" }
+                hvBatch.append(route)
+            }
+        }
+        for (plan, ns) in zip(plans, namespaces) where !spec.bridged {
             hvBatch += [
                 "link add \(plan.tap) type veth peer name eth0 netns \(ns.name)",
                 "link set \(plan.tap) up",
@@ -276,7 +303,7 @@ public final class HypervisorTopology: @unchecked Sendable {
         try runCommand(["ip", "-n", hv.name, "-batch", "-"], input: hvBatch.joined(separator: "\n") + "\n", check: true)
         // proxy_delay has no namespace default: set it (and the rest, to be sure) per device,
         // else proxy ARP answers wait up to 0.8 s.
-        if !plans.isEmpty {
+        if !plans.isEmpty && !spec.bridged {
             try hv.run(["sysctl", "-q", "-w"] + plans.flatMap { p in [
                 "net/ipv4/conf/\(p.tap)/proxy_arp=1", "net/ipv4/neigh/\(p.tap)/proxy_delay=0",
                 "net/ipv4/conf/\(p.tap)/rp_filter=0", "net/ipv6/conf/\(p.tap)/accept_dad=0",
@@ -292,12 +319,18 @@ public final class HypervisorTopology: @unchecked Sendable {
                 batch.append(isIPv6(a) ? "addr add \(a)/128 dev eth0 nodad" : "addr add \(a)/32 dev eth0")
             }
             let v4 = plan.addresses.first { !isIPv6($0) }, v6 = plan.addresses.first { isIPv6($0) }
-            batch.append("route add default via \(Self.gatewayIPv4) dev eth0 onlink" + (v4.map { " src \($0)" } ?? ""))
-            batch.append("route add default via \(Self.gatewayIPv6) dev eth0" + (v6.map { " src \($0)" } ?? ""))
+            if spec.bridged {
+                // Everything on-link: ARP/NDP for every destination, answered across the bridge.
+                batch.append("route add default dev eth0" + (v4.map { " src \($0)" } ?? ""))
+                batch.append("route add ::/0 dev eth0" + (v6.map { " src \($0)" } ?? ""))
+            } else {
+                batch.append("route add default via \(Self.gatewayIPv4) dev eth0 onlink" + (v4.map { " src \($0)" } ?? ""))
+                batch.append("route add default via \(Self.gatewayIPv6) dev eth0" + (v6.map { " src \($0)" } ?? ""))
+            }
             try runCommand(["ip", "-n", ns.name, "-batch", "-"], input: batch.joined(separator: "\n") + "\n", check: true)
         }
 
-        let hvNode = TopologyNode(name: Self.hypervisorName, role: .hypervisor, namespace: hv, interface: "lo",
+        let hvNode = TopologyNode(name: Self.hypervisorName, role: .hypervisor, namespace: hv, interface: hvDev,
                                   hostInterface: nil, addresses: hvAddresses, book: book,
                                   hypervisorNamespace: hv.name, hypervisorSource: hvSource)
         let nodes = zip(plans, namespaces).map { plan, ns in

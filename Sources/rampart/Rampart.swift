@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import RampartCore
+import RampartIPTables
 import RampartNFTables
 import RampartNetlink
 
@@ -25,6 +26,15 @@ struct Rampart: ParsableCommand {
 struct TargetOptions: ParsableArguments {
     @Option(name: .long, help: "Act in this network namespace (as made by `ip netns add`) instead of the current one.")
     var netns: String?
+
+    @Option(help: "Which backend programs the kernel: nftables (default) or iptables.")
+    var backend: BackendKind = .nftables
+
+    @Option(help: "iptables backend: how instances are told apart, routed (default) or bridged (physdev).")
+    var topology: IPTTopology = .routed
+
+    @Option(name: .customLong("iptables"), help: "iptables backend: legacy or nft (default: what `iptables` runs).")
+    var iptablesVariant: IPTablesVariant?
 
     func connect() throws -> NFTablesBackend {
         let ns: NetworkNamespace = netns.map { .named($0) } ?? .current
@@ -113,6 +123,9 @@ struct Apply: ParsableCommand {
         try reportingFailures {
             let start = DispatchTime.now().uptimeNanoseconds
             let document = try loadDocument(file)
+            if target.backend == .iptables {
+                return try IPTablesCommands.apply(target, document: document, dryRun: dryRun, start: start)
+            }
             let desired = Compiler.compile(document)
             let backend = try target.connect()
             if dryRun {
@@ -142,6 +155,7 @@ struct Diff: ParsableCommand {
     func run() throws {
         try reportingFailures {
             let document = try loadDocument(file)
+            if target.backend == .iptables { return try IPTablesCommands.diff(target, document: document) }
             let desired = Compiler.compile(document)
             let backend = try target.connect()
             let plan = diff(from: try backend.readBack(reference: desired), to: desired)
@@ -166,6 +180,7 @@ struct Show: ParsableCommand {
 
     func run() throws {
         try reportingFailures {
+            if target.backend == .iptables { return try IPTablesCommands.show(target, json: json) }
             let backend = try target.connect()
             guard let snap = try backend.client.readTable(family: .inet, name: backend.table) else {
                 if json { print("null") } else { print("no rampart table: nothing is enforced") }
@@ -192,6 +207,7 @@ struct Flush: ParsableCommand {
     func run() throws {
         try reportingFailures {
             let start = DispatchTime.now().uptimeNanoseconds
+            if target.backend == .iptables { return try IPTablesCommands.flush(target, start: start) }
             let backend = try target.connect()
             let (plan, _) = try backend.converge(to: nil)
             print(plan.isEmpty ? "nothing to flush (\(milliseconds(since: start)))" : "flushed inet \(backend.table) (\(milliseconds(since: start)))")

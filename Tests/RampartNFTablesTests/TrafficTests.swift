@@ -61,17 +61,21 @@ import RampartNetlink
         """
     }
 
-    /// A topology with the policy applied.
+    /// A topology with the policy applied by one backend.
     final class Enforced {
         let topo: HypervisorTopology
-        init(_ document: String = TrafficTests.document()) throws {
-            topo = try HypervisorTopology(TrafficTests.topologySpec)
+        let backend: TrafficBackend
+        init(_ backend: TrafficBackend, _ document: String = TrafficTests.document()) throws {
+            self.backend = backend
+            var spec = TrafficTests.topologySpec
+            spec.bridged = backend.bridged
+            topo = try HypervisorTopology(spec)
             let r = try apply(document)
             guard r.status == 0 else { throw HarnessError("apply failed: \(r.stderr)") }
         }
         @discardableResult
         func apply(_ document: String) throws -> CommandResult {
-            try runCommand([KernelBackendTests.rampart, "apply", "--netns", topo.hypervisor.name, "-"], input: document)
+            try runCommand([KernelBackendTests.rampart, "apply", "--netns", topo.hypervisor.name] + backend.options + ["-"], input: document)
         }
         /// Runs the probes and checks each against its expected outcome, naming the ones that differ.
         func expect(_ cases: [(Probe, Bool)], sourceLocation: SourceLocation = #_sourceLocation) throws {
@@ -82,8 +86,8 @@ import RampartNetlink
         }
     }
 
-    @Test func ingressEgressAndSameHostTCP() throws {
-        let e = try Enforced()
+    @Test(arguments: TrafficBackend.allCases) func ingressEgressAndSameHostTCP(_ backend: TrafficBackend) throws {
+        let e = try Enforced(backend)
         try e.expect([
             (.tcp(from: "internet", to: "10.0.1.11", port: 80), true),     // http from anywhere
             (.tcp(from: "internet", to: "10.0.1.11", port: 22), false),    // ssh only from admin
@@ -101,8 +105,8 @@ import RampartNetlink
         ])
     }
 
-    @Test func ipv6() throws {
-        let e = try Enforced()
+    @Test(arguments: TrafficBackend.allCases) func ipv6(_ backend: TrafficBackend) throws {
+        let e = try Enforced(backend)
         try e.expect([
             (.tcp(from: "bastion", to: "fd00::11", port: 443), true),      // https6 from ::/0
             (.tcp(from: "internet", to: "fd00::12", port: 443), true),
@@ -116,8 +120,8 @@ import RampartNetlink
         ])
     }
 
-    @Test func udpAndICMP() throws {
-        let e = try Enforced()
+    @Test(arguments: TrafficBackend.allCases) func udpAndICMP(_ backend: TrafficBackend) throws {
+        let e = try Enforced(backend)
         let results = try e.topo.probe([
             .udp(from: "internet", to: "10.0.1.11", port: 5005),
             .udp(from: "internet", to: "10.0.1.11", port: 5011),
@@ -133,8 +137,8 @@ import RampartNetlink
         #expect(results[0].answered && results[2].answered, "\(results)")
     }
 
-    @Test func hostAndInstance() throws {
-        let e = try Enforced()
+    @Test(arguments: TrafficBackend.allCases) func hostAndInstance(_ backend: TrafficBackend) throws {
+        let e = try Enforced(backend)
         try e.expect([
             (.tcp(from: "hv", to: "10.0.1.11", port: 80), true),           // host → instance is ingress
             (.tcp(from: "hv", to: "10.0.2.21", port: 5432), false),
@@ -144,8 +148,8 @@ import RampartNetlink
         ])
     }
 
-    @Test func antiSpoofing() throws {
-        let e = try Enforced()
+    @Test(arguments: TrafficBackend.allCases) func antiSpoofing(_ backend: TrafficBackend) throws {
+        let e = try Enforced(backend)
         try e.expect([
             (.udp(from: "web-2", to: "10.0.0.2", port: 7000, timeout: 1), true),                          // its own address
             (.udp(from: "web-2", to: "10.0.0.2", port: 7000, source: "10.0.1.99", timeout: 0.5), false),  // not its address
@@ -159,14 +163,16 @@ import RampartNetlink
     }
 
     /// NDP and DHCPv4 pass for every instance, even one in no group (semantics 4 and 5).
-    @Test func ndpAndDhcpBasics() throws {
-        let e = try Enforced()
+    @Test(arguments: TrafficBackend.allCases) func ndpAndDhcpBasics(_ backend: TrafficBackend) throws {
+        let e = try Enforced(backend)
         let lonely = e.topo["lonely"]
         // NDP: the instance resolves its IPv6 gateway (fe80::1 on the hypervisor) although no
-        // rule allows it anything; the ping itself is then dropped by policy.
+        // rule allows it anything; the ping itself is then dropped by policy. (Bridged: there is
+        // no gateway, every destination is on-link, so it resolves the destination itself.)
         _ = try lonely.run(["ping", "-6", "-c", "1", "-W", "1", "2001:db8::10"])
-        let neigh = try lonely.run(["ip", "-6", "neigh", "show", "fe80::1", "dev", "eth0"], check: true).stdout
-        #expect(neigh.contains("lladdr"), "fe80::1 unresolved: \(neigh)")
+        let next = backend.bridged ? "2001:db8::10" : "fe80::1"
+        let neigh = try lonely.run(["ip", "-6", "neigh", "show", next, "dev", "eth0"], check: true).stdout
+        #expect(neigh.contains("lladdr"), "\(next) unresolved: \(neigh)")
         #expect(!(try e.topo.ping(from: "lonely", to: "2001:db8::10")))
 
         // DHCPv4: request 68 → 67 to the host, reply 67 → 68 back.
@@ -206,8 +212,8 @@ import RampartNetlink
 
     /// An established connection survives re-applies, even of a document that no longer allows
     /// it to start; rule and membership changes take effect for new connections.
-    @Test func changesTakeEffectAndEstablishedConnectionsSurvive() throws {
-        let e = try Enforced()
+    @Test(arguments: TrafficBackend.allCases) func changesTakeEffectAndEstablishedConnectionsSurvive(_ backend: TrafficBackend) throws {
+        let e = try Enforced(backend)
         let session = try e.topo.openTCPSession(from: "bastion", to: "10.0.1.11", port: 22)
         #expect(session.exchange())
 
@@ -234,23 +240,23 @@ import RampartNetlink
         #expect(!(try e.topo.tcp(from: "bastion", to: "10.0.1.11", port: 8443)))
     }
 
-    @Test func badDocumentChangesNothingAndDriftIsRepaired() throws {
-        let e = try Enforced()
-        let before = try e.topo.hypervisor.nft("list", "ruleset").stdout
+    @Test(arguments: TrafficBackend.allCases) func badDocumentChangesNothingAndDriftIsRepaired(_ backend: TrafficBackend) throws {
+        let e = try Enforced(backend)
+        let before = try backend.snapshot(e.topo.hypervisor)
         let bad = TrafficTests.document().replacingOccurrences(of: #""protocol": "tcp", "ports": "80""#, with: #""protocol": "icmp", "ports": "80""#)
         let r = try e.apply(bad)
         #expect(r.status == 1)
         #expect(r.stderr.contains("groups.web.rules[0]"), "\(r.stderr)")
-        #expect(try e.topo.hypervisor.nft("list", "ruleset").stdout == before)
+        #expect(try backend.snapshot(e.topo.hypervisor) == before)
         #expect(try e.topo.tcp(from: "internet", to: "10.0.1.11", port: 80))
 
         // Someone flushes the web group's chain: http is now dropped; the next apply repairs it.
-        try e.topo.hypervisor.nft("flush", "chain", "inet", "rampart", "gin-web")
+        try backend.flushWebIngress(e.topo.hypervisor)
         #expect(!(try e.topo.tcp(from: "internet", to: "10.0.1.11", port: 80)))
         #expect(try e.apply(TrafficTests.document()).status == 0)
         #expect(try e.topo.tcp(from: "internet", to: "10.0.1.11", port: 80))
         // Someone deletes the whole table: everything is open until the next apply restores it.
-        try e.topo.hypervisor.nft("delete", "table", "inet", "rampart")
+        try backend.removeEverything(e.topo.hypervisor)
         #expect(try e.topo.tcp(from: "internet", to: "10.0.1.11", port: 22))
         #expect(try e.apply(TrafficTests.document()).status == 0)
         #expect(!(try e.topo.tcp(from: "internet", to: "10.0.1.11", port: 22)))
@@ -258,11 +264,9 @@ import RampartNetlink
 
     /// Interfaces of no instance are not touched, and a foreign table keeps its own verdicts:
     /// Rampart's accept does not override another table's drop.
-    @Test func foreignTrafficAndTables() throws {
-        let e = try Enforced()
-        try e.topo.hypervisor.nft("add", "table", "inet", "other")
-        try e.topo.hypervisor.nft("add", "chain", "inet", "other", "filt", "{ type filter hook forward priority 10; policy accept; }")
-        try e.topo.hypervisor.nft("add", "rule", "inet", "other", "filt", "tcp", "dport", "80", "ip", "saddr", "192.0.2.10", "drop")
+    @Test(arguments: TrafficBackend.allCases) func foreignTrafficAndTables(_ backend: TrafficBackend) throws {
+        let e = try Enforced(backend)
+        try backend.addForeignDrop(e.topo.hypervisor)
         try e.expect([
             (.tcp(from: "internet", to: "10.0.1.11", port: 80), false),   // other table's drop is final
             (.tcp(from: "bastion", to: "10.0.1.11", port: 80), true),
@@ -270,6 +274,6 @@ import RampartNetlink
             (.udp(from: "bastion", to: "10.0.0.2", port: 53), true),
         ])
         #expect(try e.apply(TrafficTests.document()).stdout.hasPrefix("no changes"))
-        #expect(try e.topo.hypervisor.nft("list", "table", "inet", "other").stdout.contains("drop"))
+        #expect(try backend.foreignDropPresent(e.topo.hypervisor))
     }
 }

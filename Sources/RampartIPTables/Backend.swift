@@ -1,0 +1,499 @@
+import Foundation
+import RampartCore
+import RampartNetlink
+
+/// Which iptables implementation writes the rules.
+public enum IPTablesVariant: String, Sendable, CaseIterable {
+    /// The x_tables kernel interface (`iptables-legacy-restore`).
+    case legacy
+    /// The nftables-based compatibility layer (`iptables-nft-restore`).
+    case nft
+
+    func tool(_ f: IPFamily, _ verb: String) -> String {
+        (f == .ipv4 ? "iptables-" : "ip6tables-") + rawValue + "-" + verb
+    }
+
+    /// The variant `iptables` runs on this machine (Debian's alternatives link).
+    public static func detect() -> IPTablesVariant {
+        let r = try? Runner(netns: nil).run(["iptables", "--version"])
+        return (r?.stdout ?? "").contains("nf_tables") ? .nft : .legacy
+    }
+}
+
+/// One change of Rampart's iptables state: what to write, in which order.
+public struct IPTChange: Sendable {
+    /// ipset commands (ipset restore syntax) before the rules: create, add.
+    public var ipsetBefore: [String] = []
+    /// The inverse of `ipsetBefore`, run if the rules cannot be written.
+    public var ipsetRollback: [String] = []
+    /// ipset commands after the rules: del, destroy.
+    public var ipsetAfter: [String] = []
+    /// One `iptables-restore --noflush` input per family (nil: nothing to write).
+    public var restore4: String?
+    public var restore6: String?
+    public var chainsCreated = 0, chainsRewritten = 0, chainsDeleted = 0, rulesWritten = 0
+    /// Dispatch chains changed rule by rule, and the rules deleted from them.
+    public var chainsPatched = 0, rulesDeleted = 0
+    /// The patched dispatch chains as the kernel holds them afterwards, in its order.
+    public var patched4: [String: [String]] = [:], patched6: [String: [String]] = [:]
+
+    /// `des` with the patched chains in kernel order: what the mirror must hold.
+    func applied(to des: IPTState) -> IPTState {
+        var d = des
+        for (n, l) in patched4 { d.v4.chains[n] = l }
+        for (n, l) in patched6 { d.v6.chains[n] = l }
+        return d
+    }
+    public var setsCreated = 0, setsDestroyed = 0, membersAdded = 0, membersRemoved = 0, jumps = 0
+
+    public var isEmpty: Bool { ipsetBefore.isEmpty && ipsetAfter.isEmpty && restore4 == nil && restore6 == nil }
+
+    /// One line, in the shape of the nftables backend's Plan summary.
+    public var summary: String {
+        "chains: \(chainsCreated) created, \(chainsRewritten) rewritten (\(rulesWritten) rules), \(chainsDeleted) deleted; "
+            + "dispatch: \(chainsPatched) patched (-\(rulesDeleted) rules); ipsets: \(setsCreated) created, \(setsDestroyed) destroyed; members: +\(membersAdded) -\(membersRemoved); jumps: \(jumps)"
+    }
+
+    /// What would be run, as text (`diff`, `--dry-run`).
+    public var text: String {
+        var out = ""
+        if !ipsetBefore.isEmpty { out += "# ipset restore\n" + ipsetBefore.joined(separator: "\n") + "\n" }
+        if let r = restore4 { out += "# iptables-restore --noflush\n" + r }
+        if let r = restore6 { out += "# ip6tables-restore --noflush\n" + r }
+        if !ipsetAfter.isEmpty { out += "# ipset restore\n" + ipsetAfter.joined(separator: "\n") + "\n" }
+        return out
+    }
+}
+
+/// The iptables backend: keeps Rampart's chains (`RAMPART-*`, `rp-*`) of the filter table and
+/// its ipsets (`rp4-*`, `rp6-*`) equal to the IR, never touching anything else.
+///
+/// Rules are written with one `iptables-restore --noflush` (and one `ip6tables-restore`) input
+/// that declares, and so flushes and refills, only the chains that changed; the jumps from the
+/// built-in chains are inserted once when missing. Group members are ipset deltas (see
+/// `IPSetWriter`).
+public final class IPTablesBackend {
+    public let variant: IPTablesVariant
+    public let topology: IPTTopology
+    public let netns: String?
+    let runner: Runner
+    public var ipset: any IPSetWriter
+    /// What Rampart believes it last wrote (nil: unknown, read back first).
+    public private(set) var mirror: IPTState?
+    public private(set) var mirrorIR: RulesetIR?
+
+    public init(variant: IPTablesVariant = .detect(), topology: IPTTopology = .routed, netns: String? = nil, ipset: (any IPSetWriter)? = nil) {
+        self.variant = variant
+        self.topology = topology
+        self.netns = netns
+        runner = Runner(netns: netns)
+        self.ipset = ipset ?? IPSetWriters.best(netns: netns)
+    }
+
+    // MARK: reading
+
+    /// For the bridged topology: whether br_netfilter hands bridged IPv4 and IPv6 traffic to
+    /// iptables in the target namespace (nil: the sysctls do not exist, br_netfilter is absent).
+    public func bridgeNetfilterEnabled() -> Bool? {
+        let ns: NetworkNamespace = netns.map { .named($0) } ?? .current
+        return try? ns.perform { () -> Bool? in
+            var on = true
+            for f in ["bridge-nf-call-iptables", "bridge-nf-call-ip6tables"] {
+                guard let t = try? String(contentsOfFile: "/proc/sys/net/bridge/" + f, encoding: .utf8) else { return nil }
+                on = on && t.trimmingCharacters(in: .whitespacesAndNewlines) == "1"
+            }
+            return on
+        } ?? nil
+    }
+
+    /// Rampart's chains of one family as `iptables-save -t filter` prints them.
+    public func save(_ f: IPFamily) throws -> String {
+        let r = try runner.run([variant.tool(f, "save"), "-t", "filter"])
+        // No filter table yet (nothing was ever written in this namespace) is an empty state.
+        if r.status != 0 && (r.stderr.contains("does not exist") || r.stderr.contains("Table does not exist")) { return "" }
+        guard r.status == 0 else { throw IPTError(command: variant.tool(f, "save"), status: r.status, message: r.stderr) }
+        return r.stdout
+    }
+
+    /// Parses save output: Rampart's chains and which built-ins jump to Rampart's entries.
+    public static func parseSave(_ text: String) -> (IPTChains, Set<String>) {
+        var chains = IPTChains()
+        var jumps: Set<String> = []
+        let entries = Dictionary(uniqueKeysWithValues: IPTNames.entries.map { ($0.builtin, $0.chain) })
+        for line in text.split(separator: "\n") {
+            if line.hasPrefix(":") {
+                let name = String(line.dropFirst().prefix { $0 != " " })
+                if IPTNames.isOwnedChain(name) { chains.chains[name, default: []] = chains.chains[name] ?? [] }
+            } else if line.hasPrefix("-A ") {
+                let rest = line.dropFirst(3)
+                let name = String(rest.prefix { $0 != " " })
+                let spec = String(rest.dropFirst(name.count + 1))
+                if IPTNames.isOwnedChain(name) {
+                    chains.chains[name, default: []].append(spec)
+                } else if let e = entries[name], spec == "-j \(e)" {
+                    jumps.insert(name)
+                }
+            }
+        }
+        return (chains, jumps)
+    }
+
+    /// One rule of Rampart's with its counters (`iptables-save -c`).
+    public struct CountedRule: Sendable, Hashable, Codable {
+        public var family: String
+        public var chain: String
+        public var rule: String
+        public var packets: UInt64
+        public var bytes: UInt64
+    }
+
+    /// Rampart's rules of both families with their packet and byte counters.
+    public func countedRules() throws -> [CountedRule] {
+        var out: [CountedRule] = []
+        for f in [IPFamily.ipv4, .ipv6] {
+            let r = try runner.run([variant.tool(f, "save"), "-c", "-t", "filter"])
+            guard r.status == 0 else { continue }
+            for line in r.stdout.split(separator: "\n") where line.hasPrefix("[") {
+                guard let close = line.firstIndex(of: "]") else { continue }
+                let nums = line[line.index(after: line.startIndex)..<close].split(separator: ":")
+                let rest = line[line.index(after: close)...].drop { $0 == " " }
+                guard nums.count == 2, rest.hasPrefix("-A ") else { continue }
+                let chain = String(rest.dropFirst(3).prefix { $0 != " " })
+                guard IPTNames.isOwnedChain(chain) else { continue }
+                out.append(CountedRule(family: f == .ipv4 ? "ipv4" : "ipv6", chain: chain,
+                                       rule: String(rest.dropFirst(3 + chain.count + 1)),
+                                       packets: UInt64(nums[0]) ?? 0, bytes: UInt64(nums[1]) ?? 0))
+            }
+        }
+        return out
+    }
+
+    /// Parses `ipset save`: Rampart's sets and members (canonical address text).
+    public static func parseIPSetSave(_ text: String) -> [String: IPSetSpec] {
+        var sets: [String: IPSetSpec] = [:]
+        for line in text.split(separator: "\n") {
+            let w = line.split(separator: " ")
+            guard w.count >= 3, IPTNames.isOwnedSet(String(w[1])) else { continue }
+            let name = String(w[1])
+            if w[0] == "create" {
+                let fam: IPFamily = w.firstIndex(of: "family").map { w[$0 + 1] == "inet6" ? .ipv6 : .ipv4 } ?? .ipv4
+                sets[name] = IPSetSpec(family: fam, type: String(w[2]))
+            } else if w[0] == "add" {
+                let a = IPAddress(String(w[2])).map { "\($0)" } ?? String(w[2])
+                sets[name, default: IPSetSpec(family: .ipv4)].members.insert(a)
+            }
+        }
+        return sets
+    }
+
+    /// What the kernel holds of Rampart's (three processes: two saves and `ipset save`).
+    public func readBack() throws -> IPTState {
+        var st = IPTState()
+        (st.v4, st.jumps4) = Self.parseSave(try save(.ipv4))
+        (st.v6, st.jumps6) = Self.parseSave(try save(.ipv6))
+        st.sets = Self.parseIPSetSave(try runner.check(["ipset", "save"]))
+        mirror = st
+        return st
+    }
+
+    // MARK: planning
+
+    /// The change from `cur` to `des`. With `only`, just those chains and sets are compared
+    /// (the incremental path, which knows what the Plan touched).
+    public static func change(from cur: IPTState, to des: IPTState, chains only: Set<String>? = nil, sets onlySets: Set<String>? = nil) -> IPTChange {
+        var c = IPTChange()
+        let setNames = onlySets ?? Set(cur.sets.keys).union(des.sets.keys)
+        for name in setNames.sorted() {
+            let old = cur.sets[name], new = des.sets[name]
+            if let n = new, let o = old, o.type != n.type || o.family != n.family {
+                // A set of Rampart's name with another type or family (made by hand while no
+                // rule referenced it): destroyed and made again. The kernel swaps only sets of
+                // one type, so there is no way around the destroy; while a rule references the
+                // set the kernel refuses it, and the apply fails changing nothing else.
+                let fam = n.family == .ipv4 ? "inet" : "inet6"
+                let members = n.members.sorted()
+                c.ipsetBefore += ["destroy \(name)", "create \(name) hash:ip family \(fam)"] + members.map { "add \(name) \($0)" }
+                c.setsCreated += 1
+                c.membersAdded += members.count
+                continue
+            }
+            if let n = new {
+                if old == nil {
+                    c.ipsetBefore.append("create \(name) hash:ip family \(n.family == .ipv4 ? "inet" : "inet6") -exist")
+                    c.ipsetRollback.append("destroy \(name)")
+                    c.setsCreated += 1
+                }
+                let oldMembers = old?.members ?? []
+                let add = n.members.subtracting(oldMembers).sorted(), del = oldMembers.subtracting(n.members).sorted()
+                c.ipsetBefore += add.map { "add \(name) \($0)" }
+                if old != nil { c.ipsetRollback += add.map { "del \(name) \($0)" } }
+                c.ipsetAfter += del.map { "del \(name) \($0)" }
+                c.membersAdded += add.count
+                c.membersRemoved += del.count
+            } else if old != nil {
+                c.ipsetAfter.append("destroy \(name)")
+                c.setsDestroyed += 1
+            }
+        }
+        c.ipsetRollback.reverse()
+        for f in [IPFamily.ipv4, .ipv6] {
+            let oc = cur[f].chains, nc = des[f].chains
+            let names = only.map { n in n.filter { oc[$0] != nil || nc[$0] != nil } } ?? Set(oc.keys).union(nc.keys)
+            var declare: [String] = [], body: [String] = [], delete: [String] = [], patchDel: [String] = [], patchAdd: [String] = []
+            for n in names.sorted() {
+                if IPTNames.unordered.contains(n), let old = oc[n], let new = nc[n] {
+                    // A dispatch chain: delete the rules it should not have (by position, highest
+                    // first, so the kernel need not compare rule bodies), append the missing.
+                    var want: [String: Int] = [:]
+                    for l in new { want[l, default: 0] += 1 }
+                    var keep: [String] = [], drop: [Int] = []
+                    for (i, l) in old.enumerated() {
+                        if let k = want[l], k > 0 { want[l] = k - 1; keep.append(l) } else { drop.append(i + 1) }
+                    }
+                    let adds = new.filter { l in
+                        guard let k = want[l], k > 0 else { return false }
+                        want[l] = k - 1
+                        return true
+                    }
+                    if !drop.isEmpty || !adds.isEmpty {
+                        patchDel += drop.reversed().map { "-D \(n) \($0)" }
+                        patchAdd += adds.map { "-A \(n) \($0)" }
+                        c.chainsPatched += 1; c.rulesWritten += adds.count; c.rulesDeleted += drop.count
+                        // What the kernel will hold, in its order (the mirror must know positions).
+                        if f == .ipv4 { c.patched4[n] = keep + adds } else { c.patched6[n] = keep + adds }
+                    }
+                    continue
+                }
+                switch (oc[n], nc[n]) {
+                case (nil, let new?):
+                    declare.append(n); c.chainsCreated += 1
+                    body += new.map { "-A \(n) \($0)" }; c.rulesWritten += new.count
+                case (let old?, let new?) where old != new:
+                    declare.append(n); c.chainsRewritten += 1
+                    body += new.map { "-A \(n) \($0)" }; c.rulesWritten += new.count
+                case (.some, nil):
+                    declare.append(n); delete.append(n); c.chainsDeleted += 1
+                default: break
+                }
+            }
+            let had = f == .ipv4 ? cur.jumps4 : cur.jumps6
+            var jumpLines: [String] = [], unjump: [String] = []
+            for (b, e) in IPTNames.entries {
+                if nc[e] != nil && !had.contains(b) { jumpLines.append("-I \(b) 1 -j \(e)"); c.jumps += 1 }
+                if nc[e] == nil && had.contains(b) { unjump.append("-D \(b) -j \(e)"); c.jumps += 1 }
+            }
+            guard !declare.isEmpty || !patchDel.isEmpty || !patchAdd.isEmpty || !jumpLines.isEmpty || !unjump.isEmpty else { continue }
+            var text = "*filter\n"
+            text += declare.map { ":\($0) - [0:0]\n" }.joined()
+            text += unjump.map { $0 + "\n" }.joined()
+            text += body.map { $0 + "\n" }.joined()
+            // Deletions (by position, highest first) before additions.
+            text += patchDel.map { $0 + "\n" }.joined()
+            text += patchAdd.map { $0 + "\n" }.joined()
+            text += delete.map { "-X \($0)\n" }.joined()
+            text += jumpLines.map { $0 + "\n" }.joined()
+            text += "COMMIT\n"
+            if f == .ipv4 { c.restore4 = text } else { c.restore6 = text }
+        }
+        return c
+    }
+
+    // MARK: writing
+
+    func restore(_ f: IPFamily, _ text: String) throws {
+        _ = try runner.check([variant.tool(f, "restore"), "-w", "--noflush"], input: text)
+    }
+
+    /// Runs a change: ipset creations and additions, then the IPv4 and IPv6 restores (two
+    /// processes, run side by side: each family's table is its own atomic unit), then ipset
+    /// removals. If a restore fails, the other family's restore is undone if it succeeded, the
+    /// ipset additions are undone (best effort), so the previous rules stay in place; the error
+    /// is rethrown.
+    public func execute(_ c: IPTChange, from cur: IPTState, to des: IPTState) throws {
+        if !c.ipsetBefore.isEmpty { try ipset.apply(c.ipsetBefore) }
+        nonisolated(unsafe) var errors: [IPFamily: any Error] = [:]
+        let lock = NSLock()
+        let work: [(IPFamily, String)] = [(.ipv4, c.restore4), (.ipv6, c.restore6)].compactMap { f, t in t.map { (f, $0) } }
+        let runner = self.runner, variant = self.variant
+        DispatchQueue.concurrentPerform(iterations: work.count) { i in
+            let (f, text) = work[i]
+            do { _ = try runner.check([variant.tool(f, "restore"), "-w", "--noflush"], input: text) } catch {
+                lock.lock(); errors[f] = error; lock.unlock()
+            }
+        }
+        if let failed = errors.values.first {
+            mirror = nil
+            for (f, _) in work where errors[f] == nil {
+                // This family committed: put it back as it was.
+                var written = c.applied(to: des).onlyFamily(f)
+                let entries = written[f].chains[IPTNames.forward] == nil ? [] : IPTNames.entries.map(\.builtin)
+                if f == .ipv4 { written.jumps4 = cur.jumps4.union(entries) } else { written.jumps6 = cur.jumps6.union(entries) }
+                let back = Self.change(from: written, to: cur.onlyFamily(f))
+                if let text = f == .ipv4 ? back.restore4 : back.restore6 { try? restore(f, text) }
+            }
+            if !c.ipsetRollback.isEmpty { try? ipset.apply(c.ipsetRollback) }
+            throw failed
+        }
+        if !c.ipsetAfter.isEmpty {
+            do { try ipset.apply(c.ipsetAfter) } catch { mirror = nil; throw error }
+        }
+    }
+
+    /// Brings the kernel to `desired` (nil: remove all of Rampart's) from a fresh read-back, so
+    /// anything someone else changed in Rampart's chains or sets is repaired.
+    @discardableResult
+    public func converge(to desired: RulesetIR?) throws -> IPTChange {
+        var des = try IPTRender.state(desired, topology: topology)
+        let cur = try readBack()
+        let c = Self.change(from: cur, to: des)
+        try execute(c, from: cur, to: des)
+        des = c.applied(to: des)
+        des.jumps4 = des.v4.chains.isEmpty ? [] : Set(IPTNames.entries.map(\.builtin))
+        des.jumps6 = des.v6.chains.isEmpty ? [] : Set(IPTNames.entries.map(\.builtin))
+        mirror = des
+        mirrorIR = desired
+        return c
+    }
+
+    /// What `converge` would do, without doing it.
+    public func pending(to desired: RulesetIR?) throws -> IPTChange {
+        Self.change(from: try readBack(), to: try IPTRender.state(desired, topology: topology))
+    }
+
+    /// Commits a core Plan incrementally against the mirror (read back first if there is none):
+    /// set-element ops become ipset deltas only (no process with libipset, no rule touched);
+    /// chain ops rewrite only the chains they name; map ops rewrite the dispatch chains.
+    @discardableResult
+    public func commit(_ plan: Plan, result: RulesetIR?) throws -> IPTChange {
+        guard !plan.isEmpty else { return IPTChange() }
+        if mirror == nil { _ = try readBack() }
+        let cur = mirror!
+        var des = cur
+        var chains: Set<String> = [], sets: Set<String> = []
+        var dispatch = false
+        var fastSets: [String] = []  // lines for pure member deltas
+        var fastAfter: [String] = []
+        var fastOnly = true
+        for op in plan.ops {
+            switch op {
+            case .addElements(let n, let e) where !Self.isInstanceSet(n):
+                let s = IPTNames.set(n)
+                fastSets += e.map { "add \(s) \($0)" }
+                des.sets[s, default: IPSetSpec(family: n.hasPrefix("m6-") ? .ipv6 : .ipv4)].members.formUnion(e.map(\.description))
+                sets.insert(s)
+            case .removeElements(let n, let e) where !Self.isInstanceSet(n):
+                let s = IPTNames.set(n)
+                fastAfter += e.map { "del \(s) \($0)" }
+                des.sets[s]?.members.subtract(e.map(\.description))
+                sets.insert(s)
+            default:
+                fastOnly = false
+            }
+        }
+        if fastOnly {
+            // The hot path: membership only. One ipset batch, no rule read or written.
+            do { try ipset.apply(fastSets + fastAfter) } catch { mirror = nil; throw error }
+            mirror = des
+            mirrorIR = result
+            var c = IPTChange()
+            c.ipsetBefore = fastSets + fastAfter
+            c.membersAdded = fastSets.count
+            c.membersRemoved = fastAfter.count
+            return c
+        }
+        guard let result else {
+            return try converge(to: nil)
+        }
+        // Everything else: re-render only what the plan names.
+        var irChains: Set<String> = [], irSets: Set<String> = []
+        func touch(_ n: String) {
+            irChains.insert(n)
+            chains.insert(IPTNames.chain(n)); chains.insert(IPTNames.spoofHelper(IPTNames.chain(n)))
+        }
+        func touchSet(_ n: String) { irSets.insert(n); sets.insert(IPTNames.set(n)) }
+        for op in plan.ops {
+            switch op {
+            case .createTable, .deleteTable:
+                return try converge(to: result)
+            case .createSet(let h):
+                if Self.isInstanceSet(h.name) { dispatch = true } else { touchSet(h.name) }
+            case .deleteSet(let n): if !Self.isInstanceSet(n) { touchSet(n) }
+            case .addElements(let n, let e), .removeElements(let n, let e):
+                if n == Naming.instanceInterfaces {
+                    dispatch = true
+                } else if Self.isInstanceSet(n) {
+                    // Anti-spoofing pairs live at the head of the instance's egress chain (and,
+                    // bridged, in the host → instance dispatch by address).
+                    for el in e {
+                        if let iface = Self.interface(of: el),
+                           let out = (result.maps[Naming.fromInstanceMap]?.elements[iface] ?? mirrorIR?.maps[Naming.fromInstanceMap]?.elements[iface])?.chainReference,
+                           result.chains[out] != nil {
+                            touch(out)
+                        }
+                    }
+                    if topology == .bridged { dispatch = true }
+                } else {
+                    touchSet(n)
+                }
+            case .createMap, .deleteMap, .addMapElements, .removeMapElements: dispatch = true
+            case .createChain(let h):
+                if h.base == nil { touch(h.name) }
+            case .rewriteChain(let n, _) where topology == .bridged && n.hasPrefix("out-"):
+                // Bridged: the instance's addresses also dispatch host → instance traffic.
+                dispatch = true
+                touch(n)
+            case .rewriteChain(let n, _), .deleteChain(let n):
+                if result.chains[n]?.base == nil && !isBase(n) { touch(n) }
+            }
+        }
+        if dispatch {
+            chains.formUnion([IPTNames.forward, IPTNames.input, IPTNames.output, IPTNames.fromInstances, IPTNames.toInstances,
+                              IPTNames.forwardInstances, IPTNames.inputInstances, IPTNames.outputInstances, IPTNames.accept,
+                              IPTNames.toHostInstances])
+        }
+        // Render only what the plan touched (not the whole host).
+        let part = try IPTRender.partial(result, chains: irChains, dispatch: dispatch, sets: irSets, topology: topology)
+        for f in [IPFamily.ipv4, .ipv6] {
+            for n in chains { des[f].chains[n] = part[f].chains[n] }
+        }
+        for s in sets { des.sets[s] = part.sets[s] }
+        let c = Self.change(from: cur, to: des, chains: chains, sets: sets)
+        try execute(c, from: cur, to: des)
+        des = c.applied(to: des)
+        des.jumps4 = des.v4.chains[IPTNames.forward] == nil ? [] : Set(IPTNames.entries.map(\.builtin))
+        des.jumps6 = des.v6.chains[IPTNames.forward] == nil ? [] : Set(IPTNames.entries.map(\.builtin))
+        mirror = des
+        mirrorIR = result
+        return c
+    }
+
+    /// The fixed sets of the nftables layout that are not ipsets here (instance interfaces and
+    /// anti-spoofing pairs): they become dispatch rules and instance-chain checks.
+    static func isInstanceSet(_ n: String) -> Bool {
+        [Naming.instanceInterfaces, Naming.sources4, Naming.sources6, Naming.sourceMACs, Naming.macInterfaces].contains(n)
+    }
+
+    static func interface(of e: RampartCore.SetElement) -> String? {
+        switch e {
+        case .ifname(let i), .ifaceIPv4(let i, _), .ifaceIPv6(let i, _), .ifaceEther(let i, _): i
+        default: nil
+        }
+    }
+
+    func isBase(_ n: String) -> Bool {
+        [Naming.egressChain, Naming.ingressChain, Naming.inputChain, Naming.outputChain].contains(n)
+    }
+
+    /// Forgets the mirror: the next commit reads back first.
+    public func invalidate() { mirror = nil }
+}
+
+extension IPTState {
+    /// This state with the other family's chains removed (for a one-family rollback).
+    func onlyFamily(_ f: IPFamily) -> IPTState {
+        var s = IPTState()
+        s[f] = self[f]
+        if f == .ipv4 { s.jumps4 = jumps4 } else { s.jumps6 = jumps6 }
+        return s
+    }
+}

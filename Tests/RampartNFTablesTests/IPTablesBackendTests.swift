@@ -1,0 +1,309 @@
+import Foundation
+import Testing
+import RampartCore
+import RampartHarness
+@testable import RampartIPTables
+
+/// Name mapping and rendering, no kernel.
+@Suite("iptables backend: names and rendering") struct IPTablesRenderTests {
+    @Test func namesFitTheKernelLimitsAndAreStable() {
+        #expect(IPTNames.chain("gin-web") == "rp-gi-web")
+        #expect(IPTNames.chain("out-web-1") == "rp-o-web-1")
+        #expect(IPTNames.set("m4-admin") == "rp4-admin")
+        #expect(IPTNames.set("m6-admin") == "rp6-admin")
+        let long = String(repeating: "g", count: 64)
+        let a = IPTNames.chain("gout-" + long), b = IPTNames.chain("gout-" + long.dropLast() + "h")
+        #expect(a.utf8.count <= 26 && b.utf8.count <= 26 && a != b && a.hasPrefix("rp-go-"))
+        #expect(IPTNames.chain("gout-" + long) == a)  // deterministic
+        let s = IPTNames.set("m6-" + long)
+        #expect(s.utf8.count <= 31 && s.hasPrefix("rp6-"))
+        #expect(IPTNames.chain("gin-a/b").hasPrefix("rp-gi-a_b-"))  // ':' in an id (kernel name '/') is hashed
+    }
+
+    @Test func exampleRendersPerFamily() throws {
+        var helpers: [String: [String]] = [:]
+        let st = try IPTRender.state(Compiler.compile(exampleDocument))
+        #expect(st.v4.chains["rp-gi-db"] == [
+            #"-p tcp -m set --match-set rp4-web src -m tcp --dport 5432 -m comment --comment "db/pg-from-web" -g rp-accept"#,
+            #"-p tcp -m set --match-set rp4-admin src -m tcp --dport 22 -m comment --comment "db/ssh-from-admin" -g rp-accept"#,
+        ])
+        // An instance chain: each group jump is followed by the accepted-mark check.
+        #expect(st.v4.chains["rp-i-db-1"] == [
+            "-p udp -m udp --sport 67 --dport 68 -g rp-accept",
+            "-j rp-gi-db", "-m mark --mark 0x20000000/0x20000000 -j RETURN", "-j DROP",
+        ])
+        // NDP is IPv6 only, one rule per type; DHCP is IPv4 only.
+        #expect(st.v6.chains["rp-i-db-1"]?.filter { $0.contains("icmpv6-type") }.count == 4)
+        #expect(st.v6.chains["rp-i-db-1"]?.contains { $0.contains("--sport 67") } == false)
+        #expect(st.sets["rp4-web"]?.members == ["10.0.1.11", "10.0.1.12"])
+        #expect(st.sets["rp6-web"]?.family == .ipv6)
+        #expect(st.v4.chains[IPTNames.forwardInstances]?.last == "-j ACCEPT")
+        // MAC addresses as iptables-save prints them (lower case), so read-back compares equal.
+        #expect(try IPTRender.rule(IRRule([.etherSaddrNot(MACAddress("02:AB:00:00:00:0A")!)], .drop), in: "c", family: .ipv4, helpers: &helpers) == ["-m mac ! --mac-source 02:ab:00:00:00:0a -j DROP"])
+    }
+
+    /// Protocols by the names iptables-save prints, so a re-apply compares equal.
+    @Test func protocolNamesMatchIPTablesSave() throws {
+        #expect(IPTRender.protoName(6) == "tcp" && IPTRender.protoName(58) == "ipv6-icmp" && IPTRender.protoName(132) == "sctp")
+        #expect(IPTRender.protoName(47) == "gre" && IPTRender.protoName(135) == "mobility-header")
+        #expect(IPTRender.protoName(253) == "253")
+    }
+
+    @Test func severalAddressesUseAnAntiSpoofingHelper() throws {
+        var doc = exampleDocument
+        doc.instances["web-2"]!.ips = [IPAddress("10.0.1.12")!, IPAddress("10.0.1.13")!]
+        let st = try IPTRender.state(Compiler.compile(doc))
+        #expect(st.v4.chains["rp-o-web-2-s"] == ["-s 10.0.1.12/32 -j RETURN", "-s 10.0.1.13/32 -j RETURN", "-j DROP"])
+        #expect(st.v4.chains["rp-o-web-2"]?.contains("-j rp-o-web-2-s") == true)
+    }
+}
+
+/// The iptables backend against the kernel (legacy and nft-based), in throwaway namespaces.
+@Suite("iptables backend against the kernel", .serialized) struct IPTablesKernelTests {
+    static func cli(_ ns: TestNamespace, _ v: IPTablesVariant, _ args: [String], input: String? = nil) throws -> CommandResult {
+        try runCommand([KernelBackendTests.rampart] + args.prefix(1) + ["--netns", ns.name, "--backend", "iptables", "--iptables", v.rawValue] + args.dropFirst(), input: input)
+    }
+
+    static func save(_ ns: TestNamespace, _ v: IPTablesVariant, v6: Bool = false) throws -> [String] {
+        try ns.run([(v6 ? "ip6tables-" : "iptables-") + v.rawValue + "-save", "-t", "filter"], check: true).stdout
+            .split(separator: "\n").map(String.init).filter { !$0.hasPrefix("#") }
+    }
+
+    /// Lines of another owner: its chains' declarations and rules, and the built-ins' rules
+    /// other than Rampart's jumps.
+    static func foreign(_ lines: [String]) -> [String] {
+        lines.filter { l in
+            !l.contains("RAMPART-") && !l.contains(" rp-") && !l.hasPrefix(":rp-")
+        }
+    }
+
+    @Test(arguments: IPTablesVariant.allCases)
+    func foreignChainsStayByteIdentical(_ v: IPTablesVariant) throws {
+        let ns = try TestNamespace(prefix: "ipt")
+        for v6 in [false, true] {
+            let t = (v6 ? "ip6tables-" : "iptables-") + v.rawValue
+            try ns.run([t + "-restore", "-w", "--noflush"], input: """
+                *filter
+                :DOCKER-USER - [0:0]
+                :AGENT-FW - [0:0]
+                -A DOCKER-USER -p tcp -m tcp --dport 2375 -j DROP
+                -A DOCKER-USER -j RETURN
+                -A AGENT-FW -m comment --comment "owned by agent" -j RETURN
+                -A FORWARD -j DOCKER-USER
+                -A INPUT -j AGENT-FW
+                -A OUTPUT -p udp -m udp --dport 9 -j ACCEPT
+                COMMIT
+
+                """, check: true)
+        }
+        let before4 = try Self.save(ns, v), before6 = try Self.save(ns, v, v6: true)
+        #expect(try Self.cli(ns, v, ["apply", KernelBackendTests.examplePath]).status == 0)
+        // A change of rules and membership, then a flush.
+        var text = try String(contentsOfFile: KernelBackendTests.examplePath, encoding: .utf8)
+        text = text.replacingOccurrences(of: #""ports": "5432""#, with: #""ports": "5433""#)
+            .replacingOccurrences(of: #""ips": ["10.0.9.5", "fd00::95"]"#, with: #""ips": ["10.0.9.6", "fd00::96"]"#)
+        let changed = try Self.cli(ns, v, ["apply", "-"], input: text)
+        #expect(changed.status == 0, "\(changed.stderr)")
+        #expect(changed.stdout.contains("chains: 0 created, 2 rewritten"), "\(changed.stdout)")
+        let during4 = try Self.save(ns, v)
+        #expect(Self.foreign(during4) == before4)
+        #expect(Self.foreign(try Self.save(ns, v, v6: true)) == before6)
+        // Rampart's jumps went to the top once; the foreign jumps keep their order after them.
+        #expect(during4.filter { $0.hasPrefix("-A FORWARD") } == ["-A FORWARD -j RAMPART-FWD", "-A FORWARD -j DOCKER-USER"])
+        #expect(try Self.cli(ns, v, ["flush"]).status == 0)
+        #expect(try Self.save(ns, v) == before4)
+        #expect(try Self.save(ns, v, v6: true) == before6)
+        #expect(try ns.run(["ipset", "list", "-n"], check: true).stdout.isEmpty)
+    }
+
+    /// Through the CLI: another owner jumps to one of Rampart's instance chains, so deleting it
+    /// (the instance is gone from the document) is refused by the kernel: exit 2, and every rule
+    /// and set is as before.
+    @Test(arguments: IPTablesVariant.allCases)
+    func refusedApplyExitsTwoAndChangesNothing(_ v: IPTablesVariant) throws {
+        let ns = try TestNamespace(prefix: "ipt")
+        #expect(try Self.cli(ns, v, ["apply", KernelBackendTests.examplePath]).status == 0)
+        try ns.run(["iptables-" + v.rawValue, "-w", "-N", "FOREIGN"], check: true)
+        try ns.run(["iptables-" + v.rawValue, "-w", "-A", "FOREIGN", "-j", "rp-i-web-2"], check: true)
+        let before4 = try Self.save(ns, v), before6 = try Self.save(ns, v, v6: true)
+        let sets = try ns.run(["ipset", "save"], check: true).stdout
+        var text = try String(contentsOfFile: KernelBackendTests.examplePath, encoding: .utf8)
+        text = text.replacingOccurrences(of: #""web-2": {"host": "hv1", "interface": "tapweb2", "ips": ["10.0.1.12"], "groups": ["web"]},"#, with: "")
+        #expect(!text.contains("tapweb2"))
+        let r = try Self.cli(ns, v, ["apply", "-"], input: text)
+        #expect(r.status == 2, "\(r.stdout) \(r.stderr)")
+        #expect(r.stderr.contains("restore"), "\(r.stderr)")
+        #expect(try Self.save(ns, v) == before4)
+        #expect(try Self.save(ns, v, v6: true) == before6)
+        #expect(try ns.run(["ipset", "save"], check: true).stdout == sets)
+    }
+
+    /// Every rule shape (other protocols, port ranges, ICMP codes, IPv6 prefixes, family-limited
+    /// group rules, several addresses, a MAC with letters, a comment with quotes and a backslash)
+    /// reads back exactly as written: re-applying changes nothing.
+    @Test(arguments: IPTablesVariant.allCases)
+    func everyRuleShapeReadsBackAsWritten(_ v: IPTablesVariant) throws {
+        let ns = try TestNamespace(prefix: "ipt")
+        let doc = #"""
+        {"version": 1, "host": "hv1",
+         "groups": {
+          "g": {"rules": [
+            {"id": "gre", "protocol": 47, "cidr": "192.0.2.0/24"},
+            {"id": "sctp", "protocol": "sctp", "ports": "3000-3010", "cidr": "0.0.0.0/0"},
+            {"id": "udp", "protocol": "udp", "ports": "1-65535", "cidr": "0.0.0.0/0"},
+            {"id": "unreach", "protocol": "icmp", "icmp_type": 3, "icmp_code": 4, "cidr": "10.0.0.0/8"},
+            {"id": "pkt-big", "protocol": "icmpv6", "icmp_type": 2, "icmp_code": 0, "cidr": "2001:db8::/32"},
+            {"id": "v6grp", "protocol": "udp", "ports": "53", "group": "h", "ethertype": "ipv6"},
+            {"id": "out", "direction": "egress", "protocol": "tcp", "ports": "443", "group": "h"},
+            {"id": "odd \"quoted\" 'id' \\ here", "protocol": 253, "cidr": "::/0"}
+          ]},
+          "h": {"rules": []}},
+         "instances": {
+          "a": {"host": "hv1", "interface": "tapa", "ips": ["10.0.0.5", "10.0.0.6", "fd00::5", "fd00::6"], "mac": "02:AB:CD:00:00:0F", "groups": ["g", "h"]},
+          "b": {"host": "hv2", "ips": ["10.9.0.5", "fd00:9::5"], "groups": ["h"]}}}
+        """#
+        let first = try Self.cli(ns, v, ["apply", "-"], input: doc)
+        #expect(first.status == 0, "\(first.stderr)")
+        let again = try Self.cli(ns, v, ["diff", "-"], input: doc)
+        #expect(again.stdout.contains("in sync"), "\(again.stdout)")
+        #expect(try Self.save(ns, v, v6: true).contains(#"-A rp-gi-g -p 253 -m comment --comment "g/odd \'quoted\' \'id\' \\ here" -g rp-accept"#))
+    }
+
+    @Test func dryRunPrintsTheRestoreInputAndChangesNothing() throws {
+        let ns = try TestNamespace(prefix: "ipt")
+        let dry = try Self.cli(ns, .legacy, ["apply", "--dry-run", KernelBackendTests.examplePath])
+        #expect(dry.status == 0)
+        #expect(dry.stdout.contains("# iptables-restore --noflush") && dry.stdout.contains(":rp-gi-db - [0:0]")
+                && dry.stdout.contains("-I FORWARD 1 -j RAMPART-FWD") && dry.stdout.contains("create rp4-web hash:ip family inet"), "\(dry.stdout)")
+        #expect(!(try Self.save(ns, .legacy).contains { $0.contains("rp-") }))
+        #expect(try ns.run(["ipset", "list", "-n"], check: true).stdout.isEmpty)
+    }
+
+    @Test func showListsInstancesGroupsAndRules() throws {
+        let ns = try TestNamespace(prefix: "ipt")
+        #expect(try Self.cli(ns, .legacy, ["apply", KernelBackendTests.examplePath]).status == 0)
+        let text = try Self.cli(ns, .legacy, ["show"]).stdout
+        #expect(text.contains("instance web-1 (tapweb1)") && text.contains("  ingress web") && text.contains("  egress db"), "\(text)")
+        #expect(text.contains(#"ipv4 -p tcp -m tcp --dport 80 -m comment --comment "web/http" -g rp-accept   packets 0 bytes 0"#), "\(text)")
+        let json = try JSONSerialization.jsonObject(with: Data(try Self.cli(ns, .legacy, ["show", "--json"]).stdout.utf8)) as? [String: Any]
+        #expect((json?["instances"] as? [[String: Any]])?.compactMap { $0["instance"] as? String } == ["db-1", "web-1", "web-2"])
+        #expect(try Self.cli(ns, .legacy, ["flush"]).status == 0)
+        #expect(try Self.cli(ns, .legacy, ["show"]).stdout.contains("nothing is enforced"))
+    }
+
+    @Test(arguments: IPTablesVariant.allCases)
+    func driftIsRepaired(_ v: IPTablesVariant) throws {
+        let ns = try TestNamespace(prefix: "ipt")
+        #expect(try Self.cli(ns, v, ["apply", KernelBackendTests.examplePath]).status == 0)
+        let clean4 = try Self.save(ns, v), clean6 = try Self.save(ns, v, v6: true)
+        let t = "iptables-" + v.rawValue
+        try ns.run([t, "-w", "-F", "rp-gi-web"], check: true)
+        try ns.run([t, "-w", "-I", "rp-i-db-1", "1", "-j", "ACCEPT"], check: true)
+        try ns.run([t, "-w", "-N", "rp-extra"], check: true)
+        try ns.run([t, "-w", "-D", "INPUT", "-j", "RAMPART-IN"], check: true)
+        try ns.run(["ipset", "del", "rp4-web", "10.0.1.12"], check: true)
+        try ns.run(["ipset", "add", "rp4-admin", "192.0.2.1"], check: true)
+        let diff = try Self.cli(ns, v, ["diff", KernelBackendTests.examplePath])
+        #expect(diff.stdout.contains(":rp-gi-web - [0:0]") && diff.stdout.contains("-X rp-extra"), "\(diff.stdout)")
+        #expect(diff.stdout.contains("add rp4-web 10.0.1.12") && diff.stdout.contains("del rp4-admin 192.0.2.1"))
+        let repair = try Self.cli(ns, v, ["apply", KernelBackendTests.examplePath])
+        #expect(repair.status == 0, "\(repair.stderr)")
+        #expect(repair.stdout.contains("chains: 0 created, 2 rewritten"), "\(repair.stdout)")
+        // The INPUT jump is back (at the top, where it was).
+        #expect(try Self.save(ns, v) == clean4)
+        #expect(try Self.save(ns, v, v6: true) == clean6)
+        #expect(try Self.cli(ns, v, ["diff", KernelBackendTests.examplePath]).stdout.contains("in sync"))
+    }
+
+    /// A set of Rampart's name but another type, made while nothing referenced it, is replaced.
+    @Test func squattedSetIsReplaced() throws {
+        let ns = try TestNamespace(prefix: "ipt")
+        try ns.run(["ipset", "create", "rp6-web", "hash:net", "family", "inet6"], check: true)
+        try ns.run(["ipset", "add", "rp6-web", "2001:db8::/64"], check: true)
+        let r = try Self.cli(ns, .legacy, ["apply", KernelBackendTests.examplePath])
+        #expect(r.status == 0, "\(r.stderr)")
+        let web6 = try ns.run(["ipset", "save", "rp6-web"], check: true).stdout
+        #expect(web6.contains("create rp6-web hash:ip family inet6") && web6.contains("add rp6-web fd00::11") && !web6.contains("2001:db8"), "\(web6)")
+        #expect(try Self.cli(ns, .legacy, ["diff", KernelBackendTests.examplePath]).stdout.contains("in sync"))
+    }
+
+    /// A refused restore leaves the previous rules (and members) in place; an IPv6 failure after
+    /// the IPv4 restore puts the IPv4 rules back.
+    @Test(arguments: IPTablesVariant.allCases)
+    func failedApplyLeavesThePreviousRules(_ v: IPTablesVariant) throws {
+        let ns = try TestNamespace(prefix: "ipt")
+        let good = IPTablesBackend(variant: v, netns: ns.name)
+        try good.converge(to: Compiler.compile(exampleDocument))
+        let before4 = try Self.save(ns, v), before6 = try Self.save(ns, v, v6: true)
+        let sets = try ns.run(["ipset", "save"], check: true).stdout
+        // A new group whose sets the writer "forgets" to create: the kernel refuses the rules.
+        var doc = exampleDocument
+        doc.groups["db"]!.rules.append(Rule(id: "x", proto: .number(6), ports: 1...1, remote: .group("newgroup")))
+        doc.groups["newgroup"] = Group(rules: [])
+        doc.instances["web-2"]!.groups.append("newgroup")
+        let forgetAll = IPTablesBackend(variant: v, netns: ns.name, ipset: DroppingWriter(netns: ns.name) { $0.contains("newgroup") })
+        #expect(throws: IPTError.self) { try forgetAll.converge(to: Compiler.compile(doc)) }
+        #expect(try Self.save(ns, v) == before4)
+        #expect(try Self.save(ns, v, v6: true) == before6)
+        #expect(try ns.run(["ipset", "save"], check: true).stdout == sets)
+        // Only the IPv6 set is missing: IPv4 commits, IPv6 is refused, IPv4 is rolled back.
+        let forgetV6 = IPTablesBackend(variant: v, netns: ns.name, ipset: DroppingWriter(netns: ns.name) { $0.contains("rp6-newgroup") })
+        #expect(throws: IPTError.self) { try forgetV6.converge(to: Compiler.compile(doc)) }
+        #expect(try Self.save(ns, v) == before4)
+        #expect(try Self.save(ns, v, v6: true) == before6)
+        #expect(try ns.run(["ipset", "save"], check: true).stdout == sets)
+    }
+
+    /// The incremental path: the Engine's Plans committed against the mirror. A membership
+    /// change is an ipset delta only (in-process, no rule written); a rules change rewrites the
+    /// group's chains only; the result always equals what a full converge would write.
+    @Test(arguments: IPTablesVariant.allCases)
+    func enginePlansAreIncremental(_ v: IPTablesVariant) throws {
+        let ns = try TestNamespace(prefix: "ipt")
+        let backend = IPTablesBackend(variant: v, netns: ns.name)
+        #expect(backend.ipset is LibIPSetWriter)
+        var engine = Engine(host: "hv1")
+        try backend.commit(try engine.apply(document: exampleDocument), result: engine.committed)
+        func matchesFullRender() throws {
+            let want = try IPTRender.state(engine.committed)
+            let got = try backend.readBack()
+            #expect(got.v4.canonical == want.v4.canonical && got.v6.canonical == want.v6.canonical && got.sets == want.sets)
+        }
+        try matchesFullRender()
+        let rulesBefore = try Self.save(ns, v)
+        let web3 = Instance(host: "hv2", groups: ["web"], ips: [IPAddress("10.0.5.5")!, IPAddress("fd00::55")!])
+        let m = try backend.commit(try engine.membersChanged(group: "web", added: ["web-3": web3]), result: engine.committed)
+        #expect(m.restore4 == nil && m.restore6 == nil && m.membersAdded == 2)
+        #expect(try Self.save(ns, v) == rulesBefore)
+        try matchesFullRender()
+        var rules = exampleDocument.groups["db"]!.rules
+        rules[0].ports = 6432...6432
+        // Counts are per family: rp-gi-db of iptables and of ip6tables.
+        let r = try backend.commit(try engine.rulesChanged(group: "db", rules: rules), result: engine.committed)
+        #expect(r.chainsRewritten == 2 && r.chainsCreated == 0 && r.ipsetBefore.isEmpty, "\(r.summary)")
+        try matchesFullRender()
+        let p = try backend.commit(try engine.instancePlugged(id: "web-9", instance: Instance(host: "hv1", groups: ["web"], ips: [IPAddress("10.0.1.19")!], interface: "tapweb9")), result: engine.committed)
+        #expect(p.chainsCreated == 4 && p.membersAdded == 1 && p.chainsRewritten == 0 && p.chainsPatched == 10, "\(p.summary)")
+        try matchesFullRender()
+        // Another plug, then unplugging the earlier one: its dispatch rules are deleted by
+        // position from the middle of the dispatch chains.
+        try backend.commit(try engine.instancePlugged(id: "web-8", instance: Instance(host: "hv1", groups: ["db"], ips: [IPAddress("10.0.1.18")!], interface: "tapweb8")), result: engine.committed)
+        try backend.commit(try engine.instanceUnplugged(id: "web-9"), result: engine.committed)
+        try matchesFullRender()
+        try backend.commit(try engine.instanceUnplugged(id: "db-1"), result: engine.committed)
+        try matchesFullRender()
+        #expect(try Self.cli(ns, v, ["diff", "-"], input: try String(contentsOfFile: KernelBackendTests.examplePath, encoding: .utf8)).status == 0)
+    }
+}
+
+/// An ipset writer that silently drops some commands (to make the kernel refuse the rules).
+final class DroppingWriter: IPSetWriter {
+    let inner: ProcessIPSetWriter
+    let drop: (String) -> Bool
+    var kind: String { "dropping" }
+    init(netns: String, drop: @escaping (String) -> Bool) {
+        inner = ProcessIPSetWriter(netns: netns)
+        self.drop = drop
+    }
+    func apply(_ lines: [String]) throws { try inner.apply(lines.filter { !drop($0) }) }
+}
