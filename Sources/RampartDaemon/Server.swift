@@ -1,0 +1,119 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import NIOConcurrencyHelpers
+
+/// The API served over HTTP/1.1 on a Unix domain socket (SwiftNIO). The socket is created with
+/// mode 0600 (umask 0177 around bind), so only its owner (root) can connect.
+public final class APIServer: Sendable {
+    public let socketPath: String
+    public let router: APIRouter
+    private let group: MultiThreadedEventLoopGroup
+    private let channel: NIOLockedValueBox<Channel?> = NIOLockedValueBox(nil)
+    private let logger: Logger
+
+    public init(socketPath: String, router: APIRouter, logger: Logger = Logger(label: "rampartd.api")) {
+        self.socketPath = socketPath
+        self.router = router
+        self.logger = logger
+        group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    }
+
+    /// Binds the socket (replacing a stale one) and starts accepting.
+    public func start(mode: mode_t = 0o600) async throws {
+        let dir = (socketPath as NSString).deletingLastPathComponent
+        if !dir.isEmpty { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755]) }
+        unlink(socketPath)
+        let router = self.router
+        let logger = self.logger
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 256)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                    try channel.pipeline.syncOperations.addHandler(HTTPHandler(router: router, logger: logger))
+                }
+            }
+        let old = umask(0o177)
+        defer { umask(old) }
+        let ch = try await bootstrap.bind(unixDomainSocketPath: socketPath).get()
+        chmod(socketPath, mode)
+        channel.withLockedValue { $0 = ch }
+    }
+
+    public func stop() async {
+        let ch = channel.withLockedValue { c -> Channel? in let x = c; c = nil; return x }
+        try? await ch?.close()
+        unlink(socketPath)
+        try? await group.shutdownGracefully()
+    }
+}
+
+private final class HTTPHandler: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    let router: APIRouter
+    let logger: Logger
+    private var head: HTTPRequestHead?
+    private var body: [UInt8] = []
+    private var tooLarge = false
+
+    init(router: APIRouter, logger: Logger) {
+        self.router = router
+        self.logger = logger
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let h):
+            head = h
+            body = []
+            tooLarge = false
+        case .body(var buf):
+            if body.count + buf.readableBytes > APIRouter.maxBody {
+                tooLarge = true
+            } else if let bytes = buf.readBytes(length: buf.readableBytes) {
+                body += bytes
+            }
+        case .end:
+            guard let h = head else { return }
+            head = nil
+            let keepAlive = h.isKeepAlive && !tooLarge
+            if tooLarge {
+                write(context: context, response: .error(413, "request body larger than \(APIRouter.maxBody) bytes"), version: h.version, keepAlive: false)
+                return
+            }
+            let router = self.router
+            let req = (h.method.rawValue, h.uri, body)
+            body = []
+            let promise = context.eventLoop.makePromise(of: APIResponse.self)
+            promise.completeWithTask { await router.handle(method: req.0, uri: req.1, body: req.2) }
+            let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            promise.futureResult.whenSuccess { resp in
+                let (handler, ctx) = bound.value
+                handler.write(context: ctx, response: resp, version: h.version, keepAlive: keepAlive)
+            }
+        }
+    }
+
+    func write(context: ChannelHandlerContext, response: APIResponse, version: HTTPVersion, keepAlive: Bool) {
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: response.contentType)
+        headers.add(name: "Content-Length", value: String(response.body.utf8.count))
+        headers.add(name: "Connection", value: keepAlive ? "keep-alive" : "close")
+        for (k, v) in response.headers { headers.add(name: k, value: v) }
+        let head = HTTPResponseHead(version: version, status: HTTPResponseStatus(statusCode: response.status), headers: headers)
+        context.write(wrapOutboundOut(.head(head)), promise: nil)
+        var buf = context.channel.allocator.buffer(capacity: response.body.utf8.count)
+        buf.writeString(response.body)
+        context.write(wrapOutboundOut(.body(.byteBuffer(buf))), promise: nil)
+        let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
+        if !keepAlive {
+            let ch = context.channel
+            done.whenComplete { _ in ch.close(promise: nil) }
+        }
+    }
+}
