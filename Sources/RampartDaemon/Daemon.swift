@@ -81,6 +81,9 @@ public final class Daemon: @unchecked Sendable {
     private let cond = NSCondition()
     private var pending = Set<Refresh>()
     private var requested: UInt64 = 0
+    /// Every ticket up to this one has been covered by a drain, whose outcome was `lastOutcome`.
+    private var completed: UInt64 = 0
+    private var lastOutcome: SyncOutcome = .failed("not synced yet")
     private var waiters: [(ticket: UInt64, continuation: CheckedContinuation<SyncOutcome, Never>)] = []
     private var stopping = false
     private var resyncNow = false
@@ -196,6 +199,12 @@ public final class Daemon: @unchecked Sendable {
         await withCheckedContinuation { (c: CheckedContinuation<SyncOutcome, Never>) in
             cond.lock()
             if stopping { cond.unlock(); c.resume(returning: .failed("daemon stopping")); return }
+            if ticket <= completed {
+                let o = lastOutcome
+                cond.unlock()
+                c.resume(returning: o)
+                return
+            }
             waiters.append((ticket, c))
             cond.unlock()
         }
@@ -288,6 +297,8 @@ public final class Daemon: @unchecked Sendable {
 
     private func finish(through covered: UInt64, _ outcome: SyncOutcome) {
         cond.lock()
+        completed = max(completed, covered)
+        lastOutcome = outcome
         var ready: [CheckedContinuation<SyncOutcome, Never>] = []
         waiters.removeAll { w in
             if w.ticket <= covered { ready.append(w.continuation); return true }
