@@ -57,6 +57,17 @@ public struct APIRouter: Sendable {
     public init(daemon: Daemon) { self.daemon = daemon }
 
     public func handle(method: String, uri: String, body: [UInt8]) async -> APIResponse {
+        await withCheckedContinuation { (c: CheckedContinuation<APIResponse, Never>) in
+            handle(method: method, uri: uri, body: body) { c.resume(returning: $0) }
+        }
+    }
+
+    /// Answers through `reply`, at once or after the commit (`wait`); never blocks on the kernel.
+    public func handle(method: String, uri: String, body: [UInt8], reply: @escaping @Sendable (APIResponse) -> Void) {
+        if let r = immediate(method: method, uri: uri, body: body, reply: reply) { reply(r) }
+    }
+
+    private func immediate(method: String, uri: String, body: [UInt8], reply: @escaping @Sendable (APIResponse) -> Void) -> APIResponse? {
         let (path, query) = splitURI(uri)
         let parts = path.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
         // parts[0] is "" (leading slash)
@@ -74,7 +85,8 @@ public struct APIRouter: Sendable {
             return APIResponse(status: st.ready ? 200 : 503, body: st.json + "\n")
         case "resync" where parts.count == 3:
             guard method == "POST" else { return .error(405, "method \(method) not allowed on \(path); use POST", headers: [("Allow", "POST")]) }
-            return outcomeResponse(await daemon.resync())
+            daemon.wait(for: daemon.requestResync()) { reply(Self.outcomeResponse($0)) }
+            return nil
         case "refresh":
             guard method == "POST" else { return .error(405, "method \(method) not allowed on \(path); use POST", headers: [("Allow", "POST")]) }
             var wait = query["wait"].map { $0 == "1" || $0 == "true" } ?? false
@@ -112,13 +124,14 @@ public struct APIRouter: Sendable {
             }
             let ticket = daemon.enqueue(refresh)
             if !wait { return APIResponse(status: 202, body: "{\"status\":\"queued\",\"ticket\":\(ticket)}\n") }
-            return outcomeResponse(await daemon.wait(for: ticket))
+            daemon.wait(for: ticket) { reply(Self.outcomeResponse($0)) }
+            return nil
         default:
             return .error(404, "no such endpoint: \(path)")
         }
     }
 
-    private func outcomeResponse(_ o: SyncOutcome) -> APIResponse {
+    private static func outcomeResponse(_ o: SyncOutcome) -> APIResponse {
         switch o {
         case .committed(let g): APIResponse(status: 200, body: "{\"status\":\"committed\",\"generation\":\(g.map(String.init) ?? "null")}\n")
         case .failed(let e): .error(500, e)

@@ -84,7 +84,7 @@ public final class Daemon: @unchecked Sendable {
     /// Every ticket up to this one has been covered by a drain, whose outcome was `lastOutcome`.
     private var completed: UInt64 = 0
     private var lastOutcome: SyncOutcome = .failed("not synced yet")
-    private var waiters: [(ticket: UInt64, continuation: CheckedContinuation<SyncOutcome, Never>)] = []
+    private var waiters: [(ticket: UInt64, reply: @Sendable (SyncOutcome) -> Void)] = []
     private var stopping = false
     private var resyncNow = false
     private var status: DaemonStatus
@@ -150,7 +150,7 @@ public final class Daemon: @unchecked Sendable {
         let ws = waiters
         waiters = []
         cond.unlock()
-        for w in ws { w.continuation.resume(returning: .failed("daemon stopping")) }
+        for w in ws { w.reply(.failed("daemon stopping")) }
     }
 
     /// Waits for the first successful sync.
@@ -197,17 +197,23 @@ public final class Daemon: @unchecked Sendable {
     /// Waits until the drain covering `ticket` has committed (or failed).
     public func wait(for ticket: UInt64) async -> SyncOutcome {
         await withCheckedContinuation { (c: CheckedContinuation<SyncOutcome, Never>) in
-            cond.lock()
-            if stopping { cond.unlock(); c.resume(returning: .failed("daemon stopping")); return }
-            if ticket <= completed {
-                let o = lastOutcome
-                cond.unlock()
-                c.resume(returning: o)
-                return
-            }
-            waiters.append((ticket, c))
-            cond.unlock()
+            wait(for: ticket) { c.resume(returning: $0) }
         }
+    }
+
+    /// Calls `reply` (on the worker thread, or at once) when the drain covering `ticket` is done.
+    /// Needs no task: the API server waits this way without holding a thread.
+    public func wait(for ticket: UInt64, reply: @escaping @Sendable (SyncOutcome) -> Void) {
+        cond.lock()
+        if stopping { cond.unlock(); reply(.failed("daemon stopping")); return }
+        if ticket <= completed {
+            let o = lastOutcome
+            cond.unlock()
+            reply(o)
+            return
+        }
+        waiters.append((ticket, reply))
+        cond.unlock()
     }
 
     /// Enqueue and wait for the commit that covers it.
@@ -220,7 +226,7 @@ public final class Daemon: @unchecked Sendable {
         await wait(for: requestResync())
     }
 
-    private func requestResync() -> UInt64 {
+    public func requestResync() -> UInt64 {
         cond.lock()
         defer { cond.unlock() }
         resyncNow = true
@@ -299,9 +305,9 @@ public final class Daemon: @unchecked Sendable {
         cond.lock()
         completed = max(completed, covered)
         lastOutcome = outcome
-        var ready: [CheckedContinuation<SyncOutcome, Never>] = []
+        var ready: [@Sendable (SyncOutcome) -> Void] = []
         waiters.removeAll { w in
-            if w.ticket <= covered { ready.append(w.continuation); return true }
+            if w.ticket <= covered { ready.append(w.reply); return true }
             return false
         }
         switch outcome {
@@ -312,7 +318,7 @@ public final class Daemon: @unchecked Sendable {
             status.lastError = e
         }
         cond.unlock()
-        for c in ready { c.resume(returning: outcome) }
+        for r in ready { r(outcome) }
     }
 
     private func markReady() {

@@ -90,7 +90,7 @@ private final class HTTPHandler: ChannelInboundHandler, @unchecked Sendable {
             let req = (h.method.rawValue, h.uri, body)
             body = []
             let promise = context.eventLoop.makePromise(of: APIResponse.self)
-            promise.completeWithTask { await router.handle(method: req.0, uri: req.1, body: req.2) }
+            router.handle(method: req.0, uri: req.1, body: req.2) { promise.succeed($0) }
             let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
             promise.futureResult.whenSuccess { resp in
                 let (handler, ctx) = bound.value

@@ -1,0 +1,177 @@
+import Foundation
+import RampartCore
+import RampartDaemon
+import RampartHarness
+import RampartNetlink
+import RampartNFTables
+import RampartStore
+import Testing
+
+/// The executables built beside the test bundle.
+func executable(_ name: String) -> String {
+    let dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+    var candidate = dir.appendingPathComponent(name).path
+    if !FileManager.default.fileExists(atPath: candidate) {
+        candidate = dir.deletingLastPathComponent().appendingPathComponent(name).path
+    }
+    return candidate
+}
+
+/// A hypervisor in namespaces with a daemon programming it (in this process), a store and the
+/// daemon's socket in a temp directory, and the `rampart` CLI's controller verbs aimed at both.
+final class DaemonHypervisor: @unchecked Sendable {
+    static let spec = TopologySpec(
+        instances: [
+            InstanceSpec(name: "web-1", interface: "tapweb1", addresses: ["10.0.1.11", "fd00::11"]),
+            InstanceSpec(name: "db-1", interface: "tapdb1", addresses: ["10.0.2.21", "fd00::21"]),
+        ],
+        outside: [
+            OutsideHostSpec(name: "bastion", addresses: ["10.0.9.5"]),
+            OutsideHostSpec(name: "internet", addresses: ["192.0.2.10"]),
+        ])
+
+    let topo: HypervisorTopology
+    let dir: String
+    let storePath: String
+    let socketPath: String
+    let store: SQLiteStore
+    var daemon: Daemon?
+    var server: APIServer?
+
+    init(resync: Double = 3600, inProcess: Bool = true) async throws {
+        topo = try HypervisorTopology(Self.spec)
+        dir = tempDir("kd")
+        storePath = dir + "/rampart.db"
+        socketPath = dir + "/rampartd.sock"
+        store = try SQLiteStore(path: storePath)
+        try Self.policy(store)
+        if inProcess {
+            let d = Daemon(configuration: .init(host: "hv1", namespace: .named(topo.hypervisor.name), resyncInterval: resync), store: store)
+            let s = APIServer(socketPath: socketPath, router: APIRouter(daemon: d))
+            d.start()
+            try await s.start()
+            await d.waitUntilReady()
+            daemon = d
+            server = s
+        }
+    }
+
+    func stop() async {
+        await server?.stop()
+        daemon?.stop()
+    }
+
+    /// web allows http from anywhere, ssh from admin, all egress; db allows pg from web.
+    static func policy(_ st: SQLiteStore) throws {
+        for g in ["web", "db", "admin"] { _ = try st.createGroup(g, description: nil) }
+        _ = try st.authorize(group: "web", rule: try rule(#"{"id":"http","protocol":"tcp","ports":"80","cidr":"0.0.0.0/0"}"#, "web"))
+        _ = try st.authorize(group: "web", rule: try rule(#"{"id":"ssh","protocol":"tcp","ports":"22","group":"admin"}"#, "web", refs: ["admin"]))
+        _ = try st.authorize(group: "web", rule: try rule(#"{"direction":"egress","protocol":"any","cidr":"0.0.0.0/0"}"#, "web"))
+        _ = try st.authorize(group: "db", rule: try rule(#"{"protocol":"tcp","ports":"5432","group":"web"}"#, "db", refs: ["web"]))
+        _ = try st.addInstance("web-1", Instance(host: "hv1", groups: ["web"], ips: [ip("10.0.1.11"), ip("fd00::11")], interface: "tapweb1"))
+        _ = try st.addInstance("db-1", Instance(host: "hv1", groups: ["db"], ips: [ip("10.0.2.21"), ip("fd00::21")], interface: "tapdb1"))
+    }
+
+    @discardableResult
+    func cli(_ args: [String]) throws -> CommandResult {
+        try runCommand([executable("rampart")] + args + ["--store", storePath, "--socket", socketPath])
+    }
+
+    func expect(_ cases: [(Probe, Bool)], sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let results = try topo.probe(cases.map(\.0))
+        let wrong = zip(results, cases).filter { $0.passed != $1.1 }
+        #expect(wrong.isEmpty, "unexpected: \(wrong.map { "\($0.0.probe) \($0.0.passed ? "passed" : "was dropped")" })", sourceLocation: sourceLocation)
+    }
+
+    /// What the kernel holds equals what the store says.
+    func kernelMatchesStore() throws -> Bool {
+        let expected = Compiler.compile(try store.document(forHost: "hv1"))
+        let nl = try NFTablesConnection(namespace: .named(topo.hypervisor.name))
+        return try NFTablesBackend(client: nl).readBack(reference: expected) == expected
+    }
+}
+
+@Suite("rampartd against the kernel, with real traffic", .serialized) struct KernelDaemonTests {
+    @Test func controllerVerbsChangeWhatPassesThroughTheDaemon() async throws {
+        let h = try await DaemonHypervisor()
+        try h.expect([
+            (.tcp(from: "internet", to: "10.0.1.11", port: 80), true),
+            (.tcp(from: "bastion", to: "10.0.1.11", port: 22), false),  // not an admin member yet
+            (.tcp(from: "web-1", to: "10.0.2.21", port: 5432), true),
+        ])
+        // bastion joins admin: hv1 references admin (web's ssh rule) and gets the members refresh.
+        let add = try h.cli(["instance", "add", "bastion", "--host", "hv2", "--ip", "10.0.9.5", "--interface", "tapb", "--group", "admin"])
+        #expect(add.status == 0, "\(add.stderr)")
+        #expect(add.stdout.contains("sent to hv1: refresh_security_group_members(admin)"), "\(add.stdout)")
+        #expect(add.stdout.contains("to hv2: refresh_instance(bastion) (not delivered"), "\(add.stdout)")
+        // http is revoked: the rules refresh goes to hv1.
+        let revoke = try h.cli(["group", "revoke", "web", "--id", "http"])
+        #expect(revoke.status == 0, "\(revoke.stderr)")
+        #expect(revoke.stdout.contains("sent to hv1: refresh_security_group_rules(web)"), "\(revoke.stdout)")
+        try h.expect([
+            (.tcp(from: "internet", to: "10.0.1.11", port: 80), false),
+            (.tcp(from: "bastion", to: "10.0.1.11", port: 22), true),
+        ])
+        // web-1 leaves web: an instance refresh; then a rule to a group new to the host.
+        let sg = try h.cli(["instance", "set-groups", "web-1"])
+        #expect(sg.status == 0, "\(sg.stderr)")
+        let auth = try h.cli(["group", "authorize", "db", "--protocol", "tcp", "--ports", "22", "--group", "admin"])
+        #expect(auth.status == 0, "\(auth.stderr)")
+        try h.expect([
+            (.tcp(from: "bastion", to: "10.0.1.11", port: 22), false),
+            (.tcp(from: "web-1", to: "10.0.2.21", port: 5432), false),  // web-1 has no egress now
+            (.tcp(from: "bastion", to: "10.0.2.21", port: 22), true),
+        ])
+        // bad input changes nothing
+        let bad = try h.cli(["group", "authorize", "db", "--protocol", "tcp", "--ports", "70000", "--cidr", "0.0.0.0/0"])
+        #expect(bad.status == 1)
+        #expect(bad.stderr.contains("70000"), "\(bad.stderr)")
+        let exported = try h.cli(["export", "--host", "hv1"])
+        #expect(try Document.parse(json: exported.stdout) == h.store.document(forHost: "hv1"))
+        #expect(try h.kernelMatchesStore())
+        await h.stop()
+    }
+
+    @Test func aRuleDeletedByHandIsRepairedWithinTheResyncInterval() async throws {
+        let h = try await DaemonHypervisor(resync: 0.5)
+        try h.topo.hypervisor.nft("flush", "chain", "inet", "rampart", "gin-web")
+        try h.expect([(.tcp(from: "internet", to: "10.0.1.11", port: 80), false)])  // our own drift: web has no rules
+        let deadline = Date().addingTimeInterval(3)
+        while h.daemon!.currentStatus.driftRepaired == 0 && Date() < deadline { try await Task.sleep(for: .milliseconds(50)) }
+        #expect(h.daemon!.currentStatus.driftRepaired > 0)
+        try h.expect([(.tcp(from: "internet", to: "10.0.1.11", port: 80), true)])
+        #expect(try h.kernelMatchesStore())
+        await h.stop()
+    }
+
+    @Test func concurrentClientsOversizedBodiesAndTheSocketMode() async throws {
+        let h = try await DaemonHypervisor()
+        let path = h.socketPath
+        var st = stat()
+        #expect(stat(path, &st) == 0)
+        #expect(st.st_mode & 0o777 == 0o600)
+        #expect(st.st_uid == 0)
+        // 8 clients × 25 refreshes, each waiting for its commit
+        // (blocking clients on threads of their own, not on the tasks' pool)
+        let statuses = runOnThreads(8) { c in
+            (0..<25).map { i in
+                let r = try? DaemonClient(socketPath: path).deliver(i % 2 == 0 ? .members(c % 2 == 0 ? "admin" : "web") : .rules("web"))
+                return r?.status ?? -1
+            }
+        }.flatMap { $0 }
+        #expect(statuses.count == 200)
+        #expect(statuses.allSatisfy { $0 == 200 }, "\(Set(statuses))")
+        // an oversized body: 413, and the daemon keeps serving
+        let big = try DaemonClient(socketPath: path).request("POST", "/v1/refresh/members/web", body: String(repeating: " ", count: 200_000))
+        #expect(big.status == 413)
+        #expect(big.body.contains("error"))
+        let ok = try DaemonClient(socketPath: path).request("GET", "/v1/status")
+        #expect(ok.status == 200 && ok.body.contains("\"ready\":true"))
+        // a client that is not root cannot even connect
+        let other = try runCommand(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "socat", "-", "UNIX-CONNECT:\(path)"],
+                                   input: "GET /v1/status HTTP/1.0\r\n\r\n")
+        #expect(other.status != 0)
+        #expect(other.stderr.lowercased().contains("permission denied"), "\(other.stderr)")
+        await h.stop()
+    }
+}
