@@ -175,3 +175,135 @@ final class DaemonHypervisor: @unchecked Sendable {
         await h.stop()
     }
 }
+
+/// The real `rampartd` executable: kill -9 in the middle of a burst, restart, convergence, and
+/// no probe that the policy denies ever passes; sd_notify READY; SIGTERM leaves the rules.
+@Suite("rampartd executable: crash and restart", .serialized) struct DaemonProcessTests {
+    final class DaemonProcess: @unchecked Sendable {
+        let process = Process()
+        init(_ h: DaemonHypervisor, notify: String? = nil) throws {
+            process.executableURL = URL(fileURLWithPath: executable("rampartd"))
+            process.arguments = ["--host", "hv1", "--store", h.storePath, "--socket", h.socketPath,
+                                 "--netns", h.topo.hypervisor.name, "--resync-interval", "3600", "--log-level", "warning"]
+            var env = ProcessInfo.processInfo.environment
+            if let notify { env["NOTIFY_SOCKET"] = notify }
+            process.environment = env
+            process.standardOutput = FileHandle.nullDevice
+            try process.run()
+            let deadline = Date().addingTimeInterval(15)
+            while Date() < deadline {
+                if let r = try? DaemonClient(socketPath: h.socketPath, timeout: 2).request("GET", "/v1/status"), r.status == 200 { return }
+                Thread.sleep(forTimeInterval: 0.05)
+            }
+            throw HarnessError("rampartd did not become ready")
+        }
+        func kill9() {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+        func terminate() -> Int32 {
+            kill(process.processIdentifier, SIGTERM)
+            process.waitUntilExit()
+            return process.terminationStatus
+        }
+    }
+
+    /// A datagram socket standing in for systemd's notify socket.
+    final class NotifySocket: @unchecked Sendable {
+        let fd: Int32
+        let path: String
+        init(path: String) {
+            self.path = path
+            fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
+            var addr = sockaddr_un()
+            addr.sun_family = sa_family_t(AF_UNIX)
+            withUnsafeMutableBytes(of: &addr.sun_path) { raw in for (i, b) in path.utf8.enumerated() { raw[i] = b } }
+            _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+            var tv = timeval(tv_sec: 0, tv_usec: 200_000)
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        }
+        func messages() -> [String] {
+            var out: [String] = []
+            var buf = [UInt8](repeating: 0, count: 4096)
+            while true {
+                let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+                if n <= 0 { break }
+                out.append(String(decoding: buf[0..<n], as: UTF8.self))
+            }
+            return out
+        }
+        deinit { close(fd); unlink(path) }
+    }
+
+    @Test func killDashNineMidBurstThenRestartNeverOpensAnything() async throws {
+        let h = try await DaemonHypervisor(inProcess: false)
+        let notify = NotifySocket(path: h.dir + "/notify")
+        var d = try DaemonProcess(h, notify: notify.path)
+        #expect(notify.messages().contains { $0.contains("READY=1") })
+        try h.expect([
+            (.tcp(from: "internet", to: "10.0.1.11", port: 80), true),
+            (.tcp(from: "internet", to: "10.0.1.11", port: 22), false),
+        ])
+        let denied: [Probe] = [
+            .tcp(from: "internet", to: "10.0.1.11", port: 22, timeout: 0.3),
+            .tcp(from: "internet", to: "10.0.2.21", port: 5432, timeout: 0.3),
+        ]
+        final class Flags: @unchecked Sendable {
+            var stop = false; var passed: [String] = []; var probes = 0; var sent = 0; let lock = NSLock()
+            var sentCount: Int { lock.withLock { sent } }
+            func requestStop() { lock.withLock { stop = true } }
+        }
+        let flags = Flags()
+        let store = h.store
+        let socketPath = h.socketPath
+        let topo = h.topo
+        // the burst: admin members elsewhere come and go; each change is a members refresh
+        let burst = Thread {
+            for i in 0..<1000 {
+                let id = "adm\(i % 20)"
+                if (try? store.instance(id)) ?? nil != nil { _ = try? store.removeInstance(id) } else {
+                    _ = try? store.addInstance(id, Instance(host: "hv2", groups: ["admin"], ips: [IPAddress("10.7.0.\(i % 20 + 1)")!], interface: "tapa\(i % 20)"))
+                }
+                _ = try? DaemonClient(socketPath: socketPath, timeout: 1).deliver(.members("admin"), wait: false)
+                flags.lock.lock(); flags.sent += 1; flags.lock.unlock()
+            }
+        }
+        // the prober: denied traffic, over and over, until told to stop
+        let prober = Thread {
+            while true {
+                flags.lock.lock(); let stop = flags.stop; flags.lock.unlock()
+                if stop { break }
+                let results = (try? topo.probe(denied)) ?? []
+                flags.lock.lock()
+                flags.probes += results.count
+                flags.passed += results.filter(\.passed).map { "\($0.probe)" }
+                flags.lock.unlock()
+            }
+        }
+        burst.start()
+        prober.start()
+        while true {
+            if flags.sentCount >= 300 { break }
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        d.kill9()
+        // the table outlives the daemon
+        #expect(try h.topo.hypervisor.nft("list", "table", "inet", "rampart").succeeded)
+        try await Task.sleep(for: .milliseconds(500))
+        d = try DaemonProcess(h)
+        while !burst.isFinished { try await Task.sleep(for: .milliseconds(20)) }
+        // one more refresh after the burst, waited for: everything is in
+        let last = try DaemonClient(socketPath: h.socketPath).deliver(.members("admin"))
+        #expect(last.status == 200, "\(last.body)")
+        flags.requestStop()
+        while !prober.isFinished { try await Task.sleep(for: .milliseconds(20)) }
+        #expect(flags.probes > 0)
+        #expect(flags.passed.isEmpty, "denied probes passed: \(flags.passed)")
+        #expect(try h.kernelMatchesStore())
+        try h.expect([(.tcp(from: "internet", to: "10.0.1.11", port: 80), true)])
+        // SIGTERM: a clean exit, and the rules stay
+        #expect(d.terminate() == 0)
+        #expect(try h.topo.hypervisor.nft("list", "chain", "inet", "rampart", "gin-web").stdout.contains("dport 80"))
+        try h.expect([(.tcp(from: "internet", to: "10.0.1.11", port: 22), false)])
+    }
+}
