@@ -82,7 +82,7 @@ let package = Package(
         .executableTarget(
             name: "rampart-bench",
             dependencies: [
-                "RampartNetlink", "RampartCore", "RampartHarness",
+                "RampartNetlink", "RampartCore", "RampartHarness", "RampartStore", "RampartDaemon",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

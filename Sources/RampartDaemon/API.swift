@@ -111,7 +111,7 @@ public struct APIRouter: Sendable {
                 switch kind {
                 case "members", "rules":
                     do {
-                        if try daemon.store.group(id) == nil { return .error(404, "unknown group \(id)") }
+                        if try !daemon.store.groupExists(id) { return .error(404, "unknown group \(id)") }
                     } catch {
                         return .error(500, "store: \(error)")
                     }

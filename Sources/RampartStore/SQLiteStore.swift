@@ -85,6 +85,10 @@ public final class SQLiteStore: Store, @unchecked Sendable {
         try locked { () throws(StoreError) in try groupRow(id) }
     }
 
+    public func groupExists(_ id: String) throws(StoreError) -> Bool {
+        try locked { () throws(StoreError) in try !db.query("SELECT 1 FROM groups WHERE id = ?", .text(id)).isEmpty }
+    }
+
     public func instance(_ id: String) throws(StoreError) -> Instance? {
         try locked { () throws(StoreError) in try records("WHERE i.id = ?", [.text(id)])[id] }
     }

@@ -49,6 +49,7 @@ public protocol Store: AnyObject, Sendable {
     // reads (the daemon)
     func document(forHost host: String) throws(StoreError) -> Document
     func group(_ id: String) throws(StoreError) -> Group?
+    func groupExists(_ id: String) throws(StoreError) -> Bool
     func instance(_ id: String) throws(StoreError) -> Instance?
     func memberRecords(of group: String) throws(StoreError) -> [String: Instance]
     func hosts() throws(StoreError) -> [String]
