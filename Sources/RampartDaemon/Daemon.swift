@@ -448,10 +448,19 @@ public final class Daemon: @unchecked Sendable {
             let b = try connect()
             let doc = try store.document(forHost: host)
             let catchUp = try engine.apply(document: doc)
+            var caughtUp = false
             if !catchUp.isEmpty {
-                try b.commit(catchUp, result: engine.committed)
-                opsApplied.increment(by: catchUp.ops.count)
-                commitCounter.increment()
+                // What the store has that no refresh brought (or a failed drain left): committed on
+                // its own so that it is not counted as drift; if refused, the converge below
+                // (from a fresh read-back) does it.
+                do {
+                    try b.commit(catchUp, result: engine.committed)
+                    opsApplied.increment(by: catchUp.ops.count)
+                    commitCounter.increment()
+                    caughtUp = true
+                } catch {
+                    logger.info("catch-up from the store refused (\(error)); converging from a read-back")
+                }
             }
             b.invalidate()
             let desired = engine.committed
@@ -468,7 +477,7 @@ public final class Daemon: @unchecked Sendable {
             status.resyncs += 1
             status.driftRepaired += repair.ops.count
             cond.unlock()
-            updateCounts(syncMillis: Double(ns) / 1e6, commits: (catchUp.isEmpty ? 0 : 1) + (repair.isEmpty ? 0 : 1))
+            updateCounts(syncMillis: Double(ns) / 1e6, commits: (caughtUp ? 1 : 0) + (repair.isEmpty ? 0 : 1))
             return nil
         } catch {
             let msg = "resync failed: \(error)"
@@ -584,11 +593,16 @@ public final class Daemon: @unchecked Sendable {
 
     private func membersRefresh(_ group: String) throws -> Plan {
         guard referencedGroups().contains(group) else { return Plan() }
-        let docGroups = engine.document.groups
+        let doc = engine.document
         var members: [String: Instance] = [:]
-        for (id, inst) in try store.memberRecords(of: group) {
-            if inst.host == host && engine.document.instances[id]?.host != host { throw Reload() }
-            members[id] = project(inst, groups: docGroups)
+        // Instances elsewhere as the store has them; instances of this host as the engine has
+        // them: their changes arrive as instance refreshes (which decide whether a group becomes
+        // enforced here and so needs its real rules), never through a members refresh.
+        for (id, inst) in try store.memberRecords(of: group) where inst.host != host {
+            members[id] = project(inst, groups: doc.groups)
+        }
+        for (id, inst) in doc.instances where inst.host == host && inst.groups.contains(group) {
+            members[id] = inst
         }
         return try engine.membersChanged(group: group, members: members)
     }

@@ -61,7 +61,8 @@ import Testing
     /// Random controller verbs; after each, the fan-out for hv1 is delivered and the daemon's
     /// committed state must equal the compiled document of the store (the incremental paths and
     /// their fall-backs agree with a full recompile).
-    @Test(arguments: [1, 2, 3]) func randomVerbsConverge(seed: Int) async throws {
+    @Test(arguments: [(1, false), (2, false), (3, false), (4, true), (5, true), (6, true)])
+    func randomVerbsConverge(seed: Int, batched: Bool) async throws {
         let f = try Fixture(populate: Self.base)
         await f.start()
         defer { f.daemon.stop() }
@@ -70,6 +71,7 @@ import Testing
         for g in ["g4", "g5"] { _ = try f.store.createGroup(g, description: nil) }
         var next = 100
         var ids: [String] = ["web-1", "db-1", "bastion"]
+        var queued: [Delivery] = []
         for step in 0..<80 {
             let op = rng.next() % 6
             var ds: [Delivery] = []
@@ -105,8 +107,21 @@ import Testing
             } catch let e as StoreError where e.kind == .conflict {
                 continue
             }
-            try await f.deliver(ds)
-            #expect(f.daemon.engineCommittedForTesting == (try f.expected()), "seed \(seed) step \(step) op \(op) \(ds)")
+            if batched {
+                // several verbs' refreshes reach the daemon together: one drain, one batch
+                queued += ds
+                if step % 5 != 4 { continue }
+                var last: UInt64 = 0
+                for d in queued where d.host == f.daemon.host { last = f.daemon.enqueue(d.refresh) }
+                queued = []
+                let o = await f.daemon.wait(for: last)
+                #expect(o != .failed("x") && { if case .committed = o { true } else { false } }(), "\(o)")
+            } else {
+                try await f.deliver(ds)
+            }
+            let want = try f.expected()
+            #expect(f.daemon.engineCommittedForTesting == want,
+                    "seed \(seed) step \(step) op \(op) \(ds): daemon → store: \(Render.plan(diff(from: f.daemon.engineCommittedForTesting, to: want)))")
         }
         #expect(try f.kernelIR() == f.expected())
     }
