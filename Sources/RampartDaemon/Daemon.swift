@@ -404,6 +404,27 @@ public final class Daemon: @unchecked Sendable {
             return .failed("\(error)")
         }
         guard !plan.isEmpty else {
+            // Nothing to send; still, if someone else committed since our last batch (one GETGEN),
+            // read the table back and repair what they changed in it.
+            do {
+                let b = try connect()
+                if try b.client.generation() != b.mirrorGeneration {
+                    b.invalidate()
+                    let (repair, _) = try b.converge(to: engine.committed)
+                    if !repair.isEmpty {
+                        opsApplied.increment(by: repair.ops.count)
+                        commitCounter.increment()
+                        driftCounter.increment(by: repair.ops.count)
+                        cond.lock()
+                        status.driftRepaired += repair.ops.count
+                        cond.unlock()
+                        logger.warning("another process changed the table; repaired: \(repair.summary)")
+                    }
+                }
+            } catch {
+                record(error: "read-back after another commit failed: \(error)")
+                return .failed("\(error)")
+            }
             let ns = DispatchTime.now().uptimeNanoseconds - start
             syncTimer.recordNanoseconds(Int64(ns))
             updateCounts(syncMillis: Double(ns) / 1e6)

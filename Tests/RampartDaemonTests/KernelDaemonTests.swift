@@ -132,6 +132,55 @@ final class DaemonHypervisor: @unchecked Sendable {
         await h.stop()
     }
 
+    @Test func aHandEditIsNoticedAtTheNextRefreshThroughTheGeneration() async throws {
+        let h = try await DaemonHypervisor()  // no periodic resync during the test
+        // someone opens ssh to web by hand, and someone else commits in another table
+        try h.topo.hypervisor.nft("add", "rule", "inet", "rampart", "gin-web", "tcp", "dport", "22", "accept")
+        try h.topo.hypervisor.nft("add", "table", "inet", "someone-else")
+        try h.expect([(.tcp(from: "internet", to: "10.0.1.11", port: 22), true)])
+        // the next refresh's batch is refused (generation moved), the table is read back and repaired
+        let r = try DaemonClient(socketPath: h.socketPath).deliver(.members("admin"))
+        #expect(r.status == 200, "\(r.body)")
+        try h.expect([(.tcp(from: "internet", to: "10.0.1.11", port: 22), false)])
+        #expect(try h.kernelMatchesStore())
+        #expect(try h.topo.hypervisor.nft("list", "table", "inet", "someone-else").succeeded)  // not ours: untouched
+        await h.stop()
+    }
+
+    @Test func importAndExportThroughTheCLI() async throws {
+        let h = try await DaemonHypervisor()
+        // a document for hv1 that lets the internet in on 22 and adds an instance elsewhere
+        let doc = """
+            {"version":1,"host":"hv1","groups":{
+              "web":{"rules":[{"protocol":"tcp","ports":"22","cidr":"0.0.0.0/0"},{"direction":"egress","protocol":"any","cidr":"0.0.0.0/0"}]}},
+             "instances":{
+              "web-1":{"host":"hv1","interface":"tapweb1","ips":["10.0.1.11","fd00::11"],"groups":["web"]},
+              "far":{"host":"hv9","interface":"tapfar","ips":["10.9.9.9"],"groups":["web"]}}}
+            """
+        let file = h.dir + "/doc.json"
+        try doc.write(toFile: file, atomically: true, encoding: .utf8)
+        let r = try h.cli(["import", file])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout.contains("sent to hv1: refresh_host"), "\(r.stdout)")
+        try h.expect([
+            (.tcp(from: "internet", to: "10.0.1.11", port: 22), true),
+            (.tcp(from: "internet", to: "10.0.1.11", port: 80), false),  // web's rules were replaced
+        ])
+        let exported = try h.cli(["export", "--host", "hv1"])
+        let back = try Document.parse(json: exported.stdout)
+        #expect(back.instances["far"]?.host == "hv9")
+        #expect(back.groups["web"]?.rules.count == 2)
+        // an invalid document changes nothing
+        try #"{"version":1,"host":"hv1","groups":{},"instances":{"x":{"host":"hv1","ips":["10.0.0.1"],"groups":["nope"]}}}"#
+            .write(toFile: file, atomically: true, encoding: .utf8)
+        let bad = try h.cli(["import", file])
+        #expect(bad.status == 1)
+        #expect(bad.stderr.contains("nope"), "\(bad.stderr)")
+        #expect(try h.cli(["export", "--host", "hv1"]).stdout == exported.stdout)
+        #expect(try h.kernelMatchesStore())
+        await h.stop()
+    }
+
     @Test func aRuleDeletedByHandIsRepairedWithinTheResyncInterval() async throws {
         let h = try await DaemonHypervisor(resync: 0.5)
         try h.topo.hypervisor.nft("flush", "chain", "inet", "rampart", "gin-web")
