@@ -34,7 +34,7 @@ public struct DaemonStatus: Sendable {
     public var sets: Int
 
     public var json: String {
-        func s(_ v: String?) -> String { v.map { "\"" + $0.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"").replacingOccurrences(of: "\n", with: "\\n") + "\"" } ?? "null" }
+        func s(_ v: String?) -> String { v.map(jsonText) ?? "null" }
         let iso = ISO8601DateFormatter()
         return """
             {"host":\(s(host)),"ready":\(ready),"generation":\(generation.map(String.init) ?? "null"),\

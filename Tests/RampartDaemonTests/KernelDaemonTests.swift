@@ -181,6 +181,31 @@ final class DaemonHypervisor: @unchecked Sendable {
         await h.stop()
     }
 
+    @Test func aBurstOfAThousandRefreshCallsEndsRightInFewCommits() async throws {
+        let h = try await DaemonHypervisor()
+        // 50 admin members elsewhere and bastion join in the store; then 1,000 calls from 8 clients
+        for i in 0..<50 {
+            _ = try h.store.addInstance("adm\(i)", Instance(host: "hv\(2 + i % 3)", groups: ["admin"], ips: [ip("10.6.0.\(i + 1)")], interface: "tapa\(i)"))
+        }
+        _ = try h.store.addInstance("bastion", Instance(host: "hv2", groups: ["admin"], ips: [ip("10.0.9.5")], interface: "tapb"))
+        let commitsBefore = h.daemon!.currentStatus.commits
+        let path = h.socketPath
+        let statuses = runOnThreads(8) { c in
+            (0..<125).map { i in
+                (try? DaemonClient(socketPath: path).deliver(i % 3 == 0 ? .rules("web") : .members(c % 2 == 0 ? "admin" : "web"), wait: false))?.status ?? -1
+            }
+        }.flatMap { $0 }
+        #expect(statuses.count == 1000 && statuses.allSatisfy { $0 == 202 }, "\(Set(statuses))")
+        let last = try DaemonClient(socketPath: path).deliver(.members("admin"))
+        #expect(last.status == 200)
+        let commits = h.daemon!.currentStatus.commits - commitsBefore
+        #expect(commits >= 1 && commits <= 10, "\(commits) commits")
+        #expect(h.daemon!.currentStatus.refreshesReceived >= 1001)
+        #expect(try h.kernelMatchesStore())
+        try h.expect([(.tcp(from: "bastion", to: "10.0.1.11", port: 22), true)])
+        await h.stop()
+    }
+
     @Test func aRuleDeletedByHandIsRepairedWithinTheResyncInterval() async throws {
         let h = try await DaemonHypervisor(resync: 0.5)
         try h.topo.hypervisor.nft("flush", "chain", "inet", "rampart", "gin-web")
