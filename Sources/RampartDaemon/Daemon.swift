@@ -74,6 +74,8 @@ public final class Daemon: @unchecked Sendable {
 
     // Worker-owned state (only the worker thread touches these).
     private var engine: Engine
+    /// This host's instances in the engine's document (rebuilt after an event that may change them).
+    private var localCache: [String: Instance]?
     private var backend: NFTablesBackend?
     private let makeClient: @Sendable () throws -> NFTablesClient
 
@@ -374,6 +376,7 @@ public final class Daemon: @unchecked Sendable {
             let b = try connect()
             let doc = try store.document(forHost: host)
             _ = try engine.apply(document: doc)
+            localCache = nil
             let desired = engine.committed
             let (plan, _) = try b.converge(to: desired)
             opsApplied.increment(by: plan.ops.count)
@@ -469,6 +472,7 @@ public final class Daemon: @unchecked Sendable {
             let b = try connect()
             let doc = try store.document(forHost: host)
             let catchUp = try engine.apply(document: doc)
+            localCache = nil
             var caughtUp = false
             if !catchUp.isEmpty {
                 // What the store has that no refresh brought (or a failed drain left): committed on
@@ -545,13 +549,23 @@ public final class Daemon: @unchecked Sendable {
     }
 
     private func reload() throws -> Plan {
-        try engine.apply(document: store.document(forHost: host))
+        localCache = nil
+        return try engine.apply(document: store.document(forHost: host))
+    }
+
+    /// This host's instances as the engine has them (only instance events and reloads change them).
+    private func localInstances() -> [String: Instance] {
+        if let c = localCache { return c }
+        var out: [String: Instance] = [:]
+        for (id, i) in engine.document.instances where i.host == host { out[id] = i }
+        localCache = out
+        return out
     }
 
     /// Groups with a member on this host (their rules are in the document for real).
     private func localGroups() -> Set<String> {
         var out = Set<String>()
-        for (_, i) in engine.document.instances where i.host == host { out.formUnion(i.groups) }
+        for (_, i) in localInstances() { out.formUnion(i.groups) }
         return out
     }
 
@@ -575,6 +589,7 @@ public final class Daemon: @unchecked Sendable {
     }
 
     private func instanceRefresh(_ id: String) throws -> Plan {
+        defer { localCache = nil }
         let current = engine.document.instances[id]
         let record = try store.instance(id)
         guard let rec = record, rec.host == host else {
@@ -590,7 +605,7 @@ public final class Daemon: @unchecked Sendable {
             if same == rec {
                 // Only its groups changed: every new group must already be enforced here.
                 var others = Set<String>()
-                for (oid, i) in engine.document.instances where i.host == host && oid != id { others.formUnion(i.groups) }
+                for (oid, i) in localInstances() where oid != id { others.formUnion(i.groups) }
                 guard Set(rec.groups).subtracting(c.groups).isSubset(of: others) else { throw Reload() }
                 return try engine.instanceGroupsChanged(id: id, groups: rec.groups)
             }
@@ -622,7 +637,7 @@ public final class Daemon: @unchecked Sendable {
         for (id, inst) in try store.memberRecords(of: group) where inst.host != host {
             members[id] = project(inst, groups: doc.groups)
         }
-        for (id, inst) in doc.instances where inst.host == host && inst.groups.contains(group) {
+        for (id, inst) in localInstances() where inst.groups.contains(group) {
             members[id] = inst
         }
         return try engine.membersChanged(group: group, members: members)
