@@ -25,7 +25,10 @@ public final class APIServer: Sendable {
     public func start(mode: mode_t = 0o600) async throws {
         let dir = (socketPath as NSString).deletingLastPathComponent
         if !dir.isEmpty { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755]) }
-        unlink(socketPath)
+        if Self.someoneListens(on: socketPath) {
+            throw ServerError(description: "another process is serving on \(socketPath); not replacing its socket")
+        }
+        unlink(socketPath)  // a stale socket left by a crash
         let router = self.router
         let logger = self.logger
         let bootstrap = ServerBootstrap(group: group)
@@ -48,6 +51,28 @@ public final class APIServer: Sendable {
         try? await ch?.close()
         unlink(socketPath)
         try? await group.shutdownGracefully()
+    }
+}
+
+public struct ServerError: Error, CustomStringConvertible, Sendable {
+    public var description: String
+}
+
+extension APIServer {
+    /// Whether a process accepts connections on the Unix socket at `path`.
+    static func someoneListens(on path: String) -> Bool {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { return false }
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in for (i, b) in bytes.enumerated() { raw[i] = b } }
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        return rc == 0
     }
 }
 

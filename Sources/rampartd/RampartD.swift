@@ -71,8 +71,13 @@ struct DaemonService: Service {
     let logger: Logger
 
     func run() async throws {
+        do {
+            try await server.start()
+        } catch {
+            logger.critical("cannot serve: \(error)")
+            throw ExitCode(3)
+        }
         daemon.start()
-        try await server.start()
         logger.info("serving", metadata: ["socket": "\(server.socketPath)"])
         try? await gracefulShutdown()
         logger.info("stopping (rules stay in place; `rampart flush` removes them)")

@@ -241,6 +241,10 @@ final class DaemonHypervisor: @unchecked Sendable {
         #expect(big.body.contains("error"))
         let ok = try DaemonClient(socketPath: path).request("GET", "/v1/status")
         #expect(ok.status == 200 && ok.body.contains("\"ready\":true"))
+        // a second server on the same socket refuses to start, and the first keeps serving
+        let second = APIServer(socketPath: path, router: h.server!.router)
+        await #expect(throws: ServerError.self) { try await second.start() }
+        #expect(try DaemonClient(socketPath: path).request("GET", "/v1/status").status == 200)
         // a client that is not root cannot even connect
         let other = try runCommand(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "socat", "-", "UNIX-CONNECT:\(path)"],
                                    input: "GET /v1/status HTTP/1.0\r\n\r\n")
