@@ -385,3 +385,47 @@ final class DaemonHypervisor: @unchecked Sendable {
         try h.expect([(.tcp(from: "internet", to: "10.0.1.11", port: 22), false)])
     }
 }
+
+/// Two hypervisors (two namespaces, two daemons, one store): the CLI delivers each host its own
+/// refresh calls and both kernels end equal to their documents.
+@Suite("rampart CLI with two daemons") struct TwoDaemonsTests {
+    @Test func eachHostGetsItsOwnCalls() async throws {
+        let dir = tempDir("two")
+        let storePath = dir + "/rampart.db"
+        let store = try SQLiteStore(path: storePath)
+        for g in ["web", "admin"] { _ = try store.createGroup(g, description: nil) }
+        _ = try store.authorize(group: "web", rule: try rule(#"{"protocol":"tcp","ports":"22","group":"admin"}"#, "web", refs: ["admin"]))
+        _ = try store.addInstance("w1", Instance(host: "hv1", groups: ["web"], ips: [ip("10.0.1.1")], interface: "tapw1"))
+        _ = try store.addInstance("w2", Instance(host: "hv2", groups: ["web"], ips: [ip("10.0.1.2")], interface: "tapw2"))
+        var namespaces: [TestNamespace] = []
+        var daemons: [(Daemon, APIServer, String)] = []
+        for h in ["hv1", "hv2"] {
+            let ns = try TestNamespace(prefix: "two")
+            namespaces.append(ns)
+            let d = Daemon(configuration: .init(host: h, namespace: .named(ns.name), resyncInterval: 3600), store: store)
+            let sock = dir + "/\(h).sock"
+            let s = APIServer(socketPath: sock, router: APIRouter(daemon: d))
+            d.start()
+            try await s.start()
+            await d.waitUntilReady()
+            daemons.append((d, s, sock))
+        }
+        let r = try runCommand([executable("rampart"), "instance", "add", "adm", "--host", "hv3", "--ip", "10.0.9.1",
+                                "--interface", "tapadm", "--group", "admin", "--store", storePath,
+                                "--socket", daemons[0].2, "--socket", daemons[1].2])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout.contains("sent to hv1: refresh_security_group_members(admin)"), "\(r.stdout)")
+        #expect(r.stdout.contains("sent to hv2: refresh_security_group_members(admin)"), "\(r.stdout)")
+        #expect(r.stdout.contains("to hv3: refresh_instance(adm) (not delivered"), "\(r.stdout)")
+        for (i, h) in ["hv1", "hv2"].enumerated() {
+            let expected = Compiler.compile(try store.document(forHost: h))
+            let nl = try NFTablesConnection(namespace: .named(namespaces[i].name))
+            #expect(try NFTablesBackend(client: nl).readBack(reference: expected) == expected, "\(h)")
+            #expect(expected.sets["m4-admin"]?.elements.count == 1)
+        }
+        for (d, s, _) in daemons {
+            await s.stop()
+            d.stop()
+        }
+    }
+}
