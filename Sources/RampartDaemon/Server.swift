@@ -22,7 +22,9 @@ public final class APIServer: Sendable {
     }
 
     /// Binds the socket (replacing a stale one) and starts accepting.
-    public func start(mode: mode_t = 0o600) async throws {
+    /// `mode` and `group` open the socket to a group of non-root clients when asked (the default
+    /// is root only).
+    public func start(mode: mode_t = 0o600, group gid: gid_t? = nil) async throws {
         let dir = (socketPath as NSString).deletingLastPathComponent
         if !dir.isEmpty { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755]) }
         if Self.someoneListens(on: socketPath) {
@@ -42,6 +44,9 @@ public final class APIServer: Sendable {
         let old = umask(0o177)
         defer { umask(old) }
         let ch = try await bootstrap.bind(unixDomainSocketPath: socketPath).get()
+        if let gid, chown(socketPath, uid_t.max, gid) != 0 {
+            throw ServerError(description: "chown \(socketPath) to group \(gid): \(String(cString: strerror(errno)))")
+        }
         chmod(socketPath, mode)
         channel.withLockedValue { $0 = ch }
     }

@@ -24,6 +24,12 @@ struct RampartD: AsyncParsableCommand {
     @Option(help: "The API's Unix socket (mode 0600: root only).")
     var socket: String = "/run/rampart/rampartd.sock"
 
+    @Option(help: "The socket's permission bits, in octal (default 600: root only).")
+    var socketMode: String = "600"
+
+    @Option(help: "A group whose members may use the socket (with --socket-mode 660).")
+    var socketGroup: String?
+
     @Option(help: "Program this network namespace (as made by `ip netns add`) instead of the current one.")
     var netns: String?
 
@@ -54,9 +60,20 @@ struct RampartD: AsyncParsableCommand {
             readyLogger.info("ready")
             SystemdNotify.send("READY=1\nSTATUS=in sync")
         }
+        guard let mode = mode_t(socketMode, radix: 8), mode <= 0o777 else {
+            logger.critical("--socket-mode \(socketMode) is not octal permission bits")
+            throw ExitCode(1)
+        }
+        var gid: gid_t?
+        if let socketGroup {
+            if let n = gid_t(socketGroup) { gid = n } else if let g = getgrnam(socketGroup) { gid = g.pointee.gr_gid } else {
+                logger.critical("--socket-group: no group \(socketGroup)")
+                throw ExitCode(1)
+            }
+        }
         let server = APIServer(socketPath: socket, router: APIRouter(daemon: daemon), logger: logger)
         let group = ServiceGroup(
-            services: [DaemonService(daemon: daemon, server: server, logger: logger)],
+            services: [DaemonService(daemon: daemon, server: server, logger: logger, socketMode: mode, socketGroup: gid)],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger)
         try await group.run()
@@ -69,10 +86,12 @@ struct DaemonService: Service {
     let daemon: Daemon
     let server: APIServer
     let logger: Logger
+    let socketMode: mode_t
+    let socketGroup: gid_t?
 
     func run() async throws {
         do {
-            try await server.start()
+            try await server.start(mode: socketMode, group: socketGroup)
         } catch {
             logger.critical("cannot serve: \(error)")
             throw ExitCode(3)

@@ -386,6 +386,31 @@ final class DaemonHypervisor: @unchecked Sendable {
     }
 }
 
+@Suite("rampartd socket permissions") struct SocketPermissionTests {
+    @Test func aGroupCanBeLetIn() async throws {
+        let dir = tempDir("perm")
+        let store = try SQLiteStore(path: dir + "/rampart.db")
+        let fake = FakeKernel()
+        let d = Daemon(configuration: .init(host: "hv1"), store: store, client: { fake.nft })
+        let path = dir + "/s.sock"
+        let s = APIServer(socketPath: path, router: APIRouter(daemon: d))
+        d.start()
+        try await s.start(mode: 0o660, group: 65534)
+        await d.waitUntilReady()
+        chmod(dir, 0o755)
+        var st = stat()
+        #expect(stat(path, &st) == 0 && st.st_mode & 0o777 == 0o660 && st.st_gid == 65534)
+        let member = try runCommand(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "socat", "-", "UNIX-CONNECT:\(path)"],
+                                    input: "GET /v1/status HTTP/1.0\r\n\r\n")
+        #expect(member.stdout.contains("200 OK"), "\(member.stdout) \(member.stderr)")
+        let other = try runCommand(["setpriv", "--reuid=65533", "--regid=65533", "--clear-groups", "socat", "-", "UNIX-CONNECT:\(path)"],
+                                   input: "GET /v1/status HTTP/1.0\r\n\r\n")
+        #expect(other.status != 0)
+        await s.stop()
+        d.stop()
+    }
+}
+
 /// Two hypervisors (two namespaces, two daemons, one store): the CLI delivers each host its own
 /// refresh calls and both kernels end equal to their documents.
 @Suite("rampart CLI with two daemons") struct TwoDaemonsTests {
