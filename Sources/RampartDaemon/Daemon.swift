@@ -622,7 +622,14 @@ public final class Daemon: @unchecked Sendable {
             return Plan()
         }
         guard let g = try store.group(group) else { throw Reload() }
-        let known = referencedGroups()
+        // Only the groups that this host's own groups reference have their members kept up to
+        // date here (that is where the store sends members refreshes); a group referenced only by
+        // a group with no member here any more may hold stale members.
+        var known = Set<String>()
+        let doc = engine.document
+        for l in localGroups() {
+            for r in doc.groups[l]?.rules ?? [] { if case .group(let ref) = r.remote { known.insert(ref) } }
+        }
         for r in g.rules { if case .group(let ref) = r.remote, !known.contains(ref) { throw Reload() } }
         return try engine.rulesChanged(group: group, rules: g.rules, description: g.description)
     }

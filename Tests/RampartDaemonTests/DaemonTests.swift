@@ -61,7 +61,7 @@ import Testing
     /// Random controller verbs; after each, the fan-out for hv1 is delivered and the daemon's
     /// committed state must equal the compiled document of the store (the incremental paths and
     /// their fall-backs agree with a full recompile).
-    @Test(arguments: [(1, false), (2, false), (3, false), (4, true), (5, true), (6, true)])
+    @Test(arguments: (40..<52).map { ($0, $0 % 2 == 0) })
     func randomVerbsConverge(seed: Int, batched: Bool) async throws {
         let f = try Fixture(populate: Self.base)
         await f.start()
@@ -72,7 +72,7 @@ import Testing
         var next = 100
         var ids: [String] = ["web-1", "db-1", "bastion"]
         var queued: [Delivery] = []
-        for step in 0..<80 {
+        for step in 0..<150 {
             let op = rng.next() % 6
             var ds: [Delivery] = []
             do {
@@ -123,6 +123,9 @@ import Testing
             #expect(f.daemon.engineCommittedForTesting == want,
                     "seed \(seed) step \(step) op \(op) \(ds): daemon → store: \(Render.plan(diff(from: f.daemon.engineCommittedForTesting, to: want)))")
         }
+        var last: UInt64 = 0
+        for d in queued where d.host == f.daemon.host { last = f.daemon.enqueue(d.refresh) }
+        _ = await f.daemon.wait(for: last)
         #expect(try f.kernelIR() == f.expected())
     }
 
