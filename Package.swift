@@ -11,10 +11,17 @@ let package = Package(
         .executable(name: "rampart", targets: ["rampart"]),
         .executable(name: "rampart-bench", targets: ["rampart-bench"]),
         .executable(name: "rampart-demo", targets: ["rampart-demo"]),
+        .executable(name: "rampartd", targets: ["rampartd"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/x-sheep/swift-property-based.git", from: "2.0.1"),
+        // rampartd: HTTP over a Unix socket, logs, metrics, graceful shutdown.
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
     ],
     targets: [
         // C shim over libnftnl/libmnl: only what Swift cannot import directly (macros,
@@ -41,11 +48,40 @@ let package = Package(
         // Network-namespace fixtures for tests, benchmarks and the demo (uses `ip`, never on
         // Rampart's own kernel path).
         .target(name: "RampartHarness", dependencies: ["RampartNetlink"]),
-        // The CLI: apply, diff, show, flush.
+        // SQLite from the system (libsqlite3-dev), for the embedded store.
+        .systemLibrary(name: "CSQLite"),
+        // The controller's store: groups, rules, instances, hosts; per-host documents; fan-out.
+        .target(name: "RampartStore", dependencies: ["RampartCore", "CSQLite"]),
+        // The daemon's core: engine + backend, coalescing refresh queue, resync, status, metrics,
+        // and the HTTP/JSON API over a Unix socket (SwiftNIO).
+        .target(
+            name: "RampartDaemon",
+            dependencies: [
+                "RampartCore", "RampartNFTables", "RampartNetlink", "RampartStore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ]
+        ),
+        // rampartd: the hypervisor daemon.
+        .executableTarget(
+            name: "rampartd",
+            dependencies: [
+                "RampartDaemon", "RampartNetlink",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // The CLI: apply, diff, show, flush, and the controller verbs (store + fan-out + daemon calls).
         .executableTarget(
             name: "rampart",
             dependencies: [
-                "RampartCore", "RampartNFTables", "RampartNetlink", "RampartIPTables",
+                "RampartCore", "RampartNFTables", "RampartNetlink", "RampartIPTables", "RampartStore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -54,7 +90,7 @@ let package = Package(
         .executableTarget(
             name: "rampart-bench",
             dependencies: [
-                "RampartNetlink", "RampartCore", "RampartNFTables", "RampartHarness", "RampartIPTables",
+                "RampartNetlink", "RampartCore", "RampartNFTables", "RampartHarness", "RampartIPTables", "RampartStore", "RampartDaemon",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -63,6 +99,11 @@ let package = Package(
         .testTarget(
             name: "RampartNFTablesTests",
             dependencies: ["RampartNFTables", "RampartIPTables", "RampartCore", "RampartNetlink", "RampartHarness"]
+        ),
+        .testTarget(name: "RampartStoreTests", dependencies: ["RampartStore", "RampartCore"]),
+        .testTarget(
+            name: "RampartDaemonTests",
+            dependencies: ["RampartDaemon", "RampartStore", "RampartCore", "RampartNFTables", "RampartNetlink", "RampartHarness"]
         ),
         .testTarget(
             name: "RampartCoreTests",

@@ -26,6 +26,11 @@ extension Document {
     }
 }
 
+extension Rule {
+    /// Canonical JSON text of one rule, as it appears in a document's `rules` array.
+    public func jsonText() -> String { ruleJSON(self) }
+}
+
 private func ruleJSON(_ r: Rule) -> String {
     var f: [String] = []
     if let id = r.id { f.append("\"id\":" + jsonString(id)) }

@@ -1,0 +1,85 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A minimal blocking HTTP/1.1 client over a Unix domain socket, for the CLI's controller verbs
+/// and the tests: one request per connection (`Connection: close`).
+public struct DaemonClient: Sendable {
+    public struct Response: Sendable {
+        public var status: Int
+        public var body: String
+    }
+
+    public struct ClientError: Error, CustomStringConvertible, Sendable {
+        public var description: String
+    }
+
+    public let socketPath: String
+    public var timeout: Double
+
+    public init(socketPath: String, timeout: Double = 30) {
+        self.socketPath = socketPath
+        self.timeout = timeout
+    }
+
+    public func request(_ method: String, _ path: String, body: String? = nil) throws -> Response {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw ClientError(description: "socket: \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        var tv = timeval(tv_sec: Int(timeout), tv_usec: Int(timeout.truncatingRemainder(dividingBy: 1) * 1e6))
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(socketPath.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { throw ClientError(description: "socket path too long: \(socketPath)") }
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+            for (i, b) in bytes.enumerated() { raw[i] = b }
+        }
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard rc == 0 else { throw ClientError(description: "connect \(socketPath): \(String(cString: strerror(errno)))") }
+        let payload = Array((body ?? "").utf8)
+        var req = "\(method) \(path) HTTP/1.1\r\nHost: rampartd\r\nConnection: close\r\nContent-Length: \(payload.count)\r\n"
+        if body != nil { req += "Content-Type: application/json\r\n" }
+        req += "\r\n"
+        let out = Array(req.utf8) + payload
+        var sent = 0
+        while sent < out.count {
+            let n = out[sent...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            guard n > 0 else { throw ClientError(description: "send: \(String(cString: strerror(errno)))") }
+            sent += n
+        }
+        var data: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n == 0 { break }
+            guard n > 0 else { throw ClientError(description: "recv: \(String(cString: strerror(errno)))") }
+            data += buf[0..<n]
+        }
+        guard let text = String(bytes: data, encoding: .utf8), let headEnd = text.range(of: "\r\n\r\n") else {
+            throw ClientError(description: "malformed response from \(socketPath)")
+        }
+        let statusLine = text[..<headEnd.lowerBound].split(separator: "\r\n").first ?? ""
+        let parts = statusLine.split(separator: " ")
+        guard parts.count >= 2, let status = Int(parts[1]) else { throw ClientError(description: "malformed status line: \(statusLine)") }
+        return Response(status: status, body: String(text[headEnd.upperBound...]))
+    }
+
+    /// Delivers one refresh call; `wait` asks for the answer after the commit.
+    public func deliver(_ refresh: Refresh, wait: Bool = true) throws -> Response {
+        try request("POST", refresh.path + (wait ? "?wait=1" : ""))
+    }
+
+    /// The host a daemon serves (from `GET /v1/status`).
+    public func host() throws -> String {
+        let r = try request("GET", "/v1/status")
+        guard let obj = try? JSONSerialization.jsonObject(with: Data(r.body.utf8)) as? [String: Any], let h = obj["host"] as? String else {
+            throw ClientError(description: "unexpected status answer: \(r.body)")
+        }
+        return h
+    }
+}

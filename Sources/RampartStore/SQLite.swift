@@ -1,0 +1,107 @@
+import CSQLite
+import Foundation
+
+/// A store error: SQLite's message, or a refused change (unknown group, group in use, …).
+public struct StoreError: Error, Sendable, CustomStringConvertible, Equatable {
+    public enum Kind: String, Sendable { case sqlite, notFound, conflict, invalid }
+    public var kind: Kind
+    public var message: String
+    public init(_ kind: Kind, _ message: String) { self.kind = kind; self.message = message }
+    public var description: String { message }
+}
+
+private let transient = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
+
+/// A minimal SQLite connection: prepared statements with text/int/null bindings.
+final class SQLiteConnection {
+    let db: OpaquePointer
+    private var cache: [String: OpaquePointer] = [:]
+
+    init(path: String) throws(StoreError) {
+        var handle: OpaquePointer?
+        let flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX
+        let rc = sqlite3_open_v2(path, &handle, flags, nil)
+        guard rc == SQLITE_OK, let h = handle else {
+            let msg = handle.map { String(cString: sqlite3_errmsg($0)) } ?? "cannot open"
+            if let h = handle { sqlite3_close_v2(h) }
+            throw StoreError(.sqlite, "\(path): \(msg)")
+        }
+        db = h
+        sqlite3_busy_timeout(db, 10_000)
+    }
+
+    deinit {
+        for (_, s) in cache { sqlite3_finalize(s) }
+        sqlite3_close_v2(db)
+    }
+
+    private func error(_ what: String) -> StoreError {
+        StoreError(.sqlite, "\(what): \(String(cString: sqlite3_errmsg(db)))")
+    }
+
+    func exec(_ sql: String) throws(StoreError) {
+        var err: UnsafeMutablePointer<CChar>?
+        if sqlite3_exec(db, sql, nil, nil, &err) != SQLITE_OK {
+            let msg = err.map { String(cString: $0) } ?? "?"
+            sqlite3_free(err)
+            throw StoreError(.sqlite, "\(sql.prefix(60)): \(msg)")
+        }
+    }
+
+    enum Value { case text(String), int(Int64), null }
+
+    private func statement(_ sql: String, _ args: [Value]) throws(StoreError) -> OpaquePointer {
+        let stmt: OpaquePointer
+        if let s = cache[sql] {
+            stmt = s
+        } else {
+            var s: OpaquePointer?
+            guard sqlite3_prepare_v2(db, sql, -1, &s, nil) == SQLITE_OK, let p = s else { throw error("prepare \(sql.prefix(60))") }
+            cache[sql] = p
+            stmt = p
+        }
+        sqlite3_reset(stmt)
+        sqlite3_clear_bindings(stmt)
+        for (i, a) in args.enumerated() {
+            let idx = Int32(i + 1)
+            switch a {
+            case .text(let t): sqlite3_bind_text(stmt, idx, t, -1, transient)
+            case .int(let n): sqlite3_bind_int64(stmt, idx, n)
+            case .null: sqlite3_bind_null(stmt, idx)
+            }
+        }
+        return stmt
+    }
+
+    /// Runs a statement that returns no rows.
+    func run(_ sql: String, _ args: Value...) throws(StoreError) {
+        let s = try statement(sql, args)
+        defer { sqlite3_reset(s) }
+        let rc = sqlite3_step(s)
+        guard rc == SQLITE_DONE || rc == SQLITE_ROW else { throw error(String(sql.prefix(60))) }
+    }
+
+    /// Runs a query; each row is given as an array of optional strings.
+    func query(_ sql: String, _ args: [Value]) throws(StoreError) -> [[String?]] {
+        let s = try statement(sql, args)
+        defer { sqlite3_reset(s) }
+        var rows: [[String?]] = []
+        while true {
+            let rc = sqlite3_step(s)
+            if rc == SQLITE_DONE { break }
+            guard rc == SQLITE_ROW else { throw error(String(sql.prefix(60))) }
+            let n = sqlite3_column_count(s)
+            var row: [String?] = []
+            row.reserveCapacity(Int(n))
+            for c in 0..<n {
+                if sqlite3_column_type(s, c) == SQLITE_NULL { row.append(nil) } else { row.append(String(cString: sqlite3_column_text(s, c))) }
+            }
+            rows.append(row)
+        }
+        return rows
+    }
+
+    func query(_ sql: String, _ args: Value...) throws(StoreError) -> [[String?]] { try query(sql, args) }
+
+    var changes: Int { Int(sqlite3_changes(db)) }
+}

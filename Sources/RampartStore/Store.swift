@@ -1,0 +1,107 @@
+import Foundation
+import RampartCore
+
+/// One refresh call of the original design, as delivered to one host's daemon.
+public enum Refresh: Hashable, Sendable, Comparable, CustomStringConvertible {
+    /// `refresh_security_group_members(group)`
+    case members(String)
+    /// `refresh_security_group_rules(group)`
+    case rules(String)
+    /// An instance was added, removed or changed on the receiving host.
+    case instance(String)
+    /// Reload the host's whole document (after an import).
+    case host
+
+    public var description: String {
+        switch self {
+        case .members(let g): "refresh_security_group_members(\(g))"
+        case .rules(let g): "refresh_security_group_rules(\(g))"
+        case .instance(let i): "refresh_instance(\(i))"
+        case .host: "refresh_host"
+        }
+    }
+
+    /// The API path that delivers it.
+    public var path: String {
+        switch self {
+        case .members(let g): "/v1/refresh/members/\(g)"
+        case .rules(let g): "/v1/refresh/rules/\(g)"
+        case .instance(let i): "/v1/refresh/instance/\(i)"
+        case .host: "/v1/refresh/host"
+        }
+    }
+}
+
+/// A refresh call for one host: the fan-out of a controller verb.
+public struct Delivery: Hashable, Sendable, Comparable, CustomStringConvertible {
+    public var host: String
+    public var refresh: Refresh
+    public init(host: String, refresh: Refresh) { self.host = host; self.refresh = refresh }
+    public static func < (a: Self, b: Self) -> Bool { (a.host, a.refresh) < (b.host, b.refresh) }
+    public var description: String { "\(host): \(refresh)" }
+}
+
+/// The controller's store. Every mutating call is one transaction and returns the refresh
+/// calls that must be delivered (the fan-out), computed in the same transaction.
+/// `SQLiteStore` is the embedded default; a PostgreSQL store would implement the same calls
+/// with the same queries (see docs/daemon.md).
+public protocol Store: AnyObject, Sendable {
+    // reads (the daemon)
+    func document(forHost host: String) throws(StoreError) -> Document
+    func group(_ id: String) throws(StoreError) -> Group?
+    func groupExists(_ id: String) throws(StoreError) -> Bool
+    func instance(_ id: String) throws(StoreError) -> Instance?
+    func memberRecords(of group: String) throws(StoreError) -> [String: Instance]
+    func hosts() throws(StoreError) -> [String]
+    // fan-out
+    func hostsForMembersRefresh(_ group: String) throws(StoreError) -> [String]
+    func hostsForRulesRefresh(_ group: String) throws(StoreError) -> [String]
+    // controller verbs
+    func createGroup(_ id: String, description: String?) throws(StoreError) -> [Delivery]
+    func deleteGroup(_ id: String) throws(StoreError) -> [Delivery]
+    func authorize(group: String, rule: Rule) throws(StoreError) -> [Delivery]
+    func revoke(group: String, rule: Rule?, id: String?) throws(StoreError) -> [Delivery]
+    func addInstance(_ id: String, _ instance: Instance) throws(StoreError) -> [Delivery]
+    func removeInstance(_ id: String) throws(StoreError) -> [Delivery]
+    func setGroups(instance id: String, groups: [String]) throws(StoreError) -> [Delivery]
+    func importDocument(_ document: Document) throws(StoreError) -> [Delivery]
+}
+
+/// The rules of a group as stored: the JSON array of the document format.
+public enum RulesCodec {
+    public static func encode(_ rules: [Rule]) -> String { "[" + rules.map { $0.jsonText() }.joined(separator: ",") + "]" }
+
+    /// Parses a rules array (document syntax) for `group`; `references` names the groups its
+    /// rules may reference (they are stubbed so that the document parser accepts them).
+    public static func decode(_ json: String, group: String, references: [String]) throws(StoreError) -> [Rule] {
+        let doc = try parse(rulesJSON: json, group: group, references: references)
+        return doc.groups[group]?.rules ?? []
+    }
+
+    /// One rule from its JSON object text, validated as the spec says (errors name the rule).
+    public static func parseRule(_ json: String, group: String, references: [String]) throws(StoreError) -> Rule {
+        let rules = try decode("[" + json + "]", group: group, references: references)
+        guard let r = rules.first else { throw StoreError(.invalid, "no rule") }
+        return r
+    }
+
+    static func parse(rulesJSON: String, group: String, references: [String]) throws(StoreError) -> Document {
+        var groups = "\(jsonQuote(group)):{\"rules\":\(rulesJSON)}"
+        for r in Set(references) where r != group { groups += ",\(jsonQuote(r)):{\"rules\":[]}" }
+        let text = "{\"version\":1,\"host\":\"-\",\"groups\":{\(groups)},\"instances\":{}}"
+        do { return try Document.parse(json: text) } catch { throw StoreError(.invalid, error.description) }
+    }
+}
+
+func jsonQuote(_ s: String) -> String {
+    var out = "\""
+    for u in s.unicodeScalars {
+        switch u {
+        case "\"": out += "\\\""
+        case "\\": out += "\\\\"
+        case _ where u.value < 0x20: out += String(format: "\\u%04x", u.value)
+        default: out.unicodeScalars.append(u)
+        }
+    }
+    return out + "\""
+}

@@ -1,0 +1,222 @@
+import ArgumentParser
+import Foundation
+import RampartCore
+import RampartStore
+
+// The controller verbs: each is one transaction on the store, then the fan-out (which hosts must
+// receive which refresh call), delivered to the daemons given with --socket and printed.
+
+/// Where the store is and where the daemons listen.
+struct ControllerOptions: ParsableArguments {
+    @Option(help: "The store (SQLite file).")
+    var store: String = "/var/lib/rampart/rampart.db"
+
+    @Option(name: .long, help: "A daemon's API socket (repeat for several daemons; each serves the host its status names).")
+    var socket: [String] = ["/run/rampart/rampartd.sock"]
+
+    @Flag(help: "Change the store only; print the refresh calls without delivering them.")
+    var noDeliver = false
+
+    func open() throws -> SQLiteStore {
+        do { return try SQLiteStore(path: store) } catch { throw Failure.system(error) }
+    }
+
+    /// Runs a store change, then delivers and prints its fan-out. Exit 4 if a delivery failed.
+    func change(_ body: (SQLiteStore) throws(StoreError) -> [Delivery]) throws {
+        let st = try open()
+        let deliveries: [Delivery]
+        do { deliveries = try body(st) } catch {
+            let code: Int32 = switch error.kind { case .invalid, .notFound, .conflict: 1; case .sqlite: 3 }
+            FileHandle.standardError.write(Data("rampart: \(error.message)\n".utf8))
+            throw ExitCode(code)
+        }
+        if deliveries.isEmpty { print("no refresh calls needed") }
+        if noDeliver {
+            for d in deliveries { print("to \(d.host): \(d.refresh) (not delivered: --no-deliver)") }
+            return
+        }
+        var daemons: [String: DaemonClient] = [:]
+        for path in socket where FileManager.default.fileExists(atPath: path) {
+            let c = DaemonClient(socketPath: path)
+            if let h = try? c.host() { daemons[h] = c }
+        }
+        var failed = false
+        for d in deliveries {
+            guard let c = daemons[d.host] else {
+                print("to \(d.host): \(d.refresh) (not delivered: no daemon for \(d.host) among --socket)")
+                continue
+            }
+            do {
+                let r = try c.deliver(d.refresh)
+                if r.status == 200 {
+                    print("sent to \(d.host): \(d.refresh): \(r.body.trimmingCharacters(in: .whitespacesAndNewlines))")
+                } else {
+                    failed = true
+                    print("sent to \(d.host): \(d.refresh): failed (\(r.status)) \(r.body.trimmingCharacters(in: .whitespacesAndNewlines))")
+                }
+            } catch {
+                failed = true
+                print("to \(d.host): \(d.refresh): not delivered: \(error)")
+            }
+        }
+        if failed { throw ExitCode(4) }
+    }
+}
+
+struct GroupCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "group", abstract: "Create, delete, authorize and revoke security groups (controller verbs).",
+        subcommands: [Create.self, Delete.self, Authorize.self, Revoke.self])
+
+    struct Create: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Create a group with no rules.")
+        @Argument var group: String
+        @Option var description: String?
+        @OptionGroup var controller: ControllerOptions
+        func run() throws { try controller.change { st throws(StoreError) in try st.createGroup(group, description: description) } }
+    }
+
+    struct Delete: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Delete a group that has no member and that no rule references.")
+        @Argument var group: String
+        @OptionGroup var controller: ControllerOptions
+        func run() throws { try controller.change { st throws(StoreError) in try st.deleteGroup(group) } }
+    }
+
+    /// A rule given as options.
+    struct RuleOptions: ParsableArguments {
+        @Option(help: "tcp, udp, sctp, icmp, icmpv6, any, or a number 1-255.") var `protocol`: String?
+        @Option(help: "N or N-M (tcp, udp, sctp).") var ports: String?
+        @Option(name: .customLong("icmp-type")) var icmpType: Int?
+        @Option(name: .customLong("icmp-code")) var icmpCode: Int?
+        @Option(help: "Remote prefix.") var cidr: String?
+        @Option(name: .customLong("group"), help: "Remote group.") var remoteGroup: String?
+        @Option(help: "ingress (default) or egress.") var direction: String?
+        @Option(help: "ipv4 or ipv6.") var ethertype: String?
+        @Option(help: "The rule's id.") var id: String?
+
+        var isEmpty: Bool { `protocol` == nil && ports == nil && icmpType == nil && icmpCode == nil && cidr == nil && remoteGroup == nil && direction == nil && ethertype == nil }
+
+        func rule(group: String) throws -> Rule {
+            func q(_ s: String) -> String { "\"" + s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\"" }
+            var f: [String] = []
+            if let id { f.append("\"id\":\(q(id))") }
+            if let direction { f.append("\"direction\":\(q(direction))") }
+            if let p = `protocol` { f.append("\"protocol\":" + (Int(p) != nil ? p : q(p))) }
+            if let ports { f.append("\"ports\":\(q(ports))") }
+            if let icmpType { f.append("\"icmp_type\":\(icmpType)") }
+            if let icmpCode { f.append("\"icmp_code\":\(icmpCode)") }
+            if let cidr { f.append("\"cidr\":\(q(cidr))") }
+            if let remoteGroup { f.append("\"group\":\(q(remoteGroup))") }
+            if let ethertype { f.append("\"ethertype\":\(q(ethertype))") }
+            do {
+                return try RulesCodec.parseRule("{" + f.joined(separator: ",") + "}", group: group, references: remoteGroup.map { [$0] } ?? [])
+            } catch {
+                throw Failure.document("rampart: invalid rule: \(error.message)")
+            }
+        }
+    }
+
+    struct Authorize: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Add a rule to a group; its members' hosts get refresh_security_group_rules.")
+        @Argument var group: String
+        @OptionGroup var rule: RuleOptions
+        @OptionGroup var controller: ControllerOptions
+        func run() throws {
+            try reportingFailures {
+                let r = try rule.rule(group: group)
+                try controller.change { st throws(StoreError) in try st.authorize(group: group, rule: r) }
+            }
+        }
+    }
+
+    struct Revoke: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Remove a rule (by content, or by --id alone) from a group.")
+        @Argument var group: String
+        @OptionGroup var rule: RuleOptions
+        @OptionGroup var controller: ControllerOptions
+        func run() throws {
+            try reportingFailures {
+                let r: Rule? = rule.isEmpty ? nil : try rule.rule(group: group)
+                let id = rule.isEmpty ? rule.id : nil
+                guard r != nil || id != nil else { throw Failure.document("rampart: give the rule's options, or --id alone") }
+                try controller.change { st throws(StoreError) in try st.revoke(group: group, rule: r, id: id) }
+            }
+        }
+    }
+}
+
+struct InstanceCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "instance", abstract: "Add, remove and regroup instances (controller verbs).",
+        subcommands: [Add.self, Remove.self, SetGroups.self])
+
+    struct Add: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Add an instance; its host gets an instance refresh, referrers of its groups a members refresh.")
+        @Argument var id: String
+        @Option var host: String
+        @Option(name: .customLong("ip")) var ips: [String] = []
+        @Option var interface: String?
+        @Option var mac: String?
+        @Option(name: .customLong("group")) var groups: [String] = []
+        @OptionGroup var controller: ControllerOptions
+
+        func run() throws {
+            try reportingFailures {
+                var addrs: [IPAddress] = []
+                for t in ips {
+                    guard let a = IPAddress(t) else { throw Failure.document("rampart: invalid address \(t)") }
+                    addrs.append(a)
+                }
+                guard !addrs.isEmpty else { throw Failure.document("rampart: at least one --ip is required") }
+                var m: MACAddress?
+                if let mac {
+                    guard let x = MACAddress(mac) else { throw Failure.document("rampart: invalid MAC \(mac)") }
+                    m = x
+                }
+                let inst = Instance(host: host, groups: groups, ips: addrs, interface: interface, mac: m)
+                try controller.change { st throws(StoreError) in try st.addInstance(id, inst) }
+            }
+        }
+    }
+
+    struct Remove: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Remove an instance.")
+        @Argument var id: String
+        @OptionGroup var controller: ControllerOptions
+        func run() throws { try controller.change { st throws(StoreError) in try st.removeInstance(id) } }
+    }
+
+    struct SetGroups: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "set-groups", abstract: "Replace an instance's groups.")
+        @Argument var id: String
+        @Argument var groups: [String] = []
+        @OptionGroup var controller: ControllerOptions
+        func run() throws { try controller.change { st throws(StoreError) in try st.setGroups(instance: id, groups: groups) } }
+    }
+}
+
+struct Import: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Load a desired-state document into the store (groups and instances upserted); the hosts it touches reload.")
+    @Argument(help: "The document, or - for standard input.") var file: String
+    @OptionGroup var controller: ControllerOptions
+    func run() throws {
+        try reportingFailures {
+            let doc = try loadDocument(file)
+            try controller.change { st throws(StoreError) in try st.importDocument(doc) }
+        }
+    }
+}
+
+struct Export: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print a host's desired-state document from the store.")
+    @Option var host: String
+    @OptionGroup var controller: ControllerOptions
+    func run() throws {
+        let st = try controller.open()
+        do { print(try st.document(forHost: host).jsonText()) } catch {
+            FileHandle.standardError.write(Data("rampart: \(error)\n".utf8))
+            throw ExitCode(3)
+        }
+    }
+}

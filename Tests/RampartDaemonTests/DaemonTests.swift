@@ -1,0 +1,253 @@
+import Foundation
+import RampartCore
+import RampartDaemon
+import RampartNetlink
+import RampartNFTables
+import RampartStore
+import Testing
+
+/// The daemon core against the in-memory kernel (no root): incremental refreshes reach exactly the
+/// state the store describes, bursts are coalesced, other writers and drift are noticed.
+@Suite("Daemon core (fake kernel)") struct DaemonTests {
+    final class Fixture: @unchecked Sendable {
+        let store: SQLiteStore
+        let kernel = FakeKernel()
+        let daemon: Daemon
+        init(host: String = "hv1", resync: Double = 3600, populate: (SQLiteStore) throws -> Void = { _ in }) throws {
+            store = try SQLiteStore(path: tempDir("core") + "/rampart.db")
+            try populate(store)
+            let k = kernel
+            daemon = Daemon(configuration: .init(host: host, resyncInterval: resync), store: store, client: { k.nft })
+        }
+        func start() async {
+            daemon.start()
+            await daemon.waitUntilReady()
+        }
+        /// Delivers the fan-out for this daemon's host and waits for the commit.
+        func deliver(_ ds: [Delivery]) async throws {
+            for d in ds where d.host == daemon.host {
+                let o = await daemon.refresh(d.refresh)
+                guard case .committed = o else { throw DaemonFailure(description: "\(d): \(o)") }
+            }
+        }
+        /// What the store says this host must enforce.
+        func expected() throws -> RulesetIR { Compiler.compile(try store.document(forHost: daemon.host)) }
+        func kernelIR() throws -> RulesetIR? {
+            try NFTablesBackend(client: kernel.nft).readBack(reference: try expected())
+        }
+    }
+    struct DaemonFailure: Error, CustomStringConvertible { var description: String }
+
+    static func base(_ st: SQLiteStore) throws {
+        for g in ["web", "db", "admin"] { _ = try st.createGroup(g, description: nil) }
+        _ = try st.authorize(group: "web", rule: try rule(#"{"protocol":"tcp","ports":"80","cidr":"0.0.0.0/0"}"#, "web"))
+        _ = try st.authorize(group: "web", rule: try rule(#"{"protocol":"tcp","ports":"22","group":"admin"}"#, "web", refs: ["admin"]))
+        _ = try st.authorize(group: "db", rule: try rule(#"{"protocol":"tcp","ports":"5432","group":"web"}"#, "db", refs: ["web"]))
+        _ = try st.addInstance("web-1", Instance(host: "hv1", groups: ["web"], ips: [ip("10.0.1.11")], interface: "tapweb1"))
+        _ = try st.addInstance("db-1", Instance(host: "hv1", groups: ["db"], ips: [ip("10.0.2.21")], interface: "tapdb1"))
+        _ = try st.addInstance("bastion", Instance(host: "hv2", groups: ["admin"], ips: [ip("10.0.9.5")], interface: "tapb"))
+    }
+
+    @Test func firstSyncBringsTheKernelToTheStore() async throws {
+        let f = try Fixture(populate: Self.base)
+        await f.start()
+        defer { f.daemon.stop() }
+        #expect(f.daemon.currentStatus.ready)
+        #expect(f.kernel.nft.committed.count == 1)
+        #expect(try f.kernelIR() == f.expected())
+        #expect(f.daemon.currentStatus.localInstances == 2)
+    }
+
+    /// Random controller verbs; after each, the fan-out for hv1 is delivered and the daemon's
+    /// committed state must equal the compiled document of the store (the incremental paths and
+    /// their fall-backs agree with a full recompile).
+    @Test(arguments: (40..<52).map { ($0, $0 % 2 == 0) })
+    func randomVerbsConverge(seed: Int, batched: Bool) async throws {
+        let f = try Fixture(populate: Self.base)
+        await f.start()
+        defer { f.daemon.stop() }
+        var rng = SplitMix(seed: UInt64(seed))
+        let groups = ["web", "db", "admin", "g4", "g5"]
+        for g in ["g4", "g5"] { _ = try f.store.createGroup(g, description: nil) }
+        var next = 100
+        var ids: [String] = ["web-1", "db-1", "bastion"]
+        var queued: [Delivery] = []
+        for step in 0..<150 {
+            let op = rng.next() % 6
+            var ds: [Delivery] = []
+            do {
+                switch op {
+                case 0, 1:
+                    next += 1
+                    let host = ["hv1", "hv1", "hv2", "hv3"][Int(rng.next() % 4)]
+                    let gs = Array(Set((0..<Int(rng.next() % 3)).map { _ in groups[Int(rng.next() % 5)] }))
+                    let id = "i\(next)"
+                    ds = try f.store.addInstance(id, Instance(host: host, groups: gs, ips: [ip("10.9.\(next / 250).\(next % 250 + 1)")], interface: "tap\(next)"))
+                    ids.append(id)
+                case 2:
+                    guard !ids.isEmpty else { continue }
+                    let id = ids.remove(at: Int(rng.next() % UInt64(ids.count)))
+                    ds = try f.store.removeInstance(id)
+                case 3:
+                    guard !ids.isEmpty else { continue }
+                    let id = ids[Int(rng.next() % UInt64(ids.count))]
+                    let gs = Array(Set((0..<Int(rng.next() % 3)).map { _ in groups[Int(rng.next() % 5)] }))
+                    ds = try f.store.setGroups(instance: id, groups: gs)
+                case 4:
+                    let g = groups[Int(rng.next() % 5)]
+                    let r = groups[Int(rng.next() % 5)]
+                    let port = 1000 + Int(rng.next() % 50)
+                    ds = try f.store.authorize(group: g, rule: try rule(#"{"protocol":"tcp","ports":"\#(port)","group":"\#(r)"}"#, g, refs: [r]))
+                default:
+                    let g = groups[Int(rng.next() % 5)]
+                    guard let grp = try f.store.group(g), !grp.rules.isEmpty else { continue }
+                    let victim = grp.rules[Int(rng.next() % UInt64(grp.rules.count))]
+                    ds = try f.store.revoke(group: g, rule: victim, id: nil)
+                }
+            } catch let e as StoreError where e.kind == .conflict {
+                continue
+            }
+            if batched {
+                // several verbs' refreshes reach the daemon together: one drain, one batch
+                queued += ds
+                if step % 5 != 4 { continue }
+                var last: UInt64 = 0
+                for d in queued where d.host == f.daemon.host { last = f.daemon.enqueue(d.refresh) }
+                queued = []
+                let o = await f.daemon.wait(for: last)
+                #expect(o != .failed("x") && { if case .committed = o { true } else { false } }(), "\(o)")
+            } else {
+                try await f.deliver(ds)
+            }
+            let want = try f.expected()
+            #expect(f.daemon.engineCommittedForTesting == want,
+                    "seed \(seed) step \(step) op \(op) \(ds): daemon → store: \(Render.plan(diff(from: f.daemon.engineCommittedForTesting, to: want)))")
+        }
+        var last: UInt64 = 0
+        for d in queued where d.host == f.daemon.host { last = f.daemon.enqueue(d.refresh) }
+        _ = await f.daemon.wait(for: last)
+        #expect(try f.kernelIR() == f.expected())
+    }
+
+    @Test func aBurstOfRefreshesIsCoalesced() async throws {
+        let f = try Fixture(populate: Self.base)
+        await f.start()
+        defer { f.daemon.stop() }
+        // 100 admin members appear in the store; then 1,000 refresh calls arrive at once.
+        for i in 0..<100 {
+            _ = try f.store.addInstance("adm\(i)", Instance(host: "hv\(2 + i % 5)", groups: ["admin"], ips: [ip("10.8.0.\(i + 1)")], interface: "tapa\(i)"))
+        }
+        let before = f.kernel.nft.committed.count
+        var last: UInt64 = 0
+        for i in 0..<1000 {
+            last = f.daemon.enqueue(i % 2 == 0 ? .members("admin") : .members("web"))
+        }
+        let o = await f.daemon.wait(for: last)
+        guard case .committed = o else { Issue.record("\(o)"); return }
+        let commits = f.kernel.nft.committed.count - before
+        #expect(commits >= 1 && commits <= 5, "\(commits) commits for 1,000 refresh calls")
+        #expect(try f.kernelIR() == f.expected())
+        #expect(f.daemon.currentStatus.refreshesReceived == 1000)
+    }
+
+    @Test func anotherWriterIsNoticedThroughTheGeneration() async throws {
+        let f = try Fixture(populate: Self.base)
+        await f.start()
+        defer { f.daemon.stop() }
+        f.kernel.nft.bumpGeneration()  // someone committed elsewhere
+        let ds = try f.store.addInstance("adm9", Instance(host: "hv9", groups: ["admin"], ips: [ip("10.8.9.9")], interface: "tapz"))
+        try await f.deliver(ds)
+        #expect(f.kernel.nft.offered.count == f.kernel.nft.committed.count + 1)  // one refused, then planned again
+        #expect(try f.kernelIR() == f.expected())
+    }
+
+    @Test func driftIsRepairedByTheResync() async throws {
+        let f = try Fixture(populate: Self.base)
+        await f.start()
+        defer { f.daemon.stop() }
+        f.kernel.nft.mutateTable(family: .inet, name: Naming.table) { t in
+            t.rules["gin-web"]!.removeLast()
+        }
+        #expect(try f.kernelIR() != f.expected())
+        let o = await f.daemon.resync()
+        #expect(o != .failed(""))
+        #expect(try f.kernelIR() == f.expected())
+        #expect(f.daemon.currentStatus.driftRepaired > 0)
+        #expect(f.daemon.metricsText().contains("rampart_drift_repaired_total"))
+    }
+
+    @Test func periodicResyncRunsOnItsOwn() async throws {
+        let f = try Fixture(resync: 0.2, populate: Self.base)
+        await f.start()
+        defer { f.daemon.stop() }
+        f.kernel.nft.mutateTable(family: .inet, name: Naming.table) { t in
+            t.rules["gin-db"]!.removeLast()
+        }
+        let deadline = Date().addingTimeInterval(5)
+        while f.daemon.currentStatus.driftRepaired == 0 && Date() < deadline { try await Task.sleep(for: .milliseconds(50)) }
+        #expect(f.daemon.currentStatus.driftRepaired > 0)
+        #expect(f.daemon.currentStatus.resyncs >= 1)
+    }
+
+    @Test func badRequestsGetA4xxAndChangeNothing() async throws {
+        let f = try Fixture(populate: Self.base)
+        await f.start()
+        defer { f.daemon.stop() }
+        let api = APIRouter(daemon: f.daemon)
+        let commits = f.kernel.nft.committed.count
+        let cases: [(String, String, String, Int)] = [
+            ("POST", "/v1/refresh/members/nope", "", 404),
+            ("POST", "/v1/refresh/rules/nope", "", 404),
+            ("GET", "/v1/refresh/members/web", "", 405),
+            ("DELETE", "/v1/status", "", 405),
+            ("POST", "/v1/refresh/members/bad%20id", "", 400),
+            ("POST", "/v1/refresh/members/web", "{not json", 400),
+            ("POST", "/v1/refresh/members/web", "[1,2]", 400),
+            ("POST", "/v1/refresh/members/web", #"{"wait": true, "x": 1}"#, 400),
+            ("POST", "/v1/refresh/nothing/web", "", 404),
+            ("GET", "/v2/status", "", 404),
+            ("GET", "/", "", 404),
+        ]
+        for (m, path, body, status) in cases {
+            let r = await api.handle(method: m, uri: path, body: Array(body.utf8))
+            #expect(r.status == status, "\(m) \(path) \(body): \(r.status) \(r.body)")
+            #expect(r.body.hasPrefix("{\"error\":"), "\(r.body)")
+        }
+        #expect(f.kernel.nft.committed.count == commits)
+        #expect(f.daemon.currentStatus.refreshesReceived == 0)
+        // and it still serves
+        let ok = await api.handle(method: "POST", uri: "/v1/refresh/members/web?wait=1", body: [])
+        #expect(ok.status == 200)
+        let queued = await api.handle(method: "POST", uri: "/v1/refresh/instance/web-1", body: [])
+        #expect(queued.status == 202)
+        let st = await api.handle(method: "GET", uri: "/v1/status", body: [])
+        #expect(st.status == 200 && st.body.contains("\"ready\":true"))
+        let m = await api.handle(method: "GET", uri: "/metrics", body: [])
+        #expect(m.status == 200 && m.body.contains("rampart_sync_duration_seconds_bucket"))
+    }
+
+    @Test func statusIs503UntilTheFirstSync() async throws {
+        let f = try Fixture(host: "hv1")
+        // an unreachable kernel: the first sync fails
+        let d = Daemon(configuration: .init(host: "hv1"), store: f.store, client: { throw DaemonFailure(description: "no kernel") })
+        d.start()
+        defer { d.stop() }
+        try await Task.sleep(for: .milliseconds(100))
+        let r = await APIRouter(daemon: d).handle(method: "GET", uri: "/v1/status", body: [])
+        #expect(r.status == 503)
+        #expect(r.body.contains("no kernel"))
+    }
+}
+
+/// A small deterministic generator.
+struct SplitMix: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
