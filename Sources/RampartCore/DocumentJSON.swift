@@ -52,8 +52,9 @@ private func ruleJSON(_ r: Rule) -> String {
     return "{" + f.joined(separator: ",") + "}"
 }
 
-/// A JSON string literal: quotes, backslashes and control characters escaped.
-func jsonString(_ s: String) -> String {
+/// A JSON string literal: quotes, backslashes and control characters escaped. Shared by
+/// everything in Rampart that writes JSON by hand (documents, the daemon's API, the store).
+public func jsonString(_ s: String) -> String {
     var out = "\""
     for u in s.unicodeScalars {
         switch u {

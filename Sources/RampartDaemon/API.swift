@@ -19,23 +19,10 @@ public struct APIResponse: Sendable, Equatable {
     public static func == (a: Self, b: Self) -> Bool { a.status == b.status && a.body == b.body && a.contentType == b.contentType }
 
     static func error(_ status: Int, _ message: String, headers: [(String, String)] = []) -> APIResponse {
-        APIResponse(status: status, body: "{\"error\":\(jsonText(message))}\n", headers: headers)
+        APIResponse(status: status, body: "{\"error\":\(jsonString(message))}\n", headers: headers)
     }
 }
 
-func jsonText(_ s: String) -> String {
-    var out = "\""
-    for u in s.unicodeScalars {
-        switch u {
-        case "\"": out += "\\\""
-        case "\\": out += "\\\\"
-        case "\n": out += "\\n"
-        case _ where u.value < 0x20: out += String(format: "\\u%04x", u.value)
-        default: out.unicodeScalars.append(u)
-        }
-    }
-    return out + "\""
-}
 
 /// The HTTP/JSON API, independent of the transport (the NIO server feeds it; tests call it).
 ///
@@ -94,7 +81,7 @@ public struct APIRouter: Sendable {
                 guard let obj = try? JSONSerialization.jsonObject(with: Data(body)), let dict = obj as? [String: Any] else {
                     return .error(400, "malformed JSON body: expected an object such as {\"wait\": true}")
                 }
-                for key in dict.keys where key != "wait" { return .error(400, "unknown key \(jsonText(key)) in body") }
+                for key in dict.keys where key != "wait" { return .error(400, "unknown key \(jsonString(key)) in body") }
                 if let w = dict["wait"] {
                     guard let b = w as? Bool else {
                         return .error(400, "wait: expected a boolean")
@@ -107,7 +94,7 @@ public struct APIRouter: Sendable {
             case (4, "host"): refresh = .host
             case (5, let kind) where ["members", "rules", "instance"].contains(kind):
                 let id = parts[4].removingPercentEncoding ?? parts[4]
-                if let problem = idProblem(id) { return .error(400, "invalid id \(jsonText(id)): \(problem)") }
+                if let problem = idProblem(id) { return .error(400, "invalid id \(jsonString(id)): \(problem)") }
                 switch kind {
                 case "members", "rules":
                     do {

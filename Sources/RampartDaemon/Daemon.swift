@@ -34,7 +34,7 @@ public struct DaemonStatus: Sendable {
     public var sets: Int
 
     public var json: String {
-        func s(_ v: String?) -> String { v.map(jsonText) ?? "null" }
+        func s(_ v: String?) -> String { v.map(jsonString) ?? "null" }
         let iso = ISO8601DateFormatter()
         return """
             {"host":\(s(host)),"ready":\(ready),"generation":\(generation.map(String.init) ?? "null"),\

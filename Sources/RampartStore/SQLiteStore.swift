@@ -168,7 +168,7 @@ public final class SQLiteStore: Store, @unchecked Sendable {
 
     private func checkID(_ id: String, _ what: String) throws(StoreError) {
         let issues = Document(host: "-", groups: [id: Group()]).issues()
-        if !issues.isEmpty { throw StoreError(.invalid, "invalid \(what) id \(jsonQuote(id)): " + issues.map(\.reason).joined(separator: "; ")) }
+        if !issues.isEmpty { throw StoreError(.invalid, "invalid \(what) id \(jsonString(id)): " + issues.map(\.reason).joined(separator: "; ")) }
     }
 
     /// The host's document must stay valid (unique interfaces and addresses, …): checked after

@@ -86,22 +86,10 @@ public enum RulesCodec {
     }
 
     static func parse(rulesJSON: String, group: String, references: [String]) throws(StoreError) -> Document {
-        var groups = "\(jsonQuote(group)):{\"rules\":\(rulesJSON)}"
-        for r in Set(references) where r != group { groups += ",\(jsonQuote(r)):{\"rules\":[]}" }
+        var groups = "\(jsonString(group)):{\"rules\":\(rulesJSON)}"
+        for r in Set(references) where r != group { groups += ",\(jsonString(r)):{\"rules\":[]}" }
         let text = "{\"version\":1,\"host\":\"-\",\"groups\":{\(groups)},\"instances\":{}}"
         do { return try Document.parse(json: text) } catch { throw StoreError(.invalid, error.description) }
     }
 }
 
-func jsonQuote(_ s: String) -> String {
-    var out = "\""
-    for u in s.unicodeScalars {
-        switch u {
-        case "\"": out += "\\\""
-        case "\\": out += "\\\\"
-        case _ where u.value < 0x20: out += String(format: "\\u%04x", u.value)
-        default: out.unicodeScalars.append(u)
-        }
-    }
-    return out + "\""
-}
