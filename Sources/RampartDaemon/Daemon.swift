@@ -369,6 +369,31 @@ public final class Daemon: @unchecked Sendable {
         return b
     }
 
+    /// Converges the kernel to the engine's committed IR (reading back when the mirror is not
+    /// trusted) and counts what it took; `asDrift` also counts the operations as drift repaired.
+    private func converge(_ b: NFTablesBackend, asDrift: Bool) throws -> Plan {
+        let (plan, _) = try b.converge(to: engine.committed)
+        guard !plan.isEmpty else { return plan }
+        opsApplied.increment(by: plan.ops.count)
+        commitCounter.increment()
+        if asDrift {
+            driftCounter.increment(by: plan.ops.count)
+            cond.lock()
+            status.driftRepaired += plan.ops.count
+            cond.unlock()
+        }
+        return plan
+    }
+
+    /// Records a sync's duration (timer and status); returns it in nanoseconds.
+    @discardableResult
+    private func recordSync(since start: UInt64, commits: Int) -> UInt64 {
+        let ns = DispatchTime.now().uptimeNanoseconds - start
+        syncTimer.recordNanoseconds(Int64(ns))
+        updateCounts(syncMillis: Double(ns) / 1e6, commits: commits)
+        return ns
+    }
+
     /// Loads the host's document and converges the kernel to it in one transaction.
     private func firstSync() -> String? {
         let start = DispatchTime.now().uptimeNanoseconds
@@ -377,13 +402,8 @@ public final class Daemon: @unchecked Sendable {
             let doc = try store.document(forHost: host)
             _ = try engine.apply(document: doc)
             localCache = nil
-            let desired = engine.committed
-            let (plan, _) = try b.converge(to: desired)
-            opsApplied.increment(by: plan.ops.count)
-            if !plan.isEmpty { commitCounter.increment() }
-            let ns = DispatchTime.now().uptimeNanoseconds - start
-            syncTimer.recordNanoseconds(Int64(ns))
-            updateCounts(syncMillis: Double(ns) / 1e6, commits: plan.isEmpty ? 0 : 1)
+            let plan = try converge(b, asDrift: false)
+            let ns = recordSync(since: start, commits: plan.isEmpty ? 0 : 1)
             logger.info("first sync: \(plan.summary)", metadata: ["generation": "\(b.mirrorGeneration.map(String.init) ?? "-")",
                                                                  "instances": "\(doc.instances.count)", "ms": "\(Double(ns) / 1e6)"])
             return nil
@@ -413,24 +433,14 @@ public final class Daemon: @unchecked Sendable {
                 let b = try connect()
                 if try b.client.generation() != b.mirrorGeneration {
                     b.invalidate()
-                    let (repair, _) = try b.converge(to: engine.committed)
-                    if !repair.isEmpty {
-                        opsApplied.increment(by: repair.ops.count)
-                        commitCounter.increment()
-                        driftCounter.increment(by: repair.ops.count)
-                        cond.lock()
-                        status.driftRepaired += repair.ops.count
-                        cond.unlock()
-                        logger.warning("another process changed the table; repaired: \(repair.summary)")
-                    }
+                    let repair = try converge(b, asDrift: true)
+                    if !repair.isEmpty { logger.warning("another process changed the table; repaired: \(repair.summary)") }
                 }
             } catch {
                 record(error: "read-back after another commit failed: \(error)")
                 return .failed("\(error)")
             }
-            let ns = DispatchTime.now().uptimeNanoseconds - start
-            syncTimer.recordNanoseconds(Int64(ns))
-            updateCounts(syncMillis: Double(ns) / 1e6)
+            recordSync(since: start, commits: 0)
             return .committed(generation: backend?.mirrorGeneration)
         }
         do {
@@ -438,9 +448,7 @@ public final class Daemon: @unchecked Sendable {
             try b.commit(plan, result: engine.committed)
             opsApplied.increment(by: plan.ops.count)
             commitCounter.increment()
-            let ns = DispatchTime.now().uptimeNanoseconds - start
-            syncTimer.recordNanoseconds(Int64(ns))
-            updateCounts(syncMillis: Double(ns) / 1e6, commits: 1)
+            recordSync(since: start, commits: 1)
             logger.debug("drained \(items.count) refreshes: \(plan.summary)")
             return .committed(generation: b.mirrorGeneration)
         } catch {
@@ -450,13 +458,8 @@ public final class Daemon: @unchecked Sendable {
             do {
                 let b = try connect()
                 b.invalidate()
-                let desired = engine.committed
-                let (repair, _) = try b.converge(to: desired)
-                opsApplied.increment(by: repair.ops.count)
-                if !repair.isEmpty { commitCounter.increment() }
-                let ns = DispatchTime.now().uptimeNanoseconds - start
-                syncTimer.recordNanoseconds(Int64(ns))
-                updateCounts(syncMillis: Double(ns) / 1e6, commits: repair.isEmpty ? 0 : 1)
+                let repair = try converge(b, asDrift: false)
+                recordSync(since: start, commits: repair.isEmpty ? 0 : 1)
                 return .committed(generation: b.mirrorGeneration)
             } catch {
                 record(error: "repair failed: \(error)")
@@ -488,19 +491,12 @@ public final class Daemon: @unchecked Sendable {
                 }
             }
             b.invalidate()
-            let desired = engine.committed
-            let (repair, _) = try b.converge(to: desired)
+            let repair = try converge(b, asDrift: true)
             resyncCounter.increment()
-            if !repair.isEmpty {
-                opsApplied.increment(by: repair.ops.count)
-                commitCounter.increment()
-                driftCounter.increment(by: repair.ops.count)
-                logger.warning("drift repaired: \(repair.summary)")
-            }
+            if !repair.isEmpty { logger.warning("drift repaired: \(repair.summary)") }
             let ns = DispatchTime.now().uptimeNanoseconds - start
             cond.lock()
             status.resyncs += 1
-            status.driftRepaired += repair.ops.count
             cond.unlock()
             updateCounts(syncMillis: Double(ns) / 1e6, commits: (caughtUp ? 1 : 0) + (repair.isEmpty ? 0 : 1))
             return nil
