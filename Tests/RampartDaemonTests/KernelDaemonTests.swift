@@ -127,7 +127,8 @@ final class DaemonHypervisor: @unchecked Sendable {
         #expect(bad.status == 1)
         #expect(bad.stderr.contains("70000"), "\(bad.stderr)")
         let exported = try h.cli(["export", "--host", "hv1"])
-        #expect(try Document.parse(json: exported.stdout) == h.store.document(forHost: "hv1"))
+        #expect(try Document.parse(json: exported.stdout) == h.store.exportDocument(forHost: "hv1"))
+        #expect(Compiler.compile(try Document.parse(json: exported.stdout)) == Compiler.compile(try h.store.document(forHost: "hv1")))
         #expect(try h.kernelMatchesStore())
         await h.stop()
     }
@@ -390,6 +391,7 @@ final class DaemonHypervisor: @unchecked Sendable {
     @Test func aGroupCanBeLetIn() async throws {
         let dir = tempDir("perm")
         let store = try SQLiteStore(path: dir + "/rampart.db")
+        try register("hv1", in: store)
         let fake = FakeKernel()
         let d = Daemon(configuration: .init(host: "hv1"), store: store, client: { fake.nft })
         let path = dir + "/s.sock"
