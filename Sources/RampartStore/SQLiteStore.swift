@@ -53,16 +53,16 @@ public final class SQLiteStore: Store, @unchecked Sendable {
             if lstat(path, &st) != 0 { throw StoreError(.missing, "no store at \(path)") }
         }
         db = try SQLiteConnection(path: path, create: create)
-        try db.exec("PRAGMA journal_mode=WAL; PRAGMA foreign_keys=ON; PRAGMA synchronous=NORMAL;")
-        if create {
-            try db.exec(Self.schema)
-        } else {
+        if !create {
+            // Checked before anything writes (setting WAL would turn an empty file into a database).
             let have = Set(try db.query("SELECT name FROM sqlite_master WHERE type = 'table'").compactMap { $0[0] })
             let missing = Self.tables.filter { !have.contains($0) }
             if !missing.isEmpty {
                 throw StoreError(.invalid, "\(path) is not a Rampart store (no table \(missing.joined(separator: ", "))); `rampart` verbs and `rampart import` create one")
             }
         }
+        try db.exec("PRAGMA journal_mode=WAL; PRAGMA foreign_keys=ON; PRAGMA synchronous=NORMAL;")
+        if create { try db.exec(Self.schema) }
     }
 
     private func locked<T>(_ body: () throws(StoreError) -> T) throws(StoreError) -> T {

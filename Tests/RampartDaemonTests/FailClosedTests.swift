@@ -296,6 +296,7 @@ import Testing
         close(fd)  // bound, never listened: stale
         let s = APIServer(socketPath: stale, router: router)
         d.start()
+        await d.waitUntilReady()
         try await s.start(mode: 0o660, group: 65534)
         #expect(lstat(stale, &st) == 0 && st.st_mode & S_IFMT == S_IFSOCK && st.st_mode & 0o777 == 0o660 && st.st_gid == 65534)
         #expect(try DaemonClient(socketPath: stale).request("GET", "/v1/status").status == 200)
