@@ -97,8 +97,14 @@ public struct DaemonClient: Sendable {
     }
 
     /// The host a daemon serves (from `GET /v1/status`).
-    public func host() throws -> String {
-        let r = try request("GET", "/v1/status")
+    public func host(attempts: Int = 5) throws -> String {
+        var r = try request("GET", "/v1/status")
+        var left = max(1, attempts) - 1
+        while r.status == 503, let delay = r.retryAfter, left > 0 {  // over the connection cap
+            Thread.sleep(forTimeInterval: min(max(delay, 0.05), 5))
+            r = try request("GET", "/v1/status")
+            left -= 1
+        }
         guard let obj = try? JSONSerialization.jsonObject(with: Data(r.body.utf8)) as? [String: Any], let h = obj["host"] as? String else {
             throw ClientError(description: "unexpected status answer: \(r.body)")
         }
