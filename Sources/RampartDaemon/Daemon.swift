@@ -791,6 +791,8 @@ public final class Daemon: @unchecked Sendable {
         let st = currentStatus
         s += "# TYPE rampart_ready gauge\nrampart_ready \(st.ready ? 1 : 0)\n"
         s += "# TYPE rampart_pending_refreshes gauge\nrampart_pending_refreshes \(st.pending)\n"
+        s += "# TYPE rampart_consecutive_failed_syncs gauge\nrampart_consecutive_failed_syncs \(st.consecutiveFailedSyncs)\n"
+        s += "# TYPE rampart_refreshes_refused_total counter\nrampart_refreshes_refused_total \(st.refreshesRefused)\n"
         s += "# TYPE rampart_instances gauge\nrampart_instances{scope=\"local\"} \(st.localInstances)\nrampart_instances{scope=\"document\"} \(st.instances)\n"
         return s
     }
