@@ -112,6 +112,8 @@ public final class Daemon: @unchecked Sendable {
     /// The outcomes of recent passes, for a ticket whose waiter arrives after its pass.
     private var history: [Pass] = []
     private struct Pass {
+        /// The tickets after `after` up to `through` were covered by this pass.
+        var after: UInt64
         var through: UInt64
         var refresh: SyncOutcome
         var resync: SyncOutcome
@@ -220,6 +222,7 @@ public final class Daemon: @unchecked Sendable {
     public func preflight() throws {
         try checkHostKnown()
         let doc = try store.document(forHost: host)
+        guard !configuration.allowEmpty, !doc.instances.values.contains(where: { $0.host == host }) else { return }
         let b = NFTablesBackend(client: try makeClient(), table: configuration.table)
         try checkNotEmptying(doc, kernel: try b.readBack(reference: nil))
     }
@@ -308,7 +311,7 @@ public final class Daemon: @unchecked Sendable {
         cond.lock()
         if stopping { cond.unlock(); reply(.failed("daemon stopping")); return }
         if ticket <= completed {
-            let o = history.first(where: { $0.through >= ticket })?.outcome(ticket) ?? lastOutcome
+            let o = history.first(where: { $0.after < ticket && ticket <= $0.through })?.outcome(ticket) ?? lastOutcome
             cond.unlock()
             reply(o)
             return
@@ -427,7 +430,7 @@ public final class Daemon: @unchecked Sendable {
         let through = max(completed, covered)
         let tickets = resyncTickets.filter { $0 <= covered }
         resyncTickets.subtract(tickets)
-        let pass = Pass(through: through, refresh: refresh, resync: resync, resyncTickets: tickets)
+        let pass = Pass(after: completed, through: through, refresh: refresh, resync: resync, resyncTickets: tickets)
         completed = through
         history.append(pass)
         if history.count > 256 { history.removeFirst(history.count - 256) }
