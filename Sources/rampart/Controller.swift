@@ -220,6 +220,16 @@ struct Export: ParsableCommand {
             FileHandle.standardError.write(Data("rampart: \(error)\n".utf8))
             throw ExitCode(3)
         }
+        // Nor is an unknown host an empty document (applied, it would remove every rule).
+        do {
+            if try !st.knowsHost(host) {
+                FileHandle.standardError.write(Data("rampart: the store does not know host \(host)\n".utf8))
+                throw ExitCode(1)
+            }
+        } catch let e as ExitCode { throw e } catch {
+            FileHandle.standardError.write(Data("rampart: \(error)\n".utf8))
+            throw ExitCode(3)
+        }
         do { print(try st.exportDocument(forHost: host).jsonText()) } catch {
             FileHandle.standardError.write(Data("rampart: \(error)\n".utf8))
             throw ExitCode(3)

@@ -178,6 +178,9 @@ final class DaemonHypervisor: @unchecked Sendable {
         #expect(bad.status == 1)
         #expect(bad.stderr.contains("nope"), "\(bad.stderr)")
         #expect(try h.cli(["export", "--host", "hv1"]).stdout == exported.stdout)
+        // an unknown host is not an empty document
+        let typo = try h.cli(["export", "--host", "hv-typo"])
+        #expect(typo.status == 1 && typo.stdout.isEmpty && typo.stderr.contains("does not know host hv-typo"), "\(typo.stderr)")
         #expect(try h.kernelMatchesStore())
         await h.stop()
     }
