@@ -26,6 +26,14 @@ public final class SQLiteStore: Store, @unchecked Sendable {
 
     public static let tables = ["hosts", "groups", "group_refs", "instances", "instance_groups"]
 
+    /// Tables added after the first schema: created on every open, so that a store written by an
+    /// earlier version gains them (an addition, never a change of what is there).
+    /// `host_guards`: each host's `guarded_prefixes` (contract rule 9), in document order.
+    public static let additions = """
+        CREATE TABLE IF NOT EXISTS host_guards(host TEXT NOT NULL REFERENCES hosts(name), position INTEGER NOT NULL,
+            prefix TEXT NOT NULL, PRIMARY KEY(host, position));
+        """
+
     /// Opens the store at `path`, creating it if needed (the controller verbs and `import`):
     /// missing directories are made 0700 and the database file 0600, whatever the umask.
     public convenience init(path: String) throws(StoreError) {
@@ -63,6 +71,7 @@ public final class SQLiteStore: Store, @unchecked Sendable {
         }
         try db.exec("PRAGMA journal_mode=WAL; PRAGMA foreign_keys=ON; PRAGMA synchronous=NORMAL;")
         if create { try db.exec(Self.schema) }
+        try db.exec(Self.additions)
     }
 
     private func locked<T>(_ body: () throws(StoreError) -> T) throws(StoreError) -> T {
@@ -215,6 +224,12 @@ public final class SQLiteStore: Store, @unchecked Sendable {
     }
 
     private func documentUnlocked(forHost host: String, full: Bool = false) throws(StoreError) -> Document {
+        var guards: [String] = []
+        for row in try db.query("SELECT prefix FROM host_guards WHERE host = ? ORDER BY position", .text(host)) {
+            // Like any corrupted row: an error, never a prefix silently dropped (fail closed).
+            guard let p = row[0] else { throw StoreError(.invalid, "store: host_guards of \(host): a prefix is missing") }
+            guards.append(p)
+        }
         let local = try records("WHERE i.host = ?", [.text(host)])
         let localGroupsSQL = "SELECT DISTINCT ig.group_id FROM instance_groups ig JOIN instances j ON j.id = ig.instance WHERE j.host = ?"
         let localGroups = try db.query(localGroupsSQL, .text(host)).compactMap { $0[0] }
@@ -236,14 +251,33 @@ public final class SQLiteStore: Store, @unchecked Sendable {
         let remote = try records("WHERE i.host <> ? AND i.id IN (SELECT instance FROM instance_groups WHERE group_id IN (\(refsSQL)))",
                                  [.text(host), .text(host)])
         var instances = local
-        if full { return Document(host: host, groups: groups, instances: instances.merging(remote) { a, _ in a }) }
+        if full { return Document(host: host, groups: groups, instances: instances.merging(remote) { a, _ in a }, guardedPrefixes: guards) }
         for (id, var inst) in remote {
             inst.groups = inst.groups.filter { groups[$0] != nil }
             inst.interface = nil
             inst.mac = nil
             instances[id] = inst
         }
-        return Document(host: host, groups: groups, instances: instances)
+        return Document(host: host, groups: groups, instances: instances, guardedPrefixes: guards)
+    }
+
+    private func writeGuards(_ host: String, _ prefixes: [String]) throws(StoreError) {
+        try db.run("DELETE FROM host_guards WHERE host = ?", .text(host))
+        for (i, p) in prefixes.enumerated() {
+            try db.run("INSERT INTO host_guards(host, position, prefix) VALUES (?, ?, ?)", .text(host), .int(Int64(i)), .text(p))
+        }
+    }
+
+    /// Sets a host's guarded interface-name prefixes (contract rule 9), registering the host if
+    /// it is new. The host reloads its document (its four base chains change).
+    public func setGuardedPrefixes(host: String, _ prefixes: [String]) throws(StoreError) -> [Delivery] {
+        let issues = Document(host: host, guardedPrefixes: prefixes).issues()
+        if !issues.isEmpty { throw StoreError(.invalid, issues.map(\.description).joined(separator: "; ")) }
+        return try transaction { () throws(StoreError) in
+            try db.run("INSERT OR IGNORE INTO hosts(name) VALUES (?)", .text(host))
+            try writeGuards(host, prefixes)
+            return [Delivery(host: host, refresh: .host)]
+        }
     }
 
     // MARK: fan-out
@@ -429,6 +463,8 @@ public final class SQLiteStore: Store, @unchecked Sendable {
             // The document's host becomes known (a new hypervisor is registered by importing its
             // document, even with no instance yet).
             try db.run("INSERT OR IGNORE INTO hosts(name) VALUES (?)", .text(document.host))
+            // The document is the host's whole policy: its guarded prefixes replace the stored ones.
+            try writeGuards(document.host, document.guardedPrefixes)
             var hosts = Set<String>()
             for (id, inst) in document.instances {
                 try writeInstance(id, inst)
@@ -441,7 +477,7 @@ public final class SQLiteStore: Store, @unchecked Sendable {
                 for h in try db.query(Self.rulesFanOut, .text(g)).compactMap({ $0[0] }) { out.insert(Delivery(host: h, refresh: .host)) }
                 for h in try db.query(Self.membersFanOut, .text(g)).compactMap({ $0[0] }) { out.insert(Delivery(host: h, refresh: .host)) }
             }
-            for h in hosts { out.insert(Delivery(host: h, refresh: .host)) }
+            for h in hosts.union([document.host]) { out.insert(Delivery(host: h, refresh: .host)) }
             return out.sorted()
         }
     }

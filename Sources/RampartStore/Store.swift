@@ -69,6 +69,8 @@ public protocol Store: AnyObject, Sendable {
     func removeInstance(_ id: String) throws(StoreError) -> [Delivery]
     func setGroups(instance id: String, groups: [String]) throws(StoreError) -> [Delivery]
     func importDocument(_ document: Document) throws(StoreError) -> [Delivery]
+    /// Sets a host's guarded interface-name prefixes (`guarded_prefixes`; empty: none).
+    func setGuardedPrefixes(host: String, _ prefixes: [String]) throws(StoreError) -> [Delivery]
 }
 
 /// The rules of a group as stored: the JSON array of the document format.

@@ -196,6 +196,21 @@ struct InstanceCommand: ParsableCommand {
     }
 }
 
+struct HostCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "host", abstract: "Hypervisors: register one and set its guarded interface prefixes.",
+        subcommands: [Guard.self])
+
+    struct Guard: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Set a host's guarded interface-name prefixes (registering the host if new): a device with such a name that belongs to no instance passes nothing. No --prefix clears them.")
+        @Argument(help: "The host (hypervisor) name.") var host: String
+        @Option(name: .customLong("prefix"), help: "An interface-name prefix of instance devices, e.g. tap (repeatable).") var prefixes: [String] = []
+        @OptionGroup var controller: ControllerOptions
+        func run() throws { try controller.change { st throws(StoreError) in try st.setGuardedPrefixes(host: host, prefixes) } }
+    }
+}
+
 struct Import: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Load a desired-state document into the store (groups and instances upserted); the hosts it touches reload.")
     @Argument(help: "The document, or - for standard input.") var file: String

@@ -148,6 +148,31 @@ final class DaemonHypervisor: @unchecked Sendable {
         await h.stop()
     }
 
+    /// Rule 9 through the store, the verb and the daemon: db-1 is removed from the store while
+    /// its device stays plugged; without guarded prefixes that device is none of Rampart's
+    /// business, with `rampart host guard hv1 --prefix tap` it passes nothing, either way.
+    @Test func guardedPrefixesCloseDevicesOfNoInstance() async throws {
+        let h = try await DaemonHypervisor()
+        #expect(try h.cli(["instance", "remove", "db-1"]).status == 0)
+        try h.expect([
+            (.tcp(from: "internet", to: "10.0.2.21", port: 5432), true),   // untouched: no instance's device
+            (.tcp(from: "internet", to: "10.0.1.11", port: 80), true),
+        ])
+        let r = try h.cli(["host", "guard", "hv1", "--prefix", "tap"])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout.contains("sent to hv1: refresh_host"), "\(r.stdout)")
+        try h.expect([
+            (.tcp(from: "internet", to: "10.0.2.21", port: 5432, timeout: 0.5), false),
+            (.udp(from: "db-1", to: "192.0.2.10", port: 7000, timeout: 0.5), false),
+            (.tcp(from: "internet", to: "10.0.1.11", port: 80), true),      // instances unaffected
+            (.tcp(from: "internet", to: "10.0.1.11", port: 22, timeout: 0.5), false),
+        ])
+        #expect(try h.topo.hypervisor.nft("list", "chain", "inet", "rampart", "ingress").stdout.contains(#"oifname "tap*" drop"#))
+        #expect(try h.kernelMatchesStore())
+        #expect(try h.cli(["host", "guard", "hv1", "--prefix", "tap+"]).status == 1)
+        await h.stop()
+    }
+
     @Test func importAndExportThroughTheCLI() async throws {
         let h = try await DaemonHypervisor()
         // a document for hv1 that lets the internet in on 22 and adds an instance elsewhere

@@ -166,12 +166,14 @@ func tempStorePath() -> String {
         _ = try st.authorize(group: "admin", rule: try rule(#"{"protocol":"tcp","ports":"9100","group":"ops"}"#, "admin", refs: ["ops"]))
         _ = try st.addInstance("mac-2", Instance(host: "hv2", groups: ["web", "admin"], ips: [ip("10.0.1.14"), ip("fd00::14")], interface: "tapm2",
                                                  mac: MACAddress("02:00:00:00:01:14")))
+        _ = try st.setGuardedPrefixes(host: "hv1", ["tap", "vnet"])
         let hosts = try st.hosts()
         let exports = try hosts.map { try st.exportDocument(forHost: $0).jsonText() }
         let documents = try hosts.map { try st.document(forHost: $0) }
         for (h, e) in zip(hosts, exports) {
             let doc = try Document.parse(json: e)
             #expect(doc.groups["admin"]?.rules.count == 2, "\(h)")
+            #expect(doc.guardedPrefixes == (h == "hv1" ? ["tap", "vnet"] : []), "\(h)")
             // what the kernel gets is the same as from the daemon's document
             #expect(Compiler.compile(doc) == Compiler.compile(try st.document(forHost: h)), "\(h)")
         }
@@ -195,5 +197,37 @@ func tempStorePath() -> String {
         #expect(try one.exportDocument(forHost: hosts[0]).jsonText() == exports[0])
         #expect(try one.group("admin") == st.group("admin"))
         #expect(try one.group("ops") == st.group("ops"))
+    }
+
+    /// Guarded prefixes (contract rule 9) are a host's: set by the verb or by importing the
+    /// host's document, validated, delivered as a whole-host reload, and added to a store made
+    /// by an earlier version (a new table on open, nothing else changed).
+    @Test func guardedPrefixesAreStoredPerHost() throws {
+        let path = tempStorePath()
+        let st = try SQLiteStore(path: path)
+        try populate(st)
+        #expect(try st.setGuardedPrefixes(host: "hv1", ["tap"]) == [Delivery(host: "hv1", refresh: .host)])
+        #expect(try st.document(forHost: "hv1").guardedPrefixes == ["tap"])
+        #expect(try st.document(forHost: "hv2").guardedPrefixes == [])
+        #expect(throws: StoreError.self) { try st.setGuardedPrefixes(host: "hv1", ["tap+"]) }
+        #expect(throws: StoreError.self) { try st.setGuardedPrefixes(host: "hv1", ["lo"]) }
+        #expect(throws: StoreError.self) { try st.setGuardedPrefixes(host: "bad host", ["tap"]) }
+        #expect(try st.document(forHost: "hv1").guardedPrefixes == ["tap"])
+        // A new host is registered by the verb.
+        _ = try st.setGuardedPrefixes(host: "hv9", ["vnet"])
+        #expect(try st.knowsHost("hv9"))
+        // Importing a host's document replaces its prefixes (the document is its whole policy).
+        var doc = try st.exportDocument(forHost: "hv1")
+        doc.guardedPrefixes = []
+        _ = try st.importDocument(doc)
+        #expect(try st.document(forHost: "hv1").guardedPrefixes == [])
+        // A store from before the table existed gains it when opened, by the daemon too.
+        try sqlite3(path, "DROP TABLE host_guards;")
+        let reopened = try SQLiteStore(path: path, create: false)
+        #expect(try reopened.document(forHost: "hv1").guardedPrefixes == [])
+        _ = try reopened.setGuardedPrefixes(host: "hv1", ["tap"])
+        // A corrupted prefix makes the document invalid; it is never dropped.
+        try sqlite3(path, "UPDATE host_guards SET prefix = 'ta+p' WHERE host = 'hv1';")
+        #expect(throws: StoreError.self) { try reopened.document(forHost: "hv1") }
     }
 }
