@@ -82,24 +82,19 @@ public final class SQLiteStore: Store, @unchecked Sendable {
 
     /// One write transaction.
     private func transaction<T>(_ body: () throws(StoreError) -> T) throws(StoreError) -> T {
-        try locked { () throws(StoreError) -> T in
-            try db.exec("BEGIN IMMEDIATE")
-            do throws(StoreError) {
-                let r = try body()
-                try db.exec("COMMIT")
-                return r
-            } catch {
-                try? db.exec("ROLLBACK")
-                throw error
-            }
-        }
+        try inTransaction("BEGIN IMMEDIATE", body)
     }
 
     /// One read transaction: every statement of `body` sees the same snapshot (WAL: writers
     /// committing meanwhile are not seen), so a document is never assembled from two states.
     private func reading<T>(_ body: () throws(StoreError) -> T) throws(StoreError) -> T {
+        try inTransaction("BEGIN", body)
+    }
+
+    /// `body` between `begin` and COMMIT, rolled back if it throws.
+    private func inTransaction<T>(_ begin: String, _ body: () throws(StoreError) -> T) throws(StoreError) -> T {
         try locked { () throws(StoreError) -> T in
-            try db.exec("BEGIN")
+            try db.exec(begin)
             do throws(StoreError) {
                 let r = try body()
                 try db.exec("COMMIT")
