@@ -229,6 +229,10 @@ public struct SetDefinition: Sendable, Hashable {
     public var isInterval: Bool
     /// A map whose values are verdicts (`ifname : verdict`, used with `vmap`).
     public var isVerdictMap: Bool
+    /// Read back only: an anonymous set (`NFT_SET_ANONYMOUS`, nft's `{ 1, 2 }` in a rule,
+    /// named `__set<N>`). It belongs to the rule that uses it and is deleted with that rule;
+    /// deleting it by name is refused (ENOENT).
+    public var isAnonymous = false
     /// Shown by nft as the set's comment.
     public var comment: String?
     /// A private tag kept in the set's userdata (nft ignores it).
