@@ -413,8 +413,10 @@ extension HypervisorTopology {
     }
 
     /// Sends a whole IPv4 packet through `node`'s own stack (a raw socket with IP_HDRINCL): it
-    /// takes the node's output hook and routing, e.g. the hypervisor's own traffic.
-    public func sendIPv4ThroughStack(from node: String, _ packet: [UInt8]) throws {
+    /// takes the node's output hook and routing, e.g. the hypervisor's own traffic. False when
+    /// the output hook dropped it at once (EPERM).
+    @discardableResult
+    public func sendIPv4ThroughStack(from node: String, _ packet: [UInt8]) throws -> Bool {
         let n = self[node]
         let fd = try NetworkNamespace.named(n.namespace.name).perform {
             socket(AF_INET, Int32(SOCK_RAW.rawValue) | Int32(SOCK_CLOEXEC.rawValue), Int32(IPPROTO_RAW))
@@ -424,7 +426,9 @@ extension HypervisorTopology {
         let dst = RawPacket.addressText(packet[16..<20])
         let sa = try SocketAddress(dst, port: 0)
         let sent = sa.withPointer { p, l in packet.withUnsafeBytes { sendto(fd, $0.baseAddress, $0.count, 0, p, l) } }
+        if sent < 0 && errno == EPERM { return false }
         guard sent == packet.count else { throw HarnessError("raw send from \(node) to \(dst): \(errnoText(errno))") }
+        return true
     }
 
     /// Every frame arriving on `node`'s interface (or `device` in it) from now on: what the
