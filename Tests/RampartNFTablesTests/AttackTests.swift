@@ -148,6 +148,25 @@ import RampartHarness
             v.expect("UDP reply to bob after the injections", client.saw(back, within: 1), true)
         }
 
+        // The MAC check comes first as well: alice's own established flow, her own address and
+        // port, but a frame from a MAC that is not hers.
+        do {
+            let server = try t.udpSocket("internet", address: "192.0.2.10", port: 7002)
+            let client = try t.udpSocket("alice", address: "10.0.1.11", port: 41002)
+            let hello = Self.token("hello"), reply = Self.token("reply")
+            try client.send(hello, to: "192.0.2.10", port: 7002)
+            v.expect("UDP alice → internet:7002 (her own flow)", server.saw(hello, within: 1), true)
+            try server.send(reply, to: "10.0.1.11", port: 41002)
+            v.expect("UDP reply internet → alice", client.saw(reply, within: 1), true)
+            let foreignMAC = Self.token("mac"), again = Self.token("again")
+            try s.send(from: "alice", to: "192.0.2.10", sourceMAC: "02:00:00:00:99:99",
+                       RawPacket.udp(src: "10.0.1.11", dst: "192.0.2.10", sport: 41002, dport: 7002, foreignMAC))
+            try client.send(again, to: "192.0.2.10", port: 7002)
+            v.expect("UDP alice's flow after the foreign-MAC frame", server.saw(again, within: 1), true)
+            Self.settle()
+            v.expect("UDP in alice's own flow from a foreign MAC", server.saw(foreignMAC), false)
+        }
+
         // TCP: bob's established connection to internet:8000; alice sends the next segment bob
         // would send (sequence and acknowledgement numbers read off bob's link).
         let session = try t.openTCPSession(from: "bob", to: "192.0.2.10", port: 8000)
