@@ -488,7 +488,9 @@ import RampartHarness
         for (what, document, path) in cases {
             precondition(document != good && document != guarded, "the replacement for \(what) did not apply")
             let r = try apply(document)
-            if r.status != 1 || !r.stderr.contains(path) {
+            // The error lines are "<path>: <reason>".
+            let named = r.stderr.split(separator: "\n").contains { $0.trimmingCharacters(in: .whitespaces).hasPrefix(path + ":") }
+            if r.status != 1 || !named {
                 wrong.append("\(what): exit \(r.status), expected 1 naming \(path): \(r.stderr.prefix(300))")
             }
             if try backend.snapshot(ns) != before {
