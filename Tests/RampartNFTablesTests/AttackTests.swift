@@ -167,6 +167,24 @@ import RampartHarness
             v.expect("UDP in alice's own flow from a foreign MAC", server.saw(foreignMAC), false)
         }
 
+        // Between two instances of the host: alice answers in carol's name inside bob's flow
+        // with carol (a spoofed reply toward bob).
+        do {
+            let server = try t.udpSocket("carol", address: "10.0.1.13", port: 7003)
+            let client = try t.udpSocket("bob", address: "10.0.1.12", port: 41003)
+            let hello = Self.token("hello"), reply = Self.token("reply")
+            try client.send(hello, to: "10.0.1.13", port: 7003)
+            v.expect("UDP bob → carol:7003 (their flow)", server.saw(hello, within: 1), true)
+            try server.send(reply, to: "10.0.1.12", port: 41003)
+            v.expect("UDP reply carol → bob", client.saw(reply, within: 1), true)
+            let forged = Self.token("forged"), back = Self.token("back")
+            try s.send(from: "alice", to: "10.0.1.12", RawPacket.udp(src: "10.0.1.13", dst: "10.0.1.12", sport: 7003, dport: 41003, forged))
+            try server.send(back, to: "10.0.1.12", port: 41003)
+            v.expect("UDP carol's next reply to bob", client.saw(back, within: 1), true)
+            Self.settle()
+            v.expect("UDP reply forged by alice as carol, into bob's flow with carol", client.saw(forged), false)
+        }
+
         // TCP: bob's established connection to internet:8000; alice sends the next segment bob
         // would send (sequence and acknowledgement numbers read off bob's link).
         let session = try t.openTCPSession(from: "bob", to: "192.0.2.10", port: 8000)
@@ -215,6 +233,11 @@ import RampartHarness
         try s.send(from: "alice", to: "10.255.0.1", udp("10.0.1.12", "10.255.0.1", 68, 67, spoofedHost))
         try t.sendFrames(from: "alice", [RawPacket.frame(dst: broadcast, src: Self.aliceMAC,
                                                          udp("10.0.1.12", "255.255.255.255", 68, 67, spoofedBroadcast))])
+        // 0.0.0.0 is a source for DHCP requests to the host only.
+        let zeroToOutside = Self.token(), zeroNotDHCP = Self.token()
+        try s.send(from: "alice", to: "192.0.2.10", udp("0.0.0.0", "192.0.2.10", 68, 67, zeroToOutside))
+        try t.sendFrames(from: "alice", [RawPacket.frame(dst: broadcast, src: Self.aliceMAC,
+                                                         udp("0.0.0.0", "255.255.255.255", 9999, 67, zeroNotDHCP))])
         let ownOut = Self.token()             // a request with her own source, routed outside
         try s.send(from: "alice", to: "192.0.2.10", udp("10.0.1.11", "192.0.2.10", 68, 67, ownOut))
         let replyToHost = Self.token(), replyToCarol = Self.token(), replyBroadcast = Self.token()
@@ -240,6 +263,9 @@ import RampartHarness
             v.expect("rogue DHCP offer internet:67 → bob:68", bob68.saw(offerFromOutside), false)
             v.expect("DHCP request alice 10.0.1.11:68 → internet:67 (never forwarded)", net67.saw(ownOut), false)
         }
+        v.expect("DHCP request from 0.0.0.0, alice → internet:67", net67.saw(zeroToOutside), false)
+        v.expect("UDP 0.0.0.0:9999 → 255.255.255.255:67 from alice (not DHCP), at the host", hv67.saw(zeroNotDHCP), false)
+        v.expect("UDP 0.0.0.0:9999 → 255.255.255.255:67 from alice (not DHCP), at internet", net67.saw(zeroNotDHCP), false)
         v.expect("DHCP request with bob's source, alice → internet:67", net67.saw(spoofedOut), false)
         v.expect("DHCP request with bob's source, alice → host:67", hv67.saw(spoofedHost), false)
         v.expect("DHCP broadcast request with bob's source, alice → host", hv67.saw(spoofedBroadcast), false)
@@ -278,8 +304,13 @@ import RampartHarness
         let nsAsBob = Self.token(), nsForeign = Self.token(), nsAsBobMulticast = Self.token()
         let raMulticast = Self.token(), raToCarol = Self.token(), raToHost = Self.token()
         let nsHop64 = Self.token(), nsHop64Out = Self.token(), naForBob = Self.token(), naForBobToHost = Self.token()
+        let redirectToHost = Self.token(), redirectToCarol = Self.token(), echoFromLL = Self.token(), echoToNetLL = Self.token()
+        let netLL = try t.linkLocal("internet"), hvSolicited = try RawPacket.solicitedNode(hvLL)
+        func redirectBody(_ target: String, _ destination: String, _ token: [UInt8]) throws -> [UInt8] {
+            try [0, 0, 0, 0] + RawPacket.addressBytes(target) + RawPacket.addressBytes(destination) + RawPacket.tokenOption(token)
+        }
         // Legitimate, from alice.
-        let nsToHost = Self.token(), naOwn = Self.token(), naOwnGlobal = Self.token(), rs = Self.token()
+        let nsToHost = Self.token(), naOwn = Self.token(), naOwnGlobal = Self.token(), rs = Self.token(), dadNS = Self.token()
         try t.sendFrames(from: "alice", [
             frame(netMAC, RawPacket.neighbourSolicitation(src: "fd00::12", dst: "2001:db8::10", target: "2001:db8::10", mac: mac, token: nsAsBob)),
             frame(netMAC, RawPacket.neighbourSolicitation(src: "2001:db8::99", dst: "2001:db8::10", target: "2001:db8::10", mac: mac, token: nsForeign)),
@@ -292,8 +323,16 @@ import RampartHarness
             frame(netMAC, RawPacket.neighbourSolicitation(src: "fd00::11", dst: "2001:db8::10", target: "2001:db8::10", mac: mac, hopLimit: 64, token: nsHop64Out)),
             frame(allNodesMAC, RawPacket.neighbourAdvertisement(src: aliceLL, dst: allNodes, target: "fd00::12", mac: mac, token: naForBob)),
             frame(hvMAC, RawPacket.neighbourAdvertisement(src: aliceLL, dst: hvLL, target: "fd00::12", mac: mac, token: naForBobToHost)),
+            frame(hvMAC, RawPacket.icmpv6(src: aliceLL, dst: hvLL, type: 137, redirectBody("fd00::13", "2001:db8::10", redirectToHost))),
+            frame(carolMAC, RawPacket.icmpv6(src: "fd00::11", dst: "fd00::13", type: 137, redirectBody("fd00::11", "2001:db8::10", redirectToCarol))),
+            // A link-local source is for NDP only: an echo request from one is not.
+            frame(hvMAC, RawPacket.icmpv6(src: aliceLL, dst: hvLL, type: 128, [0x12, 0x34, 0, 1] + echoFromLL)),
+            frame(try t.nextHopMAC(from: "alice", to: "2001:db8::10"),
+                  RawPacket.icmpv6(src: aliceLL, dst: netLL, type: 128, [0x12, 0x34, 0, 2] + echoToNetLL)),
             // Legitimate NDP with the host.
             frame(hvMAC, RawPacket.neighbourSolicitation(src: aliceLL, dst: hvLL, target: hvLL, mac: mac, token: nsToHost)),
+            frame(RawPacket.multicastMAC(hvSolicited),
+                  RawPacket.neighbourSolicitation(src: "::", dst: hvSolicited, target: hvLL, mac: mac, token: dadNS)),
             frame(allNodesMAC, RawPacket.neighbourAdvertisement(src: aliceLL, dst: allNodes, target: "fd00::11", mac: mac, token: naOwn)),
             frame(hvMAC, RawPacket.neighbourAdvertisement(src: "fd00::11", dst: hvLL, target: "fd00::11", mac: mac, token: naOwnGlobal)),
             frame("33:33:00:00:00:02", RawPacket.icmpv6(src: aliceLL, dst: "ff02::2", type: 133,
@@ -303,6 +342,7 @@ import RampartHarness
         v.expect("unsolicited NA for alice's own address, at the host", hvICMP.saw(naOwn, within: 1), true)
         v.expect("NA from alice's own global address for itself, to the host", hvICMP.saw(naOwnGlobal, within: 1), true)
         v.expect("RS alice → ff02::2, at the host", hvICMP.saw(rs, within: 1), true)
+        v.expect("DAD NS from :: to the host's solicited-node group", hvICMP.saw(dadNS, within: 1), true)
         Self.settle()
         v.expect("NS with bob's source, alice → internet", netLink.saw(nsAsBob), false)
         v.expect("NS with a foreign source (2001:db8::99), alice → internet", netLink.saw(nsForeign), false)
@@ -314,6 +354,10 @@ import RampartHarness
         v.expect("RA alice → ff02::1, at the host", hvICMP.saw(raMulticast), false)
         v.expect("RA alice fd00::11 → carol fd00::13", carolLink.saw(raToCarol), false)
         v.expect("RA alice → host (unicast)", hvICMP.saw(raToHost), false)
+        v.expect("redirect alice → host", hvICMP.saw(redirectToHost), false)
+        v.expect("redirect alice fd00::11 → carol fd00::13", carolLink.saw(redirectToCarol), false)
+        v.expect("ICMPv6 echo from alice's link-local address, at the host", hvICMP.saw(echoFromLL), false)
+        v.expect("ICMPv6 echo from alice's link-local address to internet's", netLink.saw(echoToNetLL), false)
         v.expect("NS alice → host with hop limit 64", hvICMP.saw(nsHop64), false)
         v.expect("NS alice → internet with hop limit 64", netLink.saw(nsHop64Out), false)
         v.expect("NA alice claiming bob's fd00::12 → ff02::1, at the host", hvICMP.saw(naForBob), false)
