@@ -167,6 +167,23 @@ import RampartHarness
             v.expect("UDP in alice's own flow from a foreign MAC", server.saw(foreignMAC), false)
         }
 
+        // bob's flow with the host itself (the input hook).
+        do {
+            let server = try t.udpSocket("hv", address: "10.255.0.1", port: 7004)
+            let client = try t.udpSocket("bob", address: "10.0.1.12", port: 41004)
+            let hello = Self.token("hello"), reply = Self.token("reply")
+            try client.send(hello, to: "10.255.0.1", port: 7004)
+            v.expect("UDP bob → host:7004 (its flow)", server.saw(hello, within: 1), true)
+            try server.send(reply, to: "10.0.1.12", port: 41004)
+            v.expect("UDP reply host → bob", client.saw(reply, within: 1), true)
+            let injected = Self.token("alice"), again = Self.token("again")
+            try s.send(from: "alice", to: "10.255.0.1", RawPacket.udp(src: "10.0.1.12", dst: "10.255.0.1", sport: 41004, dport: 7004, injected))
+            try client.send(again, to: "10.255.0.1", port: 7004)
+            v.expect("UDP bob's flow with the host after the injection", server.saw(again, within: 1), true)
+            Self.settle()
+            v.expect("UDP injected by alice as bob into bob's flow with the host", server.saw(injected), false)
+        }
+
         // Between two instances of the host: alice answers in carol's name inside bob's flow
         // with carol (a spoofed reply toward bob).
         do {
