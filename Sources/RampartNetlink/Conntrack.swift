@@ -206,7 +206,24 @@ public final class ConntrackConnection {
     /// were tried.
     @discardableResult
     public func delete(_ entries: [ConntrackEntry]) throws(NetlinkError) -> ConntrackDeletion {
-        var result = ConntrackDeletion()
+        let (done, gone, failure) = try requests(entries, "IPCTNL_MSG_CT_DELETE") { Self.buildDelete(into: $0, sequence: $1, entry: $2) }
+        if let failure { throw failure }
+        return ConntrackDeletion(deleted: done, alreadyGone: gone)
+    }
+
+    /// Inserts entries (IPCTNL_MSG_CT_NEW with NLM_F_CREATE | NLM_F_EXCL), many per datagram:
+    /// for tests and benchmarks that need a big table without real flows. `timeout` in seconds.
+    public func create(_ entries: [ConntrackEntry], timeout: UInt32 = 600) throws(NetlinkError) {
+        let (_, _, failure) = try requests(entries, "IPCTNL_MSG_CT_NEW") { Self.buildCreate(into: $0, sequence: $1, entry: $2, timeout: timeout) }
+        if let failure { throw failure }
+    }
+
+    /// Sends one acked request per entry, packed into datagrams of at most 60 KiB (the kernel
+    /// handles every message of a datagram inside sendto, and each acks), and counts the
+    /// answers: done, ENOENT, and the first other failure.
+    private func requests(_ entries: [ConntrackEntry], _ label: String,
+                          _ build: (UnsafeMutableRawPointer, UInt32, ConntrackEntry) -> Int) throws(NetlinkError) -> (Int, Int, NetlinkError?) {
+        var done = 0, gone = 0
         var firstFailure: NetlinkError?
         let capacity = 60 * 1024
         var index = 0
@@ -215,16 +232,14 @@ public final class ConntrackConnection {
             var count = 0
             try withScratch(capacity) { (buf) throws(NetlinkError) in
                 var offset = 0
-                while index < entries.count, offset + 256 <= capacity {
-                    offset += Self.buildDelete(into: buf + offset, sequence: first &+ UInt32(count), entry: entries[index])
+                while index < entries.count, offset + 512 <= capacity {
+                    offset += build(buf + offset, first &+ UInt32(count), entries[index])
                     index += 1
                     count += 1
                 }
                 _ = socket.reserveSequence(count)
                 try socket.send(buf, length: offset)
             }
-            // Each message asked for an ack: one reply per message, all queued by now (the
-            // kernel handles a netlink datagram inside sendto), but wait for them to be sure.
             var answered = 0
             while answered < count {
                 let got = try socket.receive(wait: true) { (nlh) throws(NetlinkError) in
@@ -234,44 +249,19 @@ public final class ConntrackConnection {
                     guard err.seq &- first < UInt32(count) else { return }
                     answered += 1
                     switch err.error {
-                    case 0: result.deleted += 1
-                    case ENOENT: result.alreadyGone += 1
+                    case 0: done += 1
+                    case ENOENT: gone += 1
                     default:
                         if firstFailure == nil {
                             let text = err.message.map { ": " + String(cString: $0) } ?? ""
-                            firstFailure = .systemCall("IPCTNL_MSG_CT_DELETE\(text)", Errno(err.error))
+                            firstFailure = .systemCall("\(label)\(text)", Errno(err.error))
                         }
                     }
                 }
-                if !got { throw .protocolError("no reply to conntrack deletes") }
+                if !got { throw .protocolError("no reply to \(label)") }
             }
         }
-        if let firstFailure { throw firstFailure }
-        return result
-    }
-
-    /// Inserts an entry (IPCTNL_MSG_CT_NEW with NLM_F_CREATE): for tests and benchmarks that
-    /// need a big table without real flows. `timeout` in seconds.
-    public func create(_ entry: ConntrackEntry, timeout: UInt32 = 600) throws(NetlinkError) {
-        let seq = socket.reserveSequence(1)
-        try withScratch(512) { (buf) throws(NetlinkError) in
-            let n = Self.buildCreate(into: buf, sequence: seq, entry: entry, timeout: timeout)
-            try socket.send(buf, length: n)
-        }
-        var done = false
-        while !done {
-            let got = try socket.receive(wait: true) { (nlh) throws(NetlinkError) in
-                guard nlh.pointee.nlmsg_seq == seq, nlh.pointee.nlmsg_type == UInt16(NLMSG_ERROR) else { return }
-                var err = rampart_nlerr()
-                _ = rampart_parse_nlerr(nlh, &err)
-                done = true
-                if err.error != 0 {
-                    let text = err.message.map { ": " + String(cString: $0) } ?? ""
-                    throw .systemCall("IPCTNL_MSG_CT_NEW\(text)", Errno(err.error))
-                }
-            }
-            if !got { throw .protocolError("no reply to IPCTNL_MSG_CT_NEW") }
-        }
+        return (done, gone, firstFailure)
     }
 
     // MARK: messages (static, so that tests build and parse them without a socket)
@@ -367,7 +357,7 @@ public final class ConntrackConnection {
         let reply = entry.reply ?? entry.original.inverted
         putTuple(nlh, CTA_TUPLE_REPLY.rawValue, reply)
         mnl_attr_put_u32(nlh, UInt16(CTA_TIMEOUT.rawValue), timeout.bigEndian)
-        mnl_attr_put_u32(nlh, UInt16(CTA_STATUS.rawValue), entry.status.bigEndian)
+        if entry.status != 0 { mnl_attr_put_u32(nlh, UInt16(CTA_STATUS.rawValue), entry.status.bigEndian) }
         if entry.original.protocolNumber == 6 {
             // A TCP entry needs a state: ESTABLISHED (3).
             let info = mnl_attr_nest_start(nlh, UInt16(CTA_PROTOINFO.rawValue))
