@@ -163,6 +163,39 @@ import RampartNetlink
         #expect(toWeb1.exchange(timeout: 2))
     }
 
+    /// What a revocation costs with a big table (no traffic: entries inserted over ctnetlink in a
+    /// throwaway namespace): 100,000 entries, 1,000 of them of a revoked rule (bastion → web-1
+    /// port 22), 1,000 of a rule that stays (→ web-1 port 80), the rest between outside hosts.
+    /// Filtered by web-1's addresses (the scope a rule change of its group gives), then the whole table.
+    @Test func costsWithABigTable() throws {
+        let ns = try TestNamespace(prefix: "rvbig")
+        let ct = try ConntrackConnection(namespace: .named(ns.name))
+        let total = Int(ProcessInfo.processInfo.environment["RAMPART_CT_ENTRIES"] ?? "") ?? 100_000
+        let ir = try RevocationTests.ir(RevocationTests.document(withoutWebRules: ["ssh-from-admin"]))
+        func tcp(_ s: String, _ sport: Int, _ d: String, _ dport: UInt16) -> ConntrackEntry {
+            ConntrackEntry(original: ConntrackTuple(family: .ipv4, protocolNumber: 6, source: IPAddress(s)!.conntrack,
+                                                    destination: IPAddress(d)!.conntrack, sourcePort: UInt16(sport), destinationPort: dport))
+        }
+        let revoked = (0..<1000).map { tcp("10.0.9.5", 20000 + $0, "10.0.1.11", 22) }
+        let kept = (0..<1000).map { tcp("192.0.2.10", 20000 + $0, "10.0.1.11", 80) }
+        var others: [ConntrackEntry] = []
+        for i in 0..<max(0, total - 2000) {
+            others.append(ConntrackEntry(original: ConntrackTuple(
+                family: .ipv4, protocolNumber: 6, source: ConntrackAddress(ipv4: 0xC600_0000 | UInt32(i >> 10)),
+                destination: ConntrackAddress(ipv4: 0x0A09_0000 | UInt32(i & 0xff)), sourcePort: UInt16(10000 + (i & 0x3ff)), destinationPort: 443)))
+        }
+        try ct.create(revoked + kept + others)
+        let web1: Set<IPAddress> = [IPAddress("10.0.1.11")!, IPAddress("fd00::11")!]
+        let filtered = try Revocation.run(ct, ir: ir, scope: .addresses(web1))
+        #expect(filtered.cut == 1000 && filtered.evaluated == 2000 && filtered.dumps == 4, "\(filtered)")
+        try ct.create(revoked)
+        let whole = try Revocation.run(ct, ir: ir, scope: .all)
+        #expect(whole.cut == 1000 && whole.evaluated == 2000 && whole.examined == total, "\(whole)")
+        #expect(try ct.entries(ConntrackFilter(family: .ipv4)).count == total - 1000)
+        print(String(format: "revocation, %d entries, 1,000 cut: by web-1's addresses (4 filtered dumps) %.1f ms; whole table (%d dumps) %.1f ms",
+                     total, Double(filtered.nanoseconds) / 1e6, whole.dumps, Double(whole.nanoseconds) / 1e6))
+    }
+
     // MARK: without root: what a plan can have narrowed
 
     static func ir(_ text: String) throws -> RulesetIR {
