@@ -28,6 +28,8 @@ public enum Revocation {
         public var evaluated = 0
         /// Dump requests sent.
         public var dumps = 0
+        /// The table's size when the run chose how to dump (nil: not asked).
+        public var tableSize: Int?
         /// Whether the run looked at the whole table (per family) or only at affected addresses.
         public var scope: Scope = .none
         public var nanoseconds: UInt64 = 0
@@ -53,10 +55,12 @@ public enum Revocation {
     /// interface name, so it is in no set and matches no guarded prefix.
     public static let outsideInterface = " outside"
 
-    /// Above this many affected addresses, one unfiltered dump per family is cheaper than two
-    /// kernel-filtered dumps per address (each walks the whole table in the kernel: ~40 ms at
-    /// 100,000 entries here, against ~0.7-0.9 s for a whole dump; see docs/conntrack.md).
-    public static let filteredDumpLimit = 8
+    /// How many entries a whole dump carries (and parses) for the cost of one walk of the
+    /// kernel's table. Every dump, filtered or not, walks the whole conntrack hash (all its
+    /// buckets, every namespace's entries): ~20-50 ms here (262,144 buckets), whatever this
+    /// namespace holds; a whole dump then costs ~6 µs more per entry it carries. Measured in
+    /// `costsWithABigTable` (docs/conntrack.md).
+    public static let entriesPerWalk = 4_000
 
     // MARK: what a plan can have narrowed
 
@@ -201,8 +205,13 @@ public enum Revocation {
             }
         case .addresses(let addresses):
             let wanted = addresses.union(departed)
-            if wanted.count > filteredDumpLimit {
-                let families = Set(wanted.map(\.family.conntrack))
+            let families = Set(wanted.map(\.family.conntrack))
+            // Two filtered walks per address (original source, original destination), or one
+            // whole dump per family: whichever carries less, given the table's size now.
+            let filteredWalks = 2 * wanted.count, wholeWalks = families.count
+            let size = try conntrack.count()
+            report.tableSize = size
+            if filteredWalks > wholeWalks && size <= entriesPerWalk * (filteredWalks - wholeWalks) {
                 for family in ConntrackFamily.allCases where families.contains(family) {
                     report.dumps += 1
                     try conntrack.dump(ConntrackFilter(family: family)) { (e) throws(NetlinkError) in

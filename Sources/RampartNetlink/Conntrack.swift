@@ -199,6 +199,39 @@ public final class ConntrackConnection {
         return all
     }
 
+    /// How many entries the namespace's table holds now (IPCTNL_MSG_CT_GET_STATS, one round
+    /// trip): what a whole dump would have to carry.
+    public func count() throws(NetlinkError) -> Int {
+        let seq = socket.reserveSequence(1)
+        try withScratch(64) { (buf) throws(NetlinkError) in
+            let nlh = Self.header(buf, type: IPCTNL_MSG_CT_GET_STATS.rawValue, flags: NLM_F_ACK, sequence: seq, family: nil)
+            try socket.send(buf, length: Int(nlh.pointee.nlmsg_len))
+        }
+        var result: Int?
+        var acked = false
+        while result == nil || !acked {
+            let got = try socket.receive(wait: true) { (nlh) throws(NetlinkError) in
+                guard nlh.pointee.nlmsg_seq == seq else { return }
+                if nlh.pointee.nlmsg_type == UInt16(NLMSG_ERROR) {
+                    var err = rampart_nlerr()
+                    _ = rampart_parse_nlerr(nlh, &err)
+                    if err.error != 0 { throw .systemCall("IPCTNL_MSG_CT_GET_STATS", Errno(err.error)) }
+                    acked = true
+                    return
+                }
+                let raw = UnsafeRawBufferPointer(start: UnsafeRawPointer(nlh), count: Int(nlh.pointee.nlmsg_len))
+                let start = MemoryLayout<nlmsghdr>.size + MemoryLayout<nfgenmsg>.size
+                guard raw.count >= start else { throw .protocolError("short conntrack stats message") }
+                try Self.attributes(UnsafeRawBufferPointer(rebasing: raw[start...])) { (type, payload) throws(NetlinkError) in
+                    if UInt32(type) == CTA_STATS_GLOBAL_ENTRIES.rawValue { result = Int(try Self.be32(payload)) }
+                }
+                if result == nil { throw .protocolError("conntrack stats without an entry count") }
+            }
+            if !got { throw .protocolError("no reply to IPCTNL_MSG_CT_GET_STATS") }
+        }
+        return result!
+    }
+
     // MARK: delete
 
     /// Deletes these entries (by original tuple, zone and, when known, id), many per datagram.

@@ -187,7 +187,7 @@ import RampartNetlink
         try ct.create(revoked + kept + others)
         let web1: Set<IPAddress> = [IPAddress("10.0.1.11")!, IPAddress("fd00::11")!]
         let filtered = try Revocation.run(ct, ir: ir, scope: .addresses(web1))
-        #expect(filtered.cut == 1000 && filtered.evaluated == 2000 && filtered.dumps == 4, "\(filtered)")
+        #expect(filtered.cut == 1000 && filtered.evaluated == 2000 && filtered.dumps == (total > 2 * Revocation.entriesPerWalk ? 4 : 2), "\(filtered)")
         try ct.create(revoked)
         let whole = try Revocation.run(ct, ir: ir, scope: .all)
         #expect(whole.cut == 1000 && whole.evaluated == 2000 && whole.examined == total, "\(whole)")

@@ -34,6 +34,7 @@ import RampartHarness
             destination: ConntrackAddress(high: 0xfd00_0000_0000_0000, low: 0x11), icmpType: 128, icmpCode: 0, icmpID: 77))
         try ct.create(entries + [udp, icmp6])
         #expect(try Self.oracleCount(ns) == 102)
+        #expect(try ct.count() == 102)
 
         // Per family, in the kernel.
         let all4 = try ct.entries(ConntrackFilter(family: .ipv4))
