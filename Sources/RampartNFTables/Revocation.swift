@@ -55,12 +55,19 @@ public enum Revocation {
     /// interface name, so it is in no set and matches no guarded prefix.
     public static let outsideInterface = " outside"
 
-    /// How many entries a whole dump carries (and parses) for the cost of one walk of the
-    /// kernel's table. Every dump, filtered or not, walks the whole conntrack hash (all its
-    /// buckets, every namespace's entries): ~20-50 ms here (262,144 buckets), whatever this
-    /// namespace holds; a whole dump then costs ~6 µs more per entry it carries. Measured in
-    /// `costsWithABigTable` (docs/conntrack.md).
-    public static let entriesPerWalk = 4_000
+    /// The cost model that picks filtered walks or one whole dump, in nanoseconds, measured on
+    /// this kernel (`costsWithABigTable`, docs/conntrack.md). Every dump, filtered or not, walks
+    /// the kernel's whole conntrack hash: all its buckets (~11 ms for 262,144 buckets, even with
+    /// an empty namespace) and every entry (~0.25 µs each); a whole dump also carries and parses
+    /// every entry of the namespace (~5.4 µs each, debug build).
+    public static let walkBase = 11_000_000
+    public static let walkPerEntry = 250
+    public static let carriedPerEntry = 5_400
+
+    /// Whether `walks` filtered walks cost less than one whole dump of a table of `size` entries.
+    public static func filteredIsCheaper(walks: Int, size: Int) -> Bool {
+        walks * (walkBase + size * walkPerEntry) < walkBase + size * (walkPerEntry + carriedPerEntry)
+    }
 
     // MARK: what a plan can have narrowed
 
@@ -199,26 +206,25 @@ public enum Revocation {
         case .none:
             break
         case .all:
-            for family in ConntrackFamily.allCases where local.has(family) || departed.contains(where: { $0.family.conntrack == family }) {
-                report.dumps += 1
-                try conntrack.dump(ConntrackFilter(family: family)) { (e) throws(NetlinkError) in consider(e) }
-            }
+            // One walk for both families (a family filter would not make the walk shorter).
+            report.dumps += 1
+            try conntrack.dump(.all) { (e) throws(NetlinkError) in consider(e) }
         case .addresses(let addresses):
             let wanted = addresses.union(departed)
             let families = Set(wanted.map(\.family.conntrack))
             // Two filtered walks per address (original source, original destination), or one
-            // whole dump per family: whichever carries less, given the table's size now.
-            let filteredWalks = 2 * wanted.count, wholeWalks = families.count
+            // whole dump (of one family, or both): whichever costs less, given the table's size now.
+            let filteredWalks = 2 * wanted.count
             let size = try conntrack.count()
             report.tableSize = size
-            if filteredWalks > wholeWalks && size <= entriesPerWalk * (filteredWalks - wholeWalks) {
-                for family in ConntrackFamily.allCases where families.contains(family) {
-                    report.dumps += 1
-                    try conntrack.dump(ConntrackFilter(family: family)) { (e) throws(NetlinkError) in
-                        let s = IPAddress(e.original.source, family), d = IPAddress(e.original.destination, family)
-                        let r = e.reply.map { IPAddress($0.source, family) }
-                        if wanted.contains(s) || wanted.contains(d) || r.map(wanted.contains) == true { consider(e) }
-                    }
+            if !filteredIsCheaper(walks: filteredWalks, size: size) {
+                report.dumps += 1
+                let filter = families.count == 1 ? ConntrackFilter(family: families.first!) : .all
+                try conntrack.dump(filter) { (e) throws(NetlinkError) in
+                    let f = e.original.family
+                    let s = IPAddress(e.original.source, f), d = IPAddress(e.original.destination, f)
+                    let r = e.reply.map { IPAddress($0.source, f) }
+                    if wanted.contains(s) || wanted.contains(d) || r.map(wanted.contains) == true { consider(e) }
                 }
             } else {
                 for a in wanted.sorted() {

@@ -104,9 +104,10 @@ public struct ConntrackEntry: Hashable, Sendable, CustomStringConvertible {
     }
 }
 
-/// What a dump asks the kernel to return. The family is always filtered in the kernel (the
-/// nfgenmsg family); an address filter uses `CTA_FILTER` (Linux ≥ 5.8), which the kernel applies
-/// while walking its table, so only matching entries cross into user space.
+/// What a dump asks the kernel to return. A family is filtered in the kernel (the nfgenmsg
+/// family; nil: both in one walk); an address filter uses `CTA_FILTER` (Linux ≥ 5.8, needs a
+/// family), which the kernel applies while walking its table, so only matching entries cross
+/// into user space. Every dump walks the kernel's whole table, whatever it filters.
 public struct ConntrackFilter: Hashable, Sendable {
     public enum Field: Hashable, Sendable {
         /// The original direction's source address equals this one.
@@ -114,10 +115,13 @@ public struct ConntrackFilter: Hashable, Sendable {
         /// The original direction's destination address equals this one.
         case originalDestination(ConntrackAddress)
     }
-    public var family: ConntrackFamily
+    public var family: ConntrackFamily?
     public var field: Field?
 
-    public init(family: ConntrackFamily, field: Field? = nil) {
+    /// Every entry of both families.
+    public static let all = ConntrackFilter(family: nil)
+
+    public init(family: ConntrackFamily?, field: Field? = nil) {
         self.family = family
         self.field = field
     }
@@ -350,7 +354,7 @@ public final class ConntrackConnection {
     /// Returns the message's length.
     static func buildDump(into buf: UnsafeMutableRawPointer, sequence: UInt32, filter: ConntrackFilter) -> Int {
         let nlh = header(buf, type: IPCTNL_MSG_CT_GET.rawValue, flags: NLM_F_DUMP, sequence: sequence, family: filter.family)
-        if let field = filter.field {
+        if let field = filter.field, let family = filter.family {
             let (flag, address): (UInt32, ConntrackAddress) = switch field {
             case .originalSource(let a): (filterIPSource, a)
             case .originalDestination(let a): (filterIPDestination, a)
@@ -361,12 +365,12 @@ public final class ConntrackConnection {
             // The values to compare with, in a tuple; only the flagged field is read.
             let outer = mnl_attr_nest_start(nlh, UInt16(CTA_TUPLE_ORIG.rawValue))
             let ip = mnl_attr_nest_start(nlh, UInt16(CTA_TUPLE_IP.rawValue))
-            let v4 = filter.family == .ipv4
+            let v4 = family == .ipv4
             let type = switch field {
             case .originalSource: v4 ? CTA_IP_V4_SRC.rawValue : CTA_IP_V6_SRC.rawValue
             case .originalDestination: v4 ? CTA_IP_V4_DST.rawValue : CTA_IP_V6_DST.rawValue
             }
-            putAddress(nlh, type, address, filter.family)
+            putAddress(nlh, type, address, family)
             mnl_attr_nest_end(nlh, ip)
             mnl_attr_nest_end(nlh, outer)
         }
