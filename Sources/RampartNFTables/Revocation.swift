@@ -179,9 +179,13 @@ public enum Revocation {
 
         func consider(_ e: ConntrackEntry) {
             report.examined += 1
-            let source = IPAddress(e.original.source, e.original.family)
+            // A related connection (FTP data, ...) passed as `ct state related`: it stands or
+            // falls with the connection that expected it, so that one's first packet is evaluated.
+            let t = e.master ?? e.original
+            let source = IPAddress(t.source, t.family)
             // The destination the policy saw: after destination NAT, the reply's source.
-            let destination = e.reply.map { IPAddress($0.source, $0.family) } ?? IPAddress(e.original.destination, e.original.family)
+            let destination = e.master != nil ? IPAddress(t.destination, t.family)
+                : e.reply.map { IPAddress($0.source, $0.family) } ?? IPAddress(t.destination, t.family)
             if departed.contains(source) || departed.contains(destination) {
                 doomed.append(e)
                 return
@@ -191,12 +195,11 @@ public enum Revocation {
             guard sourceIface != nil || destinationIface != nil else { return }  // not an instance's
             let input = sourceIface ?? (hostAddresses.contains(source) ? nil : outsideInterface)
             let output = destinationIface ?? (hostAddresses.contains(destination) ? nil : outsideInterface)
-            let t = e.original
             let ports = [6, 17, 132, 33, 136].contains(t.protocolNumber)
             let packet = PacketDescription(
                 from: input, to: output, source: source, destination: destination, protocolNumber: t.protocolNumber,
                 sourcePort: ports ? t.sourcePort : nil,
-                destinationPort: ports ? (e.reply?.sourcePort ?? t.destinationPort) : nil,
+                destinationPort: ports ? (e.master == nil ? e.reply?.sourcePort ?? t.destinationPort : t.destinationPort) : nil,
                 icmpType: t.icmpType, icmpCode: t.icmpCode, connectionState: .new, tcpFlags: 0x02)
             report.evaluated += 1
             if !evaluator.allows(packet) { doomed.append(e) }

@@ -80,6 +80,9 @@ public struct ConntrackEntry: Hashable, Sendable, CustomStringConvertible {
     public var original: ConntrackTuple
     /// The direction of its replies (differs from the inverted original under NAT).
     public var reply: ConntrackTuple?
+    /// For an expected (related) connection, such as FTP data: the original tuple of the
+    /// connection that expected it (CTA_TUPLE_MASTER).
+    public var master: ConntrackTuple?
     /// `IPS_*` bits (IPS_SEEN_REPLY 0x2, IPS_ASSURED 0x4, IPS_CONFIRMED 0x8, ...).
     public var status: UInt32
     /// The kernel's id of the entry: a delete that carries it removes this entry only, never a
@@ -89,10 +92,11 @@ public struct ConntrackEntry: Hashable, Sendable, CustomStringConvertible {
     public var zone: UInt16
     public var mark: UInt32?
 
-    public init(original: ConntrackTuple, reply: ConntrackTuple? = nil, status: UInt32 = 0, id: UInt32? = nil,
-                zone: UInt16 = 0, mark: UInt32? = nil) {
+    public init(original: ConntrackTuple, reply: ConntrackTuple? = nil, master: ConntrackTuple? = nil, status: UInt32 = 0,
+                id: UInt32? = nil, zone: UInt16 = 0, mark: UInt32? = nil) {
         self.original = original
         self.reply = reply
+        self.master = master
         self.status = status
         self.id = id
         self.zone = zone
@@ -485,6 +489,7 @@ public final class ConntrackConnection {
             switch UInt32(type) {
             case CTA_TUPLE_ORIG.rawValue: original = try parseTuple(payload, family: family)
             case CTA_TUPLE_REPLY.rawValue: entry.reply = try parseTuple(payload, family: family)
+            case CTA_TUPLE_MASTER.rawValue: entry.master = try parseTuple(payload, family: family)
             case CTA_STATUS.rawValue: entry.status = try be32(payload)
             case CTA_ID.rawValue: entry.id = try be32(payload)
             case CTA_ZONE.rawValue: entry.zone = try be16(payload)

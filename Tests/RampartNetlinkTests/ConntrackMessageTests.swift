@@ -47,6 +47,36 @@ import CNetfilter
         }
     }
 
+    /// A dump entry of a related connection carries its master's tuple; build one the way the
+    /// kernel does (the create message has the same attributes) and parse it.
+    @Test func relatedEntriesNameTheirMaster() throws {
+        let data = ConntrackEntry(original: ConntrackTuple(family: .ipv4, protocolNumber: 6, source: ConntrackAddress(ipv4: 0x0A00_0905),
+                                                           destination: ConntrackAddress(ipv4: 0x0A00_010B), sourcePort: 20, destinationPort: 40001))
+        let bytes = Self.build { buf in
+            var n = ConntrackConnection.buildCreate(into: buf, sequence: 1, entry: data, timeout: 60)
+            // append CTA_TUPLE_MASTER = the control connection (21), as a dump would carry it
+            let nlh = buf.assumingMemoryBound(to: nlmsghdr.self)
+            let outer = mnl_attr_nest_start(nlh, UInt16(CTA_TUPLE_MASTER.rawValue))
+            let ip = mnl_attr_nest_start(nlh, UInt16(CTA_TUPLE_IP.rawValue))
+            mnl_attr_put_u32(nlh, UInt16(CTA_IP_V4_SRC.rawValue), UInt32(0x0A00_010B).bigEndian)
+            mnl_attr_put_u32(nlh, UInt16(CTA_IP_V4_DST.rawValue), UInt32(0x0A00_0905).bigEndian)
+            mnl_attr_nest_end(nlh, ip)
+            let proto = mnl_attr_nest_start(nlh, UInt16(CTA_TUPLE_PROTO.rawValue))
+            mnl_attr_put_u8(nlh, UInt16(CTA_PROTO_NUM.rawValue), 6)
+            mnl_attr_put_u16(nlh, UInt16(CTA_PROTO_SRC_PORT.rawValue), UInt16(50000).bigEndian)
+            mnl_attr_put_u16(nlh, UInt16(CTA_PROTO_DST_PORT.rawValue), UInt16(21).bigEndian)
+            mnl_attr_nest_end(nlh, proto)
+            mnl_attr_nest_end(nlh, outer)
+            n = Int(nlh.pointee.nlmsg_len)
+            return n
+        }
+        let buffer = Self.raw(bytes)
+        defer { buffer.deallocate() }
+        let parsed = try #require(try ConntrackConnection.parseEntry(message: buffer))
+        #expect(parsed.original == data.original && parsed.reply == data.original.inverted)
+        #expect(parsed.master?.destinationPort == 21 && parsed.master?.source == ConntrackAddress(ipv4: 0x0A00_010B))
+    }
+
     @Test func dumpRequests() throws {
         let plain = Self.build { ConntrackConnection.buildDump(into: $0, sequence: 1, filter: ConntrackFilter(family: .ipv6)) }
         let header = plain.withUnsafeBytes { $0.loadUnaligned(as: nlmsghdr.self) }
