@@ -17,7 +17,8 @@ import Testing
         let ssh = try h.topo.openTCPSession(from: "bastion", to: "10.0.1.11", port: 22)     // web ssh from admin
         let http = try h.topo.openTCPSession(from: "internet", to: "10.0.1.11", port: 80)   // web http: stays
         let pg = try h.topo.openTCPSession(from: "web-1", to: "10.0.2.21", port: 5432)      // db pg from web: stays
-        for s in [ssh, http, pg] { #expect(s.exchange(), "\(s)") }
+        let out = try h.topo.openTCPSession(from: "web-1", to: "192.0.2.10", port: 8080)    // web egress: stays throughout
+        for s in [ssh, http, pg, out] { #expect(s.exchange(), "\(s)") }
 
         // bastion leaves admin: a members refresh; its ssh connection is cut when the CLI returns.
         let leave = try h.cli(["instance", "set-groups", "bastion"])
@@ -31,9 +32,16 @@ import Testing
         #expect(!http.exchange(timeout: 1.5), "\(http) still passes")
         #expect(pg.exchange(timeout: 2), "\(pg) was disturbed")
 
+        // db-1 is removed (its device stays plugged): every connection at its addresses is cut.
+        let remove = try h.cli(["instance", "remove", "db-1"])
+        #expect(remove.status == 0, "\(remove.stderr)")
+        let left = try h.topo.hypervisorNode.run(["conntrack", "-L", "-p", "tcp", "--sport", "\(pg.localPort)"]).stdout
+        #expect(!left.contains("sport=\(pg.localPort) "), "\(left)")
+        #expect(out.exchange(timeout: 2), "\(out) was disturbed")
+
         let status = try DaemonClient(socketPath: h.socketPath).request("GET", "/v1/status")
         let cut = status.body.firstMatch(of: #/"conntrack_cut":(\d+)/#).flatMap { Int($0.1) } ?? 0
-        #expect(cut >= 2 && status.body.contains(#""conntrack_cut_owed":false"#), "\(status.body)")
+        #expect(cut >= 3 && status.body.contains(#""conntrack_cut_owed":false"#), "\(status.body)")
         let metrics = try DaemonClient(socketPath: h.socketPath).request("GET", "/metrics")
         #expect(metrics.body.contains("rampart_conntrack_cut_total"), "\(metrics.body.prefix(500))")
         await h.stop()
