@@ -149,6 +149,50 @@ import RampartNetlink
         for s in [http, other] { #expect(s.exchange(timeout: 2), "\(s) was disturbed") }
     }
 
+    /// Connections with the hypervisor itself are judged at the host's hooks: an instance's
+    /// connection to the host is its egress (cut when web loses its egress rule), the host's
+    /// connection to an instance is that instance's ingress (http still allowed: untouched).
+    @Test func connectionsWithTheHostAreJudgedAtItsHooks() throws {
+        let e = try Enforced(.nftables)
+        defer { e.topo.destroy() }
+        let toHost = try e.topo.openTCPSession(from: "web-1", to: "10.255.0.1", port: 8080)
+        let fromHost = try e.topo.openTCPSession(from: "hv", to: "10.0.1.11", port: 80)
+        let toInternet = try e.topo.openTCPSession(from: "web-1", to: "192.0.2.10", port: 8080)
+        for s in [toHost, fromHost, toInternet] { #expect(s.exchange(), "\(s)") }
+        let out = #"{"id": "out", "direction": "egress", "protocol": "any", "cidr": "0.0.0.0/0"}"#
+        let dnsOnly = #"{"id": "dns-out", "direction": "egress", "protocol": "udp", "ports": "53", "cidr": "0.0.0.0/0"}"#
+        let doc = TrafficTests.document().replacing(out, with: dnsOnly, maxReplacements: 1)  // web's (admin's comes later)
+        let r = try e.apply(doc)
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(RevocationTests.cutCount(r.stdout) == 2, "\(r.stdout)")
+        #expect(!toHost.exchange(timeout: 1.5), "\(toHost) still passes")
+        #expect(!toInternet.exchange(timeout: 1), "\(toInternet) still passes")
+        #expect(fromHost.exchange(timeout: 2), "\(fromHost) was disturbed")
+    }
+
+    /// A change that makes every entry be looked at (guarded prefixes rewrite the base chains)
+    /// cuts nothing that is still allowed: the DHCP exchange of an instance in no group with its
+    /// host (allowed on the input hook only, never forwarded) and the allowed flows survive.
+    @Test func aWholeTableReviewCutsNothingStillAllowed() throws {
+        let e = try Enforced(.nftables)
+        defer { e.topo.destroy() }
+        let send = """
+            import socket
+            s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)
+            s.bind(('0.0.0.0',68)); s.sendto(b'dhcp',('10.255.0.1',67))
+            """
+        _ = try e.topo["lonely"].run(["python3", "-c", send], check: true)
+        let dhcp = try RevocationTests.conntrackLines(e, sourcePort: 68, protocol: "udp")
+        #expect(dhcp.contains { $0.contains("src=10.0.3.31") }, "\(dhcp)")
+        let http = try e.topo.openTCPSession(from: "internet", to: "10.0.1.11", port: 80)
+        let guarded = TrafficTests.document().replacing(#""version": 1,"#, with: #""version": 1, "guarded_prefixes": ["tap"],"#, maxReplacements: 1)
+        let r = try e.apply(guarded)
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(RevocationTests.cutCount(r.stdout) == 0, "\(r.stdout)")
+        #expect(try RevocationTests.conntrackLines(e, sourcePort: 68, protocol: "udp").contains { $0.contains("src=10.0.3.31") })
+        #expect(http.exchange(timeout: 2), "\(http) was disturbed")
+    }
+
     @Test func aRemovedInstanceLosesItsConnections() throws {
         let e = try Enforced(.nftables)
         defer { e.topo.destroy() }
