@@ -96,6 +96,8 @@ import RampartHarness
         var hits: [ConntrackEntry] = []
         let filteredMs = try time { hits = try ct.entries(ConntrackFilter(family: .ipv4, field: .originalDestination(Self.v4(Self.web1)))) }
         #expect(hits.count == affected)
+        let otherFamilyMs = try time { _ = try ct.entries(ConntrackFilter(family: .ipv6)) }
+        print(String(format: "conntrack: a dump of the other family (nothing returned) %.2f ms", otherFamilyMs))
         let missMs = try time { _ = try ct.entries(ConntrackFilter(family: .ipv4, field: .originalSource(Self.v4(Self.web1)))) }
         var deleted = ConntrackDeletion()
         let deleteMs = try time { deleted = try ct.delete(hits) }
