@@ -35,6 +35,11 @@ public struct DaemonStatus: Sendable {
     public var pending: Int
     /// API refresh calls refused because the queue was full (503).
     public var refreshesRefused: Int = 0
+    /// Conntrack entries deleted because a commit no longer allowed them (contract rule 8).
+    public var conntrackCut: Int = 0
+    /// The last commit's conntrack cut failed: old connections may still pass until a later
+    /// sync cuts them (it then looks at the whole table).
+    public var conntrackCutOwed: Bool = false
     public var instances: Int
     public var localInstances: Int
     public var groups: Int
@@ -48,6 +53,7 @@ public struct DaemonStatus: Sendable {
             {"host":\(s(host)),"ready":\(ready),"generation":\(generation.map(String.init) ?? "null"),\
             "last_sync":\(s(lastSync.map { iso.string(from: $0) })),"last_sync_ms":\(lastSyncMillis.map { String(format: "%.3f", $0) } ?? "null"),\
             "last_error":\(s(lastError)),"consecutive_failed_syncs":\(consecutiveFailedSyncs),"syncs":\(syncs),"commits":\(commits),"refreshes_received":\(refreshesReceived),"refreshes_refused":\(refreshesRefused),\
+            "conntrack_cut":\(conntrackCut),"conntrack_cut_owed":\(conntrackCutOwed),\
             "resyncs":\(resyncs),"drift_repaired":\(driftRepaired),"pending":\(pending),\
             "counts":{"instances":\(instances),"local_instances":\(localInstances),"groups":\(groups),"chains":\(chains),"sets":\(sets)}}
             """
@@ -97,6 +103,12 @@ public final class Daemon: @unchecked Sendable {
     private var localCache: [String: Instance]?
     private var backend: NFTablesBackend?
     private let makeClient: @Sendable () throws -> NFTablesClient
+    /// Whether commits are followed by the conntrack cut (a real kernel; not with an injected
+    /// client such as `RecordingNFTables`).
+    private let cutsConntrack: Bool
+    private var conntrack: ConntrackConnection?
+    /// A cut failed after its commit: the next sync cuts over the whole table.
+    private var cutOwed = false
 
     // Shared state, under `cond`.
     private let cond = NSCondition()
@@ -137,6 +149,8 @@ public final class Daemon: @unchecked Sendable {
     private let driftCounter: Metrics.Counter
     private let refreshCounter: Metrics.Counter
     private let coalescedGauge: Metrics.Gauge
+    private let conntrackCutCounter: Metrics.Counter
+    private let conntrackTimer: Metrics.Timer
 
     public init(configuration: Configuration, store: Store, logger: Logger = Logger(label: "rampartd"),
                 client: (@Sendable () throws -> NFTablesClient)? = nil) {
@@ -145,6 +159,7 @@ public final class Daemon: @unchecked Sendable {
         self.logger = logger
         let ns = configuration.namespace
         makeClient = client ?? { try NFTablesConnection(namespace: ns) }
+        cutsConntrack = client == nil
         engine = Engine(host: configuration.host)
         status = DaemonStatus(host: configuration.host, ready: false, syncs: 0, commits: 0, refreshesReceived: 0, resyncs: 0,
                               driftRepaired: 0, pending: 0, instances: 0, localInstances: 0, groups: 0, chains: 0, sets: 0)
@@ -160,6 +175,8 @@ public final class Daemon: @unchecked Sendable {
         driftCounter = Metrics.Counter(label: "rampart_drift_repaired_total", factory: factory)
         refreshCounter = Metrics.Counter(label: "rampart_refresh_calls_total", factory: factory)
         coalescedGauge = Metrics.Gauge(label: "rampart_last_drain_items", factory: factory)
+        conntrackCutCounter = Metrics.Counter(label: "rampart_conntrack_cut_total", factory: factory)
+        conntrackTimer = Metrics.Timer(label: "rampart_conntrack_cut_duration_seconds", factory: factory)
     }
 
     // MARK: lifecycle
@@ -504,7 +521,11 @@ public final class Daemon: @unchecked Sendable {
     /// Converges the kernel to the engine's committed IR (reading back when the mirror is not
     /// trusted) and counts what it took; `asDrift` also counts the operations as drift repaired.
     private func converge(_ b: NFTablesBackend, asDrift: Bool) throws -> Plan {
+        // What the kernel holds before (converge then trusts it while the generation holds):
+        // tells the cut a chain that only gained rules from one that lost some.
+        let before = cutsConntrack ? try b.committed(reference: engine.committed) : nil
         let (plan, _) = try b.converge(to: engine.committed)
+        cutConnections(after: plan, before: before)
         guard !plan.isEmpty else { return plan }
         opsApplied.increment(by: plan.ops.count)
         commitCounter.increment()
@@ -515,6 +536,42 @@ public final class Daemon: @unchecked Sendable {
             cond.unlock()
         }
         return plan
+    }
+
+    /// Revocation is immediate (contract rule 8): after a commit of `plan` (from `before`), the
+    /// conntrack entries the committed IR no longer allows are deleted, before the drain answers.
+    /// A failure is recorded (status, error counter) and owed: the next sync cuts over the whole
+    /// table, even with an empty plan.
+    private func cutConnections(after plan: Plan, before: RulesetIR?) {
+        guard cutsConntrack else { return }
+        guard let ir = engine.committed else { cutOwed = false; return }  // no table: nothing is enforced
+        var scope = Revocation.scope(of: plan, result: ir, previous: before)
+        if cutOwed { scope = .all }
+        guard scope != .none else { return }
+        let ns = configuration.namespace
+        do {
+            if conntrack == nil { conntrack = try ConntrackConnection(namespace: ns) }
+            let report = try Revocation.run(conntrack!, ir: ir, scope: scope, departed: Revocation.departed(in: plan, result: ir),
+                                            hostAddresses: try Revocation.hostAddresses(in: ns))
+            cutOwed = false
+            conntrackTimer.recordNanoseconds(Int64(report.nanoseconds))
+            if report.cut > 0 {
+                conntrackCutCounter.increment(by: report.cut)
+                logger.info("conntrack: \(report.cut) cut", metadata: ["examined": "\(report.examined)", "dumps": "\(report.dumps)",
+                                                                      "ms": "\(Double(report.nanoseconds) / 1e6)"])
+            }
+            cond.lock()
+            status.conntrackCut += report.cut
+            status.conntrackCutOwed = false
+            cond.unlock()
+        } catch {
+            cutOwed = true
+            conntrack = nil
+            cond.lock()
+            status.conntrackCutOwed = true
+            cond.unlock()
+            record(error: "committed, but the conntrack cut failed (old connections may still pass): \(error)")
+        }
     }
 
     /// Records a sync's duration (timer and status); returns it in nanoseconds.
@@ -582,7 +639,9 @@ public final class Daemon: @unchecked Sendable {
         }
         do {
             let b = try connect()
+            let before = b.mirror
             try b.commit(plan, result: engine.committed)
+            cutConnections(after: plan, before: before)
             opsApplied.increment(by: plan.ops.count)
             commitCounter.increment()
             recordSync(since: start, commits: 1)
@@ -619,7 +678,9 @@ public final class Daemon: @unchecked Sendable {
                 // its own so that it is not counted as drift; if refused, the converge below
                 // (from a fresh read-back) does it.
                 do {
+                    let before = b.mirror
                     try b.commit(catchUp, result: engine.committed)
+                    cutConnections(after: catchUp, before: before)
                     opsApplied.increment(by: catchUp.ops.count)
                     commitCounter.increment()
                     caughtUp = true
