@@ -184,7 +184,10 @@ import Testing
             t.rules["gin-db"]!.removeLast()
         }
         let deadline = Date().addingTimeInterval(5)
-        while f.daemon.currentStatus.driftRepaired == 0 && Date() < deadline { try await Task.sleep(for: .milliseconds(50)) }
+        // The resync counts its repair before it counts itself: wait for both.
+        while (f.daemon.currentStatus.driftRepaired == 0 || f.daemon.currentStatus.resyncs == 0) && Date() < deadline {
+            try await Task.sleep(for: .milliseconds(50))
+        }
         #expect(f.daemon.currentStatus.driftRepaired > 0)
         #expect(f.daemon.currentStatus.resyncs >= 1)
     }
