@@ -27,17 +27,20 @@ import RampartHarness
             #"-p tcp -m set --match-set rp4-web src -m tcp --dport 5432 -m comment --comment "db/pg-from-web" -g rp-accept"#,
             #"-p tcp -m set --match-set rp4-admin src -m tcp --dport 22 -m comment --comment "db/ssh-from-admin" -g rp-accept"#,
         ])
-        // An instance chain: each group jump is followed by the accepted-mark check.
-        #expect(st.v4.chains["rp-i-db-1"] == [
-            "-p udp -m udp --sport 67 --dport 68 -g rp-accept",
-            "-j rp-gi-db", "-m mark --mark 0x20000000/0x20000000 -j RETURN", "-j DROP",
-        ])
-        // NDP is IPv6 only, one rule per type; DHCP is IPv4 only.
-        #expect(st.v6.chains["rp-i-db-1"]?.filter { $0.contains("icmpv6-type") }.count == 4)
-        #expect(st.v6.chains["rp-i-db-1"]?.contains { $0.contains("--sport 67") } == false)
+        // An instance chain is the IR's: each group jump is followed by the accepted-mark check.
+        #expect(st.v4.chains["rp-i-db-1"] == ["-j rp-gi-db", "-m mark --mark 0x20000000/0x20000000 -j RETURN", "-j DROP"])
+        #expect(st.v6.chains["rp-i-db-1"] == st.v4.chains["rp-i-db-1"])
         #expect(st.sets["rp4-web"]?.members == ["10.0.1.11", "10.0.1.12"])
         #expect(st.sets["rp6-web"]?.family == .ipv6)
-        #expect(st.v4.chains[IPTNames.forwardInstances]?.last == "-j ACCEPT")
+        // The fixed sets: instance interfaces and (address, interface) pairs.
+        #expect(st.sets["rp-if4"]?.members == ["0.0.0.0/0,tapweb1", "0.0.0.0/0,tapweb2", "0.0.0.0/0,tapdb1"])
+        #expect(st.sets["rp-if6"]?.type == "hash:net,iface" && st.sets["rp-if6"]?.members.contains("::/0,tapdb1") == true)
+        #expect(st.sets["rp-src4"]?.members == ["10.0.1.11,tapweb1", "10.0.1.12,tapweb2", "10.0.2.21,tapdb1"])
+        #expect(st.sets["rp-src6"]?.members == ["fd00::11,tapweb1"])
+        #expect(st.v4.chains[IPTNames.forwardFrom]?.last == "-j ACCEPT" && st.v4.chains[IPTNames.forwardTo]?.last == "-j ACCEPT")
+        #expect(st.v4.chains[IPTNames.macCheck] == ["-i tapweb1 -m mac ! --mac-source 02:00:00:00:01:11 -j DROP"])
+        #expect(st.v6.chains[IPTNames.naTargets] == [#"-i tapweb1 -m u32 --u32 "0x30=0xfd000000&&0x34=0x0&&0x38=0x0&&0x3c=0x11" -g rp-accept"#])
+        #expect(st.eb.chains.isEmpty)  // routed: no ebtables
         // MAC addresses as iptables-save prints them (lower case), so read-back compares equal.
         #expect(try IPTRender.rule(IRRule([.etherSaddrNot(MACAddress("02:AB:00:00:00:0A")!)], .drop), in: "c", family: .ipv4, helpers: &helpers) == ["-m mac ! --mac-source 02:ab:00:00:00:0a -j DROP"])
     }
@@ -49,12 +52,47 @@ import RampartHarness
         #expect(IPTRender.protoName(253) == "253")
     }
 
-    @Test func severalAddressesUseAnAntiSpoofingHelper() throws {
-        var doc = exampleDocument
-        doc.instances["web-2"]!.ips = [IPAddress("10.0.1.12")!, IPAddress("10.0.1.13")!]
-        let st = try IPTRender.state(Compiler.compile(doc))
-        #expect(st.v4.chains["rp-o-web-2-s"] == ["-s 10.0.1.12/32 -j RETURN", "-s 10.0.1.13/32 -j RETURN", "-j DROP"])
-        #expect(st.v4.chains["rp-o-web-2"]?.contains("-j rp-o-web-2-s") == true)
+    /// Anti-spoofing, MAC and source, comes before any conntrack verdict on every path from an
+    /// instance; link protocols are never forwarded (routed); rule 1's SYN check precedes the
+    /// established accept; guarded prefixes come after the instance tests.
+    @Test(arguments: IPTTopology.allCases) func sourceChecksComeFirst(_ topology: IPTTopology) throws {
+        let st = try IPTRender.state(Compiler.compile(exampleDocument), topology: topology, guarded: ["tap"])
+        for f in [IPFamily.ipv4, .ipv6] {
+            let c = st[f].chains
+            for path in [IPTNames.forwardFrom, IPTNames.inputInstances] {
+                let rules = try #require(c[path])
+                let spoof = try #require(rules.firstIndex { $0.hasPrefix("-m set ! --match-set rp-src") })
+                #expect(rules[0] == "-j rp-mac")
+                // Nothing before the source check accepts, returns or consults conntrack, except
+                // the link protocols from `::`, fe80::/10 or 0.0.0.0 (to the host, or on a bridge).
+                for r in rules[..<spoof] where r.hasSuffix("-j ACCEPT") || r.hasSuffix("-j RETURN") {
+                    #expect(r.hasPrefix("-s fe80::/10 -p ipv6-icmp") || r.hasPrefix("-s ::/128 -p ipv6-icmp") || r.hasPrefix("-s 0.0.0.0/32 -p udp -m udp --sport 68 --dport 67"), "\(path): \(r)")
+                }
+                #expect(!rules[..<spoof].contains { $0.contains("conntrack") })
+                let syn = try #require(rules.firstIndex { $0.contains("! --tcp-flags FIN,SYN,RST,ACK SYN -j DROP") })
+                let est = try #require(rules.firstIndex { $0.contains("--ctstate RELATED,ESTABLISHED") })
+                #expect(spoof < syn && syn < est)
+            }
+            // Instances first, then the guard (instance interfaces share its prefix).
+            let fwd = try #require(c[IPTNames.forward])
+            let g = topology == .routed ? "-i tap+ -j DROP" : "-m physdev --physdev-in tap+ -j DROP"
+            #expect(fwd.firstIndex(of: g)! > fwd.firstIndex { $0.hasSuffix("src,src -g rp-fwd-from") }!)
+            #expect(c[IPTNames.input]?.last == g)
+            if topology == .routed {
+                let from = c[IPTNames.forwardFrom]!
+                if f == .ipv6 {
+                    #expect(from.contains("-p ipv6-icmp -m icmp6 --icmpv6-type 135 -j DROP"))
+                } else {
+                    #expect(from.contains("-p udp -m udp --sport 68 --dport 67 -j DROP") && from.contains("-p udp -m udp --sport 67 -j DROP"))
+                    #expect(c[IPTNames.forwardTo]?.first == "-p udp -m udp --sport 67 --dport 68 -j DROP")
+                }
+            }
+        }
+        if topology == .bridged {
+            #expect(st.eb.chains[IPTNames.arp]?.contains("-p ARP -s 02:00:00:00:01:11 -i tapweb1 --arp-ip-src 10.0.1.11 --arp-mac-src 02:00:00:00:01:11 -j RETURN") == true)
+            #expect(st.eb.chains[IPTNames.arp]?.last == "-p ARP -i tap+ -j DROP")
+            #expect(st.sets["rp-src4"]?.members.contains("10.0.1.11,physdev:tapweb1") == true)
+        }
     }
 }
 
@@ -283,7 +321,9 @@ import RampartHarness
         #expect(r.chainsRewritten == 2 && r.chainsCreated == 0 && r.ipsetBefore.isEmpty, "\(r.summary)")
         try matchesFullRender()
         let p = try backend.commit(try engine.instancePlugged(id: "web-9", instance: Instance(host: "hv1", groups: ["web"], ips: [IPAddress("10.0.1.19")!], interface: "tapweb9")), result: engine.committed)
-        #expect(p.chainsCreated == 4 && p.membersAdded == 1 && p.chainsRewritten == 0 && p.chainsPatched == 10, "\(p.summary)")
+        // Its interface and address are fixed-set members (rp-if4, rp-if6, rp-src4), its dispatch
+        // rules are appended to rp-from and rp-to (both families); no fixed chain is rewritten.
+        #expect(p.chainsCreated == 4 && p.membersAdded == 4 && p.chainsRewritten == 0 && p.chainsPatched == 4 && p.restoreEB == nil, "\(p.summary)")
         try matchesFullRender()
         // Another plug, then unplugging the earlier one: its dispatch rules are deleted by
         // position from the middle of the dispatch chains.
