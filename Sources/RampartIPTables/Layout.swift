@@ -40,11 +40,13 @@ struct InstanceChecks {
     /// An instance's interface as a match (the bridge port when bridged).
     func iif(_ x: String) -> String { bridged ? "-m physdev --physdev-in \(x)" : "-i \(x)" }
     func oif(_ x: String) -> String { bridged ? "-m physdev --physdev-out \(x) --physdev-is-bridged" : "-o \(x)" }
-    /// `hash:net,iface` member naming an interface (or bridge port).
-    func member(_ iface: String) -> String { bridged ? "physdev:" + iface : iface }
+    /// `hash:net,iface` member naming an interface.
+    func member(_ iface: String) -> String { iface }
 
-    /// The fixed ipsets: instance interfaces and (interface, source) pairs, per family.
+    /// The fixed ipsets: instance interfaces and (interface, source) pairs, per family
+    /// (routed only: see `chains`).
     func sets() -> [String: IPSetSpec] {
+        guard !bridged else { return [:] }
         let t = "hash:net,iface"
         var if4 = IPSetSpec(family: .ipv4, type: t), if6 = IPSetSpec(family: .ipv6, type: t)
         var s4 = IPSetSpec(family: .ipv4, type: t), s6 = IPSetSpec(family: .ipv6, type: t)
@@ -66,16 +68,21 @@ struct InstanceChecks {
     }
 
     /// Every fixed and dispatch chain of one family.
+    ///
+    /// Routed, "from an instance" and "to an instance" are lookups in the `rp-if*` sets and the
+    /// source check one in `rp-src*` (`hash:net,iface`). Bridged, the interface is the bridge and
+    /// the port is known only to `physdev` (ipset's own physdev flag cannot be requested by
+    /// the iptables set match), so each test is a dispatch chain of per-port rules that marks
+    /// the packet (`-g rp-accept`), followed by a mark test: `rp-is-in`, `rp-is-out`, `rp-spoof`.
     func chains(_ f: IPFamily, into chains: inout [String: [String]]) {
         let v6 = f == .ipv6
         let ifs = IPTNames.interfaces(f)
-        let fromInst = "-m set --match-set \(ifs) src,src", toInst = "-m set --match-set \(ifs) dst,dst"
-        let notToInst = "-m set ! --match-set \(ifs) dst,dst"
-        let spoof = "-m set ! --match-set \(IPTNames.sources(f)) src,src -j DROP"
         let inv = "-m conntrack --ctstate INVALID -j DROP"
         let syn = "-p tcp -m conntrack --ctstate NEW -m tcp ! --tcp-flags FIN,SYN,RST,ACK SYN -j DROP"
         let est = "-m conntrack --ctstate RELATED,ESTABLISHED"
-        let clear = IPTRender.clearMark, notMarked = "-m mark ! --mark \(IPTRender.markMask)/\(IPTRender.markMask) -j DROP"
+        let clear = IPTRender.clearMark
+        let marked = "-m mark --mark \(IPTRender.markMask)/\(IPTRender.markMask)", unmarked = "-m mark ! --mark \(IPTRender.markMask)/\(IPTRender.markMask)"
+        let notMarked = "\(unmarked) -j DROP"
         let mac = "-j \(IPTNames.macCheck)"
         func icmp6(_ t: Int) -> String { "-p ipv6-icmp -m icmp6 --icmpv6-type \(t)" }
         let hl255 = "-m hl --hl-eq 255", notHL255 = "-m hl ! --hl-eq 255"
@@ -83,36 +90,48 @@ struct InstanceChecks {
         let dhcpServer = "-p udp -m udp --sport 67"
         let ndpAll = [133, 134, 135, 136, 137], ndpFromInstance = [133, 135, 136], ndpUnspecified = [133, 135]
         // Guarded prefixes: an interface (port) of the prefix that is no instance's. Only
-        // reached after the instance test (the set lookup) sent instances elsewhere.
+        // reached after the instance test sent instances elsewhere.
         func guardIn(_ p: String) -> String { bridged ? "-m physdev --physdev-in \(p)+" : "-i \(p)+" }
         func guardOut(_ p: String) -> String { bridged ? "-m physdev --physdev-out \(p)+ --physdev-is-bridged" : "-o \(p)+" }
+        // The instance tests: rules to run first (bridged), then the match.
+        let testIn = bridged ? [clear, "-j \(IPTNames.isInstanceIn)"] : []
+        let testOut = bridged ? [clear, "-j \(IPTNames.isInstanceOut)"] : []
+        let isIn = bridged ? marked : "-m set --match-set \(ifs) src,src"
+        let isOut = bridged ? marked : "-m set --match-set \(ifs) dst,dst"
+        let notOut = bridged ? unmarked : "-m set ! --match-set \(ifs) dst,dst"
+        let spoof = bridged ? [clear, "-j \(IPTNames.spoof)", notMarked, clear] : ["-m set ! --match-set \(IPTNames.sources(f)) src,src -j DROP"]
+        // Bridged, the entry's instance test leaves the mark set: cleared first.
+        let enter = bridged ? [clear] : []
 
         /// The head of every path from an instance: MAC, link protocols, source. `accept` is the
         /// verdict for the link protocols that may pass (to the host: back to INPUT; bridged
         /// FORWARD: on the link), nil when they never pass (routed FORWARD).
         func fromInstanceHead(accept: String?, forward: Bool) -> [String] {
-            var l = [mac]
-            if forward { l += guarded.map { "\(guardOut($0)) \(notToInst) -j DROP" } }
+            var l = enter + [mac]
+            if forward && !guarded.isEmpty { l += testOut + guarded.map { "\(guardOut($0)) \(notOut) -j DROP" } }
             guard let accept else {
-                l.append(spoof)
+                l += spoof
                 if v6 { l += ndpAll.map { "\(icmp6($0)) -j DROP" } } else { l += ["\(dhcpRequest) -j DROP", "\(dhcpServer) -j DROP"] }
                 return l
             }
-            // Forwarded on a bridge only to what is not an instance here (a server elsewhere).
-            let elsewhere = forward ? " \(notToInst)" : ""
             if v6 {
+                l += forward && bridged && !guarded.isEmpty ? [clear] : []
                 l += ["\(icmp6(134)) -j DROP", "\(icmp6(137)) -j DROP"]
                 l += ndpFromInstance.map { "\(icmp6($0)) \(notHL255) -j DROP" }
                 l.append("\(icmp6(136)) -j \(IPTNames.naCheck)")
                 l += ndpFromInstance.map { "-s fe80::/10 \(icmp6($0)) -j \(accept)" }
                 l += ndpUnspecified.map { "-s ::/128 \(icmp6($0)) -j \(accept)" }
-                l.append(spoof)
+                l += spoof
                 l += ndpFromInstance.map { "\(icmp6($0)) -j \(accept)" }
             } else {
-                l.append("-s 0.0.0.0/32 \(dhcpRequest)\(elsewhere) -j \(accept)")
-                l.append(spoof)
-                l.append("\(dhcpRequest)\(elsewhere) -j \(accept)")
-                if forward { l.append("\(dhcpRequest) -j DROP") }
+                if forward {
+                    // Bridged: a DHCP server may sit elsewhere on the bridge, never on another
+                    // instance of this host.
+                    l += (guarded.isEmpty ? testOut : []) + ["\(dhcpRequest) \(isOut) -j DROP"] + (bridged ? [clear] : [])
+                }
+                l.append("-s 0.0.0.0/32 \(dhcpRequest) -j \(accept)")
+                l += spoof
+                l.append("\(dhcpRequest) -j \(accept)")
                 l.append("\(dhcpServer) -j DROP")
             }
             return l
@@ -120,10 +139,10 @@ struct InstanceChecks {
         let policyFrom = [clear, "-j \(IPTNames.fromInstances)", notMarked]
 
         // FORWARD.
-        chains[IPTNames.forward] = ["\(fromInst) -g \(IPTNames.forwardFrom)"] + guarded.map { "\(guardIn($0)) -j DROP" }
-            + ["\(toInst) -g \(IPTNames.forwardTo)"] + guarded.map { "\(guardOut($0)) -j DROP" }
+        chains[IPTNames.forward] = testIn + ["\(isIn) -g \(IPTNames.forwardFrom)"] + guarded.map { "\(guardIn($0)) -j DROP" }
+            + testOut + ["\(isOut) -g \(IPTNames.forwardTo)"] + guarded.map { "\(guardOut($0)) -j DROP" }
         chains[IPTNames.forwardFrom] = fromInstanceHead(accept: bridged ? "ACCEPT" : nil, forward: true)
-            + [inv, syn, "\(est) -j ACCEPT"] + policyFrom + ["\(toInst) -j \(IPTNames.forwardIngress)", clear, "-j ACCEPT"]
+            + [inv, syn, "\(est) -j ACCEPT"] + policyFrom + testOut + ["\(isOut) -j \(IPTNames.forwardIngress)", clear, "-j ACCEPT"]
         chains[IPTNames.forwardIngress] = [clear, "-j \(IPTNames.toInstances)", notMarked]
         var toLink: [String]
         if bridged {
@@ -132,11 +151,19 @@ struct InstanceChecks {
         } else {
             toLink = v6 ? ndpAll.map { "\(icmp6($0)) -j DROP" } : ["\(dhcpReply) -j DROP"]
         }
-        chains[IPTNames.forwardTo] = toLink + [inv, syn, "\(est) -j ACCEPT", clear, "-j \(IPTNames.toInstances)", notMarked, clear, "-j ACCEPT"]
+        chains[IPTNames.forwardTo] = enter + toLink + [inv, syn, "\(est) -j ACCEPT", clear, "-j \(IPTNames.toInstances)", notMarked, clear, "-j ACCEPT"]
 
         // INPUT: instance → host.
-        chains[IPTNames.input] = ["\(fromInst) -g \(IPTNames.inputInstances)"] + guarded.map { "\(guardIn($0)) -j DROP" }
+        chains[IPTNames.input] = testIn + ["\(isIn) -g \(IPTNames.inputInstances)"] + guarded.map { "\(guardIn($0)) -j DROP" }
         chains[IPTNames.inputInstances] = fromInstanceHead(accept: "RETURN", forward: false) + [inv, syn, "\(est) -j RETURN"] + policyFrom + [clear]
+
+        if bridged {
+            chains[IPTNames.isInstanceIn] = interfaces.map { "\(iif($0)) -g \(IPTNames.accept)" }
+            chains[IPTNames.isInstanceOut] = interfaces.map { "\(oif($0)) -g \(IPTNames.accept)" }
+            chains[IPTNames.spoof] = interfaces.flatMap { i in
+                (v6 ? (ipv6[i] ?? []).map { "\($0)/128" } : (ipv4[i] ?? []).map { "\($0)/32" }).map { "-s \($0) \(iif(i)) -g \(IPTNames.accept)" }
+            }
+        }
 
         // OUTPUT: host → instance. Bridged, the port is chosen after OUTPUT: by address.
         let hostLink = v6 ? ndpAll.map { "\(icmp6($0)) \(hl255) -j RETURN" } : ["\(dhcpReply) -j RETURN"]
@@ -153,7 +180,7 @@ struct InstanceChecks {
             chains[IPTNames.outputDispatch] = dests
             chains[IPTNames.toHostInstances] = toHost
         } else {
-            chains[IPTNames.output] = ["\(toInst) -g \(IPTNames.outputInstances)"] + guarded.map { "\(guardOut($0)) -j DROP" }
+            chains[IPTNames.output] = ["\(isOut) -g \(IPTNames.outputInstances)"] + guarded.map { "\(guardOut($0)) -j DROP" }
         }
         let toChain = bridged ? IPTNames.toHostInstances : IPTNames.toInstances
         chains[IPTNames.outputInstances] = hostLink + [inv, syn, "\(est) -j RETURN", clear, "-j \(toChain)", notMarked, clear]

@@ -32,6 +32,11 @@ public enum IPTNames {
     public static let toHostInstances = "rp-to-host"
     /// Bridged topology, OUTPUT: `-d A -g rp-output` per instance address (the port is unknown).
     public static let outputDispatch = "rp-out-dst"
+    /// Bridged: "from an instance's port", "to an instance's port", "from one of its addresses":
+    /// per-port rules that set the mark bit (`-g rp-accept`), tested right after.
+    public static let isInstanceIn = "rp-is-in"
+    public static let isInstanceOut = "rp-is-out"
+    public static let spoof = "rp-spoof"
     /// MAC anti-spoofing: `-i tapX -m mac ! --mac-source M -j DROP` per instance with a MAC.
     public static let macCheck = "rp-mac"
     /// Neighbour advertisements from an instance: header shape, link-local target, then `rp-na`.
@@ -65,13 +70,15 @@ public enum IPTNames {
     /// matches, or all its rules have the same effect, so their order does not matter. They are
     /// compared as multisets and changed rule by rule (`-D` / `-A`), not rewritten: plugging an
     /// instance adds its few dispatch rules.
-    public static let unordered: Set<String> = [fromInstances, toInstances, toHostInstances, outputDispatch, macCheck, naTargets]
+    public static let unordered: Set<String> = [fromInstances, toInstances, toHostInstances, outputDispatch, macCheck, naTargets,
+                                                isInstanceIn, isInstanceOut, spoof]
 
     /// Every chain the fixed layout renders (`InstanceChecks`), ebtables' included; with the
     /// chains of the earlier layout (`rp-fwd`), so an upgrade deletes them.
     public static let fixedChains: Set<String> = [
         forward, input, output, forwardFrom, forwardTo, forwardIngress, inputInstances, outputInstances, fromInstances,
         toInstances, toHostInstances, outputDispatch, macCheck, naCheck, naTargets, accept, arp, bridgeOutput, "rp-fwd",
+        isInstanceIn, isInstanceOut, spoof,
     ]
 
     /// The packet-mark bit Rampart uses (and clears again) to carry "accepted" out of a group
