@@ -337,6 +337,83 @@ import RampartHarness
     }
 }
 
+/// The tightened layout with real packets, per variant and topology, through the library (the
+/// guarded prefixes are given to the backend directly).
+@Suite("iptables backend: guarded prefixes, ebtables", .serialized) struct IPTablesGuardTests {
+    static let spec = TopologySpec(
+        instances: [
+            InstanceSpec(name: "web-1", interface: "tapweb1", addresses: ["10.0.1.11", "fd00::11"], mac: "02:00:00:00:01:11"),
+            InstanceSpec(name: "rogue", interface: "taprogue", addresses: ["10.0.7.77", "fd00::77"]),
+        ],
+        outside: [OutsideHostSpec(name: "internet", addresses: ["192.0.2.10", "2001:db8::10"])])
+
+    static let document = try! Document.parse(json: Data(#"""
+        {"version": 1, "host": "hv1",
+         "groups": {"open": {"rules": [
+            {"protocol": "any", "cidr": "0.0.0.0/0"}, {"protocol": "any", "cidr": "::/0"},
+            {"direction": "egress", "protocol": "any", "cidr": "0.0.0.0/0"}, {"direction": "egress", "protocol": "any", "cidr": "::/0"}]}},
+         "instances": {
+          "web-1": {"host": "hv1", "interface": "tapweb1", "ips": ["10.0.1.11", "fd00::11"], "mac": "02:00:00:00:01:11", "groups": ["open"]}}}
+        """#.utf8))
+
+    static let cases: [(IPTablesVariant, IPTTopology)] = [(.legacy, .routed), (.nft, .routed), (.legacy, .bridged), (.nft, .bridged)]
+
+    /// taprogue is no instance's: untouched without guarded prefixes; with `tap` it passes
+    /// nothing, either way, established connections included, while web-1 (also `tap…`) works.
+    /// Flushing removes every chain, set and ebtables chain again.
+    @Test(arguments: cases) func unknownDevicesAreClosed(_ v: IPTablesVariant, _ topology: IPTTopology) throws {
+        var spec = Self.spec
+        spec.bridged = topology == .bridged
+        let topo = try HypervisorTopology(spec)
+        defer { topo.destroy() }
+        let hv = topo.hypervisor
+        let backend = IPTablesBackend(variant: v, topology: topology, netns: hv.name)
+        let ir = Compiler.compile(Self.document)
+        try backend.converge(to: ir)
+        func rogue(_ pass: Bool) -> [(Probe, Bool)] {
+            let t = pass ? 1.0 : 0.4
+            return [
+                (.tcp(from: "rogue", to: "192.0.2.10", port: 80, timeout: t), pass), (.tcp(from: "internet", to: "10.0.7.77", port: 80, timeout: t), pass),
+                (.tcp(from: "internet", to: "fd00::77", port: 80, timeout: t), pass), (.tcp(from: "rogue", to: "10.255.0.1", port: 8080, timeout: t), pass),
+                (.tcp(from: "hv", to: "10.0.7.77", port: 80, timeout: t), pass), (.tcp(from: "web-1", to: "10.0.7.77", port: 80, timeout: t), pass),
+                (.tcp(from: "hv", to: "fd00::77", port: 80, timeout: t), pass),
+            ]
+        }
+        let web: [(Probe, Bool)] = [
+            (.tcp(from: "web-1", to: "192.0.2.10", port: 80), true), (.tcp(from: "internet", to: "fd00::11", port: 80), true),
+            (.tcp(from: "hv", to: "10.0.1.11", port: 80), true), (.tcp(from: "web-1", to: "10.255.0.1", port: 8080), true),
+        ]
+        func expect(_ cases: [(Probe, Bool)], sourceLocation: SourceLocation = #_sourceLocation) throws {
+            let r = try topo.probe(cases.map(\.0))
+            let wrong = zip(r, cases).filter { $0.passed != $1.1 }.map { "\($0.0.probe) \($0.0.passed ? "passed" : "dropped")" }
+            #expect(wrong.isEmpty, "\(v) \(topology): \(wrong)", sourceLocation: sourceLocation)
+        }
+        try expect(rogue(true) + web)
+        let early = try topo.openTCPSession(from: "rogue", to: "192.0.2.10", port: 90)
+        let inbound = try topo.openTCPSession(from: "internet", to: "10.0.7.77", port: 91)
+        #expect(early.exchange() && inbound.exchange())
+
+        backend.guardedOverride = ["tap"]
+        let c = try backend.converge(to: ir)
+        #expect(!c.isEmpty)
+        try expect(rogue(false) + web)
+        #expect(!early.exchange(timeout: 0.5) && !inbound.exchange(timeout: 0.5))
+        // Re-applying changes nothing: every rule (u32, hl, physdev, ebtables) reads back as written.
+        let again = try backend.pending(to: ir)
+        #expect(again.isEmpty, "\(again.text)")
+        if topology == .bridged {
+            let eb = try hv.run(["ebtables-nft-save", "-t", "nat"], check: true).stdout
+            #expect(eb.contains("-A PREROUTING -p ARP -j RAMPART-ARP") && eb.contains("-A RAMPART-EBOUT -p IPv4 -o tap+ -j DROP"), "\(eb)")
+        }
+
+        try backend.converge(to: nil)
+        let left = try hv.run(["iptables-\(v.rawValue)-save"], check: true).stdout + (try hv.run(["ip6tables-\(v.rawValue)-save"], check: true).stdout)
+            + (try hv.run(["ebtables-nft-save"], check: true).stdout) + (try hv.run(["ipset", "list", "-n"], check: true).stdout)
+        #expect(!left.contains("rp-") && !left.contains("RAMPART"), "\(left)")
+        try expect(rogue(true) + web)
+    }
+}
+
 /// An ipset writer that silently drops some commands (to make the kernel refuse the rules).
 final class DroppingWriter: IPSetWriter {
     let inner: ProcessIPSetWriter
