@@ -296,17 +296,22 @@ import RampartHarness
     /// The incremental path: the Engine's Plans committed against the mirror. A membership
     /// change is an ipset delta only (in-process, no rule written); a rules change rewrites the
     /// group's chains only; the result always equals what a full converge would write.
-    @Test(arguments: IPTablesVariant.allCases)
-    func enginePlansAreIncremental(_ v: IPTablesVariant) throws {
+    /// Bridged (with a guarded prefix), the ebtables chains follow plugs and unplugs too.
+    @Test(arguments: [(IPTablesVariant.legacy, IPTTopology.routed), (.nft, .routed), (.nft, .bridged)])
+    func enginePlansAreIncremental(_ v: IPTablesVariant, _ topology: IPTTopology) throws {
         let ns = try TestNamespace(prefix: "ipt")
-        let backend = IPTablesBackend(variant: v, netns: ns.name)
+        let backend = IPTablesBackend(variant: v, topology: topology, netns: ns.name)
+        let bridged = topology == .bridged
+        if bridged { backend.guardedOverride = ["tap"] }
         #expect(backend.ipset is LibIPSetWriter)
         var engine = Engine(host: "hv1")
         try backend.commit(try engine.apply(document: exampleDocument), result: engine.committed)
-        func matchesFullRender() throws {
-            let want = try IPTRender.state(engine.committed)
+        func matchesFullRender(sourceLocation: SourceLocation = #_sourceLocation) throws {
+            let want = try IPTRender.state(engine.committed, topology: topology, guarded: backend.guardedOverride)
             let got = try backend.readBack()
-            #expect(got.v4.canonical == want.v4.canonical && got.v6.canonical == want.v6.canonical && got.sets == want.sets)
+            #expect(got.v4.canonical == want.v4.canonical && got.v6.canonical == want.v6.canonical && got.sets == want.sets && got.eb == want.eb,
+                    sourceLocation: sourceLocation)
+            #expect(try backend.pending(to: engine.committed).isEmpty, sourceLocation: sourceLocation)
         }
         try matchesFullRender()
         let rulesBefore = try Self.save(ns, v)
@@ -324,7 +329,13 @@ import RampartHarness
         let p = try backend.commit(try engine.instancePlugged(id: "web-9", instance: Instance(host: "hv1", groups: ["web"], ips: [IPAddress("10.0.1.19")!], interface: "tapweb9")), result: engine.committed)
         // Its interface and address are fixed-set members (rp-if4, rp-if6, rp-src4), its dispatch
         // rules are appended to rp-from and rp-to (both families); no fixed chain is rewritten.
-        #expect(p.chainsCreated == 4 && p.membersAdded == 4 && p.chainsRewritten == 0 && p.chainsPatched == 4 && p.restoreEB == nil, "\(p.summary)")
+        if bridged {
+            // Bridged: no interface sets; the port tests (rp-is-in, rp-is-out, rp-spoof) are
+            // patched, the ARP chain (and the host → port guard) rewritten.
+            #expect(p.chainsCreated == 4 && p.membersAdded == 1 && p.restoreEB != nil, "\(p.summary)")
+        } else {
+            #expect(p.chainsCreated == 4 && p.membersAdded == 4 && p.chainsRewritten == 0 && p.chainsPatched == 4 && p.restoreEB == nil, "\(p.summary)")
+        }
         try matchesFullRender()
         // Another plug, then unplugging the earlier one: its dispatch rules are deleted by
         // position from the middle of the dispatch chains.
@@ -333,7 +344,9 @@ import RampartHarness
         try matchesFullRender()
         try backend.commit(try engine.instanceUnplugged(id: "db-1"), result: engine.committed)
         try matchesFullRender()
-        #expect(try Self.cli(ns, v, ["diff", "-"], input: try String(contentsOfFile: KernelBackendTests.examplePath, encoding: .utf8)).status == 0)
+        if !bridged {
+            #expect(try Self.cli(ns, v, ["diff", "-"], input: try String(contentsOfFile: KernelBackendTests.examplePath, encoding: .utf8)).status == 0)
+        }
     }
 }
 
