@@ -518,7 +518,7 @@ public final class IPTablesBackend {
     /// The fixed sets of the nftables layout (instance interfaces, anti-spoofing pairs, MACs):
     /// here they become the fixed ipsets and dispatch rules (see `InstanceChecks`).
     static func isInstanceSet(_ n: String) -> Bool {
-        [Naming.instanceInterfaces, Naming.sources4, Naming.sources6, Naming.sourceMACs, Naming.macInterfaces].contains(n)
+        [Naming.instanceInterfaces, Naming.sources4, Naming.sources6, Naming.sourceMACs, Naming.macInterfaces, Naming.ndTargets].contains(n)
     }
 
     static func interface(of e: RampartCore.SetElement) -> String? {

@@ -94,7 +94,7 @@ public enum IPTRender {
             switch s.keyType {
             case .ipv4Addr: st.sets[IPTNames.set(s.name)] = IPSetSpec(family: .ipv4, members: Set(s.elements.map(\.description)))
             case .ipv6Addr: st.sets[IPTNames.set(s.name)] = IPSetSpec(family: .ipv6, members: Set(s.elements.map(\.description)))
-            case .ifname, .ifnameIPv4, .ifnameIPv6, .ifnameEther: break  // the fixed sets and chains: see `fixed`
+            case .ifname, .ifnameIPv4, .ifnameIPv6, .ifnameEther, .ifnameNDTarget: break  // the fixed sets and chains: see `InstanceChecks`
             }
         }
         let chainList = only.map { $0.compactMap { ir.chains[$0] } } ?? Array(ir.chains.values)
@@ -197,8 +197,10 @@ public enum IPTRender {
             case .icmpv6Type(let t): icmp6Types = t; proto = proto ?? 58
             case .icmpv6Code(let c): icmp6Code = c
             case .etherSaddrNot(let m): mac.append("-m mac ! --mac-source \(m.description)")
-            case .ifaceSaddrNotInSet, .ifaceEtherSaddrNotInSet:
+            case .ifaceSaddrNotInSet, .ifaceEtherSaddrNotInSet, .ifaceNDTargetNotInSet:
                 throw IPTUnsupported("interface . address sets in regular chains")
+            case .iifnamePrefix, .oifnamePrefix, .ip6HopLimit, .ip6HopLimitNot, .tcpNotInitialSYN, .ndTargetNotLinkLocal:
+                throw IPTUnsupported("base-chain matches in regular chains")
             }
         }
         guard src.count <= 1, dst.count <= 1 else { throw IPTUnsupported("several address prefixes in one rule") }

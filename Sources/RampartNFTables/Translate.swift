@@ -45,9 +45,17 @@ enum Translate {
         case .ipv6Addr: .ipv6Address
         case .ifname: .ifname
         case .ifnameIPv4: .ifnameIPv4
-        case .ifnameIPv6: .ifnameIPv6
+        case .ifnameIPv6, .ifnameNDTarget: .ifnameIPv6
         case .ifnameEther: .ifnameEther
         }
+    }
+
+    /// The core key type of a set read back. The kernel cannot tell `ifnameNDTarget` from
+    /// `ifnameIPv6` (same keys, only nft's text differs), so Rampart's one set of that type is
+    /// known by its name.
+    static func keyType(_ t: RampartNetlink.SetKeyType, name: String) -> RampartCore.SetKeyType? {
+        if t == .ifnameIPv6 && name == Naming.ndTargets { return .ifnameNDTarget }
+        return keyType(t)
     }
 
     static func keyType(_ t: RampartNetlink.SetKeyType) -> RampartCore.SetKeyType? {
@@ -152,6 +160,13 @@ enum Translate {
             case .ifaceSaddrNotInSet(let f, let s):
                 need(f); out += Match.interfaceAndSourceWithoutFamilyCheck(ipv6: f == .ipv6, inSet: s, inverted: true)
             case .ifaceEtherSaddrNotInSet(let s): out += Match.interfaceAndEtherSource(inSet: s, inverted: true)
+            case .iifnamePrefix(let p): out += Match.interface(.iifname, prefix: p)
+            case .oifnamePrefix(let p): out += Match.interface(.oifname, prefix: p)
+            case .ip6HopLimit(let h): need(.ipv6); out += Match.ip6HopLimit(h)
+            case .ip6HopLimitNot(let h): need(.ipv6); out += Match.ip6HopLimit(h, equal: false)
+            case .tcpNotInitialSYN: need(l4: 6); out += Match.tcpNotInitialSYN
+            case .ndTargetNotLinkLocal: need(l4: 58); out += Match.ndTargetNotLinkLocal
+            case .ifaceNDTargetNotInSet(let s): need(l4: 58); out += Match.interfaceAndNDTarget(inSet: s, inverted: true)
             }
         }
         if r.counter { out += Match.counter }
