@@ -216,7 +216,10 @@ public final class IPTablesBackend {
         var st = IPTState()
         (st.v4, st.jumps4) = Self.parseSave(try save(.ipv4))
         (st.v6, st.jumps6) = Self.parseSave(try save(.ipv6))
-        (st.eb, st.jumpsEB) = Self.parseSave(try saveEB(), entries: Self.ebEntries)
+        // Routed, ebtables is read only to remove what a bridged apply left: a host without
+        // ebtables-nft (or the kernel's bridge family) has nothing there.
+        let eb = topology == .bridged ? try saveEB() : ((try? saveEB()) ?? "")
+        (st.eb, st.jumpsEB) = Self.parseSave(eb, entries: Self.ebEntries)
         st.sets = Self.parseIPSetSave(try runner.check(["ipset", "save"]))
         mirror = st
         return st
