@@ -40,23 +40,16 @@ struct InstanceChecks {
     /// An instance's interface as a match (the bridge port when bridged).
     func iif(_ x: String) -> String { bridged ? "-m physdev --physdev-in \(x)" : "-i \(x)" }
     func oif(_ x: String) -> String { bridged ? "-m physdev --physdev-out \(x) --physdev-is-bridged" : "-o \(x)" }
-    /// `hash:net,iface` member naming an interface.
-    func member(_ iface: String) -> String { iface }
 
-    /// The fixed ipsets: instance interfaces and (interface, source) pairs, per family
-    /// (routed only: see `chains`).
+    /// The fixed ipsets, routed only: (address, interface) pairs per family, for the source
+    /// check (see `chains`).
     func sets() -> [String: IPSetSpec] {
         guard !bridged else { return [:] }
         let t = "hash:net,iface"
-        var if4 = IPSetSpec(family: .ipv4, type: t), if6 = IPSetSpec(family: .ipv6, type: t)
         var s4 = IPSetSpec(family: .ipv4, type: t), s6 = IPSetSpec(family: .ipv6, type: t)
-        for i in interfaces {
-            if4.members.insert("0.0.0.0/0," + member(i))
-            if6.members.insert("::/0," + member(i))
-        }
-        for (i, as_) in ipv4 { for a in as_ { s4.members.insert("\(a),\(member(i))") } }
-        for (i, as_) in ipv6 { for a in as_ { s6.members.insert("\(a),\(member(i))") } }
-        return [IPTNames.interfaces4: if4, IPTNames.interfaces6: if6, IPTNames.sources4: s4, IPTNames.sources6: s6]
+        for (i, as_) in ipv4 { for a in as_ { s4.members.insert("\(a),\(i)") } }
+        for (i, as_) in ipv6 { for a in as_ { s6.members.insert("\(a),\(i)") } }
+        return [IPTNames.sources4: s4, IPTNames.sources6: s6]
     }
 
     /// The u32 test "the ICMPv6 payload at offset 8 (an NA's target) is `a`", as iptables-save
@@ -69,14 +62,16 @@ struct InstanceChecks {
 
     /// Every fixed and dispatch chain of one family.
     ///
-    /// Routed, "from an instance" and "to an instance" are lookups in the `rp-if*` sets and the
-    /// source check one in `rp-src*` (`hash:net,iface`). Bridged, the interface is the bridge and
-    /// the port is known only to `physdev` (ipset's own physdev flag cannot be requested by
-    /// the iptables set match), so each test is a dispatch chain of per-port rules that marks
-    /// the packet (`-g rp-accept`), followed by a mark test: `rp-is-in`, `rp-is-out`, `rp-spoof`.
+    /// "From an instance" and "to an instance" are dispatch chains of per-interface (bridged:
+    /// per-port) rules that set the mark bit (`-g rp-accept`), each followed by a mark test:
+    /// `rp-is-in`, `rp-is-out`. (A `hash:net,iface` set of `0.0.0.0/0,tapX` members would be one
+    /// lookup, but the kernel hashes such a set without the interface name: every member lands
+    /// in one bucket and the set is full after a few dozen instances; bridged, the set match
+    /// cannot ask for the bridge port at all.) The source check is one lookup in `rp-src4` /
+    /// `rp-src6` (`hash:net,iface`, `A,tapX`: distinct addresses hash apart), routed; bridged, a
+    /// dispatch chain of `-s A -m physdev --physdev-in tapX` rules, `rp-spoof`.
     func chains(_ f: IPFamily, into chains: inout [String: [String]]) {
         let v6 = f == .ipv6
-        let ifs = IPTNames.interfaces(f)
         let inv = "-m conntrack --ctstate INVALID -j DROP"
         let syn = "-p tcp -m conntrack --ctstate NEW -m tcp ! --tcp-flags FIN,SYN,RST,ACK SYN -j DROP"
         let est = "-m conntrack --ctstate RELATED,ESTABLISHED"
@@ -93,29 +88,24 @@ struct InstanceChecks {
         // reached after the instance test sent instances elsewhere.
         func guardIn(_ p: String) -> String { bridged ? "-m physdev --physdev-in \(p)+" : "-i \(p)+" }
         func guardOut(_ p: String) -> String { bridged ? "-m physdev --physdev-out \(p)+ --physdev-is-bridged" : "-o \(p)+" }
-        // The instance tests: rules to run first (bridged), then the match.
-        let testIn = bridged ? [clear, "-j \(IPTNames.isInstanceIn)"] : []
-        let testOut = bridged ? [clear, "-j \(IPTNames.isInstanceOut)"] : []
-        let isIn = bridged ? marked : "-m set --match-set \(ifs) src,src"
-        let isOut = bridged ? marked : "-m set --match-set \(ifs) dst,dst"
-        let notOut = bridged ? unmarked : "-m set ! --match-set \(ifs) dst,dst"
+        // The instance tests leave the mark bit set when they match.
+        let testIn = [clear, "-j \(IPTNames.isInstanceIn)"], testOut = [clear, "-j \(IPTNames.isInstanceOut)"]
         let spoof = bridged ? [clear, "-j \(IPTNames.spoof)", notMarked, clear] : ["-m set ! --match-set \(IPTNames.sources(f)) src,src -j DROP"]
-        // Bridged, the entry's instance test leaves the mark set: cleared first.
-        let enter = bridged ? [clear] : []
 
-        /// The head of every path from an instance: MAC, link protocols, source. `accept` is the
-        /// verdict for the link protocols that may pass (to the host: back to INPUT; bridged
-        /// FORWARD: on the link), nil when they never pass (routed FORWARD).
+        /// The head of every path from an instance (entered with the mark bit set by the
+        /// test): MAC, link protocols, source. `accept` is the verdict for the link protocols
+        /// that may pass (to the host: back to INPUT; bridged FORWARD: on the link), nil when
+        /// they never pass (routed FORWARD).
         func fromInstanceHead(accept: String?, forward: Bool) -> [String] {
-            var l = enter + [mac]
-            if forward && !guarded.isEmpty { l += testOut + guarded.map { "\(guardOut($0)) \(notOut) -j DROP" } }
+            var l = [clear, mac]
+            // To a guarded device that is no instance's: dropped, established too.
+            if forward && !guarded.isEmpty { l += testOut + guarded.map { "\(guardOut($0)) \(unmarked) -j DROP" } + [clear] }
             guard let accept else {
                 l += spoof
                 if v6 { l += ndpAll.map { "\(icmp6($0)) -j DROP" } } else { l += ["\(dhcpRequest) -j DROP", "\(dhcpServer) -j DROP"] }
                 return l
             }
             if v6 {
-                l += forward && bridged && !guarded.isEmpty ? [clear] : []
                 l += ["\(icmp6(134)) -j DROP", "\(icmp6(137)) -j DROP"]
                 l += ndpFromInstance.map { "\(icmp6($0)) \(notHL255) -j DROP" }
                 l.append("\(icmp6(136)) -j \(IPTNames.naCheck)")
@@ -127,7 +117,7 @@ struct InstanceChecks {
                 if forward {
                     // Bridged: a DHCP server may sit elsewhere on the bridge, never on another
                     // instance of this host.
-                    l += (guarded.isEmpty ? testOut : []) + ["\(dhcpRequest) \(isOut) -j DROP"] + (bridged ? [clear] : [])
+                    l += testOut + ["\(dhcpRequest) \(marked) -j DROP", clear]
                 }
                 l.append("-s 0.0.0.0/32 \(dhcpRequest) -j \(accept)")
                 l += spoof
@@ -137,13 +127,15 @@ struct InstanceChecks {
             return l
         }
         let policyFrom = [clear, "-j \(IPTNames.fromInstances)", notMarked]
+        // The ingress of a receiving instance: its chain drops what its groups do not accept;
+        // a destination that is no instance's matches nothing in rp-to.
+        let policyTo = [clear, "-j \(IPTNames.toInstances)"]
 
         // FORWARD.
-        chains[IPTNames.forward] = testIn + ["\(isIn) -g \(IPTNames.forwardFrom)"] + guarded.map { "\(guardIn($0)) -j DROP" }
-            + testOut + ["\(isOut) -g \(IPTNames.forwardTo)"] + guarded.map { "\(guardOut($0)) -j DROP" }
+        chains[IPTNames.forward] = testIn + ["\(marked) -g \(IPTNames.forwardFrom)"] + guarded.map { "\(guardIn($0)) -j DROP" }
+            + testOut + ["\(marked) -g \(IPTNames.forwardTo)"] + guarded.map { "\(guardOut($0)) -j DROP" }
         chains[IPTNames.forwardFrom] = fromInstanceHead(accept: bridged ? "ACCEPT" : nil, forward: true)
-            + [inv, syn, "\(est) -j ACCEPT"] + policyFrom + testOut + ["\(isOut) -j \(IPTNames.forwardIngress)", clear, "-j ACCEPT"]
-        chains[IPTNames.forwardIngress] = [clear, "-j \(IPTNames.toInstances)", notMarked]
+            + [inv, syn, "\(est) -j ACCEPT"] + policyFrom + policyTo + [clear, "-j ACCEPT"]
         var toLink: [String]
         if bridged {
             // The router and DHCP server of a bridged segment may sit elsewhere on it.
@@ -151,15 +143,15 @@ struct InstanceChecks {
         } else {
             toLink = v6 ? ndpAll.map { "\(icmp6($0)) -j DROP" } : ["\(dhcpReply) -j DROP"]
         }
-        chains[IPTNames.forwardTo] = enter + toLink + [inv, syn, "\(est) -j ACCEPT", clear, "-j \(IPTNames.toInstances)", notMarked, clear, "-j ACCEPT"]
+        chains[IPTNames.forwardTo] = [clear] + toLink + [inv, syn, "\(est) -j ACCEPT"] + policyTo + [notMarked, clear, "-j ACCEPT"]
 
         // INPUT: instance → host.
-        chains[IPTNames.input] = testIn + ["\(isIn) -g \(IPTNames.inputInstances)"] + guarded.map { "\(guardIn($0)) -j DROP" }
+        chains[IPTNames.input] = testIn + ["\(marked) -g \(IPTNames.inputInstances)"] + guarded.map { "\(guardIn($0)) -j DROP" }
         chains[IPTNames.inputInstances] = fromInstanceHead(accept: "RETURN", forward: false) + [inv, syn, "\(est) -j RETURN"] + policyFrom + [clear]
 
+        chains[IPTNames.isInstanceIn] = interfaces.map { "\(iif($0)) -g \(IPTNames.accept)" }
+        chains[IPTNames.isInstanceOut] = interfaces.map { "\(oif($0)) -g \(IPTNames.accept)" }
         if bridged {
-            chains[IPTNames.isInstanceIn] = interfaces.map { "\(iif($0)) -g \(IPTNames.accept)" }
-            chains[IPTNames.isInstanceOut] = interfaces.map { "\(oif($0)) -g \(IPTNames.accept)" }
             chains[IPTNames.spoof] = interfaces.flatMap { i in
                 (v6 ? (ipv6[i] ?? []).map { "\($0)/128" } : (ipv4[i] ?? []).map { "\($0)/32" }).map { "-s \($0) \(iif(i)) -g \(IPTNames.accept)" }
             }
@@ -180,10 +172,10 @@ struct InstanceChecks {
             chains[IPTNames.outputDispatch] = dests
             chains[IPTNames.toHostInstances] = toHost
         } else {
-            chains[IPTNames.output] = ["\(isOut) -g \(IPTNames.outputInstances)"] + guarded.map { "\(guardOut($0)) -j DROP" }
+            chains[IPTNames.output] = testOut + ["\(marked) -g \(IPTNames.outputInstances)"] + guarded.map { "\(guardOut($0)) -j DROP" }
         }
         let toChain = bridged ? IPTNames.toHostInstances : IPTNames.toInstances
-        chains[IPTNames.outputInstances] = hostLink + [inv, syn, "\(est) -j RETURN", clear, "-j \(toChain)", notMarked, clear]
+        chains[IPTNames.outputInstances] = [clear] + hostLink + [inv, syn, "\(est) -j RETURN", clear, "-j \(toChain)", notMarked, clear]
 
         // Dispatch chains.
         chains[IPTNames.macCheck] = interfaces.compactMap { i in macs[i].map { "\(iif(i)) -m mac ! --mac-source \($0) -j DROP" } }

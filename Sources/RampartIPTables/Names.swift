@@ -13,13 +13,11 @@ public enum IPTNames {
     public static let input = "RAMPART-IN"
     /// Jumped to once from OUTPUT (host → instance: the instance's ingress).
     public static let output = "RAMPART-OUT"
-    /// FORWARD, from an instance (its interface is in `rp-if4`/`rp-if6`): source checks, link
-    /// protocols, guarded destinations, ct state, egress, ingress of a receiving instance, ACCEPT.
+    /// FORWARD, from an instance (`rp-is-in` matched): source checks, link protocols, guarded
+    /// destinations, ct state, egress, ingress of a receiving instance, ACCEPT.
     public static let forwardFrom = "rp-fwd-from"
     /// FORWARD, to an instance from elsewhere: link protocols, ct state, ingress, ACCEPT.
     public static let forwardTo = "rp-fwd-to"
-    /// The ingress stage of a packet between two instances: clear mark, `rp-to`, mark check.
-    public static let forwardIngress = "rp-fwd-ing"
     /// Instance → host: source checks, NDP and DHCP to the host, ct state, egress, back to INPUT.
     public static let inputInstances = "rp-input"
     /// Host → instance: NDP and DHCP from the host, ct state, ingress dispatch, back to OUTPUT.
@@ -32,8 +30,9 @@ public enum IPTNames {
     public static let toHostInstances = "rp-to-host"
     /// Bridged topology, OUTPUT: `-d A -g rp-output` per instance address (the port is unknown).
     public static let outputDispatch = "rp-out-dst"
-    /// Bridged: "from an instance's port", "to an instance's port", "from one of its addresses":
-    /// per-port rules that set the mark bit (`-g rp-accept`), tested right after.
+    /// "From an instance's interface", "to an instance's interface" (bridged: port), and bridged
+    /// "from one of its addresses": per-interface rules that set the mark bit (`-g rp-accept`),
+    /// tested right after.
     public static let isInstanceIn = "rp-is-in"
     public static let isInstanceOut = "rp-is-out"
     public static let spoof = "rp-spoof"
@@ -48,17 +47,12 @@ public enum IPTNames {
     /// The built-in chains and the Rampart chain each jumps to.
     public static let entries: [(builtin: String, chain: String)] = [("FORWARD", forward), ("INPUT", input), ("OUTPUT", output)]
 
-    /// Instance interfaces, as `0.0.0.0/0,tapX` / `::/0,tapX` (`physdev:tapX` bridged) in
-    /// `hash:net,iface` sets: "from an instance" is one lookup (`src,src`), "to one" another (`dst,dst`).
-    public static let interfaces4 = "rp-if4"
-    public static let interfaces6 = "rp-if6"
     /// Anti-spoofing: `A,tapX` pairs (`hash:net,iface`), looked up with `src,src`.
     public static let sources4 = "rp-src4"
     public static let sources6 = "rp-src6"
-    public static func interfaces(_ f: IPFamily) -> String { f == .ipv4 ? interfaces4 : interfaces6 }
     public static func sources(_ f: IPFamily) -> String { f == .ipv4 ? sources4 : sources6 }
     /// The fixed sets (never a group's: those start with `rp4-`/`rp6-`).
-    public static let fixedSets: Set<String> = [interfaces4, interfaces6, sources4, sources6]
+    public static let fixedSets: Set<String> = [sources4, sources6]
 
     /// Bridged topology, ebtables (nat table): ARP from instance ports (PREROUTING, `-p ARP`),
     /// and host → guarded ports (OUTPUT), where iptables cannot see the bridge port.
@@ -76,8 +70,8 @@ public enum IPTNames {
     /// Every chain the fixed layout renders (`InstanceChecks`), ebtables' included; with the
     /// chains of the earlier layout (`rp-fwd`), so an upgrade deletes them.
     public static let fixedChains: Set<String> = [
-        forward, input, output, forwardFrom, forwardTo, forwardIngress, inputInstances, outputInstances, fromInstances,
-        toInstances, toHostInstances, outputDispatch, macCheck, naCheck, naTargets, accept, arp, bridgeOutput, "rp-fwd",
+        forward, input, output, forwardFrom, forwardTo, inputInstances, outputInstances, fromInstances,
+        toInstances, toHostInstances, outputDispatch, macCheck, naCheck, naTargets, accept, arp, bridgeOutput, "rp-fwd", "rp-fwd-ing",
         isInstanceIn, isInstanceOut, spoof,
     ]
 
