@@ -52,6 +52,13 @@ struct InstanceChecks {
         return [IPTNames.sources4: s4, IPTNames.sources6: s6]
     }
 
+    /// A guarded prefix as an interface match: `tap` → `tap+` (iptables', physdev's and
+    /// ebtables' prefix wildcard). Names are at most 15 bytes and so is the match text: a
+    /// 15-byte prefix can only be a whole name, matched as such.
+    static func wildcard(_ prefix: String) -> String {
+        prefix.utf8.count >= 15 ? prefix : prefix + "+"
+    }
+
     /// The u32 test "the ICMPv6 payload at offset 8 (an NA's target) is `a`", as iptables-save
     /// prints it. Valid only when the ICMPv6 header follows the IPv6 header directly (checked
     /// first in `rp-na-chk`).
@@ -86,8 +93,8 @@ struct InstanceChecks {
         let ndpAll = [133, 134, 135, 136, 137], ndpFromInstance = [133, 135, 136], ndpUnspecified = [133, 135]
         // Guarded prefixes: an interface (port) of the prefix that is no instance's. Only
         // reached after the instance test sent instances elsewhere.
-        func guardIn(_ p: String) -> String { bridged ? "-m physdev --physdev-in \(p)+" : "-i \(p)+" }
-        func guardOut(_ p: String) -> String { bridged ? "-m physdev --physdev-out \(p)+ --physdev-is-bridged" : "-o \(p)+" }
+        func guardIn(_ p: String) -> String { bridged ? "-m physdev --physdev-in \(Self.wildcard(p))" : "-i \(Self.wildcard(p))" }
+        func guardOut(_ p: String) -> String { bridged ? "-m physdev --physdev-out \(Self.wildcard(p)) --physdev-is-bridged" : "-o \(Self.wildcard(p))" }
         // The instance tests leave the mark bit set when they match.
         let testIn = [clear, "-j \(IPTNames.isInstanceIn)"], testOut = [clear, "-j \(IPTNames.isInstanceOut)"]
         let spoof = bridged ? [clear, "-j \(IPTNames.spoof)", notMarked, clear] : ["-m set ! --match-set \(IPTNames.sources(f)) src,src -j DROP"]
@@ -208,11 +215,11 @@ struct InstanceChecks {
             arp.append("-p ARP\(smac) -i \(i) --arp-op Request --arp-ip-src 0.0.0.0\(amac) -j RETURN")
             arp.append("-p ARP -i \(i) -j DROP")
         }
-        arp += guarded.map { "-p ARP -i \($0)+ -j DROP" }
+        arp += guarded.map { "-p ARP -i \(Self.wildcard($0)) -j DROP" }
         var out = [IPTNames.arp: arp]
         if !guarded.isEmpty {
             out[IPTNames.bridgeOutput] = interfaces.map { "-o \($0) -j RETURN" }
-                + guarded.flatMap { ["-p IPv4 -o \($0)+ -j DROP", "-p IPv6 -o \($0)+ -j DROP"] }
+                + guarded.flatMap { ["-p IPv4 -o \(Self.wildcard($0)) -j DROP", "-p IPv6 -o \(Self.wildcard($0)) -j DROP"] }
         }
         return out
     }

@@ -208,6 +208,30 @@ import RampartHarness
         #expect(try Self.save(ns, v, v6: true).contains(#"-A rp-gi-g -p 253 -m comment --comment "g/odd \'quoted\' \'id\' \\ here" -g rp-accept"#))
     }
 
+    /// Guarded prefixes from the document (rule 9), of every length up to a whole interface
+    /// name (15 bytes: matched exactly, `+` would not fit), read back as written on both
+    /// topologies; flush removes them with the rest.
+    @Test(arguments: IPTablesVariant.allCases)
+    func guardedPrefixesFromTheDocumentReadBack(_ v: IPTablesVariant) throws {
+        let ns = try TestNamespace(prefix: "ipt")
+        var text = try String(contentsOfFile: KernelBackendTests.examplePath, encoding: .utf8)
+        let last = try #require(text.lastIndex(of: "}"))
+        text.replaceSubrange(last...last, with: #", "guarded_prefixes": ["tap", "vnet-abcdefghij", "x"]}"#)
+        for topology in ["routed", "bridged"] {
+            let r = try Self.cli(ns, v, ["apply", "--topology", topology, "-"], input: text)
+            #expect(r.status == 0, "\(r.stderr)")
+            let again = try Self.cli(ns, v, ["diff", "--topology", topology, "-"], input: text)
+            #expect(again.stdout.contains("in sync"), "\(topology): \(again.stdout)")
+        }
+        let fwd = try Self.save(ns, v).filter { $0.hasPrefix("-A RAMPART-FWD") }
+        #expect(fwd.contains("-A RAMPART-FWD -m physdev --physdev-in vnet-abcdefghij -j DROP") && fwd.contains("-A RAMPART-FWD -m physdev --physdev-in x+ -j DROP"), "\(fwd)")
+        let eb = try ns.run(["ebtables-nft-save", "-t", "nat"], check: true).stdout
+        #expect(eb.contains("-A RAMPART-EBOUT -p IPv6 -o vnet-abcdefghij -j DROP"), "\(eb)")
+        #expect(try Self.cli(ns, v, ["flush"]).status == 0)
+        #expect(!(try ns.run(["ebtables-nft-save", "-t", "nat"], check: true).stdout.contains("RAMPART")))
+        #expect(!(try Self.save(ns, v).contains { $0.contains("RAMPART") || $0.contains("rp-") }))
+    }
+
     @Test func dryRunPrintsTheRestoreInputAndChangesNothing() throws {
         let ns = try TestNamespace(prefix: "ipt")
         let dry = try Self.cli(ns, .legacy, ["apply", "--dry-run", KernelBackendTests.examplePath])
