@@ -105,8 +105,9 @@ struct InstanceChecks {
         /// they never pass (routed FORWARD).
         func fromInstanceHead(accept: String?, forward: Bool) -> [String] {
             var l = [clear, mac]
-            // To a guarded device that is no instance's: dropped, established too.
-            if forward && !guarded.isEmpty { l += testOut + guarded.map { "\(guardOut($0)) \(unmarked) -j DROP" } + [clear] }
+            // To a guarded device that is no instance's: dropped, established too (the
+            // instance test runs only for a destination of a guarded prefix).
+            if forward { l += guarded.map { "\(guardOut($0)) -j \(IPTNames.guardTo)" } }
             guard let accept else {
                 l += spoof
                 if v6 { l += ndpAll.map { "\(icmp6($0)) -j DROP" } } else { l += ["\(dhcpRequest) -j DROP", "\(dhcpServer) -j DROP"] }
@@ -124,7 +125,7 @@ struct InstanceChecks {
                 if forward {
                     // Bridged: a DHCP server may sit elsewhere on the bridge, never on another
                     // instance of this host.
-                    l += testOut + ["\(dhcpRequest) \(marked) -j DROP", clear]
+                    l.append("\(dhcpRequest) -j \(IPTNames.dhcpTo)")
                 }
                 l.append("-s 0.0.0.0/32 \(dhcpRequest) -j \(accept)")
                 l += spoof
@@ -156,6 +157,8 @@ struct InstanceChecks {
         chains[IPTNames.input] = testIn + ["\(marked) -g \(IPTNames.inputInstances)"] + guarded.map { "\(guardIn($0)) -j DROP" }
         chains[IPTNames.inputInstances] = fromInstanceHead(accept: "RETURN", forward: false) + [inv, syn, "\(est) -j RETURN"] + policyFrom + [clear]
 
+        if !guarded.isEmpty { chains[IPTNames.guardTo] = testOut + [notMarked, clear] }
+        if bridged && !v6 { chains[IPTNames.dhcpTo] = testOut + ["\(marked) -j DROP", clear] }
         chains[IPTNames.isInstanceIn] = interfaces.map { "\(iif($0)) -g \(IPTNames.accept)" }
         chains[IPTNames.isInstanceOut] = interfaces.map { "\(oif($0)) -g \(IPTNames.accept)" }
         if bridged {

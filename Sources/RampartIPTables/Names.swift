@@ -36,6 +36,10 @@ public enum IPTNames {
     public static let isInstanceIn = "rp-is-in"
     public static let isInstanceOut = "rp-is-out"
     public static let spoof = "rp-spoof"
+    /// FORWARD from an instance to a device of a guarded prefix: dropped unless an instance's.
+    public static let guardTo = "rp-guard-to"
+    /// Bridged FORWARD, a DHCP request from an instance: dropped if to an instance here.
+    public static let dhcpTo = "rp-dhcp-to"
     /// MAC anti-spoofing: `-i tapX -m mac ! --mac-source M -j DROP` per instance with a MAC.
     public static let macCheck = "rp-mac"
     /// Neighbour advertisements from an instance: header shape, link-local target, then `rp-na`.
@@ -72,7 +76,7 @@ public enum IPTNames {
     public static let fixedChains: Set<String> = [
         forward, input, output, forwardFrom, forwardTo, inputInstances, outputInstances, fromInstances,
         toInstances, toHostInstances, outputDispatch, macCheck, naCheck, naTargets, accept, arp, bridgeOutput, "rp-fwd", "rp-fwd-ing",
-        isInstanceIn, isInstanceOut, spoof,
+        isInstanceIn, isInstanceOut, spoof, guardTo, dhcpTo,
     ]
 
     /// The packet-mark bit Rampart uses (and clears again) to carry "accepted" out of a group
