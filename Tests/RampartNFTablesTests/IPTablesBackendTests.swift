@@ -210,13 +210,27 @@ import RampartHarness
 
     /// Guarded prefixes from the document (rule 9), of every length up to a whole interface
     /// name (15 bytes: matched exactly, `+` would not fit), read back as written on both
-    /// topologies; flush removes them with the rest.
+    /// topologies; ebtables drift is repaired; another owner's ebtables rules are untouched and
+    /// flush removes only Rampart's.
     @Test(arguments: IPTablesVariant.allCases)
     func guardedPrefixesFromTheDocumentReadBack(_ v: IPTablesVariant) throws {
         let ns = try TestNamespace(prefix: "ipt")
         var text = try String(contentsOfFile: KernelBackendTests.examplePath, encoding: .utf8)
         let last = try #require(text.lastIndex(of: "}"))
         text.replaceSubrange(last...last, with: #", "guarded_prefixes": ["tap", "vnet-abcdefghij", "x"]}"#)
+        // Another owner's ebtables rules, in the table Rampart writes and in another.
+        try ns.run(["ebtables-nft-restore", "--noflush"], input: """
+            *nat
+            :AGENT-ARP RETURN
+            -A PREROUTING -p ARP -i eth9 -j AGENT-ARP
+            -A AGENT-ARP -p ARP --arp-ip-src 192.0.2.1 -j DROP
+            COMMIT
+            *filter
+            -A FORWARD -p IPv4 -i eth9 -j DROP
+            COMMIT
+
+            """, check: true)
+        let foreignEB = try ns.run(["ebtables-nft-save"], check: true).stdout.split(separator: "\n").filter { !$0.hasPrefix("#") }
         for topology in ["routed", "bridged"] {
             let r = try Self.cli(ns, v, ["apply", "--topology", topology, "-"], input: text)
             #expect(r.status == 0, "\(r.stderr)")
@@ -227,6 +241,9 @@ import RampartHarness
         #expect(fwd.contains("-A RAMPART-FWD -m physdev --physdev-in vnet-abcdefghij -j DROP") && fwd.contains("-A RAMPART-FWD -m physdev --physdev-in x+ -j DROP"), "\(fwd)")
         let eb = try ns.run(["ebtables-nft-save", "-t", "nat"], check: true).stdout
         #expect(eb.contains("-A RAMPART-EBOUT -p IPv6 -o vnet-abcdefghij -j DROP"), "\(eb)")
+        // Rampart's jumps went to the top; the other owner's rules are as they were.
+        #expect(eb.split(separator: "\n").filter { $0.hasPrefix("-A PREROUTING") } == ["-A PREROUTING -p ARP -j RAMPART-ARP", "-A PREROUTING -p ARP -i eth9 -j AGENT-ARP"])
+        #expect(eb.contains("-A AGENT-ARP -p ARP --arp-ip-src 192.0.2.1 -j DROP"))
         // ebtables drift (the ARP chain flushed, the OUTPUT jump deleted) is repaired like the rest.
         let clean = eb.split(separator: "\n").filter { !$0.hasPrefix("#") }
         try ns.run(["ebtables-nft", "-t", "nat", "-F", "RAMPART-ARP"], check: true)
@@ -236,7 +253,7 @@ import RampartHarness
         #expect(try Self.cli(ns, v, ["apply", "--topology", "bridged", "-"], input: text).status == 0)
         #expect(try ns.run(["ebtables-nft-save", "-t", "nat"], check: true).stdout.split(separator: "\n").filter { !$0.hasPrefix("#") } == clean)
         #expect(try Self.cli(ns, v, ["flush"]).status == 0)
-        #expect(!(try ns.run(["ebtables-nft-save", "-t", "nat"], check: true).stdout.contains("RAMPART")))
+        #expect(try ns.run(["ebtables-nft-save"], check: true).stdout.split(separator: "\n").filter { !$0.hasPrefix("#") } == foreignEB)
         #expect(!(try Self.save(ns, v).contains { $0.contains("RAMPART") || $0.contains("rp-") }))
     }
 
