@@ -174,7 +174,7 @@ public struct PacketDescription: Hashable, Sendable {
 }
 
 /// One rule that took part in a verdict.
-public struct TraceStep: Hashable, Sendable, CustomStringConvertible {
+public struct TraceStep: Hashable, Sendable, Codable, CustomStringConvertible {
     /// The chain the rule is in.
     public var chain: String
     /// The rule's index in the chain (nil: the chain's policy).
@@ -199,6 +199,54 @@ public struct PolicyVerdict: Hashable, Sendable {
 
     /// The step that dropped it (nil when allowed).
     public var droppedBy: TraceStep? { allowed ? nil : trace.last }
+
+    /// One sentence an operator can act on: which rule allowed the packet, or what stopped it.
+    public func reason(in ir: RulesetIR) -> String {
+        if allowed {
+            if trace.isEmpty { return "allowed: it involves no instance interface on this host, so Rampart does not touch it" }
+            let rules = allowingRules
+            if !rules.isEmpty { return "allowed by " + rules.map { "rule \($0)" }.joined(separator: ", then ") }
+            if let last = trace.last, let i = last.rule,
+               ir.chains[last.chain]?.rules[i].matches.contains(where: { if case .ctState(let s) = $0 { s.contains(.established) } else { false } }) == true {
+                return "allowed as part of a connection conntrack already tracks (established or related)"
+            }
+            return "allowed by \(trace.map(\.description).joined(separator: ", then "))"
+        }
+        guard let step = droppedBy else { return "dropped" }
+        guard let index = step.rule, let rule = ir.chains[step.chain]?.rules[index] else {
+            return "dropped by the policy of chain \(step.chain)"
+        }
+        let m = rule.matches
+        func has(_ p: (Match) -> Bool) -> Bool { m.contains(where: p) }
+        if has({ if case .ifaceEtherSaddrNotInSet = $0 { true } else { false } }) {
+            return "dropped by anti-spoofing: the source MAC is not the instance's"
+        }
+        if has({ if case .ifaceSaddrNotInSet = $0 { true } else { false } }) {
+            return "dropped by anti-spoofing: the source address is not one of the instance's (checked before any connection state)"
+        }
+        if has({ if case .tcpNotInitialSYN = $0 { true } else { false } }) {
+            return "dropped: conntrack sees a new connection but the packet is not an initial SYN"
+        }
+        if has({ if case .iifnamePrefix = $0 { true } else { false } }) || has({ if case .oifnamePrefix = $0 { true } else { false } }) {
+            return "dropped: the device has a guarded prefix and belongs to no instance"
+        }
+        if has({ if case .ctState(let s) = $0 { s.contains(.invalid) } else { false } }) {
+            return "dropped: conntrack marks the packet invalid"
+        }
+        if has({ if case .icmpv6Type = $0 { true } else { false } }) || has({ if case .udpSport = $0 { true } else { false } })
+            || has({ if case .udpDport = $0 { true } else { false } }) {
+            return "dropped: neighbour discovery and DHCP pass only between an instance and its host (\(step.text))"
+        }
+        if m.isEmpty, step.chain.hasPrefix("in-") || step.chain.hasPrefix("out-") {
+            // Group chains are `gin-<id>` / `gout-<id>`, `:` written as `/` (Naming.kernelID).
+            let groups = (ir.chains[step.chain]?.rules ?? []).compactMap { $0.verdict.chainReference }
+                .map { String($0.drop { $0 != "-" }.dropFirst()).replacingOccurrences(of: "/", with: ":") }
+            let side = step.chain.hasPrefix("in-") ? "ingress" : "egress"
+            if groups.isEmpty { return "dropped: the instance is in no group, so no \(side) is allowed" }
+            return "dropped: no \(side) rule of group \(groups.joined(separator: ", ")) allows it (the instance's default drop)"
+        }
+        return "dropped by \(step)"
+    }
 }
 
 extension IPAddress {

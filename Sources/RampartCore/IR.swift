@@ -227,9 +227,9 @@ public enum SetKeyType: String, Hashable, Sendable {
     case ifnameIPv4 = "ifname . ipv4_addr"
     case ifnameIPv6 = "ifname . ipv6_addr"
     case ifnameEther = "ifname . ether_addr"
-    /// The same keys as `ifnameIPv6`, looked up with a neighbour advertisement's target address
-    /// (a raw payload field to nft, hence `typeof` in nft text; the kernel set is `ifname .
-    /// ipv6_addr` and `nft list` prints it so).
+    /// The same keys as `ifnameIPv6`, looked up with a neighbour advertisement's target address:
+    /// a raw payload field to nft, so the set is declared with `typeof` (and written with nft's
+    /// own `typeof` userdata, so that `nft list` prints and reloads it the same way).
     case ifnameNDTarget = "typeof iifname . @th,64,128"
 
     /// The key type of the elements such a set holds (`ifnameNDTarget` holds `ifnameIPv6` keys).

@@ -4,6 +4,9 @@
 public enum Render {
     static let l4names: [UInt8: String] = [1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp"]
 
+    /// A protocol's name as nft writes it (`tcp`), or its number.
+    public static func protocolName(_ n: UInt8) -> String { l4names[n] ?? String(n) }
+
     static func q(_ name: String) -> String { Naming.nftQuoted(name) }
 
     static func ref(_ name: String) -> String { "@" + q(name) }

@@ -26,7 +26,7 @@ enum Observe {
                 }
                 ir.maps[def.name] = m
             } else {
-                guard let type = Translate.keyType(def.keyType, name: def.name) else {
+                guard let type = Translate.keyType(def.keyType) else {
                     // A set of a type Rampart never makes: as an empty set of the closest type,
                     // under its own name, which no desired IR has, so the differ deletes it.
                     ir.sets[def.name] = NamedSet(name: def.name, keyType: .ifname)

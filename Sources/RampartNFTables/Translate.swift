@@ -45,17 +45,10 @@ enum Translate {
         case .ipv6Addr: .ipv6Address
         case .ifname: .ifname
         case .ifnameIPv4: .ifnameIPv4
-        case .ifnameIPv6, .ifnameNDTarget: .ifnameIPv6
+        case .ifnameIPv6: .ifnameIPv6
+        case .ifnameNDTarget: .ifnameTransport128
         case .ifnameEther: .ifnameEther
         }
-    }
-
-    /// The core key type of a set read back. The kernel cannot tell `ifnameNDTarget` from
-    /// `ifnameIPv6` (same keys, only nft's text differs), so Rampart's one set of that type is
-    /// known by its name.
-    static func keyType(_ t: RampartNetlink.SetKeyType, name: String) -> RampartCore.SetKeyType? {
-        if t == .ifnameIPv6 && name == Naming.ndTargets { return .ifnameNDTarget }
-        return keyType(t)
     }
 
     static func keyType(_ t: RampartNetlink.SetKeyType) -> RampartCore.SetKeyType? {
@@ -66,6 +59,7 @@ enum Translate {
         case .ifnameIPv4: .ifnameIPv4
         case .ifnameIPv6: .ifnameIPv6
         case .ifnameEther: .ifnameEther
+        case .ifnameTransport128: .ifnameNDTarget
         default: nil
         }
     }
@@ -89,7 +83,7 @@ enum Translate {
         case .ipv6Address: return ipv6(key).map { .ipv6($0) }
         case .ifname: return .ifname(ifname(key))
         case .ifnameIPv4: return ipv4(Array(key.dropFirst(16))).map { .ifaceIPv4(iface, $0) }
-        case .ifnameIPv6: return ipv6(Array(key.dropFirst(16))).map { .ifaceIPv6(iface, $0) }
+        case .ifnameIPv6, .ifnameTransport128: return ipv6(Array(key.dropFirst(16))).map { .ifaceIPv6(iface, $0) }
         case .ifnameEther:
             guard key.count == 24 else { return nil }
             return .ifaceEther(iface, MACAddress(raw: key[16..<22].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }))
