@@ -31,6 +31,8 @@ public struct IPTChange: Sendable {
     /// One `iptables-restore --noflush` input per family (nil: nothing to write).
     public var restore4: String?
     public var restore6: String?
+    /// One `ebtables-restore --noflush` input (nat table; bridged topology).
+    public var restoreEB: String?
     public var chainsCreated = 0, chainsRewritten = 0, chainsDeleted = 0, rulesWritten = 0
     /// Dispatch chains changed rule by rule, and the rules deleted from them.
     public var chainsPatched = 0, rulesDeleted = 0
@@ -46,7 +48,7 @@ public struct IPTChange: Sendable {
     }
     public var setsCreated = 0, setsDestroyed = 0, membersAdded = 0, membersRemoved = 0, jumps = 0
 
-    public var isEmpty: Bool { ipsetBefore.isEmpty && ipsetAfter.isEmpty && restore4 == nil && restore6 == nil }
+    public var isEmpty: Bool { ipsetBefore.isEmpty && ipsetAfter.isEmpty && restore4 == nil && restore6 == nil && restoreEB == nil }
 
     /// One line, in the shape of the nftables backend's Plan summary.
     public var summary: String {
@@ -60,6 +62,7 @@ public struct IPTChange: Sendable {
         if !ipsetBefore.isEmpty { out += "# ipset restore\n" + ipsetBefore.joined(separator: "\n") + "\n" }
         if let r = restore4 { out += "# iptables-restore --noflush\n" + r }
         if let r = restore6 { out += "# ip6tables-restore --noflush\n" + r }
+        if let r = restoreEB { out += "# ebtables-restore --noflush\n" + r }
         if !ipsetAfter.isEmpty { out += "# ipset restore\n" + ipsetAfter.joined(separator: "\n") + "\n" }
         return out
     }
@@ -117,9 +120,13 @@ public final class IPTablesBackend {
 
     /// Parses save output: Rampart's chains and which built-ins jump to Rampart's entries.
     public static func parseSave(_ text: String) -> (IPTChains, Set<String>) {
+        parseSave(text, entries: Dictionary(uniqueKeysWithValues: IPTNames.entries.map { ($0.builtin, "-j " + $0.chain) }))
+    }
+
+    /// Parses save output with the given jump spec per built-in chain (ebtables: `-p ARP -j ...`).
+    static func parseSave(_ text: String, entries: [String: String]) -> (IPTChains, Set<String>) {
         var chains = IPTChains()
         var jumps: Set<String> = []
-        let entries = Dictionary(uniqueKeysWithValues: IPTNames.entries.map { ($0.builtin, $0.chain) })
         for line in text.split(separator: "\n") {
             if line.hasPrefix(":") {
                 let name = String(line.dropFirst().prefix { $0 != " " })
@@ -130,7 +137,7 @@ public final class IPTablesBackend {
                 let spec = String(rest.dropFirst(name.count + 1))
                 if IPTNames.isOwnedChain(name) {
                     chains.chains[name, default: []].append(spec)
-                } else if let e = entries[name], spec == "-j \(e)" {
+                } else if let e = entries[name], spec == e {
                     jumps.insert(name)
                 }
             }
@@ -179,18 +186,40 @@ public final class IPTablesBackend {
                 let fam: IPFamily = w.firstIndex(of: "family").map { w[$0 + 1] == "inet6" ? .ipv6 : .ipv4 } ?? .ipv4
                 sets[name] = IPSetSpec(family: fam, type: String(w[2]))
             } else if w[0] == "add" {
-                let a = IPAddress(String(w[2])).map { "\($0)" } ?? String(w[2])
+                let a = canonicalMember(String(w[2]))
                 sets[name, default: IPSetSpec(family: .ipv4)].members.insert(a)
             }
         }
         return sets
     }
 
-    /// What the kernel holds of Rampart's (three processes: two saves and `ipset save`).
+    /// A set member in canonical text: the address part of `A` / `A,iface` re-printed.
+    static func canonicalMember(_ m: String) -> String {
+        guard let comma = m.firstIndex(of: ",") else { return IPAddress(m).map { "\($0)" } ?? m }
+        let addr = String(m[..<comma])
+        return (IPAddress(addr).map { "\($0)" } ?? addr) + m[comma...]
+    }
+
+    /// ebtables' nat table as `ebtables-save -t nat` prints it (ebtables-nft: the kernel here
+    /// has no legacy ebtables, and the bridge family is independent of the iptables variant).
+    public func saveEB() throws -> String {
+        let r = try runner.run([Self.ebtablesTool + "-save", "-t", "nat"])
+        guard r.status == 0 else { throw IPTError(command: Self.ebtablesTool + "-save", status: r.status, message: r.stderr) }
+        return r.stdout
+    }
+
+    static let ebtablesTool = "ebtables-nft"
+    static let ebEntries = Dictionary(uniqueKeysWithValues: IPTNames.ebEntries.map { ($0.builtin, $0.match + "-j " + $0.chain) })
+
+    /// What the kernel holds of Rampart's (four processes: three saves and `ipset save`).
     public func readBack() throws -> IPTState {
         var st = IPTState()
         (st.v4, st.jumps4) = Self.parseSave(try save(.ipv4))
         (st.v6, st.jumps6) = Self.parseSave(try save(.ipv6))
+        // Routed, ebtables is read only to remove what a bridged apply left: a host without
+        // ebtables-nft (or the kernel's bridge family) has nothing there.
+        let eb = topology == .bridged ? try saveEB() : ((try? saveEB()) ?? "")
+        (st.eb, st.jumpsEB) = Self.parseSave(eb, entries: Self.ebEntries)
         st.sets = Self.parseIPSetSave(try runner.check(["ipset", "save"]))
         mirror = st
         return st
@@ -212,14 +241,14 @@ public final class IPTablesBackend {
                 // set the kernel refuses it, and the apply fails changing nothing else.
                 let fam = n.family == .ipv4 ? "inet" : "inet6"
                 let members = n.members.sorted()
-                c.ipsetBefore += ["destroy \(name)", "create \(name) hash:ip family \(fam)"] + members.map { "add \(name) \($0)" }
+                c.ipsetBefore += ["destroy \(name)", "create \(name) \(n.type) family \(fam)"] + members.map { "add \(name) \($0)" }
                 c.setsCreated += 1
                 c.membersAdded += members.count
                 continue
             }
             if let n = new {
                 if old == nil {
-                    c.ipsetBefore.append("create \(name) hash:ip family \(n.family == .ipv4 ? "inet" : "inet6") -exist")
+                    c.ipsetBefore.append("create \(name) \(n.type) family \(n.family == .ipv4 ? "inet" : "inet6") -exist")
                     c.ipsetRollback.append("destroy \(name)")
                     c.setsCreated += 1
                 }
@@ -237,99 +266,127 @@ public final class IPTablesBackend {
         }
         c.ipsetRollback.reverse()
         for f in [IPFamily.ipv4, .ipv6] {
-            let oc = cur[f].chains, nc = des[f].chains
-            let names = only.map { n in n.filter { oc[$0] != nil || nc[$0] != nil } } ?? Set(oc.keys).union(nc.keys)
-            var declare: [String] = [], body: [String] = [], delete: [String] = [], patchDel: [String] = [], patchAdd: [String] = []
-            for n in names.sorted() {
-                if IPTNames.unordered.contains(n), let old = oc[n], let new = nc[n] {
-                    // A dispatch chain: delete the rules it should not have (by position, highest
-                    // first, so the kernel need not compare rule bodies), append the missing.
-                    var want: [String: Int] = [:]
-                    for l in new { want[l, default: 0] += 1 }
-                    var keep: [String] = [], drop: [Int] = []
-                    for (i, l) in old.enumerated() {
-                        if let k = want[l], k > 0 { want[l] = k - 1; keep.append(l) } else { drop.append(i + 1) }
-                    }
-                    let adds = new.filter { l in
-                        guard let k = want[l], k > 0 else { return false }
-                        want[l] = k - 1
-                        return true
-                    }
-                    if !drop.isEmpty || !adds.isEmpty {
-                        patchDel += drop.reversed().map { "-D \(n) \($0)" }
-                        patchAdd += adds.map { "-A \(n) \($0)" }
-                        c.chainsPatched += 1; c.rulesWritten += adds.count; c.rulesDeleted += drop.count
-                        // What the kernel will hold, in its order (the mirror must know positions).
-                        if f == .ipv4 { c.patched4[n] = keep + adds } else { c.patched6[n] = keep + adds }
-                    }
-                    continue
-                }
-                switch (oc[n], nc[n]) {
-                case (nil, let new?):
-                    declare.append(n); c.chainsCreated += 1
-                    body += new.map { "-A \(n) \($0)" }; c.rulesWritten += new.count
-                case (let old?, let new?) where old != new:
-                    declare.append(n); c.chainsRewritten += 1
-                    body += new.map { "-A \(n) \($0)" }; c.rulesWritten += new.count
-                case (.some, nil):
-                    declare.append(n); delete.append(n); c.chainsDeleted += 1
-                default: break
-                }
-            }
             let had = f == .ipv4 ? cur.jumps4 : cur.jumps6
-            var jumpLines: [String] = [], unjump: [String] = []
-            for (b, e) in IPTNames.entries {
-                if nc[e] != nil && !had.contains(b) { jumpLines.append("-I \(b) 1 -j \(e)"); c.jumps += 1 }
-                if nc[e] == nil && had.contains(b) { unjump.append("-D \(b) -j \(e)"); c.jumps += 1 }
+            let entries = IPTNames.entries.map { (builtin: $0.builtin, chain: $0.chain, match: "") }
+            var patched: [String: [String]] = [:]
+            let text = restoreText(&c, cur[f].chains, des[f].chains, only: only, had: had, entries: entries, policy: "-", eb: false) { n, l in
+                patched[n] = l
             }
-            guard !declare.isEmpty || !patchDel.isEmpty || !patchAdd.isEmpty || !jumpLines.isEmpty || !unjump.isEmpty else { continue }
-            var text = "*filter\n"
-            text += declare.map { ":\($0) - [0:0]\n" }.joined()
-            text += unjump.map { $0 + "\n" }.joined()
-            text += body.map { $0 + "\n" }.joined()
-            // Deletions (by position, highest first) before additions.
-            text += patchDel.map { $0 + "\n" }.joined()
-            text += patchAdd.map { $0 + "\n" }.joined()
-            text += delete.map { "-X \($0)\n" }.joined()
-            text += jumpLines.map { $0 + "\n" }.joined()
-            text += "COMMIT\n"
-            if f == .ipv4 { c.restore4 = text } else { c.restore6 = text }
+            if f == .ipv4 { c.restore4 = text; c.patched4 = patched } else { c.restore6 = text; c.patched6 = patched }
         }
+        c.restoreEB = restoreText(&c, cur.eb.chains, des.eb.chains, only: only, had: cur.jumpsEB, entries: IPTNames.ebEntries,
+                                  policy: "RETURN", eb: true) { _, _ in }
         return c
+    }
+
+    /// One table's `*-restore --noflush` input (nil: nothing to write): changed chains declared
+    /// (created or flushed) and refilled, dispatch chains patched rule by rule, deleted chains
+    /// removed, missing jumps from the built-ins inserted at the top.
+    static func restoreText(_ c: inout IPTChange, _ oc: [String: [String]], _ nc: [String: [String]], only: Set<String>?, had: Set<String>,
+                            entries: [(builtin: String, chain: String, match: String)], policy: String, eb: Bool,
+                            patched: (String, [String]) -> Void) -> String? {
+        let names = only.map { n in n.filter { oc[$0] != nil || nc[$0] != nil } } ?? Set(oc.keys).union(nc.keys)
+        var declare: [String] = [], body: [String] = [], delete: [String] = [], patchDel: [String] = [], patchAdd: [String] = []
+        for n in names.sorted() {
+            if !eb, IPTNames.unordered.contains(n), let old = oc[n], let new = nc[n] {
+                // A dispatch chain: delete the rules it should not have (by position, highest
+                // first, so the kernel need not compare rule bodies), append the missing.
+                var want: [String: Int] = [:]
+                for l in new { want[l, default: 0] += 1 }
+                var keep: [String] = [], drop: [Int] = []
+                for (i, l) in old.enumerated() {
+                    if let k = want[l], k > 0 { want[l] = k - 1; keep.append(l) } else { drop.append(i + 1) }
+                }
+                let adds = new.filter { l in
+                    guard let k = want[l], k > 0 else { return false }
+                    want[l] = k - 1
+                    return true
+                }
+                if !drop.isEmpty || !adds.isEmpty {
+                    patchDel += drop.reversed().map { "-D \(n) \($0)" }
+                    patchAdd += adds.map { "-A \(n) \($0)" }
+                    c.chainsPatched += 1; c.rulesWritten += adds.count; c.rulesDeleted += drop.count
+                    // What the kernel will hold, in its order (the mirror must know positions).
+                    patched(n, keep + adds)
+                }
+                continue
+            }
+            switch (oc[n], nc[n]) {
+            case (nil, let new?):
+                declare.append(n); c.chainsCreated += 1
+                body += new.map { "-A \(n) \($0)" }; c.rulesWritten += new.count
+            case (let old?, let new?) where old != new:
+                declare.append(n); c.chainsRewritten += 1
+                body += new.map { "-A \(n) \($0)" }; c.rulesWritten += new.count
+            case (.some, nil):
+                declare.append(n); delete.append(n); c.chainsDeleted += 1
+            default: break
+            }
+        }
+        var jumpLines: [String] = [], unjump: [String] = []
+        for (b, e, m) in entries {
+            if nc[e] != nil && !had.contains(b) { jumpLines.append("-I \(b) 1 \(m)-j \(e)"); c.jumps += 1 }
+            if nc[e] == nil && had.contains(b) { unjump.append("-D \(b) \(m)-j \(e)"); c.jumps += 1 }
+        }
+        guard !declare.isEmpty || !patchDel.isEmpty || !patchAdd.isEmpty || !jumpLines.isEmpty || !unjump.isEmpty else { return nil }
+        var text = eb ? "*nat\n" : "*filter\n"
+        text += declare.map { ":\($0) \(policy)\(eb ? "" : " [0:0]")\n" }.joined()
+        text += unjump.map { $0 + "\n" }.joined()
+        text += body.map { $0 + "\n" }.joined()
+        // Deletions (by position, highest first) before additions.
+        text += patchDel.map { $0 + "\n" }.joined()
+        text += patchAdd.map { $0 + "\n" }.joined()
+        text += delete.map { "-X \($0)\n" }.joined()
+        text += jumpLines.map { $0 + "\n" }.joined()
+        text += "COMMIT\n"
+        return text
     }
 
     // MARK: writing
 
-    func restore(_ f: IPFamily, _ text: String) throws {
-        _ = try runner.check([variant.tool(f, "restore"), "-w", "--noflush"], input: text)
+    /// One atomic unit of writing: a family's filter table, or ebtables' nat table.
+    enum Part: Hashable, CaseIterable { case v4, v6, eb }
+
+    /// The restore command of one table (ebtables-nft-restore has no -w: no xtables lock, one
+    /// nftables transaction).
+    static func restoreCommand(_ p: Part, _ variant: IPTablesVariant) -> [String] {
+        switch p {
+        case .v4: [variant.tool(.ipv4, "restore"), "-w", "--noflush"]
+        case .v6: [variant.tool(.ipv6, "restore"), "-w", "--noflush"]
+        case .eb: [ebtablesTool + "-restore", "--noflush"]
+        }
     }
 
-    /// Runs a change: ipset creations and additions, then the IPv4 and IPv6 restores (two
-    /// processes, run side by side: each family's table is its own atomic unit), then ipset
-    /// removals. If a restore fails, the other family's restore is undone if it succeeded, the
-    /// ipset additions are undone (best effort), so the previous rules stay in place; the error
-    /// is rethrown.
+    func restore(_ p: Part, _ text: String) throws {
+        _ = try runner.check(Self.restoreCommand(p, variant), input: text)
+    }
+
+    /// Runs a change: ipset creations and additions, then the IPv4, IPv6 and ebtables restores
+    /// (processes run side by side: each table is its own atomic unit), then ipset removals. If
+    /// a restore fails, the other tables' restores are undone where they succeeded, the ipset
+    /// additions are undone (best effort), so the previous rules stay in place; the error is
+    /// rethrown.
     public func execute(_ c: IPTChange, from cur: IPTState, to des: IPTState) throws {
         if !c.ipsetBefore.isEmpty { try ipset.apply(c.ipsetBefore) }
-        nonisolated(unsafe) var errors: [IPFamily: any Error] = [:]
+        nonisolated(unsafe) var errors: [Part: any Error] = [:]
         let lock = NSLock()
-        let work: [(IPFamily, String)] = [(.ipv4, c.restore4), (.ipv6, c.restore6)].compactMap { f, t in t.map { (f, $0) } }
+        let work: [(Part, String)] = [(Part.v4, c.restore4), (.v6, c.restore6), (.eb, c.restoreEB)].compactMap { p, t in t.map { (p, $0) } }
         let runner = self.runner, variant = self.variant
         DispatchQueue.concurrentPerform(iterations: work.count) { i in
-            let (f, text) = work[i]
-            do { _ = try runner.check([variant.tool(f, "restore"), "-w", "--noflush"], input: text) } catch {
-                lock.lock(); errors[f] = error; lock.unlock()
+            let (p, text) = work[i]
+            do { _ = try runner.check(Self.restoreCommand(p, variant), input: text) } catch {
+                lock.lock(); errors[p] = error; lock.unlock()
             }
         }
         if let failed = errors.values.first {
             mirror = nil
-            for (f, _) in work where errors[f] == nil {
-                // This family committed: put it back as it was.
-                var written = c.applied(to: des).onlyFamily(f)
-                let entries = written[f].chains[IPTNames.forward] == nil ? [] : IPTNames.entries.map(\.builtin)
-                if f == .ipv4 { written.jumps4 = cur.jumps4.union(entries) } else { written.jumps6 = cur.jumps6.union(entries) }
-                let back = Self.change(from: written, to: cur.onlyFamily(f))
-                if let text = f == .ipv4 ? back.restore4 : back.restore6 { try? restore(f, text) }
+            for (p, _) in work where errors[p] == nil {
+                // This table committed: put it back as it was.
+                var written = c.applied(to: des).only(p)
+                written.setJumps()
+                written.jumps4.formUnion(cur.jumps4); written.jumps6.formUnion(cur.jumps6); written.jumpsEB.formUnion(cur.jumpsEB)
+                let back = Self.change(from: written, to: cur.only(p))
+                if let text = p == .v4 ? back.restore4 : p == .v6 ? back.restore6 : back.restoreEB { try? restore(p, text) }
             }
             if !c.ipsetRollback.isEmpty { try? ipset.apply(c.ipsetRollback) }
             throw failed
@@ -339,17 +396,23 @@ public final class IPTablesBackend {
         }
     }
 
+    /// The guarded prefixes to render: the IR's, unless the backend was told (tests).
+    public var guardedOverride: [String]?
+
+    func render(_ ir: RulesetIR?) throws -> IPTState {
+        try IPTRender.state(ir, topology: topology, guarded: guardedOverride)
+    }
+
     /// Brings the kernel to `desired` (nil: remove all of Rampart's) from a fresh read-back, so
     /// anything someone else changed in Rampart's chains or sets is repaired.
     @discardableResult
     public func converge(to desired: RulesetIR?) throws -> IPTChange {
-        var des = try IPTRender.state(desired, topology: topology)
+        var des = try render(desired)
         let cur = try readBack()
         let c = Self.change(from: cur, to: des)
         try execute(c, from: cur, to: des)
         des = c.applied(to: des)
-        des.jumps4 = des.v4.chains.isEmpty ? [] : Set(IPTNames.entries.map(\.builtin))
-        des.jumps6 = des.v6.chains.isEmpty ? [] : Set(IPTNames.entries.map(\.builtin))
+        des.setJumps()
         mirror = des
         mirrorIR = desired
         return c
@@ -357,7 +420,7 @@ public final class IPTablesBackend {
 
     /// What `converge` would do, without doing it.
     public func pending(to desired: RulesetIR?) throws -> IPTChange {
-        Self.change(from: try readBack(), to: try IPTRender.state(desired, topology: topology))
+        Self.change(from: try readBack(), to: try render(desired))
     }
 
     /// Commits a core Plan incrementally against the mirror (read back first if there is none):
@@ -418,41 +481,30 @@ public final class IPTablesBackend {
             case .createSet(let h):
                 if Self.isInstanceSet(h.name) { dispatch = true } else { touchSet(h.name) }
             case .deleteSet(let n): if !Self.isInstanceSet(n) { touchSet(n) }
-            case .addElements(let n, let e), .removeElements(let n, let e):
-                if n == Naming.instanceInterfaces {
-                    dispatch = true
-                } else if Self.isInstanceSet(n) {
-                    // Anti-spoofing pairs live at the head of the instance's egress chain (and,
-                    // bridged, in the host → instance dispatch by address).
-                    for el in e {
-                        if let iface = Self.interface(of: el),
-                           let out = (result.maps[Naming.fromInstanceMap]?.elements[iface] ?? mirrorIR?.maps[Naming.fromInstanceMap]?.elements[iface])?.chainReference,
-                           result.chains[out] != nil {
-                            touch(out)
-                        }
-                    }
-                    if topology == .bridged { dispatch = true }
-                } else {
-                    touchSet(n)
-                }
+            case .addElements(let n, _), .removeElements(let n, _):
+                // Instance interfaces, anti-spoofing pairs and MACs: the fixed sets (`rp-if*`,
+                // `rp-src*`: member deltas) and the dispatch chains (MAC, NA targets, bridged
+                // OUTPUT by address, ebtables' ARP chain).
+                if Self.isInstanceSet(n) { dispatch = true } else { touchSet(n) }
             case .createMap, .deleteMap, .addMapElements, .removeMapElements: dispatch = true
             case .createChain(let h):
-                if h.base == nil { touch(h.name) }
-            case .rewriteChain(let n, _) where topology == .bridged && n.hasPrefix("out-"):
-                // Bridged: the instance's addresses also dispatch host → instance traffic.
-                dispatch = true
-                touch(n)
+                if h.base == nil { touch(h.name) } else { dispatch = true }
             case .rewriteChain(let n, _), .deleteChain(let n):
-                if result.chains[n]?.base == nil && !isBase(n) { touch(n) }
+                // A base chain changes with the guarded prefixes: the fixed chains carry them.
+                if result.chains[n]?.base == nil && !isBase(n) { touch(n) } else { dispatch = true }
             }
         }
-        if dispatch {
-            chains.formUnion([IPTNames.forward, IPTNames.input, IPTNames.output, IPTNames.fromInstances, IPTNames.toInstances,
-                              IPTNames.forwardInstances, IPTNames.inputInstances, IPTNames.outputInstances, IPTNames.accept,
-                              IPTNames.toHostInstances])
-        }
         // Render only what the plan touched (not the whole host).
-        let part = try IPTRender.partial(result, chains: irChains, dispatch: dispatch, sets: irSets, topology: topology)
+        let part = try IPTRender.partial(result, chains: irChains, dispatch: dispatch, sets: irSets, topology: topology, guarded: guardedOverride)
+        if dispatch {
+            for f in [IPFamily.ipv4, .ipv6] {
+                chains.formUnion(part[f].chains.keys.filter { IPTNames.fixedChains.contains($0) })
+                chains.formUnion(cur[f].chains.keys.filter { IPTNames.fixedChains.contains($0) })
+            }
+            sets.formUnion(IPTNames.fixedSets)
+            chains.formUnion([IPTNames.arp, IPTNames.bridgeOutput])
+            des.eb = part.eb
+        }
         for f in [IPFamily.ipv4, .ipv6] {
             for n in chains { des[f].chains[n] = part[f].chains[n] }
         }
@@ -460,17 +512,16 @@ public final class IPTablesBackend {
         let c = Self.change(from: cur, to: des, chains: chains, sets: sets)
         try execute(c, from: cur, to: des)
         des = c.applied(to: des)
-        des.jumps4 = des.v4.chains[IPTNames.forward] == nil ? [] : Set(IPTNames.entries.map(\.builtin))
-        des.jumps6 = des.v6.chains[IPTNames.forward] == nil ? [] : Set(IPTNames.entries.map(\.builtin))
+        des.setJumps()
         mirror = des
         mirrorIR = result
         return c
     }
 
-    /// The fixed sets of the nftables layout that are not ipsets here (instance interfaces and
-    /// anti-spoofing pairs): they become dispatch rules and instance-chain checks.
+    /// The fixed sets of the nftables layout (instance interfaces, anti-spoofing pairs, MACs):
+    /// here they become the fixed ipsets and dispatch rules (see `InstanceChecks`).
     static func isInstanceSet(_ n: String) -> Bool {
-        [Naming.instanceInterfaces, Naming.sources4, Naming.sources6, Naming.sourceMACs, Naming.macInterfaces].contains(n)
+        [Naming.instanceInterfaces, Naming.sources4, Naming.sources6, Naming.sourceMACs, Naming.macInterfaces, Naming.ndTargets].contains(n)
     }
 
     static func interface(of e: RampartCore.SetElement) -> String? {
@@ -489,11 +540,21 @@ public final class IPTablesBackend {
 }
 
 extension IPTState {
-    /// This state with the other family's chains removed (for a one-family rollback).
-    func onlyFamily(_ f: IPFamily) -> IPTState {
+    /// This state with only one table's chains (for a one-table rollback; no sets).
+    func only(_ p: IPTablesBackend.Part) -> IPTState {
         var s = IPTState()
-        s[f] = self[f]
-        if f == .ipv4 { s.jumps4 = jumps4 } else { s.jumps6 = jumps6 }
+        switch p {
+        case .v4: s.v4 = v4; s.jumps4 = jumps4
+        case .v6: s.v6 = v6; s.jumps6 = jumps6
+        case .eb: s.eb = eb; s.jumpsEB = jumpsEB
+        }
         return s
+    }
+
+    /// The jumps from the built-ins that this state's chains imply (after a write).
+    mutating func setJumps() {
+        jumps4 = v4.chains[IPTNames.forward] == nil ? [] : Set(IPTNames.entries.map(\.builtin))
+        jumps6 = v6.chains[IPTNames.forward] == nil ? [] : Set(IPTNames.entries.map(\.builtin))
+        jumpsEB = Set(IPTNames.ebEntries.filter { eb.chains[$0.chain] != nil }.map(\.builtin))
     }
 }

@@ -13,11 +13,14 @@ public enum IPTNames {
     public static let input = "RAMPART-IN"
     /// Jumped to once from OUTPUT (host → instance: the instance's ingress).
     public static let output = "RAMPART-OUT"
-    /// Instance traffic through the host: ct state, egress dispatch, ingress dispatch, final ACCEPT.
-    public static let forwardInstances = "rp-fwd"
-    /// Instance → host: ct state, egress dispatch, then back to INPUT.
+    /// FORWARD, from an instance (`rp-is-in` matched): source checks, link protocols, guarded
+    /// destinations, ct state, egress, ingress of a receiving instance, ACCEPT.
+    public static let forwardFrom = "rp-fwd-from"
+    /// FORWARD, to an instance from elsewhere: link protocols, ct state, ingress, ACCEPT.
+    public static let forwardTo = "rp-fwd-to"
+    /// Instance → host: source checks, NDP and DHCP to the host, ct state, egress, back to INPUT.
     public static let inputInstances = "rp-input"
-    /// Host → instance: ct state, ingress dispatch, then back to OUTPUT.
+    /// Host → instance: NDP and DHCP from the host, ct state, ingress dispatch, back to OUTPUT.
     public static let outputInstances = "rp-output"
     /// Egress dispatch (the `from-inst` map): `-i tapX -j rp-o-X`.
     public static let fromInstances = "rp-from"
@@ -25,15 +28,56 @@ public enum IPTNames {
     public static let toInstances = "rp-to"
     /// Bridged topology, host → instance: by destination address, `-d A -j rp-i-X`.
     public static let toHostInstances = "rp-to-host"
+    /// Bridged topology, OUTPUT: `-d A -g rp-output` per instance address (the port is unknown).
+    public static let outputDispatch = "rp-out-dst"
+    /// "From an instance's interface", "to an instance's interface" (bridged: port), and bridged
+    /// "from one of its addresses": per-interface rules that set the mark bit (`-g rp-accept`),
+    /// tested right after.
+    public static let isInstanceIn = "rp-is-in"
+    public static let isInstanceOut = "rp-is-out"
+    public static let spoof = "rp-spoof"
+    /// FORWARD from an instance to a device of a guarded prefix: dropped unless an instance's.
+    public static let guardTo = "rp-guard-to"
+    /// Bridged FORWARD, a DHCP request from an instance: dropped if to an instance here.
+    public static let dhcpTo = "rp-dhcp-to"
+    /// MAC anti-spoofing: `-i tapX -m mac ! --mac-source M -j DROP` per instance with a MAC.
+    public static let macCheck = "rp-mac"
+    /// Neighbour advertisements from an instance: header shape, link-local target, then `rp-na`.
+    public static let naCheck = "rp-na-chk"
+    /// NA targets each instance may advertise: `-i tapX -m u32 --u32 <target = A> -g rp-accept`.
+    public static let naTargets = "rp-na"
     /// An IR `accept` in a regular chain: `-g rp-accept` sets the mark bit and returns.
     public static let accept = "rp-accept"
     /// The built-in chains and the Rampart chain each jumps to.
     public static let entries: [(builtin: String, chain: String)] = [("FORWARD", forward), ("INPUT", input), ("OUTPUT", output)]
 
+    /// Anti-spoofing: `A,tapX` pairs (`hash:net,iface`), looked up with `src,src`.
+    public static let sources4 = "rp-src4"
+    public static let sources6 = "rp-src6"
+    public static func sources(_ f: IPFamily) -> String { f == .ipv4 ? sources4 : sources6 }
+    /// The fixed sets (never a group's: those start with `rp4-`/`rp6-`).
+    public static let fixedSets: Set<String> = [sources4, sources6]
+
+    /// Bridged topology, ebtables (nat table): ARP from instance ports (PREROUTING, `-p ARP`),
+    /// and host → guarded ports (OUTPUT), where iptables cannot see the bridge port.
+    public static let arp = "RAMPART-ARP"
+    public static let bridgeOutput = "RAMPART-EBOUT"
+    public static let ebEntries: [(builtin: String, chain: String, match: String)] = [("PREROUTING", arp, "-p ARP "), ("OUTPUT", bridgeOutput, "")]
+
     /// Dispatch chains: each rule matches one interface (or address) no other rule of the chain
-    /// matches, so their order does not matter. They are compared as multisets and changed rule by
-    /// rule (`-D` / `-A`), not rewritten: plugging an instance adds its few dispatch rules.
-    public static let unordered: Set<String> = [forward, input, output, fromInstances, toInstances, toHostInstances]
+    /// matches, or all its rules have the same effect, so their order does not matter. They are
+    /// compared as multisets and changed rule by rule (`-D` / `-A`), not rewritten: plugging an
+    /// instance adds its few dispatch rules.
+    public static let unordered: Set<String> = [fromInstances, toInstances, toHostInstances, outputDispatch, macCheck, naTargets,
+                                                isInstanceIn, isInstanceOut, spoof]
+
+    /// Every chain the fixed layout renders (`InstanceChecks`), ebtables' included; with the
+    /// chains of the earlier layout (`rp-fwd`), so an upgrade deletes them.
+    public static let fixedChains: Set<String> = [
+        forward, input, output, forwardFrom, forwardTo, inputInstances, outputInstances, fromInstances,
+        toInstances, toHostInstances, outputDispatch, macCheck, naCheck, naTargets, accept, arp, bridgeOutput, "rp-fwd", "rp-fwd-ing",
+        isInstanceIn, isInstanceOut, spoof, guardTo, dhcpTo,
+    ]
 
     /// The packet-mark bit Rampart uses (and clears again) to carry "accepted" out of a group
     /// chain through the instance chain that jumped to it.
@@ -42,7 +86,7 @@ public enum IPTNames {
 
     /// Every chain and ipset Rampart owns starts with one of these.
     public static func isOwnedChain(_ name: String) -> Bool { name.hasPrefix("rp-") || name.hasPrefix("RAMPART-") }
-    public static func isOwnedSet(_ name: String) -> Bool { name.hasPrefix("rp4-") || name.hasPrefix("rp6-") }
+    public static func isOwnedSet(_ name: String) -> Bool { name.hasPrefix("rp4-") || name.hasPrefix("rp6-") || fixedSets.contains(name) }
 
     static let chainMax = 26  // 28 minus room for the 2-byte helper suffix (`-s`)
     static let setMax = 31

@@ -42,10 +42,13 @@ public struct IPSetSpec: Hashable, Sendable {
 public struct IPTState: Hashable, Sendable {
     public var v4 = IPTChains()
     public var v6 = IPTChains()
+    /// ebtables' nat table (bridged topology: ARP anti-spoofing, host → guarded ports).
+    public var eb = IPTChains()
     public var sets: [String: IPSetSpec] = [:]
     /// Built-in chains (per family) that already jump to Rampart's entry chain.
     public var jumps4: Set<String> = []
     public var jumps6: Set<String> = []
+    public var jumpsEB: Set<String> = []
     public init() {}
 
     public subscript(_ f: IPFamily) -> IPTChains {
@@ -70,92 +73,48 @@ public enum IPTRender {
     static let clearMark = "-j MARK --set-xmark 0x0/\(markMask)"
     static let markedReturn = "-m mark --mark \(markMask)/\(markMask) -j RETURN"
 
-    public static func state(_ ir: RulesetIR?, topology: IPTTopology = .routed) throws -> IPTState {
+    public static func state(_ ir: RulesetIR?, topology: IPTTopology = .routed, guarded: [String]? = nil) throws -> IPTState {
         guard let ir else { return IPTState() }
-        return try partial(ir, chains: nil, dispatch: true, sets: nil, topology: topology)
+        return try partial(ir, chains: nil, dispatch: true, sets: nil, topology: topology, guarded: guarded)
     }
 
-    /// Only part of the state: the given IR chains (nil: all regular chains), the dispatch chains
-    /// if asked, the given IR sets (nil: all). The incremental path renders only what a Plan
-    /// touches.
+    /// The interface-name prefixes of rule 9 (`guarded_prefixes`) the IR carries.
+    public static func guardedPrefixes(_ ir: RulesetIR) -> [String] {
+        GuardedPrefixes.of(ir)
+    }
+
+    /// Only part of the state: the given IR chains (nil: all regular chains), the fixed and
+    /// dispatch chains and the fixed sets (instance interfaces, anti-spoofing pairs) if asked,
+    /// the given IR member sets (nil: all). The incremental path renders only what a Plan touches.
     public static func partial(_ ir: RulesetIR, chains only: Set<String>?, dispatch withDispatch: Bool, sets onlySets: Set<String>?,
-                               topology: IPTTopology) throws -> IPTState {
+                               topology: IPTTopology, guarded: [String]? = nil) throws -> IPTState {
         var st = IPTState()
         for n in onlySets ?? Set(ir.sets.keys) {
             guard let s = ir.sets[n] else { continue }
             switch s.keyType {
             case .ipv4Addr: st.sets[IPTNames.set(s.name)] = IPSetSpec(family: .ipv4, members: Set(s.elements.map(\.description)))
             case .ipv6Addr: st.sets[IPTNames.set(s.name)] = IPSetSpec(family: .ipv6, members: Set(s.elements.map(\.description)))
-            case .ifname: break  // the instance interfaces become dispatch rules
-            case .ifnameIPv4, .ifnameIPv6, .ifnameEther, .ifnameNDTarget: break  // anti-spoofing: see `InstanceChecks`
+            case .ifname, .ifnameIPv4, .ifnameIPv6, .ifnameEther, .ifnameNDTarget: break  // the fixed sets and chains: see `InstanceChecks`
             }
         }
-        let checks = InstanceChecks(ir)
         let chainList = only.map { $0.compactMap { ir.chains[$0] } } ?? Array(ir.chains.values)
+        let layout = withDispatch ? InstanceChecks(ir, topology: topology, guarded: guarded ?? guardedPrefixes(ir)) : nil
         for f in [IPFamily.ipv4, .ipv6] {
             var out = IPTChains()
             for c in chainList where c.base == nil {
                 let name = IPTNames.chain(c.name)
                 var lines: [String] = []
-                for r in checks.preamble(of: c.name) + c.rules { lines += try rule(r, in: name, family: f, helpers: &out.chains) }
+                for r in c.rules { lines += try rule(r, in: name, family: f, helpers: &out.chains) }
                 out.chains[name] = lines
             }
-            if withDispatch { dispatch(ir, topology: topology, family: f, into: &out.chains) }
+            if let layout { layout.chains(f, into: &out.chains) }
             st[f] = out
         }
+        if let layout {
+            for (n, spec) in layout.sets() { st.sets[n] = spec }
+            st.eb.chains = layout.ebtables()
+        }
         return st
-    }
-
-    /// The fixed chains: entries, per-hook instance chains, the dispatch chains, rp-accept.
-    static func dispatch(_ ir: RulesetIR, topology: IPTTopology, family: IPFamily, into chains: inout [String: [String]]) {
-        func iif(_ x: String, bridged: Bool) -> String {
-            topology == .routed ? "-i \(x)" : "-m physdev --physdev-in \(x)" + (bridged ? " --physdev-is-bridged" : "")
-        }
-        func oif(_ x: String, bridged: Bool) -> String {
-            topology == .routed ? "-o \(x)" : "-m physdev --physdev-out \(x)" + (bridged ? " --physdev-is-bridged" : "")
-        }
-        var ifaces: [String] = []
-        if let s = ir.sets[Naming.instanceInterfaces] {
-            ifaces = s.elements.compactMap { if case .ifname(let n) = $0 { n } else { nil } }.sorted()
-        }
-        chains[IPTNames.forward] = ifaces.flatMap { ["\(iif($0, bridged: false)) -g \(IPTNames.forwardInstances)", "\(oif($0, bridged: true)) -g \(IPTNames.forwardInstances)"] }
-        chains[IPTNames.input] = ifaces.map { "\(iif($0, bridged: false)) -g \(IPTNames.inputInstances)" }
-        // Host → bridged instance: the bridge port is chosen after OUTPUT, physdev-out cannot
-        // see it there, so the instance is told by its addresses (those its egress chain allows
-        // as sources); the routed topology names the instance's own device.
-        var toHost: [String] = []
-        if topology == .bridged {
-            var dests: [String] = []
-            let checks = InstanceChecks(ir)
-            for (k, v) in (ir.maps[Naming.toInstanceMap]?.elements ?? [:]).sorted(by: { $0.key < $1.key }) {
-                guard let inChain = v.chainReference else { continue }
-                if family == .ipv4 {
-                    for a in checks.ipv4[k] ?? [] { dests.append("-d \(a)/32"); toHost.append("-d \(a)/32 -j \(IPTNames.chain(inChain))") }
-                } else {
-                    for a in checks.ipv6[k] ?? [] { dests.append("-d \(a)/128"); toHost.append("-d \(a)/128 -j \(IPTNames.chain(inChain))") }
-                }
-            }
-            chains[IPTNames.output] = dests.map { "\($0) -g \(IPTNames.outputInstances)" }
-            chains[IPTNames.toHostInstances] = toHost
-        } else {
-            chains[IPTNames.output] = ifaces.map { "\(oif($0, bridged: false)) -g \(IPTNames.outputInstances)" }
-        }
-        let est = "-m conntrack --ctstate RELATED,ESTABLISHED"
-        let inv = "-m conntrack --ctstate INVALID -j DROP"
-        let from = "-j \(IPTNames.fromInstances)", to = "-j \(IPTNames.toInstances)"
-        chains[IPTNames.forwardInstances] = ["\(est) -j ACCEPT", inv, clearMark, from, clearMark, to, clearMark, "-j ACCEPT"]
-        chains[IPTNames.inputInstances] = ["\(est) -j RETURN", inv, clearMark, from, clearMark]
-        let toFromHost = topology == .bridged ? "-j \(IPTNames.toHostInstances)" : to
-        chains[IPTNames.outputInstances] = ["\(est) -j RETURN", inv, clearMark, toFromHost, clearMark]
-        chains[IPTNames.accept] = [setMark]
-        func entries(_ map: String, _ match: (String) -> String) -> [String] {
-            guard let m = ir.maps[map] else { return [] }
-            return m.elements.sorted { $0.key < $1.key }.compactMap { k, v in
-                v.chainReference.map { "\(match(k)) -j \(IPTNames.chain($0))" }
-            }
-        }
-        chains[IPTNames.fromInstances] = entries(Naming.fromInstanceMap) { iif($0, bridged: false) }
-        chains[IPTNames.toInstances] = entries(Naming.toInstanceMap) { oif($0, bridged: true) }
     }
 
     /// The family a rule belongs to (nil: both).
@@ -312,42 +271,3 @@ public enum IPTRender {
     }
 }
 
-/// The checks the nftables layout makes once, in its base chains, for every instance (NDP,
-/// DHCP, anti-spoofing through `ifname . address` sets), which iptables cannot express as one
-/// set lookup: they are rendered at the head of each instance's own chains instead, rebuilt from
-/// the same IR (the dispatch maps name each instance's chains; the anti-spoofing sets its
-/// addresses and MAC). One pass over those sets and maps per render.
-struct InstanceChecks {
-    /// Interface of each instance chain (`out-X` through from-inst, `in-X` through to-inst).
-    private var outChains: [String: String] = [:], inChains: [String: String] = [:]
-    private(set) var ipv4: [String: [IPv4Address]] = [:]
-    private(set) var ipv6: [String: [IPv6Address]] = [:]
-    private var macs: [String: MACAddress] = [:]
-
-    init(_ ir: RulesetIR) {
-        for (iface, v) in ir.maps[Naming.fromInstanceMap]?.elements ?? [:] { if let c = v.chainReference { outChains[c] = iface } }
-        for (iface, v) in ir.maps[Naming.toInstanceMap]?.elements ?? [:] { if let c = v.chainReference { inChains[c] = iface } }
-        for e in ir.sets[Naming.sources4]?.elements ?? [] { if case .ifaceIPv4(let i, let a) = e { ipv4[i, default: []].append(a) } }
-        for e in ir.sets[Naming.sources6]?.elements ?? [] { if case .ifaceIPv6(let i, let a) = e { ipv6[i, default: []].append(a) } }
-        for e in ir.sets[Naming.sourceMACs]?.elements ?? [] { if case .ifaceEther(let i, let m) = e { macs[i] = m } }
-        for (k, v) in ipv4 { ipv4[k] = v.sorted() }
-        for (k, v) in ipv6 { ipv6[k] = v.sorted() }
-    }
-
-    /// The rules to put before an instance chain's own (none for other chains).
-    func preamble(of chain: String) -> [IRRule] {
-        let ndp = IRRule([.l4proto(58), .icmpv6Type(133...136)], .accept)
-        if let iface = outChains[chain] {
-            var rules = [ndp, IRRule([.nfproto(.ipv4), .udpSport(68), .udpDport(67)], .accept)]
-            if let mac = macs[iface] { rules.append(IRRule([.etherSaddrNot(mac)], .drop)) }
-            let v4 = ipv4[iface] ?? [], v6 = ipv6[iface] ?? []
-            rules.append(v4.isEmpty ? IRRule([.nfproto(.ipv4)], .drop) : IRRule(v4.map { .ip4SaddrNot($0) }, .drop))
-            rules.append(v6.isEmpty ? IRRule([.nfproto(.ipv6)], .drop) : IRRule(v6.map { .ip6SaddrNot($0) }, .drop))
-            return rules
-        }
-        if inChains[chain] != nil {
-            return [ndp, IRRule([.nfproto(.ipv4), .udpSport(67), .udpDport(68)], .accept)]
-        }
-        return []
-    }
-}

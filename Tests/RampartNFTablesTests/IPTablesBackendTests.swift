@@ -27,17 +27,20 @@ import RampartHarness
             #"-p tcp -m set --match-set rp4-web src -m tcp --dport 5432 -m comment --comment "db/pg-from-web" -g rp-accept"#,
             #"-p tcp -m set --match-set rp4-admin src -m tcp --dport 22 -m comment --comment "db/ssh-from-admin" -g rp-accept"#,
         ])
-        // An instance chain: each group jump is followed by the accepted-mark check.
-        #expect(st.v4.chains["rp-i-db-1"] == [
-            "-p udp -m udp --sport 67 --dport 68 -g rp-accept",
-            "-j rp-gi-db", "-m mark --mark 0x20000000/0x20000000 -j RETURN", "-j DROP",
-        ])
-        // NDP is IPv6 only, one rule per type; DHCP is IPv4 only.
-        #expect(st.v6.chains["rp-i-db-1"]?.filter { $0.contains("icmpv6-type") }.count == 4)
-        #expect(st.v6.chains["rp-i-db-1"]?.contains { $0.contains("--sport 67") } == false)
+        // An instance chain is the IR's: each group jump is followed by the accepted-mark check.
+        #expect(st.v4.chains["rp-i-db-1"] == ["-j rp-gi-db", "-m mark --mark 0x20000000/0x20000000 -j RETURN", "-j DROP"])
+        #expect(st.v6.chains["rp-i-db-1"] == st.v4.chains["rp-i-db-1"])
         #expect(st.sets["rp4-web"]?.members == ["10.0.1.11", "10.0.1.12"])
         #expect(st.sets["rp6-web"]?.family == .ipv6)
-        #expect(st.v4.chains[IPTNames.forwardInstances]?.last == "-j ACCEPT")
+        // The fixed sets: (address, interface) pairs; the instance interfaces are dispatch rules.
+        #expect(st.sets["rp-src4"]?.type == "hash:net,iface")
+        #expect(st.sets["rp-src4"]?.members == ["10.0.1.11,tapweb1", "10.0.1.12,tapweb2", "10.0.2.21,tapdb1"])
+        #expect(st.sets["rp-src6"]?.members == ["fd00::11,tapweb1"])
+        #expect(st.v4.chains[IPTNames.isInstanceIn]?.sorted() == ["-i tapdb1 -g rp-accept", "-i tapweb1 -g rp-accept", "-i tapweb2 -g rp-accept"])
+        #expect(st.v4.chains[IPTNames.forwardFrom]?.last == "-j ACCEPT" && st.v4.chains[IPTNames.forwardTo]?.last == "-j ACCEPT")
+        #expect(st.v4.chains[IPTNames.macCheck] == ["-i tapweb1 -m mac ! --mac-source 02:00:00:00:01:11 -j DROP"])
+        #expect(st.v6.chains[IPTNames.naTargets] == [#"-i tapweb1 -m u32 --u32 "0x30=0xfd000000&&0x34=0x0&&0x38=0x0&&0x3c=0x11" -g rp-accept"#])
+        #expect(st.eb.chains.isEmpty)  // routed: no ebtables
         // MAC addresses as iptables-save prints them (lower case), so read-back compares equal.
         #expect(try IPTRender.rule(IRRule([.etherSaddrNot(MACAddress("02:AB:00:00:00:0A")!)], .drop), in: "c", family: .ipv4, helpers: &helpers) == ["-m mac ! --mac-source 02:ab:00:00:00:0a -j DROP"])
     }
@@ -49,12 +52,48 @@ import RampartHarness
         #expect(IPTRender.protoName(253) == "253")
     }
 
-    @Test func severalAddressesUseAnAntiSpoofingHelper() throws {
-        var doc = exampleDocument
-        doc.instances["web-2"]!.ips = [IPAddress("10.0.1.12")!, IPAddress("10.0.1.13")!]
-        let st = try IPTRender.state(Compiler.compile(doc))
-        #expect(st.v4.chains["rp-o-web-2-s"] == ["-s 10.0.1.12/32 -j RETURN", "-s 10.0.1.13/32 -j RETURN", "-j DROP"])
-        #expect(st.v4.chains["rp-o-web-2"]?.contains("-j rp-o-web-2-s") == true)
+    /// Anti-spoofing, MAC and source, comes before any conntrack verdict on every path from an
+    /// instance; link protocols are never forwarded (routed); rule 1's SYN check precedes the
+    /// established accept; guarded prefixes come after the instance tests.
+    @Test(arguments: IPTTopology.allCases) func sourceChecksComeFirst(_ topology: IPTTopology) throws {
+        let st = try IPTRender.state(Compiler.compile(exampleDocument), topology: topology, guarded: ["tap"])
+        for f in [IPFamily.ipv4, .ipv6] {
+            let c = st[f].chains
+            for path in [IPTNames.forwardFrom, IPTNames.inputInstances] {
+                let rules = try #require(c[path])
+                let spoof = try #require(rules.firstIndex { $0.hasPrefix("-m set ! --match-set rp-src") || $0 == "-j rp-spoof" })
+                #expect(rules.prefix(2).contains("-j rp-mac"))
+                // Nothing before the source check accepts, returns or consults conntrack, except
+                // the link protocols from `::`, fe80::/10 or 0.0.0.0 (to the host, or on a bridge).
+                for r in rules[..<spoof] where r.hasSuffix("-j ACCEPT") || r.hasSuffix("-j RETURN") {
+                    #expect(r.hasPrefix("-s fe80::/10 -p ipv6-icmp") || r.hasPrefix("-s ::/128 -p ipv6-icmp") || r.hasPrefix("-s 0.0.0.0/32 -p udp -m udp --sport 68 --dport 67"), "\(path): \(r)")
+                }
+                #expect(!rules[..<spoof].contains { $0.contains("conntrack") })
+                let syn = try #require(rules.firstIndex { $0.contains("! --tcp-flags FIN,SYN,RST,ACK SYN -j DROP") })
+                let est = try #require(rules.firstIndex { $0.contains("--ctstate RELATED,ESTABLISHED") })
+                #expect(spoof < syn && syn < est)
+            }
+            // Instances first, then the guard (instance interfaces share its prefix).
+            let fwd = try #require(c[IPTNames.forward])
+            let g = topology == .routed ? "-i tap+ -j DROP" : "-m physdev --physdev-in tap+ -j DROP"
+            #expect(fwd.firstIndex(of: g)! > fwd.firstIndex { $0.hasSuffix(" -g rp-fwd-from") }!)
+            #expect(c[IPTNames.input]?.last == g)
+            if topology == .routed {
+                let from = c[IPTNames.forwardFrom]!
+                if f == .ipv6 {
+                    #expect(from.contains("-p ipv6-icmp -m icmp6 --icmpv6-type 135 -j DROP"))
+                } else {
+                    #expect(from.contains("-p udp -m udp --sport 68 --dport 67 -j DROP") && from.contains("-p udp -m udp --sport 67 -j DROP"))
+                    #expect(c[IPTNames.forwardTo]?.prefix(2).last == "-p udp -m udp --sport 67 --dport 68 -j DROP")
+                }
+            }
+        }
+        if topology == .bridged {
+            #expect(st.eb.chains[IPTNames.arp]?.contains("-p ARP -s 02:00:00:00:01:11 -i tapweb1 --arp-ip-src 10.0.1.11 --arp-mac-src 02:00:00:00:01:11 -j RETURN") == true)
+            #expect(st.eb.chains[IPTNames.arp]?.last == "-p ARP -i tap+ -j DROP")
+            #expect(st.v4.chains[IPTNames.spoof]?.contains("-s 10.0.1.11/32 -m physdev --physdev-in tapweb1 -g rp-accept") == true)
+            #expect(st.sets["rp-src4"] == nil)
+        }
     }
 }
 
@@ -169,6 +208,55 @@ import RampartHarness
         #expect(try Self.save(ns, v, v6: true).contains(#"-A rp-gi-g -p 253 -m comment --comment "g/odd \'quoted\' \'id\' \\ here" -g rp-accept"#))
     }
 
+    /// Guarded prefixes from the document (rule 9), of every length up to a whole interface
+    /// name (15 bytes: matched exactly, `+` would not fit), read back as written on both
+    /// topologies; ebtables drift is repaired; another owner's ebtables rules are untouched and
+    /// flush removes only Rampart's.
+    @Test(arguments: IPTablesVariant.allCases)
+    func guardedPrefixesFromTheDocumentReadBack(_ v: IPTablesVariant) throws {
+        let ns = try TestNamespace(prefix: "ipt")
+        var text = try String(contentsOfFile: KernelBackendTests.examplePath, encoding: .utf8)
+        let last = try #require(text.lastIndex(of: "}"))
+        text.replaceSubrange(last...last, with: #", "guarded_prefixes": ["tap", "vnet-abcdefghij", "x"]}"#)
+        // Another owner's ebtables rules, in the table Rampart writes and in another.
+        try ns.run(["ebtables-nft-restore", "--noflush"], input: """
+            *nat
+            :AGENT-ARP RETURN
+            -A PREROUTING -p ARP -i eth9 -j AGENT-ARP
+            -A AGENT-ARP -p ARP --arp-ip-src 192.0.2.1 -j DROP
+            COMMIT
+            *filter
+            -A FORWARD -p IPv4 -i eth9 -j DROP
+            COMMIT
+
+            """, check: true)
+        let foreignEB = try ns.run(["ebtables-nft-save"], check: true).stdout.split(separator: "\n").filter { !$0.hasPrefix("#") }
+        for topology in ["routed", "bridged"] {
+            let r = try Self.cli(ns, v, ["apply", "--topology", topology, "-"], input: text)
+            #expect(r.status == 0, "\(r.stderr)")
+            let again = try Self.cli(ns, v, ["diff", "--topology", topology, "-"], input: text)
+            #expect(again.stdout.contains("in sync"), "\(topology): \(again.stdout)")
+        }
+        let fwd = try Self.save(ns, v).filter { $0.hasPrefix("-A RAMPART-FWD") }
+        #expect(fwd.contains("-A RAMPART-FWD -m physdev --physdev-in vnet-abcdefghij -j DROP") && fwd.contains("-A RAMPART-FWD -m physdev --physdev-in x+ -j DROP"), "\(fwd)")
+        let eb = try ns.run(["ebtables-nft-save", "-t", "nat"], check: true).stdout
+        #expect(eb.contains("-A RAMPART-EBOUT -p IPv6 -o vnet-abcdefghij -j DROP"), "\(eb)")
+        // Rampart's jumps went to the top; the other owner's rules are as they were.
+        #expect(eb.split(separator: "\n").filter { $0.hasPrefix("-A PREROUTING") } == ["-A PREROUTING -p ARP -j RAMPART-ARP", "-A PREROUTING -p ARP -i eth9 -j AGENT-ARP"])
+        #expect(eb.contains("-A AGENT-ARP -p ARP --arp-ip-src 192.0.2.1 -j DROP"))
+        // ebtables drift (the ARP chain flushed, the OUTPUT jump deleted) is repaired like the rest.
+        let clean = eb.split(separator: "\n").filter { !$0.hasPrefix("#") }
+        try ns.run(["ebtables-nft", "-t", "nat", "-F", "RAMPART-ARP"], check: true)
+        try ns.run(["ebtables-nft", "-t", "nat", "-D", "OUTPUT", "-j", "RAMPART-EBOUT"], check: true)
+        let drift = try Self.cli(ns, v, ["diff", "--topology", "bridged", "-"], input: text)
+        #expect(drift.stdout.contains("# ebtables-restore --noflush") && drift.stdout.contains("-I OUTPUT 1 -j RAMPART-EBOUT"), "\(drift.stdout)")
+        #expect(try Self.cli(ns, v, ["apply", "--topology", "bridged", "-"], input: text).status == 0)
+        #expect(try ns.run(["ebtables-nft-save", "-t", "nat"], check: true).stdout.split(separator: "\n").filter { !$0.hasPrefix("#") } == clean)
+        #expect(try Self.cli(ns, v, ["flush"]).status == 0)
+        #expect(try ns.run(["ebtables-nft-save"], check: true).stdout.split(separator: "\n").filter { !$0.hasPrefix("#") } == foreignEB)
+        #expect(!(try Self.save(ns, v).contains { $0.contains("RAMPART") || $0.contains("rp-") }))
+    }
+
     @Test func dryRunPrintsTheRestoreInputAndChangesNothing() throws {
         let ns = try TestNamespace(prefix: "ipt")
         let dry = try Self.cli(ns, .legacy, ["apply", "--dry-run", KernelBackendTests.examplePath])
@@ -257,17 +345,22 @@ import RampartHarness
     /// The incremental path: the Engine's Plans committed against the mirror. A membership
     /// change is an ipset delta only (in-process, no rule written); a rules change rewrites the
     /// group's chains only; the result always equals what a full converge would write.
-    @Test(arguments: IPTablesVariant.allCases)
-    func enginePlansAreIncremental(_ v: IPTablesVariant) throws {
+    /// Bridged (with a guarded prefix), the ebtables chains follow plugs and unplugs too.
+    @Test(arguments: [(IPTablesVariant.legacy, IPTTopology.routed), (.nft, .routed), (.nft, .bridged)])
+    func enginePlansAreIncremental(_ v: IPTablesVariant, _ topology: IPTTopology) throws {
         let ns = try TestNamespace(prefix: "ipt")
-        let backend = IPTablesBackend(variant: v, netns: ns.name)
+        let backend = IPTablesBackend(variant: v, topology: topology, netns: ns.name)
+        let bridged = topology == .bridged
+        if bridged { backend.guardedOverride = ["tap"] }
         #expect(backend.ipset is LibIPSetWriter)
         var engine = Engine(host: "hv1")
         try backend.commit(try engine.apply(document: exampleDocument), result: engine.committed)
-        func matchesFullRender() throws {
-            let want = try IPTRender.state(engine.committed)
+        func matchesFullRender(sourceLocation: SourceLocation = #_sourceLocation) throws {
+            let want = try IPTRender.state(engine.committed, topology: topology, guarded: backend.guardedOverride)
             let got = try backend.readBack()
-            #expect(got.v4.canonical == want.v4.canonical && got.v6.canonical == want.v6.canonical && got.sets == want.sets)
+            #expect(got.v4.canonical == want.v4.canonical && got.v6.canonical == want.v6.canonical && got.sets == want.sets && got.eb == want.eb,
+                    sourceLocation: sourceLocation)
+            #expect(try backend.pending(to: engine.committed).isEmpty, sourceLocation: sourceLocation)
         }
         try matchesFullRender()
         let rulesBefore = try Self.save(ns, v)
@@ -283,7 +376,15 @@ import RampartHarness
         #expect(r.chainsRewritten == 2 && r.chainsCreated == 0 && r.ipsetBefore.isEmpty, "\(r.summary)")
         try matchesFullRender()
         let p = try backend.commit(try engine.instancePlugged(id: "web-9", instance: Instance(host: "hv1", groups: ["web"], ips: [IPAddress("10.0.1.19")!], interface: "tapweb9")), result: engine.committed)
-        #expect(p.chainsCreated == 4 && p.membersAdded == 1 && p.chainsRewritten == 0 && p.chainsPatched == 10, "\(p.summary)")
+        // Its address is a member of rp-src4, its dispatch rules are appended to rp-is-in,
+        // rp-is-out, rp-from and rp-to (both families); no fixed chain is rewritten.
+        if bridged {
+            // Bridged: no interface sets; the port tests (rp-is-in, rp-is-out, rp-spoof) are
+            // patched, the ARP chain (and the host → port guard) rewritten.
+            #expect(p.chainsCreated == 4 && p.membersAdded == 1 && p.restoreEB != nil, "\(p.summary)")
+        } else {
+            #expect(p.chainsCreated == 4 && p.membersAdded == 2 && p.chainsRewritten == 0 && p.chainsPatched == 8 && p.restoreEB == nil, "\(p.summary)")
+        }
         try matchesFullRender()
         // Another plug, then unplugging the earlier one: its dispatch rules are deleted by
         // position from the middle of the dispatch chains.
@@ -292,7 +393,86 @@ import RampartHarness
         try matchesFullRender()
         try backend.commit(try engine.instanceUnplugged(id: "db-1"), result: engine.committed)
         try matchesFullRender()
-        #expect(try Self.cli(ns, v, ["diff", "-"], input: try String(contentsOfFile: KernelBackendTests.examplePath, encoding: .utf8)).status == 0)
+        if !bridged {
+            #expect(try Self.cli(ns, v, ["diff", "-"], input: try String(contentsOfFile: KernelBackendTests.examplePath, encoding: .utf8)).status == 0)
+        }
+    }
+}
+
+/// The tightened layout with real packets, per variant and topology, through the library (the
+/// guarded prefixes are given to the backend directly).
+@Suite("iptables backend: guarded prefixes, ebtables", .serialized) struct IPTablesGuardTests {
+    static let spec = TopologySpec(
+        instances: [
+            InstanceSpec(name: "web-1", interface: "tapweb1", addresses: ["10.0.1.11", "fd00::11"], mac: "02:00:00:00:01:11"),
+            InstanceSpec(name: "rogue", interface: "taprogue", addresses: ["10.0.7.77", "fd00::77"]),
+        ],
+        outside: [OutsideHostSpec(name: "internet", addresses: ["192.0.2.10", "2001:db8::10"])])
+
+    static let document = try! Document.parse(json: Data(#"""
+        {"version": 1, "host": "hv1",
+         "groups": {"open": {"rules": [
+            {"protocol": "any", "cidr": "0.0.0.0/0"}, {"protocol": "any", "cidr": "::/0"},
+            {"direction": "egress", "protocol": "any", "cidr": "0.0.0.0/0"}, {"direction": "egress", "protocol": "any", "cidr": "::/0"}]}},
+         "instances": {
+          "web-1": {"host": "hv1", "interface": "tapweb1", "ips": ["10.0.1.11", "fd00::11"], "mac": "02:00:00:00:01:11", "groups": ["open"]}}}
+        """#.utf8))
+
+    static let cases: [(IPTablesVariant, IPTTopology)] = [(.legacy, .routed), (.nft, .routed), (.legacy, .bridged), (.nft, .bridged)]
+
+    /// taprogue is no instance's: untouched without guarded prefixes; with `tap` it passes
+    /// nothing, either way, established connections included, while web-1 (also `tap…`) works.
+    /// Flushing removes every chain, set and ebtables chain again.
+    @Test(arguments: cases) func unknownDevicesAreClosed(_ v: IPTablesVariant, _ topology: IPTTopology) throws {
+        var spec = Self.spec
+        spec.bridged = topology == .bridged
+        let topo = try HypervisorTopology(spec)
+        defer { topo.destroy() }
+        let hv = topo.hypervisor
+        let backend = IPTablesBackend(variant: v, topology: topology, netns: hv.name)
+        let ir = Compiler.compile(Self.document)
+        try backend.converge(to: ir)
+        func rogue(_ pass: Bool) -> [(Probe, Bool)] {
+            let t = pass ? 1.0 : 0.4
+            return [
+                (.tcp(from: "rogue", to: "192.0.2.10", port: 80, timeout: t), pass), (.tcp(from: "internet", to: "10.0.7.77", port: 80, timeout: t), pass),
+                (.tcp(from: "internet", to: "fd00::77", port: 80, timeout: t), pass), (.tcp(from: "rogue", to: "10.255.0.1", port: 8080, timeout: t), pass),
+                (.tcp(from: "hv", to: "10.0.7.77", port: 80, timeout: t), pass), (.tcp(from: "web-1", to: "10.0.7.77", port: 80, timeout: t), pass),
+                (.tcp(from: "hv", to: "fd00::77", port: 80, timeout: t), pass),
+            ]
+        }
+        let web: [(Probe, Bool)] = [
+            (.tcp(from: "web-1", to: "192.0.2.10", port: 80), true), (.tcp(from: "internet", to: "fd00::11", port: 80), true),
+            (.tcp(from: "hv", to: "10.0.1.11", port: 80), true), (.tcp(from: "web-1", to: "10.255.0.1", port: 8080), true),
+        ]
+        func expect(_ cases: [(Probe, Bool)], sourceLocation: SourceLocation = #_sourceLocation) throws {
+            let r = try topo.probe(cases.map(\.0))
+            let wrong = zip(r, cases).filter { $0.passed != $1.1 }.map { "\($0.0.probe) \($0.0.passed ? "passed" : "dropped")" }
+            #expect(wrong.isEmpty, "\(v) \(topology): \(wrong)", sourceLocation: sourceLocation)
+        }
+        try expect(rogue(true) + web)
+        let early = try topo.openTCPSession(from: "rogue", to: "192.0.2.10", port: 90)
+        let inbound = try topo.openTCPSession(from: "internet", to: "10.0.7.77", port: 91)
+        #expect(early.exchange() && inbound.exchange())
+
+        backend.guardedOverride = ["tap"]
+        let c = try backend.converge(to: ir)
+        #expect(!c.isEmpty)
+        try expect(rogue(false) + web)
+        #expect(!early.exchange(timeout: 0.5) && !inbound.exchange(timeout: 0.5))
+        // Re-applying changes nothing: every rule (u32, hl, physdev, ebtables) reads back as written.
+        let again = try backend.pending(to: ir)
+        #expect(again.isEmpty, "\(again.text)")
+        if topology == .bridged {
+            let eb = try hv.run(["ebtables-nft-save", "-t", "nat"], check: true).stdout
+            #expect(eb.contains("-A PREROUTING -p ARP -j RAMPART-ARP") && eb.contains("-A RAMPART-EBOUT -p IPv4 -o tap+ -j DROP"), "\(eb)")
+        }
+
+        try backend.converge(to: nil)
+        let left = try hv.run(["iptables-\(v.rawValue)-save"], check: true).stdout + (try hv.run(["ip6tables-\(v.rawValue)-save"], check: true).stdout)
+            + (try hv.run(["ebtables-nft-save"], check: true).stdout) + (try hv.run(["ipset", "list", "-n"], check: true).stdout)
+        #expect(!left.contains("rp-") && !left.contains("RAMPART"), "\(left)")
+        try expect(rogue(true) + web)
     }
 }
 
