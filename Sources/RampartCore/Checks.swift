@@ -123,8 +123,11 @@ enum Checks {
         return out
     }
 
+    /// Lengths are counted in Unicode scalars (the contract), not in grapheme clusters: one
+    /// character with a thousand combining marks is a thousand long.
     static func descriptionProblem(_ s: String) -> String? {
-        s.count > 255 ? "\(s.count) characters long; at most 255" : nil
+        let n = s.unicodeScalars.count
+        return n > 255 ? "\(n) characters long; at most 255" : nil
     }
 }
 
