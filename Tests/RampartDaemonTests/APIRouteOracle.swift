@@ -60,10 +60,12 @@ enum APIRouteOracle {
         if dict.keys.contains(where: { $0 != "wait" }) { return "it has keys \(dict.keys.sorted())" }
         // Only the literals true and false, whatever JSONSerialization makes of them.
         if dict["wait"] != nil {
-            let text = String(decoding: body, as: UTF8.self)
-            guard let colon = text.firstIndex(of: ":") else { return "wait has no value" }
-            let value = text[text.index(after: colon)...].drop { " \t\r\n".contains($0) }
-            if !value.hasPrefix("true") && !value.hasPrefix("false") { return "wait is \(value.prefix(20))" }
+            // On bytes: as Characters, "\r\n" is one and equals neither "\r" nor "\n".
+            guard let colon = body.firstIndex(of: UInt8(ascii: ":")) else { return "wait has no value" }
+            let value = body[(colon + 1)...].drop { [0x20, 0x09, 0x0d, 0x0a].contains($0) }
+            if !value.starts(with: Array("true".utf8)) && !value.starts(with: Array("false".utf8)) {
+                return "wait is \(String(decoding: value.prefix(20), as: UTF8.self))"
+            }
         }
         return nil
     }
