@@ -214,7 +214,7 @@ func quoted(_ s: String) -> String {
         switch u {
         case "\"": out += "\\\""
         case "\\": out += "\\\\"
-        case _ where u.value < 0x20 || u.value == 0x7f: out += String(format: "\\u%04x", u.value)
+        case _ where isControl(u): out += String(format: "\\u%04x", u.value)
         default: out.unicodeScalars.append(u)
         }
     }

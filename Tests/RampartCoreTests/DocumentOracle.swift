@@ -16,8 +16,14 @@ enum DocumentOracle {
         do {
             doc = try Document.parse(json: Data(bytes))
         } catch {
-            // A rejection must say why, with at least one issue.
-            return error.issues.isEmpty ? "rejected without an issue" : nil
+            // A rejection says why, with at least one issue, each on one line: whatever the
+            // document's keys and strings hold, no control character reaches the operator's
+            // terminal or a log (a newline could forge a line, an escape sequence rewrite one).
+            if error.issues.isEmpty { return "rejected without an issue" }
+            for issue in error.issues where issue.description.unicodeScalars.contains(where: { $0.value < 0x20 || (0x7f...0x9f).contains($0.value) }) {
+                return "an issue with a control character: \(quoted(issue.description))"
+            }
+            return nil
         }
         // Both validators agree: the typed rules (what the events and a controller use) accept it.
         let typed = doc.issues()
@@ -38,6 +44,7 @@ enum DocumentOracle {
         _ = Compiler.compile(doc)
         return nil
     }
+
 
     /// The contract's rules on the spelling of values, applied to the raw JSON of an accepted
     /// document: addresses and prefixes of hex digits, dots, colons and one slash; lengths in

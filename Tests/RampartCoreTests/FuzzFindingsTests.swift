@@ -33,6 +33,19 @@ func fuzzCorpus(_ target: String) throws -> [(String, [UInt8])] {
         #expect(errors(rule(#"{"protocol": "tcp", "cidr": "fd00::\u0000/8"}"#)).count == 1)
     }
 
+    /// Keys went into error paths raw: a newline in an unknown key forged a line of the error
+    /// output, an ESC or CSI (C1 0x9b) a terminal escape. Keys and quoted values escape them now.
+    @Test func controlCharactersInKeysAreEscaped() {
+        #expect(errors(doc(groups: #""web": {"rules": [], "x\nversion: fine": 1}"#))
+            == [#"groups.web."x\u000aversion: fine": unknown key"#])
+        #expect(errors(doc(groups: #""web": {"rules": []}, "\u007fk": {"rules": []}"#))
+            == [#"groups."\u007fk": "\u007fk" is not a valid id (1-64 characters of A-Z a-z 0-9 . _ : -)"#])
+        #expect(errors(doc(groups: #""web": {"rules": []}, "\u009b2J": {"rules": []}"#))
+            == [#"groups."\u009b2J": "\u009b2J" is not a valid id (1-64 characters of A-Z a-z 0-9 . _ : -)"#])
+        // Printable keys are left as they are.
+        #expect(errors(doc(groups: #""web": {"rules": [], "déjà vu": 1}"#)) == ["groups.web.déjà vu: unknown key"])
+    }
+
     /// The contract counts lengths in Unicode scalars; `count` (grapheme clusters) let a
     /// description of one letter and 300 combining marks through.
     @Test func descriptionLengthCountsUnicodeScalars() {
