@@ -19,6 +19,9 @@
 #include <linux/netfilter.h>
 #include <linux/netfilter/nfnetlink.h>
 #include <linux/netfilter/nf_tables.h>
+// ctnetlink's message types and attribute numbers (conntrack dump and delete, Conntrack.swift).
+#include <linux/netfilter/nfnetlink_conntrack.h>
+#include <linux/netfilter/nf_conntrack_common.h>
 
 #include <libmnl/libmnl.h>
 #include <libnftnl/common.h>

@@ -109,6 +109,8 @@ public struct IPv4Prefix: Hashable, Sendable, CustomStringConvertible {
     /// The network mask for `length` in host order.
     public var mask: UInt32 { length == 0 ? 0 : UInt32.max << (32 - UInt32(length)) }
     public var description: String { "\(address)/\(length)" }
+    /// `0.0.0.0/32`: the source of a DHCP client that has no address yet.
+    public static let unspecified = IPv4Prefix(address: IPv4Address(raw: 0), length: 32)
 }
 
 /// An IPv6 prefix whose host bits are zero.
@@ -118,6 +120,10 @@ public struct IPv6Prefix: Hashable, Sendable, CustomStringConvertible {
     /// Prefix length in bits.
     public var length: UInt8
     public init(address: IPv6Address, length: UInt8) { self.address = address; self.length = length }
+    /// `::/128`: the source of duplicate address detection.
+    public static let unspecified = IPv6Prefix(address: IPv6Address(hi: 0, lo: 0), length: 128)
+    /// `fe80::/10`: link-local unicast.
+    public static let linkLocal = IPv6Prefix(address: IPv6Address(hi: 0xfe80 << 48, lo: 0), length: 10)
     /// The network mask as two halves.
     public var mask: (hi: UInt64, lo: UInt64) {
         let l = UInt64(length)

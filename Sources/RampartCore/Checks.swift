@@ -16,24 +16,72 @@ enum Checks {
         "\(quoted(s)) is not a valid id (1-64 characters of A-Z a-z 0-9 . _ : -)"
     }
 
+    /// Why `s` cannot be a host name (hosts are ids), or nil.
+    static func hostProblem(_ s: String) -> String? {
+        if s.isEmpty { return "must not be empty" }
+        return isValidID(s) ? nil : "\(quoted(s)) is not a valid host (1-64 characters of A-Z a-z 0-9 . _ : -)"
+    }
+
+    /// Why `a` can never be an instance's own address (contract: "Values that are never an
+    /// instance's"), or nil. Such an address in the anti-spoofing sets would let an instance
+    /// send as the unspecified, broadcast, loopback, multicast or link-local source that the
+    /// link protocols or the host itself use, or reach IPv4 peers through an IPv4-mapped form.
+    static func instanceAddressProblem(_ a: IPAddress) -> String? {
+        let kind: String?
+        switch a {
+        case .v4(let x):
+            let r = x.raw
+            if r == 0 { kind = "the unspecified address" }
+            else if r == 0xffff_ffff { kind = "the broadcast address" }
+            else if r >> 24 == 127 { kind = "a loopback address (127.0.0.0/8)" }
+            else if r >> 28 == 0xe { kind = "a multicast address (224.0.0.0/4)" }
+            else if r >> 16 == 0xa9fe { kind = "a link-local address (169.254.0.0/16)" }
+            else { kind = nil }
+        case .v6(let x):
+            if x.hi == 0 && x.lo == 0 { kind = "the unspecified address" }
+            else if x.hi == 0 && x.lo == 1 { kind = "the loopback address" }
+            else if x.hi >> 56 == 0xff { kind = "a multicast address (ff00::/8)" }
+            else if x.hi >> 54 == 0x3fa { kind = "a link-local address (fe80::/10)" }
+            else if x.hi == 0 && x.lo >> 32 == 0xffff { kind = "an IPv4-mapped address (::ffff:0:0/96)" }
+            else { kind = nil }
+        }
+        return kind.map { "\(a) is \($0), never an instance's own" }
+    }
+
     /// Why `name` cannot be an interface name, or nil. Stricter than the kernel on purpose: the
-    /// name ends up in set elements, map keys and rendered nft text, so only printable ASCII
-    /// without quotes or backslashes is accepted.
+    /// name ends up in set elements, map keys, rendered nft text and iptables arguments, so only
+    /// printable ASCII without quotes, backslashes or wildcards is accepted.
     static func interfaceProblem(_ name: String) -> String? {
         let prefix = "\(quoted(name)) is not a valid interface name: "
+        if let p = namePrefixProblem(name) { return prefix + p }
+        if name == "lo" { return prefix + "the loopback device is never an instance's" }
+        return nil
+    }
+
+    /// Why `prefix` cannot be a guarded interface-name prefix (contract rule 9), or nil.
+    static func guardedPrefixProblem(_ prefix: String) -> String? {
+        if let p = namePrefixProblem(prefix) { return "\(quoted(prefix)) is not a valid interface-name prefix: " + p }
+        // "l" or "lo" would close the loopback device to every IPv4 and IPv6 packet.
+        if "lo".hasPrefix(prefix) { return "\(quoted(prefix)) would guard the loopback device lo" }
+        return nil
+    }
+
+    /// The character rules shared by interface names and their prefixes.
+    private static func namePrefixProblem(_ name: String) -> String? {
         let u = Array(name.utf8)
-        if u.isEmpty { return prefix + "empty" }
-        if u.count > 15 { return prefix + "\(u.count) bytes long; at most 15" }
-        if name == "." || name == ".." { return prefix + "reserved" }
+        if u.isEmpty { return "empty" }
+        if u.count > 15 { return "\(u.count) bytes long; at most 15" }
+        if name == "." || name == ".." { return "reserved" }
         for c in u {
             switch c {
-            case UInt8(ascii: "/"): return prefix + "contains '/'"
-            case UInt8(ascii: ":"): return prefix + "contains ':'"
-            case UInt8(ascii: " "), 0x09, 0x0a, 0x0b, 0x0c, 0x0d: return prefix + "contains white space"
+            case UInt8(ascii: "+"), UInt8(ascii: "*"): return "contains '\(Character(Unicode.Scalar(c)))' (a wildcard to iptables and nft)"
+            case UInt8(ascii: "/"): return "contains '/'"
+            case UInt8(ascii: ":"): return "contains ':'"
+            case UInt8(ascii: " "), 0x09, 0x0a, 0x0b, 0x0c, 0x0d: return "contains white space"
             case UInt8(ascii: "\""), UInt8(ascii: "'"), UInt8(ascii: "`"), UInt8(ascii: "\\"):
-                return prefix + "contains a quote or backslash"
-            case 0..<0x20, 0x7f: return prefix + "contains a control character"
-            case 0x80...: return prefix + "contains a non-ASCII character"
+                return "contains a quote or backslash"
+            case 0..<0x20, 0x7f: return "contains a control character"
+            case 0x80...: return "contains a non-ASCII character"
             default: continue
             }
         }
@@ -101,11 +149,14 @@ enum Checks {
         let path = joinPath("instances", id)
         var out: [ValidationIssue] = []
         if !isValidID(id) { out.append(ValidationIssue(path: path, reason: idProblem(id))) }
-        if inst.host.isEmpty { out.append(ValidationIssue(path: joinPath(path, "host"), reason: "must not be empty")) }
+        if let p = hostProblem(inst.host) { out.append(ValidationIssue(path: joinPath(path, "host"), reason: p)) }
         for (i, g) in inst.groups.enumerated() where !groupExists(g) {
             out.append(ValidationIssue(path: joinPath(path, "groups") + "[\(i)]", reason: "unknown group \(quoted(g))"))
         }
         if inst.ips.isEmpty { out.append(ValidationIssue(path: joinPath(path, "ips"), reason: "needs at least one address")) }
+        for (i, a) in inst.ips.enumerated() {
+            if let p = instanceAddressProblem(a) { out.append(ValidationIssue(path: joinPath(path, "ips") + "[\(i)]", reason: p)) }
+        }
         if let name = inst.interface {
             if let p = interfaceProblem(name) { out.append(ValidationIssue(path: joinPath(path, "interface"), reason: p)) }
         } else if inst.host == thisHost {
@@ -123,9 +174,8 @@ enum Checks {
         return out
     }
 
-    /// Lengths are counted in Unicode scalars (the contract), not in grapheme clusters: one
-    /// character with a thousand combining marks is a thousand long.
     static func descriptionProblem(_ s: String) -> String? {
+        // The contract counts Unicode scalar values (not grapheme clusters).
         let n = s.unicodeScalars.count
         return n > 255 ? "\(n) characters long; at most 255" : nil
     }
@@ -135,7 +185,10 @@ extension Document {
     /// Every rule of the spec that typed values can still break, sorted by path (empty when valid).
     public func issues() -> [ValidationIssue] {
         var out: [ValidationIssue] = []
-        if host.isEmpty { out.append(ValidationIssue(path: "host", reason: "must not be empty")) }
+        if let p = Checks.hostProblem(host) { out.append(ValidationIssue(path: "host", reason: p)) }
+        for (i, p) in guardedPrefixes.enumerated() {
+            if let why = Checks.guardedPrefixProblem(p) { out.append(ValidationIssue(path: "guarded_prefixes[\(i)]", reason: why)) }
+        }
         let exists: (String) -> Bool = { groups[$0] != nil }
         for (gid, g) in groups {
             let gp = joinPath("groups", gid)

@@ -8,47 +8,98 @@ public enum Compiler {
 
     static let ctEstablished = CTStates([.established, .related])
 
-    /// The four base chains. They never change, so they are compiled once per table.
+    /// The four base chains. They depend only on the guarded prefixes, so they are compiled
+    /// once per table and rewritten only when those change.
     ///
     /// Everything that is the same for every instance lives here, once, instead of in each
-    /// instance's chains: conntrack, NDP, DHCP, and anti-spoofing through sets of (interface .
-    /// address) pairs. The kernel re-validates every rule reachable from the base chains on each
-    /// commit that adds a rule, so rules per instance are what makes a rule change or a plug cost
-    /// more on a bigger host (measured: `docs/nftables-bench.md`).
-    static func baseChains() -> [Chain] {
-        let ndp: [Match] = [.l4proto(58), .icmpv6Type(133...136)]
-        func egress() -> [IRRule] {
-            let mine: Match = .iifnameInSet(Naming.instanceInterfaces)
-            return [
-                IRRule([mine, .ctState(ctEstablished)], .accept),
+    /// instance's chains: source checks, the link's own protocols, conntrack. The kernel
+    /// re-validates every rule reachable from the base chains on each commit that adds a rule,
+    /// so rules per instance are what makes a rule change or a plug cost more on a bigger host
+    /// (measured: `docs/nftables-bench.md`).
+    ///
+    /// The order is the security argument (contract rules 1, 4, 5, 9; docs/nftables.md):
+    /// 1. Source checks (MAC, then `ifname . address`) come before any conntrack accept, for
+    ///    every packet: conntrack is not tied to an interface, so an `established` accept ahead
+    ///    of them would let one instance inject into another's connection with a spoofed source.
+    /// 2. The link's protocols (NDP, DHCPv4) exist only between an instance and its host: the
+    ///    input and output chains accept them (with hop limit 255, checked sources and targets);
+    ///    the forward chains drop them whatever the group rules say.
+    /// 3. A TCP packet that conntrack sees as new must be an initial SYN, so a connection whose
+    ///    entry was removed cannot be picked up mid-stream (`nf_conntrack_tcp_loose`).
+    /// 4. Every accept is scoped to instance interfaces; after the dispatch (whose instance
+    ///    chains end in drop) only other interfaces remain, and the guarded prefixes drop those
+    ///    that look like instance devices, established connections included.
+    static func baseChains(guardedPrefixes: [String] = []) -> [Chain] {
+        let fromMine: Match = .iifnameInSet(Naming.instanceInterfaces)
+        let toMine: Match = .oifnameInSet(Naming.instanceInterfaces)
+        let icmpv6: Match = .l4proto(58)
+        let guarded = uniqued(guardedPrefixes)
+
+        // Source checks of packets arriving from an instance (forward and input alike).
+        let sourceChecks = [
+            IRRule([fromMine, .iifnameInSet(Naming.macInterfaces), .ifaceEtherSaddrNotInSet(Naming.sourceMACs)], .drop),
+            IRRule([fromMine, .nfproto(.ipv4), .ifaceSaddrNotInSet(.ipv4, Naming.sources4)], .drop),
+            IRRule([fromMine, .nfproto(.ipv6), .ifaceSaddrNotInSet(.ipv6, Naming.sources6)], .drop),
+        ]
+        // Conntrack, then the instance's own chain, then the guard, for one direction.
+        func stateAndDispatch(_ mine: Match, _ key: InterfaceKey, _ map: String) -> [IRRule] {
+            [
                 IRRule([mine, .ctState(.invalid)], .drop),
-                // NDP before anti-spoofing: its sources are link-local.
-                IRRule([mine] + ndp, .accept),
-                // A DHCP request's source may be 0.0.0.0.
-                IRRule([mine, .nfproto(.ipv4), .udpSport(68), .udpDport(67)], .accept),
-                IRRule([.iifnameInSet(Naming.macInterfaces), .ifaceEtherSaddrNotInSet(Naming.sourceMACs)], .drop),
-                IRRule([mine, .ifaceSaddrNotInSet(.ipv4, Naming.sources4)], .drop),
-                IRRule([mine, .ifaceSaddrNotInSet(.ipv6, Naming.sources6)], .drop),
-                IRRule([], .vmap(.iifname, Naming.fromInstanceMap)),
-            ]
-        }
-        func ingress() -> [IRRule] {
-            let mine: Match = .oifnameInSet(Naming.instanceInterfaces)
-            return [
+                IRRule([mine, .l4proto(6), .ctState(.new), .tcpNotInitialSYN], .drop),
                 IRRule([mine, .ctState(ctEstablished)], .accept),
-                IRRule([mine, .ctState(.invalid)], .drop),
-                IRRule([mine] + ndp, .accept),
-                IRRule([mine, .nfproto(.ipv4), .udpSport(67), .udpDport(68)], .accept),
-                IRRule([], .vmap(.oifname, Naming.toInstanceMap)),
-            ]
+                IRRule([], .vmap(key, map)),
+            ] + guarded.map { IRRule([key == .iifname ? .iifnamePrefix($0) : .oifnamePrefix($0)], .drop) }
         }
+        let fromState = stateAndDispatch(fromMine, .iifname, Naming.fromInstanceMap)
+        let toState = stateAndDispatch(toMine, .oifname, Naming.toInstanceMap)
+
+        // Forwarded from an instance: the link's protocols never leave the link.
+        let egress = sourceChecks
+            + [
+                IRRule([fromMine, icmpv6, .icmpv6Type(133...137)], .drop),
+                IRRule([fromMine, .nfproto(.ipv4), .udpSport(68), .udpDport(67)], .drop),
+                IRRule([fromMine, .nfproto(.ipv4), .udpSport(67)], .drop),
+            ] + fromState
+        // Forwarded to an instance: no NDP and no DHCP reply from anywhere but its host.
+        let ingress = [
+            IRRule([toMine, icmpv6, .icmpv6Type(133...137)], .drop),
+            IRRule([toMine, .nfproto(.ipv4), .udpSport(67), .udpDport(68)], .drop),
+        ] + toState
+        // From an instance to the host: NDP (hop limit 255; RA and redirects refused; a
+        // neighbour advertisement names only its own addresses or a link-local one) and DHCP
+        // requests, from the unspecified or a link-local source before the address check,
+        // from its own addresses after it.
+        let input = [sourceChecks[0]]
+            + [
+                IRRule([fromMine, icmpv6, .icmpv6Type(134...134)], .drop),
+                IRRule([fromMine, icmpv6, .icmpv6Type(137...137)], .drop),
+                IRRule([fromMine, icmpv6, .icmpv6Type(133...136), .ip6HopLimitNot(255)], .drop),
+                IRRule([fromMine, icmpv6, .icmpv6Type(136...136), .ndTargetNotLinkLocal, .ifaceNDTargetNotInSet(Naming.ndTargets)], .drop),
+                IRRule([fromMine, .ip6Saddr(IPv6Prefix.linkLocal), icmpv6, .icmpv6Type(133...133)], .accept),
+                IRRule([fromMine, .ip6Saddr(IPv6Prefix.linkLocal), icmpv6, .icmpv6Type(135...136)], .accept),
+                IRRule([fromMine, .ip6Saddr(IPv6Prefix.unspecified), icmpv6, .icmpv6Type(133...133)], .accept),
+                IRRule([fromMine, .ip6Saddr(IPv6Prefix.unspecified), icmpv6, .icmpv6Type(135...135)], .accept),
+                IRRule([fromMine, .ip4Saddr(IPv4Prefix.unspecified), .udpSport(68), .udpDport(67)], .accept),
+            ]
+            + sourceChecks[1...]
+            + [
+                IRRule([fromMine, icmpv6, .icmpv6Type(133...133)], .accept),
+                IRRule([fromMine, icmpv6, .icmpv6Type(135...136)], .accept),
+                IRRule([fromMine, .nfproto(.ipv4), .udpSport(68), .udpDport(67)], .accept),
+                IRRule([fromMine, .nfproto(.ipv4), .udpSport(67)], .drop),
+            ] + fromState
+        // From the host to an instance: its NDP (hop limit 255) and DHCP replies.
+        let output = [
+            IRRule([toMine, icmpv6, .icmpv6Type(133...137), .ip6HopLimit(255)], .accept),
+            IRRule([toMine, .nfproto(.ipv4), .udpSport(67), .udpDport(68)], .accept),
+        ] + toState
         // Egress before ingress on the forward hook (priority -1 < 0): the sender's accept ends
         // only its own base chain, so the receiver's ingress chain still sees the packet.
         return [
-            Chain(name: Naming.egressChain, base: BaseChainSpec(hook: .forward, priority: -1, policy: .accept), rules: egress()),
-            Chain(name: Naming.ingressChain, base: BaseChainSpec(hook: .forward, priority: 0, policy: .accept), rules: ingress()),
-            Chain(name: Naming.inputChain, base: BaseChainSpec(hook: .input, priority: 0, policy: .accept), rules: egress()),
-            Chain(name: Naming.outputChain, base: BaseChainSpec(hook: .output, priority: 0, policy: .accept), rules: ingress()),
+            Chain(name: Naming.egressChain, base: BaseChainSpec(hook: .forward, priority: -1, policy: .accept), rules: egress),
+            Chain(name: Naming.ingressChain, base: BaseChainSpec(hook: .forward, priority: 0, policy: .accept), rules: ingress),
+            Chain(name: Naming.inputChain, base: BaseChainSpec(hook: .input, priority: 0, policy: .accept), rules: input),
+            Chain(name: Naming.outputChain, base: BaseChainSpec(hook: .output, priority: 0, policy: .accept), rules: output),
         ]
     }
 
@@ -78,7 +129,9 @@ public enum Compiler {
         for a in uniqued(inst.ips) {
             switch a {
             case .v4(let x): out.append((Naming.sources4, .ifaceIPv4(iface, x)))
-            case .v6(let x): out.append((Naming.sources6, .ifaceIPv6(iface, x)))
+            case .v6(let x):
+                out.append((Naming.sources6, .ifaceIPv6(iface, x)))
+                out.append((Naming.ndTargets, .ifaceIPv6(iface, x)))
             }
         }
         if let mac = inst.mac {
@@ -91,7 +144,7 @@ public enum Compiler {
     /// The fixed sets every table has, with their key types.
     static let fixedSets: [(String, SetKeyType)] = [
         (Naming.instanceInterfaces, .ifname), (Naming.sources4, .ifnameIPv4), (Naming.sources6, .ifnameIPv6),
-        (Naming.sourceMACs, .ifnameEther), (Naming.macInterfaces, .ifname),
+        (Naming.sourceMACs, .ifnameEther), (Naming.macInterfaces, .ifname), (Naming.ndTargets, .ifnameNDTarget),
     ]
 
     /// The kernel rules of one group rule: one per family it applies to (see `Rule.families`).

@@ -10,11 +10,15 @@ public struct Document: Hashable, Sendable {
     public var groups: [String: Group]
     /// Instances on this host and instances elsewhere that are members of referenced groups.
     public var instances: [String: Instance]
+    /// Interface-name prefixes of instance devices on this host (`guarded_prefixes`, contract
+    /// rule 9): a device with such a name that is no instance's passes nothing. Empty: none.
+    public var guardedPrefixes: [String]
 
-    public init(host: String, groups: [String: Group] = [:], instances: [String: Instance] = [:]) {
+    public init(host: String, groups: [String: Group] = [:], instances: [String: Instance] = [:], guardedPrefixes: [String] = []) {
         self.host = host
         self.groups = groups
         self.instances = instances
+        self.guardedPrefixes = guardedPrefixes
     }
 }
 

@@ -4,7 +4,11 @@
 extension Document {
     /// Canonical JSON text of the document (compact, keys sorted).
     public func jsonText() -> String {
-        var out = "{\"version\":1,\"host\":" + jsonString(host) + ",\"groups\":{"
+        var out = "{\"version\":1,\"host\":" + jsonString(host)
+        if !guardedPrefixes.isEmpty {
+            out += ",\"guarded_prefixes\":[" + guardedPrefixes.map(jsonString).joined(separator: ",") + "]"
+        }
+        out += ",\"groups\":{"
         out += groups.keys.sorted().map { id in
             let g = groups[id]!
             var o = jsonString(id) + ":{"

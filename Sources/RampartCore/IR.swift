@@ -17,6 +17,16 @@ public struct RulesetIR: Hashable, Sendable {
         self.sets = sets
         self.maps = maps
     }
+
+    /// The guarded interface-name prefixes (contract rule 9), as the egress base chain drops
+    /// them, in order. Derived from the chain so that it can never disagree with the kernel
+    /// layout; backends that do not translate base chains one by one (iptables) read it here.
+    public var guardedPrefixes: [String] {
+        (chains[Naming.egressChain]?.rules ?? []).compactMap { r in
+            if r.matches.count == 1, case .iifnamePrefix(let p) = r.matches[0] { return p }
+            return nil
+        }
+    }
 }
 
 /// Netfilter hooks Rampart attaches base chains to.
@@ -126,12 +136,27 @@ public enum Match: Hashable, Sendable {
     case ifaceSaddrNotInSet(IPFamily, String)
     /// `iifname . ether saddr != @set`.
     case ifaceEtherSaddrNotInSet(String)
+    /// `iifname "tap*"` / `oifname "tap*"`: the interface name starts with the prefix (guarded
+    /// prefixes, contract rule 9).
+    case iifnamePrefix(String)
+    case oifnamePrefix(String)
+    /// `ip6 hoplimit 255` / `ip6 hoplimit != 255` (neighbour discovery is valid only at 255).
+    case ip6HopLimit(UInt8)
+    case ip6HopLimitNot(UInt8)
+    /// `tcp flags & (fin|syn|rst|ack) != syn`: not the initial SYN of a connection (contract
+    /// rule 1; combined with `ct state new`). Implies `meta l4proto tcp`.
+    case tcpNotInitialSYN
+    /// The target address of a neighbour advertisement (ICMPv6 bytes 8–23) is not link-local
+    /// (`fe80::/10`). Implies `meta l4proto icmpv6`; only meaningful with `icmpv6Type(136...136)`.
+    case ndTargetNotLinkLocal
+    /// `iifname . <neighbour advertisement target> != @set` (set of `ifname . ipv6_addr`).
+    case ifaceNDTargetNotInSet(String)
 
     /// The named set this term reads, if any.
     public var setReference: String? {
         switch self {
         case .iifnameInSet(let s), .oifnameInSet(let s), .saddrInSet(_, let s), .daddrInSet(_, let s),
-             .ifaceSaddrNotInSet(_, let s), .ifaceEtherSaddrNotInSet(let s): s
+             .ifaceSaddrNotInSet(_, let s), .ifaceEtherSaddrNotInSet(let s), .ifaceNDTargetNotInSet(let s): s
         default: nil
         }
     }
@@ -202,6 +227,18 @@ public enum SetKeyType: String, Hashable, Sendable {
     case ifnameIPv4 = "ifname . ipv4_addr"
     case ifnameIPv6 = "ifname . ipv6_addr"
     case ifnameEther = "ifname . ether_addr"
+    /// The same keys as `ifnameIPv6`, looked up with a neighbour advertisement's target address:
+    /// a raw payload field to nft, so the set is declared with `typeof` (and written with nft's
+    /// own `typeof` userdata, so that `nft list` prints and reloads it the same way).
+    case ifnameNDTarget = "typeof iifname . @th,64,128"
+
+    /// The key type of the elements such a set holds (`ifnameNDTarget` holds `ifnameIPv6` keys).
+    public var elementKeyType: SetKeyType { self == .ifnameNDTarget ? .ifnameIPv6 : self }
+
+    /// The set's key as declared in nft text (`type …` or `typeof …`).
+    public var declaration: String {
+        self == .ifnameNDTarget ? rawValue : "type " + rawValue
+    }
 }
 
 /// One element of a named set.

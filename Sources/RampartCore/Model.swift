@@ -52,7 +52,7 @@ struct HostModel: Sendable {
     private var tracking = false
 
     init(_ doc: Document) {
-        self.doc = Document(host: doc.host, groups: doc.groups)
+        self.doc = Document(host: doc.host, groups: doc.groups, guardedPrefixes: doc.guardedPrefixes)
         self.doc.instances.reserveCapacity(doc.instances.count)
         var scratch = Touched()
         for (id, inst) in doc.instances { add(id, inst, &scratch) }
@@ -226,7 +226,7 @@ struct HostModel: Sendable {
     /// The whole IR for this host.
     func compileAll() -> RulesetIR {
         var ir = RulesetIR()
-        for c in Compiler.baseChains() { ir.chains[c.name] = c }
+        for c in Compiler.baseChains(guardedPrefixes: doc.guardedPrefixes) { ir.chains[c.name] = c }
         for (name, type) in Compiler.fixedSets { ir.sets[name] = NamedSet(name: name, keyType: type) }
         ir.sets[Naming.instanceInterfaces]!.elements = Set(localInterfaces.keys.map { .ifname($0) })
         for id in localInterfaces.values {

@@ -19,6 +19,11 @@ public enum Naming {
     public static let sources6 = "inst-src6"
     public static let sourceMACs = "inst-macs"
     public static let macInterfaces = "mac-ifaces"
+    /// (interface . address) pairs a neighbour advertisement from an instance may name as its
+    /// target (its IPv6 addresses; link-local targets are allowed by the rule itself). The same
+    /// pairs as `sources6`, in a set of its own because nft's text types the lookup key as raw
+    /// payload (see `SetKeyType.ifnameNDTarget`).
+    public static let ndTargets = "inst-nd-targets"
     /// Dispatch map for traffic from instances: interface → jump out-<inst>.
     public static let fromInstanceMap = "from-inst"
     /// Dispatch map for traffic to instances: interface → jump in-<inst>.

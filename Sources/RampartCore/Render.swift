@@ -4,6 +4,9 @@
 public enum Render {
     static let l4names: [UInt8: String] = [1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp"]
 
+    /// A protocol's name as nft writes it (`tcp`), or its number.
+    public static func protocolName(_ n: UInt8) -> String { l4names[n] ?? String(n) }
+
     static func q(_ name: String) -> String { Naming.nftQuoted(name) }
 
     static func ref(_ name: String) -> String { "@" + q(name) }
@@ -47,6 +50,14 @@ public enum Render {
         case .etherSaddrNot(let mac): return "ether saddr != \(mac)"
         case .ifaceSaddrNotInSet(let f, let s): return "iifname . \(f == .ipv4 ? "ip" : "ip6") saddr != \(ref(s))"
         case .ifaceEtherSaddrNotInSet(let s): return "iifname . ether saddr != \(ref(s))"
+        case .iifnamePrefix(let p): return "iifname \"\(p)*\""
+        case .oifnamePrefix(let p): return "oifname \"\(p)*\""
+        case .ip6HopLimit(let h): return "ip6 hoplimit \(h)"
+        case .ip6HopLimitNot(let h): return "ip6 hoplimit != \(h)"
+        case .tcpNotInitialSYN: return "tcp flags & (fin|syn|rst|ack) != syn"
+        // nft 1.0.6 has no name for the target field: raw payload (ICMPv6 bytes 8-9, 8-23).
+        case .ndTargetNotLinkLocal: return "@th,64,16 & 0xffc0 != 0xfe80"
+        case .ifaceNDTargetNotInSet(let s): return "iifname . @th,64,128 != \(ref(s))"
         }
     }
 
@@ -85,16 +96,30 @@ public enum Render {
         return out + "\t}\n"
     }
 
-    static func elements<S: Sequence>(_ e: S) -> String where S.Element == SetElement {
-        e.sorted().map(\.description).joined(separator: ", ")
+    static func elements<S: Sequence>(_ e: S, keyType: SetKeyType? = nil) -> String where S.Element == SetElement {
+        e.sorted().map { keyType == .ifnameNDTarget ? ndTargetText($0) : $0.description }.joined(separator: ", ")
+    }
+
+    /// An element of the neighbour-target set as nft reads it for a `typeof … @th,64,128` key:
+    /// the address as one 128-bit integer.
+    static func ndTargetText(_ e: SetElement) -> String {
+        guard case .ifaceIPv6(let i, let a) = e else { return e.description }
+        let hex = a.bytes.map { b in (b < 16 ? "0" : "") + String(b, radix: 16) }.joined()
+        return "\"" + i + "\" . 0x" + hex
+    }
+
+    /// The key type nft text needs for the elements of the set named `name` in a Plan (only the
+    /// neighbour-target set is written differently from its elements' own type).
+    static func planKeyType(_ name: String) -> SetKeyType? {
+        name == Naming.ndTargets ? .ifnameNDTarget : nil
     }
 
     /// A whole IR as one `table` block, objects sorted by name so the text is stable.
     public static func ruleset(_ ir: RulesetIR) -> String {
         var out = "table \(ir.family) \(q(ir.tableName)) {\n"
         for s in ir.sets.values.sorted(by: { $0.name < $1.name }) {
-            out += "\tset \(q(s.name)) {\n\t\ttype \(s.keyType.rawValue)\n"
-            if !s.elements.isEmpty { out += "\t\telements = { \(elements(s.elements)) }\n" }
+            out += "\tset \(q(s.name)) {\n\t\t\(s.keyType.declaration)\n"
+            if !s.elements.isEmpty { out += "\t\telements = { \(elements(s.elements, keyType: s.keyType)) }\n" }
             out += "\t}\n"
         }
         for m in ir.maps.values.sorted(by: { $0.name < $1.name }) {
@@ -118,10 +143,10 @@ public enum Render {
             switch op {
             case .createTable: lines.append("add table \(t)")
             case .deleteTable: lines.append("delete table \(t)")
-            case .createSet(let h): lines.append("add set \(t) \(q(h.name)) { type \(h.keyType.rawValue); }")
+            case .createSet(let h): lines.append("add set \(t) \(q(h.name)) { \(h.keyType.declaration); }")
             case .deleteSet(let n): lines.append("delete set \(t) \(q(n))")
-            case .addElements(let n, let e): lines.append("add element \(t) \(q(n)) { \(elements(e)) }")
-            case .removeElements(let n, let e): lines.append("delete element \(t) \(q(n)) { \(elements(e)) }")
+            case .addElements(let n, let e): lines.append("add element \(t) \(q(n)) { \(elements(e, keyType: planKeyType(n))) }")
+            case .removeElements(let n, let e): lines.append("delete element \(t) \(q(n)) { \(elements(e, keyType: planKeyType(n))) }")
             case .createMap(let n): lines.append("add map \(t) \(q(n)) { type ifname : verdict; }")
             case .deleteMap(let n): lines.append("delete map \(t) \(q(n))")
             case .addMapElements(let n, let e): lines.append("add element \(t) \(q(n)) { \(mapElements(e)) }")

@@ -93,7 +93,7 @@ struct DocumentWalker {
     }
 
     mutating func document(_ root: JSONValue) -> Document? {
-        guard let top = object(root, "", allowed: ["version", "host", "groups", "instances"],
+        guard let top = object(root, "", allowed: ["version", "host", "groups", "instances", "guarded_prefixes"],
                                required: ["version", "host", "groups", "instances"]) else { return nil }
         if let v = top["version"] {
             if case .number(let t) = v {
@@ -104,7 +104,19 @@ struct DocumentWalker {
         }
         var host: String?
         if let h = top["host"], let s = string(h, "host") {
-            if s.isEmpty { issue("host", "must not be empty") } else { host = s }
+            if let p = Checks.hostProblem(s) { issue("host", p) } else { host = s }
+        }
+        var guarded: [String] = []
+        if let x = top["guarded_prefixes"] {
+            if case .array(let items) = x {
+                for (i, item) in items.enumerated() {
+                    let path = "guarded_prefixes[\(i)]"
+                    guard let p = string(item, path) else { continue }
+                    if let why = Checks.guardedPrefixProblem(p) { issue(path, why) } else { guarded.append(p) }
+                }
+            } else {
+                issue("guarded_prefixes", "expected an array, got \(x.typeName)")
+            }
         }
         // Group ids are collected first so that references can be checked even when a group's
         // body is itself invalid.
@@ -123,7 +135,7 @@ struct DocumentWalker {
             if let i = instance(iv, joinPath("instances", iid), thisHost: host, exists: exists) { instances[iid] = i } else { instancesOK = false }
         }
         guard let host, groupsOK, instancesOK, issues.isEmpty else { return nil }
-        return Document(host: host, groups: groups, instances: instances)
+        return Document(host: host, groups: groups, instances: instances, guardedPrefixes: guarded)
     }
 
     private mutating func group(_ v: JSONValue, _ path: String, exists: (String) -> Bool) -> Group? {
@@ -242,7 +254,7 @@ struct DocumentWalker {
         let before = issues.count
         var host: String?
         if let x = o["host"], let s = string(x, joinPath(path, "host")) {
-            if s.isEmpty { issue(joinPath(path, "host"), "must not be empty") } else { host = s }
+            if let p = Checks.hostProblem(s) { issue(joinPath(path, "host"), p) } else { host = s }
         }
         var groups: [String] = []
         if let x = o["groups"] {
@@ -261,7 +273,11 @@ struct DocumentWalker {
                 if items.isEmpty { issue(ip, "needs at least one address") }
                 for (i, item) in items.enumerated() {
                     guard let s = string(item, ip + "[\(i)]") else { continue }
-                    if let a = IPAddress(s) { ips.append(a) } else { issue(ip + "[\(i)]", "\(quoted(s)) is not an IPv4 or IPv6 address") }
+                    if let a = IPAddress(s) {
+                        if let p = Checks.instanceAddressProblem(a) { issue(ip + "[\(i)]", p) } else { ips.append(a) }
+                    } else {
+                        issue(ip + "[\(i)]", "\(quoted(s)) is not an IPv4 or IPv6 address")
+                    }
                 }
             } else { issue(ip, "expected an array, got \(x.typeName)") }
         }

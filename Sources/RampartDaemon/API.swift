@@ -64,7 +64,7 @@ public struct APIRouter: Sendable {
             let st = daemon.currentStatus
             return APIResponse(status: st.ready ? 200 : 503, body: st.json + "\n")
         case .resync:
-            daemon.wait(for: daemon.requestResync()) { reply(Self.outcomeResponse($0)) }
+            _ = daemon.requestResync { reply(Self.outcomeResponse($0)) }
             return nil
         case .refresh(let refresh, let wait):
             switch refresh {
@@ -76,12 +76,19 @@ public struct APIRouter: Sendable {
                 }
             case .instance, .host: break
             }
-            let ticket = daemon.enqueue(refresh)
+            // The waiter is registered with the ticket, so the answer is the outcome of the drain
+            // that carried this refresh; a full queue is answered 503 with Retry-After.
+            var onDone: (@Sendable (SyncOutcome) -> Void)?
+            if wait { onDone = { (o: SyncOutcome) in reply(Self.outcomeResponse(o)) } }
+            guard let ticket = daemon.offer(refresh, reply: onDone) else {
+                return Self.queueFull
+            }
             if !wait { return APIResponse(status: 202, body: "{\"status\":\"queued\",\"ticket\":\(ticket)}\n") }
-            daemon.wait(for: ticket) { reply(Self.outcomeResponse($0)) }
             return nil
         }
     }
+
+    static let queueFull = APIResponse.error(503, "too many refreshes queued; retry later", headers: [("Retry-After", "1")])
 
     private static func outcomeResponse(_ o: SyncOutcome) -> APIResponse {
         switch o {

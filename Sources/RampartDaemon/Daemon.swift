@@ -16,7 +16,13 @@ public enum SyncOutcome: Sendable, Equatable {
 /// The daemon's state as `GET /v1/status` shows it.
 public struct DaemonStatus: Sendable {
     public var host: String
+    /// Serving a kernel in sync: the first sync succeeded and fewer than `--max-failed-syncs`
+    /// syncs in a row have failed since.
     public var ready: Bool
+    /// The first sync succeeded (sd_notify READY=1 was sent).
+    public var synced: Bool = false
+    /// Syncs (first sync, drains, resyncs) that failed in a row; 0 after a success.
+    public var consecutiveFailedSyncs: Int = 0
     public var generation: UInt32?
     public var lastSync: Date?
     public var lastSyncMillis: Double?
@@ -27,6 +33,13 @@ public struct DaemonStatus: Sendable {
     public var resyncs: Int
     public var driftRepaired: Int
     public var pending: Int
+    /// API refresh calls refused because the queue was full (503).
+    public var refreshesRefused: Int = 0
+    /// Conntrack entries deleted because a commit no longer allowed them (contract rule 8).
+    public var conntrackCut: Int = 0
+    /// The last commit's conntrack cut failed: old connections may still pass until a later
+    /// sync cuts them (it then looks at the whole table).
+    public var conntrackCutOwed: Bool = false
     public var instances: Int
     public var localInstances: Int
     public var groups: Int
@@ -39,7 +52,8 @@ public struct DaemonStatus: Sendable {
         return """
             {"host":\(s(host)),"ready":\(ready),"generation":\(generation.map(String.init) ?? "null"),\
             "last_sync":\(s(lastSync.map { iso.string(from: $0) })),"last_sync_ms":\(lastSyncMillis.map { String(format: "%.3f", $0) } ?? "null"),\
-            "last_error":\(s(lastError)),"syncs":\(syncs),"commits":\(commits),"refreshes_received":\(refreshesReceived),\
+            "last_error":\(s(lastError)),"consecutive_failed_syncs":\(consecutiveFailedSyncs),"syncs":\(syncs),"commits":\(commits),"refreshes_received":\(refreshesReceived),"refreshes_refused":\(refreshesRefused),\
+            "conntrack_cut":\(conntrackCut),"conntrack_cut_owed":\(conntrackCutOwed),\
             "resyncs":\(resyncs),"drift_repaired":\(driftRepaired),"pending":\(pending),\
             "counts":{"instances":\(instances),"local_instances":\(localInstances),"groups":\(groups),"chains":\(chains),"sets":\(sets)}}
             """
@@ -58,11 +72,22 @@ public final class Daemon: @unchecked Sendable {
         /// Seconds between periodic resyncs (read-back and drift repair).
         public var resyncInterval: Double
         public var table: String
-        public init(host: String, namespace: NetworkNamespace = .current, resyncInterval: Double = 30, table: String = Naming.table) {
+        /// After this many failed syncs in a row, `/v1/status` answers 503 (not ready) until one succeeds.
+        public var maxFailedSyncs: Int
+        /// Allow a first sync that removes every local instance from a table that holds some.
+        public var allowEmpty: Bool
+        /// Distinct refreshes waiting for a drain, at most (a refresh already pending is always
+        /// accepted: it costs nothing). Beyond it the API answers 503 with Retry-After.
+        public var maxQueuedRefreshes: Int
+        public init(host: String, namespace: NetworkNamespace = .current, resyncInterval: Double = 30, table: String = Naming.table,
+                    maxFailedSyncs: Int = 3, allowEmpty: Bool = false, maxQueuedRefreshes: Int = 10_000) {
             self.host = host
             self.namespace = namespace
             self.resyncInterval = resyncInterval
             self.table = table
+            self.maxFailedSyncs = max(1, maxFailedSyncs)
+            self.allowEmpty = allowEmpty
+            self.maxQueuedRefreshes = max(1, maxQueuedRefreshes)
         }
     }
 
@@ -78,6 +103,12 @@ public final class Daemon: @unchecked Sendable {
     private var localCache: [String: Instance]?
     private var backend: NFTablesBackend?
     private let makeClient: @Sendable () throws -> NFTablesClient
+    /// Whether commits are followed by the conntrack cut (a real kernel; not with an injected
+    /// client such as `RecordingNFTables`).
+    private let cutsConntrack: Bool
+    private var conntrack: ConntrackConnection?
+    /// A cut failed after its commit: the next sync cuts over the whole table.
+    private var cutOwed = false
 
     // Shared state, under `cond`.
     private let cond = NSCondition()
@@ -87,6 +118,20 @@ public final class Daemon: @unchecked Sendable {
     private var completed: UInt64 = 0
     private var lastOutcome: SyncOutcome = .failed("not synced yet")
     private var waiters: [(ticket: UInt64, reply: @Sendable (SyncOutcome) -> Void)] = []
+    /// Tickets of resync requests not yet covered (answered with the resync's outcome; refresh
+    /// tickets are answered with the outcome of the drain that carried them).
+    private var resyncTickets = Set<UInt64>()
+    /// The outcomes of recent passes, for a ticket whose waiter arrives after its pass.
+    private var history: [Pass] = []
+    private struct Pass {
+        /// The tickets after `after` up to `through` were covered by this pass.
+        var after: UInt64
+        var through: UInt64
+        var refresh: SyncOutcome
+        var resync: SyncOutcome
+        var resyncTickets: Set<UInt64>
+        func outcome(_ ticket: UInt64) -> SyncOutcome { resyncTickets.contains(ticket) ? resync : refresh }
+    }
     private var stopping = false
     private var resyncNow = false
     private var status: DaemonStatus
@@ -104,6 +149,8 @@ public final class Daemon: @unchecked Sendable {
     private let driftCounter: Metrics.Counter
     private let refreshCounter: Metrics.Counter
     private let coalescedGauge: Metrics.Gauge
+    private let conntrackCutCounter: Metrics.Counter
+    private let conntrackTimer: Metrics.Timer
 
     public init(configuration: Configuration, store: Store, logger: Logger = Logger(label: "rampartd"),
                 client: (@Sendable () throws -> NFTablesClient)? = nil) {
@@ -112,6 +159,7 @@ public final class Daemon: @unchecked Sendable {
         self.logger = logger
         let ns = configuration.namespace
         makeClient = client ?? { try NFTablesConnection(namespace: ns) }
+        cutsConntrack = client == nil
         engine = Engine(host: configuration.host)
         status = DaemonStatus(host: configuration.host, ready: false, syncs: 0, commits: 0, refreshesReceived: 0, resyncs: 0,
                               driftRepaired: 0, pending: 0, instances: 0, localInstances: 0, groups: 0, chains: 0, sets: 0)
@@ -127,6 +175,8 @@ public final class Daemon: @unchecked Sendable {
         driftCounter = Metrics.Counter(label: "rampart_drift_repaired_total", factory: factory)
         refreshCounter = Metrics.Counter(label: "rampart_refresh_calls_total", factory: factory)
         coalescedGauge = Metrics.Gauge(label: "rampart_last_drain_items", factory: factory)
+        conntrackCutCounter = Metrics.Counter(label: "rampart_conntrack_cut_total", factory: factory)
+        conntrackTimer = Metrics.Timer(label: "rampart_conntrack_cut_duration_seconds", factory: factory)
     }
 
     // MARK: lifecycle
@@ -159,7 +209,7 @@ public final class Daemon: @unchecked Sendable {
     public func waitUntilReady() async {
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
             cond.lock()
-            if status.ready { cond.unlock(); c.resume(); return }
+            if status.synced { cond.unlock(); c.resume(); return }
             readyContinuations.append(c)
             cond.unlock()
         }
@@ -168,7 +218,7 @@ public final class Daemon: @unchecked Sendable {
     /// Runs `body` once, after the first successful sync (sd_notify READY=1).
     public func whenReady(_ body: @escaping @Sendable () -> Void) {
         cond.lock()
-        if status.ready { cond.unlock(); body(); return }
+        if status.synced { cond.unlock(); body(); return }
         onReady.append(body)
         cond.unlock()
     }
@@ -178,7 +228,48 @@ public final class Daemon: @unchecked Sendable {
         defer { cond.unlock() }
         var s = status
         s.pending = pending.count
+        s.ready = s.synced && s.consecutiveFailedSyncs < configuration.maxFailedSyncs
         return s
+    }
+
+    /// What refuses to start the daemon (checked by `rampartd` before it serves, so that it exits
+    /// with the kernel untouched; the first sync checks the same): a host the store does not know
+    /// (a mistyped `--host`), and without `allowEmpty` a document with no instance of this host
+    /// while the kernel's table holds instances (a wrong store would remove every instance's rules).
+    public func preflight() throws {
+        try checkHostKnown()
+        let doc = try store.document(forHost: host)
+        guard !configuration.allowEmpty, !doc.instances.values.contains(where: { $0.host == host }) else { return }
+        let b = NFTablesBackend(client: try makeClient(), table: configuration.table)
+        try checkNotEmptying(doc, kernel: try b.readBack(reference: nil))
+    }
+
+    public struct Refusal: Error, CustomStringConvertible, Sendable {
+        public var description: String
+    }
+
+    private func checkHostKnown() throws {
+        if try !store.knowsHost(host) {
+            throw Refusal(description: "the store does not know host \(jsonString(host)) (no instance was ever registered for it): "
+                + "check --host; `rampart instance add … --host \(host)` or `rampart import` of its document registers it")
+        }
+    }
+
+    /// Instances the kernel's table holds on this host (its dispatch entries, or its instance chains).
+    static func kernelInstances(_ ir: RulesetIR?) -> Int {
+        guard let ir else { return 0 }
+        let mapped = ir.maps[Naming.fromInstanceMap]?.elements.count ?? 0
+        let chains = ir.chains.keys.reduce(0) { $0 + ($1.hasPrefix("out-") ? 1 : 0) }
+        return max(mapped, chains)
+    }
+
+    private func checkNotEmptying(_ doc: Document, kernel: RulesetIR?) throws {
+        guard !configuration.allowEmpty, !doc.instances.values.contains(where: { $0.host == host }) else { return }
+        let n = Self.kernelInstances(kernel)
+        if n > 0 {
+            throw Refusal(description: "refusing the first sync: the store has no instance on host \(host) but the kernel's table holds \(n); "
+                + "it would remove every instance's rules (start with --allow-empty if that is meant)")
+        }
     }
 
     // MARK: refresh calls
@@ -196,6 +287,34 @@ public final class Daemon: @unchecked Sendable {
         return requested
     }
 
+    /// The API's enqueue: refused (nil) when `maxQueuedRefreshes` distinct refreshes already wait
+    /// and this one is not among them; with `reply`, the waiter is registered atomically with
+    /// the ticket and answered with the outcome of the drain that carries it.
+    public func offer(_ refresh: Refresh, reply: (@Sendable (SyncOutcome) -> Void)? = nil) -> UInt64? {
+        cond.lock()
+        if !pending.contains(refresh) && pending.count >= configuration.maxQueuedRefreshes {
+            status.refreshesRefused += 1
+            cond.unlock()
+            return nil
+        }
+        pending.insert(refresh)
+        requested += 1
+        let ticket = requested
+        status.refreshesReceived += 1
+        refreshCounter.increment()
+        if let reply {
+            if stopping {
+                cond.unlock()
+                reply(.failed("daemon stopping"))
+                return ticket
+            }
+            waiters.append((ticket, reply))
+        }
+        cond.signal()
+        cond.unlock()
+        return ticket
+    }
+
     /// Waits until the drain covering `ticket` has committed (or failed).
     public func wait(for ticket: UInt64) async -> SyncOutcome {
         await withCheckedContinuation { (c: CheckedContinuation<SyncOutcome, Never>) in
@@ -209,7 +328,7 @@ public final class Daemon: @unchecked Sendable {
         cond.lock()
         if stopping { cond.unlock(); reply(.failed("daemon stopping")); return }
         if ticket <= completed {
-            let o = lastOutcome
+            let o = history.first(where: { $0.after < ticket && ticket <= $0.through })?.outcome(ticket) ?? lastOutcome
             cond.unlock()
             reply(o)
             return
@@ -228,11 +347,20 @@ public final class Daemon: @unchecked Sendable {
         await wait(for: requestResync())
     }
 
-    public func requestResync() -> UInt64 {
+    public func requestResync(reply: (@Sendable (SyncOutcome) -> Void)? = nil) -> UInt64 {
         cond.lock()
         defer { cond.unlock() }
         resyncNow = true
         requested += 1
+        resyncTickets.insert(requested)
+        if let reply {
+            if stopping {
+                let t = requested
+                DispatchQueue.global().async { reply(.failed("daemon stopping")) }
+                return t
+            }
+            waiters.append((requested, reply))
+        }
         cond.signal()
         return requested
     }
@@ -251,14 +379,16 @@ public final class Daemon: @unchecked Sendable {
             cond.unlock()
             if stop { break }
             if let err = firstSync() {
-                finish(through: covered, .failed(err))
+                finish(through: covered, refresh: .failed(err), resync: .failed(err))
                 cond.lock()
                 _ = cond.wait(until: Date().addingTimeInterval(retryDelay))
                 cond.unlock()
                 retryDelay = min(retryDelay * 2, 5)
                 continue
             }
-            finish(through: covered, .committed(generation: backend?.mirrorGeneration))
+            retryDelay = 0.2
+            let ok = SyncOutcome.committed(generation: backend?.mirrorGeneration)
+            finish(through: covered, refresh: ok, resync: ok)
             markReady()
             break
         }
@@ -277,24 +407,31 @@ public final class Daemon: @unchecked Sendable {
             resyncNow = false
             cond.unlock()
 
-            var outcome: SyncOutcome = .committed(generation: backend?.mirrorGeneration)
-            if !items.isEmpty { outcome = drain(items) }
-            if doResync || outcome != .committed(generation: backend?.mirrorGeneration) {
+            // Refresh tickets get the outcome of the drain that carried them (or, if it failed,
+            // of the repair that reloaded the store after it); resync tickets get the resync's.
+            var refreshOutcome: SyncOutcome = .committed(generation: backend?.mirrorGeneration)
+            if !items.isEmpty { refreshOutcome = drain(items) }
+            var resyncOutcome = refreshOutcome
+            let drainFailed = { if case .failed = refreshOutcome { true } else { false } }()
+            if doResync || drainFailed {
                 if let err = periodicResync() {
-                    outcome = .failed(err)
+                    resyncOutcome = .failed(err)
                     needsRepair = true
-                    cond.lock()
-                    _ = cond.wait(until: Date().addingTimeInterval(retryDelay))
-                    cond.unlock()
-                    retryDelay = min(retryDelay * 2, 5)
                 } else {
-                    if case .failed = outcome { outcome = .committed(generation: backend?.mirrorGeneration) }
+                    resyncOutcome = .committed(generation: backend?.mirrorGeneration)
+                    if drainFailed { refreshOutcome = resyncOutcome }
                     needsRepair = false
                     retryDelay = 0.2
                 }
                 nextResync = Date().addingTimeInterval(configuration.resyncInterval)
             }
-            finish(through: covered, outcome)
+            finish(through: covered, refresh: refreshOutcome, resync: resyncOutcome)
+            if needsRepair {
+                cond.lock()
+                _ = cond.wait(until: Date().addingTimeInterval(retryDelay))
+                cond.unlock()
+                retryDelay = min(retryDelay * 2, 5)
+            }
         }
         cond.lock()
         finished = true
@@ -303,29 +440,41 @@ public final class Daemon: @unchecked Sendable {
         logger.info("worker stopped; rules left in place")
     }
 
-    private func finish(through covered: UInt64, _ outcome: SyncOutcome) {
+    /// Answers every ticket up to `covered` and counts the pass as a success or a failure
+    /// (`consecutiveFailedSyncs`, which decides readiness).
+    private func finish(through covered: UInt64, refresh: SyncOutcome, resync: SyncOutcome) {
         cond.lock()
-        completed = max(completed, covered)
-        lastOutcome = outcome
-        var ready: [@Sendable (SyncOutcome) -> Void] = []
+        let through = max(completed, covered)
+        let tickets = resyncTickets.filter { $0 <= covered }
+        resyncTickets.subtract(tickets)
+        let pass = Pass(after: completed, through: through, refresh: refresh, resync: resync, resyncTickets: tickets)
+        completed = through
+        history.append(pass)
+        if history.count > 256 { history.removeFirst(history.count - 256) }
+        var ready: [(@Sendable (SyncOutcome) -> Void, SyncOutcome)] = []
         waiters.removeAll { w in
-            if w.ticket <= covered { ready.append(w.reply); return true }
+            if w.ticket <= covered { ready.append((w.reply, pass.outcome(w.ticket))); return true }
             return false
         }
-        switch outcome {
-        case .committed(let g):
-            status.generation = g ?? status.generation
+        var failure: String?
+        for o in [refresh, resync] { if case .failed(let e) = o { failure = e } }
+        if let failure {
+            lastOutcome = .failed(failure)
+            status.lastError = failure
+            status.consecutiveFailedSyncs += 1
+        } else {
+            lastOutcome = refresh
+            if case .committed(let g) = refresh { status.generation = g ?? status.generation }
             status.lastError = nil
-        case .failed(let e):
-            status.lastError = e
+            status.consecutiveFailedSyncs = 0
         }
         cond.unlock()
-        for r in ready { r(outcome) }
+        for (r, o) in ready { r(o) }
     }
 
     private func markReady() {
         cond.lock()
-        status.ready = true
+        status.synced = true
         let cs = readyContinuations
         readyContinuations = []
         let hooks = onReady
@@ -372,7 +521,11 @@ public final class Daemon: @unchecked Sendable {
     /// Converges the kernel to the engine's committed IR (reading back when the mirror is not
     /// trusted) and counts what it took; `asDrift` also counts the operations as drift repaired.
     private func converge(_ b: NFTablesBackend, asDrift: Bool) throws -> Plan {
+        // What the kernel holds before (converge then trusts it while the generation holds):
+        // tells the cut a chain that only gained rules from one that lost some.
+        let before = cutsConntrack ? try b.committed(reference: engine.committed) : nil
         let (plan, _) = try b.converge(to: engine.committed)
+        cutConnections(after: plan, before: before)
         guard !plan.isEmpty else { return plan }
         opsApplied.increment(by: plan.ops.count)
         commitCounter.increment()
@@ -383,6 +536,42 @@ public final class Daemon: @unchecked Sendable {
             cond.unlock()
         }
         return plan
+    }
+
+    /// Revocation is immediate (contract rule 8): after a commit of `plan` (from `before`), the
+    /// conntrack entries the committed IR no longer allows are deleted, before the drain answers.
+    /// A failure is recorded (status, error counter) and owed: the next sync cuts over the whole
+    /// table, even with an empty plan.
+    private func cutConnections(after plan: Plan, before: RulesetIR?) {
+        guard cutsConntrack else { return }
+        guard let ir = engine.committed else { cutOwed = false; return }  // no table: nothing is enforced
+        var scope = Revocation.scope(of: plan, result: ir, previous: before)
+        if cutOwed { scope = .all }
+        guard scope != .none else { return }
+        let ns = configuration.namespace
+        do {
+            if conntrack == nil { conntrack = try ConntrackConnection(namespace: ns) }
+            let report = try Revocation.run(conntrack!, ir: ir, scope: scope, departed: Revocation.departed(in: plan, result: ir),
+                                            hostAddresses: try Revocation.hostAddresses(in: ns))
+            cutOwed = false
+            conntrackTimer.recordNanoseconds(Int64(report.nanoseconds))
+            if report.cut > 0 {
+                conntrackCutCounter.increment(by: report.cut)
+                logger.info("conntrack: \(report.cut) cut", metadata: ["examined": "\(report.examined)", "dumps": "\(report.dumps)",
+                                                                      "ms": "\(Double(report.nanoseconds) / 1e6)"])
+            }
+            cond.lock()
+            status.conntrackCut += report.cut
+            status.conntrackCutOwed = false
+            cond.unlock()
+        } catch {
+            cutOwed = true
+            conntrack = nil
+            cond.lock()
+            status.conntrackCutOwed = true
+            cond.unlock()
+            record(error: "committed, but the conntrack cut failed (old connections may still pass): \(error)")
+        }
     }
 
     /// Records a sync's duration (timer and status); returns it in nanoseconds.
@@ -399,7 +588,12 @@ public final class Daemon: @unchecked Sendable {
         let start = DispatchTime.now().uptimeNanoseconds
         do {
             let b = try connect()
+            try checkHostKnown()
             let doc = try store.document(forHost: host)
+            if !configuration.allowEmpty && !doc.instances.values.contains(where: { $0.host == host }) {
+                try checkNotEmptying(doc, kernel: try b.committed(reference: nil))
+                b.invalidate()  // read back against the real reference below
+            }
             _ = try engine.apply(document: doc)
             localCache = nil
             let plan = try converge(b, asDrift: false)
@@ -445,7 +639,9 @@ public final class Daemon: @unchecked Sendable {
         }
         do {
             let b = try connect()
+            let before = b.mirror
             try b.commit(plan, result: engine.committed)
+            cutConnections(after: plan, before: before)
             opsApplied.increment(by: plan.ops.count)
             commitCounter.increment()
             recordSync(since: start, commits: 1)
@@ -482,7 +678,9 @@ public final class Daemon: @unchecked Sendable {
                 // its own so that it is not counted as drift; if refused, the converge below
                 // (from a fresh read-back) does it.
                 do {
+                    let before = b.mirror
                     try b.commit(catchUp, result: engine.committed)
+                    cutConnections(after: catchUp, before: before)
                     opsApplied.increment(by: catchUp.ops.count)
                     commitCounter.increment()
                     caughtUp = true
@@ -657,6 +855,8 @@ public final class Daemon: @unchecked Sendable {
         let st = currentStatus
         s += "# TYPE rampart_ready gauge\nrampart_ready \(st.ready ? 1 : 0)\n"
         s += "# TYPE rampart_pending_refreshes gauge\nrampart_pending_refreshes \(st.pending)\n"
+        s += "# TYPE rampart_consecutive_failed_syncs gauge\nrampart_consecutive_failed_syncs \(st.consecutiveFailedSyncs)\n"
+        s += "# TYPE rampart_refreshes_refused_total counter\nrampart_refreshes_refused_total \(st.refreshesRefused)\n"
         s += "# TYPE rampart_instances gauge\nrampart_instances{scope=\"local\"} \(st.localInstances)\nrampart_instances{scope=\"document\"} \(st.instances)\n"
         return s
     }

@@ -4,58 +4,163 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import NIOConcurrencyHelpers
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The API served over HTTP/1.1 on a Unix domain socket (SwiftNIO). The socket is created with
 /// mode 0600 (umask 0177 around bind), so only its owner (root) can connect.
+///
+/// Limits (each a `rampartd` flag): a connection with no complete request within `idleTimeout`
+/// seconds of opening or of its last answer is closed (a client that sends nothing, or trickles
+/// bytes, cannot hold a connection); beyond `maxConnections` open connections a new one is
+/// answered 503 with Retry-After and closed at once, so idle sockets cannot lock clients out
+/// for longer than the idle timeout.
 public final class APIServer: Sendable {
+    public struct Limits: Sendable {
+        public var idleTimeout: Double
+        public var maxConnections: Int
+        public init(idleTimeout: Double = 10, maxConnections: Int = 128) {
+            self.idleTimeout = idleTimeout
+            self.maxConnections = max(1, maxConnections)
+        }
+    }
+
     public let socketPath: String
     public let router: APIRouter
+    public let limits: Limits
     private let group: MultiThreadedEventLoopGroup
     private let channel: NIOLockedValueBox<Channel?> = NIOLockedValueBox(nil)
+    private let bound: NIOLockedValueBox<(dev: UInt64, ino: UInt64)?> = NIOLockedValueBox(nil)
+    private let connections = NIOLockedValueBox(0)
     private let logger: Logger
 
-    public init(socketPath: String, router: APIRouter, logger: Logger = Logger(label: "rampartd.api")) {
+    public init(socketPath: String, router: APIRouter, limits: Limits = Limits(), logger: Logger = Logger(label: "rampartd.api")) {
         self.socketPath = socketPath
         self.router = router
+        self.limits = limits
         self.logger = logger
         group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     }
 
+    /// Connections open now (for tests and status).
+    public var openConnections: Int { connections.withLockedValue { $0 } }
+
     /// Binds the socket (replacing a stale one) and starts accepting.
     /// `mode` and `group` open the socket to a group of non-root clients when asked (the default
     /// is root only).
+    ///
+    /// Nothing but a socket is ever replaced, and nothing is followed through a symbolic link:
+    /// the socket's directory must be owned by this user and writable by nobody else (so no one
+    /// else can swap the entry between our checks and our calls); the entry is examined with
+    /// `fstatat(AT_SYMLINK_NOFOLLOW)` relative to that directory's descriptor; a stale socket is
+    /// removed with `unlinkat`; anything else at the path (a regular file, a directory, a
+    /// symbolic link) is refused untouched. `bind` creates the socket 0600 (umask 0177, so there
+    /// is no window in which others could connect) and never follows a link (it fails if the path
+    /// exists); the group and mode are then set with `fchownat`/`fchmodat` with
+    /// `AT_SYMLINK_NOFOLLOW` (the socket inode's own `fchmod` would not change the path's
+    /// permissions, which are what `connect` checks).
     public func start(mode: mode_t = 0o600, group gid: gid_t? = nil) async throws {
-        let dir = (socketPath as NSString).deletingLastPathComponent
-        if !dir.isEmpty { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755]) }
-        if Self.someoneListens(on: socketPath) {
-            throw ServerError(description: "another process is serving on \(socketPath); not replacing its socket")
+        var dir = (socketPath as NSString).deletingLastPathComponent
+        if dir.isEmpty { dir = "." }
+        let name = (socketPath as NSString).lastPathComponent
+        var st = stat()
+        if lstat(dir, &st) != 0 {
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            chmod(dir, 0o755)
         }
-        unlink(socketPath)  // a stale socket left by a crash
+        let dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard dfd >= 0 else { throw ServerError(description: "cannot open the socket's directory \(dir): \(Self.errno())") }
+        defer { close(dfd) }
+        guard fstat(dfd, &st) == 0 else { throw ServerError(description: "\(dir): \(Self.errno())") }
+        if st.st_uid != geteuid() || st.st_mode & 0o022 != 0 {
+            throw ServerError(description: "the socket's directory \(dir) (owner uid \(st.st_uid), mode \(String(st.st_mode & 0o7777, radix: 8))) "
+                + "must be owned by uid \(geteuid()) and not writable by group or others")
+        }
+        if fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 {
+            guard st.st_mode & S_IFMT == S_IFSOCK else {
+                throw ServerError(description: "\(socketPath) exists and is \(Self.kind(st.st_mode)), not a socket; not replacing it (choose another --socket or remove it)")
+            }
+            if Self.someoneListens(on: socketPath) {
+                throw ServerError(description: "another process is serving on \(socketPath); not replacing its socket")
+            }
+            // a stale socket left by a crash
+            if unlinkat(dfd, name, 0) != 0 && Glibc.errno != ENOENT {
+                throw ServerError(description: "cannot remove the stale socket \(socketPath): \(Self.errno())")
+            }
+        } else if Glibc.errno != ENOENT {
+            throw ServerError(description: "\(socketPath): \(Self.errno())")
+        }
         let router = self.router
         let logger = self.logger
+        let limits = self.limits
+        let connections = self.connections
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
+                let n = connections.withLockedValue { $0 += 1; return $0 }
+                channel.closeFuture.whenComplete { _ in connections.withLockedValue { $0 -= 1 } }
+                return channel.eventLoop.makeCompletedFuture {
+                    if n > limits.maxConnections {
+                        try channel.pipeline.syncOperations.addHandler(RefuseHandler())
+                        return
+                    }
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-                    try channel.pipeline.syncOperations.addHandler(HTTPHandler(router: router, logger: logger))
+                    try channel.pipeline.syncOperations.addHandler(HTTPHandler(router: router, logger: logger, idleTimeout: limits.idleTimeout))
                 }
             }
         let old = umask(0o177)
-        defer { umask(old) }
-        let ch = try await bootstrap.bind(unixDomainSocketPath: socketPath).get()
-        if let gid, chown(socketPath, uid_t.max, gid) != 0 {
-            throw ServerError(description: "chown \(socketPath) to group \(gid): \(String(cString: strerror(errno)))")
+        let ch: Channel
+        do {
+            ch = try await bootstrap.bind(unixDomainSocketPath: socketPath).get()
+            umask(old)
+        } catch {
+            umask(old)
+            throw error
         }
-        chmod(socketPath, mode)
+        do {
+            if let gid, fchownat(dfd, name, uid_t.max, gid, AT_SYMLINK_NOFOLLOW) != 0 {
+                throw ServerError(description: "chown \(socketPath) to group \(gid): \(Self.errno())")
+            }
+            if mode != 0o600, fchmodat(dfd, name, mode, AT_SYMLINK_NOFOLLOW) != 0 {
+                throw ServerError(description: "chmod \(String(mode, radix: 8)) \(socketPath): \(Self.errno())")
+            }
+            guard fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0, st.st_mode & S_IFMT == S_IFSOCK else {
+                throw ServerError(description: "\(socketPath) is not our socket after bind")
+            }
+        } catch {
+            try? await ch.close()
+            unlinkat(dfd, name, 0)
+            throw error
+        }
+        bound.withLockedValue { $0 = (UInt64(st.st_dev), UInt64(st.st_ino)) }
         channel.withLockedValue { $0 = ch }
     }
 
     public func stop() async {
         let ch = channel.withLockedValue { c -> Channel? in let x = c; c = nil; return x }
         try? await ch?.close()
-        unlink(socketPath)
+        // Remove the socket only if the path still is the one we bound.
+        if let b = bound.withLockedValue({ v -> (dev: UInt64, ino: UInt64)? in let x = v; v = nil; return x }) {
+            var st = stat()
+            if lstat(socketPath, &st) == 0, st.st_mode & S_IFMT == S_IFSOCK, UInt64(st.st_dev) == b.dev, UInt64(st.st_ino) == b.ino {
+                unlink(socketPath)
+            }
+        }
         try? await group.shutdownGracefully()
+    }
+
+    static func errno() -> String { String(cString: strerror(Glibc.errno)) }
+
+    static func kind(_ mode: mode_t) -> String {
+        switch mode & S_IFMT {
+        case S_IFREG: "a regular file"
+        case S_IFDIR: "a directory"
+        case S_IFLNK: "a symbolic link"
+        case S_IFIFO: "a FIFO"
+        case S_IFCHR, S_IFBLK: "a device"
+        default: "not a socket"
+        }
     }
 }
 
@@ -87,13 +192,45 @@ private final class HTTPHandler: ChannelInboundHandler, @unchecked Sendable {
 
     let router: APIRouter
     let logger: Logger
+    let idleTimeout: Double
     private var head: HTTPRequestHead?
     private var body: [UInt8] = []
     private var tooLarge = false
+    /// A request is being answered: the idle timer does not run.
+    private var inFlight = false
+    private var timer: Scheduled<Void>?
 
-    init(router: APIRouter, logger: Logger) {
+    init(router: APIRouter, logger: Logger, idleTimeout: Double) {
         self.router = router
         self.logger = logger
+        self.idleTimeout = idleTimeout
+    }
+
+    /// The deadline for the next complete request: from the connection's start or its last
+    /// answer. Bytes trickling in do not extend it.
+    private func arm(_ context: ChannelHandlerContext) {
+        timer?.cancel()
+        guard idleTimeout > 0 else { return }
+        let ch = context.channel
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        timer = context.eventLoop.scheduleTask(in: .nanoseconds(Int64(idleTimeout * 1e9))) {
+            if !bound.value.inFlight { ch.close(promise: nil) }
+        }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        arm(context)
+        context.fireChannelActive()
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { arm(context) }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        timer?.cancel()
+        timer = nil
+        context.fireChannelInactive()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -111,6 +248,9 @@ private final class HTTPHandler: ChannelInboundHandler, @unchecked Sendable {
         case .end:
             guard let h = head else { return }
             head = nil
+            inFlight = true
+            timer?.cancel()
+            timer = nil
             let keepAlive = h.isKeepAlive && !tooLarge
             if tooLarge {
                 write(context: context, response: .error(413, "request body larger than \(APIRouter.maxBody) bytes"), version: h.version, keepAlive: false)
@@ -141,9 +281,46 @@ private final class HTTPHandler: ChannelInboundHandler, @unchecked Sendable {
         buf.writeString(response.body)
         context.write(wrapOutboundOut(.body(.byteBuffer(buf))), promise: nil)
         let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
+        inFlight = false
         if !keepAlive {
             let ch = context.channel
             done.whenComplete { _ in ch.close(promise: nil) }
+        } else {
+            arm(context)
         }
     }
+}
+
+/// A connection over the cap: answered 503 with Retry-After at once (before reading anything)
+/// and closed.
+private final class RefuseHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+    private var refused = false
+
+    static let response: String = {
+        let body = "{\"error\":\"too many connections; retry later\"}\n"
+        return "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+            + "Content-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n" + body
+    }()
+
+    func channelActive(context: ChannelHandlerContext) {
+        refuse(context)
+        context.fireChannelActive()
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { refuse(context) }
+    }
+
+    private func refuse(_ context: ChannelHandlerContext) {
+        guard !refused else { return }
+        refused = true
+        var buf = context.channel.allocator.buffer(capacity: Self.response.utf8.count)
+        buf.writeString(Self.response)
+        let ch = context.channel
+        context.writeAndFlush(wrapOutboundOut(buf)).whenComplete { _ in ch.close(promise: nil) }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
 }

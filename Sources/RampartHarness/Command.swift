@@ -33,9 +33,11 @@ public func runCommand(_ arguments: [String], input: String? = nil, check: Bool 
     if let input {
         let data = Data(input.utf8)
         // Write from another thread: a large input would fill the pipe while the child's
-        // output pipes fill too.
+        // output pipes fill too. A child that exits without reading its input (a refusal)
+        // closes the pipe: EPIPE is its business, not a crash of the caller (the non-throwing
+        // `write(_:)` traps on it).
         DispatchQueue.global().async {
-            inPipe.fileHandleForWriting.write(data)
+            try? inPipe.fileHandleForWriting.write(contentsOf: data)
             try? inPipe.fileHandleForWriting.close()
         }
     } else {

@@ -87,7 +87,7 @@ public enum IPTRender {
             case .ipv4Addr: st.sets[IPTNames.set(s.name)] = IPSetSpec(family: .ipv4, members: Set(s.elements.map(\.description)))
             case .ipv6Addr: st.sets[IPTNames.set(s.name)] = IPSetSpec(family: .ipv6, members: Set(s.elements.map(\.description)))
             case .ifname: break  // the instance interfaces become dispatch rules
-            case .ifnameIPv4, .ifnameIPv6, .ifnameEther: break  // anti-spoofing: see `InstanceChecks`
+            case .ifnameIPv4, .ifnameIPv6, .ifnameEther, .ifnameNDTarget: break  // anti-spoofing: see `InstanceChecks`
             }
         }
         let checks = InstanceChecks(ir)
@@ -238,8 +238,10 @@ public enum IPTRender {
             case .icmpv6Type(let t): icmp6Types = t; proto = proto ?? 58
             case .icmpv6Code(let c): icmp6Code = c
             case .etherSaddrNot(let m): mac.append("-m mac ! --mac-source \(m.description)")
-            case .ifaceSaddrNotInSet, .ifaceEtherSaddrNotInSet:
+            case .ifaceSaddrNotInSet, .ifaceEtherSaddrNotInSet, .ifaceNDTargetNotInSet:
                 throw IPTUnsupported("interface . address sets in regular chains")
+            case .iifnamePrefix, .oifnamePrefix, .ip6HopLimit, .ip6HopLimitNot, .tcpNotInitialSYN, .ndTargetNotLinkLocal:
+                throw IPTUnsupported("base-chain matches in regular chains")
             }
         }
         guard src.count <= 1, dst.count <= 1 else { throw IPTUnsupported("several address prefixes in one rule") }

@@ -15,7 +15,9 @@ enum Observe {
 
     static func ir(_ snap: TableSnapshot, reference: RulesetIR?) -> RulesetIR {
         var ir = RulesetIR()
-        for def in snap.sets {
+        // An anonymous set (someone's `tcp dport { 1, 2 }` in our table) is part of the rule that
+        // uses it: repairing that rule's chain removes it; planning its deletion would be refused.
+        for def in snap.sets where !def.isAnonymous {
             let raw = snap.elements[def.name] ?? []
             if def.isVerdictMap {
                 var m = VerdictMap(name: def.name)

@@ -46,6 +46,7 @@ enum Translate {
         case .ifname: .ifname
         case .ifnameIPv4: .ifnameIPv4
         case .ifnameIPv6: .ifnameIPv6
+        case .ifnameNDTarget: .ifnameTransport128
         case .ifnameEther: .ifnameEther
         }
     }
@@ -58,6 +59,7 @@ enum Translate {
         case .ifnameIPv4: .ifnameIPv4
         case .ifnameIPv6: .ifnameIPv6
         case .ifnameEther: .ifnameEther
+        case .ifnameTransport128: .ifnameNDTarget
         default: nil
         }
     }
@@ -81,7 +83,7 @@ enum Translate {
         case .ipv6Address: return ipv6(key).map { .ipv6($0) }
         case .ifname: return .ifname(ifname(key))
         case .ifnameIPv4: return ipv4(Array(key.dropFirst(16))).map { .ifaceIPv4(iface, $0) }
-        case .ifnameIPv6: return ipv6(Array(key.dropFirst(16))).map { .ifaceIPv6(iface, $0) }
+        case .ifnameIPv6, .ifnameTransport128: return ipv6(Array(key.dropFirst(16))).map { .ifaceIPv6(iface, $0) }
         case .ifnameEther:
             guard key.count == 24 else { return nil }
             return .ifaceEther(iface, MACAddress(raw: key[16..<22].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }))
@@ -152,6 +154,13 @@ enum Translate {
             case .ifaceSaddrNotInSet(let f, let s):
                 need(f); out += Match.interfaceAndSourceWithoutFamilyCheck(ipv6: f == .ipv6, inSet: s, inverted: true)
             case .ifaceEtherSaddrNotInSet(let s): out += Match.interfaceAndEtherSource(inSet: s, inverted: true)
+            case .iifnamePrefix(let p): out += Match.interface(.iifname, prefix: p)
+            case .oifnamePrefix(let p): out += Match.interface(.oifname, prefix: p)
+            case .ip6HopLimit(let h): need(.ipv6); out += Match.ip6HopLimit(h)
+            case .ip6HopLimitNot(let h): need(.ipv6); out += Match.ip6HopLimit(h, equal: false)
+            case .tcpNotInitialSYN: need(l4: 6); out += Match.tcpNotInitialSYN
+            case .ndTargetNotLinkLocal: need(l4: 58); out += Match.ndTargetNotLinkLocal
+            case .ifaceNDTargetNotInSet(let s): need(l4: 58); out += Match.interfaceAndNDTarget(inSet: s, inverted: true)
             }
         }
         if r.counter { out += Match.counter }

@@ -141,6 +141,7 @@ enum Decode {
                              isInterval: flags & 0x4 != 0, isVerdictMap: flags & 0x8 != 0,
                              comment: ud.comment, tag: ud.tag)
         definition.keyLength = nftnl_set_get_u32(s, attr(NFTNL_SET_KEY_LEN))
+        definition.isAnonymous = flags & 0x1 != 0
         return definition
     }
 

@@ -299,7 +299,11 @@ final class NftnlSet {
         // nft needs the key's byte order to print elements (an ifname is a string, in host
         // order; without this nft prints every name as "").
         var order = UserData()
-        order.put(UserData.setKeyByteOrderType, withUnsafeBytes(of: d.keyType.nftByteOrder) { Array($0) })
+        if let typeof = d.keyType.nftTypeofUserData {
+            order.bytes = typeof
+        } else {
+            order.put(UserData.setKeyByteOrderType, withUnsafeBytes(of: d.keyType.nftByteOrder) { Array($0) })
+        }
         let udata = try UserData.encode(comment: d.comment, commentType: UserData.setCommentType, tag: d.tag, prefix: order)
         udata.withUnsafeBytes { _ = nftnl_set_set_data(pointer, UInt16(NFTNL_SET_USERDATA.rawValue), $0.baseAddress, UInt32($0.count)) }
     }

@@ -259,6 +259,41 @@ public enum Match {
                 .cmp(sreg: .r1, op: equal ? .eq : .neq, data: mac)]
     }
 
+    /// `iifname "tap*"` / `oifname "tap*"`: the name starts with `prefix` (nft compares only
+    /// the prefix's bytes, without the terminating NUL).
+    public static func interface(_ key: MetaKey, prefix: String) -> [Expr] {
+        [.meta(key: key, dreg: .r1), .cmp(sreg: .r1, op: .eq, data: Array(prefix.utf8.prefix(15)))]
+    }
+
+    /// `ip6 hoplimit N` / `ip6 hoplimit != N`, without the family check (the caller adds it).
+    public static func ip6HopLimit(_ value: UInt8, equal: Bool = true) -> [Expr] {
+        [.payload(base: .network, offset: 7, length: 1, dreg: .r1), .cmp(sreg: .r1, op: equal ? .eq : .neq, data: [value])]
+    }
+
+    /// `tcp flags & (fin|syn|rst|ack) != syn`: anything but an initial SYN, without the
+    /// protocol check (the caller adds it).
+    public static let tcpNotInitialSYN: [Expr] = [
+        .payload(base: .transport, offset: 13, length: 1, dreg: .r1),
+        .bitwise(sreg: .r1, dreg: .r1, mask: [0x17], xor: [0]),
+        .cmp(sreg: .r1, op: .neq, data: [0x02]),
+    ]
+
+    /// `@th,64,16 & 0xffc0 != 0xfe80`: a neighbour advertisement's target (ICMPv6 bytes
+    /// 8-23) is not link-local; without the protocol check.
+    public static let ndTargetNotLinkLocal: [Expr] = [
+        .payload(base: .transport, offset: 8, length: 2, dreg: .r1),
+        .bitwise(sreg: .r1, dreg: .r1, mask: [0xff, 0xc0], xor: [0, 0]),
+        .cmp(sreg: .r1, op: .neq, data: [0xfe, 0x80]),
+    ]
+
+    /// `iifname . @th,64,128 @set` (or `!=`): the input interface and a neighbour
+    /// advertisement's target as one `ifname . ipv6_addr` key; without the protocol check.
+    public static func interfaceAndNDTarget(inSet set: String, inverted: Bool = false) -> [Expr] {
+        [.meta(key: .iifname, dreg: .r1),
+         .payload(base: .transport, offset: 8, length: 16, dreg: .r2),
+         .lookup(set: set, sreg: .r1, dreg: nil, inverted: inverted)]
+    }
+
     /// A fresh counter.
     public static let counter: [Expr] = [.counter(packets: 0, bytes: 0)]
 

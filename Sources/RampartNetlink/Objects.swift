@@ -164,6 +164,9 @@ public struct SetKeyType: RawRepresentable, Sendable, Hashable, CustomStringConv
     public static let ifnameIPv4 = SetKeyType(rawValue: 41 << 6 | 7)
     public static let ifnameIPv6 = SetKeyType(rawValue: 41 << 6 | 8)
     public static let ifnameEther = SetKeyType(rawValue: 41 << 6 | 9)
+    /// `typeof iifname . @th,64,128`: an interface and 16 raw bytes of the transport header (a
+    /// neighbour advertisement's target address). To nft the raw part is an integer (id 4).
+    public static let ifnameTransport128 = SetKeyType(rawValue: 41 << 6 | 4)
 
     /// Key length in bytes of the known types.
     public var length: UInt32? {
@@ -174,7 +177,7 @@ public struct SetKeyType: RawRepresentable, Sendable, Hashable, CustomStringConv
         case .ifname: 16
         // Each component of a concatenation takes whole 32-bit registers: a MAC takes 8 bytes.
         case .ifnameIPv4: 20
-        case .ifnameIPv6: 32
+        case .ifnameIPv6, .ifnameTransport128: 32
         case .ifnameEther: 24
         default: nil
         }
@@ -183,6 +186,21 @@ public struct SetKeyType: RawRepresentable, Sendable, Hashable, CustomStringConv
     /// nft's byte order of the key (1 host, 2 big endian), which nft needs in the set's
     /// userdata to print elements: addresses and ports are network order, names are strings.
     var nftByteOrder: UInt32 { self == .ifname ? 1 : 2 }
+
+    /// The userdata nft itself writes for a `typeof` key (read from a set nft 1.0.6 created with
+    /// `typeof iifname . @th,64,128`): the key byte order, then the concatenation of a `meta
+    /// iifname` and a raw transport payload at bit 64, 128 bits long. With it `nft list` prints the
+    /// set as nft would and the listing loads back with `nft -f`; without it nft cannot type
+    /// the lookup that reads the raw field. nil for keys described by their type id alone.
+    var nftTypeofUserData: [UInt8]? {
+        guard self == .ifnameTransport128 else { return nil }
+        return [0x00, 0x04, 0x00, 0x00, 0x00, 0x00,
+                0x03, 0x40, 0x00, 0x04, 0x0d, 0x00, 0x00, 0x00, 0x01, 0x38,
+                0x00, 0x0e, 0x00, 0x04, 0x09, 0x00, 0x00, 0x00, 0x01, 0x06, 0x00, 0x04, 0x06, 0x00, 0x00, 0x00,
+                0x01, 0x26, 0x00, 0x04, 0x07, 0x00, 0x00, 0x00, 0x01, 0x1e,
+                0x00, 0x04, 0x00, 0x00, 0x00, 0x00, 0x01, 0x04, 0x00, 0x00, 0x00, 0x00, 0x02, 0x04, 0x03, 0x00, 0x00, 0x00,
+                0x03, 0x04, 0x40, 0x00, 0x00, 0x00, 0x04, 0x04, 0x80, 0x00, 0x00, 0x00]
+    }
 
     public var description: String {
         switch self {
@@ -193,6 +211,7 @@ public struct SetKeyType: RawRepresentable, Sendable, Hashable, CustomStringConv
         case .ifnameIPv4: "ifname . ipv4_addr"
         case .ifnameIPv6: "ifname . ipv6_addr"
         case .ifnameEther: "ifname . ether_addr"
+        case .ifnameTransport128: "typeof iifname . @th,64,128"
         default: "type \(rawValue)"
         }
     }
@@ -210,6 +229,10 @@ public struct SetDefinition: Sendable, Hashable {
     public var isInterval: Bool
     /// A map whose values are verdicts (`ifname : verdict`, used with `vmap`).
     public var isVerdictMap: Bool
+    /// Read back only: an anonymous set (`NFT_SET_ANONYMOUS`, nft's `{ 1, 2 }` in a rule,
+    /// named `__set<N>`). It belongs to the rule that uses it and is deleted with that rule;
+    /// deleting it by name is refused (ENOENT).
+    public var isAnonymous = false
     /// Shown by nft as the set's comment.
     public var comment: String?
     /// A private tag kept in the set's userdata (nft ignores it).

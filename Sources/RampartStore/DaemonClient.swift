@@ -9,6 +9,8 @@ public struct DaemonClient: Sendable {
     public struct Response: Sendable {
         public var status: Int
         public var body: String
+        /// The Retry-After header's seconds, when the daemon sent one (503: queue or connections full).
+        public var retryAfter: Double? = nil
     }
 
     public struct ClientError: Error, CustomStringConvertible, Sendable {
@@ -47,9 +49,12 @@ public struct DaemonClient: Sendable {
         req += "\r\n"
         let out = Array(req.utf8) + payload
         var sent = 0
+        var sendError: String?
         while sent < out.count {
             let n = out[sent...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-            guard n > 0 else { throw ClientError(description: "send: \(String(cString: strerror(errno)))") }
+            // The daemon may have answered (503, connection refused over the cap) and closed
+            // before reading the request: read what it said before reporting the send error.
+            guard n > 0 else { sendError = "send: \(String(cString: strerror(errno)))"; break }
             sent += n
         }
         var data: [UInt8] = []
@@ -57,26 +62,49 @@ public struct DaemonClient: Sendable {
         while true {
             let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
             if n == 0 { break }
-            guard n > 0 else { throw ClientError(description: "recv: \(String(cString: strerror(errno)))") }
+            guard n > 0 else {
+                if !data.isEmpty && errno == ECONNRESET { break }  // closed with our request unread, after its answer
+                throw ClientError(description: sendError ?? "recv: \(String(cString: strerror(errno)))")
+            }
             data += buf[0..<n]
         }
+        if data.isEmpty, let sendError { throw ClientError(description: sendError) }
         guard let text = String(bytes: data, encoding: .utf8), let headEnd = text.range(of: "\r\n\r\n") else {
             throw ClientError(description: "malformed response from \(socketPath)")
         }
         let statusLine = text[..<headEnd.lowerBound].split(separator: "\r\n").first ?? ""
         let parts = statusLine.split(separator: " ")
         guard parts.count >= 2, let status = Int(parts[1]) else { throw ClientError(description: "malformed status line: \(statusLine)") }
-        return Response(status: status, body: String(text[headEnd.upperBound...]))
+        var retryAfter: Double?
+        for line in text[..<headEnd.lowerBound].split(separator: "\r\n").dropFirst() {
+            let kv = line.split(separator: ":", maxSplits: 1)
+            if kv.count == 2, kv[0].lowercased() == "retry-after" { retryAfter = Double(kv[1].trimmingCharacters(in: .whitespaces)) }
+        }
+        return Response(status: status, body: String(text[headEnd.upperBound...]), retryAfter: retryAfter)
     }
 
-    /// Delivers one refresh call; `wait` asks for the answer after the commit.
-    public func deliver(_ refresh: Refresh, wait: Bool = true) throws -> Response {
-        try request("POST", refresh.path + (wait ? "?wait=1" : ""))
+    /// Delivers one refresh call; `wait` asks for the answer after the commit. A 503 with
+    /// Retry-After (the daemon's queue or connection cap is full) is retried, `attempts` times
+    /// in all, after the delay it asks for (at most 5 s).
+    public func deliver(_ refresh: Refresh, wait: Bool = true, attempts: Int = 5) throws -> Response {
+        var left = max(1, attempts)
+        while true {
+            let r = try request("POST", refresh.path + (wait ? "?wait=1" : ""))
+            left -= 1
+            guard r.status == 503, let delay = r.retryAfter, left > 0 else { return r }
+            Thread.sleep(forTimeInterval: min(max(delay, 0.05), 5))
+        }
     }
 
     /// The host a daemon serves (from `GET /v1/status`).
-    public func host() throws -> String {
-        let r = try request("GET", "/v1/status")
+    public func host(attempts: Int = 5) throws -> String {
+        var r = try request("GET", "/v1/status")
+        var left = max(1, attempts) - 1
+        while r.status == 503, let delay = r.retryAfter, left > 0 {  // over the connection cap
+            Thread.sleep(forTimeInterval: min(max(delay, 0.05), 5))
+            r = try request("GET", "/v1/status")
+            left -= 1
+        }
         guard let obj = try? JSONSerialization.jsonObject(with: Data(r.body.utf8)) as? [String: Any], let h = obj["host"] as? String else {
             throw ClientError(description: "unexpected status answer: \(r.body)")
         }

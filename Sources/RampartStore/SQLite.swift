@@ -3,7 +3,10 @@ import Foundation
 
 /// A store error: SQLite's message, or a refused change (unknown group, group in use, …).
 public struct StoreError: Error, Sendable, CustomStringConvertible, Equatable {
-    public enum Kind: String, Sendable { case sqlite, notFound, conflict, invalid }
+    /// `sqlite`: the database failed; `notFound`, `conflict`, `invalid`: a refused change or an
+    /// invalid stored value; `missing`: no store at the path (only the controller creates one);
+    /// `unsafe`: the store or its directory could be changed by someone other than root.
+    public enum Kind: String, Sendable { case sqlite, notFound, conflict, invalid, missing, unsafe }
     public var kind: Kind
     public var message: String
     public init(_ kind: Kind, _ message: String) { self.kind = kind; self.message = message }
@@ -17,9 +20,11 @@ final class SQLiteConnection {
     let db: OpaquePointer
     private var cache: [String: OpaquePointer] = [:]
 
-    init(path: String) throws(StoreError) {
+    /// Opens the database at `path`; with `create: false` a missing file is an error (SQLite
+    /// would otherwise create an empty database).
+    init(path: String, create: Bool) throws(StoreError) {
         var handle: OpaquePointer?
-        let flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX
+        let flags = SQLITE_OPEN_READWRITE | (create ? SQLITE_OPEN_CREATE : 0) | SQLITE_OPEN_NOMUTEX
         let rc = sqlite3_open_v2(path, &handle, flags, nil)
         guard rc == SQLITE_OK, let h = handle else {
             let msg = handle.map { String(cString: sqlite3_errmsg($0)) } ?? "cannot open"

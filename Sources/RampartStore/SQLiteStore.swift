@@ -24,14 +24,54 @@ public final class SQLiteStore: Store, @unchecked Sendable {
         CREATE INDEX IF NOT EXISTS instance_groups_group ON instance_groups(group_id);
         """
 
-    /// Opens (creating if needed) the store at `path`; its directory is created too.
-    public init(path: String) throws(StoreError) {
+    public static let tables = ["hosts", "groups", "group_refs", "instances", "instance_groups"]
+
+    /// Tables added after the first schema: created on every open, so that a store written by an
+    /// earlier version gains them (an addition, never a change of what is there).
+    /// `host_guards`: each host's `guarded_prefixes` (contract rule 9), in document order.
+    public static let additions = """
+        CREATE TABLE IF NOT EXISTS host_guards(host TEXT NOT NULL REFERENCES hosts(name), position INTEGER NOT NULL,
+            prefix TEXT NOT NULL, PRIMARY KEY(host, position));
+        """
+
+    /// Opens the store at `path`, creating it if needed (the controller verbs and `import`):
+    /// missing directories are made 0700 and the database file 0600, whatever the umask.
+    public convenience init(path: String) throws(StoreError) {
+        try self.init(path: path, create: true)
+    }
+
+    /// Opens an existing store for the daemon: never creates one (a mistyped `--store` must not
+    /// become an empty policy), refuses one that someone other than root could change (see
+    /// `StoreFiles.check`), and refuses a file that is not a Rampart store. `warnings` lists what
+    /// the check found worth logging.
+    public static func openExisting(path: String, owner: uid_t = 0) throws(StoreError) -> (store: SQLiteStore, warnings: [String]) {
+        let warnings = try StoreFiles.check(path, owner: owner)
+        return (try SQLiteStore(path: path, create: false), warnings)
+    }
+
+    /// `create: false`: a missing file or one without the schema is an error (no checks of
+    /// ownership: `openExisting` does those).
+    public init(path: String, create: Bool) throws(StoreError) {
         self.path = path
-        let dir = (path as NSString).deletingLastPathComponent
-        if !dir.isEmpty { try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
-        db = try SQLiteConnection(path: path)
+        if create {
+            try StoreFiles.makeDirectories((path as NSString).deletingLastPathComponent)
+            try StoreFiles.createPrivateFile(path)
+        } else {
+            var st = stat()
+            if lstat(path, &st) != 0 { throw StoreError(.missing, "no store at \(path)") }
+        }
+        db = try SQLiteConnection(path: path, create: create)
+        if !create {
+            // Checked before anything writes (setting WAL would turn an empty file into a database).
+            let have = Set(try db.query("SELECT name FROM sqlite_master WHERE type = 'table'").compactMap { $0[0] })
+            let missing = Self.tables.filter { !have.contains($0) }
+            if !missing.isEmpty {
+                throw StoreError(.invalid, "\(path) is not a Rampart store (no table \(missing.joined(separator: ", "))); `rampart` verbs and `rampart import` create one")
+            }
+        }
         try db.exec("PRAGMA journal_mode=WAL; PRAGMA foreign_keys=ON; PRAGMA synchronous=NORMAL;")
-        try db.exec(Self.schema)
+        if create { try db.exec(Self.schema) }
+        try db.exec(Self.additions)
     }
 
     private func locked<T>(_ body: () throws(StoreError) -> T) throws(StoreError) -> T {
@@ -42,8 +82,19 @@ public final class SQLiteStore: Store, @unchecked Sendable {
 
     /// One write transaction.
     private func transaction<T>(_ body: () throws(StoreError) -> T) throws(StoreError) -> T {
+        try inTransaction("BEGIN IMMEDIATE", body)
+    }
+
+    /// One read transaction: every statement of `body` sees the same snapshot (WAL: writers
+    /// committing meanwhile are not seen), so a document is never assembled from two states.
+    private func reading<T>(_ body: () throws(StoreError) -> T) throws(StoreError) -> T {
+        try inTransaction("BEGIN", body)
+    }
+
+    /// `body` between `begin` and COMMIT, rolled back if it throws.
+    private func inTransaction<T>(_ begin: String, _ body: () throws(StoreError) -> T) throws(StoreError) -> T {
         try locked { () throws(StoreError) -> T in
-            try db.exec("BEGIN IMMEDIATE")
+            try db.exec(begin)
             do throws(StoreError) {
                 let r = try body()
                 try db.exec("COMMIT")
@@ -63,13 +114,29 @@ public final class SQLiteStore: Store, @unchecked Sendable {
         FROM instances i
         """
 
+    /// Instance rows as the document's records. A value that does not parse (a corrupted row) is
+    /// an error naming the row, never dropped: dropping a MAC or an address would disable that
+    /// check for the instance. (What parses but breaks the spec is caught by validating the
+    /// document.)
     private func records(_ whereClause: String, _ args: [SQLiteConnection.Value]) throws(StoreError) -> [String: Instance] {
         var out: [String: Instance] = [:]
         for row in try db.query(Self.recordColumns + " " + whereClause, args) {
-            guard let id = row[0], let host = row[1], let ipText = row[2] else { continue }
-            let ips = ipText.split(separator: ",").compactMap { IPAddress(String($0)) }
-            let groups = (row[5] ?? "").split(separator: ",").map(String.init)
-            out[id] = Instance(host: host, groups: groups, ips: ips, interface: row[3], mac: row[4].flatMap { MACAddress($0) })
+            guard let id = row[0] else { throw StoreError(.invalid, "store: an instance row has no id") }
+            let path = "store: instances.\(id)"
+            guard let host = row[1] else { throw StoreError(.invalid, "\(path).host: missing") }
+            guard let ipText = row[2] else { throw StoreError(.invalid, "\(path).ips: missing") }
+            var ips: [IPAddress] = []
+            for t in ipText.split(separator: ",", omittingEmptySubsequences: false) {
+                guard let a = IPAddress(String(t)) else { throw StoreError(.invalid, "\(path).ips: \(jsonString(String(t))) is not an IP address") }
+                ips.append(a)
+            }
+            var mac: MACAddress?
+            if let m = row[4] {
+                guard let x = MACAddress(m) else { throw StoreError(.invalid, "\(path).mac: \(jsonString(m)) is not a MAC address") }
+                mac = x
+            }
+            let groups = (row[5] ?? "").split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+            out[id] = Instance(host: host, groups: row[5] == nil ? [] : groups, ips: ips, interface: row[3], mac: mac)
         }
         return out
     }
@@ -82,7 +149,7 @@ public final class SQLiteStore: Store, @unchecked Sendable {
     }
 
     public func group(_ id: String) throws(StoreError) -> Group? {
-        try locked { () throws(StoreError) in try groupRow(id) }
+        try reading { () throws(StoreError) in try groupRow(id) }
     }
 
     public func groupExists(_ id: String) throws(StoreError) -> Bool {
@@ -103,33 +170,109 @@ public final class SQLiteStore: Store, @unchecked Sendable {
         try locked { () throws(StoreError) in try db.query("SELECT name FROM hosts ORDER BY name").compactMap { $0[0] } }
     }
 
+    /// A host is known once a verb registered it: an instance was ever added for it, or a
+    /// document for it (or with an instance on it) was imported. Removing its last instance
+    /// does not forget it.
+    public func knowsHost(_ host: String) throws(StoreError) -> Bool {
+        try locked { () throws(StoreError) in try !db.query("SELECT 1 FROM hosts WHERE name = ?", .text(host)).isEmpty }
+    }
+
     /// The spec's document for `host`: its instances and their groups (with rules); every group
     /// those rules reference, and every instance elsewhere that is a member of one. A group that
     /// is only referenced (no member here) is listed without its rules, which nothing here
     /// enforces; instances elsewhere list only the groups of the document, without interface or MAC.
+    /// Read in one transaction; a document that breaks the spec (a corrupted row) is an error.
     public func document(forHost host: String) throws(StoreError) -> Document {
-        try locked { () throws(StoreError) in try documentUnlocked(forHost: host) }
+        let doc = try reading { () throws(StoreError) in try documentUnlocked(forHost: host) }
+        let issues = doc.issues()
+        if !issues.isEmpty {
+            throw StoreError(.invalid, "the store's document for \(host) is invalid:\n  " + issues.map(\.description).joined(separator: "\n  "))
+        }
+        return doc
     }
 
-    private func documentUnlocked(forHost host: String) throws(StoreError) -> Document {
+    /// The host's document as `rampart export` prints it, for `rampart import` to restore
+    /// exactly (in this store or a fresh one): `document(forHost:)`, plus what it leaves out for
+    /// the daemon's sake: the rules of groups only referenced here (and of the groups those
+    /// reference, and of every group an instance listed belongs to), and the instances elsewhere
+    /// in full (interface, MAC, all their groups). It compiles to the same kernel state: only
+    /// groups with a member on the host are enforced.
+    public func exportDocument(forHost host: String) throws(StoreError) -> Document {
+        let doc = try reading { () throws(StoreError) -> Document in
+            var doc = try documentUnlocked(forHost: host, full: true)
+            var queue = Array(doc.groups.keys)
+            for (_, i) in doc.instances { queue += i.groups }
+            var done = Set<String>()
+            while let g = queue.popLast() {
+                guard done.insert(g).inserted else { continue }
+                let grp = try groupRow(g) ?? Group()
+                doc.groups[g] = grp
+                for r in grp.rules { if case .group(let ref) = r.remote { queue.append(ref) } }
+            }
+            return doc
+        }
+        let issues = doc.issues()
+        if !issues.isEmpty {
+            throw StoreError(.invalid, "the store's document for \(host) is invalid:\n  " + issues.map(\.description).joined(separator: "\n  "))
+        }
+        return doc
+    }
+
+    private func documentUnlocked(forHost host: String, full: Bool = false) throws(StoreError) -> Document {
+        var guards: [String] = []
+        for row in try db.query("SELECT prefix FROM host_guards WHERE host = ? ORDER BY position", .text(host)) {
+            // Like any corrupted row: an error, never a prefix silently dropped (fail closed).
+            guard let p = row[0] else { throw StoreError(.invalid, "store: host_guards of \(host): a prefix is missing") }
+            guards.append(p)
+        }
         let local = try records("WHERE i.host = ?", [.text(host)])
         let localGroupsSQL = "SELECT DISTINCT ig.group_id FROM instance_groups ig JOIN instances j ON j.id = ig.instance WHERE j.host = ?"
         let localGroups = try db.query(localGroupsSQL, .text(host)).compactMap { $0[0] }
         let refsSQL = "SELECT DISTINCT ref FROM group_refs WHERE group_id IN (\(localGroupsSQL))"
         let refs = try db.query(refsSQL, .text(host)).compactMap { $0[0] }
         var groups: [String: Group] = [:]
-        for g in localGroups { groups[g] = try groupRow(g) ?? Group() }
-        for r in refs where groups[r] == nil { groups[r] = Group() }
+        // A group named by a membership or a reference but missing from `groups` (a corrupted
+        // store) is an error, not an empty group: that would silently change what is allowed.
+        for g in localGroups {
+            guard let row = try groupRow(g) else { throw StoreError(.invalid, "store: a member of host \(host) is in group \(jsonString(g)), which does not exist") }
+            groups[g] = row
+        }
+        for r in refs where groups[r] == nil {
+            if try db.query("SELECT 1 FROM groups WHERE id = ?", .text(r)).isEmpty {
+                throw StoreError(.invalid, "store: a rule references group \(jsonString(r)), which does not exist")
+            }
+            groups[r] = Group()
+        }
         let remote = try records("WHERE i.host <> ? AND i.id IN (SELECT instance FROM instance_groups WHERE group_id IN (\(refsSQL)))",
                                  [.text(host), .text(host)])
         var instances = local
+        if full { return Document(host: host, groups: groups, instances: instances.merging(remote) { a, _ in a }, guardedPrefixes: guards) }
         for (id, var inst) in remote {
             inst.groups = inst.groups.filter { groups[$0] != nil }
             inst.interface = nil
             inst.mac = nil
             instances[id] = inst
         }
-        return Document(host: host, groups: groups, instances: instances)
+        return Document(host: host, groups: groups, instances: instances, guardedPrefixes: guards)
+    }
+
+    private func writeGuards(_ host: String, _ prefixes: [String]) throws(StoreError) {
+        try db.run("DELETE FROM host_guards WHERE host = ?", .text(host))
+        for (i, p) in prefixes.enumerated() {
+            try db.run("INSERT INTO host_guards(host, position, prefix) VALUES (?, ?, ?)", .text(host), .int(Int64(i)), .text(p))
+        }
+    }
+
+    /// Sets a host's guarded interface-name prefixes (contract rule 9), registering the host if
+    /// it is new. The host reloads its document (its four base chains change).
+    public func setGuardedPrefixes(host: String, _ prefixes: [String]) throws(StoreError) -> [Delivery] {
+        let issues = Document(host: host, guardedPrefixes: prefixes).issues()
+        if !issues.isEmpty { throw StoreError(.invalid, issues.map(\.description).joined(separator: "; ")) }
+        return try transaction { () throws(StoreError) in
+            try db.run("INSERT OR IGNORE INTO hosts(name) VALUES (?)", .text(host))
+            try writeGuards(host, prefixes)
+            return [Delivery(host: host, refresh: .host)]
+        }
     }
 
     // MARK: fan-out
@@ -312,6 +455,11 @@ public final class SQLiteStore: Store, @unchecked Sendable {
                            .text(id), g.description.map { .text($0) } ?? .null)
             }
             for id in document.groups.keys.sorted() { try writeRules(id, document.groups[id]!.rules) }
+            // The document's host becomes known (a new hypervisor is registered by importing its
+            // document, even with no instance yet).
+            try db.run("INSERT OR IGNORE INTO hosts(name) VALUES (?)", .text(document.host))
+            // The document is the host's whole policy: its guarded prefixes replace the stored ones.
+            try writeGuards(document.host, document.guardedPrefixes)
             var hosts = Set<String>()
             for (id, inst) in document.instances {
                 try writeInstance(id, inst)
@@ -324,7 +472,7 @@ public final class SQLiteStore: Store, @unchecked Sendable {
                 for h in try db.query(Self.rulesFanOut, .text(g)).compactMap({ $0[0] }) { out.insert(Delivery(host: h, refresh: .host)) }
                 for h in try db.query(Self.membersFanOut, .text(g)).compactMap({ $0[0] }) { out.insert(Delivery(host: h, refresh: .host)) }
             }
-            for h in hosts { out.insert(Delivery(host: h, refresh: .host)) }
+            for h in hosts.union([document.host]) { out.insert(Delivery(host: h, refresh: .host)) }
             return out.sorted()
         }
     }

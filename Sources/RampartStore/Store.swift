@@ -53,6 +53,10 @@ public protocol Store: AnyObject, Sendable {
     func instance(_ id: String) throws(StoreError) -> Instance?
     func memberRecords(of group: String) throws(StoreError) -> [String: Instance]
     func hosts() throws(StoreError) -> [String]
+    /// Whether a verb ever registered `host` (an instance added for it, a document imported).
+    func knowsHost(_ host: String) throws(StoreError) -> Bool
+    /// The document `rampart export` prints: restores exactly through `import`.
+    func exportDocument(forHost host: String) throws(StoreError) -> Document
     // fan-out
     func hostsForMembersRefresh(_ group: String) throws(StoreError) -> [String]
     func hostsForRulesRefresh(_ group: String) throws(StoreError) -> [String]
@@ -65,6 +69,8 @@ public protocol Store: AnyObject, Sendable {
     func removeInstance(_ id: String) throws(StoreError) -> [Delivery]
     func setGroups(instance id: String, groups: [String]) throws(StoreError) -> [Delivery]
     func importDocument(_ document: Document) throws(StoreError) -> [Delivery]
+    /// Sets a host's guarded interface-name prefixes (`guarded_prefixes`; empty: none).
+    func setGuardedPrefixes(host: String, _ prefixes: [String]) throws(StoreError) -> [Delivery]
 }
 
 /// The rules of a group as stored: the JSON array of the document format.

@@ -61,6 +61,16 @@ let probes: [(Probe, String)] = [
 ]
 show(try topo.probe(probes.map(\.0)), probes.map(\.1))
 
+section("why? rampart explain reads the kernel's table and names the rule")
+_ = try cli(["explain", "--netns", topo.hypervisor.name, "--from", "192.0.2.10", "--to", "web-1", "--protocol", "tcp", "--port", "22"])
+_ = try cli(["explain", "--netns", topo.hypervisor.name, "--from", "web-2", "--source", "10.0.1.11", "--to", "192.0.2.10",
+             "--protocol", "udp", "--port", "53", "--established"])
+
+section("an invalid document is refused whole; the kernel keeps what it has")
+let bad = try String(contentsOfFile: document, encoding: .utf8)
+    .replacingOccurrences(of: #""ips": ["10.0.2.21"]"#, with: #""ips": ["10.0.2.21", "0.0.0.0"]"#)
+_ = try cli(["apply", "--netns", topo.hypervisor.name, "-"], input: bad)
+
 section("membership change: internet (192.0.2.10) joins admin as instance ops on hv3")
 var text = try String(contentsOfFile: document, encoding: .utf8)
 text = text.replacingOccurrences(of: #""bastion": {"#, with: #""ops": {"host": "hv3", "ips": ["192.0.2.10"], "groups": ["admin"]},\#n    "bastion": {"#)

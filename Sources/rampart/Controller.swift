@@ -26,7 +26,7 @@ struct ControllerOptions: ParsableArguments {
         let st = try open()
         let deliveries: [Delivery]
         do { deliveries = try body(st) } catch {
-            let code: Int32 = switch error.kind { case .invalid, .notFound, .conflict: 1; case .sqlite: 3 }
+            let code: Int32 = switch error.kind { case .invalid, .notFound, .conflict: 1; case .sqlite, .missing, .unsafe: 3 }
             FileHandle.standardError.write(Data("rampart: \(error.message)\n".utf8))
             throw ExitCode(code)
         }
@@ -196,6 +196,21 @@ struct InstanceCommand: ParsableCommand {
     }
 }
 
+struct HostCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "host", abstract: "Hypervisors: register one and set its guarded interface prefixes.",
+        subcommands: [Guard.self])
+
+    struct Guard: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Set a host's guarded interface-name prefixes (registering the host if new): a device with such a name that belongs to no instance passes nothing. No --prefix clears them.")
+        @Argument(help: "The host (hypervisor) name.") var host: String
+        @Option(name: .customLong("prefix"), help: "An interface-name prefix of instance devices, e.g. tap (repeatable).") var prefixes: [String] = []
+        @OptionGroup var controller: ControllerOptions
+        func run() throws { try controller.change { st throws(StoreError) in try st.setGuardedPrefixes(host: host, prefixes) } }
+    }
+}
+
 struct Import: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Load a desired-state document into the store (groups and instances upserted); the hosts it touches reload.")
     @Argument(help: "The document, or - for standard input.") var file: String
@@ -209,12 +224,28 @@ struct Import: ParsableCommand {
 }
 
 struct Export: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Print a host's desired-state document from the store.")
+    static let configuration = CommandConfiguration(
+        abstract: "Print a host's desired-state document from the store, complete enough for `rampart import` to restore it exactly.")
     @Option var host: String
     @OptionGroup var controller: ControllerOptions
     func run() throws {
-        let st = try controller.open()
-        do { print(try st.document(forHost: host).jsonText()) } catch {
+        // Reading does not create a store: a mistyped --store is an error, not an empty document.
+        let st: SQLiteStore
+        do { st = try SQLiteStore(path: controller.store, create: false) } catch {
+            FileHandle.standardError.write(Data("rampart: \(error)\n".utf8))
+            throw ExitCode(3)
+        }
+        // Nor is an unknown host an empty document (applied, it would remove every rule).
+        do {
+            if try !st.knowsHost(host) {
+                FileHandle.standardError.write(Data("rampart: the store does not know host \(host)\n".utf8))
+                throw ExitCode(1)
+            }
+        } catch let e as ExitCode { throw e } catch {
+            FileHandle.standardError.write(Data("rampart: \(error)\n".utf8))
+            throw ExitCode(3)
+        }
+        do { print(try st.exportDocument(forHost: host).jsonText()) } catch {
             FileHandle.standardError.write(Data("rampart: \(error)\n".utf8))
             throw ExitCode(3)
         }

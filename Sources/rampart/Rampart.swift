@@ -18,7 +18,7 @@ struct Rampart: ParsableCommand {
             Exit status: 0 success, 1 invalid document, 2 the kernel refused (nothing changed),
             3 outcome unknown or another system failure.
             """,
-        subcommands: [Apply.self, Diff.self, Show.self, Flush.self, GroupCommand.self, InstanceCommand.self, Import.self, Export.self]
+        subcommands: [Apply.self, Diff.self, Show.self, Explain.self, Flush.self, GroupCommand.self, InstanceCommand.self, HostCommand.self, Import.self, Export.self]
     )
 }
 
@@ -107,6 +107,12 @@ func milliseconds(since start: UInt64) -> String {
 }
 
 struct Apply: ParsableCommand {
+    /// The commit succeeded but the conntrack cut did not (exit 3).
+    struct NotCut: Error, CustomStringConvertible {
+        var error: any Error
+        var description: String { "the policy is committed, but connections it no longer allows may still pass: \(error)" }
+    }
+
     static let configuration = CommandConfiguration(
         abstract: "Validate a document and bring the kernel to it in one transaction.",
         discussion: "Re-applying the same document commits nothing. Anything changed by hand inside `inet rampart` is repaired.")
@@ -133,12 +139,32 @@ struct Apply: ParsableCommand {
                 print(plan.isEmpty ? "# no changes" : Render.plan(plan, table: backend.table), terminator: plan.isEmpty ? "\n" : "")
                 return
             }
+            // What the kernel holds before (read back once; converge then trusts it while the
+            // generation holds still): tells a chain that only gained rules from one that lost some.
+            let before = try backend.committed(reference: desired)
             let (plan, commit) = try backend.converge(to: desired)
             if plan.isEmpty {
                 print("no changes (\(milliseconds(since: start)))")
-            } else {
-                print("applied: \(plan.summary); generation \(commit?.generation ?? 0) (\(milliseconds(since: start)))")
+                return
             }
+            // Revocation is immediate (contract rule 8): cut the connections the new policy no
+            // longer allows, before returning.
+            let applied = "applied: \(plan.summary); generation \(commit?.generation ?? 0)"
+            var cut = 0
+            let scope = Revocation.scope(of: plan, result: desired, previous: before)
+            if scope != .none {
+                let ns: NetworkNamespace = target.netns.map { .named($0) } ?? .current
+                do {
+                    let conntrack = try ConntrackConnection(namespace: ns)
+                    cut = try Revocation.run(conntrack, ir: desired, scope: scope,
+                                             departed: Revocation.departed(in: plan, result: desired),
+                                             hostAddresses: try Revocation.hostAddresses(in: ns)).cut
+                } catch {
+                    print("\(applied); conntrack: not cut (\(milliseconds(since: start)))")
+                    throw Failure.system(NotCut(error: error))
+                }
+            }
+            print("\(applied); conntrack: \(cut) cut (\(milliseconds(since: start)))")
         }
     }
 }

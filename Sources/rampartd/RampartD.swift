@@ -18,7 +18,7 @@ struct RampartD: AsyncParsableCommand {
     @Option(help: "The name of this hypervisor (instances whose host is this name are filtered here).")
     var host: String
 
-    @Option(help: "The store (SQLite file).")
+    @Option(help: "The store (SQLite file). It must exist (rampartd never creates one) and, with its directory, be owned by root and not writable by group or others.")
     var store: String = "/var/lib/rampart/rampart.db"
 
     @Option(help: "The API's Unix socket (mode 0600: root only).")
@@ -39,6 +39,21 @@ struct RampartD: AsyncParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
+    @Option(help: "After this many failed syncs in a row, /v1/status answers 503 (not ready) until one succeeds.")
+    var maxFailedSyncs: Int = 3
+
+    @Flag(help: "Allow the first sync to remove every instance of this host from a kernel table that holds some (refused otherwise).")
+    var allowEmpty = false
+
+    @Option(help: "Distinct refreshes waiting for a drain, at most; beyond it the API answers 503 with Retry-After.")
+    var maxQueuedRefreshes: Int = 10_000
+
+    @Option(help: "Seconds a connection may stay open without a complete request (from its start or its last answer).")
+    var idleTimeout: Double = 10
+
+    @Option(help: "Open API connections, at most; beyond it a new connection is answered 503 and closed.")
+    var maxConnections: Int = 128
+
     func run() async throws {
         let level = Logger.Level(rawValue: logLevel) ?? .info
         LoggingSystem.bootstrap { label in
@@ -48,13 +63,33 @@ struct RampartD: AsyncParsableCommand {
         }
         var logger = Logger(label: "rampartd")
         logger[metadataKey: "host"] = "\(host)"
+        guard maxFailedSyncs >= 1, maxQueuedRefreshes >= 1, maxConnections >= 1, idleTimeout > 0 else {
+            logger.critical("--max-failed-syncs, --max-queued-refreshes and --max-connections must be at least 1, --idle-timeout positive")
+            throw ExitCode(1)
+        }
+        // Fail closed: never create a store, never trust one that others could have written.
         let st: SQLiteStore
-        do { st = try SQLiteStore(path: store) } catch {
-            logger.critical("cannot open the store: \(error)")
+        do {
+            let (opened, warnings) = try SQLiteStore.openExisting(path: store)
+            for w in warnings { logger.warning("\(w)") }
+            st = opened
+        } catch {
+            logger.critical("cannot use the store: \(error)")
             throw ExitCode(3)
         }
-        let config = Daemon.Configuration(host: host, namespace: netns.map { .named($0) } ?? .current, resyncInterval: resyncInterval)
+        let config = Daemon.Configuration(host: host, namespace: netns.map { .named($0) } ?? .current, resyncInterval: resyncInterval,
+                                          maxFailedSyncs: maxFailedSyncs, allowEmpty: allowEmpty, maxQueuedRefreshes: maxQueuedRefreshes)
         let daemon = Daemon(configuration: config, store: st, logger: logger)
+        // An unknown host, or a first sync that would empty the table: exit before serving, the
+        // kernel untouched.
+        do { try daemon.preflight() } catch let e as Daemon.Refusal {
+            logger.critical("\(e.description)")
+            throw ExitCode(1)
+        } catch {
+            // Anything else (an invalid document, the kernel unreachable) is the first sync's to
+            // report: not ready (503), the kernel as it is, retried.
+            logger.error("preflight: \(error); the first sync will retry")
+        }
         let readyLogger = logger
         daemon.whenReady {
             readyLogger.info("ready")
@@ -71,7 +106,8 @@ struct RampartD: AsyncParsableCommand {
                 throw ExitCode(1)
             }
         }
-        let server = APIServer(socketPath: socket, router: APIRouter(daemon: daemon), logger: logger)
+        let server = APIServer(socketPath: socket, router: APIRouter(daemon: daemon),
+                               limits: .init(idleTimeout: idleTimeout, maxConnections: maxConnections), logger: logger)
         let group = ServiceGroup(
             services: [DaemonService(daemon: daemon, server: server, logger: logger, socketMode: mode, socketGroup: gid)],
             gracefulShutdownSignals: [.sigterm, .sigint],

@@ -18,7 +18,7 @@ func rendered(_ c: Chain?) -> [String] { c?.rules.map(Render.rule) ?? [] }
         #expect(Set(ir.chains.keys) == ["egress", "ingress", "input", "output", "in-web-1", "out-web-1", "in-web-2", "out-web-2",
                                         "in-db-1", "out-db-1", "gin-web", "gout-web", "gin-db", "gout-db"])
         // admin has no member here: no chains; it is referenced, so it has sets.
-        #expect(Set(ir.sets.keys) == ["inst-ifaces", "inst-src4", "inst-src6", "inst-macs", "mac-ifaces",
+        #expect(Set(ir.sets.keys) == ["inst-ifaces", "inst-src4", "inst-src6", "inst-macs", "mac-ifaces", "inst-nd-targets",
                                       "m4-web", "m6-web", "m4-admin", "m6-admin"])
         #expect(ir.sets["m4-admin"]?.elements == [.ipv4(IPv4Address("10.0.9.5")!)])
         #expect(ir.sets["m6-web"]?.elements == [.ipv6(IPv6Address("fd00::11")!)])
@@ -33,25 +33,73 @@ func rendered(_ c: Chain?) -> [String] { c?.rules.map(Render.rule) ?? [] }
         #expect(ir.chains["ingress"]?.base == BaseChainSpec(hook: .forward, priority: 0, policy: .accept))
         #expect(ir.chains["input"]?.base?.hook == .input)
         #expect(ir.chains["output"]?.base?.hook == .output)
-        #expect(rendered(ir.chains["egress"]) == [
-            "iifname @inst-ifaces ct state established,related accept",
+        // Source checks before anything else; the link's protocols dropped on the forward path;
+        // rule 1 (initial SYN) before the established accept; every accept scoped to instances.
+        let fromState = [
             "iifname @inst-ifaces ct state invalid drop",
-            "iifname @inst-ifaces meta l4proto icmpv6 icmpv6 type 133-136 accept",
-            "iifname @inst-ifaces meta nfproto ipv4 udp sport 68 udp dport 67 accept",
-            "iifname @mac-ifaces iifname . ether saddr != @inst-macs drop",
-            "iifname @inst-ifaces iifname . ip saddr != @inst-src4 drop",
-            "iifname @inst-ifaces iifname . ip6 saddr != @inst-src6 drop",
+            "iifname @inst-ifaces meta l4proto tcp ct state new tcp flags & (fin|syn|rst|ack) != syn drop",
+            "iifname @inst-ifaces ct state established,related accept",
             "iifname vmap @from-inst",
-        ])
+        ]
+        let sourceChecks = [
+            "iifname @inst-ifaces iifname @mac-ifaces iifname . ether saddr != @inst-macs drop",
+            "iifname @inst-ifaces meta nfproto ipv4 iifname . ip saddr != @inst-src4 drop",
+            "iifname @inst-ifaces meta nfproto ipv6 iifname . ip6 saddr != @inst-src6 drop",
+        ]
+        #expect(rendered(ir.chains["egress"]) == sourceChecks + [
+            "iifname @inst-ifaces meta l4proto icmpv6 icmpv6 type 133-137 drop",
+            "iifname @inst-ifaces meta nfproto ipv4 udp sport 68 udp dport 67 drop",
+            "iifname @inst-ifaces meta nfproto ipv4 udp sport 67 drop",
+        ] + fromState)
         #expect(rendered(ir.chains["ingress"]) == [
-            "oifname @inst-ifaces ct state established,related accept",
+            "oifname @inst-ifaces meta l4proto icmpv6 icmpv6 type 133-137 drop",
+            "oifname @inst-ifaces meta nfproto ipv4 udp sport 67 udp dport 68 drop",
             "oifname @inst-ifaces ct state invalid drop",
-            "oifname @inst-ifaces meta l4proto icmpv6 icmpv6 type 133-136 accept",
-            "oifname @inst-ifaces meta nfproto ipv4 udp sport 67 udp dport 68 accept",
+            "oifname @inst-ifaces meta l4proto tcp ct state new tcp flags & (fin|syn|rst|ack) != syn drop",
+            "oifname @inst-ifaces ct state established,related accept",
             "oifname vmap @to-inst",
         ])
-        #expect(ir.chains["output"]?.rules == ir.chains["ingress"]?.rules)
-        #expect(ir.chains["input"]?.rules == ir.chains["egress"]?.rules)
+        // To the host: NDP and DHCP from the unspecified or link-local source before the address
+        // check, from the instance's own address after it; RA and redirects never.
+        #expect(rendered(ir.chains["input"]) == [sourceChecks[0]] + [
+            "iifname @inst-ifaces meta l4proto icmpv6 icmpv6 type 134 drop",
+            "iifname @inst-ifaces meta l4proto icmpv6 icmpv6 type 137 drop",
+            "iifname @inst-ifaces meta l4proto icmpv6 icmpv6 type 133-136 ip6 hoplimit != 255 drop",
+            "iifname @inst-ifaces meta l4proto icmpv6 icmpv6 type 136 @th,64,16 & 0xffc0 != 0xfe80 iifname . @th,64,128 != @inst-nd-targets drop",
+            "iifname @inst-ifaces ip6 saddr fe80::/10 meta l4proto icmpv6 icmpv6 type 133 accept",
+            "iifname @inst-ifaces ip6 saddr fe80::/10 meta l4proto icmpv6 icmpv6 type 135-136 accept",
+            "iifname @inst-ifaces ip6 saddr :: meta l4proto icmpv6 icmpv6 type 133 accept",
+            "iifname @inst-ifaces ip6 saddr :: meta l4proto icmpv6 icmpv6 type 135 accept",
+            "iifname @inst-ifaces ip saddr 0.0.0.0 udp sport 68 udp dport 67 accept",
+        ] + sourceChecks[1...] + [
+            "iifname @inst-ifaces meta l4proto icmpv6 icmpv6 type 133 accept",
+            "iifname @inst-ifaces meta l4proto icmpv6 icmpv6 type 135-136 accept",
+            "iifname @inst-ifaces meta nfproto ipv4 udp sport 68 udp dport 67 accept",
+            "iifname @inst-ifaces meta nfproto ipv4 udp sport 67 drop",
+        ] + fromState)
+        #expect(rendered(ir.chains["output"]) == [
+            "oifname @inst-ifaces meta l4proto icmpv6 icmpv6 type 133-137 ip6 hoplimit 255 accept",
+            "oifname @inst-ifaces meta nfproto ipv4 udp sport 67 udp dport 68 accept",
+        ] + rendered(ir.chains["ingress"]).dropFirst(2))
+        #expect(ir.guardedPrefixes.isEmpty)
+    }
+
+    /// Guarded prefixes (rule 9): one drop per prefix after each dispatch, both directions, so
+    /// that only interfaces of no instance reach them, established connections included.
+    @Test func guardedPrefixes() throws {
+        var d = try twoTier()
+        d.guardedPrefixes = ["tap", "vnet", "tap"]
+        let ir = Compiler.compile(d)
+        #expect(ir.guardedPrefixes == ["tap", "vnet"])
+        for (c, key) in [("egress", "iifname"), ("input", "iifname"), ("ingress", "oifname"), ("output", "oifname")] {
+            #expect(rendered(ir.chains[c]).suffix(3) == ["\(key) vmap @\(key == "iifname" ? "from-inst" : "to-inst")",
+                                                         "\(key) \"tap*\" drop", "\(key) \"vnet*\" drop"])
+        }
+        // Changing the prefixes rewrites the four base chains and nothing else.
+        let p = diff(from: Compiler.compile(try twoTier()), to: ir)
+        #expect(p.summary.chainsRewritten == 4)
+        #expect(p.summary.chainsCreated == 0)
+        #expect(p.summary.elementsAdded == 0)
     }
 
     @Test func instanceChains() throws {
@@ -108,7 +156,7 @@ func rendered(_ c: Chain?) -> [String] { c?.rules.map(Render.rule) ?? [] }
         // A rule referencing "x" in a group with no member here compiles nowhere: no set.
         var d = Document(host: "hv1", groups: ["a": Group(rules: [Rule(proto: .tcp, remote: .group("x"))]), "x": Group()])
         d.instances["r"] = Instance(host: "hv2", groups: ["x"], ips: [IPAddress("10.9.9.9")!])
-        let fixed = ["inst-ifaces", "inst-macs", "inst-src4", "inst-src6", "mac-ifaces"]
+        let fixed = ["inst-ifaces", "inst-macs", "inst-nd-targets", "inst-src4", "inst-src6", "mac-ifaces"]
         #expect(Compiler.compile(d).sets.keys.sorted() == fixed)
         d.instances["l"] = Instance(host: "hv1", groups: ["a"], ips: [IPAddress("10.0.0.1")!], interface: "tap0")
         let ir = Compiler.compile(d)

@@ -68,8 +68,9 @@ import Testing
         #expect(s.tableCreated)
         #expect(s.chainsCreated == 14)
         #expect(s.chainsRewritten == 14)
-        // 3 interfaces, 5 member addresses, 4 anti-spoofing address pairs, 1 MAC pair and its interface.
-        #expect(s.elementsAdded == 14)
+        // 3 interfaces, 5 member addresses, 4 anti-spoofing address pairs, 1 MAC pair and its
+        // interface, 1 neighbour-advertisement target (web-1's IPv6 address).
+        #expect(s.elementsAdded == 15)
         #expect(s.mapElementsAdded == 6)
         let text = Render.plan(p)
         #expect(text.hasPrefix("add table inet rampart\nadd set inet rampart inst-ifaces { type ifname; }\n"))
@@ -77,5 +78,8 @@ import Testing
         #expect(text.contains("add chain inet rampart egress { type filter hook forward priority -1; policy accept; }\n"))
         #expect(text.contains("flush chain inet rampart gin-db\nadd rule inet rampart gin-db ip saddr @m4-web meta l4proto tcp th dport 5432 counter accept comment \"db/pg-from-web\"\n"))
         #expect(Render.ruleset(ir).contains("\tset m4-admin {\n\t\ttype ipv4_addr\n\t\telements = { 10.0.9.5 }\n\t}\n"))
+        // The target set is typed by its raw-payload lookup in nft text; elements are integers.
+        #expect(text.contains("add set inet rampart inst-nd-targets { typeof iifname . @th,64,128; }\n"))
+        #expect(text.contains(#"add element inet rampart inst-nd-targets { "tapweb1" . 0xfd000000000000000000000000000011 }"#))
     }
 }

@@ -225,3 +225,78 @@ func rule(_ body: String) -> String { doc(groups: #""web": {"rules": [{"protocol
         #expect(MACAddress("02:AB:cd:00:00:01")!.description == "02:ab:cd:00:00:01")
     }
 }
+
+/// The contract's "Values that are never an instance's" and the optional `guarded_prefixes`:
+/// each rejected with its JSON path, by the parser and by `Document.validate()` alike (typed
+/// values built by a controller go through the same rules).
+@Suite struct InstanceValueTests {
+    func instance(ips: String = #"["10.0.0.1"]"#, interface: String = "tap1", host: String = "hv1") -> String {
+        doc(instances: #""web-1": {"host": "\#(host)", "interface": "\#(interface)", "ips": \#(ips), "groups": ["web"]}"#)
+    }
+
+    @Test(arguments: [
+        ("0.0.0.0", "the unspecified address"), ("255.255.255.255", "the broadcast address"),
+        ("127.0.0.1", "a loopback address (127.0.0.0/8)"), ("127.255.0.9", "a loopback address (127.0.0.0/8)"),
+        ("224.0.0.1", "a multicast address (224.0.0.0/4)"), ("239.1.2.3", "a multicast address (224.0.0.0/4)"),
+        ("169.254.1.1", "a link-local address (169.254.0.0/16)"), ("::", "the unspecified address"),
+        ("::1", "the loopback address"), ("ff02::1", "a multicast address (ff00::/8)"),
+        ("fe80::1", "a link-local address (fe80::/10)"), ("febf::1", "a link-local address (fe80::/10)"),
+        ("::ffff:10.0.0.1", "an IPv4-mapped address (::ffff:0:0/96)"),
+    ])
+    func neverAnInstancesAddress(_ address: String, _ kind: String) throws {
+        let canonical = IPAddress(address)!.description
+        let want = "instances.web-1.ips[1]: \(canonical) is \(kind), never an instance's own"
+        #expect(errors(instance(ips: #"["10.0.0.1", "\#(address)"]"#)) == [want])
+        var d = try Document.parse(json: doc())
+        d.instances["web-1"]!.ips.append(IPAddress(address)!)
+        #expect(d.issues().map(\.description) == [want])
+    }
+
+    @Test func ordinaryAddressesStayValid() {
+        for a in ["10.0.0.2", "100.64.0.1", "192.0.2.1", "223.255.255.254", "fd00::1", "2001:db8::1", "fec0::1", "::2", "::ffff:0:a00:1"] {
+            #expect(errors(instance(ips: #"["\#(a)"]"#)) == [], "\(a)")
+        }
+    }
+
+    @Test func interfacesThatAreWildcardsOrLoopback() {
+        #expect(errors(instance(interface: "tap+")) == [#"instances.web-1.interface: "tap+" is not a valid interface name: contains '+' (a wildcard to iptables and nft)"#])
+        #expect(errors(instance(interface: "+")).count == 1)
+        #expect(errors(instance(interface: "tap*")) == [#"instances.web-1.interface: "tap*" is not a valid interface name: contains '*' (a wildcard to iptables and nft)"#])
+        #expect(errors(instance(interface: "lo")) == [#"instances.web-1.interface: "lo" is not a valid interface name: the loopback device is never an instance's"#])
+        #expect(errors(instance(interface: "lo0")) == [])
+    }
+
+    @Test func hostsAreIDs() {
+        #expect(errors(instance(host: "hv 2")) == [#"instances.web-1.host: "hv 2" is not a valid host (1-64 characters of A-Z a-z 0-9 . _ : -)"#])
+        #expect(errors(#"{"version": 1, "host": "hv/1", "groups": {}, "instances": {}}"#)
+            == [#"host: "hv/1" is not a valid host (1-64 characters of A-Z a-z 0-9 . _ : -)"#])
+        #expect(Document(host: "h\u{0}").issues().map(\.path) == ["host"])
+    }
+
+    @Test func guardedPrefixes() throws {
+        func top(_ prefixes: String) -> String {
+            #"{"version": 1, "host": "hv1", "guarded_prefixes": \#(prefixes), "groups": {}, "instances": {}}"#
+        }
+        let d = try Document.parse(json: top(#"["tap", "vnet"]"#))
+        #expect(d.guardedPrefixes == ["tap", "vnet"])
+        #expect(try Document.parse(json: d.jsonText()) == d)
+        #expect(errors(top("[]")) == [])
+        #expect(errors(top(#""tap""#)) == ["guarded_prefixes: expected an array, got a string"])
+        #expect(errors(top(#"["tap", 5]"#)) == ["guarded_prefixes[1]: expected a string, got a number"])
+        #expect(errors(top(#"["tap+"]"#)) == [#"guarded_prefixes[0]: "tap+" is not a valid interface-name prefix: contains '+' (a wildcard to iptables and nft)"#])
+        #expect(errors(top(#"[""]"#)) == [#"guarded_prefixes[0]: "" is not a valid interface-name prefix: empty"#])
+        #expect(errors(top(#"["0123456789abcdef"]"#)).count == 1)
+        #expect(errors(top(#"["l"]"#)) == [#"guarded_prefixes[0]: "l" would guard the loopback device lo"#])
+        #expect(errors(top(#"["lo"]"#)).count == 1)
+        #expect(Document(host: "hv1", guardedPrefixes: ["ok", "t*"]).issues().map(\.path) == ["guarded_prefixes[1]"])
+    }
+
+    /// Lengths are counted in Unicode scalar values: 255 combining sequences of two scalars
+    /// are 510 scalars, too long, although they are 255 characters to Swift.
+    @Test func descriptionLengthInScalars() {
+        let combining = String(repeating: "e\u{301}", count: 200)
+        #expect(errors(doc(groups: #""web": {"description": "\#(combining)", "rules": []}"#))
+            == ["groups.web.description: 400 characters long; at most 255"])
+        #expect(errors(doc(groups: #""web": {"description": "\#(String(repeating: "é", count: 255))", "rules": []}"#)) == [])
+    }
+}

@@ -127,7 +127,8 @@ final class DaemonHypervisor: @unchecked Sendable {
         #expect(bad.status == 1)
         #expect(bad.stderr.contains("70000"), "\(bad.stderr)")
         let exported = try h.cli(["export", "--host", "hv1"])
-        #expect(try Document.parse(json: exported.stdout) == h.store.document(forHost: "hv1"))
+        #expect(try Document.parse(json: exported.stdout) == h.store.exportDocument(forHost: "hv1"))
+        #expect(Compiler.compile(try Document.parse(json: exported.stdout)) == Compiler.compile(try h.store.document(forHost: "hv1")))
         #expect(try h.kernelMatchesStore())
         await h.stop()
     }
@@ -144,6 +145,31 @@ final class DaemonHypervisor: @unchecked Sendable {
         try h.expect([(.tcp(from: "internet", to: "10.0.1.11", port: 22), false)])
         #expect(try h.kernelMatchesStore())
         #expect(try h.topo.hypervisor.nft("list", "table", "inet", "someone-else").succeeded)  // not ours: untouched
+        await h.stop()
+    }
+
+    /// Rule 9 through the store, the verb and the daemon: db-1 is removed from the store while
+    /// its device stays plugged; without guarded prefixes that device is none of Rampart's
+    /// business, with `rampart host guard hv1 --prefix tap` it passes nothing, either way.
+    @Test func guardedPrefixesCloseDevicesOfNoInstance() async throws {
+        let h = try await DaemonHypervisor()
+        #expect(try h.cli(["instance", "remove", "db-1"]).status == 0)
+        try h.expect([
+            (.tcp(from: "internet", to: "10.0.2.21", port: 5432), true),   // untouched: no instance's device
+            (.tcp(from: "internet", to: "10.0.1.11", port: 80), true),
+        ])
+        let r = try h.cli(["host", "guard", "hv1", "--prefix", "tap"])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout.contains("sent to hv1: refresh_host"), "\(r.stdout)")
+        try h.expect([
+            (.tcp(from: "internet", to: "10.0.2.21", port: 5432, timeout: 0.5), false),
+            (.udp(from: "db-1", to: "192.0.2.10", port: 7000, timeout: 0.5), false),
+            (.tcp(from: "internet", to: "10.0.1.11", port: 80), true),      // instances unaffected
+            (.tcp(from: "internet", to: "10.0.1.11", port: 22, timeout: 0.5), false),
+        ])
+        #expect(try h.topo.hypervisor.nft("list", "chain", "inet", "rampart", "ingress").stdout.contains(#"oifname "tap*" drop"#))
+        #expect(try h.kernelMatchesStore())
+        #expect(try h.cli(["host", "guard", "hv1", "--prefix", "tap+"]).status == 1)
         await h.stop()
     }
 
@@ -177,6 +203,9 @@ final class DaemonHypervisor: @unchecked Sendable {
         #expect(bad.status == 1)
         #expect(bad.stderr.contains("nope"), "\(bad.stderr)")
         #expect(try h.cli(["export", "--host", "hv1"]).stdout == exported.stdout)
+        // an unknown host is not an empty document
+        let typo = try h.cli(["export", "--host", "hv-typo"])
+        #expect(typo.status == 1 && typo.stdout.isEmpty && typo.stderr.contains("does not know host hv-typo"), "\(typo.stderr)")
         #expect(try h.kernelMatchesStore())
         await h.stop()
     }
@@ -259,10 +288,10 @@ final class DaemonHypervisor: @unchecked Sendable {
 @Suite("rampartd executable: crash and restart", .serialized) struct DaemonProcessTests {
     final class DaemonProcess: @unchecked Sendable {
         let process = Process()
-        init(_ h: DaemonHypervisor, notify: String? = nil) throws {
+        init(_ h: DaemonHypervisor, notify: String? = nil, extra: [String] = []) throws {
             process.executableURL = URL(fileURLWithPath: executable("rampartd"))
             process.arguments = ["--host", "hv1", "--store", h.storePath, "--socket", h.socketPath,
-                                 "--netns", h.topo.hypervisor.name, "--resync-interval", "3600", "--log-level", "warning"]
+                                 "--netns", h.topo.hypervisor.name, "--resync-interval", "3600", "--log-level", "warning"] + extra
             var env = ProcessInfo.processInfo.environment
             if let notify { env["NOTIFY_SOCKET"] = notify }
             process.environment = env
@@ -316,7 +345,7 @@ final class DaemonHypervisor: @unchecked Sendable {
     @Test func killDashNineMidBurstThenRestartNeverOpensAnything() async throws {
         let h = try await DaemonHypervisor(inProcess: false)
         let notify = NotifySocket(path: h.dir + "/notify")
-        var d = try DaemonProcess(h, notify: notify.path)
+        var d = try DaemonProcessTests.DaemonProcess(h, notify: notify.path)
         #expect(notify.messages().contains { $0.contains("READY=1") })
         try h.expect([
             (.tcp(from: "internet", to: "10.0.1.11", port: 80), true),
@@ -368,7 +397,7 @@ final class DaemonHypervisor: @unchecked Sendable {
         // the table outlives the daemon
         #expect(try h.topo.hypervisor.nft("list", "table", "inet", "rampart").succeeded)
         try await Task.sleep(for: .milliseconds(500))
-        d = try DaemonProcess(h)
+        d = try DaemonProcessTests.DaemonProcess(h)
         while !burst.isFinished { try await Task.sleep(for: .milliseconds(20)) }
         // one more refresh after the burst, waited for: everything is in
         let last = try DaemonClient(socketPath: h.socketPath).deliver(.members("admin"))
@@ -390,6 +419,7 @@ final class DaemonHypervisor: @unchecked Sendable {
     @Test func aGroupCanBeLetIn() async throws {
         let dir = tempDir("perm")
         let store = try SQLiteStore(path: dir + "/rampart.db")
+        try register("hv1", in: store)
         let fake = FakeKernel()
         let d = Daemon(configuration: .init(host: "hv1"), store: store, client: { fake.nft })
         let path = dir + "/s.sock"
@@ -452,5 +482,93 @@ final class DaemonHypervisor: @unchecked Sendable {
             await s.stop()
             d.stop()
         }
+    }
+}
+
+/// The real `rampartd` refuses to start, with a clear error, an exit status and the kernel
+/// untouched, whenever its store, host or socket is wrong; and its API limits hold.
+@Suite("rampartd executable: refusals and limits", .serialized) struct DaemonRefusalTests {
+    /// rampartd with these arguments (completing the defaults), run to its exit.
+    static func rampartd(_ h: DaemonHypervisor, _ args: [String: String], flags: [String] = []) throws -> CommandResult {
+        var a = ["--host": "hv1", "--store": h.storePath, "--socket": h.socketPath, "--netns": h.topo.hypervisor.name]
+        a.merge(args) { _, new in new }
+        return try runCommand(["timeout", "20", executable("rampartd")] + a.sorted { $0.key < $1.key }.flatMap { [$0.key, $0.value] } + flags)
+    }
+
+    static func table(_ h: DaemonHypervisor) throws -> String {
+        try h.topo.hypervisor.nft("-s", "list", "table", "inet", "rampart").stdout
+    }
+
+    @Test func wrongStoresHostsAndSocketsAreRefusedAndTheKernelIsUntouched() async throws {
+        let h = try await DaemonHypervisor(inProcess: false)
+        // a first run programs the kernel; SIGTERM leaves the rules
+        #expect(try DaemonProcessTests.DaemonProcess(h).terminate() == 0)
+        let table = try Self.table(h)
+        #expect(table.contains("tapweb1"))
+        // (what is wrong, the arguments, the exit status, what the error says)
+        let missing = h.dir + "/typo/rampart.db"
+        let file = h.dir + "/precious.txt"
+        try "keep me".write(toFile: file, atomically: true, encoding: .utf8)
+        let cases: [(String, [String: String], Int32, String)] = [
+            ("a store that does not exist", ["--store": missing], 3, "no store at \(missing)"),
+            ("a host the store does not know", ["--host": "hv-typo"], 1, "does not know host"),
+            ("a regular file at the socket path", ["--socket": file], 3, "\(file) exists and is a regular file"),
+        ]
+        for (what, args, status, message) in cases {
+            let r = try Self.rampartd(h, args)
+            #expect(r.status == status, "\(what): \(r.status) \(r.stderr)")
+            #expect(r.stderr.contains(message), "\(what): \(r.stderr)")
+            #expect(try Self.table(h) == table, "\(what): the kernel changed")
+        }
+        #expect(!FileManager.default.fileExists(atPath: missing))
+        #expect(!FileManager.default.fileExists(atPath: (missing as NSString).deletingLastPathComponent))
+        #expect(try String(contentsOfFile: file, encoding: .utf8) == "keep me")
+        // a store others could have written: its mode, its owner, its directory's mode
+        let unsafe: [(String, () -> Void, () -> Void, String)] = [
+            ("group-writable store", { chmod(h.storePath, 0o660) }, { chmod(h.storePath, 0o600) }, "mode 0660"),
+            ("store owned by nobody", { chown(h.storePath, 65534, 65534) }, { chown(h.storePath, 0, 0) }, "owned by uid 65534"),
+            ("world-writable directory", { chmod(h.dir, 0o777) }, { chmod(h.dir, 0o755) }, "\(h.dir) has mode 0777"),
+        ]
+        for (what, breakIt, fix, message) in unsafe {
+            breakIt()
+            let r = try Self.rampartd(h, [:])
+            fix()
+            #expect(r.status == 3, "\(what): \(r.status) \(r.stderr)")
+            #expect(r.stderr.contains(message) && r.stderr.contains(h.storePath.hasPrefix(h.dir) ? h.dir : h.storePath), "\(what): \(r.stderr)")
+            #expect(try Self.table(h) == table, "\(what): the kernel changed")
+        }
+        // the store now says hv1 has no instance: refused, unless --allow-empty
+        _ = try h.store.removeInstance("web-1")
+        _ = try h.store.removeInstance("db-1")
+        let empty = try Self.rampartd(h, [:])
+        #expect(empty.status == 1 && empty.stderr.contains("--allow-empty"), "\(empty.stderr)")
+        #expect(try Self.table(h) == table)
+        let allowed = try DaemonProcessTests.DaemonProcess(h, extra: ["--allow-empty"])
+        #expect(try !Self.table(h).contains("tapweb1"))
+        #expect(allowed.terminate() == 0)
+        await h.stop()
+    }
+
+    @Test func idleConnectionsAreClosedAndClientsAreStillServed() async throws {
+        let h = try await DaemonHypervisor(inProcess: false)
+        let d = try DaemonProcessTests.DaemonProcess(h, extra: ["--idle-timeout", "0.5", "--max-connections", "4"])
+        // 4 clients hold connections without a word; a fifth is answered 503 at once
+        let idle = (0..<4).map { _ in rawConnect(h.socketPath) }
+        try await Task.sleep(for: .milliseconds(100))
+        let over = try DaemonClient(socketPath: h.socketPath, timeout: 2).request("GET", "/v1/status")
+        #expect(over.status == 503 && over.retryAfter != nil, "\(over.status) \(over.body)")
+        // they are closed after the idle timeout, and the controller's delivery gets through
+        for fd in idle {
+            #expect(waitForClose(fd, timeout: 3))
+            close(fd)
+        }
+        let held = (0..<4).map { _ in rawConnect(h.socketPath) }
+        let r = try h.cli(["instance", "add", "bastion", "--host", "hv2", "--ip", "10.0.9.5", "--interface", "tapb", "--group", "admin"])
+        #expect(r.status == 0 && r.stdout.contains("sent to hv1: refresh_security_group_members(admin): {\"status\":\"committed\""), "\(r.stdout) \(r.stderr)")
+        for fd in held { close(fd) }
+        try h.expect([(.tcp(from: "bastion", to: "10.0.1.11", port: 22), true)])
+        #expect(try DaemonClient(socketPath: h.socketPath).request("GET", "/v1/status").status == 200)
+        #expect(d.terminate() == 0)
+        await h.stop()
     }
 }

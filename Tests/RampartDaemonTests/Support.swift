@@ -10,10 +10,69 @@ final class FakeKernel: @unchecked Sendable {
     let nft = RecordingNFTables()
 }
 
+/// A fresh directory, 0755 and root's whatever the umask (the daemon refuses a store or socket
+/// directory that others can write).
 func tempDir(_ tag: String) -> String {
     let p = FileManager.default.temporaryDirectory.appendingPathComponent("rampartd-\(tag)-\(UUID().uuidString.prefix(8))").path
     try? FileManager.default.createDirectory(atPath: p, withIntermediateDirectories: true)
+    chmod(p, 0o755)
     return p
+}
+
+/// An NFTablesClient that can be told to fail (reads, commits, generation queries) or to hold
+/// the worker (a closed gate blocks `generation` and `commit` until opened).
+final class ControlledClient: NFTablesClient, @unchecked Sendable {
+    let inner: NFTablesClient
+    private let lock = NSCondition()
+    private var _failReads = false, _failAll = false, _gateOpen = true, _blocked = 0
+    init(_ inner: NFTablesClient) { self.inner = inner }
+
+    var failReads: Bool { get { lock.withLock { _failReads } } set { lock.withLock { _failReads = newValue } } }
+    var failAll: Bool { get { lock.withLock { _failAll } } set { lock.withLock { _failAll = newValue } } }
+    func closeGate() { lock.withLock { _gateOpen = false } }
+    func openGate() { lock.lock(); _gateOpen = true; lock.broadcast(); lock.unlock() }
+    /// Calls waiting at the closed gate.
+    var blocked: Int { lock.withLock { _blocked } }
+
+    private func pass() throws(NetlinkError) {
+        lock.lock()
+        _blocked += 1
+        while !_gateOpen { lock.wait() }
+        _blocked -= 1
+        let fail = _failAll
+        lock.unlock()
+        if fail { throw NetlinkError.protocolError("injected failure") }
+    }
+
+    func generation() throws(NetlinkError) -> UInt32 {
+        try pass()
+        return try inner.generation()
+    }
+
+    func commit(_ batch: Batch, expectedGeneration: UInt32?) throws(NetlinkError) -> CommitResult {
+        try pass()
+        return try inner.commit(batch, expectedGeneration: expectedGeneration)
+    }
+
+    func readTable(family: Family, name: String) throws(NetlinkError) -> TableSnapshot? {
+        if failReads || failAll { throw NetlinkError.protocolError("injected read failure") }
+        return try inner.readTable(family: family, name: name)
+    }
+}
+
+/// Polls `condition` until it holds or `seconds` pass.
+func eventually(_ seconds: Double = 5, _ condition: () throws -> Bool) rethrows -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if try condition() { return true }
+        Thread.sleep(forTimeInterval: 0.02)
+    }
+    return try condition()
+}
+
+/// Registers `host` in the store (an import of its empty document).
+func register(_ host: String, in store: SQLiteStore) throws {
+    _ = try store.importDocument(Document(host: host))
 }
 
 func ip(_ s: String) -> IPAddress { IPAddress(s)! }

@@ -77,6 +77,10 @@ import RampartNetlink
         try ns.nft("add", "rule", "inet", "rampart", "in-db-1", "accept")
         try ns.nft("add", "chain", "inet", "rampart", "extra")
         try ns.nft("add", "rule", "inet", "rampart", "extra", "jump", "gin-db")
+        // Rules with anonymous sets (nft's `{ … }`): the sets go with their rules; planning to
+        // delete them by name would make every apply fail (ENOENT) and the drift permanent.
+        try ns.nft("add", "rule", "inet", "rampart", "input", "tcp", "dport", "{ 1, 2 }", "drop")
+        try ns.nft("add", "rule", "inet", "rampart", "extra", "udp", "dport", "{ 3, 4 }", "accept")
 
         let diff = try cli(ns, ["diff", Self.examplePath])
         #expect(diff.stdout.contains("flush chain inet rampart gin-web"))

@@ -1,0 +1,371 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Dispatch
+import RampartCore
+import RampartNetlink
+
+/// Revocation is immediate (contract rule 8): after a commit that narrowed the policy, the
+/// conntrack entries the new policy no longer allows are deleted, so that `ct state established`
+/// cannot keep a revoked connection alive.
+///
+/// For each candidate entry the packet that opened it is rebuilt from its tuples (original
+/// direction, state new, a TCP SYN; the input device is the source instance's interface, the
+/// output device the destination instance's, an outside placeholder otherwise, none for the host
+/// itself) and evaluated with `Evaluate.packet` against the committed IR: exactly the verdict the
+/// kernel would give that first packet today. Entries it drops are deleted over ctnetlink; entries
+/// still allowed are not touched.
+public enum Revocation {
+    /// What a run did.
+    public struct Report: Hashable, Sendable, CustomStringConvertible {
+        /// Entries deleted (the summary's `conntrack: N cut`).
+        public var cut = 0
+        /// Entries to delete that were already gone.
+        public var alreadyGone = 0
+        /// Entries that crossed into user space (after the kernel's filtering).
+        public var examined = 0
+        /// Entries evaluated (those with a local instance at one end).
+        public var evaluated = 0
+        /// Dump requests sent.
+        public var dumps = 0
+        /// The table's size when the run chose how to dump (nil: not asked).
+        public var tableSize: Int?
+        /// Whether the run looked at the whole table (per family) or only at affected addresses.
+        public var scope: Scope = .none
+        public var nanoseconds: UInt64 = 0
+
+        public init() {}
+
+        public var description: String {
+            "conntrack: \(cut) cut"
+        }
+    }
+
+    /// Which entries a run looks at.
+    public enum Scope: Hashable, Sendable {
+        /// The plan only adds access: nothing to do.
+        case none
+        /// Entries with one of these addresses at one end (kernel-side filtered dumps).
+        case addresses(Set<IPAddress>)
+        /// Every entry of the families with local instances.
+        case all
+    }
+
+    /// The name evaluation gives the device of a packet's outside end: a space cannot be in an
+    /// interface name, so it is in no set and matches no guarded prefix.
+    public static let outsideInterface = " outside"
+
+    /// The cost model that picks filtered walks or one whole dump, in nanoseconds, measured on
+    /// this kernel (`costsWithABigTable`, docs/conntrack.md). Every dump, filtered or not, walks
+    /// the kernel's whole conntrack hash: all its buckets (~11 ms for 262,144 buckets, even with
+    /// an empty namespace) and every entry (~0.25 µs each); a whole dump also carries and parses
+    /// every entry of the namespace (~5.4 µs each, debug build).
+    public static let walkBase = 11_000_000
+    public static let walkPerEntry = 250
+    public static let carriedPerEntry = 5_400
+
+    /// Whether `walks` filtered walks cost less than one whole dump of a table of `size` entries.
+    public static func filteredIsCheaper(walks: Int, size: Int) -> Bool {
+        walks * (walkBase + size * walkPerEntry) < walkBase + size * (walkPerEntry + carriedPerEntry)
+    }
+
+    // MARK: what a plan can have narrowed
+
+    /// The entries a plan can have disallowed, from the plan and the IR it led to: `none` when
+    /// the plan only adds access (no element removed, no chain rewritten or deleted, no dispatch
+    /// entry removed, no table deleted). With `previous` (the IR the plan started from), a
+    /// rewritten group or instance chain that keeps every rule it had, in order, and only gains
+    /// accepts or jumps to group chains (a rule added, a group joined) counts as adding access.
+    public static func scope(of plan: Plan, result ir: RulesetIR, previous: RulesetIR? = nil) -> Scope {
+        var addresses: Set<IPAddress> = []
+        var all = false
+        var narrows = false
+        let local = LocalAddresses(ir)
+        // Group chain → local instance addresses that jump to it (from in-/out- chains).
+        var membersOfGroupChain: [String: Set<IPAddress>] = [:]
+        var addressesOfInstanceChain: [String: Set<IPAddress>] = [:]
+        for map in [Naming.fromInstanceMap, Naming.toInstanceMap] {
+            for (iface, v) in ir.maps[map]?.elements ?? [:] {
+                guard let c = v.chainReference else { continue }
+                let mine = Set(local.addresses(of: iface))
+                addressesOfInstanceChain[c, default: []].formUnion(mine)
+                for r in ir.chains[c]?.rules ?? [] {
+                    if let g = r.verdict.chainReference { membersOfGroupChain[g, default: []].formUnion(mine) }
+                }
+            }
+        }
+        for op in plan.ops {
+            switch op {
+            case .createTable, .createSet, .createMap, .createChain, .addElements, .addMapElements:
+                continue
+            case .deleteTable:
+                narrows = true; all = true
+            case .deleteSet, .deleteMap:
+                // Only after every reference is gone; what referenced them was rewritten.
+                narrows = true
+            case .removeMapElements(_, let keys):
+                narrows = true
+                // Unplugged (or moved) interfaces: their addresses left the anti-spoofing sets
+                // in the same plan (removeElements below) or moved to another interface.
+                for k in keys { addresses.formUnion(local.addresses(of: k)) }
+            case .removeElements(let set, let elements):
+                narrows = true
+                for e in elements {
+                    switch e {
+                    case .ipv4(let a): addresses.insert(.v4(a))        // a member left a referenced group
+                    case .ipv6(let a): addresses.insert(.v6(a))
+                    case .ifaceIPv4(_, let a): addresses.insert(.v4(a))  // an address left an instance
+                    case .ifaceIPv6(_, let a): addresses.insert(.v6(a))
+                    case .ifname(let i):
+                        addresses.formUnion(local.addresses(of: i))
+                    case .ifaceEther:
+                        // A MAC changed: checked on every packet before any conntrack verdict.
+                        if set != Naming.sourceMACs { all = true }
+                    }
+                }
+            case .rewriteChain(let name, _), .deleteChain(let name):
+                if case .rewriteChain(_, let rules) = op, let old = previous?.chains[name], old.base == nil,
+                   onlyAdds(old.rules, rules) { continue }
+                narrows = true
+                if let members = membersOfGroupChain[name] {
+                    addresses.formUnion(members)
+                } else if let mine = addressesOfInstanceChain[name] {
+                    addresses.formUnion(mine)
+                } else if name.hasPrefix("gin-") || name.hasPrefix("gout-") || name.hasPrefix("in-") || name.hasPrefix("out-") {
+                    // A chain no local instance reaches any more (deleted or orphaned): whoever
+                    // reached it was rewritten or unplugged in the same plan.
+                    continue
+                } else {
+                    all = true  // a base chain: anything may have changed
+                }
+            }
+        }
+        if !narrows { return .none }
+        if all { return .all }
+        return addresses.isEmpty ? .none : .addresses(addresses)
+    }
+
+    /// Whether `new` is `old` with rules inserted that can only accept: an `accept`, or a jump
+    /// to a group chain (whose rules only accept or fall through).
+    static func onlyAdds(_ old: [IRRule], _ new: [IRRule]) -> Bool {
+        var i = old.startIndex
+        for r in new {
+            if i < old.endIndex && old[i] == r { i += 1; continue }
+            switch r.verdict {
+            case .accept: continue
+            case .jump(let c) where c.hasPrefix("gin-") || c.hasPrefix("gout-"): continue
+            default: return false
+            }
+        }
+        return i == old.endIndex
+    }
+
+    // MARK: the run
+
+    /// Finds and deletes the entries the committed `ir` no longer allows. `departed` are
+    /// addresses that belonged to a local instance before the change and to none now (an
+    /// instance removed, an address taken away): every entry with one of them at one end is cut,
+    /// since its instance is gone. `hostAddresses` are the hypervisor's own addresses (their
+    /// end of a connection is the host itself: the input or output hook).
+    public static func run(_ conntrack: ConntrackConnection, ir: RulesetIR, scope: Scope,
+                           departed: Set<IPAddress> = [], hostAddresses: Set<IPAddress> = []) throws(NetlinkError) -> Report {
+        let start = DispatchTime.now().uptimeNanoseconds
+        var report = Report()
+        report.scope = scope
+        let local = LocalAddresses(ir)
+        let evaluator = CachedEvaluator(ir)
+        var doomed: [ConntrackEntry] = []
+        var seen: Set<ConntrackEntry> = []
+
+        func consider(_ e: ConntrackEntry) {
+            report.examined += 1
+            // A related connection (FTP data, ...) passed as `ct state related`: it stands or
+            // falls with the connection that expected it, so that one's first packet is evaluated.
+            let t = e.master ?? e.original
+            let source = IPAddress(t.source, t.family)
+            // The destination the policy saw: after destination NAT, the reply's source.
+            let destination = e.master != nil ? IPAddress(t.destination, t.family)
+                : e.reply.map { IPAddress($0.source, $0.family) } ?? IPAddress(t.destination, t.family)
+            if departed.contains(source) || departed.contains(destination) {
+                doomed.append(e)
+                return
+            }
+            let sourceIface = local.interface(of: source)
+            let destinationIface = local.interface(of: destination)
+            guard sourceIface != nil || destinationIface != nil else { return }  // not an instance's
+            let input = sourceIface ?? (hostAddresses.contains(source) ? nil : outsideInterface)
+            let output = destinationIface ?? (hostAddresses.contains(destination) ? nil : outsideInterface)
+            let ports = [6, 17, 132, 33, 136].contains(t.protocolNumber)
+            let packet = PacketDescription(
+                from: input, to: output, source: source, destination: destination, protocolNumber: t.protocolNumber,
+                sourcePort: ports ? t.sourcePort : nil,
+                destinationPort: ports ? (e.master == nil ? e.reply?.sourcePort ?? t.destinationPort : t.destinationPort) : nil,
+                icmpType: t.icmpType, icmpCode: t.icmpCode, connectionState: .new, tcpFlags: 0x02)
+            report.evaluated += 1
+            if !evaluator.allows(packet) { doomed.append(e) }
+        }
+
+        switch scope {
+        case .none:
+            break
+        case .all:
+            // One walk for both families (a family filter would not make the walk shorter).
+            report.dumps += 1
+            try conntrack.dump(.all) { (e) throws(NetlinkError) in consider(e) }
+        case .addresses(let addresses):
+            let wanted = addresses.union(departed)
+            let families = Set(wanted.map(\.family.conntrack))
+            // Two filtered walks per address (original source, original destination), or one
+            // whole dump (of one family, or both): whichever costs less, given the table's size now.
+            let filteredWalks = 2 * wanted.count
+            let size = try conntrack.count()
+            report.tableSize = size
+            if !filteredIsCheaper(walks: filteredWalks, size: size) {
+                report.dumps += 1
+                let filter = families.count == 1 ? ConntrackFilter(family: families.first!) : .all
+                try conntrack.dump(filter) { (e) throws(NetlinkError) in
+                    let f = e.original.family
+                    let s = IPAddress(e.original.source, f), d = IPAddress(e.original.destination, f)
+                    let r = e.reply.map { IPAddress($0.source, f) }
+                    if wanted.contains(s) || wanted.contains(d) || r.map(wanted.contains) == true { consider(e) }
+                }
+            } else {
+                for a in wanted.sorted() {
+                    for field in [ConntrackFilter.Field.originalSource(a.conntrack), .originalDestination(a.conntrack)] {
+                        report.dumps += 1
+                        try conntrack.dump(ConntrackFilter(family: a.family.conntrack, field: field)) { (e) throws(NetlinkError) in
+                            // An entry with the address at both ends comes twice.
+                            if seen.insert(e).inserted { consider(e) }
+                        }
+                    }
+                }
+            }
+        }
+        if !doomed.isEmpty {
+            let d = try conntrack.delete(doomed)
+            report.cut = d.deleted
+            report.alreadyGone = d.alreadyGone
+        }
+        report.nanoseconds = DispatchTime.now().uptimeNanoseconds - start
+        return report
+    }
+
+    /// The addresses that were a local instance's before `plan` and are no instance's in the IR
+    /// it led to (an instance removed, an address taken from one): every connection at them is
+    /// cut. Read from the plan's removals from the anti-spoofing sets, so no earlier IR is needed.
+    public static func departed(in plan: Plan, result ir: RulesetIR) -> Set<IPAddress> {
+        let now = LocalAddresses(ir)
+        var out: Set<IPAddress> = []
+        for case .removeElements(let set, let elements) in plan.ops where set == Naming.sources4 || set == Naming.sources6 {
+            for e in elements {
+                switch e {
+                case .ifaceIPv4(_, let a) where now.interface(of: .v4(a)) == nil: out.insert(.v4(a))
+                case .ifaceIPv6(_, let a) where now.interface(of: .v6(a)) == nil: out.insert(.v6(a))
+                default: break
+                }
+            }
+        }
+        return out
+    }
+
+    /// The addresses of the network namespace's own devices (the hypervisor's), read with
+    /// getifaddrs from inside it.
+    public static func hostAddresses(in namespace: NetworkNamespace) throws -> Set<IPAddress> {
+        try namespace.perform { () -> Set<IPAddress> in
+            var list: UnsafeMutablePointer<ifaddrs>?
+            guard getifaddrs(&list) == 0 else { throw NetlinkError.systemCall("getifaddrs", Errno(errno)) }
+            defer { freeifaddrs(list) }
+            var out: Set<IPAddress> = []
+            var p = list
+            while let i = p {
+                defer { p = i.pointee.ifa_next }
+                guard let sa = i.pointee.ifa_addr else { continue }
+                switch Int32(sa.pointee.sa_family) {
+                case AF_INET:
+                    let v = sa.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { UInt32(bigEndian: $0.pointee.sin_addr.s_addr) }
+                    out.insert(.v4(IPv4Address(raw: v)))
+                case AF_INET6:
+                    let (hi, lo) = sa.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { s -> (UInt64, UInt64) in
+                        withUnsafeBytes(of: s.pointee.sin6_addr) { b in
+                            (UInt64(bigEndian: b.loadUnaligned(as: UInt64.self)), UInt64(bigEndian: b.loadUnaligned(fromByteOffset: 8, as: UInt64.self)))
+                        }
+                    }
+                    out.insert(.v6(IPv6Address(hi: hi, lo: lo)))
+                default: break
+                }
+            }
+            return out
+        }
+    }
+}
+
+/// Local instance addresses → their interface, from the IR's anti-spoofing sets.
+struct LocalAddresses {
+    var interfaceOf: [IPAddress: String] = [:]
+    var byInterface: [String: [IPAddress]] = [:]
+
+    init(_ ir: RulesetIR) {
+        for name in [Naming.sources4, Naming.sources6] {
+            for e in ir.sets[name]?.elements ?? [] {
+                switch e {
+                case .ifaceIPv4(let i, let a): interfaceOf[.v4(a)] = i; byInterface[i, default: []].append(.v4(a))
+                case .ifaceIPv6(let i, let a): interfaceOf[.v6(a)] = i; byInterface[i, default: []].append(.v6(a))
+                default: break
+                }
+            }
+        }
+    }
+
+    func interface(of a: IPAddress) -> String? { interfaceOf[a] }
+    func addresses(of iface: String) -> [IPAddress] { byInterface[iface] ?? [] }
+    func has(_ f: ConntrackFamily) -> Bool { interfaceOf.keys.contains { $0.family.conntrack == f } }
+}
+
+/// `Evaluate.packet` with its verdicts remembered per packet: entries of one flow pattern (many
+/// source ports to one service) are evaluated once. The source port is kept only when some rule
+/// looks at it (`udp sport`), else it is left out of the key.
+final class CachedEvaluator {
+    let ir: RulesetIR
+    let sourcePortsSeen: Set<UInt16>
+    var cache: [PacketDescription: Bool] = [:]
+
+    init(_ ir: RulesetIR) {
+        self.ir = ir
+        var ports: Set<UInt16> = []
+        for c in ir.chains.values {
+            for r in c.rules {
+                for m in r.matches { if case .udpSport(let p) = m { ports.insert(p) } }
+            }
+        }
+        sourcePortsSeen = ports
+    }
+
+    func allows(_ packet: PacketDescription) -> Bool {
+        var p = packet
+        if let s = p.sourcePort, !sourcePortsSeen.contains(s) { p.sourcePort = 0 }
+        if let v = cache[p] { return v }
+        let v = Evaluate.packet(p, in: ir).allowed
+        cache[p] = v
+        return v
+    }
+}
+
+extension IPAddress {
+    init(_ a: ConntrackAddress, _ family: ConntrackFamily) {
+        switch family {
+        case .ipv4: self = .v4(IPv4Address(raw: UInt32(truncatingIfNeeded: a.low)))
+        case .ipv6: self = .v6(IPv6Address(hi: a.high, lo: a.low))
+        }
+    }
+
+    var conntrack: ConntrackAddress {
+        switch self {
+        case .v4(let a): ConntrackAddress(ipv4: a.raw)
+        case .v6(let a): ConntrackAddress(high: a.hi, low: a.lo)
+        }
+    }
+}
+
+extension IPFamily {
+    var conntrack: ConntrackFamily { self == .ipv4 ? .ipv4 : .ipv6 }
+}

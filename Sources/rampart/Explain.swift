@@ -1,0 +1,188 @@
+import ArgumentParser
+import Foundation
+import RampartCore
+import RampartNFTables
+
+/// `rampart explain`: the verdict of the policy the kernel holds now for one packet, and the
+/// path that led to it (base-chain check, instance → group → rule, or the default drop).
+struct Explain: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Why is this packet allowed or dropped? The verdict of what the kernel holds now, and its path.",
+        discussion: """
+            An endpoint is an instance id (as in the document), an address, or host:ADDRESS for the
+            hypervisor itself. An address of no local instance is outside (reached through --via).
+            The packet is the first of a new connection unless --established is given.
+            Reads the nftables table (`inet rampart`) and evaluates it rule by rule, as the kernel would.
+            """)
+
+    @OptionGroup var target: TargetOptions
+
+    @Option(help: "The sender: INSTANCE, ADDRESS or host:ADDRESS.")
+    var from: String
+
+    @Option(help: "The receiver: INSTANCE, ADDRESS or host:ADDRESS.")
+    var to: String
+
+    @Option(help: "The source address the packet carries, when it is not the sender's own (a spoofed packet).")
+    var source: String?
+
+    @Option(help: "tcp, udp, sctp, icmp, icmpv6, or a protocol number.")
+    var `protocol`: String
+
+    @Option(help: "Destination port (tcp, udp, sctp).")
+    var port: UInt16?
+
+    @Option(help: "Source port (tcp, udp, sctp; default 40000).")
+    var sourcePort: UInt16 = 40000
+
+    @Option(help: "ICMP or ICMPv6 type.")
+    var icmpType: UInt8?
+
+    @Option(help: "ICMP or ICMPv6 code.")
+    var icmpCode: UInt8?
+
+    @Option(help: "ipv4 or ipv6, when both endpoints are instances with addresses of both.")
+    var family: IPFamily?
+
+    @Option(help: "The device outside traffic uses on the hypervisor (default: uplink).")
+    var via = "uplink"
+
+    @Flag(help: "Ask about a packet of an established connection instead of its first packet.")
+    var established = false
+
+    @Flag(help: "Print JSON.")
+    var json = false
+
+    func run() throws {
+        try reportingFailures {
+            guard target.backend == .nftables else {
+                throw Failure.document("rampart explain: reads the nftables table only (--backend iptables is not supported yet)")
+            }
+            let backend = try target.connect()
+            guard let (ir, undecoded) = try backend.enforcedPolicy() else {
+                throw Failure.document("rampart explain: no rampart table here: nothing is enforced, every packet passes")
+            }
+            let instances = LocalInstances(ir)
+            var src = try instances.endpoint(from, name: "--from")
+            if let text = source {
+                guard let a = IPAddress(text) else { throw Failure.document("rampart explain: --source \(text): not an address") }
+                src.fixed = a
+            }
+            let dst = try instances.endpoint(to, name: "--to")
+            let fam = try pickFamily(src, dst)
+            guard let srcAddr = src.address(fam), let dstAddr = dst.address(fam) else {
+                throw Failure.document("rampart explain: no \(fam.rawValue) address for both endpoints")
+            }
+            let proto = try protocolNumber()
+            var p = PacketDescription(
+                from: src.isHost ? nil : (src.interface ?? via), to: dst.isHost ? nil : (dst.interface ?? via),
+                source: srcAddr, destination: dstAddr, protocolNumber: proto,
+                sourcePort: [6, 17, 132].contains(proto) ? sourcePort : nil, destinationPort: port,
+                icmpType: icmpType, icmpCode: icmpCode, connectionState: established ? [.established] : .new,
+                tcpFlags: established ? 0x10 : 0x02)
+            if src.isHost && dst.isHost { throw Failure.document("rampart explain: host to host is not Rampart's traffic") }
+            if p.inputInterface == nil && p.outputInterface == nil { p.outputInterface = via }
+            let verdict = Evaluate.packet(p, in: ir)
+            let reason = verdict.reason(in: ir)
+            if json {
+                struct Out: Encodable {
+                    var allowed: Bool
+                    var reason: String
+                    var path: [TraceStep]
+                    var unreadableRules: [String]
+                }
+                let enc = JSONEncoder()
+                enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+                print(String(decoding: try enc.encode(Out(allowed: verdict.allowed, reason: reason, path: verdict.trace, unreadableRules: undecoded)), as: UTF8.self))
+                return
+            }
+            let what = "\(Render.protocolName(proto)) \(srcAddr) → \(dstAddr)" + (port.map { " port \($0)" } ?? "")
+                + (icmpType.map { " type \($0)" } ?? "")
+            print("\(what) (\(src.label) → \(dst.label)), \(established ? "established" : "new connection"): \(verdict.allowed ? "ALLOWED" : "DROPPED")")
+            for step in verdict.trace {
+                print("  \(step.chain)[\(step.rule.map(String.init) ?? "policy")]  \(step.text)")
+            }
+            print("  → \(reason)")
+            if !undecoded.isEmpty {
+                print("  warning: rules not written by rampart were skipped: \(undecoded.joined(separator: ", ")) (run `rampart diff` to see the drift)")
+            }
+        }
+    }
+
+    func pickFamily(_ a: Endpoint, _ b: Endpoint) throws -> IPFamily {
+        if let f = family { return f }
+        for e in [a, b] { if let x = e.fixed { return x.family } }
+        for f in [IPFamily.ipv4, .ipv6] where a.address(f) != nil && b.address(f) != nil { return f }
+        throw Failure.document("rampart explain: the endpoints share no address family")
+    }
+
+    func protocolNumber() throws -> UInt8 {
+        let names: [String: UInt8] = ["tcp": 6, "udp": 17, "sctp": 132, "icmp": 1, "icmpv6": 58]
+        if let n = names[`protocol`] { return n }
+        if let n = UInt8(`protocol`), n > 0 { return n }
+        throw Failure.document("rampart explain: --protocol \(`protocol`): expected tcp, udp, sctp, icmp, icmpv6 or 1-255")
+    }
+}
+
+extension IPFamily: ExpressibleByArgument {}
+
+/// One side of the packet.
+struct Endpoint {
+    var label: String
+    var interface: String?
+    var isHost = false
+    /// An address given on the command line.
+    var fixed: IPAddress?
+    /// The instance's addresses (for an instance named by id).
+    var addresses: [IPAddress] = []
+
+    func address(_ f: IPFamily) -> IPAddress? {
+        if let x = fixed { return x.family == f ? x : nil }
+        return addresses.first { $0.family == f }
+    }
+}
+
+/// The instances the kernel table knows: interface → instance id (from the dispatch map) and
+/// their addresses (from the anti-spoofing sets).
+struct LocalInstances {
+    var interfaceOf: [String: String] = [:]
+    var idOf: [String: String] = [:]
+    var addresses: [String: [IPAddress]] = [:]
+
+    init(_ ir: RulesetIR) {
+        for (iface, v) in ir.maps[Naming.fromInstanceMap]?.elements ?? [:] {
+            guard let c = v.chainReference, c.hasPrefix("out-") else { continue }
+            // Kernel names carry `/` for `:` (Naming.kernelID).
+            let id = String(c.dropFirst(4)).replacingOccurrences(of: "/", with: ":")
+            interfaceOf[id] = iface
+            idOf[iface] = id
+        }
+        for name in [Naming.sources4, Naming.sources6] {
+            for e in ir.sets[name]?.elements ?? [] {
+                switch e {
+                case .ifaceIPv4(let i, let a): addresses[i, default: []].append(.v4(a))
+                case .ifaceIPv6(let i, let a): addresses[i, default: []].append(.v6(a))
+                default: break
+                }
+            }
+        }
+        for (k, v) in addresses { addresses[k] = v.sorted() }
+    }
+
+    func endpoint(_ text: String, name: String) throws -> Endpoint {
+        if text.hasPrefix("host:") {
+            guard let a = IPAddress(String(text.dropFirst(5))) else { throw Failure.document("rampart explain: \(name) \(text): not host:ADDRESS") }
+            return Endpoint(label: "the host", isHost: true, fixed: a)
+        }
+        if let iface = interfaceOf[text] {
+            return Endpoint(label: "\(text) on \(iface)", interface: iface, addresses: addresses[iface] ?? [])
+        }
+        if let a = IPAddress(text) {
+            if let (iface, _) = addresses.first(where: { $0.value.contains(a) }) {
+                return Endpoint(label: "\(idOf[iface] ?? iface) on \(iface)", interface: iface, fixed: a)
+            }
+            return Endpoint(label: "outside", fixed: a)
+        }
+        throw Failure.document("rampart explain: \(name) \(text): no instance with that id on this host, and not an address")
+    }
+}
