@@ -18,7 +18,8 @@ public struct IPv4Address: Hashable, Sendable, Comparable, CustomStringConvertib
     /// Parses strict dotted-quad text (inet_pton: no leading zeros, no shorthand).
     public init?(_ text: String) {
         var a = in_addr()
-        guard text.utf8.count <= 15, inet_pton(AF_INET, text, &a) == 1 else { return nil }
+        // No NUL: inet_pton would read the text only up to it ("10.0.0.1\0x" was 10.0.0.1).
+        guard text.utf8.count <= 15, !text.utf8.contains(0), inet_pton(AF_INET, text, &a) == 1 else { return nil }
         raw = UInt32(bigEndian: a.s_addr)
     }
 
@@ -41,7 +42,7 @@ public struct IPv6Address: Hashable, Sendable, Comparable, CustomStringConvertib
     /// Parses IPv6 text with inet_pton (no zone ids, no prefix length).
     public init?(_ text: String) {
         var a = in6_addr()
-        guard text.utf8.count <= 45, inet_pton(AF_INET6, text, &a) == 1 else { return nil }
+        guard text.utf8.count <= 45, !text.utf8.contains(0), inet_pton(AF_INET6, text, &a) == 1 else { return nil }
         var h: UInt64 = 0, l: UInt64 = 0
         withUnsafeBytes(of: &a) { b in
             for i in 0..<8 { h = h << 8 | UInt64(b[i]) }
@@ -219,7 +220,7 @@ func quoted(_ s: String) -> String {
         switch u {
         case "\"": out += "\\\""
         case "\\": out += "\\\\"
-        case _ where u.value < 0x20 || u.value == 0x7f: out += String(format: "\\u%04x", u.value)
+        case _ where isControl(u): out += String(format: "\\u%04x", u.value)
         default: out.unicodeScalars.append(u)
         }
     }

@@ -30,5 +30,12 @@ public struct DocumentError: Error, Hashable, Sendable, CustomStringConvertible 
     }
 }
 
-/// Joins a JSON path and an object key.
-func joinPath(_ path: String, _ key: String) -> String { path.isEmpty ? key : path + "." + key }
+/// Joins a JSON path and an object key. A key with a control character is quoted (escaped), so
+/// that an error message stays one line and carries no escape sequence to a terminal or a log.
+func joinPath(_ path: String, _ key: String) -> String {
+    let k = key.unicodeScalars.contains(where: isControl) ? quoted(key) : key
+    return path.isEmpty ? k : path + "." + k
+}
+
+/// C0 controls, DEL and C1 controls (0x80-0x9f; 0x9b is CSI, which starts a terminal escape).
+func isControl(_ u: Unicode.Scalar) -> Bool { u.value < 0x20 || (0x7f...0x9f).contains(u.value) }

@@ -55,59 +55,26 @@ public struct APIRouter: Sendable {
     }
 
     private func immediate(method: String, uri: String, body: [UInt8], reply: @escaping @Sendable (APIResponse) -> Void) -> APIResponse? {
-        let (path, query) = splitURI(uri)
-        let parts = path.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
-        // parts[0] is "" (leading slash)
-        switch (parts.count, parts.dropFirst().first) {
-        case (2, "metrics"):
-            guard method == "GET" else { return .error(405, "method \(method) not allowed on \(path); use GET", headers: [("Allow", "GET")]) }
+        switch APIRoute.parse(method: method, uri: uri, body: body) {
+        case .reject(let status, let message, let allow):
+            return .error(status, message, headers: allow.map { [("Allow", $0)] } ?? [])
+        case .metrics:
             return APIResponse(status: 200, contentType: "text/plain; version=0.0.4", body: daemon.metricsText())
-        default: break
-        }
-        guard parts.count >= 3, parts[1] == "v1" else { return .error(404, "no such endpoint: \(path)") }
-        switch parts[2] {
-        case "status" where parts.count == 3:
-            guard method == "GET" else { return .error(405, "method \(method) not allowed on \(path); use GET", headers: [("Allow", "GET")]) }
+        case .status:
             let st = daemon.currentStatus
             return APIResponse(status: st.ready ? 200 : 503, body: st.json + "\n")
-        case "resync" where parts.count == 3:
-            guard method == "POST" else { return .error(405, "method \(method) not allowed on \(path); use POST", headers: [("Allow", "POST")]) }
+        case .resync:
             _ = daemon.requestResync { reply(Self.outcomeResponse($0)) }
             return nil
-        case "refresh":
-            guard method == "POST" else { return .error(405, "method \(method) not allowed on \(path); use POST", headers: [("Allow", "POST")]) }
-            var wait = query["wait"].map { $0 == "1" || $0 == "true" } ?? false
-            if !body.isEmpty {
-                guard let obj = try? JSONSerialization.jsonObject(with: Data(body)), let dict = obj as? [String: Any] else {
-                    return .error(400, "malformed JSON body: expected an object such as {\"wait\": true}")
+        case .refresh(let refresh, let wait):
+            switch refresh {
+            case .members(let id), .rules(let id):
+                do {
+                    if try !daemon.store.groupExists(id) { return .error(404, "unknown group \(id)") }
+                } catch {
+                    return .error(500, "store: \(error)")
                 }
-                for key in dict.keys where key != "wait" { return .error(400, "unknown key \(jsonString(key)) in body") }
-                if let w = dict["wait"] {
-                    guard let b = w as? Bool else {
-                        return .error(400, "wait: expected a boolean")
-                    }
-                    wait = b
-                }
-            }
-            let refresh: Refresh
-            switch (parts.count, parts.count > 3 ? parts[3] : "") {
-            case (4, "host"): refresh = .host
-            case (5, let kind) where ["members", "rules", "instance"].contains(kind):
-                let id = parts[4].removingPercentEncoding ?? parts[4]
-                if let problem = idProblem(id) { return .error(400, "invalid id \(jsonString(id)): \(problem)") }
-                switch kind {
-                case "members", "rules":
-                    do {
-                        if try !daemon.store.groupExists(id) { return .error(404, "unknown group \(id)") }
-                    } catch {
-                        return .error(500, "store: \(error)")
-                    }
-                    refresh = kind == "members" ? .members(id) : .rules(id)
-                default:
-                    refresh = .instance(id)
-                }
-            default:
-                return .error(404, "no such endpoint: \(path)")
+            case .instance, .host: break
             }
             // The waiter is registered with the ticket, so the answer is the outcome of the drain
             // that carried this refresh; a full queue is answered 503 with Retry-After.
@@ -118,8 +85,6 @@ public struct APIRouter: Sendable {
             }
             if !wait { return APIResponse(status: 202, body: "{\"status\":\"queued\",\"ticket\":\(ticket)}\n") }
             return nil
-        default:
-            return .error(404, "no such endpoint: \(path)")
         }
     }
 
@@ -130,20 +95,5 @@ public struct APIRouter: Sendable {
         case .committed(let g): APIResponse(status: 200, body: "{\"status\":\"committed\",\"generation\":\(g.map(String.init) ?? "null")}\n")
         case .failed(let e): .error(500, e)
         }
-    }
-
-    private func idProblem(_ id: String) -> String? {
-        let issues = Document(host: "-", groups: [id: Group()]).issues()
-        return issues.isEmpty ? nil : issues.map(\.reason).joined(separator: "; ")
-    }
-
-    private func splitURI(_ uri: String) -> (String, [String: String]) {
-        guard let q = uri.firstIndex(of: "?") else { return (uri, [:]) }
-        var query: [String: String] = [:]
-        for pair in uri[uri.index(after: q)...].split(separator: "&") {
-            let kv = pair.split(separator: "=", maxSplits: 1).map(String.init)
-            query[kv[0]] = kv.count > 1 ? kv[1] : ""
-        }
-        return (String(uri[..<q]), query)
     }
 }
