@@ -131,7 +131,7 @@ public enum Compiler {
             case .v4(let x): out.append((Naming.sources4, .ifaceIPv4(iface, x)))
             case .v6(let x):
                 out.append((Naming.sources6, .ifaceIPv6(iface, x)))
-                out.append((Naming.ndTargets, .ifaceIPv6(iface, x)))
+                out.append((Naming.ndTargets, .ifaceNDTarget(iface, x)))
             }
         }
         if let mac = inst.mac {

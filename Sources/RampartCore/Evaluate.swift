@@ -118,7 +118,7 @@ public enum Evaluate {
             return !IPv6Prefix.linkLocal.contains(t)
         case .ifaceNDTargetNotInSet(let s):
             guard p.protocolNumber == 58, let t = p.neighbourTarget, let i = p.inputInterface else { return false }
-            return !inSet(s, .ifaceIPv6(i, t))
+            return !inSet(s, .ifaceNDTarget(i, t))
         }
     }
 }

@@ -232,9 +232,6 @@ public enum SetKeyType: String, Hashable, Sendable {
     /// own `typeof` userdata, so that `nft list` prints and reloads it the same way).
     case ifnameNDTarget = "typeof iifname . @th,64,128"
 
-    /// The key type of the elements such a set holds (`ifnameNDTarget` holds `ifnameIPv6` keys).
-    public var elementKeyType: SetKeyType { self == .ifnameNDTarget ? .ifnameIPv6 : self }
-
     /// The set's key as declared in nft text (`type …` or `typeof …`).
     public var declaration: String {
         self == .ifnameNDTarget ? rawValue : "type " + rawValue
@@ -250,6 +247,10 @@ public enum SetElement: Hashable, Sendable, Comparable, CustomStringConvertible 
     case ifaceIPv4(String, IPv4Address)
     case ifaceIPv6(String, IPv6Address)
     case ifaceEther(String, MACAddress)
+    /// An interface and an IPv6 address a neighbour advertisement from it may name as its
+    /// target (the set typed `typeof iifname . @th,64,128`: nft reads the address as one
+    /// 128-bit integer).
+    case ifaceNDTarget(String, IPv6Address)
 
     public init(_ a: IPAddress) {
         switch a {
@@ -267,6 +268,7 @@ public enum SetElement: Hashable, Sendable, Comparable, CustomStringConvertible 
         case .ifaceIPv4: .ifnameIPv4
         case .ifaceIPv6: .ifnameIPv6
         case .ifaceEther: .ifnameEther
+        case .ifaceNDTarget: .ifnameNDTarget
         }
     }
 
@@ -279,6 +281,8 @@ public enum SetElement: Hashable, Sendable, Comparable, CustomStringConvertible 
         case .ifaceIPv4(let i, let a): "\"" + i + "\" . " + a.description
         case .ifaceIPv6(let i, let a): "\"" + i + "\" . " + a.description
         case .ifaceEther(let i, let m): "\"" + i + "\" . " + m.description
+        case .ifaceNDTarget(let i, let a):
+            "\"" + i + "\" . 0x" + a.bytes.map { b in (b < 16 ? "0" : "") + String(b, radix: 16) }.joined()
         }
     }
 
@@ -290,6 +294,7 @@ public enum SetElement: Hashable, Sendable, Comparable, CustomStringConvertible 
         case (.ifaceIPv4(let i, let x), .ifaceIPv4(let j, let y)): (i, x.raw) < (j, y.raw)
         case (.ifaceIPv6(let i, let x), .ifaceIPv6(let j, let y)): i != j ? i < j : x < y
         case (.ifaceEther(let i, let x), .ifaceEther(let j, let y)): (i, x.raw) < (j, y.raw)
+        case (.ifaceNDTarget(let i, let x), .ifaceNDTarget(let j, let y)): i != j ? i < j : x < y
         default: a.keyType.rawValue < b.keyType.rawValue
         }
     }

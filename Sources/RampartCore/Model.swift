@@ -193,7 +193,7 @@ struct HostModel: Sendable {
         switch e {
         case .ipv4(let x): a = .v4(x)
         case .ipv6(let x): a = .v6(x)
-        case .ifname, .ifaceIPv4, .ifaceIPv6, .ifaceEther: return false
+        case .ifname, .ifaceIPv4, .ifaceIPv6, .ifaceEther, .ifaceNDTarget: return false
         }
         return (addressCount[k.group]?[a] ?? 0) > 0
     }
@@ -216,7 +216,7 @@ struct HostModel: Sendable {
     func sourceElementWanted(_ set: String, _ e: SetElement) -> Bool {
         let iface: String
         switch e {
-        case .ifaceIPv4(let i, _), .ifaceIPv6(let i, _), .ifaceEther(let i, _), .ifname(let i): iface = i
+        case .ifaceIPv4(let i, _), .ifaceIPv6(let i, _), .ifaceEther(let i, _), .ifaceNDTarget(let i, _), .ifname(let i): iface = i
         default: return false
         }
         guard let id = localInterfaces[iface], let inst = doc.instances[id] else { return false }

@@ -247,7 +247,7 @@ public func apply(_ plan: Plan, to ir: RulesetIR?) throws(PlanError) -> RulesetI
         case .addElements(let n, let e):
             guard var s = t.sets[n] else { throw fail("set \(n) does not exist") }
             for x in e {
-                guard x.keyType == s.keyType.elementKeyType else { throw fail("element \(x) has the wrong type for set \(n)") }
+                guard x.keyType == s.keyType else { throw fail("element \(x) has the wrong type for set \(n)") }
                 guard s.elements.insert(x).inserted else { throw fail("element \(x) already in set \(n)") }
             }
             t.sets[n] = s

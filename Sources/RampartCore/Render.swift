@@ -96,22 +96,8 @@ public enum Render {
         return out + "\t}\n"
     }
 
-    static func elements<S: Sequence>(_ e: S, keyType: SetKeyType? = nil) -> String where S.Element == SetElement {
-        e.sorted().map { keyType == .ifnameNDTarget ? ndTargetText($0) : $0.description }.joined(separator: ", ")
-    }
-
-    /// An element of the neighbour-target set as nft reads it for a `typeof … @th,64,128` key:
-    /// the address as one 128-bit integer.
-    static func ndTargetText(_ e: SetElement) -> String {
-        guard case .ifaceIPv6(let i, let a) = e else { return e.description }
-        let hex = a.bytes.map { b in (b < 16 ? "0" : "") + String(b, radix: 16) }.joined()
-        return "\"" + i + "\" . 0x" + hex
-    }
-
-    /// The key type nft text needs for the elements of the set named `name` in a Plan (only the
-    /// neighbour-target set is written differently from its elements' own type).
-    static func planKeyType(_ name: String) -> SetKeyType? {
-        name == Naming.ndTargets ? .ifnameNDTarget : nil
+    static func elements<S: Sequence>(_ e: S) -> String where S.Element == SetElement {
+        e.sorted().map(\.description).joined(separator: ", ")
     }
 
     /// A whole IR as one `table` block, objects sorted by name so the text is stable.
@@ -119,7 +105,7 @@ public enum Render {
         var out = "table \(ir.family) \(q(ir.tableName)) {\n"
         for s in ir.sets.values.sorted(by: { $0.name < $1.name }) {
             out += "\tset \(q(s.name)) {\n\t\t\(s.keyType.declaration)\n"
-            if !s.elements.isEmpty { out += "\t\telements = { \(elements(s.elements, keyType: s.keyType)) }\n" }
+            if !s.elements.isEmpty { out += "\t\telements = { \(elements(s.elements)) }\n" }
             out += "\t}\n"
         }
         for m in ir.maps.values.sorted(by: { $0.name < $1.name }) {
@@ -145,8 +131,8 @@ public enum Render {
             case .deleteTable: lines.append("delete table \(t)")
             case .createSet(let h): lines.append("add set \(t) \(q(h.name)) { \(h.keyType.declaration); }")
             case .deleteSet(let n): lines.append("delete set \(t) \(q(n))")
-            case .addElements(let n, let e): lines.append("add element \(t) \(q(n)) { \(elements(e, keyType: planKeyType(n))) }")
-            case .removeElements(let n, let e): lines.append("delete element \(t) \(q(n)) { \(elements(e, keyType: planKeyType(n))) }")
+            case .addElements(let n, let e): lines.append("add element \(t) \(q(n)) { \(elements(e)) }")
+            case .removeElements(let n, let e): lines.append("delete element \(t) \(q(n)) { \(elements(e)) }")
             case .createMap(let n): lines.append("add map \(t) \(q(n)) { type ifname : verdict; }")
             case .deleteMap(let n): lines.append("delete map \(t) \(q(n))")
             case .addMapElements(let n, let e): lines.append("add element \(t) \(q(n)) { \(mapElements(e)) }")

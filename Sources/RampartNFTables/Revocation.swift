@@ -115,7 +115,7 @@ public enum Revocation {
                     case .ipv4(let a): addresses.insert(.v4(a))        // a member left a referenced group
                     case .ipv6(let a): addresses.insert(.v6(a))
                     case .ifaceIPv4(_, let a): addresses.insert(.v4(a))  // an address left an instance
-                    case .ifaceIPv6(_, let a): addresses.insert(.v6(a))
+                    case .ifaceIPv6(_, let a), .ifaceNDTarget(_, let a): addresses.insert(.v6(a))
                     case .ifname(let i):
                         addresses.formUnion(local.addresses(of: i))
                     case .ifaceEther:

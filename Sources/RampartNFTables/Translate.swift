@@ -71,7 +71,7 @@ enum Translate {
         case .ipv6(let a): bytes(a)
         case .ifname(let n): Match.ifnameBytes(n)
         case .ifaceIPv4(let i, let a): Match.ifnameBytes(i) + bytes(a)
-        case .ifaceIPv6(let i, let a): Match.ifnameBytes(i) + bytes(a)
+        case .ifaceIPv6(let i, let a), .ifaceNDTarget(let i, let a): Match.ifnameBytes(i) + bytes(a)
         case .ifaceEther(let i, let m): Match.ifnameBytes(i) + bytes(m) + [0, 0]
         }
     }
@@ -83,7 +83,8 @@ enum Translate {
         case .ipv6Address: return ipv6(key).map { .ipv6($0) }
         case .ifname: return .ifname(ifname(key))
         case .ifnameIPv4: return ipv4(Array(key.dropFirst(16))).map { .ifaceIPv4(iface, $0) }
-        case .ifnameIPv6, .ifnameTransport128: return ipv6(Array(key.dropFirst(16))).map { .ifaceIPv6(iface, $0) }
+        case .ifnameIPv6: return ipv6(Array(key.dropFirst(16))).map { .ifaceIPv6(iface, $0) }
+        case .ifnameTransport128: return ipv6(Array(key.dropFirst(16))).map { .ifaceNDTarget(iface, $0) }
         case .ifnameEther:
             guard key.count == 24 else { return nil }
             return .ifaceEther(iface, MACAddress(raw: key[16..<22].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }))

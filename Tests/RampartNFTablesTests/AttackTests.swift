@@ -105,6 +105,19 @@ import RampartHarness
             let results = try topo.probe(cases.map(\.0))
             for (r, c) in zip(results, cases) { expect("\(r.probe) [\(r.detail)]", r.passed, c.1) }
         }
+        /// Opens a UDP flow from `client` (node, address, port) to `server` and expects both its
+        /// first datagram and the answer to pass: the established flow an attack then targets.
+        mutating func udpFlow(_ topo: HypervisorTopology, _ label: String, client: (String, String, UInt16), server: (String, String, UInt16))
+            throws -> (client: PacketCapture, server: PacketCapture) {
+            let srv = try topo.udpSocket(server.0, address: server.1, port: server.2)
+            let cli = try topo.udpSocket(client.0, address: client.1, port: client.2)
+            let hello = AttackTests.token("hello"), reply = AttackTests.token("reply")
+            try cli.send(hello, to: server.1, port: server.2)
+            expect("UDP \(label)", srv.saw(hello, within: 1), true)
+            try srv.send(reply, to: client.1, port: client.2)
+            expect("UDP reply, \(label)", cli.saw(reply, within: 1), true)
+            return (cli, srv)
+        }
         func check(_ backend: TrafficBackend, sourceLocation: SourceLocation = #_sourceLocation) {
             #expect(wrong.isEmpty, "\(backend): \(wrong.count) wrong:\n  \(wrong.joined(separator: "\n  "))", sourceLocation: sourceLocation)
         }
@@ -126,13 +139,7 @@ import RampartHarness
         var v = Verdicts()
 
         for (bob, net, bobPort) in [("10.0.1.12", "192.0.2.10", UInt16(41000)), ("fd00::12", "2001:db8::10", UInt16(41001))] {
-            let server = try t.udpSocket("internet", address: net, port: 7001)
-            let client = try t.udpSocket("bob", address: bob, port: bobPort)
-            let hello = Self.token("hello"), reply = Self.token("reply")
-            try client.send(hello, to: net, port: 7001)
-            v.expect("UDP bob \(bob):\(bobPort) → \(net):7001", server.saw(hello, within: 1), true)
-            try server.send(reply, to: bob, port: bobPort)
-            v.expect("UDP reply \(net) → bob", client.saw(reply, within: 1), true)
+            let (client, server) = try v.udpFlow(t, "bob \(bob):\(bobPort) → \(net):7001", client: ("bob", bob, bobPort), server: ("internet", net, 7001))
 
             // The injections (alice: same host, in a group; lonely: in none), then bob again.
             let fromAlice = Self.token("alice"), fromLonely = Self.token("lonely"), again = Self.token("again")
@@ -151,13 +158,8 @@ import RampartHarness
         // The MAC check comes first as well: alice's own established flow, her own address and
         // port, but a frame from a MAC that is not hers.
         do {
-            let server = try t.udpSocket("internet", address: "192.0.2.10", port: 7002)
-            let client = try t.udpSocket("alice", address: "10.0.1.11", port: 41002)
-            let hello = Self.token("hello"), reply = Self.token("reply")
-            try client.send(hello, to: "192.0.2.10", port: 7002)
-            v.expect("UDP alice → internet:7002 (her own flow)", server.saw(hello, within: 1), true)
-            try server.send(reply, to: "10.0.1.11", port: 41002)
-            v.expect("UDP reply internet → alice", client.saw(reply, within: 1), true)
+            let (client, server) = try v.udpFlow(t, "alice → internet:7002 (her own flow)", client: ("alice", "10.0.1.11", 41002),
+                                                 server: ("internet", "192.0.2.10", 7002))
             let foreignMAC = Self.token("mac"), again = Self.token("again")
             try s.send(from: "alice", to: "192.0.2.10", sourceMAC: "02:00:00:00:99:99",
                        RawPacket.udp(src: "10.0.1.11", dst: "192.0.2.10", sport: 41002, dport: 7002, foreignMAC))
@@ -169,13 +171,8 @@ import RampartHarness
 
         // bob's flow with the host itself (the input hook).
         do {
-            let server = try t.udpSocket("hv", address: "10.255.0.1", port: 7004)
-            let client = try t.udpSocket("bob", address: "10.0.1.12", port: 41004)
-            let hello = Self.token("hello"), reply = Self.token("reply")
-            try client.send(hello, to: "10.255.0.1", port: 7004)
-            v.expect("UDP bob → host:7004 (its flow)", server.saw(hello, within: 1), true)
-            try server.send(reply, to: "10.0.1.12", port: 41004)
-            v.expect("UDP reply host → bob", client.saw(reply, within: 1), true)
+            let (client, server) = try v.udpFlow(t, "bob → host:7004 (its flow)", client: ("bob", "10.0.1.12", 41004),
+                                                 server: ("hv", "10.255.0.1", 7004))
             let injected = Self.token("alice"), again = Self.token("again")
             try s.send(from: "alice", to: "10.255.0.1", RawPacket.udp(src: "10.0.1.12", dst: "10.255.0.1", sport: 41004, dport: 7004, injected))
             try client.send(again, to: "10.255.0.1", port: 7004)
@@ -187,13 +184,8 @@ import RampartHarness
         // Between two instances of the host: alice answers in carol's name inside bob's flow
         // with carol (a spoofed reply toward bob).
         do {
-            let server = try t.udpSocket("carol", address: "10.0.1.13", port: 7003)
-            let client = try t.udpSocket("bob", address: "10.0.1.12", port: 41003)
-            let hello = Self.token("hello"), reply = Self.token("reply")
-            try client.send(hello, to: "10.0.1.13", port: 7003)
-            v.expect("UDP bob → carol:7003 (their flow)", server.saw(hello, within: 1), true)
-            try server.send(reply, to: "10.0.1.12", port: 41003)
-            v.expect("UDP reply carol → bob", client.saw(reply, within: 1), true)
+            let (client, server) = try v.udpFlow(t, "bob → carol:7003 (their flow)", client: ("bob", "10.0.1.12", 41003),
+                                                 server: ("carol", "10.0.1.13", 7003))
             let forged = Self.token("forged"), back = Self.token("back")
             try s.send(from: "alice", to: "10.0.1.12", RawPacket.udp(src: "10.0.1.13", dst: "10.0.1.12", sport: 7003, dport: 41003, forged))
             try server.send(back, to: "10.0.1.12", port: 41003)
