@@ -542,6 +542,14 @@ public final class Daemon: @unchecked Sendable {
     /// conntrack entries the committed IR no longer allows are deleted, before the drain answers.
     /// A failure is recorded (status, error counter) and owed: the next sync cuts over the whole
     /// table, even with an empty plan.
+    /// A drain's answer once its plan committed: a refresh returns only when the connections the
+    /// new policy no longer allows are gone (contract rule 8), so a cut that failed makes the
+    /// refresh fail too (the rules are in; the cut is owed to the next sync).
+    private func committedOutcome(_ b: NFTablesBackend) -> SyncOutcome {
+        cutOwed ? .failed("committed, but the conntrack cut failed: established connections the new policy refuses may still pass until the next sync")
+            : .committed(generation: b.mirrorGeneration)
+    }
+
     private func cutConnections(after plan: Plan, before: RulesetIR?) {
         guard cutsConntrack else { return }
         guard let ir = engine.committed else { cutOwed = false; return }  // no table: nothing is enforced
@@ -646,7 +654,7 @@ public final class Daemon: @unchecked Sendable {
             commitCounter.increment()
             recordSync(since: start, commits: 1)
             logger.debug("drained \(items.count) refreshes: \(plan.summary)")
-            return .committed(generation: b.mirrorGeneration)
+            return committedOutcome(b)
         } catch {
             // Refused whole (someone else committed: generation changed) or outcome unknown:
             // read the table back and converge to the engine's desired state.
@@ -656,7 +664,7 @@ public final class Daemon: @unchecked Sendable {
                 b.invalidate()
                 let repair = try converge(b, asDrift: false)
                 recordSync(since: start, commits: repair.isEmpty ? 0 : 1)
-                return .committed(generation: b.mirrorGeneration)
+                return committedOutcome(b)
             } catch {
                 record(error: "repair failed: \(error)")
                 return .failed("\(error)")
