@@ -524,7 +524,7 @@ public final class IPTablesBackend {
         [Naming.instanceInterfaces, Naming.sources4, Naming.sources6, Naming.sourceMACs, Naming.macInterfaces, Naming.ndTargets].contains(n)
     }
 
-    static func interface(of e: RampartCore.SetElement) -> String? {
+    static func interface(of e: SetElement) -> String? {
         switch e {
         case .ifname(let i), .ifaceIPv4(let i, _), .ifaceIPv6(let i, _), .ifaceEther(let i, _): i
         default: nil

@@ -7,7 +7,7 @@ import RampartNetlink
 /// never writes decodes to nil: it was not written by Rampart, and the caller says so.
 enum Decode {
     /// The IR rule a kernel rule encodes, or nil when it is not one Rampart writes.
-    static func rule(_ r: RampartNetlink.Rule) -> IRRule? {
+    static func rule(_ r: NFTRule) -> IRRule? {
         var d = Decoder(exprs: r.expressions)
         guard let (matches, counter, verdict) = d.run() else { return nil }
         return IRRule(matches, counter: counter, verdict, comment: r.comment)
@@ -28,17 +28,17 @@ enum Decode {
     }
 
     private struct Decoder {
-        let exprs: [Expr]
+        let exprs: [NFTExpr]
         var i = 0
         var family: IPFamily?
         var l4: UInt8?
 
-        init(exprs: [Expr]) { self.exprs = exprs }
+        init(exprs: [NFTExpr]) { self.exprs = exprs }
 
-        func peek(_ k: Int = 0) -> Expr? { i + k < exprs.count ? exprs[i + k] : nil }
+        func peek(_ k: Int = 0) -> NFTExpr? { i + k < exprs.count ? exprs[i + k] : nil }
 
-        mutating func run() -> ([RampartCore.Match], Bool, RampartCore.Verdict)? {
-            var out: [RampartCore.Match] = []
+        mutating func run() -> ([Match], Bool, Verdict)? {
+            var out: [Match] = []
             var counter = false
             while let e = peek() {
                 switch e {
@@ -61,10 +61,10 @@ enum Decode {
             return nil
         }
 
-        /// The next term, or nil when the expressions are not a term Rampart writes. Family and
+        /// The next term, or nil when the expressions are not a term Rampart writes. NFTFamily and
         /// protocol checks become explicit terms (evaluated the same as the implied ones) and set
         /// the context the following loads are read in.
-        mutating func next() -> RampartCore.Match? {
+        mutating func next() -> Match? {
             guard let e = peek() else { return nil }
             switch e {
             case .meta(let key, .r1):

@@ -1,14 +1,14 @@
 import RampartNetlink
 
 /// Short nft-like text of a rule read back from the kernel, for `rampart show`: it recognises the
-/// bytecode Rampart writes (`Match` builders) and prints anything else as `<expr name>`.
+/// bytecode Rampart writes (`NFTMatch` builders) and prints anything else as `<expr name>`.
 enum Describe {
-    static func rule(_ exprs: [Expr]) -> String {
+    static func rule(_ exprs: [NFTExpr]) -> String {
         var words: [String] = []
         var family: UInt8?
         var l4: UInt8?
         var i = 0
-        func at(_ k: Int) -> Expr? { i + k < exprs.count ? exprs[i + k] : nil }
+        func at(_ k: Int) -> NFTExpr? { i + k < exprs.count ? exprs[i + k] : nil }
         while i < exprs.count {
             switch (exprs[i], at(1)) {
             case (.meta(.nfproto, _), .cmp(_, .eq, let d)?):
@@ -82,17 +82,17 @@ enum Describe {
         return words.joined(separator: " ")
     }
 
-    static func counter(_ exprs: [Expr]) -> (packets: UInt64, bytes: UInt64)? {
+    static func counter(_ exprs: [NFTExpr]) -> (packets: UInt64, bytes: UInt64)? {
         for e in exprs { if case .counter(let p, let b) = e { return (p, b) } }
         return nil
     }
 
-    private static func isNetworkLoad(_ e: Expr) -> Bool {
+    private static func isNetworkLoad(_ e: NFTExpr) -> Bool {
         if case .payload(.network, _, _, _) = e { return true }
         return false
     }
 
-    private static func isTransportLoad(_ e: Expr) -> Bool {
+    private static func isTransportLoad(_ e: NFTExpr) -> Bool {
         if case .payload(.transport, _, _, _) = e { return true }
         return false
     }

@@ -56,8 +56,8 @@ enum Observe {
 
     /// A base chain spec the IR can hold; hooks Rampart never uses map to a priority no compiled
     /// chain has, so such a chain never compares equal to a desired one.
-    static func baseSpec(_ b: RampartNetlink.BaseChainSpec) -> RampartCore.BaseChainSpec {
-        let policy: RampartCore.ChainPolicy = b.policy == .accept ? .accept : .drop
+    static func baseSpec(_ b: NFTBaseChainSpec) -> BaseChainSpec {
+        let policy: ChainPolicy = b.policy == .accept ? .accept : .drop
         switch b.hook {
         case .forward where b.type == "filter": return .init(hook: .forward, priority: b.priority, policy: policy)
         case .input where b.type == "filter": return .init(hook: .input, priority: b.priority, policy: policy)
@@ -66,8 +66,8 @@ enum Observe {
         }
     }
 
-    private static func drifted(_ r: RampartNetlink.Rule) -> IRRule {
-        var verdict: RampartCore.Verdict = .drop
+    private static func drifted(_ r: NFTRule) -> IRRule {
+        var verdict: Verdict = .drop
         for e in r.expressions {
             if case .verdict(let v) = e, let t = Translate.verdict(v) { verdict = t }
         }

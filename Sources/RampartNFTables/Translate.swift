@@ -6,7 +6,7 @@ import RampartNetlink
 /// Every IR object maps to exactly one kernel object of the `inet rampart` table, with the
 /// bytecode nft itself would generate, so `nft list ruleset` reads like hand-written nft.
 enum Translate {
-    static let family = Family.inet
+    static let family = NFTFamily.inet
 
     // MARK: values
 
@@ -39,7 +39,7 @@ enum Translate {
         String(decoding: b.prefix { $0 != 0 }, as: UTF8.self)
     }
 
-    static func keyType(_ t: RampartCore.SetKeyType) -> RampartNetlink.SetKeyType {
+    static func keyType(_ t: SetKeyType) -> NFTSetKeyType {
         switch t {
         case .ipv4Addr: .ipv4Address
         case .ipv6Addr: .ipv6Address
@@ -51,7 +51,7 @@ enum Translate {
         }
     }
 
-    static func keyType(_ t: RampartNetlink.SetKeyType) -> RampartCore.SetKeyType? {
+    static func keyType(_ t: NFTSetKeyType) -> SetKeyType? {
         switch t {
         case .ipv4Address: .ipv4Addr
         case .ipv6Address: .ipv6Addr
@@ -65,18 +65,18 @@ enum Translate {
     }
 
     /// A key as the kernel stores it; in a concatenation each part fills whole 32-bit words.
-    static func key(_ e: RampartCore.SetElement) -> [UInt8] {
+    static func key(_ e: SetElement) -> [UInt8] {
         switch e {
         case .ipv4(let a): bytes(a)
         case .ipv6(let a): bytes(a)
-        case .ifname(let n): Match.ifnameBytes(n)
-        case .ifaceIPv4(let i, let a): Match.ifnameBytes(i) + bytes(a)
-        case .ifaceIPv6(let i, let a), .ifaceNDTarget(let i, let a): Match.ifnameBytes(i) + bytes(a)
-        case .ifaceEther(let i, let m): Match.ifnameBytes(i) + bytes(m) + [0, 0]
+        case .ifname(let n): NFTMatch.ifnameBytes(n)
+        case .ifaceIPv4(let i, let a): NFTMatch.ifnameBytes(i) + bytes(a)
+        case .ifaceIPv6(let i, let a), .ifaceNDTarget(let i, let a): NFTMatch.ifnameBytes(i) + bytes(a)
+        case .ifaceEther(let i, let m): NFTMatch.ifnameBytes(i) + bytes(m) + [0, 0]
         }
     }
 
-    static func element(_ key: [UInt8], _ type: RampartNetlink.SetKeyType) -> RampartCore.SetElement? {
+    static func element(_ key: [UInt8], _ type: NFTSetKeyType) -> SetElement? {
         let iface = key.count > 16 ? ifname(Array(key[0..<16])) : ""
         switch type {
         case .ipv4Address: return ipv4(key).map { .ipv4($0) }
@@ -94,7 +94,7 @@ enum Translate {
 
     // MARK: chains and rules
 
-    static func hook(_ h: RampartCore.Hook) -> RampartNetlink.Hook {
+    static func hook(_ h: Hook) -> NFTHook {
         switch h {
         case .forward: .forward
         case .input: .input
@@ -102,90 +102,90 @@ enum Translate {
         }
     }
 
-    static func chain(_ h: ChainHeader, table: String) -> RampartNetlink.Chain {
-        RampartNetlink.Chain(
+    static func chain(_ h: ChainHeader, table: String) -> NFTChain {
+        NFTChain(
             family: family, table: table, name: h.name,
-            base: h.base.map { BaseChainSpec(hook: hook($0.hook), priority: $0.priority, policy: $0.policy == .accept ? .accept : .drop) })
+            base: h.base.map { NFTBaseChainSpec(hook: hook($0.hook), priority: $0.priority, policy: $0.policy == .accept ? .accept : .drop) })
     }
 
     /// The expressions of one IR rule. Terms imply their protocol dependency (`ip saddr` needs
     /// `meta nfproto ipv4`, a port needs `meta l4proto`); each dependency is emitted once per
     /// rule, where it is first needed, as nft does.
-    static func expressions(_ r: IRRule) -> [Expr] {
-        var out: [Expr] = []
+    static func expressions(_ r: IRRule) -> [NFTExpr] {
+        var out: [NFTExpr] = []
         var family: IPFamily?
         var l4: UInt8?
         func need(_ f: IPFamily) {
-            if family != f { out += Match.nfproto(f == .ipv4 ? .ipv4 : .ipv6); family = f }
+            if family != f { out += NFTMatch.nfproto(f == .ipv4 ? .ipv4 : .ipv6); family = f }
         }
         func need(l4 p: UInt8) {
-            if l4 != p { out += Match.l4proto(p); l4 = p }
+            if l4 != p { out += NFTMatch.l4proto(p); l4 = p }
         }
         for m in r.matches {
             switch m {
-            case .iifnameInSet(let s): out += Match.interface(.iifname, inSet: s)
-            case .oifnameInSet(let s): out += Match.interface(.oifname, inSet: s)
-            case .ctState(let s): out += Match.ctState(CtState(rawValue: UInt32(s.rawValue)))
+            case .iifnameInSet(let s): out += NFTMatch.interface(.iifname, inSet: s)
+            case .oifnameInSet(let s): out += NFTMatch.interface(.oifname, inSet: s)
+            case .ctState(let s): out += NFTMatch.ctState(NFTCtState(rawValue: UInt32(s.rawValue)))
             case .nfproto(let f): need(f)
             case .l4proto(let p): need(l4: p)
             case .ip4Saddr(let p):
-                need(.ipv4); out += Match.addressWithoutFamilyCheck(.source, bytes(p.address), prefixLength: Int(p.length))
+                need(.ipv4); out += NFTMatch.addressWithoutFamilyCheck(.source, bytes(p.address), prefixLength: Int(p.length))
             case .ip4Daddr(let p):
-                need(.ipv4); out += Match.addressWithoutFamilyCheck(.destination, bytes(p.address), prefixLength: Int(p.length))
+                need(.ipv4); out += NFTMatch.addressWithoutFamilyCheck(.destination, bytes(p.address), prefixLength: Int(p.length))
             case .ip6Saddr(let p):
-                need(.ipv6); out += Match.addressWithoutFamilyCheck(.source, bytes(p.address), prefixLength: Int(p.length))
+                need(.ipv6); out += NFTMatch.addressWithoutFamilyCheck(.source, bytes(p.address), prefixLength: Int(p.length))
             case .ip6Daddr(let p):
-                need(.ipv6); out += Match.addressWithoutFamilyCheck(.destination, bytes(p.address), prefixLength: Int(p.length))
+                need(.ipv6); out += NFTMatch.addressWithoutFamilyCheck(.destination, bytes(p.address), prefixLength: Int(p.length))
             case .ip4SaddrNot(let a):
-                need(.ipv4); out += Match.addressWithoutFamilyCheck(.source, bytes(a), equal: false)
+                need(.ipv4); out += NFTMatch.addressWithoutFamilyCheck(.source, bytes(a), equal: false)
             case .ip6SaddrNot(let a):
-                need(.ipv6); out += Match.addressWithoutFamilyCheck(.source, bytes(a), equal: false)
+                need(.ipv6); out += NFTMatch.addressWithoutFamilyCheck(.source, bytes(a), equal: false)
             case .saddrInSet(let f, let s):
-                need(f); out += Match.addressLookupWithoutFamilyCheck(.source, ipv6: f == .ipv6, inSet: s)
+                need(f); out += NFTMatch.addressLookupWithoutFamilyCheck(.source, ipv6: f == .ipv6, inSet: s)
             case .daddrInSet(let f, let s):
-                need(f); out += Match.addressLookupWithoutFamilyCheck(.destination, ipv6: f == .ipv6, inSet: s)
-            case .thDport(let ports): out += Match.transportPort(destination: true, ports)
-            case .udpSport(let p): need(l4: 17); out += Match.transportPort(destination: false, p...p)
-            case .udpDport(let p): need(l4: 17); out += Match.transportPort(destination: true, p...p)
-            case .icmpType(let t): need(l4: 1); out += Match.icmpType(t...t)
-            case .icmpCode(let c): need(l4: 1); out += Match.icmpCode(c)
-            case .icmpv6Type(let t): need(l4: 58); out += Match.icmpType(t)
-            case .icmpv6Code(let c): need(l4: 58); out += Match.icmpCode(c)
-            case .etherSaddrNot(let mac): out += Match.etherSource(bytes(mac), equal: false)
+                need(f); out += NFTMatch.addressLookupWithoutFamilyCheck(.destination, ipv6: f == .ipv6, inSet: s)
+            case .thDport(let ports): out += NFTMatch.transportPort(destination: true, ports)
+            case .udpSport(let p): need(l4: 17); out += NFTMatch.transportPort(destination: false, p...p)
+            case .udpDport(let p): need(l4: 17); out += NFTMatch.transportPort(destination: true, p...p)
+            case .icmpType(let t): need(l4: 1); out += NFTMatch.icmpType(t...t)
+            case .icmpCode(let c): need(l4: 1); out += NFTMatch.icmpCode(c)
+            case .icmpv6Type(let t): need(l4: 58); out += NFTMatch.icmpType(t)
+            case .icmpv6Code(let c): need(l4: 58); out += NFTMatch.icmpCode(c)
+            case .etherSaddrNot(let mac): out += NFTMatch.etherSource(bytes(mac), equal: false)
             case .ifaceSaddrNotInSet(let f, let s):
-                need(f); out += Match.interfaceAndSourceWithoutFamilyCheck(ipv6: f == .ipv6, inSet: s, inverted: true)
-            case .ifaceEtherSaddrNotInSet(let s): out += Match.interfaceAndEtherSource(inSet: s, inverted: true)
-            case .iifnamePrefix(let p): out += Match.interface(.iifname, prefix: p)
-            case .oifnamePrefix(let p): out += Match.interface(.oifname, prefix: p)
-            case .ip6HopLimit(let h): need(.ipv6); out += Match.ip6HopLimit(h)
-            case .ip6HopLimitNot(let h): need(.ipv6); out += Match.ip6HopLimit(h, equal: false)
-            case .tcpNotInitialSYN: need(l4: 6); out += Match.tcpNotInitialSYN
-            case .ndTargetNotLinkLocal: need(l4: 58); out += Match.ndTargetNotLinkLocal
-            case .ifaceNDTargetNotInSet(let s): need(l4: 58); out += Match.interfaceAndNDTarget(inSet: s, inverted: true)
+                need(f); out += NFTMatch.interfaceAndSourceWithoutFamilyCheck(ipv6: f == .ipv6, inSet: s, inverted: true)
+            case .ifaceEtherSaddrNotInSet(let s): out += NFTMatch.interfaceAndEtherSource(inSet: s, inverted: true)
+            case .iifnamePrefix(let p): out += NFTMatch.interface(.iifname, prefix: p)
+            case .oifnamePrefix(let p): out += NFTMatch.interface(.oifname, prefix: p)
+            case .ip6HopLimit(let h): need(.ipv6); out += NFTMatch.ip6HopLimit(h)
+            case .ip6HopLimitNot(let h): need(.ipv6); out += NFTMatch.ip6HopLimit(h, equal: false)
+            case .tcpNotInitialSYN: need(l4: 6); out += NFTMatch.tcpNotInitialSYN
+            case .ndTargetNotLinkLocal: need(l4: 58); out += NFTMatch.ndTargetNotLinkLocal
+            case .ifaceNDTargetNotInSet(let s): need(l4: 58); out += NFTMatch.interfaceAndNDTarget(inSet: s, inverted: true)
             }
         }
-        if r.counter { out += Match.counter }
+        if r.counter { out += NFTMatch.counter }
         switch r.verdict {
         case .accept: out.append(.verdict(.accept))
         case .drop: out.append(.verdict(.drop))
         case .return: out.append(.verdict(.return))
         case .jump(let c): out.append(.verdict(.jump(c)))
         case .goto(let c): out.append(.verdict(.goto(c)))
-        case .vmap(let key, let map): out += Match.interfaceVerdictMap(key == .iifname ? .iifname : .oifname, map: map)
+        case .vmap(let key, let map): out += NFTMatch.interfaceVerdictMap(key == .iifname ? .iifname : .oifname, map: map)
         }
         return out
     }
 
-    static func rule(_ r: IRRule, chain: String, table: String) -> RampartNetlink.Rule {
-        RampartNetlink.Rule(family: family, table: table, chain: chain, expressions: expressions(r), comment: r.comment)
+    static func rule(_ r: IRRule, chain: String, table: String) -> NFTRule {
+        NFTRule(family: family, table: table, chain: chain, expressions: expressions(r), comment: r.comment)
     }
 
     /// Counters read back carry traffic; compare rule bodies without them.
-    static func withoutCounts(_ exprs: [Expr]) -> [Expr] {
+    static func withoutCounts(_ exprs: [NFTExpr]) -> [NFTExpr] {
         exprs.map { if case .counter = $0 { return .counter(packets: 0, bytes: 0) } else { return $0 } }
     }
 
-    static func verdict(_ v: RampartCore.Verdict) -> RampartNetlink.Verdict? {
+    static func verdict(_ v: Verdict) -> NFTVerdict? {
         switch v {
         case .accept: .accept
         case .drop: .drop
@@ -196,7 +196,7 @@ enum Translate {
         }
     }
 
-    static func verdict(_ v: RampartNetlink.Verdict) -> RampartCore.Verdict? {
+    static func verdict(_ v: NFTVerdict) -> Verdict? {
         switch v {
         case .accept: .accept
         case .drop: .drop
@@ -219,26 +219,26 @@ enum Translate {
         for op in plan.ops {
             switch op {
             case .createTable:
-                b.append(.addTable(Table(family: family, name: table, comment: tableComment)))
+                b.append(.addTable(NFTTable(family: family, name: table, comment: tableComment)))
             case .deleteTable:
                 b.append(.deleteTable(family: family, name: table))
             case .createSet(let h):
-                b.append(.addSet(SetDefinition(family: family, table: table, name: h.name, keyType: keyType(h.keyType))))
+                b.append(.addSet(NFTSetDefinition(family: family, table: table, name: h.name, keyType: keyType(h.keyType))))
             case .deleteSet(let n), .deleteMap(let n):
                 b.append(.deleteSet(family: family, table: table, name: n))
             case .addElements(let n, let e):
-                b.append(.addElements(family: family, table: table, set: n, elements: e.map { RampartNetlink.SetElement(key: key($0)) }))
+                b.append(.addElements(family: family, table: table, set: n, elements: e.map { NFTSetElement(key: key($0)) }))
             case .removeElements(let n, let e):
-                b.append(.deleteElements(family: family, table: table, set: n, elements: e.map { RampartNetlink.SetElement(key: key($0)) }))
+                b.append(.deleteElements(family: family, table: table, set: n, elements: e.map { NFTSetElement(key: key($0)) }))
             case .createMap(let n):
-                b.append(.addSet(SetDefinition(family: family, table: table, name: n, keyType: .ifname, isVerdictMap: true)))
+                b.append(.addSet(NFTSetDefinition(family: family, table: table, name: n, keyType: .ifname, isVerdictMap: true)))
             case .addMapElements(let n, let e):
                 let elements = e.sorted { $0.key < $1.key }.map {
-                    RampartNetlink.SetElement(key: Match.ifnameBytes($0.key), verdict: verdict($0.value) ?? .drop)
+                    NFTSetElement(key: NFTMatch.ifnameBytes($0.key), verdict: verdict($0.value) ?? .drop)
                 }
                 b.append(.addElements(family: family, table: table, set: n, elements: elements))
             case .removeMapElements(let n, let keys):
-                b.append(.deleteElements(family: family, table: table, set: n, elements: keys.map { RampartNetlink.SetElement(key: Match.ifnameBytes($0)) }))
+                b.append(.deleteElements(family: family, table: table, set: n, elements: keys.map { NFTSetElement(key: NFTMatch.ifnameBytes($0)) }))
             case .createChain(let h):
                 b.append(.addChain(chain(h, table: table)))
             case .rewriteChain(let n, let rules):

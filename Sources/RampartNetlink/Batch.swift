@@ -2,31 +2,31 @@
 /// commits all of them or none.
 public enum BatchOperation: Sendable, Hashable, CustomStringConvertible {
     /// Create a table (no error if it exists, like `nft add table`).
-    case addTable(Table)
+    case addTable(NFTTable)
     /// Delete a table with everything in it.
-    case deleteTable(family: Family, name: String)
+    case deleteTable(family: NFTFamily, name: String)
     /// Create a chain (no error if it exists; a base chain's policy is updated).
-    case addChain(Chain)
+    case addChain(NFTChain)
     /// Delete a chain: it must be empty of references (jumps, map elements) by the end of the batch.
-    case deleteChain(family: Family, table: String, name: String)
+    case deleteChain(family: NFTFamily, table: String, name: String)
     /// Remove every rule of a chain.
-    case flushChain(family: Family, table: String, name: String)
+    case flushChain(family: NFTFamily, table: String, name: String)
     /// Append a rule to its chain.
-    case addRule(Rule)
+    case addRule(NFTRule)
     /// Create a set or map (no error if it exists with the same definition).
-    case addSet(SetDefinition)
+    case addSet(NFTSetDefinition)
     /// Delete a set or map: no rule may still use it.
-    case deleteSet(family: Family, table: String, name: String)
+    case deleteSet(family: NFTFamily, table: String, name: String)
     /// Remove every element of a set or map.
-    case flushSet(family: Family, table: String, name: String)
+    case flushSet(family: NFTFamily, table: String, name: String)
     /// Add elements to a set or map; adding an element that exists is not an error.
     /// Large lists are split over several messages of the same batch.
-    case addElements(family: Family, table: String, set: String, elements: [SetElement])
+    case addElements(family: NFTFamily, table: String, set: String, elements: [NFTSetElement])
     /// Delete elements; deleting one that does not exist is an error (ENOENT).
-    case deleteElements(family: Family, table: String, set: String, elements: [SetElement])
+    case deleteElements(family: NFTFamily, table: String, set: String, elements: [NFTSetElement])
 
     /// The table the operation acts in.
-    public var tableIdentity: (Family, String) {
+    public var tableIdentity: (NFTFamily, String) {
         switch self {
         case .addTable(let t): (t.family, t.name)
         case .deleteTable(let f, let n): (f, n)

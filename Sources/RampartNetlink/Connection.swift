@@ -15,7 +15,7 @@ public protocol NFTablesClient: AnyObject {
     func commit(_ batch: Batch, expectedGeneration: UInt32?) throws(NetlinkError) -> CommitResult
     /// Reads one table back, or nil if it does not exist. The snapshot is consistent: taken
     /// within one generation.
-    func readTable(family: Family, name: String) throws(NetlinkError) -> TableSnapshot?
+    func readTable(family: NFTFamily, name: String) throws(NetlinkError) -> TableSnapshot?
 }
 
 extension NFTablesClient {
@@ -140,7 +140,7 @@ public final class NFTablesConnection: NFTablesClient {
 
     // MARK: read-back
 
-    public func readTable(family: Family, name: String) throws(NetlinkError) -> TableSnapshot? {
+    public func readTable(family: NFTFamily, name: String) throws(NetlinkError) -> TableSnapshot? {
         // A dump spans several datagrams and several requests; if anyone commits meanwhile the
         // parts may not fit together, so read again until the generation held still.
         for _ in 0..<8 {
@@ -155,11 +155,11 @@ public final class NFTablesConnection: NFTablesClient {
         throw .protocolError("table \(family) \(name) kept changing while being read")
     }
 
-    private func readTableOnce(family: Family, name: String) throws(NetlinkError) -> TableSnapshot? {
-        var table: Table?
+    private func readTableOnce(family: NFTFamily, name: String) throws(NetlinkError) -> TableSnapshot? {
+        var table: NFTTable?
         do {
             _ = try request(NFT_MSG_GETTABLE.rawValue, family: family, dump: false, payload: { (nlh) throws(NetlinkError) in
-                let t = try NftnlTable(Table(family: family, name: name))
+                let t = try NftnlTable(NFTTable(family: family, name: name))
                 nftnl_table_nlmsg_build_payload(nlh, t.pointer)
             }) { (nlh) throws(NetlinkError) in table = try Decode.table(nlh) }
         } catch let error {
@@ -169,7 +169,7 @@ public final class NFTablesConnection: NFTablesClient {
         guard let table else { return nil }
         var snapshot = TableSnapshot(table: table)
         _ = try request(NFT_MSG_GETCHAIN.rawValue, family: family, dump: true, payload: { (nlh) throws(NetlinkError) in
-            let c = try NftnlChain(Chain(family: family, table: name, name: "x"))
+            let c = try NftnlChain(NFTChain(family: family, table: name, name: "x"))
             nftnl_chain_unset(c.pointer, UInt16(NFTNL_CHAIN_NAME.rawValue))
             nftnl_chain_nlmsg_build_payload(nlh, c.pointer)
         }) { (nlh) throws(NetlinkError) in
@@ -178,7 +178,7 @@ public final class NFTablesConnection: NFTablesClient {
         }
         for c in snapshot.chains { snapshot.rules[c.name] = [] }
         _ = try request(NFT_MSG_GETRULE.rawValue, family: family, dump: true, payload: { (nlh) throws(NetlinkError) in
-            let r = try NftnlRule(Rule(family: family, table: name, chain: "x", expressions: []))
+            let r = try NftnlRule(NFTRule(family: family, table: name, chain: "x", expressions: []))
             nftnl_rule_unset(r.pointer, UInt16(NFTNL_RULE_CHAIN.rawValue))
             nftnl_rule_nlmsg_build_payload(nlh, r.pointer)
         }) { (nlh) throws(NetlinkError) in
@@ -203,14 +203,14 @@ public final class NFTablesConnection: NFTablesClient {
     /// set for every datagram; a hash set that is resizing meanwhile (it does so in the
     /// background after growing) can then skip or repeat elements without flagging the dump as
     /// interrupted. Such a dump is trusted only once a second one agrees with it.
-    private func readElements(family: Family, table: String, set s: SetDefinition) throws(NetlinkError) -> [SetElement] {
-        func once() throws(NetlinkError) -> (elements: [SetElement], datagrams: Int) {
-            var raw: [(key: [UInt8], isEnd: Bool, verdict: Verdict?)] = []
+    private func readElements(family: NFTFamily, table: String, set s: NFTSetDefinition) throws(NetlinkError) -> [NFTSetElement] {
+        func once() throws(NetlinkError) -> (elements: [NFTSetElement], datagrams: Int) {
+            var raw: [(key: [UInt8], isEnd: Bool, verdict: NFTVerdict?)] = []
             let datagrams = try request(NFT_MSG_GETSETELEM.rawValue, family: family, dump: true, payload: { (nlh) throws(NetlinkError) in
                 let obj = try NftnlSet(family: family, table: table, name: s.name)
                 nftnl_set_elems_nlmsg_build_payload(nlh, obj.pointer)
             }) { (nlh) throws(NetlinkError) in try Decode.elements(nlh, into: &raw) }
-            let elements = s.isInterval ? Decode.intervals(raw) : raw.map { SetElement(key: $0.key, verdict: $0.verdict) }
+            let elements = s.isInterval ? Decode.intervals(raw) : raw.map { NFTSetElement(key: $0.key, verdict: $0.verdict) }
             return (elements, datagrams)
         }
         var (elements, datagrams) = try once()
@@ -228,7 +228,7 @@ public final class NFTablesConnection: NFTablesClient {
     /// Sends one GET request and calls `each` for every object in the reply (one object, or
     /// a whole dump until NLMSG_DONE). A dump interrupted by a concurrent change is an error
     /// the caller retries.
-    private func request(_ type: UInt32, family: Family, dump: Bool,
+    private func request(_ type: UInt32, family: NFTFamily, dump: Bool,
                          payload: (UnsafeMutablePointer<nlmsghdr>) throws(NetlinkError) -> Void,
                          each: (UnsafePointer<nlmsghdr>) throws(NetlinkError) -> Void) throws(NetlinkError) -> Int {
         let seq = socket.reserveSequence(1)

@@ -45,7 +45,7 @@ struct EncodedBatch: ~Copyable {
             if case .addTable? = batch.operations.first { startsWithTable = true } else { startsWithTable = false }
             if !startsWithTable, let (family, table) = batch.operations.first?.tableIdentity {
                 try append(NFT_MSG_NEWTABLE.rawValue, family, NLM_F_CREATE, echo: true, index: nil,
-                           NftnlTable(Table(family: family, name: table)))
+                           NftnlTable(NFTTable(family: family, name: table)))
             }
             for (index, op) in batch.operations.enumerated() {
                 try encode(op, index: index, echo: index == 0 && startsWithTable)
@@ -99,13 +99,13 @@ struct EncodedBatch: ~Copyable {
         operationOfMessage.append(operation)
     }
 
-    private mutating func header(_ type: UInt32, _ family: Family, _ flags: Int32, echo: Bool) -> (UnsafeMutablePointer<CChar>, UInt32) -> UnsafeMutablePointer<nlmsghdr>? {
+    private mutating func header(_ type: UInt32, _ family: NFTFamily, _ flags: Int32, echo: Bool) -> (UnsafeMutablePointer<CChar>, UInt32) -> UnsafeMutablePointer<nlmsghdr>? {
         let f = UInt16(flags | (echo ? NLM_F_ECHO : 0))
         return { buf, seq in nftnl_nlmsg_build_hdr(buf, UInt16(type), UInt16(family.rawValue), f, seq) }
     }
 
     /// Appends one message carrying `object`'s payload.
-    private mutating func append(_ type: UInt32, _ family: Family, _ flags: Int32, echo: Bool, index: Int?,
+    private mutating func append(_ type: UInt32, _ family: NFTFamily, _ flags: Int32, echo: Bool, index: Int?,
                                  _ object: some NftnlPayload) throws(NetlinkError) {
         let hdr = header(type, family, flags, echo: echo)
         try append(operation: index) { b, s in
@@ -120,16 +120,16 @@ struct EncodedBatch: ~Copyable {
         case .addTable(let t):
             try append(NFT_MSG_NEWTABLE.rawValue, t.family, NLM_F_CREATE, echo: echo, index: index, NftnlTable(t))
         case .deleteTable(let family, let name):
-            try append(NFT_MSG_DELTABLE.rawValue, family, 0, echo: echo, index: index, NftnlTable(Table(family: family, name: name)))
+            try append(NFT_MSG_DELTABLE.rawValue, family, 0, echo: echo, index: index, NftnlTable(NFTTable(family: family, name: name)))
         case .addChain(let c):
             try append(NFT_MSG_NEWCHAIN.rawValue, c.family, NLM_F_CREATE, echo: echo, index: index, NftnlChain(c))
         case .deleteChain(let family, let table, let name):
             try append(NFT_MSG_DELCHAIN.rawValue, family, 0, echo: echo, index: index,
-                       NftnlChain(Chain(family: family, table: table, name: name)))
+                       NftnlChain(NFTChain(family: family, table: table, name: name)))
         case .flushChain(let family, let table, let chain):
             // DELRULE with a chain and no handle removes every rule of that chain.
             try append(NFT_MSG_DELRULE.rawValue, family, 0, echo: echo, index: index,
-                       NftnlRule(Rule(family: family, table: table, chain: chain, expressions: [])))
+                       NftnlRule(NFTRule(family: family, table: table, chain: chain, expressions: [])))
         case .addRule(let r):
             try append(NFT_MSG_NEWRULE.rawValue, r.family, NLM_F_CREATE | NLM_F_APPEND, echo: echo, index: index, NftnlRule(r))
         case .addSet(let d):
@@ -154,8 +154,8 @@ struct EncodedBatch: ~Copyable {
 
     /// Element lists are one netlink attribute with a 16-bit length: libnftnl's iterator fills
     /// one message up to that limit and says whether elements remain for the next.
-    private mutating func encodeElements(_ type: UInt32, _ flags: Int32, _ family: Family, _ table: String, _ set: String,
-                                         _ elements: [SetElement], index: Int, echo: Bool) throws(NetlinkError) {
+    private mutating func encodeElements(_ type: UInt32, _ flags: Int32, _ family: NFTFamily, _ table: String, _ set: String,
+                                         _ elements: [NFTSetElement], index: Int, echo: Bool) throws(NetlinkError) {
         guard !elements.isEmpty else { return }
         let obj = try NftnlSet(family: family, table: table, name: set)
         for e in elements { try obj.addElement(e) }
@@ -208,7 +208,7 @@ struct NftnlSetElements: NftnlPayload {
 /// Owns a `struct nftnl_table`.
 final class NftnlTable {
     let pointer: OpaquePointer
-    init(_ t: Table) throws(NetlinkError) {
+    init(_ t: NFTTable) throws(NetlinkError) {
         guard let p = nftnl_table_alloc() else { throw .protocolError("out of memory") }
         pointer = p
         nftnl_table_set_u32(p, UInt16(NFTNL_TABLE_FAMILY.rawValue), UInt32(t.family.rawValue))
@@ -226,7 +226,7 @@ final class NftnlTable {
 /// Owns a `struct nftnl_chain`.
 final class NftnlChain {
     let pointer: OpaquePointer
-    init(_ c: Chain) throws(NetlinkError) {
+    init(_ c: NFTChain) throws(NetlinkError) {
         guard let p = nftnl_chain_alloc() else { throw .protocolError("out of memory") }
         pointer = p
         try checkName(c.table, "table")
@@ -251,7 +251,7 @@ final class NftnlChain {
 /// Owns a `struct nftnl_rule` and its expressions.
 final class NftnlRule {
     let pointer: OpaquePointer
-    init(_ r: Rule) throws(NetlinkError) {
+    init(_ r: NFTRule) throws(NetlinkError) {
         guard let p = nftnl_rule_alloc() else { throw .protocolError("out of memory") }
         pointer = p
         try checkName(r.table, "table")
@@ -274,9 +274,9 @@ final class NftnlRule {
 /// Owns a `struct nftnl_set` (and the elements added to it).
 final class NftnlSet {
     let pointer: OpaquePointer
-    let definition: SetDefinition?
+    let definition: NFTSetDefinition?
 
-    init(family: Family, table: String, name: String) throws(NetlinkError) {
+    init(family: NFTFamily, table: String, name: String) throws(NetlinkError) {
         guard let p = nftnl_set_alloc() else { throw .protocolError("out of memory") }
         pointer = p
         definition = nil
@@ -287,7 +287,7 @@ final class NftnlSet {
         nftnl_set_set_str(p, UInt16(NFTNL_SET_NAME.rawValue), name)
     }
 
-    convenience init(_ d: SetDefinition) throws(NetlinkError) {
+    convenience init(_ d: NFTSetDefinition) throws(NetlinkError) {
         try self.init(family: d.family, table: d.table, name: d.name)
         nftnl_set_set_u32(pointer, UInt16(NFTNL_SET_FLAGS.rawValue), d.kernelFlags)
         nftnl_set_set_u32(pointer, UInt16(NFTNL_SET_KEY_TYPE.rawValue), d.keyType.rawValue)
@@ -309,14 +309,14 @@ final class NftnlSet {
     }
 
     /// Adds one element (two for a bounded interval: its start and its exclusive end).
-    func addElement(_ e: SetElement) throws(NetlinkError) {
+    func addElement(_ e: NFTSetElement) throws(NetlinkError) {
         try add(key: e.key, flags: 0, verdict: e.verdict)
         if let end = e.rangeEnd {
             try add(key: end, flags: UInt32(NFT_SET_ELEM_INTERVAL_END.rawValue), verdict: nil)
         }
     }
 
-    private func add(key: [UInt8], flags: UInt32, verdict: Verdict?) throws(NetlinkError) {
+    private func add(key: [UInt8], flags: UInt32, verdict: NFTVerdict?) throws(NetlinkError) {
         guard let el = nftnl_set_elem_alloc() else { throw .protocolError("out of memory") }
         key.withUnsafeBytes { _ = nftnl_set_elem_set(el, UInt16(NFTNL_SET_ELEM_KEY), $0.baseAddress, UInt32($0.count)) }
         if flags != 0 { nftnl_set_elem_set_u32(el, UInt16(NFTNL_SET_ELEM_FLAGS), flags) }
@@ -343,7 +343,7 @@ func checkName(_ name: String, _ kind: String) throws(NetlinkError) {
 }
 
 /// Builds a libnftnl expression; the caller (a rule) takes ownership.
-private func makeExpression(_ e: Expr) throws(NetlinkError) -> OpaquePointer {
+private func makeExpression(_ e: NFTExpr) throws(NetlinkError) -> OpaquePointer {
     if case .foreign(let name) = e { throw .protocolError("cannot write foreign expression \(name)") }
     guard let x = nftnl_expr_alloc(e.kind) else { throw .protocolError("libnftnl lacks expression \(e.kind)") }
     func u32(_ attr: Int, _ v: UInt32) { nftnl_expr_set_u32(x, UInt16(attr), v) }
@@ -379,7 +379,7 @@ private func makeExpression(_ e: Expr) throws(NetlinkError) -> OpaquePointer {
         nftnl_expr_set_u64(x, UInt16(NFTNL_EXPR_CTR_PACKETS), packets)
         nftnl_expr_set_u64(x, UInt16(NFTNL_EXPR_CTR_BYTES), bytes)
     case .verdict(let v):
-        u32(NFTNL_EXPR_IMM_DREG, Register.verdict.rawValue)
+        u32(NFTNL_EXPR_IMM_DREG, NFTRegister.verdict.rawValue)
         u32(NFTNL_EXPR_IMM_VERDICT, UInt32(bitPattern: v.code))
         if let chain = v.target {
             do { try checkName(chain, "chain") } catch { nftnl_expr_free(x); throw error }

@@ -4,7 +4,7 @@
 /// compares equal to the values that created it.
 
 /// An nftables address family (`NFPROTO_*`).
-public enum Family: UInt8, Sendable, Hashable, CaseIterable, CustomStringConvertible {
+public enum NFTFamily: UInt8, Sendable, Hashable, CaseIterable, CustomStringConvertible {
     case inet = 1, ipv4 = 2, arp = 3, netdev = 5, bridge = 7, ipv6 = 10
 
     public var description: String {
@@ -20,8 +20,8 @@ public enum Family: UInt8, Sendable, Hashable, CaseIterable, CustomStringConvert
 }
 
 /// A table. Rampart owns one (`inet rampart`) and never touches any other.
-public struct Table: Sendable, Hashable {
-    public var family: Family
+public struct NFTTable: Sendable, Hashable {
+    public var family: NFTFamily
     public var name: String
     /// `NFT_TABLE_F_*` bits (dormant 0x1, owner 0x2, persist 0x4).
     public var flags: UInt32
@@ -30,7 +30,7 @@ public struct Table: Sendable, Hashable {
     /// A private tag kept in the table's userdata (nft ignores it).
     public var tag: [UInt8]?
 
-    public init(family: Family, name: String, flags: UInt32 = 0, comment: String? = nil, tag: [UInt8]? = nil) {
+    public init(family: NFTFamily, name: String, flags: UInt32 = 0, comment: String? = nil, tag: [UInt8]? = nil) {
         self.family = family
         self.name = name
         self.flags = flags
@@ -40,7 +40,7 @@ public struct Table: Sendable, Hashable {
 }
 
 /// Netfilter hooks a base chain can attach to (`NF_INET_*`).
-public enum Hook: UInt32, Sendable, Hashable, CaseIterable, CustomStringConvertible {
+public enum NFTHook: UInt32, Sendable, Hashable, CaseIterable, CustomStringConvertible {
     case prerouting = 0, input = 1, forward = 2, output = 3, postrouting = 4
 
     public var description: String {
@@ -55,19 +55,19 @@ public enum Hook: UInt32, Sendable, Hashable, CaseIterable, CustomStringConverti
 }
 
 /// What a base chain does with a packet that no rule decided.
-public enum ChainPolicy: UInt32, Sendable, Hashable {
+public enum NFTChainPolicy: UInt32, Sendable, Hashable {
     case drop = 0, accept = 1
 }
 
 /// The attachment of a base chain: type, hook, priority and policy.
-public struct BaseChainSpec: Sendable, Hashable {
+public struct NFTBaseChainSpec: Sendable, Hashable {
     /// `filter`, `nat` or `route`.
     public var type: String
-    public var hook: Hook
+    public var hook: NFTHook
     public var priority: Int32
-    public var policy: ChainPolicy
+    public var policy: NFTChainPolicy
 
-    public init(type: String = "filter", hook: Hook, priority: Int32, policy: ChainPolicy = .accept) {
+    public init(type: String = "filter", hook: NFTHook, priority: Int32, policy: NFTChainPolicy = .accept) {
         self.type = type
         self.hook = hook
         self.priority = priority
@@ -76,17 +76,17 @@ public struct BaseChainSpec: Sendable, Hashable {
 }
 
 /// A chain: a base chain when `base` is set, a regular chain (reached by jump/goto) otherwise.
-public struct Chain: Sendable, Hashable {
-    public var family: Family
+public struct NFTChain: Sendable, Hashable {
+    public var family: NFTFamily
     public var table: String
     public var name: String
-    public var base: BaseChainSpec?
+    public var base: NFTBaseChainSpec?
     /// Shown by nft as the chain's comment.
     public var comment: String?
     /// A private tag kept in the chain's userdata (Rampart stores a content hash; nft ignores it).
     public var tag: [UInt8]?
 
-    public init(family: Family, table: String, name: String, base: BaseChainSpec? = nil,
+    public init(family: NFTFamily, table: String, name: String, base: NFTBaseChainSpec? = nil,
                 comment: String? = nil, tag: [UInt8]? = nil) {
         self.family = family
         self.table = table
@@ -98,7 +98,7 @@ public struct Chain: Sendable, Hashable {
 }
 
 /// A verdict: ends a rule's evaluation (accept, drop, ...) or moves to another chain.
-public enum Verdict: Sendable, Hashable, CustomStringConvertible {
+public enum NFTVerdict: Sendable, Hashable, CustomStringConvertible {
     case accept, drop, `return`, `continue`
     case jump(String)
     case goto(String)
@@ -151,22 +151,22 @@ public enum Verdict: Sendable, Hashable, CustomStringConvertible {
 /// (confirmed by reading back sets that nft itself created: see the netlink tests). Any id read
 /// back from the kernel is representable, so a set someone else put in Rampart's table can still
 /// be read (and removed).
-public struct SetKeyType: RawRepresentable, Sendable, Hashable, CustomStringConvertible {
+public struct NFTSetKeyType: RawRepresentable, Sendable, Hashable, CustomStringConvertible {
     public let rawValue: UInt32
     public init(rawValue: UInt32) { self.rawValue = rawValue }
 
-    public static let ipv4Address = SetKeyType(rawValue: 7)
-    public static let ipv6Address = SetKeyType(rawValue: 8)
-    public static let inetService = SetKeyType(rawValue: 13)
-    public static let ifname = SetKeyType(rawValue: 41)
+    public static let ipv4Address = NFTSetKeyType(rawValue: 7)
+    public static let ipv6Address = NFTSetKeyType(rawValue: 8)
+    public static let inetService = NFTSetKeyType(rawValue: 13)
+    public static let ifname = NFTSetKeyType(rawValue: 41)
     /// Concatenations (nft packs each component's id in 6 bits): `ifname . ipv4_addr`,
     /// `ifname . ipv6_addr`, `ifname . ether_addr`.
-    public static let ifnameIPv4 = SetKeyType(rawValue: 41 << 6 | 7)
-    public static let ifnameIPv6 = SetKeyType(rawValue: 41 << 6 | 8)
-    public static let ifnameEther = SetKeyType(rawValue: 41 << 6 | 9)
+    public static let ifnameIPv4 = NFTSetKeyType(rawValue: 41 << 6 | 7)
+    public static let ifnameIPv6 = NFTSetKeyType(rawValue: 41 << 6 | 8)
+    public static let ifnameEther = NFTSetKeyType(rawValue: 41 << 6 | 9)
     /// `typeof iifname . @th,64,128`: an interface and 16 raw bytes of the transport header (a
     /// neighbour advertisement's target address). To nft the raw part is an integer (id 4).
-    public static let ifnameTransport128 = SetKeyType(rawValue: 41 << 6 | 4)
+    public static let ifnameTransport128 = NFTSetKeyType(rawValue: 41 << 6 | 4)
 
     /// Key length in bytes of the known types.
     public var length: UInt32? {
@@ -218,11 +218,11 @@ public struct SetKeyType: RawRepresentable, Sendable, Hashable, CustomStringConv
 }
 
 /// A named set, or a verdict map when `isVerdictMap` is set.
-public struct SetDefinition: Sendable, Hashable {
-    public var family: Family
+public struct NFTSetDefinition: Sendable, Hashable {
+    public var family: NFTFamily
     public var table: String
     public var name: String
-    public var keyType: SetKeyType
+    public var keyType: NFTSetKeyType
     /// Key length in bytes (from the key type for the known types).
     public var keyLength: UInt32
     /// Interval set: elements are ranges (prefixes) rather than single keys.
@@ -238,7 +238,7 @@ public struct SetDefinition: Sendable, Hashable {
     /// A private tag kept in the set's userdata (nft ignores it).
     public var tag: [UInt8]?
 
-    public init(family: Family, table: String, name: String, keyType: SetKeyType,
+    public init(family: NFTFamily, table: String, name: String, keyType: NFTSetKeyType,
                 isInterval: Bool = false, isVerdictMap: Bool = false, comment: String? = nil, tag: [UInt8]? = nil) {
         self.family = family
         self.table = table
@@ -265,13 +265,13 @@ public struct SetDefinition: Sendable, Hashable {
 /// For an interval set, a prefix is stored by the kernel as a half-open range: an element at
 /// its first address and an "interval end" element at the address after its last. `rangeEnd`
 /// is that exclusive end; `nil` means the range runs to the end of the key space.
-public struct SetElement: Sendable, Hashable {
+public struct NFTSetElement: Sendable, Hashable {
     public var key: [UInt8]
     public var rangeEnd: [UInt8]?
     /// For a verdict map: the element's verdict.
-    public var verdict: Verdict?
+    public var verdict: NFTVerdict?
 
-    public init(key: [UInt8], rangeEnd: [UInt8]? = nil, verdict: Verdict? = nil) {
+    public init(key: [UInt8], rangeEnd: [UInt8]? = nil, verdict: NFTVerdict? = nil) {
         self.key = key
         self.rangeEnd = rangeEnd
         self.verdict = verdict
@@ -279,11 +279,11 @@ public struct SetElement: Sendable, Hashable {
 }
 
 /// A rule: a sequence of expressions evaluated in order, with userdata for comments and tags.
-public struct Rule: Sendable, Hashable {
-    public var family: Family
+public struct NFTRule: Sendable, Hashable {
+    public var family: NFTFamily
     public var table: String
     public var chain: String
-    public var expressions: [Expr]
+    public var expressions: [NFTExpr]
     /// Shown by `nft list ruleset` as `comment "..."`.
     public var comment: String?
     /// A private tag (Rampart stores a content hash); nft ignores it.
@@ -291,7 +291,7 @@ public struct Rule: Sendable, Hashable {
     /// The kernel's handle, filled in on read-back only.
     public var handle: UInt64?
 
-    public init(family: Family, table: String, chain: String, expressions: [Expr],
+    public init(family: NFTFamily, table: String, chain: String, expressions: [NFTExpr],
                 comment: String? = nil, tag: [UInt8]? = nil, handle: UInt64? = nil) {
         self.family = family
         self.table = table

@@ -13,7 +13,7 @@ public final class RecordingNFTables: NFTablesClient {
     public private(set) var currentGeneration: UInt32 = 1
     private var tables: [TableKey: TableSnapshot] = [:]
 
-    private struct TableKey: Hashable { var family: Family; var name: String }
+    private struct TableKey: Hashable { var family: NFTFamily; var name: String }
 
     public init() {}
 
@@ -23,7 +23,7 @@ public final class RecordingNFTables: NFTablesClient {
     public func bumpGeneration() { currentGeneration &+= 1 }
 
     /// Lets a test change the "kernel" behind Rampart's back (drift).
-    public func mutateTable(family: Family, name: String, _ body: (inout TableSnapshot) -> Void) {
+    public func mutateTable(family: NFTFamily, name: String, _ body: (inout TableSnapshot) -> Void) {
         let key = TableKey(family: family, name: name)
         guard var t = tables[key] else { return }
         body(&t)
@@ -31,7 +31,7 @@ public final class RecordingNFTables: NFTablesClient {
         currentGeneration &+= 1
     }
 
-    public func readTable(family: Family, name: String) throws(NetlinkError) -> TableSnapshot? {
+    public func readTable(family: NFTFamily, name: String) throws(NetlinkError) -> TableSnapshot? {
         guard var t = tables[TableKey(family: family, name: name)] else { return nil }
         t.generation = currentGeneration
         return t
@@ -58,7 +58,7 @@ public final class RecordingNFTables: NFTablesClient {
     }
 
     private static func apply(_ op: BatchOperation, to state: inout [TableKey: TableSnapshot]) -> Errno? {
-        func withTable(_ f: Family, _ n: String, _ body: (inout TableSnapshot) -> Errno?) -> Errno? {
+        func withTable(_ f: NFTFamily, _ n: String, _ body: (inout TableSnapshot) -> Errno?) -> Errno? {
             let key = TableKey(family: f, name: n)
             guard var t = state[key] else { return .ENOENT }
             let e = body(&t)

@@ -43,7 +43,7 @@ struct NetlinkBench: ParsableCommand {
         // One element committed: add then delete, alternating, on a table with a set of 1,000.
         try resetTable(nl: nl, table: table)
         try nl.commit(BulkElements(table: table, count: 1_000).batch())
-        let one = [SetElement(key: [172, 16, 0, 1])]
+        let one = [NFTSetElement(key: [172, 16, 0, 1])]
         var add = true
         let hot = try measure(repeats: options.repeats ?? 2_000) {
             try nl.commit(Batch([add ? .addElements(family: .inet, table: table, set: "s", elements: one)
@@ -148,15 +148,15 @@ struct BulkRuleset {
     }
 
     func batch() -> Batch {
-        var b = Batch([.addTable(Table(family: .inet, name: table))])
-        for c in 0..<chains { b.append(.addChain(Chain(family: .inet, table: table, name: "c\(c)"))) }
+        var b = Batch([.addTable(NFTTable(family: .inet, name: table))])
+        for c in 0..<chains { b.append(.addChain(NFTChain(family: .inet, table: table, name: "c\(c)"))) }
         for i in 0..<rules {
             let r = rule(i)
             let port = UInt16(r.port)
-            b.append(.addRule(Rule(family: .inet, table: table, chain: r.chain,
-                                   expressions: Match.address(.source, [10, UInt8(r.a), UInt8(r.b), 0], prefixLength: 24)
-                                       + Match.port(protocol: 6, destination: true, port...port)
-                                       + Match.counter + [.verdict(.accept)])))
+            b.append(.addRule(NFTRule(family: .inet, table: table, chain: r.chain,
+                                   expressions: NFTMatch.address(.source, [10, UInt8(r.a), UInt8(r.b), 0], prefixLength: 24)
+                                       + NFTMatch.port(protocol: 6, destination: true, port...port)
+                                       + NFTMatch.counter + [.verdict(.accept)])))
         }
         return b
     }
@@ -184,9 +184,9 @@ struct BulkElements {
 
     func batch() -> Batch {
         Batch([
-            .addTable(Table(family: .inet, name: table)),
-            .addSet(SetDefinition(family: .inet, table: table, name: "s", keyType: .ipv4Address)),
-            .addElements(family: .inet, table: table, set: "s", elements: (0..<count).map { SetElement(key: address($0)) }),
+            .addTable(NFTTable(family: .inet, name: table)),
+            .addSet(NFTSetDefinition(family: .inet, table: table, name: "s", keyType: .ipv4Address)),
+            .addElements(family: .inet, table: table, set: "s", elements: (0..<count).map { NFTSetElement(key: address($0)) }),
         ])
     }
 

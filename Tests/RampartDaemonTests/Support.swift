@@ -54,7 +54,7 @@ final class ControlledClient: NFTablesClient, @unchecked Sendable {
         return try inner.commit(batch, expectedGeneration: expectedGeneration)
     }
 
-    func readTable(family: Family, name: String) throws(NetlinkError) -> TableSnapshot? {
+    func readTable(family: NFTFamily, name: String) throws(NetlinkError) -> TableSnapshot? {
         if failReads || failAll { throw NetlinkError.protocolError("injected read failure") }
         return try inner.readTable(family: family, name: name)
     }
@@ -77,7 +77,7 @@ func register(_ host: String, in store: SQLiteStore) throws {
 
 func ip(_ s: String) -> IPAddress { IPAddress(s)! }
 
-func rule(_ json: String, _ group: String, refs: [String] = []) throws -> RampartCore.Rule {
+func rule(_ json: String, _ group: String, refs: [String] = []) throws -> Rule {
     try RulesCodec.parseRule(json, group: group, references: refs)
 }
 

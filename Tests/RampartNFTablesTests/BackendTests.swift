@@ -40,7 +40,7 @@ let exampleDocument: Document = {
         try backend.commit(plan, result: engine.committed)
         let batch = try #require(fake.committed.last)
         #expect(batch.operations == [.addElements(family: .inet, table: "rampart", set: "m4-admin",
-                                                  elements: [RampartNetlink.SetElement(key: [10, 0, 9, 6])])])
+                                                  elements: [NFTSetElement(key: [10, 0, 9, 6])])])
     }
 
     @Test func driftIsRepaired() throws {
@@ -50,8 +50,8 @@ let exampleDocument: Document = {
         try backend.converge(to: desired)
         fake.mutateTable(family: .inet, name: "rampart") { t in
             t.rules["gin-web"]!.removeLast()                                      // a rule deleted
-            t.elements["m4-web"]!.append(RampartNetlink.SetElement(key: [1, 2, 3, 4]))  // an element added
-            t.chains.append(RampartNetlink.Chain(family: .inet, table: "rampart", name: "intruder"))
+            t.elements["m4-web"]!.append(NFTSetElement(key: [1, 2, 3, 4]))  // an element added
+            t.chains.append(NFTChain(family: .inet, table: "rampart", name: "intruder"))
             t.rules["intruder"] = []
         }
         let (plan, _) = try backend.converge(to: desired)

@@ -39,10 +39,10 @@ import RampartNetlink
     }
 
     @Test func foreignRulesAreNotDecoded() {
-        let r = RampartNetlink.Rule(family: .inet, table: "rampart", chain: "x",
+        let r = NFTRule(family: .inet, table: "rampart", chain: "x",
                                     expressions: [.meta(key: .mark, dreg: .r1), .cmp(sreg: .r1, op: .eq, data: [1, 0, 0, 0]), .verdict(.accept)])
         #expect(Decode.rule(r) == nil)
-        let cut = RampartNetlink.Rule(family: .inet, table: "rampart", chain: "x", expressions: [.meta(key: .nfproto, dreg: .r1)])
+        let cut = NFTRule(family: .inet, table: "rampart", chain: "x", expressions: [.meta(key: .nfproto, dreg: .r1)])
         #expect(Decode.rule(cut) == nil)
     }
 }

@@ -119,7 +119,7 @@ import RampartNetlink
     @Test func kernelRefusalExitsTwoAndChangesNothing() throws {
         let ns = try TestNamespace(prefix: "be")
         let squatter = try NFTablesConnection(namespace: .named(ns.name))
-        try squatter.commit(Batch([.addTable(Table(family: .inet, name: "rampart", flags: 0x2))]))
+        try squatter.commit(Batch([.addTable(NFTTable(family: .inet, name: "rampart", flags: 0x2))]))
         let before = try ns.nft("list", "ruleset").stdout
         let r = try cli(ns, ["apply", Self.examplePath])
         #expect(r.status == 2, "\(r.stdout) \(r.stderr)")

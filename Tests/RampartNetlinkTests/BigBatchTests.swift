@@ -6,11 +6,11 @@ import RampartHarness
 @Suite("Big batches") struct BigBatchTests {
     @Test func fiftyThousandRulesInOneBatch() throws {
         let k = try KernelFixture("big")
-        var b = Batch([.addTable(Table(family: .inet, name: T))])
-        for c in 0..<50 { b.append(.addChain(Chain(family: .inet, table: T, name: "c\(c)"))) }
+        var b = Batch([.addTable(NFTTable(family: .inet, name: T))])
+        for c in 0..<50 { b.append(.addChain(NFTChain(family: .inet, table: T, name: "c\(c)"))) }
         for i in 0..<50_000 {
             let port = UInt16(1 + i % 60_000)
-            b.append(.addRule(rule("c\(i % 50)", Match.port(protocol: 6, destination: true, port...port) + Match.counter + [.verdict(.accept)],
+            b.append(.addRule(rule("c\(i % 50)", NFTMatch.port(protocol: 6, destination: true, port...port) + NFTMatch.counter + [.verdict(.accept)],
                                    comment: "rule \(i)")))
         }
         let result = try k.nl.commit(b)
@@ -25,13 +25,13 @@ import RampartHarness
 
     @Test func hundredThousandElementsSplitOverMessages() throws {
         let k = try KernelFixture("big")
-        let elements = (0..<100_000).map { (i: Int) -> SetElement in
+        let elements = (0..<100_000).map { (i: Int) -> NFTSetElement in
             let b1 = UInt8(truncatingIfNeeded: i >> 16), b2 = UInt8(truncatingIfNeeded: i >> 8), b3 = UInt8(truncatingIfNeeded: i)
-            return SetElement(key: [10, b1, b2, b3])
+            return NFTSetElement(key: [10, b1, b2, b3])
         }
         let result = try k.nl.commit(Batch([
-            .addTable(Table(family: .inet, name: T)),
-            .addSet(SetDefinition(family: .inet, table: T, name: "big", keyType: .ipv4Address)),
+            .addTable(NFTTable(family: .inet, name: T)),
+            .addSet(NFTSetDefinition(family: .inet, table: T, name: "big", keyType: .ipv4Address)),
             .addElements(family: .inet, table: T, set: "big", elements: elements),
         ]))
         // One element-list attribute holds < 64 KiB: 100k IPv4 keys need many messages.
@@ -52,13 +52,13 @@ import RampartHarness
     }
 
     @Test func manyMapElementsWithLongChainNames() throws {
-        // Verdict-map elements are big (a 16-byte key and a chain name): the split is by bytes.
+        // NFTVerdict-map elements are big (a 16-byte key and a chain name): the split is by bytes.
         let k = try KernelFixture("big")
-        var b = Batch([.addTable(Table(family: .inet, name: T)),
-                       .addSet(SetDefinition(family: .inet, table: T, name: "vm", keyType: .ifname, isVerdictMap: true))])
+        var b = Batch([.addTable(NFTTable(family: .inet, name: T)),
+                       .addSet(NFTSetDefinition(family: .inet, table: T, name: "vm", keyType: .ifname, isVerdictMap: true))])
         let chainName = { (i: Int) in "in-" + String(repeating: "x", count: 60) + "-\(i)" }
-        for i in 0..<2_000 { b.append(.addChain(Chain(family: .inet, table: T, name: chainName(i)))) }
-        let elements = (0..<2_000).map { SetElement(key: Match.ifnameBytes("tap\($0)"), verdict: .jump(chainName($0))) }
+        for i in 0..<2_000 { b.append(.addChain(NFTChain(family: .inet, table: T, name: chainName(i)))) }
+        let elements = (0..<2_000).map { NFTSetElement(key: NFTMatch.ifnameBytes("tap\($0)"), verdict: .jump(chainName($0))) }
         b.append(.addElements(family: .inet, table: T, set: "vm", elements: elements))
         let r = try k.nl.commit(b)
         #expect(r.messages > 2 + 2_000 + 1)  // the elements needed more than one message
@@ -73,14 +73,14 @@ import RampartHarness
 @Suite("Big deletions") struct BigDeletionTests {
     @Test func deleteAndFlushLargeObjects() throws {
         let k = try KernelFixture("bigdel")
-        var b = Batch([.addTable(Table(family: .inet, name: T)), .addChain(Chain(family: .inet, table: T, name: "c")),
-                       .addSet(SetDefinition(family: .inet, table: T, name: "s", keyType: .ipv4Address))])
+        var b = Batch([.addTable(NFTTable(family: .inet, name: T)), .addChain(NFTChain(family: .inet, table: T, name: "c")),
+                       .addSet(NFTSetDefinition(family: .inet, table: T, name: "s", keyType: .ipv4Address))])
         for i in 0..<20_000 {
             let p = UInt16(1 + i % 60_000)
-            b.append(.addRule(rule("c", Match.port(protocol: 17, destination: true, p...p) + [.verdict(.accept)])))
+            b.append(.addRule(rule("c", NFTMatch.port(protocol: 17, destination: true, p...p) + [.verdict(.accept)])))
         }
-        b.append(.addElements(family: .inet, table: T, set: "s", elements: (0..<50_000).map { (i: Int) -> SetElement in
-            SetElement(key: [10, UInt8(truncatingIfNeeded: i >> 16), UInt8(truncatingIfNeeded: i >> 8), UInt8(truncatingIfNeeded: i)])
+        b.append(.addElements(family: .inet, table: T, set: "s", elements: (0..<50_000).map { (i: Int) -> NFTSetElement in
+            NFTSetElement(key: [10, UInt8(truncatingIfNeeded: i >> 16), UInt8(truncatingIfNeeded: i >> 8), UInt8(truncatingIfNeeded: i)])
         }))
         try k.nl.commit(b)
         // Each of these, as the first operation of its batch, makes the kernel notify thousands of

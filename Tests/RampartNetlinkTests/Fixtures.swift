@@ -24,8 +24,8 @@ func ip6(_ s: String) -> [UInt8] {
     return withUnsafeBytes(of: a) { Array($0) }
 }
 
-func rule(_ chain: String, _ exprs: [Expr], comment: String? = nil, tag: [UInt8]? = nil) -> Rule {
-    Rule(family: .inet, table: T, chain: chain, expressions: exprs, comment: comment, tag: tag)
+func rule(_ chain: String, _ exprs: [NFTExpr], comment: String? = nil, tag: [UInt8]? = nil) -> NFTRule {
+    NFTRule(family: .inet, table: T, chain: chain, expressions: exprs, comment: comment, tag: tag)
 }
 
 /// The `rule` objects of `nft -j list ruleset` for one chain, as their `expr` arrays.

@@ -10,12 +10,12 @@ import RampartHarness
     @Test func tablesAndTheirFlags() throws {
         let k = try KernelFixture()
         try k.nl.commit(Batch([
-            .addTable(Table(family: .inet, name: T, comment: "owned by tests", tag: [1, 2, 3])),
-            .addTable(Table(family: .ipv4, name: "dormant", flags: 0x1)),
-            .addTable(Table(family: .ipv6, name: "six")),
+            .addTable(NFTTable(family: .inet, name: T, comment: "owned by tests", tag: [1, 2, 3])),
+            .addTable(NFTTable(family: .ipv4, name: "dormant", flags: 0x1)),
+            .addTable(NFTTable(family: .ipv6, name: "six")),
         ]))
         let t = try #require(try k.nl.readTable(family: .inet, name: T))
-        #expect(t.table == Table(family: .inet, name: T, comment: "owned by tests", tag: [1, 2, 3]))
+        #expect(t.table == NFTTable(family: .inet, name: T, comment: "owned by tests", tag: [1, 2, 3]))
         #expect(try k.nl.readTable(family: .ipv4, name: "dormant")?.table.flags == 0x1)
         #expect(try k.nl.readTable(family: .ipv4, name: T) == nil)  // family matters
 
@@ -38,8 +38,8 @@ import RampartHarness
         do {
             let nl = try NFTablesConnection(namespace: .named(ns.name))
             try nl.commit(Batch([
-                .addTable(Table(family: .inet, name: "owned", flags: 0x2)),
-                .addTable(Table(family: .inet, name: "persisted", flags: 0x2 | 0x4)),
+                .addTable(NFTTable(family: .inet, name: "owned", flags: 0x2)),
+                .addTable(NFTTable(family: .inet, name: "persisted", flags: 0x2 | 0x4)),
             ]))
             #expect(try nl.readTable(family: .inet, name: "owned") != nil)
         }  // the connection (and its socket) is released here
@@ -51,13 +51,13 @@ import RampartHarness
     @Test func baseAndRegularChains() throws {
         let k = try KernelFixture()
         let chains = [
-            Chain(family: .inet, table: T, name: "egress", base: BaseChainSpec(hook: .forward, priority: -1)),
-            Chain(family: .inet, table: T, name: "ingress", base: BaseChainSpec(hook: .forward, priority: 0, policy: .accept)),
-            Chain(family: .inet, table: T, name: "in", base: BaseChainSpec(hook: .input, priority: 10, policy: .drop)),
-            Chain(family: .inet, table: T, name: "out", base: BaseChainSpec(hook: .output, priority: -150)),
-            Chain(family: .inet, table: T, name: "regular", comment: "a regular chain", tag: Array("h:1234".utf8)),
+            NFTChain(family: .inet, table: T, name: "egress", base: NFTBaseChainSpec(hook: .forward, priority: -1)),
+            NFTChain(family: .inet, table: T, name: "ingress", base: NFTBaseChainSpec(hook: .forward, priority: 0, policy: .accept)),
+            NFTChain(family: .inet, table: T, name: "in", base: NFTBaseChainSpec(hook: .input, priority: 10, policy: .drop)),
+            NFTChain(family: .inet, table: T, name: "out", base: NFTBaseChainSpec(hook: .output, priority: -150)),
+            NFTChain(family: .inet, table: T, name: "regular", comment: "a regular chain", tag: Array("h:1234".utf8)),
         ]
-        try k.nl.commit(Batch([.addTable(Table(family: .inet, name: T))] + chains.map { .addChain($0) }))
+        try k.nl.commit(Batch([.addTable(NFTTable(family: .inet, name: T))] + chains.map { .addChain($0) }))
         let t = try #require(try k.nl.readTable(family: .inet, name: T))
         #expect(Set(t.chains) == Set(chains))
 
@@ -72,7 +72,7 @@ import RampartHarness
             "out filter output -150 accept",
             "regular - - - -",
         ])
-        // Chain comments are missing from nft 1.0.6's JSON: the text listing shows them.
+        // NFTChain comments are missing from nft 1.0.6's JSON: the text listing shows them.
         #expect(try k.ns.nft("list", "chain", "inet", T, "regular").stdout.contains("comment \"a regular chain\""))
     }
 
@@ -80,62 +80,62 @@ import RampartHarness
     @Test func rulesOfEveryExpression() throws {
         let k = try KernelFixture()
         var b = Batch([
-            .addTable(Table(family: .inet, name: T)),
-            .addChain(Chain(family: .inet, table: T, name: "c1")),
-            .addChain(Chain(family: .inet, table: T, name: "r")),
-            .addSet(SetDefinition(family: .inet, table: T, name: "s4", keyType: .ipv4Address)),
-            .addSet(SetDefinition(family: .inet, table: T, name: "s6", keyType: .ipv6Address)),
-            .addSet(SetDefinition(family: .inet, table: T, name: "ifs", keyType: .ifname)),
-            .addSet(SetDefinition(family: .inet, table: T, name: "vm", keyType: .ifname, isVerdictMap: true)),
+            .addTable(NFTTable(family: .inet, name: T)),
+            .addChain(NFTChain(family: .inet, table: T, name: "c1")),
+            .addChain(NFTChain(family: .inet, table: T, name: "r")),
+            .addSet(NFTSetDefinition(family: .inet, table: T, name: "s4", keyType: .ipv4Address)),
+            .addSet(NFTSetDefinition(family: .inet, table: T, name: "s6", keyType: .ipv6Address)),
+            .addSet(NFTSetDefinition(family: .inet, table: T, name: "ifs", keyType: .ifname)),
+            .addSet(NFTSetDefinition(family: .inet, table: T, name: "vm", keyType: .ifname, isVerdictMap: true)),
         ])
-        let cases: [(exprs: [Expr], nft: String)] = [
-            (Match.interface(.iifname, "tap0") + [.verdict(.accept)],
+        let cases: [(exprs: [NFTExpr], nft: String)] = [
+            (NFTMatch.interface(.iifname, "tap0") + [.verdict(.accept)],
              #"[{"match":{"left":{"meta":{"key":"iifname"}},"op":"==","right":"tap0"}},{"accept":null}]"#),
-            (Match.interface(.oifname, "tap0", equal: false) + [.verdict(.drop)],
+            (NFTMatch.interface(.oifname, "tap0", equal: false) + [.verdict(.drop)],
              #"[{"match":{"left":{"meta":{"key":"oifname"}},"op":"!=","right":"tap0"}},{"drop":null}]"#),
-            (Match.nfproto(.ipv6) + [.verdict(.return)],
+            (NFTMatch.nfproto(.ipv6) + [.verdict(.return)],
              #"[{"match":{"left":{"meta":{"key":"nfproto"}},"op":"==","right":"ipv6"}},{"return":null}]"#),
-            (Match.address(.source, ip4("10.0.0.0"), prefixLength: 8) + [.verdict(.accept)],
+            (NFTMatch.address(.source, ip4("10.0.0.0"), prefixLength: 8) + [.verdict(.accept)],
              #"[{"match":{"left":{"payload":{"field":"saddr","protocol":"ip"}},"op":"==","right":{"prefix":{"addr":"10.0.0.0","len":8}}}},{"accept":null}]"#),
-            (Match.address(.destination, ip4("10.1.2.0"), prefixLength: 23) + [.verdict(.accept)],
+            (NFTMatch.address(.destination, ip4("10.1.2.0"), prefixLength: 23) + [.verdict(.accept)],
              #"[{"match":{"left":{"payload":{"field":"daddr","protocol":"ip"}},"op":"==","right":{"prefix":{"addr":"10.1.2.0","len":23}}}},{"accept":null}]"#),
-            (Match.address(.source, ip4("10.0.1.11"), equal: false) + Match.address(.source, ip4("10.0.1.12"), equal: false) + [.verdict(.drop)],
+            (NFTMatch.address(.source, ip4("10.0.1.11"), equal: false) + NFTMatch.address(.source, ip4("10.0.1.12"), equal: false) + [.verdict(.drop)],
              #"[{"match":{"left":{"payload":{"field":"saddr","protocol":"ip"}},"op":"!=","right":"10.0.1.11"}},{"match":{"left":{"payload":{"field":"saddr","protocol":"ip"}},"op":"!=","right":"10.0.1.12"}},{"drop":null}]"#),
-            (Match.address(.source, ip6("fd00::11"), equal: false) + [.verdict(.drop)],
+            (NFTMatch.address(.source, ip6("fd00::11"), equal: false) + [.verdict(.drop)],
              #"[{"match":{"left":{"payload":{"field":"saddr","protocol":"ip6"}},"op":"!=","right":"fd00::11"}},{"drop":null}]"#),
-            (Match.address(.destination, ip6("2001:db8::"), prefixLength: 32) + [.verdict(.accept)],
+            (NFTMatch.address(.destination, ip6("2001:db8::"), prefixLength: 32) + [.verdict(.accept)],
              #"[{"match":{"left":{"payload":{"field":"daddr","protocol":"ip6"}},"op":"==","right":{"prefix":{"addr":"2001:db8::","len":32}}}},{"accept":null}]"#),
-            (Match.address(.source, ipv4Any, prefixLength: 0) + [.verdict(.accept)],
+            (NFTMatch.address(.source, ipv4Any, prefixLength: 0) + [.verdict(.accept)],
              #"[{"match":{"left":{"meta":{"key":"nfproto"}},"op":"==","right":"ipv4"}},{"accept":null}]"#),
-            (Match.address(.source, ipv6: true, inSet: "s6", inverted: true) + [.verdict(.drop)],
+            (NFTMatch.address(.source, ipv6: true, inSet: "s6", inverted: true) + [.verdict(.drop)],
              #"[{"match":{"left":{"payload":{"field":"saddr","protocol":"ip6"}},"op":"!=","right":"@s6"}},{"drop":null}]"#),
-            (Match.address(.destination, ipv6: false, inSet: "s4") + [.verdict(.accept)],
+            (NFTMatch.address(.destination, ipv6: false, inSet: "s4") + [.verdict(.accept)],
              #"[{"match":{"left":{"payload":{"field":"daddr","protocol":"ip"}},"op":"==","right":"@s4"}},{"accept":null}]"#),
-            (Match.interface(.iifname, inSet: "ifs") + Match.ctState([.established, .related]) + [.verdict(.accept)],
+            (NFTMatch.interface(.iifname, inSet: "ifs") + NFTMatch.ctState([.established, .related]) + [.verdict(.accept)],
              #"[{"match":{"left":{"meta":{"key":"iifname"}},"op":"==","right":"@ifs"}},{"match":{"left":{"ct":{"key":"state"}},"op":"in","right":["established","related"]}},{"accept":null}]"#),
-            (Match.interface(.oifname, inSet: "ifs") + Match.ctState(.invalid) + [.verdict(.drop)],
+            (NFTMatch.interface(.oifname, inSet: "ifs") + NFTMatch.ctState(.invalid) + [.verdict(.drop)],
              #"[{"match":{"left":{"meta":{"key":"oifname"}},"op":"==","right":"@ifs"}},{"match":{"left":{"ct":{"key":"state"}},"op":"in","right":"invalid"}},{"drop":null}]"#),
-            (Match.interfaceVerdictMap(.iifname, map: "vm"),
+            (NFTMatch.interfaceVerdictMap(.iifname, map: "vm"),
              #"[{"vmap":{"data":"@vm","key":{"meta":{"key":"iifname"}}}}]"#),
-            (Match.port(protocol: 6, destination: true, 22...22) + Match.counter + [.verdict(.accept)],
+            (NFTMatch.port(protocol: 6, destination: true, 22...22) + NFTMatch.counter + [.verdict(.accept)],
              #"[{"match":{"left":{"payload":{"field":"dport","protocol":"tcp"}},"op":"==","right":22}},{"counter":{"bytes":0,"packets":0}},{"accept":null}]"#),
-            (Match.port(protocol: 17, destination: true, 1000...2000) + [.verdict(.accept)],
+            (NFTMatch.port(protocol: 17, destination: true, 1000...2000) + [.verdict(.accept)],
              #"[{"match":{"left":{"payload":{"field":"dport","protocol":"udp"}},"op":"==","right":{"range":[1000,2000]}}},{"accept":null}]"#),
-            (Match.l4proto(132) + Match.transportPort(destination: true, 5000...5000) + [.verdict(.accept)],
+            (NFTMatch.l4proto(132) + NFTMatch.transportPort(destination: true, 5000...5000) + [.verdict(.accept)],
              #"[{"match":{"left":{"payload":{"field":"dport","protocol":"sctp"}},"op":"==","right":5000}},{"accept":null}]"#),
-            (Match.l4proto(17) + Match.transportPort(destination: false, 68...68) + Match.transportPort(destination: true, 67...67) + [.verdict(.accept)],
+            (NFTMatch.l4proto(17) + NFTMatch.transportPort(destination: false, 68...68) + NFTMatch.transportPort(destination: true, 67...67) + [.verdict(.accept)],
              #"[{"match":{"left":{"payload":{"field":"sport","protocol":"udp"}},"op":"==","right":68}},{"match":{"left":{"payload":{"field":"dport","protocol":"udp"}},"op":"==","right":67}},{"accept":null}]"#),
-            (Match.icmp(v6: false, types: 8...8) + [.verdict(.accept)],
+            (NFTMatch.icmp(v6: false, types: 8...8) + [.verdict(.accept)],
              #"[{"match":{"left":{"payload":{"field":"type","protocol":"icmp"}},"op":"==","right":"echo-request"}},{"accept":null}]"#),
-            (Match.icmp(v6: false, types: 3...3, code: 4) + [.verdict(.accept)],
+            (NFTMatch.icmp(v6: false, types: 3...3, code: 4) + [.verdict(.accept)],
              #"[{"match":{"left":{"payload":{"field":"type","protocol":"icmp"}},"op":"==","right":"destination-unreachable"}},{"match":{"left":{"payload":{"field":"code","protocol":"icmp"}},"op":"==","right":"frag-needed"}},{"accept":null}]"#),
-            (Match.icmp(v6: true, types: 133...136) + [.verdict(.accept)],
+            (NFTMatch.icmp(v6: true, types: 133...136) + [.verdict(.accept)],
              #"[{"match":{"left":{"payload":{"field":"type","protocol":"icmpv6"}},"op":"==","right":{"range":["nd-router-solicit","nd-neighbor-advert"]}}},{"accept":null}]"#),
-            (Match.etherSource([2, 0, 0, 0, 1, 0x11], equal: false) + [.verdict(.drop)],
+            (NFTMatch.etherSource([2, 0, 0, 0, 1, 0x11], equal: false) + [.verdict(.drop)],
              #"[{"match":{"left":{"payload":{"field":"saddr","protocol":"ether"}},"op":"!=","right":"02:00:00:00:01:11"}},{"drop":null}]"#),
             ([.verdict(.jump("c1"))], #"[{"jump":{"target":"c1"}}]"#),
             ([.verdict(.goto("c1"))], #"[{"goto":{"target":"c1"}}]"#),
-            (Match.l4proto(47) + Match.counter + [.verdict(.accept)],
+            (NFTMatch.l4proto(47) + NFTMatch.counter + [.verdict(.accept)],
              #"[{"match":{"left":{"meta":{"key":"l4proto"}},"op":"==","right":"gre"}},{"counter":{"bytes":0,"packets":0}},{"accept":null}]"#),
         ]
         for (i, c) in cases.enumerated() {
@@ -162,28 +162,28 @@ import RampartHarness
     @Test func setsMapsAndTheirElements() throws {
         let k = try KernelFixture()
         let defs = [
-            SetDefinition(family: .inet, table: T, name: "h4", keyType: .ipv4Address, comment: "hash v4", tag: [9]),
-            SetDefinition(family: .inet, table: T, name: "h6", keyType: .ipv6Address),
-            SetDefinition(family: .inet, table: T, name: "i4", keyType: .ipv4Address, isInterval: true),
-            SetDefinition(family: .inet, table: T, name: "i6", keyType: .ipv6Address, isInterval: true),
-            SetDefinition(family: .inet, table: T, name: "ifs", keyType: .ifname),
-            SetDefinition(family: .inet, table: T, name: "to-inst", keyType: .ifname, isVerdictMap: true),
+            NFTSetDefinition(family: .inet, table: T, name: "h4", keyType: .ipv4Address, comment: "hash v4", tag: [9]),
+            NFTSetDefinition(family: .inet, table: T, name: "h6", keyType: .ipv6Address),
+            NFTSetDefinition(family: .inet, table: T, name: "i4", keyType: .ipv4Address, isInterval: true),
+            NFTSetDefinition(family: .inet, table: T, name: "i6", keyType: .ipv6Address, isInterval: true),
+            NFTSetDefinition(family: .inet, table: T, name: "ifs", keyType: .ifname),
+            NFTSetDefinition(family: .inet, table: T, name: "to-inst", keyType: .ifname, isVerdictMap: true),
         ]
-        let elements: [String: [SetElement]] = [
-            "h4": [SetElement(key: ip4("10.0.0.1")), SetElement(key: ip4("10.0.0.2"))],
-            "h6": [SetElement(key: ip6("fd00::1"))],
-            "i4": [SetElement(key: ip4("10.0.0.0"), rangeEnd: ip4("11.0.0.0")),
-                   SetElement(key: ip4("192.168.1.0"), rangeEnd: ip4("192.168.2.0"))],
-            "i6": [SetElement(key: ip6("2001:db8::"), rangeEnd: ip6("2001:db9::")),
-                   SetElement(key: ip6("fd00::"), rangeEnd: nil)],
-            "ifs": [SetElement(key: Match.ifnameBytes("tap0")), SetElement(key: Match.ifnameBytes("tapweb1"))],
-            "to-inst": [SetElement(key: Match.ifnameBytes("tap0"), verdict: .jump("in-a")),
-                        SetElement(key: Match.ifnameBytes("tap1"), verdict: .goto("in-b")),
-                        SetElement(key: Match.ifnameBytes("tap2"), verdict: .drop)],
+        let elements: [String: [NFTSetElement]] = [
+            "h4": [NFTSetElement(key: ip4("10.0.0.1")), NFTSetElement(key: ip4("10.0.0.2"))],
+            "h6": [NFTSetElement(key: ip6("fd00::1"))],
+            "i4": [NFTSetElement(key: ip4("10.0.0.0"), rangeEnd: ip4("11.0.0.0")),
+                   NFTSetElement(key: ip4("192.168.1.0"), rangeEnd: ip4("192.168.2.0"))],
+            "i6": [NFTSetElement(key: ip6("2001:db8::"), rangeEnd: ip6("2001:db9::")),
+                   NFTSetElement(key: ip6("fd00::"), rangeEnd: nil)],
+            "ifs": [NFTSetElement(key: NFTMatch.ifnameBytes("tap0")), NFTSetElement(key: NFTMatch.ifnameBytes("tapweb1"))],
+            "to-inst": [NFTSetElement(key: NFTMatch.ifnameBytes("tap0"), verdict: .jump("in-a")),
+                        NFTSetElement(key: NFTMatch.ifnameBytes("tap1"), verdict: .goto("in-b")),
+                        NFTSetElement(key: NFTMatch.ifnameBytes("tap2"), verdict: .drop)],
         ]
-        var b = Batch([.addTable(Table(family: .inet, name: T)),
-                       .addChain(Chain(family: .inet, table: T, name: "in-a")),
-                       .addChain(Chain(family: .inet, table: T, name: "in-b"))])
+        var b = Batch([.addTable(NFTTable(family: .inet, name: T)),
+                       .addChain(NFTChain(family: .inet, table: T, name: "in-a")),
+                       .addChain(NFTChain(family: .inet, table: T, name: "in-b"))])
         for d in defs {
             b.append(.addSet(d))
             b.append(.addElements(family: .inet, table: T, set: d.name, elements: elements[d.name]!))
@@ -207,27 +207,27 @@ import RampartHarness
 
         // Deltas: delete some, add some.
         try k.nl.commit(Batch([
-            .deleteElements(family: .inet, table: T, set: "h4", elements: [SetElement(key: ip4("10.0.0.1"))]),
-            .addElements(family: .inet, table: T, set: "h4", elements: [SetElement(key: ip4("10.0.0.3"))]),
-            .deleteElements(family: .inet, table: T, set: "i4", elements: [SetElement(key: ip4("10.0.0.0"), rangeEnd: ip4("11.0.0.0"))]),
-            .deleteElements(family: .inet, table: T, set: "to-inst", elements: [SetElement(key: Match.ifnameBytes("tap1"))]),
+            .deleteElements(family: .inet, table: T, set: "h4", elements: [NFTSetElement(key: ip4("10.0.0.1"))]),
+            .addElements(family: .inet, table: T, set: "h4", elements: [NFTSetElement(key: ip4("10.0.0.3"))]),
+            .deleteElements(family: .inet, table: T, set: "i4", elements: [NFTSetElement(key: ip4("10.0.0.0"), rangeEnd: ip4("11.0.0.0"))]),
+            .deleteElements(family: .inet, table: T, set: "to-inst", elements: [NFTSetElement(key: NFTMatch.ifnameBytes("tap1"))]),
         ]))
         let t2 = try #require(try k.nl.readTable(family: .inet, name: T))
-        #expect(Set(t2.elements["h4"]!) == [SetElement(key: ip4("10.0.0.2")), SetElement(key: ip4("10.0.0.3"))])
-        #expect(t2.elements["i4"]! == [SetElement(key: ip4("192.168.1.0"), rangeEnd: ip4("192.168.2.0"))])
-        #expect(Set(t2.elements["to-inst"]!.map(\.key)) == [Match.ifnameBytes("tap0"), Match.ifnameBytes("tap2")])
+        #expect(Set(t2.elements["h4"]!) == [NFTSetElement(key: ip4("10.0.0.2")), NFTSetElement(key: ip4("10.0.0.3"))])
+        #expect(t2.elements["i4"]! == [NFTSetElement(key: ip4("192.168.1.0"), rangeEnd: ip4("192.168.2.0"))])
+        #expect(Set(t2.elements["to-inst"]!.map(\.key)) == [NFTMatch.ifnameBytes("tap0"), NFTMatch.ifnameBytes("tap2")])
     }
 
     @Test func flushAndDelete() throws {
         let k = try KernelFixture()
         try k.nl.commit(Batch([
-            .addTable(Table(family: .inet, name: T)),
-            .addChain(Chain(family: .inet, table: T, name: "a")),
-            .addChain(Chain(family: .inet, table: T, name: "b")),
-            .addSet(SetDefinition(family: .inet, table: T, name: "s", keyType: .ipv4Address)),
-            .addElements(family: .inet, table: T, set: "s", elements: [SetElement(key: ip4("1.2.3.4"))]),
+            .addTable(NFTTable(family: .inet, name: T)),
+            .addChain(NFTChain(family: .inet, table: T, name: "a")),
+            .addChain(NFTChain(family: .inet, table: T, name: "b")),
+            .addSet(NFTSetDefinition(family: .inet, table: T, name: "s", keyType: .ipv4Address)),
+            .addElements(family: .inet, table: T, set: "s", elements: [NFTSetElement(key: ip4("1.2.3.4"))]),
             .addRule(rule("a", [.verdict(.jump("b"))])),
-            .addRule(rule("a", Match.address(.source, ipv6: false, inSet: "s") + [.verdict(.drop)])),
+            .addRule(rule("a", NFTMatch.address(.source, ipv6: false, inSet: "s") + [.verdict(.drop)])),
             .addRule(rule("b", [.verdict(.accept)])),
         ]))
         // A chain still jumped to cannot go (EBUSY); with the jump flushed away in the same
@@ -244,8 +244,8 @@ import RampartHarness
         #expect(t.rules["a"] == [])
         #expect(t.sets.isEmpty)
         try k.nl.commit(Batch([
-            .addSet(SetDefinition(family: .inet, table: T, name: "s2", keyType: .ifname)),
-            .addElements(family: .inet, table: T, set: "s2", elements: [SetElement(key: Match.ifnameBytes("x"))]),
+            .addSet(NFTSetDefinition(family: .inet, table: T, name: "s2", keyType: .ifname)),
+            .addElements(family: .inet, table: T, set: "s2", elements: [NFTSetElement(key: NFTMatch.ifnameBytes("x"))]),
         ]))
         try k.nl.commit(Batch([.flushSet(family: .inet, table: T, name: "s2")]))
         #expect(try k.nl.readTable(family: .inet, name: T)?.elements["s2"] == [])

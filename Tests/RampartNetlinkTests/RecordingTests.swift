@@ -3,28 +3,28 @@ import Testing
 
 /// The in-memory fake follows the kernel's rules that higher layers rely on.
 @Suite("Recording fake") struct RecordingTests {
-    let table = Table(family: .inet, name: T)
+    let table = NFTTable(family: .inet, name: T)
 
     @Test func recordsBatchesAndReadsBack() throws {
         let fake = RecordingNFTables()
         let batch = Batch([
             .addTable(table),
-            .addChain(Chain(family: .inet, table: T, name: "c")),
-            .addSet(SetDefinition(family: .inet, table: T, name: "s", keyType: .ipv4Address)),
-            .addElements(family: .inet, table: T, set: "s", elements: [SetElement(key: ip4("1.1.1.1"))]),
-            .addRule(rule("c", Match.address(.source, ipv6: false, inSet: "s") + [.verdict(.accept)])),
+            .addChain(NFTChain(family: .inet, table: T, name: "c")),
+            .addSet(NFTSetDefinition(family: .inet, table: T, name: "s", keyType: .ipv4Address)),
+            .addElements(family: .inet, table: T, set: "s", elements: [NFTSetElement(key: ip4("1.1.1.1"))]),
+            .addRule(rule("c", NFTMatch.address(.source, ipv6: false, inSet: "s") + [.verdict(.accept)])),
         ])
         let g = try fake.generation()
         #expect(try fake.commit(batch).generation == g + 1)
         #expect(fake.committed == [batch])
         let t = try #require(try fake.readTable(family: .inet, name: T))
         #expect(t.rules["c"]?.count == 1)
-        #expect(t.elements["s"] == [SetElement(key: ip4("1.1.1.1"))])
+        #expect(t.elements["s"] == [NFTSetElement(key: ip4("1.1.1.1"))])
     }
 
     @Test func failedBatchChangesNothing() throws {
         let fake = RecordingNFTables()
-        try fake.commit(Batch([.addTable(table), .addChain(Chain(family: .inet, table: T, name: "c")),
+        try fake.commit(Batch([.addTable(table), .addChain(NFTChain(family: .inet, table: T, name: "c")),
                                .addRule(rule("c", [.verdict(.accept)]))]))
         let before = try fake.readTable(family: .inet, name: T)
         let error = #expect(throws: NetlinkError.self) {
@@ -42,14 +42,14 @@ import Testing
         let fake = RecordingNFTables()
         try fake.commit(Batch([
             .addTable(table),
-            .addChain(Chain(family: .inet, table: T, name: "a")),
-            .addChain(Chain(family: .inet, table: T, name: "b")),
-            .addSet(SetDefinition(family: .inet, table: T, name: "m", keyType: .ifname, isVerdictMap: true)),
-            .addElements(family: .inet, table: T, set: "m", elements: [SetElement(key: Match.ifnameBytes("t"), verdict: .jump("b"))]),
+            .addChain(NFTChain(family: .inet, table: T, name: "a")),
+            .addChain(NFTChain(family: .inet, table: T, name: "b")),
+            .addSet(NFTSetDefinition(family: .inet, table: T, name: "m", keyType: .ifname, isVerdictMap: true)),
+            .addElements(family: .inet, table: T, set: "m", elements: [NFTSetElement(key: NFTMatch.ifnameBytes("t"), verdict: .jump("b"))]),
         ]))
         #expect(throws: NetlinkError.self) { try fake.commit(Batch([.deleteChain(family: .inet, table: T, name: "b")])) }
         try fake.commit(Batch([
-            .deleteElements(family: .inet, table: T, set: "m", elements: [SetElement(key: Match.ifnameBytes("t"))]),
+            .deleteElements(family: .inet, table: T, set: "m", elements: [NFTSetElement(key: NFTMatch.ifnameBytes("t"))]),
             .deleteChain(family: .inet, table: T, name: "b"),
         ]))
         #expect(try fake.readTable(family: .inet, name: T)?.chains.map(\.name) == ["a"])

@@ -8,13 +8,13 @@ import RampartHarness
     /// A table with some content, and its snapshot.
     func populated(_ k: KernelFixture) throws -> TableSnapshot {
         try k.nl.commit(Batch([
-            .addTable(Table(family: .inet, name: T)),
-            .addChain(Chain(family: .inet, table: T, name: "fwd", base: BaseChainSpec(hook: .forward, priority: 0))),
-            .addChain(Chain(family: .inet, table: T, name: "c")),
-            .addSet(SetDefinition(family: .inet, table: T, name: "s", keyType: .ipv4Address)),
-            .addElements(family: .inet, table: T, set: "s", elements: [SetElement(key: ip4("10.0.0.1"))]),
-            .addRule(rule("fwd", Match.address(.source, ipv6: false, inSet: "s") + [.verdict(.jump("c"))])),
-            .addRule(rule("c", Match.port(protocol: 6, destination: true, 22...22) + [.verdict(.accept)])),
+            .addTable(NFTTable(family: .inet, name: T)),
+            .addChain(NFTChain(family: .inet, table: T, name: "fwd", base: NFTBaseChainSpec(hook: .forward, priority: 0))),
+            .addChain(NFTChain(family: .inet, table: T, name: "c")),
+            .addSet(NFTSetDefinition(family: .inet, table: T, name: "s", keyType: .ipv4Address)),
+            .addElements(family: .inet, table: T, set: "s", elements: [NFTSetElement(key: ip4("10.0.0.1"))]),
+            .addRule(rule("fwd", NFTMatch.address(.source, ipv6: false, inSet: "s") + [.verdict(.jump("c"))])),
+            .addRule(rule("c", NFTMatch.port(protocol: 6, destination: true, 22...22) + [.verdict(.accept)])),
         ]))
         return try #require(try k.nl.readTable(family: .inet, name: T))
     }
@@ -24,9 +24,9 @@ import RampartHarness
         let before = try populated(k)
         let text = try k.ns.nft("list", "ruleset").stdout
         let batch = Batch([
-            .addChain(Chain(family: .inet, table: T, name: "new")),
+            .addChain(NFTChain(family: .inet, table: T, name: "new")),
             .flushChain(family: .inet, table: T, name: "c"),
-            .addElements(family: .inet, table: T, set: "s", elements: [SetElement(key: ip4("10.0.0.2"))]),
+            .addElements(family: .inet, table: T, set: "s", elements: [NFTSetElement(key: ip4("10.0.0.2"))]),
             .addRule(rule("missing-chain", [.verdict(.accept)], comment: "the bad one")),
             .addRule(rule("c", [.verdict(.drop)])),
         ])
@@ -53,7 +53,7 @@ import RampartHarness
         let batch = Batch([
             .deleteChain(family: .inet, table: T, name: "nope"),
             .addRule(rule("c", [.verdict(.accept)])),
-            .deleteElements(family: .inet, table: T, set: "s", elements: [SetElement(key: ip4("9.9.9.9"))]),
+            .deleteElements(family: .inet, table: T, set: "s", elements: [NFTSetElement(key: ip4("9.9.9.9"))]),
             .deleteSet(family: .inet, table: T, name: "s"),  // still used by a rule
         ])
         let error = #expect(throws: NetlinkError.self) { try k.nl.commit(batch) }
@@ -69,11 +69,11 @@ import RampartHarness
         // Someone else commits: here, nft as another process.
         try k.ns.nft("add", "table", "inet", "someone-else")
         #expect(try k.nl.generation() == seen + 1)
-        let guarded = Batch([.addElements(family: .inet, table: T, set: "s", elements: [SetElement(key: ip4("10.0.0.9"))])])
+        let guarded = Batch([.addElements(family: .inet, table: T, set: "s", elements: [NFTSetElement(key: ip4("10.0.0.9"))])])
         let error = #expect(throws: NetlinkError.self) { try k.nl.commit(guarded, expectedGeneration: seen) }
         guard case .generationChanged(let expected) = error else { Issue.record("expected .generationChanged, got \(String(describing: error))"); return }
         #expect(expected == seen)
-        #expect(try k.nl.readTable(family: .inet, name: T)?.elements["s"] == [SetElement(key: ip4("10.0.0.1"))])
+        #expect(try k.nl.readTable(family: .inet, name: T)?.elements["s"] == [NFTSetElement(key: ip4("10.0.0.1"))])
         // With the current generation the same batch goes through, and reports the next one.
         let now = try k.nl.generation()
         let result = try k.nl.commit(guarded, expectedGeneration: now)
@@ -85,7 +85,7 @@ import RampartHarness
     @Test func commitReportsTheNewGeneration() throws {
         let k = try KernelFixture()
         let g = try k.nl.generation()
-        let r = try k.nl.commit(Batch([.addTable(Table(family: .inet, name: T))]))
+        let r = try k.nl.commit(Batch([.addTable(NFTTable(family: .inet, name: T))]))
         #expect(r.generation == g + 1)
         #expect(r.messages == 1)
         #expect(r.bytes > 0)
@@ -96,7 +96,7 @@ import RampartHarness
     /// success or failure.
     @Test func lostRepliesAreOutcomeUnknown() throws {
         let k = try KernelFixture()
-        try k.nl.commit(Batch([.addTable(Table(family: .inet, name: T))]))
+        try k.nl.commit(Batch([.addTable(NFTTable(family: .inet, name: T))]))
         try k.nl.shrinkReceiveBufferForTesting(bytes: 4096)
         // Every one of these fails (no such chain), and every failure replies.
         let batch = Batch((0..<3000).map { _ in .addRule(rule("missing", [.verdict(.accept)])) })
