@@ -45,6 +45,9 @@ let package = Package(
         .target(name: "RampartIPTables", dependencies: ["RampartCore", "RampartNetlink", "CIPSet"]),
         // The nftables backend: IR ⇄ netlink objects, plans as one batch, read-back, drift repair.
         .target(name: "RampartNFTables", dependencies: ["RampartCore", "RampartNetlink"]),
+        // Revocation, for either backend: after a commit that narrowed access, the conntrack
+        // entries the committed IR no longer allows are found and deleted (ctnetlink).
+        .target(name: "RampartConntrack", dependencies: ["RampartCore", "RampartNetlink"]),
         // Network-namespace fixtures for tests, benchmarks and the demo (uses `ip`, never on
         // Rampart's own kernel path).
         .target(name: "RampartHarness", dependencies: ["RampartNetlink"]),
@@ -57,7 +60,7 @@ let package = Package(
         .target(
             name: "RampartDaemon",
             dependencies: [
-                "RampartCore", "RampartNFTables", "RampartNetlink", "RampartStore",
+                "RampartCore", "RampartNFTables", "RampartIPTables", "RampartConntrack", "RampartNetlink", "RampartStore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -81,7 +84,7 @@ let package = Package(
         .executableTarget(
             name: "rampart",
             dependencies: [
-                "RampartCore", "RampartNFTables", "RampartNetlink", "RampartIPTables", "RampartStore",
+                "RampartCore", "RampartNFTables", "RampartNetlink", "RampartIPTables", "RampartConntrack", "RampartStore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -90,7 +93,7 @@ let package = Package(
         .executableTarget(
             name: "rampart-bench",
             dependencies: [
-                "RampartNetlink", "RampartCore", "RampartNFTables", "RampartHarness", "RampartIPTables", "RampartStore", "RampartDaemon",
+                "RampartNetlink", "RampartCore", "RampartNFTables", "RampartConntrack", "RampartHarness", "RampartIPTables", "RampartStore", "RampartDaemon",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -98,12 +101,12 @@ let package = Package(
         .testTarget(name: "RampartHarnessTests", dependencies: ["RampartHarness"]),
         .testTarget(
             name: "RampartNFTablesTests",
-            dependencies: ["RampartNFTables", "RampartIPTables", "RampartCore", "RampartNetlink", "RampartHarness"]
+            dependencies: ["RampartNFTables", "RampartIPTables", "RampartConntrack", "RampartCore", "RampartNetlink", "RampartHarness"]
         ),
         .testTarget(name: "RampartStoreTests", dependencies: ["RampartStore", "RampartCore"]),
         .testTarget(
             name: "RampartDaemonTests",
-            dependencies: ["RampartDaemon", "RampartStore", "RampartCore", "RampartNFTables", "RampartNetlink", "RampartHarness"]
+            dependencies: ["RampartDaemon", "RampartStore", "RampartCore", "RampartNFTables", "RampartIPTables", "RampartConntrack", "RampartNetlink", "RampartHarness"]
         ),
         .testTarget(
             name: "RampartCoreTests",

@@ -1,25 +1,27 @@
-/// One host's engine: the document as the model, the committed IR, and the events that change
+/// One host's engine: the document as the model, the planned IR, and the events that change
 /// them. Each event validates its input, edits the model, and returns the Plan that takes the
-/// committed IR to the IR of the new document, touching only the objects the event affects
-/// (its cost is proportional to the change, not to the host or the cloud). The committed IR is
-/// advanced to the result, on the assumption that the caller commits the Plan; after a failed
-/// commit, call `resync(committed:)` with what the kernel really holds.
+/// planned IR to the IR of the new document, touching only the objects the event affects
+/// (its cost is proportional to the change, not to the host or the cloud). The planned IR is
+/// advanced to the result on the assumption that the caller commits the Plan; what the kernel
+/// really holds ("committed") is the backend's to know: after a failed commit the caller
+/// converges the backend to `planned` from a read-back.
 public struct Engine: Sendable {
     private var model: HostModel
     private var loaded = false
-    /// What the kernel holds, as far as Rampart knows (nil: no table).
-    public private(set) var committed: RulesetIR?
+    /// The IR every Plan returned so far leads to (nil: no table). Equal to the kernel's once
+    /// those Plans are committed.
+    public private(set) var planned: RulesetIR?
 
-    /// An engine for `host` whose kernel holds `committed` (nil: nothing) and no document yet.
-    public init(host: String, committed: RulesetIR? = nil) {
+    /// An engine for `host` whose plans start from `planned` (nil: no table) and no document yet.
+    public init(host: String, planned: RulesetIR? = nil) {
         model = HostModel(Document(host: host))
-        self.committed = committed
+        self.planned = planned
     }
 
     /// The current desired document.
     public var document: Document { model.doc }
 
-    /// The IR compiled from the current document (equal to `committed` after every event).
+    /// The IR compiled from the current document (equal to `planned` after every event).
     public func desiredIR() -> RulesetIR { model.compileAll() }
 
     // MARK: whole document
@@ -34,25 +36,17 @@ public struct Engine: Sendable {
         try document.validate()
         let next = HostModel(document)
         let ir = next.compileAll()
-        let plan = diff(from: committed, to: ir)
+        let plan = diff(from: planned, to: ir)
         model = next
-        committed = ir
+        planned = ir
         loaded = true
-        return plan
-    }
-
-    /// After drift or a failed commit: the Plan from what the kernel holds to the document's IR.
-    public mutating func resync(committed kernel: RulesetIR?) -> Plan {
-        let ir = model.compileAll()
-        let plan = diff(from: kernel, to: ir)
-        committed = ir
         return plan
     }
 
     /// The Plan that removes everything Rampart programmed (`flush`).
     public mutating func flush() -> Plan {
-        let plan = diff(from: committed, to: nil)
-        committed = nil
+        let plan = diff(from: planned, to: nil)
+        planned = nil
         model = HostModel(Document(host: model.host))
         loaded = false
         return plan
@@ -89,7 +83,7 @@ public struct Engine: Sendable {
         }
         issues += instanceIssues(changes)
         if !issues.isEmpty { throw DocumentError(issues) }
-        return commit { m, t in for (id, inst) in changes { m.replace(id, with: inst, &t) } }
+        return advance { m, t in for (id, inst) in changes { m.replace(id, with: inst, &t) } }
     }
 
     /// Members of `group` are now exactly `members` (id → record): the full-list form of the
@@ -117,7 +111,7 @@ public struct Engine: Sendable {
             issues += Checks.typedRuleIssues(r, path: joinPath(gp, "rules") + "[\(i)]") { $0 == group || doc.groups[$0] != nil }
         }
         if !issues.isEmpty { throw DocumentError(issues) }
-        return commit { m, t in m.setRules(group, rules, description: description, &t) }
+        return advance { m, t in m.setRules(group, rules, description: description, &t) }
     }
 
     // MARK: instances on this host
@@ -134,7 +128,7 @@ public struct Engine: Sendable {
         }
         issues += instanceIssues([(id, instance)])
         if !issues.isEmpty { throw DocumentError(issues) }
-        return commit { m, t in m.replace(id, with: instance, &t) }
+        return advance { m, t in m.replace(id, with: instance, &t) }
     }
 
     /// An instance left this host.
@@ -143,7 +137,7 @@ public struct Engine: Sendable {
         guard let old = model.doc.instances[id], old.host == model.host else {
             throw DocumentError([ValidationIssue(path: joinPath("instances", id), reason: "is not plugged on this host")])
         }
-        return commit { m, t in m.replace(id, with: nil, &t) }
+        return advance { m, t in m.replace(id, with: nil, &t) }
     }
 
     /// An instance's groups changed (on this host or elsewhere).
@@ -155,7 +149,7 @@ public struct Engine: Sendable {
         inst.groups = groups
         let issues = instanceIssues([(id, inst)])
         if !issues.isEmpty { throw DocumentError(issues) }
-        return commit { m, t in m.replace(id, with: inst, &t) }
+        return advance { m, t in m.replace(id, with: inst, &t) }
     }
 
     // MARK: machinery
@@ -192,27 +186,27 @@ public struct Engine: Sendable {
     }
 
     /// Runs an edit of the model, then builds the Plan from the touched objects only and advances
-    /// the committed IR by it.
-    private mutating func commit(_ edit: (inout HostModel, inout Touched) -> Void) -> Plan {
+    /// the planned IR by it.
+    private mutating func advance(_ edit: (inout HostModel, inout Touched) -> Void) -> Plan {
         var t = Touched()
         edit(&model, &t)
-        guard committed != nil else {
-            // Nothing committed (only after a resync against an empty kernel): a full diff.
+        guard planned != nil else {
+            // Nothing planned yet (no document applied): a full diff.
             let ir = model.compileAll()
             let plan = diff(from: nil, to: ir)
-            committed = ir
+            planned = ir
             return plan
         }
         let plan = plan(for: t)
-        // `plan(for:)` holds no reference into the committed IR any more, so this updates it in
+        // `plan(for:)` holds no reference into the planned IR any more, so this updates it in
         // place instead of copying its dictionaries.
-        applyUnchecked(plan, to: &committed!)
+        applyUnchecked(plan, to: &planned!)
         return plan
     }
 
-    /// The Plan for the touched objects: each compared between the committed IR and the model.
+    /// The Plan for the touched objects: each compared between the planned IR and the model.
     private func plan(for t: Touched) -> Plan {
-        let ir = committed!
+        let ir = planned!
         var b = PlanBuilder()
         for key in t.chains {
             let old = ir.chains[key.name], new = model.chain(key)

@@ -1,6 +1,6 @@
-/// FNV-1a, 64 bit. Content hashes must be identical across processes and runs (a backend stores
-/// them in kernel userdata and compares on read-back), which Swift's per-process seeded `Hasher`
-/// is not.
+/// FNV-1a, 64 bit: a hash identical across processes and runs (the iptables backend derives
+/// short chain and set names from it, which must be the same in every run), which Swift's
+/// per-process seeded `Hasher` is not.
 public struct FNV1a: Sendable {
     /// The hash of everything mixed so far.
     public private(set) var value: UInt64 = 0xcbf2_9ce4_8422_2325

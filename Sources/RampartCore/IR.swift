@@ -84,9 +84,6 @@ public struct Chain: Hashable, Sendable {
     public var name: String { header.name }
     /// Hook, priority and policy of a base chain.
     public var base: BaseChainSpec? { header.base }
-
-    /// Stable 64-bit hash of the chain's canonical nft text (header and rules).
-    public var contentHash: UInt64 { FNV1a.hash(Render.chain(self)) }
 }
 
 /// Connection-tracking states matched by `ct state`.
@@ -329,14 +326,6 @@ public struct NamedSet: Hashable, Sendable {
     /// Key type of the elements.
     public var keyType: SetKeyType { header.keyType }
 
-    /// Stable hash, independent of element order: the header's hash plus the wrapping sum of the
-    /// elements' hashes (so it needs no sort and could be maintained per delta).
-    public var contentHash: UInt64 {
-        var h = FNV1a()
-        h.mix(header.name)
-        h.mix(header.keyType.rawValue)
-        return elements.reduce(h.value) { $0 &+ FNV1a.hash($1.description) }
-    }
 }
 
 /// A verdict map keyed by interface name (the dispatch maps).
@@ -349,10 +338,5 @@ public struct VerdictMap: Hashable, Sendable {
     public init(name: String, elements: [String: Verdict] = [:]) {
         self.name = name
         self.elements = elements
-    }
-
-    /// Stable, order-independent hash (see `NamedSet.contentHash`).
-    public var contentHash: UInt64 {
-        elements.reduce(FNV1a.hash(name)) { $0 &+ FNV1a.hash($1.key + " : " + Render.verdict($1.value)) }
     }
 }

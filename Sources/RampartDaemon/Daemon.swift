@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import Metrics
 import Prometheus
+import RampartConntrack
 import RampartCore
 import RampartNFTables
 import RampartNetlink
@@ -494,7 +495,7 @@ public final class Daemon: @unchecked Sendable {
 
     private func updateCounts(syncMillis: Double?, commits: Int = 0) {
         let doc = engine.document
-        let ir = engine.committed
+        let ir = engine.planned
         cond.lock()
         status.instances = doc.instances.count
         status.localInstances = doc.instances.values.reduce(0) { $0 + ($1.host == host ? 1 : 0) }
@@ -523,8 +524,8 @@ public final class Daemon: @unchecked Sendable {
     private func converge(_ b: NFTablesBackend, asDrift: Bool) throws -> Plan {
         // What the kernel holds before (converge then trusts it while the generation holds):
         // tells the cut a chain that only gained rules from one that lost some.
-        let before = cutsConntrack ? try b.committed(reference: engine.committed) : nil
-        let (plan, _) = try b.converge(to: engine.committed)
+        let before = cutsConntrack ? try b.committed(reference: engine.planned) : nil
+        let (plan, _) = try b.converge(to: engine.planned)
         cutConnections(after: plan, before: before)
         guard !plan.isEmpty else { return plan }
         opsApplied.increment(by: plan.ops.count)
@@ -552,7 +553,7 @@ public final class Daemon: @unchecked Sendable {
 
     private func cutConnections(after plan: Plan, before: RulesetIR?) {
         guard cutsConntrack else { return }
-        guard let ir = engine.committed else { cutOwed = false; return }  // no table: nothing is enforced
+        guard let ir = engine.planned else { cutOwed = false; return }  // no table: nothing is enforced
         var scope = Revocation.scope(of: plan, result: ir, previous: before)
         if cutOwed { scope = .all }
         guard scope != .none else { return }
@@ -648,7 +649,7 @@ public final class Daemon: @unchecked Sendable {
         do {
             let b = try connect()
             let before = b.mirror
-            try b.commit(plan, result: engine.committed)
+            try b.commit(plan, result: engine.planned)
             cutConnections(after: plan, before: before)
             opsApplied.increment(by: plan.ops.count)
             commitCounter.increment()
@@ -687,7 +688,7 @@ public final class Daemon: @unchecked Sendable {
                 // (from a fresh read-back) does it.
                 do {
                     let before = b.mirror
-                    try b.commit(catchUp, result: engine.committed)
+                    try b.commit(catchUp, result: engine.planned)
                     cutConnections(after: catchUp, before: before)
                     opsApplied.increment(by: catchUp.ops.count)
                     commitCounter.increment()
@@ -855,7 +856,7 @@ public final class Daemon: @unchecked Sendable {
     // MARK: for tests
 
     /// The IR the engine believes committed (worker state: call only while idle, in tests).
-    public var engineCommittedForTesting: RulesetIR? { engine.committed }
+    public var engineCommittedForTesting: RulesetIR? { engine.planned }
 
     /// Prometheus text exposition.
     public func metricsText() -> String {

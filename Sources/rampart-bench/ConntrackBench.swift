@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import RampartConntrack
 import RampartCore
 import RampartHarness
 import RampartNetlink
@@ -30,7 +31,7 @@ struct ConntrackBench: ParsableCommand {
         let url = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../docs/examples/two-tier.json")
         let document = try Document.parse(json: Data(contentsOf: url.standardizedFileURL))
         var engine = Engine(host: document.host)
-        try backend.commit(try engine.apply(document: document), result: engine.committed)
+        try backend.commit(try engine.apply(document: document), result: engine.planned)
         let withSSH = document.groups["web"]!.rules
         let withoutSSH = withSSH.filter { $0.id != "ssh-from-admin" }
 
@@ -50,12 +51,12 @@ struct ConntrackBench: ParsableCommand {
         report.note("conntrack: \(others.count) unrelated entries created in \(formatDuration(monotonicNanos() - t0)); 1,000 admin → web-1:22 entries re-created before each repetition")
 
         func restore() throws {
-            try backend.commit(try engine.rulesChanged(group: "web", rules: withSSH), result: engine.committed)
+            try backend.commit(try engine.rulesChanged(group: "web", rules: withSSH), result: engine.planned)
             try ct.create(affected)
         }
         func revoke() throws -> Plan {
             let plan = try engine.rulesChanged(group: "web", rules: withoutSSH)
-            try backend.commit(plan, result: engine.committed)
+            try backend.commit(plan, result: engine.planned)
             return plan
         }
 
@@ -64,11 +65,11 @@ struct ConntrackBench: ParsableCommand {
         for _ in 0..<repeats {
             // Rampart: event → committed → cut (scoped by the plan, as `rampart apply` and rampartd do).
             try restore()
-            let before = engine.committed
+            let before = engine.planned
             t0 = monotonicNanos()
             let plan = try revoke()
-            let scope = Revocation.scope(of: plan, result: engine.committed!, previous: before)
-            let r = try Revocation.run(ct, ir: engine.committed!, scope: scope, departed: Revocation.departed(in: plan, result: engine.committed!))
+            let scope = Revocation.scope(of: plan, result: engine.planned!, previous: before)
+            let r = try Revocation.run(ct, ir: engine.planned!, scope: scope, departed: Revocation.departed(in: plan, result: engine.planned!))
             cut.append(monotonicNanos() - t0)
             cutCounts.append(r.cut)
             dumps.append(r.dumps)

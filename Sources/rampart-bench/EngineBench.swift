@@ -49,7 +49,7 @@ struct EngineBench: ParsableCommand {
         try doc.validate()
         var engine = Engine(host: doc.host)
         _ = try engine.apply(document: doc)
-        let ir = engine.committed!
+        let ir = engine.planned!
         let rules = ir.chains.values.reduce(0) { $0 + $1.rules.count }
         let naiveName = "recompile all + diff"
 
@@ -64,7 +64,7 @@ struct EngineBench: ParsableCommand {
         add(report, "\(tag) first plan (diff from empty)", firstPlan)
 
         func naive(_ edit: (inout Document) -> Void) -> [UInt64] {
-            let committed = engine.committed
+            let committed = engine.planned
             var d = engine.document
             edit(&d)
             return measure(repeats: slow) { _ = diff(from: committed, to: Compiler.compile(d)) }
@@ -129,7 +129,7 @@ struct EngineBench: ParsableCommand {
         add(report, "\(tag) instance groups change → plan", regroup, baseline: naiveName, naiveRegroup)
 
         // The engine must have stayed exact through all of it.
-        guard engine.committed == Compiler.compile(engine.document) else {
+        guard engine.planned == Compiler.compile(engine.document) else {
             throw ValidationError("\(tag): incremental IR diverged from the full compile")
         }
     }

@@ -65,7 +65,7 @@ struct IPTablesBench: ParsableCommand {
         // Cold apply: from nothing to host-1k (read-back, both restores, every ipset).
         var engine = Engine(host: doc.host)
         _ = try engine.apply(document: doc)
-        let ir = engine.committed!
+        let ir = engine.planned!
         var summary = ""
         var coldOnly: [UInt64] = []
         for _ in 0..<slow {
@@ -85,10 +85,10 @@ struct IPTablesBench: ParsableCommand {
         var members: [UInt64] = []
         for _ in 0..<fast {
             var t0 = monotonicNanos()
-            try backend.commit(try engine.membersChanged(group: g, added: ["joiner": joiner]), result: engine.committed)
+            try backend.commit(try engine.membersChanged(group: g, added: ["joiner": joiner]), result: engine.planned)
             members.append(monotonicNanos() - t0)
             t0 = monotonicNanos()
-            try backend.commit(try engine.membersChanged(group: g, removed: ["joiner"]), result: engine.committed)
+            try backend.commit(try engine.membersChanged(group: g, removed: ["joiner"]), result: engine.planned)
             members.append(monotonicNanos() - t0)
         }
         let m = median(members), c = median(classicT)
@@ -102,10 +102,10 @@ struct IPTablesBench: ParsableCommand {
         var membersProc: [UInt64] = []
         for _ in 0..<max(21, fast / 10) {
             var t0 = monotonicNanos()
-            try viaProcess.commit(try engine.membersChanged(group: g, added: ["joiner": joiner]), result: engine.committed)
+            try viaProcess.commit(try engine.membersChanged(group: g, added: ["joiner": joiner]), result: engine.planned)
             membersProc.append(monotonicNanos() - t0)
             t0 = monotonicNanos()
-            try viaProcess.commit(try engine.membersChanged(group: g, removed: ["joiner"]), result: engine.committed)
+            try viaProcess.commit(try engine.membersChanged(group: g, removed: ["joiner"]), result: engine.planned)
             membersProc.append(monotonicNanos() - t0)
         }
         add(report, "\(tag) membership (ipset process)", membersProc, baseline: "libipset in-process (above)", members)
@@ -118,7 +118,7 @@ struct IPTablesBench: ParsableCommand {
         var rsum = ""
         for i in 0..<max(11, fast / 10) {
             let t0 = monotonicNanos()
-            rsum = try backend.commit(try engine.rulesChanged(group: g, rules: i % 2 == 0 ? newRules : oldRules), result: engine.committed).summary
+            rsum = try backend.commit(try engine.rulesChanged(group: g, rules: i % 2 == 0 ? newRules : oldRules), result: engine.planned).summary
             rulesT.append(monotonicNanos() - t0)
         }
         add(report, "\(tag) rules change", rulesT, baseline: base, classicT, extra: ["summary": rsum])
@@ -129,17 +129,17 @@ struct IPTablesBench: ParsableCommand {
         var psum = ""
         for _ in 0..<max(11, fast / 10) {
             var t0 = monotonicNanos()
-            psum = try backend.commit(try engine.instancePlugged(id: "new", instance: vm), result: engine.committed).summary
+            psum = try backend.commit(try engine.instancePlugged(id: "new", instance: vm), result: engine.planned).summary
             plug.append(monotonicNanos() - t0)
             t0 = monotonicNanos()
-            try backend.commit(try engine.instanceUnplugged(id: "new"), result: engine.committed)
+            try backend.commit(try engine.instanceUnplugged(id: "new"), result: engine.planned)
             unplug.append(monotonicNanos() - t0)
         }
         add(report, "\(tag) instance plug", plug, baseline: base, classicT, extra: ["summary": psum])
         add(report, "\(tag) instance unplug", unplug, baseline: base, classicT)
 
         // Exact: the kernel holds what a full render of the final IR says.
-        let want = try IPTRender.state(engine.committed)
+        let want = try IPTRender.state(engine.planned)
         let got = try backend.readBack()
         guard got.v4.canonical == want.v4.canonical, got.v6.canonical == want.v6.canonical, got.sets == want.sets else {
             let bad4 = Set(got.v4.chains.keys).union(want.v4.chains.keys).filter { got.v4.canonical.chains[$0] != want.v4.canonical.chains[$0] }

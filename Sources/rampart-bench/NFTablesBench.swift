@@ -190,17 +190,17 @@ private struct HostRun {
             let t0 = monotonicNanos()
             let plan = try engine.apply(document: doc)
             let t1 = monotonicNanos()
-            try commitReconciling(backend, plan, engine.committed)
+            try commitReconciling(backend, plan, engine.planned)
             let t2 = monotonicNanos()
             coldOurs.append(t2 - t0)
             coldPlan.append(t1 - t0)
             coldCommit.append(t2 - t1)
             // Translation of the Plan into netlink objects alone (a part of the commit above).
             let t3 = monotonicNanos()
-            _ = backend.batch(for: plan, result: engine.committed)
+            _ = backend.batch(for: plan, result: engine.planned)
             coldTranslate.append(monotonicNanos() - t3)
         }
-        let ir = engine.committed!
+        let ir = engine.planned!
         guard try backend.readBack(reference: ir) == ir else { throw HarnessError("\(tag): kernel table differs from the IR after the cold apply") }
         let counted = try countRules()
         kernelRules = counted.rules
@@ -234,7 +234,7 @@ private struct HostRun {
         try dropTable()
         engine = Engine(host: doc.host)
         backend = NFTablesBackend(client: nl)
-        try backend.commit(try engine.apply(document: doc), result: engine.committed)
+        try backend.commit(try engine.apply(document: doc), result: engine.planned)
 
         let pairs = (fast + 1) / 2
         // Membership change: a member elsewhere joins and leaves memberGroup, alternately.
@@ -243,7 +243,7 @@ private struct HostRun {
             let t0 = monotonicNanos()
             let plan = k % 2 == 0 ? try engine.membersChanged(group: memberGroup, added: ["joiner": joiner])
                                   : try engine.membersChanged(group: memberGroup, removed: ["joiner"])
-            try backend.commit(plan, result: engine.committed)
+            try backend.commit(plan, result: engine.planned)
             membersOurs.append(monotonicNanos() - t0)
             ops = max(ops, plan.ops.count)
         }
@@ -257,7 +257,7 @@ private struct HostRun {
         for k in 0..<(2 * pairs) {
             let t0 = monotonicNanos()
             let plan = try engine.rulesChanged(group: hotGroup, rules: k % 2 == 0 ? newRules : oldRules)
-            try backend.commit(plan, result: engine.committed)
+            try backend.commit(plan, result: engine.planned)
             rulesOurs.append(monotonicNanos() - t0)
             if rulesPlans.count < 2 { rulesPlans.append(plan) }
         }
@@ -270,16 +270,16 @@ private struct HostRun {
         for _ in 0..<pairs {
             var t0 = monotonicNanos()
             let p = try engine.instancePlugged(id: "new", instance: vm)
-            try backend.commit(p, result: engine.committed)
+            try backend.commit(p, result: engine.planned)
             plugOurs.append(monotonicNanos() - t0)
             t0 = monotonicNanos()
             let u = try engine.instanceUnplugged(id: "new")
-            try backend.commit(u, result: engine.committed)
+            try backend.commit(u, result: engine.planned)
             unplug.append(monotonicNanos() - t0)
             if plugPlans.isEmpty { plugPlans = [p, u] }
         }
-        guard engine.committed == Compiler.compile(engine.document),
-              try backend.readBack(reference: engine.committed) == engine.committed else {
+        guard engine.planned == Compiler.compile(engine.document),
+              try backend.readBack(reference: engine.planned) == engine.planned else {
             throw HarnessError("\(tag): kernel or engine diverged from the document after the events")
         }
 

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import RampartConntrack
 import RampartCore
 import RampartIPTables
 import RampartNFTables

@@ -167,16 +167,11 @@ func rendered(_ c: Chain?) -> [String] { c?.rules.map(Render.rule) ?? [] }
         #expect(ir.chains["gin-x"] == nil)
     }
 
-    @Test func contentHashesAreStableAndSensitive() throws {
-        let a = Compiler.compile(try twoTier()), b = Compiler.compile(try twoTier())
-        #expect(a.chains["gin-web"]!.contentHash == b.chains["gin-web"]!.contentHash)
-        #expect(a.chains["gin-web"]!.contentHash != a.chains["gin-db"]!.contentHash)
-        #expect(a.sets["m4-web"]!.contentHash == b.sets["m4-web"]!.contentHash)
-        var s = a.sets["m4-web"]!
-        s.elements.insert(.ipv4(IPv4Address("10.0.0.9")!))
-        #expect(s.contentHash != a.sets["m4-web"]!.contentHash)
-        // A fixed value: the hash must not depend on the process (Swift's Hasher is seeded per run).
+    @Test func fnv1aIsFixedAcrossProcesses() {
+        // The iptables backend shortens long names with it: the value must not depend on the
+        // process (Swift's Hasher is seeded per run).
         #expect(FNV1a.hash("") == 0xaf63_bd4c_8601_b7df)
+        #expect(FNV1a.hash("a") != FNV1a.hash("b"))
     }
 }
 

@@ -14,7 +14,7 @@ import Testing
 
     @Test func membershipChangeIsOnlyElementDeltas() throws {
         var e = try engine()
-        let before = e.committed
+        let before = e.planned
         let p = try e.membersChanged(group: "admin", added: ["bastion-2": Instance(host: "hv3", groups: ["admin"], ips: [IPAddress("10.0.9.6")!])])
         #expect(p.ops == [.addElements("m4-admin", [.ipv4(IPv4Address("10.0.9.6")!)])])
         try checked(e, before, p)
@@ -38,7 +38,7 @@ import Testing
 
     @Test func rulesChangeRewritesOneGroupAndItsSets() throws {
         var e = try engine()
-        let before = e.committed
+        let before = e.planned
         var rules = e.document.groups["db"]!.rules
         rules.removeAll { $0.remote == .group("admin") }
         let p = try e.rulesChanged(group: "db", rules: rules)
@@ -49,7 +49,7 @@ import Testing
         try checked(e, before, p)
         var web = e.document.groups["web"]!.rules
         web.removeAll { $0.remote == .group("admin") }
-        let before2 = e.committed
+        let before2 = e.planned
         let p2 = try e.rulesChanged(group: "web", rules: web)
         #expect(p2.summary.chainsRewritten == 1)
         #expect(p2.ops.suffix(2) == [.deleteSet("m4-admin"), .deleteSet("m6-admin")])
@@ -60,7 +60,7 @@ import Testing
 
     @Test func plugAndUnplug() throws {
         var e = try engine()
-        let before = e.committed
+        let before = e.planned
         let inst = Instance(host: "hv1", groups: ["admin"], ips: [IPAddress("10.0.3.1")!], interface: "tapadm")
         let p = try e.instancePlugged(id: "adm-1", instance: inst)
         let s = p.summary
@@ -70,12 +70,12 @@ import Testing
         #expect(p.ops.contains(.addElements("m4-admin", [.ipv4(IPv4Address("10.0.3.1")!)])))
         #expect(p.ops.contains(.addElements("inst-src4", [.ifaceIPv4("tapadm", IPv4Address("10.0.3.1")!)])))
         try checked(e, before, p)
-        let before2 = e.committed
+        let before2 = e.planned
         let u = try e.instanceUnplugged(id: "adm-1")
         #expect(u.summary.chainsDeleted == 4)
         #expect(u.ops.contains(.removeElements("inst-src4", [.ifaceIPv4("tapadm", IPv4Address("10.0.3.1")!)])))
         try checked(e, before2, u)
-        #expect(e.committed == before)
+        #expect(e.planned == before)
     }
 
     @Test func eventsAreValidated() throws {
@@ -103,13 +103,13 @@ import Testing
 
     @Test func groupsChangedAndFlush() throws {
         var e = try engine()
-        let before = e.committed
+        let before = e.planned
         let p = try e.instanceGroupsChanged(id: "web-2", groups: ["web", "db"])
         #expect(p.ops.count == 2)
         #expect(p.summary.chainsRewritten == 2) // in-web-2 and out-web-2; db's chains already exist
         #expect(p.ops.contains(.addElements("m4-web", [])) == false)
         try checked(e, before, p)
         #expect(e.flush().ops == [.deleteTable])
-        #expect(e.committed == nil)
+        #expect(e.planned == nil)
     }
 }

@@ -74,14 +74,14 @@ func recording(_ seed: UInt64, _ body: () throws -> Void) {
             let first = try engine.apply(document: doc)
             #expect(try apply(first, to: nil) == Compiler.compile(doc))
             for step in 0..<25 {
-                let before = engine.committed
+                let before = engine.planned
                 let (what, plan) = try randomEdit(&engine, &gen)
                 let want = Compiler.compile(engine.document)
                 #expect(engine.document.issues() == [], "edit made the document invalid: seed \(seed) step \(step) \(what)")
                 // The incremental Plan, applied with every kernel check, gives the full compile.
                 let got = try #require(try apply(plan, to: before), "seed \(seed) step \(step) \(what)")
                 #expect(got == want, "seed \(seed) step \(step) \(what)")
-                #expect(engine.committed == want)
+                #expect(engine.planned == want)
                 // So does the whole-document differ, and the two agree on what changes.
                 let full = diff(from: before, to: want)
                 #expect(try apply(full, to: before) == want)
@@ -91,7 +91,7 @@ func recording(_ seed: UInt64, _ body: () throws -> Void) {
             }
             // An unchanged document gives an empty Plan.
             #expect(try engine.apply(document: engine.document).isEmpty)
-            #expect(diff(from: engine.committed, to: engine.committed).isEmpty)
+            #expect(diff(from: engine.planned, to: engine.planned).isEmpty)
         } }
     }
 
@@ -115,6 +115,6 @@ func recording(_ seed: UInt64, _ body: () throws -> Void) {
         #expect(throws: DocumentError.self) { try engine.rulesChanged(group: "g0", rules: [Rule(proto: .tcp, remote: .group("missing"))]) }
         #expect(throws: DocumentError.self) { try engine.instanceUnplugged(id: "nope") }
         #expect(engine.document == before.document)
-        #expect(engine.committed == before.committed)
+        #expect(engine.planned == before.planned)
     }
 }

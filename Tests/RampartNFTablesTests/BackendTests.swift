@@ -33,11 +33,11 @@ let exampleDocument: Document = {
         let fake = RecordingNFTables()
         let backend = NFTablesBackend(client: fake)
         var engine = Engine(host: "hv1")
-        try backend.commit(try engine.apply(document: exampleDocument), result: engine.committed)
+        try backend.commit(try engine.apply(document: exampleDocument), result: engine.planned)
         var bastion = exampleDocument.instances["bastion"]!
         bastion.ips.append(IPAddress("10.0.9.6")!)
         let plan = try engine.membersChanged(group: "admin", added: ["bastion": bastion])
-        try backend.commit(plan, result: engine.committed)
+        try backend.commit(plan, result: engine.planned)
         let batch = try #require(fake.committed.last)
         #expect(batch.operations == [.addElements(family: .inet, table: "rampart", set: "m4-admin",
                                                   elements: [NFTSetElement(key: [10, 0, 9, 6])])])
@@ -66,15 +66,15 @@ let exampleDocument: Document = {
         let fake = RecordingNFTables()
         let backend = NFTablesBackend(client: fake)
         var engine = Engine(host: "hv1")
-        try backend.commit(try engine.apply(document: exampleDocument), result: engine.committed)
+        try backend.commit(try engine.apply(document: exampleDocument), result: engine.planned)
         fake.bumpGeneration()  // someone else committed
         var bastion = exampleDocument.instances["bastion"]!
         bastion.ips.append(IPAddress("10.0.9.7")!)
         let plan = try engine.membersChanged(group: "admin", added: ["bastion": bastion])
-        let error = #expect(throws: NetlinkError.self) { try backend.commit(plan, result: engine.committed) }
+        let error = #expect(throws: NetlinkError.self) { try backend.commit(plan, result: engine.planned) }
         guard case .generationChanged = error else { Issue.record("expected generationChanged"); return }
         // Converging reads back and succeeds.
-        let (again, _) = try backend.converge(to: engine.committed)
+        let (again, _) = try backend.converge(to: engine.planned)
         #expect(again.summary.elementsAdded == 1)
     }
 }

@@ -354,28 +354,28 @@ import RampartHarness
         if bridged { backend.guardedOverride = ["tap"] }
         #expect(backend.ipset is LibIPSetWriter)
         var engine = Engine(host: "hv1")
-        try backend.commit(try engine.apply(document: exampleDocument), result: engine.committed)
+        try backend.commit(try engine.apply(document: exampleDocument), result: engine.planned)
         func matchesFullRender(sourceLocation: SourceLocation = #_sourceLocation) throws {
-            let want = try IPTRender.state(engine.committed, topology: topology, guarded: backend.guardedOverride)
+            let want = try IPTRender.state(engine.planned, topology: topology, guarded: backend.guardedOverride)
             let got = try backend.readBack()
             #expect(got.v4.canonical == want.v4.canonical && got.v6.canonical == want.v6.canonical && got.sets == want.sets && got.eb == want.eb,
                     sourceLocation: sourceLocation)
-            #expect(try backend.pending(to: engine.committed).isEmpty, sourceLocation: sourceLocation)
+            #expect(try backend.pending(to: engine.planned).isEmpty, sourceLocation: sourceLocation)
         }
         try matchesFullRender()
         let rulesBefore = try Self.save(ns, v)
         let web3 = Instance(host: "hv2", groups: ["web"], ips: [IPAddress("10.0.5.5")!, IPAddress("fd00::55")!])
-        let m = try backend.commit(try engine.membersChanged(group: "web", added: ["web-3": web3]), result: engine.committed)
+        let m = try backend.commit(try engine.membersChanged(group: "web", added: ["web-3": web3]), result: engine.planned)
         #expect(m.restore4 == nil && m.restore6 == nil && m.membersAdded == 2)
         #expect(try Self.save(ns, v) == rulesBefore)
         try matchesFullRender()
         var rules = exampleDocument.groups["db"]!.rules
         rules[0].ports = 6432...6432
         // Counts are per family: rp-gi-db of iptables and of ip6tables.
-        let r = try backend.commit(try engine.rulesChanged(group: "db", rules: rules), result: engine.committed)
+        let r = try backend.commit(try engine.rulesChanged(group: "db", rules: rules), result: engine.planned)
         #expect(r.chainsRewritten == 2 && r.chainsCreated == 0 && r.ipsetBefore.isEmpty, "\(r.summary)")
         try matchesFullRender()
-        let p = try backend.commit(try engine.instancePlugged(id: "web-9", instance: Instance(host: "hv1", groups: ["web"], ips: [IPAddress("10.0.1.19")!], interface: "tapweb9")), result: engine.committed)
+        let p = try backend.commit(try engine.instancePlugged(id: "web-9", instance: Instance(host: "hv1", groups: ["web"], ips: [IPAddress("10.0.1.19")!], interface: "tapweb9")), result: engine.planned)
         // Its address is a member of rp-src4, its dispatch rules are appended to rp-is-in,
         // rp-is-out, rp-from and rp-to (both families); no fixed chain is rewritten.
         if bridged {
@@ -388,10 +388,10 @@ import RampartHarness
         try matchesFullRender()
         // Another plug, then unplugging the earlier one: its dispatch rules are deleted by
         // position from the middle of the dispatch chains.
-        try backend.commit(try engine.instancePlugged(id: "web-8", instance: Instance(host: "hv1", groups: ["db"], ips: [IPAddress("10.0.1.18")!], interface: "tapweb8")), result: engine.committed)
-        try backend.commit(try engine.instanceUnplugged(id: "web-9"), result: engine.committed)
+        try backend.commit(try engine.instancePlugged(id: "web-8", instance: Instance(host: "hv1", groups: ["db"], ips: [IPAddress("10.0.1.18")!], interface: "tapweb8")), result: engine.planned)
+        try backend.commit(try engine.instanceUnplugged(id: "web-9"), result: engine.planned)
         try matchesFullRender()
-        try backend.commit(try engine.instanceUnplugged(id: "db-1"), result: engine.committed)
+        try backend.commit(try engine.instanceUnplugged(id: "db-1"), result: engine.planned)
         try matchesFullRender()
         if !bridged {
             #expect(try Self.cli(ns, v, ["diff", "-"], input: try String(contentsOfFile: KernelBackendTests.examplePath, encoding: .utf8)).status == 0)

@@ -48,12 +48,12 @@ import RampartNetlink
         let nl = try NFTablesConnection(namespace: .named(ns.name))
         let backend = NFTablesBackend(client: nl)
         var engine = Engine(host: "hv1")
-        try backend.commit(try engine.apply(document: exampleDocument), result: engine.committed)
+        try backend.commit(try engine.apply(document: exampleDocument), result: engine.planned)
         let before = try #require(try nl.readTable(family: .inet, name: "rampart"))
         var web3 = Instance(host: "hv2", groups: ["web"], ips: [IPAddress("10.0.5.5")!, IPAddress("fd00::55")!])
         web3.interface = nil
         let plan = try engine.membersChanged(group: "web", added: ["web-3": web3])
-        let result = try #require(try backend.commit(plan, result: engine.committed))
+        let result = try #require(try backend.commit(plan, result: engine.planned))
         #expect(result.generation == before.generation + 1)  // one commit
         let after = try #require(try nl.readTable(family: .inet, name: "rampart"))
         // Every rule kept its handle: no chain was flushed or rewritten.

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import RampartConntrack
 import RampartCore
 import RampartHarness
 import RampartNetlink

@@ -358,7 +358,8 @@ extension IPAddress {
         }
     }
 
-    var conntrack: ConntrackAddress {
+    /// The address as ctnetlink carries it.
+    public var conntrack: ConntrackAddress {
         switch self {
         case .v4(let a): ConntrackAddress(ipv4: a.raw)
         case .v6(let a): ConntrackAddress(high: a.hi, low: a.lo)
@@ -367,5 +368,6 @@ extension IPAddress {
 }
 
 extension IPFamily {
-    var conntrack: ConntrackFamily { self == .ipv4 ? .ipv4 : .ipv6 }
+    /// The family as ctnetlink names it.
+    public var conntrack: ConntrackFamily { self == .ipv4 ? .ipv4 : .ipv6 }
 }
