@@ -226,34 +226,31 @@ public final class SQLiteStore: Store, @unchecked Sendable {
             guards.append(p)
         }
         let local = try records("WHERE i.host = ?", [.text(host)])
-        let localGroupsSQL = "SELECT DISTINCT ig.group_id FROM instance_groups ig JOIN instances j ON j.id = ig.instance WHERE j.host = ?"
-        let localGroups = try db.query(localGroupsSQL, .text(host)).compactMap { $0[0] }
-        let refsSQL = "SELECT DISTINCT ref FROM group_refs WHERE group_id IN (\(localGroupsSQL))"
-        let refs = try db.query(refsSQL, .text(host)).compactMap { $0[0] }
-        var groups: [String: Group] = [:]
+        // Which groups the host needs is the core's answer (HostProjection), shared with the
+        // daemon; the queries here only fetch them.
+        var localGroups: [String: Group] = [:]
         // A group named by a membership or a reference but missing from `groups` (a corrupted
         // store) is an error, not an empty group: that would silently change what is allowed.
-        for g in localGroups {
+        for g in HostProjection.localGroups(of: local.values) {
             guard let row = try groupRow(g) else { throw StoreError(.invalid, "store: a member of host \(host) is in group \(jsonString(g)), which does not exist") }
-            groups[g] = row
+            localGroups[g] = row
         }
-        for r in refs where groups[r] == nil {
+        let refs = HostProjection.referencedGroups(by: localGroups.values)
+        for r in refs where localGroups[r] == nil {
             if try db.query("SELECT 1 FROM groups WHERE id = ?", .text(r)).isEmpty {
                 throw StoreError(.invalid, "store: a rule references group \(jsonString(r)), which does not exist")
             }
-            groups[r] = Group()
         }
+        let localGroupsSQL = "SELECT DISTINCT ig.group_id FROM instance_groups ig JOIN instances j ON j.id = ig.instance WHERE j.host = ?"
+        let refsSQL = "SELECT DISTINCT ref FROM group_refs WHERE group_id IN (\(localGroupsSQL))"
         let remote = try records("WHERE i.host <> ? AND i.id IN (SELECT instance FROM instance_groups WHERE group_id IN (\(refsSQL)))",
                                  [.text(host), .text(host)])
-        var instances = local
-        if full { return Document(host: host, groups: groups, instances: instances.merging(remote) { a, _ in a }, guardedPrefixes: guards) }
-        for (id, var inst) in remote {
-            inst.groups = inst.groups.filter { groups[$0] != nil }
-            inst.interface = nil
-            inst.mac = nil
-            instances[id] = inst
+        if full {
+            var groups = localGroups
+            for r in refs where groups[r] == nil { groups[r] = Group() }
+            return Document(host: host, groups: groups, instances: local.merging(remote) { a, _ in a }, guardedPrefixes: guards)
         }
-        return Document(host: host, groups: groups, instances: instances, guardedPrefixes: guards)
+        return HostProjection.document(host: host, local: local, localGroups: localGroups, referenced: refs, remote: remote, guardedPrefixes: guards)
     }
 
     private func writeGuards(_ host: String, _ prefixes: [String]) throws(StoreError) {

@@ -1,0 +1,35 @@
+import RampartConntrack
+import RampartCore
+import RampartNetlink
+
+/// Deletes the conntrack entries the committed IR no longer allows (contract rule 8), after a
+/// commit that narrowed access. Injected: `rampartd` and the kernel tests use `ConntrackCutter`;
+/// tests against a fake kernel use none (there is no conntrack table to cut, and the test's own
+/// namespace must never be touched).
+public protocol ConnectionCutter: AnyObject {
+    /// Cuts, among the entries `scope` names, those `ir` refuses, and every entry at a
+    /// `departed` address.
+    func cut(ir: RulesetIR, scope: Revocation.Scope, departed: Set<IPAddress>) throws -> Revocation.Report
+}
+
+/// The cut over ctnetlink in a network namespace; works for either backend (it evaluates the
+/// IR, not the kernel's rules). The connection is opened on first use and again after a failure.
+public final class ConntrackCutter: ConnectionCutter {
+    public let namespace: NetworkNamespace
+    private var connection: ConntrackConnection?
+
+    public init(namespace: NetworkNamespace = .current) {
+        self.namespace = namespace
+    }
+
+    public func cut(ir: RulesetIR, scope: Revocation.Scope, departed: Set<IPAddress>) throws -> Revocation.Report {
+        do {
+            let c = try connection ?? ConntrackConnection(namespace: namespace)
+            connection = c
+            return try Revocation.run(c, ir: ir, scope: scope, departed: departed, hostAddresses: try Revocation.hostAddresses(in: namespace))
+        } catch {
+            connection = nil
+            throw error
+        }
+    }
+}
