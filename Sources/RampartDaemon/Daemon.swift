@@ -525,7 +525,7 @@ public final class Daemon: @unchecked Sendable {
         // What the kernel holds before (converge then trusts it while the generation holds):
         // tells the cut a chain that only gained rules from one that lost some.
         let before = cutsConntrack ? try b.committed(reference: engine.planned) : nil
-        let (plan, _) = try b.converge(to: engine.planned)
+        let plan = try b.converge(to: engine.planned).plan ?? Plan()
         cutConnections(after: plan, before: before)
         guard !plan.isEmpty else { return plan }
         opsApplied.increment(by: plan.ops.count)
