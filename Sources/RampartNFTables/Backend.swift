@@ -54,14 +54,16 @@ public final class NFTablesBackend {
     /// Commits `plan` as one transaction, guarded by the mirror's generation when known, and on
     /// success records `result` (the IR the plan leads to) as the mirror.
     @discardableResult
-    public func commit(_ plan: Plan, result: RulesetIR?) throws(NetlinkError) -> CommitResult? {
-        guard !plan.isEmpty else { return nil }
+    public func commit(_ plan: Plan, result: RulesetIR?) throws(NetlinkError) -> BackendChange {
+        guard !plan.isEmpty else { return .none }
+        let previous = mirrorGeneration == nil ? nil : mirror
         let batch = Translate.batch(plan, table: table, desired: result)
         do {
             let r = try client.commit(batch, expectedGeneration: mirrorGeneration)
             mirror = result
             mirrorGeneration = r.generation
-            return r
+            lastCommit = r
+            return change(plan, previous: previous, generation: r.generation)
         } catch let error {
             // Whatever happened, the mirror can no longer be trusted without a look.
             mirrorGeneration = nil
@@ -69,20 +71,46 @@ public final class NFTablesBackend {
         }
     }
 
+    /// What the last successful commit sent (messages and bytes of its one datagram).
+    public private(set) var lastCommit: CommitResult?
+
+    private func change(_ plan: Plan, previous: RulesetIR?, generation: UInt32?) -> BackendChange {
+        BackendChange(isEmpty: plan.isEmpty, summary: plan.isEmpty ? "no changes" : "\(plan.summary)",
+                      text: plan.isEmpty ? "" : Render.plan(plan, table: table), plan: plan, previous: previous,
+                      operations: plan.ops.count, generation: generation)
+    }
+
     /// Brings the table to `desired` (nil: no table): plan from what the kernel holds, commit,
     /// and if someone else committed in between, plan again from a fresh read-back.
-    public func converge(to desired: RulesetIR?, attempts: Int = 5) throws(NetlinkError) -> (plan: Plan, commit: CommitResult?) {
+    @discardableResult
+    public func converge(to desired: RulesetIR?) throws(NetlinkError) -> BackendChange {
+        try converge(to: desired, attempts: 5)
+    }
+
+    /// `converge(to:)`, planning again at most `attempts` times while others commit.
+    @discardableResult
+    public func converge(to desired: RulesetIR?, attempts: Int) throws(NetlinkError) -> BackendChange {
         var attempt = 0
         while true {
             attempt += 1
             let current = try committed(reference: desired)
             let plan = diff(from: current, to: desired)
             do {
-                return (plan, try commit(plan, result: desired))
+                var c = try commit(plan, result: desired)
+                c.previous = current
+                c.plan = plan
+                c.generation = mirrorGeneration
+                return c
             } catch let error {
                 guard case .generationChanged = error, attempt < attempts else { throw error }
             }
         }
+    }
+
+    /// What `converge` would commit, from a fresh read-back, changing nothing.
+    public func pending(to desired: RulesetIR?) throws(NetlinkError) -> BackendChange {
+        let current = try readBack(reference: desired)
+        return change(diff(from: current, to: desired), previous: current, generation: mirrorGeneration)
     }
 
     /// The batch a plan would be sent as (for tests and `--dry-run` diagnostics).

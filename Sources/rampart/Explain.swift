@@ -58,7 +58,7 @@ struct Explain: ParsableCommand {
             guard target.backend == .nftables else {
                 throw Failure.document("rampart explain: reads the nftables table only (--backend iptables is not supported yet)")
             }
-            let backend = try target.connect()
+            let backend = try target.connectNFTables()
             guard let (ir, undecoded) = try backend.enforcedPolicy() else {
                 throw Failure.document("rampart explain: no rampart table here: nothing is enforced, every packet passes")
             }

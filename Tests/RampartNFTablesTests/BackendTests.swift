@@ -17,15 +17,14 @@ let exampleDocument: Document = {
         let fake = RecordingNFTables()
         let backend = NFTablesBackend(client: fake)
         let desired = Compiler.compile(exampleDocument)
-        let (plan, commit) = try backend.converge(to: desired)
-        #expect(!plan.isEmpty)
-        #expect(commit != nil)
+        let change = try backend.converge(to: desired)
+        #expect(!change.isEmpty && change.plan?.isEmpty == false)
+        #expect(change.generation != nil && change.previous == nil)
         #expect(fake.committed.count == 1)
         // A fresh backend (a new CLI process) reads the table back and finds nothing to do.
         let again = NFTablesBackend(client: fake)
-        let (plan2, commit2) = try again.converge(to: desired)
-        #expect(plan2.isEmpty)
-        #expect(commit2 == nil)
+        let change2 = try again.converge(to: desired)
+        #expect(change2.isEmpty && change2.plan?.isEmpty == true)
         #expect(fake.committed.count == 1)
     }
 
@@ -54,12 +53,11 @@ let exampleDocument: Document = {
             t.chains.append(NFTChain(family: .inet, table: "rampart", name: "intruder"))
             t.rules["intruder"] = []
         }
-        let (plan, _) = try backend.converge(to: desired)
+        let plan = try #require(try backend.converge(to: desired).plan)
         #expect(plan.summary.chainsRewritten == 1)
         #expect(plan.summary.chainsDeleted == 1)
         #expect(plan.summary.elementsRemoved == 1)
-        let (plan2, _) = try NFTablesBackend(client: fake).converge(to: desired)
-        #expect(plan2.isEmpty)
+        #expect(try NFTablesBackend(client: fake).converge(to: desired).isEmpty)
     }
 
     @Test func commitIsGuardedByTheMirrorsGeneration() throws {
@@ -74,7 +72,7 @@ let exampleDocument: Document = {
         let error = #expect(throws: NetlinkError.self) { try backend.commit(plan, result: engine.planned) }
         guard case .generationChanged = error else { Issue.record("expected generationChanged"); return }
         // Converging reads back and succeeds.
-        let (again, _) = try backend.converge(to: engine.planned)
+        let again = try #require(try backend.converge(to: engine.planned).plan)
         #expect(again.summary.elementsAdded == 1)
     }
 }

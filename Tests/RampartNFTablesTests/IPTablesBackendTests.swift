@@ -365,17 +365,20 @@ import RampartHarness
         try matchesFullRender()
         let rulesBefore = try Self.save(ns, v)
         let web3 = Instance(host: "hv2", groups: ["web"], ips: [IPAddress("10.0.5.5")!, IPAddress("fd00::55")!])
-        let m = try backend.commit(try engine.membersChanged(group: "web", added: ["web-3": web3]), result: engine.planned)
+        try backend.commit(try engine.membersChanged(group: "web", added: ["web-3": web3]), result: engine.planned)
+        let m = backend.lastChange
         #expect(m.restore4 == nil && m.restore6 == nil && m.membersAdded == 2)
         #expect(try Self.save(ns, v) == rulesBefore)
         try matchesFullRender()
         var rules = exampleDocument.groups["db"]!.rules
         rules[0].ports = 6432...6432
         // Counts are per family: rp-gi-db of iptables and of ip6tables.
-        let r = try backend.commit(try engine.rulesChanged(group: "db", rules: rules), result: engine.planned)
+        try backend.commit(try engine.rulesChanged(group: "db", rules: rules), result: engine.planned)
+        let r = backend.lastChange
         #expect(r.chainsRewritten == 2 && r.chainsCreated == 0 && r.ipsetBefore.isEmpty, "\(r.summary)")
         try matchesFullRender()
-        let p = try backend.commit(try engine.instancePlugged(id: "web-9", instance: Instance(host: "hv1", groups: ["web"], ips: [IPAddress("10.0.1.19")!], interface: "tapweb9")), result: engine.planned)
+        try backend.commit(try engine.instancePlugged(id: "web-9", instance: Instance(host: "hv1", groups: ["web"], ips: [IPAddress("10.0.1.19")!], interface: "tapweb9")), result: engine.planned)
+        let p = backend.lastChange
         // Its address is a member of rp-src4, its dispatch rules are appended to rp-is-in,
         // rp-is-out, rp-from and rp-to (both families); no fixed chain is rewritten.
         if bridged {
