@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import RampartDaemon
+import RampartIPTables
 import RampartNetlink
 import RampartStore
 import ServiceLifecycle
@@ -32,6 +33,15 @@ struct RampartD: AsyncParsableCommand {
 
     @Option(help: "Program this network namespace (as made by `ip netns add`) instead of the current one.")
     var netns: String?
+
+    @Option(help: "Which backend programs the kernel: nftables (default) or iptables.")
+    var backend: DaemonBackend.Kind = .nftables
+
+    @Option(help: "iptables backend: how instances are told apart, routed (default) or bridged (physdev).")
+    var topology: IPTTopology = .routed
+
+    @Option(name: .customLong("iptables"), help: "iptables backend: legacy or nft (default: what `iptables` runs).")
+    var iptablesVariant: IPTablesVariant?
 
     @Option(help: "Seconds between resyncs (read the table back, repair drift).")
     var resyncInterval: Double = 30
@@ -77,9 +87,11 @@ struct RampartD: AsyncParsableCommand {
             logger.critical("cannot use the store: \(error)")
             throw ExitCode(3)
         }
-        let config = Daemon.Configuration(host: host, namespace: netns.map { .named($0) } ?? .current, resyncInterval: resyncInterval,
-                                          maxFailedSyncs: maxFailedSyncs, allowEmpty: allowEmpty, maxQueuedRefreshes: maxQueuedRefreshes)
-        let daemon = Daemon(configuration: config, store: st, logger: logger)
+        let config = Daemon.Configuration(host: host, resyncInterval: resyncInterval, maxFailedSyncs: maxFailedSyncs,
+                                          allowEmpty: allowEmpty, maxQueuedRefreshes: maxQueuedRefreshes)
+        let target = DaemonBackend(backend, netns: netns, topology: topology, iptablesVariant: iptablesVariant)
+        logger[metadataKey: "backend"] = "\(backend.rawValue)"
+        let daemon = Daemon(configuration: config, store: st, logger: logger, backend: target.factory, cutter: target.cutter())
         // An unknown host, or a first sync that would empty the table: exit before serving, the
         // kernel untouched.
         do { try daemon.preflight() } catch let e as Daemon.Refusal {
@@ -108,37 +120,41 @@ struct RampartD: AsyncParsableCommand {
         }
         let server = APIServer(socketPath: socket, router: APIRouter(daemon: daemon),
                                limits: .init(idleTimeout: idleTimeout, maxConnections: maxConnections), logger: logger)
+        // The socket is bound before the reconciler starts: a path that cannot be served (taken,
+        // unsafe) exits 3 with the kernel untouched.
+        do {
+            try await server.start(mode: mode, group: gid)
+        } catch {
+            logger.critical("cannot serve", metadata: ["error": "\(error)"])
+            throw ExitCode(3)
+        }
+        logger.info("serving", metadata: ["socket": "\(server.socketPath)"])
+        // Graceful shutdown runs in reverse order: the API stops accepting first, then the
+        // reconciler finishes the pass in progress. The rules stay in the kernel.
         let group = ServiceGroup(
-            services: [DaemonService(daemon: daemon, server: server, logger: logger, socketMode: mode, socketGroup: gid)],
+            services: [ReconcilerService(daemon: daemon), APIService(server: server, logger: logger)],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger)
         try await group.run()
+        logger.info("stopped; rules left in place (`rampart flush` removes them)")
     }
 }
 
-/// The worker and the API as one service: start both, run until graceful shutdown, then stop
-/// accepting, let the drain in progress finish, and leave the kernel's rules in place.
-struct DaemonService: Service {
-    let daemon: Daemon
+extension DaemonBackend.Kind: ExpressibleByArgument {}
+extension IPTTopology: ExpressibleByArgument {}
+extension IPTablesVariant: ExpressibleByArgument {}
+
+/// The API server (already bound and accepting) as a service: it runs until graceful shutdown,
+/// then stops accepting and removes its socket.
+struct APIService: Service {
     let server: APIServer
     let logger: Logger
-    let socketMode: mode_t
-    let socketGroup: gid_t?
 
     func run() async throws {
-        do {
-            try await server.start(mode: socketMode, group: socketGroup)
-        } catch {
-            logger.critical("cannot serve: \(error)")
-            throw ExitCode(3)
-        }
-        daemon.start()
-        logger.info("serving", metadata: ["socket": "\(server.socketPath)"])
         try? await gracefulShutdown()
         logger.info("stopping (rules stay in place; `rampart flush` removes them)")
         SystemdNotify.send("STOPPING=1")
         await server.stop()
-        await Task.detached { daemon.stop() }.value
     }
 }
 
