@@ -271,6 +271,9 @@ final class Reconciler: @unchecked Sendable {
             let ns = DispatchTime.now().uptimeNanoseconds - start
             state.locked { $0.status.resyncs += 1 }
             updateCounts(syncMillis: Double(ns) / 1e6, commits: (caughtUp ? 1 : 0) + (repair.isEmpty ? 0 : 1))
+            // The kernel is right but revoked connections may live on: not a successful sync
+            // (retried with backoff, and a drain repaired by it is not answered as committed).
+            if cutOwed { return "resync: the conntrack cut failed; established connections the policy refuses may still pass" }
             return nil
         } catch {
             let msg = "resync failed: \(error)"

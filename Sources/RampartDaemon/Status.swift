@@ -43,15 +43,16 @@ public struct DaemonStatus: Sendable {
     /// The JSON body of `/v1/status` (one line; the field names are the API's, see docs/daemon.md).
     public var json: String {
         let encoder = JSONEncoder()
-        // Errors name paths ("tap/db", "/var/lib/…"): keep them readable.
-        encoder.outputFormatting = [.withoutEscapingSlashes]
+        // Sorted: the same bytes for the same state (the keyed container keeps no order here);
+        // errors name paths ("tap/db", "/var/lib/…"): keep them readable.
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         guard let data = try? encoder.encode(StatusDTO(self)) else { return "{}" }
         return String(decoding: data, as: UTF8.self)
     }
 }
 
 /// The wire form of `DaemonStatus`: snake_case names, `null` for what is not known yet (never
-/// a missing key), counts nested. Encoded in this order.
+/// a missing key), counts nested.
 struct StatusDTO: Encodable {
     struct Counts: Encodable {
         var instances, localInstances, groups, chains, sets: Int

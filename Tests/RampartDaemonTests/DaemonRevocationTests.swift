@@ -10,8 +10,9 @@ import Testing
 /// has cut the connections it no longer allows by the time the daemon answers; connections still
 /// allowed live on; the cut is counted in the status and the metrics.
 @Suite("rampartd cuts revoked connections", .serialized) struct DaemonRevocationTests {
-    @Test func revokedRuleAndMemberRemovalCutThroughTheDaemon() async throws {
-        let h = try await DaemonHypervisor()
+    @Test(arguments: KernelBackend.allCases)
+    func revokedRuleAndMemberRemovalCutThroughTheDaemon(backend: KernelBackend) async throws {
+        let h = try await DaemonHypervisor(backend)
         let add = try h.cli(["instance", "add", "bastion", "--host", "hv2", "--ip", "10.0.9.5", "--interface", "tapb", "--group", "admin"])
         #expect(add.status == 0, "\(add.stderr)")
         let ssh = try h.topo.openTCPSession(from: "bastion", to: "10.0.1.11", port: 22)     // web ssh from admin

@@ -17,7 +17,7 @@ import Testing
             store = try SQLiteStore(path: tempDir("core") + "/rampart.db")
             try populate(store)
             let k = kernel
-            daemon = Daemon(configuration: .init(host: host, resyncInterval: resync), store: store, client: { k.nft })
+            daemon = Daemon(configuration: .init(host: host, resyncInterval: resync), store: store, backend: { NFTablesBackend(client: k.nft) })
         }
         func start() async {
             daemon.start()
@@ -232,7 +232,7 @@ import Testing
     @Test func statusIs503UntilTheFirstSync() async throws {
         let f = try Fixture(host: "hv1")
         // an unreachable kernel: the first sync fails
-        let d = Daemon(configuration: .init(host: "hv1"), store: f.store, client: { throw DaemonFailure(description: "no kernel") })
+        let d = Daemon(configuration: .init(host: "hv1"), store: f.store, backend: { throw DaemonFailure(description: "no kernel") })
         d.start()
         defer { d.stop() }
         try await Task.sleep(for: .milliseconds(100))

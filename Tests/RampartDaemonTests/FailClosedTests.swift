@@ -28,7 +28,7 @@ import Testing
             let c = client
             daemon = Daemon(configuration: .init(host: "hv1", resyncInterval: 3600, maxFailedSyncs: maxFailedSyncs,
                                                  allowEmpty: allowEmpty, maxQueuedRefreshes: maxQueued),
-                            store: store, client: { c })
+                            store: store, backend: { NFTablesBackend(client: c) })
         }
         func start(limits: APIServer.Limits = .init()) async throws {
             daemon.start()
@@ -246,7 +246,7 @@ import Testing
 
     @Test func anUnknownHostIsRefused() async throws {
         let f = try Fixture()
-        let d = Daemon(configuration: .init(host: "hv-typo"), store: f.store, client: { f.kernel.nft })
+        let d = Daemon(configuration: .init(host: "hv-typo"), store: f.store, backend: { NFTablesBackend(client: f.kernel.nft) })
         #expect(throws: Daemon.Refusal.self) { try d.preflight() }
         d.start()
         try await Task.sleep(for: .milliseconds(300))
@@ -263,7 +263,7 @@ import Testing
         let store = try SQLiteStore(path: dir + "/rampart.db")
         try register("hv1", in: store)
         let fake = FakeKernel()
-        let d = Daemon(configuration: .init(host: "hv1"), store: store, client: { fake.nft })
+        let d = Daemon(configuration: .init(host: "hv1"), store: store, backend: { NFTablesBackend(client: fake.nft) })
         let router = APIRouter(daemon: d)
         // a regular file, a directory, a symbolic link (to a file, and dangling): refused, untouched
         let file = dir + "/precious"

@@ -1,6 +1,8 @@
 import Foundation
 import RampartCore
 import RampartDaemon
+import RampartHarness
+import RampartIPTables
 import RampartNetlink
 import RampartStore
 import Testing
@@ -102,4 +104,42 @@ final class ResultBox<T>: @unchecked Sendable {
     var results: [T?]
     let lock = NSLock()
     init(_ n: Int) { results = Array(repeating: nil, count: n) }
+}
+
+/// The backends the daemon's kernel and traffic tests run against: the same store, refreshes,
+/// probes and expectations for each; only how a test damages the kernel differs.
+enum KernelBackend: String, CaseIterable, Sendable, CustomTestStringConvertible {
+    case nftables
+    case iptablesLegacy = "iptables-legacy"
+    case iptablesNFT = "iptables-nft"
+
+    var testDescription: String { rawValue }
+
+    /// The daemon's backend in namespace `netns` (routed topology).
+    func target(netns: String) -> DaemonBackend {
+        switch self {
+        case .nftables: DaemonBackend(.nftables, netns: netns)
+        case .iptablesLegacy: DaemonBackend(.iptables, netns: netns, iptablesVariant: .legacy)
+        case .iptablesNFT: DaemonBackend(.iptables, netns: netns, iptablesVariant: .nft)
+        }
+    }
+
+    /// `rampartd`'s options selecting this backend.
+    var options: [String] {
+        switch self {
+        case .nftables: []
+        case .iptablesLegacy: ["--backend", "iptables", "--iptables", "legacy"]
+        case .iptablesNFT: ["--backend", "iptables", "--iptables", "nft"]
+        }
+    }
+
+    /// Someone empties the web group's ingress chain by hand.
+    func flushWebIngress(_ ns: TestNamespace) throws {
+        switch self {
+        case .nftables: try ns.nft("flush", "chain", "inet", "rampart", "gin-web")
+        case .iptablesLegacy, .iptablesNFT:
+            let v = self == .iptablesLegacy ? "legacy" : "nft"
+            for tool in ["iptables-\(v)", "ip6tables-\(v)"] { try ns.run([tool, "-w", "-F", "rp-gi-web"], check: true) }
+        }
+    }
 }
