@@ -163,10 +163,10 @@ public final class Daemon: @unchecked Sendable {
     /// (a mistyped `--host`), and without `allowEmpty` a document with no instance of this host
     /// while the kernel enforces instances (a wrong store would remove every instance's rules).
     public func preflight() throws {
-        try Reconciler.checkHostKnown(host, store: store)
+        try StartChecks.checkHostKnown(host, store: store)
         let doc = try store.document(forHost: host)
-        guard Reconciler.wouldEmpty(doc, configuration) else { return }
-        try Reconciler.refuseEmptying(host, kernelInstances: try makeBackend().enforcedInstances())
+        guard StartChecks.wouldEmpty(doc, configuration) else { return }
+        try StartChecks.refuseEmptying(host, kernelInstances: try makeBackend().enforcedInstances())
     }
 
     // MARK: refresh calls

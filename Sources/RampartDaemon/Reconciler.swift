@@ -161,10 +161,10 @@ final class Reconciler: @unchecked Sendable {
         let start = DispatchTime.now().uptimeNanoseconds
         do {
             let b = try connect()
-            try Self.checkHostKnown(host, store: store)
+            try StartChecks.checkHostKnown(host, store: store)
             let doc = try store.document(forHost: host)
-            if Self.wouldEmpty(doc, configuration) {
-                try Self.refuseEmptying(host, kernelInstances: try b.enforcedInstances())
+            if StartChecks.wouldEmpty(doc, configuration) {
+                try StartChecks.refuseEmptying(host, kernelInstances: try b.enforcedInstances())
                 b.invalidate()  // converge reads back below, against the real desired state
             }
             _ = try engine.apply(document: doc)
@@ -385,28 +385,6 @@ final class Reconciler: @unchecked Sendable {
                 s.status.lastSync = Date()
                 s.status.lastSyncMillis = ms
             }
-        }
-    }
-
-    // MARK: what refuses a start
-
-    /// A host the store does not know is a mistyped `--host`, never an empty policy.
-    static func checkHostKnown(_ host: String, store: Store) throws {
-        if try !store.knowsHost(host) {
-            throw Daemon.Refusal(description: "the store does not know host \(jsonString(host)) (no instance was ever registered for it): "
-                + "check --host; `rampart instance add … --host \(host)` or `rampart import` of its document registers it")
-        }
-    }
-
-    /// Whether converging to `doc` could remove every instance of the host (and that is not allowed).
-    static func wouldEmpty(_ doc: Document, _ configuration: Daemon.Configuration) -> Bool {
-        !configuration.allowEmpty && !doc.instances.values.contains { $0.host == configuration.host }
-    }
-
-    static func refuseEmptying(_ host: String, kernelInstances n: Int) throws {
-        if n > 0 {
-            throw Daemon.Refusal(description: "refusing the first sync: the store has no instance on host \(host) but the kernel holds \(n); "
-                + "it would remove every instance's rules (start with --allow-empty if that is meant)")
         }
     }
 }

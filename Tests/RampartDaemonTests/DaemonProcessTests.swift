@@ -66,6 +66,34 @@ import Testing
         deinit { close(fd); unlink(path) }
     }
 
+    /// `rampartd --backend iptables` (legacy and nft): the first sync programs the kernel, a
+    /// controller verb is delivered and changes what passes, revocation runs, SIGTERM leaves the rules.
+    @Test(arguments: [KernelBackend.iptablesLegacy, .iptablesNFT])
+    func rampartdOnIptables(backend: KernelBackend) async throws {
+        let h = try await DaemonHypervisor(backend, inProcess: false)
+        let d = try DaemonProcess(h, extra: backend.options)
+        try h.expect([
+            (.tcp(from: "internet", to: "10.0.1.11", port: 80), true),
+            (.tcp(from: "bastion", to: "10.0.1.11", port: 22), false),
+        ])
+        let add = try h.cli(["instance", "add", "bastion", "--host", "hv2", "--ip", "10.0.9.5", "--interface", "tapb", "--group", "admin"])
+        #expect(add.status == 0 && add.stdout.contains(#"sent to hv1: refresh_security_group_members(admin): {"status":"committed""#), "\(add.stdout) \(add.stderr)")
+        try h.expect([(.tcp(from: "bastion", to: "10.0.1.11", port: 22), true)])
+        let ssh = try h.topo.openTCPSession(from: "bastion", to: "10.0.1.11", port: 22)
+        #expect(ssh.exchange())
+        #expect(try h.cli(["instance", "set-groups", "bastion"]).status == 0)
+        #expect(!ssh.exchange(timeout: 1.5), "\(ssh) still passes")  // cut by the daemon
+        #expect(try h.kernelMatchesStore())
+        #expect(d.terminate() == 0)
+        // the rules stay, and nothing was written to an nftables table of Rampart's
+        try h.expect([
+            (.tcp(from: "internet", to: "10.0.1.11", port: 80), true),
+            (.tcp(from: "bastion", to: "10.0.1.11", port: 22), false),
+        ])
+        #expect(try !h.topo.hypervisor.nft("list", "tables").stdout.contains("inet rampart"))
+        await h.stop()
+    }
+
     @Test func killDashNineMidBurstThenRestartNeverOpensAnything() async throws {
         let h = try await DaemonHypervisor(inProcess: false)
         let notify = NotifySocket(path: h.dir + "/notify")
