@@ -25,7 +25,9 @@ extension IPTablesBackend: FirewallBackend {
     public func converge(to desired: RulesetIR?) throws -> BackendChange {
         let c = try convergeChange(to: desired)
         lastChange = c
-        return Self.change(c, plan: nil, previous: nil)
+        var change = Self.change(c, plan: nil, previous: nil)
+        change.departed = lastDeparted
+        return change
     }
 
     public func pending(to desired: RulesetIR?) throws -> BackendChange {
