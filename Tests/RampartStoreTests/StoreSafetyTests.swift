@@ -13,11 +13,41 @@ func sqlite3(_ path: String, _ sql: String) throws {
     #expect(p.terminationStatus == 0)
 }
 
+/// A store path in a directory of its own (the store creates it, mode 0700), inside the
+/// running test's scratch directory, which is removed when the test ends.
 func tempStorePath() -> String {
-    FileManager.default.temporaryDirectory.appendingPathComponent("rampart-store-\(UUID().uuidString)").appendingPathComponent("rampart.db").path
+    ScratchDirectory.url.appendingPathComponent("rampart-store-\(UUID().uuidString)").appendingPathComponent("rampart.db").path
 }
 
-@Suite("SQLite store: fail closed, private files, exact export") struct StoreSafetyTests {
+/// One directory per test under the system's temporary directory, removed (with every store in
+/// it) when the test ends, pass or fail. Applied to both store suites.
+struct ScratchDirectory: SuiteTrait, TestTrait, TestScoping {
+    @TaskLocal private static var current: URL?
+
+    var isRecursive: Bool { true }
+
+    /// The running test's directory.
+    static var url: URL {
+        guard let current else { preconditionFailure("the suite lacks the .scratchDirectory trait") }
+        return current
+    }
+
+    func provideScope(for test: Test, testCase: Test.Case?, performing function: @Sendable () async throws -> Void) async throws {
+        // A suite gets no directory of its own: each of its tests does.
+        guard !test.isSuite else { return try await function() }
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("rampart-test-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        try await Self.$current.withValue(dir) { try await function() }
+    }
+}
+
+extension Trait where Self == ScratchDirectory {
+    /// Each test gets a scratch directory (`ScratchDirectory.url`), removed when it ends.
+    static var scratchDirectory: Self { Self() }
+}
+
+@Suite("SQLite store: fail closed, private files, exact export", .scratchDirectory) struct StoreSafetyTests {
     @Test func theDaemonsOpenNeverCreatesAStore() throws {
         let path = tempStorePath()
         do {
@@ -63,9 +93,7 @@ func tempStorePath() -> String {
         }
         chmod(path, 0o664); refused("mode 0664"); chmod(path, 0o600)
         chmod(path + "-wal", 0o606); refused("\(path)-wal has mode 0606"); chmod(path + "-wal", 0o600)
-        chown(path, 65534, 0); refused("owned by uid 65534"); chown(path, 0, 0)
         chmod(dir, 0o770); refused("\(dir) has mode 0770"); chmod(dir, 0o700)
-        chown(dir, 65534, 0); refused("uid 65534"); chown(dir, 0, 0)
         // readable by others: accepted with a warning
         chmod(path, 0o644)
         #expect(try SQLiteStore.openExisting(path: path).warnings.first?.contains("readable") == true)
@@ -74,6 +102,24 @@ func tempStorePath() -> String {
         let link = dir + "/link.db"
         symlink(path, link)
         #expect(throws: StoreError.self) { try SQLiteStore.openExisting(path: link) }
+        #expect(try SQLiteStore.openExisting(path: path).warnings.isEmpty)
+    }
+
+    /// Giving a file away takes root.
+    @Test(.tags(.kernel), .rootOnly) func storesOwnedBySomeoneElseAreRefused() throws {
+        let path = tempStorePath()
+        try populate(try SQLiteStore(path: path))
+        let dir = (path as NSString).deletingLastPathComponent
+        func refused(_ what: String, sourceLocation: SourceLocation = #_sourceLocation) {
+            do {
+                _ = try SQLiteStore.openExisting(path: path)
+                Issue.record("accepted: \(what)", sourceLocation: sourceLocation)
+            } catch {
+                #expect(error.kind == .unsafe && error.message.contains(what), "\(error)", sourceLocation: sourceLocation)
+            }
+        }
+        chown(path, 65534, 0); refused("owned by uid 65534"); chown(path, 0, 0)
+        chown(dir, 65534, 0); refused("uid 65534"); chown(dir, 0, 0)
         #expect(try SQLiteStore.openExisting(path: path).warnings.isEmpty)
     }
 
