@@ -91,9 +91,7 @@ struct Explain: ParsableCommand {
                     var path: [TraceStep]
                     var unreadableRules: [String]
                 }
-                let enc = JSONEncoder()
-                enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-                print(String(decoding: try enc.encode(Out(allowed: verdict.allowed, reason: reason, path: verdict.trace, unreadableRules: undecoded)), as: UTF8.self))
+                print(try RampartJSON.text(Out(allowed: verdict.allowed, reason: reason, path: verdict.trace, unreadableRules: undecoded), pretty: true))
                 return
             }
             let what = "\(Render.protocolName(proto)) \(srcAddr) → \(dstAddr)" + (port.map { " port \($0)" } ?? "")
