@@ -15,5 +15,5 @@ extension Tag {
 extension Trait where Self == ConditionTrait {
     /// Runs only as root; elsewhere the test is reported as skipped, with this reason. Goes
     /// with `.tags(.kernel)`: `@Suite(.tags(.kernel), .rootOnly)`.
-    static var rootOnly: Self { .enabled(if: getuid() == 0, "needs root (network namespaces, the kernel's firewall); run scripts/test as root") }
+    static var rootOnly: Self { .enabled(if: getuid() == 0, "needs root (the kernel's firewall, network namespaces or root-owned files); scripts/test runs it as root") }
 }
