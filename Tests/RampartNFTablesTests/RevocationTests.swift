@@ -10,7 +10,7 @@ import RampartNetlink
 /// hypervisor: connections established before a change that no longer allows them stop passing
 /// as soon as `rampart apply` has returned; connections still allowed, of the same instance or
 /// of others, keep working. `conntrack -L` in the hypervisor's namespace is only an oracle.
-@Suite("Revocation cuts the connections a change no longer allows", .serialized) struct RevocationTests {
+@Suite("Revocation cuts the connections a change no longer allows", .serialized, .tags(.kernel), .rootOnly) struct RevocationTests {
     typealias Enforced = TrafficTests.Enforced
 
     /// Revocation reads the committed IR, not the kernel's objects: the same for every backend
