@@ -198,6 +198,10 @@ public final class NFTablesConnection: NFTablesClient {
         case value(Value)
         /// Why the parts read may not fit together: read again.
         case interrupted(String)
+
+        var interruption: String? {
+            if case .interrupted(let why) = self { why } else { nil }
+        }
     }
 
     public func readTable(family: NFTFamily, name: String) throws(NetlinkError) -> TableSnapshot? {
@@ -209,7 +213,7 @@ public final class NFTablesConnection: NFTablesClient {
             let before = try generation()
             let read = try readTableOnce(family: family, name: name)
             guard case .value(let result) = read else {
-                if case .interrupted(let reason) = read { why = reason }
+                why = read.interruption ?? ""
                 continue
             }
             let after = try generation()
@@ -236,34 +240,37 @@ public final class NFTablesConnection: NFTablesClient {
             if case .systemCall(_, let e) = error, e == .ENOENT { return .value(nil) }
             throw error
         }
-        if case .interrupted(let why) = tableRead { return .interrupted(why) }
+        if let why = tableRead.interruption { return .interrupted(why) }
         guard let table else { return .value(nil) }
         var snapshot = TableSnapshot(table: table)
-        if case .interrupted(let why) = try request(NFT_MSG_GETCHAIN.rawValue, family: family, dump: true, payload: { (nlh) throws(NetlinkError) in
+        let chains = try request(NFT_MSG_GETCHAIN.rawValue, family: family, dump: true, payload: { (nlh) throws(NetlinkError) in
             let c = try NftnlChain(NFTChain(family: family, table: name, name: "x"))
             nftnl_chain_unset(c.pointer, UInt16(NFTNL_CHAIN_NAME.rawValue))
             nftnl_chain_nlmsg_build_payload(nlh, c.pointer)
         }, each: { (nlh) throws(NetlinkError) in
             let c = try Decode.chain(nlh)
             if c.table == name { snapshot.chains.append(c) }
-        }) { return .interrupted(why) }
+        })
+        if let why = chains.interruption { return .interrupted(why) }
         for c in snapshot.chains { snapshot.rules[c.name] = [] }
-        if case .interrupted(let why) = try request(NFT_MSG_GETRULE.rawValue, family: family, dump: true, payload: { (nlh) throws(NetlinkError) in
+        let rules = try request(NFT_MSG_GETRULE.rawValue, family: family, dump: true, payload: { (nlh) throws(NetlinkError) in
             let r = try NftnlRule(NFTRule(family: family, table: name, chain: "x", expressions: []))
             nftnl_rule_unset(r.pointer, UInt16(NFTNL_RULE_CHAIN.rawValue))
             nftnl_rule_nlmsg_build_payload(nlh, r.pointer)
         }, each: { (nlh) throws(NetlinkError) in
             let r = try Decode.rule(nlh)
             if r.table == name { snapshot.rules[r.chain, default: []].append(r) }
-        }) { return .interrupted(why) }
-        if case .interrupted(let why) = try request(NFT_MSG_GETSET.rawValue, family: family, dump: true, payload: { (nlh) throws(NetlinkError) in
+        })
+        if let why = rules.interruption { return .interrupted(why) }
+        let sets = try request(NFT_MSG_GETSET.rawValue, family: family, dump: true, payload: { (nlh) throws(NetlinkError) in
             let s = try NftnlSet(family: family, table: name, name: "x")
             nftnl_set_unset(s.pointer, UInt16(NFTNL_SET_NAME.rawValue))
             nftnl_set_nlmsg_build_payload(nlh, s.pointer)
         }, each: { (nlh) throws(NetlinkError) in
             let s = try Decode.set(nlh)
             if s.table == name { snapshot.sets.append(s) }
-        }) { return .interrupted(why) }
+        })
+        if let why = sets.interruption { return .interrupted(why) }
         for s in snapshot.sets {
             switch try readElements(family: family, table: name, set: s) {
             case .value(let elements): snapshot.elements[s.name] = elements
