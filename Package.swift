@@ -102,18 +102,22 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
-        .testTarget(name: "RampartNetlinkTests", dependencies: ["RampartNetlink", "RampartHarness"]),
+        // Test doubles kept out of the production modules (as NIO keeps NIOEmbedded apart): the
+        // in-memory nftables (RecordingNFTables) and a scripted netlink transport that replays
+        // kernel replies, so reply handling is tested without root.
+        .target(name: "RampartTestSupport", dependencies: ["RampartNetlink", "CNetfilter"]),
+        .testTarget(name: "RampartNetlinkTests", dependencies: ["RampartNetlink", "RampartHarness", "RampartTestSupport"]),
         .testTarget(name: "RampartHarnessTests", dependencies: ["RampartHarness"]),
         // Kernel suites (tagged `.kernel`) run only as root; the rest run anywhere.
         .testTarget(
             name: "RampartNFTablesTests",
-            dependencies: ["RampartNFTables", "RampartIPTables", "RampartConntrack", "RampartCore", "RampartNetlink", "RampartHarness"]
+            dependencies: ["RampartNFTables", "RampartIPTables", "RampartConntrack", "RampartCore", "RampartNetlink", "RampartHarness", "RampartTestSupport"]
         ),
         .testTarget(name: "RampartIPTablesTests", dependencies: ["RampartIPTables", "RampartCore", "RampartHarness"]),
         .testTarget(name: "RampartStoreTests", dependencies: ["RampartStore", "RampartCore", "RampartCoreTestSupport"]),
         .testTarget(
             name: "RampartDaemonTests",
-            dependencies: ["RampartDaemon", "RampartStore", "RampartCore", "RampartNFTables", "RampartIPTables", "RampartConntrack", "RampartNetlink", "RampartHarness"]
+            dependencies: ["RampartDaemon", "RampartStore", "RampartCore", "RampartNFTables", "RampartIPTables", "RampartConntrack", "RampartNetlink", "RampartHarness", "RampartTestSupport"]
         ),
         .testTarget(
             name: "RampartCoreTests",

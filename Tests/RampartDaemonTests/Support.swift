@@ -3,6 +3,7 @@ import RampartCore
 import RampartDaemon
 import RampartNetlink
 import RampartStore
+import RampartTestSupport
 import Testing
 
 /// The fake kernel, shared with the daemon's worker thread (the tests read it only while idle).
