@@ -33,8 +33,12 @@ let package = Package(
         ),
         // Typed nftables objects and batches, sent over netlink; no process is ever started.
         .target(name: "RampartNetlink", dependencies: ["CNetfilter"]),
-        // The pure core: document, validation, model, compiler, differ, events, fan-out.
+        // The pure core: document, validation, model, compiler, differ, events.
         .target(name: "RampartCore"),
+        // Reference structures for tests and benchmarks only, never linked into rampart or
+        // rampartd (as NIO keeps NIOEmbedded apart): the cloud-wide fan-out index, an oracle
+        // for the store's SQL fan-out and the subject of the 1M-instance benchmark.
+        .target(name: "RampartCoreTestSupport", dependencies: ["RampartCore"]),
         // C shim over libipset: membership deltas over netlink, in-process.
         .target(
             name: "CIPSet",
@@ -94,25 +98,32 @@ let package = Package(
         .executableTarget(
             name: "rampart-bench",
             dependencies: [
-                "RampartNetlink", "RampartCore", "RampartNFTables", "RampartConntrack", "RampartHarness", "RampartIPTables", "RampartStore", "RampartDaemon",
+                "RampartNetlink", "RampartCore", "RampartCoreTestSupport", "RampartNFTables", "RampartConntrack", "RampartHarness", "RampartIPTables",
+                "RampartStore", "RampartDaemon",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
-        .testTarget(name: "RampartNetlinkTests", dependencies: ["RampartNetlink", "RampartHarness"]),
+        // Test doubles kept out of the production modules (as NIO keeps NIOEmbedded apart): the
+        // in-memory nftables (RecordingNFTables) and a scripted netlink transport that replays
+        // kernel replies, so reply handling is tested without root.
+        .target(name: "RampartTestSupport", dependencies: ["RampartNetlink", "CNetfilter"]),
+        .testTarget(name: "RampartNetlinkTests", dependencies: ["RampartNetlink", "RampartHarness", "RampartTestSupport"]),
         .testTarget(name: "RampartHarnessTests", dependencies: ["RampartHarness"]),
+        // Kernel suites (tagged `.kernel`) run only as root; the rest run anywhere.
         .testTarget(
             name: "RampartNFTablesTests",
-            dependencies: ["RampartNFTables", "RampartIPTables", "RampartConntrack", "RampartCore", "RampartNetlink", "RampartHarness"]
+            dependencies: ["RampartNFTables", "RampartIPTables", "RampartConntrack", "RampartCore", "RampartNetlink", "RampartHarness", "RampartTestSupport"]
         ),
-        .testTarget(name: "RampartStoreTests", dependencies: ["RampartStore", "RampartCore"]),
+        .testTarget(name: "RampartIPTablesTests", dependencies: ["RampartIPTables", "RampartCore", "RampartHarness"]),
+        .testTarget(name: "RampartStoreTests", dependencies: ["RampartStore", "RampartCore", "RampartCoreTestSupport"]),
         .testTarget(
             name: "RampartDaemonTests",
-            dependencies: ["RampartDaemon", "RampartStore", "RampartCore", "RampartNFTables", "RampartIPTables", "RampartConntrack", "RampartNetlink", "RampartHarness"]
+            dependencies: ["RampartDaemon", "RampartStore", "RampartCore", "RampartNFTables", "RampartIPTables", "RampartConntrack", "RampartNetlink", "RampartHarness", "RampartTestSupport"]
         ),
         .testTarget(
             name: "RampartCoreTests",
             dependencies: [
-                "RampartCore",
+                "RampartCore", "RampartCoreTestSupport",
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ]
         ),

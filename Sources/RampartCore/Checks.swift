@@ -145,8 +145,7 @@ enum Checks {
     }
 
     /// Rules of one instance that need no other instance: ids, references, interface, addresses.
-    static func instanceIssues(id: String, _ inst: Instance, thisHost: String, groupExists: (String) -> Bool) -> [ValidationIssue] {
-        let path = joinPath("instances", id)
+    static func instanceIssues(id: String, _ inst: Instance, path: String, thisHost: String?, groupExists: (String) -> Bool) -> [ValidationIssue] {
         var out: [ValidationIssue] = []
         if !isValidID(id) { out.append(ValidationIssue(path: path, reason: idProblem(id))) }
         if let p = hostProblem(inst.host) { out.append(ValidationIssue(path: joinPath(path, "host"), reason: p)) }
@@ -159,7 +158,7 @@ enum Checks {
         }
         if let name = inst.interface {
             if let p = interfaceProblem(name) { out.append(ValidationIssue(path: joinPath(path, "interface"), reason: p)) }
-        } else if inst.host == thisHost {
+        } else if let thisHost, inst.host == thisHost {
             out.append(ValidationIssue(path: joinPath(path, "interface"),
                                        reason: "missing; required for an instance on this host (\(thisHost))"))
         }
@@ -185,23 +184,19 @@ extension Document {
     /// Every rule of the spec that typed values can still break, sorted by path (empty when valid).
     public func issues() -> [ValidationIssue] {
         var out: [ValidationIssue] = []
-        if let p = Checks.hostProblem(host) { out.append(ValidationIssue(path: "host", reason: p)) }
-        for (i, p) in guardedPrefixes.enumerated() {
-            if let why = Checks.guardedPrefixProblem(p) { out.append(ValidationIssue(path: "guarded_prefixes[\(i)]", reason: why)) }
-        }
+        out += Validate.host(host, at: "host")
+        for (i, p) in guardedPrefixes.enumerated() { out += Validate.guardedPrefix(p, at: "guarded_prefixes[\(i)]") }
         let exists: (String) -> Bool = { groups[$0] != nil }
         for (gid, g) in groups {
             let gp = joinPath("groups", gid)
-            if !Checks.isValidID(gid) { out.append(ValidationIssue(path: gp, reason: Checks.idProblem(gid))) }
-            if let d = g.description, let p = Checks.descriptionProblem(d) {
-                out.append(ValidationIssue(path: joinPath(gp, "description"), reason: p))
-            }
+            out += Validate.id(gid, at: gp)
+            if let d = g.description { out += Validate.description(d, at: joinPath(gp, "description")) }
             for (i, r) in g.rules.enumerated() {
-                out += Checks.typedRuleIssues(r, path: joinPath(gp, "rules") + "[\(i)]", groupExists: exists)
+                out += Validate.rule(r, at: joinPath(gp, "rules") + "[\(i)]", groupExists: exists)
             }
         }
         for (iid, inst) in instances {
-            out += Checks.instanceIssues(id: iid, inst, thisHost: host, groupExists: exists)
+            out += Validate.instance(inst, id: iid, at: joinPath("instances", iid), thisHost: host, groupExists: exists)
         }
         out += localUniquenessIssues()
         return out.sorted()

@@ -1,4 +1,4 @@
-/// The desired-state document, version 1 (see `spec/state-format.md`), as validated values.
+/// The desired-state document, version 1 (see `docs/state-format.md`), as validated values.
 ///
 /// Values of these types are what `Document.parse` produces from JSON and what the incremental
 /// events of `Engine` take; they can also be built directly (tests, a controller), in which case

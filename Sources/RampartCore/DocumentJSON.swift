@@ -1,77 +1,106 @@
-/// Writes a Document back as version-1 JSON: keys sorted and one canonical spelling per value
-/// (protocol names where the spec has one, `"N"`/`"N-M"` ports, canonical addresses), so that
-/// `Document.parse(json: doc.jsonText())` gives `doc` back. For the CLI and for tests.
-extension Document {
+import Foundation
+
+/// Rampart's one JSON writer. Everything Rampart writes as JSON (documents, a group's stored
+/// rules, the CLI's `--json` outputs, benchmark figures) is an `Encodable` value written here, so
+/// there is one spelling: keys sorted, slashes unescaped (`10.0.0.0/8`, not `10.0.0.0\/8`),
+/// control characters escaped. Compact for what machines store and exchange, indented for
+/// people (`pretty`). Nothing in Rampart builds JSON text by hand.
+public enum RampartJSON {
+    /// A fresh encoder with Rampart's settings.
+    public static func encoder(pretty: Bool = false) -> JSONEncoder {
+        let e = JSONEncoder()
+        e.outputFormatting = pretty ? [.sortedKeys, .withoutEscapingSlashes, .prettyPrinted] : [.sortedKeys, .withoutEscapingSlashes]
+        return e
+    }
+
+    /// The JSON text of `value`.
+    public static func text(_ value: some Encodable, pretty: Bool = false) throws -> String {
+        String(decoding: try encoder(pretty: pretty).encode(value), as: UTF8.self)
+    }
+
+    /// The JSON text of a value whose encoding cannot fail (Rampart's own types: strings,
+    /// integers and containers of them, no floating point).
+    static func infallibleText(_ value: some Encodable) -> String {
+        do { return try text(value) } catch { preconditionFailure("encoding \(type(of: value)) failed: \(error)") }
+    }
+}
+
+/// A JSON string literal (quotes, backslashes and control characters escaped), written by
+/// `RampartJSON`. For the daemon's responses until they are `Encodable` values too.
+public func jsonString(_ s: String) -> String { RampartJSON.infallibleText(s) }
+
+/// An object key, written as a string literal.
+struct JSONKey: CodingKey, ExpressibleByStringLiteral {
+    var stringValue: String
+    var intValue: Int? { nil }
+    init(stringValue: String) { self.stringValue = stringValue }
+    init?(intValue: Int) { nil }
+    init(stringLiteral value: String) { stringValue = value }
+}
+
+// The document's JSON spelling (version 1): one canonical form per value — protocol names where
+// the spec has one, `"N"`/`"N-M"` ports, canonical addresses — so that
+// `Document.parse(json: doc.jsonText())` gives `doc` back. Encoding only: reading goes through
+// the validating parser (`Document.parse`), which sees what `Decodable` hides (duplicate keys,
+// the exact text of numbers).
+
+extension Document: Encodable {
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: JSONKey.self)
+        try c.encode(1, forKey: "version")
+        try c.encode(host, forKey: "host")
+        if !guardedPrefixes.isEmpty { try c.encode(guardedPrefixes, forKey: "guarded_prefixes") }
+        try c.encode(groups, forKey: "groups")
+        try c.encode(instances, forKey: "instances")
+    }
+
     /// Canonical JSON text of the document (compact, keys sorted).
-    public func jsonText() -> String {
-        var out = "{\"version\":1,\"host\":" + jsonString(host)
-        if !guardedPrefixes.isEmpty {
-            out += ",\"guarded_prefixes\":[" + guardedPrefixes.map(jsonString).joined(separator: ",") + "]"
-        }
-        out += ",\"groups\":{"
-        out += groups.keys.sorted().map { id in
-            let g = groups[id]!
-            var o = jsonString(id) + ":{"
-            if let d = g.description { o += "\"description\":" + jsonString(d) + "," }
-            o += "\"rules\":[" + g.rules.map(ruleJSON).joined(separator: ",") + "]}"
-            return o
-        }.joined(separator: ",")
-        out += "},\"instances\":{"
-        out += instances.keys.sorted().map { id in
-            let i = instances[id]!
-            var o = jsonString(id) + ":{\"host\":" + jsonString(i.host)
-            o += ",\"groups\":[" + i.groups.map(jsonString).joined(separator: ",") + "]"
-            o += ",\"ips\":[" + i.ips.map { jsonString($0.description) }.joined(separator: ",") + "]"
-            if let n = i.interface { o += ",\"interface\":" + jsonString(n) }
-            if let m = i.mac { o += ",\"mac\":" + jsonString(m.description) }
-            return o + "}"
-        }.joined(separator: ",")
-        return out + "}}"
+    public func jsonText() -> String { RampartJSON.infallibleText(self) }
+}
+
+extension Group: Encodable {
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: JSONKey.self)
+        try c.encodeIfPresent(description, forKey: "description")
+        try c.encode(rules, forKey: "rules")
     }
 }
 
-extension Rule {
+extension Rule: Encodable {
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: JSONKey.self)
+        try c.encodeIfPresent(id, forKey: "id")
+        try c.encode(direction.rawValue, forKey: "direction")
+        switch proto {
+        case .any: try c.encode("any", forKey: "protocol")
+        case .number(let n):
+            // Numbers that have a name in the spec are written by name; others as integers.
+            if let name = RuleProtocol.names.first(where: { $0.value == n })?.key { try c.encode(name, forKey: "protocol") } else { try c.encode(n, forKey: "protocol") }
+        }
+        if let p = ports { try c.encode(p.lowerBound == p.upperBound ? "\(p.lowerBound)" : "\(p.lowerBound)-\(p.upperBound)", forKey: "ports") }
+        try c.encodeIfPresent(icmpType, forKey: "icmp_type")
+        try c.encodeIfPresent(icmpCode, forKey: "icmp_code")
+        switch remote {
+        case .cidr(let p): try c.encode(p.description, forKey: "cidr")
+        case .group(let g): try c.encode(g, forKey: "group")
+        }
+        try c.encodeIfPresent(ethertype?.rawValue, forKey: "ethertype")
+    }
+
     /// Canonical JSON text of one rule, as it appears in a document's `rules` array.
-    public func jsonText() -> String { ruleJSON(self) }
+    public func jsonText() -> String { RampartJSON.infallibleText(self) }
+
+    /// Canonical JSON text of a rules array (a group's `rules`; what the store keeps).
+    public static func jsonText(_ rules: [Rule]) -> String { RampartJSON.infallibleText(rules) }
 }
 
-private func ruleJSON(_ r: Rule) -> String {
-    var f: [String] = []
-    if let id = r.id { f.append("\"id\":" + jsonString(id)) }
-    f.append("\"direction\":\"\(r.direction.rawValue)\"")
-    switch r.proto {
-    case .any: f.append("\"protocol\":\"any\"")
-    case .number(let n):
-        // Numbers that have a name in the spec are written by name; others as integers.
-        if let name = RuleProtocol.names.first(where: { $0.value == n })?.key { f.append("\"protocol\":\"\(name)\"") } else { f.append("\"protocol\":\(n)") }
+extension Instance: Encodable {
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: JSONKey.self)
+        try c.encode(host, forKey: "host")
+        try c.encode(groups, forKey: "groups")
+        try c.encode(ips.map(\.description), forKey: "ips")
+        try c.encodeIfPresent(interface, forKey: "interface")
+        try c.encodeIfPresent(mac?.description, forKey: "mac")
     }
-    if let p = r.ports { f.append("\"ports\":\"" + (p.lowerBound == p.upperBound ? "\(p.lowerBound)" : "\(p.lowerBound)-\(p.upperBound)") + "\"") }
-    if let t = r.icmpType { f.append("\"icmp_type\":\(t)") }
-    if let c = r.icmpCode { f.append("\"icmp_code\":\(c)") }
-    switch r.remote {
-    case .cidr(let p): f.append("\"cidr\":" + jsonString(p.description))
-    case .group(let g): f.append("\"group\":" + jsonString(g))
-    }
-    if let e = r.ethertype { f.append("\"ethertype\":\"\(e.rawValue)\"") }
-    return "{" + f.joined(separator: ",") + "}"
-}
-
-/// A JSON string literal: quotes, backslashes and control characters escaped. Shared by
-/// everything in Rampart that writes JSON by hand (documents, the daemon's API, the store).
-public func jsonString(_ s: String) -> String {
-    var out = "\""
-    for u in s.unicodeScalars {
-        switch u {
-        case "\"": out += "\\\""
-        case "\\": out += "\\\\"
-        case "\n": out += "\\n"
-        case "\r": out += "\\r"
-        case "\t": out += "\\t"
-        case _ where u.value < 0x20:
-            let h = String(u.value, radix: 16)
-            out += "\\u" + String(repeating: "0", count: 4 - h.count) + h
-        default: out.unicodeScalars.append(u)
-        }
-    }
-    return out + "\""
 }

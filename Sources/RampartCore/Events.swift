@@ -104,11 +104,11 @@ public struct Engine: Sendable {
         try requireLoaded()
         var issues: [ValidationIssue] = []
         let gp = joinPath("groups", group)
-        if !Checks.isValidID(group) { issues.append(ValidationIssue(path: gp, reason: Checks.idProblem(group))) }
-        if let d = description, let p = Checks.descriptionProblem(d) { issues.append(ValidationIssue(path: joinPath(gp, "description"), reason: p)) }
+        issues += Validate.id(group, at: gp)
+        if let d = description { issues += Validate.description(d, at: joinPath(gp, "description")) }
         let doc = model.doc
         for (i, r) in rules.enumerated() {
-            issues += Checks.typedRuleIssues(r, path: joinPath(gp, "rules") + "[\(i)]") { $0 == group || doc.groups[$0] != nil }
+            issues += Validate.rule(r, at: joinPath(gp, "rules") + "[\(i)]") { $0 == group || doc.groups[$0] != nil }
         }
         if !issues.isEmpty { throw DocumentError(issues) }
         return advance { m, t in m.setRules(group, rules, description: description, &t) }
@@ -168,7 +168,7 @@ public struct Engine: Sendable {
         let changing = Set(changes.map(\.0))
         for (id, inst) in changes {
             guard let inst else { continue }
-            out += Checks.instanceIssues(id: id, inst, thisHost: doc.host) { doc.groups[$0] != nil }
+            out += Validate.instance(inst, id: id, at: joinPath("instances", id), thisHost: doc.host) { doc.groups[$0] != nil }
             guard inst.host == doc.host, let iface = inst.interface else { continue }
             let path = joinPath("instances", id)
             if let other = ifaceOwner[iface] ?? model.localInterfaces[iface], other != id, ifaceOwner[iface] != nil || !changing.contains(other) {

@@ -65,6 +65,10 @@ public struct BackendChange: Sendable {
     /// The IR the kernel held before the change, when the backend knew it: tells revocation a
     /// chain that only gained rules from one that lost some.
     public var previous: RulesetIR?
+    /// Without a `plan`: the instance addresses the change took off the source checks (those
+    /// instances left, or lost an address), whose connections revocation cuts whatever the
+    /// policy says. With a plan, revocation reads them from it.
+    public var departed: Set<IPAddress> = []
     /// Operations sent (plan ops, or restore/ipset lines).
     public var operations: Int
     /// The ruleset generation after the change, where the backend has one.

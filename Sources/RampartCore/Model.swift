@@ -93,12 +93,7 @@ struct HostModel: Sendable {
             let iface = inst.interface!
             localInterfaces[iface] = id
             for a in inst.ips { localAddresses[a] = id }
-            if tracking {
-                t.interfaces.insert(iface)
-                t.chains.insert(.instanceIn(id))
-                t.chains.insert(.instanceOut(id))
-                for (set, e) in Compiler.sourceElements(inst) { t.sourceCandidates[set, default: []].insert(e) }
-            }
+            if tracking { touchLocal(id, inst, &t) }
         }
         let ips = uniqued(inst.ips)
         for g in uniqued(inst.groups) {
@@ -115,6 +110,15 @@ struct HostModel: Sendable {
         }
     }
 
+    /// A local instance came or went: its interface, its two chains and its source-check
+    /// elements are to be compared.
+    private func touchLocal(_ id: String, _ inst: Instance, _ t: inout Touched) {
+        t.interfaces.insert(inst.interface!)
+        t.chains.insert(.instanceIn(id))
+        t.chains.insert(.instanceOut(id))
+        for (set, e) in Compiler.sourceElements(inst) { t.sourceCandidates[set, default: []].insert(e) }
+    }
+
     private mutating func remove(_ id: String, _ t: inout Touched) {
         guard let inst = doc.instances.removeValue(forKey: id) else { return }
         let local = inst.host == doc.host
@@ -122,10 +126,7 @@ struct HostModel: Sendable {
             let iface = inst.interface!
             if localInterfaces[iface] == id { localInterfaces[iface] = nil }
             for a in inst.ips where localAddresses[a] == id { localAddresses[a] = nil }
-            t.interfaces.insert(iface)
-            t.chains.insert(.instanceIn(id))
-            t.chains.insert(.instanceOut(id))
-            for (set, e) in Compiler.sourceElements(inst) { t.sourceCandidates[set, default: []].insert(e) }
+            touchLocal(id, inst, &t)
         }
         let ips = uniqued(inst.ips)
         for g in uniqued(inst.groups) {

@@ -31,6 +31,30 @@ extension Document {
     }
 }
 
+extension Rule {
+    /// Parses a JSON array of rules, in document syntax (a group's `rules`), validated as a
+    /// document's would be; issue paths start at `path` (e.g. `groups.web.rules`). `groupExists`
+    /// says which remote groups a rule may name. The store keeps each group's rules this way.
+    public static func parseList(json text: String, at path: String, groupExists: (String) -> Bool) throws(DocumentError) -> [Rule] {
+        let root: JSONValue
+        do {
+            root = try JSONParser.parse(Array(text.utf8))
+        } catch {
+            throw DocumentError([ValidationIssue(path: path, reason: "not valid JSON at byte \(error.offset): \(error.reason)")])
+        }
+        guard case .array(let items) = root else {
+            throw DocumentError([ValidationIssue(path: path, reason: "expected an array, got \(root.typeName)")])
+        }
+        var w = DocumentWalker()
+        var rules: [Rule] = []
+        for (i, item) in items.enumerated() {
+            if let r = w.rule(item, path + "[\(i)]", exists: groupExists) { rules.append(r) }
+        }
+        if !w.issues.isEmpty { throw DocumentError(w.issues) }
+        return rules
+    }
+}
+
 /// Walks the JSON tree, converting it into typed values and collecting every issue on the way.
 /// Each field is converted independently so that one bad field does not hide the next.
 struct DocumentWalker {
@@ -38,6 +62,12 @@ struct DocumentWalker {
 
     private mutating func issue(_ path: String, _ reason: String) {
         issues.append(ValidationIssue(path: path, reason: reason))
+    }
+
+    /// Keeps a validator's issues; true when there were none.
+    private mutating func collect(_ found: [ValidationIssue]) -> Bool {
+        issues += found
+        return found.isEmpty
     }
 
     /// Checks an object's keys (unknown, duplicate, missing) and returns it as a dictionary.
@@ -66,7 +96,8 @@ struct DocumentWalker {
         var out: [(String, JSONValue)] = []
         for (k, val) in pairs {
             if !seen.insert(k).inserted { issue(joinPath(path, k), "duplicate key"); continue }
-            if !Checks.isValidID(k) { issue(joinPath(path, k), Checks.idProblem(k)); continue }
+            let idIssues = Validate.id(k, at: joinPath(path, k))
+            if !idIssues.isEmpty { issues += idIssues; continue }
             out.append((k, val))
         }
         return out
@@ -104,7 +135,7 @@ struct DocumentWalker {
         }
         var host: String?
         if let h = top["host"], let s = string(h, "host") {
-            if let p = Checks.hostProblem(s) { issue("host", p) } else { host = s }
+            if collect(Validate.host(s, at: "host")) { host = s }
         }
         var guarded: [String] = []
         if let x = top["guarded_prefixes"] {
@@ -112,7 +143,7 @@ struct DocumentWalker {
                 for (i, item) in items.enumerated() {
                     let path = "guarded_prefixes[\(i)]"
                     guard let p = string(item, path) else { continue }
-                    if let why = Checks.guardedPrefixProblem(p) { issue(path, why) } else { guarded.append(p) }
+                    if collect(Validate.guardedPrefix(p, at: path)) { guarded.append(p) }
                 }
             } else {
                 issue("guarded_prefixes", "expected an array, got \(x.typeName)")
@@ -144,7 +175,7 @@ struct DocumentWalker {
         var g = Group()
         if let d = o["description"] {
             if let s = string(d, joinPath(path, "description")) {
-                if let p = Checks.descriptionProblem(s) { issue(joinPath(path, "description"), p); ok = false } else { g.description = s }
+                if collect(Validate.description(s, at: joinPath(path, "description"))) { g.description = s } else { ok = false }
             } else { ok = false }
         }
         if let r = o["rules"] {
@@ -161,7 +192,7 @@ struct DocumentWalker {
         return ok ? g : nil
     }
 
-    private mutating func rule(_ v: JSONValue, _ path: String, exists: (String) -> Bool) -> Rule? {
+    mutating func rule(_ v: JSONValue, _ path: String, exists: (String) -> Bool) -> Rule? {
         guard let o = object(v, path, allowed: ["id", "direction", "protocol", "ports", "icmp_type", "icmp_code", "cidr", "group", "ethertype"],
                              required: ["protocol"]) else { return nil }
         let before = issues.count
@@ -170,7 +201,7 @@ struct DocumentWalker {
         if let x = o["id"] { id = string(x, joinPath(path, "id")) }
         var direction = Direction.ingress
         if let x = o["direction"], let s = string(x, joinPath(path, "direction")) {
-            if let dir = Direction(rawValue: s) { direction = dir } else { issue(joinPath(path, "direction"), "\(quoted(s)) is not \"ingress\" or \"egress\"") }
+            if let dir = Validate.parseDirection(s, at: joinPath(path, "direction")).collect(into: &issues) { direction = dir }
         }
         if let x = o["protocol"] { d.proto = proto(x, joinPath(path, "protocol")) }
         var ports: ClosedRange<UInt16>?
@@ -190,10 +221,7 @@ struct DocumentWalker {
         if let x = o["cidr"] {
             d.hasCidr = true
             if let s = string(x, joinPath(path, "cidr")) {
-                switch IPPrefix.parse(s) {
-                case .ok(let p): d.cidr = p
-                case .invalid(let why): issue(joinPath(path, "cidr"), why)
-                }
+                d.cidr = Validate.parseCIDR(s, at: joinPath(path, "cidr")).collect(into: &issues)
             }
         }
         if let x = o["group"] {
@@ -201,7 +229,7 @@ struct DocumentWalker {
             d.group = string(x, joinPath(path, "group"))
         }
         if let x = o["ethertype"], let s = string(x, joinPath(path, "ethertype")) {
-            if let e = IPFamily(rawValue: s) { d.ethertype = e } else { issue(joinPath(path, "ethertype"), "\(quoted(s)) is not \"ipv4\" or \"ipv6\"") }
+            d.ethertype = Validate.parseEthertype(s, at: joinPath(path, "ethertype")).collect(into: &issues)
         }
         issues += Checks.ruleIssues(d, path: path, groupExists: exists)
         guard issues.count == before, let p = d.proto else { return nil }
@@ -213,12 +241,9 @@ struct DocumentWalker {
     private mutating func proto(_ v: JSONValue, _ path: String) -> RuleProtocol? {
         switch v {
         case .string(let s):
-            if s == "any" { return .any }
-            if let n = RuleProtocol.names[s] { return .number(n) }
-            issue(path, "\(quoted(s)) is not one of tcp, udp, sctp, icmp, icmpv6, any, or a number 1-255")
-            return nil
+            return Validate.parseProtocol(name: s, at: path).collect(into: &issues)
         case .number:
-            if v.integer == 0 { issue(path, "0 is ambiguous; write \"any\""); return nil }
+            if v.integer == 0 { return Validate.parseProtocol(number: 0, at: path).collect(into: &issues) }
             return integer(v, path, 0...255).map { .number(UInt8($0)) }
         default:
             issue(path, "expected a string or an integer, got \(v.typeName)")
@@ -228,23 +253,7 @@ struct DocumentWalker {
 
     private mutating func ports(_ v: JSONValue, _ path: String) -> ClosedRange<UInt16>? {
         guard let s = string(v, path) else { return nil }
-        let parts = s.split(separator: "-", maxSplits: 1, omittingEmptySubsequences: false)
-        var nums: [Int] = []
-        for p in parts {
-            // Digits only: Int("+80") would otherwise accept a sign.
-            guard !p.isEmpty, p.count <= 10, p.allSatisfy({ $0.isASCII && $0.isNumber }), let n = Int(p) else {
-                issue(path, "\(quoted(s)) is not \"N\" or \"N-M\"")
-                return nil
-            }
-            nums.append(n)
-        }
-        for n in nums where !(1...65535).contains(n) {
-            issue(path, "\(n) is out of range 1-65535")
-            return nil
-        }
-        let lo = nums[0], hi = nums.count == 2 ? nums[1] : nums[0]
-        guard lo <= hi else { issue(path, "\(quoted(s)): \(lo) is greater than \(hi)"); return nil }
-        return UInt16(lo)...UInt16(hi)
+        return Validate.parsePorts(s, at: path).collect(into: &issues)
     }
 
     private mutating func instance(_ v: JSONValue, _ path: String, thisHost: String?, exists: (String) -> Bool) -> Instance? {
@@ -254,7 +263,7 @@ struct DocumentWalker {
         let before = issues.count
         var host: String?
         if let x = o["host"], let s = string(x, joinPath(path, "host")) {
-            if let p = Checks.hostProblem(s) { issue(joinPath(path, "host"), p) } else { host = s }
+            if collect(Validate.host(s, at: joinPath(path, "host"))) { host = s }
         }
         var groups: [String] = []
         if let x = o["groups"] {
@@ -273,23 +282,19 @@ struct DocumentWalker {
                 if items.isEmpty { issue(ip, "needs at least one address") }
                 for (i, item) in items.enumerated() {
                     guard let s = string(item, ip + "[\(i)]") else { continue }
-                    if let a = IPAddress(s) {
-                        if let p = Checks.instanceAddressProblem(a) { issue(ip + "[\(i)]", p) } else { ips.append(a) }
-                    } else {
-                        issue(ip + "[\(i)]", "\(quoted(s)) is not an IPv4 or IPv6 address")
-                    }
+                    if let a = Validate.parseInstanceAddress(s, at: ip + "[\(i)]").collect(into: &issues) { ips.append(a) }
                 }
             } else { issue(ip, "expected an array, got \(x.typeName)") }
         }
         var iface: String?
         if let x = o["interface"], let s = string(x, joinPath(path, "interface")) {
-            if let p = Checks.interfaceProblem(s) { issue(joinPath(path, "interface"), p) } else { iface = s }
+            if collect(Validate.interface(s, at: joinPath(path, "interface"))) { iface = s }
         } else if o["interface"] == nil, let h = host, h == thisHost {
             issue(joinPath(path, "interface"), "missing; required for an instance on this host (\(h))")
         }
         var mac: MACAddress?
         if let x = o["mac"], let s = string(x, joinPath(path, "mac")) {
-            if let m = MACAddress(s) { mac = m } else { issue(joinPath(path, "mac"), "\(quoted(s)) is not a MAC address like aa:bb:cc:dd:ee:ff") }
+            mac = Validate.parseMAC(s, at: joinPath(path, "mac")).collect(into: &issues)
         }
         guard issues.count == before, let host else { return nil }
         return Instance(host: host, groups: groups, ips: ips, interface: iface, mac: mac)

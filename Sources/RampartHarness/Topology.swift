@@ -67,7 +67,7 @@ public struct TopologySpec: Sendable, Hashable {
         self.bridged = bridged
     }
 
-    /// The instances of `spec/examples/two-tier.json` on hv1, and its "bastion" (on hv2) as an
+    /// The instances of `docs/examples/two-tier.json` on hv1, and its "bastion" (on hv2) as an
     /// outside host on uplink "up0".
     public static let twoTier = TopologySpec(
         instances: [

@@ -248,12 +248,18 @@ public final class IPTablesBackend {
         let cur = try readBack()
         let c = Self.change(from: cur, to: des)
         try execute(c, from: cur, to: des)
+        lastDeparted = cur.instanceAddresses.subtracting(des.instanceAddresses)
         des = c.applied(to: des)
         des.setJumps()
         mirror = des
         mirrorIR = desired
         return c
     }
+
+    /// The instance addresses the last converge removed from the source checks: those
+    /// instances are gone (or lost an address), and revocation cuts their connections whatever
+    /// the policy says.
+    var lastDeparted: Set<IPAddress> = []
 
     /// What `converge` would do, without doing it.
     func pendingChange(to desired: RulesetIR?) throws -> IPTChange {

@@ -25,7 +25,9 @@ extension IPTablesBackend: FirewallBackend {
     public func converge(to desired: RulesetIR?) throws -> BackendChange {
         let c = try convergeChange(to: desired)
         lastChange = c
-        return Self.change(c, plan: nil, previous: nil)
+        var change = Self.change(c, plan: nil, previous: nil)
+        change.departed = lastDeparted
+        return change
     }
 
     public func pending(to desired: RulesetIR?) throws -> BackendChange {
@@ -50,9 +52,7 @@ extension IPTablesBackend: FirewallBackend {
         for (name, s) in st.sets.sorted(by: { $0.key < $1.key }) {
             text += "ipset \(name) (\(s.family == .ipv4 ? "inet" : "inet6")): \(s.members.sorted().joined(separator: " "))\n"
         }
-        let enc = JSONEncoder()
-        enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-        return EnforcementReport(text: text, json: String(decoding: try enc.encode(view), as: UTF8.self))
+        return EnforcementReport(text: text, json: try RampartJSON.text(view, pretty: true))
     }
 
     public func warnings() -> [String] {

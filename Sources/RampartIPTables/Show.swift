@@ -56,3 +56,25 @@ public struct IPTEnforcementView: Codable, Sendable {
         return out
     }
 }
+
+extension IPTState {
+    /// The local instances' addresses the source checks accept: the members of `rp-src4` and
+    /// `rp-src6` (`address,interface`, routed) and the `-s` of `rp-spoof`'s rules (bridged).
+    var instanceAddresses: Set<IPAddress> {
+        var out = Set<IPAddress>()
+        for name in IPTNames.fixedSets {
+            for m in sets[name]?.members ?? [] {
+                if let a = m.split(separator: ",").first.flatMap({ IPAddress(String($0)) }) { out.insert(a) }
+            }
+        }
+        for f in [IPFamily.ipv4, .ipv6] {
+            for rule in self[f].chains[IPTNames.spoof] ?? [] {
+                let w = rule.split(separator: " ")
+                guard let i = w.firstIndex(of: "-s"), i + 1 < w.count else { continue }
+                let a = w[i + 1].split(separator: "/").first.map(String.init) ?? ""
+                if let ip = IPAddress(a) { out.insert(ip) }
+            }
+        }
+        return out
+    }
+}

@@ -26,9 +26,7 @@ extension NFTablesBackend: FirewallBackend {
     public func enforcement() throws -> EnforcementReport? {
         guard let snap = try client.readTable(family: .inet, name: table) else { return nil }
         let view = EnforcementView(snap)
-        let enc = JSONEncoder()
-        enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-        return EnforcementReport(text: view.text, json: String(decoding: try enc.encode(view), as: UTF8.self))
+        return EnforcementReport(text: view.text, json: try RampartJSON.text(view, pretty: true))
     }
 
     public func warnings() -> [String] { [] }

@@ -77,4 +77,20 @@ public struct CommitResult: Sendable, Hashable {
     public var messages: Int
     /// Bytes in the one datagram sent.
     public var bytes: Int
+
+    /// Package-wide, for the fakes in RampartTestSupport.
+    package init(generation: UInt32, messages: Int, bytes: Int) {
+        self.generation = generation
+        self.messages = messages
+        self.bytes = bytes
+    }
+}
+
+extension OperationFailure {
+    /// Operation `index` (`operation`) refused with `errno`: package-wide, for the fakes in
+    /// RampartTestSupport (`RecordingNFTables` refuses operations the way the kernel does). A
+    /// factory, because the memberwise initializer is internal and cannot be redeclared.
+    package static func refused(_ operation: BatchOperation, at index: Int, errno: Errno, kernelMessage: String? = nil) -> OperationFailure {
+        OperationFailure(index: index, operation: operation, errno: errno, kernelMessage: kernelMessage)
+    }
 }

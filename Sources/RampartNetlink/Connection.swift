@@ -5,7 +5,8 @@ import CNetfilter
 
 /// What higher layers need from nftables: commit a batch atomically, know the ruleset
 /// generation, read a table back. `NFTablesConnection` does it over netlink;
-/// `RecordingNFTables` does it in memory and records every batch, for tests without root.
+/// `RecordingNFTables` (in RampartTestSupport) does it in memory and records every batch, for
+/// tests without root.
 public protocol NFTablesClient: AnyObject {
     /// The ruleset generation: it changes on every commit by anyone in the namespace.
     func generation() throws(NetlinkError) -> UInt32
@@ -29,26 +30,66 @@ extension NFTablesClient {
 ///
 /// Not Sendable: give it one owner (an actor in the daemon), since replies are matched to the
 /// request that is in flight.
+///
+/// How replies are handled (each case is tested with a scripted transport, without root):
+/// - A reply whose sequence number is not the request's (left over from an abandoned request)
+///   is skipped.
+/// - `EINTR` from a receive is retried at once: a signal loses nothing.
+/// - `ENOBUFS` from a receive means the kernel dropped messages for this socket, which ones
+///   unknown. A commit then throws `.outcomeUnknown` (the batch may have committed); a
+///   generation request asks again; a read-back reads again. Either way the socket is drained
+///   first, so the next request starts on an empty queue.
+/// - A commit whose replies hold no `NEWGEN` (the generation the kernel echoes once it
+///   committed) and no error throws `.outcomeUnknown`: never a success without the
+///   kernel's word.
+/// - A read-back whose dump the kernel flags as interrupted (`NLM_F_DUMP_INTR`) or answers with
+///   `EINTR`/`ERESTART`, or whose set vanished in between (`ENOENT`), or whose generation moved,
+///   reads the whole table again, at most `readAttempts` times.
 public final class NFTablesConnection: NFTablesClient {
-    private let socket: NetlinkSocket
+    private let socket: NetlinkChannel
     public let namespace: NetworkNamespace
 
     /// Opens a socket in `namespace` (the calling thread's by default).
-    public init(namespace: NetworkNamespace = .current) throws(NetlinkError) {
-        self.namespace = namespace
-        socket = try NetlinkSocket(namespace: namespace)
+    public convenience init(namespace: NetworkNamespace = .current) throws(NetlinkError) {
+        let socket = try NetlinkSocket(namespace: namespace)
         // Requests that wait for a reply (generation, dumps) never block for ever.
         try socket.setReceiveTimeout(seconds: 10)
+        self.init(transport: socket, namespace: namespace)
+    }
+
+    /// A connection over any transport: a scripted one in tests.
+    package init(transport: any NetlinkTransport, namespace: NetworkNamespace = .current) {
+        self.namespace = namespace
+        socket = NetlinkChannel(transport)
     }
 
     /// Test hook: a tiny receive buffer makes the kernel drop replies (ENOBUFS).
     func shrinkReceiveBufferForTesting(bytes: Int32) throws(NetlinkError) {
-        try socket.setReceiveBufferForTesting(bytes)
+        guard let real = socket.transport as? NetlinkSocket else { return }
+        try real.setReceiveBufferForTesting(bytes)
     }
 
     // MARK: generation
 
+    /// How many times a generation request is sent when its reply may have been lost (ENOBUFS).
+    static let generationAttempts = 3
+
     public func generation() throws(NetlinkError) -> UInt32 {
+        var attempt = 1
+        while true {
+            do {
+                return try generationOnce()
+            } catch let error {
+                // The reply is a unicast like any other: with the receive queue overflowing it
+                // may be the one dropped. Asking again is harmless.
+                guard case .systemCall(_, let e) = error, e == .ENOBUFS, attempt < Self.generationAttempts else { throw error }
+                socket.drain()
+                attempt += 1
+            }
+        }
+    }
+
+    private func generationOnce() throws(NetlinkError) -> UInt32 {
         let seq = socket.reserveSequence(1)
         try withScratch(64) { (buf) throws(NetlinkError) in
             let nlh = nftnl_nlmsg_build_hdr(buf.assumingMemoryBound(to: CChar.self),
@@ -81,6 +122,10 @@ public final class NFTablesConnection: NFTablesClient {
 
     // MARK: commit
 
+    /// Sends the batch and reads the kernel's answer: `.rejected` naming each refused operation,
+    /// `.generationChanged` for a stale `expectedGeneration` (ERESTART on batch-begin), the new
+    /// generation on success, and `.outcomeUnknown` when replies were lost (ENOBUFS) or the
+    /// kernel's confirmation (NEWGEN) never came.
     @discardableResult
     public func commit(_ batch: Batch, expectedGeneration: UInt32? = nil) throws(NetlinkError) -> CommitResult {
         guard !batch.isEmpty else {
@@ -113,6 +158,8 @@ public final class NFTablesConnection: NFTablesClient {
                                                  errno: Errno(err.error),
                                                  kernelMessage: err.message.map { String(cString: $0) }))
             } else if type == newGenType {
+                // Only the echo of our own batch counts: a stale one confirms nothing.
+                guard nlh.pointee.nlmsg_seq &- encoded.firstSequence <= encoded.lastSequence &- encoded.firstSequence else { return }
                 newGeneration = try Self.parseGeneration(nlh)
                 sawOurReply = true
             }
@@ -120,117 +167,171 @@ public final class NFTablesConnection: NFTablesClient {
         do {
             while try socket.receive(wait: false, handle) {}
             if newGeneration == nil && failures.isEmpty {
-                // Nothing queued yet: wait briefly rather than guess.
+                // Nothing of ours queued yet: wait (up to the receive timeout) rather than guess.
                 _ = try socket.receive(wait: true, handle)
                 while try socket.receive(wait: false, handle) {}
             }
         } catch let error {
             if case .systemCall(_, let e) = error, e == .ENOBUFS {
+                socket.drain()
                 throw .outcomeUnknown("replies to the batch were lost (ENOBUFS)")
-            }
-            if case .systemCall(_, let e) = error, e == .EAGAIN, !sawOurReply {
-                throw .outcomeUnknown("no reply to the batch within the timeout")
             }
             throw error
         }
         if !failures.isEmpty { throw .rejected(failures.sorted { ($0.index ?? -1) < ($1.index ?? -1) }) }
-        guard let newGeneration else { throw .outcomeUnknown("the kernel did not confirm the commit") }
+        guard let newGeneration else {
+            throw .outcomeUnknown(sawOurReply ? "the kernel did not confirm the commit (no NEWGEN)"
+                                              : "no reply to the batch within the timeout")
+        }
         return CommitResult(generation: newGeneration, messages: encoded.operationMessages, bytes: encoded.length)
     }
 
     // MARK: read-back
 
-    public func readTable(family: NFTFamily, name: String) throws(NetlinkError) -> TableSnapshot? {
-        // A dump spans several datagrams and several requests; if anyone commits meanwhile the
-        // parts may not fit together, so read again until the generation held still.
-        for _ in 0..<8 {
-            let before = try generation()
-            guard var snapshot = try readTableOnce(family: family, name: name) else { return nil }
-            let after = try generation()
-            if before == after {
-                snapshot.generation = after
-                return snapshot
-            }
+    /// How many times `readTable` reads the table before it gives up on getting a consistent
+    /// snapshot (every attempt is a full read: a table changed by someone this often is better
+    /// reported than chased).
+    static let readAttempts = 8
+
+    /// A read that either finished or found that the kernel's state moved underneath it.
+    private enum Read<Value> {
+        case value(Value)
+        /// Why the parts read may not fit together: read again.
+        case interrupted(String)
+
+        var interruption: String? {
+            if case .interrupted(let why) = self { why } else { nil }
         }
-        throw .protocolError("table \(family) \(name) kept changing while being read")
     }
 
-    private func readTableOnce(family: NFTFamily, name: String) throws(NetlinkError) -> TableSnapshot? {
+    public func readTable(family: NFTFamily, name: String) throws(NetlinkError) -> TableSnapshot? {
+        // A dump spans several datagrams and several requests; if anyone commits meanwhile the
+        // parts may not fit together, so read again until the generation held still from
+        // before the first request to after the last, and no dump was interrupted.
+        var why = ""
+        for _ in 0..<Self.readAttempts {
+            let before = try generation()
+            let read = try readTableOnce(family: family, name: name)
+            guard case .value(let result) = read else {
+                why = read.interruption ?? ""
+                continue
+            }
+            let after = try generation()
+            guard before == after else {
+                why = "the generation moved from \(before) to \(after)"
+                continue
+            }
+            guard var snapshot = result else { return nil }
+            snapshot.generation = after
+            return snapshot
+        }
+        throw .protocolError("table \(family) \(name) kept changing while being read (\(Self.readAttempts) attempts; last: \(why))")
+    }
+
+    private func readTableOnce(family: NFTFamily, name: String) throws(NetlinkError) -> Read<TableSnapshot?> {
         var table: NFTTable?
+        let tableRead: Read<Int>
         do {
-            _ = try request(NFT_MSG_GETTABLE.rawValue, family: family, dump: false, payload: { (nlh) throws(NetlinkError) in
+            tableRead = try request(NFT_MSG_GETTABLE.rawValue, family: family, dump: false, payload: { (nlh) throws(NetlinkError) in
                 let t = try NftnlTable(NFTTable(family: family, name: name))
                 nftnl_table_nlmsg_build_payload(nlh, t.pointer)
             }) { (nlh) throws(NetlinkError) in table = try Decode.table(nlh) }
         } catch let error {
-            if case .systemCall(_, let e) = error, e == .ENOENT { return nil }
+            if case .systemCall(_, let e) = error, e == .ENOENT { return .value(nil) }
             throw error
         }
-        guard let table else { return nil }
+        if let why = tableRead.interruption { return .interrupted(why) }
+        guard let table else { return .value(nil) }
         var snapshot = TableSnapshot(table: table)
-        _ = try request(NFT_MSG_GETCHAIN.rawValue, family: family, dump: true, payload: { (nlh) throws(NetlinkError) in
+        let chains = try request(NFT_MSG_GETCHAIN.rawValue, family: family, dump: true, payload: { (nlh) throws(NetlinkError) in
             let c = try NftnlChain(NFTChain(family: family, table: name, name: "x"))
             nftnl_chain_unset(c.pointer, UInt16(NFTNL_CHAIN_NAME.rawValue))
             nftnl_chain_nlmsg_build_payload(nlh, c.pointer)
-        }) { (nlh) throws(NetlinkError) in
+        }, each: { (nlh) throws(NetlinkError) in
             let c = try Decode.chain(nlh)
             if c.table == name { snapshot.chains.append(c) }
-        }
+        })
+        if let why = chains.interruption { return .interrupted(why) }
         for c in snapshot.chains { snapshot.rules[c.name] = [] }
-        _ = try request(NFT_MSG_GETRULE.rawValue, family: family, dump: true, payload: { (nlh) throws(NetlinkError) in
+        let rules = try request(NFT_MSG_GETRULE.rawValue, family: family, dump: true, payload: { (nlh) throws(NetlinkError) in
             let r = try NftnlRule(NFTRule(family: family, table: name, chain: "x", expressions: []))
             nftnl_rule_unset(r.pointer, UInt16(NFTNL_RULE_CHAIN.rawValue))
             nftnl_rule_nlmsg_build_payload(nlh, r.pointer)
-        }) { (nlh) throws(NetlinkError) in
+        }, each: { (nlh) throws(NetlinkError) in
             let r = try Decode.rule(nlh)
             if r.table == name { snapshot.rules[r.chain, default: []].append(r) }
-        }
-        _ = try request(NFT_MSG_GETSET.rawValue, family: family, dump: true, payload: { (nlh) throws(NetlinkError) in
+        })
+        if let why = rules.interruption { return .interrupted(why) }
+        let sets = try request(NFT_MSG_GETSET.rawValue, family: family, dump: true, payload: { (nlh) throws(NetlinkError) in
             let s = try NftnlSet(family: family, table: name, name: "x")
             nftnl_set_unset(s.pointer, UInt16(NFTNL_SET_NAME.rawValue))
             nftnl_set_nlmsg_build_payload(nlh, s.pointer)
-        }) { (nlh) throws(NetlinkError) in
+        }, each: { (nlh) throws(NetlinkError) in
             let s = try Decode.set(nlh)
             if s.table == name { snapshot.sets.append(s) }
-        }
+        })
+        if let why = sets.interruption { return .interrupted(why) }
         for s in snapshot.sets {
-            snapshot.elements[s.name] = try readElements(family: family, table: name, set: s)
+            switch try readElements(family: family, table: name, set: s) {
+            case .value(let elements): snapshot.elements[s.name] = elements
+            case .interrupted(let why): return .interrupted(why)
+            }
         }
-        return snapshot
+        return .value(snapshot)
     }
 
     /// Reads a set's elements. A dump larger than one datagram restarts the kernel's walk of the
     /// set for every datagram; a hash set that is resizing meanwhile (it does so in the
     /// background after growing) can then skip or repeat elements without flagging the dump as
     /// interrupted. Such a dump is trusted only once a second one agrees with it.
-    private func readElements(family: NFTFamily, table: String, set s: NFTSetDefinition) throws(NetlinkError) -> [NFTSetElement] {
-        func once() throws(NetlinkError) -> (elements: [NFTSetElement], datagrams: Int) {
+    private func readElements(family: NFTFamily, table: String, set s: NFTSetDefinition) throws(NetlinkError) -> Read<[NFTSetElement]> {
+        func once() throws(NetlinkError) -> Read<(elements: [NFTSetElement], datagrams: Int)> {
             var raw: [(key: [UInt8], isEnd: Bool, verdict: NFTVerdict?)] = []
-            let datagrams = try request(NFT_MSG_GETSETELEM.rawValue, family: family, dump: true, payload: { (nlh) throws(NetlinkError) in
-                let obj = try NftnlSet(family: family, table: table, name: s.name)
-                nftnl_set_elems_nlmsg_build_payload(nlh, obj.pointer)
-            }) { (nlh) throws(NetlinkError) in try Decode.elements(nlh, into: &raw) }
-            let elements = s.isInterval ? Decode.intervals(raw) : raw.map { NFTSetElement(key: $0.key, verdict: $0.verdict) }
-            return (elements, datagrams)
+            let read: Read<Int>
+            do {
+                read = try request(NFT_MSG_GETSETELEM.rawValue, family: family, dump: true, payload: { (nlh) throws(NetlinkError) in
+                    let obj = try NftnlSet(family: family, table: table, name: s.name)
+                    nftnl_set_elems_nlmsg_build_payload(nlh, obj.pointer)
+                }) { (nlh) throws(NetlinkError) in try Decode.elements(nlh, into: &raw) }
+            } catch let error {
+                // The set was listed a moment ago: someone deleted it since.
+                if case .systemCall(_, let e) = error, e == .ENOENT { return .interrupted("set \(s.name) vanished while being read") }
+                throw error
+            }
+            switch read {
+            case .interrupted(let why): return .interrupted(why)
+            case .value(let datagrams):
+                let elements = s.isInterval ? Decode.intervals(raw) : raw.map { NFTSetElement(key: $0.key, verdict: $0.verdict) }
+                return .value((elements, datagrams))
+            }
         }
-        var (elements, datagrams) = try once()
+        var elements: [NFTSetElement], datagrams: Int
+        switch try once() {
+        case .value(let v): (elements, datagrams) = v
+        case .interrupted(let why): return .interrupted(why)
+        }
         var attempts = 0
         while datagrams > 1 {
-            let again = try once()
+            let again: (elements: [NFTSetElement], datagrams: Int)
+            switch try once() {
+            case .value(let v): again = v
+            case .interrupted(let why): return .interrupted(why)
+            }
             if again.elements.count == elements.count && Set(again.elements) == Set(elements) { break }
             attempts += 1
             if attempts > 20 { throw .protocolError("elements of set \(s.name) kept changing while being read") }
             (elements, datagrams) = again
         }
-        return elements
+        return .value(elements)
     }
 
     /// Sends one GET request and calls `each` for every object in the reply (one object, or
-    /// a whole dump until NLMSG_DONE). A dump interrupted by a concurrent change is an error
-    /// the caller retries.
+    /// a whole dump until NLMSG_DONE). `.interrupted` when the objects may not fit together:
+    /// the kernel flagged the dump (NLM_F_DUMP_INTR) or answered EINTR/ERESTART, or replies
+    /// were lost (ENOBUFS; the socket is drained). Returns the number of datagrams received.
     private func request(_ type: UInt32, family: NFTFamily, dump: Bool,
                          payload: (UnsafeMutablePointer<nlmsghdr>) throws(NetlinkError) -> Void,
-                         each: (UnsafePointer<nlmsghdr>) throws(NetlinkError) -> Void) throws(NetlinkError) -> Int {
+                         each: (UnsafePointer<nlmsghdr>) throws(NetlinkError) -> Void) throws(NetlinkError) -> Read<Int> {
         let seq = socket.reserveSequence(1)
         try withScratch(4096) { (buf) throws(NetlinkError) in
             let flags = UInt16(dump ? NLM_F_DUMP : NLM_F_ACK)
@@ -240,29 +341,46 @@ public final class NFTablesConnection: NFTablesClient {
             try socket.send(buf, length: Int(nlh.pointee.nlmsg_len))
         }
         var done = false
-        var interrupted = false
+        var interrupted: String?
         var datagrams = 0
         while !done {
             datagrams += 1
-            let got = try socket.receive(wait: true) { (nlh) throws(NetlinkError) in
-                guard nlh.pointee.nlmsg_seq == seq else { return }  // a stale reply to an earlier request
-                if nlh.pointee.nlmsg_flags & UInt16(NLM_F_DUMP_INTR) != 0 { interrupted = true }
-                switch Int32(nlh.pointee.nlmsg_type) {
-                case NLMSG_DONE:
-                    done = true
-                case NLMSG_ERROR:
-                    var err = rampart_nlerr()
-                    _ = rampart_parse_nlerr(nlh, &err)
-                    if err.error != 0 { throw .systemCall("netlink request \(type)", Errno(err.error)) }
-                    done = true  // the ack of a non-dump request
-                default:
-                    try each(nlh)
+            let got: Bool
+            do {
+                got = try socket.receive(wait: true) { (nlh) throws(NetlinkError) in
+                    guard nlh.pointee.nlmsg_seq == seq else { return }  // a stale reply to an earlier request
+                    if nlh.pointee.nlmsg_flags & UInt16(NLM_F_DUMP_INTR) != 0 {
+                        interrupted = "the kernel flagged dump \(type) as interrupted (NLM_F_DUMP_INTR)"
+                    }
+                    switch Int32(nlh.pointee.nlmsg_type) {
+                    case NLMSG_DONE:
+                        done = true
+                    case NLMSG_ERROR:
+                        var err = rampart_nlerr()
+                        _ = rampart_parse_nlerr(nlh, &err)
+                        done = true  // an error ends the request; 0 is the ack of a non-dump request
+                        switch err.error {
+                        case 0: break
+                        case Glibc.EINTR, Glibc.ERESTART:
+                            interrupted = "request \(type) answered \(Errno(err.error))"
+                        default:
+                            throw .systemCall("netlink request \(type)", Errno(err.error))
+                        }
+                    default:
+                        try each(nlh)
+                    }
                 }
+            } catch let error {
+                if case .systemCall(_, let e) = error, e == .ENOBUFS {
+                    socket.drain()
+                    return .interrupted("replies to request \(type) were lost (ENOBUFS)")
+                }
+                throw error
             }
             if !got { throw .protocolError("no reply to netlink request \(type)") }
         }
-        if interrupted { throw .protocolError("dump interrupted by a concurrent change") }
-        return datagrams
+        if let interrupted { return .interrupted(interrupted) }
+        return .value(datagrams)
     }
 }
 

@@ -215,12 +215,16 @@ final class NftnlTable {
         try checkName(t.name, "table")
         nftnl_table_set_str(p, UInt16(NFTNL_TABLE_NAME.rawValue), t.name)
         if t.flags != 0 { nftnl_table_set_u32(p, UInt16(NFTNL_TABLE_FLAGS.rawValue), t.flags) }
-        let udata = try UserData.encode(comment: t.comment, tag: t.tag)
-        if !udata.isEmpty {
-            udata.withUnsafeBytes { _ = nftnl_table_set_data(p, UInt16(NFTNL_TABLE_USERDATA.rawValue), $0.baseAddress, UInt32($0.count)) }
-        }
+        try setUserData(comment: t.comment, tag: t.tag) { _ = nftnl_table_set_data(p, UInt16(NFTNL_TABLE_USERDATA.rawValue), $0, $1) }
     }
     deinit { nftnl_table_free(pointer) }
+}
+
+/// Encodes a comment and a tag as nft's userdata TLVs and hands the bytes to `set` (an object's
+/// `…_set_data`, which copies them); nothing when both are nil.
+func setUserData(comment: String?, tag: [UInt8]?, _ set: (UnsafeRawPointer?, UInt32) -> Void) throws(NetlinkError) {
+    let udata = try UserData.encode(comment: comment, tag: tag)
+    if !udata.isEmpty { udata.withUnsafeBytes { set($0.baseAddress, UInt32($0.count)) } }
 }
 
 /// Owns a `struct nftnl_chain`.
@@ -240,10 +244,7 @@ final class NftnlChain {
             nftnl_chain_set_s32(p, UInt16(NFTNL_CHAIN_PRIO.rawValue), base.priority)
             nftnl_chain_set_u32(p, UInt16(NFTNL_CHAIN_POLICY.rawValue), base.policy.rawValue)
         }
-        let udata = try UserData.encode(comment: c.comment, tag: c.tag)
-        if !udata.isEmpty {
-            udata.withUnsafeBytes { _ = nftnl_chain_set_data(p, UInt16(NFTNL_CHAIN_USERDATA.rawValue), $0.baseAddress, UInt32($0.count)) }
-        }
+        try setUserData(comment: c.comment, tag: c.tag) { _ = nftnl_chain_set_data(p, UInt16(NFTNL_CHAIN_USERDATA.rawValue), $0, $1) }
     }
     deinit { nftnl_chain_free(pointer) }
 }
@@ -263,10 +264,7 @@ final class NftnlRule {
             // nftnl_rule_add_expr takes ownership of the expression.
             nftnl_rule_add_expr(p, try makeExpression(e))
         }
-        let udata = try UserData.encode(comment: r.comment, tag: r.tag)
-        if !udata.isEmpty {
-            udata.withUnsafeBytes { _ = nftnl_rule_set_data(p, UInt16(NFTNL_RULE_USERDATA.rawValue), $0.baseAddress, UInt32($0.count)) }
-        }
+        try setUserData(comment: r.comment, tag: r.tag) { _ = nftnl_rule_set_data(p, UInt16(NFTNL_RULE_USERDATA.rawValue), $0, $1) }
     }
     deinit { nftnl_rule_free(pointer) }
 }

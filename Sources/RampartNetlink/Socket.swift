@@ -3,17 +3,17 @@ import Glibc
 #endif
 import CNetfilter
 
-/// A `NETLINK_NETFILTER` socket: one datagram out per batch, replies drained after it.
+/// A `NETLINK_NETFILTER` socket: the real `NetlinkTransport`. One datagram out per batch,
+/// replies drained after it.
 ///
 /// Not Sendable on purpose: one owner per socket (the kernel matches replies to it by
 /// sequence number, and interleaved batches from two threads would mix their replies).
-final class NetlinkSocket {
+final class NetlinkSocket: NetlinkTransport {
     let fd: Int32
     private(set) var sendBufferSize: Int = 0
     /// Receive buffer: large enough for any one datagram the kernel sends (dumps are capped
     /// at 32 KiB per datagram by the kernel, errors are small with NETLINK_CAP_ACK).
     private var receiveBuffer: UnsafeMutableRawBufferPointer
-    private var nextSequence: UInt32
 
     init(namespace: NetworkNamespace) throws(NetlinkError) {
         fd = try namespace.run { () throws(NetlinkError) -> Int32 in
@@ -22,9 +22,6 @@ final class NetlinkSocket {
             }
         }
         receiveBuffer = .allocate(byteCount: 256 * 1024, alignment: 16)
-        // Sequence numbers only need to differ between requests on this socket; starting from
-        // the clock keeps them distinct across restarts, which helps when reading traces.
-        nextSequence = UInt32(truncatingIfNeeded: time(nil))
         do {
             var addr = sockaddr_nl()
             addr.nl_family = sa_family_t(AF_NETLINK)
@@ -52,13 +49,6 @@ final class NetlinkSocket {
         receiveBuffer.deallocate()
     }
 
-    /// Reserves `count` consecutive sequence numbers and returns the first.
-    func reserveSequence(_ count: Int) -> UInt32 {
-        let first = nextSequence
-        nextSequence &+= UInt32(count)
-        return first
-    }
-
     private func setOption(_ level: Int32, _ name: Int32, _ value: Int32, _ label: String) throws(NetlinkError) {
         var v = value
         try syscall("setsockopt(\(label))") { setsockopt(fd, level, name, &v, socklen_t(MemoryLayout<Int32>.size)) }
@@ -74,48 +64,35 @@ final class NetlinkSocket {
         sendBufferSize = size
     }
 
-    /// Sends `length` bytes at `bytes` to the kernel in one datagram.
-    func send(_ bytes: UnsafeRawPointer, length: Int) throws(NetlinkError) {
+    /// Sends one datagram to the kernel.
+    func send(_ datagram: UnsafeRawBufferPointer) throws(NetlinkError) {
+        let length = datagram.count
         try ensureSendBuffer(length)
         var kernel = sockaddr_nl()
         kernel.nl_family = sa_family_t(AF_NETLINK)
         let sent = try withUnsafePointer(to: &kernel) { (p) throws(NetlinkError) -> Int in
             try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { (sa) throws(NetlinkError) -> Int in
                 try syscall("sendto(netlink, \(length) bytes)") {
-                    sendto(fd, bytes, length, 0, sa, socklen_t(MemoryLayout<sockaddr_nl>.size))
+                    sendto(fd, datagram.baseAddress, length, 0, sa, socklen_t(MemoryLayout<sockaddr_nl>.size))
                 }
             }
         }
         if sent != length { throw .protocolError("short send: \(sent) of \(length) bytes") }
     }
 
-    /// Receives one datagram and calls `body` with each netlink message in it.
-    /// Returns false, without calling `body`, if `wait` is false and nothing is queued.
-    /// ENOBUFS (replies dropped because the receive queue overflowed) is thrown as is: the
-    /// caller decides what it means.
-    func receive(wait: Bool, _ body: (UnsafePointer<nlmsghdr>) throws(NetlinkError) -> Void) throws(NetlinkError) -> Bool {
+    /// Receives one datagram into the socket's buffer (valid until the next receive). EAGAIN
+    /// (nothing queued without waiting, or the receive timeout passed) is nil; every other
+    /// errno, EINTR included, is thrown for the channel to decide.
+    func receive(wait: Bool) throws(NetlinkError) -> UnsafeRawBufferPointer? {
         let flags = Int32(MSG_TRUNC) | (wait ? 0 : Int32(MSG_DONTWAIT))
-        var n: Int
-        while true {
-            n = recv(fd, receiveBuffer.baseAddress, receiveBuffer.count, flags)
-            if n >= 0 { break }
+        let n = recv(fd, receiveBuffer.baseAddress, receiveBuffer.count, flags)
+        if n < 0 {
             let e = errno
-            if e == EINTR { continue }
-            if e == EAGAIN || e == EWOULDBLOCK { return false }
+            if e == EAGAIN || e == EWOULDBLOCK { return nil }
             throw .systemCall("recv(netlink)", Errno(e))
         }
         if n > receiveBuffer.count { throw .protocolError("reply of \(n) bytes truncated to \(receiveBuffer.count)") }
-        var offset = 0
-        let base = receiveBuffer.baseAddress!
-        let headerSize = MemoryLayout<nlmsghdr>.size
-        while offset + headerSize <= n {
-            let nlh = (base + offset).assumingMemoryBound(to: nlmsghdr.self)
-            let len = Int(nlh.pointee.nlmsg_len)
-            if len < headerSize || offset + len > n { throw .protocolError("malformed netlink message (length \(len))") }
-            try body(UnsafePointer(nlh))
-            offset += Int(rampart_nlmsg_align(UInt32(len)))
-        }
-        return true
+        return UnsafeRawBufferPointer(rebasing: receiveBuffer[0..<n])
     }
 
     func setReceiveBufferForTesting(_ bytes: Int32) throws(NetlinkError) {

@@ -105,9 +105,12 @@ public struct DaemonClient: Sendable {
             r = try request("GET", "/v1/status")
             left -= 1
         }
-        guard let obj = try? JSONSerialization.jsonObject(with: Data(r.body.utf8)) as? [String: Any], let h = obj["host"] as? String else {
+        guard let status = try? JSONDecoder().decode(StatusHost.self, from: Data(r.body.utf8)) else {
             throw ClientError(description: "unexpected status answer: \(r.body)")
         }
-        return h
+        return status.host
     }
+
+    /// The one field of the daemon's status the controller reads.
+    private struct StatusHost: Decodable { var host: String }
 }

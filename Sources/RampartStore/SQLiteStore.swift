@@ -263,7 +263,8 @@ public final class SQLiteStore: Store, @unchecked Sendable {
     /// Sets a host's guarded interface-name prefixes (contract rule 9), registering the host if
     /// it is new. The host reloads its document (its four base chains change).
     public func setGuardedPrefixes(host: String, _ prefixes: [String]) throws(StoreError) -> [Delivery] {
-        let issues = Document(host: host, guardedPrefixes: prefixes).issues()
+        let issues = Validate.host(host, at: "host")
+            + prefixes.enumerated().flatMap { Validate.guardedPrefix($1, at: "guarded_prefixes[\($0)]") }
         if !issues.isEmpty { throw StoreError(.invalid, issues.map(\.description).joined(separator: "; ")) }
         return try transaction { () throws(StoreError) in
             try db.run("INSERT OR IGNORE INTO hosts(name) VALUES (?)", .text(host))
@@ -307,8 +308,8 @@ public final class SQLiteStore: Store, @unchecked Sendable {
     }
 
     private func checkID(_ id: String, _ what: String) throws(StoreError) {
-        let issues = Document(host: "-", groups: [id: Group()]).issues()
-        if !issues.isEmpty { throw StoreError(.invalid, "invalid \(what) id \(jsonString(id)): " + issues.map(\.reason).joined(separator: "; ")) }
+        let issues = Validate.id(id, at: "")
+        if !issues.isEmpty { throw StoreError(.invalid, "invalid \(what) id: " + issues.map(\.reason).joined(separator: "; ")) }
     }
 
     /// The host's document must stay valid (unique interfaces and addresses, …): checked after
@@ -324,7 +325,7 @@ public final class SQLiteStore: Store, @unchecked Sendable {
     public func createGroup(_ id: String, description: String?) throws(StoreError) -> [Delivery] {
         try checkID(id, "group")
         if let d = description {
-            let issues = Document(host: "-", groups: [id: Group(description: d)]).issues()
+            let issues = Validate.description(d, at: "groups.\(id).description")
             if !issues.isEmpty { throw StoreError(.invalid, issues.map(\.description).joined(separator: "; ")) }
         }
         return try transaction { () throws(StoreError) in
@@ -359,7 +360,11 @@ public final class SQLiteStore: Store, @unchecked Sendable {
     }
 
     public func authorize(group: String, rule: Rule) throws(StoreError) -> [Delivery] {
-        try transaction { () throws(StoreError) in
+        // A typed rule can still break the contract (ports with icmp, protocol 0, …); the remote
+        // group's existence is checked in the transaction.
+        let issues = Validate.rule(rule, at: "rule")
+        if !issues.isEmpty { throw StoreError(.invalid, issues.map(\.description).joined(separator: "; ")) }
+        return try transaction { () throws(StoreError) in
             try requireGroup(group)
             guard var g = try groupRow(group) else { throw StoreError(.notFound, "unknown group \(group)") }
             var bare = rule

@@ -75,13 +75,18 @@ public protocol Store: AnyObject, Sendable {
 
 /// The rules of a group as stored: the JSON array of the document format.
 public enum RulesCodec {
-    public static func encode(_ rules: [Rule]) -> String { "[" + rules.map { $0.jsonText() }.joined(separator: ",") + "]" }
+    /// The rules array, written by Core's one JSON writer (the document's own spelling).
+    public static func encode(_ rules: [Rule]) -> String { Rule.jsonText(rules) }
 
     /// Parses a rules array (document syntax) for `group`; `references` names the groups its
-    /// rules may reference (they are stubbed so that the document parser accepts them).
+    /// rules may reference besides `group` itself. Issues name `groups.<group>.rules[i]…`.
     public static func decode(_ json: String, group: String, references: [String]) throws(StoreError) -> [Rule] {
-        let doc = try parse(rulesJSON: json, group: group, references: references)
-        return doc.groups[group]?.rules ?? []
+        let known = Set(references).union([group])
+        do {
+            return try Rule.parseList(json: json, at: "groups.\(group).rules", groupExists: { known.contains($0) })
+        } catch {
+            throw StoreError(.invalid, error.description)
+        }
     }
 
     /// One rule from its JSON object text, validated as the spec says (errors name the rule).
@@ -90,12 +95,4 @@ public enum RulesCodec {
         guard let r = rules.first else { throw StoreError(.invalid, "no rule") }
         return r
     }
-
-    static func parse(rulesJSON: String, group: String, references: [String]) throws(StoreError) -> Document {
-        var groups = "\(jsonString(group)):{\"rules\":\(rulesJSON)}"
-        for r in Set(references) where r != group { groups += ",\(jsonString(r)):{\"rules\":[]}" }
-        let text = "{\"version\":1,\"host\":\"-\",\"groups\":{\(groups)},\"instances\":{}}"
-        do { return try Document.parse(json: text) } catch { throw StoreError(.invalid, error.description) }
-    }
 }
-

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import RampartCore
+import RampartCoreTestSupport
 
 /// `rampart-bench engine`: the in-memory core. Every incremental event is measured beside the
 /// naive way of doing the same thing (edit the document, compile everything, diff), in the same

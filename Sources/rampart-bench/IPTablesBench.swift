@@ -82,15 +82,20 @@ struct IPTablesBench: ParsableCommand {
         // Membership change: a member elsewhere joins and leaves a referenced group, event → kernel.
         let g = "g0"
         let joiner = Instance(host: "hv7", groups: [g], ips: [.v4(IPv4Address(raw: 0x0c00_0001))])
-        var members: [UInt64] = []
-        for _ in 0..<fast {
-            var t0 = monotonicNanos()
-            try backend.commit(try engine.membersChanged(group: g, added: ["joiner": joiner]), result: engine.planned)
-            members.append(monotonicNanos() - t0)
-            t0 = monotonicNanos()
-            try backend.commit(try engine.membersChanged(group: g, removed: ["joiner"]), result: engine.planned)
-            members.append(monotonicNanos() - t0)
+        /// A member joins and leaves, `rounds` times: each change timed from the event to the kernel.
+        func joinAndLeave(_ b: IPTablesBackend, rounds: Int) throws -> [UInt64] {
+            var times: [UInt64] = []
+            for _ in 0..<rounds {
+                for plan in [{ try engine.membersChanged(group: g, added: ["joiner": joiner]) },
+                             { try engine.membersChanged(group: g, removed: ["joiner"]) }] {
+                    let t0 = monotonicNanos()
+                    try b.commit(try plan(), result: engine.planned)
+                    times.append(monotonicNanos() - t0)
+                }
+            }
+            return times
         }
+        let members = try joinAndLeave(backend, rounds: fast)
         let m = median(members), c = median(classicT)
         add(report, "\(tag) membership change", members, baseline: base, classicT,
             extra: ["target": "≤ 2 ms and ≥ 1000× the classic restore",
@@ -99,15 +104,7 @@ struct IPTablesBench: ParsableCommand {
         // The same through the ipset tool (one process per change), for comparison.
         let viaProcess = IPTablesBackend(variant: v, netns: ns.name, ipset: ProcessIPSetWriter(netns: ns.name))
         _ = try viaProcess.readBack()
-        var membersProc: [UInt64] = []
-        for _ in 0..<max(21, fast / 10) {
-            var t0 = monotonicNanos()
-            try viaProcess.commit(try engine.membersChanged(group: g, added: ["joiner": joiner]), result: engine.planned)
-            membersProc.append(monotonicNanos() - t0)
-            t0 = monotonicNanos()
-            try viaProcess.commit(try engine.membersChanged(group: g, removed: ["joiner"]), result: engine.planned)
-            membersProc.append(monotonicNanos() - t0)
-        }
+        let membersProc = try joinAndLeave(viaProcess, rounds: max(21, fast / 10))
         add(report, "\(tag) membership (ipset process)", membersProc, baseline: "libipset in-process (above)", members)
 
         // Rules change: a group's rules alternate between two versions.

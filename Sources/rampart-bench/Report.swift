@@ -1,4 +1,5 @@
 import Foundation
+import RampartCore
 
 /// One measured figure: Rampart's median beside the baseline it is compared with.
 struct Figure: Codable {
@@ -53,10 +54,7 @@ final class Report {
 
     func finish() {
         guard json else { return }
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        let data = (try? encoder.encode(figures)) ?? Data("[]".utf8)
-        print(String(decoding: data, as: UTF8.self))
+        print((try? RampartJSON.text(figures, pretty: true)) ?? "[]")
     }
 
     private func printRow(_ f: Figure) {

@@ -97,24 +97,21 @@ struct GroupCommand: ParsableCommand {
 
         var isEmpty: Bool { `protocol` == nil && ports == nil && icmpType == nil && icmpCode == nil && cidr == nil && remoteGroup == nil && direction == nil && ethertype == nil }
 
-        func rule(group: String) throws -> Rule {
-            func q(_ s: String) -> String { "\"" + s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\"" }
-            var f: [String] = []
-            if let id { f.append("\"id\":\(q(id))") }
-            if let direction { f.append("\"direction\":\(q(direction))") }
-            if let p = `protocol` { f.append("\"protocol\":" + (Int(p) != nil ? p : q(p))) }
-            if let ports { f.append("\"ports\":\(q(ports))") }
-            if let icmpType { f.append("\"icmp_type\":\(icmpType)") }
-            if let icmpCode { f.append("\"icmp_code\":\(icmpCode)") }
-            if let cidr { f.append("\"cidr\":\(q(cidr))") }
-            if let remoteGroup { f.append("\"group\":\(q(remoteGroup))") }
-            if let ethertype { f.append("\"ethertype\":\(q(ethertype))") }
-            do {
-                return try RulesCodec.parseRule("{" + f.joined(separator: ",") + "}", group: group, references: remoteGroup.map { [$0] } ?? [])
-            } catch {
-                throw Failure.document("rampart: invalid rule: \(error.message)")
+        /// The rule, built and validated from the options directly; an error names the options.
+        func rule() throws -> Rule {
+            let fields = RuleFields(id: id, direction: direction, protocol: `protocol`, ports: ports, icmpType: icmpType,
+                                    icmpCode: icmpCode, cidr: cidr, group: remoteGroup, ethertype: ethertype)
+            switch fields.rule() {
+            case .success(let r): return r
+            case .failure(let e):
+                throw Failure.document("rampart: invalid rule: " + optionIssues(e.issues, options: Self.options, whole: "the rule"))
             }
         }
+
+        /// The option that gives each field of the rule (document key → option).
+        static let options = ["id": "--id", "direction": "--direction", "protocol": "--protocol", "ports": "--ports",
+                              "icmp_type": "--icmp-type", "icmp_code": "--icmp-code", "cidr": "--cidr", "group": "--group",
+                              "ethertype": "--ethertype"]
     }
 
     struct Authorize: ParsableCommand {
@@ -124,7 +121,7 @@ struct GroupCommand: ParsableCommand {
         @OptionGroup var controller: ControllerOptions
         func run() throws {
             try reportingFailures {
-                let r = try rule.rule(group: group)
+                let r = try rule.rule()
                 try controller.change { st throws(StoreError) in try st.authorize(group: group, rule: r) }
             }
         }
@@ -137,7 +134,7 @@ struct GroupCommand: ParsableCommand {
         @OptionGroup var controller: ControllerOptions
         func run() throws {
             try reportingFailures {
-                let r: Rule? = rule.isEmpty ? nil : try rule.rule(group: group)
+                let r: Rule? = rule.isEmpty ? nil : try rule.rule()
                 let id = rule.isEmpty ? rule.id : nil
                 guard r != nil || id != nil else { throw Failure.document("rampart: give the rule's options, or --id alone") }
                 try controller.change { st throws(StoreError) in try st.revoke(group: group, rule: r, id: id) }
@@ -161,20 +158,26 @@ struct InstanceCommand: ParsableCommand {
         @Option(name: .customLong("group")) var groups: [String] = []
         @OptionGroup var controller: ControllerOptions
 
+        /// The option that gives each field of the instance (document key → option).
+        static let options = ["host": "--host", "ips": "--ip", "interface": "--interface", "mac": "--mac", "groups": "--group"]
+
         func run() throws {
             try reportingFailures {
-                var addrs: [IPAddress] = []
-                for t in ips {
-                    guard let a = IPAddress(t) else { throw Failure.document("rampart: invalid address \(t)") }
-                    addrs.append(a)
+                var issues: [ValidationIssue] = []
+                func take<T>(_ r: Result<T, ValidationIssue>) -> T? {
+                    switch r {
+                    case .success(let v): return v
+                    case .failure(let i): issues.append(i); return nil
+                    }
                 }
-                guard !addrs.isEmpty else { throw Failure.document("rampart: at least one --ip is required") }
-                var m: MACAddress?
-                if let mac {
-                    guard let x = MACAddress(mac) else { throw Failure.document("rampart: invalid MAC \(mac)") }
-                    m = x
-                }
+                let addrs = ips.compactMap { take(Validate.parseInstanceAddress($0, at: "ips")) }
+                let m = mac.flatMap { take(Validate.parseMAC($0, at: "mac")) }
                 let inst = Instance(host: host, groups: groups, ips: addrs, interface: interface, mac: m)
+                // An --ip that did not parse is reported once, not again as "needs at least one".
+                issues += Validate.instance(inst, id: id, at: "", thisHost: nil).filter { ips.isEmpty || $0.path != "ips" }
+                if !issues.isEmpty {
+                    throw Failure.document("rampart: invalid instance: " + optionIssues(issues, options: Self.options, whole: "the instance id"))
+                }
                 try controller.change { st throws(StoreError) in try st.addInstance(id, inst) }
             }
         }
@@ -250,4 +253,15 @@ struct Export: ParsableCommand {
             throw ExitCode(3)
         }
     }
+}
+
+/// Issues about a value given as options, in the options' words: each path's first key is
+/// replaced by its option (`ports` → `--ports`, `ips[1]` → `--ip`), the empty path by `whole`.
+/// One issue per line after the first.
+func optionIssues(_ issues: [ValidationIssue], options: [String: String], whole: String) -> String {
+    issues.sorted().map { i in
+        let key = String(i.path.prefix { $0 != "." && $0 != "[" })
+        let name = i.path.isEmpty ? whole : options[key] ?? i.path
+        return "\(name): \(i.reason)"
+    }.joined(separator: "\n  ")
 }

@@ -91,9 +91,7 @@ struct Explain: ParsableCommand {
                     var path: [TraceStep]
                     var unreadableRules: [String]
                 }
-                let enc = JSONEncoder()
-                enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-                print(String(decoding: try enc.encode(Out(allowed: verdict.allowed, reason: reason, path: verdict.trace, unreadableRules: undecoded)), as: UTF8.self))
+                print(try RampartJSON.text(Out(allowed: verdict.allowed, reason: reason, path: verdict.trace, unreadableRules: undecoded), pretty: true))
                 return
             }
             let what = "\(Render.protocolName(proto)) \(srcAddr) → \(dstAddr)" + (port.map { " port \($0)" } ?? "")
@@ -117,9 +115,10 @@ struct Explain: ParsableCommand {
     }
 
     func protocolNumber() throws -> UInt8 {
-        let names: [String: UInt8] = ["tcp": 6, "udp": 17, "sctp": 132, "icmp": 1, "icmpv6": 58]
-        if let n = names[`protocol`] { return n }
-        if let n = UInt8(`protocol`), n > 0 { return n }
+        // The names and range of a rule's protocol (one definition, in RampartCore); "any" is
+        // no packet's protocol.
+        let byNumber = UInt8(`protocol`).map { Validate.parseProtocol(number: Int($0), at: "--protocol") }
+        if case .success(.number(let n)) = byNumber ?? Validate.parseProtocol(name: `protocol`, at: "--protocol") { return n }
         throw Failure.document("rampart explain: --protocol \(`protocol`): expected tcp, udp, sctp, icmp, icmpv6 or 1-255")
     }
 }

@@ -66,6 +66,7 @@ struct Apply: ParsableCommand {
             departed = Revocation.departed(in: plan, result: desired)
         } else {
             scope = change.isEmpty ? .none : .all
+            departed = change.departed
         }
         guard scope != .none else { return 0 }
         let conntrack = try ConntrackConnection(namespace: namespace)

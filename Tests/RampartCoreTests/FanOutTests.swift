@@ -1,6 +1,7 @@
 import PropertyBased
 import Testing
-@testable import RampartCore
+import RampartCore
+import RampartCoreTestSupport
 
 @Suite struct FanOutTests {
     @Test func twoTierFanOut() {

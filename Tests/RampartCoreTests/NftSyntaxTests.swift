@@ -2,9 +2,10 @@ import Foundation
 import Testing
 @testable import RampartCore
 
-/// Whether `nft` can check files here: it needs root and a private network namespace (`unshare
-/// -n`), so the check never touches the host's ruleset. Elsewhere these tests are skipped.
-let nftCheckAvailable: Bool = getuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/sbin/nft")
+/// Whether `nft` can check files here: it also needs root (`.rootOnly`) and a private network
+/// namespace (`unshare -n`), so the check never touches the host's ruleset. Elsewhere these
+/// tests are skipped.
+let nftCheckAvailable: Bool = FileManager.default.isExecutableFile(atPath: "/usr/sbin/nft")
     && FileManager.default.isExecutableFile(atPath: "/usr/bin/unshare")
 
 /// Runs `nft -c -f` on the text in a fresh network namespace; returns nft's complaint or nil.
@@ -26,7 +27,7 @@ func nftCheck(_ text: String) throws -> String? {
 
 /// The rendered text is what operators read and may feed to `nft -f`; nft itself (and the kernel,
 /// which validates the check-mode transaction) must accept it, including the order of a Plan.
-@Suite(.enabled(if: nftCheckAvailable, "needs root, nft and unshare")) struct NftSyntaxTests {
+@Suite(.tags(.kernel), .rootOnly, .enabled(if: nftCheckAvailable, "needs nft and unshare")) struct NftSyntaxTests {
     @Test func checkerRejectsBadInput() throws {
         // Not vacuous: bad syntax and a reference the kernel would refuse are both reported.
         #expect(try nftCheck("add chain inet rampart \"a:b\"\n") != nil)

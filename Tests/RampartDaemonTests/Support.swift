@@ -5,6 +5,7 @@ import RampartHarness
 import RampartIPTables
 import RampartNetlink
 import RampartStore
+import RampartTestSupport
 import Testing
 
 /// The fake kernel, shared with the daemon's worker thread (the tests read it only while idle).

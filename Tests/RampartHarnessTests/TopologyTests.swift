@@ -45,7 +45,7 @@ func netnsList() throws -> String {
     try runCommand(["ip", "netns", "list"], check: true).stdout
 }
 
-@Suite("Routed hypervisor topology and probes")
+@Suite("Routed hypervisor topology and probes", .tags(.kernel), .rootOnly)
 struct TopologyTests {
     @Test("with no firewall, everything passes in every direction (v4, v6; tcp, udp, icmp)")
     func everythingPasses() throws {

@@ -14,7 +14,7 @@ import RampartHarness
 /// A packet counts as delivered when it shows up where it was going: on the receiver's link
 /// (an AF_PACKET capture in the receiving node: the hypervisor forwarded or bridged it), or in
 /// the hypervisor's own stack (a raw or UDP socket there: its input hook accepted it).
-@Suite("Attacks on the enforcement (issue 9), with real packets", .serialized) struct AttackTests {
+@Suite("Attacks on the enforcement (issue 9), with real packets", .serialized, .tags(.kernel), .rootOnly) struct AttackTests {
     /// alice (the usual attacker), bob (the usual victim) and carol are in "open"; alice and bob
     /// have their MAC in the document, carol not; lonely is in no group; rogue's device is on
     /// the hypervisor but in no document unless a test plugs it. internet is an outside host.

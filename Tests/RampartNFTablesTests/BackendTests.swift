@@ -4,6 +4,7 @@ import RampartCore
 import RampartHarness
 @testable import RampartNFTables
 import RampartNetlink
+import RampartTestSupport
 
 /// The example document of the spec.
 let exampleDocument: Document = {

@@ -7,7 +7,7 @@ import RampartNetlink
 /// `rampart explain` against real packets: on the traffic suite's hypervisor, the verdict it
 /// reads from the kernel's table agrees with what a probe sees, allowed and denied, IPv4 and
 /// IPv6, TCP, UDP and ICMP, and the path names the rule.
-@Suite("rampart explain agrees with real probes", .serialized) struct ExplainTests {
+@Suite("rampart explain agrees with real probes", .serialized, .tags(.kernel), .rootOnly) struct ExplainTests {
     @Test func explainAgreesWithProbes() throws {
         let e = try TrafficTests.Enforced(.nftables)
         defer { e.topo.destroy() }

@@ -7,7 +7,7 @@ import RampartNetlink
 
 /// The backend and the CLI against the kernel, in throwaway namespaces (no traffic here; the
 /// traffic tests are in TrafficTests).
-@Suite("Backend and CLI against the kernel") struct KernelBackendTests {
+@Suite("Backend and CLI against the kernel", .tags(.kernel), .rootOnly) struct KernelBackendTests {
     /// The `rampart` executable built beside the test bundle.
     static let rampart: String = {
         let dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()

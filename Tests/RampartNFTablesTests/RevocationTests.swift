@@ -10,8 +10,12 @@ import RampartNetlink
 /// hypervisor: connections established before a change that no longer allows them stop passing
 /// as soon as `rampart apply` has returned; connections still allowed, of the same instance or
 /// of others, keep working. `conntrack -L` in the hypervisor's namespace is only an oracle.
-@Suite("Revocation cuts the connections a change no longer allows", .serialized) struct RevocationTests {
+@Suite("Revocation cuts the connections a change no longer allows", .serialized, .tags(.kernel), .rootOnly) struct RevocationTests {
     typealias Enforced = TrafficTests.Enforced
+
+    /// Revocation reads the committed IR, not the kernel's objects: the same for every backend
+    /// (iptables converges without a Plan, so its cut looks at every local instance's entries).
+    static let backends: [TrafficBackend] = [.nftables, .iptablesLegacy, .iptablesNFTBridged]
 
     /// The traffic suite's document with some web rules taken out (by id) or instances' groups changed.
     static func document(withoutWebRules ids: [String] = [], groups: [String: String] = [:], adminMembers: String = "") -> String {
@@ -73,8 +77,8 @@ import RampartNetlink
         return Int(r.1)
     }
 
-    @Test func revokedRulesCutTheirConnectionsOnly() throws {
-        let e = try Enforced(.nftables)
+    @Test(arguments: RevocationTests.backends) func revokedRulesCutTheirConnectionsOnly(_ backend: TrafficBackend) throws {
+        let e = try Enforced(backend)
         defer { e.topo.destroy() }
         let revokedTCP = try e.topo.openTCPSession(from: "bastion", to: "10.0.1.11", port: 22)      // web ssh-from-admin
         let revokedTCP6 = try e.topo.openTCPSession(from: "bastion", to: "fd00::11", port: 22)
@@ -109,8 +113,8 @@ import RampartNetlink
         #expect(try e.apply(RevocationTests.document(withoutWebRules: ["ssh-from-admin", "game"])).stdout.hasPrefix("no changes"))
     }
 
-    @Test func anInstanceLeavingAGroupLosesWhatTheGroupAllowed() throws {
-        let e = try Enforced(.nftables)
+    @Test(arguments: RevocationTests.backends) func anInstanceLeavingAGroupLosesWhatTheGroupAllowed(_ backend: TrafficBackend) throws {
+        let e = try Enforced(backend)
         defer { e.topo.destroy() }
         let inbound = try e.topo.openTCPSession(from: "internet", to: "10.0.1.12", port: 80)       // web-2 via web/http
         let udp = try UDPFlow.open(e.topo, from: "internet", to: "10.0.1.12", port: 5006, sourcePort: 41006)
@@ -132,8 +136,8 @@ import RampartNetlink
         #expect(try !RevocationTests.conntrackLines(e, sourcePort: web1.localPort, protocol: "tcp").isEmpty)
     }
 
-    @Test func aMemberLeavingAReferencedGroupLosesWhatTheGroupAllowed() throws {
-        let e = try Enforced(.nftables)
+    @Test(arguments: RevocationTests.backends) func aMemberLeavingAReferencedGroupLosesWhatTheGroupAllowed(_ backend: TrafficBackend) throws {
+        let e = try Enforced(backend)
         defer { e.topo.destroy() }
         let ssh = try e.topo.openTCPSession(from: "bastion", to: "10.0.1.11", port: 22)     // ssh-from-admin (web)
         let sshDB = try e.topo.openTCPSession(from: "bastion", to: "10.0.2.21", port: 22)   // ssh-from-admin (db)
@@ -153,8 +157,8 @@ import RampartNetlink
     /// Connections with the hypervisor itself are judged at the host's hooks: an instance's
     /// connection to the host is its egress (cut when web loses its egress rule), the host's
     /// connection to an instance is that instance's ingress (http still allowed: untouched).
-    @Test func connectionsWithTheHostAreJudgedAtItsHooks() throws {
-        let e = try Enforced(.nftables)
+    @Test(arguments: RevocationTests.backends) func connectionsWithTheHostAreJudgedAtItsHooks(_ backend: TrafficBackend) throws {
+        let e = try Enforced(backend)
         defer { e.topo.destroy() }
         let toHost = try e.topo.openTCPSession(from: "web-1", to: "10.255.0.1", port: 8080)
         let fromHost = try e.topo.openTCPSession(from: "hv", to: "10.0.1.11", port: 80)
@@ -174,8 +178,8 @@ import RampartNetlink
     /// A change that makes every entry be looked at (guarded prefixes rewrite the base chains)
     /// cuts nothing that is still allowed: the DHCP exchange of an instance in no group with its
     /// host (allowed on the input hook only, never forwarded) and the allowed flows survive.
-    @Test func aWholeTableReviewCutsNothingStillAllowed() throws {
-        let e = try Enforced(.nftables)
+    @Test(arguments: RevocationTests.backends) func aWholeTableReviewCutsNothingStillAllowed(_ backend: TrafficBackend) throws {
+        let e = try Enforced(backend)
         defer { e.topo.destroy() }
         let send = """
             import socket
@@ -194,8 +198,8 @@ import RampartNetlink
         #expect(http.exchange(timeout: 2), "\(http) was disturbed")
     }
 
-    @Test func aRemovedInstanceLosesItsConnections() throws {
-        let e = try Enforced(.nftables)
+    @Test(arguments: RevocationTests.backends) func aRemovedInstanceLosesItsConnections(_ backend: TrafficBackend) throws {
+        let e = try Enforced(backend)
         defer { e.topo.destroy() }
         let toWeb2 = try e.topo.openTCPSession(from: "internet", to: "10.0.1.12", port: 80)
         let toWeb1 = try e.topo.openTCPSession(from: "internet", to: "10.0.1.11", port: 80)

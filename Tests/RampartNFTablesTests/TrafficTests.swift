@@ -7,7 +7,7 @@ import RampartNetlink
 /// The semantics of the spec, checked with real packets through a routed hypervisor in network
 /// namespaces: the firewall is programmed by the `rampart` CLI in the hypervisor's namespace,
 /// probes run between instances, outside hosts and the hypervisor itself.
-@Suite("Traffic through a hypervisor enforced by rampart", .serialized) struct TrafficTests {
+@Suite("Traffic through a hypervisor enforced by rampart", .serialized, .tags(.kernel), .rootOnly) struct TrafficTests {
     /// hv1 holds web-1, web-2, db-1 and lonely (no group); bastion (admin, on hv2), internet
     /// and dns are outside hosts.
     static let topologySpec = TopologySpec(

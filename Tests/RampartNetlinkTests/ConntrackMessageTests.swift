@@ -33,7 +33,7 @@ import CNetfilter
 
     @Test func deleteRoundTrips() throws {
         for entry in [Self.v4, Self.v6] {
-            let bytes = Self.build { ConntrackConnection.buildDelete(into: $0, sequence: 9, entry: entry) }
+            let bytes = Self.build { ConntrackMessages.buildDelete(into: $0, sequence: 9, entry: entry) }
             let header = bytes.withUnsafeBytes { $0.loadUnaligned(as: nlmsghdr.self) }
             #expect(Int(header.nlmsg_len) == bytes.count)
             #expect(header.nlmsg_type == UInt16(NFNL_SUBSYS_CTNETLINK << 8) | UInt16(IPCTNL_MSG_CT_DELETE.rawValue))
@@ -42,7 +42,7 @@ import CNetfilter
             #expect(bytes[MemoryLayout<nlmsghdr>.size] == entry.original.family.rawValue)
             let buffer = Self.raw(bytes)
             defer { buffer.deallocate() }
-            let parsed = try ConntrackConnection.parseEntry(message: buffer)
+            let parsed = try ConntrackMessages.parseEntry(message: buffer)
             #expect(parsed == entry)
         }
     }
@@ -53,7 +53,7 @@ import CNetfilter
         let data = ConntrackEntry(original: ConntrackTuple(family: .ipv4, protocolNumber: 6, source: ConntrackAddress(ipv4: 0x0A00_0905),
                                                            destination: ConntrackAddress(ipv4: 0x0A00_010B), sourcePort: 20, destinationPort: 40001))
         let bytes = Self.build { buf in
-            var n = ConntrackConnection.buildCreate(into: buf, sequence: 1, entry: data, timeout: 60)
+            var n = ConntrackMessages.buildCreate(into: buf, sequence: 1, entry: data, timeout: 60)
             // append CTA_TUPLE_MASTER = the control connection (21), as a dump would carry it
             let nlh = buf.assumingMemoryBound(to: nlmsghdr.self)
             let outer = mnl_attr_nest_start(nlh, UInt16(CTA_TUPLE_MASTER.rawValue))
@@ -72,13 +72,13 @@ import CNetfilter
         }
         let buffer = Self.raw(bytes)
         defer { buffer.deallocate() }
-        let parsed = try #require(try ConntrackConnection.parseEntry(message: buffer))
+        let parsed = try #require(try ConntrackMessages.parseEntry(message: buffer))
         #expect(parsed.original == data.original && parsed.reply == data.original.inverted)
         #expect(parsed.master?.destinationPort == 21 && parsed.master?.source == ConntrackAddress(ipv4: 0x0A00_010B))
     }
 
     @Test func dumpRequests() throws {
-        let plain = Self.build { ConntrackConnection.buildDump(into: $0, sequence: 1, filter: ConntrackFilter(family: .ipv6)) }
+        let plain = Self.build { ConntrackMessages.buildDump(into: $0, sequence: 1, filter: ConntrackFilter(family: .ipv6)) }
         let header = plain.withUnsafeBytes { $0.loadUnaligned(as: nlmsghdr.self) }
         #expect(header.nlmsg_flags == UInt16(NLM_F_REQUEST | NLM_F_DUMP))
         #expect(header.nlmsg_type == UInt16(NFNL_SUBSYS_CTNETLINK << 8) | UInt16(IPCTNL_MSG_CT_GET.rawValue))
@@ -87,22 +87,22 @@ import CNetfilter
 
         // A filter: CTA_FILTER { ORIG_FLAGS = IP_DST } and CTA_TUPLE_ORIG { CTA_TUPLE_IP { V4_DST } }.
         let filtered = Self.build {
-            ConntrackConnection.buildDump(into: $0, sequence: 2, filter: ConntrackFilter(family: .ipv4, field: .originalDestination(ConntrackAddress(ipv4: 0x0A00_010B))))
+            ConntrackMessages.buildDump(into: $0, sequence: 2, filter: ConntrackFilter(family: .ipv4, field: .originalDestination(ConntrackAddress(ipv4: 0x0A00_010B))))
         }
         var seen: [UInt16] = []
         let b = Self.raw(filtered)
         defer { b.deallocate() }
         do {
-            try ConntrackConnection.attributes(UnsafeRawBufferPointer(rebasing: b[(MemoryLayout<nlmsghdr>.size + 4)...])) { (type, payload) throws(NetlinkError) in
+            try ConntrackMessages.attributes(UnsafeRawBufferPointer(rebasing: b[(MemoryLayout<nlmsghdr>.size + 4)...])) { (type, payload) throws(NetlinkError) in
                 seen.append(type)
                 if UInt32(type) == CTA_FILTER.rawValue {
-                    try ConntrackConnection.attributes(payload) { (k, v) throws(NetlinkError) in
+                    try ConntrackMessages.attributes(payload) { (k, v) throws(NetlinkError) in
                         #expect(UInt32(k) == CTA_FILTER_ORIG_FLAGS.rawValue)
                         #expect(v.loadUnaligned(as: UInt32.self) == 2)
                     }
                 }
                 if UInt32(type) == CTA_TUPLE_ORIG.rawValue {
-                    let t = try ConntrackConnection.parseTuple(payload, family: .ipv4)
+                    let t = try ConntrackMessages.parseTuple(payload, family: .ipv4)
                     #expect(t.destination == ConntrackAddress(ipv4: 0x0A00_010B))
                 }
             }
@@ -114,7 +114,7 @@ import CNetfilter
         let bad: [UInt8] = Array(repeating: 0, count: 16) + [2, 0, 0, 0] + [0x40, 0x00, 0x01, 0x00]  // IPv4; an attribute longer than the message
         let b = Self.raw(bad)
         defer { b.deallocate() }
-        #expect(throws: NetlinkError.self) { try ConntrackConnection.parseEntry(message: b) }
+        #expect(throws: NetlinkError.self) { try ConntrackMessages.parseEntry(message: b) }
     }
 
     @Test func addressesPrint() {

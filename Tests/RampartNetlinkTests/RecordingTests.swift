@@ -1,5 +1,6 @@
 import Testing
 @testable import RampartNetlink
+import RampartTestSupport
 
 /// The in-memory fake follows the kernel's rules that higher layers rely on.
 @Suite("Recording fake") struct RecordingTests {

@@ -13,12 +13,43 @@ func sqlite3(_ path: String, _ sql: String) throws {
     #expect(p.terminationStatus == 0)
 }
 
+/// A store path in a directory of its own (the store creates it, mode 0700), inside the
+/// running test's scratch directory, which is removed when the test ends.
 func tempStorePath() -> String {
-    FileManager.default.temporaryDirectory.appendingPathComponent("rampart-store-\(UUID().uuidString)").appendingPathComponent("rampart.db").path
+    ScratchDirectory.url.appendingPathComponent("rampart-store-\(UUID().uuidString)").appendingPathComponent("rampart.db").path
 }
 
-@Suite("SQLite store: fail closed, private files, exact export") struct StoreSafetyTests {
-    @Test func theDaemonsOpenNeverCreatesAStore() throws {
+/// One directory per test under the system's temporary directory, removed (with every store in
+/// it) when the test ends, pass or fail. Applied to both store suites.
+struct ScratchDirectory: SuiteTrait, TestTrait, TestScoping {
+    @TaskLocal private static var current: URL?
+
+    var isRecursive: Bool { true }
+
+    /// The running test's directory.
+    static var url: URL {
+        guard let current else { preconditionFailure("the suite lacks the .scratchDirectory trait") }
+        return current
+    }
+
+    func provideScope(for test: Test, testCase: Test.Case?, performing function: @Sendable () async throws -> Void) async throws {
+        // A suite gets no directory of its own: each of its tests does.
+        guard !test.isSuite else { return try await function() }
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("rampart-test-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        try await Self.$current.withValue(dir) { try await function() }
+    }
+}
+
+extension Trait where Self == ScratchDirectory {
+    /// Each test gets a scratch directory (`ScratchDirectory.url`), removed when it ends.
+    static var scratchDirectory: Self { Self() }
+}
+
+@Suite("SQLite store: fail closed, private files, exact export", .scratchDirectory) struct StoreSafetyTests {
+    /// The daemon's open (`openExisting`) takes policy only from files root owns.
+    @Test(.tags(.kernel), .rootOnly) func theDaemonsOpenNeverCreatesAStore() throws {
         let path = tempStorePath()
         do {
             _ = try SQLiteStore.openExisting(path: path)
@@ -42,7 +73,8 @@ func tempStorePath() -> String {
         #expect(try FileManager.default.attributesOfItem(atPath: other)[.size] as? Int == 0)
     }
 
-    @Test func filesArePrivateAndUnsafeStoresAreRefused() throws {
+    /// The daemon's open (`openExisting`) takes policy only from files root owns.
+    @Test(.tags(.kernel), .rootOnly) func filesArePrivateAndUnsafeStoresAreRefused() throws {
         let path = tempStorePath()
         let st = try SQLiteStore(path: path)
         try populate(st)

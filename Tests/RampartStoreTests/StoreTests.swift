@@ -1,11 +1,11 @@
 import Foundation
 import RampartCore
 import RampartStore
+import RampartCoreTestSupport
 import Testing
 
 func tempStore() throws -> SQLiteStore {
-    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("rampart-store-\(UUID().uuidString)")
-    return try SQLiteStore(path: dir.appendingPathComponent("rampart.db").path)
+    try SQLiteStore(path: tempStorePath())
 }
 
 func ip(_ s: String) -> IPAddress { IPAddress(s)! }
@@ -30,7 +30,7 @@ func populate(_ st: SQLiteStore) throws {
     _ = try st.addInstance("bastion-3", Instance(host: "hv3", groups: ["admin", "unused"], ips: [ip("10.0.9.6")], interface: "tapb3"))
 }
 
-@Suite("SQLite store: documents, verbs, fan-out") struct StoreTests {
+@Suite("SQLite store: documents, verbs, fan-out", .scratchDirectory) struct StoreTests {
     @Test func documentForHostFollowsTheSpec() throws {
         let st = try tempStore()
         try populate(st)

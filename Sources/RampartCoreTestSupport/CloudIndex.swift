@@ -1,3 +1,8 @@
+// Test and benchmark support, not production: the store answers fan-out with SQL
+// (RampartStore/SQLiteStore.swift); this in-memory index is the oracle its tests compare with
+// (StoreTests.fanOutAgreesWithTheCloudIndex) and what `rampart-bench engine` measures at a
+// million instances. Neither rampart nor rampartd links it.
+
 /// Per-host counts for one group, compact and O(1) to update: (host, count) pairs packed in one
 /// array, plus a position index once the array is long enough that a linear search would cost.
 /// With a million groups most of these hold a handful of hosts, so one small allocation each.

@@ -1,3 +1,5 @@
+import RampartNetlink
+
 /// An in-memory stand-in for the kernel's nftables, for testing higher layers without root.
 ///
 /// It records every batch it is given (so tests can assert the exact operations sent) and
@@ -47,7 +49,7 @@ public final class RecordingNFTables: NFTablesClient {
         var failures: [OperationFailure] = []
         for (i, op) in batch.operations.enumerated() {
             if let e = Self.apply(op, to: &state) {
-                failures.append(OperationFailure(index: i, operation: op, errno: e, kernelMessage: nil))
+                failures.append(.refused(op, at: i, errno: e))
             }
         }
         if !failures.isEmpty { throw .rejected(failures) }

@@ -98,9 +98,9 @@ import RampartHarness
 }
 
 /// The iptables backend against the kernel (legacy and nft-based), in throwaway namespaces.
-@Suite("iptables backend against the kernel", .serialized) struct IPTablesKernelTests {
+@Suite("iptables backend against the kernel", .serialized, .tags(.kernel), .rootOnly) struct IPTablesKernelTests {
     static func cli(_ ns: TestNamespace, _ v: IPTablesVariant, _ args: [String], input: String? = nil) throws -> CommandResult {
-        try runCommand([KernelBackendTests.rampart] + args.prefix(1) + ["--netns", ns.name, "--backend", "iptables", "--iptables", v.rawValue] + args.dropFirst(), input: input)
+        try runCommand([rampartExecutable] + args.prefix(1) + ["--netns", ns.name, "--backend", "iptables", "--iptables", v.rawValue] + args.dropFirst(), input: input)
     }
 
     static func save(_ ns: TestNamespace, _ v: IPTablesVariant, v6: Bool = false) throws -> [String] {
@@ -136,9 +136,9 @@ import RampartHarness
                 """, check: true)
         }
         let before4 = try Self.save(ns, v), before6 = try Self.save(ns, v, v6: true)
-        #expect(try Self.cli(ns, v, ["apply", KernelBackendTests.examplePath]).status == 0)
+        #expect(try Self.cli(ns, v, ["apply", examplePath]).status == 0)
         // A change of rules and membership, then a flush.
-        var text = try String(contentsOfFile: KernelBackendTests.examplePath, encoding: .utf8)
+        var text = try String(contentsOfFile: examplePath, encoding: .utf8)
         text = text.replacingOccurrences(of: #""ports": "5432""#, with: #""ports": "5433""#)
             .replacingOccurrences(of: #""ips": ["10.0.9.5", "fd00::95"]"#, with: #""ips": ["10.0.9.6", "fd00::96"]"#)
         let changed = try Self.cli(ns, v, ["apply", "-"], input: text)
@@ -161,12 +161,12 @@ import RampartHarness
     @Test(arguments: IPTablesVariant.allCases)
     func refusedApplyExitsTwoAndChangesNothing(_ v: IPTablesVariant) throws {
         let ns = try TestNamespace(prefix: "ipt")
-        #expect(try Self.cli(ns, v, ["apply", KernelBackendTests.examplePath]).status == 0)
+        #expect(try Self.cli(ns, v, ["apply", examplePath]).status == 0)
         try ns.run(["iptables-" + v.rawValue, "-w", "-N", "FOREIGN"], check: true)
         try ns.run(["iptables-" + v.rawValue, "-w", "-A", "FOREIGN", "-j", "rp-i-web-2"], check: true)
         let before4 = try Self.save(ns, v), before6 = try Self.save(ns, v, v6: true)
         let sets = try ns.run(["ipset", "save"], check: true).stdout
-        var text = try String(contentsOfFile: KernelBackendTests.examplePath, encoding: .utf8)
+        var text = try String(contentsOfFile: examplePath, encoding: .utf8)
         text = text.replacingOccurrences(of: #""web-2": {"host": "hv1", "interface": "tapweb2", "ips": ["10.0.1.12"], "groups": ["web"]},"#, with: "")
         #expect(!text.contains("tapweb2"))
         let r = try Self.cli(ns, v, ["apply", "-"], input: text)
@@ -215,7 +215,7 @@ import RampartHarness
     @Test(arguments: IPTablesVariant.allCases)
     func guardedPrefixesFromTheDocumentReadBack(_ v: IPTablesVariant) throws {
         let ns = try TestNamespace(prefix: "ipt")
-        var text = try String(contentsOfFile: KernelBackendTests.examplePath, encoding: .utf8)
+        var text = try String(contentsOfFile: examplePath, encoding: .utf8)
         let last = try #require(text.lastIndex(of: "}"))
         text.replaceSubrange(last...last, with: #", "guarded_prefixes": ["tap", "vnet-abcdefghij", "x"]}"#)
         // Another owner's ebtables rules, in the table Rampart writes and in another.
@@ -259,7 +259,7 @@ import RampartHarness
 
     @Test func dryRunPrintsTheRestoreInputAndChangesNothing() throws {
         let ns = try TestNamespace(prefix: "ipt")
-        let dry = try Self.cli(ns, .legacy, ["apply", "--dry-run", KernelBackendTests.examplePath])
+        let dry = try Self.cli(ns, .legacy, ["apply", "--dry-run", examplePath])
         #expect(dry.status == 0)
         #expect(dry.stdout.contains("# iptables-restore --noflush") && dry.stdout.contains(":rp-gi-db - [0:0]")
                 && dry.stdout.contains("-I FORWARD 1 -j RAMPART-FWD") && dry.stdout.contains("create rp4-web hash:ip family inet"), "\(dry.stdout)")
@@ -269,7 +269,7 @@ import RampartHarness
 
     @Test func showListsInstancesGroupsAndRules() throws {
         let ns = try TestNamespace(prefix: "ipt")
-        #expect(try Self.cli(ns, .legacy, ["apply", KernelBackendTests.examplePath]).status == 0)
+        #expect(try Self.cli(ns, .legacy, ["apply", examplePath]).status == 0)
         let text = try Self.cli(ns, .legacy, ["show"]).stdout
         #expect(text.contains("instance web-1 (tapweb1)") && text.contains("  ingress web") && text.contains("  egress db"), "\(text)")
         #expect(text.contains(#"ipv4 -p tcp -m tcp --dport 80 -m comment --comment "web/http" -g rp-accept   packets 0 bytes 0"#), "\(text)")
@@ -282,7 +282,7 @@ import RampartHarness
     @Test(arguments: IPTablesVariant.allCases)
     func driftIsRepaired(_ v: IPTablesVariant) throws {
         let ns = try TestNamespace(prefix: "ipt")
-        #expect(try Self.cli(ns, v, ["apply", KernelBackendTests.examplePath]).status == 0)
+        #expect(try Self.cli(ns, v, ["apply", examplePath]).status == 0)
         let clean4 = try Self.save(ns, v), clean6 = try Self.save(ns, v, v6: true)
         let t = "iptables-" + v.rawValue
         try ns.run([t, "-w", "-F", "rp-gi-web"], check: true)
@@ -291,16 +291,16 @@ import RampartHarness
         try ns.run([t, "-w", "-D", "INPUT", "-j", "RAMPART-IN"], check: true)
         try ns.run(["ipset", "del", "rp4-web", "10.0.1.12"], check: true)
         try ns.run(["ipset", "add", "rp4-admin", "192.0.2.1"], check: true)
-        let diff = try Self.cli(ns, v, ["diff", KernelBackendTests.examplePath])
+        let diff = try Self.cli(ns, v, ["diff", examplePath])
         #expect(diff.stdout.contains(":rp-gi-web - [0:0]") && diff.stdout.contains("-X rp-extra"), "\(diff.stdout)")
         #expect(diff.stdout.contains("add rp4-web 10.0.1.12") && diff.stdout.contains("del rp4-admin 192.0.2.1"))
-        let repair = try Self.cli(ns, v, ["apply", KernelBackendTests.examplePath])
+        let repair = try Self.cli(ns, v, ["apply", examplePath])
         #expect(repair.status == 0, "\(repair.stderr)")
         #expect(repair.stdout.contains("chains: 0 created, 2 rewritten"), "\(repair.stdout)")
         // The INPUT jump is back (at the top, where it was).
         #expect(try Self.save(ns, v) == clean4)
         #expect(try Self.save(ns, v, v6: true) == clean6)
-        #expect(try Self.cli(ns, v, ["diff", KernelBackendTests.examplePath]).stdout.contains("in sync"))
+        #expect(try Self.cli(ns, v, ["diff", examplePath]).stdout.contains("in sync"))
     }
 
     /// A set of Rampart's name but another type, made while nothing referenced it, is replaced.
@@ -308,11 +308,11 @@ import RampartHarness
         let ns = try TestNamespace(prefix: "ipt")
         try ns.run(["ipset", "create", "rp6-web", "hash:net", "family", "inet6"], check: true)
         try ns.run(["ipset", "add", "rp6-web", "2001:db8::/64"], check: true)
-        let r = try Self.cli(ns, .legacy, ["apply", KernelBackendTests.examplePath])
+        let r = try Self.cli(ns, .legacy, ["apply", examplePath])
         #expect(r.status == 0, "\(r.stderr)")
         let web6 = try ns.run(["ipset", "save", "rp6-web"], check: true).stdout
         #expect(web6.contains("create rp6-web hash:ip family inet6") && web6.contains("add rp6-web fd00::11") && !web6.contains("2001:db8"), "\(web6)")
-        #expect(try Self.cli(ns, .legacy, ["diff", KernelBackendTests.examplePath]).stdout.contains("in sync"))
+        #expect(try Self.cli(ns, .legacy, ["diff", examplePath]).stdout.contains("in sync"))
     }
 
     /// A refused restore leaves the previous rules (and members) in place; an IPv6 failure after
@@ -397,14 +397,14 @@ import RampartHarness
         try backend.commit(try engine.instanceUnplugged(id: "db-1"), result: engine.planned)
         try matchesFullRender()
         if !bridged {
-            #expect(try Self.cli(ns, v, ["diff", "-"], input: try String(contentsOfFile: KernelBackendTests.examplePath, encoding: .utf8)).status == 0)
+            #expect(try Self.cli(ns, v, ["diff", "-"], input: try String(contentsOfFile: examplePath, encoding: .utf8)).status == 0)
         }
     }
 }
 
 /// The tightened layout with real packets, per variant and topology, through the library (the
 /// guarded prefixes are given to the backend directly).
-@Suite("iptables backend: guarded prefixes, ebtables", .serialized) struct IPTablesGuardTests {
+@Suite("iptables backend: guarded prefixes, ebtables", .serialized, .tags(.kernel), .rootOnly) struct IPTablesGuardTests {
     static let spec = TopologySpec(
         instances: [
             InstanceSpec(name: "web-1", interface: "tapweb1", addresses: ["10.0.1.11", "fd00::11"], mac: "02:00:00:00:01:11"),
