@@ -12,12 +12,14 @@ import Testing
     final class Fixture: @unchecked Sendable {
         let store: SQLiteStore
         let kernel = FakeKernel()
+        /// Resyncs and retries happen when the test moves this clock.
+        let clock = ManualClock()
         let daemon: Daemon
         init(host: String = "hv1", resync: Double = 3600, populate: (SQLiteStore) throws -> Void = { _ in }) throws {
             store = try SQLiteStore(path: tempDir("core") + "/rampart.db")
             try populate(store)
             let k = kernel
-            daemon = Daemon(configuration: .init(host: host, resyncInterval: resync), store: store, backend: { NFTablesBackend(client: k.nft) })
+            daemon = Daemon(configuration: .init(host: host, resyncInterval: resync), store: store, clock: clock, backend: { NFTablesBackend(client: k.nft) })
         }
         func start() async {
             daemon.start()
@@ -177,19 +179,19 @@ import Testing
     }
 
     @Test func periodicResyncRunsOnItsOwn() async throws {
-        let f = try Fixture(resync: 0.2, populate: Self.base)
+        let f = try Fixture(resync: 30, populate: Self.base)
         await f.start()
         defer { f.daemon.stop() }
         f.kernel.nft.mutateTable(family: .inet, name: Naming.table) { t in
             t.rules["gin-db"]!.removeLast()
         }
-        let deadline = Date().addingTimeInterval(5)
-        // The resync counts its repair before it counts itself: wait for both.
-        while (f.daemon.currentStatus.driftRepaired == 0 || f.daemon.currentStatus.resyncs == 0) && Date() < deadline {
-            try await Task.sleep(for: .milliseconds(50))
-        }
+        // 30 s pass on the daemon's clock: one resync, then the next is due at 60 s
+        #expect(f.clock.waitForSleeper(at: 30))
+        f.clock.advance(to: 30)
+        #expect(f.clock.waitForSleeper(at: 60))
         #expect(f.daemon.currentStatus.driftRepaired > 0)
-        #expect(f.daemon.currentStatus.resyncs >= 1)
+        #expect(f.daemon.currentStatus.resyncs == 1)
+        #expect(try f.kernelIR() == f.expected())
     }
 
     @Test func badRequestsGetA4xxAndChangeNothing() async throws {

@@ -16,6 +16,9 @@ import Testing
         let store: SQLiteStore
         let kernel = FakeKernel()
         let client: ControlledClient
+        /// Retries and resyncs happen when the test moves this clock (a refresh still wakes a
+        /// retry at once).
+        let clock = ManualClock()
         let daemon: Daemon
         var server: APIServer?
         var socketPath: String { dir + "/rampartd.sock" }
@@ -28,7 +31,7 @@ import Testing
             let c = client
             daemon = Daemon(configuration: .init(host: "hv1", resyncInterval: 3600, maxFailedSyncs: maxFailedSyncs,
                                                  allowEmpty: allowEmpty, maxQueuedRefreshes: maxQueued),
-                            store: store, backend: { NFTablesBackend(client: c) })
+                            store: store, clock: clock, backend: { NFTablesBackend(client: c) })
         }
         func start(limits: APIServer.Limits = .init()) async throws {
             daemon.start()
@@ -60,19 +63,27 @@ import Testing
         try await f.start()
         #expect(try f.status().status == 200)
         f.client.failAll = true
-        // one failed sync: still ready (below the threshold; the repair's retries come 0.2 s
-        // and 0.6 s later)
+        // one failed sync: still ready (below the threshold; the repair is retried 0.2 s later,
+        // then 0.4 s after that, on the daemon's clock)
         let r1 = try DaemonClient(socketPath: f.socketPath).request("POST", "/v1/resync")
         #expect(r1.status == 500 && r1.body.contains("injected"), "\(r1.body)")
         #expect(try f.status().status == 200)
         // three in a row (the retries of the repair count): not ready, with the last error
-        let down = try eventually { try f.status().status == 503 }
-        #expect(down)
+        var t = 0.0
+        for delay in [0.2, 0.4] {
+            t += delay
+            #expect(f.clock.waitForSleeper(at: t))
+            #expect(try f.status().status == 200)
+            f.clock.advance(to: t)
+        }
+        #expect(f.clock.waitForSleeper(at: t + 0.8))
+        #expect(try f.status().status == 503)
         let st = try f.status()
         #expect(st.body.contains("\"ready\":false") && st.body.contains("injected") && !st.body.contains("\"consecutive_failed_syncs\":0"), "\(st.body)")
         #expect(f.daemon.metricsText().contains("rampart_ready 0"))
         // the kernel recovers: so does the status (the failed repair is retried on its own)
         f.client.failAll = false
+        f.clock.advance(to: t + 0.8)
         let recovered = try eventually { try f.status().status == 200 }
         #expect(recovered)
         #expect(try f.status().body.contains("\"last_error\":null"))

@@ -40,7 +40,7 @@ final class DaemonHypervisor: @unchecked Sendable {
 
     let backend: KernelBackend
 
-    init(_ backend: KernelBackend = .nftables, resync: Double = 3600, inProcess: Bool = true) async throws {
+    init(_ backend: KernelBackend = .nftables, resync: Double = 3600, inProcess: Bool = true, clock: any DaemonClock = SystemClock()) async throws {
         self.backend = backend
         topo = try HypervisorTopology(Self.spec)
         dir = tempDir("kd")
@@ -50,7 +50,8 @@ final class DaemonHypervisor: @unchecked Sendable {
         try Self.policy(store)
         if inProcess {
             let target = backend.target(netns: topo.hypervisor.name)
-            let d = Daemon(configuration: .init(host: "hv1", resyncInterval: resync), store: store, backend: target.factory, cutter: target.cutter())
+            let d = Daemon(configuration: .init(host: "hv1", resyncInterval: resync), store: store, clock: clock, backend: target.factory,
+                           cutter: target.cutter())
             let s = APIServer(socketPath: socketPath, router: APIRouter(daemon: d))
             d.start()
             try await s.start()
@@ -248,12 +249,15 @@ final class DaemonHypervisor: @unchecked Sendable {
 
     @Test(arguments: KernelBackend.allCases)
     func aRuleDeletedByHandIsRepairedWithinTheResyncInterval(backend: KernelBackend) async throws {
-        let h = try await DaemonHypervisor(backend, resync: 0.5)
+        let clock = ManualClock()
+        let h = try await DaemonHypervisor(backend, resync: 30, clock: clock)
         try backend.flushWebIngress(h.topo.hypervisor)
         try h.expect([(.tcp(from: "internet", to: "10.0.1.11", port: 80), false)])  // our own drift: web has no rules
-        let deadline = Date().addingTimeInterval(3)
-        while h.daemon!.currentStatus.driftRepaired == 0 && Date() < deadline { try await Task.sleep(for: .milliseconds(50)) }
-        #expect(h.daemon!.currentStatus.driftRepaired > 0)
+        // the resync interval passes on the daemon's clock: one resync, the next due at 60 s
+        #expect(clock.waitForSleeper(at: 30))
+        clock.advance(to: 30)
+        #expect(clock.waitForSleeper(at: 60))
+        #expect(h.daemon!.currentStatus.driftRepaired > 0 && h.daemon!.currentStatus.resyncs == 1)
         try h.expect([(.tcp(from: "internet", to: "10.0.1.11", port: 80), true)])
         #expect(try h.kernelMatchesStore())
         await h.stop()
