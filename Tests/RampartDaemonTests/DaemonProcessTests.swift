@@ -9,7 +9,7 @@ import Testing
 
 /// The real `rampartd` executable: kill -9 in the middle of a burst, restart, convergence, and
 /// no probe that the policy denies ever passes; sd_notify READY; SIGTERM leaves the rules.
-@Suite("rampartd executable: crash and restart", .serialized) struct DaemonProcessTests {
+@Suite("rampartd executable: crash and restart", .serialized, .tags(.kernel), .rootOnly) struct DaemonProcessTests {
     final class DaemonProcess: @unchecked Sendable {
         let process = Process()
         init(_ h: DaemonHypervisor, notify: String? = nil, extra: [String] = []) throws {
@@ -167,7 +167,7 @@ import Testing
     }
 }
 
-@Suite("rampartd socket permissions") struct SocketPermissionTests {
+@Suite("rampartd socket permissions", .tags(.kernel), .rootOnly) struct SocketPermissionTests {
     @Test func aGroupCanBeLetIn() async throws {
         let dir = tempDir("perm")
         let store = try SQLiteStore(path: dir + "/rampart.db")
@@ -195,7 +195,7 @@ import Testing
 
 /// Two hypervisors (two namespaces, two daemons, one store): the CLI delivers each host its own
 /// refresh calls and both kernels end equal to their documents.
-@Suite("rampart CLI with two daemons") struct TwoDaemonsTests {
+@Suite("rampart CLI with two daemons", .tags(.kernel), .rootOnly) struct TwoDaemonsTests {
     @Test func eachHostGetsItsOwnCalls() async throws {
         let dir = tempDir("two")
         let storePath = dir + "/rampart.db"
@@ -240,7 +240,7 @@ import Testing
 
 /// The real `rampartd` refuses to start, with a clear error, an exit status and the kernel
 /// untouched, whenever its store, host or socket is wrong; and its API limits hold.
-@Suite("rampartd executable: refusals and limits", .serialized) struct DaemonRefusalTests {
+@Suite("rampartd executable: refusals and limits", .serialized, .tags(.kernel), .rootOnly) struct DaemonRefusalTests {
     /// rampartd with these arguments (completing the defaults), run to its exit.
     static func rampartd(_ h: DaemonHypervisor, _ args: [String: String], flags: [String] = []) throws -> CommandResult {
         var a = ["--host": "hv1", "--store": h.storePath, "--socket": h.socketPath, "--netns": h.topo.hypervisor.name]

@@ -9,7 +9,7 @@ import Testing
 /// Revocation is immediate through rampartd (contract rule 8): a refresh that narrows the policy
 /// has cut the connections it no longer allows by the time the daemon answers; connections still
 /// allowed live on; the cut is counted in the status and the metrics.
-@Suite("rampartd cuts revoked connections", .serialized) struct DaemonRevocationTests {
+@Suite("rampartd cuts revoked connections", .serialized, .tags(.kernel), .rootOnly) struct DaemonRevocationTests {
     @Test(arguments: KernelBackend.allCases)
     func revokedRuleAndMemberRemovalCutThroughTheDaemon(backend: KernelBackend) async throws {
         let h = try await DaemonHypervisor(backend)

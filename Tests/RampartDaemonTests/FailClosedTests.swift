@@ -269,7 +269,7 @@ import Testing
         #expect(try f.store.knowsHost("hv2"))
     }
 
-    @Test func theSocketPathIsReplacedOnlyIfItIsASocket() async throws {
+    @Test(.tags(.kernel), .rootOnly) func theSocketPathIsReplacedOnlyIfItIsASocket() async throws {
         let dir = tempDir("sock")
         let store = try SQLiteStore(path: dir + "/rampart.db")
         try register("hv1", in: store)
@@ -324,7 +324,7 @@ import Testing
         d.stop()
     }
 
-    @Test func storeFilesArePrivateWhateverTheUmask() throws {
+    @Test(.tags(.kernel), .rootOnly) func storeFilesArePrivateWhateverTheUmask() throws {
         let dir = tempDir("umask") + "/a/b"
         let db = dir + "/rampart.db"
         // the CLI creates the store; with umask 000 nothing may come out group/world accessible

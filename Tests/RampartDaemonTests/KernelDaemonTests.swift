@@ -95,7 +95,7 @@ final class DaemonHypervisor: @unchecked Sendable {
     }
 }
 
-@Suite("rampartd against the kernel, with real traffic", .serialized) struct KernelDaemonTests {
+@Suite("rampartd against the kernel, with real traffic", .serialized, .tags(.kernel), .rootOnly) struct KernelDaemonTests {
     @Test(arguments: KernelBackend.allCases)
     func controllerVerbsChangeWhatPassesThroughTheDaemon(backend: KernelBackend) async throws {
         let h = try await DaemonHypervisor(backend)
