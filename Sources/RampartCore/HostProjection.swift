@@ -45,14 +45,21 @@ public enum HostProjection {
         project(instance, onto: host) { groups[$0] != nil }
     }
 
+    /// The groups of the host's document: the local ones with their rules, the others it
+    /// references without rules.
+    public static func groups(local: [String: Group], referenced: some Sequence<String>) -> [String: Group] {
+        var groups = local
+        for r in referenced where groups[r] == nil { groups[r] = Group() }
+        return groups
+    }
+
     /// The host's document from its parts: `local` (the host's instances), `localGroups` (the
     /// groups with a member among them, with their rules), `referenced` (every group their rules
     /// reference; those not local are listed without rules) and `remote` (instances elsewhere
     /// that are members of a referenced group; projected here).
     public static func document(host: String, local: [String: Instance], localGroups: [String: Group], referenced: some Sequence<String>,
                                 remote: [String: Instance], guardedPrefixes: [String] = []) -> Document {
-        var groups = localGroups
-        for r in referenced where groups[r] == nil { groups[r] = Group() }
+        let groups = Self.groups(local: localGroups, referenced: referenced)
         var instances = local
         for (id, inst) in remote where inst.host != host {
             instances[id] = project(inst, onto: host, groups: groups)

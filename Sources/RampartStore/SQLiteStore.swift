@@ -241,13 +241,14 @@ public final class SQLiteStore: Store, @unchecked Sendable {
                 throw StoreError(.invalid, "store: a rule references group \(jsonString(r)), which does not exist")
             }
         }
+        // The members of the referenced groups, in one query: group_refs holds the references
+        // of each group's rules (groupRow decodes the rules against it), so it names `refs`.
         let localGroupsSQL = "SELECT DISTINCT ig.group_id FROM instance_groups ig JOIN instances j ON j.id = ig.instance WHERE j.host = ?"
         let refsSQL = "SELECT DISTINCT ref FROM group_refs WHERE group_id IN (\(localGroupsSQL))"
         let remote = try records("WHERE i.host <> ? AND i.id IN (SELECT instance FROM instance_groups WHERE group_id IN (\(refsSQL)))",
                                  [.text(host), .text(host)])
         if full {
-            var groups = localGroups
-            for r in refs where groups[r] == nil { groups[r] = Group() }
+            let groups = HostProjection.groups(local: localGroups, referenced: refs)
             return Document(host: host, groups: groups, instances: local.merging(remote) { a, _ in a }, guardedPrefixes: guards)
         }
         return HostProjection.document(host: host, local: local, localGroups: localGroups, referenced: refs, remote: remote, guardedPrefixes: guards)
