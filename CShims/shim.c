@@ -54,7 +54,3 @@ bool rampart_parse_nlerr(const struct nlmsghdr *nlh, struct rampart_nlerr *out) 
     }
     return true;
 }
-
-int rampart_setns_net(int fd) {
-    return setns(fd, CLONE_NEWNET);
-}

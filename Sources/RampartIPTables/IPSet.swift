@@ -1,6 +1,6 @@
 import CIPSet
 import Foundation
-import RampartNetlink
+import RampartSystem
 
 /// Writes ipset commands (`ipset restore` syntax, `-exist` semantics).
 public protocol IPSetWriter: AnyObject {

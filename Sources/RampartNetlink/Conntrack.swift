@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CNetfilter
+import RampartSystem
 
 // ctnetlink: the kernel's connection-tracking table over a NETLINK_NETFILTER socket (subsystem
 // NFNL_SUBSYS_CTNETLINK). Messages are written by hand with libmnl's attribute helpers and parsed

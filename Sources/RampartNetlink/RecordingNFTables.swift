@@ -1,3 +1,5 @@
+import RampartSystem
+
 /// An in-memory stand-in for the kernel's nftables, for testing higher layers without root.
 ///
 /// It records every batch it is given (so tests can assert the exact operations sent) and

@@ -5,6 +5,7 @@ import RampartCore
 import RampartIPTables
 import RampartNFTables
 import RampartNetlink
+import RampartSystem
 
 /// `rampart`: apply a desired-state document to this host's nftables, show what is enforced,
 /// diff, flush. Exit status: 0 success (or nothing to do), 1 invalid document or usage, 2 the
