@@ -117,7 +117,7 @@ let package = Package(
         .testTarget(
             name: "RampartCoreTests",
             dependencies: [
-                "RampartCore",
+                "RampartCore", "RampartSystem",
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ]
         ),
