@@ -3,12 +3,6 @@ import Foundation
 import Glibc
 #endif
 
-func monotonic() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-}
-
 /// `struct sockaddr_ll` (20 bytes), built by hand: Glibc does not export <netpacket/packet.h>.
 func linkAddress(ifindex: Int32, protocol: UInt16 = 0, mac: [UInt8] = []) -> [UInt8] {
     var a = [UInt8](repeating: 0, count: 20)
@@ -75,7 +69,7 @@ public final class PacketCapture: @unchecked Sendable, CustomStringConvertible {
 
     /// True as soon as a received packet satisfies `predicate`, waiting up to `within` seconds.
     public func saw(within: Double = 0, _ predicate: ([UInt8]) -> Bool) -> Bool {
-        let deadline = monotonic() + within
+        let deadline = now() + within
         var checked = 0
         while true {
             lock.lock()
@@ -85,7 +79,7 @@ public final class PacketCapture: @unchecked Sendable, CustomStringConvertible {
             lock.unlock()
             if current[checked...].contains(where: predicate) { return true }
             checked = current.count
-            let remaining = deadline - monotonic()
+            let remaining = deadline - now()
             if remaining <= 0 || open < 0 { return false }
             var p = pollfd(fd: open, events: Int16(POLLIN), revents: 0)
             _ = poll(&p, 1, Int32(max(1, min(remaining, 0.05) * 1000)))
