@@ -1,6 +1,5 @@
 // Implementations of the shims declared in CNetfilter.h; see there for why each exists.
 #define _GNU_SOURCE
-#include <sched.h>
 #include "CNetfilter.h"
 #include <string.h>
 

@@ -5,7 +5,8 @@ import CRampartSystem
 
 /// A started command: wait for it, poll it, signal it. Dropping the handle of a child that was
 /// never waited for kills and reaps it, so no process outlives its owner unnoticed.
-public final class ChildProcess: @unchecked Sendable {
+/// One owner at a time (not Sendable): it remembers the status it reaped.
+public final class ChildProcess {
     public let command: [String]
     public let pid: pid_t
     /// The memfds holding stdout and stderr (`.capture`), else -1.
