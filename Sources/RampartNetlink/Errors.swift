@@ -27,7 +27,7 @@ public enum NetlinkError: Error, Sendable, CustomStringConvertible {
             "the ruleset changed underneath us: another process committed after generation \(g); nothing was changed"
         case .outcomeUnknown(let why): "outcome unknown: \(why); read the table back before trusting it"
         case .protocolError(let why): "netlink protocol error: \(why)"
-        case .noSuchNamespace(let name): "network namespace \"\(name)\" does not exist"
+        case .noSuchNamespace(let name): NoSuchNamespaceError(name: name).description
         }
     }
 

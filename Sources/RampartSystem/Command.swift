@@ -134,7 +134,7 @@ public struct CommandError: Error, Sendable, CustomStringConvertible {
         return switch reason {
         case .notFound(let path): "cannot run \(c): \(command.first ?? "(no program)") not found (searched \(path))"
         case .systemCall(let e): "cannot run \(c): \(e)"
-        case .noSuchNamespace(let n): "cannot run \(c): network namespace \"\(n)\" does not exist"
+        case .noSuchNamespace(let n): "cannot run \(c): \(NoSuchNamespaceError(name: n))"
         case .timedOut(let s): "\(c) did not finish within \(s) s and was killed"
         }
     }

@@ -37,6 +37,15 @@ import Testing
         #expect(throws: CommandError.self) { try Command(["/nonexistent/tool"]).run() }
     }
 
+    @Test func feedsAFile() throws {
+        let path = "/tmp/rampart-system-input-\(getpid())"
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        _ = "from a file\n".withCString { write(fd, $0, 12) }
+        close(fd)
+        defer { unlink(path) }
+        #expect(try Command(["cat"], input: .file(path)).run().stdout == "from a file\n")
+    }
+
     @Test func aMissingInputFileNamesTheFile() {
         do {
             _ = try Command(["cat"], input: .file("/nonexistent/input")).run()
