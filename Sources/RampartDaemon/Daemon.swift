@@ -6,6 +6,7 @@ import RampartConntrack
 import RampartCore
 import RampartNFTables
 import RampartNetlink
+import RampartSystem
 import RampartStore
 
 /// What one refresh (or a drain that covered it) came to.
