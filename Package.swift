@@ -24,6 +24,11 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
     ],
     targets: [
+        // The two Linux calls a Swift import of Glibc cannot see (setns, memfd_create).
+        .target(name: "CRampartSystem"),
+        // The system layer: typed errno, the syscall funnel, network namespaces, the one process
+        // spawner, Unix socket addresses. The only place errno becomes text.
+        .target(name: "RampartSystem", dependencies: ["CRampartSystem"]),
         // C shim over libnftnl/libmnl: only what Swift cannot import directly (macros,
         // attribute iteration, the batch-begin message with a generation id).
         .target(
@@ -32,7 +37,7 @@ let package = Package(
             linkerSettings: [.linkedLibrary("nftnl"), .linkedLibrary("mnl")]
         ),
         // Typed nftables objects and batches, sent over netlink; no process is ever started.
-        .target(name: "RampartNetlink", dependencies: ["CNetfilter"]),
+        .target(name: "RampartNetlink", dependencies: ["CNetfilter", "RampartSystem"]),
         // The pure core: document, validation, model, compiler, differ, events.
         .target(name: "RampartCore"),
         // Reference structures for tests and benchmarks only, never linked into rampart or
@@ -46,25 +51,25 @@ let package = Package(
             linkerSettings: [.linkedLibrary("ipset")]
         ),
         // The iptables backend: the same IR as iptables-restore --noflush input and ipsets.
-        .target(name: "RampartIPTables", dependencies: ["RampartCore", "RampartNetlink", "CIPSet"]),
+        .target(name: "RampartIPTables", dependencies: ["RampartCore", "RampartSystem", "CIPSet"]),
         // The nftables backend: IR ⇄ netlink objects, plans as one batch, read-back, drift repair.
         .target(name: "RampartNFTables", dependencies: ["RampartCore", "RampartNetlink"]),
         // Revocation, for either backend: after a commit that narrowed access, the conntrack
         // entries the committed IR no longer allows are found and deleted (ctnetlink).
-        .target(name: "RampartConntrack", dependencies: ["RampartCore", "RampartNetlink"]),
+        .target(name: "RampartConntrack", dependencies: ["RampartCore", "RampartNetlink", "RampartSystem"]),
         // Network-namespace fixtures for tests, benchmarks and the demo (uses `ip`, never on
         // Rampart's own kernel path).
-        .target(name: "RampartHarness", dependencies: ["RampartNetlink"]),
+        .target(name: "RampartHarness", dependencies: ["RampartSystem"]),
         // SQLite from the system (libsqlite3-dev), for the embedded store.
         .systemLibrary(name: "CSQLite"),
         // The controller's store: groups, rules, instances, hosts; per-host documents; fan-out.
-        .target(name: "RampartStore", dependencies: ["RampartCore", "CSQLite"]),
+        .target(name: "RampartStore", dependencies: ["RampartCore", "RampartSystem", "CSQLite"]),
         // The daemon's core: engine + backend, coalescing refresh queue, resync, status, metrics,
         // and the HTTP/JSON API over a Unix socket (SwiftNIO).
         .target(
             name: "RampartDaemon",
             dependencies: [
-                "RampartCore", "RampartNFTables", "RampartIPTables", "RampartConntrack", "RampartNetlink", "RampartStore",
+                "RampartCore", "RampartNFTables", "RampartIPTables", "RampartConntrack", "RampartNetlink", "RampartStore", "RampartSystem",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -79,7 +84,7 @@ let package = Package(
         .executableTarget(
             name: "rampartd",
             dependencies: [
-                "RampartDaemon", "RampartNetlink",
+                "RampartDaemon", "RampartNetlink", "RampartSystem",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -89,7 +94,7 @@ let package = Package(
         .executableTarget(
             name: "rampart",
             dependencies: [
-                "RampartCore", "RampartNFTables", "RampartNetlink", "RampartIPTables", "RampartConntrack", "RampartStore",
+                "RampartCore", "RampartNFTables", "RampartNetlink", "RampartIPTables", "RampartConntrack", "RampartStore", "RampartSystem",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -99,31 +104,32 @@ let package = Package(
             name: "rampart-bench",
             dependencies: [
                 "RampartNetlink", "RampartCore", "RampartCoreTestSupport", "RampartNFTables", "RampartConntrack", "RampartHarness", "RampartIPTables",
-                "RampartStore", "RampartDaemon",
+                "RampartStore", "RampartDaemon", "RampartSystem",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         // Test doubles kept out of the production modules (as NIO keeps NIOEmbedded apart): the
         // in-memory nftables (RecordingNFTables) and a scripted netlink transport that replays
         // kernel replies, so reply handling is tested without root.
-        .target(name: "RampartTestSupport", dependencies: ["RampartNetlink", "CNetfilter"]),
-        .testTarget(name: "RampartNetlinkTests", dependencies: ["RampartNetlink", "RampartHarness", "RampartTestSupport"]),
-        .testTarget(name: "RampartHarnessTests", dependencies: ["RampartHarness"]),
+        .target(name: "RampartTestSupport", dependencies: ["RampartNetlink", "RampartSystem", "CNetfilter"]),
+        .testTarget(name: "RampartSystemTests", dependencies: ["RampartSystem"]),
+        .testTarget(name: "RampartNetlinkTests", dependencies: ["RampartNetlink", "RampartSystem", "RampartHarness", "RampartTestSupport"]),
+        .testTarget(name: "RampartHarnessTests", dependencies: ["RampartHarness", "RampartSystem"]),
         // Kernel suites (tagged `.kernel`) run only as root; the rest run anywhere.
         .testTarget(
             name: "RampartNFTablesTests",
-            dependencies: ["RampartNFTables", "RampartIPTables", "RampartConntrack", "RampartCore", "RampartNetlink", "RampartHarness", "RampartTestSupport"]
+            dependencies: ["RampartNFTables", "RampartIPTables", "RampartConntrack", "RampartCore", "RampartNetlink", "RampartHarness", "RampartSystem", "RampartTestSupport"]
         ),
-        .testTarget(name: "RampartIPTablesTests", dependencies: ["RampartIPTables", "RampartCore", "RampartHarness"]),
-        .testTarget(name: "RampartStoreTests", dependencies: ["RampartStore", "RampartCore", "RampartCoreTestSupport"]),
+        .testTarget(name: "RampartIPTablesTests", dependencies: ["RampartIPTables", "RampartCore", "RampartHarness", "RampartSystem"]),
+        .testTarget(name: "RampartStoreTests", dependencies: ["RampartStore", "RampartCore", "RampartCoreTestSupport", "RampartSystem"]),
         .testTarget(
             name: "RampartDaemonTests",
-            dependencies: ["RampartDaemon", "RampartStore", "RampartCore", "RampartNFTables", "RampartIPTables", "RampartConntrack", "RampartNetlink", "RampartHarness", "RampartTestSupport"]
+            dependencies: ["RampartDaemon", "RampartStore", "RampartCore", "RampartNFTables", "RampartIPTables", "RampartConntrack", "RampartNetlink", "RampartHarness", "RampartSystem", "RampartTestSupport"]
         ),
         .testTarget(
             name: "RampartCoreTests",
             dependencies: [
-                "RampartCore", "RampartCoreTestSupport",
+                "RampartCore", "RampartCoreTestSupport", "RampartSystem",
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ]
         ),

@@ -1,6 +1,5 @@
 // Implementations of the shims declared in CNetfilter.h; see there for why each exists.
 #define _GNU_SOURCE
-#include <sched.h>
 #include "CNetfilter.h"
 #include <string.h>
 
@@ -53,8 +52,4 @@ bool rampart_parse_nlerr(const struct nlmsghdr *nlh, struct rampart_nlerr *out) 
         }
     }
     return true;
-}
-
-int rampart_setns_net(int fd) {
-    return setns(fd, CLONE_NEWNET);
 }

@@ -67,8 +67,4 @@ struct rampart_nlerr {
 /// loop is a macro). Returns false if the message is truncated.
 bool rampart_parse_nlerr(const struct nlmsghdr *nlh, struct rampart_nlerr *out);
 
-/// setns(fd, CLONE_NEWNET): glibc declares setns only under _GNU_SOURCE, which a Swift
-/// module import does not define. Returns 0, or -1 with errno set.
-int rampart_setns_net(int fd);
-
 #endif

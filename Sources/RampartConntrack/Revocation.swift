@@ -4,6 +4,7 @@ import Glibc
 import Dispatch
 import RampartCore
 import RampartNetlink
+import RampartSystem
 
 /// Revocation is immediate (contract rule 8): after a commit that narrowed the policy, the
 /// conntrack entries the new policy no longer allows are deleted, so that `ct state established`

@@ -57,7 +57,8 @@ public struct BackendChange: Sendable {
     /// One line: what changed, in the backend's terms (`2 chains rewritten, 1 element added`).
     public var summary: String
     /// The change in the backend's own syntax (nft statements; iptables-restore and ipset
-    /// lines), for `diff` and `--dry-run`.
+    /// lines), for `diff` and `--dry-run`: filled by `pending` only (a commit does not spend
+    /// time rendering what nobody reads).
     public var text: String
     /// The core Plan the change carried out, when the backend worked from one (nftables
     /// always; iptables only in `commit`): revocation reads what narrowed from it.

@@ -2,6 +2,7 @@ import RampartCore
 import RampartIPTables
 import RampartNetlink
 import RampartNFTables
+import RampartSystem
 
 /// Which backend `rampartd` programs the kernel with, and where: its `--backend`, `--topology`,
 /// `--iptables` and `--netns` (the same options as the CLI's). Makes the daemon's backend

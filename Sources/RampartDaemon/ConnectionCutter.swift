@@ -1,6 +1,7 @@
 import RampartConntrack
 import RampartCore
 import RampartNetlink
+import RampartSystem
 
 /// Deletes the conntrack entries the committed IR no longer allows (contract rule 8), after a
 /// commit that narrowed access. Injected: `rampartd` and the kernel tests use `ConntrackCutter`;

@@ -4,6 +4,7 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import NIOConcurrencyHelpers
+import RampartSystem
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -61,6 +62,8 @@ public final class APIServer: Sendable {
     /// `AT_SYMLINK_NOFOLLOW` (the socket inode's own `fchmod` would not change the path's
     /// permissions, which are what `connect` checks).
     public func start(mode: mode_t = 0o600, group gid: gid_t? = nil) async throws {
+        // A path that does not fit a sockaddr_un is refused by name, before anything is touched.
+        do { _ = try UnixSocketAddress(socketPath) } catch { throw ServerError(description: error.description) }
         var dir = (socketPath as NSString).deletingLastPathComponent
         if dir.isEmpty { dir = "." }
         let name = (socketPath as NSString).lastPathComponent
@@ -150,7 +153,7 @@ public final class APIServer: Sendable {
         try? await group.shutdownGracefully()
     }
 
-    static func errno() -> String { String(cString: strerror(Glibc.errno)) }
+    static func errno() -> String { Errno.current.description }
 
     static func kind(_ mode: mode_t) -> String {
         switch mode & S_IFMT {
@@ -174,15 +177,8 @@ extension APIServer {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { return false }
         defer { close(fd) }
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { return false }
-        withUnsafeMutableBytes(of: &addr.sun_path) { raw in for (i, b) in bytes.enumerated() { raw[i] = b } }
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        return rc == 0
+        guard let address = try? UnixSocketAddress(path) else { return false }
+        return (try? address.connect(fd)) != nil
     }
 }
 

@@ -1,6 +1,6 @@
 import Foundation
 import RampartCore
-import RampartNetlink
+import RampartSystem
 
 /// Which iptables implementation writes the rules.
 public enum IPTablesVariant: String, Sendable, CaseIterable {

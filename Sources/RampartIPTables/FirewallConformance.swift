@@ -31,7 +31,7 @@ extension IPTablesBackend: FirewallBackend {
     }
 
     public func pending(to desired: RulesetIR?) throws -> BackendChange {
-        Self.change(try pendingChange(to: desired), plan: nil, previous: nil)
+        Self.change(try pendingChange(to: desired), plan: nil, previous: nil, rendered: true)
     }
 
     /// iptables cannot tell cheaply (no generation for legacy, and iptables-nft's is shared
@@ -60,8 +60,9 @@ extension IPTablesBackend: FirewallBackend {
         return ["br_netfilter is not handing bridged traffic to iptables here (net.bridge.bridge-nf-call-iptables / -ip6tables): bridged instances are not filtered"]
     }
 
-    static func change(_ c: IPTChange, plan: Plan?, previous: RulesetIR?) -> BackendChange {
-        BackendChange(isEmpty: c.isEmpty, summary: c.isEmpty ? "no changes" : c.summary, text: c.text, plan: plan,
+    /// `rendered`: the text too (only `pending` pays for it).
+    static func change(_ c: IPTChange, plan: Plan?, previous: RulesetIR?, rendered: Bool = false) -> BackendChange {
+        BackendChange(isEmpty: c.isEmpty, summary: c.isEmpty ? "no changes" : c.summary, text: rendered ? c.text : "", plan: plan,
                       previous: previous, operations: c.operations)
     }
 }

@@ -1,6 +1,6 @@
 import CIPSet
 import Foundation
-import RampartNetlink
+import RampartSystem
 
 /// Writes ipset commands (`ipset restore` syntax, `-exist` semantics).
 public protocol IPSetWriter: AnyObject {
@@ -56,7 +56,7 @@ public final class LibIPSetWriter: IPSetWriter {
             }
         }
         if rc != 0 {
-            throw IPTError(command: "libipset", status: rc, message: String(cString: err))
+            throw IPTError(command: "libipset", status: rc, message: String(decoding: err.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
         }
     }
 }

@@ -74,9 +74,10 @@ public final class NFTablesBackend {
     /// What the last successful commit sent (messages and bytes of its one datagram).
     public private(set) var lastCommit: CommitResult?
 
-    private func change(_ plan: Plan, previous: RulesetIR?, generation: UInt32?) -> BackendChange {
+    /// `rendered`: the nft text too (only `pending` pays for it: a commit's hot path does not).
+    private func change(_ plan: Plan, previous: RulesetIR?, generation: UInt32?, rendered: Bool = false) -> BackendChange {
         BackendChange(isEmpty: plan.isEmpty, summary: plan.isEmpty ? "no changes" : "\(plan.summary)",
-                      text: plan.isEmpty ? "" : Render.plan(plan, table: table), plan: plan, previous: previous,
+                      text: rendered && !plan.isEmpty ? Render.plan(plan, table: table) : "", plan: plan, previous: previous,
                       operations: plan.ops.count, generation: generation)
     }
 
@@ -110,7 +111,7 @@ public final class NFTablesBackend {
     /// What `converge` would commit, from a fresh read-back, changing nothing.
     public func pending(to desired: RulesetIR?) throws(NetlinkError) -> BackendChange {
         let current = try readBack(reference: desired)
-        return change(diff(from: current, to: desired), previous: current, generation: mirrorGeneration)
+        return change(diff(from: current, to: desired), previous: current, generation: mirrorGeneration, rendered: true)
     }
 
     /// The batch a plan would be sent as (for tests and `--dry-run` diagnostics).

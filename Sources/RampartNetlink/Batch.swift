@@ -1,3 +1,5 @@
+import RampartSystem
+
 /// One operation of a batch. A batch of operations is one nftables transaction: the kernel
 /// commits all of them or none.
 public enum BatchOperation: Sendable, Hashable, CustomStringConvertible {

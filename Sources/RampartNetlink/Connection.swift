@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CNetfilter
+import RampartSystem
 
 /// What higher layers need from nftables: commit a batch atomically, know the ruleset
 /// generation, read a table back. `NFTablesConnection` does it over netlink;

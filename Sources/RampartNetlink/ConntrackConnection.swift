@@ -1,4 +1,5 @@
 #if canImport(Glibc)
+import RampartSystem
 import Glibc
 #endif
 import CNetfilter

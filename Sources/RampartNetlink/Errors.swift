@@ -1,61 +1,4 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
-
-/// An errno value with its symbolic name, e.g. `ENOENT (No such file or directory)`.
-public struct Errno: Error, Sendable, Hashable, CustomStringConvertible {
-    public let rawValue: Int32
-    public init(_ rawValue: Int32) { self.rawValue = rawValue }
-
-    public static let ENOENT = Errno(Glibc.ENOENT)
-    public static let EEXIST = Errno(Glibc.EEXIST)
-    public static let EBUSY = Errno(Glibc.EBUSY)
-    public static let EINVAL = Errno(Glibc.EINVAL)
-    public static let ENOBUFS = Errno(Glibc.ENOBUFS)
-    public static let EAGAIN = Errno(Glibc.EAGAIN)
-    public static let EINTR = Errno(Glibc.EINTR)
-    public static let EPERM = Errno(Glibc.EPERM)
-    public static let ERESTART = Errno(Glibc.ERESTART)
-    public static let EMSGSIZE = Errno(Glibc.EMSGSIZE)
-    public static let EOPNOTSUPP = Errno(Glibc.EOPNOTSUPP)
-    public static let ENOSPC = Errno(Glibc.ENOSPC)
-
-    /// The symbolic name (`ENOENT`) when known.
-    public var name: String {
-        switch rawValue {
-        case Glibc.EPERM: "EPERM"
-        case Glibc.ENOENT: "ENOENT"
-        case Glibc.EINTR: "EINTR"
-        case Glibc.EBADF: "EBADF"
-        case Glibc.EAGAIN: "EAGAIN"
-        case Glibc.ENOMEM: "ENOMEM"
-        case Glibc.EACCES: "EACCES"
-        case Glibc.EBUSY: "EBUSY"
-        case Glibc.EEXIST: "EEXIST"
-        case Glibc.ENODEV: "ENODEV"
-        case Glibc.EINVAL: "EINVAL"
-        case Glibc.ENFILE: "ENFILE"
-        case Glibc.EMFILE: "EMFILE"
-        case Glibc.ENOSPC: "ENOSPC"
-        case Glibc.ERANGE: "ERANGE"
-        case Glibc.ELOOP: "ELOOP"
-        case Glibc.ENAMETOOLONG: "ENAMETOOLONG"
-        case Glibc.EMSGSIZE: "EMSGSIZE"
-        case Glibc.EPROTONOSUPPORT: "EPROTONOSUPPORT"
-        case Glibc.EOPNOTSUPP: "EOPNOTSUPP"
-        case Glibc.EAFNOSUPPORT: "EAFNOSUPPORT"
-        case Glibc.ENOBUFS: "ENOBUFS"
-        case Glibc.ENOTEMPTY: "ENOTEMPTY"
-        case Glibc.ERESTART: "ERESTART"
-        case Glibc.EOVERFLOW: "EOVERFLOW"
-        default: "errno \(rawValue)"
-        }
-    }
-
-    public var description: String { "\(name) (\(String(cString: strerror(rawValue))))" }
-}
+import RampartSystem
 
 /// Why a netlink request failed.
 public enum NetlinkError: Error, Sendable, CustomStringConvertible {
@@ -76,7 +19,7 @@ public enum NetlinkError: Error, Sendable, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case .systemCall(let call, let errno): "\(call) failed: \(errno)"
+        case .systemCall(let call, let errno): SystemCallError(call, errno).description
         case .rejected(let failures):
             "the kernel rejected the transaction (nothing was changed): "
                 + failures.map(\.description).joined(separator: "; ")
@@ -84,7 +27,7 @@ public enum NetlinkError: Error, Sendable, CustomStringConvertible {
             "the ruleset changed underneath us: another process committed after generation \(g); nothing was changed"
         case .outcomeUnknown(let why): "outcome unknown: \(why); read the table back before trusting it"
         case .protocolError(let why): "netlink protocol error: \(why)"
-        case .noSuchNamespace(let name): "network namespace \"\(name)\" does not exist"
+        case .noSuchNamespace(let name): NoSuchNamespaceError(name: name).description
         }
     }
 
@@ -117,15 +60,12 @@ public struct OperationFailure: Sendable, Hashable, CustomStringConvertible {
     }
 }
 
-/// Runs a system call that returns -1 and sets errno on failure, retrying on EINTR, and turns
-/// the failure into a typed error naming the call.
+/// RampartSystem's syscall funnel (EINTR retried), its failure typed as this module's error.
 @discardableResult
 func syscall<T: BinaryInteger>(_ name: @autoclosure () -> String, _ body: () -> T) throws(NetlinkError) -> T {
-    while true {
-        let result = body()
-        if result >= 0 { return result }
-        let e = Glibc.errno
-        if e == Glibc.EINTR { continue }
-        throw .systemCall(name(), Errno(e))
+    do {
+        return try RampartSystem.syscall(name(), body)
+    } catch {
+        throw .systemCall(error.name, error.errno)
     }
 }

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CNetfilter
+import RampartSystem
 
 /// A `NETLINK_NETFILTER` socket: the real `NetlinkTransport`. One datagram out per batch,
 /// replies drained after it.

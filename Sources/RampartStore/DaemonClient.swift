@@ -2,6 +2,7 @@ import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
+import RampartSystem
 
 /// A minimal blocking HTTP/1.1 client over a Unix domain socket, for the CLI's controller verbs
 /// and the tests: one request per connection (`Connection: close`).
@@ -26,23 +27,15 @@ public struct DaemonClient: Sendable {
     }
 
     public func request(_ method: String, _ path: String, body: String? = nil) throws -> Response {
+        let address: UnixSocketAddress
+        do { address = try UnixSocketAddress(socketPath) } catch { throw ClientError(description: error.description) }
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw ClientError(description: "socket: \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else { throw ClientError(description: "socket: \(Errno.current)") }
         defer { close(fd) }
         var tv = timeval(tv_sec: Int(timeout), tv_usec: Int(timeout.truncatingRemainder(dividingBy: 1) * 1e6))
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(socketPath.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { throw ClientError(description: "socket path too long: \(socketPath)") }
-        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
-            for (i, b) in bytes.enumerated() { raw[i] = b }
-        }
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard rc == 0 else { throw ClientError(description: "connect \(socketPath): \(String(cString: strerror(errno)))") }
+        do { try address.connect(fd) } catch { throw ClientError(description: "connect \(socketPath): \(error.errno)") }
         let payload = Array((body ?? "").utf8)
         var req = "\(method) \(path) HTTP/1.1\r\nHost: rampartd\r\nConnection: close\r\nContent-Length: \(payload.count)\r\n"
         if body != nil { req += "Content-Type: application/json\r\n" }
@@ -54,18 +47,20 @@ public struct DaemonClient: Sendable {
             let n = out[sent...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
             // The daemon may have answered (503, connection refused over the cap) and closed
             // before reading the request: read what it said before reporting the send error.
-            guard n > 0 else { sendError = "send: \(String(cString: strerror(errno)))"; break }
+            guard n > 0 else { sendError = "send: \(Errno.current)"; break }
             sent += n
         }
         var data: [UInt8] = []
         var buf = [UInt8](repeating: 0, count: 65536)
         while true {
-            let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            if n == 0 { break }
-            guard n > 0 else {
-                if !data.isEmpty && errno == ECONNRESET { break }  // closed with our request unread, after its answer
-                throw ClientError(description: sendError ?? "recv: \(String(cString: strerror(errno)))")
+            let n: Int
+            do {
+                n = try syscall("recv") { buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) } }
+            } catch {
+                if !data.isEmpty && error.errno == .ECONNRESET { break }  // closed with our request unread, after its answer
+                throw ClientError(description: sendError ?? "recv: \(error.errno)")
             }
+            if n == 0 { break }
             data += buf[0..<n]
         }
         if data.isEmpty, let sendError { throw ClientError(description: sendError) }

@@ -2,6 +2,7 @@ import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
+import RampartSystem
 
 /// The store's files on disk: created private (directory 0700, files 0600, whatever the umask),
 /// and checked before the root daemon trusts them.
@@ -9,7 +10,7 @@ public enum StoreFiles {
     /// The files SQLite keeps beside the database.
     public static func companions(of path: String) -> [String] { [path + "-wal", path + "-shm", path + "-journal"] }
 
-    static func errno() -> String { String(cString: strerror(Glibc.errno)) }
+    static func errno() -> String { Errno.current.description }
 
     static func modeText(_ m: mode_t) -> String { "0" + String(m & 0o7777, radix: 8) }
 

@@ -1,4 +1,5 @@
 import RampartNetlink
+import RampartSystem
 
 /// An in-memory stand-in for the kernel's nftables, for testing higher layers without root.
 ///

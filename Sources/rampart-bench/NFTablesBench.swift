@@ -4,6 +4,7 @@ import RampartCore
 import RampartHarness
 import RampartNFTables
 import RampartNetlink
+import RampartSystem
 
 /// `rampart-bench nftables`: the whole path (engine event → Plan → netlink batch → committed)
 /// on host-100, host-1k and host-5k, beside the baselines measured in the same run, each in its

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import RampartHarness
 import RampartNetlink
+import RampartSystem
 
 /// `rampart-bench netlink`: the netlink layer against `nft` doing the same work, in the same run,
 /// each in a throwaway network namespace.

@@ -1,3 +1,4 @@
+import RampartSystem
 import ArgumentParser
 import Foundation
 import RampartConntrack

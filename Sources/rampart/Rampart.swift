@@ -5,6 +5,7 @@ import RampartCore
 import RampartIPTables
 import RampartNFTables
 import RampartNetlink
+import RampartSystem
 
 /// `rampart`: apply a desired-state document to this host's kernel (nftables, or iptables and
 /// ipsets), show what is enforced, diff, flush; and the controller's verbs over the store. Exit status: 0 success (or nothing to do), 1 invalid document or usage, 2 the

@@ -4,6 +4,7 @@ import Logging
 import RampartDaemon
 import RampartIPTables
 import RampartNetlink
+import RampartSystem
 import RampartStore
 import ServiceLifecycle
 
@@ -161,22 +162,14 @@ struct APIService: Service {
 /// sd_notify without libsystemd: one datagram to $NOTIFY_SOCKET.
 enum SystemdNotify {
     static func send(_ message: String) {
-        guard let path = ProcessInfo.processInfo.environment["NOTIFY_SOCKET"], !path.isEmpty else { return }
+        guard let path = ProcessInfo.processInfo.environment["NOTIFY_SOCKET"], !path.isEmpty,
+              let address = try? UnixSocketAddress(path) else { return }  // "@name": the abstract namespace
         let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { return }
         defer { close(fd) }
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        var bytes = Array(path.utf8)
-        if bytes.first == UInt8(ascii: "@") { bytes[0] = 0 }  // abstract namespace
-        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { return }
-        withUnsafeMutableBytes(of: &addr.sun_path) { raw in for (i, b) in bytes.enumerated() { raw[i] = b } }
-        let len = socklen_t(MemoryLayout<sa_family_t>.size + bytes.count)
         let payload = Array(message.utf8)
-        _ = withUnsafePointer(to: &addr) { p in
-            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa in
-                payload.withUnsafeBytes { sendto(fd, $0.baseAddress, $0.count, 0, sa, len) }
-            }
+        _ = address.withSockaddr { sa, length in
+            payload.withUnsafeBytes { sendto(fd, $0.baseAddress, $0.count, 0, sa, length) }
         }
     }
 }

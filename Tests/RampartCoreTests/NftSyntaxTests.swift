@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import RampartCore
+import RampartSystem
 
 /// Whether `nft` can check files here: it also needs root (`.rootOnly`) and a private network
 /// namespace (`unshare -n`), so the check never touches the host's ruleset. Elsewhere these
@@ -13,16 +14,8 @@ func nftCheck(_ text: String) throws -> String? {
     let path = NSTemporaryDirectory() + "rampart-core-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).nft"
     try text.write(toFile: path, atomically: true, encoding: .utf8)
     defer { try? FileManager.default.removeItem(atPath: path) }
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/usr/bin/unshare")
-    p.arguments = ["-n", "/usr/sbin/nft", "-c", "-f", path]
-    let err = Pipe()
-    p.standardError = err
-    p.standardOutput = err
-    try p.run()
-    let out = err.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    return p.terminationStatus == 0 ? nil : String(decoding: out, as: UTF8.self)
+    let r = try Command(["/usr/bin/unshare", "-n", "/usr/sbin/nft", "-c", "-f", path]).run()
+    return r.succeeded ? nil : r.stdout + r.stderr
 }
 
 /// The rendered text is what operators read and may feed to `nft -f`; nft itself (and the kernel,

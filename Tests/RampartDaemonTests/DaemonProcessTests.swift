@@ -5,22 +5,18 @@ import RampartHarness
 import RampartNetlink
 import RampartNFTables
 import RampartStore
+import RampartSystem
 import Testing
 
 /// The real `rampartd` executable: kill -9 in the middle of a burst, restart, convergence, and
 /// no probe that the policy denies ever passes; sd_notify READY; SIGTERM leaves the rules.
 @Suite("rampartd executable: crash and restart", .serialized, .tags(.kernel), .rootOnly) struct DaemonProcessTests {
     final class DaemonProcess: @unchecked Sendable {
-        let process = Process()
+        let process: ChildProcess
         init(_ h: DaemonHypervisor, notify: String? = nil, extra: [String] = []) throws {
-            process.executableURL = URL(fileURLWithPath: executable("rampartd"))
-            process.arguments = ["--host", "hv1", "--store", h.storePath, "--socket", h.socketPath,
-                                 "--netns", h.topo.hypervisor.name, "--resync-interval", "3600", "--log-level", "warning"] + extra
-            var env = ProcessInfo.processInfo.environment
-            if let notify { env["NOTIFY_SOCKET"] = notify }
-            process.environment = env
-            process.standardOutput = FileHandle.nullDevice
-            try process.run()
+            let arguments = [executable("rampartd"), "--host", "hv1", "--store", h.storePath, "--socket", h.socketPath,
+                             "--netns", h.topo.hypervisor.name, "--resync-interval", "3600", "--log-level", "warning"] + extra
+            process = try Command(arguments, output: .inherit, environment: notify.map { ["NOTIFY_SOCKET": $0] } ?? [:]).spawn()
             let deadline = Date().addingTimeInterval(15)
             while Date() < deadline {
                 if let r = try? DaemonClient(socketPath: h.socketPath, timeout: 2).request("GET", "/v1/status"), r.status == 200 { return }
@@ -29,13 +25,12 @@ import Testing
             throw HarnessError("rampartd did not become ready")
         }
         func kill9() {
-            kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
+            process.signal(SIGKILL)
+            _ = try? process.wait()
         }
         func terminate() -> Int32 {
-            kill(process.processIdentifier, SIGTERM)
-            process.waitUntilExit()
-            return process.terminationStatus
+            process.signal(SIGTERM)
+            return (try? process.wait()) ?? -1
         }
     }
 
@@ -46,10 +41,7 @@ import Testing
         init(path: String) {
             self.path = path
             fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
-            var addr = sockaddr_un()
-            addr.sun_family = sa_family_t(AF_UNIX)
-            withUnsafeMutableBytes(of: &addr.sun_path) { raw in for (i, b) in path.utf8.enumerated() { raw[i] = b } }
-            _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+            try? UnixSocketAddress(path).bind(fd)
             var tv = timeval(tv_sec: 0, tv_usec: 200_000)
             setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         }

@@ -5,6 +5,7 @@ import RampartHarness
 import RampartNetlink
 import RampartNFTables
 import RampartStore
+import RampartSystem
 import Testing
 
 /// The daemon fails closed (fake kernel, real SQLite files, the real API server on a Unix socket):
@@ -301,10 +302,7 @@ import Testing
         // a stale socket is replaced
         let stale = dir + "/stale.sock"
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &addr.sun_path) { raw in for (i, b) in stale.utf8.enumerated() { raw[i] = b } }
-        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        try UnixSocketAddress(stale).bind(fd)
         close(fd)  // bound, never listened: stale
         let s = APIServer(socketPath: stale, router: router)
         d.start()
@@ -353,11 +351,7 @@ extension FailClosedTests.Fixture {
 /// Connects to a Unix socket and returns the descriptor (-1 on failure).
 func rawConnect(_ path: String) -> Int32 {
     let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-    var addr = sockaddr_un()
-    addr.sun_family = sa_family_t(AF_UNIX)
-    withUnsafeMutableBytes(of: &addr.sun_path) { raw in for (i, b) in path.utf8.enumerated() { raw[i] = b } }
-    let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
-    if rc != 0 { close(fd); return -1 }
+    guard (try? UnixSocketAddress(path).connect(fd)) != nil else { close(fd); return -1 }
     return fd
 }
 

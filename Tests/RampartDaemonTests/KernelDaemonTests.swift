@@ -5,6 +5,7 @@ import RampartHarness
 import RampartNetlink
 import RampartNFTables
 import RampartStore
+import RampartSystem
 import Testing
 
 /// The executables built beside the test bundle.

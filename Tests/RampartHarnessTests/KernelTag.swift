@@ -2,7 +2,8 @@ import Foundation
 import Testing
 
 // The same few lines in each test target that has kernel tests (RampartCoreTests,
-// RampartStoreTests, RampartNFTablesTests, RampartIPTablesTests, RampartHarnessTests): a target
+// RampartStoreTests, RampartNFTablesTests, RampartIPTablesTests, RampartHarnessTests,
+// RampartNetlinkTests, RampartDaemonTests): a target
 // cannot see another's test helpers, and a shared library importing Testing would link it into
 // whatever else depends on that library.
 

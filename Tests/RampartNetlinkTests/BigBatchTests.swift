@@ -3,7 +3,7 @@ import RampartHarness
 @testable import RampartNetlink
 
 /// Socket buffers sized for the batch, and element lists split over messages.
-@Suite("Big batches") struct BigBatchTests {
+@Suite("Big batches", .tags(.kernel), .rootOnly) struct BigBatchTests {
     @Test func fiftyThousandRulesInOneBatch() throws {
         let k = try KernelFixture("big")
         var b = Batch([.addTable(NFTTable(family: .inet, name: T))])
@@ -70,7 +70,7 @@ import RampartHarness
 
 /// Deleting or flushing big objects in one batch: the kernel's notifications for what a message
 /// removes must not flood the socket (they are echoed only for the echo carrier).
-@Suite("Big deletions") struct BigDeletionTests {
+@Suite("Big deletions", .tags(.kernel), .rootOnly) struct BigDeletionTests {
     @Test func deleteAndFlushLargeObjects() throws {
         let k = try KernelFixture("bigdel")
         var b = Batch([.addTable(NFTTable(family: .inet, name: T)), .addChain(NFTChain(family: .inet, table: T, name: "c")),

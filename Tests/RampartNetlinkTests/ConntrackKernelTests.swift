@@ -6,7 +6,7 @@ import RampartHarness
 /// ctnetlink against the kernel, in a throwaway namespace: entries inserted over netlink are
 /// dumped back (per family, and filtered by an address in the kernel with CTA_FILTER), deleted by
 /// tuple; `conntrack -L` is the oracle.
-@Suite("conntrack over netlink", .serialized) struct ConntrackKernelTests {
+@Suite("conntrack over netlink", .serialized, .tags(.kernel), .rootOnly) struct ConntrackKernelTests {
     static func v4(_ a: UInt32) -> ConntrackAddress { ConntrackAddress(ipv4: a) }
     static let web1: UInt32 = 0x0A00_010B  // 10.0.1.11
     static let web2: UInt32 = 0x0A00_010C  // 10.0.1.12

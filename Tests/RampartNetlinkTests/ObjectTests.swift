@@ -6,7 +6,7 @@ import RampartHarness
 /// Every object kind is created over netlink, read back over netlink, and checked against
 /// `nft -j list ruleset`: nft parses what we wrote, so if nft prints the rule we meant, the
 /// bytecode is right.
-@Suite("Objects against the kernel and nft") struct ObjectTests {
+@Suite("Objects against the kernel and nft", .tags(.kernel), .rootOnly) struct ObjectTests {
     @Test func tablesAndTheirFlags() throws {
         let k = try KernelFixture()
         try k.nl.commit(Batch([

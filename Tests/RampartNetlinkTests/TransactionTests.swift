@@ -4,7 +4,7 @@ import RampartHarness
 @testable import RampartNetlink
 
 /// Atomicity, error mapping and the generation guard, against the kernel.
-@Suite("Transactions") struct TransactionTests {
+@Suite("Transactions", .tags(.kernel), .rootOnly) struct TransactionTests {
     /// A table with some content, and its snapshot.
     func populated(_ k: KernelFixture) throws -> TableSnapshot {
         try k.nl.commit(Batch([

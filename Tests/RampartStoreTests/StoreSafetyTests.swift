@@ -1,16 +1,13 @@
 import Foundation
 import RampartCore
 import RampartStore
+import RampartSystem
 import Testing
 
 /// Runs sqlite3 on a store file (a second writer, to corrupt rows as a bad disk or hand edit would).
 func sqlite3(_ path: String, _ sql: String) throws {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/usr/bin/sqlite3")
-    p.arguments = [path, "PRAGMA foreign_keys=OFF; " + sql]
-    try p.run()
-    p.waitUntilExit()
-    #expect(p.terminationStatus == 0)
+    let r = try Command(["sqlite3", path, "PRAGMA foreign_keys=OFF; " + sql], output: .inherit).run()
+    #expect(r.status == 0)
 }
 
 /// A store path in a directory of its own (the store creates it, mode 0700), inside the
