@@ -124,7 +124,12 @@ let package = Package(
         .testTarget(name: "RampartStoreTests", dependencies: ["RampartStore", "RampartCore", "RampartCoreTestSupport", "RampartSystem"]),
         .testTarget(
             name: "RampartDaemonTests",
-            dependencies: ["RampartDaemon", "RampartStore", "RampartCore", "RampartNFTables", "RampartIPTables", "RampartConntrack", "RampartNetlink", "RampartHarness", "RampartSystem", "RampartTestSupport"]
+            dependencies: [
+                "RampartDaemon", "RampartStore", "RampartCore", "RampartNFTables", "RampartIPTables", "RampartConntrack", "RampartNetlink", "RampartHarness",
+                "RampartSystem", "RampartTestSupport",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
         ),
         .testTarget(
             name: "RampartCoreTests",

@@ -1,8 +1,10 @@
 import Foundation
+import Logging
 import RampartConntrack
 import RampartCore
 import RampartDaemon
 import RampartStore
+import ServiceLifecycle
 import Testing
 
 /// The reconciler against an in-memory backend and a manual clock: resync interval, retry
@@ -167,6 +169,24 @@ import Testing
         f.cutter.fail = false
         #expect(await f.daemon.resync().isCommitted)
         #expect(f.cutter.scopes.last == .all && !f.status.conntrackCutOwed)
+    }
+
+    /// `ReconcilerService` owns the reconciler's lifetime: it starts it, and graceful shutdown
+    /// stops it after the pass in progress (the run returns, new waiters are told it stopped).
+    @Test func theServiceStopsTheReconcilerOnGracefulShutdown() async throws {
+        let f = try Fixture()
+        let group = ServiceGroup(services: [ReconcilerService(daemon: f.daemon)], gracefulShutdownSignals: [], cancellationSignals: [],
+                                 logger: Logger(label: "test"))
+        try await withThrowingTaskGroup(of: Void.self) { tasks in
+            tasks.addTask { try await group.run() }
+            await f.daemon.waitUntilReady()
+            #expect(await f.daemon.refresh(.members("admin")).isCommitted)
+            await group.triggerGracefulShutdown()
+            try await tasks.next()
+        }
+        await f.daemon.stopped()
+        #expect(await f.daemon.refresh(.members("admin")) == RefreshQueue.stoppingOutcome)
+        #expect(try f.backend.kernel == f.expected())  // the rules stay
     }
 
     @Test func theStatusJSONKeepsItsShape() async throws {
