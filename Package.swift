@@ -57,6 +57,11 @@ let package = Package(
         // Revocation, for either backend: after a commit that narrowed access, the conntrack
         // entries the committed IR no longer allows are found and deleted (ctnetlink).
         .target(name: "RampartConntrack", dependencies: ["RampartCore", "RampartNetlink", "RampartSystem"]),
+        // The backend chosen by `--backend` and its options, for the CLI and the daemon alike.
+        .target(name: "RampartBackends", dependencies: [
+            "RampartCore", "RampartNFTables", "RampartIPTables", "RampartConntrack", "RampartNetlink", "RampartSystem",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
         // Network-namespace fixtures for tests, benchmarks and the demo (uses `ip`, never on
         // Rampart's own kernel path).
         .target(name: "RampartHarness", dependencies: ["RampartSystem"]),
@@ -69,7 +74,7 @@ let package = Package(
         .target(
             name: "RampartDaemon",
             dependencies: [
-                "RampartCore", "RampartNFTables", "RampartIPTables", "RampartConntrack", "RampartNetlink", "RampartStore", "RampartSystem",
+                "RampartCore", "RampartConntrack", "RampartStore", "RampartSystem",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -84,7 +89,7 @@ let package = Package(
         .executableTarget(
             name: "rampartd",
             dependencies: [
-                "RampartDaemon", "RampartNetlink", "RampartSystem",
+                "RampartDaemon", "RampartBackends", "RampartNetlink", "RampartSystem",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -94,7 +99,7 @@ let package = Package(
         .executableTarget(
             name: "rampart",
             dependencies: [
-                "RampartCore", "RampartNFTables", "RampartNetlink", "RampartIPTables", "RampartConntrack", "RampartStore", "RampartSystem",
+                "RampartCore", "RampartBackends", "RampartNFTables", "RampartNetlink", "RampartIPTables", "RampartConntrack", "RampartStore", "RampartSystem",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -104,7 +109,7 @@ let package = Package(
             name: "rampart-bench",
             dependencies: [
                 "RampartNetlink", "RampartCore", "RampartCoreTestSupport", "RampartNFTables", "RampartConntrack", "RampartHarness", "RampartIPTables",
-                "RampartStore", "RampartDaemon", "RampartSystem",
+                "RampartStore", "RampartDaemon", "RampartBackends", "RampartSystem",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -125,7 +130,7 @@ let package = Package(
         .testTarget(
             name: "RampartDaemonTests",
             dependencies: [
-                "RampartDaemon", "RampartStore", "RampartCore", "RampartNFTables", "RampartIPTables", "RampartConntrack", "RampartNetlink", "RampartHarness",
+                "RampartDaemon", "RampartBackends", "RampartStore", "RampartCore", "RampartNFTables", "RampartIPTables", "RampartConntrack", "RampartNetlink", "RampartHarness",
                 "RampartSystem", "RampartTestSupport",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),

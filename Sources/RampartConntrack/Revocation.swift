@@ -146,6 +146,18 @@ public enum Revocation {
         return addresses.isEmpty ? .none : .addresses(addresses)
     }
 
+    /// What revocation must do after a backend change that led to `ir`: the scope, and the
+    /// addresses whose entries go whatever the policy says. From the change's Plan when it has
+    /// one (`previous`: the IR it started from); a Plan-less change (an iptables converge) that
+    /// changed anything reviews every local instance's entries, and cuts at the addresses it
+    /// reports as departed.
+    public static func work(after change: BackendChange, result ir: RulesetIR, previous: RulesetIR?) -> (scope: Scope, departed: Set<IPAddress>) {
+        if let plan = change.plan {
+            return (scope(of: plan, result: ir, previous: previous), departed(in: plan, result: ir))
+        }
+        return (change.isEmpty ? .none : .all, change.departed)
+    }
+
     /// Whether `new` is `old` with rules inserted that can only accept: an `accept`, or a jump
     /// to a group chain (whose rules only accept or fall through).
     static func onlyAdds(_ old: [IRRule], _ new: [IRRule]) -> Bool {

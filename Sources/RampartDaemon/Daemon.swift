@@ -1,3 +1,4 @@
+import RampartConntrack
 import Foundation
 import Logging
 import Prometheus

@@ -214,8 +214,7 @@ final class Reconciler: @unchecked Sendable {
         }
         do {
             let b = try connect()
-            try b.commit(plan, result: engine.planned)
-            cutConnections(plan: plan, changed: true, previous: before)
+            cutConnections(after: try b.commit(plan, result: engine.planned), previous: before)
             metrics.opsApplied.increment(by: plan.ops.count)
             metrics.commits.increment()
             recordSync(since: start, commits: 1)
@@ -255,8 +254,7 @@ final class Reconciler: @unchecked Sendable {
                 // its own so that it is not counted as drift; if refused, the converge below
                 // (from a fresh read-back) does it.
                 do {
-                    try b.commit(catchUp, result: engine.planned)
-                    cutConnections(plan: catchUp, changed: true, previous: before)
+                    cutConnections(after: try b.commit(catchUp, result: engine.planned), previous: before)
                     metrics.opsApplied.increment(by: catchUp.ops.count)
                     metrics.commits.increment()
                     caughtUp = true
@@ -295,12 +293,11 @@ final class Reconciler: @unchecked Sendable {
     /// trusted), cuts what it narrowed, and counts what it took; `asDrift` also counts the
     /// operations as drift repaired.
     private func converge(_ b: any FirewallBackend, asDrift: Bool) throws -> BackendChange {
-        let change = try b.converge(to: engine.planned)
-        var plan = change.plan
+        var change = try b.converge(to: engine.planned)
         // A backend that converged without a core Plan but knew the kernel's IR before: the
         // difference is the plan (what revocation reads what narrowed from).
-        if plan == nil, !change.isEmpty, let previous = change.previous, let ir = engine.planned { plan = diff(from: previous, to: ir) }
-        cutConnections(plan: plan, changed: !change.isEmpty, previous: change.previous)
+        if change.plan == nil, !change.isEmpty, let previous = change.previous, let ir = engine.planned { change.plan = diff(from: previous, to: ir) }
+        cutConnections(after: change, previous: change.previous)
         guard !change.isEmpty else { return change }
         metrics.opsApplied.increment(by: change.operations)
         metrics.commits.increment()
@@ -319,19 +316,19 @@ final class Reconciler: @unchecked Sendable {
             : .committed(generation: b.generation)
     }
 
-    /// Revocation is immediate (contract rule 8): after a commit of `plan` (from `previous`),
+    /// Revocation is immediate (contract rule 8): after a committed `change` (from `previous`),
     /// the conntrack entries the committed IR no longer allows are deleted, before the drain
-    /// answers. Without a plan, a change that was not empty cuts over the whole table. A failure
-    /// is recorded (status, error counter) and owed: the next sync cuts over the whole table,
-    /// even with an empty plan.
-    private func cutConnections(plan: Plan?, changed: Bool, previous: RulesetIR?) {
+    /// answers (`Revocation.work`: without a plan, a change that was not empty reviews the whole
+    /// table). A failure is recorded (status, error counter) and owed: the next sync cuts over
+    /// the whole table, even with an empty plan.
+    private func cutConnections(after change: BackendChange, previous: RulesetIR?) {
         guard let cutter else { return }
         guard let ir = engine.planned else { cutOwed = false; return }  // no table: nothing is enforced
-        var scope: Revocation.Scope = plan.map { Revocation.scope(of: $0, result: ir, previous: previous) } ?? (changed ? .all : .none)
+        var (scope, departed) = Revocation.work(after: change, result: ir, previous: previous)
         if cutOwed { scope = .all }
         guard scope != .none else { return }
         do {
-            let report = try cutter.cut(ir: ir, scope: scope, departed: plan.map { Revocation.departed(in: $0, result: ir) } ?? [])
+            let report = try cutter.cut(ir: ir, scope: scope, departed: departed)
             cutOwed = false
             metrics.conntrackTimer.recordNanoseconds(Int64(report.nanoseconds))
             if report.cut > 0 {

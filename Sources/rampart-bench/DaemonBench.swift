@@ -1,3 +1,4 @@
+import RampartBackends
 import ArgumentParser
 import Foundation
 import RampartCore
@@ -33,7 +34,7 @@ struct DaemonBench: ParsableCommand {
         _ = try store.importDocument(doc)
         report.note("store: host-1k imported in \(formatDuration(monotonicNanos() - t0)) (\(doc.instances.count) instances, \(doc.groups.count) groups)")
 
-        let target = DaemonBackend(.nftables, netns: ns.name)
+        let target = BackendChoice(.nftables, netns: ns.name)
         let daemon = Daemon(configuration: .init(host: doc.host, resyncInterval: 3600), store: store, backend: target.factory, cutter: target.cutter())
         let socket = dir + "/rampartd.sock"
         let server = APIServer(socketPath: socket, router: APIRouter(daemon: daemon))

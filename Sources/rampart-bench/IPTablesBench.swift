@@ -1,3 +1,4 @@
+import RampartBackends
 import ArgumentParser
 import Foundation
 import RampartCore
@@ -8,7 +9,6 @@ import RampartNetlink
 /// `rampart-bench iptables`: the iptables backend at host-1k, each change from the Engine's
 /// event to the kernel, beside the classic driver's full `iptables-restore` of the per-member
 /// expansion of the same policy (what it runs for every one of these changes).
-extension IPTablesVariant: ExpressibleByArgument {}
 
 struct IPTablesBench: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -60,19 +60,9 @@ struct Apply: ParsableCommand {
     /// Deletes the conntrack entries `desired` no longer allows, looking only where `change`
     /// can have narrowed access (everything local when the backend worked without a Plan).
     static func cutConnections(after change: BackendChange, desired: RulesetIR, namespace: NetworkNamespace) throws -> Int {
-        let scope: Revocation.Scope
-        var departed: Set<IPAddress> = []
-        if let plan = change.plan {
-            scope = Revocation.scope(of: plan, result: desired, previous: change.previous)
-            departed = Revocation.departed(in: plan, result: desired)
-        } else {
-            scope = change.isEmpty ? .none : .all
-            departed = change.departed
-        }
+        let (scope, departed) = Revocation.work(after: change, result: desired, previous: change.previous)
         guard scope != .none else { return 0 }
-        let conntrack = try ConntrackConnection(namespace: namespace)
-        return try Revocation.run(conntrack, ir: desired, scope: scope, departed: departed,
-                                  hostAddresses: try Revocation.hostAddresses(in: namespace)).cut
+        return try ConntrackCutter(namespace: namespace).cut(ir: desired, scope: scope, departed: departed).cut
     }
 }
 

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import RampartConntrack
+import RampartBackends
 import RampartCore
 import RampartIPTables
 import RampartNFTables
@@ -24,28 +25,19 @@ struct Rampart: ParsableCommand {
     )
 }
 
-/// Where to act.
+/// Where to act, and with which backend (the same options as `rampartd`'s).
 struct TargetOptions: ParsableArguments {
-    @Option(name: .long, help: "Act in this network namespace (as made by `ip netns add`) instead of the current one.")
-    var netns: String?
+    @OptionGroup var options: BackendOptions
 
-    @Option(help: "Which backend programs the kernel: nftables (default) or iptables.")
-    var backend: BackendKind = .nftables
+    var netns: String? { options.netns }
+    var backend: BackendChoice.Kind { options.backend }
+    var choice: BackendChoice { options.choice }
 
-    @Option(help: "iptables backend: how instances are told apart, routed (default) or bridged (physdev).")
-    var topology: IPTTopology = .routed
-
-    @Option(name: .customLong("iptables"), help: "iptables backend: legacy or nft (default: what `iptables` runs).")
-    var iptablesVariant: IPTablesVariant?
-
-    var namespace: NetworkNamespace { netns.map { .named($0) } ?? .current }
+    var namespace: NetworkNamespace { choice.namespace }
 
     /// The backend chosen by `--backend` and its options.
     func connect() throws -> any FirewallBackend {
-        switch backend {
-        case .nftables: try connectNFTables()
-        case .iptables: IPTablesBackend(variant: iptablesVariant ?? .detect(), topology: topology, netns: netns)
-        }
+        do { return try choice.makeBackend() } catch { throw Failure.system(error) }
     }
 
     /// The nftables backend, for what only it can answer (`explain` decodes its bytecode).
@@ -58,13 +50,6 @@ struct TargetOptions: ParsableArguments {
     }
 }
 
-/// Which backend programs the kernel.
-enum BackendKind: String, ExpressibleByArgument, CaseIterable {
-    case nftables, iptables
-}
-
-extension IPTTopology: ExpressibleByArgument {}
-extension IPTablesVariant: ExpressibleByArgument {}
 
 /// Failures, each with its exit status and a message on standard error.
 enum Failure: Error {

@@ -1,3 +1,4 @@
+import RampartBackends
 import ArgumentParser
 import Foundation
 import Logging
@@ -32,17 +33,7 @@ struct RampartD: AsyncParsableCommand {
     @Option(help: "A group whose members may use the socket (with --socket-mode 660).")
     var socketGroup: String?
 
-    @Option(help: "Program this network namespace (as made by `ip netns add`) instead of the current one.")
-    var netns: String?
-
-    @Option(help: "Which backend programs the kernel: nftables (default) or iptables.")
-    var backend: DaemonBackend.Kind = .nftables
-
-    @Option(help: "iptables backend: how instances are told apart, routed (default) or bridged (physdev).")
-    var topology: IPTTopology = .routed
-
-    @Option(name: .customLong("iptables"), help: "iptables backend: legacy or nft (default: what `iptables` runs).")
-    var iptablesVariant: IPTablesVariant?
+    @OptionGroup var target: BackendOptions
 
     @Option(help: "Seconds between resyncs (read the table back, repair drift).")
     var resyncInterval: Double = 30
@@ -90,9 +81,9 @@ struct RampartD: AsyncParsableCommand {
         }
         let config = Daemon.Configuration(host: host, resyncInterval: resyncInterval, maxFailedSyncs: maxFailedSyncs,
                                           allowEmpty: allowEmpty, maxQueuedRefreshes: maxQueuedRefreshes)
-        let target = DaemonBackend(backend, netns: netns, topology: topology, iptablesVariant: iptablesVariant)
-        logger[metadataKey: "backend"] = "\(backend.rawValue)"
-        let daemon = Daemon(configuration: config, store: st, logger: logger, backend: target.factory, cutter: target.cutter())
+        let choice = target.choice
+        logger[metadataKey: "backend"] = "\(choice.kind.rawValue)"
+        let daemon = Daemon(configuration: config, store: st, logger: logger, backend: choice.factory, cutter: choice.cutter())
         // An unknown host, or a first sync that would empty the table: exit before serving, the
         // kernel untouched.
         do { try daemon.preflight() } catch let e as Daemon.Refusal {
@@ -141,9 +132,6 @@ struct RampartD: AsyncParsableCommand {
     }
 }
 
-extension DaemonBackend.Kind: ExpressibleByArgument {}
-extension IPTTopology: ExpressibleByArgument {}
-extension IPTablesVariant: ExpressibleByArgument {}
 
 /// The API server (already bound and accepting) as a service: it runs until graceful shutdown,
 /// then stops accepting and removes its socket.

@@ -1,3 +1,4 @@
+import RampartBackends
 import Foundation
 import RampartCore
 import RampartDaemon
@@ -201,7 +202,7 @@ import Testing
         for h in ["hv1", "hv2"] {
             let ns = try TestNamespace(prefix: "two")
             namespaces.append(ns)
-            let target = DaemonBackend(.nftables, netns: ns.name)
+            let target = BackendChoice(.nftables, netns: ns.name)
             let d = Daemon(configuration: .init(host: h, resyncInterval: 3600), store: store, backend: target.factory, cutter: target.cutter())
             let sock = dir + "/\(h).sock"
             let s = APIServer(socketPath: sock, router: APIRouter(daemon: d))

@@ -1,3 +1,4 @@
+import RampartBackends
 import Foundation
 import RampartCore
 import RampartDaemon
@@ -117,11 +118,11 @@ enum KernelBackend: String, CaseIterable, Sendable, CustomTestStringConvertible 
     var testDescription: String { rawValue }
 
     /// The daemon's backend in namespace `netns` (routed topology).
-    func target(netns: String) -> DaemonBackend {
+    func target(netns: String) -> BackendChoice {
         switch self {
-        case .nftables: DaemonBackend(.nftables, netns: netns)
-        case .iptablesLegacy: DaemonBackend(.iptables, netns: netns, iptablesVariant: .legacy)
-        case .iptablesNFT: DaemonBackend(.iptables, netns: netns, iptablesVariant: .nft)
+        case .nftables: BackendChoice(.nftables, netns: netns)
+        case .iptablesLegacy: BackendChoice(.iptables, netns: netns, iptablesVariant: .legacy)
+        case .iptablesNFT: BackendChoice(.iptables, netns: netns, iptablesVariant: .nft)
         }
     }
 

@@ -1,4 +1,3 @@
-import RampartConntrack
 import RampartCore
 import RampartNetlink
 import RampartSystem

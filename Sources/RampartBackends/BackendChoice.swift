@@ -1,13 +1,15 @@
+import RampartConntrack
 import RampartCore
 import RampartIPTables
 import RampartNetlink
 import RampartNFTables
 import RampartSystem
 
-/// Which backend `rampartd` programs the kernel with, and where: its `--backend`, `--topology`,
-/// `--iptables` and `--netns` (the same options as the CLI's). Makes the daemon's backend
-/// factory and its conntrack cutter (the cut works for either backend).
-public struct DaemonBackend: Sendable {
+/// Which backend programs the kernel, and where: `--backend`, `--topology`, `--iptables` and
+/// `--netns`, the same options for `rampart` and `rampartd`. The one place that turns them into
+/// an `any FirewallBackend`, and into the conntrack cutter of that namespace (the cut works
+/// for either backend).
+public struct BackendChoice: Sendable {
     public enum Kind: String, Sendable, CaseIterable {
         case nftables, iptables
     }
@@ -29,15 +31,19 @@ public struct DaemonBackend: Sendable {
 
     public var namespace: NetworkNamespace { netns.map { .named($0) } ?? .current }
 
-    /// Makes the backend (on the reconciler's thread; again after a failure to connect).
+    /// Makes the backend.
+    public func makeBackend() throws -> any FirewallBackend {
+        switch kind {
+        case .nftables: NFTablesBackend(client: try NFTablesConnection(namespace: namespace))
+        case .iptables: IPTablesBackend(variant: iptablesVariant ?? .detect(), topology: topology, netns: netns)
+        }
+    }
+
+    /// `makeBackend` as a factory (the daemon's reconciler calls it on its own thread, and again
+    /// after a failure to connect).
     public var factory: @Sendable () throws -> any FirewallBackend {
         let choice = self
-        return {
-            switch choice.kind {
-            case .nftables: NFTablesBackend(client: try NFTablesConnection(namespace: choice.namespace))
-            case .iptables: IPTablesBackend(variant: choice.iptablesVariant ?? .detect(), topology: choice.topology, netns: choice.netns)
-            }
-        }
+        return { try choice.makeBackend() }
     }
 
     /// The conntrack cut in the same namespace.
