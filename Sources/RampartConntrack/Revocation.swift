@@ -36,6 +36,9 @@ public enum Revocation {
         /// Whether the run looked at the whole table (per family) or only at affected addresses.
         public var scope: Scope = .none
         public var nanoseconds: UInt64 = 0
+        /// Of which: finding and evaluating the entries (dumps or the index), and deleting them.
+        public var findNanoseconds: UInt64 = 0
+        public var deleteNanoseconds: UInt64 = 0
 
         public init() {}
 
@@ -261,12 +264,16 @@ public enum Revocation {
                 }
             }
         }
+        let found = DispatchTime.now().uptimeNanoseconds
+        report.findNanoseconds = found - start
         if !doomed.isEmpty {
             let d = try conntrack.delete(doomed)
             report.cut = d.deleted
             report.alreadyGone = d.alreadyGone
         }
-        report.nanoseconds = DispatchTime.now().uptimeNanoseconds - start
+        let end = DispatchTime.now().uptimeNanoseconds
+        report.deleteNanoseconds = end - found
+        report.nanoseconds = end - start
         return report
     }
 

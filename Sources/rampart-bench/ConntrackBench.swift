@@ -87,6 +87,7 @@ struct ConntrackBench: ParsableCommand {
         var cut: [UInt64] = [], noCut: [UInt64] = [], process: [UInt64] = [], indexed: [UInt64] = []
         var cutCounts: [Int] = [], dumps: [Int] = [], indexedCounts: [Int] = []
         var notIndexed = 0
+        var indexFind: [UInt64] = [], indexDelete: [UInt64] = []
         for _ in 0..<repeats {
             // Rampart with the index: event → committed → cut, the entries looked up in the index.
             // The index has taken in the 1,000 entries' NEW events before the revoke (outside the
@@ -100,6 +101,8 @@ struct ConntrackBench: ParsableCommand {
             let ri = try Revocation.run(ct, ir: engine.planned!, scope: scopeI, departed: Revocation.departed(in: planI, result: engine.planned!), index: index)
             indexed.append(monotonicNanos() - t0)
             indexedCounts.append(ri.cut)
+            indexFind.append(ri.findNanoseconds)
+            indexDelete.append(ri.deleteNanoseconds)
             if !ri.indexed { notIndexed += 1 }
 
             // Rampart: event → committed → cut (scoped by the plan, as `rampart apply` and rampartd do).
@@ -143,7 +146,8 @@ struct ConntrackBench: ParsableCommand {
                                   "added_by_cut": formatDuration(median(indexed) > median(noCut) ? median(indexed) - median(noCut) : 0),
                                   "target_added": "≤ 2 ms", "kernel_walks": "0", "fell_back_to_dump": "\(notIndexed)",
                                   "index_entries": "\(stats.entries)", "index_events": "\(stats.events)", "index_losses": "\(stats.losses)",
-                                  "index_bytes_per_entry": "\(perEntry)"]))
+                                  "index_bytes_per_entry": "\(perEntry)",
+                                  "find_and_evaluate": formatDuration(median(indexFind)), "delete": formatDuration(median(indexDelete))]))
         report.add(Figure(benchmark: "conntrack revoke → committed, no cut", median_ns: median(noCut), baseline: nil, baseline_median_ns: nil,
                           extra: ["p99": formatDuration(percentile(noCut, 99)), "samples": "\(noCut.count)"]))
         report.finish()
