@@ -115,14 +115,9 @@ public final class ConntrackConnection {
     /// Deletes these entries (by original tuple, zone and, when known, id), many per datagram.
     /// ENOENT (already gone) is counted, not thrown; any other refusal is thrown after the rest
     /// were tried.
-    ///
-    /// Without acks: only a failure replies (ENOENT included), and the kernel handles every
-    /// message of a datagram inside sendto, so once it returns every failure is queued; a
-    /// message without a reply was deleted. Acks would cost the kernel a reply each (~half the
-    /// cost of a delete, measured with 1,000 deletes: docs/conntrack.md).
     @discardableResult
     public func delete(_ entries: [ConntrackEntry]) throws(NetlinkError) -> ConntrackDeletion {
-        let (done, gone, failure) = try requests(entries, "IPCTNL_MSG_CT_DELETE", acked: false) { ConntrackMessages.buildDelete(into: $0, sequence: $1, entry: $2, ack: false) }
+        let (done, gone, failure) = try requests(entries, "IPCTNL_MSG_CT_DELETE") { ConntrackMessages.buildDelete(into: $0, sequence: $1, entry: $2) }
         if let failure { throw failure }
         return ConntrackDeletion(deleted: done, alreadyGone: gone)
     }
@@ -137,7 +132,7 @@ public final class ConntrackConnection {
     /// Sends one acked request per entry, packed into datagrams of at most 60 KiB (the kernel
     /// handles every message of a datagram inside sendto, and each acks), and counts the
     /// answers: done, ENOENT, and the first other failure.
-    private func requests(_ entries: [ConntrackEntry], _ label: String, acked: Bool = true,
+    private func requests(_ entries: [ConntrackEntry], _ label: String,
                           _ build: (UnsafeMutableRawPointer, UInt32, ConntrackEntry) -> Int) throws(NetlinkError) -> (Int, Int, NetlinkError?) {
         var done = 0, gone = 0
         var firstFailure: NetlinkError?
@@ -157,38 +152,25 @@ public final class ConntrackConnection {
                 try socket.send(buf, length: offset)
             }
             var answered = 0
-            var failed = 0
             while answered < count {
-                let got: Bool
-                do {
-                    got = try socket.receive(wait: acked) { (nlh) throws(NetlinkError) in
-                        guard nlh.pointee.nlmsg_type == UInt16(NLMSG_ERROR) else { return }
-                        var err = rampart_nlerr()
-                        guard rampart_parse_nlerr(nlh, &err) else { throw .protocolError("truncated error message") }
-                        guard err.seq &- first < UInt32(count) else { return }
-                        answered += 1
-                        if err.error != 0 { failed += 1 }
-                        switch err.error {
-                        case 0: if acked { done += 1 }
-                        case ENOENT: gone += 1
-                        default:
-                            if firstFailure == nil {
-                                let text = err.message.map { ": " + String(cString: $0) } ?? ""
-                                firstFailure = .systemCall("\(label)\(text)", Errno(err.error))
-                            }
+                let got = try socket.receive(wait: true) { (nlh) throws(NetlinkError) in
+                    guard nlh.pointee.nlmsg_type == UInt16(NLMSG_ERROR) else { return }
+                    var err = rampart_nlerr()
+                    guard rampart_parse_nlerr(nlh, &err) else { throw .protocolError("truncated error message") }
+                    guard err.seq &- first < UInt32(count) else { return }
+                    answered += 1
+                    switch err.error {
+                    case 0: done += 1
+                    case ENOENT: gone += 1
+                    default:
+                        if firstFailure == nil {
+                            let text = err.message.map { ": " + String(cString: $0) } ?? ""
+                            firstFailure = .systemCall("\(label)\(text)", Errno(err.error))
                         }
                     }
-                } catch {
-                    if case .systemCall(_, let e) = error, e == .ENOBUFS { throw .outcomeUnknown("replies to \(label) were lost (ENOBUFS)") }
-                    throw error
                 }
-                if !got {
-                    // Unacked: every failure was queued when sendto returned; the rest succeeded.
-                    if !acked { done += count - failed; break }
-                    throw .protocolError("no reply to \(label)")
-                }
+                if !got { throw .protocolError("no reply to \(label)") }
             }
-            if !acked && answered >= count { done += count - failed }
         }
         return (done, gone, firstFailure)
     }

@@ -88,10 +88,9 @@ enum ConntrackMessages {
         return Int(nlh.pointee.nlmsg_len)
     }
 
-    /// IPCTNL_MSG_CT_DELETE of one entry, asking for an ack unless `ack` is false (then only a
-    /// failure replies). Returns the message's length.
-    static func buildDelete(into buf: UnsafeMutableRawPointer, sequence: UInt32, entry: ConntrackEntry, ack: Bool = true) -> Int {
-        let nlh = header(buf, type: IPCTNL_MSG_CT_DELETE.rawValue, flags: ack ? NLM_F_ACK : 0, sequence: sequence, family: entry.original.family)
+    /// IPCTNL_MSG_CT_DELETE of one entry, asking for an ack. Returns the message's length.
+    static func buildDelete(into buf: UnsafeMutableRawPointer, sequence: UInt32, entry: ConntrackEntry) -> Int {
+        let nlh = header(buf, type: IPCTNL_MSG_CT_DELETE.rawValue, flags: NLM_F_ACK, sequence: sequence, family: entry.original.family)
         putTuple(nlh, CTA_TUPLE_ORIG.rawValue, entry.original)
         if entry.zone != 0 { mnl_attr_put_u16(nlh, UInt16(CTA_ZONE.rawValue), entry.zone.bigEndian) }
         if let id = entry.id { mnl_attr_put_u32(nlh, UInt16(CTA_ID.rawValue), id.bigEndian) }
