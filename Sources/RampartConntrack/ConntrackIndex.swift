@@ -112,8 +112,9 @@ public final class ConntrackIndex: @unchecked Sendable {
     /// Why the last rebuild failed, if it did.
     public var lastFailure: NetlinkError? { lock.withLock { lastError } }
 
-    /// Stops the thread (within ~0.1 s). The thread holds the index: an owner must call this, and
-    /// the sockets are closed when the last reference goes.
+    /// Stops the thread (within ~0.1 s) and leaves the event groups; lookups answer nil from
+    /// then on. The thread holds the index: an owner must call this, and the sockets are closed
+    /// when the last reference goes.
     public func stop() {
         let running: Bool = lock.withLock {
             let was = thread != nil && !stopped
@@ -121,6 +122,8 @@ public final class ConntrackIndex: @unchecked Sendable {
             return was
         }
         if running { finished.wait() }
+        // No more events queued in the kernel for an index nobody reads.
+        lock.withLock { events.unsubscribe(); fresh = false }
     }
 
     // MARK: lookups

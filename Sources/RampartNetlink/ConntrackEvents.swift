@@ -52,6 +52,7 @@ public final class ConntrackEvents {
 
     private let channel: NetlinkChannel
     private let fd: Int32?
+    private var joined: [UInt32] = []
     public let namespace: NetworkNamespace
 
     /// Subscribes in `namespace` (the socket is opened inside it, so only its entries are seen).
@@ -69,6 +70,19 @@ public final class ConntrackEvents {
             }
         }
         self.init(transport: socket, fd: socket.fd, namespace: namespace)
+        joined = [(Groups.new, NFNLGRP_CONNTRACK_NEW), (.update, NFNLGRP_CONNTRACK_UPDATE), (.destroy, NFNLGRP_CONNTRACK_DESTROY)]
+            .filter { groups.contains($0.0) }.map { $0.1.rawValue }
+    }
+
+    /// Leaves the event groups: the kernel stops queueing events for this socket (what is
+    /// queued stays). Nothing to do without a socket.
+    public func unsubscribe() {
+        guard let fd else { return }
+        for group in joined {
+            var g = Int32(group)
+            setsockopt(fd, SOL_NETLINK, NETLINK_DROP_MEMBERSHIP, &g, socklen_t(MemoryLayout<Int32>.size))
+        }
+        joined = []
     }
 
     /// Events from any transport: a scripted one in tests (`fd` nil: `wait` does not poll).

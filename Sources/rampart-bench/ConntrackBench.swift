@@ -135,6 +135,42 @@ struct ConntrackBench: ParsableCommand {
         guard cutCounts.allSatisfy({ $0 == affected.count }) else { throw ValidationError("cut \(cutCounts), expected 1000 each time") }
         guard indexedCounts.allSatisfy({ $0 == affected.count }) else { throw ValidationError("cut with the index \(indexedCounts), expected 1000 each time") }
         let stats = index.statistics
+        // What a delete of the 1,000 costs with and without an event listener (the index's
+        // socket gets a DESTROY event per deleted entry): the same deletes, the index running,
+        // then stopped (its socket has left the event groups).
+        var deleteListened: [UInt64] = [], deleteAlone: [UInt64] = []
+        for _ in 0..<repeats {
+            try ct.create(affected)
+            _ = index.entries(involving: [])
+            let live = try ct.entries(ConntrackFilter(family: .ipv4, field: .originalSource(ConntrackAddress(ipv4: bastion))))
+            t0 = monotonicNanos()
+            _ = try ct.delete(live)
+            deleteListened.append(monotonicNanos() - t0)
+        }
+        index.stop()  // leaves the event groups: no more events for it
+        // A socket subscribed like the index's that nobody reads: the kernel's part of the cost
+        // (building and queueing a DESTROY event per entry) without the index's thread.
+        var deleteUnread: [UInt64] = []
+        do {
+            let unread = try ConntrackEvents(namespace: .named(ns.name), groups: [.new, .destroy], receiveBuffer: 64 << 20)
+            for _ in 0..<repeats {
+                try ct.create(affected)
+                let live = try ct.entries(ConntrackFilter(family: .ipv4, field: .originalSource(ConntrackAddress(ipv4: bastion))))
+                t0 = monotonicNanos()
+                _ = try ct.delete(live)
+                deleteUnread.append(monotonicNanos() - t0)
+                _ = try unread.drain { _ in }
+            }
+            unread.unsubscribe()
+        }
+        for _ in 0..<repeats {
+            try ct.create(affected)
+            let live = try ct.entries(ConntrackFilter(family: .ipv4, field: .originalSource(ConntrackAddress(ipv4: bastion))))
+            t0 = monotonicNanos()
+            _ = try ct.delete(live)
+            deleteAlone.append(monotonicNanos() - t0)
+        }
+        report.note("conntrack: deleting the 1,000 entries (by tuple and id): \(formatDuration(median(deleteListened))) (p99 \(formatDuration(percentile(deleteListened, 99)))) with the index listening, \(formatDuration(median(deleteUnread))) (p99 \(formatDuration(percentile(deleteUnread, 99)))) with a subscribed socket nobody reads during the deletes, \(formatDuration(median(deleteAlone))) (p99 \(formatDuration(percentile(deleteAlone, 99)))) with no listener")
         let left = try ct.entries(ConntrackFilter(family: .ipv4)).count
         let extra = ["p99": formatDuration(percentile(cut, 99)), "samples": "\(cut.count)", "entries": "\(entries)", "cut": "1000",
                      "kernel_walks": "\(dumps.sorted()[dumps.count / 2])", "entries_left": "\(left)",
