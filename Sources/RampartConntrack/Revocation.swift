@@ -29,11 +29,16 @@ public enum Revocation {
         public var evaluated = 0
         /// Dump requests sent.
         public var dumps = 0
+        /// Whether the entries came from a fresh `ConntrackIndex` (no dump).
+        public var indexed = false
         /// The table's size when the run chose how to dump (nil: not asked).
         public var tableSize: Int?
         /// Whether the run looked at the whole table (per family) or only at affected addresses.
         public var scope: Scope = .none
         public var nanoseconds: UInt64 = 0
+        /// Of which: finding and evaluating the entries (dumps or the index), and deleting them.
+        public var findNanoseconds: UInt64 = 0
+        public var deleteNanoseconds: UInt64 = 0
 
         public init() {}
 
@@ -180,8 +185,15 @@ public enum Revocation {
     /// instance removed, an address taken away): every entry with one of them at one end is cut,
     /// since its instance is gone. `hostAddresses` are the hypervisor's own addresses (their
     /// end of a connection is the host itself: the input or output hook).
+    ///
+    /// With a fresh `index` (of the same namespace), the entries are looked up in it and no dump
+    /// is sent: the same entries are evaluated (every indexed entry with an address of the scope
+    /// at one end; for `.all`, those with a local instance's or a departed address at one end)
+    /// and deleted the same way. A stale index (events were lost, or it is rebuilding) answers
+    /// nil and the run dumps as without one.
     public static func run(_ conntrack: ConntrackConnection, ir: RulesetIR, scope: Scope,
-                           departed: Set<IPAddress> = [], hostAddresses: Set<IPAddress> = []) throws(NetlinkError) -> Report {
+                           departed: Set<IPAddress> = [], hostAddresses: Set<IPAddress> = [],
+                           index: ConntrackIndex? = nil) throws(NetlinkError) -> Report {
         let start = DispatchTime.now().uptimeNanoseconds
         var report = Report()
         report.scope = scope
@@ -222,11 +234,21 @@ public enum Revocation {
         case .none:
             break
         case .all:
+            if let index, let found = index.entries(involving: Set(local.interfaceOf.keys).union(departed)) {
+                report.indexed = true
+                for e in found { consider(e) }
+                break
+            }
             // One walk for both families (a family filter would not make the walk shorter).
             report.dumps += 1
             try conntrack.dump(.all) { (e) throws(NetlinkError) in consider(e) }
         case .addresses(let addresses):
             let wanted = addresses.union(departed)
+            if let index, let found = index.entries(involving: wanted) {
+                report.indexed = true
+                for e in found { consider(e) }
+                break
+            }
             let families = Set(wanted.map(\.family.conntrack))
             // Two filtered walks per address (original source, original destination), or one
             // whole dump (of one family, or both): whichever costs less, given the table's size now.
@@ -254,12 +276,16 @@ public enum Revocation {
                 }
             }
         }
+        let found = DispatchTime.now().uptimeNanoseconds
+        report.findNanoseconds = found - start
         if !doomed.isEmpty {
             let d = try conntrack.delete(doomed)
             report.cut = d.deleted
             report.alreadyGone = d.alreadyGone
         }
-        report.nanoseconds = DispatchTime.now().uptimeNanoseconds - start
+        let end = DispatchTime.now().uptimeNanoseconds
+        report.deleteNanoseconds = end - found
+        report.nanoseconds = end - start
         return report
     }
 

@@ -4,6 +4,7 @@ import RampartConntrack
 import RampartCore
 import RampartHarness
 import RampartNetlink
+import RampartSystem
 @testable import RampartNFTables
 
 /// Revocation is immediate (contract rule 8), with real traffic through the traffic suite's
@@ -16,6 +17,65 @@ import RampartNetlink
     /// Revocation reads the committed IR, not the kernel's objects: the same for every backend
     /// (iptables converges without a Plan, so its cut looks at every local instance's entries).
     static let backends: [TrafficBackend] = [.nftables, .iptablesLegacy, .iptablesNFTBridged]
+
+    /// How the change is applied and cut: `rampart apply` with a backend (the entries found by
+    /// dumping), or in process like `rampart apply` does it on nftables but with a
+    /// `ConntrackIndex` started before the connections opened (the entries found in the index).
+    enum Mode: Sendable, CustomTestStringConvertible {
+        case cli(TrafficBackend)
+        case indexed
+        var testDescription: String {
+            switch self {
+            case .cli(let b): b.rawValue
+            case .indexed: "nftables with the conntrack index"
+            }
+        }
+    }
+    static let modes: [Mode] = backends.map(Mode.cli) + [.indexed]
+
+    /// A hypervisor with the policy enforced, and the way changes are applied (`Mode`).
+    final class Cutting {
+        let enforced: Enforced
+        let index: ConntrackIndex?
+        var topo: HypervisorTopology { enforced.topo }
+        init(_ mode: Mode) throws {
+            switch mode {
+            case .cli(let backend):
+                enforced = try Enforced(backend)
+                index = nil
+            case .indexed:
+                enforced = try Enforced(.nftables)
+                index = try ConntrackIndex.start(namespace: .named(enforced.topo.hypervisor.name))
+            }
+        }
+        func destroy() {
+            index?.stop()
+            topo.destroy()
+        }
+        /// Applies `document`: `rampart apply`, or its steps in process with the index
+        /// (KernelCommands' `Apply.run` and `cutConnections`).
+        @discardableResult
+        func apply(_ document: String) throws -> (status: Int32, stdout: String, stderr: String) {
+            guard let index else {
+                let r = try enforced.apply(document)
+                return (r.status, r.stdout, r.stderr)
+            }
+            let ns = NetworkNamespace.named(topo.hypervisor.name)
+            let desired = Compiler.compile(try Document.parse(json: Data(document.utf8)))
+            let change = try NFTablesBackend(client: try NFTablesConnection(namespace: ns)).converge(to: desired)
+            if change.isEmpty { return (0, "no changes\n", "") }
+            var scope = Revocation.Scope.none
+            var departed: Set<IPAddress> = []
+            if let plan = change.plan {
+                scope = Revocation.scope(of: plan, result: desired, previous: change.previous)
+                departed = Revocation.departed(in: plan, result: desired)
+            }
+            let r = try Revocation.run(try ConntrackConnection(namespace: ns), ir: desired, scope: scope, departed: departed,
+                                       hostAddresses: try Revocation.hostAddresses(in: ns), index: index)
+            #expect(scope == .none || r.indexed, "the index was not used: \(index.statistics)")
+            return (0, "applied: \(change.summary); conntrack: \(r.cut) cut\n", "")
+        }
+    }
 
     /// The traffic suite's document with some web rules taken out (by id) or instances' groups changed.
     static func document(withoutWebRules ids: [String] = [], groups: [String: String] = [:], adminMembers: String = "") -> String {
@@ -67,7 +127,7 @@ import RampartNetlink
     }
 
     /// The hypervisor's conntrack entries with this source port (the oracle).
-    static func conntrackLines(_ e: Enforced, sourcePort: UInt16, protocol p: String) throws -> [String] {
+    static func conntrackLines(_ e: Cutting, sourcePort: UInt16, protocol p: String) throws -> [String] {
         let r = try e.topo.hypervisorNode.run(["conntrack", "-L", "-p", p, "--sport", "\(sourcePort)"])
         return r.stdout.split(separator: "\n").map(String.init).filter { $0.contains("sport=\(sourcePort) ") }
     }
@@ -77,9 +137,9 @@ import RampartNetlink
         return Int(r.1)
     }
 
-    @Test(arguments: RevocationTests.backends) func revokedRulesCutTheirConnectionsOnly(_ backend: TrafficBackend) throws {
-        let e = try Enforced(backend)
-        defer { e.topo.destroy() }
+    @Test(arguments: RevocationTests.modes) func revokedRulesCutTheirConnectionsOnly(_ mode: Mode) throws {
+        let e = try Cutting(mode)
+        defer { e.destroy() }
         let revokedTCP = try e.topo.openTCPSession(from: "bastion", to: "10.0.1.11", port: 22)      // web ssh-from-admin
         let revokedTCP6 = try e.topo.openTCPSession(from: "bastion", to: "fd00::11", port: 22)
         let revokedUDP = try UDPFlow.open(e.topo, from: "internet", to: "10.0.1.11", port: 5005, sourcePort: 41005)  // web game
@@ -113,9 +173,9 @@ import RampartNetlink
         #expect(try e.apply(RevocationTests.document(withoutWebRules: ["ssh-from-admin", "game"])).stdout.hasPrefix("no changes"))
     }
 
-    @Test(arguments: RevocationTests.backends) func anInstanceLeavingAGroupLosesWhatTheGroupAllowed(_ backend: TrafficBackend) throws {
-        let e = try Enforced(backend)
-        defer { e.topo.destroy() }
+    @Test(arguments: RevocationTests.modes) func anInstanceLeavingAGroupLosesWhatTheGroupAllowed(_ mode: Mode) throws {
+        let e = try Cutting(mode)
+        defer { e.destroy() }
         let inbound = try e.topo.openTCPSession(from: "internet", to: "10.0.1.12", port: 80)       // web-2 via web/http
         let udp = try UDPFlow.open(e.topo, from: "internet", to: "10.0.1.12", port: 5006, sourcePort: 41006)
         let toDB = try e.topo.openTCPSession(from: "web-2", to: "10.0.2.21", port: 5432)         // web-2 egress + db pg-from-web
@@ -136,9 +196,9 @@ import RampartNetlink
         #expect(try !RevocationTests.conntrackLines(e, sourcePort: web1.localPort, protocol: "tcp").isEmpty)
     }
 
-    @Test(arguments: RevocationTests.backends) func aMemberLeavingAReferencedGroupLosesWhatTheGroupAllowed(_ backend: TrafficBackend) throws {
-        let e = try Enforced(backend)
-        defer { e.topo.destroy() }
+    @Test(arguments: RevocationTests.modes) func aMemberLeavingAReferencedGroupLosesWhatTheGroupAllowed(_ mode: Mode) throws {
+        let e = try Cutting(mode)
+        defer { e.destroy() }
         let ssh = try e.topo.openTCPSession(from: "bastion", to: "10.0.1.11", port: 22)     // ssh-from-admin (web)
         let sshDB = try e.topo.openTCPSession(from: "bastion", to: "10.0.2.21", port: 22)   // ssh-from-admin (db)
         let http = try e.topo.openTCPSession(from: "bastion", to: "10.0.1.11", port: 80)    // http from 0/0: stays
@@ -157,9 +217,9 @@ import RampartNetlink
     /// Connections with the hypervisor itself are judged at the host's hooks: an instance's
     /// connection to the host is its egress (cut when web loses its egress rule), the host's
     /// connection to an instance is that instance's ingress (http still allowed: untouched).
-    @Test(arguments: RevocationTests.backends) func connectionsWithTheHostAreJudgedAtItsHooks(_ backend: TrafficBackend) throws {
-        let e = try Enforced(backend)
-        defer { e.topo.destroy() }
+    @Test(arguments: RevocationTests.modes) func connectionsWithTheHostAreJudgedAtItsHooks(_ mode: Mode) throws {
+        let e = try Cutting(mode)
+        defer { e.destroy() }
         let toHost = try e.topo.openTCPSession(from: "web-1", to: "10.255.0.1", port: 8080)
         let fromHost = try e.topo.openTCPSession(from: "hv", to: "10.0.1.11", port: 80)
         let toInternet = try e.topo.openTCPSession(from: "web-1", to: "192.0.2.10", port: 8080)
@@ -178,9 +238,9 @@ import RampartNetlink
     /// A change that makes every entry be looked at (guarded prefixes rewrite the base chains)
     /// cuts nothing that is still allowed: the DHCP exchange of an instance in no group with its
     /// host (allowed on the input hook only, never forwarded) and the allowed flows survive.
-    @Test(arguments: RevocationTests.backends) func aWholeTableReviewCutsNothingStillAllowed(_ backend: TrafficBackend) throws {
-        let e = try Enforced(backend)
-        defer { e.topo.destroy() }
+    @Test(arguments: RevocationTests.modes) func aWholeTableReviewCutsNothingStillAllowed(_ mode: Mode) throws {
+        let e = try Cutting(mode)
+        defer { e.destroy() }
         let send = """
             import socket
             s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)
@@ -198,9 +258,9 @@ import RampartNetlink
         #expect(http.exchange(timeout: 2), "\(http) was disturbed")
     }
 
-    @Test(arguments: RevocationTests.backends) func aRemovedInstanceLosesItsConnections(_ backend: TrafficBackend) throws {
-        let e = try Enforced(backend)
-        defer { e.topo.destroy() }
+    @Test(arguments: RevocationTests.modes) func aRemovedInstanceLosesItsConnections(_ mode: Mode) throws {
+        let e = try Cutting(mode)
+        defer { e.destroy() }
         let toWeb2 = try e.topo.openTCPSession(from: "internet", to: "10.0.1.12", port: 80)
         let toWeb1 = try e.topo.openTCPSession(from: "internet", to: "10.0.1.11", port: 80)
         for s in [toWeb2, toWeb1] { #expect(s.exchange(), "\(s)") }
