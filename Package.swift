@@ -89,7 +89,7 @@ let package = Package(
         .executableTarget(
             name: "rampartd",
             dependencies: [
-                "RampartDaemon", "RampartBackends", "RampartNetlink", "RampartSystem",
+                "RampartDaemon", "RampartBackends", "RampartConntrack", "RampartNetlink", "RampartSystem",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),

@@ -46,6 +46,6 @@ public struct BackendChoice: Sendable {
         return { try choice.makeBackend() }
     }
 
-    /// The conntrack cut in the same namespace.
-    public func cutter() -> ConntrackCutter { ConntrackCutter(namespace: namespace) }
+    /// The conntrack cut in the same namespace (with `index`: from it while it is fresh).
+    public func cutter(index: ConntrackIndex? = nil) -> ConntrackCutter { ConntrackCutter(namespace: namespace, index: index) }
 }

@@ -16,17 +16,22 @@ public protocol ConnectionCutter: AnyObject {
 /// IR, not the kernel's rules). The connection is opened on first use and again after a failure.
 public final class ConntrackCutter: ConnectionCutter {
     public let namespace: NetworkNamespace
+    /// Entries by address, kept from conntrack events (a long-running owner's): a fresh index
+    /// spares the kernel walks; a stale one falls back to dumping.
+    public let index: ConntrackIndex?
     private var connection: ConntrackConnection?
 
-    public init(namespace: NetworkNamespace = .current) {
+    public init(namespace: NetworkNamespace = .current, index: ConntrackIndex? = nil) {
         self.namespace = namespace
+        self.index = index
     }
 
     public func cut(ir: RulesetIR, scope: Revocation.Scope, departed: Set<IPAddress>) throws -> Revocation.Report {
         do {
             let c = try connection ?? ConntrackConnection(namespace: namespace)
             connection = c
-            return try Revocation.run(c, ir: ir, scope: scope, departed: departed, hostAddresses: try Revocation.hostAddresses(in: namespace))
+            return try Revocation.run(c, ir: ir, scope: scope, departed: departed, hostAddresses: try Revocation.hostAddresses(in: namespace),
+                                      index: index)
         } catch {
             connection = nil
             throw error

@@ -1,9 +1,9 @@
-import RampartBackends
 import ArgumentParser
 import Foundation
 import Logging
+import RampartBackends
+import RampartConntrack
 import RampartDaemon
-import RampartIPTables
 import RampartNetlink
 import RampartSystem
 import RampartStore
@@ -34,6 +34,9 @@ struct RampartD: AsyncParsableCommand {
     var socketGroup: String?
 
     @OptionGroup var target: BackendOptions
+
+    @Flag(inversion: .prefixedNo, help: "Keep an index of conntrack entries from conntrack events, so that revocation needs no walk of the kernel's table (about 550 bytes per entry).")
+    var conntrackIndex = true
 
     @Option(help: "Seconds between resyncs (read the table back, repair drift).")
     var resyncInterval: Double = 30
@@ -83,7 +86,19 @@ struct RampartD: AsyncParsableCommand {
                                           allowEmpty: allowEmpty, maxQueuedRefreshes: maxQueuedRefreshes)
         let choice = target.choice
         logger[metadataKey: "backend"] = "\(choice.kind.rawValue)"
-        let daemon = Daemon(configuration: config, store: st, logger: logger, backend: choice.factory, cutter: choice.cutter())
+        // The conntrack index: revocation then finds the affected entries without walking the
+        // kernel's table (docs/conntrack.md). Without it (or while it is stale) the cut dumps.
+        var index: ConntrackIndex?
+        if conntrackIndex {
+            do {
+                index = try ConntrackIndex.start(namespace: choice.namespace)
+                logger.info("conntrack index started", metadata: ["entries": "\(index!.statistics.entries)"])
+            } catch {
+                logger.warning("conntrack index unavailable; revocation dumps the table instead", metadata: ["error": "\(error)"])
+            }
+        }
+        defer { index?.stop() }
+        let daemon = Daemon(configuration: config, store: st, logger: logger, backend: choice.factory, cutter: choice.cutter(index: index))
         // An unknown host, or a first sync that would empty the table: exit before serving, the
         // kernel untouched.
         do { try daemon.preflight() } catch let e as Daemon.Refusal {
