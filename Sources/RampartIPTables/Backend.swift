@@ -381,23 +381,3 @@ public final class IPTablesBackend {
     /// Forgets the mirror: the next commit reads back first.
     public func invalidate() { mirror = nil }
 }
-
-extension IPTState {
-    /// This state with only one table's chains (for a one-table rollback; no sets).
-    func only(_ p: IPTablesBackend.Part) -> IPTState {
-        var s = IPTState()
-        switch p {
-        case .v4: s.v4 = v4; s.jumps4 = jumps4
-        case .v6: s.v6 = v6; s.jumps6 = jumps6
-        case .eb: s.eb = eb; s.jumpsEB = jumpsEB
-        }
-        return s
-    }
-
-    /// The jumps from the built-ins that this state's chains imply (after a write).
-    mutating func setJumps() {
-        jumps4 = v4.chains[IPTNames.forward] == nil ? [] : Set(IPTNames.entries.map(\.builtin))
-        jumps6 = v6.chains[IPTNames.forward] == nil ? [] : Set(IPTNames.entries.map(\.builtin))
-        jumpsEB = Set(IPTNames.ebEntries.filter { eb.chains[$0.chain] != nil }.map(\.builtin))
-    }
-}

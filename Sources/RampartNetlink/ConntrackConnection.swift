@@ -17,10 +17,7 @@ public final class ConntrackConnection {
 
     /// Opens a socket in `namespace` (the calling thread's by default).
     public convenience init(namespace: NetworkNamespace = .current) throws(NetlinkError) {
-        let socket = try NetlinkSocket(namespace: namespace)
-        // Requests that wait for a reply never block for ever.
-        try socket.setReceiveTimeout(seconds: 10)
-        self.init(transport: socket, namespace: namespace)
+        self.init(transport: try NetlinkSocket.forRequests(in: namespace), namespace: namespace)
     }
 
     /// A connection over any transport: a scripted one in tests.

@@ -100,6 +100,14 @@ final class NetlinkSocket: NetlinkTransport {
         try setOption(SOL_SOCKET, SO_RCVBUFFORCE, bytes, "SO_RCVBUFFORCE")
     }
 
+    /// A socket for request and reply (not for events): a reply that never comes fails the
+    /// request after 10 s instead of blocking for ever.
+    static func forRequests(in namespace: NetworkNamespace) throws(NetlinkError) -> NetlinkSocket {
+        let socket = try NetlinkSocket(namespace: namespace)
+        try socket.setReceiveTimeout(seconds: 10)
+        return socket
+    }
+
     /// Sets a receive timeout so a lost reply to a request cannot hang the caller forever.
     func setReceiveTimeout(seconds: Int) throws(NetlinkError) {
         var tv = timeval(tv_sec: seconds, tv_usec: 0)

@@ -7,7 +7,7 @@ import RampartCore
 /// connection: the same schema and queries run on PostgreSQL.
 public final class SQLiteStore: Store, @unchecked Sendable {
     public let path: String
-    private let db: SQLiteConnection
+    let db: SQLiteConnection
     private let lock = NSLock()
 
     public static let schema = """
@@ -74,25 +74,25 @@ public final class SQLiteStore: Store, @unchecked Sendable {
         try db.exec(Self.additions)
     }
 
-    private func locked<T>(_ body: () throws(StoreError) -> T) throws(StoreError) -> T {
+    func locked<T>(_ body: () throws(StoreError) -> T) throws(StoreError) -> T {
         lock.lock()
         defer { lock.unlock() }
         return try body()
     }
 
     /// One write transaction.
-    private func transaction<T>(_ body: () throws(StoreError) -> T) throws(StoreError) -> T {
+    func transaction<T>(_ body: () throws(StoreError) -> T) throws(StoreError) -> T {
         try inTransaction("BEGIN IMMEDIATE", body)
     }
 
     /// One read transaction: every statement of `body` sees the same snapshot (WAL: writers
     /// committing meanwhile are not seen), so a document is never assembled from two states.
-    private func reading<T>(_ body: () throws(StoreError) -> T) throws(StoreError) -> T {
+    func reading<T>(_ body: () throws(StoreError) -> T) throws(StoreError) -> T {
         try inTransaction("BEGIN", body)
     }
 
     /// `body` between `begin` and COMMIT, rolled back if it throws.
-    private func inTransaction<T>(_ begin: String, _ body: () throws(StoreError) -> T) throws(StoreError) -> T {
+    func inTransaction<T>(_ begin: String, _ body: () throws(StoreError) -> T) throws(StoreError) -> T {
         try locked { () throws(StoreError) -> T in
             try db.exec(begin)
             do throws(StoreError) {
@@ -118,7 +118,7 @@ public final class SQLiteStore: Store, @unchecked Sendable {
     /// an error naming the row, never dropped: dropping a MAC or an address would disable that
     /// check for the instance. (What parses but breaks the spec is caught by validating the
     /// document.)
-    private func records(_ whereClause: String, _ args: [SQLiteConnection.Value]) throws(StoreError) -> [String: Instance] {
+    func records(_ whereClause: String, _ args: [SQLiteConnection.Value]) throws(StoreError) -> [String: Instance] {
         var out: [String: Instance] = [:]
         for row in try db.query(Self.recordColumns + " " + whereClause, args) {
             guard let id = row[0] else { throw StoreError(.invalid, "store: an instance row has no id") }
@@ -141,7 +141,7 @@ public final class SQLiteStore: Store, @unchecked Sendable {
         return out
     }
 
-    private func groupRow(_ id: String) throws(StoreError) -> Group? {
+    func groupRow(_ id: String) throws(StoreError) -> Group? {
         guard let row = try db.query("SELECT description, rules FROM groups WHERE id = ?", .text(id)).first else { return nil }
         let refs = try db.query("SELECT ref FROM group_refs WHERE group_id = ?", .text(id)).compactMap { $0[0] }
         let rules = try RulesCodec.decode(row[1] ?? "[]", group: id, references: refs)
@@ -218,7 +218,7 @@ public final class SQLiteStore: Store, @unchecked Sendable {
         return doc
     }
 
-    private func documentUnlocked(forHost host: String, full: Bool = false) throws(StoreError) -> Document {
+    func documentUnlocked(forHost host: String, full: Bool = false) throws(StoreError) -> Document {
         var guards: [String] = []
         for row in try db.query("SELECT prefix FROM host_guards WHERE host = ? ORDER BY position", .text(host)) {
             // Like any corrupted row: an error, never a prefix silently dropped (fail closed).
@@ -254,7 +254,7 @@ public final class SQLiteStore: Store, @unchecked Sendable {
         return HostProjection.document(host: host, local: local, localGroups: localGroups, referenced: refs, remote: remote, guardedPrefixes: guards)
     }
 
-    private func writeGuards(_ host: String, _ prefixes: [String]) throws(StoreError) {
+    func writeGuards(_ host: String, _ prefixes: [String]) throws(StoreError) {
         try db.run("DELETE FROM host_guards WHERE host = ?", .text(host))
         for (i, p) in prefixes.enumerated() {
             try db.run("INSERT INTO host_guards(host, position, prefix) VALUES (?, ?, ?)", .text(host), .int(Int64(i)), .text(p))
@@ -276,8 +276,8 @@ public final class SQLiteStore: Store, @unchecked Sendable {
 
     // MARK: fan-out
 
-    private static let rulesFanOut = "SELECT DISTINCT i.host FROM instance_groups ig JOIN instances i ON i.id = ig.instance WHERE ig.group_id = ? ORDER BY 1"
-    private static let membersFanOut = """
+    static let rulesFanOut = "SELECT DISTINCT i.host FROM instance_groups ig JOIN instances i ON i.id = ig.instance WHERE ig.group_id = ? ORDER BY 1"
+    static let membersFanOut = """
         SELECT DISTINCT i.host FROM group_refs r JOIN instance_groups ig ON ig.group_id = r.group_id
         JOIN instances i ON i.id = ig.instance WHERE r.ref = ? ORDER BY 1
         """
@@ -290,7 +290,7 @@ public final class SQLiteStore: Store, @unchecked Sendable {
         try locked { () throws(StoreError) in try db.query(Self.membersFanOut, .text(group)).compactMap { $0[0] } }
     }
 
-    private func fanOut(members groups: some Sequence<String>) throws(StoreError) -> Set<Delivery> {
+    func fanOut(members groups: some Sequence<String>) throws(StoreError) -> Set<Delivery> {
         var out = Set<Delivery>()
         for g in groups {
             for h in try db.query(Self.membersFanOut, .text(g)).compactMap({ $0[0] }) { out.insert(Delivery(host: h, refresh: .members(g))) }
@@ -298,185 +298,7 @@ public final class SQLiteStore: Store, @unchecked Sendable {
         return out
     }
 
-    private func fanOut(rules group: String) throws(StoreError) -> Set<Delivery> {
+    func fanOut(rules group: String) throws(StoreError) -> Set<Delivery> {
         Set(try db.query(Self.rulesFanOut, .text(group)).compactMap { $0[0] }.map { Delivery(host: $0, refresh: .rules(group)) })
-    }
-
-    // MARK: checks
-
-    private func requireGroup(_ id: String) throws(StoreError) {
-        if try db.query("SELECT 1 FROM groups WHERE id = ?", .text(id)).isEmpty { throw StoreError(.notFound, "unknown group \(id)") }
-    }
-
-    private func checkID(_ id: String, _ what: String) throws(StoreError) {
-        let issues = Validate.id(id, at: "")
-        if !issues.isEmpty { throw StoreError(.invalid, "invalid \(what) id: " + issues.map(\.reason).joined(separator: "; ")) }
-    }
-
-    /// The host's document must stay valid (unique interfaces and addresses, …): checked after
-    /// the change, inside the transaction, which a failure rolls back.
-    private func validateHost(_ host: String) throws(StoreError) {
-        let doc = try documentUnlocked(forHost: host)
-        let issues = doc.issues()
-        if !issues.isEmpty { throw StoreError(.invalid, "host \(host) would be invalid:\n  " + issues.map(\.description).joined(separator: "\n  ")) }
-    }
-
-    // MARK: verbs
-
-    public func createGroup(_ id: String, description: String?) throws(StoreError) -> [Delivery] {
-        try checkID(id, "group")
-        if let d = description {
-            let issues = Validate.description(d, at: "groups.\(id).description")
-            if !issues.isEmpty { throw StoreError(.invalid, issues.map(\.description).joined(separator: "; ")) }
-        }
-        return try transaction { () throws(StoreError) in
-            if try !db.query("SELECT 1 FROM groups WHERE id = ?", .text(id)).isEmpty { throw StoreError(.conflict, "group \(id) exists") }
-            try db.run("INSERT INTO groups(id, description, rules) VALUES (?, ?, '[]')", .text(id), description.map { .text($0) } ?? .null)
-            return []
-        }
-    }
-
-    public func deleteGroup(_ id: String) throws(StoreError) -> [Delivery] {
-        try transaction { () throws(StoreError) in
-            try requireGroup(id)
-            let members = try db.query("SELECT instance FROM instance_groups WHERE group_id = ? LIMIT 3", .text(id)).compactMap { $0[0] }
-            if !members.isEmpty { throw StoreError(.conflict, "group \(id) has members (\(members.joined(separator: ", "))…)") }
-            let referrers = try db.query("SELECT group_id FROM group_refs WHERE ref = ? AND group_id <> ? LIMIT 3", .text(id), .text(id)).compactMap { $0[0] }
-            if !referrers.isEmpty { throw StoreError(.conflict, "group \(id) is referenced by the rules of \(referrers.joined(separator: ", "))") }
-            try db.run("DELETE FROM group_refs WHERE group_id = ?", .text(id))
-            try db.run("DELETE FROM groups WHERE id = ?", .text(id))
-            return []
-        }
-    }
-
-    private func writeRules(_ group: String, _ rules: [Rule]) throws(StoreError) {
-        try db.run("UPDATE groups SET rules = ? WHERE id = ?", .text(RulesCodec.encode(rules)), .text(group))
-        try db.run("DELETE FROM group_refs WHERE group_id = ?", .text(group))
-        for r in rules {
-            if case .group(let ref) = r.remote {
-                try requireGroup(ref)
-                try db.run("INSERT OR IGNORE INTO group_refs(group_id, ref) VALUES (?, ?)", .text(group), .text(ref))
-            }
-        }
-    }
-
-    public func authorize(group: String, rule: Rule) throws(StoreError) -> [Delivery] {
-        // A typed rule can still break the contract (ports with icmp, protocol 0, …); the remote
-        // group's existence is checked in the transaction.
-        let issues = Validate.rule(rule, at: "rule")
-        if !issues.isEmpty { throw StoreError(.invalid, issues.map(\.description).joined(separator: "; ")) }
-        return try transaction { () throws(StoreError) in
-            try requireGroup(group)
-            guard var g = try groupRow(group) else { throw StoreError(.notFound, "unknown group \(group)") }
-            var bare = rule
-            bare.id = nil
-            if g.rules.contains(where: { var o = $0; o.id = nil; return o == bare }) {
-                throw StoreError(.conflict, "group \(group) already has this rule")
-            }
-            if let id = rule.id, g.rules.contains(where: { $0.id == id }) { throw StoreError(.conflict, "group \(group) already has a rule with id \(id)") }
-            g.rules.append(rule)
-            try writeRules(group, g.rules)
-            return try fanOut(rules: group).sorted()
-        }
-    }
-
-    public func revoke(group: String, rule: Rule?, id: String?) throws(StoreError) -> [Delivery] {
-        try transaction { () throws(StoreError) in
-            guard var g = try groupRow(group) else { throw StoreError(.notFound, "unknown group \(group)") }
-            let before = g.rules.count
-            if let id { g.rules.removeAll { $0.id == id } }
-            if let rule {
-                var bare = rule
-                bare.id = nil
-                g.rules.removeAll { var o = $0; o.id = nil; return o == bare }
-            }
-            if g.rules.count == before { throw StoreError(.notFound, "group \(group) has no such rule") }
-            try writeRules(group, g.rules)
-            return try fanOut(rules: group).sorted()
-        }
-    }
-
-    private func writeInstance(_ id: String, _ inst: Instance) throws(StoreError) {
-        try db.run("INSERT OR IGNORE INTO hosts(name) VALUES (?)", .text(inst.host))
-        for g in inst.groups { try requireGroup(g) }
-        try db.run("DELETE FROM instance_groups WHERE instance = ?", .text(id))
-        try db.run("INSERT OR REPLACE INTO instances(id, host, ips, interface, mac) VALUES (?, ?, ?, ?, ?)",
-                   .text(id), .text(inst.host), .text(inst.ips.map(\.description).joined(separator: ",")),
-                   inst.interface.map { .text($0) } ?? .null, inst.mac.map { .text($0.description) } ?? .null)
-        var seen = Set<String>()
-        for (i, g) in inst.groups.enumerated() where seen.insert(g).inserted {
-            try db.run("INSERT INTO instance_groups(instance, position, group_id) VALUES (?, ?, ?)", .text(id), .int(Int64(i)), .text(g))
-        }
-    }
-
-    public func addInstance(_ id: String, _ inst: Instance) throws(StoreError) -> [Delivery] {
-        try checkID(id, "instance")
-        return try transaction { () throws(StoreError) in
-            if try !records("WHERE i.id = ?", [.text(id)]).isEmpty { throw StoreError(.conflict, "instance \(id) exists") }
-            try writeInstance(id, inst)
-            try validateHost(inst.host)
-            var out = try fanOut(members: inst.groups)
-            out.insert(Delivery(host: inst.host, refresh: .instance(id)))
-            return out.sorted()
-        }
-    }
-
-    public func removeInstance(_ id: String) throws(StoreError) -> [Delivery] {
-        try transaction { () throws(StoreError) in
-            guard let inst = try records("WHERE i.id = ?", [.text(id)])[id] else { throw StoreError(.notFound, "unknown instance \(id)") }
-            var out = try fanOut(members: inst.groups)
-            try db.run("DELETE FROM instance_groups WHERE instance = ?", .text(id))
-            try db.run("DELETE FROM instances WHERE id = ?", .text(id))
-            out.formUnion(try fanOut(members: inst.groups))
-            out.insert(Delivery(host: inst.host, refresh: .instance(id)))
-            return out.sorted()
-        }
-    }
-
-    public func setGroups(instance id: String, groups: [String]) throws(StoreError) -> [Delivery] {
-        try transaction { () throws(StoreError) in
-            guard var inst = try records("WHERE i.id = ?", [.text(id)])[id] else { throw StoreError(.notFound, "unknown instance \(id)") }
-            let changed = Set(inst.groups).symmetricDifference(groups)
-            var out = try fanOut(members: changed)
-            inst.groups = groups
-            try writeInstance(id, inst)
-            try validateHost(inst.host)
-            out.formUnion(try fanOut(members: changed))
-            out.insert(Delivery(host: inst.host, refresh: .instance(id)))
-            return out.sorted()
-        }
-    }
-
-    /// Upserts every group (rules replaced) and instance of a valid document. Every host that
-    /// has an instance in the store afterwards and is touched by the document gets a whole reload.
-    public func importDocument(_ document: Document) throws(StoreError) -> [Delivery] {
-        do { try document.validate() } catch { throw StoreError(.invalid, error.description) }
-        return try transaction { () throws(StoreError) in
-            for id in document.groups.keys.sorted() {
-                let g = document.groups[id]!
-                try db.run("INSERT INTO groups(id, description, rules) VALUES (?, ?, '[]') ON CONFLICT(id) DO UPDATE SET description = excluded.description",
-                           .text(id), g.description.map { .text($0) } ?? .null)
-            }
-            for id in document.groups.keys.sorted() { try writeRules(id, document.groups[id]!.rules) }
-            // The document's host becomes known (a new hypervisor is registered by importing its
-            // document, even with no instance yet).
-            try db.run("INSERT OR IGNORE INTO hosts(name) VALUES (?)", .text(document.host))
-            // The document is the host's whole policy: its guarded prefixes replace the stored ones.
-            try writeGuards(document.host, document.guardedPrefixes)
-            var hosts = Set<String>()
-            for (id, inst) in document.instances {
-                try writeInstance(id, inst)
-                hosts.insert(inst.host)
-            }
-            for h in hosts { try validateHost(h) }
-            // Every host whose document may have changed: hosts of members of the document's groups.
-            var out = Set<Delivery>()
-            for g in document.groups.keys {
-                for h in try db.query(Self.rulesFanOut, .text(g)).compactMap({ $0[0] }) { out.insert(Delivery(host: h, refresh: .host)) }
-                for h in try db.query(Self.membersFanOut, .text(g)).compactMap({ $0[0] }) { out.insert(Delivery(host: h, refresh: .host)) }
-            }
-            for h in hosts.union([document.host]) { out.insert(Delivery(host: h, refresh: .host)) }
-            return out.sorted()
-        }
     }
 }

@@ -150,26 +150,24 @@ struct ConntrackBench: ParsableCommand {
         index.stop()  // leaves the event groups: no more events for it
         // A socket subscribed like the index's that nobody reads: the kernel's part of the cost
         // (building and queueing a DESTROY event per entry) without the index's thread.
-        var deleteUnread: [UInt64] = []
-        do {
-            let unread = try ConntrackEvents(namespace: .named(ns.name), groups: [.new, .destroy], receiveBuffer: 64 << 20)
+        /// The 1,000 entries made again, then deleted (timed), `repeats` times; `after` runs
+        /// after each delete, untimed.
+        func deletionTimes(after: () throws -> Void = {}) throws -> [UInt64] {
+            var times: [UInt64] = []
             for _ in 0..<repeats {
                 try ct.create(affected)
                 let live = try ct.entries(ConntrackFilter(family: .ipv4, field: .originalSource(ConntrackAddress(ipv4: bastion))))
-                t0 = monotonicNanos()
+                let start = monotonicNanos()
                 _ = try ct.delete(live)
-                deleteUnread.append(monotonicNanos() - t0)
-                _ = try unread.drain { _ in }
+                times.append(monotonicNanos() - start)
+                try after()
             }
-            unread.unsubscribe()
+            return times
         }
-        for _ in 0..<repeats {
-            try ct.create(affected)
-            let live = try ct.entries(ConntrackFilter(family: .ipv4, field: .originalSource(ConntrackAddress(ipv4: bastion))))
-            t0 = monotonicNanos()
-            _ = try ct.delete(live)
-            deleteAlone.append(monotonicNanos() - t0)
-        }
+        let unread = try ConntrackEvents(namespace: .named(ns.name), groups: [.new, .destroy], receiveBuffer: 64 << 20)
+        let deleteUnread = try deletionTimes { _ = try unread.drain { _ in } }
+        unread.unsubscribe()
+        deleteAlone = try deletionTimes()
         report.note("conntrack: deleting the 1,000 entries (by tuple and id): \(formatDuration(median(deleteListened))) (p99 \(formatDuration(percentile(deleteListened, 99)))) with the index listening, \(formatDuration(median(deleteUnread))) (p99 \(formatDuration(percentile(deleteUnread, 99)))) with a subscribed socket nobody reads during the deletes, \(formatDuration(median(deleteAlone))) (p99 \(formatDuration(percentile(deleteAlone, 99)))) with no listener")
         let left = try ct.entries(ConntrackFilter(family: .ipv4)).count
         let extra = ["p99": formatDuration(percentile(cut, 99)), "samples": "\(cut.count)", "entries": "\(entries)", "cut": "1000",

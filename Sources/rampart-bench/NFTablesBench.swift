@@ -1,3 +1,6 @@
+// Longer than the other files (about 420 lines) for a reason: it is one benchmark, read top to
+// bottom as one procedure (setup, each scenario against its baselines, the report); split, its
+// steps would only be called from here.
 import ArgumentParser
 import Foundation
 import RampartCore

@@ -1,0 +1,129 @@
+import Glibc
+import Dispatch
+import RampartCore
+import RampartNetlink
+import RampartSystem
+
+/// What a committed change can have narrowed: the entries a run must look at.
+extension Revocation {
+    // MARK: what a plan can have narrowed
+
+    /// The entries a plan can have disallowed, from the plan and the IR it led to: `none` when
+    /// the plan only adds access (no element removed, no chain rewritten or deleted, no dispatch
+    /// entry removed, no table deleted). With `previous` (the IR the plan started from), a
+    /// rewritten group or instance chain that keeps every rule it had, in order, and only gains
+    /// accepts or jumps to group chains (a rule added, a group joined) counts as adding access.
+    public static func scope(of plan: Plan, result ir: RulesetIR, previous: RulesetIR? = nil) -> Scope {
+        var addresses: Set<IPAddress> = []
+        var all = false
+        var narrows = false
+        let local = LocalAddresses(ir)
+        // Group chain → local instance addresses that jump to it (from in-/out- chains).
+        var membersOfGroupChain: [String: Set<IPAddress>] = [:]
+        var addressesOfInstanceChain: [String: Set<IPAddress>] = [:]
+        for map in [Naming.fromInstanceMap, Naming.toInstanceMap] {
+            for (iface, v) in ir.maps[map]?.elements ?? [:] {
+                guard let c = v.chainReference else { continue }
+                let mine = Set(local.addresses(of: iface))
+                addressesOfInstanceChain[c, default: []].formUnion(mine)
+                for r in ir.chains[c]?.rules ?? [] {
+                    if let g = r.verdict.chainReference { membersOfGroupChain[g, default: []].formUnion(mine) }
+                }
+            }
+        }
+        for op in plan.ops {
+            switch op {
+            case .createTable, .createSet, .createMap, .createChain, .addElements, .addMapElements:
+                continue
+            case .deleteTable:
+                narrows = true; all = true
+            case .deleteSet, .deleteMap:
+                // Only after every reference is gone; what referenced them was rewritten.
+                narrows = true
+            case .removeMapElements(_, let keys):
+                narrows = true
+                // Unplugged (or moved) interfaces: their addresses left the anti-spoofing sets
+                // in the same plan (removeElements below) or moved to another interface.
+                for k in keys { addresses.formUnion(local.addresses(of: k)) }
+            case .removeElements(let set, let elements):
+                narrows = true
+                for e in elements {
+                    switch e {
+                    case .ipv4(let a): addresses.insert(.v4(a))        // a member left a referenced group
+                    case .ipv6(let a): addresses.insert(.v6(a))
+                    case .ifaceIPv4(_, let a): addresses.insert(.v4(a))  // an address left an instance
+                    case .ifaceIPv6(_, let a), .ifaceNDTarget(_, let a): addresses.insert(.v6(a))
+                    case .ifname(let i):
+                        addresses.formUnion(local.addresses(of: i))
+                    case .ifaceEther:
+                        // A MAC changed: checked on every packet before any conntrack verdict.
+                        if set != Naming.sourceMACs { all = true }
+                    }
+                }
+            case .rewriteChain(let name, _), .deleteChain(let name):
+                if case .rewriteChain(_, let rules) = op, let old = previous?.chains[name], old.base == nil,
+                   onlyAdds(old.rules, rules) { continue }
+                narrows = true
+                if let members = membersOfGroupChain[name] {
+                    addresses.formUnion(members)
+                } else if let mine = addressesOfInstanceChain[name] {
+                    addresses.formUnion(mine)
+                } else if name.hasPrefix("gin-") || name.hasPrefix("gout-") || name.hasPrefix("in-") || name.hasPrefix("out-") {
+                    // A chain no local instance reaches any more (deleted or orphaned): whoever
+                    // reached it was rewritten or unplugged in the same plan.
+                    continue
+                } else {
+                    all = true  // a base chain: anything may have changed
+                }
+            }
+        }
+        if !narrows { return .none }
+        if all { return .all }
+        return addresses.isEmpty ? .none : .addresses(addresses)
+    }
+
+    /// What revocation must do after a backend change that led to `ir`: the scope, and the
+    /// addresses whose entries go whatever the policy says. From the change's Plan when it has
+    /// one (`previous`: the IR it started from); a Plan-less change (an iptables converge) that
+    /// changed anything reviews every local instance's entries, and cuts at the addresses it
+    /// reports as departed.
+    public static func work(after change: BackendChange, result ir: RulesetIR, previous: RulesetIR?) -> (scope: Scope, departed: Set<IPAddress>) {
+        if let plan = change.plan {
+            return (scope(of: plan, result: ir, previous: previous), departed(in: plan, result: ir))
+        }
+        return (change.isEmpty ? .none : .all, change.departed)
+    }
+
+    /// Whether `new` is `old` with rules inserted that can only accept: an `accept`, or a jump
+    /// to a group chain (whose rules only accept or fall through).
+    static func onlyAdds(_ old: [IRRule], _ new: [IRRule]) -> Bool {
+        var i = old.startIndex
+        for r in new {
+            if i < old.endIndex && old[i] == r { i += 1; continue }
+            switch r.verdict {
+            case .accept: continue
+            case .jump(let c) where c.hasPrefix("gin-") || c.hasPrefix("gout-"): continue
+            default: return false
+            }
+        }
+        return i == old.endIndex
+    }
+
+    /// The addresses that were a local instance's before `plan` and are no instance's in the IR
+    /// it led to (an instance removed, an address taken from one): every connection at them is
+    /// cut. Read from the plan's removals from the anti-spoofing sets, so no earlier IR is needed.
+    public static func departed(in plan: Plan, result ir: RulesetIR) -> Set<IPAddress> {
+        let now = LocalAddresses(ir)
+        var out: Set<IPAddress> = []
+        for case .removeElements(let set, let elements) in plan.ops where set == Naming.sources4 || set == Naming.sources6 {
+            for e in elements {
+                switch e {
+                case .ifaceIPv4(_, let a) where now.interface(of: .v4(a)) == nil: out.insert(.v4(a))
+                case .ifaceIPv6(_, let a) where now.interface(of: .v6(a)) == nil: out.insert(.v6(a))
+                default: break
+                }
+            }
+        }
+        return out
+    }
+}

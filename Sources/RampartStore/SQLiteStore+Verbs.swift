@@ -1,0 +1,184 @@
+import Foundation
+import RampartCore
+
+/// The verbs of the store: each checks its input, then changes the store and computes the
+/// fan-out in one transaction (`transaction`, SQLiteStore.swift).
+extension SQLiteStore {
+    // MARK: checks
+
+    func requireGroup(_ id: String) throws(StoreError) {
+        if try db.query("SELECT 1 FROM groups WHERE id = ?", .text(id)).isEmpty { throw StoreError(.notFound, "unknown group \(id)") }
+    }
+
+    func checkID(_ id: String, _ what: String) throws(StoreError) {
+        let issues = Validate.id(id, at: "")
+        if !issues.isEmpty { throw StoreError(.invalid, "invalid \(what) id: " + issues.map(\.reason).joined(separator: "; ")) }
+    }
+
+    /// The host's document must stay valid (unique interfaces and addresses, …): checked after
+    /// the change, inside the transaction, which a failure rolls back.
+    func validateHost(_ host: String) throws(StoreError) {
+        let doc = try documentUnlocked(forHost: host)
+        let issues = doc.issues()
+        if !issues.isEmpty { throw StoreError(.invalid, "host \(host) would be invalid:\n  " + issues.map(\.description).joined(separator: "\n  ")) }
+    }
+
+    // MARK: verbs
+
+    public func createGroup(_ id: String, description: String?) throws(StoreError) -> [Delivery] {
+        try checkID(id, "group")
+        if let d = description {
+            let issues = Validate.description(d, at: "groups.\(id).description")
+            if !issues.isEmpty { throw StoreError(.invalid, issues.map(\.description).joined(separator: "; ")) }
+        }
+        return try transaction { () throws(StoreError) in
+            if try !db.query("SELECT 1 FROM groups WHERE id = ?", .text(id)).isEmpty { throw StoreError(.conflict, "group \(id) exists") }
+            try db.run("INSERT INTO groups(id, description, rules) VALUES (?, ?, '[]')", .text(id), description.map { .text($0) } ?? .null)
+            return []
+        }
+    }
+
+    public func deleteGroup(_ id: String) throws(StoreError) -> [Delivery] {
+        try transaction { () throws(StoreError) in
+            try requireGroup(id)
+            let members = try db.query("SELECT instance FROM instance_groups WHERE group_id = ? LIMIT 3", .text(id)).compactMap { $0[0] }
+            if !members.isEmpty { throw StoreError(.conflict, "group \(id) has members (\(members.joined(separator: ", "))…)") }
+            let referrers = try db.query("SELECT group_id FROM group_refs WHERE ref = ? AND group_id <> ? LIMIT 3", .text(id), .text(id)).compactMap { $0[0] }
+            if !referrers.isEmpty { throw StoreError(.conflict, "group \(id) is referenced by the rules of \(referrers.joined(separator: ", "))") }
+            try db.run("DELETE FROM group_refs WHERE group_id = ?", .text(id))
+            try db.run("DELETE FROM groups WHERE id = ?", .text(id))
+            return []
+        }
+    }
+
+    func writeRules(_ group: String, _ rules: [Rule]) throws(StoreError) {
+        try db.run("UPDATE groups SET rules = ? WHERE id = ?", .text(RulesCodec.encode(rules)), .text(group))
+        try db.run("DELETE FROM group_refs WHERE group_id = ?", .text(group))
+        for r in rules {
+            if case .group(let ref) = r.remote {
+                try requireGroup(ref)
+                try db.run("INSERT OR IGNORE INTO group_refs(group_id, ref) VALUES (?, ?)", .text(group), .text(ref))
+            }
+        }
+    }
+
+    public func authorize(group: String, rule: Rule) throws(StoreError) -> [Delivery] {
+        // A typed rule can still break the contract (ports with icmp, protocol 0, …); the remote
+        // group's existence is checked in the transaction.
+        let issues = Validate.rule(rule, at: "rule")
+        if !issues.isEmpty { throw StoreError(.invalid, issues.map(\.description).joined(separator: "; ")) }
+        return try transaction { () throws(StoreError) in
+            try requireGroup(group)
+            guard var g = try groupRow(group) else { throw StoreError(.notFound, "unknown group \(group)") }
+            var bare = rule
+            bare.id = nil
+            if g.rules.contains(where: { var o = $0; o.id = nil; return o == bare }) {
+                throw StoreError(.conflict, "group \(group) already has this rule")
+            }
+            if let id = rule.id, g.rules.contains(where: { $0.id == id }) { throw StoreError(.conflict, "group \(group) already has a rule with id \(id)") }
+            g.rules.append(rule)
+            try writeRules(group, g.rules)
+            return try fanOut(rules: group).sorted()
+        }
+    }
+
+    public func revoke(group: String, rule: Rule?, id: String?) throws(StoreError) -> [Delivery] {
+        try transaction { () throws(StoreError) in
+            guard var g = try groupRow(group) else { throw StoreError(.notFound, "unknown group \(group)") }
+            let before = g.rules.count
+            if let id { g.rules.removeAll { $0.id == id } }
+            if let rule {
+                var bare = rule
+                bare.id = nil
+                g.rules.removeAll { var o = $0; o.id = nil; return o == bare }
+            }
+            if g.rules.count == before { throw StoreError(.notFound, "group \(group) has no such rule") }
+            try writeRules(group, g.rules)
+            return try fanOut(rules: group).sorted()
+        }
+    }
+
+    func writeInstance(_ id: String, _ inst: Instance) throws(StoreError) {
+        try db.run("INSERT OR IGNORE INTO hosts(name) VALUES (?)", .text(inst.host))
+        for g in inst.groups { try requireGroup(g) }
+        try db.run("DELETE FROM instance_groups WHERE instance = ?", .text(id))
+        try db.run("INSERT OR REPLACE INTO instances(id, host, ips, interface, mac) VALUES (?, ?, ?, ?, ?)",
+                   .text(id), .text(inst.host), .text(inst.ips.map(\.description).joined(separator: ",")),
+                   inst.interface.map { .text($0) } ?? .null, inst.mac.map { .text($0.description) } ?? .null)
+        var seen = Set<String>()
+        for (i, g) in inst.groups.enumerated() where seen.insert(g).inserted {
+            try db.run("INSERT INTO instance_groups(instance, position, group_id) VALUES (?, ?, ?)", .text(id), .int(Int64(i)), .text(g))
+        }
+    }
+
+    public func addInstance(_ id: String, _ inst: Instance) throws(StoreError) -> [Delivery] {
+        try checkID(id, "instance")
+        return try transaction { () throws(StoreError) in
+            if try !records("WHERE i.id = ?", [.text(id)]).isEmpty { throw StoreError(.conflict, "instance \(id) exists") }
+            try writeInstance(id, inst)
+            try validateHost(inst.host)
+            var out = try fanOut(members: inst.groups)
+            out.insert(Delivery(host: inst.host, refresh: .instance(id)))
+            return out.sorted()
+        }
+    }
+
+    public func removeInstance(_ id: String) throws(StoreError) -> [Delivery] {
+        try transaction { () throws(StoreError) in
+            guard let inst = try records("WHERE i.id = ?", [.text(id)])[id] else { throw StoreError(.notFound, "unknown instance \(id)") }
+            var out = try fanOut(members: inst.groups)
+            try db.run("DELETE FROM instance_groups WHERE instance = ?", .text(id))
+            try db.run("DELETE FROM instances WHERE id = ?", .text(id))
+            out.formUnion(try fanOut(members: inst.groups))
+            out.insert(Delivery(host: inst.host, refresh: .instance(id)))
+            return out.sorted()
+        }
+    }
+
+    public func setGroups(instance id: String, groups: [String]) throws(StoreError) -> [Delivery] {
+        try transaction { () throws(StoreError) in
+            guard var inst = try records("WHERE i.id = ?", [.text(id)])[id] else { throw StoreError(.notFound, "unknown instance \(id)") }
+            let changed = Set(inst.groups).symmetricDifference(groups)
+            var out = try fanOut(members: changed)
+            inst.groups = groups
+            try writeInstance(id, inst)
+            try validateHost(inst.host)
+            out.formUnion(try fanOut(members: changed))
+            out.insert(Delivery(host: inst.host, refresh: .instance(id)))
+            return out.sorted()
+        }
+    }
+
+    /// Upserts every group (rules replaced) and instance of a valid document. Every host that
+    /// has an instance in the store afterwards and is touched by the document gets a whole reload.
+    public func importDocument(_ document: Document) throws(StoreError) -> [Delivery] {
+        do { try document.validate() } catch { throw StoreError(.invalid, error.description) }
+        return try transaction { () throws(StoreError) in
+            for id in document.groups.keys.sorted() {
+                let g = document.groups[id]!
+                try db.run("INSERT INTO groups(id, description, rules) VALUES (?, ?, '[]') ON CONFLICT(id) DO UPDATE SET description = excluded.description",
+                           .text(id), g.description.map { .text($0) } ?? .null)
+            }
+            for id in document.groups.keys.sorted() { try writeRules(id, document.groups[id]!.rules) }
+            // The document's host becomes known (a new hypervisor is registered by importing its
+            // document, even with no instance yet).
+            try db.run("INSERT OR IGNORE INTO hosts(name) VALUES (?)", .text(document.host))
+            // The document is the host's whole policy: its guarded prefixes replace the stored ones.
+            try writeGuards(document.host, document.guardedPrefixes)
+            var hosts = Set<String>()
+            for (id, inst) in document.instances {
+                try writeInstance(id, inst)
+                hosts.insert(inst.host)
+            }
+            for h in hosts { try validateHost(h) }
+            // Every host whose document may have changed: hosts of members of the document's groups.
+            var out = Set<Delivery>()
+            for g in document.groups.keys {
+                for h in try db.query(Self.rulesFanOut, .text(g)).compactMap({ $0[0] }) { out.insert(Delivery(host: h, refresh: .host)) }
+                for h in try db.query(Self.membersFanOut, .text(g)).compactMap({ $0[0] }) { out.insert(Delivery(host: h, refresh: .host)) }
+            }
+            for h in hosts.union([document.host]) { out.insert(Delivery(host: h, refresh: .host)) }
+            return out.sorted()
+        }
+    }
+}
