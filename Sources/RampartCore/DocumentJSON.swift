@@ -20,13 +20,13 @@ public enum RampartJSON {
 
     /// The JSON text of a value whose encoding cannot fail (Rampart's own types: strings,
     /// integers and containers of them, no floating point).
-    static func infallibleText(_ value: some Encodable) -> String {
+    public static func infallibleText(_ value: some Encodable) -> String {
         do { return try text(value) } catch { preconditionFailure("encoding \(type(of: value)) failed: \(error)") }
     }
 }
 
 /// A JSON string literal (quotes, backslashes and control characters escaped), written by
-/// `RampartJSON`. For the daemon's responses until they are `Encodable` values too.
+/// `RampartJSON`: for quoting a value inside a message.
 public func jsonString(_ s: String) -> String { RampartJSON.infallibleText(s) }
 
 /// An object key, written as a string literal.

@@ -19,7 +19,29 @@ public struct APIResponse: Sendable, Equatable {
     public static func == (a: Self, b: Self) -> Bool { a.status == b.status && a.body == b.body && a.contentType == b.contentType }
 
     static func error(_ status: Int, _ message: String, headers: [(String, String)] = []) -> APIResponse {
-        APIResponse(status: status, body: "{\"error\":\(jsonString(message))}\n", headers: headers)
+        json(status, APIBody.Failure(error: message), headers: headers)
+    }
+
+    /// A JSON body written by the project's one JSON writer (`RampartJSON`), newline-terminated.
+    static func json(_ status: Int, _ value: some Encodable, headers: [(String, String)] = []) -> APIResponse {
+        APIResponse(status: status, body: RampartJSON.infallibleText(value) + "\n", headers: headers)
+    }
+}
+
+/// The API's bodies, as values.
+enum APIBody {
+    struct Failure: Encodable { var error: String }
+    struct Queued: Encodable { var status = "queued"; var ticket: UInt64 }
+    struct Committed: Encodable {
+        var status = "committed"
+        var generation: UInt32?
+        // `generation` is written as null when there is none, not left out.
+        func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(status, forKey: .status)
+            try c.encode(generation, forKey: .generation)
+        }
+        enum CodingKeys: String, CodingKey { case status, generation }
     }
 }
 
@@ -83,7 +105,7 @@ public struct APIRouter: Sendable {
             guard let ticket = daemon.offer(refresh, reply: onDone) else {
                 return Self.queueFull
             }
-            if !wait { return APIResponse(status: 202, body: "{\"status\":\"queued\",\"ticket\":\(ticket)}\n") }
+            if !wait { return .json(202, APIBody.Queued(ticket: ticket)) }
             return nil
         }
     }
@@ -92,7 +114,7 @@ public struct APIRouter: Sendable {
 
     private static func outcomeResponse(_ o: SyncOutcome) -> APIResponse {
         switch o {
-        case .committed(let g): APIResponse(status: 200, body: "{\"status\":\"committed\",\"generation\":\(g.map(String.init) ?? "null")}\n")
+        case .committed(let g): .json(200, APIBody.Committed(generation: g))
         case .failed(let e): .error(500, e)
         }
     }

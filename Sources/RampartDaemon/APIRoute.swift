@@ -76,7 +76,7 @@ public enum APIRoute: Hashable, Sendable {
     private struct WaitBody: Decodable { var wait: Bool? }
 
     private static func idProblem(_ id: String) -> String? {
-        let issues = Document(host: "-", groups: [id: Group()]).issues()
+        let issues = Validate.id(id, at: "id")
         return issues.isEmpty ? nil : issues.map(\.reason).joined(separator: "; ")
     }
 

@@ -295,7 +295,7 @@ private final class RefuseHandler: ChannelInboundHandler {
     private var refused = false
 
     static let response: String = {
-        let body = "{\"error\":\"too many connections; retry later\"}\n"
+        let body = APIResponse.error(503, "too many connections; retry later").body
         return "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
             + "Content-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n" + body
     }()
