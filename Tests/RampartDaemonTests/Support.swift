@@ -14,10 +14,23 @@ final class FakeKernel: @unchecked Sendable {
     let nft = RecordingNFTables()
 }
 
+/// The parent of every directory this test process makes, removed when the process exits (a
+/// test that fails half-way leaves nothing behind either).
+let testRunDirectory: String = {
+    let p = FileManager.default.temporaryDirectory.appendingPathComponent("rampartd-tests-\(getpid())").path
+    try? FileManager.default.createDirectory(atPath: p, withIntermediateDirectories: true)
+    chmod(p, 0o755)
+    atexit {
+        let p = FileManager.default.temporaryDirectory.appendingPathComponent("rampartd-tests-\(getpid())").path
+        try? FileManager.default.removeItem(atPath: p)
+    }
+    return p
+}()
+
 /// A fresh directory, 0755 and root's whatever the umask (the daemon refuses a store or socket
 /// directory that others can write).
 func tempDir(_ tag: String) -> String {
-    let p = FileManager.default.temporaryDirectory.appendingPathComponent("rampartd-\(tag)-\(UUID().uuidString.prefix(8))").path
+    let p = (testRunDirectory as NSString).appendingPathComponent("\(tag)-\(UUID().uuidString.prefix(8))")
     try? FileManager.default.createDirectory(atPath: p, withIntermediateDirectories: true)
     chmod(p, 0o755)
     return p
