@@ -1,0 +1,281 @@
+import Foundation
+import RampartCore
+import RampartHarness
+
+// The pieces of the evaluator-vs-kernel property (EvaluatorAgreesWithKernelTests): the fixed
+// topology, random documents over it, random flows between its nodes, and the oracle that
+// turns `Evaluate.packet` verdicts into what a probe can observe.
+
+/// SplitMix64: deterministic, so a seed reproduces a case exactly (documents and flows).
+struct EvalRNG: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9e37_79b9_7f4a_7c15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
+        z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
+        return z ^ (z >> 31)
+    }
+    mutating func chance(_ p: Double) -> Bool { Double.random(in: 0..<1, using: &self) < p }
+    mutating func int(_ r: ClosedRange<Int>) -> Int { Int.random(in: r, using: &self) }
+    mutating func pick<T>(_ a: [T]) -> T { a[int(0...a.count - 1)] }
+}
+
+/// The hypervisor the property runs on: four instances (IPv4 and IPv6 each), two outside hosts
+/// (one inside 10/8 and fd00::/16, one "internet"), and the hypervisor itself. Every node has a
+/// fixed MAC, so the evaluator can be given the MAC each packet really carries.
+enum EvalTopology {
+    struct Node { var name: String; var interface: String?; var v4: String; var v6: String; var mac: String? }
+    static let instances = [
+        Node(name: "a", interface: "tapa", v4: "10.0.1.11", v6: "fd00::11", mac: "02:00:00:00:00:0a"),
+        Node(name: "b", interface: "tapb", v4: "10.0.1.12", v6: "fd00::12", mac: "02:00:00:00:00:0b"),
+        Node(name: "c", interface: "tapc", v4: "10.0.2.21", v6: "fd00::21", mac: "02:00:00:00:00:0c"),
+        Node(name: "d", interface: "tapd", v4: "10.0.2.22", v6: "fd00::1:22", mac: "02:00:00:00:00:0d"),
+    ]
+    static let outside = [
+        Node(name: "o1", interface: "up0", v4: "10.0.9.5", v6: "fd00::95", mac: "02:00:00:00:00:f1"),
+        Node(name: "o2", interface: "up1", v4: "192.0.2.10", v6: "2001:db8::10", mac: "02:00:00:00:00:f2"),
+    ]
+    static let hypervisor = Node(name: HypervisorTopology.hypervisorName, interface: nil, v4: "10.255.0.1", v6: "fd00:ff::1", mac: nil)
+    static var all: [Node] { instances + outside + [hypervisor] }
+    static func node(_ name: String) -> Node { all.first { $0.name == name }! }
+
+    static let spec = TopologySpec(
+        instances: instances.map { InstanceSpec(name: $0.name, interface: $0.interface!, addresses: [$0.v4, $0.v6], mac: $0.mac) },
+        outside: outside.map { OutsideHostSpec(name: $0.name, addresses: [$0.v4, $0.v6], interface: $0.interface, mac: $0.mac) },
+        hypervisorAddresses: [hypervisor.v4, hypervisor.v6])
+
+    /// Ports the rules and the probes draw from: small, so that ranges and probes meet (edges
+    /// included). Far from DHCP (67/68), which the base chains treat specially.
+    static let ports: [UInt16] = [1000, 1001, 1002, 1005, 1009, 1010]
+
+    static let prefixes4 = ["0.0.0.0/0", "10.0.0.0/8", "10.0.1.0/24", "10.0.2.0/24", "10.0.1.11/32", "10.0.9.5/32",
+                            "192.0.2.0/24", "10.255.0.0/16", "10.0.0.0/22", "10.0.2.16/28"]
+    static let prefixes6 = ["::/0", "fd00::/16", "fd00::/120", "fd00::10/124", "2001:db8::/32", "fd00:ff::1/128",
+                            "fd00::21/128", "fd00::1:0/112"]
+}
+
+/// Random documents over `EvalTopology`: random groups and rules (tcp/udp/icmp/icmpv6/any,
+/// port ranges, ICMP type and code, cidr and group remotes, either direction), the local
+/// instances' memberships (an instance may be left out: its tap is then not Rampart's, or
+/// guarded), and the outside hosts as members on other hosts (so group remotes reach them).
+struct EvalDocGen {
+    var rng: EvalRNG
+    init(seed: UInt64) { rng = EvalRNG(seed: seed) }
+
+    func prefix(_ s: String) -> IPPrefix {
+        guard case .ok(let p) = IPPrefix.parse(s) else { preconditionFailure(s) }
+        return p
+    }
+
+    mutating func rule(groups: [String]) -> Rule {
+        let proto: RuleProtocol = rng.pick([.tcp, .tcp, .udp, .udp, .icmp, .icmpv6, .any])
+        var r = Rule(direction: rng.chance(0.5) ? .ingress : .egress, proto: proto, remote: .group(rng.pick(groups)))
+        if proto.hasPorts && rng.chance(0.7) {
+            let lo = rng.pick(EvalTopology.ports)
+            let hi = rng.chance(0.5) ? lo : max(lo, rng.pick(EvalTopology.ports))
+            r.ports = lo...hi
+        }
+        if proto == .icmp && rng.chance(0.6) {
+            r.icmpType = rng.pick([8, 8, 0, 3])
+            if rng.chance(0.3) { r.icmpCode = rng.pick([0, 1]) }
+        }
+        if proto == .icmpv6 && rng.chance(0.6) {
+            r.icmpType = rng.pick([128, 128, 129, 1])
+            if rng.chance(0.3) { r.icmpCode = rng.pick([0, 1]) }
+        }
+        let wanted: IPFamily? = proto == .icmp ? .ipv4 : (proto == .icmpv6 ? .ipv6 : nil)
+        if rng.chance(0.5) {
+            let family = wanted ?? (rng.chance(0.5) ? .ipv4 : .ipv6)
+            r.remote = .cidr(prefix(rng.pick(family == .ipv4 ? EvalTopology.prefixes4 : EvalTopology.prefixes6)))
+        } else if rng.chance(0.3) {
+            r.ethertype = wanted ?? (rng.chance(0.5) ? .ipv4 : .ipv6)
+        }
+        return r
+    }
+
+    mutating func memberships(_ groups: [String]) -> [String] {
+        Array(Set((0..<rng.pick([0, 1, 1, 2, 2])).map { _ in rng.pick(groups) })).sorted()
+    }
+
+    mutating func document() -> Document {
+        let groups = (0..<rng.int(1...4)).map { $0 == 2 ? "g2:x" : "g\($0)" }
+        var d = Document(host: "hv1")
+        for g in groups {
+            d.groups[g] = Group(rules: (0..<rng.int(0...5)).map { i in
+                var r = rule(groups: groups)
+                r.id = "r\(i)"
+                return r
+            })
+            // Most security groups let their members send anywhere (the usual default); without
+            // it almost every flow would be dropped by its sender's egress.
+            for (p, f) in [("0.0.0.0/0", "all4"), ("::/0", "all6")] where rng.chance(0.6) {
+                d.groups[g]!.rules.append(Rule(id: f, direction: .egress, proto: rng.chance(0.8) ? .any : rng.pick([.tcp, .udp]), remote: .cidr(prefix(p))))
+            }
+        }
+        for n in EvalTopology.instances where rng.chance(0.85) {
+            var ips = [IPAddress(n.v6)!]
+            // Leaving the IPv4 address out makes anti-spoofing drop the instance's IPv4 traffic.
+            // (Not IPv6: the instance then could not answer neighbour solicitations for it, a
+            // link-layer effect the evaluator does not model.)
+            if rng.chance(0.9) { ips.insert(IPAddress(n.v4)!, at: 0) }
+            d.instances[n.name] = Instance(host: "hv1", groups: memberships(groups), ips: ips, interface: n.interface,
+                                           mac: rng.chance(0.3) ? MACAddress(n.mac!) : nil)
+        }
+        for n in EvalTopology.outside where rng.chance(0.6) {
+            var ips: [IPAddress] = []
+            if rng.chance(0.8) { ips.append(IPAddress(n.v4)!) }
+            if ips.isEmpty || rng.chance(0.7) { ips.append(IPAddress(n.v6)!) }
+            d.instances["remote-" + n.name] = Instance(host: "hv2", groups: memberships(groups), ips: ips)
+        }
+        if rng.chance(0.3) {
+            d.instances["decoy"] = Instance(host: "hv3", groups: memberships(groups), ips: [IPAddress("10.0.1.99")!, IPAddress("fd00::99")!])
+        }
+        if rng.chance(0.3) { d.guardedPrefixes = ["tap"] }
+        return d
+    }
+
+    /// Random flows the kernel is asked about: instance → instance on the host, outside →
+    /// instance, instance → outside, host → instance, instance → host; TCP, UDP, ICMP echo;
+    /// IPv4 and IPv6. Half of them are aimed at an ingress rule of the document (a member of
+    /// its group as the destination, its protocol and a port of its range), so that allowed
+    /// flows are common; the rest are uniform.
+    mutating func flows(_ count: Int, for document: Document) -> [EvalFlow] {
+        let instances = EvalTopology.instances.map(\.name), outside = EvalTopology.outside.map(\.name)
+        let hv = EvalTopology.hypervisor.name
+        // (destination instance, rule) for every ingress rule of a group with a local member here.
+        var aims: [(String, Rule)] = []
+        for (id, inst) in document.instances.sorted(by: { $0.key < $1.key }) where instances.contains(id) {
+            for g in inst.groups { for r in document.groups[g]?.rules ?? [] where r.direction == .ingress { aims.append((id, r)) } }
+        }
+        var out: [EvalFlow] = []
+        var attempts = 0
+        while out.count < count && attempts < count * 20 {
+            attempts += 1
+            var (from, to): (String, String)
+            switch rng.int(0...4) {
+            case 0: from = rng.pick(instances); to = rng.pick(instances.filter { $0 != from })
+            case 1: from = rng.pick(outside); to = rng.pick(instances)
+            case 2: from = rng.pick(instances); to = rng.pick(outside)
+            case 3: from = hv; to = rng.pick(instances)
+            default: from = rng.pick(instances); to = hv
+            }
+            var kind: EvalFlow.Kind
+            switch rng.int(0...4) {
+            case 0, 1: kind = .tcp(rng.pick(EvalTopology.ports))
+            case 2, 3: kind = .udp(rng.pick(EvalTopology.ports))
+            default: kind = .icmp
+            }
+            var family: IPFamily = rng.chance(0.5) ? .ipv4 : .ipv6
+            if !aims.isEmpty && rng.chance(0.5) {
+                let (dst, r) = rng.pick(aims)
+                to = dst
+                from = rng.pick(instances.filter { $0 != dst } + outside + [hv])
+                family = rng.pick(r.families)
+                let port = r.ports.map { rng.pick(EvalTopology.ports.filter($0.contains)) } ?? rng.pick(EvalTopology.ports)
+                switch r.proto {
+                case .tcp: kind = .tcp(port)
+                case .udp: kind = .udp(port)
+                case .icmp: kind = .icmp; family = .ipv4
+                case .icmpv6: kind = .icmp; family = .ipv6
+                default: break
+                }
+            }
+            let f = EvalFlow(kind: kind, from: from, to: to, family: family)
+            if !out.contains(f) { out.append(f) }
+        }
+        return out
+    }
+}
+
+/// One flow between two nodes of `EvalTopology`, as a probe and as the packets it is made of.
+struct EvalFlow: Hashable, CustomStringConvertible {
+    enum Kind: Hashable { case tcp(UInt16), udp(UInt16), icmp }
+    var kind: Kind
+    var from: String
+    var to: String
+    var family: IPFamily
+
+    var description: String {
+        let k = switch kind { case .tcp(let p): "tcp/\(p)"; case .udp(let p): "udp/\(p)"; case .icmp: family == .ipv4 ? "icmp echo" : "icmpv6 echo" }
+        return "\(k) \(from) → \(to) (\(family.rawValue))"
+    }
+
+    func address(_ n: EvalTopology.Node) -> String { family == .ipv4 ? n.v4 : n.v6 }
+
+    func probe(timeout: Double) -> Probe {
+        let dst = address(EvalTopology.node(to))
+        switch kind {
+        case .tcp(let p): return .tcp(from: from, to: dst, port: p, timeout: timeout)
+        case .udp(let p): return .udp(from: from, to: dst, port: p, timeout: timeout)
+        case .icmp: return .icmp(from: from, to: dst, timeout: timeout)
+        }
+    }
+
+    /// The packets the probe's verdict depends on, as the hypervisor's firewall sees them:
+    /// the first packet (conntrack new), the first reply (established), and for TCP the
+    /// client's next packet (established).
+    var first: PacketDescription { packet(reply: false, established: false) }
+    var reply: PacketDescription { packet(reply: true, established: true) }
+    var followUp: PacketDescription { packet(reply: false, established: true) }
+
+    /// The client's source port: any ephemeral port (the policy never looks at it outside DHCP).
+    static let clientPort: UInt16 = 40000
+
+    private func packet(reply: Bool, established: Bool) -> PacketDescription {
+        let s = EvalTopology.node(reply ? to : from), d = EvalTopology.node(reply ? from : to)
+        let proto: UInt8, sport: UInt16?, dport: UInt16?, type: UInt8?, flags: UInt8
+        switch kind {
+        case .tcp(let p):
+            proto = 6; sport = reply ? p : Self.clientPort; dport = reply ? Self.clientPort : p; type = nil
+            flags = !established ? 0x02 : (reply ? 0x12 : 0x10)
+        case .udp(let p):
+            proto = 17; sport = reply ? p : Self.clientPort; dport = reply ? Self.clientPort : p; type = nil; flags = 0
+        case .icmp:
+            proto = family == .ipv4 ? 1 : 58; sport = nil; dport = nil; flags = 0
+            type = family == .ipv4 ? (reply ? 0 : 8) : (reply ? 129 : 128)
+        }
+        return PacketDescription(from: s.interface, to: d.interface, source: IPAddress(address(s))!, destination: IPAddress(address(d))!,
+                                 protocolNumber: proto, sourcePort: sport, destinationPort: dport, icmpType: type,
+                                 icmpCode: type == nil ? nil : 0, connectionState: established ? [.established] : .new,
+                                 tcpFlags: flags, sourceMAC: s.mac.flatMap(MACAddress.init))
+    }
+
+    /// What the evaluator predicts a probe observes.
+    struct Expected: Equatable, CustomStringConvertible {
+        /// TCP: connected and echoed; UDP: the listener got the datagram; ICMP: the reply came.
+        var passed: Bool
+        /// UDP only: the echo came back (nil: not compared).
+        var answered: Bool?
+        var description: String {
+            (passed ? "passed" : "dropped") + (answered.map { $0 ? ", answered" : ", unanswered" } ?? "")
+        }
+    }
+
+    func expected(in ir: RulesetIR) -> Expected {
+        let new = Evaluate.packet(first, in: ir).allowed
+        let back = Evaluate.packet(reply, in: ir).allowed
+        switch kind {
+        case .tcp: return Expected(passed: new && back && Evaluate.packet(followUp, in: ir).allowed, answered: nil)
+        case .udp: return Expected(passed: new, answered: new && back)
+        case .icmp: return Expected(passed: new && back, answered: nil)
+        }
+    }
+
+    func observed(_ r: ProbeResult) -> Expected {
+        if case .udp = kind { return Expected(passed: r.passed, answered: r.answered) }
+        return Expected(passed: r.passed, answered: nil)
+    }
+
+    /// The evaluator's trace of each packet, for a failure message.
+    func explain(in ir: RulesetIR) -> String {
+        var packets = [("first (new)", first), ("reply (established)", reply)]
+        if case .tcp = kind { packets.append(("follow-up (established)", followUp)) }
+        return packets.map { name, p in
+            let v = Evaluate.packet(p, in: ir)
+            return "  \(name): \(v.allowed ? "ALLOWED" : "DROPPED") — \(v.reason(in: ir))\n"
+                + v.trace.map { "      \($0)" }.joined(separator: "\n")
+        }.joined(separator: "\n")
+    }
+}
