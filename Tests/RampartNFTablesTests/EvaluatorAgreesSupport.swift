@@ -279,3 +279,127 @@ struct EvalFlow: Hashable, CustomStringConvertible {
         }.joined(separator: "\n")
     }
 }
+
+/// One crafted packet through the hypervisor (forwarded: instance ↔ instance, outside ↔
+/// instance), sent as a frame from the source node and looked for on the destination's link:
+/// one packet, one verdict, with what a socket cannot send — a TCP packet that is not a SYN,
+/// an RST, DHCP source ports, ICMP codes and other types, a source address or MAC that is not the
+/// sender's.
+struct EvalRawFlow: Hashable, CustomStringConvertible {
+    enum Kind: Hashable { case tcp(flags: UInt8, sport: UInt16, dport: UInt16), udp(sport: UInt16, dport: UInt16), icmp(type: UInt8, code: UInt8, id: UInt16) }
+    var kind: Kind
+    var from: String
+    var to: String
+    var family: IPFamily
+    /// The source address carried (nil: the sender's own).
+    var spoofedSource: String?
+    /// The source MAC carried (nil: the sender's own).
+    var spoofedMAC: String?
+
+    static let wrongMAC = "02:00:00:00:00:99"
+
+    var description: String {
+        let k = switch kind {
+        case .tcp(let f, let s, let d): "tcp flags 0x\(String(f, radix: 16)) \(s)→\(d)"
+        case .udp(let s, let d): "udp \(s)→\(d)"
+        case .icmp(let t, let c, _): "\(family == .ipv4 ? "icmp" : "icmpv6") type \(t) code \(c)"
+        }
+        return "raw \(k) \(from) → \(to) (\(family.rawValue))" + (spoofedSource.map { " from address \($0)" } ?? "")
+            + (spoofedMAC.map { " from MAC \($0)" } ?? "")
+    }
+
+    var source: String { spoofedSource ?? address(EvalTopology.node(from)) }
+    var destination: String { address(EvalTopology.node(to)) }
+    func address(_ n: EvalTopology.Node) -> String { family == .ipv4 ? n.v4 : n.v6 }
+
+    /// Conntrack's view of the packet, with no entry for its tuple: a TCP packet opens a new entry
+    /// unless it is one that cannot begin a connection (RST, SYN-ACK, FIN: invalid; a bare ACK is
+    /// picked up mid-stream, `nf_conntrack_tcp_loose`); ICMP only from an echo, timestamp, info or
+    /// address request (ICMPv6: echo request), every other type without an entry is invalid.
+    var connectionState: CTStates {
+        switch kind {
+        case .tcp(let f, _, _):
+            let syn = f & 0x02 != 0, ack = f & 0x10 != 0, rst = f & 0x04 != 0, fin = f & 0x01 != 0
+            if rst || fin || (syn && ack) { return .invalid }
+            return .new
+        case .udp: return .new
+        case .icmp(let t, _, _):
+            return (family == .ipv4 ? [8, 13, 15, 17].contains(t) : t == 128) ? .new : .invalid
+        }
+    }
+
+    var packet: PacketDescription {
+        let s = EvalTopology.node(from), d = EvalTopology.node(to)
+        var p = PacketDescription(from: s.interface, to: d.interface, source: IPAddress(source)!, destination: IPAddress(destination)!,
+                                  protocolNumber: 0, connectionState: connectionState, tcpFlags: 0,
+                                  sourceMAC: (spoofedMAC ?? s.mac).flatMap(MACAddress.init))
+        switch kind {
+        case .tcp(let f, let sp, let dp): p.protocolNumber = 6; p.sourcePort = sp; p.destinationPort = dp; p.tcpFlags = f
+        case .udp(let sp, let dp): p.protocolNumber = 17; p.sourcePort = sp; p.destinationPort = dp
+        case .icmp(let t, let c, _): p.protocolNumber = family == .ipv4 ? 1 : 58; p.icmpType = t; p.icmpCode = c
+        }
+        return p
+    }
+
+    /// The IP packet, carrying `token` as its payload.
+    func bytes(_ token: [UInt8]) throws -> [UInt8] {
+        switch kind {
+        case .tcp(let f, let sp, let dp):
+            return try RawPacket.tcp(src: source, dst: destination, sport: sp, dport: dp, seq: 1000, ack: f & 0x10 != 0 ? 1 : 0, flags: f, token)
+        case .udp(let sp, let dp):
+            return try RawPacket.udp(src: source, dst: destination, sport: sp, dport: dp, token)
+        case .icmp(let t, let c, let id):
+            let body = [UInt8(id >> 8), UInt8(id & 0xff), 0, 1] + token
+            if family == .ipv6 { return try RawPacket.icmpv6(src: source, dst: destination, type: t, code: c, hopLimit: 64, body) }
+            var msg = [t, c, 0, 0] + body
+            let sum = Self.checksum(msg)
+            msg[2] = UInt8(sum >> 8); msg[3] = UInt8(sum & 0xff)
+            return try RawPacket.ip(src: source, dst: destination, proto: 1, msg)
+        }
+    }
+
+    static func checksum(_ bytes: [UInt8]) -> UInt16 {
+        var sum: UInt32 = 0, i = 0
+        while i + 1 < bytes.count { sum &+= UInt32(bytes[i]) << 8 | UInt32(bytes[i + 1]); i += 2 }
+        if i < bytes.count { sum &+= UInt32(bytes[i]) << 8 }
+        while sum >> 16 != 0 { sum = (sum & 0xffff) &+ (sum >> 16) }
+        return ~UInt16(sum)
+    }
+}
+
+extension EvalDocGen {
+    /// Random crafted packets: forwarded paths only (the hypervisor's own stack does not take
+    /// frames), sources spoofed now and then.
+    mutating func rawFlows(_ count: Int) -> [EvalRawFlow] {
+        let instances = EvalTopology.instances.map(\.name), outside = EvalTopology.outside.map(\.name)
+        var out: [EvalRawFlow] = []
+        var attempts = 0
+        while out.count < count && attempts < count * 20 {
+            attempts += 1
+            var from = rng.pick(instances + outside)
+            var to = rng.pick(instances + outside)
+            if from == to || (outside.contains(from) && outside.contains(to)) { continue }
+            if rng.chance(0.1) { swap(&from, &to) }
+            let family: IPFamily = rng.chance(0.5) ? .ipv4 : .ipv6
+            let kind: EvalRawFlow.Kind
+            switch rng.int(0...5) {
+            case 0, 1:
+                kind = .tcp(flags: rng.pick([0x02, 0x02, 0x10, 0x18, 0x04]), sport: UInt16(rng.int(20000...30000)), dport: rng.pick(EvalTopology.ports))
+            case 2, 3:
+                let sport: UInt16 = rng.chance(0.3) ? rng.pick([67, 68]) : UInt16(rng.int(20000...30000))
+                kind = .udp(sport: sport, dport: rng.chance(0.2) ? rng.pick([67, 68]) : rng.pick(EvalTopology.ports))
+            default:
+                let types: [UInt8] = family == .ipv4 ? [8, 8, 8, 13, 0] : [128, 128, 129]
+                kind = .icmp(type: rng.pick(types), code: rng.chance(0.3) ? 1 : 0, id: UInt16(rng.int(1...30000)))
+            }
+            var f = EvalRawFlow(kind: kind, from: from, to: to, family: family)
+            if rng.chance(0.25) {
+                let others = EvalTopology.all.map { f.address($0) }.filter { $0 != f.address(EvalTopology.node(from)) && $0 != f.destination }
+                f.spoofedSource = rng.pick(others + [family == .ipv4 ? "10.0.1.99" : "fd00::99"])
+            }
+            if rng.chance(0.15) { f.spoofedMAC = EvalRawFlow.wrongMAC }
+            if !out.contains(f) { out.append(f) }
+        }
+        return out
+    }
+}

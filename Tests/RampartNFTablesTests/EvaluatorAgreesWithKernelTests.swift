@@ -26,6 +26,7 @@ struct EvaluatorAgreesWithKernelTests {
     static let env = ProcessInfo.processInfo.environment
     static let cases = env["RAMPART_EVAL_CASES"].flatMap(Int.init) ?? 10
     static let flowsPerCase = env["RAMPART_EVAL_FLOWS"].flatMap(Int.init) ?? 16
+    static let rawPerCase = env["RAMPART_EVAL_RAW"].flatMap(Int.init) ?? 8
     static let seed = env["RAMPART_EVAL_SEED"].flatMap { UInt64($0) } ?? UInt64.random(in: 0...UInt64(UInt32.max))
     /// A dropped probe costs this; a passing one milliseconds.
     static let timeout = 0.5
@@ -68,6 +69,33 @@ struct EvaluatorAgreesWithKernelTests {
             return (compiled, compiled)
         }
 
+        /// The hypervisor's MAC on each node's device (the next hop of every crafted frame).
+        lazy var nextHop: [String: String] = Dictionary(uniqueKeysWithValues: (EvalTopology.instances + EvalTopology.outside).map {
+            ($0.name, (try? topo.deviceMAC(HypervisorTopology.hypervisorName, device: $0.interface!)) ?? "00:00:00:00:00:00")
+        })
+
+        /// Sends each crafted packet and says whether the hypervisor forwarded it to its
+        /// destination's link within `timeout` (all at once: drops cost `timeout` once).
+        func send(_ raws: [EvalRawFlow], timeout: Double) throws -> [Bool] {
+            var captures: [String: PacketCapture] = [:]
+            for to in Set(raws.map(\.to)) { captures[to] = try topo.captureLink(to) }
+            defer { for c in captures.values { c.close() } }
+            var tokens: [[UInt8]] = []
+            for r in raws {
+                let token = RawPacket.token()
+                tokens.append(token)
+                let mac = r.spoofedMAC ?? EvalTopology.node(r.from).mac!
+                try topo.sendFrames(from: r.from, [try RawPacket.frame(dst: nextHop[r.from]!, src: mac, try r.bytes(token))])
+            }
+            let deadline = Date().addingTimeInterval(timeout)
+            return zip(raws, tokens).map { r, token in captures[r.to]!.saw(token, within: max(0, deadline.timeIntervalSinceNow)) }
+        }
+
+        /// Forgets every connection: each case's packets are the first of their flows.
+        func flushConntrack() throws {
+            _ = try topo.hypervisor.run(["conntrack", "-F"])
+        }
+
         /// The kernel's rules, for a failure message.
         func kernelRules() -> String {
             let ns = topo.hypervisor
@@ -81,12 +109,15 @@ struct EvaluatorAgreesWithKernelTests {
     }
 
     struct Disagreement: CustomStringConvertible {
-        var caseSeed: UInt64
-        var flow: EvalFlow
-        var expected: EvalFlow.Expected
-        var observed: EvalFlow.Expected
+        var what: String
+        var expected: String
+        var observed: String
         var detail: String
-        var description: String { "\(flow): evaluator says \(expected), kernel \(observed) [\(detail)]" }
+        /// Whether the disagreement survives on another document (for minimising).
+        var persists: (Document) throws -> Bool
+        /// The evaluator's account of the packets, under an IR.
+        var explain: (RulesetIR) -> String
+        var description: String { "\(what): evaluator says \(expected), kernel \(observed) [\(detail)]" }
     }
 
     @Test(arguments: Backend.allCases) func evaluatorAgreesWithRealPackets(_ backend: Backend) throws {
@@ -95,7 +126,7 @@ struct EvaluatorAgreesWithKernelTests {
         defer { topo.destroy() }
         let built = Date().timeIntervalSince(start)
         let enforcer = try Enforcer(backend, topo)
-        var probes = 0, passed = 0, dropped = 0, confirmed = 0
+        var probes = 0, passed = 0, dropped = 0, confirmed = 0, rawProbes = 0, rawPassed = 0
         var compiledVsEnforced: [String] = []
         print("evaluator vs kernel (\(backend.rawValue)): RAMPART_EVAL_SEED=\(Self.seed), \(Self.cases) cases × \(Self.flowsPerCase) flows")
         for k in 0..<Self.cases {
@@ -103,6 +134,7 @@ struct EvaluatorAgreesWithKernelTests {
             var gen = EvalDocGen(seed: caseSeed)
             let document = try Document.parse(json: gen.document().jsonText())
             let (ir, compiled) = try enforcer.apply(document)
+            try enforcer.flushConntrack()
             let flows = gen.flows(Self.flowsPerCase, for: document)
             let results = try topo.probe(flows.map { $0.probe(timeout: Self.timeout) })
             probes += flows.count
@@ -124,19 +156,41 @@ struct EvaluatorAgreesWithKernelTests {
                 }
                 if observed.passed { passed += 1 } else { dropped += 1 }
                 if observed != expected {
-                    wrong.append(Disagreement(caseSeed: caseSeed, flow: flow, expected: expected, observed: observed, detail: detail))
+                    wrong.append(Disagreement(what: "\(flow)", expected: "\(expected)", observed: "\(observed)", detail: detail,
+                                              persists: { try self.disagrees($0, flow, enforcer) }, explain: { flow.explain(in: $0) }))
+                }
+            }
+            let raws = gen.rawFlows(Self.rawPerCase)
+            let seen = try enforcer.send(raws, timeout: Self.timeout)
+            rawProbes += raws.count
+            for (raw, forwarded) in zip(raws, seen) {
+                let verdict = Evaluate.packet(raw.packet, in: ir)
+                if verdict.allowed != Evaluate.packet(raw.packet, in: compiled).allowed {
+                    compiledVsEnforced.append("seed \(caseSeed): \(raw): read back \(verdict.allowed), compiled \(!verdict.allowed)")
+                }
+                if Self.env["RAMPART_EVAL_VERBOSE"] != nil { print("  \(raw): evaluator \(verdict.allowed), kernel \(forwarded)") }
+                var observed = forwarded
+                if observed != verdict.allowed && !observed {
+                    observed = try enforcer.send([raw], timeout: Self.confirmTimeout)[0]
+                    confirmed += 1
+                }
+                if observed { rawPassed += 1 }
+                if observed != verdict.allowed {
+                    wrong.append(Disagreement(what: "\(raw)", expected: verdict.allowed ? "forwarded" : "dropped",
+                                              observed: observed ? "forwarded" : "dropped", detail: "one crafted packet",
+                                              persists: { try self.disagrees($0, raw, enforcer) }, explain: { Self.explain(raw.packet, $0) }))
                 }
             }
             if let first = wrong.first {
-                let minimal = try minimise(document, first.flow, enforcer)
+                let minimal = try minimise(document, first.persists)
                 let (minimalIR, _) = try enforcer.apply(minimal)
                 Issue.record("""
                     evaluator and kernel (\(backend.rawValue)) disagree; replay with RAMPART_EVAL_SEED=\(caseSeed) RAMPART_EVAL_CASES=1
                     \(wrong.map { "- \($0)" }.joined(separator: "\n"))
                     document: \(document.jsonText())
-                    minimised for \(first.flow): \(minimal.jsonText())
+                    minimised for \(first.what): \(minimal.jsonText())
                     the evaluator on the minimised document:
-                    \(first.flow.explain(in: minimalIR))
+                    \(first.explain(minimalIR))
                     the kernel's rules for it:
                     \(enforcer.kernelRules())
                     """)
@@ -146,29 +200,46 @@ struct EvaluatorAgreesWithKernelTests {
         #expect(compiledVsEnforced.isEmpty, "the IR read back from the kernel evaluates differently from the compiled one:\n\(compiledVsEnforced.joined(separator: "\n"))")
         // Not vacuous: both verdicts occur, often.
         #expect(passed >= probes / 8 && dropped >= probes / 8, "passed \(passed), dropped \(dropped) of \(probes)")
-        print(String(format: "evaluator vs kernel (%@): %d cases, %d probes (%d passed, %d dropped, %d asked twice), topology %.1f s, total %.1f s",
-                     backend.rawValue, Self.cases, probes, passed, dropped, confirmed, built, Date().timeIntervalSince(start)))
+        #expect(rawPassed >= rawProbes / 10 && rawProbes - rawPassed >= rawProbes / 10, "crafted: \(rawPassed) forwarded of \(rawProbes)")
+        print(String(format: "evaluator vs kernel (%@): %d cases, %d probes (%d passed, %d dropped), %d crafted packets (%d forwarded), %d asked twice; topology %.1f s, total %.1f s",
+                     backend.rawValue, Self.cases, probes, passed, dropped, rawProbes, rawPassed, confirmed, built, Date().timeIntervalSince(start)))
     }
 
     /// Whether the evaluator and the kernel still disagree about `flow` under `document`.
     func disagrees(_ document: Document, _ flow: EvalFlow, _ enforcer: Enforcer) throws -> Bool {
         let (ir, _) = try enforcer.apply(document)
+        try enforcer.flushConntrack()
         let expected = flow.expected(in: ir)
         var observed = flow.observed(try enforcer.topo.probe(flow.probe(timeout: Self.timeout)))
         if observed != expected { observed = flow.observed(try enforcer.topo.probe(flow.probe(timeout: Self.confirmTimeout))) }
         return observed != expected
     }
 
+    /// The same for a crafted packet.
+    func disagrees(_ document: Document, _ raw: EvalRawFlow, _ enforcer: Enforcer) throws -> Bool {
+        let (ir, _) = try enforcer.apply(document)
+        try enforcer.flushConntrack()
+        let expected = Evaluate.packet(raw.packet, in: ir).allowed
+        var observed = try enforcer.send([raw], timeout: Self.timeout)[0]
+        if observed != expected && !observed { observed = try enforcer.send([raw], timeout: Self.confirmTimeout)[0] }
+        return observed != expected
+    }
+
+    static func explain(_ p: PacketDescription, _ ir: RulesetIR) -> String {
+        let v = Evaluate.packet(p, in: ir)
+        return "  \(v.allowed ? "ALLOWED" : "DROPPED") — \(v.reason(in: ir))\n" + v.trace.map { "      \($0)" }.joined(separator: "\n")
+    }
+
     /// Greedy shrinking against the kernel: drop whatever the disagreement survives without
     /// (groups, rules, instances, memberships, rule details, guarded prefixes), one step at a time.
-    func minimise(_ document: Document, _ flow: EvalFlow, _ enforcer: Enforcer) throws -> Document {
+    func minimise(_ document: Document, _ persists: (Document) throws -> Bool) throws -> Document {
         var current = document
         var steps = 0
         shrinking: while steps < 80 {
             for candidate in Self.smaller(current) {
                 guard let valid = try? Document.parse(json: candidate.jsonText()) else { continue }
                 steps += 1
-                if try disagrees(valid, flow, enforcer) {
+                if try persists(valid) {
                     current = valid
                     continue shrinking
                 }
