@@ -136,6 +136,15 @@ struct EvalDocGen {
         return d
     }
 
+    /// (destination instance, rule) for every ingress rule of a group with a local member here.
+    static func aims(_ document: Document) -> [(String, Rule)] {
+        var aims: [(String, Rule)] = []
+        for (id, inst) in document.instances.sorted(by: { $0.key < $1.key }) where EvalTopology.instances.contains(where: { $0.name == id }) {
+            for g in inst.groups { for r in document.groups[g]?.rules ?? [] where r.direction == .ingress { aims.append((id, r)) } }
+        }
+        return aims
+    }
+
     /// Random flows the kernel is asked about: instance → instance on the host, outside →
     /// instance, instance → outside, host → instance, instance → host; TCP, UDP, ICMP echo;
     /// IPv4 and IPv6. Half of them are aimed at an ingress rule of the document (a member of
@@ -144,11 +153,7 @@ struct EvalDocGen {
     mutating func flows(_ count: Int, for document: Document) -> [EvalFlow] {
         let instances = EvalTopology.instances.map(\.name), outside = EvalTopology.outside.map(\.name)
         let hv = EvalTopology.hypervisor.name
-        // (destination instance, rule) for every ingress rule of a group with a local member here.
-        var aims: [(String, Rule)] = []
-        for (id, inst) in document.instances.sorted(by: { $0.key < $1.key }) where instances.contains(id) {
-            for g in inst.groups { for r in document.groups[g]?.rules ?? [] where r.direction == .ingress { aims.append((id, r)) } }
-        }
+        let aims = Self.aims(document)
         var out: [EvalFlow] = []
         var attempts = 0
         while out.count < count && attempts < count * 20 {
@@ -370,8 +375,9 @@ struct EvalRawFlow: Hashable, CustomStringConvertible {
 extension EvalDocGen {
     /// Random crafted packets: forwarded paths only (the hypervisor's own stack does not take
     /// frames), sources spoofed now and then.
-    mutating func rawFlows(_ count: Int) -> [EvalRawFlow] {
+    mutating func rawFlows(_ count: Int, for document: Document) -> [EvalRawFlow] {
         let instances = EvalTopology.instances.map(\.name), outside = EvalTopology.outside.map(\.name)
+        let aims = Self.aims(document)
         var out: [EvalRawFlow] = []
         var attempts = 0
         while out.count < count && attempts < count * 20 {
@@ -393,9 +399,31 @@ extension EvalDocGen {
                 kind = .icmp(type: rng.pick(types), code: rng.chance(0.3) ? 1 : 0, id: UInt16(rng.int(1...30000)))
             }
             var f = EvalRawFlow(kind: kind, from: from, to: to, family: family)
+            // Half aimed at an ingress rule, as for probes.
+            if let aim = aims.isEmpty ? nil : rng.pick(aims), rng.chance(0.5), !(outside.contains(from) && aim.0 == from) {
+                let (dst, r) = aim
+                if dst != from {
+                    f.to = dst
+                    f.family = rng.pick(r.families)
+                    let port = r.ports.map { rng.pick(EvalTopology.ports.filter($0.contains)) } ?? rng.pick(EvalTopology.ports)
+                    switch (r.proto, f.kind) {
+                    case (.tcp, _): f.kind = .tcp(flags: rng.pick([0x02, 0x02, 0x10, 0x04]), sport: UInt16(rng.int(20000...30000)), dport: port)
+                    case (.udp, _): f.kind = .udp(sport: rng.chance(0.2) ? rng.pick([67, 68]) : UInt16(rng.int(20000...30000)), dport: port)
+                    case (.icmp, _), (.icmpv6, _):
+                        f.family = r.proto == .icmp ? .ipv4 : .ipv6
+                        let t = r.icmpType ?? (f.family == .ipv4 ? 8 : 128)
+                        f.kind = .icmp(type: t, code: r.icmpCode ?? (rng.chance(0.3) ? 1 : 0), id: UInt16(rng.int(1...30000)))
+                    case (_, .tcp(let fl, let sp, _)): f.kind = .tcp(flags: fl, sport: sp, dport: port)
+                    case (_, .udp(let sp, _)): f.kind = .udp(sport: sp, dport: port)
+                    default: break
+                    }
+                }
+            }
             if rng.chance(0.25) {
-                let others = EvalTopology.all.map { f.address($0) }.filter { $0 != f.address(EvalTopology.node(from)) && $0 != f.destination }
-                f.spoofedSource = rng.pick(others + [family == .ipv4 ? "10.0.1.99" : "fd00::99"])
+                // Not the hypervisor's own address: routing drops such a packet as a martian
+                // before any hook (found by this property; not the policy's doing).
+                let others = (EvalTopology.instances + EvalTopology.outside).map { f.address($0) }.filter { $0 != f.address(EvalTopology.node(from)) && $0 != f.destination }
+                f.spoofedSource = rng.pick(others + [f.family == .ipv4 ? "10.0.1.99" : "fd00::99"])
             }
             if rng.chance(0.15) { f.spoofedMAC = EvalRawFlow.wrongMAC }
             if !out.contains(f) { out.append(f) }

@@ -160,7 +160,7 @@ struct EvaluatorAgreesWithKernelTests {
                                               persists: { try self.disagrees($0, flow, enforcer) }, explain: { flow.explain(in: $0) }))
                 }
             }
-            let raws = gen.rawFlows(Self.rawPerCase)
+            let raws = gen.rawFlows(Self.rawPerCase, for: document)
             let seen = try enforcer.send(raws, timeout: Self.timeout)
             rawProbes += raws.count
             for (raw, forwarded) in zip(raws, seen) {
