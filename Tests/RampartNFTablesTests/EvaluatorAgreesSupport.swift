@@ -431,3 +431,98 @@ extension EvalDocGen {
         return out
     }
 }
+
+/// One crafted packet from an instance to the hypervisor itself (the input hook, where the
+/// link's own protocols are handled): DHCPv4 requests (from the instance's address, from
+/// 0.0.0.0, from another's) and neighbour discovery (RS, RA, NS, NA with various targets,
+/// redirect; hop limit 255 or not; from link-local, ::, its own or another's address). Seen or
+/// not by a raw socket in the hypervisor (raw sockets get a copy after the input hook).
+struct EvalHostRaw: Hashable, CustomStringConvertible {
+    enum Kind: Hashable {
+        case dhcp(src: String, dst: String, sport: UInt16, dport: UInt16)
+        case nd(type: UInt8, src: String, hopLimit: UInt8, target: String)
+    }
+    var from: String
+    var kind: Kind
+    var spoofedMAC: String?
+
+    static let linkLocal = "fe80::a:1"
+    static let gateway = HypervisorTopology.gatewayIPv6
+
+    var family: IPFamily { if case .dhcp = kind { .ipv4 } else { .ipv6 } }
+
+    var description: String {
+        let k = switch kind {
+        case .dhcp(let s, let d, let sp, let dp): "udp \(s):\(sp) → \(d):\(dp)"
+        case .nd(let t, let s, let h, let target): "icmpv6 type \(t) \(s) → \(Self.gateway) hop limit \(h)" + ([135, 136, 137].contains(t) ? " target \(target)" : "")
+        }
+        return "raw \(k) from \(from) to the host" + (spoofedMAC.map { " from MAC \($0)" } ?? "")
+    }
+
+    /// Neighbour discovery messages are not tracked by conntrack (untracked: no state bit of the
+    /// IR matches); a redirect is an ICMPv6 message that cannot open an entry (invalid).
+    var packet: PacketDescription {
+        let n = EvalTopology.node(from)
+        let mac = (spoofedMAC ?? n.mac).flatMap(MACAddress.init)
+        switch kind {
+        case .dhcp(let s, let d, let sp, let dp):
+            return PacketDescription(from: n.interface, to: nil, source: IPAddress(s)!, destination: IPAddress(d)!, protocolNumber: 17,
+                                     sourcePort: sp, destinationPort: dp, connectionState: .new, tcpFlags: 0, sourceMAC: mac)
+        case .nd(let t, let s, let h, let target):
+            return PacketDescription(from: n.interface, to: nil, source: IPAddress(s)!, destination: IPAddress(Self.gateway)!, protocolNumber: 58,
+                                     icmpType: t, icmpCode: 0, connectionState: t == 137 ? .invalid : [], tcpFlags: 0, hopLimit: h,
+                                     sourceMAC: mac, neighbourTarget: [135, 136, 137].contains(t) ? IPv6Address(target) : nil)
+        }
+    }
+
+    func bytes(_ token: [UInt8]) throws -> [UInt8] {
+        let mac = spoofedMAC ?? EvalTopology.node(from).mac!
+        switch kind {
+        case .dhcp(let s, let d, let sp, let dp):
+            return try RawPacket.udp(src: s, dst: d, sport: sp, dport: dp, token)
+        case .nd(let t, let s, let h, let target):
+            let g = Self.gateway
+            switch t {
+            case 135: return try RawPacket.neighbourSolicitation(src: s, dst: g, target: target, mac: mac, hopLimit: h, token: token)
+            case 136: return try RawPacket.neighbourAdvertisement(src: s, dst: g, target: target, mac: mac, hopLimit: h, token: token)
+            case 134: return try RawPacket.routerAdvertisement(src: s, dst: g, mac: mac, hopLimit: h, token: token)
+            case 137:
+                return try RawPacket.icmpv6(src: s, dst: g, type: 137, hopLimit: h,
+                                            [0, 0, 0, 0] + RawPacket.addressBytes(target) + RawPacket.addressBytes("2001:db8::10") + RawPacket.tokenOption(token))
+            default:
+                return try RawPacket.icmpv6(src: s, dst: g, type: t, hopLimit: h, [0, 0, 0, 0] + RawPacket.tokenOption(token))
+            }
+        }
+    }
+}
+
+extension EvalDocGen {
+    mutating func hostRawFlows(_ count: Int) -> [EvalHostRaw] {
+        var out: [EvalHostRaw] = []
+        var attempts = 0
+        while out.count < count && attempts < count * 20 {
+            attempts += 1
+            let n = rng.pick(EvalTopology.instances)
+            let others = EvalTopology.instances.filter { $0.name != n.name }
+            var f: EvalHostRaw
+            if rng.chance(0.5) {
+                let r = rng.int(0...9)
+                let src = r < 4 ? n.v4 : r < 7 ? "0.0.0.0" : r < 9 ? rng.pick(others).v4 : "10.0.1.99"
+                // 0.0.0.0 may only send to the limited broadcast (else routing drops it as a martian).
+                let dst = src == "0.0.0.0" || rng.chance(0.3) ? "255.255.255.255" : EvalTopology.hypervisor.v4
+                let (sp, dp): (UInt16, UInt16) = rng.pick([(68, 67), (68, 67), (68, 67), (67, 68), (40000, 67), (68, 1000)])
+                f = EvalHostRaw(from: n.name, kind: .dhcp(src: src, dst: dst, sport: sp, dport: dp))
+            } else {
+                let type: UInt8 = rng.pick([133, 134, 135, 135, 136, 136, 136, 137])
+                let r = rng.int(0...9)
+                let src = r < 4 ? EvalHostRaw.linkLocal : r < 6 ? "::" : r < 8 ? n.v6 : rng.pick(others).v6
+                let target = type == 135 ? EvalHostRaw.gateway
+                    : rng.pick([n.v6, n.v6, EvalHostRaw.linkLocal, rng.pick(others).v6, "fd00::99"])
+                f = EvalHostRaw(from: n.name, kind: .nd(type: type, src: src, hopLimit: rng.chance(0.8) ? 255 : 64, target: target))
+            }
+            if rng.chance(0.1) { f.spoofedMAC = EvalRawFlow.wrongMAC }
+            if !out.contains(f) { out.append(f) }
+        }
+        return out
+    }
+}

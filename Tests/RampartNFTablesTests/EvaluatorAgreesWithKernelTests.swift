@@ -27,6 +27,7 @@ struct EvaluatorAgreesWithKernelTests {
     static let cases = env["RAMPART_EVAL_CASES"].flatMap(Int.init) ?? 10
     static let flowsPerCase = env["RAMPART_EVAL_FLOWS"].flatMap(Int.init) ?? 16
     static let rawPerCase = env["RAMPART_EVAL_RAW"].flatMap(Int.init) ?? 8
+    static let hostRawPerCase = env["RAMPART_EVAL_HOST_RAW"].flatMap(Int.init) ?? 6
     static let seed = env["RAMPART_EVAL_SEED"].flatMap { UInt64($0) } ?? UInt64.random(in: 0...UInt64(UInt32.max))
     /// A dropped probe costs this; a passing one milliseconds.
     static let timeout = 0.5
@@ -89,6 +90,22 @@ struct EvaluatorAgreesWithKernelTests {
             }
             let deadline = Date().addingTimeInterval(timeout)
             return zip(raws, tokens).map { r, token in captures[r.to]!.saw(token, within: max(0, deadline.timeIntervalSinceNow)) }
+        }
+
+        /// The same for crafted packets to the hypervisor: whether its stack got each.
+        func send(_ raws: [EvalHostRaw], timeout: Double) throws -> [Bool] {
+            let captures = [IPFamily.ipv4: try topo.captureDelivered(HypervisorTopology.hypervisorName, ipv6: false, protocol: 17),
+                            .ipv6: try topo.captureDelivered(HypervisorTopology.hypervisorName, ipv6: true, protocol: 58)]
+            defer { for c in captures.values { c.close() } }
+            var tokens: [[UInt8]] = []
+            for r in raws {
+                let token = RawPacket.token()
+                tokens.append(token)
+                let mac = r.spoofedMAC ?? EvalTopology.node(r.from).mac!
+                try topo.sendFrames(from: r.from, [try RawPacket.frame(dst: nextHop[r.from]!, src: mac, try r.bytes(token))])
+            }
+            let deadline = Date().addingTimeInterval(timeout)
+            return zip(raws, tokens).map { r, token in captures[r.family]!.saw(token, within: max(0, deadline.timeIntervalSinceNow)) }
         }
 
         /// Forgets every connection: each case's packets are the first of their flows.
@@ -181,6 +198,27 @@ struct EvaluatorAgreesWithKernelTests {
                                               persists: { try self.disagrees($0, raw, enforcer) }, explain: { Self.explain(raw.packet, $0) }))
                 }
             }
+            let hostRaws = gen.hostRawFlows(Self.hostRawPerCase)
+            let delivered = try enforcer.send(hostRaws, timeout: Self.timeout)
+            rawProbes += hostRaws.count
+            for (raw, got) in zip(hostRaws, delivered) {
+                let verdict = Evaluate.packet(raw.packet, in: ir)
+                if verdict.allowed != Evaluate.packet(raw.packet, in: compiled).allowed {
+                    compiledVsEnforced.append("seed \(caseSeed): \(raw): read back \(verdict.allowed), compiled \(!verdict.allowed)")
+                }
+                if Self.env["RAMPART_EVAL_VERBOSE"] != nil { print("  \(raw): evaluator \(verdict.allowed), kernel \(got)") }
+                var observed = got
+                if observed != verdict.allowed && !observed {
+                    observed = try enforcer.send([raw], timeout: Self.confirmTimeout)[0]
+                    confirmed += 1
+                }
+                if observed { rawPassed += 1 }
+                if observed != verdict.allowed {
+                    wrong.append(Disagreement(what: "\(raw)", expected: verdict.allowed ? "delivered" : "dropped",
+                                              observed: observed ? "delivered" : "dropped", detail: "one crafted packet",
+                                              persists: { try self.disagrees($0, raw, enforcer) }, explain: { Self.explain(raw.packet, $0) }))
+                }
+            }
             if let first = wrong.first {
                 let minimal = try minimise(document, first.persists)
                 let (minimalIR, _) = try enforcer.apply(minimal)
@@ -217,6 +255,15 @@ struct EvaluatorAgreesWithKernelTests {
 
     /// The same for a crafted packet.
     func disagrees(_ document: Document, _ raw: EvalRawFlow, _ enforcer: Enforcer) throws -> Bool {
+        let (ir, _) = try enforcer.apply(document)
+        try enforcer.flushConntrack()
+        let expected = Evaluate.packet(raw.packet, in: ir).allowed
+        var observed = try enforcer.send([raw], timeout: Self.timeout)[0]
+        if observed != expected && !observed { observed = try enforcer.send([raw], timeout: Self.confirmTimeout)[0] }
+        return observed != expected
+    }
+
+    func disagrees(_ document: Document, _ raw: EvalHostRaw, _ enforcer: Enforcer) throws -> Bool {
         let (ir, _) = try enforcer.apply(document)
         try enforcer.flushConntrack()
         let expected = Evaluate.packet(raw.packet, in: ir).allowed
