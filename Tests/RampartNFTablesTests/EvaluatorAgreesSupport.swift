@@ -476,7 +476,11 @@ struct EvalHostRaw: Hashable, CustomStringConvertible {
     }
 
     func bytes(_ token: [UInt8]) throws -> [UInt8] {
-        let mac = spoofedMAC ?? EvalTopology.node(from).mac!
+        // The link-layer options carry the sender's real MAC even when the frame's source is
+        // spoofed: an accepted override NA naming a wrong MAC for the instance's own address
+        // would leave the host's neighbour entry poisoned, and the instance unreachable in the
+        // next case (the property found this: state between cases, not a policy verdict).
+        let mac = EvalTopology.node(from).mac!
         switch kind {
         case .dhcp(let s, let d, let sp, let dp):
             return try RawPacket.udp(src: s, dst: d, sport: sp, dport: dp, token)
