@@ -373,8 +373,8 @@ struct EvalRawFlow: Hashable, CustomStringConvertible {
 }
 
 extension EvalDocGen {
-    /// Random crafted packets: forwarded paths only (the hypervisor's own stack does not take
-    /// frames), sources spoofed now and then.
+    /// Random crafted packets: forwarded (sources spoofed now and then), and some IPv4 ones from
+    /// the host to an instance.
     mutating func rawFlows(_ count: Int, for document: Document) -> [EvalRawFlow] {
         let instances = EvalTopology.instances.map(\.name), outside = EvalTopology.outside.map(\.name)
         let aims = Self.aims(document)
@@ -418,6 +418,15 @@ extension EvalDocGen {
                     default: break
                     }
                 }
+            }
+            // Now and then from the host itself (its output hook; IPv4, through its own stack).
+            if rng.chance(0.15) && instances.contains(f.to) {
+                f.from = EvalTopology.hypervisor.name
+                f.family = .ipv4
+                if case .icmp(let t, let c, let id) = f.kind, t >= 128 { f.kind = .icmp(type: t == 128 ? 8 : 0, code: c, id: id) }
+                if case .udp = f.kind, rng.chance(0.5) { f.kind = .udp(sport: 67, dport: 68) }
+                if !out.contains(f) { out.append(f) }
+                continue
             }
             if rng.chance(0.25) {
                 // Not the hypervisor's own address: routing drops such a packet as a martian
