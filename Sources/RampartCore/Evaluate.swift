@@ -138,7 +138,11 @@ public struct PacketDescription: Hashable, Sendable {
     public var destinationPort: UInt16?
     public var icmpType: UInt8?
     public var icmpCode: UInt8?
-    /// Conntrack's view of the packet.
+    /// Conntrack's view of the packet. Empty for a packet conntrack does not track (neighbour
+    /// discovery, types 133–136): no `ct state` term matches it. With no entry for its tuple, a
+    /// packet that cannot open one is `.invalid` (an RST, a SYN-ACK or FIN, an ICMP echo reply
+    /// or error); a bare TCP ACK is `.new` (`nf_conntrack_tcp_loose`). Checked against the kernel
+    /// by EvaluatorAgreesWithKernelTests.
     public var connectionState: CTStates
     /// TCP flags byte (SYN = 0x02).
     public var tcpFlags: UInt8

@@ -96,6 +96,40 @@ import Testing
         #expect(!icmp6(nil, "tapweb1", "fe80::1", "fe80::11", type: 134, hop: 254))
     }
 
+    /// Conntrack's view as the kernel gives it, found with the kernel property
+    /// (EvaluatorAgreesWithKernelTests): neighbour discovery (133–136) is untracked, so no
+    /// `ct state` term matches it (an empty state set) and the link rules alone decide; a redirect,
+    /// an echo reply or an RST with no entry is invalid; a bare ACK with no entry is new
+    /// (`nf_conntrack_tcp_loose`) and meets the initial-SYN rule.
+    @Test func conntrackStatesAsTheKernelGivesThem() {
+        func icmp6(_ src: String, type: UInt8, hop: UInt8 = 255, target: String? = nil, state: CTStates) -> PolicyVerdict {
+            Evaluate.packet(PacketDescription(from: "tapweb1", to: nil, source: a(src), destination: a("fe80::1"), protocolNumber: 58, icmpType: type,
+                                              icmpCode: 0, connectionState: state, tcpFlags: 0, hopLimit: hop,
+                                              neighbourTarget: target.flatMap(IPv6Address.init)), in: ir)
+        }
+        #expect(icmp6("fe80::a:1", type: 135, target: "fe80::1", state: []).allowed)
+        #expect(icmp6("::", type: 135, target: "fe80::1", state: []).allowed)
+        #expect(icmp6("fe80::a:1", type: 136, target: "fd00::11", state: []).allowed)
+        #expect(icmp6("fd00::11", type: 136, target: "fd00::11", state: []).allowed)
+        #expect(!icmp6("fe80::a:1", type: 136, target: "fd00::95", state: []).allowed)
+        #expect(!icmp6("fe80::a:1", type: 135, hop: 64, target: "fe80::1", state: []).allowed)
+        #expect(!icmp6("fe80::a:1", type: 134, state: []).allowed)
+        #expect(!icmp6("fe80::a:1", type: 137, target: "fd00::11", state: .invalid).allowed)
+        // Untracked, from its own address, and no link rule takes it (MLD): no `ct state` rule
+        // matches either, so it goes to the instance's egress rules like a new packet would.
+        let mld = icmp6("fd00::11", type: 143, state: [])
+        #expect(mld.allowed == icmp6("fd00::11", type: 143, state: .new).allowed)
+        #expect(mld.trace.allSatisfy { !$0.text.contains("ct state") })
+
+        let reply = Evaluate.packet(PacketDescription(from: "uplink", to: "tapweb1", source: a("10.0.9.5"), destination: a("10.0.1.11"),
+                                                      protocolNumber: 1, icmpType: 0, icmpCode: 0, connectionState: .invalid, tcpFlags: 0), in: ir)
+        #expect(!reply.allowed)
+        #expect(reply.reason(in: ir) == "dropped: conntrack marks the packet invalid")
+        #expect(!tcp("uplink", "tapweb1", "192.0.2.10", "10.0.1.11", 80, state: .invalid, flags: 0x04).allowed)
+        let ack = tcp("uplink", "tapweb1", "192.0.2.10", "10.0.1.11", 80, state: .new, flags: 0x10)
+        #expect(ack.droppedBy?.text.contains("tcp flags & (fin|syn|rst|ack) != syn") == true)
+    }
+
     /// Rule 9: a guarded device of no instance passes nothing, established included; other
     /// devices are not touched.
     @Test func guardedDevices() {
