@@ -225,19 +225,7 @@ final class ScriptedConntrackTable {
         defer { index.stop() }
         let total = Int(ProcessInfo.processInfo.environment["RAMPART_CT_ENTRIES"] ?? "") ?? 20_000
         let ir = try RevocationTests.ir(RevocationTests.document(withoutWebRules: ["ssh-from-admin"]))
-        func tcp(_ s: String, _ sport: Int, _ d: String, _ dport: UInt16) -> ConntrackEntry {
-            ConntrackEntry(original: ConntrackTuple(family: .ipv4, protocolNumber: 6, source: IPAddress(s)!.conntrack,
-                                                    destination: IPAddress(d)!.conntrack, sourcePort: UInt16(sport), destinationPort: dport))
-        }
-        let revoked = (0..<1000).map { tcp("10.0.9.5", 20000 + $0, "10.0.1.11", 22) }
-        let kept = (0..<1000).map { tcp("192.0.2.10", 20000 + $0, "10.0.1.11", 80) }
-        var others: [ConntrackEntry] = []
-        for i in 0..<max(0, total - 2000) {
-            others.append(ConntrackEntry(original: ConntrackTuple(
-                family: .ipv4, protocolNumber: 6, source: ConntrackAddress(ipv4: 0xC600_0000 | UInt32(i >> 10)),
-                destination: ConntrackAddress(ipv4: 0x0A09_0000 | UInt32(i & 0xff)), sourcePort: UInt16(10000 + (i & 0x3ff)), destinationPort: 443)))
-        }
-        try ct.create(revoked + kept + others)
+        let revoked = try RevocationTests.createBigTable(ct, total: total)
         for scope in [Revocation.Scope.addresses(ConntrackIndexTests.web1), .all] {
             let i = try Revocation.run(ct, ir: ir, scope: scope, index: index)
             #expect(i.indexed && i.dumps == 0 && i.cut == 1000 && i.evaluated == 2000, "\(i)")

@@ -132,6 +132,27 @@ import RampartSystem
         return r.stdout.split(separator: "\n").map(String.init).filter { $0.contains("sport=\(sourcePort) ") }
     }
 
+    /// A big conntrack table: 1,000 entries of a revoked rule (bastion → web-1 port 22), 1,000
+    /// of a rule that stays (→ web-1 port 80), the rest (`total` in all) between outside hosts.
+    /// Returns the revoked ones.
+    @discardableResult
+    static func createBigTable(_ ct: ConntrackConnection, total: Int) throws -> [ConntrackEntry] {
+        func tcp(_ s: String, _ sport: Int, _ d: String, _ dport: UInt16) -> ConntrackEntry {
+            ConntrackEntry(original: ConntrackTuple(family: .ipv4, protocolNumber: 6, source: IPAddress(s)!.conntrack,
+                                                    destination: IPAddress(d)!.conntrack, sourcePort: UInt16(sport), destinationPort: dport))
+        }
+        let revoked = (0..<1000).map { tcp("10.0.9.5", 20000 + $0, "10.0.1.11", 22) }
+        let kept = (0..<1000).map { tcp("192.0.2.10", 20000 + $0, "10.0.1.11", 80) }
+        var others: [ConntrackEntry] = []
+        for i in 0..<max(0, total - 2000) {
+            others.append(ConntrackEntry(original: ConntrackTuple(
+                family: .ipv4, protocolNumber: 6, source: ConntrackAddress(ipv4: 0xC600_0000 | UInt32(i >> 10)),
+                destination: ConntrackAddress(ipv4: 0x0A09_0000 | UInt32(i & 0xff)), sourcePort: UInt16(10000 + (i & 0x3ff)), destinationPort: 443)))
+        }
+        try ct.create(revoked + kept + others)
+        return revoked
+    }
+
     static func cutCount(_ output: String) -> Int? {
         guard let r = output.firstMatch(of: #/conntrack: (\d+) cut/#) else { return nil }
         return Int(r.1)
@@ -282,19 +303,7 @@ import RampartSystem
         let ct = try ConntrackConnection(namespace: .named(ns.name))
         let total = Int(ProcessInfo.processInfo.environment["RAMPART_CT_ENTRIES"] ?? "") ?? 100_000
         let ir = try RevocationTests.ir(RevocationTests.document(withoutWebRules: ["ssh-from-admin"]))
-        func tcp(_ s: String, _ sport: Int, _ d: String, _ dport: UInt16) -> ConntrackEntry {
-            ConntrackEntry(original: ConntrackTuple(family: .ipv4, protocolNumber: 6, source: IPAddress(s)!.conntrack,
-                                                    destination: IPAddress(d)!.conntrack, sourcePort: UInt16(sport), destinationPort: dport))
-        }
-        let revoked = (0..<1000).map { tcp("10.0.9.5", 20000 + $0, "10.0.1.11", 22) }
-        let kept = (0..<1000).map { tcp("192.0.2.10", 20000 + $0, "10.0.1.11", 80) }
-        var others: [ConntrackEntry] = []
-        for i in 0..<max(0, total - 2000) {
-            others.append(ConntrackEntry(original: ConntrackTuple(
-                family: .ipv4, protocolNumber: 6, source: ConntrackAddress(ipv4: 0xC600_0000 | UInt32(i >> 10)),
-                destination: ConntrackAddress(ipv4: 0x0A09_0000 | UInt32(i & 0xff)), sourcePort: UInt16(10000 + (i & 0x3ff)), destinationPort: 443)))
-        }
-        try ct.create(revoked + kept + others)
+        let revoked = try RevocationTests.createBigTable(ct, total: total)
         let web1: Set<IPAddress> = [IPAddress("10.0.1.11")!, IPAddress("fd00::11")!]
         let filtered = try Revocation.run(ct, ir: ir, scope: .addresses(web1))
         #expect(filtered.cut == 1000 && filtered.evaluated == 2000 && filtered.dumps == (Revocation.filteredIsCheaper(walks: 4, size: total) ? 4 : 1), "\(filtered)")
