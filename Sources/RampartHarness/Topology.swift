@@ -8,7 +8,7 @@ import Foundation
 /// A routed hypervisor in network namespaces: the hypervisor `hv` (where the firewall is
 /// programmed), instances on veth pairs (hypervisor end = the instance's interface, no bridge),
 /// and outside hosts on uplinks, plus echo listeners and probes between them.
-public final class HypervisorTopology: @unchecked Sendable {
+public final class HypervisorTopology: ProbeRunning, @unchecked Sendable {
     /// The gateway every node uses: on each hypervisor-side device, 169.254.0.1/32 (scope link)
     /// and fe80::1/64.
     public static let gatewayIPv4 = "169.254.0.1"
@@ -32,15 +32,21 @@ public final class HypervisorTopology: @unchecked Sendable {
     var sessions: [WeakSession] = []
 
     /// Builds the topology; on failure everything made so far is removed.
-    public init(_ spec: TopologySpec) throws {
-        try Self.validate(spec)
+    public convenience init(_ spec: TopologySpec) throws {
+        try self.init(spec, hypervisorName: Self.hypervisorName, server: EchoServer(), book: AddressBook())
+    }
+
+    /// One hypervisor of a larger fixture (`CloudTopology`): the hypervisor node is called
+    /// `hypervisorName` (its namespace `rt-<hypervisorName>-...`), and listeners and address
+    /// owners are shared with the other hypervisors, so one probe can cross them.
+    init(_ spec: TopologySpec, hypervisorName: String, server: EchoServer, book: AddressBook) throws {
+        try Self.validate(spec, hypervisorName: hypervisorName)
         self.spec = spec
-        let book = AddressBook()
         self.book = book
         let hvAddresses = spec.hypervisorAddresses.map { canonicalAddress($0)! }
         let hvSource = (hvAddresses.first { !isIPv6($0) }, hvAddresses.first { isIPv6($0) })
 
-        let hv = try TestNamespace(prefix: "hv")
+        let hv = try TestNamespace(prefix: Self.namespacePrefix(hypervisorName))
         struct Plan { var name: String; var role: TopologyNode.Role; var tap: String; var addresses: [String]; var mac: String? }
         let plans = spec.instances.map { Plan(name: $0.name, role: .instance, tap: $0.interface,
                                                addresses: $0.addresses.map { canonicalAddress($0)! }, mac: $0.mac) }
@@ -51,14 +57,10 @@ public final class HypervisorTopology: @unchecked Sendable {
         let namespaces = try plans.map { try TestNamespace(prefix: Self.namespacePrefix($0.name)) }
 
         // 1. Namespace-wide settings, before any device exists (new devices copy "default").
-        let common = ["net/ipv6/conf/all/accept_dad=0", "net/ipv6/conf/default/accept_dad=0",
-                      "net/ipv6/conf/all/accept_ra=0", "net/ipv6/conf/default/accept_ra=0",
-                      "net/ipv4/conf/all/rp_filter=0", "net/ipv4/conf/default/rp_filter=0"]
-        try hv.run(["sysctl", "-q", "-w"] + common + [
-            "net/ipv4/ip_forward=1", "net/ipv6/conf/all/forwarding=1", "net/ipv6/conf/default/forwarding=1",
+        try hv.run(["sysctl", "-q", "-w"] + RoutedNamespace.quietSysctls + RoutedNamespace.routerSysctls + [
             "net/ipv4/conf/all/proxy_arp=1", "net/ipv4/conf/default/proxy_arp=1",
         ], check: true)
-        for ns in namespaces { try ns.run(["sysctl", "-q", "-w"] + common, check: true) }
+        for ns in namespaces { try ns.run(["sysctl", "-q", "-w"] + RoutedNamespace.quietSysctls, check: true) }
 
         // 2. The hypervisor: its addresses on lo; per node a veth, the gateway addresses on the
         //    hypervisor end, and a host route per node address.
@@ -126,7 +128,7 @@ public final class HypervisorTopology: @unchecked Sendable {
             try runCommand(["ip", "-n", ns.name, "-batch", "-"], input: batch.joined(separator: "\n") + "\n", check: true)
         }
 
-        let hvNode = TopologyNode(name: Self.hypervisorName, role: .hypervisor, namespace: hv, interface: hvDev,
+        let hvNode = TopologyNode(name: hypervisorName, role: .hypervisor, namespace: hv, interface: hvDev,
                                   hostInterface: nil, addresses: hvAddresses, book: book,
                                   hypervisorNamespace: hv.name, hypervisorSource: hvSource)
         let nodes = zip(plans, namespaces).map { plan, ns in
@@ -134,7 +136,7 @@ public final class HypervisorTopology: @unchecked Sendable {
                          addresses: plan.addresses, book: book, hypervisorNamespace: hv.name, hypervisorSource: hvSource)
         }
         for node in [hvNode] + nodes { for a in node.addresses { book.set(a, owner: node.name) } }
-        self.server = try EchoServer()
+        self.server = server
         self.hypervisor = hv
         self.hypervisorNode = hvNode
         self.instances = nodes.filter { $0.role == .instance }
@@ -155,29 +157,9 @@ public final class HypervisorTopology: @unchecked Sendable {
     /// being torn down: it needs the RTNL lock), and a lost first ARP/NDP packet is only
     /// retried after 1 s, which would make a passing 1 s probe fail. This also leaves the
     /// neighbour entries of the gateway and of every node warm.
-    private func waitUntilReady(within limit: Double = 10) throws {
-        var pending: [Probe] = []
-        for node in instances + outsideHosts {
-            for target in [hypervisorNode.ipv4, hypervisorNode.ipv6].compactMap({ $0 }) {
-                if (isIPv6(target) ? node.ipv6 : node.ipv4) != nil {
-                    pending.append(.udp(from: node.name, to: target, port: Self.readinessPort, timeout: 0.2))
-                }
-            }
-        }
-        let start = Date()
-        var round = 0
-        while !pending.isEmpty {
-            if round > 0 {
-                guard Date().timeIntervalSince(start) < limit else {
-                    throw HarnessError("topology not ready after \(limit) s: \(pending)\n\(diagnostics())")
-                }
-                usleep(50_000)
-            }
-            let results = try probe(pending)
-            pending = results.filter { !$0.answered }.map(\.probe)
-            round += 1
-        }
-        setupRetries = round - 1
+    private func waitUntilReady() throws {
+        let probes = (instances + outsideHosts).flatMap { readinessProbes(from: $0, to: hypervisorNode) }
+        setupRetries = try retryUntilAnswered(probes, what: "topology", diagnostics: diagnostics)
     }
 
     public convenience init(instances: [InstanceSpec], outside: [OutsideHostSpec] = [],
@@ -228,17 +210,8 @@ public final class HypervisorTopology: @unchecked Sendable {
     /// the hypervisor's ruleset), for a failing test's message.
     public func diagnostics() -> String {
         var out: [String] = []
-        for node in nodes {
-            out.append("== \(node)")
-            for args in [["-br", "link"], ["-br", "addr"], ["-4", "route"], ["-6", "route"], ["neigh"]] {
-                let r = try? runCommand(["ip", "-n", node.namespace.name] + args)
-                out.append("$ ip \(args.joined(separator: " "))\n" + (r.map { $0.stdout + $0.stderr } ?? "(failed)"))
-            }
-        }
-        let sysctls = try? hypervisor.run(["sysctl", "net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"])
-        out.append("== hv sysctl\n" + (sysctls?.stdout ?? ""))
-        let rules = try? hypervisor.run(["nft", "list", "ruleset"])
-        out.append("== hv nft list ruleset\n" + (rules?.stdout ?? ""))
+        for node in nodes { out += ["== \(node)", RoutedNamespace.links(node.namespace.name)] }
+        out.append(RoutedNamespace.diagnostics(hypervisor, label: hypervisorNode.name))
         return out.joined(separator: "\n")
     }
 }

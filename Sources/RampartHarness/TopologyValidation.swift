@@ -7,7 +7,7 @@ extension HypervisorTopology {
         return cleaned.isEmpty ? "n" : cleaned
     }
 
-    static func validate(_ spec: TopologySpec) throws {
+    static func validate(_ spec: TopologySpec, hypervisorName: String) throws {
         var names: Set<String> = [hypervisorName]
         var devices: Set<String> = ["lo"]
         var addresses: Set<String> = []
@@ -18,9 +18,7 @@ extension HypervisorTopology {
             guard addresses.insert(c).inserted else { throw HarnessError("\(owner): address \(a) is used twice") }
         }
         func device(_ d: String, of owner: String) throws {
-            let ok = (1...15).contains(d.utf8.count) && d != "." && d != ".."
-                && !d.contains { $0 == "/" || $0 == ":" || $0.isWhitespace }
-            guard ok else { throw HarnessError("\(owner): \"\(d)\" is not a Linux interface name (1–15 characters, no / : or space)") }
+            try checkInterfaceName(d, of: owner)
             guard devices.insert(d).inserted else { throw HarnessError("\(owner): interface \(d) is used twice") }
         }
         for a in spec.hypervisorAddresses { try address(a, of: hypervisorName) }
@@ -34,4 +32,12 @@ extension HypervisorTopology {
             for a in addrs { try address(a, of: name) }
         }
     }
+}
+
+/// Throws unless `name` can be a Linux interface name: 1–15 bytes, not "." or "..", no `/`,
+/// `:` or white space.
+func checkInterfaceName(_ name: String, of owner: String) throws {
+    let ok = (1...15).contains(name.utf8.count) && name != "." && name != ".."
+        && !name.contains { $0 == "/" || $0 == ":" || $0.isWhitespace }
+    guard ok else { throw HarnessError("\(owner): \"\(name)\" is not a Linux interface name (1–15 characters, no / : or space)") }
 }
