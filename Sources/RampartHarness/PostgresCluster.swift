@@ -1,0 +1,291 @@
+import Foundation
+import RampartSystem
+
+// A throwaway PostgreSQL cluster for tests and benchmarks: initdb into a fresh temporary
+// directory, the server listening on a Unix socket in that directory (TCP only if asked), and
+// everything removed by `destroy()` (also on deinit). The machine's own clusters (Debian's
+// `main`, if any) are never touched: another directory, another socket, another port.
+//
+// PostgreSQL refuses to run as root, so as root every server program runs as the `postgres`
+// user Debian's package creates (`runuser -u postgres -- ...`), which owns the directory; as
+// any other user they run as that user.
+
+/// A private PostgreSQL cluster: `init` makes it (initdb), `start()` runs it, `destroy()`
+/// stops it and removes its directory. Clients connect as `user` (trust authentication) to the
+/// socket `<socketDirectory>/.s.PGSQL.<port>`, e.g. through `url`.
+public final class PostgresCluster: @unchecked Sendable {
+    /// The server programs' directory (`initdb`, `pg_ctl`, `psql`): the newest installed.
+    public let binDirectory: String
+    /// The temporary directory: mode 0700, owned by the server's user; holds the socket, the
+    /// data directory (`data`) and the server log (`server.log`).
+    public let directory: String
+    /// Where the server's socket is: the temporary directory itself.
+    public var socketDirectory: String { directory }
+    public var dataDirectory: String { directory + "/data" }
+    public var logPath: String { directory + "/server.log" }
+    /// The port: names the socket (`.s.PGSQL.<port>`) and, with `allowTCP`, the TCP port on
+    /// 127.0.0.1. Free when the cluster was made.
+    public let port: UInt16
+    /// The superuser every client connects as (trust authentication, no password).
+    public let user = "postgres"
+    /// The database `start()` creates the first time, and the default of `url` and `psql`.
+    public let database: String
+    /// Whether the server also listens on 127.0.0.1:`port` (trust authentication there too).
+    public let allowsTCP: Bool
+
+    /// The system account that runs the server when this process is root.
+    public static let serverAccount = "postgres"
+
+    private let lock = NSLock()
+    private var created = false
+    private var destroyed = false
+
+    /// Makes the cluster (initdb; not started). `maxConnections` leaves room for ~40 clients
+    /// plus psql and PostgreSQL's reserved superuser slots.
+    public init(database: String = "rampart", allowTCP: Bool = false, maxConnections: Int = 64) throws {
+        binDirectory = try Self.serverBinDirectory()
+        self.database = database
+        allowsTCP = allowTCP
+        port = try Self.freePort()
+        var template = Array("/tmp/rampart-pg-XXXXXX".utf8CString)
+        guard let made = mkdtemp(&template) else { throw HarnessError("mkdtemp: \(errnoText(errno))") }
+        directory = String(cString: made)
+        do {
+            try Self.giveToServerAccount(directory)
+            try runServerProgram(["initdb", "-D", dataDirectory, "-U", user, "-A", "trust", "-E", "UTF8",
+                                  "--locale=C", "--no-sync", "--no-instructions"])
+            try configure(maxConnections: maxConnections)
+        } catch {
+            try? FileManager.default.removeItem(atPath: directory)
+            throw error
+        }
+    }
+
+    deinit { destroy() }
+
+    /// The newest `/usr/lib/postgresql/<version>/bin` that has `initdb`.
+    public static func serverBinDirectory(root: String = "/usr/lib/postgresql") throws -> String {
+        let versions = ((try? FileManager.default.contentsOfDirectory(atPath: root)) ?? [])
+            .filter { access("\(root)/\($0)/bin/initdb", X_OK) == 0 }
+            .map { ($0, $0.split(separator: ".").map { Int($0) ?? -1 }) }
+        guard let newest = versions.max(by: { $0.1.lexicographicallyPrecedes($1.1) }) else {
+            throw HarnessError("PostgreSQL server not installed: run scripts/setup")
+        }
+        return "\(root)/\(newest.0)/bin"
+    }
+
+    /// `postgresql://postgres@localhost:<port>/<database>?host=<socketDirectory>`: libpq's form,
+    /// where a `host` parameter that is a directory means the Unix socket in it (the `localhost`
+    /// of the authority is then not used).
+    public var url: String { url(database: database) }
+
+    /// `url` for another database of the cluster.
+    public func url(database: String) -> String {
+        let host = socketDirectory.addingPercentEncoding(withAllowedCharacters: .urlQueryAllowed) ?? socketDirectory
+        return "postgresql://\(user)@localhost:\(port)/\(database)?host=\(host)"
+    }
+
+    /// Starts the server (waiting until it accepts connections); the first time, also creates
+    /// `database`.
+    public func start() throws {
+        try runServerProgram(["pg_ctl", "-D", dataDirectory, "-l", logPath, "-w", "-t", "60", "-s", "start"])
+        lock.lock()
+        let first = !created
+        created = true
+        lock.unlock()
+        if first && database != "postgres" { try createDatabase(database) }
+    }
+
+    /// Stops the server cleanly (`pg_ctl stop -m fast`: clients are disconnected, a checkpoint
+    /// is written). Does nothing when it is not running.
+    public func stop() throws {
+        guard isRunning else { return }
+        try runServerProgram(["pg_ctl", "-D", dataDirectory, "-m", "fast", "-w", "-t", "60", "-s", "stop"])
+    }
+
+    /// Stops and starts the server again, e.g. in the middle of a burst of clients.
+    public func restart() throws {
+        try stop()
+        try start()
+    }
+
+    /// Stops the server at once (`pg_ctl stop -m immediate`: no checkpoint, as after a crash;
+    /// the next `start()` recovers from the WAL). Does nothing when it is not running. With the
+    /// test-only `synchronous_commit = off`, transactions committed in the last few hundred
+    /// milliseconds may be lost, as after a real crash with that setting; a test that needs a
+    /// commit to survive sets `synchronous_commit = on` for it.
+    public func kill() throws {
+        guard isRunning else { return }
+        try runServerProgram(["pg_ctl", "-D", dataDirectory, "-m", "immediate", "-w", "-t", "60", "-s", "stop"])
+    }
+
+    /// Whether the server's postmaster is alive.
+    public var isRunning: Bool { postmasterPID().map(isAlive) ?? false }
+
+    /// Creates a database (owned by `user`).
+    public func createDatabase(_ name: String) throws {
+        _ = try psql("CREATE DATABASE \"\(name.replacingOccurrences(of: "\"", with: "\"\""))\"", database: "postgres")
+    }
+
+    /// Runs SQL with `psql -X -A -t` over the socket (the test's oracle) and returns its output:
+    /// unaligned rows, `|` between columns, without the last newline. Throws when psql fails.
+    @discardableResult
+    public func psql(_ sql: String, database: String? = nil) throws -> String {
+        let out = try runCommand([binDirectory + "/psql", "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1",
+                                  "-h", socketDirectory, "-p", String(port), "-U", user,
+                                  "-d", database ?? self.database, "-c", sql], check: true).stdout
+        return out.hasSuffix("\n") ? String(out.dropLast()) : out
+    }
+
+    /// The server's processes: the postmaster (from `postmaster.pid`) and its children. Empty
+    /// when it is not running.
+    public func serverProcessIDs() -> [Int32] {
+        guard let postmaster = postmasterPID(), isAlive(postmaster) else { return [] }
+        return [postmaster] + Self.processStats().filter { $0.value.ppid == postmaster }.keys.sorted()
+    }
+
+    /// CPU seconds (user + system) the server has used since it was last started: its
+    /// processes' own, plus those of the children the postmaster has reaped (a backend's CPU
+    /// outlives its connection), read from /proc. Benchmarks take differences ("server CPU per
+    /// verb"); 0 when it is not running.
+    public func serverCPUSeconds() -> Double {
+        guard let postmaster = postmasterPID(), isAlive(postmaster) else { return 0 }
+        let stats = Self.processStats()
+        var ticks = stats[postmaster].map { $0.cpu + $0.reapedCPU } ?? 0
+        for (_, s) in stats where s.ppid == postmaster { ticks += s.cpu }
+        return Double(ticks) / Double(sysconf(Int32(_SC_CLK_TCK)))
+    }
+
+    /// The server log so far, for a failing test's message.
+    public func serverLog() -> String {
+        (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
+    }
+
+    /// Stops the server (cleanly if it can, else at once, else SIGKILL to what is left) and
+    /// removes the directory (idempotent).
+    public func destroy() {
+        lock.lock()
+        let first = !destroyed
+        destroyed = true
+        lock.unlock()
+        guard first else { return }
+        let processes = serverProcessIDs()
+        if (try? stop()) == nil { try? kill() }
+        for pid in processes where isAlive(pid) { Glibc.kill(pid, SIGKILL) }
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    // MARK: Set-up
+
+    /// Test-only settings appended to postgresql.conf, and pg_hba.conf replaced.
+    private func configure(maxConnections: Int) throws {
+        let conf = """
+
+            # PostgresCluster (Rampart's test harness): a throwaway cluster.
+            listen_addresses = '\(allowsTCP ? "127.0.0.1" : "")'
+            port = \(port)
+            unix_socket_directories = '\(socketDirectory)'
+            max_connections = \(maxConnections)
+            shared_buffers = 32MB
+            # Test-only: trades crash safety for speed. Never for data that matters.
+            fsync = off
+            synchronous_commit = off
+            full_page_writes = off
+
+            """
+        try append(conf, to: dataDirectory + "/postgresql.conf")
+        var hba = "# PostgresCluster: trust on the Unix socket only (its directory is private).\nlocal all all trust\n"
+        if allowsTCP { hba += "host all all 127.0.0.1/32 trust\n" }
+        // Written in place (not atomically), so the file keeps its owner and mode.
+        try hba.write(toFile: dataDirectory + "/pg_hba.conf", atomically: false, encoding: .utf8)
+    }
+
+    private func append(_ text: String, to path: String) throws {
+        guard let handle = FileHandle(forWritingAtPath: path) else { throw HarnessError("cannot open \(path)") }
+        defer { try? handle.close() }
+        try handle.seekToEnd()
+        try handle.write(contentsOf: Data(text.utf8))
+    }
+
+    /// As root: the directory is handed to `serverAccount` (PostgreSQL insists on owning it).
+    private static func giveToServerAccount(_ path: String) throws {
+        guard getuid() == 0 else { return }
+        guard let account = getpwnam(serverAccount) else {
+            throw HarnessError("no user \(serverAccount) to run PostgreSQL as: run scripts/setup")
+        }
+        guard chown(path, account.pointee.pw_uid, account.pointee.pw_gid) == 0 else {
+            throw HarnessError("chown \(path): \(errnoText(errno))")
+        }
+    }
+
+    /// Runs one of the server's programs, as `serverAccount` when this process is root.
+    private func runServerProgram(_ arguments: [String]) throws {
+        let program = [binDirectory + "/" + arguments[0]] + arguments.dropFirst()
+        let command = getuid() == 0 ? ["runuser", "-u", Self.serverAccount, "--"] + program : program
+        let r = try runCommand(command)
+        guard r.succeeded else {
+            throw HarnessError("\(arguments[0]) exited \(r.status): \(r.stderr)\(r.stdout)\n\(serverLog().suffix(2000))")
+        }
+    }
+
+    /// A TCP port nothing listens on at 127.0.0.1 now (the kernel's pick).
+    private static func freePort() throws -> UInt16 {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw HarnessError("socket: \(errnoText(errno))") }
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let ok = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0
+            }
+        }
+        guard ok else { throw HarnessError("bind 127.0.0.1:0: \(errnoText(errno))") }
+        return UInt16(bigEndian: address.sin_port)
+    }
+
+    // MARK: Processes
+
+    private func postmasterPID() -> Int32? {
+        guard let text = try? String(contentsOfFile: dataDirectory + "/postmaster.pid", encoding: .utf8) else { return nil }
+        return text.split(separator: "\n").first.flatMap { Int32($0.trimmingCharacters(in: .whitespaces)) }
+    }
+
+    /// Alive = it exists and is not a zombie (an exited postmaster whose parent, init in a
+    /// container, has not reaped it yet).
+    private func isAlive(_ pid: Int32) -> Bool {
+        guard let s = Self.processStat(pid) else { return false }
+        return s.state != "Z"
+    }
+
+    struct ProcessStat {
+        var state: Character
+        var ppid: Int32
+        /// utime + stime, in clock ticks.
+        var cpu: Int
+        /// cutime + cstime: of the children it has waited for.
+        var reapedCPU: Int
+    }
+
+    /// /proc/<pid>/stat: the fields after the command name (which may hold spaces and parens).
+    static func processStat(_ pid: Int32) -> ProcessStat? {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = text.lastIndex(of: ")") else { return nil }
+        let f = text[text.index(after: close)...].split(separator: " ")
+        // f[0] is field 3 (state): ppid is field 4, utime..cstime fields 14–17.
+        guard f.count > 14, let state = f[0].first, let ppid = Int32(f[1]) else { return nil }
+        let n = { (i: Int) in Int(f[i]) ?? 0 }
+        return ProcessStat(state: state, ppid: ppid, cpu: n(11) + n(12), reapedCPU: n(13) + n(14))
+    }
+
+    /// Every process's stat, by pid.
+    static func processStats() -> [Int32: ProcessStat] {
+        var out: [Int32: ProcessStat] = [:]
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
+            if let pid = Int32(entry), let s = processStat(pid) { out[pid] = s }
+        }
+        return out
+    }
+}
