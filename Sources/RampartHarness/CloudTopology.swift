@@ -31,8 +31,7 @@ public final class CloudTopology: ProbeRunning, @unchecked Sendable {
     let book: AddressBook
     let nodesByName: [String: TopologyNode]
     let hypervisorIndex: [String: Int]
-    private let lock = NSLock()
-    private var destroyed = false
+    private let destroyed = OnceFlag()
 
     /// Builds the cloud and returns once every hypervisor reaches every other over the fabric;
     /// on failure everything made so far is removed.
@@ -115,11 +114,7 @@ public final class CloudTopology: ProbeRunning, @unchecked Sendable {
 
     /// Closes every listener and removes every namespace of the cloud (idempotent).
     public func destroy() {
-        lock.lock()
-        let first = !destroyed
-        destroyed = true
-        lock.unlock()
-        guard first else { return }
+        guard destroyed.claim() else { return }
         server.stop()
         for hv in hypervisors { hv.destroy() }
         _ = try? runCommand(["ip", "netns", "del", fabric.name])
@@ -160,13 +155,8 @@ public final class CloudTopology: ProbeRunning, @unchecked Sendable {
     /// Every node: each hypervisor followed by its instances.
     public var nodes: [TopologyNode] { hypervisors.flatMap(\.nodes) }
 
-    /// The node called `name` (an instance, or a hypervisor by its name); traps on an unknown name.
-    public subscript(_ name: String) -> TopologyNode {
-        guard let node = nodesByName[name] else { preconditionFailure("no node \(name) in the cloud") }
-        return node
-    }
-
-    /// The node called `name`, or nil.
+    /// The node called `name` (an instance, or a hypervisor by its name), or nil; `cloud[name]`
+    /// traps instead.
     public func node(_ name: String) -> TopologyNode? { nodesByName[name] }
 
     /// The node that owns `address`, on whichever hypervisor.

@@ -36,9 +36,8 @@ public final class PostgresCluster: @unchecked Sendable {
     /// The system account that runs the server when this process is root.
     public static let serverAccount = "postgres"
 
-    private let lock = NSLock()
-    private var created = false
-    private var destroyed = false
+    private let firstStart = OnceFlag()
+    private let destroyed = OnceFlag()
 
     /// Makes the cluster (initdb; not started). `maxConnections` leaves room for ~40 clients
     /// plus psql and PostgreSQL's reserved superuser slots.
@@ -89,11 +88,7 @@ public final class PostgresCluster: @unchecked Sendable {
     /// `database`.
     public func start() throws {
         try runServerProgram(["pg_ctl", "-D", dataDirectory, "-l", logPath, "-w", "-t", "60", "-s", "start"])
-        lock.lock()
-        let first = !created
-        created = true
-        lock.unlock()
-        if first && database != "postgres" { try createDatabase(database) }
+        if firstStart.claim() && database != "postgres" { try createDatabase(database) }
     }
 
     /// Stops the server cleanly (`pg_ctl stop -m fast`: clients are disconnected, a checkpoint
@@ -164,11 +159,7 @@ public final class PostgresCluster: @unchecked Sendable {
     /// Stops the server (cleanly if it can, else at once, else SIGKILL to what is left) and
     /// removes the directory (idempotent).
     public func destroy() {
-        lock.lock()
-        let first = !destroyed
-        destroyed = true
-        lock.unlock()
-        guard first else { return }
+        guard destroyed.claim() else { return }
         let processes = serverProcessIDs()
         if (try? stop()) == nil { try? kill() }
         for pid in processes where isAlive(pid) { Glibc.kill(pid, SIGKILL) }

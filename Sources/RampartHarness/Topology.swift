@@ -192,13 +192,7 @@ public final class HypervisorTopology: ProbeRunning, @unchecked Sendable {
     /// Every node: the hypervisor, the instances, the outside hosts.
     public var nodes: [TopologyNode] { [hypervisorNode] + instances + outsideHosts }
 
-    /// The node called `name` ("hv" is the hypervisor); traps on an unknown name.
-    public subscript(_ name: String) -> TopologyNode {
-        guard let node = nodesByName[name] else { preconditionFailure("no node \(name) in the topology") }
-        return node
-    }
-
-    /// The node called `name`, or nil.
+    /// The node called `name` ("hv" is the hypervisor), or nil; `topology[name]` traps instead.
     public func node(_ name: String) -> TopologyNode? { nodesByName[name] }
 
     /// The node that owns `address` (spec addresses and those added with `addAddress`).

@@ -8,6 +8,9 @@ public protocol ProbeRunning: AnyObject {
     /// Throws only for a broken set-up (unknown node, address owned by no node, a listener that
     /// cannot bind), never because a probe was denied.
     func probe(_ probes: [Probe]) throws -> [ProbeResult]
+
+    /// The node called `name`, or nil.
+    func node(_ name: String) -> TopologyNode?
 }
 
 extension ProbeRunner {
@@ -37,6 +40,12 @@ extension HypervisorTopology {
 }
 
 extension ProbeRunning {
+    /// The node called `name`; traps on an unknown name.
+    public subscript(_ name: String) -> TopologyNode {
+        guard let node = node(name) else { preconditionFailure("no node \(name) in \(Self.self)") }
+        return node
+    }
+
     /// Runs one probe.
     public func probe(_ probe: Probe) throws -> ProbeResult {
         try self.probe([probe])[0]
