@@ -61,6 +61,7 @@ public struct CloudTopologySpec: Sendable, Hashable {
         var seen: Set<String> = []
         for (i, hv) in hypervisors.enumerated() {
             try checkInterfaceName(hv.name, of: "hypervisor \(hv.name)")
+            guard hv.name != "lo" else { throw HarnessError("a hypervisor cannot be called lo (the fabric's loopback)") }
             try checkInterfaceName(hv.uplink, of: "uplink of \(hv.name)")
             if hv.instances.contains(where: { $0.interface == hv.uplink }) {
                 throw HarnessError("\(hv.name): uplink \(hv.uplink) is also an instance's interface")

@@ -124,7 +124,9 @@ struct CloudTopologyTests {
         uplinkIsTap.hypervisors[0].uplink = "tap1-1"
         var sameName = CloudTopologySpec.grid(hypervisors: 2, instancesEach: 1)
         sameName.hypervisors[1].instances[0].name = "hv1"
-        for spec in [twice, longName, uplinkIsTap, sameName] {
+        var loopback = CloudTopologySpec.grid(hypervisors: 1, instancesEach: 1)
+        loopback.hypervisors[0].name = "lo"
+        for spec in [twice, longName, uplinkIsTap, sameName, loopback] {
             #expect(throws: HarnessError.self) { try CloudTopology(spec) }
         }
     }
