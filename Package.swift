@@ -22,6 +22,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        // The shared store of a multi-hypervisor cloud (PostgreSQL), and LISTEN/NOTIFY wake-ups.
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
     ],
     targets: [
         // The two Linux calls a Swift import of Glibc cannot see (setns, memfd_create).
@@ -67,8 +70,15 @@ let package = Package(
         .target(name: "RampartHarness", dependencies: ["RampartSystem"]),
         // SQLite from the system (libsqlite3-dev), for the embedded store.
         .systemLibrary(name: "CSQLite"),
-        // The controller's store: groups, rules, instances, hosts; per-host documents; fan-out.
-        .target(name: "RampartStore", dependencies: ["RampartCore", "RampartSystem", "CSQLite"]),
+        // The controller's store: groups, rules, instances, hosts; per-host documents; fan-out;
+        // one SQL body over SQLite (embedded) or PostgreSQL (a cloud, with its per-host change log).
+        .target(name: "RampartStore", dependencies: [
+            "RampartCore", "RampartSystem", "CSQLite",
+            .product(name: "PostgresNIO", package: "postgres-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         // The daemon's core: engine + backend, coalescing refresh queue, resync, status, metrics,
         // and the HTTP/JSON API over a Unix socket (SwiftNIO).
         .target(

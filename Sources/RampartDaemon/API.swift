@@ -91,23 +91,34 @@ public struct APIRouter: Sendable {
         case .refresh(let refresh, let wait):
             switch refresh {
             case .members(let id), .rules(let id):
-                do {
-                    if try !daemon.store.groupExists(id) { return .error(404, "unknown group \(id)") }
-                } catch {
-                    return .error(500, "store: \(error)")
+                // The store may be a network away (PostgreSQL) and its calls block: asked off the
+                // event loop, which must never wait.
+                DispatchQueue.global().async { [self] in
+                    do throws(StoreError) {
+                        if try !daemon.store.groupExists(id) { return reply(.error(404, "unknown group \(id)")) }
+                    } catch {
+                        return reply(.error(error.kind == .unavailable ? 503 : 500, "store: \(error)"))
+                    }
+                    if let r = enqueue(refresh, wait: wait, reply: reply) { reply(r) }
                 }
-            case .instance, .host: break
+                return nil
+            case .instance, .host:
+                return enqueue(refresh, wait: wait, reply: reply)
             }
-            // The waiter is registered with the ticket, so the answer is the outcome of the drain
-            // that carried this refresh; a full queue is answered 503 with Retry-After.
-            var onDone: (@Sendable (SyncOutcome) -> Void)?
-            if wait { onDone = { (o: SyncOutcome) in reply(Self.outcomeResponse(o)) } }
-            guard let ticket = daemon.offer(refresh, reply: onDone) else {
-                return Self.queueFull
-            }
-            if !wait { return .json(202, APIBody.Queued(ticket: ticket)) }
-            return nil
         }
+    }
+
+    /// Queues a refresh; the answer now (202, 503), or nil when `reply` gets it after the commit.
+    private func enqueue(_ refresh: Refresh, wait: Bool, reply: @escaping @Sendable (APIResponse) -> Void) -> APIResponse? {
+        // The waiter is registered with the ticket, so the answer is the outcome of the drain
+        // that carried this refresh; a full queue is answered 503 with Retry-After.
+        var onDone: (@Sendable (SyncOutcome) -> Void)?
+        if wait { onDone = { (o: SyncOutcome) in reply(Self.outcomeResponse(o)) } }
+        guard let ticket = daemon.offer(refresh, reply: onDone) else {
+            return Self.queueFull
+        }
+        if !wait { return .json(202, APIBody.Queued(ticket: ticket)) }
+        return nil
     }
 
     static let queueFull = APIResponse.error(503, "too many refreshes queued; retry later", headers: [("Retry-After", "1")])

@@ -159,6 +159,15 @@ public final class Daemon: @unchecked Sendable {
     /// Prometheus text exposition.
     public func metricsText() -> String { metrics.text(currentStatus) }
 
+    /// Updates what the status shows of the change log (`ChangeLogFollower`).
+    public func updateChangeLog(_ body: (inout ChangeLogStatus) -> Void) {
+        state.locked { s in
+            var c = s.status.changeLog ?? ChangeLogStatus()
+            body(&c)
+            s.status.changeLog = c
+        }
+    }
+
     /// What refuses to start the daemon (checked by `rampartd` before it serves, so that it exits
     /// with the kernel untouched; the first sync checks the same): a host the store does not know
     /// (a mistyped `--host`), and without `allowEmpty` a document with no instance of this host

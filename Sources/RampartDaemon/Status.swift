@@ -34,6 +34,8 @@ public struct DaemonStatus: Sendable {
     public var groups: Int = 0
     public var chains: Int = 0
     public var sets: Int = 0
+    /// The change log's state, when the daemon follows one (PostgreSQL store); nil otherwise.
+    public var changeLog: ChangeLogStatus?
 
     public init(host: String, ready: Bool = false) {
         self.host = host
@@ -70,12 +72,33 @@ struct StatusDTO: Encodable {
     var conntrackCutOwed: Bool
     var resyncs, driftRepaired, pending: Int
     var counts: Counts
+    var changeLog: ChangeLogDTO?
+
+    struct ChangeLogDTO: Encodable {
+        var connected: Bool
+        var applied, head: Int64
+        var rowsApplied, reloads, reconnects: Int
+        var lastError: String?
+        enum CodingKeys: String, CodingKey {
+            case connected, applied, head, rowsApplied = "rows_applied", reloads, reconnects, lastError = "last_error"
+        }
+        func encode(to encoder: Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(connected, forKey: .connected)
+            try c.encode(applied, forKey: .applied)
+            try c.encode(head, forKey: .head)
+            try c.encode(rowsApplied, forKey: .rowsApplied)
+            try c.encode(reloads, forKey: .reloads)
+            try c.encode(reconnects, forKey: .reconnects)
+            try c.encode(lastError, forKey: .lastError)
+        }
+    }
 
     enum CodingKeys: String, CodingKey {
         case host, ready, generation, lastSync = "last_sync", lastSyncMs = "last_sync_ms", lastError = "last_error"
         case consecutiveFailedSyncs = "consecutive_failed_syncs", syncs, commits, refreshesReceived = "refreshes_received"
         case refreshesRefused = "refreshes_refused", conntrackCut = "conntrack_cut", conntrackCutOwed = "conntrack_cut_owed"
-        case resyncs, driftRepaired = "drift_repaired", pending, counts
+        case resyncs, driftRepaired = "drift_repaired", pending, counts, changeLog = "change_log"
     }
 
     init(_ s: DaemonStatus) {
@@ -97,6 +120,10 @@ struct StatusDTO: Encodable {
         driftRepaired = s.driftRepaired
         pending = s.pending
         counts = Counts(instances: s.instances, localInstances: s.localInstances, groups: s.groups, chains: s.chains, sets: s.sets)
+        changeLog = s.changeLog.map {
+            ChangeLogDTO(connected: $0.connected, applied: $0.applied, head: $0.head, rowsApplied: $0.rowsApplied,
+                         reloads: $0.reloads, reconnects: $0.reconnects, lastError: $0.lastError)
+        }
     }
 
     /// Explicit so that unknown values are `null` (the synthesized form would drop the keys).
@@ -119,6 +146,7 @@ struct StatusDTO: Encodable {
         try c.encode(driftRepaired, forKey: .driftRepaired)
         try c.encode(pending, forKey: .pending)
         try c.encode(counts, forKey: .counts)
+        try c.encode(changeLog, forKey: .changeLog)
     }
 }
 
@@ -164,6 +192,14 @@ final class DaemonMetrics: Sendable {
         s += "# TYPE rampart_consecutive_failed_syncs gauge\nrampart_consecutive_failed_syncs \(st.consecutiveFailedSyncs)\n"
         s += "# TYPE rampart_refreshes_refused_total counter\nrampart_refreshes_refused_total \(st.refreshesRefused)\n"
         s += "# TYPE rampart_instances gauge\nrampart_instances{scope=\"local\"} \(st.localInstances)\nrampart_instances{scope=\"document\"} \(st.instances)\n"
+        if let c = st.changeLog {
+            s += "# TYPE rampart_store_connected gauge\nrampart_store_connected \(c.connected ? 1 : 0)\n"
+            s += "# TYPE rampart_changelog_applied_sequence gauge\nrampart_changelog_applied_sequence \(c.applied)\n"
+            s += "# TYPE rampart_changelog_lag gauge\nrampart_changelog_lag \(max(0, c.head - c.applied))\n"
+            s += "# TYPE rampart_changelog_rows_applied_total counter\nrampart_changelog_rows_applied_total \(c.rowsApplied)\n"
+            s += "# TYPE rampart_changelog_reloads_total counter\nrampart_changelog_reloads_total \(c.reloads)\n"
+            s += "# TYPE rampart_store_reconnects_total counter\nrampart_store_reconnects_total \(c.reconnects)\n"
+        }
         return s
     }
 }

@@ -1,22 +1,11 @@
 import CSQLite
 import Foundation
 
-/// A store error: SQLite's message, or a refused change (unknown group, group in use, …).
-public struct StoreError: Error, Sendable, CustomStringConvertible, Equatable {
-    /// `sqlite`: the database failed; `notFound`, `conflict`, `invalid`: a refused change or an
-    /// invalid stored value; `missing`: no store at the path (only the controller creates one);
-    /// `unsafe`: the store or its directory could be changed by someone other than root.
-    public enum Kind: String, Sendable { case sqlite, notFound, conflict, invalid, missing, unsafe }
-    public var kind: Kind
-    public var message: String
-    public init(_ kind: Kind, _ message: String) { self.kind = kind; self.message = message }
-    public var description: String { message }
-}
 
 private let transient = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
 
 /// A minimal SQLite connection: prepared statements with text/int/null bindings.
-final class SQLiteConnection {
+final class SQLiteConnection: SQLConnection {
     let db: OpaquePointer
     private var cache: [String: OpaquePointer] = [:]
 
@@ -29,7 +18,7 @@ final class SQLiteConnection {
         guard rc == SQLITE_OK, let h = handle else {
             let msg = handle.map { String(cString: sqlite3_errmsg($0)) } ?? "cannot open"
             if let h = handle { sqlite3_close_v2(h) }
-            throw StoreError(.sqlite, "\(path): \(msg)")
+            throw StoreError(.database, "\(path): \(msg)")
         }
         db = h
         sqlite3_busy_timeout(db, 10_000)
@@ -41,7 +30,7 @@ final class SQLiteConnection {
     }
 
     private func error(_ what: String) -> StoreError {
-        StoreError(.sqlite, "\(what): \(String(cString: sqlite3_errmsg(db)))")
+        StoreError(.database, "\(what): \(String(cString: sqlite3_errmsg(db)))")
     }
 
     func exec(_ sql: String) throws(StoreError) {
@@ -49,13 +38,11 @@ final class SQLiteConnection {
         if sqlite3_exec(db, sql, nil, nil, &err) != SQLITE_OK {
             let msg = err.map { String(cString: $0) } ?? "?"
             sqlite3_free(err)
-            throw StoreError(.sqlite, "\(sql.prefix(60)): \(msg)")
+            throw StoreError(.database, "\(sql.prefix(60)): \(msg)")
         }
     }
 
-    enum Value { case text(String), int(Int64), null }
-
-    private func statement(_ sql: String, _ args: [Value]) throws(StoreError) -> OpaquePointer {
+    private func statement(_ sql: String, _ args: [SQLValue]) throws(StoreError) -> OpaquePointer {
         let stmt: OpaquePointer
         if let s = cache[sql] {
             stmt = s
@@ -79,7 +66,7 @@ final class SQLiteConnection {
     }
 
     /// Runs a statement that returns no rows.
-    func run(_ sql: String, _ args: Value...) throws(StoreError) {
+    func run(_ sql: String, _ args: [SQLValue]) throws(StoreError) {
         let s = try statement(sql, args)
         defer { sqlite3_reset(s) }
         let rc = sqlite3_step(s)
@@ -87,7 +74,7 @@ final class SQLiteConnection {
     }
 
     /// Runs a query; each row is given as an array of optional strings.
-    func query(_ sql: String, _ args: [Value]) throws(StoreError) -> [[String?]] {
+    func query(_ sql: String, _ args: [SQLValue]) throws(StoreError) -> [[String?]] {
         let s = try statement(sql, args)
         defer { sqlite3_reset(s) }
         var rows: [[String?]] = []
@@ -105,8 +92,6 @@ final class SQLiteConnection {
         }
         return rows
     }
-
-    func query(_ sql: String, _ args: Value...) throws(StoreError) -> [[String?]] { try query(sql, args) }
 
     var changes: Int { Int(sqlite3_changes(db)) }
 }

@@ -21,6 +21,31 @@ public enum Refresh: Hashable, Sendable, Comparable, CustomStringConvertible {
         }
     }
 
+    /// Its spelling in the change log's `refresh` column: `members:G`, `rules:G`, `instance:I`,
+    /// `host` (ids never contain a colon's meaning: only the first colon separates).
+    public var logText: String {
+        switch self {
+        case .members(let g): "members:\(g)"
+        case .rules(let g): "rules:\(g)"
+        case .instance(let i): "instance:\(i)"
+        case .host: "host"
+        }
+    }
+
+    /// Parses `logText`; nil for anything else.
+    public init?(logText: String) {
+        if logText == "host" { self = .host; return }
+        guard let colon = logText.firstIndex(of: ":") else { return nil }
+        let id = String(logText[logText.index(after: colon)...])
+        guard !id.isEmpty else { return nil }
+        switch logText[..<colon] {
+        case "members": self = .members(id)
+        case "rules": self = .rules(id)
+        case "instance": self = .instance(id)
+        default: return nil
+        }
+    }
+
     /// The API path that delivers it.
     public var path: String {
         switch self {
@@ -36,15 +61,22 @@ public enum Refresh: Hashable, Sendable, Comparable, CustomStringConvertible {
 public struct Delivery: Hashable, Sendable, Comparable, CustomStringConvertible {
     public var host: String
     public var refresh: Refresh
-    public init(host: String, refresh: Refresh) { self.host = host; self.refresh = refresh }
+    /// Its position in the host's change log, where the store keeps one (PostgreSQL): the
+    /// daemon has applied it once the host's applied position reaches it.
+    public var sequence: Int64?
+    public init(host: String, refresh: Refresh, sequence: Int64? = nil) {
+        self.host = host
+        self.refresh = refresh
+        self.sequence = sequence
+    }
     public static func < (a: Self, b: Self) -> Bool { (a.host, a.refresh) < (b.host, b.refresh) }
     public var description: String { "\(host): \(refresh)" }
 }
 
 /// The controller's store. Every mutating call is one transaction and returns the refresh
 /// calls that must be delivered (the fan-out), computed in the same transaction.
-/// `SQLiteStore` is the embedded default; a PostgreSQL store would implement the same calls
-/// with the same queries (see docs/daemon.md).
+/// `SQLiteStore` is the embedded default; `PostgresStore` runs the same SQL (`SQLStore`) on a
+/// shared PostgreSQL and appends each fan-out to the hosts' change logs (docs/postgres.md).
 public protocol Store: AnyObject, Sendable {
     // reads (the daemon)
     func document(forHost host: String) throws(StoreError) -> Document

@@ -22,8 +22,8 @@ public enum StoreFiles {
         if lstat(dir, &st) == 0 { return }
         let parent = (dir as NSString).deletingLastPathComponent
         if parent != dir { try makeDirectories(parent) }
-        if mkdir(dir, 0o700) != 0 && Glibc.errno != EEXIST { throw StoreError(.sqlite, "cannot create the store directory \(dir): \(errno())") }
-        if chmod(dir, 0o700) != 0 { throw StoreError(.sqlite, "chmod 0700 \(dir): \(errno())") }
+        if mkdir(dir, 0o700) != 0 && Glibc.errno != EEXIST { throw StoreError(.database, "cannot create the store directory \(dir): \(errno())") }
+        if chmod(dir, 0o700) != 0 { throw StoreError(.database, "chmod 0700 \(dir): \(errno())") }
     }
 
     /// Creates the database file empty with mode 0600 if it does not exist. SQLite gives the
@@ -33,10 +33,10 @@ public enum StoreFiles {
         let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
         if fd < 0 {
             if Glibc.errno == EEXIST { return }
-            throw StoreError(.sqlite, "cannot create the store \(path): \(errno())")
+            throw StoreError(.database, "cannot create the store \(path): \(errno())")
         }
         defer { close(fd) }
-        if fchmod(fd, 0o600) != 0 { throw StoreError(.sqlite, "chmod 0600 \(path): \(errno())") }
+        if fchmod(fd, 0o600) != 0 { throw StoreError(.database, "chmod 0600 \(path): \(errno())") }
     }
 
     /// What the daemon requires of a store before reading policy from it: the database exists
@@ -50,7 +50,7 @@ public enum StoreFiles {
             if Glibc.errno == ENOENT {
                 throw StoreError(.missing, "no store at \(path) (rampartd never creates one: check --store; `rampart` verbs and `rampart import` create it)")
             }
-            throw StoreError(.sqlite, "\(path): \(errno())")
+            throw StoreError(.database, "\(path): \(errno())")
         }
         guard st.st_mode & S_IFMT == S_IFREG else {
             throw StoreError(.unsafe, "the store \(path) is not a regular file (a symbolic link, a directory or a device is refused)")
@@ -76,7 +76,7 @@ public enum StoreFiles {
         var dir = (path as NSString).deletingLastPathComponent
         if dir.isEmpty { dir = "." }
         var ds = stat()
-        guard stat(dir, &ds) == 0 else { throw StoreError(.sqlite, "\(dir): \(errno())") }
+        guard stat(dir, &ds) == 0 else { throw StoreError(.database, "\(dir): \(errno())") }
         try verify(dir, ds, "the store directory")
         return warnings
     }

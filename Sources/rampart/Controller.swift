@@ -6,31 +6,60 @@ import RampartStore
 // The controller verbs: each is one transaction on the store, then the fan-out (which hosts must
 // receive which refresh call), delivered to the daemons given with --socket and printed.
 
-/// Where the store is and where the daemons listen.
+/// Where the store is, where the daemons listen, and whether to wait for them.
 struct ControllerOptions: ParsableArguments {
-    @Option(help: "The store (SQLite file).")
-    var store: String = "/var/lib/rampart/rampart.db"
+    @Option(help: "The store: a SQLite file, or postgres://USER@HOST[:PORT]/DATABASE (default: $RAMPART_STORE, else \(StoreAddress.defaultPath)).")
+    var store: String?
 
-    @Option(name: .long, help: "A daemon's API socket (repeat for several daemons; each serves the host its status names).")
+    @Option(name: .long, help: "A daemon's API socket (repeat for several daemons; each serves the host its status names). SQLite store only: with PostgreSQL the change log delivers.")
     var socket: [String] = ["/run/rampart/rampartd.sock"]
 
     @Flag(help: "Change the store only; print the refresh calls without delivering them.")
     var noDeliver = false
 
-    func open() throws -> SQLiteStore {
-        do { return try SQLiteStore(path: store) } catch { throw Failure.system(error) }
+    @Flag(help: "PostgreSQL store: after COMMIT, wait until every notified host has applied its rows (see --timeout).")
+    var wait = false
+
+    @Option(help: "Seconds --wait waits at most; then exit 4 naming the hosts still behind.")
+    var timeout: Double = 30
+
+    var address: StoreAddress {
+        get throws {
+            do { return try StoreAddress(store) } catch {
+                FileHandle.standardError.write(Data("rampart: \(error.message)\n".utf8))
+                throw ExitCode(1)
+            }
+        }
     }
 
-    /// Runs a store change, then delivers and prints its fan-out. Exit 4 if a delivery failed.
-    func change(_ body: (SQLiteStore) throws(StoreError) -> [Delivery]) throws {
+    func open() throws -> SQLStore {
+        let a = try address
+        do { return try a.openForWriting() } catch {
+            FileHandle.standardError.write(Data("rampart: \(error.message)\n".utf8))
+            throw ExitCode(3)
+        }
+    }
+
+    /// Runs a store change, then delivers and prints its fan-out. Exit 1 refused, 3 the store
+    /// failed or is unreachable (nothing changed), 4 a delivery failed or --wait timed out.
+    func change(_ body: (SQLStore) throws(StoreError) -> [Delivery]) throws {
         let st = try open()
         let deliveries: [Delivery]
         do { deliveries = try body(st) } catch {
-            let code: Int32 = switch error.kind { case .invalid, .notFound, .conflict: 1; case .sqlite, .missing, .unsafe: 3 }
+            let code: Int32 = switch error.kind { case .invalid, .notFound, .conflict: 1; case .database, .unavailable, .missing, .unsafe: 3 }
             FileHandle.standardError.write(Data("rampart: \(error.message)\n".utf8))
             throw ExitCode(code)
         }
         if deliveries.isEmpty { print("no refresh calls needed") }
+        if let log = st as? ChangeLog {
+            // The change log delivers: the rows were committed with the change.
+            for d in deliveries { print("logged for \(d.host): \(d.refresh) (#\(d.sequence.map(String.init) ?? "?"))") }
+            if wait && !deliveries.isEmpty { try FleetWait(log: log, deliveries: deliveries, timeout: timeout).run() }
+            return
+        }
+        if wait {
+            FileHandle.standardError.write(Data("rampart: --wait needs a PostgreSQL store (with SQLite, deliveries to --socket wait for the commit)\n".utf8))
+        }
         if noDeliver {
             for d in deliveries { print("to \(d.host): \(d.refresh) (not delivered: --no-deliver)") }
             return
@@ -60,6 +89,45 @@ struct ControllerOptions: ParsableArguments {
             }
         }
         if failed { throw ExitCode(4) }
+    }
+}
+
+/// `--wait`: polls the hosts' applied positions until each reaches the last row this verb
+/// wrote for it, printing per host what it waited for and how long.
+struct FleetWait {
+    let log: ChangeLog
+    let deliveries: [Delivery]
+    let timeout: Double
+
+    func run() throws {
+        var targets: [String: Int64] = [:]
+        for d in deliveries { if let s = d.sequence { targets[d.host] = max(targets[d.host] ?? 0, s) } }
+        let start = DispatchTime.now().uptimeNanoseconds
+        func elapsed() -> Double { Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }
+        var pending = targets
+        var pause = 0.0005
+        while !pending.isEmpty {
+            let progress: [LogProgress]
+            do { progress = try log.progress(hosts: pending.keys.sorted()) } catch {
+                FileHandle.standardError.write(Data("rampart: waiting: \(error.message)\n".utf8))
+                throw ExitCode(3)
+            }
+            for p in progress where p.applied >= (pending[p.host] ?? .max) {
+                print(String(format: "applied on %@: #%lld after %.1f ms", p.host, pending[p.host]!, elapsed() * 1000))
+                pending[p.host] = nil
+            }
+            if pending.isEmpty { break }
+            if elapsed() > timeout {
+                for (h, s) in pending.sorted(by: { $0.key < $1.key }) {
+                    let at = progress.first { $0.host == h }?.applied ?? 0
+                    print("not applied on \(h) within \(timeout) s: waiting for #\(s), applied #\(at)")
+                }
+                throw ExitCode(4)
+            }
+            // From half a millisecond up to 20 ms: quick for a daemon that is there, light for one that is not.
+            usleep(UInt32(pause * 1e6))
+            pause = min(pause * 1.5, 0.02)
+        }
     }
 }
 
@@ -233,8 +301,8 @@ struct Export: ParsableCommand {
     @OptionGroup var controller: ControllerOptions
     func run() throws {
         // Reading does not create a store: a mistyped --store is an error, not an empty document.
-        let st: SQLiteStore
-        do { st = try SQLiteStore(path: controller.store, create: false) } catch {
+        let st: SQLStore
+        do { st = try controller.address.openExisting(checkFiles: false).store } catch let e as ExitCode { throw e } catch {
             FileHandle.standardError.write(Data("rampart: \(error)\n".utf8))
             throw ExitCode(3)
         }

@@ -21,8 +21,8 @@ struct RampartD: AsyncParsableCommand {
     @Option(help: "The name of this hypervisor (instances whose host is this name are filtered here).")
     var host: String
 
-    @Option(help: "The store (SQLite file). It must exist (rampartd never creates one) and, with its directory, be owned by root and not writable by group or others.")
-    var store: String = "/var/lib/rampart/rampart.db"
+    @Option(help: "The store: a SQLite file, or postgres://USER@HOST[:PORT]/DATABASE (default: $RAMPART_STORE, else /var/lib/rampart/rampart.db). A SQLite file must exist (rampartd never creates one) and, with its directory, be owned by root and not writable by group or others; a PostgreSQL store must have this version's schema, and its change log then delivers this host's refresh calls.")
+    var store: String?
 
     @Option(help: "The API's Unix socket (mode 0600: root only).")
     var socket: String = "/run/rampart/rampartd.sock"
@@ -73,15 +73,12 @@ struct RampartD: AsyncParsableCommand {
             throw ExitCode(1)
         }
         // Fail closed: never create a store, never trust one that others could have written.
-        let st: SQLiteStore
-        do {
-            let (opened, warnings) = try SQLiteStore.openExisting(path: store)
-            for w in warnings { logger.warning("\(w)") }
-            st = opened
-        } catch {
-            logger.critical("cannot use the store: \(error)")
-            throw ExitCode(3)
+        let address: StoreAddress
+        do { address = try StoreAddress(store) } catch {
+            logger.critical("--store: \(error)")
+            throw ExitCode(1)
         }
+        let st = try await Self.openStore(address, logger: logger)
         let config = Daemon.Configuration(host: host, resyncInterval: resyncInterval, maxFailedSyncs: maxFailedSyncs,
                                           allowEmpty: allowEmpty, maxQueuedRefreshes: maxQueuedRefreshes)
         let choice = target.choice
@@ -99,6 +96,14 @@ struct RampartD: AsyncParsableCommand {
         }
         defer { index?.stop() }
         let daemon = Daemon(configuration: config, store: st, logger: logger, backend: choice.factory, cutter: choice.cutter(index: index))
+        // PostgreSQL: this host's change log delivers its refresh calls (the socket API stays).
+        var follower: ChangeLogFollower?
+        if let pg = st as? PostgresStore {
+            let f = ChangeLogFollower(daemon: daemon, log: pg, wakeups: PostgresWakeups(location: pg.location), logger: logger)
+            // Before the first sync: its document is then at least as new as this position.
+            do { try f.prime() } catch { logger.warning("change log head unreadable; the follower reloads the document once it can", metadata: ["error": "\(error)"]) }
+            follower = f
+        }
         // An unknown host, or a first sync that would empty the table: exit before serving, the
         // kernel untouched.
         do { try daemon.preflight() } catch let e as Daemon.Refusal {
@@ -138,8 +143,11 @@ struct RampartD: AsyncParsableCommand {
         logger.info("serving", metadata: ["socket": "\(server.socketPath)"])
         // Graceful shutdown runs in reverse order: the API stops accepting first, then the
         // reconciler finishes the pass in progress. The rules stay in the kernel.
+        var services: [any Service] = [ReconcilerService(daemon: daemon)]
+        if let follower { services.append(ChangeLogService(follower: follower)) }
+        services.append(APIService(server: server, logger: logger))
         let group = ServiceGroup(
-            services: [ReconcilerService(daemon: daemon), APIService(server: server, logger: logger)],
+            services: services,
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger)
         try await group.run()
@@ -147,6 +155,46 @@ struct RampartD: AsyncParsableCommand {
     }
 }
 
+
+extension RampartD {
+    /// Opens the store for the daemon: never creates one. A SQLite file that is missing or
+    /// unsafe exits 3. A PostgreSQL server that does not answer yet is waited for (the kernel
+    /// keeps its rules meanwhile), with backoff up to 5 s; a wrong schema exits 3.
+    static func openStore(_ address: StoreAddress, logger: Logger) async throws -> SQLStore {
+        var backoff = 0.1
+        while true {
+            do {
+                let (opened, warnings) = try address.openExisting(checkFiles: true)
+                for w in warnings { logger.warning("\(w)") }
+                return opened
+            } catch where error.kind == .unavailable {
+                logger.error("store unreachable; the kernel keeps its rules; retrying", metadata: ["error": "\(error)", "retry_s": "\(backoff)"])
+                try await Task.sleep(for: .seconds(backoff))
+                backoff = min(backoff * 2, 5)
+            } catch {
+                logger.critical("cannot use the store: \(error)")
+                throw ExitCode(3)
+            }
+        }
+    }
+}
+
+/// The change-log follower as a service: started with the daemon, stopped at graceful shutdown
+/// (before the reconciler, which ServiceGroup stops after it).
+struct ChangeLogService: Service {
+    let follower: ChangeLogFollower
+
+    func run() async throws {
+        follower.start()
+        try? await gracefulShutdown()
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            Thread.detachNewThread {
+                follower.stop()
+                c.resume()
+            }
+        }
+    }
+}
 
 /// The API server (already bound and accepting) as a service: it runs until graceful shutdown,
 /// then stops accepting and removes its socket.

@@ -2,8 +2,8 @@ import Foundation
 import RampartCore
 
 /// The verbs of the store: each checks its input, then changes the store and computes the
-/// fan-out in one transaction (`transaction`, SQLiteStore.swift).
-extension SQLiteStore {
+/// fan-out in one transaction (`verb`, SQLStore.swift).
+extension SQLStore {
     // MARK: checks
 
     func requireGroup(_ id: String) throws(StoreError) {
@@ -31,7 +31,7 @@ extension SQLiteStore {
             let issues = Validate.description(d, at: "groups.\(id).description")
             if !issues.isEmpty { throw StoreError(.invalid, issues.map(\.description).joined(separator: "; ")) }
         }
-        return try transaction { () throws(StoreError) in
+        return try verb { () throws(StoreError) in
             if try !db.query("SELECT 1 FROM groups WHERE id = ?", .text(id)).isEmpty { throw StoreError(.conflict, "group \(id) exists") }
             try db.run("INSERT INTO groups(id, description, rules) VALUES (?, ?, '[]')", .text(id), description.map { .text($0) } ?? .null)
             return []
@@ -39,7 +39,7 @@ extension SQLiteStore {
     }
 
     public func deleteGroup(_ id: String) throws(StoreError) -> [Delivery] {
-        try transaction { () throws(StoreError) in
+        try verb { () throws(StoreError) in
             try requireGroup(id)
             let members = try db.query("SELECT instance FROM instance_groups WHERE group_id = ? LIMIT 3", .text(id)).compactMap { $0[0] }
             if !members.isEmpty { throw StoreError(.conflict, "group \(id) has members (\(members.joined(separator: ", "))…)") }
@@ -57,7 +57,7 @@ extension SQLiteStore {
         for r in rules {
             if case .group(let ref) = r.remote {
                 try requireGroup(ref)
-                try db.run("INSERT OR IGNORE INTO group_refs(group_id, ref) VALUES (?, ?)", .text(group), .text(ref))
+                try db.run("INSERT INTO group_refs(group_id, ref) VALUES (?, ?) ON CONFLICT DO NOTHING", .text(group), .text(ref))
             }
         }
     }
@@ -67,7 +67,7 @@ extension SQLiteStore {
         // group's existence is checked in the transaction.
         let issues = Validate.rule(rule, at: "rule")
         if !issues.isEmpty { throw StoreError(.invalid, issues.map(\.description).joined(separator: "; ")) }
-        return try transaction { () throws(StoreError) in
+        return try verb { () throws(StoreError) in
             try requireGroup(group)
             guard var g = try groupRow(group) else { throw StoreError(.notFound, "unknown group \(group)") }
             var bare = rule
@@ -83,7 +83,7 @@ extension SQLiteStore {
     }
 
     public func revoke(group: String, rule: Rule?, id: String?) throws(StoreError) -> [Delivery] {
-        try transaction { () throws(StoreError) in
+        try verb { () throws(StoreError) in
             guard var g = try groupRow(group) else { throw StoreError(.notFound, "unknown group \(group)") }
             let before = g.rules.count
             if let id { g.rules.removeAll { $0.id == id } }
@@ -99,10 +99,10 @@ extension SQLiteStore {
     }
 
     func writeInstance(_ id: String, _ inst: Instance) throws(StoreError) {
-        try db.run("INSERT OR IGNORE INTO hosts(name) VALUES (?)", .text(inst.host))
+        try db.run("INSERT INTO hosts(name) VALUES (?) ON CONFLICT DO NOTHING", .text(inst.host))
         for g in inst.groups { try requireGroup(g) }
         try db.run("DELETE FROM instance_groups WHERE instance = ?", .text(id))
-        try db.run("INSERT OR REPLACE INTO instances(id, host, ips, interface, mac) VALUES (?, ?, ?, ?, ?)",
+        try db.run("INSERT INTO instances(id, host, ips, interface, mac) VALUES (?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET host = excluded.host, ips = excluded.ips, interface = excluded.interface, mac = excluded.mac",
                    .text(id), .text(inst.host), .text(inst.ips.map(\.description).joined(separator: ",")),
                    inst.interface.map { .text($0) } ?? .null, inst.mac.map { .text($0.description) } ?? .null)
         var seen = Set<String>()
@@ -113,7 +113,7 @@ extension SQLiteStore {
 
     public func addInstance(_ id: String, _ inst: Instance) throws(StoreError) -> [Delivery] {
         try checkID(id, "instance")
-        return try transaction { () throws(StoreError) in
+        return try verb { () throws(StoreError) in
             if try !records("WHERE i.id = ?", [.text(id)]).isEmpty { throw StoreError(.conflict, "instance \(id) exists") }
             try writeInstance(id, inst)
             try validateHost(inst.host)
@@ -124,7 +124,7 @@ extension SQLiteStore {
     }
 
     public func removeInstance(_ id: String) throws(StoreError) -> [Delivery] {
-        try transaction { () throws(StoreError) in
+        try verb { () throws(StoreError) in
             guard let inst = try records("WHERE i.id = ?", [.text(id)])[id] else { throw StoreError(.notFound, "unknown instance \(id)") }
             var out = try fanOut(members: inst.groups)
             try db.run("DELETE FROM instance_groups WHERE instance = ?", .text(id))
@@ -136,7 +136,7 @@ extension SQLiteStore {
     }
 
     public func setGroups(instance id: String, groups: [String]) throws(StoreError) -> [Delivery] {
-        try transaction { () throws(StoreError) in
+        try verb { () throws(StoreError) in
             guard var inst = try records("WHERE i.id = ?", [.text(id)])[id] else { throw StoreError(.notFound, "unknown instance \(id)") }
             let changed = Set(inst.groups).symmetricDifference(groups)
             var out = try fanOut(members: changed)
@@ -153,7 +153,7 @@ extension SQLiteStore {
     /// has an instance in the store afterwards and is touched by the document gets a whole reload.
     public func importDocument(_ document: Document) throws(StoreError) -> [Delivery] {
         do { try document.validate() } catch { throw StoreError(.invalid, error.description) }
-        return try transaction { () throws(StoreError) in
+        return try verb { () throws(StoreError) in
             for id in document.groups.keys.sorted() {
                 let g = document.groups[id]!
                 try db.run("INSERT INTO groups(id, description, rules) VALUES (?, ?, '[]') ON CONFLICT(id) DO UPDATE SET description = excluded.description",
@@ -162,7 +162,7 @@ extension SQLiteStore {
             for id in document.groups.keys.sorted() { try writeRules(id, document.groups[id]!.rules) }
             // The document's host becomes known (a new hypervisor is registered by importing its
             // document, even with no instance yet).
-            try db.run("INSERT OR IGNORE INTO hosts(name) VALUES (?)", .text(document.host))
+            try db.run("INSERT INTO hosts(name) VALUES (?) ON CONFLICT DO NOTHING", .text(document.host))
             // The document is the host's whole policy: its guarded prefixes replace the stored ones.
             try writeGuards(document.host, document.guardedPrefixes)
             var hosts = Set<String>()

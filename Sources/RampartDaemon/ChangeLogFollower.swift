@@ -1,0 +1,236 @@
+import Foundation
+import Logging
+import RampartStore
+
+/// What `/v1/status` shows of the change log (PostgreSQL store): whether the store is reachable,
+/// and how far this host's log has been applied.
+public struct ChangeLogStatus: Sendable, Equatable {
+    /// The store answers and the wake-up source listens.
+    public var connected: Bool = false
+    /// The last sequence number of this host's log that a committed drain covered.
+    public var applied: Int64 = 0
+    /// The host's last sequence number, as last read.
+    public var head: Int64 = 0
+    /// Rows applied since start.
+    public var rowsApplied: Int = 0
+    /// Whole-document reloads because the log had been trimmed past `applied`.
+    public var reloads: Int = 0
+    /// Reconnections to the store since start.
+    public var reconnects: Int = 0
+    /// Why the store is unreachable, while it is.
+    public var lastError: String?
+    public init() {}
+}
+
+/// Applies this host's change log (the PostgreSQL store's per-host rows, `ChangeLog`) through
+/// the same coalescing queue as the socket API, in sequence order, and records in the store how
+/// far it got, so that a controller can wait for it.
+///
+/// It runs on its own thread (store calls block). Woken by `ChangeWakeups` (one LISTEN
+/// connection in direct mode), it also polls every `pollInterval` seconds, so a lost NOTIFY
+/// costs latency, never a change. When the store is unreachable the kernel keeps its rules
+/// (fail static): the follower reports it, reconnects with backoff, then catches up from the
+/// log, or reloads the whole document when the log was trimmed past its position.
+public final class ChangeLogFollower: @unchecked Sendable {
+    public struct Settings: Sendable {
+        /// Rows read per query.
+        public var batch: Int = 1000
+        /// Seconds between reads of the log when no wake-up came.
+        public var pollInterval: Double = 10
+        /// Reconnect backoff: from `minBackoff`, doubling, up to `maxBackoff` seconds.
+        public var minBackoff: Double = 0.1
+        public var maxBackoff: Double = 5
+        public init() {}
+    }
+
+    let daemon: Daemon
+    let log: any ChangeLog
+    let wakeups: any ChangeWakeups
+    let settings: Settings
+    let logger: Logger
+    private let condition = NSCondition()
+    // Guarded by `condition`:
+    private var woken = false
+    private var listening = false
+    private var stopping = false
+    private var finished = false
+    private var thread: Thread?
+    /// Where the log is applied through; nil until the first sync covered a known position.
+    private var applied: Int64?
+
+    public init(daemon: Daemon, log: any ChangeLog, wakeups: any ChangeWakeups, settings: Settings = Settings(), logger: Logger) {
+        self.daemon = daemon
+        self.log = log
+        self.wakeups = wakeups
+        self.settings = settings
+        self.logger = logger
+    }
+
+    /// Reads the host's log head: call before the daemon's first sync, which then loads a
+    /// document at least as new, so that applying from here misses nothing. Throws if the store
+    /// cannot be read (the follower then reloads the document once it can).
+    public func prime() throws(StoreError) {
+        let page = try log.entries(host: daemon.host, after: Int64.max, limit: 0)
+        condition.withLock { applied = page.head }
+        daemon.updateChangeLog { $0.head = page.head; $0.applied = page.head }
+    }
+
+    /// Starts the follower's thread; it records the primed position once the daemon is ready.
+    public func start() {
+        condition.withLock {
+            guard thread == nil else { return }
+            let t = Thread { [self] in
+                run()
+                condition.withLock {
+                    finished = true
+                    condition.broadcast()
+                }
+            }
+            t.name = "rampartd-changelog"
+            thread = t
+            t.start()
+        }
+    }
+
+    /// Stops the thread after the step in progress and waits for it.
+    public func stop() {
+        condition.withLock {
+            stopping = true
+            condition.broadcast()
+            while thread != nil && !finished { condition.wait() }
+        }
+        wakeups.stop()
+    }
+
+    private func wake(_ w: Wakeup) {
+        condition.withLock {
+            switch w {
+            case .appended(let hosts):
+                guard hosts == nil || hosts!.contains(daemon.host) else { return }
+            case .lost(let why):
+                listening = false
+                logger.warning("store wake-ups lost; reconnecting", metadata: ["error": "\(why)"])
+            }
+            woken = true
+            condition.signal()
+        }
+    }
+
+    /// Sleeps up to `seconds` or until woken (or stopping). Returns false when stopping.
+    private func pause(_ seconds: Double) -> Bool {
+        condition.withLock {
+            let deadline = Date(timeIntervalSinceNow: seconds)
+            while !woken && !stopping && condition.wait(until: deadline) {}
+            woken = false
+            return !stopping
+        }
+    }
+
+    private var isStopping: Bool { condition.withLock { stopping } }
+
+    private func run() {
+        // The first sync covers the primed head.
+        waitUntilReady()
+        if let a = condition.withLock({ applied }) { try? log.recordApplied(host: daemon.host, sequence: a) }
+        var backoff = settings.minBackoff
+        var wasDown = false
+        while !isStopping {
+            do {
+                if !condition.withLock({ listening }) {
+                    try wakeups.start { [weak self] in self?.wake($0) }
+                    condition.withLock { listening = true }
+                    if wasDown { daemon.updateChangeLog { $0.reconnects += 1 } }
+                }
+                daemon.updateChangeLog { $0.connected = true; $0.lastError = nil }
+                if wasDown { logger.info("store reachable again; catching up from the change log") }
+                wasDown = false
+                backoff = settings.minBackoff
+                if try step() { continue }  // more rows may wait: read again at once
+                _ = pause(settings.pollInterval)
+            } catch {
+                if !wasDown { logger.error("store unreachable; the kernel keeps its rules", metadata: ["error": "\(error)"]) }
+                wasDown = true
+                condition.withLock { listening = false }
+                wakeups.stop()
+                daemon.updateChangeLog { $0.connected = false; $0.lastError = "\(error)" }
+                _ = pause(backoff)
+                backoff = min(backoff * 2, settings.maxBackoff)
+            }
+        }
+    }
+
+    private func waitUntilReady() {
+        let ready = DispatchSemaphore(value: 0)
+        daemon.whenReady { ready.signal() }
+        while ready.wait(timeout: .now() + 0.5) == .timedOut { if isStopping { return } }
+    }
+
+    /// One read of the log and the drains it needs. Returns true if a full batch was applied
+    /// (more may follow at once).
+    private func step() throws -> Bool {
+        let host = daemon.host
+        guard let from = condition.withLock({ applied }) else {
+            // Never primed (the store was down at start): whole document, from a fresh head.
+            try reload(reason: "start")
+            return true
+        }
+        let page = try log.entries(host: host, after: from, limit: settings.batch)
+        daemon.updateChangeLog { $0.head = page.head }
+        if page.trimmed {
+            try reload(reason: "log trimmed past \(from)")
+            return true
+        }
+        guard let last = page.entries.last else { return false }
+        guard try apply(page.entries.map(\.refresh)) else { return false }
+        try log.recordApplied(host: host, sequence: last.sequence)
+        condition.withLock { applied = last.sequence }
+        daemon.updateChangeLog { $0.applied = last.sequence; $0.rowsApplied += page.entries.count }
+        return page.entries.count == settings.batch
+    }
+
+    /// Reloads the whole document: head first, then the reload (which reads a document at least
+    /// as new), then the position.
+    private func reload(reason: String) throws {
+        logger.info("reloading the host's document from the store", metadata: ["reason": "\(reason)"])
+        let page = try log.entries(host: daemon.host, after: Int64.max, limit: 0)
+        guard try apply([.host]) else { return }
+        try log.recordApplied(host: daemon.host, sequence: page.head)
+        condition.withLock { applied = page.head }
+        daemon.updateChangeLog { $0.applied = page.head; $0.head = page.head; $0.reloads += 1 }
+    }
+
+    /// Offers the refreshes in order and waits for the drain that covers the last one. Returns
+    /// false if that drain failed (the rows are offered again after a pause).
+    private func apply(_ refreshes: [Refresh]) throws -> Bool {
+        let done = DispatchSemaphore(value: 0)
+        let outcome = OutcomeBox()
+        for (i, r) in refreshes.enumerated() {
+            var reply: (@Sendable (SyncOutcome) -> Void)?
+            if i == refreshes.count - 1 {
+                reply = { (o: SyncOutcome) in
+                    outcome.set(o)
+                    done.signal()
+                }
+            }
+            // A full queue (the API's cap) is waited out: the log is the truth, nothing is dropped.
+            while daemon.offer(r, reply: reply) == nil {
+                if !pause(0.05) { return false }
+            }
+        }
+        done.wait()
+        if case .failed(let why) = outcome.get() {
+            logger.warning("a drain of change-log rows failed; retrying", metadata: ["error": "\(why)"])
+            _ = pause(settings.minBackoff)
+            return false
+        }
+        return true
+    }
+}
+
+/// A drain's outcome handed from the reconciler's thread to the follower's.
+private final class OutcomeBox: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value: SyncOutcome?
+    func set(_ o: SyncOutcome) { lock.withLock { value = o } }
+    func get() -> SyncOutcome? { lock.withLock { value } }
+}

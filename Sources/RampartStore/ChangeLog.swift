@@ -1,0 +1,205 @@
+import Foundation
+
+/// One row of a host's change log: a refresh call, at its position in the host's sequence.
+public struct LogEntry: Sendable, Equatable, CustomStringConvertible {
+    public var sequence: Int64
+    public var refresh: Refresh
+    public init(sequence: Int64, refresh: Refresh) { self.sequence = sequence; self.refresh = refresh }
+    public var description: String { "#\(sequence) \(refresh)" }
+}
+
+/// What a reader gets after its position.
+public struct LogPage: Sendable, Equatable {
+    /// The rows after the position asked for, in sequence order (at most the limit asked for).
+    public var entries: [LogEntry]
+    /// The host's last sequence number (0: nothing was ever logged for it).
+    public var head: Int64
+    /// The log was trimmed past the position asked for: rows are missing, so the reader must
+    /// reload the host's whole document and continue from `head`.
+    public var trimmed: Bool
+}
+
+/// A host's place in its log, as the controller sees it (`rampart changelog status`).
+public struct LogProgress: Sendable, Equatable {
+    public var host: String
+    /// The last sequence number written for the host.
+    public var head: Int64
+    /// The last one its daemon recorded as applied (0: never).
+    public var applied: Int64
+    /// When it recorded it, as the server's clock had it (ISO 8601), if ever.
+    public var appliedAt: String?
+}
+
+/// The durable per-host change log: each verb's transaction appends, for every (host, refresh)
+/// of its fan-out, a row with the host's next sequence number. A daemon applies its host's rows
+/// in order and records the last one it applied; a controller can wait for that. The log is
+/// the truth; how readers are woken (`ChangeWakeups`) is replaceable.
+public protocol ChangeLog: AnyObject, Sendable {
+    /// The host's rows after `sequence`, at most `limit` of them.
+    func entries(host: String, after sequence: Int64, limit: Int) throws(StoreError) -> LogPage
+    /// Records that the host's daemon applied everything through `sequence` (never moves back).
+    func recordApplied(host: String, sequence: Int64) throws(StoreError)
+    /// Each host's head and applied positions (the hosts asked for that the log knows).
+    func progress(hosts: [String]?) throws(StoreError) -> [LogProgress]
+    /// Deletes rows older than `maxAge` seconds and rows more than `keep` behind their host's
+    /// head; returns how many went. Readers behind a trimmed row reload their document.
+    func trim(maxAge: Int?, keep: Int?) throws(StoreError) -> Int
+}
+
+/// Why a change-log reader was woken.
+public enum Wakeup: Sendable, Equatable {
+    /// Rows may have been appended for these hosts (nil: for any host).
+    case appended(hosts: Set<String>?)
+    /// The wake-up source is gone (connection lost): the reader must reconnect and catch up.
+    case lost(String)
+}
+
+/// Wakes a change-log reader when its host's log may have grown. The direct mode is one
+/// PostgreSQL LISTEN connection per daemon (`PostgresWakeups`); a relay tier replaces it without
+/// changing the log. A missed wake-up costs latency, never a change: readers also poll.
+public protocol ChangeWakeups: AnyObject, Sendable {
+    /// Starts delivering wake-ups to `handler` (from any thread). Throws `.unavailable` if the
+    /// source cannot be reached.
+    func start(_ handler: @escaping @Sendable (Wakeup) -> Void) throws(StoreError)
+    /// Stops; no wake-up is delivered afterwards.
+    func stop()
+}
+
+/// The NOTIFY payload of a verb: the hosts whose logs grew, comma-separated, or `*` when the
+/// list would not fit (PostgreSQL's payload limit is 8000 bytes). One channel for everything:
+/// PostgreSQL 15–18 wakes every listening backend for every NOTIFY whatever its channel, so
+/// more channels would cost the same server CPU and only lose the collapsing of duplicates.
+public enum WakeupPayload {
+    public static let channel = "rampart_changes"
+    static let limit = 7900
+
+    public static func encode(hosts: [String]) -> String {
+        let text = hosts.joined(separator: ",")
+        return text.utf8.count <= limit && !text.isEmpty ? text : "*"
+    }
+
+    /// The hosts named, or nil for all (`*`, or a payload this version cannot read).
+    public static func decode(_ payload: String) -> Set<String>? {
+        if payload == "*" || payload.isEmpty { return nil }
+        return Set(payload.split(separator: ",").map(String.init))
+    }
+}
+
+extension SQLStore {
+    /// The change log's tables (PostgreSQL's schema version 2, `PostgresSchema`).
+    /// `change_log_heads`: per host, the last sequence written and the last trimmed;
+    /// `change_log`: the rows; `host_progress`: what each host's daemon applied (written by the
+    /// daemon, so that the controller's writes and the daemons' never lock the same rows).
+    static let changeLogSchema = [
+        """
+        CREATE TABLE IF NOT EXISTS change_log_heads(host TEXT PRIMARY KEY REFERENCES hosts(name),
+            last_seq BIGINT NOT NULL, trimmed_through BIGINT NOT NULL DEFAULT 0)
+        """,
+        """
+        CREATE TABLE IF NOT EXISTS change_log(host TEXT NOT NULL REFERENCES hosts(name), seq BIGINT NOT NULL,
+            refresh TEXT NOT NULL, committed_at TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY(host, seq))
+        """,
+        "CREATE INDEX IF NOT EXISTS change_log_age ON change_log(committed_at)",
+        """
+        CREATE TABLE IF NOT EXISTS host_progress(host TEXT PRIMARY KEY REFERENCES hosts(name),
+            applied_seq BIGINT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())
+        """,
+    ]
+
+    /// Appends each delivery to its host's log (hosts in name order, so two verbs lock heads in
+    /// the same order), then notifies the readers; returns the deliveries with their sequence
+    /// numbers. Runs inside the verb's transaction: the rows and the NOTIFY exist only if it
+    /// commits.
+    func appendToChangeLog(_ deliveries: [Delivery]) throws(StoreError) -> [Delivery] {
+        guard !deliveries.isEmpty else { return [] }
+        var byHost: [String: [Int]] = [:]
+        for (i, d) in deliveries.enumerated() { byHost[d.host, default: []].append(i) }
+        var out = deliveries
+        for host in byHost.keys.sorted() {
+            let indices = byHost[host]!
+            let rows = try db.query("""
+                INSERT INTO change_log_heads(host, last_seq) VALUES (?, ?)
+                ON CONFLICT(host) DO UPDATE SET last_seq = change_log_heads.last_seq + excluded.last_seq RETURNING last_seq
+                """, .text(host), .int(Int64(indices.count)))
+            guard let text = rows.first?[0] ?? nil, let last = Int64(text) else {
+                throw StoreError(.database, "store: no sequence number for host \(host)")
+            }
+            var seq = last - Int64(indices.count)
+            for i in indices {
+                seq += 1
+                try db.run("INSERT INTO change_log(host, seq, refresh) VALUES (?, ?, ?)",
+                           .text(host), .int(seq), .text(deliveries[i].refresh.logText))
+                out[i].sequence = seq
+            }
+        }
+        _ = try db.query("SELECT pg_notify(?, ?)", .text(WakeupPayload.channel), .text(WakeupPayload.encode(hosts: byHost.keys.sorted())))
+        return out
+    }
+
+    func logEntries(host: String, after sequence: Int64, limit: Int) throws(StoreError) -> LogPage {
+        try reading { () throws(StoreError) -> LogPage in
+            let head = try db.query("SELECT last_seq, trimmed_through FROM change_log_heads WHERE host = ?", .text(host)).first
+            let last = Int64(head?[0] ?? "0") ?? 0
+            let trimmedThrough = Int64(head?[1] ?? "0") ?? 0
+            if sequence < trimmedThrough { return LogPage(entries: [], head: last, trimmed: true) }
+            var entries: [LogEntry] = []
+            for row in try db.query("SELECT seq, refresh FROM change_log WHERE host = ? AND seq > ? ORDER BY seq LIMIT ?",
+                                    .text(host), .int(sequence), .int(Int64(limit))) {
+                guard let s = row[0].flatMap({ Int64($0) }), let text = row[1], let r = Refresh(logText: text) else {
+                    // A row this version cannot read: the whole document says everything it could.
+                    return LogPage(entries: [], head: last, trimmed: true)
+                }
+                entries.append(LogEntry(sequence: s, refresh: r))
+            }
+            return LogPage(entries: entries, head: last, trimmed: false)
+        }
+    }
+
+    func logRecordApplied(host: String, sequence: Int64) throws(StoreError) {
+        try transaction { () throws(StoreError) in
+            try db.run("""
+                INSERT INTO host_progress(host, applied_seq, applied_at) VALUES (?, ?, now())
+                ON CONFLICT(host) DO UPDATE SET applied_seq = GREATEST(host_progress.applied_seq, excluded.applied_seq), applied_at = now()
+                """, .text(host), .int(sequence))
+        }
+    }
+
+    func logProgress(hosts: [String]?) throws(StoreError) -> [LogProgress] {
+        let sql = """
+            SELECT h.name, COALESCE(c.last_seq, 0), COALESCE(p.applied_seq, 0), to_char(p.applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+            FROM hosts h LEFT JOIN change_log_heads c ON c.host = h.name LEFT JOIN host_progress p ON p.host = h.name
+            """
+        let rows: [[String?]]
+        if let hosts {
+            // One indexed lookup per host asked for (a --wait names a handful of a fleet's hosts).
+            var all: [[String?]] = []
+            for h in hosts { all += try db.query(sql + " WHERE h.name = ?", .text(h)) }
+            rows = all
+        } else {
+            rows = try db.query(sql + " ORDER BY h.name")
+        }
+        return rows.compactMap { r in
+            guard let h = r[0] else { return nil }
+            return LogProgress(host: h, head: Int64(r[1] ?? "0") ?? 0, applied: Int64(r[2] ?? "0") ?? 0, appliedAt: r[3])
+        }
+    }
+
+    func logTrim(maxAge: Int?, keep: Int?) throws(StoreError) -> Int {
+        try transaction { () throws(StoreError) -> Int in
+            var conditions: [String] = []
+            var args: [SQLValue] = []
+            if let maxAge { conditions.append("c.committed_at < now() - make_interval(secs => ?)"); args.append(.int(Int64(maxAge))) }
+            if let keep { conditions.append("c.seq <= h.last_seq - ?"); args.append(.int(Int64(keep))) }
+            guard !conditions.isEmpty else { return 0 }
+            let rows = try db.query("""
+                WITH gone AS (DELETE FROM change_log c USING change_log_heads h
+                              WHERE c.host = h.host AND (\(conditions.joined(separator: " OR "))) RETURNING c.host, c.seq),
+                     marks AS (SELECT host, max(seq) AS s, count(*) AS n FROM gone GROUP BY host),
+                     moved AS (UPDATE change_log_heads h SET trimmed_through = GREATEST(h.trimmed_through, m.s)
+                               FROM marks m WHERE h.host = m.host RETURNING m.n)
+                SELECT COALESCE(sum(n), 0) FROM moved
+                """, args)
+            return Int(rows.first?[0] ?? "0") ?? 0
+        }
+    }
+}

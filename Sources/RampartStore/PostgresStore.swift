@@ -1,0 +1,149 @@
+import Foundation
+import Logging
+import NIOCore
+import PostgresNIO
+
+/// The store of a cloud: PostgreSQL, shared by the controller and every hypervisor's daemon.
+/// The same SQL as SQLite (`SQLStore`), run serializable; each verb also appends its fan-out to
+/// the hosts' change logs and NOTIFYs in the same transaction (`ChangeLog.swift`), so a daemon
+/// learns its refresh calls from the store itself, wherever it runs. docs/postgres.md.
+public final class PostgresStore: SQLStore, ChangeLog, @unchecked Sendable {
+    public let location: PostgresLocation
+    private let connection: PostgresSyncConnection
+
+    /// The schema this version writes: 1 = the tables SQLite has, 2 = the change log.
+    public static let schemaVersion = 2
+
+    /// Connects. `migrate`: create or upgrade the schema (the controller's verbs and `import`);
+    /// otherwise (the daemon) a database without the current schema is refused, never changed.
+    public init(location: PostgresLocation, migrate: Bool) throws(StoreError) {
+        self.location = location
+        connection = PostgresSyncConnection(location: location)
+        try connection.connect()
+        super.init(db: connection, dialect: .postgres)
+        if migrate { try self.migrate() } else { try checkSchema() }
+    }
+
+    /// Opens the store named by a `postgres://` URL.
+    public convenience init(url: String, migrate: Bool) throws(StoreError) {
+        try self.init(location: PostgresLocation(url: url), migrate: migrate)
+    }
+
+    /// The schema's version in the database (0: none).
+    public func installedSchemaVersion() throws(StoreError) -> Int {
+        try reading { () throws(StoreError) -> Int in
+            let exists = try db.query("SELECT to_regclass('rampart_schema') IS NOT NULL").first?[0] ?? nil
+            guard exists == "1" else { return 0 }
+            return Int(try db.query("SELECT max(version) FROM rampart_schema").first?[0] ?? "0") ?? 0
+        }
+    }
+
+    private func checkSchema() throws(StoreError) {
+        let v = try installedSchemaVersion()
+        if v == 0 {
+            throw StoreError(.missing, "the store \(location) has no Rampart schema (rampartd never creates one: `rampart` verbs and `rampart import` do)")
+        }
+        if v < Self.schemaVersion {
+            throw StoreError(.invalid, "the store \(location) has schema version \(v), this rampartd needs \(Self.schemaVersion): run a `rampart` verb (or `rampart changelog status`) once to upgrade it")
+        }
+        if v > Self.schemaVersion {
+            throw StoreError(.invalid, "the store \(location) has schema version \(v), newer than this rampartd knows (\(Self.schemaVersion)): upgrade rampartd")
+        }
+    }
+
+    /// Brings the schema to `schemaVersion`, one version per step, each in one transaction
+    /// under an advisory lock (two controllers starting at once do not race).
+    private func migrate() throws(StoreError) {
+        let steps: [[String]] = [Self.schema + Self.additions, Self.changeLogSchema]
+        try transaction { () throws(StoreError) in
+            // Transaction-scoped: released at COMMIT or ROLLBACK. The key is "rampart".
+            _ = try db.query("SELECT pg_advisory_xact_lock(7233118244501612)")
+            try db.exec("CREATE TABLE IF NOT EXISTS rampart_schema(version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+            let have = Int(try db.query("SELECT COALESCE(max(version), 0) FROM rampart_schema").first?[0] ?? "0") ?? 0
+            if have > Self.schemaVersion {
+                throw StoreError(.invalid, "the store \(location) has schema version \(have), newer than this rampart knows (\(Self.schemaVersion)): upgrade rampart")
+            }
+            guard have < Self.schemaVersion else { return }
+            for version in (have + 1)...Self.schemaVersion {
+                for statement in steps[version - 1] { try db.exec(statement) }
+                try db.run("INSERT INTO rampart_schema(version) VALUES (?)", .int(Int64(version)))
+            }
+        }
+    }
+
+    /// Drops the connection; the next call reconnects.
+    public func disconnect() { connection.close() }
+
+    // MARK: ChangeLog
+
+    public func entries(host: String, after sequence: Int64, limit: Int) throws(StoreError) -> LogPage {
+        try logEntries(host: host, after: sequence, limit: limit)
+    }
+
+    public func recordApplied(host: String, sequence: Int64) throws(StoreError) {
+        try logRecordApplied(host: host, sequence: sequence)
+    }
+
+    public func progress(hosts: [String]?) throws(StoreError) -> [LogProgress] {
+        try reading { () throws(StoreError) in try logProgress(hosts: hosts) }
+    }
+
+    public func trim(maxAge: Int?, keep: Int?) throws(StoreError) -> Int {
+        try logTrim(maxAge: maxAge, keep: keep)
+    }
+}
+
+/// Direct-mode wake-ups: one LISTEN connection to PostgreSQL (channel `rampart_changes`). The
+/// handler hears `.appended` for every verb's NOTIFY, and `.lost` once when the connection
+/// closes; `start` again to reconnect.
+public final class PostgresWakeups: ChangeWakeups, @unchecked Sendable {
+    public let location: PostgresLocation
+    private let lock = NSLock()
+    private var connection: PostgresConnection?
+    private var generation = 0
+
+    public init(location: PostgresLocation) { self.location = location }
+
+    deinit { stop() }
+
+    public func start(_ handler: @escaping @Sendable (Wakeup) -> Void) throws(StoreError) {
+        stop()
+        var logger = Logger(label: "rampart.store.listen")
+        logger.logLevel = .critical
+        let config = try PostgresSyncConnection.configuration(location)
+        let c: PostgresConnection
+        do {
+            c = try PostgresConnection.connect(on: PostgresSyncConnection.sharedGroup.next(), configuration: config, id: 2, logger: logger).wait()
+        } catch {
+            throw StoreError(.unavailable, "cannot connect to the store \(location) to LISTEN: \(PostgresSyncConnection.describe(error))")
+        }
+        let myGeneration: Int = lock.withLock {
+            generation += 1
+            connection = c
+            return generation
+        }
+        c.addListener(channel: WakeupPayload.channel) { _, note in
+            handler(.appended(hosts: WakeupPayload.decode(note.payload)))
+        }
+        c.closeFuture.whenComplete { [weak self] _ in
+            // Only the connection still in use reports its loss (a stopped one is expected to close).
+            guard let self, self.lock.withLock({ self.generation == myGeneration }) else { return }
+            handler(.lost("the LISTEN connection to \(self.location) closed"))
+        }
+        do {
+            _ = try c.query(PostgresQuery(unsafeSQL: "LISTEN \(WakeupPayload.channel)"), logger: logger).wait()
+        } catch {
+            stop()
+            throw StoreError(.unavailable, "LISTEN on the store \(location) failed: \(PostgresSyncConnection.describe(error))")
+        }
+    }
+
+    public func stop() {
+        let c: PostgresConnection? = lock.withLock {
+            generation += 1
+            defer { connection = nil }
+            return connection
+        }
+        if let c { let closing: EventLoopFuture<Void> = c.close(); try? closing.wait() }
+    }
+}

@@ -1,0 +1,70 @@
+import Foundation
+
+/// A store error: the database's message, or a refused change (unknown group, group in use, …).
+public struct StoreError: Error, Sendable, CustomStringConvertible, Equatable {
+    /// `database`: the database failed a statement; `unavailable`: it cannot be reached (no
+    /// connection, or the connection was lost: nothing was committed); `notFound`, `conflict`,
+    /// `invalid`: a refused change or an invalid stored value; `missing`: no store at the path
+    /// (only the controller creates one); `unsafe`: the store or its directory could be changed
+    /// by someone other than root.
+    public enum Kind: String, Sendable { case database, unavailable, notFound, conflict, invalid, missing, unsafe }
+    public var kind: Kind
+    public var message: String
+    /// The server's SQLSTATE, when a PostgreSQL statement failed (`40001`: serialization failure,
+    /// retried by the transaction).
+    public var sqlState: String?
+    public init(_ kind: Kind, _ message: String, sqlState: String? = nil) {
+        self.kind = kind
+        self.message = message
+        self.sqlState = sqlState
+    }
+    public var description: String { message }
+}
+
+/// A value bound to a statement's `?` placeholder.
+public enum SQLValue: Sendable, Equatable {
+    case text(String), int(Int64), null
+}
+
+/// The little a store needs of a database connection. Statements are written once, with `?`
+/// placeholders, in the SQL that SQLite and PostgreSQL share; `SQLDialect` holds the few
+/// spellings that differ. Not thread-safe: the store serializes its calls.
+protocol SQLConnection: AnyObject {
+    /// Runs statements without parameters (schema, `BEGIN`, `COMMIT`).
+    func exec(_ sql: String) throws(StoreError)
+    /// Runs a statement that returns no rows.
+    func run(_ sql: String, _ args: [SQLValue]) throws(StoreError)
+    /// Runs a query; each row is an array of the columns as text (nil: NULL).
+    func query(_ sql: String, _ args: [SQLValue]) throws(StoreError) -> [[String?]]
+}
+
+extension SQLConnection {
+    func run(_ sql: String, _ args: SQLValue...) throws(StoreError) { try run(sql, args) }
+    func query(_ sql: String, _ args: SQLValue...) throws(StoreError) -> [[String?]] { try query(sql, args) }
+}
+
+/// What differs between the two databases, as SQL text.
+struct SQLDialect: Sendable {
+    /// Starts a write transaction. SQLite: `BEGIN IMMEDIATE` (one writer at a time);
+    /// PostgreSQL: serializable, so concurrent verbs behave as if run one after the other (a
+    /// fan-out query never misses a member or a reference another verb is adding).
+    var beginWrite: String
+    /// Starts a read transaction whose statements all see one snapshot.
+    var beginRead: String
+    /// The instance's groups in position order, comma-separated, for instance row `i`.
+    var instanceGroupsColumn: String
+    /// Whether verbs append their fan-out to the per-host change log (and wake its readers).
+    var keepsChangeLog: Bool
+
+    static let sqlite = SQLDialect(
+        beginWrite: "BEGIN IMMEDIATE",
+        beginRead: "BEGIN",
+        instanceGroupsColumn: "(SELECT group_concat(group_id, ',') FROM (SELECT group_id FROM instance_groups WHERE instance = i.id ORDER BY position))",
+        keepsChangeLog: false)
+
+    static let postgres = SQLDialect(
+        beginWrite: "BEGIN ISOLATION LEVEL SERIALIZABLE",
+        beginRead: "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+        instanceGroupsColumn: "(SELECT string_agg(group_id, ',' ORDER BY position) FROM instance_groups WHERE instance = i.id)",
+        keepsChangeLog: true)
+}
