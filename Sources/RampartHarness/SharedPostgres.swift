@@ -5,19 +5,19 @@ import Foundation
 /// stay independent without paying an initdb each (about a second).
 public enum SharedPostgres {
     private static let lock = NSLock()
-    nonisolated(unsafe) private static var cluster: PostgresCluster?
+    nonisolated(unsafe) private static var running: PostgresCluster?
     nonisolated(unsafe) private static var counter = 0
 
     /// The process's cluster, started.
     public static func cluster() throws -> PostgresCluster {
-        try lock.withLock {
-            if let c = cluster {
+        try lock.withLock { () throws -> PostgresCluster in
+            if let c = running {
                 if !c.isRunning { try c.start() }
                 return c
             }
             let c = try PostgresCluster(database: "postgres", maxConnections: 200)
             try c.start()
-            cluster = c
+            running = c
             atexit { SharedPostgres.destroyAtExit() }
             return c
         }
@@ -36,8 +36,8 @@ public enum SharedPostgres {
 
     private static func destroyAtExit() {
         let c = lock.withLock { () -> PostgresCluster? in
-            defer { cluster = nil }
-            return cluster
+            defer { running = nil }
+            return running
         }
         c?.destroy()
     }
