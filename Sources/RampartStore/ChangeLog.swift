@@ -86,49 +86,56 @@ public enum WakeupPayload {
 }
 
 extension SQLStore {
-    /// The change log's tables (PostgreSQL's schema version 2, `PostgresSchema`).
-    /// `change_log_heads`: per host, the last sequence written and the last trimmed;
-    /// `change_log`: the rows; `host_progress`: what each host's daemon applied (written by the
-    /// daemon, so that the controller's writes and the daemons' never lock the same rows).
+    /// The change log's tables (PostgreSQL's schema version 2, `PostgresStore`).
+    /// `change_log`: the rows; `change_log_seq`: where their sequence numbers come from;
+    /// `change_log_heads`: per host, the last sequence number trimmed away; `host_progress`:
+    /// what each host's daemon applied (written by the daemon, so that the controller's writes
+    /// and the daemons' never touch the same rows).
     static let changeLogSchema = [
-        """
-        CREATE TABLE IF NOT EXISTS change_log_heads(host TEXT PRIMARY KEY REFERENCES hosts(name),
-            last_seq BIGINT NOT NULL, trimmed_through BIGINT NOT NULL DEFAULT 0)
-        """,
+        "CREATE SEQUENCE IF NOT EXISTS change_log_seq",
         """
         CREATE TABLE IF NOT EXISTS change_log(host TEXT NOT NULL REFERENCES hosts(name), seq BIGINT NOT NULL,
             refresh TEXT NOT NULL, committed_at TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY(host, seq))
         """,
         "CREATE INDEX IF NOT EXISTS change_log_age ON change_log(committed_at)",
         """
+        CREATE TABLE IF NOT EXISTS change_log_heads(host TEXT PRIMARY KEY REFERENCES hosts(name),
+            trimmed_through BIGINT NOT NULL DEFAULT 0)
+        """,
+        """
         CREATE TABLE IF NOT EXISTS host_progress(host TEXT PRIMARY KEY REFERENCES hosts(name),
             applied_seq BIGINT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())
         """,
     ]
 
-    /// Appends each delivery to its host's log (hosts in name order, so two verbs lock heads in
-    /// the same order), then notifies the readers; returns the deliveries with their sequence
-    /// numbers. Runs inside the verb's transaction: the rows and the NOTIFY exist only if it
-    /// commits.
+    /// The advisory-lock class of a host's log (the other key is the host name's hash).
+    static let hostLockClass = 0x52_4C_4F_47  // "RLOG"
+
+    /// Appends each delivery to its host's log, then notifies the readers; returns the
+    /// deliveries with their sequence numbers. Runs inside the verb's transaction: the rows and
+    /// the NOTIFY exist only if it commits.
+    ///
+    /// Why a global sequence and a lock per host, not a counter row per host: under serializable
+    /// isolation two verbs updating one host's counter row conflict, and one is rolled back and
+    /// run again; with many controllers and shared hosts that is most verbs. Instead, each host's
+    /// rows are numbered from one sequence (no conflicts: `nextval` is outside transactions) while
+    /// the verb holds the host's advisory lock, until COMMIT. So a host's numbers grow in commit
+    /// order, and a reader that has applied through N never later meets a row below N. Numbers
+    /// have gaps (other hosts' rows, rolled-back verbs); readers only need the order. Hosts are
+    /// locked in name order, so two verbs never wait for each other in a cycle.
     func appendToChangeLog(_ deliveries: [Delivery]) throws(StoreError) -> [Delivery] {
         guard !deliveries.isEmpty else { return [] }
         var byHost: [String: [Int]] = [:]
         for (i, d) in deliveries.enumerated() { byHost[d.host, default: []].append(i) }
         var out = deliveries
         for host in byHost.keys.sorted() {
-            let indices = byHost[host]!
-            let rows = try db.query("""
-                INSERT INTO change_log_heads(host, last_seq) VALUES (?, ?)
-                ON CONFLICT(host) DO UPDATE SET last_seq = change_log_heads.last_seq + excluded.last_seq RETURNING last_seq
-                """, .text(host), .int(Int64(indices.count)))
-            guard let text = rows.first?[0] ?? nil, let last = Int64(text) else {
-                throw StoreError(.database, "store: no sequence number for host \(host)")
-            }
-            var seq = last - Int64(indices.count)
-            for i in indices {
-                seq += 1
-                try db.run("INSERT INTO change_log(host, seq, refresh) VALUES (?, ?, ?)",
-                           .text(host), .int(seq), .text(deliveries[i].refresh.logText))
+            _ = try db.query("SELECT pg_advisory_xact_lock(CAST(? AS integer), hashtext(?))", .int(Int64(Self.hostLockClass)), .text(host))
+            for i in byHost[host]! {
+                let rows = try db.query("INSERT INTO change_log(host, seq, refresh) VALUES (?, nextval('change_log_seq'), ?) RETURNING seq",
+                                        .text(host), .text(deliveries[i].refresh.logText))
+                guard let text = rows.first?[0] ?? nil, let seq = Int64(text) else {
+                    throw StoreError(.database, "store: no sequence number for host \(host)")
+                }
                 out[i].sequence = seq
             }
         }
@@ -136,11 +143,21 @@ extension SQLStore {
         return out
     }
 
+    /// The host's last sequence number (also when its rows were trimmed away), and the last
+    /// one trimmed.
+    func logHead(_ host: String) throws(StoreError) -> (head: Int64, trimmedThrough: Int64) {
+        let row = try db.query("""
+            SELECT COALESCE((SELECT max(seq) FROM change_log WHERE host = ?), 0),
+                   COALESCE((SELECT trimmed_through FROM change_log_heads WHERE host = ?), 0)
+            """, .text(host), .text(host)).first
+        let last = Int64(row?[0] ?? "0") ?? 0
+        let trimmed = Int64(row?[1] ?? "0") ?? 0
+        return (max(last, trimmed), trimmed)
+    }
+
     func logEntries(host: String, after sequence: Int64, limit: Int) throws(StoreError) -> LogPage {
         try reading { () throws(StoreError) -> LogPage in
-            let head = try db.query("SELECT last_seq, trimmed_through FROM change_log_heads WHERE host = ?", .text(host)).first
-            let last = Int64(head?[0] ?? "0") ?? 0
-            let trimmedThrough = Int64(head?[1] ?? "0") ?? 0
+            let (last, trimmedThrough) = try logHead(host)
             if sequence < trimmedThrough { return LogPage(entries: [], head: last, trimmed: true) }
             var entries: [LogEntry] = []
             for row in try db.query("SELECT seq, refresh FROM change_log WHERE host = ? AND seq > ? ORDER BY seq LIMIT ?",
@@ -166,7 +183,8 @@ extension SQLStore {
 
     func logProgress(hosts: [String]?) throws(StoreError) -> [LogProgress] {
         let sql = """
-            SELECT h.name, COALESCE(c.last_seq, 0), COALESCE(p.applied_seq, 0), to_char(p.applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+            SELECT h.name, GREATEST(COALESCE((SELECT max(seq) FROM change_log l WHERE l.host = h.name), 0), COALESCE(c.trimmed_through, 0)),
+                   COALESCE(p.applied_seq, 0), to_char(p.applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
             FROM hosts h LEFT JOIN change_log_heads c ON c.host = h.name LEFT JOIN host_progress p ON p.host = h.name
             """
         let rows: [[String?]]
@@ -189,15 +207,18 @@ extension SQLStore {
             var conditions: [String] = []
             var args: [SQLValue] = []
             if let maxAge { conditions.append("c.committed_at < now() - make_interval(secs => ?)"); args.append(.int(Int64(maxAge))) }
-            if let keep { conditions.append("c.seq <= h.last_seq - ?"); args.append(.int(Int64(keep))) }
+            // The keep-th newest row of its host and everything older than it go.
+            if let keep {
+                conditions.append("c.seq <= (SELECT seq FROM change_log k WHERE k.host = c.host ORDER BY seq DESC OFFSET ? LIMIT 1)")
+                args.append(.int(Int64(keep)))
+            }
             guard !conditions.isEmpty else { return 0 }
             let rows = try db.query("""
-                WITH gone AS (DELETE FROM change_log c USING change_log_heads h
-                              WHERE c.host = h.host AND (\(conditions.joined(separator: " OR "))) RETURNING c.host, c.seq),
+                WITH gone AS (DELETE FROM change_log c WHERE \(conditions.joined(separator: " OR ")) RETURNING c.host, c.seq),
                      marks AS (SELECT host, max(seq) AS s, count(*) AS n FROM gone GROUP BY host),
-                     moved AS (UPDATE change_log_heads h SET trimmed_through = GREATEST(h.trimmed_through, m.s)
-                               FROM marks m WHERE h.host = m.host RETURNING m.n)
-                SELECT COALESCE(sum(n), 0) FROM moved
+                     moved AS (INSERT INTO change_log_heads(host, trimmed_through) SELECT host, s FROM marks
+                               ON CONFLICT(host) DO UPDATE SET trimmed_through = GREATEST(change_log_heads.trimmed_through, excluded.trimmed_through))
+                SELECT COALESCE(sum(n), 0)::bigint FROM marks
                 """, args)
             return Int(rows.first?[0] ?? "0") ?? 0
         }

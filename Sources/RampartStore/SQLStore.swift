@@ -77,16 +77,18 @@ public class SQLStore: Store, @unchecked Sendable {
         try inTransaction(dialect.beginRead, body)
     }
 
-    /// How many times a transaction that lost a serialization race (PostgreSQL's SQLSTATE
+    /// How long a transaction that keeps losing serialization races (PostgreSQL's SQLSTATE
     /// 40001, or a deadlock, 40P01) is run again before the error is returned.
-    static let serializationRetries = 50
+    static let serializationRetrySeconds = 30.0
 
     /// `body` between `begin` and COMMIT, rolled back if it throws; run again (from the start:
     /// the body only reads and writes the database) when PostgreSQL reports that it conflicted
-    /// with a concurrent transaction.
+    /// with a concurrent transaction, after a random pause that doubles each time (up to 50 ms),
+    /// so that the contenders spread out instead of colliding again.
     func inTransaction<T>(_ begin: String, _ body: () throws(StoreError) -> T) throws(StoreError) -> T {
         try locked { () throws(StoreError) -> T in
             var attempt = 0
+            let start = DispatchTime.now().uptimeNanoseconds
             while true {
                 attempt += 1
                 try db.exec(begin)
@@ -96,9 +98,10 @@ public class SQLStore: Store, @unchecked Sendable {
                     return r
                 } catch {
                     if error.kind != .unavailable { try? db.exec("ROLLBACK") }
-                    if let state = error.sqlState, state == "40001" || state == "40P01", attempt < Self.serializationRetries {
-                        // Back off a little, more each time, so the winners finish first.
-                        usleep(UInt32.random(in: 0...UInt32(min(attempt, 10) * 200)))
+                    let elapsed = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+                    if let state = error.sqlState, state == "40001" || state == "40P01", elapsed < Self.serializationRetrySeconds {
+                        let ceiling = min(50_000, 250 << min(attempt, 8))  // µs
+                        usleep(UInt32.random(in: 0...UInt32(ceiling)))
                         continue
                     }
                     throw error

@@ -2,10 +2,33 @@ import Foundation
 import RampartCore
 import RampartStore
 import RampartCoreTestSupport
+import RampartHarness
 import Testing
 
 func tempStore() throws -> SQLiteStore {
     try SQLiteStore(path: tempStorePath())
+}
+
+/// The two stores every verb test runs on: the same SQL (`SQLStore`) on SQLite and on a real
+/// PostgreSQL (a fresh database on the process's throwaway cluster; root only: the cluster runs
+/// as the `postgres` account).
+enum StoreKind: String, CaseIterable, CustomTestStringConvertible, Sendable {
+    case sqlite, postgres
+    var testDescription: String { rawValue }
+
+    static var available: [StoreKind] { getuid() == 0 ? allCases : [.sqlite] }
+
+    func make() throws -> SQLStore {
+        switch self {
+        case .sqlite: try tempStore()
+        case .postgres: try PostgresStore(url: SharedPostgres.freshDatabase("store"), migrate: true)
+        }
+    }
+}
+
+extension Array where Element == Delivery {
+    /// The deliveries without their change-log positions (SQLite has none).
+    var plain: [Delivery] { map { Delivery(host: $0.host, refresh: $0.refresh) } }
 }
 
 func ip(_ s: String) -> IPAddress { IPAddress(s)! }
@@ -16,7 +39,7 @@ func rule(_ json: String, _ group: String, refs: [String] = []) throws -> Rule {
 
 /// web (hv1: web-1, web-2; hv2: web-3) allows tcp 80 from anywhere and 22 from admin;
 /// db (hv1: db-1) allows 5432 from web; admin (hv2: bastion, hv3: bastion-3).
-func populate(_ st: SQLiteStore) throws {
+func populate(_ st: SQLStore) throws {
     for g in ["web", "db", "admin", "unused"] { _ = try st.createGroup(g, description: nil) }
     _ = try st.authorize(group: "web", rule: try rule(#"{"id":"http","protocol":"tcp","ports":"80","cidr":"0.0.0.0/0"}"#, "web"))
     _ = try st.authorize(group: "web", rule: try rule(#"{"protocol":"tcp","ports":"22","group":"admin"}"#, "web", refs: ["admin"]))
@@ -30,9 +53,9 @@ func populate(_ st: SQLiteStore) throws {
     _ = try st.addInstance("bastion-3", Instance(host: "hv3", groups: ["admin", "unused"], ips: [ip("10.0.9.6")], interface: "tapb3"))
 }
 
-@Suite("SQLite store: documents, verbs, fan-out", .scratchDirectory) struct StoreTests {
-    @Test func documentForHostFollowsTheSpec() throws {
-        let st = try tempStore()
+@Suite("Store (SQLite and PostgreSQL): documents, verbs, fan-out", .scratchDirectory) struct StoreTests {
+    @Test(arguments: StoreKind.available) func documentForHostFollowsTheSpec(_ kind: StoreKind) throws {
+        let st = try kind.make()
         try populate(st)
         let doc = try st.document(forHost: "hv1")
         try doc.validate()
@@ -52,36 +75,36 @@ func populate(_ st: SQLiteStore) throws {
         #expect(Set(d2.instances.keys) == ["web-3", "bastion", "bastion-3"])
     }
 
-    @Test func verbsReturnTheFanOut() throws {
-        let st = try tempStore()
+    @Test(arguments: StoreKind.available) func verbsReturnTheFanOut(_ kind: StoreKind) throws {
+        let st = try kind.make()
         try populate(st)
         #expect(try st.hostsForRulesRefresh("web") == ["hv1", "hv2"])
         #expect(try st.hostsForMembersRefresh("admin") == ["hv1", "hv2"])  // members of web reference admin
         #expect(try st.hostsForMembersRefresh("web") == ["hv1"])  // db references web
         // a new admin member: hosts of web members get members(admin); hv4 gets the instance
         let d = try st.addInstance("bastion-4", Instance(host: "hv4", groups: ["admin"], ips: [ip("10.0.9.7")], interface: "tapb4"))
-        #expect(d == [Delivery(host: "hv1", refresh: .members("admin")), Delivery(host: "hv2", refresh: .members("admin")),
+        #expect(d.plain == [Delivery(host: "hv1", refresh: .members("admin")), Delivery(host: "hv2", refresh: .members("admin")),
                       Delivery(host: "hv4", refresh: .instance("bastion-4"))])
         // a rule change of db: the hosts of db's members
         let r = try st.authorize(group: "db", rule: try rule(#"{"protocol":"icmp","cidr":"10.0.0.0/8"}"#, "db"))
-        #expect(r == [Delivery(host: "hv1", refresh: .rules("db"))])
+        #expect(r.plain == [Delivery(host: "hv1", refresh: .rules("db"))])
         // set-groups: web-3 leaves web for db: members(web) and members(db) to their referrers
         let s = try st.setGroups(instance: "web-3", groups: ["db"])
-        #expect(s.contains(Delivery(host: "hv1", refresh: .members("web"))))
-        #expect(s.contains(Delivery(host: "hv2", refresh: .instance("web-3"))))
+        #expect(s.plain.contains(Delivery(host: "hv1", refresh: .members("web"))))
+        #expect(s.plain.contains(Delivery(host: "hv2", refresh: .instance("web-3"))))
         // remove
         let rm = try st.removeInstance("bastion")
-        #expect(rm.contains(Delivery(host: "hv2", refresh: .instance("bastion"))))
-        #expect(rm.contains(Delivery(host: "hv1", refresh: .members("admin"))))
+        #expect(rm.plain.contains(Delivery(host: "hv2", refresh: .instance("bastion"))))
+        #expect(rm.plain.contains(Delivery(host: "hv1", refresh: .members("admin"))))
         #expect(try st.instance("bastion") == nil)
         // revoke by id
         let rv = try st.revoke(group: "web", rule: nil, id: "http")
-        #expect(rv == [Delivery(host: "hv1", refresh: .rules("web"))])
+        #expect(rv.plain == [Delivery(host: "hv1", refresh: .rules("web"))])
         #expect(try st.group("web")!.rules.count == 1)
     }
 
-    @Test func refusedChangesChangeNothing() throws {
-        let st = try tempStore()
+    @Test(arguments: StoreKind.available) func refusedChangesChangeNothing(_ kind: StoreKind) throws {
+        let st = try kind.make()
         try populate(st)
         let before = try st.document(forHost: "hv1")
         // same interface twice on a host
@@ -123,8 +146,8 @@ func populate(_ st: SQLiteStore) throws {
         }
     }
 
-    @Test func importThenExportGivesTheDocumentBack() throws {
-        let st = try tempStore()
+    @Test(arguments: StoreKind.available) func importThenExportGivesTheDocumentBack(_ kind: StoreKind) throws {
+        let st = try kind.make()
         let text = """
             {"version":1,"host":"hv1","groups":{
               "web":{"description":"front","rules":[{"id":"http","protocol":"tcp","ports":"80","cidr":"0.0.0.0/0"},
@@ -137,7 +160,7 @@ func populate(_ st: SQLiteStore) throws {
             """
         let doc = try Document.parse(json: text)
         let d = try st.importDocument(doc)
-        #expect(d.contains(Delivery(host: "hv1", refresh: .host)))
+        #expect(d.plain.contains(Delivery(host: "hv1", refresh: .host)))
         var expected = doc
         expected.instances["bastion"]!.interface = nil
         #expect(try st.document(forHost: "hv1") == expected)
@@ -148,8 +171,8 @@ func populate(_ st: SQLiteStore) throws {
         #expect(try st.group("web") == doc.groups["web"])
     }
 
-    @Test func fanOutAgreesWithTheCloudIndex() throws {
-        let st = try tempStore()
+    @Test(arguments: StoreKind.available) func fanOutAgreesWithTheCloudIndex(_ kind: StoreKind) throws {
+        let st = try kind.make()
         var index = CloudIndex()
         var rng = SystemRandomNumberGenerator()
         let groups = (0..<12).map { "g\($0)" }

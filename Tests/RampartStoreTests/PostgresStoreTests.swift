@@ -1,0 +1,257 @@
+import Foundation
+import RampartCore
+import RampartHarness
+import RampartStore
+import Testing
+
+/// What only the PostgreSQL store does: the per-host change log written in the verb's
+/// transaction, NOTIFY at COMMIT, applied positions, trimming, concurrent controllers, and a
+/// server that goes away.
+@Suite("PostgreSQL store: change log, wake-ups, concurrency, outages", .serialized, .tags(.kernel), .rootOnly)
+struct PostgresStoreTests {
+    func store() throws -> PostgresStore {
+        try PostgresStore(url: SharedPostgres.freshDatabase("pgstore"), migrate: true)
+    }
+
+    @Test func eachVerbAppendsItsFanOutToTheHostsLogsInOrder() throws {
+        let st = try store()
+        try populate(st)
+        // populate's instance adds logged one row per delivery, each host's in increasing order
+        // (numbers come from one sequence: a host's have gaps, never a step back).
+        for host in ["hv1", "hv2", "hv3"] {
+            let page = try st.entries(host: host, after: 0, limit: 1000)
+            #expect(!page.trimmed && !page.entries.isEmpty)
+            #expect(page.entries.map(\.sequence) == page.entries.map(\.sequence).sorted() && Set(page.entries.map(\.sequence)).count == page.entries.count, "\(host)")
+            #expect(page.head == page.entries.last!.sequence)
+        }
+        let hv2Head = try st.entries(host: "hv2", after: 0, limit: 0).head
+        let hv3Head = try st.entries(host: "hv3", after: 0, limit: 0).head
+        // A rules change of db reaches hv1 only (db-1's host): hv2 and hv3 get nothing.
+        let d = try st.authorize(group: "db", rule: try rule(#"{"protocol":"udp","ports":"53","cidr":"10.0.0.0/8"}"#, "db"))
+        #expect(d.count == 1 && d[0].host == "hv1" && d[0].refresh == .rules("db"))
+        let hv1 = try st.entries(host: "hv1", after: d[0].sequence! - 1, limit: 10)
+        #expect(hv1.entries == [LogEntry(sequence: d[0].sequence!, refresh: .rules("db"))])
+        #expect(try st.entries(host: "hv2", after: 0, limit: 0).head == hv2Head)
+        #expect(try st.entries(host: "hv3", after: 0, limit: 0).head == hv3Head)
+        // Paging: limit and after.
+        let all = try st.entries(host: "hv1", after: 0, limit: 1000).entries
+        let firstTwo = try st.entries(host: "hv1", after: 0, limit: 2).entries
+        let rest = try st.entries(host: "hv1", after: 2, limit: 1000).entries
+        #expect(firstTwo + rest == all)
+    }
+
+    @Test func aRefusedVerbLogsNothingAndNotifiesNobody() throws {
+        let url = try SharedPostgres.freshDatabase("pgstore")
+        let st = try PostgresStore(url: url, migrate: true)
+        try populate(st)
+        let wakeups = PostgresWakeups(location: try PostgresLocation(url: url))
+        let heard = Heard()
+        try wakeups.start { heard.add($0) }
+        defer { wakeups.stop() }
+        let heads = try st.progress(hosts: nil).map(\.head)
+        // Refused inside the transaction (an interface already used on hv1): rolled back.
+        #expect(throws: StoreError.self) {
+            try st.addInstance("dup", Instance(host: "hv1", groups: ["web"], ips: [ip("10.0.5.5")], interface: "tapweb1"))
+        }
+        #expect(try st.progress(hosts: nil).map(\.head) == heads)
+        // A verb that commits is heard, naming exactly its hosts.
+        let d = try st.authorize(group: "web", rule: try rule(#"{"protocol":"tcp","ports":"443","cidr":"0.0.0.0/0"}"#, "web"))
+        #expect(Set(d.map(\.host)) == ["hv1", "hv2"])
+        let got = heard.waitFor(count: 1, timeout: 5)
+        #expect(got == [.appended(hosts: ["hv1", "hv2"])])
+    }
+
+    @Test func wakeupsReportALostConnection() throws {
+        let cluster = try PostgresCluster()
+        try cluster.start()
+        defer { cluster.destroy() }
+        let location = try PostgresLocation(url: cluster.url)
+        _ = try PostgresStore(location: location, migrate: true)
+        let wakeups = PostgresWakeups(location: location)
+        let heard = Heard()
+        try wakeups.start { heard.add($0) }
+        defer { wakeups.stop() }
+        try cluster.kill()
+        let got = heard.waitFor(count: 1, timeout: 10)
+        guard case .lost = got.first else {
+            Issue.record("expected .lost, heard \(got)")
+            return
+        }
+        // Restarting the source after the server is back works.
+        try cluster.start()
+        try wakeups.start { heard.add($0) }
+    }
+
+    @Test func appliedPositionsOnlyMoveForward() throws {
+        let st = try store()
+        try populate(st)
+        try st.recordApplied(host: "hv1", sequence: 3)
+        try st.recordApplied(host: "hv1", sequence: 2)
+        let p = try st.progress(hosts: ["hv1", "nowhere"])
+        #expect(p.count == 1)
+        #expect(p[0].host == "hv1" && p[0].applied == 3 && p[0].appliedAt != nil)
+        #expect(try st.progress(hosts: ["hv2"]).first?.applied == 0)
+    }
+
+    @Test func trimmingMarksWhatReadersMissed() throws {
+        let st = try store()
+        try populate(st)
+        for port in 1000..<1010 {
+            _ = try st.authorize(group: "web", rule: try rule(#"{"protocol":"tcp","ports":"\#(port)","cidr":"0.0.0.0/0"}"#, "web"))
+        }
+        let head = try st.entries(host: "hv1", after: 0, limit: 0).head
+        // Keep the last 4 rows per host.
+        #expect(try st.trim(maxAge: nil, keep: 4) > 0)
+        let behind = try st.entries(host: "hv1", after: 0, limit: 100)
+        #expect(behind.trimmed && behind.head == head)
+        let kept = try st.entries(host: "hv1", after: behind.head - 1_000_000, limit: 100)
+        #expect(kept.trimmed)  // far behind: trimmed
+        // What is left is the last 4 rows; a reader at the last trimmed one misses nothing.
+        let left = try cluster(st, "SELECT seq FROM change_log WHERE host = 'hv1' ORDER BY seq").map { Int64($0)! }
+        #expect(left.count == 4 && left.last == head)
+        let mark = try cluster(st, "SELECT trimmed_through FROM change_log_heads WHERE host = 'hv1'").map { Int64($0)! }
+        #expect(mark.count == 1 && mark[0] < left[0])
+        let recent = try st.entries(host: "hv1", after: mark[0], limit: 100)
+        #expect(!recent.trimmed && recent.entries.map(\.sequence) == left)
+        #expect(try st.entries(host: "hv1", after: mark[0] - 1, limit: 100).trimmed)
+        // By age: nothing is a day old.
+        #expect(try st.trim(maxAge: 86_400, keep: nil) == 0)
+    }
+
+    /// Eight controllers at once: authorizes of one group lose no rule (serializable
+    /// transactions, retried on conflict, never surfacing a serialization failure); every
+    /// host's sequence stays gapless and unique.
+    @Test func concurrentControllersLoseNothing() throws {
+        let url = try SharedPostgres.freshDatabase("pgstore")
+        let setup = try PostgresStore(url: url, migrate: true)
+        for g in ["web", "target"] { _ = try setup.createGroup(g, description: nil) }
+        let errors = Heard()
+        DispatchQueue.concurrentPerform(iterations: 8) { worker in
+            do {
+                let st = try PostgresStore(url: url, migrate: false)
+                for k in 0..<6 {
+                    let port = 2000 + worker * 100 + k
+                    _ = try st.authorize(group: "web", rule: try rule(#"{"protocol":"tcp","ports":"\#(port)","group":"target"}"#, "web", refs: ["target"]))
+                    let n = worker * 100 + k
+                    _ = try st.addInstance("i\(n)", Instance(host: "hv\(n % 5)", groups: k % 2 == 0 ? ["target"] : ["web"],
+                                                             ips: [ip("10.9.\(n / 250).\(n % 250 + 1)")], interface: "tap\(n)"))
+                }
+            } catch {
+                errors.add(.lost("\(error)"))
+            }
+        }
+        #expect(errors.all.isEmpty)
+        let st = try PostgresStore(url: url, migrate: false)
+        #expect(try st.group("web")!.rules.count == 8 * 6)
+        var seen = Set<Int64>()
+        for p in try st.progress(hosts: nil) {
+            let seqs = try st.entries(host: p.host, after: 0, limit: 10_000).entries.map(\.sequence)
+            #expect(seqs == seqs.sorted() && seqs.last == p.head, "\(p.host)")
+            for q in seqs { #expect(seen.insert(q).inserted, "sequence \(q) used twice") }
+        }
+        // Every target member's host is known to the log, and every host with a web member
+        // (web references target) heard members(target) at least once.
+        for host in try st.hostsForMembersRefresh("target") {
+            let rows = try st.entries(host: host, after: 0, limit: 10_000).entries.map(\.refresh)
+            #expect(rows.contains(.members("target")) || rows.filter { if case .instance = $0 { false } else { true } }.isEmpty, "\(host)")
+        }
+    }
+
+    @Test func aServerThatIsGoneFailsVerbsCleanlyAndTheStoreReconnects() throws {
+        let cluster = try PostgresCluster()
+        try cluster.start()
+        defer { cluster.destroy() }
+        let st = try PostgresStore(url: cluster.url, migrate: true)
+        _ = try st.createGroup("web", description: nil)
+        try cluster.stop()
+        do {
+            _ = try st.createGroup("db", description: nil)
+            Issue.record("a verb succeeded with the server down")
+        } catch {
+            #expect(error.kind == .unavailable)
+        }
+        try cluster.start()
+        // The next call reconnects; the failed verb changed nothing.
+        #expect(try st.group("db") == nil)
+        _ = try st.createGroup("db", description: nil)
+        #expect(try st.groupExists("db"))
+    }
+
+    @Test func aDaemonNeverCreatesOrUpgradesTheSchema() throws {
+        let url = try SharedPostgres.freshDatabase("pgstore")
+        do {
+            _ = try PostgresStore(url: url, migrate: false)
+            Issue.record("opened a database without the schema")
+        } catch {
+            #expect(error.kind == .missing)
+            #expect(error.message.contains("no Rampart schema"))
+        }
+        let st = try PostgresStore(url: url, migrate: true)
+        #expect(try st.installedSchemaVersion() == PostgresStore.schemaVersion)
+        // Migrating again is a no-op; the daemon then opens it.
+        _ = try PostgresStore(url: url, migrate: true)
+        _ = try PostgresStore(url: url, migrate: false)
+    }
+}
+
+/// Rows of a query as text, through the store's own connection (first column).
+func cluster(_ st: PostgresStore, _ sql: String) throws -> [String] {
+    try st.rawQueryForTesting(sql).map { $0[0] ?? "" }
+}
+
+/// What a wake-up handler heard (from the event loop's thread).
+final class Heard: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var items: [Wakeup] = []
+    func add(_ w: Wakeup) { condition.withLock { items.append(w); condition.broadcast() } }
+    var all: [Wakeup] { condition.withLock { items } }
+    func waitFor(count: Int, timeout: Double) -> [Wakeup] {
+        condition.withLock {
+            let deadline = Date(timeIntervalSinceNow: timeout)
+            while items.count < count && condition.wait(until: deadline) {}
+            return items
+        }
+    }
+}
+
+@Suite("Store URLs") struct StoreAddressTests {
+    @Test func urlsAndPathsAreTold() throws {
+        let env: [String: String] = [:]
+        #expect(try StoreAddress("/var/lib/rampart/x.db", environment: env) == .sqlite(path: "/var/lib/rampart/x.db"))
+        #expect(try StoreAddress(nil, environment: env) == .sqlite(path: StoreAddress.defaultPath))
+        #expect(try StoreAddress(nil, environment: ["RAMPART_STORE": "/tmp/a.db"]) == .sqlite(path: "/tmp/a.db"))
+        guard case .postgres(let l) = try StoreAddress("postgres://ctl@db.example:6543/rampart", environment: env) else {
+            Issue.record("not postgres")
+            return
+        }
+        #expect(l.user == "ctl" && l.host == "db.example" && l.port == 6543 && l.database == "rampart")
+        #expect(l.tls == .verifyFull)  // TCP defaults to verified TLS
+        let s = try PostgresLocation(url: "postgresql://postgres@localhost:5433/r?host=/run/pg", environment: env)
+        #expect(s.socketPath == "/run/pg/.s.PGSQL.5433" && s.tls == .disable)
+        let pw = try PostgresLocation(url: "postgres://u@h/d?sslmode=require", environment: ["PGPASSWORD": "secret"])
+        #expect(pw.password == "secret" && pw.tls == .require)
+        #expect(!pw.description.contains("secret"))
+    }
+
+    @Test func badURLsAreRefusedNamingWhatIsWrong() {
+        let cases: [(String, String)] = [
+            ("postgres://h/d", "no user"),
+            ("postgres://u@h/", "no database"),
+            ("postgres://u@h:99999/d", "port"),
+            ("postgres://u@h/d?sslmode=maybe", "sslmode"),
+            ("postgres://u@h/d?colour=red", "unknown parameter colour"),
+            ("postgres://u@/d?host=/run/pg&sslmode=require", "over a Unix socket"),
+            ("postgres://u:hunter2@h/d?port=1&port=2", "given twice"),
+            ("mysql://u@h/d", "only postgres://"),
+        ]
+        for (url, why) in cases {
+            do {
+                _ = try StoreAddress(url, environment: [:])
+                Issue.record("accepted \(url)")
+            } catch {
+                #expect(error.message.contains(why), "\(url): \(error.message)")
+                #expect(!error.message.contains("hunter2"), "a password was echoed")
+            }
+        }
+    }
+}
