@@ -1,0 +1,151 @@
+import Foundation
+import Logging
+import RampartCore
+import RampartDaemon
+import RampartHarness
+import RampartStore
+import Testing
+
+/// The daemon following its host's change log on a real PostgreSQL (in-memory kernel): rows
+/// woken by NOTIFY are applied and recorded, other hosts' rows cost nothing, an outage keeps the
+/// kernel and is caught up from the log, a trimmed log is a reload.
+@Suite("Change-log follower (real PostgreSQL, memory kernel)", .serialized, .tags(.kernel), .rootOnly)
+struct ChangeLogFollowerTests {
+    final class Fixture: @unchecked Sendable {
+        let store: PostgresStore
+        let backend = MemoryBackend()
+        let daemon: Daemon
+        let location: PostgresLocation
+        var followers: [ChangeLogFollower] = []
+
+        init(url: String) throws {
+            location = try PostgresLocation(url: url)
+            let setup = try PostgresStore(location: location, migrate: true)
+            for g in ["web", "db", "admin"] { _ = try setup.createGroup(g, description: nil) }
+            _ = try setup.authorize(group: "web", rule: try rule(#"{"protocol":"tcp","ports":"80","cidr":"0.0.0.0/0"}"#, "web"))
+            _ = try setup.authorize(group: "db", rule: try rule(#"{"protocol":"tcp","ports":"5432","group":"web"}"#, "db", refs: ["web"]))
+            _ = try setup.addInstance("web-1", Instance(host: "hv1", groups: ["web"], ips: [ip("10.0.1.11")], interface: "tapweb1"))
+            _ = try setup.addInstance("db-1", Instance(host: "hv1", groups: ["db"], ips: [ip("10.0.2.21")], interface: "tapdb1"))
+            _ = try setup.addInstance("bastion", Instance(host: "hv2", groups: ["admin"], ips: [ip("10.0.9.5")], interface: "tapb"))
+            store = try PostgresStore(location: location, migrate: false)
+            let b = backend
+            daemon = Daemon(configuration: .init(host: "hv1", resyncInterval: 3600), store: store, backend: { b })
+        }
+
+        /// A follower that polls only every 60 s: within a test, only NOTIFY wakes it.
+        func follower(prime: Bool = true) throws -> ChangeLogFollower {
+            var settings = ChangeLogFollower.Settings()
+            settings.pollInterval = 60
+            settings.maxBackoff = 0.5
+            let f = ChangeLogFollower(daemon: daemon, log: store, wakeups: PostgresWakeups(location: location), settings: settings,
+                                      logger: Logger(label: "test"))
+            if prime { try f.prime() }
+            followers.append(f)
+            return f
+        }
+
+        func start() async throws {
+            let f = try follower()
+            daemon.start()
+            await daemon.waitUntilReady()
+            f.start()
+        }
+
+        func stop() {
+            for f in followers { f.stop() }
+            daemon.stop()
+        }
+
+        /// A separate controller connection, as `rampart` would have.
+        func controller() throws -> PostgresStore { try PostgresStore(location: location, migrate: false) }
+
+        /// Waits until hv1's applied position reaches `sequence`.
+        func waitApplied(_ sequence: Int64, timeout: Double = 10) throws {
+            let deadline = Date(timeIntervalSinceNow: timeout)
+            while Date() < deadline {
+                if (daemon.currentStatus.changeLog?.applied ?? 0) >= sequence,
+                   let p = try? controller().progress(hosts: ["hv1"]).first, p.applied >= sequence { return }
+                usleep(5_000)
+            }
+            throw HarnessError("hv1 did not apply #\(sequence) within \(timeout) s: \(daemon.currentStatus.json)")
+        }
+
+        func kernelEqualsTheStore() throws -> Bool {
+            backend.kernel == Compiler.compile(try controller().document(forHost: "hv1"))
+        }
+    }
+
+    @Test func rowsWokenByNotifyAreAppliedAndRecorded() async throws {
+        let f = try Fixture(url: SharedPostgres.freshDatabase("follow"))
+        try await f.start()
+        defer { f.stop() }
+        let ctl = try f.controller()
+        let start = DispatchTime.now().uptimeNanoseconds
+        let d = try ctl.authorize(group: "web", rule: try rule(#"{"protocol":"tcp","ports":"443","cidr":"0.0.0.0/0"}"#, "web"))
+        let mine = try #require(d.first { $0.host == "hv1" }?.sequence)
+        try f.waitApplied(mine)
+        let ms = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e6
+        #expect(ms < 5_000, "applied after \(ms) ms: NOTIFY did not wake the follower (it polls every 60 s)")
+        #expect(try f.kernelEqualsTheStore())
+        let st = try #require(f.daemon.currentStatus.changeLog)
+        #expect(st.connected && st.rowsApplied >= 1 && st.reloads == 0 && st.head >= mine)
+        // A change for hv2 only: hv1 commits nothing.
+        let commits = f.backend.commits
+        let other = try ctl.addInstance("bastion-2", Instance(host: "hv2", groups: ["admin"], ips: [ip("10.0.9.6")], interface: "tapb2"))
+        #expect(!other.contains { $0.host == "hv1" })
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(f.backend.commits == commits)
+        // Its metrics say where it is.
+        let applied = try #require(f.daemon.currentStatus.changeLog?.applied)
+        #expect(f.daemon.metricsText().contains("rampart_changelog_applied_sequence \(applied)\n"))
+        #expect(f.daemon.metricsText().contains("rampart_store_connected 1"))
+    }
+
+    @Test func anOutageKeepsTheKernelAndIsCaughtUpFromTheLog() async throws {
+        let cluster = try PostgresCluster()
+        try cluster.start()
+        defer { cluster.destroy() }
+        let f = try Fixture(url: cluster.url)
+        try await f.start()
+        defer { f.stop() }
+        let before = f.backend.kernel
+        try cluster.stop()
+        // The follower notices (its LISTEN connection closes) and reports it; the kernel stays.
+        let deadline = Date(timeIntervalSinceNow: 10)
+        while f.daemon.currentStatus.changeLog?.connected != false && Date() < deadline { usleep(20_000) }
+        #expect(f.daemon.currentStatus.changeLog?.connected == false)
+        #expect(f.daemon.currentStatus.changeLog?.lastError != nil)
+        #expect(f.daemon.metricsText().contains("rampart_store_connected 0"))
+        #expect(f.backend.kernel == before)
+        // Back: verbs made now are caught up from the log, without a reload.
+        try cluster.start()
+        let ctl = try f.controller()
+        let d = try ctl.revoke(group: "web", rule: try rule(#"{"protocol":"tcp","ports":"80","cidr":"0.0.0.0/0"}"#, "web"), id: nil)
+        _ = try ctl.addInstance("web-2", Instance(host: "hv1", groups: ["web"], ips: [ip("10.0.1.12")], interface: "tapweb2"))
+        let last = try #require(try ctl.progress(hosts: ["hv1"]).first?.head)
+        #expect(d.contains { $0.host == "hv1" })
+        try f.waitApplied(last, timeout: 20)
+        #expect(try f.kernelEqualsTheStore())
+        let st = try #require(f.daemon.currentStatus.changeLog)
+        #expect(st.connected && st.reloads == 0 && st.reconnects >= 1)
+    }
+
+    @Test func aLogTrimmedPastThePositionIsAWholeReload() async throws {
+        let f = try Fixture(url: SharedPostgres.freshDatabase("follow"))
+        f.daemon.start()
+        await f.daemon.waitUntilReady()
+        defer { f.stop() }
+        // Primed at today's head, but started only after rows it needs were trimmed away.
+        let late = try f.follower()
+        let ctl = try f.controller()
+        for port in 7000..<7005 {
+            _ = try ctl.authorize(group: "web", rule: try rule(#"{"protocol":"udp","ports":"\#(port)","cidr":"10.0.0.0/8"}"#, "web"))
+        }
+        #expect(try ctl.trim(maxAge: nil, keep: 1) > 0)
+        late.start()
+        let head = try #require(try ctl.progress(hosts: ["hv1"]).first?.head)
+        try f.waitApplied(head)
+        #expect(try f.kernelEqualsTheStore())
+        #expect(f.daemon.currentStatus.changeLog?.reloads == 1)
+    }
+}
