@@ -195,7 +195,7 @@ final class DaemonMetrics: Sendable {
         if let c = st.changeLog {
             s += "# TYPE rampart_store_connected gauge\nrampart_store_connected \(c.connected ? 1 : 0)\n"
             s += "# TYPE rampart_changelog_applied_sequence gauge\nrampart_changelog_applied_sequence \(c.applied)\n"
-            s += "# TYPE rampart_changelog_lag gauge\nrampart_changelog_lag \(max(0, c.head - c.applied))\n"
+            s += "# TYPE rampart_changelog_head_sequence gauge\nrampart_changelog_head_sequence \(c.head)\n"
             s += "# TYPE rampart_changelog_rows_applied_total counter\nrampart_changelog_rows_applied_total \(c.rowsApplied)\n"
             s += "# TYPE rampart_changelog_reloads_total counter\nrampart_changelog_reloads_total \(c.reloads)\n"
             s += "# TYPE rampart_store_reconnects_total counter\nrampart_store_reconnects_total \(c.reconnects)\n"

@@ -26,6 +26,8 @@ public struct LogProgress: Sendable, Equatable {
     public var head: Int64
     /// The last one its daemon recorded as applied (0: never).
     public var applied: Int64
+    /// Rows after `applied` (sequence numbers have gaps: this is the count of rows).
+    public var pending: Int
     /// When it recorded it, as the server's clock had it (ISO 8601), if ever.
     public var appliedAt: String?
 }
@@ -184,7 +186,8 @@ extension SQLStore {
     func logProgress(hosts: [String]?) throws(StoreError) -> [LogProgress] {
         let sql = """
             SELECT h.name, GREATEST(COALESCE((SELECT max(seq) FROM change_log l WHERE l.host = h.name), 0), COALESCE(c.trimmed_through, 0)),
-                   COALESCE(p.applied_seq, 0), to_char(p.applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+                   COALESCE(p.applied_seq, 0), to_char(p.applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+                   (SELECT count(*) FROM change_log l WHERE l.host = h.name AND l.seq > COALESCE(p.applied_seq, 0))
             FROM hosts h LEFT JOIN change_log_heads c ON c.host = h.name LEFT JOIN host_progress p ON p.host = h.name
             """
         let rows: [[String?]]
@@ -198,7 +201,8 @@ extension SQLStore {
         }
         return rows.compactMap { r in
             guard let h = r[0] else { return nil }
-            return LogProgress(host: h, head: Int64(r[1] ?? "0") ?? 0, applied: Int64(r[2] ?? "0") ?? 0, appliedAt: r[3])
+            return LogProgress(host: h, head: Int64(r[1] ?? "0") ?? 0, applied: Int64(r[2] ?? "0") ?? 0,
+                               pending: Int(r[4] ?? "0") ?? 0, appliedAt: r[3])
         }
     }
 

@@ -44,7 +44,7 @@ public final class PostgresStore: SQLStore, ChangeLog, @unchecked Sendable {
             throw StoreError(.missing, "the store \(location) has no Rampart schema (rampartd never creates one: `rampart` verbs and `rampart import` do)")
         }
         if v < Self.schemaVersion {
-            throw StoreError(.invalid, "the store \(location) has schema version \(v), this rampartd needs \(Self.schemaVersion): run a `rampart` verb (or `rampart changelog status`) once to upgrade it")
+            throw StoreError(.invalid, "the store \(location) has schema version \(v), this rampartd needs \(Self.schemaVersion): run a `rampart` verb once (it upgrades the schema)")
         }
         if v > Self.schemaVersion {
             throw StoreError(.invalid, "the store \(location) has schema version \(v), newer than this rampartd knows (\(Self.schemaVersion)): upgrade rampartd")

@@ -21,7 +21,7 @@ struct Rampart: ParsableCommand {
             Exit status: 0 success, 1 invalid document, 2 the kernel refused (nothing changed),
             3 outcome unknown or another system failure.
             """,
-        subcommands: [Apply.self, Diff.self, Show.self, Explain.self, Flush.self, GroupCommand.self, InstanceCommand.self, HostCommand.self, Import.self, Export.self]
+        subcommands: [Apply.self, Diff.self, Show.self, Explain.self, Flush.self, GroupCommand.self, InstanceCommand.self, HostCommand.self, Import.self, Export.self, ChangeLogCommand.self]
     )
 }
 
