@@ -13,16 +13,32 @@ let rampartExecutable: String = {
 
 /// Runs `rampart` with a store and no daemon; returns (status, stdout, stderr).
 func rampart(_ args: [String], store: String) throws -> (status: Int32, out: String, err: String) {
+    try rampart(args, store: store, background: true).finish()
+}
+
+/// A `rampart` run in progress.
+struct RampartRun {
+    let process: Process
+    let out: Pipe, err: Pipe
+    /// Waits for it; returns (status, stdout, stderr).
+    func finish() throws -> (status: Int32, out: String, err: String) {
+        let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+    }
+}
+
+/// Starts `rampart` with a store and no daemon (`--no-deliver`: a SQLite store's deliveries are
+/// only printed; a PostgreSQL store's change log delivers anyway).
+func rampart(_ args: [String], store: String, background: Bool) throws -> RampartRun {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: rampartExecutable)
-    p.arguments = args + ["--store", store] + (args.first == "export" ? [] : ["--no-deliver"])
+    p.arguments = args + ["--store", store] + (["export", "changelog"].contains(args.first) ? [] : ["--no-deliver"])
     let out = Pipe(), err = Pipe()
     p.standardOutput = out
     p.standardError = err
     try p.run()
-    let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+    return RampartRun(process: p, out: out, err: err)
 }
 
 /// The controller verbs build typed rules and instances from their options (no JSON text) and

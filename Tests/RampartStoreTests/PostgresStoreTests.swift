@@ -255,3 +255,37 @@ final class Heard: @unchecked Sendable {
         }
     }
 }
+
+/// The `rampart` executable on a PostgreSQL store: the change log is the delivery, `--wait`
+/// waits for the hosts (exit 4 when they do not answer), an unreachable server is exit 3 with
+/// nothing changed, `changelog` shows and trims.
+@Suite("rampart controller verbs on PostgreSQL", .serialized, .tags(.kernel), .rootOnly) struct PostgresCLITests {
+    @Test func verbsLogWaitAndFailCleanly() throws {
+        let cluster = try PostgresCluster()
+        try cluster.start()
+        defer { cluster.destroy() }
+        let url = cluster.url
+        #expect(try rampart(["group", "create", "web"], store: url).status == 0)
+        let add = try rampart(["instance", "add", "web-1", "--host", "hv1", "--ip", "10.0.1.11", "--interface", "tapweb1", "--group", "web"], store: url)
+        #expect(add.status == 0 && add.out.contains("logged for hv1: refresh_instance(web-1) (#"), "\(add.out)\(add.err)")
+        // No daemon applies hv1's rows: --wait gives up after its timeout, naming the host.
+        let w = try rampart(["group", "authorize", "web", "--protocol", "tcp", "--ports", "80", "--cidr", "0.0.0.0/0", "--wait", "--timeout", "0.3"], store: url)
+        #expect(w.status == 4 && w.out.contains("not applied on hv1 within 0.3 s"), "\(w.out)\(w.err)")
+        // Once hv1 records its position, --wait returns and says how long it waited.
+        let st = try PostgresStore(url: url, migrate: false)
+        let next = try rampart(["group", "authorize", "web", "--protocol", "tcp", "--ports", "443", "--cidr", "0.0.0.0/0", "--wait", "--timeout", "10"], store: url, background: true)
+        usleep(200_000)
+        try st.recordApplied(host: "hv1", sequence: try st.progress(hosts: ["hv1"]).first!.head)
+        let done = try next.finish()
+        #expect(done.status == 0 && done.out.contains("applied on hv1: #"), "\(done.out)\(done.err)")
+        // changelog status: a line per host.
+        let status = try rampart(["changelog", "status", "--json"], store: url)
+        #expect(status.status == 0 && status.out.contains(#""host":"hv1","pending":0"#), "\(status.out)\(status.err)")
+        // The server goes away: a verb exits 3 and changes nothing.
+        try cluster.stop()
+        let down = try rampart(["group", "create", "db"], store: url)
+        #expect(down.status == 3 && down.err.contains("cannot connect to the store"), "\(down.err)")
+        try cluster.start()
+        #expect(try PostgresStore(url: url, migrate: false).group("db") == nil)
+    }
+}
