@@ -124,25 +124,35 @@ extension SQLStore {
     /// the verb holds the host's advisory lock, until COMMIT. So a host's numbers grow in commit
     /// order, and a reader that has applied through N never later meets a row below N. Numbers
     /// have gaps (other hosts' rows, rolled-back verbs); readers only need the order. Hosts are
-    /// locked in name order, so two verbs never wait for each other in a cycle.
+    /// locked in name order (two verbs waiting for each other in a cycle would be a deadlock,
+    /// which PostgreSQL breaks by aborting one: it is then run again).
     func appendToChangeLog(_ deliveries: [Delivery]) throws(StoreError) -> [Delivery] {
         guard !deliveries.isEmpty else { return [] }
-        var byHost: [String: [Int]] = [:]
-        for (i, d) in deliveries.enumerated() { byHost[d.host, default: []].append(i) }
+        // Three statements whatever the fan-out (each is a round trip to the server): the
+        // hosts' locks, every row, the NOTIFY.
+        let order = deliveries.indices.sorted { deliveries[$0] < deliveries[$1] }
+        let hosts = Array(Set(deliveries.map(\.host))).sorted()
+        _ = try db.query("SELECT count(pg_advisory_xact_lock(CAST(? AS integer), hashtext(h))) FROM unnest(CAST(? AS text[])) WITH ORDINALITY AS u(h, n)",
+                         .int(Int64(Self.hostLockClass)), .text(Self.arrayLiteral(hosts)))
+        let rows = try db.query("""
+            INSERT INTO change_log(host, seq, refresh)
+            SELECT h, nextval('change_log_seq'), r FROM unnest(CAST(? AS text[]), CAST(? AS text[])) WITH ORDINALITY AS u(h, r, n) ORDER BY n
+            RETURNING seq
+            """, .text(Self.arrayLiteral(order.map { deliveries[$0].host })), .text(Self.arrayLiteral(order.map { deliveries[$0].refresh.logText })))
+        guard rows.count == order.count else { throw StoreError(.database, "store: \(rows.count) change-log rows written for \(order.count) deliveries") }
+        // RETURNING gives the rows in insertion order, which the ORDER BY fixed.
         var out = deliveries
-        for host in byHost.keys.sorted() {
-            _ = try db.query("SELECT pg_advisory_xact_lock(CAST(? AS integer), hashtext(?))", .int(Int64(Self.hostLockClass)), .text(host))
-            for i in byHost[host]! {
-                let rows = try db.query("INSERT INTO change_log(host, seq, refresh) VALUES (?, nextval('change_log_seq'), ?) RETURNING seq",
-                                        .text(host), .text(deliveries[i].refresh.logText))
-                guard let text = rows.first?[0] ?? nil, let seq = Int64(text) else {
-                    throw StoreError(.database, "store: no sequence number for host \(host)")
-                }
-                out[i].sequence = seq
-            }
+        for (k, i) in order.enumerated() {
+            guard let text = rows[k][0], let seq = Int64(text) else { throw StoreError(.database, "store: a change-log row has no sequence number") }
+            out[i].sequence = seq
         }
-        _ = try db.query("SELECT pg_notify(?, ?)", .text(WakeupPayload.channel), .text(WakeupPayload.encode(hosts: byHost.keys.sorted())))
+        _ = try db.query("SELECT pg_notify(?, ?)", .text(WakeupPayload.channel), .text(WakeupPayload.encode(hosts: hosts)))
         return out
+    }
+
+    /// A PostgreSQL array literal of strings: every element quoted, `\` and `"` escaped.
+    static func arrayLiteral(_ items: [String]) -> String {
+        "{" + items.map { "\"" + $0.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\"" }.joined(separator: ",") + "}"
     }
 
     /// The host's last sequence number (also when its rows were trimmed away), and the last
