@@ -51,15 +51,19 @@ public final class Daemon: @unchecked Sendable {
     private let metrics = DaemonMetrics()
     private let reconciler: Reconciler
     private let makeBackend: @Sendable () throws -> any FirewallBackend
+    private let conntrackIndex: ConntrackIndex?
     private var thread: Thread?
 
     /// - Parameters:
     ///   - backend: makes the backend (called on the reconciler's thread, again after it threw).
     ///   - cutter: deletes revoked connections after commits; nil cuts nothing (fake kernels).
     ///   - clock: schedules resyncs and retries (`SystemClock`; tests advance their own).
+    ///   - conntrackIndex: the cutter's index, if any: its figures go into status and metrics.
     public init(configuration: Configuration, store: Store, logger: Logger = Logger(label: "rampartd"), clock: any DaemonClock = SystemClock(),
-                backend: @escaping @Sendable () throws -> any FirewallBackend, cutter: (any ConnectionCutter)? = nil) {
+                backend: @escaping @Sendable () throws -> any FirewallBackend, cutter: (any ConnectionCutter)? = nil,
+                conntrackIndex: ConntrackIndex? = nil) {
         self.configuration = configuration
+        self.conntrackIndex = conntrackIndex
         self.store = store
         self.logger = logger
         makeBackend = backend
@@ -152,6 +156,7 @@ public final class Daemon: @unchecked Sendable {
             var st = s.status
             st.pending = s.queue.pending.count
             st.ready = st.synced && st.consecutiveFailedSyncs < configuration.maxFailedSyncs
+            st.conntrackIndex = conntrackIndex?.statistics
             return st
         }
     }

@@ -1,6 +1,7 @@
 import Foundation
 import Metrics
 import Prometheus
+import RampartConntrack
 
 /// The daemon's state as `GET /v1/status` shows it.
 public struct DaemonStatus: Sendable {
@@ -36,6 +37,8 @@ public struct DaemonStatus: Sendable {
     public var sets: Int = 0
     /// The change log's state, when the daemon follows one (PostgreSQL store); nil otherwise.
     public var changeLog: ChangeLogStatus?
+    /// The conntrack index's figures, when revocation uses one; nil otherwise.
+    public var conntrackIndex: ConntrackIndex.Statistics?
 
     public init(host: String, ready: Bool = false) {
         self.host = host
@@ -73,6 +76,16 @@ struct StatusDTO: Encodable {
     var resyncs, driftRepaired, pending: Int
     var counts: Counts
     var changeLog: ChangeLogDTO?
+    var conntrackIndex: ConntrackIndexDTO?
+
+    struct ConntrackIndexDTO: Encodable {
+        var entries, addresses, events, losses, rebuilds: Int
+        var lastRebuildMs: Double
+        var fresh: Bool
+        enum CodingKeys: String, CodingKey {
+            case entries, addresses, events, losses, rebuilds, lastRebuildMs = "last_rebuild_ms", fresh
+        }
+    }
 
     struct ChangeLogDTO: Encodable {
         var connected: Bool
@@ -98,7 +111,7 @@ struct StatusDTO: Encodable {
         case host, ready, generation, lastSync = "last_sync", lastSyncMs = "last_sync_ms", lastError = "last_error"
         case consecutiveFailedSyncs = "consecutive_failed_syncs", syncs, commits, refreshesReceived = "refreshes_received"
         case refreshesRefused = "refreshes_refused", conntrackCut = "conntrack_cut", conntrackCutOwed = "conntrack_cut_owed"
-        case resyncs, driftRepaired = "drift_repaired", pending, counts, changeLog = "change_log"
+        case resyncs, driftRepaired = "drift_repaired", pending, counts, changeLog = "change_log", conntrackIndex = "conntrack_index"
     }
 
     init(_ s: DaemonStatus) {
@@ -120,6 +133,10 @@ struct StatusDTO: Encodable {
         driftRepaired = s.driftRepaired
         pending = s.pending
         counts = Counts(instances: s.instances, localInstances: s.localInstances, groups: s.groups, chains: s.chains, sets: s.sets)
+        conntrackIndex = s.conntrackIndex.map {
+            ConntrackIndexDTO(entries: $0.entries, addresses: $0.addresses, events: $0.events, losses: $0.losses, rebuilds: $0.rebuilds,
+                              lastRebuildMs: (Double($0.lastRebuildNanoseconds) / 1e3).rounded() / 1e3, fresh: $0.fresh)
+        }
         changeLog = s.changeLog.map {
             ChangeLogDTO(connected: $0.connected, applied: $0.applied, head: $0.head, rowsApplied: $0.rowsApplied,
                          reloads: $0.reloads, reconnects: $0.reconnects, lastError: $0.lastError)
@@ -147,6 +164,7 @@ struct StatusDTO: Encodable {
         try c.encode(pending, forKey: .pending)
         try c.encode(counts, forKey: .counts)
         try c.encode(changeLog, forKey: .changeLog)
+        try c.encode(conntrackIndex, forKey: .conntrackIndex)
     }
 }
 
@@ -192,6 +210,13 @@ final class DaemonMetrics: Sendable {
         s += "# TYPE rampart_consecutive_failed_syncs gauge\nrampart_consecutive_failed_syncs \(st.consecutiveFailedSyncs)\n"
         s += "# TYPE rampart_refreshes_refused_total counter\nrampart_refreshes_refused_total \(st.refreshesRefused)\n"
         s += "# TYPE rampart_instances gauge\nrampart_instances{scope=\"local\"} \(st.localInstances)\nrampart_instances{scope=\"document\"} \(st.instances)\n"
+        if let x = st.conntrackIndex {
+            s += "# TYPE rampart_conntrack_index_entries gauge\nrampart_conntrack_index_entries \(x.entries)\n"
+            s += "# TYPE rampart_conntrack_index_fresh gauge\nrampart_conntrack_index_fresh \(x.fresh ? 1 : 0)\n"
+            s += "# TYPE rampart_conntrack_index_events_total counter\nrampart_conntrack_index_events_total \(x.events)\n"
+            s += "# TYPE rampart_conntrack_index_losses_total counter\nrampart_conntrack_index_losses_total \(x.losses)\n"
+            s += "# TYPE rampart_conntrack_index_rebuilds_total counter\nrampart_conntrack_index_rebuilds_total \(x.rebuilds)\n"
+        }
         if let c = st.changeLog {
             s += "# TYPE rampart_store_connected gauge\nrampart_store_connected \(c.connected ? 1 : 0)\n"
             s += "# TYPE rampart_changelog_applied_sequence gauge\nrampart_changelog_applied_sequence \(c.applied)\n"

@@ -95,7 +95,8 @@ struct RampartD: AsyncParsableCommand {
             }
         }
         defer { index?.stop() }
-        let daemon = Daemon(configuration: config, store: st, logger: logger, backend: choice.factory, cutter: choice.cutter(index: index))
+        let daemon = Daemon(configuration: config, store: st, logger: logger, backend: choice.factory, cutter: choice.cutter(index: index),
+                            conntrackIndex: index)
         // PostgreSQL: this host's change log delivers its refresh calls (the socket API stays).
         var follower: ChangeLogFollower?
         if let pg = st as? PostgresStore {

@@ -92,6 +92,10 @@ import Testing
         let notify = NotifySocket(path: h.dir + "/notify")
         var d = try DaemonProcessTests.DaemonProcess(h, notify: notify.path)
         #expect(notify.messages().contains { $0.contains("READY=1") })
+        // The conntrack index (on by default) shows in the status and the metrics.
+        let status = try DaemonClient(socketPath: h.socketPath).request("GET", "/v1/status").body
+        #expect(status.contains(#""conntrack_index":{"#) && status.contains(#""fresh":true"#), "\(status)")
+        #expect(try DaemonClient(socketPath: h.socketPath).request("GET", "/metrics").body.contains("rampart_conntrack_index_fresh 1"))
         try h.expect([
             (.tcp(from: "internet", to: "10.0.1.11", port: 80), true),
             (.tcp(from: "internet", to: "10.0.1.11", port: 22), false),
