@@ -55,6 +55,7 @@ public final class ConntrackIndex: @unchecked Sendable {
         /// How long the last whole dump and catch-up took.
         public var lastRebuildNanoseconds: UInt64 = 0
         public var fresh = false
+        public init() {}
     }
 
     public let namespace: NetworkNamespace

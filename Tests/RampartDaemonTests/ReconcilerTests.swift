@@ -195,7 +195,12 @@ import Testing
         st.lastError = "store: instances.db-1.interface: \"tap/db\""
         st.lastSyncMillis = 1.23456
         let json = st.json
-        #expect(json == #"{"commits":0,"conntrack_cut":0,"conntrack_cut_owed":false,"consecutive_failed_syncs":0,"counts":{"chains":0,"groups":0,"instances":0,"local_instances":0,"sets":0},"drift_repaired":0,"generation":null,"host":"hv\"1","last_error":"store: instances.db-1.interface: \"tap/db\"","last_sync":null,"last_sync_ms":1.235,"pending":0,"ready":false,"refreshes_received":0,"refreshes_refused":0,"resyncs":0,"syncs":0}"#, "\(json)")
+        #expect(json == #"{"change_log":null,"commits":0,"conntrack_cut":0,"conntrack_cut_owed":false,"conntrack_index":null,"consecutive_failed_syncs":0,"counts":{"chains":0,"groups":0,"instances":0,"local_instances":0,"sets":0},"drift_repaired":0,"generation":null,"host":"hv\"1","last_error":"store: instances.db-1.interface: \"tap/db\"","last_sync":null,"last_sync_ms":1.235,"pending":0,"ready":false,"refreshes_received":0,"refreshes_refused":0,"resyncs":0,"syncs":0}"#, "\(json)")
+        // With a change log and an index, their objects keep their shape too.
+        st.changeLog = ChangeLogStatus()
+        st.conntrackIndex = ConntrackIndex.Statistics()
+        #expect(st.json.contains(#""change_log":{"applied":0,"connected":false,"head":0,"last_error":null,"reconnects":0,"reloads":0,"rows_applied":0}"#), "\(st.json)")
+        #expect(st.json.contains(#""conntrack_index":{"addresses":0,"entries":0,"events":0,"fresh":false,"last_rebuild_ms":0,"losses":0,"rebuilds":0}"#), "\(st.json)")
         f.daemon.start()
         defer { f.daemon.stop() }
         await f.daemon.waitUntilReady()
