@@ -202,28 +202,35 @@ final class DaemonMetrics: Sendable {
         conntrackTimer = Metrics.Timer(label: "rampart_conntrack_cut_duration_seconds", factory: factory)
     }
 
-    /// Prometheus text exposition: the instruments, then the gauges of `status`.
+    /// Prometheus text exposition: the instruments, then the values read from `status`.
     func text(_ st: DaemonStatus) -> String {
         var s = registry.emitToString()
-        s += "# TYPE rampart_ready gauge\nrampart_ready \(st.ready ? 1 : 0)\n"
-        s += "# TYPE rampart_pending_refreshes gauge\nrampart_pending_refreshes \(st.pending)\n"
-        s += "# TYPE rampart_consecutive_failed_syncs gauge\nrampart_consecutive_failed_syncs \(st.consecutiveFailedSyncs)\n"
-        s += "# TYPE rampart_refreshes_refused_total counter\nrampart_refreshes_refused_total \(st.refreshesRefused)\n"
-        s += "# TYPE rampart_instances gauge\nrampart_instances{scope=\"local\"} \(st.localInstances)\nrampart_instances{scope=\"document\"} \(st.instances)\n"
+        /// One metric family: its type line, then its samples (labels → value).
+        func family(_ name: String, _ type: String, _ samples: [(labels: String, value: Int64)]) {
+            s += "# TYPE \(name) \(type)\n"
+            for (labels, value) in samples { s += "\(name)\(labels) \(value)\n" }
+        }
+        func gauge(_ name: String, _ value: Int64) { family(name, "gauge", [("", value)]) }
+        func counter(_ name: String, _ value: Int) { family(name, "counter", [("", Int64(value))]) }
+        gauge("rampart_ready", st.ready ? 1 : 0)
+        gauge("rampart_pending_refreshes", Int64(st.pending))
+        gauge("rampart_consecutive_failed_syncs", Int64(st.consecutiveFailedSyncs))
+        counter("rampart_refreshes_refused_total", st.refreshesRefused)
+        family("rampart_instances", "gauge", [(#"{scope="local"}"#, Int64(st.localInstances)), (#"{scope="document"}"#, Int64(st.instances))])
         if let x = st.conntrackIndex {
-            s += "# TYPE rampart_conntrack_index_entries gauge\nrampart_conntrack_index_entries \(x.entries)\n"
-            s += "# TYPE rampart_conntrack_index_fresh gauge\nrampart_conntrack_index_fresh \(x.fresh ? 1 : 0)\n"
-            s += "# TYPE rampart_conntrack_index_events_total counter\nrampart_conntrack_index_events_total \(x.events)\n"
-            s += "# TYPE rampart_conntrack_index_losses_total counter\nrampart_conntrack_index_losses_total \(x.losses)\n"
-            s += "# TYPE rampart_conntrack_index_rebuilds_total counter\nrampart_conntrack_index_rebuilds_total \(x.rebuilds)\n"
+            gauge("rampart_conntrack_index_entries", Int64(x.entries))
+            gauge("rampart_conntrack_index_fresh", x.fresh ? 1 : 0)
+            counter("rampart_conntrack_index_events_total", x.events)
+            counter("rampart_conntrack_index_losses_total", x.losses)
+            counter("rampart_conntrack_index_rebuilds_total", x.rebuilds)
         }
         if let c = st.changeLog {
-            s += "# TYPE rampart_store_connected gauge\nrampart_store_connected \(c.connected ? 1 : 0)\n"
-            s += "# TYPE rampart_changelog_applied_sequence gauge\nrampart_changelog_applied_sequence \(c.applied)\n"
-            s += "# TYPE rampart_changelog_head_sequence gauge\nrampart_changelog_head_sequence \(c.head)\n"
-            s += "# TYPE rampart_changelog_rows_applied_total counter\nrampart_changelog_rows_applied_total \(c.rowsApplied)\n"
-            s += "# TYPE rampart_changelog_reloads_total counter\nrampart_changelog_reloads_total \(c.reloads)\n"
-            s += "# TYPE rampart_store_reconnects_total counter\nrampart_store_reconnects_total \(c.reconnects)\n"
+            gauge("rampart_store_connected", c.connected ? 1 : 0)
+            gauge("rampart_changelog_applied_sequence", c.applied)
+            gauge("rampart_changelog_head_sequence", c.head)
+            counter("rampart_changelog_rows_applied_total", c.rowsApplied)
+            counter("rampart_changelog_reloads_total", c.reloads)
+            counter("rampart_store_reconnects_total", c.reconnects)
         }
         return s
     }
