@@ -313,12 +313,12 @@ struct CloudStoreTests {
         defer { c.destroy() }
         let old = try c.document("hv2")
         #expect(c.stop("hv2") == 0)
-        // While hv2's daemon is gone: pg is revoked (--wait gives up, naming hv2), vm3-2 joins
-        // web (hv2 gets the members refresh, hv3 applies its part), db opens 5433 to web.
-        let revoke = try c.cli(["group", "revoke", "db", "--protocol", "tcp", "--ports", "5432", "--group", "web", "--wait", "--timeout", "1"])
-        #expect(revoke.status == 4 && revoke.stdout.contains("not applied on hv2 within"), "\(revoke.status) \(revoke.stdout) \(revoke.stderr)")
+        // While hv2's daemon is gone: vm3-2 joins web (hv2 gets the members refresh, hv3 applies
+        // its part), pg is revoked (--wait gives up, naming hv2), db opens 5433 to web.
         let add = try c.cli(StoreCloud.addArguments("vm3-2", groups: ["web"]))
         #expect(add.status == 0 && add.stdout.contains("logged for hv2: refresh_security_group_members(web)"), "\(add.stdout) \(add.stderr)")
+        let revoke = try c.cli(["group", "revoke", "db", "--protocol", "tcp", "--ports", "5432", "--group", "web", "--wait", "--timeout", "1"])
+        #expect(revoke.status == 4 && revoke.stdout.contains("not applied on hv2 within"), "\(revoke.status) \(revoke.stdout) \(revoke.stderr)")
         let auth = try c.cli(["group", "authorize", "db", "--protocol", "tcp", "--ports", "5433", "--group", "web"])
         #expect(auth.status == 0, "\(auth.stdout) \(auth.stderr)")
         #expect(c.waitUntilApplied(hosts: ["hv1", "hv3"]) == [])
@@ -396,7 +396,10 @@ struct CloudStoreTests {
             #expect(shared.passed == [], "denied probes passed, seed \(seed)")
         }
         // And the cloud still works: a verb waited for changes what passes.
-        #expect(try c.cli(["instance", "set-groups", "vm1-1", "web"]).status == 0)
+        for (vm, group) in [("vm1-1", "web"), ("vm2-1", "db")] {
+            let r = try c.cli(["instance", "set-groups", vm, group, "--wait"])
+            #expect(r.status == 0, "\(r.stdout) \(r.stderr)")
+        }
         let r = try c.cli(["group", "authorize", "db", "--protocol", "tcp", "--ports", "5440", "--group", "web", "--wait"])
         #expect(r.status == 0 && r.stdout.contains("applied on hv2"), "\(r.stdout) \(r.stderr)")
         try expectProbes(c.cloud, Self.tcp("vm1-1", "vm2-1", 5440, true))
