@@ -255,6 +255,14 @@ struct CloudStoreTests {
         StoreCloud.place(to).spec.addresses.map { (.tcp(from: from, to: $0, port: port), passes) }
     }
 
+    /// What `--wait` printed for `host`: `applied on HOST: #N after X ms`.
+    static func waitedMilliseconds(_ output: String, host: String) -> Double? {
+        for line in output.split(separator: "\n") where line.hasPrefix("applied on \(host): #") {
+            if let after = line.range(of: " after ") { return Double(line[after.upperBound...].split(separator: " ").first ?? "") }
+        }
+        return nil
+    }
+
     @Test func controllerVerbsChangeWhatPassesAcrossHosts() throws {
         let c = try StoreCloud()
         defer { c.destroy() }
@@ -396,7 +404,11 @@ struct CloudStoreTests {
         shared.lock.withLock { shared.restarted = true }
         while !burst.isFinished { Thread.sleep(forTimeInterval: 0.02) }
         // Everything committed reaches every daemon, and the kernels are their documents.
-        let behind = c.waitUntilApplied(timeout: 40)
+        // Within 20 s: twice the worst case of a working follower (reconnect backoff ≤ 5 s, a
+        // poll every 10 s); one that lost its wake-ups for good is seen here.
+        let settled = Date()
+        let behind = c.waitUntilApplied(timeout: 20)
+        FileHandle.standardError.write(Data("note: every host applied its log \(Int(Date().timeIntervalSince(settled) * 1000)) ms after the burst\n".utf8))
         shared.lock.withLock { shared.stop = true }
         while !prober.isFinished { Thread.sleep(forTimeInterval: 0.02) }
         #expect(behind == [], "seed \(seed)")
@@ -416,6 +428,8 @@ struct CloudStoreTests {
         }
         let r = try c.cli(["group", "authorize", "db", "--protocol", "tcp", "--ports", "5440", "--group", "web", "--wait"])
         #expect(r.status == 0 && r.stdout.contains("applied on hv2"), "\(r.stdout) \(r.stderr)")
+        // Woken by NOTIFY again (the LISTEN connection was re-established), not by the 10 s poll.
+        #expect(Self.waitedMilliseconds(r.stdout, host: "hv2").map { $0 < 5000 } == true, "\(r.stdout)")
         try expectProbes(c.cloud, Self.tcp("vm1-1", "vm2-1", 5440, true))
     }
 
