@@ -12,26 +12,35 @@ import Testing
 /// The real `rampartd` executable: kill -9 in the middle of a burst, restart, convergence, and
 /// no probe that the policy denies ever passes; sd_notify READY; SIGTERM leaves the rules.
 @Suite("rampartd executable: crash and restart", .serialized, .tags(.kernel), .rootOnly) struct DaemonProcessTests {
+    /// A `rampartd` process, returned once its status answers 200 (ready: the first sync is done).
     final class DaemonProcess: @unchecked Sendable {
         let process: ChildProcess
-        init(_ h: DaemonHypervisor, notify: String? = nil, extra: [String] = []) throws {
-            let arguments = [executable("rampartd"), "--host", "hv1", "--store", h.storePath, "--socket", h.socketPath,
-                             "--netns", h.topo.hypervisor.name, "--resync-interval", "3600", "--log-level", "warning"] + extra
-            process = try Command(arguments, output: .inherit, environment: notify.map { ["NOTIFY_SOCKET": $0] } ?? [:]).spawn()
+        /// `rampartd` for `host` on `store`, serving `socket`, programming namespace `netns`.
+        init(host: String, store: String, socket: String, netns: String, environment: [String: String] = [:], extra: [String] = []) throws {
+            let arguments = [executable("rampartd"), "--host", host, "--store", store, "--socket", socket,
+                             "--netns", netns, "--resync-interval", "3600", "--log-level", "warning"] + extra
+            process = try Command(arguments, output: .inherit, environment: environment).spawn()
             let deadline = Date().addingTimeInterval(15)
             while Date() < deadline {
-                if let r = try? DaemonClient(socketPath: h.socketPath, timeout: 2).request("GET", "/v1/status"), r.status == 200 { return }
+                if let r = try? DaemonClient(socketPath: socket, timeout: 2).request("GET", "/v1/status"), r.status == 200 { return }
+                if (try? process.poll()) ?? nil != nil { break }  // it exited
                 Thread.sleep(forTimeInterval: 0.05)
             }
-            throw HarnessError("rampartd did not become ready")
+            kill9()
+            throw HarnessError("rampartd --host \(host) did not become ready")
+        }
+        convenience init(_ h: DaemonHypervisor, notify: String? = nil, extra: [String] = []) throws {
+            try self.init(host: "hv1", store: h.storePath, socket: h.socketPath, netns: h.topo.hypervisor.name,
+                          environment: notify.map { ["NOTIFY_SOCKET": $0] } ?? [:], extra: extra)
         }
         func kill9() {
             process.signal(SIGKILL)
             _ = try? process.wait()
         }
+        /// SIGTERM, and its exit status; -1 if it had not exited after 20 s (then it was killed).
         func terminate() -> Int32 {
             process.signal(SIGTERM)
-            return (try? process.wait()) ?? -1
+            return (try? process.wait(timeout: 20)) ?? -1
         }
     }
 

@@ -84,15 +84,12 @@ final class DaemonHypervisor: @unchecked Sendable {
     }
 
     func expect(_ cases: [(Probe, Bool)], sourceLocation: SourceLocation = #_sourceLocation) throws {
-        let results = try topo.probe(cases.map(\.0))
-        let wrong = zip(results, cases).filter { $0.passed != $1.1 }
-        #expect(wrong.isEmpty, "unexpected: \(wrong.map { "\($0.0.probe) \($0.0.passed ? "passed" : "was dropped")" })", sourceLocation: sourceLocation)
+        try expectProbes(topo, cases, sourceLocation: sourceLocation)
     }
 
     /// What the kernel holds equals what the store says.
     func kernelMatchesStore() throws -> Bool {
-        let expected = Compiler.compile(try store.document(forHost: "hv1"))
-        return try backend.target(netns: topo.hypervisor.name).factory().pending(to: expected).isEmpty
+        try kernelMatches(try store.document(forHost: "hv1"), netns: topo.hypervisor.name, backend: backend)
     }
 }
 

@@ -121,6 +121,18 @@ final class ResultBox<T>: @unchecked Sendable {
     init(_ n: Int) { results = Array(repeating: nil, count: n) }
 }
 
+/// Runs the probes at once and expects each to pass or be dropped as given.
+func expectProbes(_ topo: some ProbeRunning, _ cases: [(Probe, Bool)], sourceLocation: SourceLocation = #_sourceLocation) throws {
+    let results = try topo.probe(cases.map(\.0))
+    let wrong = zip(results, cases).filter { $0.passed != $1.1 }
+    #expect(wrong.isEmpty, "unexpected: \(wrong.map { "\($0.0.probe) \($0.0.passed ? "passed" : "was dropped")" })", sourceLocation: sourceLocation)
+}
+
+/// Whether the kernel of namespace `netns` holds exactly `document` compiled (nothing pending).
+func kernelMatches(_ document: Document, netns: String, backend: KernelBackend = .nftables) throws -> Bool {
+    try backend.target(netns: netns).factory().pending(to: Compiler.compile(document)).isEmpty
+}
+
 /// The backends the daemon's kernel and traffic tests run against: the same store, refreshes,
 /// probes and expectations for each; only how a test damages the kernel differs.
 enum KernelBackend: String, CaseIterable, Sendable, CustomTestStringConvertible {
