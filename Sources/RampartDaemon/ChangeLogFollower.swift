@@ -57,6 +57,11 @@ public final class ChangeLogFollower: @unchecked Sendable {
     private var thread: Thread?
     /// Where the log is applied through; nil until the first sync covered a known position.
     private var applied: Int64?
+    // Used only on the follower's thread:
+    /// The last position written to the store (`host_progress`); behind `applied` when a write failed.
+    private var recorded: Int64?
+    /// The pause after a failed drain: from `minBackoff`, doubling up to `maxBackoff`.
+    private var drainBackoff: Double = 0
 
     public init(daemon: Daemon, log: any ChangeLog, wakeups: any ChangeWakeups, settings: Settings = Settings(), logger: Logger) {
         self.daemon = daemon
@@ -129,9 +134,8 @@ public final class ChangeLogFollower: @unchecked Sendable {
     private var isStopping: Bool { condition.withLock { stopping } }
 
     private func run() {
-        // The first sync covers the primed head.
+        // The first sync covers the primed head (recorded by the first step).
         waitUntilReady()
-        if let a = condition.withLock({ applied }) { try? log.recordApplied(host: daemon.host, sequence: a) }
         var backoff = settings.minBackoff
         var wasDown = false
         while !isStopping {
@@ -174,6 +178,9 @@ public final class ChangeLogFollower: @unchecked Sendable {
             try reload(reason: "start")
             return true
         }
+        // A position not yet in the store (the first sync's, or a write that failed) goes first:
+        // a controller waiting with --wait reads it there.
+        if recorded != from { try record(from) }
         let page = try log.entries(host: host, after: from, limit: settings.batch)
         daemon.updateChangeLog { $0.head = page.head }
         if page.trimmed {
@@ -181,9 +188,10 @@ public final class ChangeLogFollower: @unchecked Sendable {
             return true
         }
         guard let last = page.entries.last else { return false }
-        guard try apply(page.entries.map(\.refresh)) else { return false }
-        try log.recordApplied(host: host, sequence: last.sequence)
+        // A failed drain: read and offer again after the backoff (apply paused), not after a poll.
+        guard try apply(page.entries.map(\.refresh)) else { return true }
         condition.withLock { applied = last.sequence }
+        try record(last.sequence)
         daemon.updateChangeLog { $0.applied = last.sequence; $0.rowsApplied += page.entries.count }
         return page.entries.count == settings.batch
     }
@@ -194,13 +202,19 @@ public final class ChangeLogFollower: @unchecked Sendable {
         logger.info("reloading the host's document from the store", metadata: ["reason": "\(reason)"])
         let page = try log.entries(host: daemon.host, after: Int64.max, limit: 0)
         guard try apply([.host]) else { return }
-        try log.recordApplied(host: daemon.host, sequence: page.head)
         condition.withLock { applied = page.head }
+        try record(page.head)
         daemon.updateChangeLog { $0.applied = page.head; $0.head = page.head; $0.reloads += 1 }
     }
 
+    /// Writes the applied position to the store.
+    private func record(_ sequence: Int64) throws {
+        try log.recordApplied(host: daemon.host, sequence: sequence)
+        recorded = sequence
+    }
+
     /// Offers the refreshes in order and waits for the drain that covers the last one. Returns
-    /// false if that drain failed (the rows are offered again after a pause).
+    /// false if that drain failed (after a pause that grows while drains keep failing).
     private func apply(_ refreshes: [Refresh]) throws -> Bool {
         let done = DispatchSemaphore(value: 0)
         let outcome = OutcomeBox()
@@ -219,10 +233,12 @@ public final class ChangeLogFollower: @unchecked Sendable {
         }
         done.wait()
         if case .failed(let why) = outcome.get() {
-            logger.warning("a drain of change-log rows failed; retrying", metadata: ["error": "\(why)"])
-            _ = pause(settings.minBackoff)
+            drainBackoff = min(max(drainBackoff * 2, settings.minBackoff), settings.maxBackoff)
+            logger.warning("a drain of change-log rows failed; retrying", metadata: ["error": "\(why)", "retry_s": "\(drainBackoff)"])
+            _ = pause(drainBackoff)
             return false
         }
+        drainBackoff = 0
         return true
     }
 }

@@ -147,7 +147,9 @@ final class StoreCloud: @unchecked Sendable {
     /// Per host: rows in its change log, its last sequence number, what its daemon recorded as applied.
     func log() throws -> [String: (rows: Int, head: Int64, applied: Int64)] {
         let out = try cluster.psql("""
-            SELECT h.name, (SELECT count(*) FROM change_log c WHERE c.host = h.name), COALESCE(l.last_seq, 0), COALESCE(p.applied_seq, 0)
+            SELECT h.name, (SELECT count(*) FROM change_log c WHERE c.host = h.name),
+                   GREATEST((SELECT COALESCE(max(seq), 0) FROM change_log c WHERE c.host = h.name), COALESCE(l.trimmed_through, 0)),
+                   COALESCE(p.applied_seq, 0)
             FROM hosts h LEFT JOIN change_log_heads l ON l.host = h.name LEFT JOIN host_progress p ON p.host = h.name
             """)
         var result: [String: (rows: Int, head: Int64, applied: Int64)] = [:]
