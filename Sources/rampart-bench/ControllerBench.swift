@@ -1,0 +1,525 @@
+import RampartBackends
+import ArgumentParser
+import Foundation
+import RampartCore
+import RampartDaemon
+import RampartHarness
+import RampartStore
+
+/// `rampart-bench controller`: the controller on a PostgreSQL store loaded with a cloud
+/// (default cloud-1M: 1,000,000 groups, 1,000,000 instances over 10,000 hosts), and 10 real
+/// daemons in this process, each serving one host of the cloud (hv0 … hv9, each with its own
+/// PostgreSQL connection, change-log follower, LISTEN connection, and nftables in its own
+/// network namespace). hv0 holds 1,000 instances (host-1k), the others ~100.
+///
+/// Figures (medians and p99; the baselines are measured in the same run):
+/// - **COMMIT**: a verb's call, from the call to its COMMIT (the verb's whole transaction, with
+///   the fan-out appended to the change logs and the NOTIFY).
+/// - **verb → applied**: from the verb's call until every notified host's daemon has applied the
+///   verb's last row for it (its applied position, as recorded in `host_progress`, reaches it),
+///   for a members change (an instance joins or leaves `bench-web`, which the rules of
+///   `bench-app` reference; `bench-app` has a member on each of the 10 daemon hosts) and a rules
+///   change (a rule added to or removed from `bench-app`). Every notified host is a daemon host.
+///   Baseline: the same verbs on a SQLite store holding the same hosts' policy, then the refresh
+///   calls delivered one by one to the daemons' Unix sockets, each waiting for its commit
+///   (what `rampart` does with SQLite).
+/// - **broadcast**: the rules change delivered per group to every host of the cloud (the
+///   original design's broadcast, rejected): a trigger on group `bench-bcast` appends a row for
+///   every host (10,000) in the verb's transaction and NOTIFYs `*`; COMMIT, verb → applied on
+///   the 10 daemons, and server CPU per verb, beside the targeted rules change.
+/// - **sustained**: 8 threads, each with its own connection, issue authorize/revoke pairs on
+///   distinct groups of the cloud for `--seconds`; verbs per second, COMMIT p50/p99, and the
+///   server's CPU per verb (all PostgreSQL processes, from /proc, including the daemons' reads
+///   of their logs and the LISTEN backends woken by each NOTIFY).
+/// - **catch-up**: hv1's follower is stopped, 1,000 rules changes of hv1's groups are committed,
+///   a follower primed before them starts: time until hv1 has applied all 1,000 rows. Baseline:
+///   a whole reload of hv1's document.
+/// - **cold start**: a new daemon for hv0 (host-1k) in a fresh namespace: connect, prime the
+///   follower, first sync (document from PostgreSQL → kernel), ready. Baseline: the same host's
+///   daemon on SQLite.
+/// - Diagnostics: one statement's round trip (`groupExists`), and reading hv9's document (what a
+///   members change's `validateHost` costs inside the transaction).
+struct ControllerBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "controller",
+        abstract: "The controller on PostgreSQL with cloud-1M and 10 daemons: verb → applied, sustained verbs/s, catch-up, cold start.")
+    @OptionGroup var options: CommonBenchOptions
+
+    @Option(help: "Groups in the cloud (a multiple of 10: tenants of 10 groups).")
+    var groups: Int = 1_000_000
+    @Option(help: "Instances in the cloud (at least 1,000 + hosts; each in 2 groups of its tenant).")
+    var instances: Int = 1_000_000
+    @Option(help: "Hosts in the cloud (hv0 gets 1,000 instances, the rest share the others).")
+    var hosts: Int = 10_000
+    @Flag(help: "A smaller cloud for a smoke run: 100,000 groups and instances, 1,000 hosts.")
+    var quick = false
+    @Option(help: "Seconds of the sustained run.")
+    var seconds: Double = 5
+
+    static let daemonCount = 10
+
+    func run() throws {
+        let report = Report(json: options.json)
+        let repeats = options.repeats ?? 101
+        let (g, i, h) = quick ? (100_000, 100_000, 1_000) : (groups, instances, hosts)
+        guard g % 10 == 0, g >= 20, h > Self.daemonCount, i >= 1_000 + h, i < 16_000_000 else {
+            throw ValidationError("--groups a multiple of 10, --hosts > \(Self.daemonCount), 1,000 + hosts ≤ --instances < 16M")
+        }
+        let cluster = try PostgresCluster(database: "rampart", maxConnections: 100)
+        defer { cluster.destroy() }
+        try cluster.start()
+        _ = try cluster.psql("ALTER SYSTEM SET shared_buffers = '1GB'")
+        try cluster.restart()
+        let url = cluster.url
+        let ctl = try PostgresStore(url: url, migrate: true)
+
+        // Load: server-side SQL, one transaction, then ANALYZE.
+        var t0 = monotonicNanos()
+        try cluster.psql(CloudLoad.sql(groups: g, instances: i, hosts: h))
+        try cluster.psql("ANALYZE")
+        let loadNs = monotonicNanos() - t0
+        report.note("store: cloud of \(g) groups, \(i) instances, \(h) hosts loaded (INSERT … SELECT generate_series, one transaction, ANALYZE) in \(formatDuration(loadNs))")
+        report.add(Figure(benchmark: "controller: load cloud into PostgreSQL", median_ns: loadNs, baseline: nil, baseline_median_ns: nil,
+                          extra: ["groups": "\(g)", "instances": "\(i)", "hosts": "\(h)"]))
+
+        // The bench's own objects, written by the verbs themselves.
+        let daemonHosts = (0..<Self.daemonCount).map { "hv\($0)" }
+        for id in ["bench-web", "bench-app", "bench-bcast"] { _ = try ctl.createGroup(id, description: nil) }
+        _ = try ctl.authorize(group: "bench-app", rule: Rule(id: "https", proto: .tcp, ports: 443...443, remote: .group("bench-web")))
+        _ = try ctl.authorize(group: "bench-bcast", rule: Rule(id: "web", proto: .tcp, ports: 80...80, remote: .cidr(CloudLoad.prefix("10.0.0.0/8"))))
+        for (k, host) in daemonHosts.enumerated() {
+            _ = try ctl.addInstance("bench-a\(k)", Instance(host: host, groups: ["bench-app", "bench-bcast"],
+                                                           ips: [IPAddress("172.16.0.\(k + 1)")!], interface: "tba\(k)"))
+        }
+        // The broadcast baseline's trigger: every change of bench-bcast's rules gets a row in
+        // every host's log (and wakes every reader), in the verb's own transaction.
+        try cluster.psql(CloudLoad.broadcastTrigger)
+
+        // The 10 daemons, each in its own namespace.
+        var namespaces: [TestNamespace] = []
+        var live: [LiveDaemon] = []
+        for host in daemonHosts {
+            let ns = try TestNamespace(prefix: "bc")
+            namespaces.append(ns)
+            live.append(try LiveDaemon(url: url, host: host, netns: ns.name))
+        }
+        for d in live { try d.waitReady() }
+        report.note("10 daemons ready (hv0: \(live[0].daemon.currentStatus.chains) chains)")
+        let byHost = Dictionary(uniqueKeysWithValues: live.map { ($0.host, $0) })
+
+        // Diagnostics: a round trip, and a 100-instance host's document.
+        let rtt = try measure(repeats: repeats) { _ = try ctl.groupExists("bench-web") }
+        report.add(Figure(benchmark: "controller: one statement's round trip", median_ns: median(rtt), baseline: nil, baseline_median_ns: nil,
+                          extra: ["p99": formatDuration(percentile(rtt, 99))]))
+        let doc9 = try measure(repeats: max(5, repeats / 5)) { _ = try ctl.document(forHost: "hv9") }
+        report.add(Figure(benchmark: "controller: hv9 document read (~100 instances)", median_ns: median(doc9), baseline: nil, baseline_median_ns: nil,
+                          extra: ["p99": formatDuration(percentile(doc9, 99))]))
+
+        // Members and rules changes, verb → applied on every notified daemon host.
+        var member = false
+        let memberVerb = { () throws(StoreError) -> [Delivery] in
+            member.toggle()
+            return try member
+                ? ctl.addInstance("bench-m", Instance(host: "hv9", groups: ["bench-web"], ips: [IPAddress("172.16.1.1")!], interface: "tbm"))
+                : ctl.removeInstance("bench-m")
+        }
+        var ruleOn = false
+        func ruleVerb(_ group: String) -> () throws(StoreError) -> [Delivery] {
+            { () throws(StoreError) -> [Delivery] in
+                ruleOn.toggle()
+                return try ruleOn
+                    ? ctl.authorize(group: group, rule: Rule(id: "bench", proto: .tcp, ports: 8080...8080, remote: .cidr(CloudLoad.prefix("10.1.0.0/16"))))
+                    : ctl.revoke(group: group, rule: nil, id: "bench")
+            }
+        }
+        let members = try timedVerbs(repeats, cluster: cluster, daemons: byHost, memberVerb)
+        let rules = try timedVerbs(repeats, cluster: cluster, daemons: byHost, ruleVerb("bench-app"))
+        ruleOn = false
+        let broadcast = try timedVerbs(max(11, repeats / 2), cluster: cluster, daemons: byHost, ruleVerb("bench-bcast"))
+        try cluster.psql("DROP TRIGGER bench_broadcast ON groups")
+
+        // Sustained: 8 clients, authorize/revoke pairs on distinct groups of the cloud.
+        let sustained = try Sustained.run(url: url, cluster: cluster, tenants: g / 10, seconds: seconds)
+
+        // Catch-up after 1,000 missed changes at hv1.
+        let catchUp = try catchUpFigure(ctl: ctl, daemon: live[1], missed: 1_000)
+
+        // Cold start of host-1k from PostgreSQL, in a fresh namespace.
+        live[0].stop()
+        let coldNS = try TestNamespace(prefix: "bc")
+        t0 = monotonicNanos()
+        let cold = try LiveDaemon(url: url, host: "hv0", netns: coldNS.name)
+        try cold.waitReady()
+        let coldNs = monotonicNanos() - t0
+        let coldChains = cold.daemon.currentStatus.chains
+        cold.stop()
+        for d in live.dropFirst() { d.stop() }
+
+        // Baseline: the same verbs on SQLite, refresh calls delivered to the daemons' sockets.
+        // hv0 in a namespace no daemon used (its first sync is the cold start baseline).
+        let sqliteNS = try TestNamespace(prefix: "bc")
+        let sq = try SQLiteBaseline(postgres: ctl, hosts: daemonHosts, namespaces: [sqliteNS] + namespaces.dropFirst(), report: report)
+        defer { sq.stop() }
+        ctl.disconnect()
+        // Where the PostgreSQL series left them (the export copied them).
+        member = try sq.store.instance("bench-m") != nil
+        ruleOn = try sq.store.group("bench-app")?.rules.contains { $0.id == "bench" } ?? false
+        let sqMembers = try sq.timedVerbs(repeats) { () throws(StoreError) -> [Delivery] in
+            member.toggle()
+            return try member
+                ? sq.store.addInstance("bench-m", Instance(host: "hv9", groups: ["bench-web"], ips: [IPAddress("172.16.1.1")!], interface: "tbm"))
+                : sq.store.removeInstance("bench-m")
+        }
+        let sqRules = try sq.timedVerbs(repeats) { () throws(StoreError) -> [Delivery] in
+            ruleOn.toggle()
+            return try ruleOn
+                ? sq.store.authorize(group: "bench-app", rule: Rule(id: "bench", proto: .tcp, ports: 8080...8080, remote: .cidr(CloudLoad.prefix("10.1.0.0/16"))))
+                : sq.store.revoke(group: "bench-app", rule: nil, id: "bench")
+        }
+
+        // The report.
+        func p(_ s: [UInt64]) -> String { formatDuration(percentile(s, 99)) }
+        func latency(_ name: String, _ pg: VerbTimes, _ sqlite: VerbTimes, applied: Bool) {
+            let a = applied ? pg.applied : pg.commit, b = applied ? sqlite.applied : sqlite.commit
+            var e = ["p99": p(a), "baseline_p99": p(b), "samples": "\(a.count)", "hosts_notified": "\(pg.hostsNotified)",
+                     "server_cpu_per_verb": formatDuration(pg.cpuPerVerbNs)]
+            if applied {
+                e["target"] = "p50 ≤ 5 ms, p99 ≤ 25 ms"
+                e["met"] = median(a) <= 5_000_000 && percentile(a, 99) <= 25_000_000 ? "yes" : "NO"
+            }
+            report.add(Figure(benchmark: name, median_ns: median(a), baseline: applied ? "SQLite + socket deliveries" : "SQLite verb",
+                              baseline_median_ns: median(b), extra: e))
+        }
+        latency("controller members change: COMMIT", members, sqMembers, applied: false)
+        latency("controller members change: verb → applied on all notified", members, sqMembers, applied: true)
+        latency("controller rules change: COMMIT", rules, sqRules, applied: false)
+        latency("controller rules change: verb → applied on all notified", rules, sqRules, applied: true)
+        for (name, pick) in [("COMMIT", \VerbTimes.commit), ("verb → applied on 10 daemons", \VerbTimes.applied)] {
+            let a = broadcast[keyPath: pick], b = rules[keyPath: pick]
+            report.add(Figure(benchmark: "controller broadcast rules change (\(h) hosts): \(name)", median_ns: median(a),
+                              baseline: "targeted rules change", baseline_median_ns: median(b),
+                              extra: ["p99": p(a), "baseline_p99": p(b), "server_cpu_per_verb": formatDuration(broadcast.cpuPerVerbNs),
+                                      "baseline_server_cpu_per_verb": formatDuration(rules.cpuPerVerbNs), "rows_per_verb": "\(h + Self.daemonCount)"]))
+        }
+        report.add(Figure(benchmark: "controller sustained, 8 clients: verb COMMIT", median_ns: median(sustained.commits), baseline: nil, baseline_median_ns: nil,
+                          extra: ["p99": p(sustained.commits), "verbs_per_second": String(format: "%.0f", sustained.perSecond),
+                                  "verbs": "\(sustained.commits.count)", "failed": "\(sustained.failed)",
+                                  "server_cpu_per_verb": formatDuration(sustained.cpuPerVerbNs),
+                                  "target": "≥ 1000 verbs/s", "met": sustained.perSecond >= 1000 ? "yes" : "NO"]))
+        report.add(Figure(benchmark: "controller catch-up: hv1 after 1,000 missed changes", median_ns: catchUp.catchUp,
+                          baseline: "whole reload of hv1", baseline_median_ns: catchUp.reload,
+                          extra: ["rows": "\(catchUp.rows)", "distinct_groups": "\(catchUp.groups)"]))
+        report.add(Figure(benchmark: "controller cold start: hv0 (host-1k) from PostgreSQL", median_ns: coldNs,
+                          baseline: "hv0 from SQLite", baseline_median_ns: sq.coldStart, extra: ["chains": "\(coldChains)"]))
+        report.finish()
+    }
+
+    /// Times `count` verbs one after the other: COMMIT, and verb → applied on every notified
+    /// host (each must be a daemon's); server CPU per verb over the whole series.
+    func timedVerbs(_ count: Int, cluster: PostgresCluster, daemons: [String: LiveDaemon],
+                    _ verb: () throws(StoreError) -> [Delivery]) throws -> VerbTimes {
+        var out = VerbTimes()
+        let cpu0 = cluster.serverCPUSeconds()
+        for _ in 0..<count {
+            let t0 = monotonicNanos()
+            let deliveries = try verb()
+            out.commit.append(monotonicNanos() - t0)
+            var targets: [String: Int64] = [:]
+            for d in deliveries { targets[d.host] = max(targets[d.host] ?? 0, d.sequence ?? 0) }
+            guard !targets.isEmpty else { throw ValidationError("a verb notified nobody") }
+            for host in targets.keys where daemons[host] == nil { throw ValidationError("a verb notified \(host), which has no daemon here") }
+            out.hostsNotified = targets.count
+            let deadline = t0 + 30_000_000_000
+            while !targets.allSatisfy({ daemons[$0.key]!.applied >= $0.value }) {
+                if monotonicNanos() > deadline { throw ValidationError("not applied within 30 s: \(targets)") }
+                usleep(100)
+            }
+            out.applied.append(monotonicNanos() - t0)
+        }
+        out.cpuPerVerbNs = UInt64((cluster.serverCPUSeconds() - cpu0) / Double(count) * 1e9)
+        return out
+    }
+
+    /// hv1 misses `missed` rules changes of its own groups (its follower stopped; a new one,
+    /// primed before them, starts after): time until all are applied, and a whole reload.
+    func catchUpFigure(ctl: PostgresStore, daemon d: LiveDaemon, missed: Int) throws -> (catchUp: UInt64, reload: UInt64, rows: Int, groups: Int) {
+        let doc = try ctl.document(forHost: d.host)
+        let groups = Set(doc.instances.values.filter { $0.host == d.host }.flatMap(\.groups)).filter { !$0.hasPrefix("bench-") }.sorted()
+        guard !groups.isEmpty else { throw ValidationError("\(d.host) has no groups") }
+        let follower = try d.replaceFollower()
+        var target: Int64 = 0
+        var rows = 0
+        for n in 0..<missed {
+            let group = groups[(n / 2) % groups.count]
+            let out = try n % 2 == 0
+                ? ctl.authorize(group: group, rule: Rule(id: "catchup", proto: .udp, ports: 53...53, remote: .cidr(CloudLoad.prefix("10.2.0.0/16"))))
+                : ctl.revoke(group: group, rule: nil, id: "catchup")
+            for x in out where x.host == d.host {
+                target = max(target, x.sequence ?? 0)
+                rows += 1
+            }
+        }
+        let t0 = monotonicNanos()
+        follower.start()
+        let deadline = t0 + 120_000_000_000
+        while d.applied < target {
+            if monotonicNanos() > deadline { throw ValidationError("\(d.host) did not catch up within 120 s") }
+            usleep(200)
+        }
+        let catchUp = monotonicNanos() - t0
+        let reload = try d.refresh(.host)
+        return (catchUp, reload, rows, min(groups.count, missed / 2))
+    }
+}
+
+/// A verb series' samples.
+struct VerbTimes {
+    var commit: [UInt64] = []
+    var applied: [UInt64] = []
+    var hostsNotified = 0
+    var cpuPerVerbNs: UInt64 = 0
+}
+
+/// A daemon of the cloud on the PostgreSQL store, as rampartd wires it: its own store
+/// connection, a change-log follower primed before the first sync, LISTEN wake-ups, nftables in
+/// the namespace.
+final class LiveDaemon: @unchecked Sendable {
+    let host: String
+    let store: PostgresStore
+    let daemon: Daemon
+    private(set) var follower: ChangeLogFollower
+
+    init(url: String, host: String, netns: String) throws {
+        self.host = host
+        store = try PostgresStore(url: url, migrate: false)
+        let choice = BackendChoice(.nftables, netns: netns)
+        daemon = Daemon(configuration: .init(host: host, resyncInterval: 3600), store: store, backend: choice.factory, cutter: choice.cutter())
+        follower = ChangeLogFollower(daemon: daemon, log: store, wakeups: PostgresWakeups(location: store.location), logger: daemon.logger)
+        try follower.prime()
+        daemon.start()
+        follower.start()
+    }
+
+    func waitReady() throws {
+        while !daemon.currentStatus.ready {
+            if let e = daemon.currentStatus.lastError { throw ValidationError("\(host): \(e)") }
+            usleep(1_000)
+        }
+    }
+
+    /// Where this host's log is applied through (recorded in `host_progress` first).
+    var applied: Int64 { daemon.currentStatus.changeLog?.applied ?? 0 }
+
+    /// Stops the follower and makes a new one, primed now and not started.
+    func replaceFollower() throws -> ChangeLogFollower {
+        follower.stop()
+        follower = ChangeLogFollower(daemon: daemon, log: store, wakeups: PostgresWakeups(location: store.location), logger: daemon.logger)
+        try follower.prime()
+        return follower
+    }
+
+    /// Offers a refresh and waits for the drain that carries it.
+    func refresh(_ r: Refresh) throws -> UInt64 {
+        let done = DispatchSemaphore(value: 0)
+        let t0 = monotonicNanos()
+        guard daemon.offer(r, reply: { _ in done.signal() }) != nil else { throw ValidationError("queue full") }
+        done.wait()
+        return monotonicNanos() - t0
+    }
+
+    func stop() {
+        follower.stop()
+        daemon.stop()
+        store.disconnect()
+    }
+}
+
+/// 8 clients, each on its own connection, authorize and revoke a rule on groups of their own
+/// for `seconds`.
+enum Sustained {
+    final class Results: @unchecked Sendable {
+        let lock = NSLock()
+        var commits: [UInt64] = []
+        var failed = 0
+    }
+
+    static func run(url: String, cluster: PostgresCluster, tenants: Int, seconds: Double, clients: Int = 8)
+        throws -> (commits: [UInt64], perSecond: Double, failed: Int, cpuPerVerbNs: UInt64) {
+        let stores = try (0..<clients).map { _ in try PostgresStore(url: url, migrate: false) }
+        defer { for s in stores { s.disconnect() } }
+        let results = Results()
+        let group = DispatchGroup()
+        let cpu0 = cluster.serverCPUSeconds()
+        let t0 = monotonicNanos()
+        let end = t0 + UInt64(seconds * 1e9)
+        for (c, store) in stores.enumerated() {
+            group.enter()
+            Thread {
+                var mine: [UInt64] = []
+                var failed = 0
+                var n = 0
+                // Tenants past the first 1,000 (whose first group has a member on hv0), spread out.
+                let perClient = max(1, (tenants - 1_000) / clients)
+                while monotonicNanos() < end {
+                    let tenant = 1_000 + c * perClient + (n / 2) % perClient
+                    let g = "g\(tenant * 10)"
+                    let t = monotonicNanos()
+                    do {
+                        _ = try n % 2 == 0
+                            ? store.authorize(group: g, rule: Rule(id: "load", proto: .tcp, ports: 7000...7000, remote: .cidr(CloudLoad.prefix("10.3.0.0/16"))))
+                            : store.revoke(group: g, rule: nil, id: "load")
+                        mine.append(monotonicNanos() - t)
+                    } catch {
+                        failed += 1
+                    }
+                    n += 1
+                }
+                results.lock.withLock {
+                    results.commits += mine
+                    results.failed += failed
+                }
+                group.leave()
+            }.start()
+        }
+        group.wait()
+        let elapsed = Double(monotonicNanos() - t0) / 1e9
+        let verbs = results.commits.count
+        let cpu = cluster.serverCPUSeconds() - cpu0
+        return (results.commits, Double(verbs) / elapsed, results.failed, verbs == 0 ? 0 : UInt64(cpu / Double(verbs) * 1e9))
+    }
+}
+
+/// The baseline: a SQLite store holding the daemon hosts' policy (their exported documents,
+/// imported), 10 daemons serving Unix sockets, and the CLI's delivery (one call at a time,
+/// each waiting for its commit).
+final class SQLiteBaseline {
+    let store: SQLiteStore
+    let dir: String
+    var daemons: [String: (Daemon, APIServer, DaemonClient)] = [:]
+    var coldStart: UInt64 = 0
+
+    init(postgres: PostgresStore, hosts: [String], namespaces: [TestNamespace], report: Report) throws {
+        dir = FileManager.default.temporaryDirectory.appendingPathComponent("rampart-ctlbench-\(getpid())").path
+        try? FileManager.default.removeItem(atPath: dir)
+        store = try SQLiteStore(path: dir + "/rampart.db")
+        var t0 = monotonicNanos()
+        for h in hosts { _ = try store.importDocument(try postgres.exportDocument(forHost: h)) }
+        report.note("SQLite baseline: the \(hosts.count) daemon hosts' documents exported from PostgreSQL and imported in \(formatDuration(monotonicNanos() - t0))")
+        for (h, ns) in zip(hosts, namespaces) {
+            let own = try SQLiteStore(path: dir + "/rampart.db", create: false)
+            let choice = BackendChoice(.nftables, netns: ns.name)
+            t0 = monotonicNanos()
+            let daemon = Daemon(configuration: .init(host: h, resyncInterval: 3600), store: own, backend: choice.factory, cutter: choice.cutter())
+            let socket = dir + "/\(h).sock"
+            let server = APIServer(socketPath: socket, router: APIRouter(daemon: daemon))
+            daemon.start()
+            let started = DispatchSemaphore(value: 0)
+            Task { try? await server.start(); started.signal() }
+            started.wait()
+            while !daemon.currentStatus.ready {
+                if let e = daemon.currentStatus.lastError { throw ValidationError("\(h): \(e)") }
+                usleep(1_000)
+            }
+            // hv0 comes first, in a namespace no daemon used: a cold start.
+            if h == hosts[0] { coldStart = monotonicNanos() - t0 }
+            daemons[h] = (daemon, server, DaemonClient(socketPath: socket))
+        }
+    }
+
+    func timedVerbs(_ count: Int, _ verb: () throws(StoreError) -> [Delivery]) throws -> VerbTimes {
+        var out = VerbTimes()
+        for _ in 0..<count {
+            let t0 = monotonicNanos()
+            let deliveries = try verb()
+            out.commit.append(monotonicNanos() - t0)
+            for d in deliveries {
+                guard let c = daemons[d.host]?.2 else { throw ValidationError("no daemon for \(d.host)") }
+                let r = try c.deliver(d.refresh, wait: true)
+                guard r.status == 200 else { throw ValidationError("\(d): \(r.status) \(r.body)") }
+            }
+            out.hostsNotified = Set(deliveries.map(\.host)).count
+            out.applied.append(monotonicNanos() - t0)
+        }
+        return out
+    }
+
+    func stop() {
+        for (_, (daemon, server, _)) in daemons {
+            let stopped = DispatchSemaphore(value: 0)
+            Task { await server.stop(); stopped.signal() }
+            stopped.wait()
+            daemon.stop()
+        }
+        daemons = [:]
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+}
+
+/// The cloud's rows, written by server-side SQL exactly as the verbs would write them.
+///
+/// Hosts `hv0` … `hv<H-1>`. Groups `g0` … `g<G-1>` in tenants of 10 (`g<10t>` … `g<10t+9>`);
+/// group k of a tenant has 5 rules (Scenarios' shape): ssh from group k+1 and postgres from
+/// group k+3 of the same tenant (so members changes fan out), web, ping, all egress.
+/// Instances `i0` … `i<I-1>`: `i0` … `i999` on hv0 (host-1k), the others round-robin over
+/// hv1 … hv<H-1> (~100 each at cloud-1M); instance n is in tenant n mod T, in groups j and j+5
+/// of it (j = n / T mod 10): 2 members per group at cloud-1M. One IPv4 address each
+/// (10.x.y.z from n + 1), interface `tap<n>`, MAC 02:00 + n.
+enum CloudLoad {
+    /// An IPv4 prefix from its text ("10.0.0.0/8").
+    static func prefix(_ text: String) -> IPPrefix {
+        let parts = text.split(separator: "/")
+        return .v4(IPv4Prefix(address: IPv4Address(String(parts[0]))!, length: UInt8(parts[1])!))
+    }
+
+    /// A group's rules, with `XREFA`/`XREFB` where the two referenced groups go.
+    static var rulesTemplate: String {
+        RulesCodec.encode([
+            Rule(id: "ssh", proto: .tcp, ports: 22...22, remote: .group("XREFA")),
+            Rule(id: "pg", proto: .tcp, ports: 5432...5432, remote: .group("XREFB")),
+            Rule(id: "web", proto: .tcp, ports: 80...80, remote: .cidr(prefix("0.0.0.0/0"))),
+            Rule(id: "ping", proto: .icmp, icmpType: 8, remote: .cidr(prefix("10.0.0.0/8"))),
+            Rule(id: "out", direction: .egress, proto: .any, remote: .cidr(prefix("0.0.0.0/0"))),
+        ])
+    }
+
+    static func sql(groups g: Int, instances i: Int, hosts h: Int) -> String {
+        let tenants = g / 10
+        let template = rulesTemplate.replacingOccurrences(of: "'", with: "''")
+        let refA = "'g' || ((n / 10) * 10 + (n % 10 + 1) % 10)", refB = "'g' || ((n / 10) * 10 + (n % 10 + 3) % 10)"
+        return """
+            BEGIN;
+            SET LOCAL session_replication_role = replica;
+            INSERT INTO hosts(name) SELECT 'hv' || n FROM generate_series(0, \(h - 1)) n;
+            INSERT INTO groups(id, description, rules)
+              SELECT 'g' || n, NULL, replace(replace('\(template)', 'XREFA', \(refA)), 'XREFB', \(refB)) FROM generate_series(0, \(g - 1)) n;
+            INSERT INTO group_refs(group_id, ref)
+              SELECT 'g' || n, \(refA) FROM generate_series(0, \(g - 1)) n
+              UNION ALL SELECT 'g' || n, \(refB) FROM generate_series(0, \(g - 1)) n;
+            INSERT INTO instances(id, host, ips, interface, mac)
+              SELECT 'i' || n, CASE WHEN n < 1000 THEN 'hv0' ELSE 'hv' || (1 + (n - 1000) % \(h - 1)) END,
+                '10.' || (((n + 1) >> 16) & 255) || '.' || (((n + 1) >> 8) & 255) || '.' || ((n + 1) & 255),
+                'tap' || n,
+                '02:00:' || substr(x, 1, 2) || ':' || substr(x, 3, 2) || ':' || substr(x, 5, 2) || ':' || substr(x, 7, 2)
+              FROM generate_series(0, \(i - 1)) n, LATERAL (SELECT lpad(to_hex(n), 8, '0') AS x) m;
+            INSERT INTO instance_groups(instance, position, group_id)
+              SELECT 'i' || n, 0, 'g' || ((n % \(tenants)) * 10 + (n / \(tenants)) % 10) FROM generate_series(0, \(i - 1)) n
+              UNION ALL SELECT 'i' || n, 1, 'g' || ((n % \(tenants)) * 10 + (n / \(tenants) + 5) % 10) FROM generate_series(0, \(i - 1)) n;
+            COMMIT;
+            """
+    }
+
+    /// The per-group broadcast of the original design, for the baseline: a change of
+    /// `bench-bcast`'s rules appends a row for every host and wakes every reader.
+    static let broadcastTrigger = """
+        CREATE FUNCTION bench_broadcast() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+          WITH h AS (INSERT INTO change_log_heads(host, last_seq) SELECT name, 1 FROM hosts ORDER BY name
+                     ON CONFLICT(host) DO UPDATE SET last_seq = change_log_heads.last_seq + 1 RETURNING host, last_seq)
+          INSERT INTO change_log(host, seq, refresh) SELECT host, last_seq, 'rules:' || NEW.id FROM h;
+          PERFORM pg_notify('rampart_changes', '*');
+          RETURN NEW;
+        END $$;
+        CREATE TRIGGER bench_broadcast AFTER UPDATE OF rules ON groups FOR EACH ROW
+          WHEN (NEW.id = 'bench-bcast') EXECUTE FUNCTION bench_broadcast();
+        """
+}
