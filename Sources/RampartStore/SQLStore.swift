@@ -144,10 +144,23 @@ public class SQLStore: Store, @unchecked Sendable {
     }
 
     func groupRow(_ id: String) throws(StoreError) -> Group? {
-        guard let row = try db.query("SELECT description, rules FROM groups WHERE id = ?", .text(id)).first else { return nil }
-        let refs = try db.query("SELECT ref FROM group_refs WHERE group_id = ?", .text(id)).compactMap { $0[0] }
-        let rules = try RulesCodec.decode(row[1] ?? "[]", group: id, references: refs)
-        return Group(description: row[0], rules: rules)
+        try groupRows(where: "id = ?", [.text(id)])[id]
+    }
+
+    /// The groups `condition` (on `groups`) selects, with their rules decoded against their
+    /// references: two statements however many groups.
+    func groupRows(where condition: String, _ args: [SQLValue]) throws(StoreError) -> [String: Group] {
+        var refs: [String: [String]] = [:]
+        for row in try db.query("SELECT group_id, ref FROM group_refs WHERE group_id IN (SELECT id FROM groups WHERE \(condition))", args) {
+            if let g = row[0], let r = row[1] { refs[g, default: []].append(r) }
+        }
+        var out: [String: Group] = [:]
+        for row in try db.query("SELECT id, description, rules FROM groups WHERE \(condition)", args) {
+            guard let id = row[0] else { continue }
+            let rules = try RulesCodec.decode(row[2] ?? "[]", group: id, references: refs[id] ?? [])
+            out[id] = Group(description: row[1], rules: rules)
+        }
+        return out
     }
 
     public func group(_ id: String) throws(StoreError) -> Group? {
@@ -229,24 +242,25 @@ public class SQLStore: Store, @unchecked Sendable {
         }
         let local = try records("WHERE i.host = ?", [.text(host)])
         // Which groups the host needs is the core's answer (HostProjection), shared with the
-        // daemon; the queries here only fetch them.
+        // daemon; the queries here fetch them, a few statements whatever the host's size (each
+        // is a round trip to a PostgreSQL server).
+        let localGroupsSQL = "SELECT DISTINCT ig.group_id FROM instance_groups ig JOIN instances j ON j.id = ig.instance WHERE j.host = ?"
+        let refsSQL = "SELECT DISTINCT ref FROM group_refs WHERE group_id IN (\(localGroupsSQL))"
+        let fetched = try groupRows(where: "id IN (\(localGroupsSQL))", [.text(host)])
         var localGroups: [String: Group] = [:]
         // A group named by a membership or a reference but missing from `groups` (a corrupted
         // store) is an error, not an empty group: that would silently change what is allowed.
         for g in HostProjection.localGroups(of: local.values) {
-            guard let row = try groupRow(g) else { throw StoreError(.invalid, "store: a member of host \(host) is in group \(jsonString(g)), which does not exist") }
+            guard let row = fetched[g] else { throw StoreError(.invalid, "store: a member of host \(host) is in group \(jsonString(g)), which does not exist") }
             localGroups[g] = row
         }
         let refs = HostProjection.referencedGroups(by: localGroups.values)
-        for r in refs where localGroups[r] == nil {
-            if try db.query("SELECT 1 FROM groups WHERE id = ?", .text(r)).isEmpty {
-                throw StoreError(.invalid, "store: a rule references group \(jsonString(r)), which does not exist")
-            }
+        let existing = Set(try db.query("SELECT id FROM groups WHERE id IN (\(refsSQL))", .text(host)).compactMap { $0[0] })
+        for r in refs.sorted() where localGroups[r] == nil && !existing.contains(r) {
+            throw StoreError(.invalid, "store: a rule references group \(jsonString(r)), which does not exist")
         }
         // The members of the referenced groups, in one query: group_refs holds the references
-        // of each group's rules (groupRow decodes the rules against it), so it names `refs`.
-        let localGroupsSQL = "SELECT DISTINCT ig.group_id FROM instance_groups ig JOIN instances j ON j.id = ig.instance WHERE j.host = ?"
-        let refsSQL = "SELECT DISTINCT ref FROM group_refs WHERE group_id IN (\(localGroupsSQL))"
+        // of each group's rules (the rules are decoded against it), so it names `refs`.
         let remote = try records("WHERE i.host <> ? AND i.id IN (SELECT instance FROM instance_groups WHERE group_id IN (\(refsSQL)))",
                                  [.text(host), .text(host)])
         if full {
