@@ -30,7 +30,8 @@ public struct ChangeLogStatus: Sendable, Equatable {
 /// connection in direct mode), it also polls every `pollInterval` seconds, so a lost NOTIFY
 /// costs latency, never a change. When the store is unreachable the kernel keeps its rules
 /// (fail static): the follower reports it, reconnects with backoff, then catches up from the
-/// log, or reloads the whole document when the log was trimmed past its position.
+/// log, or reloads the whole document when the log was trimmed past its position (or when it is
+/// so far behind that a reload is cheaper).
 public final class ChangeLogFollower: @unchecked Sendable {
     public struct Settings: Sendable {
         /// Rows read per query.
@@ -40,6 +41,11 @@ public final class ChangeLogFollower: @unchecked Sendable {
         /// Reconnect backoff: from `minBackoff`, doubling, up to `maxBackoff` seconds.
         public var minBackoff: Double = 0.1
         public var maxBackoff: Double = 5
+        /// Behind by more distinct refreshes than this (after an outage, a restart), a reader
+        /// reloads the whole document instead: each refresh reads the store on its own, a reload
+        /// reads a host in a few statements (1,000 rows over 200 groups: 302 ms replayed, 41 ms
+        /// reloaded, `rampart-bench controller`).
+        public var reloadAbove: Int = 64
         public init() {}
     }
 
@@ -188,6 +194,11 @@ public final class ChangeLogFollower: @unchecked Sendable {
             return true
         }
         guard let last = page.entries.last else { return false }
+        let distinct = Set(page.entries.map(\.refresh)).count
+        if distinct > settings.reloadAbove {
+            try reload(reason: "\(distinct) distinct refreshes behind")
+            return true
+        }
         // A failed drain: read and offer again after the backoff (apply paused), not after a poll.
         guard try apply(page.entries.map(\.refresh)) else { return true }
         condition.withLock { applied = last.sequence }

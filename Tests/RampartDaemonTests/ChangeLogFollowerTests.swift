@@ -33,8 +33,9 @@ struct ChangeLogFollowerTests {
         }
 
         /// A follower that polls only every 60 s: within a test, only NOTIFY wakes it.
-        func follower(prime: Bool = true) throws -> ChangeLogFollower {
+        func follower(prime: Bool = true, reloadAbove: Int = 64) throws -> ChangeLogFollower {
             var settings = ChangeLogFollower.Settings()
+            settings.reloadAbove = reloadAbove
             settings.pollInterval = 60
             settings.maxBackoff = 0.5
             let f = ChangeLogFollower(daemon: daemon, log: store, wakeups: PostgresWakeups(location: location), settings: settings,
@@ -144,6 +145,33 @@ struct ChangeLogFollowerTests {
         #expect(try ctl.trim(maxAge: nil, keep: 1) > 0)
         late.start()
         let head = try #require(try ctl.progress(hosts: ["hv1"]).first?.head)
+        try f.waitApplied(head)
+        #expect(try f.kernelEqualsTheStore())
+        #expect(f.daemon.currentStatus.changeLog?.reloads == 1)
+    }
+
+    @Test func farBehindIsAReloadNearlyBehindIsReplayed() async throws {
+        let f = try Fixture(url: SharedPostgres.freshDatabase("follow"))
+        f.daemon.start()
+        await f.daemon.waitUntilReady()
+        defer { f.stop() }
+        // Primed now, started after six rules changes of two groups: two distinct refreshes,
+        // above its threshold of one.
+        let far = try f.follower(reloadAbove: 1)
+        let ctl = try f.controller()
+        for g in ["web", "db"] {
+            for port in 7100..<7103 {
+                _ = try ctl.authorize(group: g, rule: try rule(#"{"protocol":"udp","ports":"\#(port)","cidr":"10.0.0.0/8"}"#, g))
+            }
+        }
+        far.start()
+        var head = try #require(try ctl.progress(hosts: ["hv1"]).first?.head)
+        try f.waitApplied(head)
+        #expect(try f.kernelEqualsTheStore())
+        #expect(f.daemon.currentStatus.changeLog?.reloads == 1)
+        // Two more rows (one distinct refresh): replayed, not reloaded.
+        _ = try ctl.authorize(group: "web", rule: try rule(#"{"protocol":"udp","ports":"7200","cidr":"10.0.0.0/8"}"#, "web"))
+        head = try #require(try ctl.progress(hosts: ["hv1"]).first?.head)
         try f.waitApplied(head)
         #expect(try f.kernelEqualsTheStore())
         #expect(f.daemon.currentStatus.changeLog?.reloads == 1)
