@@ -39,6 +39,14 @@ struct RampartAPI: ParsableCommand {
     }
 
     func run() throws {
+        // SIGTERM and SIGINT end the server, even when the parent started it with them blocked.
+        var signals = sigset_t()
+        sigemptyset(&signals)
+        sigaddset(&signals, SIGTERM)
+        sigaddset(&signals, SIGINT)
+        pthread_sigmask(SIG_UNBLOCK, &signals, nil)
+        signal(SIGTERM, SIG_DFL)
+        signal(SIGINT, SIG_DFL)
         LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
         let logger = Logger(label: "rampart-api")
         let auth: EC2Server.Auth

@@ -125,6 +125,26 @@ func items(_ json: [String: Any], _ key: String) -> [[String: Any]] { json[key] 
         _ = try api.awsOK(["delete-security-group", "--group-id", web])
     }
 
+    /// A rule change reaches the hypervisors of the group's members before the call returns.
+    @Test func authorizeAndRevokeAreDeliveredToTheMembersHosts() throws {
+        let api = try APIServerFixture()
+        let daemon = try FakeDaemon(path: api.daemonSocket, host: "hv1")
+        let web = try #require(try api.awsOK(["create-security-group", "--group-name", "web", "--description", "w"])["GroupId"] as? String)
+        #expect(daemon.received.isEmpty)  // no member yet: nothing to deliver
+        _ = try api.store().addInstance("i-1", Instance(host: "hv1", groups: [web], ips: [IPAddress("10.0.0.5")!], interface: "tap1"))
+        _ = try api.awsOK(["authorize-security-group-ingress", "--group-id", web, "--protocol", "tcp", "--port", "80", "--cidr", "0.0.0.0/0"])
+        #expect(daemon.received == ["/v1/refresh/rules/\(web)"])
+        _ = try api.awsOK(["revoke-security-group-ingress", "--group-id", web, "--protocol", "tcp", "--port", "80", "--cidr", "0.0.0.0/0"])
+        #expect(daemon.received == ["/v1/refresh/rules/\(web)", "/v1/refresh/rules/\(web)"])
+        // A dry run delivers nothing.
+        try api.awsFails(["authorize-security-group-ingress", "--group-id", web, "--protocol", "tcp", "--port", "81", "--cidr", "0.0.0.0/0", "--dry-run"], code: "DryRunOperation")
+        #expect(daemon.received.count == 2)
+        // The document the daemon would load has the rule the API wrote.
+        _ = try api.awsOK(["authorize-security-group-ingress", "--group-id", web, "--protocol", "udp", "--port", "53", "--cidr", "192.0.2.0/24"])
+        let doc = try api.store().document(forHost: "hv1")
+        #expect(doc.groups[web]?.rules.contains { $0.proto == .udp && $0.ports == 53...53 } == true)
+    }
+
     @Test func membersBlockDeletionAndDryRunChangesNothing() throws {
         let api = try APIServerFixture()
         let web = try #require(try api.awsOK(["create-security-group", "--group-name", "web", "--description", "w"])["GroupId"] as? String)

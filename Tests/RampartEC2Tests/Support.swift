@@ -64,6 +64,8 @@ final class APIServerFixture {
     let process: Process
     let port: Int
     var endpoint: String { "http://127.0.0.1:\(port)" }
+    /// Where a (fake) daemon for host hv1 may listen: the server delivers there.
+    var daemonSocket: String { dir + "/hv1.sock" }
 
     init() throws {
         dir = NSTemporaryDirectory() + "ec2api-" + UUID().uuidString
@@ -74,7 +76,7 @@ final class APIServerFixture {
         FileManager.default.createFile(atPath: keyPath, contents: Data(keys.utf8), attributes: [.posixPermissions: 0o600])
         process = Process()
         process.executableURL = URL(fileURLWithPath: builtExecutable("rampart-api"))
-        process.arguments = ["--store", storePath, "--listen", "127.0.0.1:0", "--keys", keyPath, "--socket", dir + "/no-daemon.sock"]
+        process.arguments = ["--store", storePath, "--listen", "127.0.0.1:0", "--keys", keyPath, "--socket", dir + "/hv1.sock"]
         let out = Pipe()
         process.standardOutput = out
         process.standardError = FileHandle(forWritingAtPath: "/dev/null")
@@ -90,14 +92,14 @@ final class APIServerFixture {
         let text = String(decoding: line, as: UTF8.self)
         guard let r = text.range(of: #"127\.0\.0\.1:(\d+)"#, options: .regularExpression),
               let p = Int(text[r].split(separator: ":").last!) else {
-            process.terminate()
+            kill(process.processIdentifier, SIGKILL)
             throw FixtureError(description: "rampart-api did not start: \(text)")
         }
         port = p
     }
 
     deinit {
-        process.terminate()
+        kill(process.processIdentifier, SIGKILL)
         process.waitUntilExit()
         try? FileManager.default.removeItem(atPath: dir)
     }
