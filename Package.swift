@@ -82,12 +82,14 @@ let package = Package(
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // What the HTTP servers (the daemon's API, the EC2 API) share: idle deadlines, the connection cap.
+        .target(name: "RampartHTTP", dependencies: [.product(name: "NIOCore", package: "swift-nio")]),
         // The daemon's core: engine + backend, coalescing refresh queue, resync, status, metrics,
         // and the HTTP/JSON API over a Unix socket (SwiftNIO).
         .target(
             name: "RampartDaemon",
             dependencies: [
-                "RampartCore", "RampartConntrack", "RampartStore", "RampartSystem",
+                "RampartCore", "RampartConntrack", "RampartStore", "RampartSystem", "RampartHTTP",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -119,7 +121,7 @@ let package = Package(
         // The EC2 Query API (2016-11-15) over the store: forms, XML, Signature Version 4, the
         // security-group actions, and its HTTP server (SwiftNIO). docs/ec2-api.md.
         .target(name: "RampartEC2", dependencies: [
-            "RampartCore", "RampartStore",
+            "RampartCore", "RampartStore", "RampartHTTP",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "NIOCore", package: "swift-nio"),

@@ -4,6 +4,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import RampartHTTP
 import RampartStore
 
 /// The EC2 API over HTTP/1.1 on TCP (SwiftNIO), like the daemon's server: a body larger than
@@ -58,7 +59,7 @@ public final class EC2Server: Sendable {
                 channel.closeFuture.whenComplete { _ in connections.withLockedValue { $0 -= 1 } }
                 return channel.eventLoop.makeCompletedFuture {
                     if n > limits.maxConnections {
-                        try channel.pipeline.syncOperations.addHandler(RefuseHandler())
+                        try channel.pipeline.syncOperations.addHandler(ConnectionRefuser(response: EC2Server.refusal))
                         return
                     }
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
@@ -146,36 +147,25 @@ private final class HTTPHandler: ChannelInboundHandler, @unchecked Sendable {
     private var body: [UInt8] = []
     /// The request was answered early (too large): the rest of it is ignored.
     private var refused = false
-    private var inFlight = false
-    private var timer: Scheduled<Void>?
+    private let idle: IdleDeadline
 
     init(handler: RequestHandler, limits: EC2Server.Limits) {
         self.handler = handler
         self.limits = limits
-    }
-
-    private func arm(_ context: ChannelHandlerContext) {
-        timer?.cancel()
-        guard limits.idleTimeout > 0 else { return }
-        let ch = context.channel
-        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        timer = context.eventLoop.scheduleTask(in: .nanoseconds(Int64(limits.idleTimeout * 1e9))) {
-            if !bound.value.inFlight { ch.close(promise: nil) }
-        }
+        idle = IdleDeadline(seconds: limits.idleTimeout)
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        arm(context)
+        idle.arm(context)
         context.fireChannelActive()
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
-        if context.channel.isActive { arm(context) }
+        if context.channel.isActive { idle.arm(context) }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        timer?.cancel()
-        timer = nil
+        idle.cancel()
         context.fireChannelInactive()
     }
 
@@ -201,9 +191,7 @@ private final class HTTPHandler: ChannelInboundHandler, @unchecked Sendable {
         case .end:
             guard let h = head else { return }
             head = nil
-            inFlight = true
-            timer?.cancel()
-            timer = nil
+            idle.begin()
             let req = Request(method: h.method.rawValue, uri: h.uri, headers: h.headers.map { ($0.name, $0.value) }, body: body)
             body = []
             let handler = self.handler
@@ -225,7 +213,7 @@ private final class HTTPHandler: ChannelInboundHandler, @unchecked Sendable {
         write(context: context, Answer(status: 400, body: XMLWriter.error(e, requestID: UUID().uuidString.lowercased())),
               version: head?.version ?? .http1_1, keepAlive: false, closeAfter: false)
         body = []
-        arm(context)  // a client that keeps sending is cut off at the idle timeout
+        idle.arm(context)  // a client that keeps sending is cut off at the idle timeout
     }
 
     func write(context: ChannelHandlerContext, _ a: Answer, version: HTTPVersion, keepAlive: Bool, closeAfter: Bool = true) {
@@ -238,45 +226,16 @@ private final class HTTPHandler: ChannelInboundHandler, @unchecked Sendable {
         buf.writeString(a.body)
         context.write(wrapOutboundOut(.body(.byteBuffer(buf))), promise: nil)
         let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
-        inFlight = false
-        if keepAlive {
-            arm(context)
-        } else if closeAfter {
+        idle.answered(context, keepAlive: keepAlive)
+        if !keepAlive && closeAfter {
             let ch = context.channel
             done.whenComplete { _ in ch.close(promise: nil) }
         }
     }
 }
 
-/// A connection over the cap: answered 503 at once and closed.
-private final class RefuseHandler: ChannelInboundHandler {
-    typealias InboundIn = ByteBuffer
-    typealias OutboundOut = ByteBuffer
-    private var refused = false
-
-    static let response: String = {
-        let body = XMLWriter.error(EC2Error("Unavailable", "Too many connections; retry later", status: 503), requestID: "refused")
-        return "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/xml\r\nRetry-After: 1\r\n"
-            + "Content-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n" + body
-    }()
-
-    func channelActive(context: ChannelHandlerContext) {
-        refuse(context)
-        context.fireChannelActive()
-    }
-
-    func handlerAdded(context: ChannelHandlerContext) {
-        if context.channel.isActive { refuse(context) }
-    }
-
-    private func refuse(_ context: ChannelHandlerContext) {
-        guard !refused else { return }
-        refused = true
-        var buf = context.channel.allocator.buffer(capacity: Self.response.utf8.count)
-        buf.writeString(Self.response)
-        let ch = context.channel
-        context.writeAndFlush(wrapOutboundOut(buf)).whenComplete { _ in ch.close(promise: nil) }
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
+extension EC2Server {
+    /// The answer to a connection over the cap.
+    static let refusal = ConnectionRefuser.serviceUnavailable(
+        contentType: "text/xml", body: XMLWriter.error(EC2Error("Unavailable", "Too many connections; retry later", status: 503), requestID: "refused"))
 }

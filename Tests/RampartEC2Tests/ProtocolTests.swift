@@ -103,7 +103,7 @@ import Testing
         #expect(throws: EC2Error.self) { try KeyFile.parse("AKIDTESTACCOUNTAAAAA s1secretAAAAAAAAAAAAAA 111111111111\nAKIDTESTACCOUNTAAAAA s2secretAAAAAAAAAAAAAA 111111111111") }
         let path = NSTemporaryDirectory() + "keys-" + UUID().uuidString
         defer { try? FileManager.default.removeItem(atPath: path) }
-        FileManager.default.createFile(atPath: path, contents: Data("AKIDTESTACCOUNTAAAAA secretAAAAAAAAAAAAAAAA 111111111111\n".utf8), attributes: [.posixPermissions: 0o644])
+        _ = FileManager.default.createFile(atPath: path, contents: Data("AKIDTESTACCOUNTAAAAA secretAAAAAAAAAAAAAAAA 111111111111\n".utf8), attributes: [.posixPermissions: 0o644])
         #expect(throws: EC2Error.self) { try KeyFile.load(path) }
         chmod(path, 0o600)
         #expect(try KeyFile.load(path).count == 1)

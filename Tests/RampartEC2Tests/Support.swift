@@ -73,7 +73,7 @@ final class APIServerFixture {
         storePath = dir + "/store/rampart.db"
         keyPath = dir + "/keys"
         let keys = "# test keys\n\(keyA.id) \(keyA.secret) \(keyA.account)\n\(keyB.id) \(keyB.secret) \(keyB.account)\n"
-        FileManager.default.createFile(atPath: keyPath, contents: Data(keys.utf8), attributes: [.posixPermissions: 0o600])
+        _ = FileManager.default.createFile(atPath: keyPath, contents: Data(keys.utf8), attributes: [.posixPermissions: 0o600])
         process = Process()
         process.executableURL = URL(fileURLWithPath: builtExecutable("rampart-api"))
         process.arguments = ["--store", storePath, "--listen", "127.0.0.1:0", "--keys", keyPath, "--socket", dir + "/hv1.sock"]
