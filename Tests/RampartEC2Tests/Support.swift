@@ -67,10 +67,11 @@ final class APIServerFixture {
     /// Where a (fake) daemon for host hv1 may listen: the server delivers there.
     var daemonSocket: String { dir + "/hv1.sock" }
 
-    init() throws {
+    /// `store`: a `postgres://` URL, or nil for a fresh SQLite file.
+    init(store: String? = nil) throws {
         dir = NSTemporaryDirectory() + "ec2api-" + UUID().uuidString
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        storePath = dir + "/store/rampart.db"
+        storePath = store ?? dir + "/store/rampart.db"
         keyPath = dir + "/keys"
         let keys = "# test keys\n\(keyA.id) \(keyA.secret) \(keyA.account)\n\(keyB.id) \(keyB.secret) \(keyB.account)\n"
         _ = FileManager.default.createFile(atPath: keyPath, contents: Data(keys.utf8), attributes: [.posixPermissions: 0o600])
@@ -141,7 +142,7 @@ final class APIServerFixture {
     }
 
     /// The store, opened beside the server.
-    func store() throws -> SQLiteStore { try SQLiteStore(path: storePath, create: false) }
+    func store() throws -> SQLStore { try StoreAddress(storePath).openForWriting() }
 
     /// Everything the API keeps, for "nothing changed" checks: each account's groups.
     func snapshot() throws -> [[EC2Group]] {
