@@ -189,6 +189,17 @@ func items(_ json: [String: Any], _ key: String) -> [[String: Any]] { json[key] 
         try api.awsFails(["describe-security-groups", "--filters", "Name=no-such-filter,Values=x"], code: "InvalidParameterValue")
     }
 
+    /// `--no-auth` says so on start-up and takes unsigned requests as its one account; without
+    /// it an unsigned request is refused.
+    @Test func noAuthOnlyWhenAsked() throws {
+        let open = try APIServerFixture(noAuth: true)
+        #expect(open.errorLog.contains("WARNING: --no-auth"))
+        let d = try open.awsOK(["describe-security-groups", "--no-sign-request"])
+        #expect(items(d, "SecurityGroups").first?["OwnerId"] as? String == "000000000000")
+        let signed = try APIServerFixture()
+        try signed.awsFails(["describe-security-groups", "--no-sign-request"], code: "AuthFailure")
+    }
+
     @Test func paginationWithPageSize() throws {
         let api = try APIServerFixture()
         for i in 0..<11 { _ = try api.awsOK(["create-security-group", "--group-name", "g\(i)", "--description", "g"]) }

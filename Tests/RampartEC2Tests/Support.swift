@@ -67,8 +67,9 @@ final class APIServerFixture {
     /// Where a (fake) daemon for host hv1 may listen: the server delivers there.
     var daemonSocket: String { dir + "/hv1.sock" }
 
-    /// `store`: a `postgres://` URL, or nil for a fresh SQLite file.
-    init(store: String? = nil) throws {
+    /// `store`: a `postgres://` URL, or nil for a fresh SQLite file. `noAuth`: started with
+    /// `--no-auth` (its standard error goes to `errorLog`).
+    init(store: String? = nil, noAuth: Bool = false) throws {
         dir = NSTemporaryDirectory() + "ec2api-" + UUID().uuidString
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         storePath = store ?? dir + "/store/rampart.db"
@@ -77,10 +78,12 @@ final class APIServerFixture {
         _ = FileManager.default.createFile(atPath: keyPath, contents: Data(keys.utf8), attributes: [.posixPermissions: 0o600])
         process = Process()
         process.executableURL = URL(fileURLWithPath: builtExecutable("rampart-api"))
-        process.arguments = ["--store", storePath, "--listen", "127.0.0.1:0", "--keys", keyPath, "--socket", dir + "/hv1.sock"]
+        process.arguments = ["--store", storePath, "--listen", "127.0.0.1:0", "--socket", dir + "/hv1.sock"]
+            + (noAuth ? ["--no-auth"] : ["--keys", keyPath])
         let out = Pipe()
         process.standardOutput = out
-        process.standardError = FileHandle(forWritingAtPath: "/dev/null")
+        _ = FileManager.default.createFile(atPath: dir + "/stderr", contents: nil)
+        process.standardError = FileHandle(forWritingAtPath: dir + "/stderr")
         try process.run()
         // The first line names the port bound.
         var line = Data()
@@ -98,6 +101,9 @@ final class APIServerFixture {
         }
         port = p
     }
+
+    /// What the server wrote to standard error.
+    var errorLog: String { (try? String(contentsOfFile: dir + "/stderr", encoding: .utf8)) ?? "" }
 
     deinit {
         kill(process.processIdentifier, SIGKILL)
