@@ -30,7 +30,7 @@ public final class EC2Service: Sendable {
     public static let actions = [
         "CreateSecurityGroup", "DeleteSecurityGroup", "DescribeSecurityGroups", "DescribeSecurityGroupRules",
         "AuthorizeSecurityGroupIngress", "AuthorizeSecurityGroupEgress", "RevokeSecurityGroupIngress", "RevokeSecurityGroupEgress",
-        "CreateTags", "DeleteTags",
+        "CreateTags", "DeleteTags", "RunInstances", "TerminateInstances", "DescribeInstances",
     ]
 
     /// Answers one request: the XML body of a success, or the error.
@@ -49,6 +49,9 @@ public final class EC2Service: Sendable {
         case "RevokeSecurityGroupEgress": body = try revoke(form, caller, .egress)
         case "CreateTags": body = try tags(form, caller, create: true)
         case "DeleteTags": body = try tags(form, caller, create: false)
+        case "RunInstances": body = try runInstances(form, caller)
+        case "TerminateInstances": body = try terminateInstances(form, caller)
+        case "DescribeInstances": body = try describeInstances(form, caller)
         default: throw EC2Error("InvalidAction", "The action \(action) is not valid for this web service.")
         }
         return XMLWriter.response(action, requestID: requestID, body)

@@ -25,6 +25,11 @@ extension SQLStore {
             description TEXT NOT NULL)
         """,
         "CREATE INDEX IF NOT EXISTS ec2_rule_descriptions_group ON ec2_rule_descriptions(group_id)",
+        """
+        CREATE TABLE IF NOT EXISTS ec2_instances(id TEXT PRIMARY KEY REFERENCES instances(id), vpc_id TEXT NOT NULL REFERENCES ec2_vpcs(id),
+            reservation TEXT NOT NULL, image TEXT NOT NULL, type TEXT NOT NULL, launched TEXT NOT NULL, client_token TEXT)
+        """,
+        "CREATE INDEX IF NOT EXISTS ec2_instances_vpc ON ec2_instances(vpc_id)",
     ]
 
     /// Runs `body` as one write transaction (a verb: with PostgreSQL its fan-out is appended to
@@ -198,6 +203,56 @@ public struct EC2Transaction {
         return try store.fanOut(rules: group).sorted()
     }
 
+    // MARK: instances
+
+    /// The hosts registered in the store, with how many instances each has.
+    public func hostLoads() throws(StoreError) -> [(host: String, instances: Int)] {
+        try db.query("SELECT h.name, (SELECT count(*) FROM instances i WHERE i.host = h.name) FROM hosts h ORDER BY h.name").compactMap { r in
+            guard let h = r[0] else { return nil }
+            return (h, Int(r[1] ?? "0") ?? 0)
+        }
+    }
+
+    /// Adds an instance (the controller's `addInstance`, in this transaction) with its EC2 metadata.
+    public func insertInstance(_ id: String, _ inst: Instance, _ meta: EC2Instance) throws(StoreError) -> [Delivery] {
+        let out = try store.insertInstance(id, inst)
+        try db.run("INSERT INTO ec2_instances(id, vpc_id, reservation, image, type, launched, client_token) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                   .text(id), .text(meta.vpc.id), .text(meta.reservation), .text(meta.image), .text(meta.type), .text(meta.launched),
+                   meta.clientToken.map { .text($0) } ?? .null)
+        return out
+    }
+
+    /// Removes an instance and its metadata.
+    public func deleteInstance(_ id: String) throws(StoreError) -> [Delivery] {
+        try db.run("DELETE FROM ec2_tags WHERE resource = ?", .text(id))
+        try db.run("DELETE FROM ec2_instances WHERE id = ?", .text(id))
+        return try store.deleteInstance(id)
+    }
+
+    /// The instances of every VPC of `account` in `region`, by id.
+    public func instances(account: String, region: String) throws(StoreError) -> [EC2Instance] {
+        let rows = try db.query("""
+            SELECT e.id, e.vpc_id, e.reservation, e.image, e.type, e.launched, e.client_token FROM ec2_instances e JOIN ec2_vpcs v ON v.id = e.vpc_id
+            WHERE v.account = ? AND v.region = ? ORDER BY e.id
+            """, .text(account), .text(region))
+        var out: [EC2Instance] = []
+        for r in rows {
+            guard let id = r[0], let vpcID = r[1], let vpc = try vpc(vpcID), let inst = try store.records("WHERE i.id = ?", [.text(id)])[id] else { continue }
+            out.append(EC2Instance(id: id, vpc: vpc, reservation: r[2] ?? "", image: r[3] ?? "", type: r[4] ?? "", launched: r[5] ?? "",
+                                   clientToken: r[6], record: inst))
+        }
+        return out
+    }
+
+    /// Every address used by an instance of `vpc`.
+    public func addresses(vpc: String) throws(StoreError) -> Set<IPAddress> {
+        var out = Set<IPAddress>()
+        for r in try db.query("SELECT i.ips FROM instances i JOIN ec2_instances e ON e.id = i.id WHERE e.vpc_id = ?", .text(vpc)) {
+            for t in (r[0] ?? "").split(separator: ",") { if let a = IPAddress(String(t)) { out.insert(a) } }
+        }
+        return out
+    }
+
     // MARK: tags
 
     public func tags(_ resource: String) throws(StoreError) -> [String: String] {
@@ -215,5 +270,32 @@ public struct EC2Transaction {
 
     public func deleteTag(_ resource: String, key: String) throws(StoreError) {
         try db.run("DELETE FROM ec2_tags WHERE resource = ? AND key = ?", .text(resource), .text(key))
+    }
+}
+
+/// An instance as the EC2 API sees it.
+public struct EC2Instance: Hashable, Sendable {
+    public var id: String
+    public var vpc: EC2VPC
+    public var reservation: String
+    public var image: String
+    public var type: String
+    /// ISO 8601, UTC.
+    public var launched: String
+    /// RunInstances' idempotency token.
+    public var clientToken: String?
+    /// The contract's record: host, groups, address, interface, MAC.
+    public var record: Instance?
+
+    public init(id: String, vpc: EC2VPC, reservation: String, image: String, type: String, launched: String,
+                clientToken: String? = nil, record: Instance? = nil) {
+        self.id = id
+        self.vpc = vpc
+        self.reservation = reservation
+        self.image = image
+        self.type = type
+        self.launched = launched
+        self.clientToken = clientToken
+        self.record = record
     }
 }
