@@ -12,6 +12,7 @@ let package = Package(
         .executable(name: "rampart-bench", targets: ["rampart-bench"]),
         .executable(name: "rampart-demo", targets: ["rampart-demo"]),
         .executable(name: "rampartd", targets: ["rampartd"]),
+        .executable(name: "rampart-api", targets: ["rampart-api"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
@@ -25,6 +26,8 @@ let package = Package(
         // The shared store of a multi-hypervisor cloud (PostgreSQL), and LISTEN/NOTIFY wake-ups.
         .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+        // The EC2 API: HMAC-SHA256 and SHA-256 for Signature Version 4 (already pulled in by postgres-nio).
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
     ],
     targets: [
         // The two Linux calls a Swift import of Glibc cannot see (setns, memfd_create).
@@ -79,12 +82,14 @@ let package = Package(
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // What the HTTP servers (the daemon's API, the EC2 API) share: idle deadlines, the connection cap.
+        .target(name: "RampartHTTP", dependencies: [.product(name: "NIOCore", package: "swift-nio")]),
         // The daemon's core: engine + backend, coalescing refresh queue, resync, status, metrics,
         // and the HTTP/JSON API over a Unix socket (SwiftNIO).
         .target(
             name: "RampartDaemon",
             dependencies: [
-                "RampartCore", "RampartConntrack", "RampartStore", "RampartSystem",
+                "RampartCore", "RampartConntrack", "RampartStore", "RampartSystem", "RampartHTTP",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -113,6 +118,22 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // The EC2 Query API (2016-11-15) over the store: forms, XML, Signature Version 4, the
+        // security-group actions, and its HTTP server (SwiftNIO). docs/ec2-api.md.
+        .target(name: "RampartEC2", dependencies: [
+            "RampartCore", "RampartStore", "RampartHTTP",
+            .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        // rampart-api: the EC2 API server.
+        .executableTarget(name: "rampart-api", dependencies: [
+            "RampartEC2", "RampartStore",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
         // The demo hypervisor behind scripts/demo.
         .executableTarget(name: "rampart-demo", dependencies: ["RampartHarness"]),
         .executableTarget(
@@ -136,6 +157,7 @@ let package = Package(
             dependencies: ["RampartNFTables", "RampartIPTables", "RampartConntrack", "RampartCore", "RampartNetlink", "RampartHarness", "RampartSystem", "RampartTestSupport"]
         ),
         .testTarget(name: "RampartIPTablesTests", dependencies: ["RampartIPTables", "RampartCore", "RampartHarness", "RampartSystem"]),
+        .testTarget(name: "RampartEC2Tests", dependencies: ["RampartEC2", "RampartStore", "RampartCore", "RampartHarness"]),
         .testTarget(name: "RampartStoreTests", dependencies: ["RampartStore", "RampartCore", "RampartCoreTestSupport", "RampartSystem", "RampartHarness"]),
         .testTarget(
             name: "RampartDaemonTests",

@@ -4,6 +4,7 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import NIOConcurrencyHelpers
+import RampartHTTP
 import RampartSystem
 #if canImport(Glibc)
 import Glibc
@@ -105,7 +106,7 @@ public final class APIServer: Sendable {
                 channel.closeFuture.whenComplete { _ in connections.withLockedValue { $0 -= 1 } }
                 return channel.eventLoop.makeCompletedFuture {
                     if n > limits.maxConnections {
-                        try channel.pipeline.syncOperations.addHandler(RefuseHandler())
+                        try channel.pipeline.syncOperations.addHandler(ConnectionRefuser(response: APIServer.refusal))
                         return
                     }
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
@@ -188,44 +189,28 @@ private final class HTTPHandler: ChannelInboundHandler, @unchecked Sendable {
 
     let router: APIRouter
     let logger: Logger
-    let idleTimeout: Double
     private var head: HTTPRequestHead?
     private var body: [UInt8] = []
     private var tooLarge = false
-    /// A request is being answered: the idle timer does not run.
-    private var inFlight = false
-    private var timer: Scheduled<Void>?
+    private let idle: IdleDeadline
 
     init(router: APIRouter, logger: Logger, idleTimeout: Double) {
         self.router = router
         self.logger = logger
-        self.idleTimeout = idleTimeout
-    }
-
-    /// The deadline for the next complete request: from the connection's start or its last
-    /// answer. Bytes trickling in do not extend it.
-    private func arm(_ context: ChannelHandlerContext) {
-        timer?.cancel()
-        guard idleTimeout > 0 else { return }
-        let ch = context.channel
-        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        timer = context.eventLoop.scheduleTask(in: .nanoseconds(Int64(idleTimeout * 1e9))) {
-            if !bound.value.inFlight { ch.close(promise: nil) }
-        }
+        idle = IdleDeadline(seconds: idleTimeout)
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        arm(context)
+        idle.arm(context)
         context.fireChannelActive()
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
-        if context.channel.isActive { arm(context) }
+        if context.channel.isActive { idle.arm(context) }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        timer?.cancel()
-        timer = nil
+        idle.cancel()
         context.fireChannelInactive()
     }
 
@@ -244,9 +229,7 @@ private final class HTTPHandler: ChannelInboundHandler, @unchecked Sendable {
         case .end:
             guard let h = head else { return }
             head = nil
-            inFlight = true
-            timer?.cancel()
-            timer = nil
+            idle.begin()
             let keepAlive = h.isKeepAlive && !tooLarge
             if tooLarge {
                 write(context: context, response: .error(413, "request body larger than \(APIRouter.maxBody) bytes"), version: h.version, keepAlive: false)
@@ -277,46 +260,15 @@ private final class HTTPHandler: ChannelInboundHandler, @unchecked Sendable {
         buf.writeString(response.body)
         context.write(wrapOutboundOut(.body(.byteBuffer(buf))), promise: nil)
         let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
-        inFlight = false
+        idle.answered(context, keepAlive: keepAlive)
         if !keepAlive {
             let ch = context.channel
             done.whenComplete { _ in ch.close(promise: nil) }
-        } else {
-            arm(context)
         }
     }
 }
 
-/// A connection over the cap: answered 503 with Retry-After at once (before reading anything)
-/// and closed.
-private final class RefuseHandler: ChannelInboundHandler {
-    typealias InboundIn = ByteBuffer
-    typealias OutboundOut = ByteBuffer
-    private var refused = false
-
-    static let response: String = {
-        let body = APIResponse.error(503, "too many connections; retry later").body
-        return "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
-            + "Content-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n" + body
-    }()
-
-    func channelActive(context: ChannelHandlerContext) {
-        refuse(context)
-        context.fireChannelActive()
-    }
-
-    func handlerAdded(context: ChannelHandlerContext) {
-        if context.channel.isActive { refuse(context) }
-    }
-
-    private func refuse(_ context: ChannelHandlerContext) {
-        guard !refused else { return }
-        refused = true
-        var buf = context.channel.allocator.buffer(capacity: Self.response.utf8.count)
-        buf.writeString(Self.response)
-        let ch = context.channel
-        context.writeAndFlush(wrapOutboundOut(buf)).whenComplete { _ in ch.close(promise: nil) }
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
+extension APIServer {
+    /// The answer to a connection over the cap.
+    static let refusal = ConnectionRefuser.serviceUnavailable(contentType: "application/json", body: APIResponse.error(503, "too many connections; retry later").body)
 }

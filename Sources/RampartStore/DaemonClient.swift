@@ -109,3 +109,55 @@ public struct DaemonClient: Sendable {
     /// The one field of the daemon's status the controller reads.
     private struct StatusHost: Decodable { var host: String }
 }
+
+/// Delivers a verb's fan-out to the daemons listening on local sockets (the SQLite store; with
+/// PostgreSQL the change log delivers): the controller verbs and the EC2 API share it.
+public struct SocketDelivery: Sendable {
+    /// What became of one refresh call.
+    public enum Outcome: Sendable {
+        /// Delivered and applied (the daemon's answer).
+        case sent(String)
+        /// Delivered; the daemon answered with an error status.
+        case failed(status: Int, body: String)
+        /// No daemon among the sockets serves the host.
+        case noDaemon
+        /// The call could not be made.
+        case error(String)
+
+        public var isFailure: Bool {
+            switch self {
+            case .failed, .error: true
+            case .sent, .noDaemon: false
+            }
+        }
+    }
+
+    public let sockets: [String]
+    public init(sockets: [String]) { self.sockets = sockets }
+
+    /// The daemons among the sockets that exist and answer, by the host each serves.
+    public func daemons() -> [String: DaemonClient] {
+        var out: [String: DaemonClient] = [:]
+        for path in sockets where FileManager.default.fileExists(atPath: path) {
+            let c = DaemonClient(socketPath: path)
+            if let h = try? c.host() { out[h] = c }
+        }
+        return out
+    }
+
+    /// Delivers each call, in order, to the daemon of its host.
+    public func deliver(_ deliveries: [Delivery]) -> [(Delivery, Outcome)] {
+        guard !deliveries.isEmpty else { return [] }
+        let daemons = daemons()
+        return deliveries.map { d in
+            guard let c = daemons[d.host] else { return (d, .noDaemon) }
+            do {
+                let r = try c.deliver(d.refresh)
+                let body = r.body.trimmingCharacters(in: .whitespacesAndNewlines)
+                return (d, r.status == 200 ? .sent(body) : .failed(status: r.status, body: body))
+            } catch {
+                return (d, .error("\(error)"))
+            }
+        }
+    }
+}

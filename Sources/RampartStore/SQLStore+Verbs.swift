@@ -113,26 +113,32 @@ extension SQLStore {
 
     public func addInstance(_ id: String, _ inst: Instance) throws(StoreError) -> [Delivery] {
         try checkID(id, "instance")
-        return try verb { () throws(StoreError) in
-            if try !records("WHERE i.id = ?", [.text(id)]).isEmpty { throw StoreError(.conflict, "instance \(id) exists") }
-            try writeInstance(id, inst)
-            try validateHost(inst.host)
-            var out = try fanOut(members: inst.groups)
-            out.insert(Delivery(host: inst.host, refresh: .instance(id)))
-            return out.sorted()
-        }
+        return try verb { () throws(StoreError) in try insertInstance(id, inst) }
+    }
+
+    /// `addInstance` inside a transaction (the EC2 API's RunInstances shares it).
+    func insertInstance(_ id: String, _ inst: Instance) throws(StoreError) -> [Delivery] {
+        if try !records("WHERE i.id = ?", [.text(id)]).isEmpty { throw StoreError(.conflict, "instance \(id) exists") }
+        try writeInstance(id, inst)
+        try validateHost(inst.host)
+        var out = try fanOut(members: inst.groups)
+        out.insert(Delivery(host: inst.host, refresh: .instance(id)))
+        return out.sorted()
     }
 
     public func removeInstance(_ id: String) throws(StoreError) -> [Delivery] {
-        try verb { () throws(StoreError) in
-            guard let inst = try records("WHERE i.id = ?", [.text(id)])[id] else { throw StoreError(.notFound, "unknown instance \(id)") }
-            var out = try fanOut(members: inst.groups)
-            try db.run("DELETE FROM instance_groups WHERE instance = ?", .text(id))
-            try db.run("DELETE FROM instances WHERE id = ?", .text(id))
-            out.formUnion(try fanOut(members: inst.groups))
-            out.insert(Delivery(host: inst.host, refresh: .instance(id)))
-            return out.sorted()
-        }
+        try verb { () throws(StoreError) in try deleteInstance(id) }
+    }
+
+    /// `removeInstance` inside a transaction (the EC2 API's TerminateInstances shares it).
+    func deleteInstance(_ id: String) throws(StoreError) -> [Delivery] {
+        guard let inst = try records("WHERE i.id = ?", [.text(id)])[id] else { throw StoreError(.notFound, "unknown instance \(id)") }
+        var out = try fanOut(members: inst.groups)
+        try db.run("DELETE FROM instance_groups WHERE instance = ?", .text(id))
+        try db.run("DELETE FROM instances WHERE id = ?", .text(id))
+        out.formUnion(try fanOut(members: inst.groups))
+        out.insert(Delivery(host: inst.host, refresh: .instance(id)))
+        return out.sorted()
     }
 
     public func setGroups(instance id: String, groups: [String]) throws(StoreError) -> [Delivery] {

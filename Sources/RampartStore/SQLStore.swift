@@ -38,7 +38,10 @@ public class SQLStore: Store, @unchecked Sendable {
     /// Tables added after the first schema. SQLite creates them on every open, so that a store
     /// written by an earlier version gains them (an addition, never a change of what is there).
     /// `host_guards`: each host's `guarded_prefixes` (contract rule 9), in document order.
-    static let additions = [
+    /// `ec2Schema`: the EC2 API's metadata (SQLStore+EC2.swift).
+    static let additions = guardsSchema + ec2Schema
+
+    static let guardsSchema = [
         """
         CREATE TABLE IF NOT EXISTS host_guards(host TEXT NOT NULL REFERENCES hosts(name), position INTEGER NOT NULL,
             prefix TEXT NOT NULL, PRIMARY KEY(host, position))

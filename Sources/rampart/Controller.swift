@@ -64,29 +64,15 @@ struct ControllerOptions: ParsableArguments {
             for d in deliveries { print("to \(d.host): \(d.refresh) (not delivered: --no-deliver)") }
             return
         }
-        var daemons: [String: DaemonClient] = [:]
-        for path in socket where FileManager.default.fileExists(atPath: path) {
-            let c = DaemonClient(socketPath: path)
-            if let h = try? c.host() { daemons[h] = c }
-        }
         var failed = false
-        for d in deliveries {
-            guard let c = daemons[d.host] else {
-                print("to \(d.host): \(d.refresh) (not delivered: no daemon for \(d.host) among --socket)")
-                continue
+        for (d, outcome) in SocketDelivery(sockets: socket).deliver(deliveries) {
+            switch outcome {
+            case .noDaemon: print("to \(d.host): \(d.refresh) (not delivered: no daemon for \(d.host) among --socket)")
+            case .sent(let body): print("sent to \(d.host): \(d.refresh): \(body)")
+            case .failed(let status, let body): print("sent to \(d.host): \(d.refresh): failed (\(status)) \(body)")
+            case .error(let e): print("to \(d.host): \(d.refresh): not delivered: \(e)")
             }
-            do {
-                let r = try c.deliver(d.refresh)
-                if r.status == 200 {
-                    print("sent to \(d.host): \(d.refresh): \(r.body.trimmingCharacters(in: .whitespacesAndNewlines))")
-                } else {
-                    failed = true
-                    print("sent to \(d.host): \(d.refresh): failed (\(r.status)) \(r.body.trimmingCharacters(in: .whitespacesAndNewlines))")
-                }
-            } catch {
-                failed = true
-                print("to \(d.host): \(d.refresh): not delivered: \(error)")
-            }
+            failed = failed || outcome.isFailure
         }
         if failed { throw ExitCode(4) }
     }

@@ -1,0 +1,221 @@
+import Foundation
+import RampartCore
+import RampartStore
+
+/// RunInstances, TerminateInstances, DescribeInstances: an instance is the contract's instance
+/// record on a registered hypervisor (a host the store knows), with one address from its VPC's
+/// range, a MAC and an interface name (`tap` + 12 hex of its id), in security groups of its VPC.
+extension EC2Service {
+    static let running = (code: 16, name: "running")
+    static let terminated = (code: 48, name: "terminated")
+
+    func runInstances(_ form: Form, _ caller: Caller) throws(EC2Error) -> (inout XMLWriter) -> Void {
+        let image = try form.required("ImageId")
+        guard let minCount = try form.int("MinCount") else { throw .missing("MinCount") }
+        guard let maxCount = try form.int("MaxCount") else { throw .missing("MaxCount") }
+        let type = form.string("InstanceType") ?? "m1.small"
+        let groupIDs = try form.strings("SecurityGroupId")
+        let groupNames = try form.strings("SecurityGroup")
+        let hostID = form.string("Placement.HostId")
+        _ = form.string("Placement.AvailabilityZone")
+        let token = form.string("ClientToken")
+        let dryRun = try form.bool("DryRun")
+        try finish(form)
+        guard (1...20).contains(minCount), (minCount...20).contains(maxCount) else {
+            throw .invalidParameter("MinCount and MaxCount: 1 <= MinCount <= MaxCount <= 20")
+        }
+        for id in groupIDs where !Self.isID(id, "sg") { throw EC2Error.malformedGroupID(id) }
+        if let token, token.count > 64 { throw .invalidParameter("ClientToken: at most 64 characters") }
+        let (reservation, launched): (String, [EC2Instance]) = try change(dryRun, caller) { tx, vpc throws(EC2Error) in
+            do {
+                // A call repeated with its ClientToken answers what the first one launched.
+                if let token {
+                    let earlier = try tx.instances(account: caller.account, region: caller.region).filter { $0.clientToken == token }
+                    if let first = earlier.first { return ((first.reservation, earlier), []) }
+                }
+                var groups: [String] = []
+                for id in groupIDs {
+                    let g = try Self.ownGroup(tx, caller, id: id)
+                    guard g.vpc.id == vpc.id else { throw EC2Error("InvalidParameterCombination", "Security group \(id) is not in VPC \(vpc.id)") }
+                    groups.append(g.id)
+                }
+                for n in groupNames { groups.append(try Self.resolve(tx, caller, vpc, (nil, n)).id) }
+                if groups.isEmpty, let def = try tx.groupID(vpc: vpc.id, name: "default") { groups = [def] }
+                let loads = try tx.hostLoads()
+                let host: String
+                if let hostID {
+                    guard loads.contains(where: { $0.host == hostID }) else { throw EC2Error("InvalidHostId.NotFound", "The host '\(hostID)' is not a registered hypervisor") }
+                    host = hostID
+                } else {
+                    guard let least = loads.min(by: { ($0.instances, $0.host) < ($1.instances, $1.host) }) else {
+                        throw EC2Error("InsufficientInstanceCapacity", "No hypervisor is registered (rampart host guard HOST --prefix tap registers one)")
+                    }
+                    host = least.host
+                }
+                var used = try tx.addresses(vpc: vpc.id)
+                let reservation = Self.newID("r")
+                let now = ISO8601DateFormatter().string(from: Date())
+                var out: [EC2Instance] = []
+                var deliveries: [Delivery] = []
+                for _ in 0..<maxCount {
+                    let id = Self.newID("i")
+                    guard let address = Self.freeAddress(in: vpc.cidr, used: used) else {
+                        throw EC2Error("InsufficientFreeAddressesInSubnet", "No free address left in \(vpc.cidr)")
+                    }
+                    used.insert(address)
+                    let record = Instance(host: host, groups: groups, ips: [address], interface: "tap" + id.dropFirst(2).prefix(12), mac: Self.newMAC())
+                    let meta = EC2Instance(id: id, vpc: vpc, reservation: reservation, image: image, type: type, launched: now,
+                                           clientToken: token, record: record)
+                    deliveries += try tx.insertInstance(id, record, meta)
+                    out.append(meta)
+                }
+                return ((reservation, out), Array(Set(deliveries)).sorted())
+            } catch let e as EC2Error { throw e } catch let e as StoreError { throw Self.storeFailure(e) } catch { throw .server("\(error)") }
+        }
+        let names = try groupNamesByID(caller)
+        return { w in
+            w.leaf("reservationId", reservation)
+            w.leaf("ownerId", caller.account)
+            w.element("groupSet") { _ in }
+            w.list("instancesSet", launched) { w, i in Self.writeInstance(&w, i, names) }
+        }
+    }
+
+    func terminateInstances(_ form: Form, _ caller: Caller) throws(EC2Error) -> (inout XMLWriter) -> Void {
+        let ids = try form.strings("InstanceId")
+        if ids.isEmpty { throw .missing("InstanceId.1") }
+        let dryRun = try form.bool("DryRun")
+        try finish(form)
+        for id in ids where !Self.isID(id, "i") { throw EC2Error("InvalidInstanceID.Malformed", "Invalid id: \"\(id)\"") }
+        try change(dryRun, caller) { tx, _ throws(EC2Error) -> (Void, [Delivery]) in
+            do {
+                let own = Set(try tx.instances(account: caller.account, region: caller.region).map(\.id))
+                var deliveries = Set<Delivery>()
+                for id in Array(Set(ids)).sorted() {
+                    guard own.contains(id) else { throw EC2Error("InvalidInstanceID.NotFound", "The instance ID '\(id)' does not exist") }
+                    deliveries.formUnion(try tx.deleteInstance(id))
+                }
+                return ((), deliveries.sorted())
+            } catch let e as EC2Error { throw e } catch let e as StoreError { throw Self.storeFailure(e) } catch { throw .server("\(error)") }
+        }
+        return { w in
+            w.list("instancesSet", ids) { w, id in
+                w.leaf("instanceId", id)
+                w.element("currentState") { w in
+                    w.leaf("code", Self.terminated.code)
+                    w.leaf("name", Self.terminated.name)
+                }
+                w.element("previousState") { w in
+                    w.leaf("code", Self.running.code)
+                    w.leaf("name", Self.running.name)
+                }
+            }
+        }
+    }
+
+    func describeInstances(_ form: Form, _ caller: Caller) throws(EC2Error) -> (inout XMLWriter) -> Void {
+        let ids = try form.strings("InstanceId")
+        let filters = try Self.parseFilters(form) {
+            ["instance-id", "instance-state-name", "private-ip-address", "instance.group-id", "vpc-id", "image-id", "instance-type"].contains($0)
+        }
+        let size = try Self.pageSize(form, range: 5...1000)
+        let after = try form.string("NextToken").map { t throws(EC2Error) in try Self.parseToken(t) }
+        let dryRun = try form.bool("DryRun")
+        try finish(form)
+        if dryRun { throw .dryRun }
+        if size != nil && !ids.isEmpty { throw EC2Error("InvalidParameterCombination", "The parameter instancesSet cannot be used with the parameter maxResults") }
+        for id in ids where !Self.isID(id, "i") { throw EC2Error("InvalidInstanceID.Malformed", "Invalid id: \"\(id)\"") }
+        let all: [EC2Instance] = try read(caller) { tx, _ throws(EC2Error) in
+            do { return try tx.instances(account: caller.account, region: caller.region) } catch let e as StoreError { throw Self.storeFailure(e) } catch { throw .server("\(error)") }
+        }
+        for id in ids where !all.contains(where: { $0.id == id }) { throw EC2Error("InvalidInstanceID.NotFound", "The instance ID '\(id)' does not exist") }
+        let selected = all.filter { i in
+            (ids.isEmpty || ids.contains(i.id)) && filters.allSatisfy { f in
+                let candidates: [String] = switch f.name {
+                case "instance-id": [i.id]
+                case "instance-state-name": [Self.running.name]
+                case "private-ip-address": i.record?.ips.map(\.description) ?? []
+                case "instance.group-id": i.record?.groups ?? []
+                case "vpc-id": [i.vpc.id]
+                case "image-id": [i.image]
+                default: [i.type]
+                }
+                return candidates.contains { c in f.values.contains { Self.matches($0, c) } }
+            }
+        }
+        let (page, next) = Self.page(selected, key: \.id, size: size, after: after)
+        var reservations: [String] = []
+        var byReservation: [String: [EC2Instance]] = [:]
+        for i in page {
+            if byReservation[i.reservation] == nil { reservations.append(i.reservation) }
+            byReservation[i.reservation, default: []].append(i)
+        }
+        let names = try groupNamesByID(caller)
+        return { w in
+            w.list("reservationSet", reservations) { w, r in
+                w.leaf("reservationId", r)
+                w.leaf("ownerId", caller.account)
+                w.element("groupSet") { _ in }
+                w.list("instancesSet", byReservation[r]!) { w, i in Self.writeInstance(&w, i, names) }
+            }
+            w.leaf("nextToken", next)
+        }
+    }
+
+    func groupNamesByID(_ caller: Caller) throws(EC2Error) -> [String: String] {
+        try read(caller) { tx, _ throws(EC2Error) in
+            do {
+                var out: [String: String] = [:]
+                for g in try tx.groups(account: caller.account, region: caller.region) { out[g.id] = g.name }
+                return out
+            } catch let e as StoreError { throw Self.storeFailure(e) } catch { throw .server("\(error)") }
+        }
+    }
+
+    /// The lowest free address of an IPv4 VPC range, past the four AWS reserves at its start and
+    /// before its broadcast address.
+    static func freeAddress(in cidr: String, used: Set<IPAddress>) -> IPAddress? {
+        guard case .ok(.v4(let p)) = IPPrefix.parse(cidr), p.length <= 28 else { return nil }
+        let base = p.address.raw, size = UInt32(1) << (32 - UInt32(p.length))
+        for offset in UInt32(4)..<(size - 1) {
+            let a = IPAddress.v4(IPv4Address(raw: base + offset))
+            if !used.contains(a) { return a }
+        }
+        return nil
+    }
+
+    /// A random locally administered unicast MAC (02:…).
+    static func newMAC() -> MACAddress {
+        var g = SystemRandomNumberGenerator()
+        return MACAddress(raw: 0x02_00_00_00_00_00 | UInt64.random(in: 0..<(1 << 40), using: &g))
+    }
+
+    static func writeInstance(_ w: inout XMLWriter, _ i: EC2Instance, _ names: [String: String]) {
+        let ip = i.record?.ips.first?.description
+        w.leaf("instanceId", i.id)
+        w.leaf("imageId", i.image)
+        w.element("instanceState") { w in
+            w.leaf("code", running.code)
+            w.leaf("name", running.name)
+        }
+        w.leaf("privateDnsName", ip.map { "ip-" + $0.replacingOccurrences(of: ".", with: "-") + ".ec2.internal" })
+        w.leaf("instanceType", i.type)
+        w.leaf("launchTime", i.launched)
+        w.element("placement") { w in
+            w.leaf("availabilityZone", i.vpc.region + "a")
+            w.leaf("hostId", i.record?.host)
+            w.leaf("tenancy", "default")
+        }
+        w.leaf("privateIpAddress", ip)
+        w.leaf("vpcId", i.vpc.id)
+        w.list("groupSet", i.record?.groups ?? []) { w, g in
+            w.leaf("groupId", g)
+            w.leaf("groupName", names[g])
+        }
+        w.list("networkInterfaceSet", [i]) { w, i in
+            w.leaf("macAddress", i.record?.mac?.description)
+            w.leaf("privateIpAddress", ip)
+            w.leaf("status", "in-use")
+        }
+    }
+}

@@ -1,0 +1,575 @@
+import Foundation
+import RampartCore
+import RampartStore
+
+/// Who is calling: the account of the access key, and the region of the signature's scope
+/// (or the server's default without auth).
+public struct Caller: Sendable, Equatable {
+    public var account: String
+    public var region: String
+    public init(account: String, region: String) {
+        self.account = account
+        self.region = region
+    }
+}
+
+/// The EC2 actions over the store. Every mutating action is one store transaction
+/// (`SQLStore.ec2Change`); its fan-out is handed to `deliver` after COMMIT, before the answer.
+/// Each action reads all its parameters, and refuses any it did not read, before it touches
+/// the store.
+public final class EC2Service: Sendable {
+    public let store: SQLStore
+    let deliver: @Sendable ([Delivery]) -> Void
+
+    public init(store: SQLStore, deliver: @escaping @Sendable ([Delivery]) -> Void) {
+        self.store = store
+        self.deliver = deliver
+    }
+
+    /// The actions this server answers.
+    public static let actions = [
+        "CreateSecurityGroup", "DeleteSecurityGroup", "DescribeSecurityGroups", "DescribeSecurityGroupRules",
+        "AuthorizeSecurityGroupIngress", "AuthorizeSecurityGroupEgress", "RevokeSecurityGroupIngress", "RevokeSecurityGroupEgress",
+        "CreateTags", "DeleteTags", "RunInstances", "TerminateInstances", "DescribeInstances",
+    ]
+
+    /// Answers one request: the XML body of a success, or the error.
+    public func handle(_ form: Form, caller: Caller, requestID: String) throws(EC2Error) -> String {
+        guard let action = form.string("Action") else { throw EC2Error("MissingAction", "The request must contain the parameter Action") }
+        _ = form.string("Version")
+        let body: (inout XMLWriter) -> Void
+        switch action {
+        case "CreateSecurityGroup": body = try createSecurityGroup(form, caller)
+        case "DeleteSecurityGroup": body = try deleteSecurityGroup(form, caller)
+        case "DescribeSecurityGroups": body = try describeSecurityGroups(form, caller)
+        case "DescribeSecurityGroupRules": body = try describeSecurityGroupRules(form, caller)
+        case "AuthorizeSecurityGroupIngress": body = try authorize(form, caller, .ingress)
+        case "AuthorizeSecurityGroupEgress": body = try authorize(form, caller, .egress)
+        case "RevokeSecurityGroupIngress": body = try revoke(form, caller, .ingress)
+        case "RevokeSecurityGroupEgress": body = try revoke(form, caller, .egress)
+        case "CreateTags": body = try tags(form, caller, create: true)
+        case "DeleteTags": body = try tags(form, caller, create: false)
+        case "RunInstances": body = try runInstances(form, caller)
+        case "TerminateInstances": body = try terminateInstances(form, caller)
+        case "DescribeInstances": body = try describeInstances(form, caller)
+        default: throw EC2Error("InvalidAction", "The action \(action) is not valid for this web service.")
+        }
+        return XMLWriter.response(action, requestID: requestID, body)
+    }
+
+    // MARK: transactions
+
+    /// Refuses parameters the action did not read (before anything changes).
+    func finish(_ form: Form) throws(EC2Error) {
+        if let p = form.unread.first { throw EC2Error("UnknownParameter", "The parameter \(p) is not recognized") }
+    }
+
+    static func storeFailure(_ e: StoreError) -> EC2Error {
+        switch e.kind {
+        case .notFound: EC2Error("InvalidGroup.NotFound", e.message)
+        case .conflict: EC2Error("DependencyViolation", e.message)
+        case .invalid: .invalidParameter(e.message)
+        case .database, .unavailable, .missing, .unsafe: .server("the store failed: \(e.message)")
+        }
+    }
+
+    /// One write transaction; a dry run is rolled back after the body succeeded.
+    func change<T>(_ dryRun: Bool, _ caller: Caller, _ body: (EC2Transaction, EC2VPC) throws(EC2Error) -> (T, [Delivery])) throws(EC2Error) -> T {
+        do {
+            let (value, deliveries) = try store.ec2Change { tx in
+                let vpc = try Self.defaultVPC(tx, caller)
+                let r = try body(tx, vpc)
+                if dryRun { throw EC2Error.dryRun }
+                return r
+            }
+            deliver(deliveries)
+            return value
+        } catch let e as EC2Error { throw e } catch let e as StoreError { throw Self.storeFailure(e) } catch { throw .server("\(error)") }
+    }
+
+    /// One read transaction (after making sure the caller's default VPC exists).
+    func read<T>(_ caller: Caller, _ body: (EC2Transaction, EC2VPC) throws(EC2Error) -> T) throws(EC2Error) -> T {
+        do {
+            let existing = try store.ec2Read { tx in try tx.defaultVPC(account: caller.account, region: caller.region) }
+            if existing == nil { let _: Int = try change(false, caller) { _, _ in (0, []) } }
+            return try store.ec2Read { tx in
+                guard let vpc = try tx.defaultVPC(account: caller.account, region: caller.region) else { throw EC2Error.server("no default VPC") }
+                return try body(tx, vpc)
+            }
+        } catch let e as EC2Error { throw e } catch let e as StoreError { throw Self.storeFailure(e) } catch { throw .server("\(error)") }
+    }
+
+    /// The caller's default VPC, created with its `default` group on first use.
+    static func defaultVPC(_ tx: EC2Transaction, _ caller: Caller) throws -> EC2VPC {
+        if let v = try tx.defaultVPC(account: caller.account, region: caller.region) { return v }
+        let vpc = EC2VPC(id: newID("vpc"), account: caller.account, region: caller.region, cidr: "172.31.0.0/16", isDefault: true)
+        try tx.insertVPC(vpc)
+        let sg = newID("sg")
+        try tx.insertGroup(id: sg, vpc: vpc.id, name: "default", description: "default VPC security group")
+        let rules = [
+            Rule(id: newID("sgr"), direction: .ingress, proto: .any, remote: .group(sg)),
+            Rule(id: newID("sgr"), direction: .egress, proto: .any, remote: .cidr(anyIPv4)),
+        ]
+        _ = try tx.setRules(sg, rules, descriptions: [:])
+        return vpc
+    }
+
+    static let anyIPv4 = IPPrefix.v4(IPv4Prefix(address: IPv4Address(raw: 0), length: 0))
+
+    /// `prefix-` and 17 random hex digits.
+    static func newID(_ prefix: String) -> String {
+        var g = SystemRandomNumberGenerator()
+        return prefix + "-" + (0..<17).map { _ in String(Int.random(in: 0..<16, using: &g), radix: 16) }.joined()
+    }
+
+    static func isID(_ s: String, _ prefix: String) -> Bool {
+        guard s.hasPrefix(prefix + "-") else { return false }
+        let hex = s.dropFirst(prefix.count + 1)
+        return (hex.count == 8 || hex.count == 17) && hex.allSatisfy { $0.isHexDigit && !$0.isUppercase }
+    }
+
+    /// A group id of the caller's: malformed → `InvalidGroupId.Malformed`, another account's or
+    /// region's or unknown → `InvalidGroup.NotFound`.
+    static func ownGroup(_ tx: EC2Transaction, _ caller: Caller, id: String) throws -> EC2Group {
+        guard isID(id, "sg") else { throw EC2Error.malformedGroupID(id) }
+        guard let g = try tx.group(id), g.vpc.account == caller.account, g.vpc.region == caller.region else { throw EC2Error.groupNotFound(id) }
+        return g
+    }
+
+    /// The group named by `GroupId`, or by `GroupName` in the default VPC.
+    static func target(_ form: Form) throws(EC2Error) -> (id: String?, name: String?) {
+        let id = form.string("GroupId"), name = form.string("GroupName")
+        if id == nil && name == nil { throw .missing("GroupId") }
+        if id != nil && name != nil { throw EC2Error("InvalidParameterCombination", "Give GroupId or GroupName, not both") }
+        if let id, !isID(id, "sg") { throw EC2Error.malformedGroupID(id) }
+        return (id, name)
+    }
+
+    static func resolve(_ tx: EC2Transaction, _ caller: Caller, _ vpc: EC2VPC, _ t: (id: String?, name: String?)) throws -> EC2Group {
+        if let id = t.id { return try ownGroup(tx, caller, id: id) }
+        let name = t.name!
+        guard let id = try tx.groupID(vpc: vpc.id, name: name), let g = try tx.group(id) else {
+            throw EC2Error("InvalidGroup.NotFound", "The security group '\(name)' does not exist in default VPC '\(vpc.id)'")
+        }
+        return g
+    }
+
+    // MARK: tags
+
+    static func parseTags(_ form: Form, _ prefix: String, valueRequired: Bool) throws(EC2Error) -> [(key: String, value: String?)] {
+        var out: [(key: String, value: String?)] = []
+        for i in try form.indices(prefix) {
+            let key = try form.required("\(prefix).\(i).Key")
+            let value = form.string("\(prefix).\(i).Value")
+            guard (1...128).contains(key.unicodeScalars.count) else { throw .invalidParameter("Tag key '\(key)': 1-128 characters") }
+            if key.lowercased().hasPrefix("aws:") { throw .invalidParameter("Tag keys starting with 'aws:' are reserved for AWS use") }
+            if let value, value.unicodeScalars.count > 256 { throw .invalidParameter("Tag value for '\(key)': at most 256 characters") }
+            if valueRequired && value == nil { out.append((key, "")) } else { out.append((key, value)) }
+        }
+        return out
+    }
+
+    static func applyTags(_ tx: EC2Transaction, _ resource: String, _ tags: [(key: String, value: String?)]) throws {
+        for t in tags { try tx.setTag(resource, key: t.key, value: t.value ?? "") }
+        if try tx.tags(resource).count > 50 { throw EC2Error("TagLimitExceeded", "The maximum number of tags for \(resource) is 50") }
+    }
+
+    // MARK: actions
+
+    func createSecurityGroup(_ form: Form, _ caller: Caller) throws(EC2Error) -> (inout XMLWriter) -> Void {
+        let name = try form.required("GroupName")
+        let description = try form.required("GroupDescription")
+        let vpcID = form.string("VpcId")
+        let dryRun = try form.bool("DryRun")
+        var tags: [(key: String, value: String?)] = []
+        for i in try form.indices("TagSpecification") {
+            let type = try form.required("TagSpecification.\(i).ResourceType")
+            guard type == "security-group" else { throw .invalidParameter("TagSpecification.\(i).ResourceType: '\(type)' is not security-group") }
+            tags += try Self.parseTags(form, "TagSpecification.\(i).Tag", valueRequired: true)
+        }
+        try finish(form)
+        guard (1...255).contains(name.unicodeScalars.count) else { throw .invalidParameter("GroupName: 1-255 characters") }
+        if name.lowercased().hasPrefix("sg-") { throw .invalidParameter("Group names may not be in the format sg-*") }
+        if name == "default" { throw EC2Error("InvalidGroup.Reserved", "The security group 'default' is reserved") }
+        guard description.unicodeScalars.count <= 255 else { throw .invalidParameter("GroupDescription: at most 255 characters") }
+        let (id, tagged): (String, [String: String]) = try change(dryRun, caller) { tx, vpc throws(EC2Error) in
+            do {
+                var target = vpc
+                if let vpcID, vpcID != vpc.id {
+                    guard let v = try tx.vpc(vpcID), v.account == caller.account, v.region == caller.region else {
+                        throw EC2Error("InvalidVpcID.NotFound", "The vpc ID '\(vpcID)' does not exist")
+                    }
+                    target = v
+                }
+                if try tx.groupID(vpc: target.id, name: name) != nil {
+                    throw EC2Error("InvalidGroup.Duplicate", "The security group '\(name)' already exists for VPC '\(target.id)'")
+                }
+                let sg = Self.newID("sg")
+                try tx.insertGroup(id: sg, vpc: target.id, name: name, description: description)
+                // As AWS: all IPv4 egress, and nothing else.
+                _ = try tx.setRules(sg, [Rule(id: Self.newID("sgr"), direction: .egress, proto: .any, remote: .cidr(Self.anyIPv4))], descriptions: [:])
+                try Self.applyTags(tx, sg, tags)
+                return ((sg, try tx.tags(sg)), [])
+            } catch let e as EC2Error { throw e } catch let e as StoreError { throw Self.storeFailure(e) } catch { throw .server("\(error)") }
+        }
+        return { w in
+            w.leaf("return", true)
+            w.leaf("groupId", id)
+            if !tagged.isEmpty { w.tagSet(tagged) }
+        }
+    }
+
+    func deleteSecurityGroup(_ form: Form, _ caller: Caller) throws(EC2Error) -> (inout XMLWriter) -> Void {
+        let t = try Self.target(form)
+        let dryRun = try form.bool("DryRun")
+        try finish(form)
+        let id: String = try change(dryRun, caller) { tx, vpc throws(EC2Error) in
+            do {
+                let g = try Self.resolve(tx, caller, vpc, t)
+                if g.name == "default" {
+                    throw EC2Error("CannotDelete", "the specified group: \"\(g.id)\" name: \"default\" cannot be deleted by a user")
+                }
+                let members = try tx.members(of: g.id)
+                if !members.isEmpty { throw EC2Error("DependencyViolation", "resource \(g.id) has a dependent object (instances \(members.joined(separator: ", ")))") }
+                let referrers = try tx.referrers(of: g.id)
+                if !referrers.isEmpty { throw EC2Error("DependencyViolation", "resource \(g.id) has a dependent object (referenced by \(referrers.joined(separator: ", ")))") }
+                try tx.deleteGroup(g.id)
+                return (g.id, [])
+            } catch let e as EC2Error { throw e } catch let e as StoreError { throw Self.storeFailure(e) } catch { throw .server("\(error)") }
+        }
+        return { w in
+            w.leaf("return", true)
+            w.leaf("groupId", id)
+        }
+    }
+
+    // MARK: rules
+
+    func authorize(_ form: Form, _ caller: Caller, _ direction: Direction) throws(EC2Error) -> (inout XMLWriter) -> Void {
+        let t = try Self.target(form)
+        let dryRun = try form.bool("DryRun")
+        var referenced: [String] = []
+        let parsed = try Permissions.parse(form, direction: direction) { id throws(EC2Error) in
+            guard Self.isID(id, "sg") else { throw EC2Error.malformedGroupID(id) }
+            referenced.append(id)
+            return id
+        }
+        if parsed.isEmpty { throw .missing("IpPermissions") }
+        for i in try form.indices("TagSpecification") {
+            throw .invalidParameter("TagSpecification.\(i): tags on security group rules are not supported")
+        }
+        try finish(form)
+        let (group, added): (EC2Group, [Rule]) = try change(dryRun, caller) { tx, vpc throws(EC2Error) in
+            do {
+                let g = try Self.resolve(tx, caller, vpc, t)
+                for r in referenced { _ = try Self.ownGroup(tx, caller, id: r) }
+                var rules = g.rules
+                var descriptions = g.ruleDescriptions
+                var added: [Rule] = []
+                for p in parsed {
+                    if rules.contains(where: { Permissions.bare($0) == p.rule }) {
+                        throw EC2Error("InvalidPermission.Duplicate", "the specified rule \"\(Permissions.text(p.rule))\" already exists")
+                    }
+                    var r = p.rule
+                    r.id = Self.newID("sgr")
+                    rules.append(r)
+                    added.append(r)
+                    if let d = p.description { descriptions[r.id!] = d }
+                }
+                let deliveries = try tx.setRules(g.id, rules, descriptions: descriptions)
+                var after = g
+                after.ruleDescriptions = descriptions
+                return ((after, added), deliveries)
+            } catch let e as EC2Error { throw e } catch let e as StoreError { throw Self.storeFailure(e) } catch { throw .server("\(error)") }
+        }
+        return { w in
+            w.leaf("return", true)
+            w.list("securityGroupRuleSet", added) { w, r in Self.writeRule(&w, r, group) }
+        }
+    }
+
+    func revoke(_ form: Form, _ caller: Caller, _ direction: Direction) throws(EC2Error) -> (inout XMLWriter) -> Void {
+        let t = try Self.target(form)
+        let dryRun = try form.bool("DryRun")
+        let parsed = try Permissions.parse(form, direction: direction) { id throws(EC2Error) in
+            guard Self.isID(id, "sg") else { throw EC2Error.malformedGroupID(id) }
+            return id
+        }
+        let ruleIDs = try form.strings("SecurityGroupRuleId")
+        for id in ruleIDs where !Self.isID(id, "sgr") {
+            throw EC2Error("InvalidSecurityGroupRuleId.Malformed", "The security group rule ID '\(id)' is malformed")
+        }
+        if parsed.isEmpty && ruleIDs.isEmpty { throw .missing("IpPermissions or SecurityGroupRuleId") }
+        try finish(form)
+        try change(dryRun, caller) { tx, vpc throws(EC2Error) -> (Void, [Delivery]) in
+            do {
+                let g = try Self.resolve(tx, caller, vpc, t)
+                var rules = g.rules
+                for id in ruleIDs {
+                    guard let i = rules.firstIndex(where: { $0.id == id && $0.direction == direction }) else {
+                        throw EC2Error("InvalidSecurityGroupRuleId.NotFound", "The security group rule ID '\(id)' does not exist in \(g.id) (\(direction.rawValue))")
+                    }
+                    rules.remove(at: i)
+                }
+                for p in parsed {
+                    guard let i = rules.firstIndex(where: { Permissions.bare($0) == p.rule }) else {
+                        throw EC2Error("InvalidPermission.NotFound", "The specified rule does not exist in this security group: \"\(Permissions.text(p.rule))\"")
+                    }
+                    rules.remove(at: i)
+                }
+                return ((), try tx.setRules(g.id, rules, descriptions: g.ruleDescriptions))
+            } catch let e as EC2Error { throw e } catch let e as StoreError { throw Self.storeFailure(e) } catch { throw .server("\(error)") }
+        }
+        return { w in w.leaf("return", true) }
+    }
+
+    // MARK: describe
+
+    /// Filters: `Filter.N.Name` and `Filter.N.Value.M` (values match with `*` and `?`).
+    static func parseFilters(_ form: Form, allowed: (String) -> Bool) throws(EC2Error) -> [(name: String, values: [String])] {
+        var out: [(name: String, values: [String])] = []
+        for i in try form.indices("Filter") {
+            let name = try form.required("Filter.\(i).Name")
+            guard allowed(name) else { throw .invalidParameter("The filter '\(name)' is invalid") }
+            let values = try form.strings("Filter.\(i).Value")
+            if values.isEmpty { throw .missing("Filter.\(i).Value.1") }
+            out.append((name, values))
+        }
+        return out
+    }
+
+    /// AWS's filter patterns: `*` any run of characters, `?` one character, `\` escapes.
+    static func matches(_ pattern: String, _ value: String) -> Bool {
+        let p = Array(pattern), v = Array(value)
+        func go(_ i: Int, _ j: Int) -> Bool {
+            if i == p.count { return j == v.count }
+            switch p[i] {
+            case "*":
+                var k = j
+                while true {
+                    if go(i + 1, k) { return true }
+                    if k == v.count { return false }
+                    k += 1
+                }
+            case "?": return j < v.count && go(i + 1, j + 1)
+            case "\\" where i + 1 < p.count: return j < v.count && v[j] == p[i + 1] && go(i + 2, j + 1)
+            default: return j < v.count && v[j] == p[i] && go(i + 1, j + 1)
+            }
+        }
+        return go(0, 0)
+    }
+
+    static func pageSize(_ form: Form, range: ClosedRange<Int>) throws(EC2Error) -> Int? {
+        guard let n = try form.int("MaxResults") else { return nil }
+        guard range.contains(n) else { throw .invalidParameter("Value (\(n)) for parameter maxResults is invalid. Expecting a value between \(range.lowerBound) and \(range.upperBound).") }
+        return n
+    }
+
+    static func token(after id: String) -> String { Data(("v1:" + id).utf8).base64EncodedString() }
+
+    static func parseToken(_ t: String) throws(EC2Error) -> String {
+        guard let d = Data(base64Encoded: t), let s = String(data: d, encoding: .utf8), s.hasPrefix("v1:") else {
+            throw EC2Error("InvalidPaginationToken", "The pagination token is invalid")
+        }
+        return String(s.dropFirst(3))
+    }
+
+    /// One page of `items` (sorted by key) after the token's key.
+    static func page<T>(_ items: [T], key: (T) -> String, size: Int?, after: String?) -> (items: [T], next: String?) {
+        var rest = items
+        if let after { rest = items.filter { key($0) > after } }
+        guard let size, rest.count > size else { return (rest, nil) }
+        let page = Array(rest.prefix(size))
+        return (page, token(after: key(page.last!)))
+    }
+
+    func describeSecurityGroups(_ form: Form, _ caller: Caller) throws(EC2Error) -> (inout XMLWriter) -> Void {
+        let ids = try form.strings("GroupId")
+        let names = try form.strings("GroupName")
+        let filters = try Self.parseFilters(form) { ["group-id", "group-name", "vpc-id", "description", "owner-id", "tag-key"].contains($0) || $0.hasPrefix("tag:") }
+        let size = try Self.pageSize(form, range: 5...1000)
+        let after = try form.string("NextToken").map { t throws(EC2Error) in try Self.parseToken(t) }
+        let dryRun = try form.bool("DryRun")
+        try finish(form)
+        if dryRun { throw .dryRun }
+        if size != nil && !(ids.isEmpty && names.isEmpty) {
+            throw EC2Error("InvalidParameterCombination", "The parameter GroupIds or GroupNames cannot be used with the parameter maxResults")
+        }
+        for id in ids where !Self.isID(id, "sg") { throw EC2Error.malformedGroupID(id) }
+        let groups: [EC2Group] = try read(caller) { tx, vpc throws(EC2Error) in
+            do {
+                var all = try tx.groups(account: caller.account, region: caller.region)
+                if !ids.isEmpty {
+                    for id in ids where !all.contains(where: { $0.id == id }) { throw EC2Error.groupNotFound(id) }
+                    all = all.filter { ids.contains($0.id) }
+                }
+                if !names.isEmpty {
+                    for n in names where !all.contains(where: { $0.name == n && $0.vpc.id == vpc.id }) {
+                        throw EC2Error("InvalidGroup.NotFound", "The security group '\(n)' does not exist in default VPC '\(vpc.id)'")
+                    }
+                    all = all.filter { names.contains($0.name) && $0.vpc.id == vpc.id }
+                }
+                return all
+            } catch let e as EC2Error { throw e } catch let e as StoreError { throw Self.storeFailure(e) } catch { throw .server("\(error)") }
+        }
+        let filtered = groups.filter { g in
+            filters.allSatisfy { f in
+                let candidates: [String] = switch f.name {
+                case "group-id": [g.id]
+                case "group-name": [g.name]
+                case "vpc-id": [g.vpc.id]
+                case "description": [g.description]
+                case "owner-id": [g.vpc.account]
+                case "tag-key": Array(g.tags.keys)
+                default: g.tags[String(f.name.dropFirst(4))].map { [$0] } ?? []
+                }
+                return candidates.contains { c in f.values.contains { Self.matches($0, c) } }
+            }
+        }
+        let (page, next) = Self.page(filtered, key: \.id, size: size, after: after)
+        return { w in
+            w.list("securityGroupInfo", page) { w, g in Self.writeGroup(&w, g) }
+            w.leaf("nextToken", next)
+        }
+    }
+
+    func describeSecurityGroupRules(_ form: Form, _ caller: Caller) throws(EC2Error) -> (inout XMLWriter) -> Void {
+        let ids = try form.strings("SecurityGroupRuleId")
+        let filters = try Self.parseFilters(form) { ["group-id", "security-group-rule-id"].contains($0) }
+        let size = try Self.pageSize(form, range: 5...1000)
+        let after = try form.string("NextToken").map { t throws(EC2Error) in try Self.parseToken(t) }
+        let dryRun = try form.bool("DryRun")
+        try finish(form)
+        if dryRun { throw .dryRun }
+        for id in ids where !Self.isID(id, "sgr") {
+            throw EC2Error("InvalidSecurityGroupRuleId.Malformed", "The security group rule ID '\(id)' is malformed")
+        }
+        let groups: [EC2Group] = try read(caller) { tx, _ throws(EC2Error) in
+            do { return try tx.groups(account: caller.account, region: caller.region) } catch let e as StoreError { throw Self.storeFailure(e) } catch { throw .server("\(error)") }
+        }
+        var rows: [(Rule, EC2Group)] = []
+        for g in groups { for r in g.rules where r.id != nil { rows.append((r, g)) } }
+        rows.sort { $0.0.id! < $1.0.id! }
+        for id in ids where !rows.contains(where: { $0.0.id == id }) {
+            throw EC2Error("InvalidSecurityGroupRuleId.NotFound", "The security group rule ID '\(id)' does not exist")
+        }
+        if !ids.isEmpty { rows = rows.filter { ids.contains($0.0.id!) } }
+        rows = rows.filter { r, g in
+            filters.allSatisfy { f in
+                let c = f.name == "group-id" ? g.id : r.id!
+                return f.values.contains { Self.matches($0, c) }
+            }
+        }
+        let (page, next) = Self.page(rows, key: { $0.0.id! }, size: size, after: after)
+        return { w in
+            w.list("securityGroupRuleSet", page) { w, row in Self.writeRule(&w, row.0, row.1) }
+            w.leaf("nextToken", next)
+        }
+    }
+
+    // MARK: tags
+
+    func tags(_ form: Form, _ caller: Caller, create: Bool) throws(EC2Error) -> (inout XMLWriter) -> Void {
+        let resources = try form.strings("ResourceId")
+        if resources.isEmpty { throw .missing("ResourceId.1") }
+        let tags = try Self.parseTags(form, "Tag", valueRequired: create)
+        if create && tags.isEmpty { throw .missing("Tag.1.Key") }
+        let dryRun = try form.bool("DryRun")
+        try finish(form)
+        for r in resources where !Self.isID(r, "sg") {
+            throw EC2Error("InvalidID", "The ID '\(r)' is not valid (this server tags security groups only)")
+        }
+        try change(dryRun, caller) { tx, _ throws(EC2Error) -> (Void, [Delivery]) in
+            do {
+                for r in resources {
+                    _ = try Self.ownGroup(tx, caller, id: r)
+                    if create {
+                        try Self.applyTags(tx, r, tags)
+                    } else if tags.isEmpty {
+                        for k in try tx.tags(r).keys { try tx.deleteTag(r, key: k) }
+                    } else {
+                        let have = try tx.tags(r)
+                        // With a value, only a tag with that value is deleted.
+                        for t in tags where have[t.key] != nil && (t.value == nil || have[t.key] == t.value) { try tx.deleteTag(r, key: t.key) }
+                    }
+                }
+                return ((), [])
+            } catch let e as EC2Error { throw e } catch let e as StoreError { throw Self.storeFailure(e) } catch { throw .server("\(error)") }
+        }
+        return { w in w.leaf("return", true) }
+    }
+
+    // MARK: XML
+
+    static func writeGroup(_ w: inout XMLWriter, _ g: EC2Group) {
+        w.leaf("ownerId", g.vpc.account)
+        w.leaf("groupId", g.id)
+        w.leaf("groupName", g.name)
+        w.leaf("groupDescription", g.description)
+        w.leaf("vpcId", g.vpc.id)
+        w.leaf("securityGroupArn", "arn:aws:ec2:\(g.vpc.region):\(g.vpc.account):security-group/\(g.id)")
+        writePermissions(&w, "ipPermissions", g.rules.filter { $0.direction == .ingress }, g)
+        writePermissions(&w, "ipPermissionsEgress", g.rules.filter { $0.direction == .egress }, g)
+        w.tagSet(g.tags)
+    }
+
+    /// Rules grouped as AWS shows them: one permission per protocol and port range, in the
+    /// order of their first rule.
+    static func writePermissions(_ w: inout XMLWriter, _ name: String, _ rules: [Rule], _ g: EC2Group) {
+        struct Key: Hashable { var proto: String; var from: Int?; var to: Int? }
+        var order: [Key] = []
+        var byKey: [Key: [Rule]] = [:]
+        for r in rules {
+            let (from, to) = Permissions.ports(r)
+            let k = Key(proto: Permissions.protocolName(r.proto), from: from, to: to)
+            if byKey[k] == nil { order.append(k) }
+            byKey[k, default: []].append(r)
+        }
+        w.list(name, order) { w, k in
+            let rs = byKey[k]!
+            w.leaf("ipProtocol", k.proto)
+            w.leaf("fromPort", k.from)
+            w.leaf("toPort", k.to)
+            w.list("groups", rs.compactMap { r -> (String, String?)? in
+                if case .group(let ref) = r.remote { return (ref, r.id.flatMap { g.ruleDescriptions[$0] }) }
+                return nil
+            }) { w, x in
+                w.leaf("userId", g.vpc.account)
+                w.leaf("groupId", x.0)
+                w.leaf("description", x.1)
+            }
+            for family in [IPFamily.ipv4, .ipv6] {
+                w.list(family == .ipv4 ? "ipRanges" : "ipv6Ranges", rs.compactMap { r -> (String, String?)? in
+                    if case .cidr(let c) = r.remote, c.family == family { return (c.description, r.id.flatMap { g.ruleDescriptions[$0] }) }
+                    return nil
+                }) { w, x in
+                    w.leaf(family == .ipv4 ? "cidrIp" : "cidrIpv6", x.0)
+                    w.leaf("description", x.1)
+                }
+            }
+            w.element("prefixListIds") { _ in }
+        }
+    }
+
+    static func writeRule(_ w: inout XMLWriter, _ r: Rule, _ g: EC2Group) {
+        w.leaf("securityGroupRuleId", r.id)
+        w.leaf("groupId", g.id)
+        w.leaf("groupOwnerId", g.vpc.account)
+        w.leaf("isEgress", r.direction == .egress)
+        w.leaf("ipProtocol", Permissions.protocolName(r.proto))
+        let (from, to) = Permissions.ports(r)
+        w.leaf("fromPort", from ?? -1)
+        w.leaf("toPort", to ?? -1)
+        switch r.remote {
+        case .cidr(let c): w.leaf(c.family == .ipv4 ? "cidrIpv4" : "cidrIpv6", c.description)
+        case .group(let ref):
+            w.element("referencedGroupInfo") { w in
+                w.leaf("groupId", ref)
+                w.leaf("userId", g.vpc.account)
+            }
+        }
+        w.leaf("description", r.id.flatMap { g.ruleDescriptions[$0] })
+        w.element("tagSet") { _ in }
+        w.leaf("securityGroupRuleArn", r.id.map { "arn:aws:ec2:\(g.vpc.region):\(g.vpc.account):security-group-rule/\($0)" })
+    }
+}

@@ -1,0 +1,301 @@
+import Foundation
+import RampartCore
+
+// What the EC2 API (RampartEC2) keeps beside the contract's groups and rules: VPCs, each group's
+// VPC and name, tags, and rule descriptions. A security group is a Rampart group whose id is its
+// `sg-…` id; its rules are the contract's rules, each with its `sgr-…` id in the rule's `id`.
+// The API's calls run in one transaction each (`ec2Change`), like the controller verbs.
+
+extension SQLStore {
+    /// The EC2 tables, in the SQL both databases accept (SQLite: created on every open;
+    /// PostgreSQL: schema version 3).
+    static let ec2Schema = [
+        """
+        CREATE TABLE IF NOT EXISTS ec2_vpcs(id TEXT PRIMARY KEY, account TEXT NOT NULL, region TEXT NOT NULL,
+            cidr TEXT NOT NULL, is_default INTEGER NOT NULL)
+        """,
+        "CREATE UNIQUE INDEX IF NOT EXISTS ec2_vpcs_default ON ec2_vpcs(account, region) WHERE is_default = 1",
+        """
+        CREATE TABLE IF NOT EXISTS ec2_groups(id TEXT PRIMARY KEY REFERENCES groups(id), vpc_id TEXT NOT NULL REFERENCES ec2_vpcs(id),
+            name TEXT NOT NULL, UNIQUE(vpc_id, name))
+        """,
+        "CREATE TABLE IF NOT EXISTS ec2_tags(resource TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY(resource, key))",
+        """
+        CREATE TABLE IF NOT EXISTS ec2_rule_descriptions(rule_id TEXT PRIMARY KEY, group_id TEXT NOT NULL REFERENCES groups(id),
+            description TEXT NOT NULL)
+        """,
+        "CREATE INDEX IF NOT EXISTS ec2_rule_descriptions_group ON ec2_rule_descriptions(group_id)",
+        """
+        CREATE TABLE IF NOT EXISTS ec2_instances(id TEXT PRIMARY KEY REFERENCES instances(id), vpc_id TEXT NOT NULL REFERENCES ec2_vpcs(id),
+            reservation TEXT NOT NULL, image TEXT NOT NULL, type TEXT NOT NULL, launched TEXT NOT NULL, client_token TEXT)
+        """,
+        "CREATE INDEX IF NOT EXISTS ec2_instances_vpc ON ec2_instances(vpc_id)",
+    ]
+
+    /// Runs `body` as one write transaction (a verb: with PostgreSQL its fan-out is appended to
+    /// the hosts' change logs before COMMIT). Any error `body` throws rolls everything back and
+    /// is rethrown as it was. `body` may run more than once (PostgreSQL serialization retries).
+    public func ec2Change<T>(_ body: (EC2Transaction) throws -> (T, [Delivery])) throws -> (T, [Delivery]) {
+        var value: T?
+        var failure: (any Error)?
+        do {
+            let deliveries = try verb { () throws(StoreError) -> [Delivery] in
+                failure = nil
+                do {
+                    let (v, d) = try body(EC2Transaction(self))
+                    value = v
+                    return d
+                } catch let e as StoreError {
+                    throw e
+                } catch {
+                    failure = error
+                    throw StoreError(.invalid, "rolled back")
+                }
+            }
+            return (value!, deliveries)
+        } catch {
+            if let failure { throw failure }
+            throw error
+        }
+    }
+
+    /// Runs `body` in one read transaction (one snapshot).
+    public func ec2Read<T>(_ body: (EC2Transaction) throws -> T) throws -> T {
+        var value: T?
+        var failure: (any Error)?
+        do {
+            try reading { () throws(StoreError) in
+                do { value = try body(EC2Transaction(self)) } catch let e as StoreError { throw e } catch {
+                    failure = error
+                    throw StoreError(.invalid, "read failed")
+                }
+            }
+            return value!
+        } catch {
+            if let failure { throw failure }
+            throw error
+        }
+    }
+}
+
+/// A VPC: the namespace of security groups.
+public struct EC2VPC: Hashable, Sendable {
+    public var id: String
+    public var account: String
+    public var region: String
+    public var cidr: String
+    public var isDefault: Bool
+    public init(id: String, account: String, region: String, cidr: String, isDefault: Bool) {
+        self.id = id
+        self.account = account
+        self.region = region
+        self.cidr = cidr
+        self.isDefault = isDefault
+    }
+}
+
+/// A security group as the EC2 API sees it.
+public struct EC2Group: Hashable, Sendable {
+    public var id: String
+    public var name: String
+    public var description: String
+    public var vpc: EC2VPC
+    /// The contract's rules, each with its `sgr-…` id.
+    public var rules: [Rule]
+    /// Rule id → description (rules without one are absent).
+    public var ruleDescriptions: [String: String]
+    public var tags: [String: String]
+}
+
+/// The calls of one EC2 transaction (see `SQLStore.ec2Change`). Valid only inside its body.
+public struct EC2Transaction {
+    let store: SQLStore
+    init(_ store: SQLStore) { self.store = store }
+    var db: any SQLConnection { store.db }
+
+    // MARK: VPCs
+
+    private func vpcs(_ whereClause: String, _ args: [SQLValue]) throws(StoreError) -> [EC2VPC] {
+        try db.query("SELECT id, account, region, cidr, is_default FROM ec2_vpcs " + whereClause, args).map { r in
+            EC2VPC(id: r[0] ?? "", account: r[1] ?? "", region: r[2] ?? "", cidr: r[3] ?? "", isDefault: r[4] == "1")
+        }
+    }
+
+    public func defaultVPC(account: String, region: String) throws(StoreError) -> EC2VPC? {
+        try vpcs("WHERE account = ? AND region = ? AND is_default = 1", [.text(account), .text(region)]).first
+    }
+
+    public func vpc(_ id: String) throws(StoreError) -> EC2VPC? {
+        try vpcs("WHERE id = ?", [.text(id)]).first
+    }
+
+    public func insertVPC(_ v: EC2VPC) throws(StoreError) {
+        try db.run("INSERT INTO ec2_vpcs(id, account, region, cidr, is_default) VALUES (?, ?, ?, ?, ?)",
+                   .text(v.id), .text(v.account), .text(v.region), .text(v.cidr), .int(v.isDefault ? 1 : 0))
+    }
+
+    // MARK: groups
+
+    /// The groups of every VPC of `account` in `region`, by id.
+    public func groups(account: String, region: String) throws(StoreError) -> [EC2Group] {
+        let ids = try db.query("""
+            SELECT g.id FROM ec2_groups g JOIN ec2_vpcs v ON v.id = g.vpc_id WHERE v.account = ? AND v.region = ? ORDER BY g.id
+            """, .text(account), .text(region)).compactMap { $0[0] }
+        var out: [EC2Group] = []
+        for id in ids { if let g = try group(id) { out.append(g) } }
+        return out
+    }
+
+    public func group(_ id: String) throws(StoreError) -> EC2Group? {
+        guard let row = try db.query("SELECT vpc_id, name FROM ec2_groups WHERE id = ?", .text(id)).first,
+              let vpcID = row[0], let name = row[1], let vpc = try vpc(vpcID), let g = try store.groupRow(id)
+        else { return nil }
+        var descriptions: [String: String] = [:]
+        for r in try db.query("SELECT rule_id, description FROM ec2_rule_descriptions WHERE group_id = ?", .text(id)) {
+            if let k = r[0], let v = r[1] { descriptions[k] = v }
+        }
+        return EC2Group(id: id, name: name, description: g.description ?? "", vpc: vpc, rules: g.rules,
+                        ruleDescriptions: descriptions, tags: try tags(id))
+    }
+
+    /// The id of the group named `name` in `vpc`.
+    public func groupID(vpc: String, name: String) throws(StoreError) -> String? {
+        try db.query("SELECT id FROM ec2_groups WHERE vpc_id = ? AND name = ?", .text(vpc), .text(name)).first?[0] ?? nil
+    }
+
+    /// Creates the group (no rules: `setRules` adds them).
+    public func insertGroup(id: String, vpc: String, name: String, description: String) throws(StoreError) {
+        try db.run("INSERT INTO groups(id, description, rules) VALUES (?, ?, '[]')", .text(id), .text(description))
+        try db.run("INSERT INTO ec2_groups(id, vpc_id, name) VALUES (?, ?, ?)", .text(id), .text(vpc), .text(name))
+    }
+
+    /// Up to three instances in the group.
+    public func members(of group: String) throws(StoreError) -> [String] {
+        try db.query("SELECT instance FROM instance_groups WHERE group_id = ? ORDER BY instance LIMIT 3", .text(group)).compactMap { $0[0] }
+    }
+
+    /// Up to three other groups whose rules reference `group`.
+    public func referrers(of group: String) throws(StoreError) -> [String] {
+        try db.query("SELECT group_id FROM group_refs WHERE ref = ? AND group_id <> ? ORDER BY group_id LIMIT 3", .text(group), .text(group)).compactMap { $0[0] }
+    }
+
+    /// Deletes the group with its metadata (the caller has checked `members` and `referrers`).
+    public func deleteGroup(_ id: String) throws(StoreError) {
+        try db.run("DELETE FROM ec2_rule_descriptions WHERE group_id = ?", .text(id))
+        try db.run("DELETE FROM ec2_tags WHERE resource = ?", .text(id))
+        try db.run("DELETE FROM ec2_groups WHERE id = ?", .text(id))
+        try db.run("DELETE FROM group_refs WHERE group_id = ?", .text(id))
+        try db.run("DELETE FROM groups WHERE id = ?", .text(id))
+    }
+
+    /// Replaces the group's rules and their descriptions; returns the fan-out (the hosts of its
+    /// members get `refresh_security_group_rules`). A referenced group must exist.
+    public func setRules(_ group: String, _ rules: [Rule], descriptions: [String: String]) throws(StoreError) -> [Delivery] {
+        let issues = rules.enumerated().flatMap { Validate.rule($1, at: "rules[\($0)]") }
+        if !issues.isEmpty { throw StoreError(.invalid, issues.map(\.description).joined(separator: "; ")) }
+        try store.writeRules(group, rules)
+        try db.run("DELETE FROM ec2_rule_descriptions WHERE group_id = ?", .text(group))
+        for r in rules {
+            if let id = r.id, let d = descriptions[id] {
+                try db.run("INSERT INTO ec2_rule_descriptions(rule_id, group_id, description) VALUES (?, ?, ?)", .text(id), .text(group), .text(d))
+            }
+        }
+        return try store.fanOut(rules: group).sorted()
+    }
+
+    // MARK: instances
+
+    /// The hosts registered in the store, with how many instances each has.
+    public func hostLoads() throws(StoreError) -> [(host: String, instances: Int)] {
+        try db.query("SELECT h.name, (SELECT count(*) FROM instances i WHERE i.host = h.name) FROM hosts h ORDER BY h.name").compactMap { r in
+            guard let h = r[0] else { return nil }
+            return (h, Int(r[1] ?? "0") ?? 0)
+        }
+    }
+
+    /// Adds an instance (the controller's `addInstance`, in this transaction) with its EC2 metadata.
+    public func insertInstance(_ id: String, _ inst: Instance, _ meta: EC2Instance) throws(StoreError) -> [Delivery] {
+        let out = try store.insertInstance(id, inst)
+        try db.run("INSERT INTO ec2_instances(id, vpc_id, reservation, image, type, launched, client_token) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                   .text(id), .text(meta.vpc.id), .text(meta.reservation), .text(meta.image), .text(meta.type), .text(meta.launched),
+                   meta.clientToken.map { .text($0) } ?? .null)
+        return out
+    }
+
+    /// Removes an instance and its metadata.
+    public func deleteInstance(_ id: String) throws(StoreError) -> [Delivery] {
+        try db.run("DELETE FROM ec2_tags WHERE resource = ?", .text(id))
+        try db.run("DELETE FROM ec2_instances WHERE id = ?", .text(id))
+        return try store.deleteInstance(id)
+    }
+
+    /// The instances of every VPC of `account` in `region`, by id.
+    public func instances(account: String, region: String) throws(StoreError) -> [EC2Instance] {
+        let rows = try db.query("""
+            SELECT e.id, e.vpc_id, e.reservation, e.image, e.type, e.launched, e.client_token FROM ec2_instances e JOIN ec2_vpcs v ON v.id = e.vpc_id
+            WHERE v.account = ? AND v.region = ? ORDER BY e.id
+            """, .text(account), .text(region))
+        var out: [EC2Instance] = []
+        for r in rows {
+            guard let id = r[0], let vpcID = r[1], let vpc = try vpc(vpcID), let inst = try store.records("WHERE i.id = ?", [.text(id)])[id] else { continue }
+            out.append(EC2Instance(id: id, vpc: vpc, reservation: r[2] ?? "", image: r[3] ?? "", type: r[4] ?? "", launched: r[5] ?? "",
+                                   clientToken: r[6], record: inst))
+        }
+        return out
+    }
+
+    /// Every address used by an instance of `vpc`.
+    public func addresses(vpc: String) throws(StoreError) -> Set<IPAddress> {
+        var out = Set<IPAddress>()
+        for r in try db.query("SELECT i.ips FROM instances i JOIN ec2_instances e ON e.id = i.id WHERE e.vpc_id = ?", .text(vpc)) {
+            for t in (r[0] ?? "").split(separator: ",") { if let a = IPAddress(String(t)) { out.insert(a) } }
+        }
+        return out
+    }
+
+    // MARK: tags
+
+    public func tags(_ resource: String) throws(StoreError) -> [String: String] {
+        var out: [String: String] = [:]
+        for r in try db.query("SELECT key, value FROM ec2_tags WHERE resource = ?", .text(resource)) {
+            if let k = r[0], let v = r[1] { out[k] = v }
+        }
+        return out
+    }
+
+    public func setTag(_ resource: String, key: String, value: String) throws(StoreError) {
+        try db.run("INSERT INTO ec2_tags(resource, key, value) VALUES (?, ?, ?) ON CONFLICT(resource, key) DO UPDATE SET value = excluded.value",
+                   .text(resource), .text(key), .text(value))
+    }
+
+    public func deleteTag(_ resource: String, key: String) throws(StoreError) {
+        try db.run("DELETE FROM ec2_tags WHERE resource = ? AND key = ?", .text(resource), .text(key))
+    }
+}
+
+/// An instance as the EC2 API sees it.
+public struct EC2Instance: Hashable, Sendable {
+    public var id: String
+    public var vpc: EC2VPC
+    public var reservation: String
+    public var image: String
+    public var type: String
+    /// ISO 8601, UTC.
+    public var launched: String
+    /// RunInstances' idempotency token.
+    public var clientToken: String?
+    /// The contract's record: host, groups, address, interface, MAC.
+    public var record: Instance?
+
+    public init(id: String, vpc: EC2VPC, reservation: String, image: String, type: String, launched: String,
+                clientToken: String? = nil, record: Instance? = nil) {
+        self.id = id
+        self.vpc = vpc
+        self.reservation = reservation
+        self.image = image
+        self.type = type
+        self.launched = launched
+        self.clientToken = clientToken
+        self.record = record
+    }
+}

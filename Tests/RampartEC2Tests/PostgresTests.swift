@@ -1,0 +1,32 @@
+import Foundation
+import RampartCore
+import RampartHarness
+import RampartStore
+import Testing
+
+/// The same API over a PostgreSQL store (schema version 3): the EC2 tables' SQL on the other
+/// database, and a rule change logged for the member's host in the change log (which delivers).
+@Suite("EC2 API on PostgreSQL", .serialized, .enabled(if: getuid() == 0, "starts a PostgreSQL cluster (root)"))
+struct EC2PostgresTests {
+    @Test func actionsOnPostgres() throws {
+        let url = try SharedPostgres.freshDatabase("ec2")
+        let api = try APIServerFixture(store: url)
+        let st = try #require(try api.store() as? PostgresStore)
+        #expect(try st.installedSchemaVersion() == 3)
+        let web = try #require(try api.awsOK(["create-security-group", "--group-name", "web", "--description", "w"])["GroupId"] as? String)
+        try api.awsFails(["create-security-group", "--group-name", "web", "--description", "w"], code: "InvalidGroup.Duplicate")
+        _ = try st.addInstance("i-1", Instance(host: "hv1", groups: [web], ips: [IPAddress("10.0.0.5")!], interface: "tap1"))
+        _ = try api.awsOK(["authorize-security-group-ingress", "--group-id", web, "--ip-permissions",
+                           "IpProtocol=tcp,FromPort=22,ToPort=22,IpRanges=[{CidrIp=10.0.0.0/8,Description=ssh}]"])
+        _ = try api.awsOK(["create-tags", "--resources", web, "--tags", "Key=env,Value=prod"])
+        let g = try #require(items(try api.awsOK(["describe-security-groups", "--filters", "Name=tag:env,Values=prod"]), "SecurityGroups").first)
+        #expect(g["GroupId"] as? String == web)
+        #expect((items(g, "IpPermissions").first?["IpRanges"] as? [[String: String]]) == [["CidrIp": "10.0.0.0/8", "Description": "ssh"]])
+        let logged = try st.rawQueryForTesting("SELECT refresh FROM change_log WHERE host = 'hv1' ORDER BY seq").compactMap { $0[0] }
+        #expect(logged.contains("rules:\(web)"))
+        try api.awsFails(["delete-security-group", "--group-id", web], code: "DependencyViolation")
+        _ = try st.removeInstance("i-1")
+        _ = try api.awsOK(["delete-security-group", "--group-id", web])
+        #expect(try st.group(web) == nil)
+    }
+}
