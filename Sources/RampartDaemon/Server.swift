@@ -183,7 +183,7 @@ extension APIServer {
     }
 }
 
-private final class HTTPHandler: ChannelInboundHandler, @unchecked Sendable {
+private final class HTTPHandler: IdleClosingHandler, @unchecked Sendable {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
 
@@ -192,26 +192,12 @@ private final class HTTPHandler: ChannelInboundHandler, @unchecked Sendable {
     private var head: HTTPRequestHead?
     private var body: [UInt8] = []
     private var tooLarge = false
-    private let idle: IdleDeadline
+    let idle: IdleDeadline
 
     init(router: APIRouter, logger: Logger, idleTimeout: Double) {
         self.router = router
         self.logger = logger
         idle = IdleDeadline(seconds: idleTimeout)
-    }
-
-    func channelActive(context: ChannelHandlerContext) {
-        idle.arm(context)
-        context.fireChannelActive()
-    }
-
-    func handlerAdded(context: ChannelHandlerContext) {
-        if context.channel.isActive { idle.arm(context) }
-    }
-
-    func channelInactive(context: ChannelHandlerContext) {
-        idle.cancel()
-        context.fireChannelInactive()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {

@@ -137,7 +137,7 @@ struct RequestHandler: Sendable {
     }
 }
 
-private final class HTTPHandler: ChannelInboundHandler, @unchecked Sendable {
+private final class HTTPHandler: IdleClosingHandler, @unchecked Sendable {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
 
@@ -147,26 +147,12 @@ private final class HTTPHandler: ChannelInboundHandler, @unchecked Sendable {
     private var body: [UInt8] = []
     /// The request was answered early (too large): the rest of it is ignored.
     private var refused = false
-    private let idle: IdleDeadline
+    let idle: IdleDeadline
 
     init(handler: RequestHandler, limits: EC2Server.Limits) {
         self.handler = handler
         self.limits = limits
         idle = IdleDeadline(seconds: limits.idleTimeout)
-    }
-
-    func channelActive(context: ChannelHandlerContext) {
-        idle.arm(context)
-        context.fireChannelActive()
-    }
-
-    func handlerAdded(context: ChannelHandlerContext) {
-        if context.channel.isActive { idle.arm(context) }
-    }
-
-    func channelInactive(context: ChannelHandlerContext) {
-        idle.cancel()
-        context.fireChannelInactive()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {

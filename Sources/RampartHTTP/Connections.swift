@@ -79,3 +79,26 @@ public final class ConnectionRefuser: ChannelInboundHandler {
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
 }
+
+/// A connection handler whose connection closes when idle (`IdleDeadline`): the deadline is
+/// armed when the connection becomes active (or the handler is added to an active one) and
+/// cancelled when it goes away. Both servers' handlers take these three events from here.
+public protocol IdleClosingHandler: ChannelInboundHandler {
+    var idle: IdleDeadline { get }
+}
+
+extension IdleClosingHandler {
+    public func channelActive(context: ChannelHandlerContext) {
+        idle.arm(context)
+        context.fireChannelActive()
+    }
+
+    public func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { idle.arm(context) }
+    }
+
+    public func channelInactive(context: ChannelHandlerContext) {
+        idle.cancel()
+        context.fireChannelInactive()
+    }
+}

@@ -184,7 +184,7 @@ final class StoreCloud: @unchecked Sendable {
 
     /// The host's document, read again if the test's connection was lost (a server restart).
     func document(_ host: String) throws -> Document {
-        do { return try store.document(forHost: host) } catch let e as StoreError where e.kind == .unavailable {
+        do { return try store.document(forHost: host) } catch where error.kind == .unavailable {
             return try store.document(forHost: host)
         }
     }
