@@ -83,7 +83,11 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         // What the HTTP servers (the daemon's API, the EC2 API) share: idle deadlines, the connection cap.
-        .target(name: "RampartHTTP", dependencies: [.product(name: "NIOCore", package: "swift-nio")]),
+        .target(name: "RampartHTTP", dependencies: [
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+        ]),
         // The daemon's core: engine + backend, coalescing refresh queue, resync, status, metrics,
         // and the HTTP/JSON API over a Unix socket (SwiftNIO).
         .target(

@@ -34,19 +34,20 @@ public final class APIServer: Sendable {
     private let group: MultiThreadedEventLoopGroup
     private let channel: NIOLockedValueBox<Channel?> = NIOLockedValueBox(nil)
     private let bound: NIOLockedValueBox<(dev: UInt64, ino: UInt64)?> = NIOLockedValueBox(nil)
-    private let connections = NIOLockedValueBox(0)
     private let logger: Logger
+    private let cap: ConnectionCap
 
     public init(socketPath: String, router: APIRouter, limits: Limits = Limits(), logger: Logger = Logger(label: "rampartd.api")) {
         self.socketPath = socketPath
         self.router = router
         self.limits = limits
+        cap = ConnectionCap(maxConnections: limits.maxConnections, refusal: Self.refusal)
         self.logger = logger
         group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     }
 
     /// Connections open now (for tests and status).
-    public var openConnections: Int { connections.withLockedValue { $0 } }
+    public var openConnections: Int { cap.openConnections }
 
     /// Binds the socket (replacing a stale one) and starts accepting.
     /// `mode` and `group` open the socket to a group of non-root clients when asked (the default
@@ -98,20 +99,11 @@ public final class APIServer: Sendable {
         let router = self.router
         let logger = self.logger
         let limits = self.limits
-        let connections = self.connections
+        let cap = self.cap
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .childChannelInitializer { channel in
-                let n = connections.withLockedValue { $0 += 1; return $0 }
-                channel.closeFuture.whenComplete { _ in connections.withLockedValue { $0 -= 1 } }
-                return channel.eventLoop.makeCompletedFuture {
-                    if n > limits.maxConnections {
-                        try channel.pipeline.syncOperations.addHandler(ConnectionRefuser(response: APIServer.refusal))
-                        return
-                    }
-                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-                    try channel.pipeline.syncOperations.addHandler(HTTPHandler(router: router, logger: logger, idleTimeout: limits.idleTimeout))
-                }
+                cap.initialize(channel) { HTTPHandler(router: router, logger: logger, idleTimeout: limits.idleTimeout) }
             }
         let old = umask(0o177)
         let ch: Channel

@@ -34,37 +34,29 @@ public final class EC2Server: Sendable {
     public let service: EC2Service
     public let auth: Auth
     public let limits: Limits
+    private let cap: ConnectionCap
     let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     let channel = NIOLockedValueBox<Channel?>(nil)
-    let connections = NIOLockedValueBox(0)
     let logger: Logger
 
     public init(service: EC2Service, auth: Auth, limits: Limits = Limits(), logger: Logger = Logger(label: "rampart-api")) {
         self.service = service
         self.auth = auth
         self.limits = limits
+        cap = ConnectionCap(maxConnections: limits.maxConnections, refusal: Self.refusal)
         self.logger = logger
     }
 
     /// Binds and starts accepting; returns the port bound (useful with port 0).
     public func start(host: String, port: Int) throws -> Int {
         let limits = self.limits
-        let connections = self.connections
+        let cap = self.cap
         let handler = RequestHandler(server: self)
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
-                let n = connections.withLockedValue { $0 += 1; return $0 }
-                channel.closeFuture.whenComplete { _ in connections.withLockedValue { $0 -= 1 } }
-                return channel.eventLoop.makeCompletedFuture {
-                    if n > limits.maxConnections {
-                        try channel.pipeline.syncOperations.addHandler(ConnectionRefuser(response: EC2Server.refusal))
-                        return
-                    }
-                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-                    try channel.pipeline.syncOperations.addHandler(HTTPHandler(handler: handler, limits: limits))
-                }
+                cap.initialize(channel) { HTTPHandler(handler: handler, limits: limits) }
             }
         let ch = try bootstrap.bind(host: host, port: port).wait()
         channel.withLockedValue { $0 = ch }

@@ -1,4 +1,6 @@
+import NIOConcurrencyHelpers
 import NIOCore
+import NIOHTTP1
 
 // What the daemon's API server and the EC2 API server share about connections: the idle
 // deadline of a connection and the refusal of connections over the cap.
@@ -100,5 +102,38 @@ extension IdleClosingHandler {
     public func channelInactive(context: ChannelHandlerContext) {
         idle.cancel()
         context.fireChannelInactive()
+    }
+}
+
+/// The open connections of a server and the cap beyond which a new one is refused: both
+/// servers set their connections up through `initialize`.
+public final class ConnectionCap: Sendable {
+    public let maxConnections: Int
+    /// The whole answer a refused connection gets before it is closed (`ConnectionRefuser`).
+    public let refusal: String
+    private let open = NIOLockedValueBox(0)
+
+    public init(maxConnections: Int, refusal: String) {
+        self.maxConnections = maxConnections
+        self.refusal = refusal
+    }
+
+    /// Connections open now.
+    public var openConnections: Int { open.withLockedValue { $0 } }
+
+    /// Sets up a new connection: counted until it closes; over the cap, answered with the
+    /// refusal and closed; else an HTTP/1.1 pipeline ending in `handler()`.
+    public func initialize(_ channel: any Channel, handler: @escaping () -> any ChannelHandler) -> EventLoopFuture<Void> {
+        let n = open.withLockedValue { $0 += 1; return $0 }
+        channel.closeFuture.whenComplete { [open] _ in open.withLockedValue { $0 -= 1 } }
+        let refusal = self.refusal
+        return channel.eventLoop.makeCompletedFuture {
+            if n > maxConnections {
+                try channel.pipeline.syncOperations.addHandler(ConnectionRefuser(response: refusal))
+                return
+            }
+            try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+            try channel.pipeline.syncOperations.addHandler(handler())
+        }
     }
 }
