@@ -72,11 +72,6 @@ public final class PostgresStore: SQLStore, ChangeLog, @unchecked Sendable {
         }
     }
 
-    /// Runs a read-only query, for tests that look at the change log's tables directly.
-    public func rawQueryForTesting(_ sql: String) throws(StoreError) -> [[String?]] {
-        try reading { () throws(StoreError) in try db.query(sql) }
-    }
-
     /// Drops the connection; the next call reconnects.
     public func disconnect() { connection.close() }
 

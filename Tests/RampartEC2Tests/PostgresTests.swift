@@ -22,8 +22,8 @@ struct EC2PostgresTests {
         let g = try #require(items(try api.awsOK(["describe-security-groups", "--filters", "Name=tag:env,Values=prod"]), "SecurityGroups").first)
         #expect(g["GroupId"] as? String == web)
         #expect((items(g, "IpPermissions").first?["IpRanges"] as? [[String: String]]) == [["CidrIp": "10.0.0.0/8", "Description": "ssh"]])
-        let logged = try st.rawQueryForTesting("SELECT refresh FROM change_log WHERE host = 'hv1' ORDER BY seq").compactMap { $0[0] }
-        #expect(logged.contains("rules:\(web)"))
+        let logged = try st.entries(host: "hv1", after: 0, limit: 100).entries.map(\.refresh)
+        #expect(logged.contains(.rules(web)))
         try api.awsFails(["delete-security-group", "--group-id", web], code: "DependencyViolation")
         _ = try st.removeInstance("i-1")
         _ = try api.awsOK(["delete-security-group", "--group-id", web])
