@@ -8,8 +8,8 @@ import Foundation
 /// `postgresql://` is accepted too. As in libpq, a `host` parameter that is a directory
 /// names the Unix socket `DIR/.s.PGSQL.PORT`. `sslmode`: `disable` (the default for a Unix
 /// socket), `require` (encrypted, server not verified), `verify-full` (the default over TCP:
-/// encrypted, and the certificate must match HOST and chain to `sslrootcert`, else to the
-/// system's roots). A password may also come from `PGPASSWORD`, which keeps it out of `ps`.
+/// encrypted, the certificate must chain to `sslrootcert`, else to the system's roots, and
+/// match HOST when HOST is a name: postgres-nio sends no server name for an address). A password may also come from `PGPASSWORD`, which keeps it out of `ps`.
 public struct PostgresLocation: Sendable, Equatable, CustomStringConvertible {
     public enum TLSMode: String, Sendable { case disable, require, verifyFull = "verify-full" }
 
