@@ -77,6 +77,12 @@ public final class ChangeLogFollower: @unchecked Sendable {
         self.logger = logger
     }
 
+    /// Direct mode: the PostgreSQL store's own log, woken by one LISTEN connection of its own
+    /// (what `rampartd --store postgres://…` runs; a relay tier would pass other wake-ups).
+    public convenience init(daemon: Daemon, postgres store: PostgresStore, settings: Settings = Settings()) {
+        self.init(daemon: daemon, log: store, wakeups: PostgresWakeups(location: store.location), settings: settings, logger: daemon.logger)
+    }
+
     /// Reads the host's log head: call before the daemon's first sync, which then loads a
     /// document at least as new, so that applying from here misses nothing. Throws if the store
     /// cannot be read (the follower then reloads the document once it can).

@@ -294,7 +294,7 @@ final class LiveDaemon: @unchecked Sendable {
         store = try PostgresStore(url: url, migrate: false)
         let choice = BackendChoice(.nftables, netns: netns)
         daemon = Daemon(configuration: .init(host: host, resyncInterval: 3600), store: store, backend: choice.factory, cutter: choice.cutter())
-        follower = ChangeLogFollower(daemon: daemon, log: store, wakeups: PostgresWakeups(location: store.location), logger: daemon.logger)
+        follower = ChangeLogFollower(daemon: daemon, postgres: store)
         try follower.prime()
         daemon.start()
         follower.start()
@@ -313,7 +313,7 @@ final class LiveDaemon: @unchecked Sendable {
     /// Stops the follower and makes a new one, primed now and not started.
     func replaceFollower() throws -> ChangeLogFollower {
         follower.stop()
-        follower = ChangeLogFollower(daemon: daemon, log: store, wakeups: PostgresWakeups(location: store.location), logger: daemon.logger)
+        follower = ChangeLogFollower(daemon: daemon, postgres: store)
         try follower.prime()
         return follower
     }

@@ -100,7 +100,7 @@ struct RampartD: AsyncParsableCommand {
         // PostgreSQL: this host's change log delivers its refresh calls (the socket API stays).
         var follower: ChangeLogFollower?
         if let pg = st as? PostgresStore {
-            let f = ChangeLogFollower(daemon: daemon, log: pg, wakeups: PostgresWakeups(location: pg.location), logger: logger)
+            let f = ChangeLogFollower(daemon: daemon, postgres: pg)
             // Before the first sync: its document is then at least as new as this position.
             do { try f.prime() } catch { logger.warning("change log head unreadable; the follower reloads the document once it can", metadata: ["error": "\(error)"]) }
             follower = f
