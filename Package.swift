@@ -59,7 +59,11 @@ let package = Package(
         // The iptables backend: the same IR as iptables-restore --noflush input and ipsets.
         .target(name: "RampartIPTables", dependencies: ["RampartCore", "RampartSystem", "CIPSet"]),
         // The nftables backend: IR ⇄ netlink objects, plans as one batch, read-back, drift repair.
-        .target(name: "RampartNFTables", dependencies: ["RampartCore", "RampartNetlink"]),
+        .target(name: "RampartNFTables", dependencies: [
+            "RampartCore", "RampartNetlink",
+            // HMAC-SHA256: the slot layout's group keys (Layout.swift).
+            .product(name: "Crypto", package: "swift-crypto"),
+        ]),
         // Revocation, for either backend: after a commit that narrowed access, the conntrack
         // entries the committed IR no longer allows are found and deleted (ctnetlink).
         .target(name: "RampartConntrack", dependencies: ["RampartCore", "RampartNetlink", "RampartSystem"]),

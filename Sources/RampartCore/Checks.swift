@@ -144,6 +144,15 @@ enum Checks {
         return out
     }
 
+    /// Why an instance of `host` cannot have these groups, or nil: more than `Instance.maxGroups`
+    /// distinct groups, checked for instances of this host (all instances when `thisHost` is nil).
+    static func groupCountProblem(_ groups: [String], host: String, thisHost: String?) -> String? {
+        guard thisHost == nil || host == thisHost, groups.count > Instance.maxGroups else { return nil }
+        let n = uniqued(groups).count
+        guard n > Instance.maxGroups else { return nil }
+        return "\(n) groups; an instance may be in at most \(Instance.maxGroups)"
+    }
+
     /// Rules of one instance that need no other instance: ids, references, interface, addresses.
     static func instanceIssues(id: String, _ inst: Instance, path: String, thisHost: String?, groupExists: (String) -> Bool) -> [ValidationIssue] {
         var out: [ValidationIssue] = []
@@ -151,6 +160,9 @@ enum Checks {
         if let p = hostProblem(inst.host) { out.append(ValidationIssue(path: joinPath(path, "host"), reason: p)) }
         for (i, g) in inst.groups.enumerated() where !groupExists(g) {
             out.append(ValidationIssue(path: joinPath(path, "groups") + "[\(i)]", reason: "unknown group \(quoted(g))"))
+        }
+        if let p = groupCountProblem(inst.groups, host: inst.host, thisHost: thisHost) {
+            out.append(ValidationIssue(path: joinPath(path, "groups"), reason: p))
         }
         if inst.ips.isEmpty { out.append(ValidationIssue(path: joinPath(path, "ips"), reason: "needs at least one address")) }
         for (i, a) in inst.ips.enumerated() {

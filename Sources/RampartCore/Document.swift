@@ -139,6 +139,11 @@ public struct Instance: Hashable, Sendable {
     /// Source MAC its frames must carry, when given.
     public var mac: MACAddress?
 
+    /// The most groups an instance on a host may have (repeats counted once): EC2's limit per
+    /// network interface, and the number of group slots the nftables layout gives an instance
+    /// (docs/nftables.md). An instance of another host is not held to it by this host.
+    public static let maxGroups = 16
+
     public init(host: String, groups: [String] = [], ips: [IPAddress], interface: String? = nil, mac: MACAddress? = nil) {
         self.host = host
         self.groups = groups

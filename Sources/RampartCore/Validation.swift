@@ -274,6 +274,7 @@ struct DocumentWalker {
                     if !exists(g) { issue(gp + "[\(i)]", "unknown group \(quoted(g))") } else { groups.append(g) }
                 }
             } else { issue(gp, "expected an array, got \(x.typeName)") }
+            if let h = host, let p = Checks.groupCountProblem(groups, host: h, thisHost: thisHost) { issue(gp, p) }
         }
         var ips: [IPAddress] = []
         if let x = o["ips"] {

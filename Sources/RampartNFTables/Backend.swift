@@ -12,13 +12,18 @@ import RampartNetlink
 public final class NFTablesBackend {
     public let client: NFTablesClient
     public let table: String
+    /// How instance dispatch is laid out in the kernel (`NFTLayout`).
+    public let layout: NFTLayout
     /// What Rampart believes the kernel holds (nil: no table), valid at `mirrorGeneration`.
     public private(set) var mirror: RulesetIR?
     public private(set) var mirrorGeneration: UInt32?
+    /// What the kernel holds of the slot layout's own objects, valid with the mirror.
+    var slots = SlotState()
 
-    public init(client: NFTablesClient, table: String = Naming.table) {
+    public init(client: NFTablesClient, table: String = Naming.table, layout: NFTLayout = .slots) {
         self.client = client
         self.table = table
+        self.layout = layout
     }
 
     /// Reads the table back as IR (see `Observe`); `reference` is the IR expected, against which
@@ -27,13 +32,14 @@ public final class NFTablesBackend {
         while true {
             let before = try client.generation()
             if let snap = try client.readTable(family: .inet, name: table) {
-                mirror = Observe.ir(snap, reference: reference)
+                (mirror, slots) = Observe.read(snap, reference: reference, layout: layout)
                 mirrorGeneration = snap.generation
                 return mirror
             }
             // No table: trust its absence only if nobody committed around the read.
             if try client.generation() == before {
                 mirror = nil
+                slots = SlotState()
                 mirrorGeneration = before
                 return nil
             }
@@ -57,13 +63,14 @@ public final class NFTablesBackend {
     public func commit(_ plan: Plan, result: RulesetIR?) throws(NetlinkError) -> BackendChange {
         guard !plan.isEmpty else { return .none }
         let previous = mirrorGeneration == nil ? nil : mirror
-        let batch = Translate.batch(plan, table: table, desired: result)
+        let (batch, after) = try lower(plan, result: result)
         do {
             let r = try client.commit(batch, expectedGeneration: mirrorGeneration)
             mirror = result
+            slots = after
             mirrorGeneration = r.generation
             lastCommit = r
-            return change(plan, previous: previous, generation: r.generation)
+            return change(plan, batch: batch, previous: previous, generation: r.generation)
         } catch let error {
             // Whatever happened, the mirror can no longer be trusted without a look.
             mirrorGeneration = nil
@@ -75,8 +82,10 @@ public final class NFTablesBackend {
     public private(set) var lastCommit: CommitResult?
 
     /// `rendered`: the nft text too (only `pending` pays for it: a commit's hot path does not).
-    private func change(_ plan: Plan, previous: RulesetIR?, generation: UInt32?, rendered: Bool = false) -> BackendChange {
-        BackendChange(isEmpty: plan.isEmpty, summary: plan.isEmpty ? "no changes" : "\(plan.summary)",
+    /// `batch`: what was sent, which the summary counts in the slot layout.
+    private func change(_ plan: Plan, batch: Batch? = nil, previous: RulesetIR?, generation: UInt32?, rendered: Bool = false) -> BackendChange {
+        let summary = layout == .slots && batch != nil ? SlotRender.summary(plan, batch: batch!) : plan.summary
+        return BackendChange(isEmpty: plan.isEmpty, summary: plan.isEmpty ? "no changes" : "\(summary)",
                       text: rendered && !plan.isEmpty ? Render.plan(plan, table: table) : "", plan: plan, previous: previous,
                       operations: plan.ops.count, generation: generation)
     }
@@ -111,11 +120,30 @@ public final class NFTablesBackend {
     /// What `converge` would commit, from a fresh read-back, changing nothing.
     public func pending(to desired: RulesetIR?) throws(NetlinkError) -> BackendChange {
         let current = try readBack(reference: desired)
-        return change(diff(from: current, to: desired), previous: current, generation: mirrorGeneration, rendered: true)
+        let plan = diff(from: current, to: desired)
+        guard layout == .slots, !plan.isEmpty else {
+            return change(plan, previous: current, generation: mirrorGeneration, rendered: true)
+        }
+        let batch = try lower(plan, result: desired).batch
+        var c = change(plan, batch: batch, previous: current, generation: mirrorGeneration)
+        c.text = SlotRender.text(plan, batch: batch, table: table)
+        return c
     }
 
     /// The batch a plan would be sent as (for tests and `--dry-run` diagnostics).
-    public func batch(for plan: Plan, result: RulesetIR?) -> Batch {
-        Translate.batch(plan, table: table, desired: result)
+    public func batch(for plan: Plan, result: RulesetIR?) throws(NetlinkError) -> Batch {
+        try lower(plan, result: result).batch
+    }
+
+    /// The plan in this backend's layout, with what the slot layout's objects hold afterwards.
+    private func lower(_ plan: Plan, result: RulesetIR?) throws(NetlinkError) -> (batch: Batch, slots: SlotState) {
+        switch layout {
+        case .instanceChains:
+            return (Translate.batch(plan, table: table, desired: result), SlotState())
+        case .slots:
+            var l = SlotLowering(table: table, desired: result, state: slots)
+            let b = try l.batch(plan)
+            return (b, l.state)
+        }
     }
 }

@@ -15,12 +15,17 @@ enum Decode {
 
     /// The whole table as IR, every rule decoded (undecodable rules are reported by name).
     static func ir(_ snap: TableSnapshot) -> (ir: RulesetIR, undecoded: [String]) {
-        var ir = Observe.ir(snap, reference: nil)
+        let layout = Observe.layout(of: snap)
+        var ir = Observe.ir(snap, reference: nil, layout: layout)
         var undecoded: [String] = []
         for c in snap.chains {
+            // The slot layout's own chains are read as the logical dispatch they encode.
+            if layout == .slots && Slots.objectNames.contains(c.name) { continue }
             var rules: [IRRule] = []
             for (i, r) in (snap.rules[c.name] ?? []).enumerated() {
-                if let x = rule(r) { rules.append(x) } else { undecoded.append("\(c.name)[\(i)]") }
+                if layout == .slots, let d = Slots.Direction.allCases.first(where: { Translate.withoutCounts(r.expressions) == Slots.entryRule($0) }) {
+                    rules.append(IRRule([], .vmap(d == .out ? .iifname : .oifname, d.logicalMap), comment: r.comment))
+                } else if let x = rule(r) { rules.append(x) } else { undecoded.append("\(c.name)[\(i)]") }
             }
             ir.chains[c.name]?.rules = rules
         }

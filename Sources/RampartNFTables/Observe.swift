@@ -13,11 +13,26 @@ enum Observe {
     /// Marks a rule that is not what Rampart would have written.
     static let driftMarker = "\u{1}drift"
 
-    static func ir(_ snap: TableSnapshot, reference: RulesetIR?) -> RulesetIR {
+    static func ir(_ snap: TableSnapshot, reference: RulesetIR?, layout: NFTLayout = .instanceChains) -> RulesetIR {
+        read(snap, reference: reference, layout: layout).ir
+    }
+
+    /// The layout a table was written in (what `explain` and `show` read, whatever the backend's).
+    static func layout(of snap: TableSnapshot) -> NFTLayout {
+        snap.set(Slots.instanceGroups) != nil || snap.chain(Slots.Direction.out.dispatchChain) != nil ? .slots : .instanceChains
+    }
+
+    /// The table as the core's IR, and in the slot layout what the kernel holds of its own
+    /// objects. Anything of the slot layout that is not exactly what Rampart writes (or objects
+    /// of the other layout) reads back as a base chain with another hook, which makes the differ
+    /// rebuild the table in one transaction: that is also how a table written by an earlier
+    /// release is converted.
+    static func read(_ snap: TableSnapshot, reference: RulesetIR?, layout: NFTLayout) -> (ir: RulesetIR, slots: SlotState) {
         var ir = RulesetIR()
+        let lowered = layout == .slots ? Slots.objectNames : []
         // An anonymous set (someone's `tcp dport { 1, 2 }` in our table) is part of the rule that
         // uses it: repairing that rule's chain removes it; planning its deletion would be refused.
-        for def in snap.sets where !def.isAnonymous {
+        for def in snap.sets where !def.isAnonymous && !lowered.contains(def.name) {
             let raw = snap.elements[def.name] ?? []
             if def.isVerdictMap {
                 var m = VerdictMap(name: def.name)
@@ -38,20 +53,89 @@ enum Observe {
                 ir.sets[def.name] = NamedSet(name: def.name, keyType: type, elements: Set(elements))
             }
         }
-        for c in snap.chains {
+        for c in snap.chains where !lowered.contains(c.name) {
             let header = ChainHeader(name: c.name, base: c.base.map(baseSpec))
             let rules = snap.rules[c.name] ?? []
             if let want = reference?.chains[c.name], want.header == header,
                want.rules.count == rules.count,
                zip(want.rules, rules).allSatisfy({ w, got in
-                   Translate.expressions(w) == Translate.withoutCounts(got.expressions) && w.comment == got.comment
+                   Translate.expressions(w, layout: layout) == Translate.withoutCounts(got.expressions) && w.comment == got.comment
                }) {
                 ir.chains[c.name] = want
             } else {
                 ir.chains[c.name] = Chain(name: c.name, base: header.base, rules: rules.map(drifted))
             }
         }
-        return ir
+        guard layout == .slots else { return (ir, SlotState()) }
+        guard let slots = liftSlots(snap, into: &ir) else {
+            // Rebuild: a base chain no compiled table has.
+            ir.chains[Naming.egressChain] = Chain(name: Naming.egressChain, base: BaseChainSpec(hook: .forward, priority: Int32.min, policy: .accept))
+            // The rebuilt table keeps the secret, so that its group keys stay the same.
+            var st = SlotState()
+            if let s = snap.table.tag, s.count == 16 { st.keys = SlotKeys(secret: s) }
+            return (ir, st)
+        }
+        return (ir, slots)
+    }
+
+    /// Adds the core's logical dispatch (maps `from-inst`/`to-inst`, chains `out-<id>`/`in-<id>`)
+    /// for what the slot layout's objects hold; nil when they are not exactly what Rampart writes.
+    static func liftSlots(_ snap: TableSnapshot, into ir: inout RulesetIR) -> SlotState? {
+        var st = SlotState()
+        // Objects of the instance-chains layout have no place here.
+        if snap.set(Naming.fromInstanceMap) != nil || snap.set(Naming.toInstanceMap) != nil { return nil }
+        for c in snap.chains { if case .instance? = Slots.role(of: c.name) { return nil } }
+        guard let secret = snap.table.tag, secret.count == 16 else { return nil }
+        let keys = SlotKeys(secret: secret)
+        st.keys = keys
+        let present = Slots.Direction.allCases.map { snap.set($0.groupsMap) != nil }
+        guard present[0] == present[1] else { return nil }
+        guard present[0] else {
+            let orphan = snap.set(Slots.instanceGroups) != nil || Slots.Direction.allCases.contains { snap.chain($0.dispatchChain) != nil }
+            return orphan ? nil : st
+        }
+        guard let ig = snap.set(Slots.instanceGroups), ig.keyType == .ifnameMark, ig.dataType == .integer,
+              ig.dataLength == UInt32(Slots.keyBytes), !ig.isVerdictMap,
+              let entries = SlotState.entries(snap.elements[Slots.instanceGroups] ?? []) else { return nil }
+        st.hasInstanceGroups = true
+        let chainNames = Set(snap.chains.map(\.name))
+        for d in Slots.Direction.allCases {
+            guard let def = snap.set(d.groupsMap), def.keyType == .integer, def.keyLength == UInt32(Slots.groupKeyBytes),
+                  def.isVerdictMap, def.dataType == nil else { return nil }
+            var groups = Set<String>()
+            var end = false
+            for e in snap.elements[d.groupsMap] ?? [] {
+                if e.key == SlotKeys.endElement.key {
+                    guard e.verdict == .drop, !end else { return nil }
+                    end = true
+                    continue
+                }
+                guard let g = e.comment, !groups.contains(g), e.key == keys.mapKey(g), e.verdict == .jump(d.groupPrefix + g),
+                      chainNames.contains(d.groupPrefix + g) else { return nil }
+                groups.insert(g)
+            }
+            guard end else { return nil }
+            for c in chainNames { if case .group(d, let g)? = Slots.role(of: c), !groups.contains(g) { return nil } }
+            st.groups[d] = groups
+            // The dispatch chain: slot rules 0 … S-1, then the drop.
+            let rules = (snap.rules[d.dispatchChain] ?? []).map { Translate.withoutCounts($0.expressions) }
+            guard let chain = snap.chain(d.dispatchChain), chain.base == nil, rules.count >= 2,
+                  rules == Slots.dispatchRules(d, slots: rules.count - 1) else { return nil }
+            st.dispatchSlots[d] = rules.count - 1
+            ir.maps[d.logicalMap] = VerdictMap(name: d.logicalMap)
+        }
+        for (iface, e) in entries {
+            guard let (id, groups) = SlotState.decode(e, keys: keys), st.interfaceOf[id] == nil else { return nil }
+            st.interfaceOf[id] = iface
+            st.entries[iface] = e
+            for d in Slots.Direction.allCases {
+                guard groups.count < st.dispatchSlots[d]! else { return nil }
+                let name = d.instancePrefix + id
+                ir.maps[d.logicalMap]!.elements[iface] = .jump(name)
+                ir.chains[name] = Chain(name: name, rules: groups.map { IRRule([], .jump(d.groupPrefix + $0)) } + [IRRule([], .drop)])
+            }
+        }
+        return st
     }
 
     /// A base chain spec the IR can hold; hooks Rampart never uses map to a priority no compiled
@@ -74,3 +158,4 @@ enum Observe {
         return IRRule([], verdict, comment: driftMarker + (r.comment.map { " " + $0 } ?? ""))
     }
 }
+

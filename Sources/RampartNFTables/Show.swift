@@ -31,15 +31,28 @@ public struct EnforcementView: Codable, Sendable, Hashable {
         table = "\(snap.table.family) \(snap.table.name)"
         generation = snap.generation
         var interfaces: [String: String] = [:]  // instance → interface
-        for e in snap.elements[Naming.fromInstanceMap] ?? [] {
-            if case .jump(let chain)? = e.verdict, chain.hasPrefix("out-") {
-                interfaces[String(chain.dropFirst(4))] = Translate.ifname(e.key)
+        var groupsOf: [String: [String]] = [:]   // instance → groups (kernel ids), in slot order
+        if Observe.layout(of: snap) == .slots {
+            for (iface, e) in SlotState.entries(snap.elements[Slots.instanceGroups] ?? []) ?? [:] {
+                guard let (id, groups) = SlotState.decode(e, keys: snap.table.tag.map { SlotKeys(secret: $0) }) else { continue }
+                interfaces[id] = iface
+                groupsOf[id] = groups
             }
-        }
-        func groups(of chain: String, prefix: String) -> [String] {
-            (snap.rules[chain] ?? []).compactMap { r in
-                for e in r.expressions { if case .verdict(.jump(let t)) = e, t.hasPrefix(prefix) { return String(t.dropFirst(prefix.count)) } }
-                return nil
+        } else {
+            for e in snap.elements[Naming.fromInstanceMap] ?? [] {
+                if case .jump(let chain)? = e.verdict, chain.hasPrefix("out-") {
+                    interfaces[String(chain.dropFirst(4))] = Translate.ifname(e.key)
+                }
+            }
+            func groups(of chain: String, prefix: String) -> [String] {
+                (snap.rules[chain] ?? []).compactMap { r in
+                    for e in r.expressions { if case .verdict(.jump(let t)) = e, t.hasPrefix(prefix) { return String(t.dropFirst(prefix.count)) } }
+                    return nil
+                }
+            }
+            for id in interfaces.keys {
+                var seen = Set<String>()
+                groupsOf[id] = (groups(of: "in-" + id, prefix: "gin-") + groups(of: "out-" + id, prefix: "gout-")).filter { seen.insert($0).inserted }
             }
         }
         func rules(_ chain: String, _ direction: String) -> [RuleView] {
@@ -50,11 +63,7 @@ public struct EnforcementView: Codable, Sendable, Hashable {
             }
         }
         instances = interfaces.keys.sorted().map { id in
-            let ins = groups(of: Naming.instanceIn(id), prefix: "gin-")
-            let outs = groups(of: Naming.instanceOut(id), prefix: "gout-")
-            var seen = Set<String>()
-            let all = (ins + outs).filter { seen.insert($0).inserted }
-            return InstanceView(instance: id, interface: interfaces[id] ?? "?", groups: all.map { g in
+            InstanceView(instance: id, interface: interfaces[id] ?? "?", groups: (groupsOf[id] ?? []).map { g in
                 GroupView(group: g, rules: rules(Naming.groupIn(g), "ingress") + rules(Naming.groupOut(g), "egress"))
             })
         }

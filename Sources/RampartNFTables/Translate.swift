@@ -212,45 +212,55 @@ enum Translate {
     /// The comment on Rampart's table, for whoever reads `nft list ruleset`.
     static let tableComment = "managed by rampart: edits here are reverted by the next apply"
 
-    /// A Plan as one batch. `desired` supplies the headers of rewritten base chains: a rewrite
-    /// re-sends the header too, so a base chain whose policy was changed by hand is restored.
+    /// A Plan as one batch in the instance-chains layout: every op 1:1. `desired` supplies the
+    /// headers of rewritten base chains: a rewrite re-sends the header too, so a base chain whose
+    /// policy was changed by hand is restored.
     static func batch(_ plan: Plan, table: String, desired: RulesetIR?) -> Batch {
         var b = Batch()
-        for op in plan.ops {
-            switch op {
-            case .createTable:
-                b.append(.addTable(NFTTable(family: family, name: table, comment: tableComment)))
-            case .deleteTable:
-                b.append(.deleteTable(family: family, name: table))
-            case .createSet(let h):
-                b.append(.addSet(NFTSetDefinition(family: family, table: table, name: h.name, keyType: keyType(h.keyType))))
-            case .deleteSet(let n), .deleteMap(let n):
-                b.append(.deleteSet(family: family, table: table, name: n))
-            case .addElements(let n, let e):
-                b.append(.addElements(family: family, table: table, set: n, elements: e.map { NFTSetElement(key: key($0)) }))
-            case .removeElements(let n, let e):
-                b.append(.deleteElements(family: family, table: table, set: n, elements: e.map { NFTSetElement(key: key($0)) }))
-            case .createMap(let n):
-                b.append(.addSet(NFTSetDefinition(family: family, table: table, name: n, keyType: .ifname, isVerdictMap: true)))
-            case .addMapElements(let n, let e):
-                let elements = e.sorted { $0.key < $1.key }.map {
-                    NFTSetElement(key: NFTMatch.ifnameBytes($0.key), verdict: verdict($0.value) ?? .drop)
-                }
-                b.append(.addElements(family: family, table: table, set: n, elements: elements))
-            case .removeMapElements(let n, let keys):
-                b.append(.deleteElements(family: family, table: table, set: n, elements: keys.map { NFTSetElement(key: NFTMatch.ifnameBytes($0)) }))
-            case .createChain(let h):
-                b.append(.addChain(chain(h, table: table)))
-            case .rewriteChain(let n, let rules):
-                if let header = desired?.chains[n]?.header, header.base != nil {
-                    b.append(.addChain(chain(header, table: table)))
-                }
-                b.append(.flushChain(family: family, table: table, name: n))
-                for r in rules { b.append(.addRule(rule(r, chain: n, table: table))) }
-            case .deleteChain(let n):
-                b.append(.deleteChain(family: family, table: table, name: n))
-            }
-        }
+        for op in plan.ops { append(op, to: &b, table: table, desired: desired) }
         return b
+    }
+
+    /// One op as it is sent in the instance-chains layout; `rule` translates each rule of a
+    /// rewritten chain (the slot layout replaces the dispatch rules).
+    static func append(_ op: PlanOp, to b: inout Batch, table: String, desired: RulesetIR?,
+                       rule translateRule: (IRRule, String) -> NFTRule = { r, c in rule(r, chain: c, table: Naming.table) }) {
+        switch op {
+        case .createTable:
+            b.append(.addTable(NFTTable(family: family, name: table, comment: tableComment)))
+        case .deleteTable:
+            b.append(.deleteTable(family: family, name: table))
+        case .createSet(let h):
+            b.append(.addSet(NFTSetDefinition(family: family, table: table, name: h.name, keyType: keyType(h.keyType))))
+        case .deleteSet(let n), .deleteMap(let n):
+            b.append(.deleteSet(family: family, table: table, name: n))
+        case .addElements(let n, let e):
+            b.append(.addElements(family: family, table: table, set: n, elements: e.map { NFTSetElement(key: key($0)) }))
+        case .removeElements(let n, let e):
+            b.append(.deleteElements(family: family, table: table, set: n, elements: e.map { NFTSetElement(key: key($0)) }))
+        case .createMap(let n):
+            b.append(.addSet(NFTSetDefinition(family: family, table: table, name: n, keyType: .ifname, isVerdictMap: true)))
+        case .addMapElements(let n, let e):
+            let elements = e.sorted { $0.key < $1.key }.map {
+                NFTSetElement(key: NFTMatch.ifnameBytes($0.key), verdict: verdict($0.value) ?? .drop)
+            }
+            b.append(.addElements(family: family, table: table, set: n, elements: elements))
+        case .removeMapElements(let n, let keys):
+            b.append(.deleteElements(family: family, table: table, set: n, elements: keys.map { NFTSetElement(key: NFTMatch.ifnameBytes($0)) }))
+        case .createChain(let h):
+            b.append(.addChain(chain(h, table: table)))
+        case .rewriteChain(let n, let rules):
+            if let header = desired?.chains[n]?.header, header.base != nil {
+                b.append(.addChain(chain(header, table: table)))
+            }
+            b.append(.flushChain(family: family, table: table, name: n))
+            for r in rules {
+                var x = translateRule(r, n)
+                x.table = table
+                b.append(.addRule(x))
+            }
+        case .deleteChain(let n):
+            b.append(.deleteChain(family: family, table: table, name: n))
+        }
     }
 }

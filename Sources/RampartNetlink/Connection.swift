@@ -284,7 +284,7 @@ public final class NFTablesConnection: NFTablesClient {
     /// interrupted. Such a dump is trusted only once a second one agrees with it.
     private func readElements(family: NFTFamily, table: String, set s: NFTSetDefinition) throws(NetlinkError) -> Read<[NFTSetElement]> {
         func once() throws(NetlinkError) -> Read<(elements: [NFTSetElement], datagrams: Int)> {
-            var raw: [(key: [UInt8], isEnd: Bool, verdict: NFTVerdict?)] = []
+            var raw: [Decode.RawElement] = []
             let read: Read<Int>
             do {
                 read = try request(NFT_MSG_GETSETELEM.rawValue, family: family, dump: true, payload: { (nlh) throws(NetlinkError) in
@@ -299,7 +299,7 @@ public final class NFTablesConnection: NFTablesClient {
             switch read {
             case .interrupted(let why): return .interrupted(why)
             case .value(let datagrams):
-                let elements = s.isInterval ? Decode.intervals(raw) : raw.map { NFTSetElement(key: $0.key, verdict: $0.verdict) }
+                let elements = s.isInterval ? Decode.intervals(raw) : raw.map { NFTSetElement(key: $0.key, verdict: $0.verdict, data: $0.data, comment: $0.comment) }
                 return .value((elements, datagrams))
             }
         }

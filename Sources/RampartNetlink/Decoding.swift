@@ -118,6 +118,8 @@ enum Decode {
             if u32(NFTNL_EXPR_IMM_DREG) == NFTRegister.verdict.rawValue {
                 let chain = has(NFTNL_EXPR_IMM_CHAIN) ? string(nftnl_expr_get_str(x, UInt16(NFTNL_EXPR_IMM_CHAIN))) : nil
                 if let v = NFTVerdict(code: Int32(bitPattern: u32(NFTNL_EXPR_IMM_VERDICT)), chain: chain) { return .verdict(v) }
+            } else if let d = reg(NFTNL_EXPR_IMM_DREG), has(NFTNL_EXPR_IMM_DATA) {
+                return .immediate(dreg: d, data: data(NFTNL_EXPR_IMM_DATA))
             }
         default:
             break
@@ -141,12 +143,20 @@ enum Decode {
                              isInterval: flags & 0x4 != 0, isVerdictMap: flags & 0x8 != 0,
                              comment: ud.comment, tag: ud.tag)
         definition.keyLength = nftnl_set_get_u32(s, attr(NFTNL_SET_KEY_LEN))
+        if flags & 0x8 != 0, nftnl_set_is_set(s, attr(NFTNL_SET_DATA_TYPE)) {
+            let data = nftnl_set_get_u32(s, attr(NFTNL_SET_DATA_TYPE))
+            if data != NFT_DATA_VERDICT.rawValue {
+                definition.dataType = NFTSetKeyType(rawValue: data)
+                definition.dataLength = nftnl_set_get_u32(s, attr(NFTNL_SET_DATA_LEN))
+                definition.isVerdictMap = false
+            }
+        }
         definition.isAnonymous = flags & 0x1 != 0
         return definition
     }
 
     /// Elements of one NEWSETELEM message, as (key, interval-end flag, verdict).
-    static func elements(_ nlh: UnsafePointer<nlmsghdr>, into out: inout [(key: [UInt8], isEnd: Bool, verdict: NFTVerdict?)]) throws(NetlinkError) {
+    static func elements(_ nlh: UnsafePointer<nlmsghdr>, into out: inout [RawElement]) throws(NetlinkError) {
         guard let s = nftnl_set_alloc() else { throw .protocolError("out of memory") }
         defer { nftnl_set_free(s) }
         guard nftnl_set_elems_nlmsg_parse(nlh, s) >= 0 else { throw .protocolError("unparsable set element message") }
@@ -161,13 +171,34 @@ enum Decode {
                 let chain = nftnl_set_elem_is_set(e, UInt16(NFTNL_SET_ELEM_CHAIN)) ? string(nftnl_set_elem_get_str(e, UInt16(NFTNL_SET_ELEM_CHAIN))) : nil
                 verdict = NFTVerdict(code: Int32(bitPattern: nftnl_set_elem_get_u32(e, UInt16(NFTNL_SET_ELEM_VERDICT))), chain: chain)
             }
-            out.append((key, flags & UInt32(NFT_SET_ELEM_INTERVAL_END.rawValue) != 0, verdict))
+            var data: [UInt8]?
+            if nftnl_set_elem_is_set(e, UInt16(NFTNL_SET_ELEM_DATA)) {
+                var n: UInt32 = 0
+                data = bytes(nftnl_set_elem_get(e, UInt16(NFTNL_SET_ELEM_DATA), &n), n)
+            }
+            var comment: String?
+            if nftnl_set_elem_is_set(e, UInt16(NFTNL_SET_ELEM_USERDATA)) {
+                var n: UInt32 = 0
+                comment = UserData.decode(bytes(nftnl_set_elem_get(e, UInt16(NFTNL_SET_ELEM_USERDATA), &n), n),
+                                          commentType: UserData.elementCommentType).comment
+            }
+            out.append(RawElement(key: key, isEnd: flags & UInt32(NFT_SET_ELEM_INTERVAL_END.rawValue) != 0, verdict: verdict,
+                                  data: data, comment: comment))
         }
     }
 
     /// Pairs interval starts with their ends: sorted by key, an end element right after a
     /// start closes it; a start with no end runs to the end of the key space.
-    static func intervals(_ raw: [(key: [UInt8], isEnd: Bool, verdict: NFTVerdict?)]) -> [NFTSetElement] {
+    /// One element as a NEWSETELEM message carries it.
+    struct RawElement {
+        var key: [UInt8]
+        var isEnd: Bool
+        var verdict: NFTVerdict?
+        var data: [UInt8]?
+        var comment: String?
+    }
+
+    static func intervals(_ raw: [RawElement]) -> [NFTSetElement] {
         let sorted = raw.sorted { $0.key.lexicographicallyPrecedes($1.key) }
         var out: [NFTSetElement] = []
         var i = 0

@@ -293,6 +293,10 @@ final class NftnlSet {
         if d.isVerdictMap {
             nftnl_set_set_u32(pointer, UInt16(NFTNL_SET_DATA_TYPE.rawValue), NFT_DATA_VERDICT.rawValue)
             nftnl_set_set_u32(pointer, UInt16(NFTNL_SET_DATA_LEN.rawValue), 0)
+        } else if let data = d.dataType {
+            guard d.dataLength > 0 else { throw .protocolError("set \(d.name): map data without a length") }
+            nftnl_set_set_u32(pointer, UInt16(NFTNL_SET_DATA_TYPE.rawValue), data.rawValue)
+            nftnl_set_set_u32(pointer, UInt16(NFTNL_SET_DATA_LEN.rawValue), d.dataLength)
         }
         // nft needs the key's byte order to print elements (an ifname is a string, in host
         // order; without this nft prints every name as "").
@@ -302,22 +306,29 @@ final class NftnlSet {
         } else {
             order.put(UserData.setKeyByteOrderType, withUnsafeBytes(of: d.keyType.nftByteOrder) { Array($0) })
         }
+        if let data = d.dataType {
+            order.put(UserData.setDataByteOrderType, withUnsafeBytes(of: data.nftByteOrder) { Array($0) })
+        }
         let udata = try UserData.encode(comment: d.comment, commentType: UserData.setCommentType, tag: d.tag, prefix: order)
         udata.withUnsafeBytes { _ = nftnl_set_set_data(pointer, UInt16(NFTNL_SET_USERDATA.rawValue), $0.baseAddress, UInt32($0.count)) }
     }
 
     /// Adds one element (two for a bounded interval: its start and its exclusive end).
     func addElement(_ e: NFTSetElement) throws(NetlinkError) {
-        try add(key: e.key, flags: 0, verdict: e.verdict)
+        try add(key: e.key, flags: 0, verdict: e.verdict, data: e.data, comment: e.comment)
         if let end = e.rangeEnd {
-            try add(key: end, flags: UInt32(NFT_SET_ELEM_INTERVAL_END.rawValue), verdict: nil)
+            try add(key: end, flags: UInt32(NFT_SET_ELEM_INTERVAL_END.rawValue), verdict: nil, data: nil, comment: nil)
         }
     }
 
-    private func add(key: [UInt8], flags: UInt32, verdict: NFTVerdict?) throws(NetlinkError) {
+    private func add(key: [UInt8], flags: UInt32, verdict: NFTVerdict?, data: [UInt8]?, comment: String?) throws(NetlinkError) {
+        // Checked before allocating, so that nothing leaks on a bad comment.
+        let udata = try comment.map { c throws(NetlinkError) in try UserData.encode(comment: c, commentType: UserData.elementCommentType, tag: nil) }
         guard let el = nftnl_set_elem_alloc() else { throw .protocolError("out of memory") }
         key.withUnsafeBytes { _ = nftnl_set_elem_set(el, UInt16(NFTNL_SET_ELEM_KEY), $0.baseAddress, UInt32($0.count)) }
         if flags != 0 { nftnl_set_elem_set_u32(el, UInt16(NFTNL_SET_ELEM_FLAGS), flags) }
+        if let data { data.withUnsafeBytes { _ = nftnl_set_elem_set(el, UInt16(NFTNL_SET_ELEM_DATA), $0.baseAddress, UInt32($0.count)) } }
+        if let udata { udata.withUnsafeBytes { _ = nftnl_set_elem_set(el, UInt16(NFTNL_SET_ELEM_USERDATA), $0.baseAddress, UInt32($0.count)) } }
         if let verdict {
             nftnl_set_elem_set_u32(el, UInt16(NFTNL_SET_ELEM_VERDICT), UInt32(bitPattern: verdict.code))
             if let chain = verdict.target {
@@ -376,6 +387,8 @@ private func makeExpression(_ e: NFTExpr) throws(NetlinkError) -> OpaquePointer 
     case .counter(let packets, let bytes):
         nftnl_expr_set_u64(x, UInt16(NFTNL_EXPR_CTR_PACKETS), packets)
         nftnl_expr_set_u64(x, UInt16(NFTNL_EXPR_CTR_BYTES), bytes)
+    case .immediate(let dreg, let bytes):
+        u32(NFTNL_EXPR_IMM_DREG, dreg.rawValue); data(NFTNL_EXPR_IMM_DATA, bytes)
     case .verdict(let v):
         u32(NFTNL_EXPR_IMM_DREG, NFTRegister.verdict.rawValue)
         u32(NFTNL_EXPR_IMM_VERDICT, UInt32(bitPattern: v.code))

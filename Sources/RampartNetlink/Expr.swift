@@ -9,6 +9,8 @@
 /// registers, enough for an interface name or an IPv6 address.
 public enum NFTRegister: UInt32, Sendable, Hashable {
     case verdict = 0, r1 = 1, r2 = 2, r3 = 3, r4 = 4
+    /// The second 32-bit word of `r3` (`NFT_REG32_09`).
+    case r32_09 = 17
 }
 
 /// `meta` keys Rampart uses (`NFT_META_*`).
@@ -53,6 +55,8 @@ public enum NFTExpr: Sendable, Hashable {
     case counter(packets: UInt64, bytes: UInt64)
     /// Set the verdict.
     case verdict(NFTVerdict)
+    /// Load constant data into `dreg` (e.g. the second part of a concatenated lookup key).
+    case immediate(dreg: NFTRegister, data: [UInt8])
     /// Read back only: an expression Rampart does not write (someone else's), by kernel name.
     case foreign(String)
 
@@ -67,7 +71,7 @@ public enum NFTExpr: Sendable, Hashable {
         case .lookup: "lookup"
         case .ct: "ct"
         case .counter: "counter"
-        case .verdict: "immediate"
+        case .verdict, .immediate: "immediate"
         case .foreign(let name): name
         }
     }

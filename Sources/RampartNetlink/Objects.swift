@@ -167,6 +167,10 @@ public struct NFTSetKeyType: RawRepresentable, Sendable, Hashable, CustomStringC
     /// `typeof iifname . @th,64,128`: an interface and 16 raw bytes of the transport header (a
     /// neighbour advertisement's target address). To nft the raw part is an integer (id 4).
     public static let ifnameTransport128 = NFTSetKeyType(rawValue: 41 << 6 | 4)
+    /// `ifname . mark`: an interface and a 32-bit number (an instance's group slot).
+    public static let ifnameMark = NFTSetKeyType(rawValue: 41 << 6 | 19)
+    /// nft's `integer` type: raw bytes of a length the set definition gives.
+    public static let integer = NFTSetKeyType(rawValue: 4)
 
     /// Key length in bytes of the known types.
     public var length: UInt32? {
@@ -179,6 +183,7 @@ public struct NFTSetKeyType: RawRepresentable, Sendable, Hashable, CustomStringC
         case .ifnameIPv4: 20
         case .ifnameIPv6, .ifnameTransport128: 32
         case .ifnameEther: 24
+        case .ifnameMark: 20
         default: nil
         }
     }
@@ -212,6 +217,8 @@ public struct NFTSetKeyType: RawRepresentable, Sendable, Hashable, CustomStringC
         case .ifnameIPv6: "ifname . ipv6_addr"
         case .ifnameEther: "ifname . ether_addr"
         case .ifnameTransport128: "typeof iifname . @th,64,128"
+        case .ifnameMark: "ifname . mark"
+        case .integer: "integer"
         default: "type \(rawValue)"
         }
     }
@@ -229,6 +236,11 @@ public struct NFTSetDefinition: Sendable, Hashable {
     public var isInterval: Bool
     /// A map whose values are verdicts (`ifname : verdict`, used with `vmap`).
     public var isVerdictMap: Bool
+    /// A map whose values are data of this type (`ifname . mark : integer`), looked up into a
+    /// register; nil for a set or a verdict map.
+    public var dataType: NFTSetKeyType?
+    /// Length in bytes of a data map's values.
+    public var dataLength: UInt32 = 0
     /// Read back only: an anonymous set (`NFT_SET_ANONYMOUS`, nft's `{ 1, 2 }` in a rule,
     /// named `__set<N>`). It belongs to the rule that uses it and is deleted with that rule;
     /// deleting it by name is refused (ENOENT).
@@ -239,7 +251,10 @@ public struct NFTSetDefinition: Sendable, Hashable {
     public var tag: [UInt8]?
 
     public init(family: NFTFamily, table: String, name: String, keyType: NFTSetKeyType,
-                isInterval: Bool = false, isVerdictMap: Bool = false, comment: String? = nil, tag: [UInt8]? = nil) {
+                isInterval: Bool = false, isVerdictMap: Bool = false, dataType: NFTSetKeyType? = nil,
+                comment: String? = nil, tag: [UInt8]? = nil) {
+        self.dataType = dataType
+        self.dataLength = dataType?.length ?? 0
         self.family = family
         self.table = table
         self.name = name
@@ -255,7 +270,7 @@ public struct NFTSetDefinition: Sendable, Hashable {
     var kernelFlags: UInt32 {
         var f: UInt32 = 0
         if isInterval { f |= 0x4 }     // NFT_SET_INTERVAL
-        if isVerdictMap { f |= 0x8 }   // NFT_SET_MAP
+        if isVerdictMap || dataType != nil { f |= 0x8 }   // NFT_SET_MAP
         return f
     }
 }
@@ -270,11 +285,17 @@ public struct NFTSetElement: Sendable, Hashable {
     public var rangeEnd: [UInt8]?
     /// For a verdict map: the element's verdict.
     public var verdict: NFTVerdict?
+    /// For a data map: the element's value.
+    public var data: [UInt8]?
+    /// Shown by nft as the element's comment (at most 127 bytes).
+    public var comment: String?
 
-    public init(key: [UInt8], rangeEnd: [UInt8]? = nil, verdict: NFTVerdict? = nil) {
+    public init(key: [UInt8], rangeEnd: [UInt8]? = nil, verdict: NFTVerdict? = nil, data: [UInt8]? = nil, comment: String? = nil) {
         self.key = key
         self.rangeEnd = rangeEnd
         self.verdict = verdict
+        self.data = data
+        self.comment = comment
     }
 }
 

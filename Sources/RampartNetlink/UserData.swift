@@ -7,6 +7,10 @@ struct UserData {
     static let setCommentType: UInt8 = 7
     /// `NFTNL_UDATA_SET_KEYBYTEORDER`: how nft should print a set's keys.
     static let setKeyByteOrderType: UInt8 = 0
+    /// `NFTNL_UDATA_SET_DATABYTEORDER`: how nft should print a data map's values.
+    static let setDataByteOrderType: UInt8 = 1
+    /// `NFTNL_UDATA_SET_ELEM_COMMENT`: an element's comment.
+    static let elementCommentType: UInt8 = 0
     /// Rampart's tag. High enough to stay clear of the types nft defines.
     static let tagType: UInt8 = 0xA5
     /// The kernel's limit on userdata (`NFT_USERDATA_MAXLEN`).

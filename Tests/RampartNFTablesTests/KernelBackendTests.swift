@@ -40,7 +40,9 @@ import RampartNetlink
         // nft reads it back as a valid ruleset with our comments.
         let listed = try ns.nft("list", "ruleset").stdout
         #expect(listed.contains(#"ip saddr @m4-web tcp dport 5432 counter packets 0 bytes 0 accept comment "db/pg-from-web""#))
-        #expect(listed.contains(#"oifname vmap @to-inst"#))
+        // The slot layout: instances reach their groups through `inst-groups`, named in comments.
+        #expect(listed.contains(#"oifname @inst-ifaces jump dispatch-in"#))
+        #expect(listed.contains(#""tapdb1" . 0x00000001 comment "db-1" : 0"#))
     }
 
     @Test func membershipChangeTouchesNoChain() throws {
@@ -74,7 +76,7 @@ import RampartNetlink
         try ns.nft("flush", "chain", "inet", "rampart", "gin-web")
         try ns.nft("delete", "element", "inet", "rampart", "m4-web", "{ 10.0.1.12 }")
         try ns.nft("add", "element", "inet", "rampart", "m4-admin", "{ 192.0.2.1 }")
-        try ns.nft("add", "rule", "inet", "rampart", "in-db-1", "accept")
+        try ns.nft("add", "rule", "inet", "rampart", "gin-db", "accept")
         try ns.nft("add", "chain", "inet", "rampart", "extra")
         try ns.nft("add", "rule", "inet", "rampart", "extra", "jump", "gin-db")
         // Rules with anonymous sets (nft's `{ … }`): the sets go with their rules; planning to

@@ -1,0 +1,241 @@
+import Crypto
+import RampartCore
+import RampartNetlink
+
+/// How the nftables backend lays out the dispatch from an instance's interface to the chains of
+/// its groups. The core's IR describes it logically (an `in-`/`out-` chain per instance, reached
+/// through the interface → verdict maps `to-inst`/`from-inst`); the layout decides what the
+/// kernel holds for it.
+public enum NFTLayout: String, Sendable, CaseIterable {
+    /// No per-instance object but map elements: `inst-groups` maps (interface, slot) to the group
+    /// in that slot, `groups-in`/`groups-out` map a group to a jump to its chain, and one shared
+    /// chain per direction (`dispatch-in`/`dispatch-out`) looks the slots up in order. A plug,
+    /// unplug or groups change is a few data-map elements (no chain, no jump element: no
+    /// commit-time validation walk); a rules change walks the group chains only. The default.
+    case slots
+    /// The layout before: two chains per instance (`in-<id>`/`out-<id>`, a jump per group) reached
+    /// through the interface → verdict maps. Kept so that the benchmark can measure both.
+    case instanceChains
+}
+
+/// The slot layout's names, keys and fixed rules (docs/nftables.md, "Kernel layout").
+///
+/// For each local instance with groups g0 … gn-1 on interface I, `inst-groups` holds
+/// `I . 0 : key(g0)`, …, `I . n-1 : key(gn-1)` and the end marker `I . n : 0` (each element
+/// commented with its group's id, the end marker with the instance's). `dispatch-out` has one
+/// rule per slot, in order: `iifname . k` looked up in `inst-groups`, the key found looked up
+/// in `groups-out` (`key(g) : jump gout-g`, `0 : drop`), so a packet is offered to each group's
+/// chain in turn and dropped at the end marker; a final `drop` catches an interface without
+/// elements. nft's syntax cannot express such chained lookups; see `slotRule` for how nft 1.0.6
+/// is kept able to list them.
+///
+/// A group's key is the first 12 bytes of HMAC-SHA256(table secret, group id): fixed length (ids
+/// run to 64 bytes), and no one can choose ids whose keys collide without knowing the table's
+/// secret (16 random bytes made with the table, kept in its userdata).
+enum Slots {
+    /// (interface . slot) → group key; the comments name groups and, on the end marker, the instance.
+    static let instanceGroups = "inst-groups"
+    /// Bytes of a group key in `inst-groups` (a value) and in the groups maps (a key, after a
+    /// zero word: see `slotRule`).
+    static let keyBytes = 12
+    static let groupKeyBytes = 16
+    /// The end marker's key.
+    static let endKey = [UInt8](repeating: 0, count: keyBytes)
+
+    /// One direction of dispatch: `out` for traffic from an instance (its egress, `iifname`),
+    /// `in` for traffic to it (`oifname`).
+    enum Direction: CaseIterable, Hashable, Sendable {
+        case out, `in`
+
+        /// group key → jump to the group's chain of this direction.
+        var groupsMap: String { self == .out ? "groups-out" : "groups-in" }
+        /// The chain that walks an instance's slots.
+        var dispatchChain: String { self == .out ? "dispatch-out" : "dispatch-in" }
+        /// The core's logical dispatch map of this direction.
+        var logicalMap: String { self == .out ? Naming.fromInstanceMap : Naming.toInstanceMap }
+        var interfaceKey: NFTMetaKey { self == .out ? .iifname : .oifname }
+        /// Prefix of the core's per-instance chains and of its group chains in this direction.
+        var instancePrefix: String { self == .out ? "out-" : "in-" }
+        var groupPrefix: String { self == .out ? "gout-" : "gin-" }
+
+        init?(logicalMap m: String) {
+            switch m {
+            case Naming.fromInstanceMap: self = .out
+            case Naming.toInstanceMap: self = .in
+            default: return nil
+            }
+        }
+    }
+
+    /// Names the slot layout gives kernel objects, which no id-derived name can take (ids never
+    /// start a name: every derived name has a prefix such as `in-`, `gin-`, `m4-`).
+    static let objectNames: Set<String> = [instanceGroups, "groups-out", "groups-in", "dispatch-out", "dispatch-in"]
+
+    /// The logical chain a name denotes, if it is a per-instance or group chain.
+    enum ChainRole: Equatable {
+        case instance(Direction, String)  // the kernel id after the prefix
+        case group(Direction, String)
+    }
+
+    static func role(of chain: String) -> ChainRole? {
+        for d in Direction.allCases where chain.hasPrefix(d.groupPrefix) {
+            return .group(d, String(chain.dropFirst(d.groupPrefix.count)))
+        }
+        for d in Direction.allCases where chain.hasPrefix(d.instancePrefix) {
+            return .instance(d, String(chain.dropFirst(d.instancePrefix.count)))
+        }
+        return nil
+    }
+
+    // MARK: keys and values
+
+    /// `ifname . slot`: 16 bytes of name, then the slot as a 32-bit word in host order (the
+    /// concatenation's second register; nft prints a `mark` in host order).
+    static func key(_ iface: String, _ slot: Int) -> [UInt8] {
+        NFTMatch.ifnameBytes(iface) + slotWord(slot)
+    }
+
+    static func slotWord(_ slot: Int) -> [UInt8] {
+        withUnsafeBytes(of: UInt32(slot)) { Array($0) }
+    }
+
+    /// (interface, slot) of an `inst-groups` key.
+    static func parseKey(_ k: [UInt8]) -> (iface: String, slot: Int)? {
+        guard k.count == 20 else { return nil }
+        let slot = k[16..<20].withUnsafeBytes { Int($0.loadUnaligned(as: UInt32.self)) }
+        return (Translate.ifname(Array(k[0..<16])), slot)
+    }
+
+    /// A new table's secret.
+    static func newSecret() -> [UInt8] {
+        var g = SystemRandomNumberGenerator()
+        return (0..<16).map { _ in UInt8.random(in: 0...255, using: &g) }
+    }
+
+    // MARK: definitions and rules
+
+    static func instanceGroupsDefinition(table: String) -> NFTSetDefinition {
+        var d = NFTSetDefinition(family: Translate.family, table: table, name: instanceGroups, keyType: .ifnameMark, dataType: .integer,
+                                 comment: "interface . slot : group key; after the last group: 0, the end")
+        d.dataLength = UInt32(keyBytes)
+        return d
+    }
+
+    static func groupsMapDefinition(_ d: Direction, table: String) -> NFTSetDefinition {
+        var def = NFTSetDefinition(family: Translate.family, table: table, name: d.groupsMap, keyType: .integer, isVerdictMap: true,
+                                   comment: "group key : jump to the group's \(d == .out ? "egress" : "ingress") chain; 0 : drop")
+        def.keyLength = UInt32(groupKeyBytes)
+        return def
+    }
+
+    /// Rule `k` of a dispatch chain: the group in slot `k`, then its chain.
+    ///
+    /// The kernel reads: key `iifname . k` (r1, r2) looked up in `inst-groups`, the 12-byte value
+    /// stored in r3's words 1–3, then r3 (a zero word and that value) looked up in the groups map.
+    /// The zero immediate into r3 comes first; it is what nft 1.0.6 believes r3 holds when it
+    /// decodes the second lookup (it tracks a register by the expression that started it and
+    /// crashes, `netlink_parse_concat_expr: consumed > 0`, on a lookup keyed by another
+    /// lookup's result), so `nft list` prints the rule as `0x0 vmap @groups-out` with its
+    /// comment, instead of failing for the whole ruleset.
+    static func slotRule(_ d: Direction, _ k: Int) -> [NFTExpr] {
+        [.meta(key: d.interfaceKey, dreg: .r1), .immediate(dreg: .r2, data: slotWord(k)),
+         .immediate(dreg: .r3, data: [UInt8](repeating: 0, count: groupKeyBytes)),
+         .lookup(set: instanceGroups, sreg: .r1, dreg: .r32_09, inverted: false),
+         .lookup(set: d.groupsMap, sreg: .r3, dreg: .verdict, inverted: false)]
+    }
+
+    /// The comment of a dispatch rule, for whoever reads `nft list`.
+    static func slotComment(_ d: Direction, _ k: Int) -> String {
+        "slot \(k): \(d == .out ? "iifname" : "oifname") . \(k) map @\(instanceGroups) vmap @\(d.groupsMap)"
+    }
+
+    /// The dispatch chain's rules for `slots` slots, then the catch-all drop.
+    static func dispatchRules(_ d: Direction, slots: Int) -> [[NFTExpr]] {
+        (0..<slots).map { slotRule(d, $0) } + [[.verdict(.drop)]]
+    }
+
+    /// What a base chain's `iifname vmap @from-inst` / `oifname vmap @to-inst` becomes: every
+    /// instance interface goes through the dispatch chain, which ends in drop.
+    static func entryRule(_ d: Direction) -> [NFTExpr] {
+        NFTMatch.interface(d.interfaceKey, inSet: Naming.instanceInterfaces) + [.verdict(.jump(d.dispatchChain))]
+    }
+}
+
+/// Group keys under one table secret.
+struct SlotKeys: Sendable, Equatable {
+    let secret: [UInt8]
+
+    /// The value `inst-groups` holds for a group.
+    func value(_ group: String) -> [UInt8] {
+        let mac = HMAC<SHA256>.authenticationCode(for: Array(group.utf8), using: SymmetricKey(data: secret))
+        return Array(Array(mac).prefix(Slots.keyBytes))
+    }
+
+    /// The key of a group in the groups maps.
+    func mapKey(_ group: String) -> [UInt8] { [0, 0, 0, 0] + value(group) }
+
+    func groupElement(_ d: Slots.Direction, _ group: String) -> NFTSetElement {
+        NFTSetElement(key: mapKey(group), verdict: .jump(d.groupPrefix + group), comment: group)
+    }
+
+    /// The end marker's element in a groups map.
+    static let endElement = NFTSetElement(key: [0, 0, 0, 0] + Slots.endKey, verdict: .drop, comment: "the end: no group accepted")
+}
+
+/// One interface's slots as the kernel holds them: slot → (value, comment).
+typealias SlotEntries = [Int: SlotEntry]
+
+struct SlotEntry: Hashable, Sendable {
+    var value: [UInt8]
+    /// The group's id; on the end marker, the instance's.
+    var comment: String?
+}
+
+/// What the kernel holds of the slot layout's objects, so that a commit sends only differences.
+/// Valid for the backend's mirror; reset when the table is created or deleted.
+struct SlotState: Sendable {
+    /// The table's secret (nil: no table, or a table without one).
+    var keys: SlotKeys?
+    var hasInstanceGroups = false
+    /// Groups in each existing groups map (the end marker is not listed).
+    var groups: [Slots.Direction: Set<String>] = [:]
+    /// Slot rules each existing dispatch chain holds (it only grows while the table lives, so
+    /// that a plug never rewrites it unless it brings more groups than any instance before).
+    var dispatchSlots: [Slots.Direction: Int] = [:]
+    /// `inst-groups` by interface.
+    var entries: [String: SlotEntries] = [:]
+    /// Instance kernel id → its interface (from the end markers' comments).
+    var interfaceOf: [String: String] = [:]
+
+    /// The elements an interface should hold for an instance with these groups.
+    static func entries(instance: String, groups: [String], keys: SlotKeys) -> SlotEntries {
+        var e: SlotEntries = [:]
+        for (k, g) in groups.enumerated() { e[k] = SlotEntry(value: keys.value(g), comment: g) }
+        e[groups.count] = SlotEntry(value: Slots.endKey, comment: instance)
+        return e
+    }
+
+    /// (instance, groups) when the entries are well formed: groups in slots 0 … n-1, each with
+    /// its own key, the end marker with the instance's id in slot n, nothing after it.
+    static func decode(_ e: SlotEntries, keys: SlotKeys?) -> (instance: String, groups: [String])? {
+        guard let endSlot = e.first(where: { $0.value.value == Slots.endKey })?.key, e.count == endSlot + 1,
+              endSlot <= Instance.maxGroups, let id = e[endSlot]?.comment, !id.isEmpty else { return nil }
+        var groups: [String] = []
+        for k in 0..<endSlot {
+            guard let g = e[k], let name = g.comment, keys.map({ $0.value(name) == g.value }) ?? true else { return nil }
+            groups.append(name)
+        }
+        return (id, groups)
+    }
+
+    /// `inst-groups` elements by interface, or nil when one is not an element Rampart writes.
+    static func entries(_ elements: [NFTSetElement]) -> [String: SlotEntries]? {
+        var out: [String: SlotEntries] = [:]
+        for e in elements {
+            guard let (iface, slot) = Slots.parseKey(e.key), let data = e.data, data.count == Slots.keyBytes, e.verdict == nil,
+                  out[iface]?[slot] == nil else { return nil }
+            out[iface, default: [:]][slot] = SlotEntry(value: data, comment: e.comment)
+        }
+        return out
+    }
+}

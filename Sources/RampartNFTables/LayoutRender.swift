@@ -1,0 +1,114 @@
+import RampartCore
+import RampartNetlink
+
+/// `rampart diff` in the slot layout: the Plan's ops that are sent as they are, in nft syntax
+/// (`Render.plan`), then what the slot layout sends for the per-instance part, in nft-like
+/// syntax. Not loadable with `nft -f` (nft cannot write chained lookups), but it says exactly
+/// which elements and rules change.
+enum SlotRender {
+    /// The Plan's ops that the slot layout sends as they are (the dispatch rules of base chains
+    /// shown as sent); the per-instance part is left out.
+    static func sentAsIs(_ plan: Plan) -> Plan {
+        var kept = Plan()
+        for op in plan.ops {
+            switch op {
+            case .createMap(let m), .deleteMap(let m), .addMapElements(let m, _), .removeMapElements(let m, _):
+                if Slots.Direction(logicalMap: m) == nil { kept.ops.append(op) }
+            case .createChain(let h):
+                if case .instance? = Slots.role(of: h.name), h.base == nil { continue }
+                kept.ops.append(op)
+            case .deleteChain(let n):
+                if case .instance? = Slots.role(of: n) { continue }
+                kept.ops.append(op)
+            case .rewriteChain(let n, let rules):
+                if case .instance? = Slots.role(of: n) { continue }
+                kept.ops.append(.rewriteChain(n, rules.map(entry)))
+            default:
+                kept.ops.append(op)
+            }
+        }
+        return kept
+    }
+
+    /// What the batch changes, counted as `apply` prints it: the slot layout's elements count as
+    /// dispatch entries, its chains and maps as chains and maps.
+    static func summary(_ plan: Plan, batch: Batch) -> PlanSummary {
+        var s = sentAsIs(plan).summary
+        for op in batch.operations {
+            switch op {
+            case .addSet(let d) where Slots.objectNames.contains(d.name): s.setsCreated += 1
+            case .deleteSet(_, _, let n) where Slots.objectNames.contains(n): s.setsDeleted += 1
+            case .addElements(_, _, let set, let e) where Slots.objectNames.contains(set): s.mapElementsAdded += e.count
+            case .deleteElements(_, _, let set, let e) where Slots.objectNames.contains(set): s.mapElementsRemoved += e.count
+            case .addChain(let c) where Slots.objectNames.contains(c.name): s.chainsCreated += 1
+            case .flushChain(_, _, let n) where Slots.objectNames.contains(n): s.chainsRewritten += 1
+            case .addRule(let r) where Slots.objectNames.contains(r.chain): s.rulesWritten += 1
+            case .deleteChain(_, _, let n) where Slots.objectNames.contains(n): s.chainsDeleted += 1
+            default: break
+            }
+        }
+        return s
+    }
+
+    static func text(_ plan: Plan, batch: Batch, table: String) -> String {
+        let kept = sentAsIs(plan)
+        var lines = [Render.plan(kept, table: table)]
+        let t = "inet \(table)"
+        for op in batch.operations {
+            switch op {
+            case .addSet(let d) where Slots.objectNames.contains(d.name):
+                lines.append(d.name == Slots.instanceGroups
+                    ? "add map \(t) \(d.name) { type ifname . mark : integer; }   # values: \(Slots.keyBytes)-byte group keys\n"
+                    : "add map \(t) \(d.name) { type integer : verdict; }   # keys: \(Slots.groupKeyBytes)-byte group keys\n")
+            case .deleteSet(_, _, let n) where Slots.objectNames.contains(n):
+                lines.append("delete map \(t) \(n)\n")
+            case .addElements(_, _, let set, let elements) where Slots.objectNames.contains(set):
+                lines.append("add element \(t) \(set) { \(elements.map(element).joined(separator: ", ")) }\n")
+            case .deleteElements(_, _, let set, let elements) where Slots.objectNames.contains(set):
+                lines.append("delete element \(t) \(set) { \(elements.map { key($0.key, set: set) }.joined(separator: ", ")) }\n")
+            case .addChain(let c) where Slots.objectNames.contains(c.name):
+                lines.append("add chain \(t) \(c.name)\n")
+            case .flushChain(_, _, let n) where Slots.objectNames.contains(n):
+                lines.append("flush chain \(t) \(n)\n")
+            case .deleteChain(_, _, let n) where Slots.objectNames.contains(n):
+                lines.append("delete chain \(t) \(n)\n")
+            case .addRule(let r) where Slots.objectNames.contains(r.chain):
+                let body = r.expressions == [.verdict(.drop)] ? "drop" : (r.comment.map { String($0.drop { $0 != ":" }.dropFirst(2)) } ?? "?")
+                lines.append("add rule \(t) \(r.chain) \(body)\n")
+            default:
+                break
+            }
+        }
+        return lines.joined()
+    }
+
+    /// The dispatch as the slot layout sends it.
+    static func entry(_ r: IRRule) -> IRRule {
+        guard case .vmap(let k, let m) = r.verdict, let d = Slots.Direction(logicalMap: m) else { return r }
+        return IRRule(r.matches + [k == .iifname ? .iifnameInSet(Naming.instanceInterfaces) : .oifnameInSet(Naming.instanceInterfaces)],
+                      .jump(d.dispatchChain), comment: r.comment)
+    }
+
+    static func hex(_ b: [UInt8]) -> String {
+        "0x" + b.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+    }
+
+    static func key(_ k: [UInt8], set: String) -> String {
+        if set == Slots.instanceGroups, let (i, s) = Slots.parseKey(k) { return "\"\(i)\" . \(s)" }
+        return hex(k)
+    }
+
+    static func element(_ e: NFTSetElement) -> String {
+        let comment = e.comment.map { " comment \"\($0)\"" } ?? ""
+        if let set = Slots.parseKey(e.key).map({ _ in Slots.instanceGroups }), let data = e.data {
+            return key(e.key, set: set) + comment + " : " + hex(data)
+        }
+        let verdict: String
+        switch e.verdict {
+        case .jump(let c)?: verdict = "jump \(c)"
+        case .drop?: verdict = "drop"
+        default: verdict = "?"
+        }
+        return hex(e.key) + comment + " : " + verdict
+    }
+}

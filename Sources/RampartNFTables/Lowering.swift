@@ -1,0 +1,216 @@
+import RampartCore
+import RampartNetlink
+
+extension Translate {
+    /// A rule's bytecode in `layout`: in the slot layout the dispatch (`iifname vmap @from-inst`)
+    /// becomes the jump into the direction's dispatch chain, for instance interfaces only.
+    static func expressions(_ r: IRRule, layout: NFTLayout) -> [NFTExpr] {
+        guard layout == .slots, case .vmap(_, let map) = r.verdict, let d = Slots.Direction(logicalMap: map) else {
+            return expressions(r)
+        }
+        var x = r
+        x.verdict = .accept
+        return expressions(x).dropLast() + Slots.entryRule(d)
+    }
+
+    static func rule(_ r: IRRule, chain: String, table: String, layout: NFTLayout) -> NFTRule {
+        NFTRule(family: family, table: table, chain: chain, expressions: expressions(r, layout: layout), comment: r.comment)
+    }
+}
+
+/// A core Plan as one batch in the slot layout (`Slots`), in time proportional to the Plan.
+///
+/// The core plans per-instance chains and interface → jump maps; here they become elements of
+/// `inst-groups`: every op on them only marks an interface, and at the end of the batch each
+/// marked interface's elements are brought from what the kernel holds (`SlotState`) to what
+/// `desired` says (its `out-<id>` chain's group jumps), deletions first. Group chains gain and
+/// lose their `groups-in`/`groups-out` element with the chain. Everything else is sent 1:1.
+struct SlotLowering {
+    let table: String
+    let desired: RulesetIR?
+    /// What the kernel holds before the batch; after `batch` returns, what it will hold once the
+    /// batch commits.
+    var state: SlotState
+
+    private var b = Batch()
+    private var previousSecret: [UInt8]?
+    private var interfaces = Set<String>()
+    private var instances = Set<String>()
+
+    init(table: String, desired: RulesetIR?, state: SlotState) {
+        self.table = table
+        self.desired = desired
+        self.state = state
+    }
+
+    /// The batch for `plan`. Throws if `desired` breaks the core's invariants (an instance whose
+    /// two chains disagree on its groups): nothing is sent then.
+    mutating func batch(_ plan: Plan) throws(NetlinkError) -> Batch {
+        for op in plan.ops { try lower(op) }
+        try finishInterfaces()
+        finishDispatch()
+        return b
+    }
+
+    private var family: NFTFamily { Translate.family }
+
+    private func keys() throws(NetlinkError) -> SlotKeys {
+        guard let k = state.keys else { throw .protocolError("slot layout: the table has no secret (read it back first)") }
+        return k
+    }
+
+    private mutating func lower(_ op: PlanOp) throws(NetlinkError) {
+        switch op {
+        case .createTable:
+            // A rebuilt table keeps its secret (and so its group keys): only a new one gets one.
+            let secret = state.keys?.secret ?? previousSecret ?? Slots.newSecret()
+            b.append(.addTable(NFTTable(family: family, name: table, comment: Translate.tableComment, tag: secret)))
+            state = SlotState(keys: SlotKeys(secret: secret))
+        case .deleteTable:
+            Translate.append(op, to: &b, table: table, desired: desired)
+            previousSecret = state.keys?.secret
+            state = SlotState()
+        case .createMap(let m):
+            guard let d = Slots.Direction(logicalMap: m) else { return Translate.append(op, to: &b, table: table, desired: desired) }
+            if !state.hasInstanceGroups {
+                b.append(.addSet(Slots.instanceGroupsDefinition(table: table)))
+                state.hasInstanceGroups = true
+            }
+            b.append(.addSet(Slots.groupsMapDefinition(d, table: table)))
+            b.append(.addElements(family: family, table: table, set: d.groupsMap, elements: [SlotKeys.endElement]))
+            state.groups[d] = []
+            b.append(.addChain(NFTChain(family: family, table: table, name: d.dispatchChain)))
+            state.dispatchSlots[d] = 0
+        case .deleteMap(let m):
+            guard let d = Slots.Direction(logicalMap: m) else { return Translate.append(op, to: &b, table: table, desired: desired) }
+            if state.dispatchSlots.removeValue(forKey: d) != nil {
+                b.append(.deleteChain(family: family, table: table, name: d.dispatchChain))
+            }
+            if state.groups.removeValue(forKey: d) != nil {
+                b.append(.deleteSet(family: family, table: table, name: d.groupsMap))
+            }
+            if state.groups.isEmpty && state.hasInstanceGroups {
+                b.append(.deleteSet(family: family, table: table, name: Slots.instanceGroups))
+                state.hasInstanceGroups = false
+                state.entries = [:]
+                state.interfaceOf = [:]
+            }
+        case .addMapElements(let m, let e) where Slots.Direction(logicalMap: m) != nil:
+            interfaces.formUnion(e.keys)
+        case .removeMapElements(let m, let keys) where Slots.Direction(logicalMap: m) != nil:
+            interfaces.formUnion(keys)
+        case .createChain(let h) where h.base == nil:
+            switch Slots.role(of: h.name) {
+            case .instance(_, let id)?: instances.insert(id)
+            case .group(let d, let g)?:
+                Translate.append(op, to: &b, table: table, desired: desired)
+                if state.groups[d]?.contains(g) == false {
+                    b.append(.addElements(family: family, table: table, set: d.groupsMap, elements: [try keys().groupElement(d, g)]))
+                    state.groups[d]?.insert(g)
+                }
+            case nil: Translate.append(op, to: &b, table: table, desired: desired)
+            }
+        case .rewriteChain(let n, _):
+            if case .instance(_, let id)? = Slots.role(of: n), desired?.chains[n]?.base == nil {
+                instances.insert(id)
+                return
+            }
+            Translate.append(op, to: &b, table: table, desired: desired) { r, c in
+                Translate.rule(r, chain: c, table: table, layout: .slots)
+            }
+        case .deleteChain(let n):
+            switch Slots.role(of: n) {
+            case .instance(_, let id)?: instances.insert(id)
+            case .group(let d, let g)?:
+                if state.groups[d]?.contains(g) == true {
+                    b.append(.deleteElements(family: family, table: table, set: d.groupsMap, elements: [NFTSetElement(key: try keys().mapKey(g))]))
+                    state.groups[d]?.remove(g)
+                }
+                Translate.append(op, to: &b, table: table, desired: desired)
+            case nil: Translate.append(op, to: &b, table: table, desired: desired)
+            }
+        default:
+            Translate.append(op, to: &b, table: table, desired: desired)
+        }
+    }
+
+    /// The groups `desired` gives the instance on `iface` (its kernel id and group ids), or nil
+    /// when no instance is there.
+    private func desiredInstance(_ iface: String) throws(NetlinkError) -> (id: String, groups: [String])? {
+        guard let ir = desired,
+              case .jump(let outChain)? = ir.maps[Naming.fromInstanceMap]?.elements[iface],
+              case .jump(let inChain)? = ir.maps[Naming.toInstanceMap]?.elements[iface],
+              case .instance(.out, let id)? = Slots.role(of: outChain), inChain == Slots.Direction.in.instancePrefix + id,
+              let outRules = ir.chains[outChain]?.rules, let inRules = ir.chains[inChain]?.rules else {
+            if desired?.maps[Naming.fromInstanceMap]?.elements[iface] != nil || desired?.maps[Naming.toInstanceMap]?.elements[iface] != nil {
+                throw .protocolError("slot layout: interface \(iface) is dispatched in one direction only, or not to its instance's chains")
+            }
+            return nil
+        }
+        func groups(_ rules: [IRRule], _ d: Slots.Direction) throws(NetlinkError) -> [String] {
+            guard rules.last == IRRule([], .drop) else { throw .protocolError("slot layout: chain of \(id) does not end in drop") }
+            var out: [String] = []
+            for r in rules.dropLast() {
+                guard r.matches.isEmpty, case .jump(let c) = r.verdict, case .group(d, let g)? = Slots.role(of: c) else {
+                    throw .protocolError("slot layout: chain of \(id) holds a rule other than a group jump")
+                }
+                out.append(g)
+            }
+            return out
+        }
+        let g = try groups(outRules, .out)
+        guard try groups(inRules, .in) == g, g.count <= Instance.maxGroups else {
+            throw .protocolError("slot layout: instance \(id) has different or more than \(Instance.maxGroups) groups in its two directions")
+        }
+        return (id, g)
+    }
+
+    /// Brings the marked interfaces' `inst-groups` elements to `desired`.
+    private mutating func finishInterfaces() throws(NetlinkError) {
+        for id in instances { if let i = state.interfaceOf[id] { interfaces.insert(i) } }
+        guard !interfaces.isEmpty else { return }
+        var removals: [NFTSetElement] = [], additions: [NFTSetElement] = []
+        for iface in interfaces.sorted() {
+            let want = try desiredInstance(iface)
+            let have = state.entries[iface] ?? [:]
+            let wanted = try want.map { w throws(NetlinkError) in SlotState.entries(instance: w.id, groups: w.groups, keys: try keys()) } ?? [:]
+            for (k, v) in have where wanted[k].map({ $0 != v }) ?? true {
+                removals.append(NFTSetElement(key: Slots.key(iface, k)))
+            }
+            for (k, v) in wanted where have[k].map({ $0 != v }) ?? true {
+                additions.append(NFTSetElement(key: Slots.key(iface, k), data: v.value, comment: v.comment))
+            }
+            if let old = SlotState.decode(have, keys: state.keys), state.interfaceOf[old.instance] == iface { state.interfaceOf[old.instance] = nil }
+            state.entries[iface] = wanted.isEmpty ? nil : wanted
+            if let w = want {
+                state.interfaceOf[w.id] = iface
+                for d in Slots.Direction.allCases where (state.dispatchSlots[d] ?? 0) < w.groups.count + 1 {
+                    needSlots[d] = max(needSlots[d] ?? 0, w.groups.count + 1)
+                }
+            }
+        }
+        guard state.hasInstanceGroups || (removals.isEmpty && additions.isEmpty) else {
+            throw .protocolError("slot layout: instance dispatch without its maps")
+        }
+        if !removals.isEmpty { b.append(.deleteElements(family: family, table: table, set: Slots.instanceGroups, elements: removals)) }
+        if !additions.isEmpty { b.append(.addElements(family: family, table: table, set: Slots.instanceGroups, elements: additions)) }
+    }
+
+    private var needSlots: [Slots.Direction: Int] = [:]
+
+    /// Rewrites a dispatch chain that has fewer slot rules than an instance now needs (or none
+    /// yet: a new chain gets at least one, for the end marker of an instance without groups).
+    private mutating func finishDispatch() {
+        for d in Slots.Direction.allCases {
+            guard let have = state.dispatchSlots[d] else { continue }
+            let want = max(have, needSlots[d] ?? 0, 1)
+            guard want != have else { continue }
+            b.append(.flushChain(family: family, table: table, name: d.dispatchChain))
+            for (k, x) in Slots.dispatchRules(d, slots: want).enumerated() {
+                b.append(.addRule(NFTRule(family: family, table: table, chain: d.dispatchChain, expressions: x,
+                                          comment: k < want ? Slots.slotComment(d, k) : "an instance interface without its slots")))
+            }
+            state.dispatchSlots[d] = want
+        }
+    }
+}

@@ -1,0 +1,158 @@
+import Foundation
+import Testing
+import RampartCore
+import RampartHarness
+@testable import RampartNFTables
+import RampartNetlink
+import RampartTestSupport
+
+/// The slot layout (`NFTLayout.slots`): instance changes are data-map elements only, and what the
+/// kernel holds always reads back as the core's IR.
+@Suite("The slot layout") struct SlotLayoutTests {
+    /// Whether a batch creates, rewrites or deletes a chain or rule, or adds a jump element:
+    /// anything that makes the kernel walk the table at commit.
+    static func touchesChainsOrJumps(_ b: Batch) -> Bool {
+        b.operations.contains { op in
+            switch op {
+            case .addChain, .deleteChain, .flushChain, .addRule: true
+            case .addElements(_, _, _, let e): e.contains { if case .jump? = $0.verdict { true } else if case .goto? = $0.verdict { true } else { false } }
+            default: false
+            }
+        }
+    }
+
+    @Test func plugUnplugAndGroupsChangesAreElementsOnly() throws {
+        let fake = RecordingNFTables()
+        let backend = NFTablesBackend(client: fake, layout: .slots)
+        var engine = Engine(host: "hv1")
+        try backend.commit(try engine.apply(document: exampleDocument), result: engine.planned)
+        let vm = Instance(host: "hv1", groups: ["web", "db"], ips: [IPAddress("10.0.7.7")!], interface: "tapnew")
+        var other = vm
+        other.interface = "tapother"
+        other.ips = [IPAddress("10.0.7.8")!]
+        // The table was created with instances of one group: two groups need a second slot
+        // rule once; after that, plugs and changes with up to two groups touch no chain.
+        var e2 = engine
+        let fake2 = fake
+        let b2 = backend
+        try b2.commit(try e2.instancePlugged(id: "first", instance: vm), result: e2.planned)
+        #expect(Self.touchesChainsOrJumps(try #require(fake2.committed.last)))
+        for step in 0..<4 {
+            let plan: Plan
+            switch step {
+            case 0: plan = try e2.instancePlugged(id: "new", instance: other)
+            case 1: plan = try e2.instanceGroupsChanged(id: "new", groups: ["db"])
+            case 2: plan = try e2.instanceGroupsChanged(id: "new", groups: ["db", "web"])
+            default: plan = try e2.instanceUnplugged(id: "new")
+            }
+            try b2.commit(plan, result: e2.planned)
+            let batch = try #require(fake2.committed.last)
+            #expect(!Self.touchesChainsOrJumps(batch), "step \(step): \(batch.operations.map(\.description))")
+            #expect(try NFTablesBackend(client: fake2, layout: .slots).readBack(reference: e2.planned) == e2.planned)
+        }
+    }
+
+    @Test func randomEventsReadBackAsTheirIR() throws {
+        let fake = RecordingNFTables()
+        let backend = NFTablesBackend(client: fake, layout: .slots)
+        var engine = Engine(host: "hv1")
+        try backend.commit(try engine.apply(document: exampleDocument), result: engine.planned)
+        var rng = SystemRandomNumberGenerator()
+        let groups = ["web", "db", "admin"]
+        var plugged: [String: Instance] = [:]
+        for step in 0..<200 {
+            let id = "i\(Int.random(in: 0..<6, using: &rng))"
+            let picked = groups.filter { _ in Bool.random(using: &rng) }
+            let plan: Plan
+            switch Int.random(in: 0..<4, using: &rng) {
+            case 0 where plugged[id] == nil:
+                let n = Int(id.dropFirst())!
+                let inst = Instance(host: "hv1", groups: picked, ips: [IPAddress("10.0.8.\(n + 1)")!], interface: "tapr\(n)")
+                plugged[id] = inst
+                plan = try engine.instancePlugged(id: id, instance: inst)
+            case 1 where plugged[id] != nil:
+                plugged[id] = nil
+                plan = try engine.instanceUnplugged(id: id)
+            case 2 where plugged[id] != nil:
+                plan = try engine.instanceGroupsChanged(id: id, groups: picked)
+            default:
+                var rules = engine.document.groups["db"]!.rules
+                rules[0].ports = UInt16(step % 1000 + 1)...UInt16(step % 1000 + 1)
+                plan = try engine.rulesChanged(group: "db", rules: rules)
+            }
+            try backend.commit(plan, result: engine.planned)
+            #expect(engine.planned == Compiler.compile(engine.document), "step \(step)")
+            // A fresh reader of the kernel (a new process) sees exactly the IR, and has nothing to do.
+            let reader = NFTablesBackend(client: fake, layout: .slots)
+            #expect(try reader.readBack(reference: engine.planned) == engine.planned, "step \(step)")
+        }
+    }
+
+    @Test func slotDriftRebuildsTheTableWithItsKeys() throws {
+        let fake = RecordingNFTables()
+        let desired = Compiler.compile(exampleDocument)
+        try NFTablesBackend(client: fake, layout: .slots).converge(to: desired)
+        let clean = try #require(try fake.readTable(family: .inet, name: "rampart"))
+        fake.mutateTable(family: .inet, name: "rampart") { t in
+            // A slot pointed at another group's key by hand.
+            let i = t.elements[Slots.instanceGroups]!.firstIndex { $0.comment == "web" }!
+            t.elements[Slots.instanceGroups]![i].comment = "db"
+        }
+        let change = try NFTablesBackend(client: fake, layout: .slots).converge(to: desired)
+        #expect(change.summary.hasPrefix("table rebuilt"))
+        let repaired = try #require(try fake.readTable(family: .inet, name: "rampart"))
+        #expect(repaired.table.tag == clean.table.tag)  // the same secret, so the same keys
+        #expect(Set(repaired.elements[Slots.instanceGroups]!) == Set(clean.elements[Slots.instanceGroups]!))
+        #expect(try NFTablesBackend(client: fake, layout: .slots).converge(to: desired).isEmpty)
+    }
+
+    @Test func aTableOfTheOtherLayoutIsRebuilt() throws {
+        let fake = RecordingNFTables()
+        let desired = Compiler.compile(exampleDocument)
+        try NFTablesBackend(client: fake, layout: .instanceChains).converge(to: desired)
+        let change = try NFTablesBackend(client: fake, layout: .slots).converge(to: desired)
+        #expect(change.summary.hasPrefix("table rebuilt"))
+        #expect(try NFTablesBackend(client: fake, layout: .slots).converge(to: desired).isEmpty)
+        // And back: the slot objects are deleted as drift, in one transaction.
+        #expect(try !NFTablesBackend(client: fake, layout: .instanceChains).converge(to: desired).isEmpty)
+        #expect(try NFTablesBackend(client: fake, layout: .instanceChains).converge(to: desired).isEmpty)
+        #expect(try fake.readTable(family: .inet, name: "rampart")?.set(Slots.instanceGroups) == nil)
+    }
+
+    @Test func moreGroupsThanSlotsIsRefusedWithItsPath() throws {
+        var doc = exampleDocument
+        for k in 0..<17 { doc.groups["x\(k)"] = Group(rules: []) }
+        doc.instances["web-2"]!.groups = (0..<17).map { "x\($0)" }
+        #expect(throws: DocumentError.self) { try doc.validate() }
+        do { try doc.validate() } catch {
+            #expect("\(error)".contains("instances.web-2.groups: 17 groups; an instance may be in at most 16"))
+        }
+        // An instance of another host is that host's business.
+        doc.instances["web-2"]!.groups = ["web"]
+        doc.instances["bastion"]!.groups = (0..<17).map { "x\($0)" }
+        try doc.validate()
+    }
+
+    /// The real kernel: a plug keeps every rule's handle, `nft list` reads the table, `rampart
+    /// show` names instances and groups.
+    @Test(.tags(.kernel), .rootOnly) func inTheKernelAPlugTouchesNoRule() throws {
+        let ns = try TestNamespace(prefix: "slot")
+        let nl = try NFTablesConnection(namespace: .named(ns.name))
+        let backend = NFTablesBackend(client: nl, layout: .slots)
+        var engine = Engine(host: "hv1")
+        try backend.commit(try engine.apply(document: exampleDocument), result: engine.planned)
+        let before = try #require(try nl.readTable(family: .inet, name: "rampart"))
+        let vm = Instance(host: "hv1", groups: ["db"], ips: [IPAddress("10.0.7.7")!], interface: "tapnew")
+        try backend.commit(try engine.instancePlugged(id: "new", instance: vm), result: engine.planned)
+        try backend.commit(try engine.instanceGroupsChanged(id: "new", groups: ["web"]), result: engine.planned)
+        let after = try #require(try nl.readTable(family: .inet, name: "rampart"))
+        #expect(after.rules == before.rules)  // every rule kept its handle
+        #expect(try NFTablesBackend(client: nl, layout: .slots).readBack(reference: engine.planned) == engine.planned)
+        let listed = try ns.nft("list", "ruleset").stdout
+        #expect(listed.contains(#""tapnew" . 0x00000000 comment "web""#))
+        #expect(listed.contains(#"comment "new""#))
+        #expect(listed.contains("jump dispatch-in"))
+        let shown = EnforcementView(try #require(try nl.readTable(family: .inet, name: "rampart")))
+        #expect(shown.instances.first { $0.instance == "new" }?.groups.map(\.group) == ["web"])
+    }
+}
