@@ -84,6 +84,14 @@ struct NFTablesBench: ParsableCommand {
     }
 }
 
+/// The samples of `HostRun.events`.
+struct EventSamples {
+    var members: [UInt64] = [], rules: [UInt64] = [], plug: [UInt64] = [], unplug: [UInt64] = []
+    var membersOps = 0
+    var rulesPlans: [Plan] = [], plugPlans: [Plan] = []
+    var plugBatch: Batch?
+}
+
 /// One scenario's membership-change medians, for the chart (0: not measured).
 struct MembershipPoint {
     var instances: Int
@@ -110,6 +118,11 @@ private struct HostRun {
     let memberGroup: String
     let joiner: Instance
     let files: TempFiles
+    /// The plugged instance: new, in two existing groups.
+    let vm: Instance
+    /// The hot group's rules, and a version with one port changed.
+    let oldRules: [Rule]
+    let newRules: [Rule]
 
     init(tag: String, instances: Int, report: Report, bench: NFTablesBench) {
         self.tag = tag
@@ -122,6 +135,12 @@ private struct HostRun {
         memberGroup = g
         joiner = Instance(host: "hv7", groups: [g], ips: [.v4(IPv4Address(raw: 0x0c00_0001))])
         files = TempFiles(prefix: "rampart-bench-\(getpid())-\(tag)")
+        vm = Instance(host: doc.host, groups: [hotGroup, "g3"], ips: [.v4(IPv4Address(raw: 0x0d00_0001))],
+                      interface: "tapnew", mac: MACAddress(raw: 0x0200_0d00_0001))
+        oldRules = doc.groups[hotGroup]!.rules
+        var changed = oldRules
+        changed[0].ports = 2222...2222
+        newRules = changed
     }
 
     var isBig: Bool { instances >= 5_000 }
@@ -134,6 +153,7 @@ private struct HostRun {
     var membersOurs: [UInt64] = []
     var rulesOurs: [UInt64] = []
     var plugOurs: [UInt64] = []
+    var unplugOurs: [UInt64] = []
     var kernelRules = 0
     /// Commits whose replies were lost (ENOBUFS) but which the read-back showed committed.
     var outcomeUnknown = 0
@@ -244,48 +264,12 @@ private struct HostRun {
         backend = NFTablesBackend(client: nl, layout: .instanceChains)
         try backend.commit(try engine.apply(document: doc), result: engine.planned)
 
-        let pairs = (fast + 1) / 2
-        // Membership change: a member elsewhere joins and leaves memberGroup, alternately.
-        var ops = 0
-        for k in 0..<(2 * pairs) {
-            let t0 = monotonicNanos()
-            let plan = k % 2 == 0 ? try engine.membersChanged(group: memberGroup, added: ["joiner": joiner])
-                                  : try engine.membersChanged(group: memberGroup, removed: ["joiner"])
-            try backend.commit(plan, result: engine.planned)
-            membersOurs.append(monotonicNanos() - t0)
-            ops = max(ops, plan.ops.count)
-        }
-        let membersOps = ops
-
-        // Rules change of the group with 100 local members: two versions alternate (one port).
-        let oldRules = engine.document.groups[hotGroup]!.rules
-        var newRules = oldRules
-        newRules[0].ports = 2222...2222
-        var rulesPlans: [Plan] = []
-        for k in 0..<(2 * pairs) {
-            let t0 = monotonicNanos()
-            let plan = try engine.rulesChanged(group: hotGroup, rules: k % 2 == 0 ? newRules : oldRules)
-            try backend.commit(plan, result: engine.planned)
-            rulesOurs.append(monotonicNanos() - t0)
-            if rulesPlans.count < 2 { rulesPlans.append(plan) }
-        }
-
-        // Instance plug (and unplug, timed separately): a new instance in two existing groups.
-        let vm = Instance(host: doc.host, groups: [hotGroup, "g3"], ips: [.v4(IPv4Address(raw: 0x0d00_0001))],
-                          interface: "tapnew", mac: MACAddress(raw: 0x0200_0d00_0001))
-        var unplug: [UInt64] = []
-        var plugPlans: [Plan] = []
-        for _ in 0..<pairs {
-            var t0 = monotonicNanos()
-            let p = try engine.instancePlugged(id: "new", instance: vm)
-            try backend.commit(p, result: engine.planned)
-            plugOurs.append(monotonicNanos() - t0)
-            t0 = monotonicNanos()
-            let u = try engine.instanceUnplugged(id: "new")
-            try backend.commit(u, result: engine.planned)
-            unplug.append(monotonicNanos() - t0)
-            if plugPlans.isEmpty { plugPlans = [p, u] }
-        }
+        let ev = try events(&engine, backend)
+        membersOurs = ev.members
+        rulesOurs = ev.rules
+        plugOurs = ev.plug
+        unplugOurs = ev.unplug
+        let (unplug, membersOps, rulesPlans, plugPlans) = (ev.unplug, ev.membersOps, ev.rulesPlans, ev.plugPlans)
         guard engine.planned == Compiler.compile(engine.document),
               try backend.readBack(reference: engine.planned) == engine.planned else {
             throw HarnessError("\(tag): kernel or engine diverged from the document after the events")
@@ -332,14 +316,13 @@ private struct HostRun {
         point.rampart = median(membersOurs)
         point.nftAddElement = median(nftMembers)
         try dropTable()
-        if bench.slotLayout { try slotLayout(nl, place: place, vm: vm, newRules: newRules, oldRules: oldRules) }
+        if bench.slotLayout { try slotLayout(nl, place: place) }
     }
 
     /// The same events in the slot layout (`NFTLayout.slots`, the default: no per-instance
     /// chain), each beside the instance-chains layout's figure of this run (the figures above,
     /// which the nft and classic baselines compare with: `nft -f` can load that layout only).
-    mutating func slotLayout(_ nl: NFTablesConnection, place: NetworkNamespace, vm: Instance,
-                             newRules: [Rule], oldRules: [Rule]) throws {
+    mutating func slotLayout(_ nl: NFTablesConnection, place: NetworkNamespace) throws {
         func dropTable() throws {
             guard try nl.readTable(family: .inet, name: Naming.table) != nil else { return }
             try expectZero(try spawnQuiet(["nft", "delete", "table", "inet", Naming.table], in: place), "nft delete table")
@@ -355,39 +338,12 @@ private struct HostRun {
             try commitReconciling(backend, try engine.apply(document: doc), engine.planned)
             cold.append(monotonicNanos() - t0)
         }
-        var members: [UInt64] = [], rules: [UInt64] = [], plug: [UInt64] = [], unplug: [UInt64] = []
-        let pairs = (fast + 1) / 2
-        for k in 0..<(2 * pairs) {
-            let t0 = monotonicNanos()
-            let plan = k % 2 == 0 ? try engine.membersChanged(group: memberGroup, added: ["joiner": joiner])
-                                  : try engine.membersChanged(group: memberGroup, removed: ["joiner"])
-            try backend.commit(plan, result: engine.planned)
-            members.append(monotonicNanos() - t0)
+        let ev = try events(&engine, backend)
+        let plugBatch = ev.plugBatch?.operations.count ?? 0
+        if let b = ev.plugBatch, b.operations.contains(where: { if case .addChain = $0 { true } else if case .addRule = $0 { true } else { false } }) {
+            throw HarnessError("\(tag): a plug in the slot layout sent a chain or a rule")
         }
-        for k in 0..<(2 * pairs) {
-            let t0 = monotonicNanos()
-            try backend.commit(try engine.rulesChanged(group: hotGroup, rules: k % 2 == 0 ? newRules : oldRules), result: engine.planned)
-            rules.append(monotonicNanos() - t0)
-        }
-        var plugBatch = 0
-        for _ in 0..<pairs {
-            var t0 = monotonicNanos()
-            let p = try engine.instancePlugged(id: "new", instance: vm)
-            if plugBatch == 0 {
-                // What a plug sends in this layout: element messages only, no chain, no rule.
-                let b = try backend.batch(for: p, result: engine.planned)
-                plugBatch = b.operations.count
-                if b.operations.contains(where: { if case .addChain = $0 { true } else if case .addRule = $0 { true } else { false } }) {
-                    throw HarnessError("\(tag): a plug in the slot layout sent a chain or a rule")
-                }
-                t0 = monotonicNanos()
-            }
-            try backend.commit(p, result: engine.planned)
-            plug.append(monotonicNanos() - t0)
-            t0 = monotonicNanos()
-            try backend.commit(try engine.instanceUnplugged(id: "new"), result: engine.planned)
-            unplug.append(monotonicNanos() - t0)
-        }
+        let (members, rules, plug, unplug) = (ev.members, ev.rules, ev.plug, ev.unplug)
         guard try backend.readBack(reference: engine.planned) == engine.planned else {
             throw HarnessError("\(tag): slot layout: the kernel read back differs from the engine's IR")
         }
@@ -396,8 +352,48 @@ private struct HostRun {
         add("[slot layout, the default] rules change, 100 local members", rules, baseline: "instance-chains layout (before), this run", rulesOurs, target: 500_000)
         add("[slot layout, the default] instance plug", plug, baseline: "instance-chains layout (before), this run", plugOurs, target: 50_000,
             extra: ["batch_messages": "\(plugBatch)"])
-        add("[slot layout, the default] instance unplug", unplug)
+        add("[slot layout, the default] instance unplug", unplug, baseline: "instance-chains layout (before), this run", unplugOurs)
         try dropTable()
+    }
+
+    /// The timed events, in one layout: a membership change (a member elsewhere joins and leaves
+    /// `memberGroup`, alternately), a rules change of the group with 100 local members (two
+    /// versions alternate: one port), an instance plug and its unplug (timed separately).
+    func events(_ engine: inout Engine, _ backend: NFTablesBackend) throws -> EventSamples {
+        var ev = EventSamples()
+        let pairs = (fast + 1) / 2
+        for k in 0..<(2 * pairs) {
+            let t0 = monotonicNanos()
+            let plan = k % 2 == 0 ? try engine.membersChanged(group: memberGroup, added: ["joiner": joiner])
+                                  : try engine.membersChanged(group: memberGroup, removed: ["joiner"])
+            try backend.commit(plan, result: engine.planned)
+            ev.members.append(monotonicNanos() - t0)
+            ev.membersOps = max(ev.membersOps, plan.ops.count)
+        }
+        for k in 0..<(2 * pairs) {
+            let t0 = monotonicNanos()
+            let plan = try engine.rulesChanged(group: hotGroup, rules: k % 2 == 0 ? newRules : oldRules)
+            try backend.commit(plan, result: engine.planned)
+            ev.rules.append(monotonicNanos() - t0)
+            if ev.rulesPlans.count < 2 { ev.rulesPlans.append(plan) }
+        }
+        for _ in 0..<pairs {
+            var t0 = monotonicNanos()
+            let p = try engine.instancePlugged(id: "new", instance: vm)
+            if ev.plugBatch == nil {
+                // What a plug sends (outside the timing).
+                ev.plugBatch = try backend.batch(for: p, result: engine.planned)
+                t0 = monotonicNanos()
+            }
+            try backend.commit(p, result: engine.planned)
+            ev.plug.append(monotonicNanos() - t0)
+            t0 = monotonicNanos()
+            let u = try engine.instanceUnplugged(id: "new")
+            try backend.commit(u, result: engine.planned)
+            ev.unplug.append(monotonicNanos() - t0)
+            if ev.plugPlans.isEmpty { ev.plugPlans = [p, u] }
+        }
+        return ev
     }
 
     /// Commits; if the outcome is unknown (`ENOBUFS`: replies lost), reconciles as a daemon
