@@ -53,14 +53,26 @@ import RampartTestSupport
     }
 
     @Test func randomEventsReadBackAsTheirIR() throws {
-        let fake = RecordingNFTables()
-        let backend = NFTablesBackend(client: fake, layout: .slots)
+        try Self.randomEvents(client: RecordingNFTables(), steps: 200)
+    }
+
+    /// The same against the kernel, fewer steps.
+    @Test(.tags(.kernel), .rootOnly) func randomEventsInTheKernel() throws {
+        let ns = try TestNamespace(prefix: "slotr")
+        try Self.randomEvents(client: try NFTablesConnection(namespace: .named(ns.name)), steps: 60)
+    }
+
+    /// Random plugs, unplugs, groups changes (up to three groups) and rules changes; after each,
+    /// the engine's IR equals a full compile of its document and a fresh reader of the table
+    /// (a new process) reads exactly that IR back.
+    static func randomEvents(client: some NFTablesClient, steps: Int) throws {
+        let backend = NFTablesBackend(client: client, layout: .slots)
         var engine = Engine(host: "hv1")
         try backend.commit(try engine.apply(document: exampleDocument), result: engine.planned)
         var rng = SystemRandomNumberGenerator()
         let groups = ["web", "db", "admin"]
         var plugged: [String: Instance] = [:]
-        for step in 0..<200 {
+        for step in 0..<steps {
             let id = "i\(Int.random(in: 0..<6, using: &rng))"
             let picked = groups.filter { _ in Bool.random(using: &rng) }
             let plan: Plan
@@ -82,8 +94,7 @@ import RampartTestSupport
             }
             try backend.commit(plan, result: engine.planned)
             #expect(engine.planned == Compiler.compile(engine.document), "step \(step)")
-            // A fresh reader of the kernel (a new process) sees exactly the IR, and has nothing to do.
-            let reader = NFTablesBackend(client: fake, layout: .slots)
+            let reader = NFTablesBackend(client: client, layout: .slots)
             #expect(try reader.readBack(reference: engine.planned) == engine.planned, "step \(step)")
         }
     }
