@@ -13,16 +13,41 @@ public struct Caller: Sendable, Equatable {
     }
 }
 
+/// What one server enforces beyond the API's own rules (rampart-api's options).
+public struct EC2Settings: Sendable {
+    /// The regions a request may be signed for; any other is refused as AWS refuses a
+    /// credential scoped to a region the endpoint does not serve (`SignatureDoesNotMatch`).
+    public var regions: Set<String>
+    /// At most this many security groups per instance (AWS: 5 by default, up to 16 by quota):
+    /// more is `SecurityGroupsPerInterfaceLimitExceeded`.
+    public var maxGroupsPerInterface: Int
+    /// How long a terminated instance stays listed by DescribeInstances (AWS: about an hour).
+    public var terminatedVisibleSeconds: Int
+
+    /// AWS's hard ceiling of security groups per network interface.
+    public static let groupsPerInterfaceCeiling = 16
+
+    public init(regions: Set<String> = ["us-east-1"], maxGroupsPerInterface: Int = 5, terminatedVisibleSeconds: Int = 3600) {
+        precondition((1...Self.groupsPerInterfaceCeiling).contains(maxGroupsPerInterface), "maxGroupsPerInterface: 1-16")
+        self.regions = regions
+        self.maxGroupsPerInterface = maxGroupsPerInterface
+        self.terminatedVisibleSeconds = terminatedVisibleSeconds
+    }
+}
+
 /// The EC2 actions over the store. Every mutating action is one store transaction
 /// (`SQLStore.ec2Change`); its fan-out is handed to `deliver` after COMMIT, before the answer.
 /// Each action reads all its parameters, and refuses any it did not read, before it touches
 /// the store.
 public final class EC2Service: Sendable {
     public let store: SQLStore
+    public let settings: EC2Settings
     let deliver: @Sendable ([Delivery]) -> Void
 
-    public init(store: SQLStore, deliver: @escaping @Sendable ([Delivery]) -> Void) {
+    /// The store must have the lifecycle tables (`SQLStore.prepareEC2Lifecycle`).
+    public init(store: SQLStore, settings: EC2Settings = EC2Settings(), deliver: @escaping @Sendable ([Delivery]) -> Void) {
         self.store = store
+        self.settings = settings
         self.deliver = deliver
     }
 
@@ -30,13 +55,18 @@ public final class EC2Service: Sendable {
     public static let actions = [
         "CreateSecurityGroup", "DeleteSecurityGroup", "DescribeSecurityGroups", "DescribeSecurityGroupRules",
         "AuthorizeSecurityGroupIngress", "AuthorizeSecurityGroupEgress", "RevokeSecurityGroupIngress", "RevokeSecurityGroupEgress",
+        "ModifySecurityGroupRules", "UpdateSecurityGroupRuleDescriptionsIngress", "UpdateSecurityGroupRuleDescriptionsEgress",
         "CreateTags", "DeleteTags", "RunInstances", "TerminateInstances", "DescribeInstances",
+        "StopInstances", "StartInstances", "RebootInstances", "ModifyInstanceAttribute", "DescribeInstanceAttribute",
     ]
 
     /// Answers one request: the XML body of a success, or the error.
     public func handle(_ form: Form, caller: Caller, requestID: String) throws(EC2Error) -> String {
         guard let action = form.string("Action") else { throw EC2Error("MissingAction", "The request must contain the parameter Action") }
         _ = form.string("Version")
+        guard settings.regions.contains(caller.region) else {
+            throw EC2Error("SignatureDoesNotMatch", "Credential should be scoped to a valid region, not '\(caller.region)'. This endpoint serves: \(settings.regions.sorted().joined(separator: ", "))", status: 403)
+        }
         let body: (inout XMLWriter) -> Void
         switch action {
         case "CreateSecurityGroup": body = try createSecurityGroup(form, caller)
@@ -50,8 +80,16 @@ public final class EC2Service: Sendable {
         case "CreateTags": body = try tags(form, caller, create: true)
         case "DeleteTags": body = try tags(form, caller, create: false)
         case "RunInstances": body = try runInstances(form, caller)
-        case "TerminateInstances": body = try terminateInstances(form, caller)
+        case "TerminateInstances": body = try transition(form, caller, .terminate)
         case "DescribeInstances": body = try describeInstances(form, caller)
+        case "ModifySecurityGroupRules": body = try modifySecurityGroupRules(form, caller)
+        case "UpdateSecurityGroupRuleDescriptionsIngress": body = try updateRuleDescriptions(form, caller, .ingress)
+        case "UpdateSecurityGroupRuleDescriptionsEgress": body = try updateRuleDescriptions(form, caller, .egress)
+        case "StopInstances": body = try transition(form, caller, .stop)
+        case "StartInstances": body = try transition(form, caller, .start)
+        case "RebootInstances": body = try transition(form, caller, .reboot)
+        case "ModifyInstanceAttribute": body = try modifyInstanceAttribute(form, caller)
+        case "DescribeInstanceAttribute": body = try describeInstanceAttribute(form, caller)
         default: throw EC2Error("InvalidAction", "The action \(action) is not valid for this web service.")
         }
         return XMLWriter.response(action, requestID: requestID, body)
@@ -71,6 +109,12 @@ public final class EC2Service: Sendable {
         case .invalid: .invalidParameter(e.message)
         case .database, .unavailable, .missing, .unsafe: .server("the store failed: \(e.message)")
         }
+    }
+
+    /// `body`'s errors as the client sees them: an EC2Error as it is, a store error mapped by
+    /// `storeFailure`, anything else a server error.
+    static func storeCall<T>(_ body: () throws -> T) throws(EC2Error) -> T {
+        do { return try body() } catch let e as EC2Error { throw e } catch let e as StoreError { throw storeFailure(e) } catch { throw .server("\(error)") }
     }
 
     /// One write transaction; a dry run is rolled back after the body succeeded.

@@ -194,13 +194,19 @@ public struct EC2Transaction {
         let issues = rules.enumerated().flatMap { Validate.rule($1, at: "rules[\($0)]") }
         if !issues.isEmpty { throw StoreError(.invalid, issues.map(\.description).joined(separator: "; ")) }
         try store.writeRules(group, rules)
+        try setRuleDescriptions(group, rules, descriptions)
+        return try store.fanOut(rules: group).sorted()
+    }
+
+    /// Replaces the descriptions of the group's `rules` (ids absent from `descriptions` have
+    /// none). Descriptions are not enforced: no fan-out.
+    public func setRuleDescriptions(_ group: String, _ rules: [Rule], _ descriptions: [String: String]) throws(StoreError) {
         try db.run("DELETE FROM ec2_rule_descriptions WHERE group_id = ?", .text(group))
         for r in rules {
             if let id = r.id, let d = descriptions[id] {
                 try db.run("INSERT INTO ec2_rule_descriptions(rule_id, group_id, description) VALUES (?, ?, ?)", .text(id), .text(group), .text(d))
             }
         }
-        return try store.fanOut(rules: group).sorted()
     }
 
     // MARK: instances
@@ -222,24 +228,25 @@ public struct EC2Transaction {
         return out
     }
 
-    /// Removes an instance and its metadata.
-    public func deleteInstance(_ id: String) throws(StoreError) -> [Delivery] {
+    /// Removes an instance and its metadata (`terminateInstance` keeps a snapshot).
+    func deleteInstance(_ id: String) throws(StoreError) -> [Delivery] {
         try db.run("DELETE FROM ec2_tags WHERE resource = ?", .text(id))
         try db.run("DELETE FROM ec2_instances WHERE id = ?", .text(id))
         return try store.deleteInstance(id)
     }
 
-    /// The instances of every VPC of `account` in `region`, by id.
-    public func instances(account: String, region: String) throws(StoreError) -> [EC2Instance] {
+    /// The live (running or stopped) instances of every VPC of `account` in `region`, by id
+    /// (only the one with `id` when given).
+    public func instances(account: String, region: String, id: String? = nil) throws(StoreError) -> [EC2Instance] {
         let rows = try db.query("""
             SELECT e.id, e.vpc_id, e.reservation, e.image, e.type, e.launched, e.client_token FROM ec2_instances e JOIN ec2_vpcs v ON v.id = e.vpc_id
-            WHERE v.account = ? AND v.region = ? ORDER BY e.id
-            """, .text(account), .text(region))
+            WHERE v.account = ? AND v.region = ?\(id == nil ? "" : " AND e.id = ?") ORDER BY e.id
+            """, [.text(account), .text(region)] + (id.map { [.text($0)] } ?? []))
         var out: [EC2Instance] = []
         for r in rows {
             guard let id = r[0], let vpcID = r[1], let vpc = try vpc(vpcID), let inst = try store.records("WHERE i.id = ?", [.text(id)])[id] else { continue }
             out.append(EC2Instance(id: id, vpc: vpc, reservation: r[2] ?? "", image: r[3] ?? "", type: r[4] ?? "", launched: r[5] ?? "",
-                                   clientToken: r[6], record: inst))
+                                   clientToken: r[6], record: inst, state: try state(ofLive: id)))
         }
         return out
     }
@@ -284,11 +291,14 @@ public struct EC2Instance: Hashable, Sendable {
     public var launched: String
     /// RunInstances' idempotency token.
     public var clientToken: String?
-    /// The contract's record: host, groups, address, interface, MAC.
+    /// The contract's record: host, groups, address, interface, MAC (for a terminated
+    /// instance: what it was).
     public var record: Instance?
+    public var state: EC2InstanceState
 
     public init(id: String, vpc: EC2VPC, reservation: String, image: String, type: String, launched: String,
-                clientToken: String? = nil, record: Instance? = nil) {
+                clientToken: String? = nil, record: Instance? = nil, state: EC2InstanceState = .running) {
+        self.state = state
         self.id = id
         self.vpc = vpc
         self.reservation = reservation
