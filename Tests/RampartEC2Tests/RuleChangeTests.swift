@@ -130,8 +130,9 @@ final class InProcessAPI {
     }
 }
 
-/// ModifySecurityGroupRules and UpdateSecurityGroupRuleDescriptions* through the `aws` CLI.
-@Suite("EC2 API rule changes with the aws CLI", .serialized) struct EC2RuleChangeCLITests {
+/// ModifySecurityGroupRules and UpdateSecurityGroupRuleDescriptions* through the `aws` CLI
+/// (what it sends and reads back), and their refusals through boto3 (faster: one process).
+@Suite("EC2 API rule changes with the aws CLI and boto3", .serialized) struct EC2RuleChangeClientTests {
     @Test func modifyAndDescribeRulesByID() throws {
         let api = try APIServerFixture()
         let daemon = try FakeDaemon(path: api.daemonSocket, host: "hv1")
@@ -147,45 +148,87 @@ final class InProcessAPI {
 
         _ = try api.awsOK(["modify-security-group-rules", "--group-id", web, "--security-group-rules",
                            "SecurityGroupRuleId=\(ssh),SecurityGroupRule={IpProtocol=tcp,FromPort=2222,ToPort=2222,CidrIpv4=192.0.2.0/24,Description=moved}"])
-        func rule(_ id: String) throws -> [String: Any] {
-            try #require(items(try api.awsOK(["describe-security-group-rules", "--security-group-rule-ids", id]), "SecurityGroupRules").first)
-        }
-        let moved = try rule(ssh)
+        #expect(Array(daemon.received.dropFirst(heard)) == ["/v1/refresh/rules/\(web)"])
+        let moved = try #require(items(try api.awsOK(["describe-security-group-rules", "--security-group-rule-ids", ssh]), "SecurityGroupRules").first)
         #expect(moved["FromPort"] as? Int == 2222 && moved["CidrIpv4"] as? String == "192.0.2.0/24" && moved["Description"] as? String == "moved")
         #expect(moved["IsEgress"] as? Bool == false)
-        #expect(Array(daemon.received.dropFirst(heard)) == ["/v1/refresh/rules/\(web)"])
-        let filtered = items(try api.awsOK(["describe-security-group-rules", "--filters", "Name=group-id,Values=\(web)",
-                                            "Name=security-group-rule-id,Values=\(dns)"]), "SecurityGroupRules")
-        #expect(filtered.count == 1 && filtered.first?["IpProtocol"] as? String == "udp")
-
-        // Each refused call changes nothing.
-        let before = try api.snapshot()
-        let to = { (id: String, body: String) in ["modify-security-group-rules", "--group-id", web, "--security-group-rules", "SecurityGroupRuleId=\(id),SecurityGroupRule={\(body)}"] }
-        try api.awsFails(to("sgr-0123456789abcdef0", "IpProtocol=tcp,FromPort=1,ToPort=1,CidrIpv4=10.0.0.0/8"), code: "InvalidSecurityGroupRuleId.NotFound")
-        try api.awsFails(to("sgr-xyz", "IpProtocol=tcp,FromPort=1,ToPort=1,CidrIpv4=10.0.0.0/8"), code: "InvalidSecurityGroupRuleId.Malformed")
-        // Becoming equal to the udp rule: a duplicate.
-        try api.awsFails(to(ssh, "IpProtocol=udp,FromPort=53,ToPort=53,CidrIpv4=10.0.0.0/8"), code: "InvalidPermission.Duplicate")
-        try api.awsFails(to(ssh, "IpProtocol=tcp,FromPort=1,ToPort=1,CidrIpv4=10.0.0.0/8,CidrIpv6=::/0"), code: "InvalidParameterCombination")
-        try api.awsFails(to(ssh, "IpProtocol=tcp,FromPort=1,ToPort=1"), code: "MissingParameter")
-        try api.awsFails(to(ssh, "IpProtocol=tcp,FromPort=1,ToPort=1,CidrIpv4=10.0.0.1/8"), code: "InvalidParameterValue")
-        try api.awsFails(to(ssh, "IpProtocol=tcp,FromPort=1,ToPort=1,PrefixListId=pl-12345678"), code: "UnsupportedOperation")
-        try api.awsFails(to(ssh, "IpProtocol=tcp,FromPort=1,ToPort=1,ReferencedGroupId=sg-0123456789abcdef0"), code: "InvalidGroup.NotFound")
-        try api.awsFails(to(ssh, "IpProtocol=tcp,FromPort=1,ToPort=1,CidrIpv4=10.0.0.0/8") + ["--dry-run"], code: "DryRunOperation")
-        // Another account's rule does not exist for it.
-        try api.awsFails(to(ssh, "IpProtocol=tcp,FromPort=1,ToPort=1,CidrIpv4=10.0.0.0/8"), code: "InvalidGroup.NotFound", as: keyB)
-        try api.awsFails(["update-security-group-rule-descriptions-egress", "--group-id", web,
-                          "--security-group-rule-descriptions", "SecurityGroupRuleId=\(ssh),Description=x"], code: "InvalidSecurityGroupRuleId.NotFound")
-        try api.awsFails(["update-security-group-rule-descriptions-ingress", "--group-id", web, "--ip-permissions",
-                          "IpProtocol=tcp,FromPort=9,ToPort=9,IpRanges=[{CidrIp=10.0.0.0/8,Description=x}]"], code: "InvalidPermission.NotFound")
-        #expect(try api.snapshot() == before)
+        try api.awsFails(["modify-security-group-rules", "--group-id", web, "--security-group-rules",
+                          "SecurityGroupRuleId=sgr-0123456789abcdef0,SecurityGroupRule={IpProtocol=tcp,FromPort=1,ToPort=1,CidrIpv4=10.0.0.0/8}"],
+                         code: "InvalidSecurityGroupRuleId.NotFound")
 
         // Descriptions: by id, and by permission (a description left out is removed).
         _ = try api.awsOK(["update-security-group-rule-descriptions-ingress", "--group-id", web,
                            "--security-group-rule-descriptions", "SecurityGroupRuleId=\(dns),Description=dns"])
-        #expect(try rule(dns)["Description"] as? String == "dns")
         _ = try api.awsOK(["update-security-group-rule-descriptions-ingress", "--group-name", "web", "--ip-permissions",
                            "IpProtocol=tcp,FromPort=2222,ToPort=2222,IpRanges=[{CidrIp=192.0.2.0/24}]"])
-        #expect(try rule(ssh)["Description"] == nil)
+        let rules = items(try api.awsOK(["describe-security-group-rules", "--filters", "Name=group-id,Values=\(web)"]), "SecurityGroupRules")
+        #expect(rules.first { $0["SecurityGroupRuleId"] as? String == dns }?["Description"] as? String == "dns")
+        #expect(rules.first { $0["SecurityGroupRuleId"] as? String == ssh }.map { $0["Description"] == nil } == true)
         #expect(daemon.received.count == heard + 1)
+    }
+
+    /// Every refusal leaves the groups as they were.
+    @Test func refusedRuleChangesChangeNothing() throws {
+        let api = try APIServerFixture()
+        let setup = try api.python(pythonPrelude + """
+            web = ec2.create_security_group(GroupName='web', Description='w')['GroupId']
+            rules = ec2.authorize_security_group_ingress(GroupId=web, IpPermissions=[
+                {'IpProtocol': 'tcp', 'FromPort': 22, 'ToPort': 22, 'IpRanges': [{'CidrIp': '10.0.0.0/8'}]},
+                {'IpProtocol': 'udp', 'FromPort': 53, 'ToPort': 53, 'IpRanges': [{'CidrIp': '10.0.0.0/8'}]}])['SecurityGroupRules']
+            print(json.dumps({'web': web, 'ssh': rules[0]['SecurityGroupRuleId']}))
+            """)
+        let web = try #require(setup["web"] as? String), ssh = try #require(setup["ssh"] as? String)
+        let before = try api.snapshot()
+        let r = try api.python(pythonPrelude + """
+            web, ssh = '\(web)', '\(ssh)'
+            def modify(rule, rid=ssh, group=web, **k):
+                return code(ec2.modify_security_group_rules, GroupId=group, SecurityGroupRules=[{'SecurityGroupRuleId': rid, 'SecurityGroupRule': rule}], **k)
+            tcp1 = {'IpProtocol': 'tcp', 'FromPort': 1, 'ToPort': 1, 'CidrIpv4': '10.0.0.0/8'}
+            out = {
+                'malformed': modify(tcp1, rid='sgr-xyz'),
+                'duplicate': modify({'IpProtocol': 'udp', 'FromPort': 53, 'ToPort': 53, 'CidrIpv4': '10.0.0.0/8'}),
+                'two_peers': modify(dict(tcp1, CidrIpv6='::/0')),
+                'no_peer': modify({'IpProtocol': 'tcp', 'FromPort': 1, 'ToPort': 1}),
+                'no_proto': modify({'CidrIpv4': '0.0.0.0/0'}),
+                'host_bits': modify(dict(tcp1, CidrIpv4='10.0.0.1/8')),
+                'bad_ports': modify(dict(tcp1, FromPort=10, ToPort=5)),
+                'prefix_list': modify({'IpProtocol': 'tcp', 'FromPort': 1, 'ToPort': 1, 'PrefixListId': 'pl-12345678'}),
+                'unknown_ref': modify({'IpProtocol': 'tcp', 'FromPort': 1, 'ToPort': 1, 'ReferencedGroupId': 'sg-0123456789abcdef0'}),
+                'bad_group': modify(tcp1, group='sg-zz'),
+                'dry_run': modify(tcp1, DryRun=True),
+                'twice': code(ec2.modify_security_group_rules, GroupId=web, SecurityGroupRules=[
+                    {'SecurityGroupRuleId': ssh, 'SecurityGroupRule': tcp1}, {'SecurityGroupRuleId': ssh, 'SecurityGroupRule': tcp1}]),
+                'desc_wrong_direction': code(ec2.update_security_group_rule_descriptions_egress, GroupId=web,
+                    SecurityGroupRuleDescriptions=[{'SecurityGroupRuleId': ssh, 'Description': 'x'}]),
+                'desc_no_such_rule': code(ec2.update_security_group_rule_descriptions_ingress, GroupId=web,
+                    IpPermissions=[{'IpProtocol': 'tcp', 'FromPort': 9, 'ToPort': 9, 'IpRanges': [{'CidrIp': '10.0.0.0/8', 'Description': 'x'}]}]),
+                'desc_both': code(ec2.update_security_group_rule_descriptions_ingress, GroupId=web,
+                    SecurityGroupRuleDescriptions=[{'SecurityGroupRuleId': ssh, 'Description': 'x'}],
+                    IpPermissions=[{'IpProtocol': 'tcp', 'FromPort': 22, 'ToPort': 22, 'IpRanges': [{'CidrIp': '10.0.0.0/8'}]}]),
+                'desc_none': code(ec2.update_security_group_rule_descriptions_ingress, GroupId=web),
+                'desc_long': code(ec2.update_security_group_rule_descriptions_ingress, GroupId=web,
+                    SecurityGroupRuleDescriptions=[{'SecurityGroupRuleId': ssh, 'Description': 'x' * 256}]),
+                'desc_dry_run': code(ec2.update_security_group_rule_descriptions_ingress, GroupId=web, DryRun=True,
+                    SecurityGroupRuleDescriptions=[{'SecurityGroupRuleId': ssh, 'Description': 'x'}]),
+            }
+            print(json.dumps(out))
+            """)
+        let expected = [
+            "malformed": "InvalidSecurityGroupRuleId.Malformed", "duplicate": "InvalidPermission.Duplicate", "two_peers": "InvalidParameterCombination",
+            "no_peer": "MissingParameter", "no_proto": "MissingParameter", "host_bits": "InvalidParameterValue", "bad_ports": "InvalidParameterValue",
+            "prefix_list": "UnsupportedOperation", "unknown_ref": "InvalidGroup.NotFound", "bad_group": "InvalidGroupId.Malformed",
+            "dry_run": "DryRunOperation", "twice": "InvalidParameterValue", "desc_wrong_direction": "InvalidSecurityGroupRuleId.NotFound",
+            "desc_no_such_rule": "InvalidPermission.NotFound", "desc_both": "InvalidParameterCombination", "desc_none": "MissingParameter",
+            "desc_long": "InvalidParameterValue", "desc_dry_run": "DryRunOperation",
+        ]
+        #expect(r as? [String: String] == expected)
+        #expect(try api.snapshot() == before)
+        // Another account's group does not exist for it.
+        let other = try api.python(pythonPrelude + """
+            print(json.dumps({'c': code(ec2.modify_security_group_rules, GroupId='\(web)', SecurityGroupRules=[{'SecurityGroupRuleId': '\(ssh)',
+                'SecurityGroupRule': {'IpProtocol': '-1', 'CidrIpv4': '0.0.0.0/0'}}])}))
+            """, as: keyB)
+        #expect(other["c"] as? String == "InvalidGroup.NotFound")
+        #expect(try api.snapshot()[0] == before[0])
     }
 }
