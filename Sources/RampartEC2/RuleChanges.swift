@@ -74,10 +74,7 @@ extension EC2Service {
     func updateRuleDescriptions(_ form: Form, _ caller: Caller, _ direction: Direction) throws(EC2Error) -> (inout XMLWriter) -> Void {
         let t = try Self.target(form)
         let dryRun = try form.bool("DryRun")
-        let parsed = try Permissions.parse(form, direction: direction) { id throws(EC2Error) in
-            guard Self.isID(id, "sg") else { throw EC2Error.malformedGroupID(id) }
-            return id
-        }
+        let parsed = try Self.permissionsToMatch(form, direction)
         var byID: [(id: String, description: String?)] = []
         for i in try form.indices("SecurityGroupRuleDescription") {
             let p = "SecurityGroupRuleDescription.\(i)"

@@ -332,17 +332,21 @@ public final class EC2Service: Sendable {
         }
     }
 
+    /// `IpPermissions.N` naming rules that should exist (revoke, descriptions): a referenced
+    /// group is only checked for form here; matching the group's rules finds whether it exists.
+    static func permissionsToMatch(_ form: Form, _ direction: Direction) throws(EC2Error) -> [Permissions.Parsed] {
+        try Permissions.parse(form, direction: direction) { id throws(EC2Error) in
+            guard isID(id, "sg") else { throw EC2Error.malformedGroupID(id) }
+            return id
+        }
+    }
+
     func revoke(_ form: Form, _ caller: Caller, _ direction: Direction) throws(EC2Error) -> (inout XMLWriter) -> Void {
         let t = try Self.target(form)
         let dryRun = try form.bool("DryRun")
-        let parsed = try Permissions.parse(form, direction: direction) { id throws(EC2Error) in
-            guard Self.isID(id, "sg") else { throw EC2Error.malformedGroupID(id) }
-            return id
-        }
+        let parsed = try Self.permissionsToMatch(form, direction)
         let ruleIDs = try form.strings("SecurityGroupRuleId")
-        for id in ruleIDs where !Self.isID(id, "sgr") {
-            throw EC2Error("InvalidSecurityGroupRuleId.Malformed", "The security group rule ID '\(id)' is malformed")
-        }
+        for id in ruleIDs where !Self.isID(id, "sgr") { throw Self.malformedRuleID(id) }
         if parsed.isEmpty && ruleIDs.isEmpty { throw .missing("IpPermissions or SecurityGroupRuleId") }
         try finish(form)
         try change(dryRun, caller) { tx, vpc throws(EC2Error) -> (Void, [Delivery]) in
@@ -351,7 +355,7 @@ public final class EC2Service: Sendable {
                 var rules = g.rules
                 for id in ruleIDs {
                     guard let i = rules.firstIndex(where: { $0.id == id && $0.direction == direction }) else {
-                        throw EC2Error("InvalidSecurityGroupRuleId.NotFound", "The security group rule ID '\(id)' does not exist in \(g.id) (\(direction.rawValue))")
+                        throw Self.ruleNotFound(id, in: "\(g.id) (\(direction.rawValue))")
                     }
                     rules.remove(at: i)
                 }
@@ -485,9 +489,7 @@ public final class EC2Service: Sendable {
         let dryRun = try form.bool("DryRun")
         try finish(form)
         if dryRun { throw .dryRun }
-        for id in ids where !Self.isID(id, "sgr") {
-            throw EC2Error("InvalidSecurityGroupRuleId.Malformed", "The security group rule ID '\(id)' is malformed")
-        }
+        for id in ids where !Self.isID(id, "sgr") { throw Self.malformedRuleID(id) }
         let groups: [EC2Group] = try read(caller) { tx, _ throws(EC2Error) in
             do { return try tx.groups(account: caller.account, region: caller.region) } catch let e as StoreError { throw Self.storeFailure(e) } catch { throw .server("\(error)") }
         }

@@ -138,24 +138,35 @@ public struct EC2Transaction {
 
     /// The groups of every VPC of `account` in `region`, by id.
     public func groups(account: String, region: String) throws(StoreError) -> [EC2Group] {
-        let ids = try db.query("""
-            SELECT g.id FROM ec2_groups g JOIN ec2_vpcs v ON v.id = g.vpc_id WHERE v.account = ? AND v.region = ? ORDER BY g.id
-            """, .text(account), .text(region)).compactMap { $0[0] }
-        var out: [EC2Group] = []
-        for id in ids { if let g = try group(id) { out.append(g) } }
-        return out
+        try loadGroups("g.vpc_id IN (SELECT id FROM ec2_vpcs WHERE account = ? AND region = ?)", [.text(account), .text(region)])
     }
 
     public func group(_ id: String) throws(StoreError) -> EC2Group? {
-        guard let row = try db.query("SELECT vpc_id, name FROM ec2_groups WHERE id = ?", .text(id)).first,
-              let vpcID = row[0], let name = row[1], let vpc = try vpc(vpcID), let g = try store.groupRow(id)
-        else { return nil }
-        var descriptions: [String: String] = [:]
-        for r in try db.query("SELECT rule_id, description FROM ec2_rule_descriptions WHERE group_id = ?", .text(id)) {
-            if let k = r[0], let v = r[1] { descriptions[k] = v }
+        try loadGroups("g.id = ?", [.text(id)]).first
+    }
+
+    /// The groups `condition` (on `ec2_groups g`) selects, by id, in six statements however
+    /// many groups: a Describe of 1,000 groups is not 5,000 round trips to PostgreSQL.
+    private func loadGroups(_ condition: String, _ args: [SQLValue]) throws(StoreError) -> [EC2Group] {
+        let rows = try db.query("SELECT g.id, g.name, g.vpc_id FROM ec2_groups g WHERE \(condition) ORDER BY g.id", args)
+        if rows.isEmpty { return [] }
+        let selected = "SELECT g.id FROM ec2_groups g WHERE \(condition)"
+        var vpcs: [String: EC2VPC] = [:]
+        for v in try self.vpcs("WHERE id IN (SELECT g.vpc_id FROM ec2_groups g WHERE \(condition))", args) { vpcs[v.id] = v }
+        let contract = try store.groupRows(where: "id IN (\(selected))", args)
+        var descriptions: [String: [String: String]] = [:]
+        for r in try db.query("SELECT group_id, rule_id, description FROM ec2_rule_descriptions WHERE group_id IN (\(selected))", args) {
+            if let g = r[0], let k = r[1], let v = r[2] { descriptions[g, default: [:]][k] = v }
         }
-        return EC2Group(id: id, name: name, description: g.description ?? "", vpc: vpc, rules: g.rules,
-                        ruleDescriptions: descriptions, tags: try tags(id))
+        var tags: [String: [String: String]] = [:]
+        for r in try db.query("SELECT resource, key, value FROM ec2_tags WHERE resource IN (\(selected))", args) {
+            if let g = r[0], let k = r[1], let v = r[2] { tags[g, default: [:]][k] = v }
+        }
+        return rows.compactMap { r in
+            guard let id = r[0], let name = r[1], let vpc = r[2].flatMap({ vpcs[$0] }), let g = contract[id] else { return nil }
+            return EC2Group(id: id, name: name, description: g.description ?? "", vpc: vpc, rules: g.rules,
+                            ruleDescriptions: descriptions[id] ?? [:], tags: tags[id] ?? [:])
+        }
     }
 
     /// The id of the group named `name` in `vpc`.
@@ -238,17 +249,24 @@ public struct EC2Transaction {
     /// The live (running or stopped) instances of every VPC of `account` in `region`, by id
     /// (only the one with `id` when given).
     public func instances(account: String, region: String, id: String? = nil) throws(StoreError) -> [EC2Instance] {
-        let rows = try db.query("""
-            SELECT e.id, e.vpc_id, e.reservation, e.image, e.type, e.launched, e.client_token FROM ec2_instances e JOIN ec2_vpcs v ON v.id = e.vpc_id
-            WHERE v.account = ? AND v.region = ?\(id == nil ? "" : " AND e.id = ?") ORDER BY e.id
-            """, [.text(account), .text(region)] + (id.map { [.text($0)] } ?? []))
-        var out: [EC2Instance] = []
-        for r in rows {
-            guard let id = r[0], let vpcID = r[1], let vpc = try vpc(vpcID), let inst = try store.records("WHERE i.id = ?", [.text(id)])[id] else { continue }
-            out.append(EC2Instance(id: id, vpc: vpc, reservation: r[2] ?? "", image: r[3] ?? "", type: r[4] ?? "", launched: r[5] ?? "",
-                                   clientToken: r[6], record: inst, state: try state(ofLive: id)))
+        // Five statements however many instances (PostgreSQL: each is a round trip).
+        let filter = "e.vpc_id IN (SELECT id FROM ec2_vpcs WHERE account = ? AND region = ?)" + (id == nil ? "" : " AND e.id = ?")
+        let args: [SQLValue] = [.text(account), .text(region)] + (id.map { [.text($0)] } ?? [])
+        let rows = try db.query("SELECT e.id, e.vpc_id, e.reservation, e.image, e.type, e.launched, e.client_token FROM ec2_instances e WHERE \(filter) ORDER BY e.id", args)
+        if rows.isEmpty { return [] }
+        let selected = "SELECT e.id FROM ec2_instances e WHERE \(filter)"
+        var vpcs: [String: EC2VPC] = [:]
+        for v in try self.vpcs("WHERE account = ? AND region = ?", [.text(account), .text(region)]) { vpcs[v.id] = v }
+        let records = try store.records("WHERE i.id IN (\(selected))", args)
+        var states: [String: EC2InstanceState] = [:]
+        for r in try db.query("SELECT id, state FROM ec2_instance_states WHERE id IN (\(selected))", args) {
+            if let i = r[0], let s = r[1].flatMap(EC2InstanceState.init(rawValue:)) { states[i] = s }
         }
-        return out
+        return rows.compactMap { r in
+            guard let id = r[0], let vpc = r[1].flatMap({ vpcs[$0] }), let record = records[id] else { return nil }
+            return EC2Instance(id: id, vpc: vpc, reservation: r[2] ?? "", image: r[3] ?? "", type: r[4] ?? "", launched: r[5] ?? "",
+                               clientToken: r[6], record: record, state: states[id] ?? .running)
+        }
     }
 
     /// Every address used by an instance of `vpc`.

@@ -36,12 +36,6 @@ extension SQLStore {
 }
 
 extension EC2Transaction {
-    /// The state of a live instance (one with a contract record).
-    public func state(ofLive id: String) throws(StoreError) -> EC2InstanceState {
-        let row = try db.query("SELECT state FROM ec2_instance_states WHERE id = ?", .text(id)).first
-        return row.flatMap { $0[0] }.flatMap(EC2InstanceState.init(rawValue:)) ?? .running
-    }
-
     /// Records a live instance's state; enforcement does not change (no fan-out): a stopped
     /// instance keeps its record, its address and its groups, as AWS keeps its interface.
     public func setState(_ id: String, _ state: EC2InstanceState) throws(StoreError) {
