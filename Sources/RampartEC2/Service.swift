@@ -44,7 +44,7 @@ public final class EC2Service: Sendable {
     public let settings: EC2Settings
     let deliver: @Sendable ([Delivery]) -> Void
 
-    /// The store must have the lifecycle tables (`SQLStore.prepareEC2Lifecycle`).
+    /// The store must have the tables added after schema version 3 (`SQLStore.prepareEC2Tables`).
     public init(store: SQLStore, settings: EC2Settings = EC2Settings(), deliver: @escaping @Sendable ([Delivery]) -> Void) {
         self.store = store
         self.settings = settings
@@ -213,9 +213,26 @@ public final class EC2Service: Sendable {
         return out
     }
 
-    static func applyTags(_ tx: EC2Transaction, _ resource: String, _ tags: [(key: String, value: String?)]) throws {
-        for t in tags { try tx.setTag(resource, key: t.key, value: t.value ?? "") }
-        if try tx.tags(resource).count > 50 { throw EC2Error("TagLimitExceeded", "The maximum number of tags for \(resource) is 50") }
+    /// `TagSpecification.N` of a create call, whose `ResourceType` must be `resourceType`.
+    static func parseTagSpecifications(_ form: Form, resourceType: String) throws(EC2Error) -> [(key: String, value: String?)] {
+        var tags: [(key: String, value: String?)] = []
+        for i in try form.indices("TagSpecification") {
+            let type = try form.required("TagSpecification.\(i).ResourceType")
+            guard type == resourceType else { throw .invalidParameter("TagSpecification.\(i).ResourceType: '\(type)' is not \(resourceType)") }
+            tags += try parseTags(form, "TagSpecification.\(i).Tag", valueRequired: true)
+        }
+        return tags
+    }
+
+    /// Sets `tags` on a group (`rule` nil) or on one of its rules; at most 50 per resource.
+    static func applyTags(_ tx: EC2Transaction, _ group: String, rule: String? = nil, _ tags: [(key: String, value: String?)]) throws {
+        for t in tags {
+            if let rule { try tx.setRuleTag(rule, group: group, key: t.key, value: t.value ?? "") } else { try tx.setTag(group, key: t.key, value: t.value ?? "") }
+        }
+        let resource = rule ?? group
+        if try (rule.map { try tx.ruleTags($0) } ?? tx.tags(group)).count > 50 {
+            throw EC2Error("TagLimitExceeded", "The maximum number of tags for \(resource) is 50")
+        }
     }
 
     // MARK: actions
@@ -225,12 +242,7 @@ public final class EC2Service: Sendable {
         let description = try form.required("GroupDescription")
         let vpcID = form.string("VpcId")
         let dryRun = try form.bool("DryRun")
-        var tags: [(key: String, value: String?)] = []
-        for i in try form.indices("TagSpecification") {
-            let type = try form.required("TagSpecification.\(i).ResourceType")
-            guard type == "security-group" else { throw .invalidParameter("TagSpecification.\(i).ResourceType: '\(type)' is not security-group") }
-            tags += try Self.parseTags(form, "TagSpecification.\(i).Tag", valueRequired: true)
-        }
+        let tags = try Self.parseTagSpecifications(form, resourceType: "security-group")
         try finish(form)
         guard (1...255).contains(name.unicodeScalars.count) else { throw .invalidParameter("GroupName: 1-255 characters") }
         if name.lowercased().hasPrefix("sg-") { throw .invalidParameter("Group names may not be in the format sg-*") }
@@ -299,9 +311,7 @@ public final class EC2Service: Sendable {
             return id
         }
         if parsed.isEmpty { throw .missing("IpPermissions") }
-        for i in try form.indices("TagSpecification") {
-            throw .invalidParameter("TagSpecification.\(i): tags on security group rules are not supported")
-        }
+        let ruleTags = try Self.parseTagSpecifications(form, resourceType: "security-group-rule")
         try finish(form)
         let (group, added): (EC2Group, [Rule]) = try change(dryRun, caller) { tx, vpc throws(EC2Error) in
             do {
@@ -323,6 +333,10 @@ public final class EC2Service: Sendable {
                 let deliveries = try tx.setRules(g.id, rules, descriptions: descriptions)
                 var after = g
                 after.ruleDescriptions = descriptions
+                for r in added where !ruleTags.isEmpty {
+                    try Self.applyTags(tx, g.id, rule: r.id, ruleTags)
+                    after.ruleTags[r.id!] = try tx.ruleTags(r.id!)
+                }
                 return ((after, added), deliveries)
             } catch let e as EC2Error { throw e } catch let e as StoreError { throw Self.storeFailure(e) } catch { throw .server("\(error)") }
         }
@@ -483,7 +497,7 @@ public final class EC2Service: Sendable {
 
     func describeSecurityGroupRules(_ form: Form, _ caller: Caller) throws(EC2Error) -> (inout XMLWriter) -> Void {
         let ids = try form.strings("SecurityGroupRuleId")
-        let filters = try Self.parseFilters(form) { ["group-id", "security-group-rule-id"].contains($0) }
+        let filters = try Self.parseFilters(form) { ["group-id", "security-group-rule-id", "tag-key"].contains($0) || $0.hasPrefix("tag:") }
         let size = try Self.pageSize(form, range: 5...1000)
         let after = try form.string("NextToken").map { t throws(EC2Error) in try Self.parseToken(t) }
         let dryRun = try form.bool("DryRun")
@@ -501,9 +515,15 @@ public final class EC2Service: Sendable {
         }
         if !ids.isEmpty { rows = rows.filter { ids.contains($0.0.id!) } }
         rows = rows.filter { r, g in
-            filters.allSatisfy { f in
-                let c = f.name == "group-id" ? g.id : r.id!
-                return f.values.contains { Self.matches($0, c) }
+            let tags = g.ruleTags[r.id!] ?? [:]
+            return filters.allSatisfy { f in
+                let candidates: [String] = switch f.name {
+                case "group-id": [g.id]
+                case "security-group-rule-id": [r.id!]
+                case "tag-key": Array(tags.keys)
+                default: tags[String(f.name.dropFirst(4))].map { [$0] } ?? []
+                }
+                return candidates.contains { c in f.values.contains { Self.matches($0, c) } }
             }
         }
         let (page, next) = Self.page(rows, key: { $0.0.id! }, size: size, after: after)
@@ -515,6 +535,7 @@ public final class EC2Service: Sendable {
 
     // MARK: tags
 
+    /// CreateTags/DeleteTags on security groups (`sg-`) and their rules (`sgr-`).
     func tags(_ form: Form, _ caller: Caller, create: Bool) throws(EC2Error) -> (inout XMLWriter) -> Void {
         let resources = try form.strings("ResourceId")
         if resources.isEmpty { throw .missing("ResourceId.1") }
@@ -522,25 +543,30 @@ public final class EC2Service: Sendable {
         if create && tags.isEmpty { throw .missing("Tag.1.Key") }
         let dryRun = try form.bool("DryRun")
         try finish(form)
-        for r in resources where !Self.isID(r, "sg") {
-            throw EC2Error("InvalidID", "The ID '\(r)' is not valid (this server tags security groups only)")
+        for r in resources where !Self.isID(r, "sg") && !Self.isID(r, "sgr") {
+            throw EC2Error("InvalidID", "The ID '\(r)' is not valid (this server tags security groups and their rules only)")
         }
         try change(dryRun, caller) { tx, _ throws(EC2Error) -> (Void, [Delivery]) in
-            do {
+            try Self.storeCall {
+                // A rule is found through the caller's groups: its id lives in its group's rules.
+                let owned = resources.contains { Self.isID($0, "sgr") } ? try tx.groups(account: caller.account, region: caller.region) : []
                 for r in resources {
-                    _ = try Self.ownGroup(tx, caller, id: r)
-                    if create {
-                        try Self.applyTags(tx, r, tags)
-                    } else if tags.isEmpty {
-                        for k in try tx.tags(r).keys { try tx.deleteTag(r, key: k) }
+                    var group = r, rule: String?
+                    if Self.isID(r, "sgr") {
+                        guard let g = owned.first(where: { $0.rules.contains { $0.id == r } }) else { throw Self.ruleNotFound(r, in: "this account's groups") }
+                        (group, rule) = (g.id, r)
                     } else {
-                        let have = try tx.tags(r)
-                        // With a value, only a tag with that value is deleted.
-                        for t in tags where have[t.key] != nil && (t.value == nil || have[t.key] == t.value) { try tx.deleteTag(r, key: t.key) }
+                        _ = try Self.ownGroup(tx, caller, id: r)
+                    }
+                    if create { try Self.applyTags(tx, group, rule: rule, tags); continue }
+                    let have = try rule.map { try tx.ruleTags($0) } ?? tx.tags(group)
+                    // Without tags, every tag goes; with a value, only a tag with that value.
+                    for (key, value) in have where tags.isEmpty || tags.contains(where: { $0.key == key && ($0.value == nil || $0.value == value) }) {
+                        if let rule { try tx.deleteRuleTag(rule, key: key) } else { try tx.deleteTag(group, key: key) }
                     }
                 }
                 return ((), [])
-            } catch let e as EC2Error { throw e } catch let e as StoreError { throw Self.storeFailure(e) } catch { throw .server("\(error)") }
+            }
         }
         return { w in w.leaf("return", true) }
     }
@@ -615,7 +641,7 @@ public final class EC2Service: Sendable {
             }
         }
         w.leaf("description", r.id.flatMap { g.ruleDescriptions[$0] })
-        w.element("tagSet") { _ in }
+        w.tagSet(r.id.flatMap { g.ruleTags[$0] } ?? [:])
         w.leaf("securityGroupRuleArn", r.id.map { "arn:aws:ec2:\(g.vpc.region):\(g.vpc.account):security-group-rule/\($0)" })
     }
 }

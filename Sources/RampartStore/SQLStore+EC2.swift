@@ -32,6 +32,34 @@ extension SQLStore {
         "CREATE INDEX IF NOT EXISTS ec2_instances_vpc ON ec2_instances(vpc_id)",
     ]
 
+    /// The tables added after schema version 3, in the SQL both databases accept: the instance
+    /// lifecycle (SQLStore+EC2Lifecycle.swift) and rule tags. Created by `prepareEC2Tables`
+    /// (rampart-api calls it at start-up), not by a schema version: on PostgreSQL they belong in
+    /// version 4 of `PostgresStore.migrate`, which the EC2 API does not own.
+    static let ec2UnversionedSchema = [
+        // A row only for a live instance that is not running (absent: running).
+        "CREATE TABLE IF NOT EXISTS ec2_instance_states(id TEXT PRIMARY KEY REFERENCES instances(id), state TEXT NOT NULL)",
+        """
+        CREATE TABLE IF NOT EXISTS ec2_terminated(id TEXT PRIMARY KEY, vpc_id TEXT NOT NULL REFERENCES ec2_vpcs(id),
+            reservation TEXT NOT NULL, image TEXT NOT NULL, type TEXT NOT NULL, launched TEXT NOT NULL, client_token TEXT,
+            host TEXT NOT NULL, groups TEXT NOT NULL, ips TEXT NOT NULL, interface TEXT, mac TEXT, terminated_at BIGINT NOT NULL)
+        """,
+        "CREATE INDEX IF NOT EXISTS ec2_terminated_vpc ON ec2_terminated(vpc_id)",
+        // A rule's id lives in its group's JSON, so its tags name the group too: read and removed with it.
+        """
+        CREATE TABLE IF NOT EXISTS ec2_rule_tags(rule_id TEXT NOT NULL, group_id TEXT NOT NULL REFERENCES groups(id),
+            key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY(rule_id, key))
+        """,
+        "CREATE INDEX IF NOT EXISTS ec2_rule_tags_group ON ec2_rule_tags(group_id)",
+    ]
+
+    /// Creates the tables of `ec2UnversionedSchema` if they are missing (idempotent; one transaction).
+    public func prepareEC2Tables() throws(StoreError) {
+        try transaction { () throws(StoreError) in
+            for statement in Self.ec2UnversionedSchema { try db.exec(statement) }
+        }
+    }
+
     /// Runs `body` as one write transaction (a verb: with PostgreSQL its fan-out is appended to
     /// the hosts' change logs before COMMIT). Any error `body` throws rolls everything back and
     /// is rethrown as it was. `body` may run more than once (PostgreSQL serialization retries).
@@ -105,6 +133,8 @@ public struct EC2Group: Hashable, Sendable {
     /// Rule id → description (rules without one are absent).
     public var ruleDescriptions: [String: String]
     public var tags: [String: String]
+    /// Rule id → its tags (rules without tags are absent).
+    public var ruleTags: [String: [String: String]] = [:]
 }
 
 /// The calls of one EC2 transaction (see `SQLStore.ec2Change`). Valid only inside its body.
@@ -145,7 +175,7 @@ public struct EC2Transaction {
         try loadGroups("g.id = ?", [.text(id)]).first
     }
 
-    /// The groups `condition` (on `ec2_groups g`) selects, by id, in six statements however
+    /// The groups `condition` (on `ec2_groups g`) selects, by id, in seven statements however
     /// many groups: a Describe of 1,000 groups is not 5,000 round trips to PostgreSQL.
     private func loadGroups(_ condition: String, _ args: [SQLValue]) throws(StoreError) -> [EC2Group] {
         let rows = try db.query("SELECT g.id, g.name, g.vpc_id FROM ec2_groups g WHERE \(condition) ORDER BY g.id", args)
@@ -162,10 +192,14 @@ public struct EC2Transaction {
         for r in try db.query("SELECT resource, key, value FROM ec2_tags WHERE resource IN (\(selected))", args) {
             if let g = r[0], let k = r[1], let v = r[2] { tags[g, default: [:]][k] = v }
         }
+        var ruleTags: [String: [String: [String: String]]] = [:]
+        for r in try db.query("SELECT group_id, rule_id, key, value FROM ec2_rule_tags WHERE group_id IN (\(selected))", args) {
+            if let g = r[0], let rule = r[1], let k = r[2], let v = r[3] { ruleTags[g, default: [:]][rule, default: [:]][k] = v }
+        }
         return rows.compactMap { r in
             guard let id = r[0], let name = r[1], let vpc = r[2].flatMap({ vpcs[$0] }), let g = contract[id] else { return nil }
             return EC2Group(id: id, name: name, description: g.description ?? "", vpc: vpc, rules: g.rules,
-                            ruleDescriptions: descriptions[id] ?? [:], tags: tags[id] ?? [:])
+                            ruleDescriptions: descriptions[id] ?? [:], tags: tags[id] ?? [:], ruleTags: ruleTags[id] ?? [:])
         }
     }
 
@@ -193,6 +227,7 @@ public struct EC2Transaction {
     /// Deletes the group with its metadata (the caller has checked `members` and `referrers`).
     public func deleteGroup(_ id: String) throws(StoreError) {
         try db.run("DELETE FROM ec2_rule_descriptions WHERE group_id = ?", .text(id))
+        try db.run("DELETE FROM ec2_rule_tags WHERE group_id = ?", .text(id))
         try db.run("DELETE FROM ec2_tags WHERE resource = ?", .text(id))
         try db.run("DELETE FROM ec2_groups WHERE id = ?", .text(id))
         try db.run("DELETE FROM group_refs WHERE group_id = ?", .text(id))
@@ -206,6 +241,11 @@ public struct EC2Transaction {
         if !issues.isEmpty { throw StoreError(.invalid, issues.map(\.description).joined(separator: "; ")) }
         try store.writeRules(group, rules)
         try setRuleDescriptions(group, rules, descriptions)
+        // The tags of rules that are gone go with them.
+        let kept = Set(rules.compactMap(\.id))
+        for r in try db.query("SELECT DISTINCT rule_id FROM ec2_rule_tags WHERE group_id = ?", .text(group)) {
+            if let id = r[0], !kept.contains(id) { try db.run("DELETE FROM ec2_rule_tags WHERE rule_id = ?", .text(id)) }
+        }
         return try store.fanOut(rules: group).sorted()
     }
 
@@ -295,6 +335,27 @@ public struct EC2Transaction {
 
     public func deleteTag(_ resource: String, key: String) throws(StoreError) {
         try db.run("DELETE FROM ec2_tags WHERE resource = ? AND key = ?", .text(resource), .text(key))
+    }
+
+    /// The tags of the rule `rule` (an `sgr-` id).
+    public func ruleTags(_ rule: String) throws(StoreError) -> [String: String] {
+        var out: [String: String] = [:]
+        for r in try db.query("SELECT key, value FROM ec2_rule_tags WHERE rule_id = ?", .text(rule)) {
+            if let k = r[0], let v = r[1] { out[k] = v }
+        }
+        return out
+    }
+
+    /// Sets a tag of the rule `rule` of `group`.
+    public func setRuleTag(_ rule: String, group: String, key: String, value: String) throws(StoreError) {
+        try db.run("""
+            INSERT INTO ec2_rule_tags(rule_id, group_id, key, value) VALUES (?, ?, ?, ?)
+            ON CONFLICT(rule_id, key) DO UPDATE SET value = excluded.value
+            """, .text(rule), .text(group), .text(key), .text(value))
+    }
+
+    public func deleteRuleTag(_ rule: String, key: String) throws(StoreError) {
+        try db.run("DELETE FROM ec2_rule_tags WHERE rule_id = ? AND key = ?", .text(rule), .text(key))
     }
 }
 

@@ -5,34 +5,12 @@ import RampartCore
 // instance looked like while it stays visible (AWS keeps it listed for about an hour). A live
 // instance (running or stopped) keeps its contract record, so its address and groups stay its
 // own; a terminated one has no record (its hypervisor unplugged it) and only a snapshot here.
+// Tables: `ec2_instance_states`, `ec2_terminated` (`SQLStore.ec2UnversionedSchema`).
 
 /// An EC2 instance's state as the store keeps it (AWS's transient `pending`, `stopping` and
 /// `shutting-down` are not kept: every transition here completes in its transaction).
 public enum EC2InstanceState: String, Sendable, Hashable {
     case running, stopped, terminated
-}
-
-extension SQLStore {
-    /// The lifecycle tables, in the SQL both databases accept. Created by `prepareEC2Lifecycle`
-    /// (rampart-api calls it at start-up), not by a schema version: on PostgreSQL they belong in
-    /// version 4 of `PostgresStore.migrate`, which this module does not own yet.
-    static let ec2LifecycleSchema = [
-        // A row only for a live instance that is not running (absent: running).
-        "CREATE TABLE IF NOT EXISTS ec2_instance_states(id TEXT PRIMARY KEY REFERENCES instances(id), state TEXT NOT NULL)",
-        """
-        CREATE TABLE IF NOT EXISTS ec2_terminated(id TEXT PRIMARY KEY, vpc_id TEXT NOT NULL REFERENCES ec2_vpcs(id),
-            reservation TEXT NOT NULL, image TEXT NOT NULL, type TEXT NOT NULL, launched TEXT NOT NULL, client_token TEXT,
-            host TEXT NOT NULL, groups TEXT NOT NULL, ips TEXT NOT NULL, interface TEXT, mac TEXT, terminated_at BIGINT NOT NULL)
-        """,
-        "CREATE INDEX IF NOT EXISTS ec2_terminated_vpc ON ec2_terminated(vpc_id)",
-    ]
-
-    /// Creates the lifecycle tables if they are missing (idempotent; one transaction).
-    public func prepareEC2Lifecycle() throws(StoreError) {
-        try transaction { () throws(StoreError) in
-            for statement in Self.ec2LifecycleSchema { try db.exec(statement) }
-        }
-    }
 }
 
 extension EC2Transaction {

@@ -23,7 +23,7 @@ final class InProcessAPI {
 
     init() throws {
         store = try StoreAddress(dir + "/rampart.db").openForWriting()
-        try store.prepareEC2Lifecycle()
+        try store.prepareEC2Tables()
         let recorder = deliveries
         service = EC2Service(store: store) { recorder.add($0) }
     }
@@ -167,6 +167,30 @@ final class InProcessAPI {
         #expect(daemon.received.count == heard + 1)
     }
 
+    /// Tags on rules: at authorize (`TagSpecification`), by CreateTags/DeleteTags on `sgr-` ids,
+    /// shown and filtered by DescribeSecurityGroupRules, and removed with their rule.
+    @Test func ruleTags() throws {
+        let api = try APIServerFixture()
+        let web = try #require(try api.awsOK(["create-security-group", "--group-name", "web", "--description", "w"])["GroupId"] as? String)
+        let added = items(try api.awsOK(["authorize-security-group-ingress", "--group-id", web, "--ip-permissions",
+                                         "IpProtocol=tcp,FromPort=22,ToPort=22,IpRanges=[{CidrIp=10.0.0.0/8}]",
+                                         "--tag-specifications", "ResourceType=security-group-rule,Tags=[{Key=env,Value=prod}]"]), "SecurityGroupRules")
+        let ssh = try #require(added.first?["SecurityGroupRuleId"] as? String)
+        #expect((added.first?["Tags"] as? [[String: String]]) == [["Key": "env", "Value": "prod"]])
+        let egress = try #require(try api.store().group(web)?.rules.first { $0.direction == .egress }?.id)
+        _ = try api.awsOK(["create-tags", "--resources", egress, web, "--tags", "Key=team,Value=net"])
+        func ruleIDs(_ filter: String) throws -> [String] {
+            items(try api.awsOK(["describe-security-group-rules", "--filters", filter]), "SecurityGroupRules").compactMap { $0["SecurityGroupRuleId"] as? String }
+        }
+        #expect(try ruleIDs("Name=tag:env,Values=prod") == [ssh])
+        #expect(try ruleIDs("Name=tag-key,Values=team") == [egress])
+        _ = try api.awsOK(["delete-tags", "--resources", egress, "--tags", "Key=team"])
+        #expect(try api.store().ec2Read { try $0.ruleTags(egress) }.isEmpty)
+        #expect(try api.store().ec2Read { try $0.tags(web) } == ["team": "net"])  // the group's own tag stays
+        _ = try api.awsOK(["revoke-security-group-ingress", "--group-id", web, "--security-group-rule-ids", ssh])
+        #expect(try api.store().ec2Read { try $0.ruleTags(ssh) }.isEmpty)
+    }
+
     /// Every refusal leaves the groups as they were.
     @Test func refusedRuleChangesChangeNothing() throws {
         let api = try APIServerFixture()
@@ -210,6 +234,10 @@ final class InProcessAPI {
                     SecurityGroupRuleDescriptions=[{'SecurityGroupRuleId': ssh, 'Description': 'x' * 256}]),
                 'desc_dry_run': code(ec2.update_security_group_rule_descriptions_ingress, GroupId=web, DryRun=True,
                     SecurityGroupRuleDescriptions=[{'SecurityGroupRuleId': ssh, 'Description': 'x'}]),
+                'tag_unknown_rule': code(ec2.create_tags, Resources=['sgr-0123456789abcdef0'], Tags=[{'Key': 'a', 'Value': 'b'}]),
+                'tag_spec_type': code(ec2.authorize_security_group_ingress, GroupId=web,
+                    IpPermissions=[{'IpProtocol': 'tcp', 'FromPort': 9, 'ToPort': 9, 'IpRanges': [{'CidrIp': '10.0.0.0/8'}]}],
+                    TagSpecifications=[{'ResourceType': 'instance', 'Tags': [{'Key': 'a', 'Value': 'b'}]}]),
             }
             print(json.dumps(out))
             """)
@@ -220,15 +248,18 @@ final class InProcessAPI {
             "dry_run": "DryRunOperation", "twice": "InvalidParameterValue", "desc_wrong_direction": "InvalidSecurityGroupRuleId.NotFound",
             "desc_no_such_rule": "InvalidPermission.NotFound", "desc_both": "InvalidParameterCombination", "desc_none": "MissingParameter",
             "desc_long": "InvalidParameterValue", "desc_dry_run": "DryRunOperation",
+            "tag_unknown_rule": "InvalidSecurityGroupRuleId.NotFound", "tag_spec_type": "InvalidParameterValue",
         ]
         #expect(r as? [String: String] == expected)
         #expect(try api.snapshot() == before)
         // Another account's group does not exist for it.
         let other = try api.python(pythonPrelude + """
             print(json.dumps({'c': code(ec2.modify_security_group_rules, GroupId='\(web)', SecurityGroupRules=[{'SecurityGroupRuleId': '\(ssh)',
-                'SecurityGroupRule': {'IpProtocol': '-1', 'CidrIpv4': '0.0.0.0/0'}}])}))
+                'SecurityGroupRule': {'IpProtocol': '-1', 'CidrIpv4': '0.0.0.0/0'}}]),
+                't': code(ec2.create_tags, Resources=['\(ssh)'], Tags=[{'Key': 'a', 'Value': 'b'}])}))
             """, as: keyB)
         #expect(other["c"] as? String == "InvalidGroup.NotFound")
+        #expect(other["t"] as? String == "InvalidSecurityGroupRuleId.NotFound")
         #expect(try api.snapshot()[0] == before[0])
     }
 }
