@@ -2,13 +2,10 @@ import Foundation
 import RampartCore
 import RampartStore
 
-/// RunInstances, TerminateInstances, DescribeInstances: an instance is the contract's instance
+/// RunInstances and DescribeInstances (the lifecycle actions are in Lifecycle.swift): an instance is the contract's instance
 /// record on a registered hypervisor (a host the store knows), with one address from its VPC's
 /// range, a MAC and an interface name (`tap` + 12 hex of its id), in security groups of its VPC.
 extension EC2Service {
-    static let running = (code: 16, name: "running")
-    static let terminated = (code: 48, name: "terminated")
-
     func runInstances(_ form: Form, _ caller: Caller) throws(EC2Error) -> (inout XMLWriter) -> Void {
         let image = try form.required("ImageId")
         guard let minCount = try form.int("MinCount") else { throw .missing("MinCount") }
@@ -24,13 +21,17 @@ extension EC2Service {
         guard (1...20).contains(minCount), (minCount...20).contains(maxCount) else {
             throw .invalidParameter("MinCount and MaxCount: 1 <= MinCount <= MaxCount <= 20")
         }
-        for id in groupIDs where !Self.isID(id, "sg") { throw EC2Error.malformedGroupID(id) }
+        try checkGroupList(groupIDs)
+        if groupIDs.count + groupNames.count > settings.maxGroupsPerInterface {
+            throw Self.groupLimitExceeded(groupIDs.count + groupNames.count, limit: settings.maxGroupsPerInterface)
+        }
         if let token, token.count > 64 { throw .invalidParameter("ClientToken: at most 64 characters") }
         let (reservation, launched): (String, [EC2Instance]) = try change(dryRun, caller) { tx, vpc throws(EC2Error) in
             do {
                 // A call repeated with its ClientToken answers what the first one launched.
                 if let token {
-                    let earlier = try tx.instances(account: caller.account, region: caller.region).filter { $0.clientToken == token }
+                    let earlier = try (tx.instances(account: caller.account, region: caller.region)
+                        + tx.terminatedInstances(account: caller.account, region: caller.region, since: terminatedCutoff)).filter { $0.clientToken == token }
                     if let first = earlier.first { return ((first.reservation, earlier), []) }
                 }
                 var groups: [String] = []
@@ -81,38 +82,6 @@ extension EC2Service {
         }
     }
 
-    func terminateInstances(_ form: Form, _ caller: Caller) throws(EC2Error) -> (inout XMLWriter) -> Void {
-        let ids = try form.strings("InstanceId")
-        if ids.isEmpty { throw .missing("InstanceId.1") }
-        let dryRun = try form.bool("DryRun")
-        try finish(form)
-        for id in ids where !Self.isID(id, "i") { throw EC2Error("InvalidInstanceID.Malformed", "Invalid id: \"\(id)\"") }
-        try change(dryRun, caller) { tx, _ throws(EC2Error) -> (Void, [Delivery]) in
-            do {
-                let own = Set(try tx.instances(account: caller.account, region: caller.region).map(\.id))
-                var deliveries = Set<Delivery>()
-                for id in Array(Set(ids)).sorted() {
-                    guard own.contains(id) else { throw EC2Error("InvalidInstanceID.NotFound", "The instance ID '\(id)' does not exist") }
-                    deliveries.formUnion(try tx.deleteInstance(id))
-                }
-                return ((), deliveries.sorted())
-            } catch let e as EC2Error { throw e } catch let e as StoreError { throw Self.storeFailure(e) } catch { throw .server("\(error)") }
-        }
-        return { w in
-            w.list("instancesSet", ids) { w, id in
-                w.leaf("instanceId", id)
-                w.element("currentState") { w in
-                    w.leaf("code", Self.terminated.code)
-                    w.leaf("name", Self.terminated.name)
-                }
-                w.element("previousState") { w in
-                    w.leaf("code", Self.running.code)
-                    w.leaf("name", Self.running.name)
-                }
-            }
-        }
-    }
-
     func describeInstances(_ form: Form, _ caller: Caller) throws(EC2Error) -> (inout XMLWriter) -> Void {
         let ids = try form.strings("InstanceId")
         let filters = try Self.parseFilters(form) {
@@ -124,18 +93,22 @@ extension EC2Service {
         try finish(form)
         if dryRun { throw .dryRun }
         if size != nil && !ids.isEmpty { throw EC2Error("InvalidParameterCombination", "The parameter instancesSet cannot be used with the parameter maxResults") }
-        for id in ids where !Self.isID(id, "i") { throw EC2Error("InvalidInstanceID.Malformed", "Invalid id: \"\(id)\"") }
+        for id in ids where !Self.isID(id, "i") { throw Self.malformedInstanceID(id) }
+        let cutoff = terminatedCutoff
         let all: [EC2Instance] = try read(caller) { tx, _ throws(EC2Error) in
-            do { return try tx.instances(account: caller.account, region: caller.region) } catch let e as StoreError { throw Self.storeFailure(e) } catch { throw .server("\(error)") }
+            try Self.storeCall {
+                (try tx.instances(account: caller.account, region: caller.region)
+                    + tx.terminatedInstances(account: caller.account, region: caller.region, since: cutoff)).sorted { $0.id < $1.id }
+            }
         }
-        for id in ids where !all.contains(where: { $0.id == id }) { throw EC2Error("InvalidInstanceID.NotFound", "The instance ID '\(id)' does not exist") }
+        for id in ids where !all.contains(where: { $0.id == id }) { throw Self.instanceNotFound(id) }
         let selected = all.filter { i in
             (ids.isEmpty || ids.contains(i.id)) && filters.allSatisfy { f in
                 let candidates: [String] = switch f.name {
                 case "instance-id": [i.id]
-                case "instance-state-name": [Self.running.name]
-                case "private-ip-address": i.record?.ips.map(\.description) ?? []
-                case "instance.group-id": i.record?.groups ?? []
+                case "instance-state-name": [i.state.rawValue]
+                case "private-ip-address": Self.shownRecord(i)?.ips.map(\.description) ?? []
+                case "instance.group-id": Self.shownRecord(i)?.groups ?? []
                 case "vpc-id": [i.vpc.id]
                 case "image-id": [i.image]
                 default: [i.type]
@@ -163,14 +136,19 @@ extension EC2Service {
     }
 
     func groupNamesByID(_ caller: Caller) throws(EC2Error) -> [String: String] {
-        try read(caller) { tx, _ throws(EC2Error) in
-            do {
-                var out: [String: String] = [:]
-                for g in try tx.groups(account: caller.account, region: caller.region) { out[g.id] = g.name }
-                return out
-            } catch let e as StoreError { throw Self.storeFailure(e) } catch { throw .server("\(error)") }
-        }
+        try read(caller) { tx, _ throws(EC2Error) in try Self.storeCall { try Self.groupNames(tx, caller) } }
     }
+
+    /// The caller's groups' names by id.
+    static func groupNames(_ tx: EC2Transaction, _ caller: Caller) throws -> [String: String] {
+        var out: [String: String] = [:]
+        for g in try tx.groups(account: caller.account, region: caller.region) { out[g.id] = g.name }
+        return out
+    }
+
+    /// What Describe shows of an instance's record: none for a terminated instance (AWS lists
+    /// it without address, interface or groups).
+    static func shownRecord(_ i: EC2Instance) -> Instance? { i.state == .terminated ? nil : i.record }
 
     /// The lowest free address of an IPv4 VPC range, past the four AWS reserves at its start and
     /// before its broadcast address.
@@ -191,12 +169,13 @@ extension EC2Service {
     }
 
     static func writeInstance(_ w: inout XMLWriter, _ i: EC2Instance, _ names: [String: String]) {
-        let ip = i.record?.ips.first?.description
+        let record = shownRecord(i)
+        let ip = record?.ips.first?.description
         w.leaf("instanceId", i.id)
         w.leaf("imageId", i.image)
         w.element("instanceState") { w in
-            w.leaf("code", running.code)
-            w.leaf("name", running.name)
+            w.leaf("code", code(i.state))
+            w.leaf("name", i.state.rawValue)
         }
         w.leaf("privateDnsName", ip.map { "ip-" + $0.replacingOccurrences(of: ".", with: "-") + ".ec2.internal" })
         w.leaf("instanceType", i.type)
@@ -208,12 +187,12 @@ extension EC2Service {
         }
         w.leaf("privateIpAddress", ip)
         w.leaf("vpcId", i.vpc.id)
-        w.list("groupSet", i.record?.groups ?? []) { w, g in
+        w.list("groupSet", record?.groups ?? []) { w, g in
             w.leaf("groupId", g)
             w.leaf("groupName", names[g])
         }
-        w.list("networkInterfaceSet", [i]) { w, i in
-            w.leaf("macAddress", i.record?.mac?.description)
+        w.list("networkInterfaceSet", record.map { [$0] } ?? []) { w, r in
+            w.leaf("macAddress", r.mac?.description)
             w.leaf("privateIpAddress", ip)
             w.leaf("status", "in-use")
         }

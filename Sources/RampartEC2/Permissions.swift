@@ -136,6 +136,30 @@ enum Permissions {
         return out
     }
 
+    /// A `SecurityGroupRuleRequest` (ModifySecurityGroupRules) under `prefix`: `IpProtocol`,
+    /// `FromPort`/`ToPort`, exactly one of `CidrIpv4`, `CidrIpv6`, `ReferencedGroupId`, and an
+    /// optional `Description`. The rule is built in `direction` (the rule it replaces keeps its own).
+    static func parseRuleRequest(_ form: Form, _ prefix: String, direction: Direction,
+                                 resolve: (String) throws(EC2Error) -> String) throws(EC2Error) -> Parsed {
+        let proto = try parseProtocol(try form.required("\(prefix).IpProtocol"))
+        var rule = Rule(direction: direction, proto: proto, remote: .group(""))
+        try applyPorts(&rule, from: try form.int("\(prefix).FromPort"), to: try form.int("\(prefix).ToPort"), at: prefix)
+        let v4 = form.string("\(prefix).CidrIpv4"), v6 = form.string("\(prefix).CidrIpv6")
+        let group = form.string("\(prefix).ReferencedGroupId"), prefixList = form.string("\(prefix).PrefixListId")
+        let given = [v4, v6, group, prefixList].compactMap { $0 }.count
+        if given == 0 { throw .missing("\(prefix).CidrIpv4, CidrIpv6 or ReferencedGroupId") }
+        if given > 1 {
+            throw EC2Error("InvalidParameterCombination", "\(prefix): give exactly one of CidrIpv4, CidrIpv6, ReferencedGroupId, PrefixListId")
+        }
+        if prefixList != nil { throw EC2Error("UnsupportedOperation", "\(prefix).PrefixListId: prefix lists are not supported by this server") }
+        if let v4 { rule.remote = .cidr(try parseCIDR(v4, family: .ipv4, name: "CidrIpv4")) }
+        if let v6 { rule.remote = .cidr(try parseCIDR(v6, family: .ipv6, name: "CidrIpv6")) }
+        if let group { rule.remote = .group(try resolve(group)) }
+        let issues = Validate.rule(rule, at: prefix)
+        if !issues.isEmpty { throw .invalidParameter(issues.map(\.description).joined(separator: "; ")) }
+        return Parsed(rule: rule, description: try description(form, "\(prefix).Description"))
+    }
+
     /// A rule as AWS's error messages describe it.
     static func text(_ r: Rule) -> String {
         let peer: String

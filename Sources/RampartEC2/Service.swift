@@ -13,16 +13,41 @@ public struct Caller: Sendable, Equatable {
     }
 }
 
+/// What one server enforces beyond the API's own rules (rampart-api's options).
+public struct EC2Settings: Sendable {
+    /// The regions a request may be signed for; any other is refused as AWS refuses a
+    /// credential scoped to a region the endpoint does not serve (`SignatureDoesNotMatch`).
+    public var regions: Set<String>
+    /// At most this many security groups per instance (AWS: 5 by default, up to 16 by quota):
+    /// more is `SecurityGroupsPerInterfaceLimitExceeded`.
+    public var maxGroupsPerInterface: Int
+    /// How long a terminated instance stays listed by DescribeInstances (AWS: about an hour).
+    public var terminatedVisibleSeconds: Int
+
+    /// AWS's hard ceiling of security groups per network interface.
+    public static let groupsPerInterfaceCeiling = 16
+
+    public init(regions: Set<String> = ["us-east-1"], maxGroupsPerInterface: Int = 5, terminatedVisibleSeconds: Int = 3600) {
+        precondition((1...Self.groupsPerInterfaceCeiling).contains(maxGroupsPerInterface), "maxGroupsPerInterface: 1-16")
+        self.regions = regions
+        self.maxGroupsPerInterface = maxGroupsPerInterface
+        self.terminatedVisibleSeconds = terminatedVisibleSeconds
+    }
+}
+
 /// The EC2 actions over the store. Every mutating action is one store transaction
 /// (`SQLStore.ec2Change`); its fan-out is handed to `deliver` after COMMIT, before the answer.
 /// Each action reads all its parameters, and refuses any it did not read, before it touches
 /// the store.
 public final class EC2Service: Sendable {
     public let store: SQLStore
+    public let settings: EC2Settings
     let deliver: @Sendable ([Delivery]) -> Void
 
-    public init(store: SQLStore, deliver: @escaping @Sendable ([Delivery]) -> Void) {
+    /// The store must have the tables added after schema version 3 (`SQLStore.prepareEC2Tables`).
+    public init(store: SQLStore, settings: EC2Settings = EC2Settings(), deliver: @escaping @Sendable ([Delivery]) -> Void) {
         self.store = store
+        self.settings = settings
         self.deliver = deliver
     }
 
@@ -30,13 +55,18 @@ public final class EC2Service: Sendable {
     public static let actions = [
         "CreateSecurityGroup", "DeleteSecurityGroup", "DescribeSecurityGroups", "DescribeSecurityGroupRules",
         "AuthorizeSecurityGroupIngress", "AuthorizeSecurityGroupEgress", "RevokeSecurityGroupIngress", "RevokeSecurityGroupEgress",
+        "ModifySecurityGroupRules", "UpdateSecurityGroupRuleDescriptionsIngress", "UpdateSecurityGroupRuleDescriptionsEgress",
         "CreateTags", "DeleteTags", "RunInstances", "TerminateInstances", "DescribeInstances",
+        "StopInstances", "StartInstances", "RebootInstances", "ModifyInstanceAttribute", "DescribeInstanceAttribute",
     ]
 
     /// Answers one request: the XML body of a success, or the error.
     public func handle(_ form: Form, caller: Caller, requestID: String) throws(EC2Error) -> String {
         guard let action = form.string("Action") else { throw EC2Error("MissingAction", "The request must contain the parameter Action") }
         _ = form.string("Version")
+        guard settings.regions.contains(caller.region) else {
+            throw EC2Error("SignatureDoesNotMatch", "Credential should be scoped to a valid region, not '\(caller.region)'. This endpoint serves: \(settings.regions.sorted().joined(separator: ", "))", status: 403)
+        }
         let body: (inout XMLWriter) -> Void
         switch action {
         case "CreateSecurityGroup": body = try createSecurityGroup(form, caller)
@@ -50,8 +80,16 @@ public final class EC2Service: Sendable {
         case "CreateTags": body = try tags(form, caller, create: true)
         case "DeleteTags": body = try tags(form, caller, create: false)
         case "RunInstances": body = try runInstances(form, caller)
-        case "TerminateInstances": body = try terminateInstances(form, caller)
+        case "TerminateInstances": body = try transition(form, caller, .terminate)
         case "DescribeInstances": body = try describeInstances(form, caller)
+        case "ModifySecurityGroupRules": body = try modifySecurityGroupRules(form, caller)
+        case "UpdateSecurityGroupRuleDescriptionsIngress": body = try updateRuleDescriptions(form, caller, .ingress)
+        case "UpdateSecurityGroupRuleDescriptionsEgress": body = try updateRuleDescriptions(form, caller, .egress)
+        case "StopInstances": body = try transition(form, caller, .stop)
+        case "StartInstances": body = try transition(form, caller, .start)
+        case "RebootInstances": body = try transition(form, caller, .reboot)
+        case "ModifyInstanceAttribute": body = try modifyInstanceAttribute(form, caller)
+        case "DescribeInstanceAttribute": body = try describeInstanceAttribute(form, caller)
         default: throw EC2Error("InvalidAction", "The action \(action) is not valid for this web service.")
         }
         return XMLWriter.response(action, requestID: requestID, body)
@@ -71,6 +109,12 @@ public final class EC2Service: Sendable {
         case .invalid: .invalidParameter(e.message)
         case .database, .unavailable, .missing, .unsafe: .server("the store failed: \(e.message)")
         }
+    }
+
+    /// `body`'s errors as the client sees them: an EC2Error as it is, a store error mapped by
+    /// `storeFailure`, anything else a server error.
+    static func storeCall<T>(_ body: () throws -> T) throws(EC2Error) -> T {
+        do { return try body() } catch let e as EC2Error { throw e } catch let e as StoreError { throw storeFailure(e) } catch { throw .server("\(error)") }
     }
 
     /// One write transaction; a dry run is rolled back after the body succeeded.
@@ -169,9 +213,26 @@ public final class EC2Service: Sendable {
         return out
     }
 
-    static func applyTags(_ tx: EC2Transaction, _ resource: String, _ tags: [(key: String, value: String?)]) throws {
-        for t in tags { try tx.setTag(resource, key: t.key, value: t.value ?? "") }
-        if try tx.tags(resource).count > 50 { throw EC2Error("TagLimitExceeded", "The maximum number of tags for \(resource) is 50") }
+    /// `TagSpecification.N` of a create call, whose `ResourceType` must be `resourceType`.
+    static func parseTagSpecifications(_ form: Form, resourceType: String) throws(EC2Error) -> [(key: String, value: String?)] {
+        var tags: [(key: String, value: String?)] = []
+        for i in try form.indices("TagSpecification") {
+            let type = try form.required("TagSpecification.\(i).ResourceType")
+            guard type == resourceType else { throw .invalidParameter("TagSpecification.\(i).ResourceType: '\(type)' is not \(resourceType)") }
+            tags += try parseTags(form, "TagSpecification.\(i).Tag", valueRequired: true)
+        }
+        return tags
+    }
+
+    /// Sets `tags` on a group (`rule` nil) or on one of its rules; at most 50 per resource.
+    static func applyTags(_ tx: EC2Transaction, _ group: String, rule: String? = nil, _ tags: [(key: String, value: String?)]) throws {
+        for t in tags {
+            if let rule { try tx.setRuleTag(rule, group: group, key: t.key, value: t.value ?? "") } else { try tx.setTag(group, key: t.key, value: t.value ?? "") }
+        }
+        let resource = rule ?? group
+        if try (rule.map { try tx.ruleTags($0) } ?? tx.tags(group)).count > 50 {
+            throw EC2Error("TagLimitExceeded", "The maximum number of tags for \(resource) is 50")
+        }
     }
 
     // MARK: actions
@@ -181,12 +242,7 @@ public final class EC2Service: Sendable {
         let description = try form.required("GroupDescription")
         let vpcID = form.string("VpcId")
         let dryRun = try form.bool("DryRun")
-        var tags: [(key: String, value: String?)] = []
-        for i in try form.indices("TagSpecification") {
-            let type = try form.required("TagSpecification.\(i).ResourceType")
-            guard type == "security-group" else { throw .invalidParameter("TagSpecification.\(i).ResourceType: '\(type)' is not security-group") }
-            tags += try Self.parseTags(form, "TagSpecification.\(i).Tag", valueRequired: true)
-        }
+        let tags = try Self.parseTagSpecifications(form, resourceType: "security-group")
         try finish(form)
         guard (1...255).contains(name.unicodeScalars.count) else { throw .invalidParameter("GroupName: 1-255 characters") }
         if name.lowercased().hasPrefix("sg-") { throw .invalidParameter("Group names may not be in the format sg-*") }
@@ -255,9 +311,7 @@ public final class EC2Service: Sendable {
             return id
         }
         if parsed.isEmpty { throw .missing("IpPermissions") }
-        for i in try form.indices("TagSpecification") {
-            throw .invalidParameter("TagSpecification.\(i): tags on security group rules are not supported")
-        }
+        let ruleTags = try Self.parseTagSpecifications(form, resourceType: "security-group-rule")
         try finish(form)
         let (group, added): (EC2Group, [Rule]) = try change(dryRun, caller) { tx, vpc throws(EC2Error) in
             do {
@@ -279,6 +333,10 @@ public final class EC2Service: Sendable {
                 let deliveries = try tx.setRules(g.id, rules, descriptions: descriptions)
                 var after = g
                 after.ruleDescriptions = descriptions
+                for r in added where !ruleTags.isEmpty {
+                    try Self.applyTags(tx, g.id, rule: r.id, ruleTags)
+                    after.ruleTags[r.id!] = try tx.ruleTags(r.id!)
+                }
                 return ((after, added), deliveries)
             } catch let e as EC2Error { throw e } catch let e as StoreError { throw Self.storeFailure(e) } catch { throw .server("\(error)") }
         }
@@ -288,17 +346,21 @@ public final class EC2Service: Sendable {
         }
     }
 
+    /// `IpPermissions.N` naming rules that should exist (revoke, descriptions): a referenced
+    /// group is only checked for form here; matching the group's rules finds whether it exists.
+    static func permissionsToMatch(_ form: Form, _ direction: Direction) throws(EC2Error) -> [Permissions.Parsed] {
+        try Permissions.parse(form, direction: direction) { id throws(EC2Error) in
+            guard isID(id, "sg") else { throw EC2Error.malformedGroupID(id) }
+            return id
+        }
+    }
+
     func revoke(_ form: Form, _ caller: Caller, _ direction: Direction) throws(EC2Error) -> (inout XMLWriter) -> Void {
         let t = try Self.target(form)
         let dryRun = try form.bool("DryRun")
-        let parsed = try Permissions.parse(form, direction: direction) { id throws(EC2Error) in
-            guard Self.isID(id, "sg") else { throw EC2Error.malformedGroupID(id) }
-            return id
-        }
+        let parsed = try Self.permissionsToMatch(form, direction)
         let ruleIDs = try form.strings("SecurityGroupRuleId")
-        for id in ruleIDs where !Self.isID(id, "sgr") {
-            throw EC2Error("InvalidSecurityGroupRuleId.Malformed", "The security group rule ID '\(id)' is malformed")
-        }
+        for id in ruleIDs where !Self.isID(id, "sgr") { throw Self.malformedRuleID(id) }
         if parsed.isEmpty && ruleIDs.isEmpty { throw .missing("IpPermissions or SecurityGroupRuleId") }
         try finish(form)
         try change(dryRun, caller) { tx, vpc throws(EC2Error) -> (Void, [Delivery]) in
@@ -307,7 +369,7 @@ public final class EC2Service: Sendable {
                 var rules = g.rules
                 for id in ruleIDs {
                     guard let i = rules.firstIndex(where: { $0.id == id && $0.direction == direction }) else {
-                        throw EC2Error("InvalidSecurityGroupRuleId.NotFound", "The security group rule ID '\(id)' does not exist in \(g.id) (\(direction.rawValue))")
+                        throw Self.ruleNotFound(id, in: "\(g.id) (\(direction.rawValue))")
                     }
                     rules.remove(at: i)
                 }
@@ -435,15 +497,13 @@ public final class EC2Service: Sendable {
 
     func describeSecurityGroupRules(_ form: Form, _ caller: Caller) throws(EC2Error) -> (inout XMLWriter) -> Void {
         let ids = try form.strings("SecurityGroupRuleId")
-        let filters = try Self.parseFilters(form) { ["group-id", "security-group-rule-id"].contains($0) }
+        let filters = try Self.parseFilters(form) { ["group-id", "security-group-rule-id", "tag-key"].contains($0) || $0.hasPrefix("tag:") }
         let size = try Self.pageSize(form, range: 5...1000)
         let after = try form.string("NextToken").map { t throws(EC2Error) in try Self.parseToken(t) }
         let dryRun = try form.bool("DryRun")
         try finish(form)
         if dryRun { throw .dryRun }
-        for id in ids where !Self.isID(id, "sgr") {
-            throw EC2Error("InvalidSecurityGroupRuleId.Malformed", "The security group rule ID '\(id)' is malformed")
-        }
+        for id in ids where !Self.isID(id, "sgr") { throw Self.malformedRuleID(id) }
         let groups: [EC2Group] = try read(caller) { tx, _ throws(EC2Error) in
             do { return try tx.groups(account: caller.account, region: caller.region) } catch let e as StoreError { throw Self.storeFailure(e) } catch { throw .server("\(error)") }
         }
@@ -455,9 +515,15 @@ public final class EC2Service: Sendable {
         }
         if !ids.isEmpty { rows = rows.filter { ids.contains($0.0.id!) } }
         rows = rows.filter { r, g in
-            filters.allSatisfy { f in
-                let c = f.name == "group-id" ? g.id : r.id!
-                return f.values.contains { Self.matches($0, c) }
+            let tags = g.ruleTags[r.id!] ?? [:]
+            return filters.allSatisfy { f in
+                let candidates: [String] = switch f.name {
+                case "group-id": [g.id]
+                case "security-group-rule-id": [r.id!]
+                case "tag-key": Array(tags.keys)
+                default: tags[String(f.name.dropFirst(4))].map { [$0] } ?? []
+                }
+                return candidates.contains { c in f.values.contains { Self.matches($0, c) } }
             }
         }
         let (page, next) = Self.page(rows, key: { $0.0.id! }, size: size, after: after)
@@ -469,6 +535,7 @@ public final class EC2Service: Sendable {
 
     // MARK: tags
 
+    /// CreateTags/DeleteTags on security groups (`sg-`) and their rules (`sgr-`).
     func tags(_ form: Form, _ caller: Caller, create: Bool) throws(EC2Error) -> (inout XMLWriter) -> Void {
         let resources = try form.strings("ResourceId")
         if resources.isEmpty { throw .missing("ResourceId.1") }
@@ -476,25 +543,30 @@ public final class EC2Service: Sendable {
         if create && tags.isEmpty { throw .missing("Tag.1.Key") }
         let dryRun = try form.bool("DryRun")
         try finish(form)
-        for r in resources where !Self.isID(r, "sg") {
-            throw EC2Error("InvalidID", "The ID '\(r)' is not valid (this server tags security groups only)")
+        for r in resources where !Self.isID(r, "sg") && !Self.isID(r, "sgr") {
+            throw EC2Error("InvalidID", "The ID '\(r)' is not valid (this server tags security groups and their rules only)")
         }
         try change(dryRun, caller) { tx, _ throws(EC2Error) -> (Void, [Delivery]) in
-            do {
+            try Self.storeCall {
+                // A rule is found through the caller's groups: its id lives in its group's rules.
+                let owned = resources.contains { Self.isID($0, "sgr") } ? try tx.groups(account: caller.account, region: caller.region) : []
                 for r in resources {
-                    _ = try Self.ownGroup(tx, caller, id: r)
-                    if create {
-                        try Self.applyTags(tx, r, tags)
-                    } else if tags.isEmpty {
-                        for k in try tx.tags(r).keys { try tx.deleteTag(r, key: k) }
+                    var group = r, rule: String?
+                    if Self.isID(r, "sgr") {
+                        guard let g = owned.first(where: { $0.rules.contains { $0.id == r } }) else { throw Self.ruleNotFound(r, in: "this account's groups") }
+                        (group, rule) = (g.id, r)
                     } else {
-                        let have = try tx.tags(r)
-                        // With a value, only a tag with that value is deleted.
-                        for t in tags where have[t.key] != nil && (t.value == nil || have[t.key] == t.value) { try tx.deleteTag(r, key: t.key) }
+                        _ = try Self.ownGroup(tx, caller, id: r)
+                    }
+                    if create { try Self.applyTags(tx, group, rule: rule, tags); continue }
+                    let have = try rule.map { try tx.ruleTags($0) } ?? tx.tags(group)
+                    // Without tags, every tag goes; with a value, only a tag with that value.
+                    for (key, value) in have where tags.isEmpty || tags.contains(where: { $0.key == key && ($0.value == nil || $0.value == value) }) {
+                        if let rule { try tx.deleteRuleTag(rule, key: key) } else { try tx.deleteTag(group, key: key) }
                     }
                 }
                 return ((), [])
-            } catch let e as EC2Error { throw e } catch let e as StoreError { throw Self.storeFailure(e) } catch { throw .server("\(error)") }
+            }
         }
         return { w in w.leaf("return", true) }
     }
@@ -569,7 +641,7 @@ public final class EC2Service: Sendable {
             }
         }
         w.leaf("description", r.id.flatMap { g.ruleDescriptions[$0] })
-        w.element("tagSet") { _ in }
+        w.tagSet(r.id.flatMap { g.ruleTags[$0] } ?? [:])
         w.leaf("securityGroupRuleArn", r.id.map { "arn:aws:ec2:\(g.vpc.region):\(g.vpc.account):security-group-rule/\($0)" })
     }
 }

@@ -8,6 +8,10 @@ public struct XMLWriter: Sendable {
     public init() {}
 
     public static func escape(_ s: String) -> String {
+        // Most values (ids, names, CIDRs) need nothing: returned as they are, which halves the
+        // cost of writing a large Describe. Bytes of multi-byte UTF-8 are all ≥ 0x80.
+        if s.utf8.allSatisfy({ $0 >= 0x20 && $0 != UInt8(ascii: "&") && $0 != UInt8(ascii: "<") && $0 != UInt8(ascii: ">")
+            && $0 != UInt8(ascii: "\"") && $0 != UInt8(ascii: "'") }) { return s }
         var out = ""
         out.reserveCapacity(s.utf8.count)
         for c in s.unicodeScalars {

@@ -32,6 +32,34 @@ extension SQLStore {
         "CREATE INDEX IF NOT EXISTS ec2_instances_vpc ON ec2_instances(vpc_id)",
     ]
 
+    /// The tables added after schema version 3, in the SQL both databases accept: the instance
+    /// lifecycle (SQLStore+EC2Lifecycle.swift) and rule tags. Created by `prepareEC2Tables`
+    /// (rampart-api calls it at start-up), not by a schema version: on PostgreSQL they belong in
+    /// version 4 of `PostgresStore.migrate`, which the EC2 API does not own.
+    static let ec2UnversionedSchema = [
+        // A row only for a live instance that is not running (absent: running).
+        "CREATE TABLE IF NOT EXISTS ec2_instance_states(id TEXT PRIMARY KEY REFERENCES instances(id), state TEXT NOT NULL)",
+        """
+        CREATE TABLE IF NOT EXISTS ec2_terminated(id TEXT PRIMARY KEY, vpc_id TEXT NOT NULL REFERENCES ec2_vpcs(id),
+            reservation TEXT NOT NULL, image TEXT NOT NULL, type TEXT NOT NULL, launched TEXT NOT NULL, client_token TEXT,
+            host TEXT NOT NULL, groups TEXT NOT NULL, ips TEXT NOT NULL, interface TEXT, mac TEXT, terminated_at BIGINT NOT NULL)
+        """,
+        "CREATE INDEX IF NOT EXISTS ec2_terminated_vpc ON ec2_terminated(vpc_id)",
+        // A rule's id lives in its group's JSON, so its tags name the group too: read and removed with it.
+        """
+        CREATE TABLE IF NOT EXISTS ec2_rule_tags(rule_id TEXT NOT NULL, group_id TEXT NOT NULL REFERENCES groups(id),
+            key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY(rule_id, key))
+        """,
+        "CREATE INDEX IF NOT EXISTS ec2_rule_tags_group ON ec2_rule_tags(group_id)",
+    ]
+
+    /// Creates the tables of `ec2UnversionedSchema` if they are missing (idempotent; one transaction).
+    public func prepareEC2Tables() throws(StoreError) {
+        try transaction { () throws(StoreError) in
+            for statement in Self.ec2UnversionedSchema { try db.exec(statement) }
+        }
+    }
+
     /// Runs `body` as one write transaction (a verb: with PostgreSQL its fan-out is appended to
     /// the hosts' change logs before COMMIT). Any error `body` throws rolls everything back and
     /// is rethrown as it was. `body` may run more than once (PostgreSQL serialization retries).
@@ -105,6 +133,8 @@ public struct EC2Group: Hashable, Sendable {
     /// Rule id → description (rules without one are absent).
     public var ruleDescriptions: [String: String]
     public var tags: [String: String]
+    /// Rule id → its tags (rules without tags are absent).
+    public var ruleTags: [String: [String: String]] = [:]
 }
 
 /// The calls of one EC2 transaction (see `SQLStore.ec2Change`). Valid only inside its body.
@@ -138,24 +168,39 @@ public struct EC2Transaction {
 
     /// The groups of every VPC of `account` in `region`, by id.
     public func groups(account: String, region: String) throws(StoreError) -> [EC2Group] {
-        let ids = try db.query("""
-            SELECT g.id FROM ec2_groups g JOIN ec2_vpcs v ON v.id = g.vpc_id WHERE v.account = ? AND v.region = ? ORDER BY g.id
-            """, .text(account), .text(region)).compactMap { $0[0] }
-        var out: [EC2Group] = []
-        for id in ids { if let g = try group(id) { out.append(g) } }
-        return out
+        try loadGroups("g.vpc_id IN (SELECT id FROM ec2_vpcs WHERE account = ? AND region = ?)", [.text(account), .text(region)])
     }
 
     public func group(_ id: String) throws(StoreError) -> EC2Group? {
-        guard let row = try db.query("SELECT vpc_id, name FROM ec2_groups WHERE id = ?", .text(id)).first,
-              let vpcID = row[0], let name = row[1], let vpc = try vpc(vpcID), let g = try store.groupRow(id)
-        else { return nil }
-        var descriptions: [String: String] = [:]
-        for r in try db.query("SELECT rule_id, description FROM ec2_rule_descriptions WHERE group_id = ?", .text(id)) {
-            if let k = r[0], let v = r[1] { descriptions[k] = v }
+        try loadGroups("g.id = ?", [.text(id)]).first
+    }
+
+    /// The groups `condition` (on `ec2_groups g`) selects, by id, in seven statements however
+    /// many groups: a Describe of 1,000 groups is not 5,000 round trips to PostgreSQL.
+    private func loadGroups(_ condition: String, _ args: [SQLValue]) throws(StoreError) -> [EC2Group] {
+        let rows = try db.query("SELECT g.id, g.name, g.vpc_id FROM ec2_groups g WHERE \(condition) ORDER BY g.id", args)
+        if rows.isEmpty { return [] }
+        let selected = "SELECT g.id FROM ec2_groups g WHERE \(condition)"
+        var vpcs: [String: EC2VPC] = [:]
+        for v in try self.vpcs("WHERE id IN (SELECT g.vpc_id FROM ec2_groups g WHERE \(condition))", args) { vpcs[v.id] = v }
+        let contract = try store.groupRows(where: "id IN (\(selected))", args)
+        var descriptions: [String: [String: String]] = [:]
+        for r in try db.query("SELECT group_id, rule_id, description FROM ec2_rule_descriptions WHERE group_id IN (\(selected))", args) {
+            if let g = r[0], let k = r[1], let v = r[2] { descriptions[g, default: [:]][k] = v }
         }
-        return EC2Group(id: id, name: name, description: g.description ?? "", vpc: vpc, rules: g.rules,
-                        ruleDescriptions: descriptions, tags: try tags(id))
+        var tags: [String: [String: String]] = [:]
+        for r in try db.query("SELECT resource, key, value FROM ec2_tags WHERE resource IN (\(selected))", args) {
+            if let g = r[0], let k = r[1], let v = r[2] { tags[g, default: [:]][k] = v }
+        }
+        var ruleTags: [String: [String: [String: String]]] = [:]
+        for r in try db.query("SELECT group_id, rule_id, key, value FROM ec2_rule_tags WHERE group_id IN (\(selected))", args) {
+            if let g = r[0], let rule = r[1], let k = r[2], let v = r[3] { ruleTags[g, default: [:]][rule, default: [:]][k] = v }
+        }
+        return rows.compactMap { r in
+            guard let id = r[0], let name = r[1], let vpc = r[2].flatMap({ vpcs[$0] }), let g = contract[id] else { return nil }
+            return EC2Group(id: id, name: name, description: g.description ?? "", vpc: vpc, rules: g.rules,
+                            ruleDescriptions: descriptions[id] ?? [:], tags: tags[id] ?? [:], ruleTags: ruleTags[id] ?? [:])
+        }
     }
 
     /// The id of the group named `name` in `vpc`.
@@ -182,6 +227,7 @@ public struct EC2Transaction {
     /// Deletes the group with its metadata (the caller has checked `members` and `referrers`).
     public func deleteGroup(_ id: String) throws(StoreError) {
         try db.run("DELETE FROM ec2_rule_descriptions WHERE group_id = ?", .text(id))
+        try db.run("DELETE FROM ec2_rule_tags WHERE group_id = ?", .text(id))
         try db.run("DELETE FROM ec2_tags WHERE resource = ?", .text(id))
         try db.run("DELETE FROM ec2_groups WHERE id = ?", .text(id))
         try db.run("DELETE FROM group_refs WHERE group_id = ?", .text(id))
@@ -194,13 +240,24 @@ public struct EC2Transaction {
         let issues = rules.enumerated().flatMap { Validate.rule($1, at: "rules[\($0)]") }
         if !issues.isEmpty { throw StoreError(.invalid, issues.map(\.description).joined(separator: "; ")) }
         try store.writeRules(group, rules)
+        try setRuleDescriptions(group, rules, descriptions)
+        // The tags of rules that are gone go with them.
+        let kept = Set(rules.compactMap(\.id))
+        for r in try db.query("SELECT DISTINCT rule_id FROM ec2_rule_tags WHERE group_id = ?", .text(group)) {
+            if let id = r[0], !kept.contains(id) { try db.run("DELETE FROM ec2_rule_tags WHERE rule_id = ?", .text(id)) }
+        }
+        return try store.fanOut(rules: group).sorted()
+    }
+
+    /// Replaces the descriptions of the group's `rules` (ids absent from `descriptions` have
+    /// none). Descriptions are not enforced: no fan-out.
+    public func setRuleDescriptions(_ group: String, _ rules: [Rule], _ descriptions: [String: String]) throws(StoreError) {
         try db.run("DELETE FROM ec2_rule_descriptions WHERE group_id = ?", .text(group))
         for r in rules {
             if let id = r.id, let d = descriptions[id] {
                 try db.run("INSERT INTO ec2_rule_descriptions(rule_id, group_id, description) VALUES (?, ?, ?)", .text(id), .text(group), .text(d))
             }
         }
-        return try store.fanOut(rules: group).sorted()
     }
 
     // MARK: instances
@@ -222,26 +279,34 @@ public struct EC2Transaction {
         return out
     }
 
-    /// Removes an instance and its metadata.
-    public func deleteInstance(_ id: String) throws(StoreError) -> [Delivery] {
+    /// Removes an instance and its metadata (`terminateInstance` keeps a snapshot).
+    func deleteInstance(_ id: String) throws(StoreError) -> [Delivery] {
         try db.run("DELETE FROM ec2_tags WHERE resource = ?", .text(id))
         try db.run("DELETE FROM ec2_instances WHERE id = ?", .text(id))
         return try store.deleteInstance(id)
     }
 
-    /// The instances of every VPC of `account` in `region`, by id.
-    public func instances(account: String, region: String) throws(StoreError) -> [EC2Instance] {
-        let rows = try db.query("""
-            SELECT e.id, e.vpc_id, e.reservation, e.image, e.type, e.launched, e.client_token FROM ec2_instances e JOIN ec2_vpcs v ON v.id = e.vpc_id
-            WHERE v.account = ? AND v.region = ? ORDER BY e.id
-            """, .text(account), .text(region))
-        var out: [EC2Instance] = []
-        for r in rows {
-            guard let id = r[0], let vpcID = r[1], let vpc = try vpc(vpcID), let inst = try store.records("WHERE i.id = ?", [.text(id)])[id] else { continue }
-            out.append(EC2Instance(id: id, vpc: vpc, reservation: r[2] ?? "", image: r[3] ?? "", type: r[4] ?? "", launched: r[5] ?? "",
-                                   clientToken: r[6], record: inst))
+    /// The live (running or stopped) instances of every VPC of `account` in `region`, by id
+    /// (only the one with `id` when given).
+    public func instances(account: String, region: String, id: String? = nil) throws(StoreError) -> [EC2Instance] {
+        // Five statements however many instances (PostgreSQL: each is a round trip).
+        let filter = "e.vpc_id IN (SELECT id FROM ec2_vpcs WHERE account = ? AND region = ?)" + (id == nil ? "" : " AND e.id = ?")
+        let args: [SQLValue] = [.text(account), .text(region)] + (id.map { [.text($0)] } ?? [])
+        let rows = try db.query("SELECT e.id, e.vpc_id, e.reservation, e.image, e.type, e.launched, e.client_token FROM ec2_instances e WHERE \(filter) ORDER BY e.id", args)
+        if rows.isEmpty { return [] }
+        let selected = "SELECT e.id FROM ec2_instances e WHERE \(filter)"
+        var vpcs: [String: EC2VPC] = [:]
+        for v in try self.vpcs("WHERE account = ? AND region = ?", [.text(account), .text(region)]) { vpcs[v.id] = v }
+        let records = try store.records("WHERE i.id IN (\(selected))", args)
+        var states: [String: EC2InstanceState] = [:]
+        for r in try db.query("SELECT id, state FROM ec2_instance_states WHERE id IN (\(selected))", args) {
+            if let i = r[0], let s = r[1].flatMap(EC2InstanceState.init(rawValue:)) { states[i] = s }
         }
-        return out
+        return rows.compactMap { r in
+            guard let id = r[0], let vpc = r[1].flatMap({ vpcs[$0] }), let record = records[id] else { return nil }
+            return EC2Instance(id: id, vpc: vpc, reservation: r[2] ?? "", image: r[3] ?? "", type: r[4] ?? "", launched: r[5] ?? "",
+                               clientToken: r[6], record: record, state: states[id] ?? .running)
+        }
     }
 
     /// Every address used by an instance of `vpc`.
@@ -271,6 +336,27 @@ public struct EC2Transaction {
     public func deleteTag(_ resource: String, key: String) throws(StoreError) {
         try db.run("DELETE FROM ec2_tags WHERE resource = ? AND key = ?", .text(resource), .text(key))
     }
+
+    /// The tags of the rule `rule` (an `sgr-` id).
+    public func ruleTags(_ rule: String) throws(StoreError) -> [String: String] {
+        var out: [String: String] = [:]
+        for r in try db.query("SELECT key, value FROM ec2_rule_tags WHERE rule_id = ?", .text(rule)) {
+            if let k = r[0], let v = r[1] { out[k] = v }
+        }
+        return out
+    }
+
+    /// Sets a tag of the rule `rule` of `group`.
+    public func setRuleTag(_ rule: String, group: String, key: String, value: String) throws(StoreError) {
+        try db.run("""
+            INSERT INTO ec2_rule_tags(rule_id, group_id, key, value) VALUES (?, ?, ?, ?)
+            ON CONFLICT(rule_id, key) DO UPDATE SET value = excluded.value
+            """, .text(rule), .text(group), .text(key), .text(value))
+    }
+
+    public func deleteRuleTag(_ rule: String, key: String) throws(StoreError) {
+        try db.run("DELETE FROM ec2_rule_tags WHERE rule_id = ? AND key = ?", .text(rule), .text(key))
+    }
 }
 
 /// An instance as the EC2 API sees it.
@@ -284,11 +370,14 @@ public struct EC2Instance: Hashable, Sendable {
     public var launched: String
     /// RunInstances' idempotency token.
     public var clientToken: String?
-    /// The contract's record: host, groups, address, interface, MAC.
+    /// The contract's record: host, groups, address, interface, MAC (for a terminated
+    /// instance: what it was).
     public var record: Instance?
+    public var state: EC2InstanceState
 
     public init(id: String, vpc: EC2VPC, reservation: String, image: String, type: String, launched: String,
-                clientToken: String? = nil, record: Instance? = nil) {
+                clientToken: String? = nil, record: Instance? = nil, state: EC2InstanceState = .running) {
+        self.state = state
         self.id = id
         self.vpc = vpc
         self.reservation = reservation

@@ -142,17 +142,20 @@ extension SQLStore {
     }
 
     public func setGroups(instance id: String, groups: [String]) throws(StoreError) -> [Delivery] {
-        try verb { () throws(StoreError) in
-            guard var inst = try records("WHERE i.id = ?", [.text(id)])[id] else { throw StoreError(.notFound, "unknown instance \(id)") }
-            let changed = Set(inst.groups).symmetricDifference(groups)
-            var out = try fanOut(members: changed)
-            inst.groups = groups
-            try writeInstance(id, inst)
-            try validateHost(inst.host)
-            out.formUnion(try fanOut(members: changed))
-            out.insert(Delivery(host: inst.host, refresh: .instance(id)))
-            return out.sorted()
-        }
+        try verb { () throws(StoreError) in try updateGroups(instance: id, groups) }
+    }
+
+    /// `setGroups` inside a transaction (the EC2 API's ModifyInstanceAttribute shares it).
+    func updateGroups(instance id: String, _ groups: [String]) throws(StoreError) -> [Delivery] {
+        guard var inst = try records("WHERE i.id = ?", [.text(id)])[id] else { throw StoreError(.notFound, "unknown instance \(id)") }
+        let changed = Set(inst.groups).symmetricDifference(groups)
+        var out = try fanOut(members: changed)
+        inst.groups = groups
+        try writeInstance(id, inst)
+        try validateHost(inst.host)
+        out.formUnion(try fanOut(members: changed))
+        out.insert(Delivery(host: inst.host, refresh: .instance(id)))
+        return out.sorted()
     }
 
     /// Upserts every group (rules replaced) and instance of a valid document. Every host that

@@ -24,6 +24,15 @@ struct RampartAPI: ParsableCommand {
     @Option(help: "The region of requests when --no-auth (signed requests use their signature's region).")
     var region = "us-east-1"
 
+    @Option(help: "The regions requests may be signed for, comma-separated (default: --region alone); others are refused (SignatureDoesNotMatch).")
+    var regions: String?
+
+    @Option(help: "Security groups per instance, 1-16 (AWS's default quota is 5, its ceiling 16).")
+    var maxGroupsPerInterface = 5
+
+    @Option(help: "Seconds a terminated instance stays listed by DescribeInstances (AWS: about an hour).")
+    var terminatedVisible = 3600
+
     @Flag(help: "Accept unsigned requests, all as --account in --region. Local development only.")
     var noAuth = false
 
@@ -58,16 +67,29 @@ struct RampartAPI: ParsableCommand {
             guard let keys else { throw fail("give --keys FILE (or --no-auth for local development)") }
             do { auth = .sigV4(Verifier(keys: try KeyFile.load(keys))) } catch { throw fail(error.message) }
         }
+        let allowed = Set((regions ?? region).split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
+        guard !allowed.isEmpty, allowed.allSatisfy(Self.isRegionName) else {
+            throw fail("--regions must be region names (like us-east-1), comma-separated")
+        }
+        if noAuth && !allowed.contains(region) { throw fail("--no-auth: --region \(region) is not among --regions") }
+        guard (1...EC2Settings.groupsPerInterfaceCeiling).contains(maxGroupsPerInterface) else {
+            throw fail("--max-groups-per-interface must be 1-\(EC2Settings.groupsPerInterfaceCeiling) (AWS's ceiling)")
+        }
+        guard terminatedVisible >= 0 else { throw fail("--terminated-visible must be 0 or more seconds") }
+        let settings = EC2Settings(regions: allowed, maxGroupsPerInterface: maxGroupsPerInterface, terminatedVisibleSeconds: terminatedVisible)
         let colon = listen.lastIndex(of: ":")
         guard let colon, let port = Int(listen[listen.index(after: colon)...]), (0...65535).contains(port) else {
             throw fail("--listen must be ADDRESS:PORT")
         }
         let host = String(listen[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
         let st: SQLStore
-        do { st = try StoreAddress(store).openForWriting() } catch { throw fail("the store: \(error.message)") }
+        do {
+            st = try StoreAddress(store).openForWriting()
+            try st.prepareEC2Tables()
+        } catch { throw fail("the store: \(error.message)") }
         let delivery = SocketDelivery(sockets: socket)
         let logsDeliver = st is ChangeLog
-        let service = EC2Service(store: st) { deliveries in
+        let service = EC2Service(store: st, settings: settings) { deliveries in
             guard !logsDeliver else { return }  // PostgreSQL: the change log delivers
             for (d, outcome) in delivery.deliver(deliveries) {
                 switch outcome {
@@ -87,6 +109,14 @@ struct RampartAPI: ParsableCommand {
         }
         FileHandle.standardOutput.write(Data("rampart-api: listening on \(host):\(bound) (store \(StoreAddress.description(store)))\n".utf8))
         server.wait()
+    }
+}
+
+extension RampartAPI {
+    /// AWS's region names: lowercase letters, digits and dashes, like `us-east-1`.
+    static func isRegionName(_ s: String) -> Bool {
+        !s.isEmpty && s.count <= 32 && s.allSatisfy { ($0.isASCII && ($0.isLowercase || $0.isNumber)) || $0 == "-" }
+            && !s.hasPrefix("-") && !s.hasSuffix("-")
     }
 }
 

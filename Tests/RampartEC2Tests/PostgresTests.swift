@@ -4,8 +4,9 @@ import RampartHarness
 import RampartStore
 import Testing
 
-/// The same API over a PostgreSQL store (schema version 3): the EC2 tables' SQL on the other
-/// database, and a rule change logged for the member's host in the change log (which delivers).
+/// The same API over a PostgreSQL store (schema version 3, and the lifecycle tables rampart-api
+/// creates): the EC2 tables' SQL on the other database, and rule changes logged for the
+/// member's host in the change log (which delivers).
 @Suite("EC2 API on PostgreSQL", .serialized, .enabled(if: getuid() == 0, "starts a PostgreSQL cluster (root)"))
 struct EC2PostgresTests {
     @Test func actionsOnPostgres() throws {
@@ -16,14 +17,30 @@ struct EC2PostgresTests {
         let web = try #require(try api.awsOK(["create-security-group", "--group-name", "web", "--description", "w"])["GroupId"] as? String)
         try api.awsFails(["create-security-group", "--group-name", "web", "--description", "w"], code: "InvalidGroup.Duplicate")
         _ = try st.addInstance("i-1", Instance(host: "hv1", groups: [web], ips: [IPAddress("10.0.0.5")!], interface: "tap1"))
-        _ = try api.awsOK(["authorize-security-group-ingress", "--group-id", web, "--ip-permissions",
-                           "IpProtocol=tcp,FromPort=22,ToPort=22,IpRanges=[{CidrIp=10.0.0.0/8,Description=ssh}]"])
+        let added = try api.awsOK(["authorize-security-group-ingress", "--group-id", web, "--ip-permissions",
+                                   "IpProtocol=tcp,FromPort=22,ToPort=22,IpRanges=[{CidrIp=10.0.0.0/8,Description=ssh}]"])
+        let rule = try #require(items(added, "SecurityGroupRules").first?["SecurityGroupRuleId"] as? String)
         _ = try api.awsOK(["create-tags", "--resources", web, "--tags", "Key=env,Value=prod"])
         let g = try #require(items(try api.awsOK(["describe-security-groups", "--filters", "Name=tag:env,Values=prod"]), "SecurityGroups").first)
         #expect(g["GroupId"] as? String == web)
         #expect((items(g, "IpPermissions").first?["IpRanges"] as? [[String: String]]) == [["CidrIp": "10.0.0.0/8", "Description": "ssh"]])
         let logged = try st.entries(host: "hv1", after: 0, limit: 100).entries.map(\.refresh)
         #expect(logged.contains(.rules(web)))
+        // A rule changed by id, and an instance's lifecycle, over the lifecycle tables.
+        let logStart = try st.entries(host: "hv1", after: 0, limit: 1000).entries.count
+        _ = try api.awsOK(["modify-security-group-rules", "--group-id", web, "--security-group-rules",
+                           "SecurityGroupRuleId=\(rule),SecurityGroupRule={IpProtocol=tcp,FromPort=2222,ToPort=2222,CidrIpv4=10.0.0.0/8}"])
+        #expect(try st.entries(host: "hv1", after: 0, limit: 1000).entries.dropFirst(logStart).map(\.refresh) == [.rules(web)])
+        #expect(try st.group(web)?.rules.first { $0.id == rule }?.ports == 2222...2222)
+        let id = try #require(items(try api.awsOK(["run-instances", "--image-id", "ami-1", "--security-group-ids", web, "--placement", "HostId=hv1"]),
+                                    "Instances").first?["InstanceId"] as? String)
+        _ = try api.awsOK(["stop-instances", "--instance-ids", id])
+        try api.awsFails(["reboot-instances", "--instance-ids", id], code: "IncorrectInstanceState")
+        _ = try api.awsOK(["terminate-instances", "--instance-ids", id])
+        let listed = items(try api.awsOK(["describe-instances", "--instance-ids", id]), "Reservations").flatMap { items($0, "Instances") }
+        #expect((listed.first?["State"] as? [String: Any])?["Name"] as? String == "terminated")
+        #expect(try st.instance(id) == nil)
+
         try api.awsFails(["delete-security-group", "--group-id", web], code: "DependencyViolation")
         _ = try st.removeInstance("i-1")
         _ = try api.awsOK(["delete-security-group", "--group-id", web])

@@ -109,6 +109,15 @@ import Testing
         #expect(try KeyFile.load(path).count == 1)
     }
 
+    /// XML text: the five special characters escaped, characters XML 1.0 cannot carry replaced,
+    /// everything else (tabs, newlines, any Unicode) as given, on the fast path and the slow one.
+    @Test func xmlEscape() {
+        #expect(XMLWriter.escape("sg-0123 web_1 10.0.0.0/8 é☃") == "sg-0123 web_1 10.0.0.0/8 é☃")
+        #expect(XMLWriter.escape(#"a&b<c>d"e'f"#) == "a&amp;b&lt;c&gt;d&quot;e&apos;f")
+        #expect(XMLWriter.escape("tab\there\nnew\u{1}x") == "tab\there\nnew\u{FFFD}x")
+        #expect(XMLWriter.escape("") == "")
+    }
+
     @Test func filterPatterns() {
         #expect(EC2Service.matches("web*", "web-1"))
         #expect(EC2Service.matches("w?b", "wib"))

@@ -69,7 +69,8 @@ final class APIServerFixture {
 
     /// `store`: a `postgres://` URL, or nil for a fresh SQLite file. `noAuth`: started with
     /// `--no-auth` (its standard error goes to `errorLog`).
-    init(store: String? = nil, noAuth: Bool = false) throws {
+    /// `arguments`: more options for rampart-api.
+    init(store: String? = nil, noAuth: Bool = false, arguments: [String] = []) throws {
         dir = NSTemporaryDirectory() + "ec2api-" + UUID().uuidString
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         storePath = store ?? dir + "/store/rampart.db"
@@ -79,7 +80,7 @@ final class APIServerFixture {
         process = Process()
         process.executableURL = URL(fileURLWithPath: builtExecutable("rampart-api"))
         process.arguments = ["--store", storePath, "--listen", "127.0.0.1:0", "--socket", dir + "/hv1.sock"]
-            + (noAuth ? ["--no-auth"] : ["--keys", keyPath])
+            + (noAuth ? ["--no-auth"] : ["--keys", keyPath]) + arguments
         let out = Pipe()
         process.standardOutput = out
         _ = FileManager.default.createFile(atPath: dir + "/stderr", contents: nil)
@@ -119,22 +120,24 @@ final class APIServerFixture {
     }
 
     /// `aws ec2 ARGS` as `key`: its exit status, parsed JSON output and standard error.
-    func aws(_ args: [String], as key: AccessKey = keyA) throws -> (status: Int32, json: [String: Any], err: String) {
-        let r = try run("aws", ["ec2"] + args + ["--endpoint-url", endpoint, "--region", "us-east-1", "--output", "json"], environment: environment(key))
+    func aws(_ args: [String], as key: AccessKey = keyA, region: String = "us-east-1") throws -> (status: Int32, json: [String: Any], err: String) {
+        let r = try run("aws", ["ec2"] + args + ["--endpoint-url", endpoint, "--region", region, "--output", "json"], environment: environment(key))
         let json = (try? JSONSerialization.jsonObject(with: Data(r.out.utf8))) as? [String: Any] ?? [:]
         return (r.status, json, r.err)
     }
 
     /// `aws ec2 ARGS` that must succeed.
-    func awsOK(_ args: [String], as key: AccessKey = keyA, sourceLocation: SourceLocation = #_sourceLocation) throws -> [String: Any] {
-        let r = try aws(args, as: key)
+    func awsOK(_ args: [String], as key: AccessKey = keyA, region: String = "us-east-1",
+               sourceLocation: SourceLocation = #_sourceLocation) throws -> [String: Any] {
+        let r = try aws(args, as: key, region: region)
         #expect(r.status == 0, "aws \(args.joined(separator: " ")): \(r.err)", sourceLocation: sourceLocation)
         return r.json
     }
 
     /// `aws ec2 ARGS` that must fail with `code`.
-    func awsFails(_ args: [String], code: String, as key: AccessKey = keyA, sourceLocation: SourceLocation = #_sourceLocation) throws {
-        let r = try aws(args, as: key)
+    func awsFails(_ args: [String], code: String, as key: AccessKey = keyA, region: String = "us-east-1",
+                  sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let r = try aws(args, as: key, region: region)
         #expect(r.status != 0, "aws \(args.joined(separator: " ")) succeeded", sourceLocation: sourceLocation)
         #expect(r.err.contains("(\(code))"), "aws \(args.joined(separator: " ")): expected \(code), got: \(r.err)", sourceLocation: sourceLocation)
     }
@@ -155,6 +158,14 @@ final class APIServerFixture {
         let st = try store()
         return try st.ec2Read { tx in
             [try tx.groups(account: keyA.account, region: "us-east-1"), try tx.groups(account: keyB.account, region: "us-east-1")]
+        }
+    }
+
+    /// Account A's instances (live and terminated within the hour), for "nothing changed" checks.
+    func instanceSnapshot() throws -> [EC2Instance] {
+        try store().ec2Read { tx in
+            try tx.instances(account: keyA.account, region: "us-east-1")
+                + tx.terminatedInstances(account: keyA.account, region: "us-east-1", since: Int64(Date().timeIntervalSince1970) - 3600)
         }
     }
 }
