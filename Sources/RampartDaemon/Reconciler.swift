@@ -186,8 +186,10 @@ final class Reconciler: @unchecked Sendable {
     private func drain(_ items: Set<Refresh>) -> SyncOutcome {
         let start = DispatchTime.now().uptimeNanoseconds
         metrics.lastDrainItems.record(items.count)
-        // What the previous successful commit left: the cut compares against it.
-        let before = engine.planned
+        // What the previous successful commit left: the cut compares against its chains (the old
+        // version of a rewritten chain). Only the chains: holding the whole IR would make the
+        // engine copy every set an event touches (copy-on-write), a cost that grows with the host.
+        let before = engine.planned.map { RulesetIR(chains: $0.chains) }
         let plan: Plan
         do {
             plan = try events.plan(for: items, engine: &engine)
@@ -246,7 +248,7 @@ final class Reconciler: @unchecked Sendable {
         let start = DispatchTime.now().uptimeNanoseconds
         do {
             let b = try connect()
-            let before = engine.planned
+            let before = engine.planned.map { RulesetIR(chains: $0.chains) }  // see drain
             let catchUp = try events.reload(&engine)
             var caughtUp = false
             if !catchUp.isEmpty {

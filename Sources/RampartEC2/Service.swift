@@ -44,7 +44,6 @@ public final class EC2Service: Sendable {
     public let settings: EC2Settings
     let deliver: @Sendable ([Delivery]) -> Void
 
-    /// The store must have the tables added after schema version 3 (`SQLStore.prepareEC2Tables`).
     public init(store: SQLStore, settings: EC2Settings = EC2Settings(), deliver: @escaping @Sendable ([Delivery]) -> Void) {
         self.store = store
         self.settings = settings

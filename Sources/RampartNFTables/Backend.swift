@@ -14,8 +14,13 @@ public final class NFTablesBackend {
     public let table: String
     /// How instance dispatch is laid out in the kernel (`NFTLayout`).
     public let layout: NFTLayout
-    /// What Rampart believes the kernel holds (nil: no table), valid at `mirrorGeneration`.
+    /// What Rampart believes the kernel holds (nil: no table), valid at `mirrorGeneration` when
+    /// `mirrorKnown`. Set by a read-back and by `converge`; a plain `commit` does not keep its
+    /// result: its caller (an engine) owns that IR and changes it next, and a second reference
+    /// here would make every change copy the sets it touches (copy-on-write), a cost that grows
+    /// with the host. After a commit, `committed` reads the table back.
     public private(set) var mirror: RulesetIR?
+    private var mirrorKnown = false
     public private(set) var mirrorGeneration: UInt32?
     /// What the kernel holds of the slot layout's own objects, valid with the mirror.
     var slots = SlotState()
@@ -33,12 +38,14 @@ public final class NFTablesBackend {
             let before = try client.generation()
             if let snap = try client.readTable(family: .inet, name: table) {
                 (mirror, slots) = Observe.read(snap, reference: reference, layout: layout)
+                mirrorKnown = true
                 mirrorGeneration = snap.generation
                 return mirror
             }
             // No table: trust its absence only if nobody committed around the read.
             if try client.generation() == before {
                 mirror = nil
+                mirrorKnown = true
                 slots = SlotState()
                 mirrorGeneration = before
                 return nil
@@ -48,7 +55,7 @@ public final class NFTablesBackend {
 
     /// What the kernel holds: the mirror while nobody else has committed, else a read-back.
     public func committed(reference: RulesetIR?) throws(NetlinkError) -> RulesetIR? {
-        if let g = mirrorGeneration, try client.generation() == g { return mirror }
+        if mirrorKnown, let g = mirrorGeneration, try client.generation() == g { return mirror }
         return try readBack(reference: reference)
     }
 
@@ -61,12 +68,18 @@ public final class NFTablesBackend {
     /// success records `result` (the IR the plan leads to) as the mirror.
     @discardableResult
     public func commit(_ plan: Plan, result: RulesetIR?) throws(NetlinkError) -> BackendChange {
+        try commit(plan, result: result, keepMirror: false)
+    }
+
+    /// `keepMirror`: keep `result` as the mirror (what `converge` does).
+    private func commit(_ plan: Plan, result: RulesetIR?, keepMirror: Bool) throws(NetlinkError) -> BackendChange {
         guard !plan.isEmpty else { return .none }
-        let previous = mirrorGeneration == nil ? nil : mirror
+        let previous = mirrorKnown && mirrorGeneration != nil ? mirror : nil
         let (batch, after) = try lower(plan, result: result)
         do {
             let r = try client.commit(batch, expectedGeneration: mirrorGeneration)
-            mirror = result
+            mirror = keepMirror ? result : nil
+            mirrorKnown = keepMirror
             slots = after
             mirrorGeneration = r.generation
             lastCommit = r
@@ -106,7 +119,7 @@ public final class NFTablesBackend {
             let current = try committed(reference: desired)
             let plan = diff(from: current, to: desired)
             do {
-                var c = try commit(plan, result: desired)
+                var c = try commit(plan, result: desired, keepMirror: true)
                 c.previous = current
                 c.plan = plan
                 c.generation = mirrorGeneration

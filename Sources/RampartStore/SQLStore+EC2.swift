@@ -32,11 +32,9 @@ extension SQLStore {
         "CREATE INDEX IF NOT EXISTS ec2_instances_vpc ON ec2_instances(vpc_id)",
     ]
 
-    /// The tables added after schema version 3, in the SQL both databases accept: the instance
-    /// lifecycle (SQLStore+EC2Lifecycle.swift) and rule tags. Created by `prepareEC2Tables`
-    /// (rampart-api calls it at start-up), not by a schema version: on PostgreSQL they belong in
-    /// version 4 of `PostgresStore.migrate`, which the EC2 API does not own.
-    static let ec2UnversionedSchema = [
+    /// The EC2 tables of PostgreSQL's schema version 4, in the SQL both databases accept: the
+    /// instance lifecycle (SQLStore+EC2Lifecycle.swift) and rule tags.
+    static let ec2LifecycleSchema = [
         // A row only for a live instance that is not running (absent: running).
         "CREATE TABLE IF NOT EXISTS ec2_instance_states(id TEXT PRIMARY KEY REFERENCES instances(id), state TEXT NOT NULL)",
         """
@@ -53,12 +51,6 @@ extension SQLStore {
         "CREATE INDEX IF NOT EXISTS ec2_rule_tags_group ON ec2_rule_tags(group_id)",
     ]
 
-    /// Creates the tables of `ec2UnversionedSchema` if they are missing (idempotent; one transaction).
-    public func prepareEC2Tables() throws(StoreError) {
-        try transaction { () throws(StoreError) in
-            for statement in Self.ec2UnversionedSchema { try db.exec(statement) }
-        }
-    }
 
     /// Runs `body` as one write transaction (a verb: with PostgreSQL its fan-out is appended to
     /// the hosts' change logs before COMMIT). Any error `body` throws rolls everything back and

@@ -5,7 +5,7 @@ import RampartCore
 // instance looked like while it stays visible (AWS keeps it listed for about an hour). A live
 // instance (running or stopped) keeps its contract record, so its address and groups stay its
 // own; a terminated one has no record (its hypervisor unplugged it) and only a snapshot here.
-// Tables: `ec2_instance_states`, `ec2_terminated` (`SQLStore.ec2UnversionedSchema`).
+// Tables: `ec2_instance_states`, `ec2_terminated` (`SQLStore.ec2LifecycleSchema`).
 
 /// An EC2 instance's state as the store keeps it (AWS's transient `pending`, `stopping` and
 /// `shutting-down` are not kept: every transition here completes in its transaction).

@@ -38,8 +38,8 @@ public class SQLStore: Store, @unchecked Sendable {
     /// Tables added after the first schema. SQLite creates them on every open, so that a store
     /// written by an earlier version gains them (an addition, never a change of what is there).
     /// `host_guards`: each host's `guarded_prefixes` (contract rule 9), in document order.
-    /// `ec2Schema`: the EC2 API's metadata (SQLStore+EC2.swift).
-    static let additions = guardsSchema + ec2Schema
+    /// `ec2Schema`, `ec2LifecycleSchema`: the EC2 API's metadata (SQLStore+EC2.swift).
+    static let additions = guardsSchema + ec2Schema + ec2LifecycleSchema
 
     static let guardsSchema = [
         """

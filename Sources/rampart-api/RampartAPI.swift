@@ -85,7 +85,6 @@ struct RampartAPI: ParsableCommand {
         let st: SQLStore
         do {
             st = try StoreAddress(store).openForWriting()
-            try st.prepareEC2Tables()
         } catch { throw fail("the store: \(error.message)") }
         let delivery = SocketDelivery(sockets: socket)
         let logsDeliver = st is ChangeLog

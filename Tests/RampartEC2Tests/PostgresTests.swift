@@ -4,8 +4,8 @@ import RampartHarness
 import RampartStore
 import Testing
 
-/// The same API over a PostgreSQL store (schema version 3, and the lifecycle tables rampart-api
-/// creates): the EC2 tables' SQL on the other database, and rule changes logged for the
+/// The same API over a PostgreSQL store (schema version 4: the EC2 tables and their lifecycle
+/// tables): the EC2 tables' SQL on the other database, and rule changes logged for the
 /// member's host in the change log (which delivers).
 @Suite("EC2 API on PostgreSQL", .serialized, .enabled(if: getuid() == 0, "starts a PostgreSQL cluster (root)"))
 struct EC2PostgresTests {

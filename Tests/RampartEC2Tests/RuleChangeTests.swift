@@ -23,7 +23,6 @@ final class InProcessAPI {
 
     init() throws {
         store = try StoreAddress(dir + "/rampart.db").openForWriting()
-        try store.prepareEC2Tables()
         let recorder = deliveries
         service = EC2Service(store: store) { recorder.add($0) }
     }
