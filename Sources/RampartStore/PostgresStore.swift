@@ -82,7 +82,15 @@ public final class PostgresStore: SQLStore, ChangeLog, @unchecked Sendable {
     }
 
     public func recordApplied(host: String, sequence: Int64) throws(StoreError) {
-        try logRecordApplied(host: host, sequence: sequence)
+        try logRecordApplied([host: sequence])
+    }
+
+    public func entries(positions: [String: Int64], limit: Int) throws(StoreError) -> [String: LogPage] {
+        try logEntries(positions: positions, limit: limit)
+    }
+
+    public func recordApplied(_ positions: [String: Int64]) throws(StoreError) {
+        try logRecordApplied(positions)
     }
 
     public func progress(hosts: [String]?) throws(StoreError) -> [LogProgress] {
