@@ -189,6 +189,27 @@ struct RelayTests {
         #expect(relay.hub.statistics().subscribers == 3)
     }
 
+    /// The relay's one-statement reads and ack writes say what the per-host calls say: rows,
+    /// heads, trimming, positions that never move back.
+    @Test func batchedReadsAndAcksEqualPerHostCalls() throws {
+        let f = try RelayFixture("relay_batch")
+        for i in 0..<12 { try f.verb(["g1", "g2", "shared"][i % 3], port: 5000 + i) }
+        _ = try f.controller.trim(maxAge: nil, keep: 3)
+        let positions: [String: Int64] = ["hv1": 0, "hv2": try f.controller.entries(host: "hv2", after: .max, limit: 0).head - 2, "hv3": 0]
+        for limit in [0, 1, 1000] {
+            let batched = try f.controller.entries(positions: positions, limit: limit)
+            #expect(Set(batched.keys) == Set(positions.keys))
+            for (h, p) in positions {
+                #expect(batched[h] == (try f.controller.entries(host: h, after: p, limit: limit)), "\(h) after \(p) limit \(limit)")
+            }
+        }
+        #expect(try f.controller.entries(positions: ["hv1": 0], limit: 10)["hv1"]?.trimmed == true)
+        try f.controller.recordApplied(["hv1": 7, "hv2": 3])
+        try f.controller.recordApplied(["hv1": 5, "hv3": 2])
+        let progress = Dictionary(uniqueKeysWithValues: try f.controller.progress(hosts: RelayFixture.hosts).map { ($0.host, $0.applied) })
+        #expect(progress == ["hv1": 7, "hv2": 3, "hv3": 2])
+    }
+
     /// A wrong token, another host's token, another host's subscription: refused, named.
     @Test func wrongTokenOrAnotherHostIsRefused() throws {
         let f = try RelayFixture("relay_auth")
