@@ -254,9 +254,13 @@ public final class RelayHub: @unchecked Sendable {
         sub.queuedBytes += size
         if let t = message.through { sub.told = max(sub.told, t) }
         stats.rowsSent += rows
-        // A write can complete at once, under this lock: the bookkeeping runs as a task of its own.
-        let loop = sub.channel.eventLoop
-        sub.channel.writeAndFlush(buffer).whenComplete { [weak self] _ in loop.execute { self?.written(sub, size) } }
+        // Never write under this lock: on the connection's own event loop a write runs at once,
+        // and a write that fails closes the connection, whose handler then takes this lock
+        // (`detach`). Tasks on one loop run in order, so the messages keep theirs.
+        let channel = sub.channel
+        channel.eventLoop.execute {
+            channel.writeAndFlush(buffer).whenComplete { [weak self] _ in channel.eventLoop.execute { self?.written(sub, size) } }
+        }
     }
 
     /// A write reached the socket (or failed: the connection is closing).
