@@ -142,7 +142,7 @@ let package = Package(
         // The change-log relay (docs/relay.md): one LISTEN and one log reader streaming each
         // daemon its host's rows over TCP (optionally TLS), and the daemon's side of it.
         .target(name: "RampartRelay", dependencies: [
-            "RampartStore", "RampartHTTP",
+            "RampartStore", "RampartHTTP", "RampartSystem",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import RampartStore
+import RampartSystem
 
 /// What `/v1/status` shows of the change log (PostgreSQL store): whether the store is reachable,
 /// and how far this host's log has been applied.
@@ -59,8 +60,7 @@ public final class ChangeLogFollower: @unchecked Sendable {
     private var woken = false
     private var listening = false
     private var stopping = false
-    private var finished = false
-    private var thread: Thread?
+    private var thread: WorkerThread?
     /// Where the log is applied through; nil until the first sync covered a known position.
     private var applied: Int64?
     // Used only on the follower's thread:
@@ -96,26 +96,18 @@ public final class ChangeLogFollower: @unchecked Sendable {
     public func start() {
         condition.withLock {
             guard thread == nil else { return }
-            let t = Thread { [self] in
-                run()
-                condition.withLock {
-                    finished = true
-                    condition.broadcast()
-                }
-            }
-            t.name = "rampartd-changelog"
-            thread = t
-            t.start()
+            thread = WorkerThread(name: "rampartd-changelog") { [self] in run() }
         }
     }
 
     /// Stops the thread after the step in progress and waits for it.
     public func stop() {
-        condition.withLock {
+        let t: WorkerThread? = condition.withLock {
             stopping = true
             condition.broadcast()
-            while thread != nil && !finished { condition.wait() }
+            return thread
         }
+        t?.join()
         wakeups.stop()
     }
 

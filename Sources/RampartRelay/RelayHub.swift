@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOCore
 import RampartStore
+import RampartSystem
 
 /// One authenticated connection, as the hub sees it. Its fields are guarded by the hub's lock.
 final class Subscriber: @unchecked Sendable {
@@ -77,8 +78,7 @@ public final class RelayHub: @unchecked Sendable {
     private var firstAck: Date?
     private var listening = false
     private var stopping = false
-    private var finished = false
-    private var thread: Thread?
+    private var thread: WorkerThread?
     private var stats = RelayStatistics()
 
     /// `log` must be used by this hub only (its thread is the one that calls it).
@@ -96,27 +96,19 @@ public final class RelayHub: @unchecked Sendable {
     public func start() {
         condition.withLock {
             guard thread == nil else { return }
-            let t = Thread { [self] in
-                run()
-                condition.withLock {
-                    finished = true
-                    condition.broadcast()
-                }
-            }
-            t.name = "rampart-relay-reader"
-            thread = t
-            t.start()
+            thread = WorkerThread(name: "rampart-relay-reader") { [self] in run() }
         }
     }
 
     /// Stops the reader (after the step in progress) and the LISTEN; subscribers stay open
     /// until the server closes them.
     public func stop() {
-        condition.withLock {
+        let t: WorkerThread? = condition.withLock {
             stopping = true
             condition.broadcast()
-            while thread != nil && !finished { condition.wait() }
+            return thread
         }
+        t?.join()
         wakeups.stop()
     }
 
@@ -462,24 +454,5 @@ public final class RelayHub: @unchecked Sendable {
             catchUps.append(sub)
             condition.signal()
         }
-    }
-}
-
-extension RelayMessage {
-    /// Rows after `after` through `through` (a subscriber's continuity: each message starts
-    /// where the one before ended); `head` is the host's last row as read.
-    static func rows(_ entries: some Collection<LogEntry>, after: Int64, through: Int64, head: Int64) -> Self {
-        var m = Self.rows(entries, head: head)
-        m.after = after
-        m.through = through
-        return m
-    }
-
-    /// Reload: rows after `after` through `through` are missing here; read the document.
-    static func reload(after: Int64, through: Int64) -> Self {
-        var m = Self.reload(head: through)
-        m.after = after
-        m.through = through
-        return m
     }
 }

@@ -43,53 +43,35 @@ public struct RelayMessage: Codable, Sendable, Equatable {
     /// The longest line either side accepts (a `rows` message is cut to fit well below it).
     public static let maxLineBytes = 4 << 20
 
-    public init(op: Op) { self.op = op }
-
-    public static func hello(host: String, token: String) -> Self {
-        var m = Self(op: .hello)
-        m.version = version
-        m.host = host
-        m.token = token
-        return m
+    public init(op: Op, version: Int? = nil, host: String? = nil, token: String? = nil, after: Int64? = nil, seq: Int64? = nil,
+                head: Int64? = nil, through: Int64? = nil, rows: [Row]? = nil, message: String? = nil) {
+        self.op = op
+        self.version = version
+        self.host = host
+        self.token = token
+        self.after = after
+        self.seq = seq
+        self.head = head
+        self.through = through
+        self.rows = rows
+        self.message = message
     }
 
-    public static func subscribe(host: String, after: Int64) -> Self {
-        var m = Self(op: .subscribe)
-        m.host = host
-        m.after = after
-        return m
+    public static func hello(host: String, token: String) -> Self { Self(op: .hello, version: version, host: host, token: token) }
+    public static func subscribe(host: String, after: Int64) -> Self { Self(op: .subscribe, host: host, after: after) }
+    public static func ack(_ seq: Int64) -> Self { Self(op: .ack, seq: seq) }
+    public static func welcome(head: Int64) -> Self { Self(op: .welcome, head: head) }
+    public static func error(_ message: String) -> Self { Self(op: .error, message: message) }
+
+    /// Rows after `after` through `through` (a subscriber's continuity: each message starts
+    /// where the one before ended); `head` is the host's last row as read.
+    public static func rows(_ entries: some Collection<LogEntry>, after: Int64, through: Int64, head: Int64) -> Self {
+        Self(op: .rows, after: after, head: head, through: through, rows: entries.map { Row(seq: $0.sequence, refresh: $0.refresh.logText) })
     }
 
-    public static func ack(_ seq: Int64) -> Self {
-        var m = Self(op: .ack)
-        m.seq = seq
-        return m
-    }
-
-    public static func welcome(head: Int64) -> Self {
-        var m = Self(op: .welcome)
-        m.head = head
-        return m
-    }
-
-    public static func rows(_ entries: some Collection<LogEntry>, head: Int64) -> Self {
-        var m = Self(op: .rows)
-        m.head = head
-        m.rows = entries.map { Row(seq: $0.sequence, refresh: $0.refresh.logText) }
-        return m
-    }
-
-    public static func reload(head: Int64) -> Self {
-        var m = Self(op: .reload)
-        m.head = head
-        return m
-    }
-
-    public static func error(_ message: String) -> Self {
-        var m = Self(op: .error)
-        m.message = message
-        return m
-    }
+    /// Reload: the rows after `after` are not coming; read the whole document, then follow
+    /// after `through`.
+    public static func reload(after: Int64, through: Int64) -> Self { Self(op: .reload, after: after, head: through, through: through) }
 
     /// The rows as log entries; nil if one names a refresh this version cannot read (the
     /// reader then reloads, as it does for such a row read from the store).
