@@ -6,10 +6,11 @@ import RampartCore
 import RampartHarness
 import RampartRelay
 import RampartStore
+import RampartSystem
 
 /// `rampart-bench fleet`: a fleet of lightweight subscribers (in this process: each acks every
-/// row it is sent, applies nothing) over 2 relays (in this process, each with its own store
-/// connection and LISTEN), verbs through the controller on PostgreSQL. For each fleet size:
+/// row it is sent, applies nothing) over 2 relays (real `rampart-relay` processes, built next
+/// to this one), verbs through the controller on PostgreSQL. For each fleet size:
 /// - **COMMIT** of a rules change (one group: ~10 notified hosts), one verb at a time;
 /// - **verb → acked**: from the verb's call until every notified host's subscriber has received
 ///   its row and sent its ack (the relay writes acks to the store in batches, not included);
@@ -36,6 +37,15 @@ struct FleetBench: ParsableCommand {
         let sizes = hosts.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
         guard !sizes.isEmpty, sizes.allSatisfy({ $0 >= 20 }), directHosts >= 0 else { throw ValidationError("--hosts: sizes of at least 20, comma-separated") }
         let repeats = options.repeats ?? 201
+        // A descriptor per subscriber (the relays' ends are in their processes).
+        var limit = rlimit()
+        getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+        let needed = rlim_t(sizes.max()! + 4 * directHosts + 1000)
+        if limit.rlim_cur < needed {
+            limit.rlim_cur = min(max(needed, limit.rlim_cur), limit.rlim_max)
+            setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+        }
+        guard limit.rlim_cur >= needed else { throw ValidationError("needs \(needed) open files; the hard limit is \(limit.rlim_max)") }
         let cluster = try PostgresCluster(database: "postgres", maxConnections: max(100, directHosts + 50))
         defer { cluster.destroy() }
         try cluster.start()
@@ -62,21 +72,31 @@ struct FleetBench: ParsableCommand {
         let names = (0..<n).map { "hv\($0)" }
         let tokens = try TokenFile(text: names.map { "\($0) bench-token-\($0)-0123456789" }.joined(separator: "\n"))
         let location = try PostgresLocation(url: url)
-        var relays: [(RelayHub, RelayServer)] = []
-        var endpoints: [RelayEndpoint] = []
-        let relayGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        defer { try? relayGroup.syncShutdownGracefully() }
-        for _ in 0..<2 {
-            var settings = RelayHub.Settings()
-            settings.maxSubscribers = n
-            let hub = RelayHub(log: try PostgresStore(location: location, migrate: false), wakeups: PostgresWakeups(location: location),
-                               tokens: tokens, settings: settings, logger: .init(label: "bench-relay"))
-            let server = RelayServer(hub: hub, host: "127.0.0.1", port: 0, group: relayGroup)
-            hub.start()
-            endpoints.append(RelayEndpoint(host: "127.0.0.1", port: try server.start()))
-            relays.append((hub, server))
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("rampart-fleet-\(getpid())").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let tokenPath = dir + "/tokens"
+        let tokenText = names.map { "\($0) \(tokens.tokens[$0]!)" }.joined(separator: "\n") + "\n"
+        guard FileManager.default.createFile(atPath: tokenPath, contents: Data(tokenText.utf8), attributes: [.posixPermissions: 0o600]) else {
+            throw ValidationError("cannot write \(tokenPath)")
         }
-        defer { for (hub, server) in relays { server.stop(); hub.stop() } }
+        let relayPath = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("rampart-relay").path
+        var relays: [(ChildProcess, Int)] = []
+        defer { for (p, _) in relays { p.signal(SIGTERM); _ = try? p.wait(timeout: 10) } }
+        for _ in 0..<2 {
+            let port = try freePort()
+            let p = try Command([relayPath, "--store", url, "--token-file", tokenPath, "--listen", "127.0.0.1:\(port)",
+                                 "--max-subscribers", "\(n)", "--status-interval", "0", "--log-level", "warning"], output: .inherit).spawn()
+            relays.append((p, port))
+        }
+        for (_, port) in relays {
+            let deadline = Date(timeIntervalSinceNow: 20)
+            while relayStatus(port: port)?.connected != true {
+                guard Date() < deadline else { throw ValidationError("rampart-relay on port \(port) did not start (is it built? swift build -c release)") }
+                Thread.sleep(forTimeInterval: 0.1)
+            }
+        }
+        let endpoints = relays.map { RelayEndpoint(host: "127.0.0.1", port: $0.1) }
         let clientGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         defer { try? clientGroup.syncShutdownGracefully() }
         let fleet = AckFleet(hosts: names)
@@ -138,8 +158,10 @@ struct FleetBench: ParsableCommand {
                                   "server_cpu_per_verb": String(format: "%.2f ms", cpu * 1000 / Double(max(verbs, 1))),
                                   "all_acked_after_end": drained ? String(format: "%.2f s", drainTime) : "no (30 s)",
                                   "errors": "\(box.errors.count)", "target": "≥ 1000 verbs/s"]))
-        let stats = relays.map { $0.0.statistics() }
+        let stats = relays.compactMap { relayStatus(port: $0.1) }
         report.note("fleet of \(n): relays: " + stats.map { "\($0.subscribers) subscribers, \($0.rowsRead) rows read in \($0.storeReads) reads, \($0.rowsSent) sent, \($0.acksWritten) acks in \($0.ackWrites) writes, \($0.reloadsOverflow) overflow reloads" }.joined(separator: "; "))
+        let relayCPU = relays.map { String(format: "%.2f", processCPUSeconds($0.0.pid) * 1000 / Double(max(verbs + repeats, 1))) }
+        report.note("fleet of \(n): relay CPU per verb (whole run incl. connect): \(relayCPU.joined(separator: ", ")) ms")
         fleet.close()
         for c in controllers { c.disconnect() }
         ctl.disconnect()
@@ -290,4 +312,55 @@ private final class AckHandler: ChannelInboundHandler {
         guard let m = try? RelayMessage.parse(unwrapInboundIn(data)) else { return }
         fleet.received(m, index, context.channel)
     }
+}
+
+/// A TCP port nobody listens on now (bound to port 0, read back, released).
+func freePort() throws -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let ok = withUnsafeMutablePointer(to: &addr) { p in
+        p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+    }
+    guard ok else { throw ValidationError("no free TCP port") }
+    return Int(UInt16(bigEndian: addr.sin_port))
+}
+
+/// A relay's counters (`{"op":"status"}`), or nil if it does not answer.
+func relayStatus(port: Int) -> RelayStatistics? {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var tv = timeval(tv_sec: 2, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_port = in_port_t(UInt16(port).bigEndian)
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+    guard rc == 0 else { return nil }
+    let ask = Array("{\"op\":\"status\"}\n".utf8)
+    _ = ask.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+    var data: [UInt8] = []
+    var buf = [UInt8](repeating: 0, count: 4096)
+    while !data.contains(UInt8(ascii: "\n")) {
+        let k = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        if k <= 0 { break }
+        data += buf[..<k]
+    }
+    guard let end = data.firstIndex(of: UInt8(ascii: "\n")) else { return nil }
+    var line = ByteBufferAllocator().buffer(capacity: end)
+    line.writeBytes(data[..<end])
+    return (try? RelayMessage.parse(line))?.statistics
+}
+
+/// A process's user + system CPU seconds, from /proc/PID/stat.
+func processCPUSeconds(_ pid: pid_t) -> Double {
+    guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = text.lastIndex(of: ")") else { return 0 }
+    let fields = text[text.index(after: close)...].split(separator: " ")
+    // After the command: state is field 3; utime and stime are fields 14 and 15.
+    guard fields.count > 12, let u = Double(fields[11]), let st = Double(fields[12]) else { return 0 }
+    return (u + st) / Double(sysconf(Int32(_SC_CLK_TCK)))
 }

@@ -342,4 +342,46 @@ struct RelayTests {
         #expect(try kernelMatches(try f.controller.document(forHost: "hv1"), netns: ns.name))
         #expect(relay.hub.statistics().acksWritten >= 1)
     }
+
+    /// The `rampart-relay` executable: refuses a token file others can read (exit 1, the reason),
+    /// then, with a 0600 file, relays a verb's row to a subscriber and stops on SIGTERM (exit 0).
+    @Test func relayProcessRefusesUnsafeTokensAndRelays() throws {
+        let f = try RelayFixture("relay_process")
+        let port = try freeTCPPort()
+        let unsafe = tempDir("relayp") + "/tokens"
+        FileManager.default.createFile(atPath: unsafe, contents: FileManager.default.contents(atPath: f.tokenPath), attributes: [.posixPermissions: 0o644])
+        let refused = try runCommand(["timeout", "20", executable("rampart-relay"), "--store", f.url, "--token-file", unsafe, "--listen", "127.0.0.1:\(port)"])
+        #expect(refused.status == 1)
+        #expect(refused.stderr.contains("it must be 0600"), "\(refused.stderr)")
+        let relay = try Command([executable("rampart-relay"), "--store", f.url, "--token-file", f.tokenPath, "--listen", "127.0.0.1:\(port)",
+                                 "--log-level", "warning"], output: .inherit).spawn()
+        defer { relay.signal(SIGKILL); _ = try? relay.wait() }
+        #expect(eventually(10) {
+            guard let c = try? LineClient(port: port) else { return false }
+            c.send(#"{"op":"status"}"#)
+            return c.receive()?.statistics?.connected == true
+        })
+        let reader = try SessionReader(RelaySession(host: "hv3", token: f.tokens.tokens["hv3"]!, relays: [RelayEndpoint(host: "127.0.0.1", port: port)]))
+        try f.verb("g3", port: 6000)
+        let truth = try f.truth("hv3")
+        #expect(try reader.read(until: { $0.rows.count >= truth.count }))
+        #expect(reader.rows == truth)
+        relay.signal(SIGTERM)
+        #expect((try? relay.wait(timeout: 10)) == 0)
+    }
+}
+
+/// A TCP port nobody listens on now (bound to port 0, read back, released).
+func freeTCPPort() throws -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let ok = withUnsafeMutablePointer(to: &addr) { p in
+        p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+    }
+    guard ok else { throw HarnessError("no free TCP port") }
+    return Int(UInt16(bigEndian: addr.sin_port))
 }
