@@ -237,6 +237,27 @@ struct RelayTests {
         #expect(relay.hub.statistics().refused >= 4)
     }
 
+    /// A relay at its subscriber cap refuses the next hello, naming it; a daemon that lists
+    /// another relay goes there.
+    @Test func fullRelaySendsTheDaemonToAnother() throws {
+        let f = try RelayFixture("relay_full")
+        var settings = RelayHub.Settings()
+        settings.maxSubscribers = 1
+        let a = try f.relay(settings: settings), b = try f.relay()
+        let first = f.session("hv1", relays: [a])
+        try first.start { _ in }
+        do {
+            try f.session("hv2", relays: [a]).start { _ in }
+            Issue.record("a second subscriber was accepted over the cap of 1")
+        } catch { #expect("\(error)".contains("this relay is full"), "\(error)") }
+        let third = f.session("hv3", relays: [a, b])
+        try third.start { _ in }
+        #expect(third.relay == b.endpoint)
+        #expect(a.hub.statistics().subscribers == 1)
+        first.stop()
+        third.stop()
+    }
+
     /// A subscriber behind a trimmed log is told to reload, then follows from the head.
     @Test func subscriberBehindTrimmedLogReloads() throws {
         let f = try RelayFixture("relay_trim")
