@@ -252,20 +252,31 @@ public final class RelaySession: ChangeLog, ChangeWakeups, @unchecked Sendable {
 
     /// A message of connection `mine`.
     fileprivate func received(_ m: RelayMessage, generation mine: Int) {
-        let wake: (@Sendable (Wakeup) -> Void)? = condition.withLock {
-            guard generation == mine else { return nil }
+        // Closed outside the lock: on its own event loop a close runs at once, and `closed` takes the lock.
+        var toClose: (any Channel)?
+        let (wake, why): ((@Sendable (Wakeup) -> Void)?, Wakeup?) = condition.withLock {
+            guard generation == mine else { return (nil, nil) }
             defer { condition.broadcast() }
             if let h = m.head { knownHead = max(knownHead, h) }
             switch m.op {
             case .welcome:
                 welcomed = m.head ?? 0
-                return nil
+                return (nil, nil)
             case .error:
                 refusal = m.message ?? "refused"
-                return nil
+                return (nil, nil)
             case .rows, .reload:
                 // Continuity: a message of an earlier subscription on this connection is stale.
-                guard streamFrom != nil, m.after == through, let t = m.through else { return nil }
+                guard streamFrom != nil, m.after == through, let t = m.through else { return (nil, nil) }
+                // Rows must lie in (after, through], strictly increasing: anything else is a relay
+                // that cannot be trusted with the order, so the connection is given up (the
+                // follower reconnects and subscribes again from its position).
+                let seqs = (m.rows ?? []).map(\.seq)
+                guard t >= through, seqs.allSatisfy({ $0 > through && $0 <= t }), zip(seqs, seqs.dropFirst()).allSatisfy({ $0 < $1 }) else {
+                    refusal = "relay sent rows out of order"
+                    toClose = drop()
+                    return (handler, .lost("relay sent rows out of order"))
+                }
                 answered = true
                 through = t
                 if m.op == .reload {
@@ -280,12 +291,13 @@ public final class RelaySession: ChangeLog, ChangeWakeups, @unchecked Sendable {
                     streamFrom = t
                     reloadPending = true
                 }
-                return handler
+                return (handler, .appended(hosts: [host]))
             default:
-                return nil
+                return (nil, nil)
             }
         }
-        wake?(.appended(hosts: [host]))
+        toClose?.close(promise: nil)
+        if let why { wake?(why) }
     }
 
     /// Connection `mine` closed.

@@ -173,8 +173,23 @@ struct RelayTests {
         let f = try RelayFixture("relay_rows")
         let relay = try f.relay()
         let readers = try RelayFixture.hosts.map { try SessionReader(f.session($0, relays: [relay])) }
+        // And a raw subscriber of hv2, to check the wire itself (the session would drop bad rows).
+        let raw = try LineClient(port: relay.port)
+        raw.send(#"{"op":"hello","version":1,"host":"hv2","token":"\#(f.tokens.tokens["hv2"]!)"}"#)
+        #expect(raw.receive()?.op == .welcome)
+        raw.send(#"{"op":"subscribe","host":"hv2","after":0}"#)
         var rng = SystemRandomNumberGenerator()
         for i in 0..<40 { try f.verb(["g1", "g2", "g3", "shared"].randomElement(using: &rng)!, port: 1000 + i) }
+        let head2 = try f.controller.entries(host: "hv2", after: .max, limit: 0).head
+        var wire: [LogEntry] = [], through: Int64 = 0
+        while through < head2, let m = raw.receive() {
+            #expect(m.op == .rows && m.after == through, "each message starts where the last ended: \(m)")
+            let rows = m.entries ?? []
+            #expect(rows.allSatisfy { $0.sequence > through && $0.sequence <= (m.through ?? 0) }, "\(m)")
+            wire += rows
+            through = m.through ?? through
+        }
+        #expect(wire == (try f.truth("hv2")), "the wire carries hv2's rows once each, in order")
         for r in readers {
             let truth = try f.truth(r.host)
             #expect(!truth.isEmpty)
