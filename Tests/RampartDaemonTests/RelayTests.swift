@@ -201,7 +201,7 @@ struct RelayTests {
             let p = (try? f.controller.progress(hosts: RelayFixture.hosts)) ?? []
             return p.count == 3 && p.allSatisfy { $0.applied == $0.head }
         })
-        #expect(relay.hub.statistics().subscribers == 3)
+        #expect(relay.hub.statistics().subscribers == 4, "three sessions and the raw subscriber")
     }
 
     /// The relay's one-statement reads and ack writes say what the per-host calls say: rows,
