@@ -34,7 +34,7 @@ public final class RelayServer: @unchecked Sendable {
     public static func tlsContext(certificate: String, key: String) throws(RelayError) -> NIOSSLContext {
         do {
             let chain = try NIOSSLCertificate.fromPEMFile(certificate).map { NIOSSLCertificateSource.certificate($0) }
-            let config = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: .file(key))
+            let config = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(try NIOSSLPrivateKey(file: key, format: .pem)))
             return try NIOSSLContext(configuration: config)
         } catch {
             throw RelayError("TLS: cannot use --tls-cert \(certificate) / --tls-key \(key): \(error)")

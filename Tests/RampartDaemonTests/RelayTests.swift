@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOCore
 import NIOPosix
+import NIOSSL
 import RampartCore
 import RampartDaemon
 import RampartHarness
@@ -20,11 +21,11 @@ final class TestRelay: @unchecked Sendable {
     var endpoint: RelayEndpoint { RelayEndpoint(host: "127.0.0.1", port: port) }
     private var killed = false
 
-    init(url: String, tokens: TokenFile, settings: RelayHub.Settings = .init(), sendBuffer: Int? = nil) throws {
+    init(url: String, tokens: TokenFile, settings: RelayHub.Settings = .init(), sendBuffer: Int? = nil, tls: NIOSSLContext? = nil) throws {
         let location = try PostgresLocation(url: url)
         hub = RelayHub(log: try PostgresStore(location: location, migrate: false), wakeups: PostgresWakeups(location: location),
                        tokens: tokens, settings: settings, logger: Logger(label: "test-relay"))
-        server = RelayServer(hub: hub, host: "127.0.0.1", port: 0, group: group, sendBuffer: sendBuffer)
+        server = RelayServer(hub: hub, host: "127.0.0.1", port: 0, tls: tls, group: group, sendBuffer: sendBuffer)
         hub.start()
         port = try server.start()
     }
@@ -404,6 +405,44 @@ struct RelayTests {
         #expect(reader.rows == truth)
         relay.signal(SIGTERM)
         #expect((try? relay.wait(timeout: 10)) == 0)
+    }
+
+    /// TLS: a relay with a certificate for "localhost" (from a throwaway CA made with openssl)
+    /// relays to a session that trusts the CA; a session trusting another CA is refused, and so
+    /// is one that names the relay by a name the certificate does not carry.
+    @Test func tlsRelaysToATrustingSessionOnly() throws {
+        let f = try RelayFixture("relay_tls")
+        let dir = tempDir("relaytls")
+        func openssl(_ args: [String]) throws { _ = try runCommand(["openssl"] + args, check: true) }
+        for ca in ["ca", "other"] {
+            try openssl(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
+                         "-subj", "/CN=\(ca)", "-keyout", "\(dir)/\(ca).key", "-out", "\(dir)/\(ca).pem"])
+        }
+        try openssl(["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-subj", "/CN=localhost",
+                     "-keyout", "\(dir)/relay.key", "-out", "\(dir)/relay.csr"])
+        try "subjectAltName=DNS:localhost\n".write(toFile: "\(dir)/ext", atomically: true, encoding: .utf8)
+        try openssl(["x509", "-req", "-in", "\(dir)/relay.csr", "-CA", "\(dir)/ca.pem", "-CAkey", "\(dir)/ca.key", "-CAcreateserial",
+                     "-days", "1", "-extfile", "\(dir)/ext", "-out", "\(dir)/relay.pem"])
+        let relay = try TestRelay(url: f.url, tokens: f.tokens, tls: try RelayServer.tlsContext(certificate: "\(dir)/relay.pem", key: "\(dir)/relay.key"))
+        f.relays.append(relay)
+        let good = RelaySession(host: "hv1", token: f.tokens.tokens["hv1"]!, relays: [RelayEndpoint(host: "localhost", port: relay.port)],
+                                tls: try RelaySession.tlsContext(caFile: "\(dir)/ca.pem"))
+        let reader = try SessionReader(good)
+        try f.verb("g1", port: 7000)
+        let truth = try f.truth("hv1")
+        #expect(try reader.read(until: { $0.rows.count >= truth.count }))
+        #expect(reader.rows == truth)
+        let untrusted = RelaySession(host: "hv2", token: f.tokens.tokens["hv2"]!, relays: [RelayEndpoint(host: "localhost", port: relay.port)],
+                                     tls: try RelaySession.tlsContext(caFile: "\(dir)/other.pem"))
+        #expect(throws: StoreError.self) { try untrusted.start { _ in } }
+        let wrongName = RelaySession(host: "hv2", token: f.tokens.tokens["hv2"]!, relays: [RelayEndpoint(host: "relay.invalid", port: relay.port)],
+                                     tls: try RelaySession.tlsContext(caFile: "\(dir)/ca.pem"))
+        #expect(throws: StoreError.self) { try wrongName.start { _ in } }
+        // A plain-TCP client gets nothing readable from a TLS relay.
+        let plain = try LineClient(port: relay.port)
+        plain.send(#"{"op":"status"}"#)
+        #expect(plain.receive()?.op != .status)
+        #expect(relay.hub.statistics().subscribers == 1)
     }
 }
 
