@@ -91,7 +91,7 @@ struct FleetBench: ParsableCommand {
         var relays: [(ChildProcess, Int)] = []
         defer { for (p, _) in relays { p.signal(SIGTERM); _ = try? p.wait(timeout: 10) } }
         for _ in 0..<2 {
-            let port = try freePort()
+            let port = try freeLoopbackPort()
             let p = try Command([relayPath, "--store", url, "--token-file", tokenPath, "--listen", "127.0.0.1:\(port)",
                                  "--max-subscribers", "\(n)", "--status-interval", "0", "--log-level", "warning"], output: .inherit).spawn()
             relays.append((p, port))
@@ -323,46 +323,14 @@ private final class AckHandler: ChannelInboundHandler {
     }
 }
 
-/// A TCP port nobody listens on now (bound to port 0, read back, released).
-func freePort() throws -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
-    var addr = sockaddr_in()
-    addr.sin_family = sa_family_t(AF_INET)
-    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let ok = withUnsafeMutablePointer(to: &addr) { p in
-        p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
-    }
-    guard ok else { throw ValidationError("no free TCP port") }
-    return Int(UInt16(bigEndian: addr.sin_port))
-}
-
 /// A relay's counters (`{"op":"status"}`), or nil if it does not answer.
 func relayStatus(port: Int) -> RelayStatistics? {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
-    var tv = timeval(tv_sec: 2, tv_usec: 0)
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-    var addr = sockaddr_in()
-    addr.sin_family = sa_family_t(AF_INET)
-    addr.sin_port = in_port_t(UInt16(port).bigEndian)
-    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-    let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-    guard rc == 0 else { return nil }
-    let ask = Array("{\"op\":\"status\"}\n".utf8)
-    _ = ask.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-    var data: [UInt8] = []
-    var buf = [UInt8](repeating: 0, count: 4096)
-    while !data.contains(UInt8(ascii: "\n")) {
-        let k = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-        if k <= 0 { break }
-        data += buf[..<k]
-    }
-    guard let end = data.firstIndex(of: UInt8(ascii: "\n")) else { return nil }
-    var line = ByteBufferAllocator().buffer(capacity: end)
-    line.writeBytes(data[..<end])
-    return (try? RelayMessage.parse(line))?.statistics
+    guard let client = try? LoopbackLineClient(port: port, timeout: 2) else { return nil }
+    client.send(#"{"op":"status"}"#)
+    guard let line = client.receiveLine() else { return nil }
+    var buffer = ByteBufferAllocator().buffer(capacity: line.count)
+    buffer.writeBytes(line)
+    return (try? RelayMessage.parse(buffer))?.statistics
 }
 
 /// A process's user + system CPU seconds, from /proc/PID/stat.

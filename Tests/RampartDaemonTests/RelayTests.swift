@@ -125,47 +125,19 @@ final class SessionReader: @unchecked Sendable {
     }
 }
 
-/// A raw line client, to say what a daemon never would.
+/// A raw relay client, to say what a daemon never would.
 final class LineClient {
-    let fd: Int32
-    init(port: Int, receiveBuffer: Int? = nil) throws {
-        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        if var n = receiveBuffer.map(Int32.init) { setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &n, socklen_t(MemoryLayout<Int32>.size)) }
-        var tv = timeval(tv_sec: 5, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_port = in_port_t(UInt16(port).bigEndian)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-        guard rc == 0 else { throw HarnessError("connect to the relay failed") }
-    }
-    deinit { close(fd) }
-
-    func send(_ json: String) {
-        let bytes = Array((json + "\n").utf8)
-        _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-    }
-
-    private var pending: [UInt8] = []
-    /// The next line as a message; nil at EOF or timeout.
+    let client: LoopbackLineClient
+    init(port: Int, receiveBuffer: Int? = nil) throws { client = try LoopbackLineClient(port: port, receiveBuffer: receiveBuffer) }
+    func send(_ json: String) { client.send(json) }
+    /// The next message; nil at EOF, timeout, or a line that is not one.
     func receive() -> RelayMessage? {
-        while true {
-            if let i = pending.firstIndex(of: UInt8(ascii: "\n")) {
-                var line = ByteBufferAllocator().buffer(capacity: i)
-                line.writeBytes(pending[..<i])
-                pending.removeFirst(i + 1)
-                return try? RelayMessage.parse(line)
-            }
-            var buf = [UInt8](repeating: 0, count: 65536)
-            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n <= 0 { return nil }
-            pending += buf[..<n]
-        }
+        guard let line = client.receiveLine() else { return nil }
+        var buffer = ByteBufferAllocator().buffer(capacity: line.count)
+        buffer.writeBytes(line)
+        return try? RelayMessage.parse(buffer)
     }
 }
-
-
 
 @Suite("Relay (real PostgreSQL, in-process relays)", .serialized, .tags(.kernel), .rootOnly)
 struct RelayTests {
@@ -384,7 +356,7 @@ struct RelayTests {
     /// then, with a 0600 file, relays a verb's row to a subscriber and stops on SIGTERM (exit 0).
     @Test func relayProcessRefusesUnsafeTokensAndRelays() throws {
         let f = try RelayFixture("relay_process")
-        let port = try freeTCPPort()
+        let port = try freeLoopbackPort()
         let unsafe = tempDir("relayp") + "/tokens"
         FileManager.default.createFile(atPath: unsafe, contents: FileManager.default.contents(atPath: f.tokenPath), attributes: [.posixPermissions: 0o644])
         let refused = try runCommand(["timeout", "20", executable("rampart-relay"), "--store", f.url, "--token-file", unsafe, "--listen", "127.0.0.1:\(port)"])
@@ -444,19 +416,4 @@ struct RelayTests {
         #expect(plain.receive()?.op != .status)
         #expect(relay.hub.statistics().subscribers == 1)
     }
-}
-
-/// A TCP port nobody listens on now (bound to port 0, read back, released).
-func freeTCPPort() throws -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
-    var addr = sockaddr_in()
-    addr.sin_family = sa_family_t(AF_INET)
-    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let ok = withUnsafeMutablePointer(to: &addr) { p in
-        p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
-    }
-    guard ok else { throw HarnessError("no free TCP port") }
-    return Int(UInt16(bigEndian: addr.sin_port))
 }
