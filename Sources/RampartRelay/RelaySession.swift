@@ -126,36 +126,35 @@ public final class RelaySession: ChangeLog, ChangeWakeups, @unchecked Sendable {
 
     /// `entries`, under the lock.
     private func page(host: String, after sequence: Int64, limit: Int) throws(StoreError) -> LogPage {
-        do {
-            if sequence == Int64.max && limit == 0 { return LogPage(entries: [], head: knownHead, trimmed: false) }
+        if sequence == Int64.max && limit == 0 { return LogPage(entries: [], head: knownHead, trimmed: false) }
+        if reloadPending {
+            reloadPending = false
+            return LogPage(entries: [], head: knownHead, trimmed: true)
+        }
+        if streamFrom == nil || sequence < streamFrom! {
+            guard let c = channel else { throw StoreError(.unavailable, "relay: the connection closed") }
+            streamFrom = sequence
+            through = sequence
+            buffer = []
+            answered = false
+            c.writeAndFlush(RelayMessage.subscribe(host: host, after: sequence).line(allocator: c.allocator), promise: nil)
+            let deadline = Date(timeIntervalSinceNow: timeout)
+            let mine = generation
+            while !answered && generation == mine && condition.wait(until: deadline) {}
+            guard answered, generation == mine else {
+                let relay = connectedTo.map(\.description) ?? "the relay"
+                // Off the event loop (the follower's thread): this close does not run at once.
+                drop()?.close(promise: nil)
+                throw StoreError(.unavailable, "relay: no answer to the subscription from \(relay)\(refusal.map { ": \($0)" } ?? "")")
+            }
             if reloadPending {
                 reloadPending = false
                 return LogPage(entries: [], head: knownHead, trimmed: true)
             }
-            if streamFrom == nil || sequence < streamFrom! {
-                guard let c = channel else { throw StoreError(.unavailable, "relay: the connection closed") }
-                streamFrom = sequence
-                through = sequence
-                buffer = []
-                answered = false
-                c.writeAndFlush(RelayMessage.subscribe(host: host, after: sequence).line(allocator: c.allocator), promise: nil)
-                let deadline = Date(timeIntervalSinceNow: timeout)
-                let mine = generation
-                while !answered && generation == mine && condition.wait(until: deadline) {}
-                guard answered, generation == mine else {
-                    let lost = drop()
-                    lost?.close(promise: nil)
-                    throw StoreError(.unavailable, "relay: no answer to the subscription from \(connectedTo.map(\.description) ?? "the relay")\(refusal.map { ": \($0)" } ?? "")")
-                }
-                if reloadPending {
-                    reloadPending = false
-                    return LogPage(entries: [], head: knownHead, trimmed: true)
-                }
-            }
-            // What the follower has applied is not needed again.
-            if let i = buffer.firstIndex(where: { $0.sequence > sequence }) { buffer.removeFirst(i) } else { buffer = [] }
-            return LogPage(entries: Array(buffer.prefix(limit)), head: max(knownHead, through), trimmed: false)
         }
+        // What the follower has applied is not needed again.
+        if let i = buffer.firstIndex(where: { $0.sequence > sequence }) { buffer.removeFirst(i) } else { buffer = [] }
+        return LogPage(entries: Array(buffer.prefix(limit)), head: max(knownHead, through), trimmed: false)
     }
 
     public func recordApplied(host: String, sequence: Int64) throws(StoreError) {
