@@ -250,8 +250,8 @@ public final class RelayHub: @unchecked Sendable {
         // and a write that fails closes the connection, whose handler then takes this lock
         // (`detach`). Tasks on one loop run in order, so the messages keep theirs.
         let channel = sub.channel
-        channel.eventLoop.execute {
-            channel.writeAndFlush(buffer).whenComplete { [weak self] _ in channel.eventLoop.execute { self?.written(sub, size) } }
+        channel.eventLoop.execute { [self] in
+            channel.writeAndFlush(buffer).whenComplete { _ in channel.eventLoop.execute { self.written(sub, size) } }
         }
     }
 

@@ -64,7 +64,7 @@ final class RelayFixture: @unchecked Sendable {
         _ = try controller.addInstance("s2", Instance(host: "hv2", groups: ["shared"], ips: [ip("10.0.9.2")], interface: "taps2"))
         let text = Self.hosts.map { "\($0) token-of-\($0)-0123456789" }.joined(separator: "\n") + "\n"
         tokenPath = tempDir("relay") + "/tokens"
-        FileManager.default.createFile(atPath: tokenPath, contents: Data(text.utf8), attributes: [.posixPermissions: 0o600])
+        _ = FileManager.default.createFile(atPath: tokenPath, contents: Data(text.utf8), attributes: [.posixPermissions: 0o600])
         tokens = try TokenFile(path: tokenPath)
     }
 
@@ -338,7 +338,7 @@ struct RelayTests {
         let relay = try f.relay()
         let dir = tempDir("relayd")
         let tokenFile = dir + "/hv1.token"
-        FileManager.default.createFile(atPath: tokenFile, contents: Data("hv1 \(f.tokens.tokens["hv1"]!)\n".utf8), attributes: [.posixPermissions: 0o600])
+        _ = FileManager.default.createFile(atPath: tokenFile, contents: Data("hv1 \(f.tokens.tokens["hv1"]!)\n".utf8), attributes: [.posixPermissions: 0o600])
         let ns = try TestNamespace(prefix: "rly")
         let d = try DaemonProcessTests.DaemonProcess(host: "hv1", store: f.url, socket: dir + "/hv1.sock", netns: ns.name,
                                                      extra: ["--relay", "127.0.0.1:\(relay.port)", "--relay-token-file", tokenFile])
@@ -358,7 +358,7 @@ struct RelayTests {
         let f = try RelayFixture("relay_process")
         let port = try freeLoopbackPort()
         let unsafe = tempDir("relayp") + "/tokens"
-        FileManager.default.createFile(atPath: unsafe, contents: FileManager.default.contents(atPath: f.tokenPath), attributes: [.posixPermissions: 0o644])
+        _ = FileManager.default.createFile(atPath: unsafe, contents: FileManager.default.contents(atPath: f.tokenPath), attributes: [.posixPermissions: 0o644])
         let refused = try runCommand(["timeout", "20", executable("rampart-relay"), "--store", f.url, "--token-file", unsafe, "--listen", "127.0.0.1:\(port)"])
         #expect(refused.status == 1)
         #expect(refused.stderr.contains("it must be 0600"), "\(refused.stderr)")
