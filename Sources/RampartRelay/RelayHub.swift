@@ -64,7 +64,9 @@ public final class RelayHub: @unchecked Sendable {
     public let settings: Settings
     let logger: Logger
 
-    private let condition = NSCondition()
+    private let condition: NSCondition
+    /// The reader thread, and whether it was asked to stop (under `condition`).
+    private let loop: LoopThread
     // Guarded by `condition`:
     private var windows: [String: Window] = [:]
     private var subscribers: [String: [Int: Subscriber]] = [:]
@@ -77,8 +79,6 @@ public final class RelayHub: @unchecked Sendable {
     private var acks: [String: Int64] = [:]
     private var firstAck: Date?
     private var listening = false
-    private var stopping = false
-    private var thread: WorkerThread?
     private var stats = RelayStatistics()
 
     /// `log` must be used by this hub only (its thread is the one that calls it).
@@ -88,27 +88,22 @@ public final class RelayHub: @unchecked Sendable {
         self.tokens = tokens
         self.settings = settings
         self.logger = logger
+        let c = NSCondition()
+        condition = c
+        loop = LoopThread(condition: c)
     }
 
     // MARK: life cycle
 
     /// Starts the reader thread (it connects the LISTEN and retries while the store is down).
     public func start() {
-        condition.withLock {
-            guard thread == nil else { return }
-            thread = WorkerThread(name: "rampart-relay-reader") { [self] in run() }
-        }
+        loop.start(name: "rampart-relay-reader") { [self] in run() }
     }
 
     /// Stops the reader (after the step in progress) and the LISTEN; subscribers stay open
     /// until the server closes them.
     public func stop() {
-        let t: WorkerThread? = condition.withLock {
-            stopping = true
-            condition.broadcast()
-            return thread
-        }
-        t?.join()
+        loop.stop()
         wakeups.stop()
     }
 
@@ -287,7 +282,7 @@ public final class RelayHub: @unchecked Sendable {
     private func run() {
         var backoff = settings.minBackoff
         var pending = Work()
-        while !condition.withLock({ stopping }) {
+        while !condition.withLock({ loop.stopping }) {
             do {
                 if !condition.withLock({ listening }) {
                     try wakeups.start { [weak self] in self?.wake($0) }
@@ -320,7 +315,7 @@ public final class RelayHub: @unchecked Sendable {
     private func takeWork() -> Work {
         condition.withLock {
             let poll = Date(timeIntervalSinceNow: settings.pollInterval)
-            while !stopping && listening {
+            while !loop.stopping && listening {
                 let ackDue = firstAck.map { Date().timeIntervalSince($0) >= settings.ackFlushInterval } ?? false
                 if !dirty.isEmpty || allDirty || !catchUps.isEmpty || !welcomes.isEmpty || ackDue { break }
                 let until = firstAck.map { $0.addingTimeInterval(settings.ackFlushInterval) } ?? poll
@@ -343,7 +338,7 @@ public final class RelayHub: @unchecked Sendable {
             catchUps = later
             work.welcomes = welcomes.filter { !$0.gone }
             welcomes = []
-            if let first = firstAck, Date().timeIntervalSince(first) >= settings.ackFlushInterval || stopping {
+            if let first = firstAck, Date().timeIntervalSince(first) >= settings.ackFlushInterval || loop.stopping {
                 work.acks = acks
                 acks = [:]
                 firstAck = nil

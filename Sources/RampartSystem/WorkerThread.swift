@@ -1,8 +1,6 @@
 import Foundation
 
-/// A thread that runs one body to its end and can be waited for: the loop of a component whose
-/// calls block (the daemon's change-log follower, the relay's reader). The body decides when to
-/// return (its owner sets a flag and wakes it); `join` waits for that.
+/// A thread that runs one body to its end and can be waited for.
 public final class WorkerThread: Sendable {
     private let done = DispatchSemaphore(value: 0)
 
@@ -20,5 +18,39 @@ public final class WorkerThread: Sendable {
     public func join() {
         done.wait()
         done.signal()
+    }
+}
+
+/// The loop thread of a component whose calls block (the daemon's change-log follower, the
+/// relay's reader) and the flag that ends it. The flag lives under the component's own
+/// condition, so that its loop sees a stop in the same critical sections as the rest of its
+/// state, and `stop` wakes it with that condition.
+public final class LoopThread: @unchecked Sendable {
+    private let condition: NSCondition
+    // Guarded by `condition`:
+    private var thread: WorkerThread?
+    private var stopRequested = false
+
+    public init(condition: NSCondition) { self.condition = condition }
+
+    /// Whether `stop` was called; read with the condition held.
+    public var stopping: Bool { stopRequested }
+
+    /// Starts `body` on a thread called `name` (once; later calls do nothing).
+    public func start(name: String, _ body: @escaping @Sendable () -> Void) {
+        condition.withLock {
+            guard thread == nil else { return }
+            thread = WorkerThread(name: name, body)
+        }
+    }
+
+    /// Asks the loop to end, wakes it (broadcast on the condition) and waits for the body to return.
+    public func stop() {
+        let t: WorkerThread? = condition.withLock {
+            stopRequested = true
+            condition.broadcast()
+            return thread
+        }
+        t?.join()
     }
 }
