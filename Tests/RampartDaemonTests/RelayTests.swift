@@ -21,11 +21,12 @@ final class TestRelay: @unchecked Sendable {
     var endpoint: RelayEndpoint { RelayEndpoint(host: "127.0.0.1", port: port) }
     private var killed = false
 
-    init(url: String, tokens: TokenFile, settings: RelayHub.Settings = .init(), sendBuffer: Int? = nil, tls: NIOSSLContext? = nil) throws {
+    init(url: String, tokens: TokenFile, settings: RelayHub.Settings = .init(), sendBuffer: Int? = nil, tls: NIOSSLContext? = nil,
+         helloTimeout: Double = 10) throws {
         let location = try PostgresLocation(url: url)
         hub = RelayHub(log: try PostgresStore(location: location, migrate: false), wakeups: PostgresWakeups(location: location),
                        tokens: tokens, settings: settings, logger: Logger(label: "test-relay"))
-        server = RelayServer(hub: hub, host: "127.0.0.1", port: 0, tls: tls, group: group, sendBuffer: sendBuffer)
+        server = RelayServer(hub: hub, host: "127.0.0.1", port: 0, tls: tls, group: group, helloTimeout: helloTimeout, sendBuffer: sendBuffer)
         hub.start()
         port = try server.start()
     }
@@ -244,6 +245,23 @@ struct RelayTests {
         #expect(a.hub.statistics().subscribers == 1)
         first.stop()
         third.stop()
+    }
+
+    /// A connection that says no hello is closed at the deadline; one that did is not.
+    @Test func silentConnectionIsClosedAtTheHelloDeadline() throws {
+        let f = try RelayFixture("relay_idle")
+        let relay = try TestRelay(url: f.url, tokens: f.tokens, helloTimeout: 0.3)
+        f.relays.append(relay)
+        let silent = try LineClient(port: relay.port)
+        let session = f.session("hv1", relays: [relay])
+        try session.start { _ in }
+        let t = Date()
+        #expect(silent.receive() == nil, "closed without a word")
+        #expect(Date().timeIntervalSince(t) < 3)
+        Thread.sleep(forTimeInterval: 0.5)
+        #expect(session.relay == relay.endpoint, "the daemon that said hello stays connected")
+        #expect(relay.hub.statistics().subscribers == 1)
+        session.stop()
     }
 
     /// A subscriber behind a trimmed log is told to reload, then follows from the head.
