@@ -264,6 +264,27 @@ struct RelayTests {
         session.stop()
     }
 
+    /// PostgreSQL restarted under a relay: its subscribers stay connected, the relay listens
+    /// again and relays the rows committed after the restart.
+    @Test func relaySurvivesAStoreRestart() throws {
+        let f = try RelayFixture("relay_pgrestart")
+        var settings = RelayHub.Settings()
+        settings.maxBackoff = 0.2
+        let relay = try f.relay(settings: settings)
+        let reader = try SessionReader(f.session("hv1", relays: [relay]))
+        try f.verb("g1", port: 8000)
+        let before = try f.truth("hv1")
+        #expect(try reader.read(until: { $0.rows.count >= before.count }))
+        try SharedPostgres.cluster().restart()
+        f.controller.disconnect()
+        #expect(eventually(10) { (try? f.verb("g1", port: 8001)) != nil })
+        let truth = try f.truth("hv1")
+        #expect(try reader.read(until: { $0.rows.count >= truth.count }, timeout: 15))
+        #expect(reader.rows == truth)
+        #expect(relay.hub.statistics().connected)
+        #expect(reader.session.relay == relay.endpoint, "the daemon's connection to the relay outlived the store's restart")
+    }
+
     /// A subscriber behind a trimmed log is told to reload, then follows from the head.
     @Test func subscriberBehindTrimmedLogReloads() throws {
         let f = try RelayFixture("relay_trim")
