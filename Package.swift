@@ -13,6 +13,7 @@ let package = Package(
         .executable(name: "rampart-demo", targets: ["rampart-demo"]),
         .executable(name: "rampartd", targets: ["rampartd"]),
         .executable(name: "rampart-api", targets: ["rampart-api"]),
+        .executable(name: "rampart-relay", targets: ["rampart-relay"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
@@ -112,7 +113,7 @@ let package = Package(
         .executableTarget(
             name: "rampartd",
             dependencies: [
-                "RampartDaemon", "RampartBackends", "RampartConntrack", "RampartNetlink", "RampartSystem",
+                "RampartDaemon", "RampartBackends", "RampartConntrack", "RampartNetlink", "RampartSystem", "RampartRelay",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -142,14 +143,34 @@ let package = Package(
             "RampartEC2", "RampartStore",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
+        // The change-log relay (docs/relay.md): one LISTEN and one log reader streaming each
+        // daemon its host's rows over TCP (optionally TLS), and the daemon's side of it.
+        .target(name: "RampartRelay", dependencies: [
+            "RampartStore", "RampartHTTP", "RampartSystem",
+            .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        // rampart-relay: the relay server.
+        .executableTarget(name: "rampart-relay", dependencies: [
+            "RampartRelay", "RampartStore",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         // The demo hypervisor behind scripts/demo.
         .executableTarget(name: "rampart-demo", dependencies: ["RampartHarness"]),
         .executableTarget(
             name: "rampart-bench",
             dependencies: [
                 "RampartNetlink", "RampartCore", "RampartCoreTestSupport", "RampartNFTables", "RampartConntrack", "RampartHarness", "RampartIPTables",
-                "RampartStore", "RampartDaemon", "RampartBackends", "RampartSystem",
+                "RampartStore", "RampartDaemon", "RampartBackends", "RampartSystem", "RampartRelay",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
         // Test doubles kept out of the production modules (as NIO keeps NIOEmbedded apart): the
@@ -171,7 +192,10 @@ let package = Package(
             name: "RampartDaemonTests",
             dependencies: [
                 "RampartDaemon", "RampartBackends", "RampartStore", "RampartCore", "RampartNFTables", "RampartIPTables", "RampartConntrack", "RampartNetlink", "RampartHarness",
-                "RampartSystem", "RampartTestSupport",
+                "RampartSystem", "RampartTestSupport", "RampartRelay",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
             ]

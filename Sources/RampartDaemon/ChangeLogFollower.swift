@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import RampartStore
+import RampartSystem
 
 /// What `/v1/status` shows of the change log (PostgreSQL store): whether the store is reachable,
 /// and how far this host's log has been applied.
@@ -54,13 +55,12 @@ public final class ChangeLogFollower: @unchecked Sendable {
     let wakeups: any ChangeWakeups
     let settings: Settings
     let logger: Logger
-    private let condition = NSCondition()
+    private let condition: NSCondition
+    /// The follower's thread, and whether it was asked to stop (under `condition`).
+    private let loop: LoopThread
     // Guarded by `condition`:
     private var woken = false
     private var listening = false
-    private var stopping = false
-    private var finished = false
-    private var thread: Thread?
     /// Where the log is applied through; nil until the first sync covered a known position.
     private var applied: Int64?
     // Used only on the follower's thread:
@@ -75,6 +75,9 @@ public final class ChangeLogFollower: @unchecked Sendable {
         self.wakeups = wakeups
         self.settings = settings
         self.logger = logger
+        let c = NSCondition()
+        condition = c
+        loop = LoopThread(condition: c)
     }
 
     /// Direct mode: the PostgreSQL store's own log, woken by one LISTEN connection of its own
@@ -94,28 +97,12 @@ public final class ChangeLogFollower: @unchecked Sendable {
 
     /// Starts the follower's thread; it records the primed position once the daemon is ready.
     public func start() {
-        condition.withLock {
-            guard thread == nil else { return }
-            let t = Thread { [self] in
-                run()
-                condition.withLock {
-                    finished = true
-                    condition.broadcast()
-                }
-            }
-            t.name = "rampartd-changelog"
-            thread = t
-            t.start()
-        }
+        loop.start(name: "rampartd-changelog") { [self] in run() }
     }
 
     /// Stops the thread after the step in progress and waits for it.
     public func stop() {
-        condition.withLock {
-            stopping = true
-            condition.broadcast()
-            while thread != nil && !finished { condition.wait() }
-        }
+        loop.stop()
         wakeups.stop()
     }
 
@@ -137,13 +124,13 @@ public final class ChangeLogFollower: @unchecked Sendable {
     private func pause(_ seconds: Double) -> Bool {
         condition.withLock {
             let deadline = Date(timeIntervalSinceNow: seconds)
-            while !woken && !stopping && condition.wait(until: deadline) {}
+            while !woken && !loop.stopping && condition.wait(until: deadline) {}
             woken = false
-            return !stopping
+            return !loop.stopping
         }
     }
 
-    private var isStopping: Bool { condition.withLock { stopping } }
+    private var isStopping: Bool { condition.withLock { loop.stopping } }
 
     private func run() {
         // The first sync covers the primed head (recorded by the first step).

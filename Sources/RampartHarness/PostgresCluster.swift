@@ -45,7 +45,7 @@ public final class PostgresCluster: @unchecked Sendable {
         binDirectory = try Self.serverBinDirectory()
         self.database = database
         allowsTCP = allowTCP
-        port = try Self.freePort()
+        port = UInt16(try freeLoopbackPort())
         var template = Array("/tmp/rampart-pg-XXXXXX".utf8CString)
         guard let made = mkdtemp(&template) else { throw HarnessError("mkdtemp: \(errnoText(errno))") }
         directory = String(cString: made)
@@ -217,24 +217,6 @@ public final class PostgresCluster: @unchecked Sendable {
         guard r.succeeded else {
             throw HarnessError("\(arguments[0]) exited \(r.status): \(r.stderr)\(r.stdout)\n\(serverLog().suffix(2000))")
         }
-    }
-
-    /// A TCP port nothing listens on at 127.0.0.1 now (the kernel's pick).
-    private static func freePort() throws -> UInt16 {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw HarnessError("socket: \(errnoText(errno))") }
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let ok = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0
-            }
-        }
-        guard ok else { throw HarnessError("bind 127.0.0.1:0: \(errnoText(errno))") }
-        return UInt16(bigEndian: address.sin_port)
     }
 
     // MARK: Processes

@@ -17,6 +17,11 @@ public struct LogPage: Sendable, Equatable {
     /// The log was trimmed past the position asked for: rows are missing, so the reader must
     /// reload the host's whole document and continue from `head`.
     public var trimmed: Bool
+    public init(entries: [LogEntry], head: Int64, trimmed: Bool) {
+        self.entries = entries
+        self.head = head
+        self.trimmed = trimmed
+    }
 }
 
 /// A host's place in its log, as the controller sees it (`rampart changelog status`).
@@ -46,6 +51,27 @@ public protocol ChangeLog: AnyObject, Sendable {
     /// Deletes rows older than `maxAge` seconds and rows more than `keep` behind their host's
     /// head; returns how many went. Readers behind a trimmed row reload their document.
     func trim(maxAge: Int?, keep: Int?) throws(StoreError) -> Int
+    /// Many hosts' rows at once, for a reader that serves many hosts (the relay, docs/relay.md):
+    /// for each host, its rows after its position, at most `limit` per host (`limit` 0: only
+    /// the heads). One page per host asked for.
+    func entries(positions: [String: Int64], limit: Int) throws(StoreError) -> [String: LogPage]
+    /// Records many hosts' applied positions at once (never moving one back): the relay's
+    /// batched acknowledgements.
+    func recordApplied(_ positions: [String: Int64]) throws(StoreError)
+}
+
+extension ChangeLog {
+    /// One `entries(host:after:limit:)` per host (a store with a one-statement form overrides it).
+    public func entries(positions: [String: Int64], limit: Int) throws(StoreError) -> [String: LogPage] {
+        var pages: [String: LogPage] = [:]
+        for (host, after) in positions { pages[host] = try entries(host: host, after: after, limit: limit) }
+        return pages
+    }
+
+    /// One `recordApplied(host:sequence:)` per host.
+    public func recordApplied(_ positions: [String: Int64]) throws(StoreError) {
+        for (host, sequence) in positions.sorted(by: { $0.key < $1.key }) { try recordApplied(host: host, sequence: sequence) }
+    }
 }
 
 /// Why a change-log reader was woken.
@@ -184,13 +210,54 @@ extension SQLStore {
         }
     }
 
-    func logRecordApplied(host: String, sequence: Int64) throws(StoreError) {
+    /// Several hosts' applied positions in one statement (one host: the daemon's own write).
+    func logRecordApplied(_ positions: [String: Int64]) throws(StoreError) {
+        guard !positions.isEmpty else { return }
+        // Rows in name order: two relays writing overlapping hosts lock them in the same order.
+        let sorted = positions.sorted { $0.key < $1.key }
         try transaction { () throws(StoreError) in
             try db.run("""
-                INSERT INTO host_progress(host, applied_seq, applied_at) VALUES (?, ?, now())
+                INSERT INTO host_progress(host, applied_seq, applied_at)
+                SELECT h, s, now() FROM unnest(CAST(? AS text[]), CAST(? AS bigint[])) AS u(h, s)
                 ON CONFLICT(host) DO UPDATE SET applied_seq = GREATEST(host_progress.applied_seq, excluded.applied_seq), applied_at = now()
-                """, .text(host), .int(sequence))
+                """, .text(Self.arrayLiteral(sorted.map(\.key))), .text(Self.arrayLiteral(sorted.map { String($0.value) })))
         }
+    }
+
+    /// Several hosts' pages in one statement (the relay's read after a wake-up): per host, the
+    /// rows after its position (`LATERAL … LIMIT`: at most `limit` each, from the primary key),
+    /// its head and whether the log was trimmed past the position, as `logEntries` decides them.
+    func logEntries(positions: [String: Int64], limit: Int) throws(StoreError) -> [String: LogPage] {
+        guard !positions.isEmpty else { return [:] }
+        let hosts = positions.keys.sorted()
+        let rows = try reading { () throws(StoreError) -> [[String?]] in
+            try db.query("""
+                SELECT u.h, GREATEST(COALESCE((SELECT max(seq) FROM change_log m WHERE m.host = u.h), 0), COALESCE(c.trimmed_through, 0)),
+                       COALESCE(c.trimmed_through, 0), l.seq, l.refresh
+                FROM unnest(CAST(? AS text[]), CAST(? AS bigint[])) AS u(h, after)
+                LEFT JOIN change_log_heads c ON c.host = u.h
+                LEFT JOIN LATERAL (SELECT seq, refresh FROM change_log r WHERE r.host = u.h AND r.seq > u.after
+                                   AND u.after >= COALESCE(c.trimmed_through, 0) ORDER BY seq LIMIT ?) l ON true
+                ORDER BY u.h, l.seq
+                """, .text(Self.arrayLiteral(hosts)), .text(Self.arrayLiteral(hosts.map { String(positions[$0]!) })), .int(Int64(limit)))
+        }
+        var pages: [String: LogPage] = [:]
+        for row in rows {
+            guard let host = row[0], let after = positions[host] else { continue }
+            let head = Int64(row[1] ?? "0") ?? 0
+            let trimmedThrough = Int64(row[2] ?? "0") ?? 0
+            var page = pages[host] ?? LogPage(entries: [], head: head, trimmed: after < trimmedThrough)
+            if !page.trimmed, let seqText = row[3] {
+                if let s = Int64(seqText), let text = row[4], let r = Refresh(logText: text) {
+                    page.entries.append(LogEntry(sequence: s, refresh: r))
+                } else {
+                    // A row this version cannot read: the whole document says everything it could.
+                    page = LogPage(entries: [], head: head, trimmed: true)
+                }
+            }
+            pages[host] = page
+        }
+        return pages
     }
 
     func logProgress(hosts: [String]?) throws(StoreError) -> [LogProgress] {

@@ -82,7 +82,15 @@ public final class PostgresStore: SQLStore, ChangeLog, @unchecked Sendable {
     }
 
     public func recordApplied(host: String, sequence: Int64) throws(StoreError) {
-        try logRecordApplied(host: host, sequence: sequence)
+        try logRecordApplied([host: sequence])
+    }
+
+    public func entries(positions: [String: Int64], limit: Int) throws(StoreError) -> [String: LogPage] {
+        try logEntries(positions: positions, limit: limit)
+    }
+
+    public func recordApplied(_ positions: [String: Int64]) throws(StoreError) {
+        try logRecordApplied(positions)
     }
 
     public func progress(hosts: [String]?) throws(StoreError) -> [LogProgress] {
@@ -123,8 +131,19 @@ public final class PostgresWakeups: ChangeWakeups, @unchecked Sendable {
             connection = c
             return generation
         }
-        c.addListener(channel: WakeupPayload.channel) { _, note in
-            handler(.appended(hosts: WakeupPayload.decode(note.payload)))
+        // On the connection's own event loop: a live channel takes the listener at once, while
+        // a listener handed to a channel that closed meanwhile (the server shutting down) is
+        // dropped, which postgres-nio turns into a crash ("Notification closure had not been used").
+        let added = c.eventLoop.submit { () -> Bool in
+            guard !c.isClosed else { return false }
+            c.addListener(channel: WakeupPayload.channel) { _, note in
+                handler(.appended(hosts: WakeupPayload.decode(note.payload)))
+            }
+            return true
+        }
+        guard (try? added.wait()) == true else {
+            stop()
+            throw StoreError(.unavailable, "the LISTEN connection to \(location) closed while it was set up")
         }
         c.closeFuture.whenComplete { [weak self] _ in
             // Only the connection still in use reports its loss (a stopped one is expected to close).

@@ -8,7 +8,8 @@ struct RampartBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "rampart-bench",
         abstract: "Benchmarks of Rampart beside their baselines, measured in the same run.",
-        subcommands: [NetlinkBench.self, EngineBench.self, NFTablesBench.self, IPTablesBench.self, DaemonBench.self, ConntrackBench.self, ControllerBench.self, PacketBench.self, EC2Bench.self]
+        subcommands: [NetlinkBench.self, EngineBench.self, NFTablesBench.self, IPTablesBench.self, DaemonBench.self, ConntrackBench.self,
+                      ControllerBench.self, FleetBench.self, PacketBench.self, EC2Bench.self]
     )
 }
 

@@ -5,6 +5,7 @@ import RampartBackends
 import RampartConntrack
 import RampartDaemon
 import RampartNetlink
+import RampartRelay
 import RampartSystem
 import RampartStore
 import ServiceLifecycle
@@ -59,6 +60,15 @@ struct RampartD: AsyncParsableCommand {
     @Option(help: "Open API connections, at most; beyond it a new connection is answered 503 and closed.")
     var maxConnections: Int = 128
 
+    @Option(help: "A change-log relay, HOST:PORT (repeatable): this host's rows come from a relay instead of a LISTEN of its own; the document is still read from the PostgreSQL store (docs/relay.md).")
+    var relay: [String] = []
+
+    @Option(help: "With --relay: this host's token, a `HOST TOKEN` line in a file of mode 0600.")
+    var relayTokenFile: String?
+
+    @Option(help: "With --relay: connect with TLS, verifying the relays' certificates against this CA (PEM).")
+    var relayCA: String?
+
     func run() async throws {
         let level = Logger.Level(rawValue: logLevel) ?? .info
         LoggingSystem.bootstrap { label in
@@ -79,6 +89,10 @@ struct RampartD: AsyncParsableCommand {
             throw ExitCode(1)
         }
         let st = try await Self.openStore(address, logger: logger)
+        guard relay.isEmpty || st is PostgresStore else {
+            logger.critical("--relay needs a PostgreSQL store (the relays serve its change log)")
+            throw ExitCode(1)
+        }
         let config = Daemon.Configuration(host: host, resyncInterval: resyncInterval, maxFailedSyncs: maxFailedSyncs,
                                           allowEmpty: allowEmpty, maxQueuedRefreshes: maxQueuedRefreshes)
         let choice = target.choice
@@ -100,7 +114,13 @@ struct RampartD: AsyncParsableCommand {
         // PostgreSQL: this host's change log delivers its refresh calls (the socket API stays).
         var follower: ChangeLogFollower?
         if let pg = st as? PostgresStore {
-            let f = ChangeLogFollower(daemon: daemon, postgres: pg)
+            let f: ChangeLogFollower
+            if relay.isEmpty {
+                f = ChangeLogFollower(daemon: daemon, postgres: pg)
+            } else {
+                let session = try relaySession(logger: logger)
+                f = ChangeLogFollower(daemon: daemon, log: session, wakeups: session, logger: logger)
+            }
             // Before the first sync: its document is then at least as new as this position.
             do { try f.prime() } catch { logger.warning("change log head unreadable; the follower reloads the document once it can", metadata: ["error": "\(error)"]) }
             follower = f
@@ -158,6 +178,22 @@ struct RampartD: AsyncParsableCommand {
 
 
 extension RampartD {
+    /// The relays of `--relay`, this host's token and the TLS context: bad input exits 1.
+    func relaySession(logger: Logger) throws -> RelaySession {
+        do {
+            let endpoints = try relay.map { (text: String) throws(RelayError) -> RelayEndpoint in try RelayEndpoint(text) }
+            guard let relayTokenFile else { throw RelayError("--relay needs --relay-token-file") }
+            guard let token = try TokenFile(path: relayTokenFile).tokens[host] else {
+                throw RelayError("--relay-token-file \(relayTokenFile) has no line for host \(host)")
+            }
+            let tls = try relayCA.map { (ca: String) throws(RelayError) in try RelaySession.tlsContext(caFile: ca) }
+            return RelaySession(host: host, token: token, relays: endpoints, tls: tls)
+        } catch {
+            logger.critical("\(error)")
+            throw ExitCode(1)
+        }
+    }
+
     /// Opens the store for the daemon: never creates one. A SQLite file that is missing or
     /// unsafe exits 3. A PostgreSQL server that does not answer yet is waited for (the kernel
     /// keeps its rules meanwhile), with backoff up to 5 s; a wrong schema exits 3.

@@ -1,0 +1,458 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import NIOSSL
+import RampartCore
+import RampartDaemon
+import RampartHarness
+import RampartRelay
+import RampartStore
+import RampartSystem
+import Testing
+
+/// A relay in the test process: its own store connection, LISTEN and event loop (so that
+/// killing it closes every connection it had, as a process exit would).
+final class TestRelay: @unchecked Sendable {
+    let hub: RelayHub
+    let server: RelayServer
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    let port: Int
+    var endpoint: RelayEndpoint { RelayEndpoint(host: "127.0.0.1", port: port) }
+    private var killed = false
+
+    init(url: String, tokens: TokenFile, settings: RelayHub.Settings = .init(), sendBuffer: Int? = nil, tls: NIOSSLContext? = nil,
+         helloTimeout: Double = 10) throws {
+        let location = try PostgresLocation(url: url)
+        hub = RelayHub(log: try PostgresStore(location: location, migrate: false), wakeups: PostgresWakeups(location: location),
+                       tokens: tokens, settings: settings, logger: Logger(label: "test-relay"))
+        server = RelayServer(hub: hub, host: "127.0.0.1", port: 0, tls: tls, group: group, helloTimeout: helloTimeout, sendBuffer: sendBuffer)
+        hub.start()
+        port = try server.start()
+    }
+
+    /// Stops accepting, closes every connection, stops reading the store.
+    func kill() {
+        guard !killed else { return }
+        killed = true
+        server.stop()
+        try? group.syncShutdownGracefully()
+        hub.stop()
+    }
+
+    deinit { kill() }
+}
+
+/// A test's cloud for the relay: a fresh database with groups whose members sit on hv1..hv3,
+/// tokens for each host, and a controller connection for verbs.
+final class RelayFixture: @unchecked Sendable {
+    static let hosts = ["hv1", "hv2", "hv3"]
+    let url: String
+    let controller: PostgresStore
+    let tokens: TokenFile
+    let tokenPath: String
+    var relays: [TestRelay] = []
+
+    init(_ name: String) throws {
+        url = try SharedPostgres.freshDatabase(name)
+        controller = try PostgresStore(url: url, migrate: true)
+        // g1: hv1 only; g2: hv2 only; g3: hv3 only; shared: hv1 and hv2.
+        for g in ["g1", "g2", "g3", "shared"] { _ = try controller.createGroup(g, description: nil) }
+        for (i, h) in Self.hosts.enumerated() {
+            _ = try controller.addInstance("vm\(i + 1)", Instance(host: h, groups: ["g\(i + 1)"], ips: [ip("10.0.\(i + 1).1")], interface: "tap\(i + 1)"))
+        }
+        _ = try controller.addInstance("s1", Instance(host: "hv1", groups: ["shared"], ips: [ip("10.0.9.1")], interface: "taps1"))
+        _ = try controller.addInstance("s2", Instance(host: "hv2", groups: ["shared"], ips: [ip("10.0.9.2")], interface: "taps2"))
+        let text = Self.hosts.map { "\($0) token-of-\($0)-0123456789" }.joined(separator: "\n") + "\n"
+        tokenPath = tempDir("relay") + "/tokens"
+        _ = FileManager.default.createFile(atPath: tokenPath, contents: Data(text.utf8), attributes: [.posixPermissions: 0o600])
+        tokens = try TokenFile(path: tokenPath)
+    }
+
+    func relay(settings: RelayHub.Settings = .init(), sendBuffer: Int? = nil) throws -> TestRelay {
+        let r = try TestRelay(url: url, tokens: tokens, settings: settings, sendBuffer: sendBuffer)
+        relays.append(r)
+        return r
+    }
+
+    func session(_ host: String, token: String? = nil, relays: [TestRelay]) -> RelaySession {
+        RelaySession(host: host, token: token ?? tokens.tokens[host]!, relays: relays.map(\.endpoint))
+    }
+
+    /// A rules change on `group` (port `port`): one row for each host with a member.
+    func verb(_ group: String, port: Int) throws {
+        _ = try controller.authorize(group: group, rule: try rule(#"{"protocol":"tcp","ports":"\#(port)","cidr":"0.0.0.0/0"}"#, group))
+    }
+
+    /// The host's rows, read from the store (the truth).
+    func truth(_ host: String) throws -> [LogEntry] { try controller.entries(host: host, after: 0, limit: 100_000).entries }
+
+    deinit { for r in relays { r.kill() } }
+}
+
+/// Reads a host's rows from a relay session as the follower would: woken by its messages.
+final class SessionReader: @unchecked Sendable {
+    let session: RelaySession
+    let host: String
+    private let woken = DispatchSemaphore(value: 0)
+    private(set) var rows: [LogEntry] = []
+    private(set) var reloads = 0
+    var position: Int64
+
+    init(_ session: RelaySession, from position: Int64 = 0) throws {
+        self.session = session
+        host = session.host
+        self.position = position
+        try session.start { [woken] _ in woken.signal() }
+    }
+
+    /// Reads until `done` holds or `timeout` passes; returns whether it held.
+    func read(until done: (SessionReader) -> Bool, timeout: Double = 10) throws -> Bool {
+        let deadline = Date(timeIntervalSinceNow: timeout)
+        while Date() < deadline {
+            let page = try session.entries(host: host, after: position, limit: 1000)
+            if page.trimmed {
+                reloads += 1
+                position = try session.entries(host: host, after: .max, limit: 0).head
+            } else if let last = page.entries.last {
+                rows += page.entries
+                position = last.sequence
+                try session.recordApplied(host: host, sequence: position)
+            }
+            if done(self) { return true }
+            _ = woken.wait(timeout: .now() + 0.2)
+        }
+        return done(self)
+    }
+}
+
+/// A raw relay client, to say what a daemon never would.
+final class LineClient {
+    let client: LoopbackLineClient
+    init(port: Int, receiveBuffer: Int? = nil) throws { client = try LoopbackLineClient(port: port, receiveBuffer: receiveBuffer) }
+    func send(_ json: String) { client.send(json) }
+    /// The next message; nil at EOF, timeout, or a line that is not one.
+    func receive() -> RelayMessage? {
+        guard let line = client.receiveLine() else { return nil }
+        var buffer = ByteBufferAllocator().buffer(capacity: line.count)
+        buffer.writeBytes(line)
+        return try? RelayMessage.parse(buffer)
+    }
+}
+
+@Suite("Relay (real PostgreSQL, in-process relays)", .serialized, .tags(.kernel), .rootOnly)
+struct RelayTests {
+    /// Each host gets exactly its own rows, in sequence order, and its acks reach the store.
+    @Test func rowsReachExactlyTheirHostInOrder() throws {
+        let f = try RelayFixture("relay_rows")
+        let relay = try f.relay()
+        let readers = try RelayFixture.hosts.map { try SessionReader(f.session($0, relays: [relay])) }
+        // And a raw subscriber of hv2, to check the wire itself (the session would drop bad rows).
+        let raw = try LineClient(port: relay.port)
+        raw.send(#"{"op":"hello","version":1,"host":"hv2","token":"\#(f.tokens.tokens["hv2"]!)"}"#)
+        #expect(raw.receive()?.op == .welcome)
+        raw.send(#"{"op":"subscribe","host":"hv2","after":0}"#)
+        var rng = SystemRandomNumberGenerator()
+        for i in 0..<40 { try f.verb(["g1", "g2", "g3", "shared"].randomElement(using: &rng)!, port: 1000 + i) }
+        let head2 = try f.controller.entries(host: "hv2", after: .max, limit: 0).head
+        var wire: [LogEntry] = [], through: Int64 = 0
+        while through < head2, let m = raw.receive() {
+            #expect(m.op == .rows && m.after == through, "each message starts where the last ended: \(m)")
+            let rows = m.entries ?? []
+            #expect(rows.allSatisfy { $0.sequence > through && $0.sequence <= (m.through ?? 0) }, "\(m)")
+            wire += rows
+            through = m.through ?? through
+        }
+        #expect(wire == (try f.truth("hv2")), "the wire carries hv2's rows once each, in order")
+        for r in readers {
+            let truth = try f.truth(r.host)
+            #expect(!truth.isEmpty)
+            #expect(try r.read(until: { $0.rows.count >= truth.count }), "\(r.host)")
+            #expect(r.rows == truth, "\(r.host): the relay's rows are the store's, in order")
+        }
+        // Acks are written in batches: the store sees every host's last row as applied.
+        #expect(eventually(5) {
+            let p = (try? f.controller.progress(hosts: RelayFixture.hosts)) ?? []
+            return p.count == 3 && p.allSatisfy { $0.applied == $0.head }
+        })
+        #expect(relay.hub.statistics().subscribers == 4, "three sessions and the raw subscriber")
+    }
+
+    /// The relay's one-statement reads and ack writes say what the per-host calls say: rows,
+    /// heads, trimming, positions that never move back.
+    @Test func batchedReadsAndAcksEqualPerHostCalls() throws {
+        let f = try RelayFixture("relay_batch")
+        for i in 0..<12 { try f.verb(["g1", "g2", "shared"][i % 3], port: 5000 + i) }
+        _ = try f.controller.trim(maxAge: nil, keep: 3)
+        let positions: [String: Int64] = ["hv1": 0, "hv2": try f.controller.entries(host: "hv2", after: .max, limit: 0).head - 2, "hv3": 0]
+        for limit in [0, 1, 1000] {
+            let batched = try f.controller.entries(positions: positions, limit: limit)
+            #expect(Set(batched.keys) == Set(positions.keys))
+            for (h, p) in positions {
+                #expect(batched[h] == (try f.controller.entries(host: h, after: p, limit: limit)), "\(h) after \(p) limit \(limit)")
+            }
+        }
+        #expect(try f.controller.entries(positions: ["hv1": 0], limit: 10)["hv1"]?.trimmed == true)
+        try f.controller.recordApplied(["hv1": 7, "hv2": 3])
+        try f.controller.recordApplied(["hv1": 5, "hv3": 2])
+        let progress = Dictionary(uniqueKeysWithValues: try f.controller.progress(hosts: RelayFixture.hosts).map { ($0.host, $0.applied) })
+        #expect(progress == ["hv1": 7, "hv2": 3, "hv3": 2])
+    }
+
+    /// A wrong token, another host's token, another host's subscription: refused, named.
+    @Test func wrongTokenOrAnotherHostIsRefused() throws {
+        let f = try RelayFixture("relay_auth")
+        let relay = try f.relay()
+        #expect(throws: StoreError.self) { try f.session("hv1", token: "not-the-token-of-anyone", relays: [relay]).start { _ in } }
+        do {
+            try f.session("hv2", token: f.tokens.tokens["hv1"]!, relays: [relay]).start { _ in }
+            Issue.record("hv1's token was accepted for hv2")
+        } catch { #expect("\(error)".contains("only subscribe to its own host"), "\(error)") }
+        do {
+            try f.session("hv1", token: "wrong-token-0123456789", relays: [relay]).start { _ in }
+            Issue.record("a wrong token was accepted")
+        } catch { #expect("\(error)".contains("wrong token for host hv1"), "\(error)") }
+        // Authenticated as hv1, subscribing to hv2.
+        let c = try LineClient(port: relay.port)
+        c.send(#"{"op":"hello","version":1,"host":"hv1","token":"\#(f.tokens.tokens["hv1"]!)"}"#)
+        #expect(c.receive()?.op == .welcome)
+        c.send(#"{"op":"subscribe","host":"hv2","after":0}"#)
+        let refusal = c.receive()
+        #expect(refusal?.op == .error && refusal?.message?.contains("only subscribe to its own host") == true, "\(String(describing: refusal))")
+        #expect(c.receive() == nil, "the connection is closed after the refusal")
+        // Group- or world-readable token files are refused.
+        chmod(f.tokenPath, 0o640)
+        #expect(throws: RelayError.self) { try TokenFile(path: f.tokenPath) }
+        #expect(relay.hub.statistics().refused >= 4)
+    }
+
+    /// A relay at its subscriber cap refuses the next hello, naming it; a daemon that lists
+    /// another relay goes there.
+    @Test func fullRelaySendsTheDaemonToAnother() throws {
+        let f = try RelayFixture("relay_full")
+        var settings = RelayHub.Settings()
+        settings.maxSubscribers = 1
+        let a = try f.relay(settings: settings), b = try f.relay()
+        let first = f.session("hv1", relays: [a])
+        try first.start { _ in }
+        do {
+            try f.session("hv2", relays: [a]).start { _ in }
+            Issue.record("a second subscriber was accepted over the cap of 1")
+        } catch { #expect("\(error)".contains("this relay is full"), "\(error)") }
+        let third = f.session("hv3", relays: [a, b])
+        try third.start { _ in }
+        #expect(third.relay == b.endpoint)
+        #expect(a.hub.statistics().subscribers == 1)
+        first.stop()
+        third.stop()
+    }
+
+    /// A connection that says no hello is closed at the deadline; one that did is not.
+    @Test func silentConnectionIsClosedAtTheHelloDeadline() throws {
+        let f = try RelayFixture("relay_idle")
+        let relay = try TestRelay(url: f.url, tokens: f.tokens, helloTimeout: 0.3)
+        f.relays.append(relay)
+        let silent = try LineClient(port: relay.port)
+        let session = f.session("hv1", relays: [relay])
+        try session.start { _ in }
+        let t = Date()
+        #expect(silent.receive() == nil, "closed without a word")
+        #expect(Date().timeIntervalSince(t) < 3)
+        Thread.sleep(forTimeInterval: 0.5)
+        #expect(session.relay == relay.endpoint, "the daemon that said hello stays connected")
+        #expect(relay.hub.statistics().subscribers == 1)
+        session.stop()
+    }
+
+    /// PostgreSQL restarted under a relay: its subscribers stay connected, the relay listens
+    /// again and relays the rows committed after the restart.
+    @Test func relaySurvivesAStoreRestart() throws {
+        let f = try RelayFixture("relay_pgrestart")
+        var settings = RelayHub.Settings()
+        settings.maxBackoff = 0.2
+        let relay = try f.relay(settings: settings)
+        let reader = try SessionReader(f.session("hv1", relays: [relay]))
+        try f.verb("g1", port: 8000)
+        let before = try f.truth("hv1")
+        #expect(try reader.read(until: { $0.rows.count >= before.count }))
+        try SharedPostgres.cluster().restart()
+        f.controller.disconnect()
+        #expect(eventually(10) { (try? f.verb("g1", port: 8001)) != nil })
+        let truth = try f.truth("hv1")
+        #expect(try reader.read(until: { $0.rows.count >= truth.count }, timeout: 15))
+        #expect(reader.rows == truth)
+        #expect(relay.hub.statistics().connected)
+        #expect(reader.session.relay == relay.endpoint, "the daemon's connection to the relay outlived the store's restart")
+    }
+
+    /// A subscriber behind a trimmed log is told to reload, then follows from the head.
+    @Test func subscriberBehindTrimmedLogReloads() throws {
+        let f = try RelayFixture("relay_trim")
+        for i in 0..<5 { try f.verb("g1", port: 2000 + i) }
+        #expect(try f.controller.trim(maxAge: nil, keep: 1) >= 4)
+        let relay = try f.relay()
+        let r = try SessionReader(f.session("hv1", relays: [relay]), from: 0)
+        #expect(try r.read(until: { $0.reloads == 1 }, timeout: 5))
+        #expect(r.rows.isEmpty)
+        try f.verb("g1", port: 2100)
+        let head = try f.controller.entries(host: "hv1", after: .max, limit: 0).head
+        #expect(try r.read(until: { $0.position == head }))
+        #expect(r.rows.map(\.sequence) == [head], "after the reload only the new row comes")
+        #expect(relay.hub.statistics().reloadsTrimmed == 1)
+    }
+
+    /// A subscriber that stops reading is cut off and told to reload; the others are not slowed.
+    @Test func slowSubscriberDoesNotDelayOthers() throws {
+        let f = try RelayFixture("relay_slow")
+        var settings = RelayHub.Settings()
+        settings.maxBufferedBytes = 8192
+        let relay = try f.relay(settings: settings, sendBuffer: 4096)
+        let slow = try LineClient(port: relay.port, receiveBuffer: 2048)
+        slow.send(#"{"op":"hello","version":1,"host":"hv2","token":"\#(f.tokens.tokens["hv2"]!)"}"#)
+        slow.send(#"{"op":"subscribe","host":"hv2","after":0}"#)
+        let fast = try SessionReader(f.session("hv1", relays: [relay]))
+        var worst = 0.0
+        for i in 0..<300 {
+            try f.verb("shared", port: 3000 + i)  // a row for hv1 and for hv2
+            let head = try f.truth("hv1").last!.sequence
+            let t = Date()
+            #expect(try fast.read(until: { $0.position >= head }, timeout: 5))
+            worst = max(worst, Date().timeIntervalSince(t))
+        }
+        print("relay: slowest delivery to the fast subscriber beside a stalled one: \(Int(worst * 1000)) ms")
+        #expect(worst < 1.0)
+        #expect(fast.rows == (try f.truth("hv1")))
+        #expect(relay.hub.statistics().reloadsOverflow == 0, "nothing is dropped before the stalled one drains")
+        // The stalled subscriber reads at last: what was queued, then a reload to the head.
+        var sawReload = false
+        while let m = slow.receive() {
+            if m.op == .reload { sawReload = true; break }
+        }
+        #expect(sawReload)
+        #expect(relay.hub.statistics().reloadsOverflow == 1)
+    }
+
+    /// The follower (in-process daemon, memory kernel) through two relays: the relay it uses is
+    /// killed, it moves to the other and converges with nothing lost.
+    @Test func relayKilledDaemonFailsOverAndConverges() async throws {
+        let f = try RelayFixture("relay_failover")
+        let a = try f.relay(), b = try f.relay()
+        let backend = MemoryBackend()
+        let store = try PostgresStore(url: f.url, migrate: false)
+        let daemon = Daemon(configuration: .init(host: "hv1", resyncInterval: 3600), store: store, backend: { backend })
+        let session = f.session("hv1", relays: [a, b])
+        var settings = ChangeLogFollower.Settings()
+        settings.pollInterval = 60
+        settings.maxBackoff = 0.2
+        let follower = ChangeLogFollower(daemon: daemon, log: session, wakeups: session, settings: settings, logger: Logger(label: "test"))
+        try follower.prime()
+        daemon.start()
+        await daemon.waitUntilReady()
+        follower.start()
+        defer {
+            follower.stop()
+            daemon.stop()
+        }
+        func converged() -> Bool {
+            guard let head = try? f.truth("hv1").last?.sequence, let p = try? f.controller.progress(hosts: ["hv1"]).first else { return false }
+            guard let document = try? f.controller.document(forHost: "hv1") else { return false }
+            return p.applied >= head && backend.kernel == Compiler.compile(document)
+        }
+        for i in 0..<5 { try f.verb("g1", port: 4000 + i) }
+        #expect(eventually(10, converged))
+        let first = try #require(session.relay)
+        let (dead, other) = first == a.endpoint ? (a, b) : (b, a)
+        dead.kill()
+        for i in 0..<10 { try f.verb(i % 2 == 0 ? "g1" : "shared", port: 4100 + i) }
+        #expect(eventually(15, converged), "hv1 converges through the other relay")
+        #expect(session.relay == other.endpoint)
+        #expect(daemon.currentStatus.changeLog?.reloads == 0, "caught up from its position, no reload")
+    }
+
+    /// The real rampartd in a network namespace follows hv1 through a relay: a real verb with
+    /// `--wait` returns once the daemon's ack, relayed and batched, is in the store, and the
+    /// kernel equals the host's compiled document.
+    @Test func rampartdFollowsThroughARelay() throws {
+        let f = try RelayFixture("relay_rampartd")
+        let relay = try f.relay()
+        let dir = tempDir("relayd")
+        let tokenFile = dir + "/hv1.token"
+        _ = FileManager.default.createFile(atPath: tokenFile, contents: Data("hv1 \(f.tokens.tokens["hv1"]!)\n".utf8), attributes: [.posixPermissions: 0o600])
+        let ns = try TestNamespace(prefix: "rly")
+        let d = try DaemonProcessTests.DaemonProcess(host: "hv1", store: f.url, socket: dir + "/hv1.sock", netns: ns.name,
+                                                     extra: ["--relay", "127.0.0.1:\(relay.port)", "--relay-token-file", tokenFile])
+        defer { _ = d.terminate() }
+        #expect(eventually(5) { relay.hub.statistics().subscribers == 1 })
+        let r = try runCommand([executable("rampart"), "group", "authorize", "g1", "--protocol", "tcp", "--ports", "22",
+                                "--cidr", "0.0.0.0/0", "--store", f.url, "--wait", "--timeout", "10"])
+        #expect(r.status == 0, "\(r.stdout) \(r.stderr)")
+        #expect(r.stdout.contains("applied on hv1"), "\(r.stdout)")
+        #expect(try kernelMatches(try f.controller.document(forHost: "hv1"), netns: ns.name))
+        #expect(relay.hub.statistics().acksWritten >= 1)
+    }
+
+    /// The `rampart-relay` executable: refuses a token file others can read (exit 1, the reason),
+    /// then, with a 0600 file, relays a verb's row to a subscriber and stops on SIGTERM (exit 0).
+    @Test func relayProcessRefusesUnsafeTokensAndRelays() throws {
+        let f = try RelayFixture("relay_process")
+        let port = try freeLoopbackPort()
+        let unsafe = tempDir("relayp") + "/tokens"
+        _ = FileManager.default.createFile(atPath: unsafe, contents: FileManager.default.contents(atPath: f.tokenPath), attributes: [.posixPermissions: 0o644])
+        let refused = try runCommand(["timeout", "20", executable("rampart-relay"), "--store", f.url, "--token-file", unsafe, "--listen", "127.0.0.1:\(port)"])
+        #expect(refused.status == 1)
+        #expect(refused.stderr.contains("it must be 0600"), "\(refused.stderr)")
+        let relay = try Command([executable("rampart-relay"), "--store", f.url, "--token-file", f.tokenPath, "--listen", "127.0.0.1:\(port)",
+                                 "--log-level", "warning"], output: .inherit).spawn()
+        defer { relay.signal(SIGKILL); _ = try? relay.wait() }
+        #expect(eventually(10) {
+            guard let c = try? LineClient(port: port) else { return false }
+            c.send(#"{"op":"status"}"#)
+            return c.receive()?.statistics?.connected == true
+        })
+        let reader = try SessionReader(RelaySession(host: "hv3", token: f.tokens.tokens["hv3"]!, relays: [RelayEndpoint(host: "127.0.0.1", port: port)]))
+        try f.verb("g3", port: 6000)
+        let truth = try f.truth("hv3")
+        #expect(try reader.read(until: { $0.rows.count >= truth.count }))
+        #expect(reader.rows == truth)
+        relay.signal(SIGTERM)
+        #expect((try? relay.wait(timeout: 10)) == 0)
+    }
+
+    /// TLS: a relay with a certificate for "localhost" (from a throwaway CA made with openssl)
+    /// relays to a session that trusts the CA; a session trusting another CA is refused, and so
+    /// is one that names the relay by a name the certificate does not carry.
+    @Test func tlsRelaysToATrustingSessionOnly() throws {
+        let f = try RelayFixture("relay_tls")
+        let dir = tempDir("relaytls")
+        func openssl(_ args: [String]) throws { _ = try runCommand(["openssl"] + args, check: true) }
+        for ca in ["ca", "other"] {
+            try openssl(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
+                         "-subj", "/CN=\(ca)", "-keyout", "\(dir)/\(ca).key", "-out", "\(dir)/\(ca).pem"])
+        }
+        try openssl(["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-subj", "/CN=localhost",
+                     "-keyout", "\(dir)/relay.key", "-out", "\(dir)/relay.csr"])
+        try "subjectAltName=DNS:localhost\n".write(toFile: "\(dir)/ext", atomically: true, encoding: .utf8)
+        try openssl(["x509", "-req", "-in", "\(dir)/relay.csr", "-CA", "\(dir)/ca.pem", "-CAkey", "\(dir)/ca.key", "-CAcreateserial",
+                     "-days", "1", "-extfile", "\(dir)/ext", "-out", "\(dir)/relay.pem"])
+        let relay = try TestRelay(url: f.url, tokens: f.tokens, tls: try RelayServer.tlsContext(certificate: "\(dir)/relay.pem", key: "\(dir)/relay.key"))
+        f.relays.append(relay)
+        let good = RelaySession(host: "hv1", token: f.tokens.tokens["hv1"]!, relays: [RelayEndpoint(host: "localhost", port: relay.port)],
+                                tls: try RelaySession.tlsContext(caFile: "\(dir)/ca.pem"))
+        let reader = try SessionReader(good)
+        try f.verb("g1", port: 7000)
+        let truth = try f.truth("hv1")
+        #expect(try reader.read(until: { $0.rows.count >= truth.count }))
+        #expect(reader.rows == truth)
+        let untrusted = RelaySession(host: "hv2", token: f.tokens.tokens["hv2"]!, relays: [RelayEndpoint(host: "localhost", port: relay.port)],
+                                     tls: try RelaySession.tlsContext(caFile: "\(dir)/other.pem"))
+        #expect(throws: StoreError.self) { try untrusted.start { _ in } }
+        let wrongName = RelaySession(host: "hv2", token: f.tokens.tokens["hv2"]!, relays: [RelayEndpoint(host: "relay.invalid", port: relay.port)],
+                                     tls: try RelaySession.tlsContext(caFile: "\(dir)/ca.pem"))
+        #expect(throws: StoreError.self) { try wrongName.start { _ in } }
+        // A plain-TCP client gets nothing readable from a TLS relay.
+        let plain = try LineClient(port: relay.port)
+        plain.send(#"{"op":"status"}"#)
+        #expect(plain.receive()?.op != .status)
+        #expect(relay.hub.statistics().subscribers == 1)
+    }
+}
