@@ -75,7 +75,21 @@ public final class NFTablesBackend {
     private func commit(_ plan: Plan, result: RulesetIR?, keepMirror: Bool) throws(NetlinkError) -> BackendChange {
         guard !plan.isEmpty else { return .none }
         let previous = mirrorKnown && mirrorGeneration != nil ? mirror : nil
-        let (batch, after) = try lower(plan, result: result)
+        // The slot layout lowers against what the kernel holds of its objects: unknown after a
+        // failure or an `invalidate`, so read it back first (the generation guard then holds too).
+        if layout == .slots && mirrorGeneration == nil { _ = try readBack(reference: result) }
+        // The slot state moves into the lowering (taken, not shared): it changes what the plan
+        // touches in place, where a shared copy would be copied whole, at every commit.
+        var taken = SlotState()
+        swap(&taken, &slots)
+        let lowered: (batch: Batch, slots: SlotState)
+        do {
+            lowered = try lower(plan, result: result, state: consume taken)
+        } catch let error {
+            mirrorGeneration = nil  // the slot state is gone: the next converge reads back
+            throw error
+        }
+        let (batch, after) = lowered
         do {
             let r = try client.commit(batch, expectedGeneration: mirrorGeneration)
             mirror = keepMirror ? result : nil
@@ -85,7 +99,8 @@ public final class NFTablesBackend {
             lastCommit = r
             return change(plan, batch: batch, previous: previous, generation: r.generation)
         } catch let error {
-            // Whatever happened, the mirror can no longer be trusted without a look.
+            // Whatever happened, the mirror (and the slot state) can no longer be trusted
+            // without a look.
             mirrorGeneration = nil
             throw error
         }
@@ -149,12 +164,12 @@ public final class NFTablesBackend {
     }
 
     /// The plan in this backend's layout, with what the slot layout's objects hold afterwards.
-    private func lower(_ plan: Plan, result: RulesetIR?) throws(NetlinkError) -> (batch: Batch, slots: SlotState) {
+    private func lower(_ plan: Plan, result: RulesetIR?, state: SlotState? = nil) throws(NetlinkError) -> (batch: Batch, slots: SlotState) {
         switch layout {
         case .instanceChains:
             return (Translate.batch(plan, table: table, desired: result), SlotState())
         case .slots:
-            var l = SlotLowering(table: table, desired: result, state: slots)
+            var l = SlotLowering(table: table, desired: result, state: state ?? slots)
             let b = try l.batch(plan)
             return (b, l.state)
         }
