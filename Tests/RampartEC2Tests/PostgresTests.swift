@@ -13,7 +13,7 @@ struct EC2PostgresTests {
         let url = try SharedPostgres.freshDatabase("ec2")
         let api = try APIServerFixture(store: url)
         let st = try #require(try api.store() as? PostgresStore)
-        #expect(try st.installedSchemaVersion() == 3)
+        #expect(try st.installedSchemaVersion() == PostgresStore.schemaVersion)
         let web = try #require(try api.awsOK(["create-security-group", "--group-name", "web", "--description", "w"])["GroupId"] as? String)
         try api.awsFails(["create-security-group", "--group-name", "web", "--description", "w"], code: "InvalidGroup.Duplicate")
         _ = try st.addInstance("i-1", Instance(host: "hv1", groups: [web], ips: [IPAddress("10.0.0.5")!], interface: "tap1"))
