@@ -80,21 +80,20 @@ public final class NFTablesBackend {
         if layout == .slots && mirrorGeneration == nil { _ = try readBack(reference: result) }
         // The slot state moves into the lowering (taken, not shared): it changes what the plan
         // touches in place, where a shared copy would be copied whole, at every commit.
-        var taken = SlotState()
-        swap(&taken, &slots)
-        let lowered: (batch: Batch, slots: SlotState)
+        var working = SlotState()
+        swap(&working, &slots)
+        let batch: Batch
         do {
-            lowered = try lower(plan, result: result, state: consume taken)
+            batch = try lower(plan, result: result, state: &working)
         } catch let error {
             mirrorGeneration = nil  // the slot state is gone: the next converge reads back
             throw error
         }
-        let (batch, after) = lowered
         do {
             let r = try client.commit(batch, expectedGeneration: mirrorGeneration)
             mirror = keepMirror ? result : nil
             mirrorKnown = keepMirror
-            slots = after
+            swap(&slots, &working)
             mirrorGeneration = r.generation
             lastCommit = r
             return change(plan, batch: batch, previous: previous, generation: r.generation)
@@ -152,7 +151,7 @@ public final class NFTablesBackend {
         guard layout == .slots, !plan.isEmpty else {
             return change(plan, previous: current, generation: mirrorGeneration, rendered: true)
         }
-        let batch = try lower(plan, result: desired).batch
+        let batch = try self.batch(for: plan, result: desired)
         var c = change(plan, batch: batch, previous: current, generation: mirrorGeneration)
         c.text = SlotRender.text(plan, batch: batch, table: table)
         return c
@@ -160,18 +159,22 @@ public final class NFTablesBackend {
 
     /// The batch a plan would be sent as (for tests and `--dry-run` diagnostics).
     public func batch(for plan: Plan, result: RulesetIR?) throws(NetlinkError) -> Batch {
-        try lower(plan, result: result).batch
+        var copy = slots
+        return try lower(plan, result: result, state: &copy)
     }
 
     /// The plan in this backend's layout, with what the slot layout's objects hold afterwards.
-    private func lower(_ plan: Plan, result: RulesetIR?, state: SlotState? = nil) throws(NetlinkError) -> (batch: Batch, slots: SlotState) {
+    /// The plan in this backend's layout; `state` (the slot layout's) is brought to what the
+    /// kernel will hold once the batch commits, in place.
+    private func lower(_ plan: Plan, result: RulesetIR?, state: inout SlotState) throws(NetlinkError) -> Batch {
         switch layout {
         case .instanceChains:
-            return (Translate.batch(plan, table: table, desired: result), SlotState())
+            return Translate.batch(plan, table: table, desired: result)
         case .slots:
-            var l = SlotLowering(table: table, desired: result, state: state ?? slots)
-            let b = try l.batch(plan)
-            return (b, l.state)
+            var l = SlotLowering(table: table, desired: result, state: SlotState())
+            swap(&l.state, &state)  // the lowering owns the only reference while it works
+            defer { swap(&l.state, &state) }
+            return try l.batch(plan)
         }
     }
 }

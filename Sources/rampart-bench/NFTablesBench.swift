@@ -49,6 +49,9 @@ struct NFTablesBench: ParsableCommand {
     @Flag(inversion: .prefixedNo, help: "Also measure the slot layout (the default) beside the instance-chains layout.")
     var slotLayout = true
 
+    @Flag(help: "Measure the slot layout alone (no baselines): for profiling its events.")
+    var onlySlotLayout = false
+
     @Option(help: "Write the membership-change chart (SVG) to this path.")
     var svg: String?
 
@@ -193,6 +196,7 @@ private struct HostRun {
         let nl = try NFTablesConnection(namespace: .named(ns.name))
         let place = NetworkNamespace.named(ns.name)
         let table = Naming.table
+        if bench.onlySlotLayout { return try slotLayout(nl, place: place) }
 
         // The table is deleted with `nft delete table`, outside the timing, not over Rampart's
         // socket: a netlink batch deleting a large table loses its replies (ENOBUFS) because its
