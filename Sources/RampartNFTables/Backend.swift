@@ -64,8 +64,9 @@ public final class NFTablesBackend {
         mirrorGeneration = nil
     }
 
-    /// Commits `plan` as one transaction, guarded by the mirror's generation when known, and on
-    /// success records `result` (the IR the plan leads to) as the mirror.
+    /// Commits `plan` as one transaction, guarded by the last known generation; `result` is the
+    /// IR the plan leads to (the slot layout lowers against it). It is not kept as the mirror
+    /// (see `mirror`): the caller owns it.
     @discardableResult
     public func commit(_ plan: Plan, result: RulesetIR?) throws(NetlinkError) -> BackendChange {
         try commit(plan, result: result, keepMirror: false)
@@ -163,7 +164,6 @@ public final class NFTablesBackend {
         return try lower(plan, result: result, state: &copy)
     }
 
-    /// The plan in this backend's layout, with what the slot layout's objects hold afterwards.
     /// The plan in this backend's layout; `state` (the slot layout's) is brought to what the
     /// kernel will hold once the batch commits, in place.
     private func lower(_ plan: Plan, result: RulesetIR?, state: inout SlotState) throws(NetlinkError) -> Batch {
