@@ -142,7 +142,7 @@ public enum Compiler {
     }
 
     /// The fixed sets every table has, with their key types.
-    static let fixedSets: [(String, SetKeyType)] = [
+    public static let fixedSets: [(String, SetKeyType)] = [
         (Naming.instanceInterfaces, .ifname), (Naming.sources4, .ifnameIPv4), (Naming.sources6, .ifnameIPv6),
         (Naming.sourceMACs, .ifnameEther), (Naming.macInterfaces, .ifname), (Naming.ndTargets, .ifnameNDTarget),
     ]

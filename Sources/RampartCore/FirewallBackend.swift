@@ -55,7 +55,14 @@ public struct BackendChange: Sendable {
     /// Nothing was (or would be) changed.
     public var isEmpty: Bool
     /// One line: what changed, in the backend's terms (`2 chains rewritten, 1 element added`).
-    public var summary: String
+    /// From counts, it is rendered when read: a daemon's commit (a plug's hot path) does not
+    /// pay for a line nobody prints.
+    public var summary: String {
+        get { summaryLine ?? (isEmpty ? "no changes" : counts.map { "\($0)" } ?? "") }
+        set { summaryLine = newValue }
+    }
+    private var summaryLine: String?
+    private var counts: PlanSummary?
     /// The change in the backend's own syntax (nft statements; iptables-restore and ipset
     /// lines), for `diff` and `--dry-run`: filled by `pending` only (a commit does not spend
     /// time rendering what nobody reads).
@@ -78,12 +85,20 @@ public struct BackendChange: Sendable {
     public init(isEmpty: Bool, summary: String, text: String = "", plan: Plan? = nil, previous: RulesetIR? = nil,
                 operations: Int, generation: UInt32? = nil) {
         self.isEmpty = isEmpty
-        self.summary = summary
+        self.summaryLine = summary
         self.text = text
         self.plan = plan
         self.previous = previous
         self.operations = operations
         self.generation = generation
+    }
+
+    /// A change whose summary line is `counts`, rendered when read.
+    public init(isEmpty: Bool, counts: PlanSummary, text: String = "", plan: Plan? = nil, previous: RulesetIR? = nil,
+                operations: Int, generation: UInt32? = nil) {
+        self.init(isEmpty: isEmpty, summary: "", text: text, plan: plan, previous: previous, operations: operations, generation: generation)
+        summaryLine = nil
+        self.counts = counts
     }
 
     /// No change.

@@ -69,20 +69,26 @@ public struct PlanSummary: Hashable, Sendable, CustomStringConvertible {
     public var tableDeleted = false
 
     public init(_ plan: Plan) {
-        for op in plan.ops {
-            switch op {
-            case .createTable: tableCreated = true
-            case .deleteTable: tableDeleted = true
-            case .createSet, .createMap: setsCreated += 1
-            case .deleteSet, .deleteMap: setsDeleted += 1
-            case .addElements(_, let e): elementsAdded += e.count
-            case .removeElements(_, let e): elementsRemoved += e.count
-            case .addMapElements(_, let e): mapElementsAdded += e.count
-            case .removeMapElements(_, let k): mapElementsRemoved += k.count
-            case .createChain: chainsCreated += 1
-            case .rewriteChain(_, let r): chainsRewritten += 1; rulesWritten += r.count
-            case .deleteChain: chainsDeleted += 1
-            }
+        for op in plan.ops { count(op) }
+    }
+
+    /// No operations yet.
+    public init() {}
+
+    /// Adds one op to the counts.
+    public mutating func count(_ op: PlanOp) {
+        switch op {
+        case .createTable: tableCreated = true
+        case .deleteTable: tableDeleted = true
+        case .createSet, .createMap: setsCreated += 1
+        case .deleteSet, .deleteMap: setsDeleted += 1
+        case .addElements(_, let e): elementsAdded += e.count
+        case .removeElements(_, let e): elementsRemoved += e.count
+        case .addMapElements(_, let e): mapElementsAdded += e.count
+        case .removeMapElements(_, let k): mapElementsRemoved += k.count
+        case .createChain: chainsCreated += 1
+        case .rewriteChain(_, let r): chainsRewritten += 1; rulesWritten += r.count
+        case .deleteChain: chainsDeleted += 1
         }
     }
 

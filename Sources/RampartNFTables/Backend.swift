@@ -113,7 +113,7 @@ public final class NFTablesBackend {
     /// `batch`: what was sent, which the summary counts in the slot layout.
     private func change(_ plan: Plan, batch: Batch? = nil, previous: RulesetIR?, generation: UInt32?, rendered: Bool = false) -> BackendChange {
         let summary = layout == .slots && batch != nil ? SlotRender.summary(plan, batch: batch!) : plan.summary
-        return BackendChange(isEmpty: plan.isEmpty, summary: plan.isEmpty ? "no changes" : "\(summary)",
+        return BackendChange(isEmpty: plan.isEmpty, counts: summary,
                       text: rendered && !plan.isEmpty ? Render.plan(plan, table: table) : "", plan: plan, previous: previous,
                       operations: plan.ops.count, generation: generation)
     }

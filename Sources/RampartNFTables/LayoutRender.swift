@@ -10,30 +10,39 @@ enum SlotRender {
     /// shown as sent); the per-instance part is left out.
     static func sentAsIs(_ plan: Plan) -> Plan {
         var kept = Plan()
-        for op in plan.ops {
-            switch op {
-            case .createMap(let m), .deleteMap(let m), .addMapElements(let m, _), .removeMapElements(let m, _):
-                if Slots.Direction(logicalMap: m) == nil { kept.ops.append(op) }
-            case .createChain(let h):
-                if case .instance? = Slots.role(of: h.name), h.base == nil { continue }
-                kept.ops.append(op)
-            case .deleteChain(let n):
-                if case .instance? = Slots.role(of: n) { continue }
-                kept.ops.append(op)
-            case .rewriteChain(let n, let rules):
-                if case .instance? = Slots.role(of: n) { continue }
+        for op in plan.ops where isSentAsIs(op) {
+            if case .rewriteChain(let n, let rules) = op {
                 kept.ops.append(.rewriteChain(n, rules.map(entry)))
-            default:
+            } else {
                 kept.ops.append(op)
             }
         }
         return kept
     }
 
+    /// Whether the slot layout sends `op` as it is (a rewrite with its dispatch rules replaced),
+    /// rather than as elements of its own objects.
+    static func isSentAsIs(_ op: PlanOp) -> Bool {
+        switch op {
+        case .createMap(let m), .deleteMap(let m), .addMapElements(let m, _), .removeMapElements(let m, _):
+            return Slots.Direction(logicalMap: m) == nil
+        case .createChain(let h):
+            if case .instance? = Slots.role(of: h.name), h.base == nil { return false }
+            return true
+        case .deleteChain(let n), .rewriteChain(let n, _):
+            if case .instance? = Slots.role(of: n) { return false }
+            return true
+        default:
+            return true
+        }
+    }
+
     /// What the batch changes, counted as `apply` prints it: the slot layout's elements count as
-    /// dispatch entries, its chains and maps as chains and maps.
+    /// dispatch entries, its chains and maps as chains and maps. Counted in place: this runs on
+    /// every commit (a plug's hot path), so no Plan is copied.
     static func summary(_ plan: Plan, batch: Batch) -> PlanSummary {
-        var s = sentAsIs(plan).summary
+        var s = PlanSummary()
+        for op in plan.ops where isSentAsIs(op) { s.count(op) }
         for op in batch.operations {
             switch op {
             case .addSet(let d) where Slots.objectNames.contains(d.name): s.setsCreated += 1

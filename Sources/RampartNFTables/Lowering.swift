@@ -46,13 +46,33 @@ struct SlotLowering {
     /// The batch for `plan`. Throws if `desired` breaks the core's invariants (an instance whose
     /// two chains disagree on its groups): nothing is sent then.
     mutating func batch(_ plan: Plan) throws(NetlinkError) -> Batch {
-        for op in plan.ops { try lower(op) }
+        for op in Self.perInterfaceObjectsFirst(plan.ops) { try lower(op) }
         try finishInterfaces()
         finishDispatch()
         return b
     }
 
     private var family: NFTFamily { Translate.family }
+
+    /// `ops` with, when they create the table, the sets and maps a plug touches created right
+    /// after it. Why: the kernel finds an element message's set by walking the table's sets in
+    /// creation order, comparing names (`nft_set_lookup`), and a Plan creates sets by name, so
+    /// `inst-groups` and `mac-ifaces` came after every `m4-`/`m6-` set: a plug paid two walks of
+    /// ~400 names. Creation before use still holds: these ops only create sets, the maps' end
+    /// elements and the empty dispatch chains.
+    static func perInterfaceObjectsFirst(_ ops: [PlanOp]) -> [PlanOp] {
+        guard let table = ops.lastIndex(of: .createTable) else { return ops }
+        let fixed = Set(Compiler.fixedSets.map(\.0))
+        func early(_ op: PlanOp) -> Bool {
+            switch op {
+            case .createMap: true
+            case .createSet(let h): fixed.contains(h.name)
+            default: false
+            }
+        }
+        let rest = ops[(table + 1)...]
+        return ops[...table] + rest.filter(early) + rest.filter { !early($0) }
+    }
 
     private func keys() throws(NetlinkError) -> SlotKeys {
         guard let k = state.keys else { throw .protocolError("slot layout: the table has no secret (read it back first)") }

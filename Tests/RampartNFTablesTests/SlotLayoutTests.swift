@@ -52,6 +52,22 @@ import RampartTestSupport
         }
     }
 
+    /// The kernel finds an element message's set by walking the table's sets in creation order:
+    /// a new table creates the sets and maps a plug touches before any member set, whatever
+    /// their names sort as (`mac-ifaces` sorts after `m4-…`).
+    @Test func aNewTableCreatesThePerInterfaceSetsFirst() throws {
+        let fake = RecordingNFTables()
+        let backend = NFTablesBackend(client: fake, layout: .slots)
+        var engine = Engine(host: "hv1")
+        try backend.commit(try engine.apply(document: exampleDocument), result: engine.planned)
+        let created = try #require(fake.committed.last).operations.compactMap { op -> String? in
+            if case .addSet(let d) = op { d.name } else { nil }
+        }
+        let perInterface = Set(Compiler.fixedSets.map(\.0)).union([Slots.instanceGroups, "groups-in", "groups-out"])
+        let firstMemberSet = try #require(created.firstIndex { $0.hasPrefix("m4-") || $0.hasPrefix("m6-") })
+        #expect(Set(created[..<firstMemberSet]) == perInterface, "\(created)")
+    }
+
     @Test func randomEventsReadBackAsTheirIR() throws {
         try Self.randomEvents(client: RecordingNFTables(), steps: 200)
     }
