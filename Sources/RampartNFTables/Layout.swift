@@ -207,10 +207,23 @@ struct SlotState: Sendable {
     /// Instance kernel id → its interface (from the end markers' comments).
     var interfaceOf: [String: String] = [:]
 
+    /// Group → its `inst-groups` value under `keys`, each computed once: an HMAC is a few
+    /// microseconds, and a plug or unplug would otherwise pay one per group of the instance.
+    /// Emptied with the rest of the state when the table (and so its secret) changes.
+    var valueCache: [String: [UInt8]] = [:]
+
+    /// The value of `group` under `keys`, from the cache.
+    mutating func value(_ group: String, keys: SlotKeys) -> [UInt8] {
+        if let v = valueCache[group] { return v }
+        let v = keys.value(group)
+        valueCache[group] = v
+        return v
+    }
+
     /// The elements an interface should hold for an instance with these groups.
-    static func entries(instance: String, groups: [String], keys: SlotKeys) -> SlotEntries {
+    mutating func entries(instance: String, groups: [String], keys: SlotKeys) -> SlotEntries {
         var e: SlotEntries = [:]
-        for (k, g) in groups.enumerated() { e[k] = SlotEntry(value: keys.value(g), comment: g) }
+        for (k, g) in groups.enumerated() { e[k] = SlotEntry(value: value(g, keys: keys), comment: g) }
         e[groups.count] = SlotEntry(value: Slots.endKey, comment: instance)
         return e
     }

@@ -193,14 +193,17 @@ struct SlotLowering {
         for iface in interfaces.sorted() {
             let want = try desiredInstance(iface)
             let have = state.entries[iface] ?? [:]
-            let wanted = try want.map { w throws(NetlinkError) in SlotState.entries(instance: w.id, groups: w.groups, keys: try keys()) } ?? [:]
+            var wanted: SlotEntries = [:]
+            if let w = want { wanted = state.entries(instance: w.id, groups: w.groups, keys: try keys()) }
             for (k, v) in have where wanted[k].map({ $0 != v }) ?? true {
                 removals.append(NFTSetElement(key: Slots.key(iface, k)))
             }
             for (k, v) in wanted where have[k].map({ $0 != v }) ?? true {
                 additions.append(NFTSetElement(key: Slots.key(iface, k), data: v.value, comment: v.comment))
             }
-            if let old = SlotState.decode(have, keys: state.keys), state.interfaceOf[old.instance] == iface { state.interfaceOf[old.instance] = nil }
+            // `have` is what this state wrote or checked when it read the table back: its keys
+            // need no second check.
+            if let old = SlotState.decode(have, keys: nil), state.interfaceOf[old.instance] == iface { state.interfaceOf[old.instance] = nil }
             state.entries[iface] = wanted.isEmpty ? nil : wanted
             if let w = want {
                 state.interfaceOf[w.id] = iface
