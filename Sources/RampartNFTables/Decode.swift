@@ -7,8 +7,8 @@ import RampartNetlink
 /// never writes decodes to nil: it was not written by Rampart, and the caller says so.
 enum Decode {
     /// The IR rule a kernel rule encodes, or nil when it is not one Rampart writes.
-    static func rule(_ r: NFTRule) -> IRRule? {
-        var d = Decoder(exprs: r.expressions)
+    static func rule(_ r: NFTRule, groupTags: [[UInt8]: String] = [:]) -> IRRule? {
+        var d = Decoder(exprs: r.expressions, groupTags: groupTags)
         guard let (matches, counter, verdict) = d.run() else { return nil }
         return IRRule(matches, counter: counter, verdict, comment: r.comment)
     }
@@ -18,6 +18,12 @@ enum Decode {
         let layout = Observe.layout(of: snap)
         var ir = Observe.ir(snap, reference: nil, layout: layout)
         var undecoded: [String] = []
+        // The groups a `members` lookup's tag can name: those with members, and those with chains.
+        var tags: [[UInt8]: String] = [:]
+        if layout == .slots {
+            for name in ir.sets.keys { if let (_, g) = Slots.Members.group(ofSet: name) { tags[Slots.Members.tag(g)] = g } }
+            for c in snap.chains { if case .group(_, let g)? = Slots.role(of: c.name) { tags[Slots.Members.tag(g)] = g } }
+        }
         for c in snap.chains {
             // The slot layout's own chains are read as the logical dispatch they encode.
             if layout == .slots && Slots.objectNames.contains(c.name) { continue }
@@ -25,20 +31,42 @@ enum Decode {
             for (i, r) in (snap.rules[c.name] ?? []).enumerated() {
                 if layout == .slots, let d = Slots.Direction.allCases.first(where: { Translate.withoutCounts(r.expressions) == Slots.entryRule($0) }) {
                     rules.append(IRRule([], .vmap(d == .out ? .iifname : .oifname, d.logicalMap), comment: r.comment))
-                } else if let x = rule(r) { rules.append(x) } else { undecoded.append("\(c.name)[\(i)]") }
+                } else if let x = rule(r, groupTags: tags) { rules.append(x) } else { undecoded.append("\(c.name)[\(i)]") }
             }
             ir.chains[c.name]?.rules = rules
+        }
+        // A group some rule names but with no member: its set is empty, not missing.
+        for c in ir.chains.values {
+            for r in c.rules {
+                for m in r.matches {
+                    switch m {
+                    case .saddrInSet(let f, let name), .daddrInSet(let f, let name):
+                        if ir.sets[name] == nil { ir.sets[name] = NamedSet(name: name, keyType: f == .ipv4 ? .ipv4Addr : .ipv6Addr) }
+                    default: break
+                    }
+                }
+            }
         }
         return (ir, undecoded)
     }
 
     private struct Decoder {
         let exprs: [NFTExpr]
+        /// Tag → group id, for the tags that are digests (a short id is its own tag).
+        let groupTags: [[UInt8]: String]
         var i = 0
         var family: IPFamily?
         var l4: UInt8?
 
-        init(exprs: [NFTExpr]) { self.exprs = exprs }
+        init(exprs: [NFTExpr], groupTags: [[UInt8]: String]) {
+            self.exprs = exprs
+            self.groupTags = groupTags
+        }
+
+        /// The group a `members` tag names.
+        func group(ofTag t: [UInt8]) -> String? {
+            groupTags[t] ?? Slots.Members.literalGroup(t)
+        }
 
         func peek(_ k: Int = 0) -> NFTExpr? { i + k < exprs.count ? exprs[i + k] : nil }
 
@@ -96,6 +124,13 @@ enum Decode {
                     i += 5; return .ifaceEtherSaddrNotInSet(s)
                 default: return nil
                 }
+            case .immediate(.r1, let tag):
+                // `tag . ip saddr @members4`: a group's member set (Slots.Members.lookup).
+                guard let f = family, let g = group(ofTag: tag), case .payload(.network, let off, let len, .r2)? = peek(1),
+                      case .lookup(Slots.Members.set(f), .r1, nil, false)? = peek(2), let field = AddressField(off, len, f) else { return nil }
+                i += 3
+                let name = Slots.Members.logicalSet(f, g)
+                return field == .source ? .saddrInSet(f, name) : .daddrInSet(f, name)
             case .ct(.state, .r1):
                 guard case .bitwise(.r1, .r1, let mask, _)? = peek(1), mask.count == 4, case .cmp(.r1, .neq, [0, 0, 0, 0])? = peek(2) else { return nil }
                 i += 3; return .ctState(CTStates(rawValue: mask[0]))

@@ -34,6 +34,13 @@ enum Describe {
                 let names = [(2, "established"), (4, "related"), (1, "invalid"), (8, "new")].filter { Int(bits) & $0.0 != 0 }.map(\.1)
                 words.append("ct state " + names.joined(separator: ","))
                 i += 3
+            case (.immediate(.r1, let tag), .payload(.network, let offset, _, .r2)?) where tag.count == 16:
+                // A group's member set in the slot layout: `"web" . ip saddr @members4`.
+                guard case .lookup(let set, .r1, nil, false)? = at(2) else { words.append("<immediate>"); i += 1; continue }
+                let v6 = family == 10
+                let field = (v6 ? offset == 8 : offset == 12) ? "saddr" : "daddr"
+                words.append("\"\(String(decoding: tag.prefix { $0 != 0 }, as: UTF8.self))\" . \(v6 ? "ip6" : "ip") \(field) @\(set)")
+                i += 3
             case (.payload(.network, let offset, let length, _), _):
                 let v6 = family == 10
                 let field = (v6 ? offset == 8 : offset == 12) ? "saddr" : "daddr"

@@ -69,7 +69,107 @@ enum Slots {
 
     /// Names the slot layout gives kernel objects, which no id-derived name can take (ids never
     /// start a name: every derived name has a prefix such as `in-`, `gin-`, `m4-`).
-    static let objectNames: Set<String> = [instanceGroups, "groups-out", "groups-in", "dispatch-out", "dispatch-in"]
+    static let objectNames: Set<String> = [instanceGroups, "groups-out", "groups-in", "dispatch-out", "dispatch-in",
+                                           Members.set4, Members.set6]
+
+    /// Every group's member addresses in one set per family, keyed `tag . address`, instead of
+    /// the core's set per group and family (`m4-<g>`, `m6-<g>`).
+    ///
+    /// Why: the kernel finds an element message's set by walking the table's sets comparing
+    /// names (`nft_set_lookup`), so with a set per referenced group a membership change or a plug
+    /// paid a walk of up to thousands of names (host-10k with 2,000 groups: ~3,500 sets), and a
+    /// plug sent one message per group of the instance. Here a plug sends one message per family
+    /// whatever its groups, and every lookup by name finds its set among a dozen. A packet pays
+    /// one immediate more per remote-group rule of a new flow (established packets never reach a
+    /// group chain).
+    ///
+    /// A group's tag is its kernel id when that fits an interface name (at most 15 bytes), so
+    /// that `nft list` shows `"web" . ip saddr @members4`; a longer id becomes `#` and 15
+    /// characters of the base64url SHA-256 of the id (90 bits: no two groups share one, and no
+    /// id can be chosen to take another's, since `#` is never part of an id). Every element is
+    /// commented with its group's id.
+    enum Members {
+        static let set4 = "members4"
+        static let set6 = "members6"
+
+        static func set(_ f: IPFamily) -> String { f == .ipv4 ? set4 : set6 }
+
+        static func definition(_ f: IPFamily, table: String) -> NFTSetDefinition {
+            NFTSetDefinition(family: Translate.family, table: table, name: set(f), keyType: f == .ipv4 ? .ifnameIPv4 : .ifnameIPv6,
+                             comment: "group tag . address: the members (any host) of each group some rule here names")
+        }
+
+        /// (family, group kernel id) of a core member-set name (`m4-<g>`, `m6-<g>`).
+        static func group(ofSet name: String) -> (IPFamily, String)? {
+            if name.hasPrefix("m4-") { return (.ipv4, String(name.dropFirst(3))) }
+            if name.hasPrefix("m6-") { return (.ipv6, String(name.dropFirst(3))) }
+            return nil
+        }
+
+        /// The core's member-set name for a group's kernel id.
+        static func logicalSet(_ f: IPFamily, _ group: String) -> String { (f == .ipv4 ? "m4-" : "m6-") + group }
+
+        /// The 16-byte tag of a group (its kernel id, NUL-padded, or `#` and a digest).
+        static func tag(_ group: String) -> [UInt8] {
+            let id = Array(group.utf8)
+            if id.count <= 15 { return id + [UInt8](repeating: 0, count: 16 - id.count) }
+            let digest = Array(SHA256.hash(data: id))
+            let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".utf8)
+            var out: [UInt8] = [UInt8(ascii: "#")]
+            var bits = 0, acc = 0
+            for b in digest where out.count < 16 {
+                acc = acc << 8 | Int(b)
+                bits += 8
+                while bits >= 6 && out.count < 16 {
+                    bits -= 6
+                    out.append(alphabet[(acc >> bits) & 63])
+                }
+            }
+            return out
+        }
+
+        static func key(_ group: String, _ e: SetElement) -> [UInt8]? {
+            switch e {
+            case .ipv4(let a): tag(group) + Translate.bytes(a)
+            case .ipv6(let a): tag(group) + Translate.bytes(a)
+            default: nil
+            }
+        }
+
+        static func element(_ group: String, _ e: SetElement) -> NFTSetElement? {
+            key(group, e).map { NFTSetElement(key: $0, comment: group) }
+        }
+
+        /// The group a tag names without help: a short id is its own tag (a digest needs the id).
+        static func literalGroup(_ t: [UInt8]) -> String? {
+            guard t.count == 16, t.first != UInt8(ascii: "#") else { return nil }
+            let id = String(decoding: t.prefix { $0 != 0 }, as: UTF8.self)
+            return !id.isEmpty && tag(id) == t ? id : nil
+        }
+
+        /// (group, address) of an element: the group its comment names if the tag is that
+        /// group's, else the group a short tag spells (an element added by hand without a
+        /// comment still reads back as that group's member, and is repaired as one); nil for an
+        /// element whose tag names no group it can tell.
+        static func parse(_ e: NFTSetElement, _ f: IPFamily) -> (group: String, element: SetElement)? {
+            guard e.data == nil, e.verdict == nil, e.key.count == (f == .ipv4 ? 20 : 32) else { return nil }
+            let t = Array(e.key[0..<16])
+            guard let g = e.comment.flatMap({ tag($0) == t ? $0 : nil }) ?? literalGroup(t) else { return nil }
+            let addr = Array(e.key[16...])
+            switch f {
+            case .ipv4: return Translate.ipv4(addr).map { (g, .ipv4($0)) }
+            case .ipv6: return Translate.ipv6(addr).map { (g, .ipv6($0)) }
+            }
+        }
+
+        /// A member-set lookup as the slot layout writes it: `tag . ip saddr @members4` (the tag
+        /// into r1, the address into r2, the concatenation looked up).
+        static func lookup(_ f: IPFamily, group: String, field: NFTMatch.AddressField) -> [NFTExpr] {
+            let (offset, length) = field.location(ipv6: f == .ipv6)
+            return [.immediate(dreg: .r1, data: tag(group)), .payload(base: .network, offset: offset, length: length, dreg: .r2),
+                    .lookup(set: set(f), sreg: .r1, dreg: nil, inverted: false)]
+        }
+    }
 
     /// The logical chain a name denotes, if it is a per-instance or group chain.
     enum ChainRole: Equatable {
@@ -206,6 +306,11 @@ struct SlotState: Sendable {
     var entries: [String: SlotEntries] = [:]
     /// Instance kernel id → its interface (from the end markers' comments).
     var interfaceOf: [String: String] = [:]
+    /// The `members` sets that exist (they live as long as the table).
+    var hasMembers: Set<IPFamily> = []
+    /// The core's member sets (`m4-<g>`, `m6-<g>`) and their addresses, as the `members` sets
+    /// hold them: a deleted member set's elements must be named to be removed.
+    var memberSets: [String: Set<SetElement>] = [:]
 
     /// Group → its `inst-groups` value under `keys`, each computed once: an HMAC is a few
     /// microseconds, and a plug or unplug would otherwise pay one per group of the instance.

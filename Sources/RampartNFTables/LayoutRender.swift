@@ -32,10 +32,17 @@ enum SlotRender {
         case .deleteChain(let n), .rewriteChain(let n, _):
             if case .instance? = Slots.role(of: n) { return false }
             return true
+        case .createSet(let h):
+            return Slots.Members.group(ofSet: h.name) == nil
+        case .deleteSet(let n), .addElements(let n, _), .removeElements(let n, _):
+            return Slots.Members.group(ofSet: n) == nil
         default:
             return true
         }
     }
+
+    /// The `members` sets: their elements count (and print) as set elements.
+    static func isMembers(_ set: String) -> Bool { set == Slots.Members.set4 || set == Slots.Members.set6 }
 
     /// What the batch changes, counted as `apply` prints it: the slot layout's elements count as
     /// dispatch entries, its chains and maps as chains and maps. Counted in place: this runs on
@@ -47,6 +54,8 @@ enum SlotRender {
             switch op {
             case .addSet(let d) where Slots.objectNames.contains(d.name): s.setsCreated += 1
             case .deleteSet(_, _, let n) where Slots.objectNames.contains(n): s.setsDeleted += 1
+            case .addElements(_, _, let set, let e) where isMembers(set): s.elementsAdded += e.count
+            case .deleteElements(_, _, let set, let e) where isMembers(set): s.elementsRemoved += e.count
             case .addElements(_, _, let set, let e) where Slots.objectNames.contains(set): s.mapElementsAdded += e.count
             case .deleteElements(_, _, let set, let e) where Slots.objectNames.contains(set): s.mapElementsRemoved += e.count
             case .addChain(let c) where Slots.objectNames.contains(c.name): s.chainsCreated += 1
@@ -65,6 +74,8 @@ enum SlotRender {
         let t = "inet \(table)"
         for op in batch.operations {
             switch op {
+            case .addSet(let d) where isMembers(d.name):
+                lines.append("add set \(t) \(d.name) { type \(d.keyType); }   # group tag . address\n")
             case .addSet(let d) where Slots.objectNames.contains(d.name):
                 lines.append(d.name == Slots.instanceGroups
                     ? "add map \(t) \(d.name) { type ifname . mark : integer; }   # values: \(Slots.keyBytes)-byte group keys\n"
@@ -72,7 +83,7 @@ enum SlotRender {
             case .deleteSet(_, _, let n) where Slots.objectNames.contains(n):
                 lines.append("delete map \(t) \(n)\n")
             case .addElements(_, _, let set, let elements) where Slots.objectNames.contains(set):
-                lines.append("add element \(t) \(set) { \(elements.map(element).joined(separator: ", ")) }\n")
+                lines.append("add element \(t) \(set) { \(elements.map { element($0, set: set) }.joined(separator: ", ")) }\n")
             case .deleteElements(_, _, let set, let elements) where Slots.objectNames.contains(set):
                 lines.append("delete element \(t) \(set) { \(elements.map { key($0.key, set: set) }.joined(separator: ", ")) }\n")
             case .addChain(let c) where Slots.objectNames.contains(c.name):
@@ -104,11 +115,17 @@ enum SlotRender {
 
     static func key(_ k: [UInt8], set: String) -> String {
         if set == Slots.instanceGroups, let (i, s) = Slots.parseKey(k) { return "\"\(i)\" . \(s)" }
+        if isMembers(set), k.count == 20 || k.count == 32 {
+            let tag = "\"" + String(decoding: k[0..<16].prefix { $0 != 0 }, as: UTF8.self) + "\""
+            let address = k.count == 20 ? Translate.ipv4(Array(k[16...])).map { "\($0)" } : Translate.ipv6(Array(k[16...])).map { "\($0)" }
+            return tag + " . " + (address ?? hex(Array(k[16...])))
+        }
         return hex(k)
     }
 
-    static func element(_ e: NFTSetElement) -> String {
+    static func element(_ e: NFTSetElement, set: String) -> String {
         let comment = e.comment.map { " comment \"\($0)\"" } ?? ""
+        if isMembers(set) { return key(e.key, set: set) + comment }
         if let set = Slots.parseKey(e.key).map({ _ in Slots.instanceGroups }), let data = e.data {
             return key(e.key, set: set) + comment + " : " + hex(data)
         }

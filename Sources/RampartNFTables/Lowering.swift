@@ -4,13 +4,39 @@ import RampartNetlink
 extension Translate {
     /// A rule's bytecode in `layout`: in the slot layout the dispatch (`iifname vmap @from-inst`)
     /// becomes the jump into the direction's dispatch chain, for instance interfaces only.
+    /// Member-set lookups become lookups of the group's tag in the family's `members` set.
     static func expressions(_ r: IRRule, layout: NFTLayout) -> [NFTExpr] {
-        guard layout == .slots, case .vmap(_, let map) = r.verdict, let d = Slots.Direction(logicalMap: map) else {
-            return expressions(r)
-        }
+        guard layout == .slots else { return expressions(r) }
         var x = r
-        x.verdict = .accept
-        return expressions(x).dropLast() + Slots.entryRule(d)
+        var entry: Slots.Direction?
+        if case .vmap(_, let map) = r.verdict, let d = Slots.Direction(logicalMap: map) {
+            x.verdict = .accept
+            entry = d
+        }
+        var out = expressions(x)
+        if r.matches.contains(where: { if case .saddrInSet = $0 { true } else if case .daddrInSet = $0 { true } else { false } }) {
+            out = membersLookups(out)
+        }
+        guard let d = entry else { return out }
+        return out.dropLast() + Slots.entryRule(d)
+    }
+
+    /// `payload → r1, lookup m4-<g>` pairs rewritten as `Slots.Members.lookup`.
+    private static func membersLookups(_ exprs: [NFTExpr]) -> [NFTExpr] {
+        var out: [NFTExpr] = []
+        var i = 0
+        while i < exprs.count {
+            if i + 1 < exprs.count, case .payload(.network, let offset, _, .r1) = exprs[i],
+               case .lookup(let s, .r1, nil, false) = exprs[i + 1], let (f, g) = Slots.Members.group(ofSet: s) {
+                let (source, _) = NFTMatch.AddressField.source.location(ipv6: f == .ipv6)
+                out += Slots.Members.lookup(f, group: g, field: offset == source ? .source : .destination)
+                i += 2
+            } else {
+                out.append(exprs[i])
+                i += 1
+            }
+        }
+        return out
     }
 
     static func rule(_ r: IRRule, chain: String, table: String, layout: NFTLayout) -> NFTRule {
@@ -47,6 +73,7 @@ struct SlotLowering {
     /// two chains disagree on its groups): nothing is sent then.
     mutating func batch(_ plan: Plan) throws(NetlinkError) -> Batch {
         for op in Self.perInterfaceObjectsFirst(plan.ops) { try lower(op) }
+        finishMembers()
         try finishInterfaces()
         finishDispatch()
         return b
@@ -114,6 +141,29 @@ struct SlotLowering {
                 state.hasInstanceGroups = false
                 state.entries = [:]
                 state.interfaceOf = [:]
+            }
+        case .createSet(let h):
+            guard let (f, _) = Slots.Members.group(ofSet: h.name) else { return Translate.append(op, to: &b, table: table, desired: desired) }
+            if !state.hasMembers.contains(f) {
+                b.append(.addSet(Slots.Members.definition(f, table: table)))
+                state.hasMembers.insert(f)
+            }
+            if state.memberSets[h.name] == nil { state.memberSets[h.name] = [] }
+        case .addElements(let n, let e):
+            guard let (f, g) = Slots.Members.group(ofSet: n) else { return Translate.append(op, to: &b, table: table, desired: desired) }
+            guard state.memberSets[n] != nil else { throw .protocolError("slot layout: elements for member set \(n), which does not exist") }
+            memberAdditions[f, default: []] += e.compactMap { Slots.Members.element(g, $0) }
+            state.memberSets[n]!.formUnion(e)
+        case .removeElements(let n, let e):
+            guard let (f, g) = Slots.Members.group(ofSet: n) else { return Translate.append(op, to: &b, table: table, desired: desired) }
+            memberRemovals[f, default: []] += e.compactMap { Slots.Members.element(g, $0) }
+            state.memberSets[n]?.subtract(e)
+        case .deleteSet(let n):
+            guard let (f, g) = Slots.Members.group(ofSet: n) else { return Translate.append(op, to: &b, table: table, desired: desired) }
+            // The set is the group's elements in `members`: each is named (the kernel has no
+            // "delete by tag"); the `members` set itself stays while the table lives.
+            if let gone = state.memberSets.removeValue(forKey: n) {
+                memberRemovals[f, default: []] += gone.sorted().compactMap { Slots.Members.element(g, $0) }
             }
         case .addMapElements(let m, let e) where Slots.Direction(logicalMap: m) != nil:
             interfaces.formUnion(e.keys)
@@ -220,6 +270,22 @@ struct SlotLowering {
     }
 
     private var needSlots: [Slots.Direction: Int] = [:]
+
+    /// Member elements to remove and to add, by family: sent as one message each per family at
+    /// the end of the batch, however many groups the plan touched (a plug of an instance in 5
+    /// groups is one message, not 5). No key is both removed and added: a plan never removes
+    /// and adds one element of one set.
+    private var memberRemovals: [IPFamily: [NFTSetElement]] = [:]
+    private var memberAdditions: [IPFamily: [NFTSetElement]] = [:]
+
+    private mutating func finishMembers() {
+        for f in IPFamily.allCases {
+            if let e = memberRemovals[f], !e.isEmpty { b.append(.deleteElements(family: family, table: table, set: Slots.Members.set(f), elements: e)) }
+        }
+        for f in IPFamily.allCases {
+            if let e = memberAdditions[f], !e.isEmpty { b.append(.addElements(family: family, table: table, set: Slots.Members.set(f), elements: e)) }
+        }
+    }
 
     /// Rewrites a dispatch chain that has fewer slot rules than an instance now needs (or none
     /// yet: a new chain gets at least one, for the end marker of an instance without groups).

@@ -67,7 +67,7 @@ enum Observe {
             }
         }
         guard layout == .slots else { return (ir, SlotState()) }
-        guard let slots = liftSlots(snap, into: &ir) else {
+        guard let slots = liftSlots(snap, reference: reference, into: &ir) else {
             // Rebuild: a base chain no compiled table has.
             ir.chains[Naming.egressChain] = Chain(name: Naming.egressChain, base: BaseChainSpec(hook: .forward, priority: Int32.min, policy: .accept))
             // The rebuilt table keeps the secret, so that its group keys stay the same.
@@ -80,10 +80,13 @@ enum Observe {
 
     /// Adds the core's logical dispatch (maps `from-inst`/`to-inst`, chains `out-<id>`/`in-<id>`)
     /// for what the slot layout's objects hold; nil when they are not exactly what Rampart writes.
-    static func liftSlots(_ snap: TableSnapshot, into ir: inout RulesetIR) -> SlotState? {
+    static func liftSlots(_ snap: TableSnapshot, reference: RulesetIR?, into ir: inout RulesetIR) -> SlotState? {
         var st = SlotState()
-        // Objects of the instance-chains layout have no place here.
+        // Objects of the instance-chains layout (or of this one before the `members` sets)
+        // have no place here.
         if snap.set(Naming.fromInstanceMap) != nil || snap.set(Naming.toInstanceMap) != nil { return nil }
+        if snap.sets.contains(where: { Slots.Members.group(ofSet: $0.name) != nil }) { return nil }
+        guard liftMembers(snap, reference: reference, into: &ir, &st) else { return nil }
         for c in snap.chains { if case .instance? = Slots.role(of: c.name) { return nil } }
         guard let secret = snap.table.tag, secret.count == 16 else { return nil }
         let keys = SlotKeys(secret: secret)
@@ -136,6 +139,31 @@ enum Observe {
             }
         }
         return st
+    }
+
+    /// The core's member sets from the `members` sets: each element's comment names its group
+    /// and its tag must be that group's. A member set with no element exists when the
+    /// reference has it and the family's `members` set exists. False when an element or a set
+    /// is not what Rampart writes.
+    static func liftMembers(_ snap: TableSnapshot, reference: RulesetIR?, into ir: inout RulesetIR, _ st: inout SlotState) -> Bool {
+        for f in IPFamily.allCases {
+            guard let def = snap.set(Slots.Members.set(f)) else { continue }
+            let want = Slots.Members.definition(f, table: snap.table.name)
+            guard def.keyType == want.keyType, !def.isVerdictMap, def.dataType == nil, !def.isAnonymous else { return false }
+            st.hasMembers.insert(f)
+            for e in snap.elements[def.name] ?? [] {
+                guard let (g, x) = Slots.Members.parse(e, f) else { return false }
+                st.memberSets[Slots.Members.logicalSet(f, g), default: []].insert(x)
+            }
+            for name in reference?.sets.keys ?? [:].keys where st.memberSets[name] == nil {
+                if let (sf, _) = Slots.Members.group(ofSet: name), sf == f { st.memberSets[name] = [] }
+            }
+        }
+        for (name, elements) in st.memberSets {
+            let (f, _) = Slots.Members.group(ofSet: name)!
+            ir.sets[name] = NamedSet(name: name, keyType: reference?.sets[name]?.header.keyType ?? (f == .ipv4 ? .ipv4Addr : .ipv6Addr), elements: elements)
+        }
+        return true
     }
 
     /// A base chain spec the IR can hold; hooks Rampart never uses map to a priority no compiled

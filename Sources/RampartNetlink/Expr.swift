@@ -129,7 +129,7 @@ public enum NFTMatch {
     /// Source or destination address field of IPv4 or IPv6 (offset and length in the header).
     public enum AddressField: Sendable {
         case source, destination
-        func location(ipv6: Bool) -> (offset: UInt32, length: UInt32) {
+        public func location(ipv6: Bool) -> (offset: UInt32, length: UInt32) {
             switch (self, ipv6) {
             case (.source, false): (12, 4)
             case (.destination, false): (16, 4)

@@ -39,8 +39,10 @@ let exampleDocument: Document = {
         let plan = try engine.membersChanged(group: "admin", added: ["bastion": bastion])
         try backend.commit(plan, result: engine.planned)
         let batch = try #require(fake.committed.last)
-        #expect(batch.operations == [.addElements(family: .inet, table: "rampart", set: "m4-admin",
-                                                  elements: [NFTSetElement(key: [10, 0, 9, 6])])])
+        // One element of `members4`: the group's tag, then the address; commented with the group.
+        let tag = Array("admin".utf8) + [UInt8](repeating: 0, count: 11)
+        #expect(batch.operations == [.addElements(family: .inet, table: "rampart", set: "members4",
+                                                  elements: [NFTSetElement(key: tag + [10, 0, 9, 6], comment: "admin")])])
     }
 
     @Test func driftIsRepaired() throws {
@@ -50,7 +52,8 @@ let exampleDocument: Document = {
         try backend.converge(to: desired)
         fake.mutateTable(family: .inet, name: "rampart") { t in
             t.rules["gin-web"]!.removeLast()                                      // a rule deleted
-            t.elements["m4-web"]!.append(NFTSetElement(key: [1, 2, 3, 4]))  // an element added
+            t.elements["members4"]!.append(NFTSetElement(key: Array("web".utf8) + [UInt8](repeating: 0, count: 13) + [1, 2, 3, 4],
+                                                         comment: "web"))  // an element added to web's members
             t.chains.append(NFTChain(family: .inet, table: "rampart", name: "intruder"))
             t.rules["intruder"] = []
         }

@@ -39,7 +39,10 @@ import RampartNetlink
         #expect(try nl.generation() == g0 + 1)
         // nft reads it back as a valid ruleset with our comments.
         let listed = try ns.nft("list", "ruleset").stdout
-        #expect(listed.contains(#"ip saddr @m4-web tcp dport 5432 counter packets 0 bytes 0 accept comment "db/pg-from-web""#))
+        // A group's members are elements of `members4`/`members6` tagged with its id; a rule
+        // looks the tag and the address up (nft prints the tag in hex: "web").
+        #expect(listed.contains(#"0x77656200000000000000000000000000 [invalid type] . ip saddr @members4 tcp dport 5432 counter packets 0 bytes 0 accept comment "db/pg-from-web""#))
+        #expect(listed.contains(#""web" . 10.0.1.11 comment "web""#))
         // The slot layout: instances reach their groups through `inst-groups`, named in comments.
         #expect(listed.contains(#"oifname @inst-ifaces jump dispatch-in"#))
         #expect(listed.contains(#""tapdb1" . 0x00000001 comment "db-1" : 0"#))
@@ -60,8 +63,9 @@ import RampartNetlink
         let after = try #require(try nl.readTable(family: .inet, name: "rampart"))
         // Every rule kept its handle: no chain was flushed or rewritten.
         #expect(after.rules == before.rules)
-        #expect(after.elements["m4-web"]?.count == 3)
-        #expect(after.elements["m6-web"]?.count == 2)
+        #expect(after.elements["members4"]?.filter { $0.comment == "web" }.count == 3)
+        #expect(after.elements["members6"]?.filter { $0.comment == "web" }.count == 2)
+        #expect(after.elements["members4"]?.count == (before.elements["members4"]?.count ?? 0) + 1)
     }
 
     @Test func driftIsRepairedAndForeignTablesAreLeftAlone() throws {
@@ -74,8 +78,8 @@ import RampartNetlink
         let clean = try ns.nft("list", "table", "inet", "rampart").stdout
 
         try ns.nft("flush", "chain", "inet", "rampart", "gin-web")
-        try ns.nft("delete", "element", "inet", "rampart", "m4-web", "{ 10.0.1.12 }")
-        try ns.nft("add", "element", "inet", "rampart", "m4-admin", "{ 192.0.2.1 }")
+        try ns.nft("delete", "element", "inet", "rampart", "members4", #"{ "web" . 10.0.1.12 }"#)
+        try ns.nft("add", "element", "inet", "rampart", "members4", #"{ "admin" . 192.0.2.1 }"#)
         try ns.nft("add", "rule", "inet", "rampart", "gin-db", "accept")
         try ns.nft("add", "chain", "inet", "rampart", "extra")
         try ns.nft("add", "rule", "inet", "rampart", "extra", "jump", "gin-db")

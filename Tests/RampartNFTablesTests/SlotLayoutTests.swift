@@ -64,8 +64,43 @@ import RampartTestSupport
             if case .addSet(let d) = op { d.name } else { nil }
         }
         let perInterface = Set(Compiler.fixedSets.map(\.0)).union([Slots.instanceGroups, "groups-in", "groups-out"])
-        let firstMemberSet = try #require(created.firstIndex { $0.hasPrefix("m4-") || $0.hasPrefix("m6-") })
+        let firstMemberSet = try #require(created.firstIndex { $0 == Slots.Members.set4 || $0 == Slots.Members.set6 })
         #expect(Set(created[..<firstMemberSet]) == perInterface, "\(created)")
+        // No set per group: every group's members are elements of `members4`/`members6`.
+        #expect(!created.contains { $0.hasPrefix("m4-") || $0.hasPrefix("m6-") }, "\(created)")
+    }
+
+    /// A plug adds the instance to each referenced group's members in one message per family,
+    /// whatever the number of its groups.
+    @Test func aPlugSendsOneMembersMessagePerFamily() throws {
+        let fake = RecordingNFTables()
+        let backend = NFTablesBackend(client: fake, layout: .slots)
+        var engine = Engine(host: "hv1")
+        try backend.commit(try engine.apply(document: exampleDocument), result: engine.planned)
+        let vm = Instance(host: "hv1", groups: ["web", "admin", "db"], ips: [IPAddress("10.0.7.7")!, IPAddress("fd00::77")!], interface: "tapnew")
+        try backend.commit(try engine.instancePlugged(id: "new", instance: vm), result: engine.planned)
+        let batch = try #require(fake.committed.last)
+        let toMembers = batch.operations.compactMap { op -> (String, [NFTSetElement])? in
+            if case .addElements(_, _, let set, let e) = op, set.hasPrefix("members") { (set, e) } else { nil }
+        }
+        #expect(toMembers.map(\.0).sorted() == ["members4", "members6"])
+        // web and admin are referenced by rules here (db is not): two elements per family.
+        #expect(toMembers.allSatisfy { $0.1.compactMap(\.comment).sorted() == ["admin", "web"] })
+        #expect(!batch.operations.contains { if case .addElements(_, _, let set, _) = $0 { set.hasPrefix("m4-") || set.hasPrefix("m6-") } else { false } })
+        #expect(try NFTablesBackend(client: fake, layout: .slots).readBack(reference: engine.planned) == engine.planned)
+    }
+
+    /// A group's tag: its id when it fits an interface name, else `#` and a digest: distinct,
+    /// without a NUL (so that nft prints it whole), never an id's own spelling.
+    @Test func groupTags() {
+        #expect(Slots.Members.tag("web") == Array("web".utf8) + [UInt8](repeating: 0, count: 13))
+        #expect(Slots.Members.tag("fifteen-bytes-x").count == 16)
+        let long = (0..<2000).map { "a-group-with-a-long-id-\($0)" }
+        let tags = long.map(Slots.Members.tag)
+        #expect(Set(tags).count == long.count)
+        #expect(tags.allSatisfy { $0.count == 16 && $0.first == UInt8(ascii: "#") && !$0.contains(0) })
+        #expect(tags.allSatisfy { Slots.Members.literalGroup($0) == nil })
+        #expect(Slots.Members.literalGroup(Slots.Members.tag("web")) == "web")
     }
 
     @Test func randomEventsReadBackAsTheirIR() throws {
