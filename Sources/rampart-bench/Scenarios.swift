@@ -19,10 +19,10 @@ enum Scenarios {
     static let groupCount = 200
     static let remoteMembersPerGroup = 40
 
-    /// host-N: N instances here, each in 2 of 200 groups; 5 rules per group, 2 of them with a
-    /// remote group; 40 members per group on other hosts (with the ~10 local ones at N=1000,
-    /// 50 members per group across the cloud).
-    static func hostDocument(instances n: Int) -> Document {
+    /// host-N: N instances here, each in 2 of `groupCount` (default 200) groups; 5 rules per
+    /// group, 2 of them with a remote group; 40 members per group on other hosts (with the ~10
+    /// local ones at N=1000, 50 members per group across the cloud).
+    static func hostDocument(instances n: Int, groups groupCount: Int = groupCount) -> Document {
         var rng = RNG(state: 42)
         var d = Document(host: "hv0")
         for g in 0..<groupCount {
