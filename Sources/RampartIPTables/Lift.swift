@@ -197,6 +197,9 @@ struct Lifter {
     /// Kernel chain → IR chain and kernel set → IR set, for the regular chains and member sets.
     var chainNames: [String: String] = [:]
     var setNames: [String: String] = [:]
+    /// The name `IPTNames` gives a lifted IR name → the kernel name, where they differ (names
+    /// that were cut and hashed).
+    var back: [String: String] = [:]
 
     init(_ st: IPTState, topology: IPTTopology) {
         self.st = st
@@ -208,7 +211,16 @@ struct Lifter {
     /// Regular chains: Rampart's, not part of the fixed layout, not an anti-spoofing helper.
     func regularChains() -> [String] {
         let all = Set(st.v4.chains.keys).union(st.v6.chains.keys).subtracting(IPTNames.fixedChains)
-        let helpers = all.filter { h in h.hasSuffix("-s") && all.contains(String(h.dropLast(2))) }
+        // A helper holds two or more `-s A -j RETURN` and ends in `-j DROP` (no group or
+        // instance chain looks like that).
+        func helper(_ h: String) -> Bool {
+            guard h.hasSuffix("-s"), all.contains(String(h.dropLast(2))) else { return false }
+            return [st.v4.chains[h], st.v6.chains[h]].allSatisfy { l in
+                guard let l else { return true }
+                return l.count >= 3 && l.last == "-j DROP" && l.dropLast().allSatisfy { $0.hasPrefix("-s ") && $0.hasSuffix(" -j RETURN") }
+            }
+        }
+        let helpers = all.filter(helper)
         return all.subtracting(helpers).sorted()
     }
 
@@ -216,6 +228,8 @@ struct Lifter {
         let regular = regularChains()
         for k in regular { chainNames[k] = IPTLift.irChain(k) }
         for k in st.sets.keys where !IPTNames.fixedSets.contains(k) { setNames[k] = IPTLift.irSet(k) }
+        for (k, n) in chainNames where IPTNames.chain(n) != k { back[IPTNames.chain(n)] = k }
+        for (k, n) in setNames where IPTNames.set(n) != k { back[IPTNames.set(n)] = k }
         let guarded = guardedPrefixes()
         var ir = Compiler.compile(Document(host: "lifted", guardedPrefixes: guarded))
         fixedLayout(into: &ir)
@@ -317,15 +331,9 @@ struct Lifter {
         var i = 0
         let tag = f == .ipv4 ? "ipv4" : "ipv6"
         while i < lines.count {
-            guard let p = IPTLift.parse(lines[i], family: f), let r0 = rule(p, chain: k, family: f) else {
-                undecoded.append("\(tag) \(k): \(lines[i])")
-                i += 1
-                continue
-            }
             // ICMPv6 type ranges (written one line per type) come back one rule per type.
-            let r = r0
-            let want = render(r, chain: k, family: f)
-            if let want, i + want.count <= lines.count, Array(lines[i..<(i + want.count)]) == want {
+            if let p = IPTLift.parse(lines[i], family: f), let r = rule(p, chain: k, family: f),
+               let want = render(r, chain: k, family: f), i + want.count <= lines.count, Array(lines[i..<(i + want.count)]) == want {
                 out.append(r)
                 i += want.count
             } else {
@@ -378,11 +386,10 @@ struct Lifter {
     /// A rendered line with the names `IPTNames` gives the lifted IR names replaced by the
     /// kernel names they were lifted from (the same but for cut and hashed names).
     func renamed(_ line: String) -> String {
-        guard let w = IPTLift.words(line), w.contains(where: { $0 == "-j" || $0 == "-g" || $0 == "--match-set" }) else { return line }
+        guard !back.isEmpty, line.contains(" -j ") || line.contains(" -g ") || line.contains("--match-set ") || line.hasPrefix("-j ") else { return line }
         var parts = line.split(separator: " ", omittingEmptySubsequences: false).map(String.init)
         for i in parts.indices.dropFirst() where ["-j", "-g", "--match-set"].contains(parts[i - 1]) {
-            if let k = chainNames.first(where: { IPTNames.chain($0.value) == parts[i] })?.key { parts[i] = k }
-            if let k = setNames.first(where: { IPTNames.set($0.value) == parts[i] })?.key { parts[i] = k }
+            if let k = back[parts[i]] { parts[i] = k }
         }
         return parts.joined(separator: " ")
     }
