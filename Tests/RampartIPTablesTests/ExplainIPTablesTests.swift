@@ -22,7 +22,7 @@ import RampartIPTables
         #expect(none.status != 0 && none.stderr.contains("nothing is enforced"), "\(none.stdout) \(none.stderr)")
         #expect(try IPTablesKernelTests.cli(ns, v, ["apply", examplePath]).status == 0)
         let cases: [([String], Bool, String)] = [
-            (["--from", "web-1", "--to", "db-1", "--protocol", "tcp", "--port", "5432"], true, "allowed by rule db/pg-from-web"),
+            (["--from", "web-1", "--to", "db-1", "--protocol", "tcp", "--port", "5432"], true, "then rule db/pg-from-web"),
             (["--from", "web-1", "--to", "db-1", "--protocol", "tcp", "--port", "5433"], false, "no ingress rule of group db"),
             (["--from", "db-1", "--to", "192.0.2.7", "--protocol", "tcp", "--port", "443"], false, "no egress rule of group db"),
             (["--from", "192.0.2.7", "--to", "web-1", "--protocol", "tcp", "--port", "443"], true, "allowed by rule web/https"),
