@@ -441,12 +441,20 @@ struct Lifter {
                 if name.hasSuffix("-s"), chainNames[String(name.dropLast(2))] != nil { continue }
                 let have = kernel[name] ?? [], should = (rendered[name] ?? []).map(renamed)
                 if have == should { continue }
-                var left = should
+                // As multisets first (the dispatch chains' order does not matter), then the order.
+                var left: [String: Int] = [:]
+                for l in should { left[l, default: 0] += 1 }
+                var extra = false
                 for l in have {
-                    if let x = left.firstIndex(of: l) { left.remove(at: x) } else { undecoded.append("\(tag) \(name): \(l)") }
+                    if let n = left[l], n > 0 { left[l] = n - 1 } else { undecoded.append("\(tag) \(name): \(l)"); extra = true }
                 }
-                for l in left { undecoded.append("\(tag) \(name): missing from the kernel: \(l)") }
-                if left.isEmpty, Set(have) == Set(should), !IPTNames.unordered.contains(name), have.count == should.count {
+                var missing = false
+                for l in should where (left[l] ?? 0) > 0 {
+                    left[l]! -= 1
+                    undecoded.append("\(tag) \(name): missing from the kernel: \(l)")
+                    missing = true
+                }
+                if !extra, !missing, !IPTNames.unordered.contains(name) {
                     undecoded.append("\(tag) \(name): rules out of Rampart's order")
                 }
             }
