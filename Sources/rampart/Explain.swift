@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import RampartCore
+import RampartIPTables
 import RampartNFTables
 
 /// `rampart explain`: the verdict of the policy the kernel holds now for one packet, and the
@@ -12,7 +13,10 @@ struct Explain: ParsableCommand {
             An endpoint is an instance id (as in the document), an address, or host:ADDRESS for the
             hypervisor itself. An address of no local instance is outside (reached through --via).
             The packet is the first of a new connection unless --established is given.
-            Reads the nftables table (`inet rampart`) and evaluates it rule by rule, as the kernel would.
+            Reads the nftables table (`inet rampart`), or with --backend iptables Rampart's iptables,
+            ip6tables, ebtables chains and ipsets lifted back into the same policy, and evaluates it
+            rule by rule, as the kernel would. Chain names in the path are the policy's (in-ID, gin-GROUP,
+            ...), for either backend: docs/iptables.md maps them to the iptables chains.
             """)
 
     @OptionGroup var target: TargetOptions
@@ -55,12 +59,8 @@ struct Explain: ParsableCommand {
 
     func run() throws {
         try reportingFailures {
-            guard target.backend == .nftables else {
-                throw Failure.document("rampart explain: reads the nftables table only (--backend iptables is not supported yet)")
-            }
-            let backend = try target.connectNFTables()
-            guard let (ir, undecoded) = try backend.enforcedPolicy() else {
-                throw Failure.document("rampart explain: no rampart table here: nothing is enforced, every packet passes")
+            guard let (ir, undecoded) = try enforcedPolicy() else {
+                throw Failure.document("rampart explain: no rampart \(target.backend == .nftables ? "table" : "chains or ipsets") here: nothing is enforced, every packet passes")
             }
             let instances = LocalInstances(ir)
             var src = try instances.endpoint(from, name: "--from")
@@ -104,6 +104,17 @@ struct Explain: ParsableCommand {
             if !undecoded.isEmpty {
                 print("  warning: rules not written by rampart were skipped: \(undecoded.joined(separator: ", ")) (run `rampart diff` to see the drift)")
             }
+        }
+    }
+
+    /// What the kernel holds now, read back by the chosen backend (nil: nothing of Rampart's).
+    func enforcedPolicy() throws -> (ir: RulesetIR, undecoded: [String])? {
+        switch target.backend {
+        case .nftables:
+            return try target.connectNFTables().enforcedPolicy()
+        case .iptables:
+            guard let backend = try target.connect() as? IPTablesBackend else { return nil }
+            do { return try backend.enforcedPolicy() } catch { throw Failure.system(error) }
         }
     }
 

@@ -14,8 +14,9 @@ import RampartNetlink
 /// (the first packet, new; the reply, established; TCP's next packet, established).
 ///
 /// nftables: the IR evaluated is the one read back from the kernel (`enforcedPolicy`, decoded
-/// from bytecode), and it must also agree with the compiled IR. iptables (legacy, routed): the
-/// compiled IR, since the evaluator is the IR's semantics and the rendering must keep them.
+/// from bytecode), and it must also agree with the compiled IR. iptables (legacy, routed): the IR
+/// lifted back from iptables-save, ip6tables-save and ipset save (`IPTablesBackend.enforcedPolicy`,
+/// what `rampart explain --backend iptables` reads), and it must agree with the compiled IR too.
 ///
 /// Environment: RAMPART_EVAL_SEED (default: random, printed), RAMPART_EVAL_CASES (documents per
 /// backend, default 10), RAMPART_EVAL_FLOWS (flows per document, default 16). A failure prints the
@@ -67,7 +68,9 @@ struct EvaluatorAgreesWithKernelTests {
                 return (ir, compiled)
             }
             try ipt!.converge(to: compiled)
-            return (compiled, compiled)
+            guard let (ir, undecoded) = try ipt!.enforcedPolicy() else { throw HarnessError("no iptables chains after apply") }
+            guard undecoded.isEmpty else { throw HarnessError("rules the iptables lift cannot read: \(undecoded)") }
+            return (ir, compiled)
         }
 
         /// The hypervisor's MAC on each node's device (the next hop of every crafted frame).

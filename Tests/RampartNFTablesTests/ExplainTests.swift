@@ -6,11 +6,15 @@ import RampartNetlink
 
 /// `rampart explain` against real packets: on the traffic suite's hypervisor, the verdict it
 /// reads from the kernel's table agrees with what a probe sees, allowed and denied, IPv4 and
-/// IPv6, TCP, UDP and ICMP, and the path names the rule.
+/// IPv6, TCP, UDP and ICMP, and the path names the rule. Every backend: with iptables, `explain
+/// --backend iptables` reads the chains and ipsets lifted back into the IR (`IPTLift`).
 @Suite("rampart explain agrees with real probes", .serialized, .tags(.kernel), .rootOnly) struct ExplainTests {
-    @Test func explainAgreesWithProbes() throws {
-        let e = try TrafficTests.Enforced(.nftables)
+    @Test(arguments: TrafficBackend.allCases) func explainAgreesWithProbes(_ backend: TrafficBackend) throws {
+        let e = try TrafficTests.Enforced(backend)
         defer { e.topo.destroy() }
+        func explain(_ args: [String]) throws -> CommandResult {
+            try runCommand([KernelBackendTests.rampart, "explain", "--netns", e.topo.hypervisor.name] + backend.options + args)
+        }
         // (probe, the explain arguments for the same packet)
         func via(_ node: String) -> String { e.topo[node].hostInterface ?? "uplink" }
         let cases: [(Probe, [String])] = [
@@ -33,8 +37,9 @@ import RampartNetlink
         let results = try e.topo.probe(cases.map(\.0))
         var allowedSeen = 0, droppedSeen = 0
         for (r, (probe, args)) in zip(results, cases) {
-            let x = try runCommand([KernelBackendTests.rampart, "explain", "--netns", e.topo.hypervisor.name] + args)
+            let x = try explain(args)
             #expect(x.status == 0, "\(probe): \(x.stderr)")
+            #expect(!x.stdout.contains("warning"), "\(probe): \(x.stdout)")
             let said = x.stdout.split(separator: "\n").first.map(String.init) ?? ""
             let allowed = said.hasSuffix("ALLOWED")
             #expect(allowed == r.passed, "\(probe) \(r.passed ? "passed" : "was dropped"), explain said: \(x.stdout)")
@@ -43,15 +48,15 @@ import RampartNetlink
         // Not vacuous: both verdicts occur.
         #expect(allowedSeen >= 5 && droppedSeen >= 5)
         // The path names the rule (JSON), and the anti-spoofing case says why.
-        let j = try runCommand([KernelBackendTests.rampart, "explain", "--json", "--netns", e.topo.hypervisor.name,
+        let j = try explain(["--json",
                                 "--from", "192.0.2.10", "--to", "web-1", "--protocol", "tcp", "--port", "80", "--via", via("internet")])
         #expect(j.stdout.contains(#""comment" : "web\/http""#) || j.stdout.contains(#""comment" : "web/http""#), "\(j.stdout)")
         // A packet riding web-1's established flow from web-2 is stopped by anti-spoofing (rule 4).
-        let spoof = try runCommand([KernelBackendTests.rampart, "explain", "--netns", e.topo.hypervisor.name,
+        let spoof = try explain([
                                     "--from", "web-2", "--source", "10.0.1.11", "--to", "10.0.0.2", "--protocol", "udp", "--port", "53", "--established"])
         #expect(spoof.stdout.contains("DROPPED"), "\(spoof.stdout)")
         #expect(spoof.stdout.contains("anti-spoofing"), "\(spoof.stdout)")
-        let wrongUsage = try runCommand([KernelBackendTests.rampart, "explain", "--netns", e.topo.hypervisor.name,
+        let wrongUsage = try explain([
                                          "--from", "nosuch", "--to", "web-1", "--protocol", "tcp"])
         #expect(wrongUsage.status == 1)
         #expect(wrongUsage.stderr.contains("--from nosuch"))
