@@ -15,7 +15,8 @@ import RampartSystem
 /// - **new flow**: every packet to another destination port: conntrack sees each as new, so it
 ///   goes through the instance's dispatch (slot lookups in the slot layout, the `from-inst`
 ///   verdict map and the `out-<id>` chain in the instance-chains layout); the instance's first
-///   group has no rules, its second accepts, so each packet walks two slots.
+///   group's two rules look the destination up in remote groups' members and do not match, its
+///   second group accepts, so each packet walks two slots and two member lookups.
 /// - **established**: one flow that saw a reply: conntrack accepts it before any dispatch.
 ///
 /// The host holds host-1k (1,000 instances in 2 of 200 groups) besides `vm`. Rounds alternate
@@ -43,7 +44,13 @@ struct PacketBench: ParsableCommand {
         guard let vm = topo.node("vm"), let out = topo.node("out") else { throw HarnessError("topology without vm or out") }
         var doc = Scenarios.hostDocument(instances: 1_000)
         doc.host = "hv0"
-        doc.groups["quiet"] = Group(rules: [])
+        // The first group's rules name remote groups the destination is not in: a new flow
+        // meets their member-set lookups (`tag . ip daddr @members4` in the slot layout,
+        // `ip daddr @m4-g1` before) and falls through to the next slot.
+        doc.groups["quiet"] = Group(rules: [
+            Rule(id: "to-g1", direction: .egress, proto: .udp, remote: .group("g1")),
+            Rule(id: "to-g2", direction: .egress, proto: .udp, remote: .group("g2")),
+        ])
         doc.instances["vm"] = Instance(host: "hv0", groups: ["quiet", "g0"], ips: [IPAddress("172.31.0.11")!], interface: "tapvm")
         try doc.validate()
         let ir = Compiler.compile(doc)
