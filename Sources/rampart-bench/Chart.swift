@@ -17,7 +17,8 @@ enum Chart {
         return lineChart(
             title: "Membership change: latency vs instances per host (median, log scales)",
             series: [
-                series("Rampart, in-process (event → committed)", "#1b7837", \.rampart),
+                series("Rampart, slot layout (the default), in-process (event → committed)", "#1b7837", \.slots),
+                series("Rampart, instance-chains layout (before)", "#5aae61", \.rampart),
                 series("nft add element (one process)", "#2166ac", \.nftAddElement),
                 series("classic: iptables-legacy-restore, full re-load", "#b2182b", \.legacyRestore),
                 series("classic: iptables-nft-restore, full re-load", "#e08214", \.nftRestore),

@@ -70,10 +70,12 @@ struct NFTablesBench: ParsableCommand {
             try run.execute()
             points.append(run.point)
         }
-        if points.count > 1, let first = points.first, let last = points.last, first.rampart > 0 {
+        // The default layout's figure where it was measured.
+        let figure = { (p: MembershipPoint) in p.slots > 0 ? p.slots : p.rampart }
+        if points.count > 1, let first = points.first, let last = points.last, figure(first) > 0 {
             report.note(String(format: "membership change, Rampart: %@ at %d instances, %@ at %d (×%.2f)",
-                               formatDuration(first.rampart), first.instances, formatDuration(last.rampart), last.instances,
-                               Double(last.rampart) / Double(first.rampart)))
+                               formatDuration(figure(first)), first.instances, formatDuration(figure(last)), last.instances,
+                               Double(figure(last)) / Double(figure(first))))
         }
         if let svg {
             var u = utsname()
@@ -103,6 +105,8 @@ struct EventSamples {
 /// One scenario's membership-change medians, for the chart (0: not measured).
 struct MembershipPoint {
     var instances: Int
+    /// Rampart in the slot layout (the default), and in the instance-chains layout (before).
+    var slots: UInt64 = 0
     var rampart: UInt64 = 0
     var nftAddElement: UInt64 = 0
     var legacyRestore: UInt64 = 0
@@ -356,6 +360,7 @@ private struct HostRun {
             throw HarnessError("\(tag): a plug in the slot layout sent a chain or a rule")
         }
         let (members, rules, plug, unplug) = (ev.members, ev.rules, ev.plug, ev.unplug)
+        point.slots = median(members)
         guard try backend.readBack(reference: engine.planned) == engine.planned else {
             throw HarnessError("\(tag): slot layout: the kernel read back differs from the engine's IR")
         }
