@@ -10,6 +10,9 @@ public class SQLStore: Store, @unchecked Sendable {
     let db: any SQLConnection
     let dialect: SQLDialect
     private let lock = NSLock()
+    /// Members changes check the host's whole document (`validateHost`) instead of their
+    /// instance (`validateMember`): for the test that runs the same changes both ways.
+    var checksWholeHost = false
 
     /// The tables of the first schema: a database without them is not a Rampart store.
     public static let tables = ["hosts", "groups", "group_refs", "instances", "instance_groups"]
