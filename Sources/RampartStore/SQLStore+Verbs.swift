@@ -24,6 +24,8 @@ extension SQLStore {
         try refuse(doc.issues(), host: host)
     }
 
+    /// Refuses a change that would leave these issues in the host's document, in the same words
+    /// whichever check found them.
     func refuse(_ issues: [ValidationIssue], host: String) throws(StoreError) {
         if !issues.isEmpty { throw StoreError(.invalid, "host \(host) would be invalid:\n  " + issues.map(\.description).joined(separator: "\n  ")) }
     }
