@@ -181,33 +181,10 @@ extension SQLStore {
         "{" + items.map { "\"" + $0.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\"" }.joined(separator: ",") + "}"
     }
 
-    /// The host's last sequence number (also when its rows were trimmed away), and the last
-    /// one trimmed.
-    func logHead(_ host: String) throws(StoreError) -> (head: Int64, trimmedThrough: Int64) {
-        let row = try db.query("""
-            SELECT COALESCE((SELECT max(seq) FROM change_log WHERE host = ?), 0),
-                   COALESCE((SELECT trimmed_through FROM change_log_heads WHERE host = ?), 0)
-            """, .text(host), .text(host)).first
-        let last = Int64(row?[0] ?? "0") ?? 0
-        let trimmed = Int64(row?[1] ?? "0") ?? 0
-        return (max(last, trimmed), trimmed)
-    }
-
+    /// One host's page: the many-host statement for one host (one round trip, where a read
+    /// transaction of the head and the rows took four).
     func logEntries(host: String, after sequence: Int64, limit: Int) throws(StoreError) -> LogPage {
-        try reading { () throws(StoreError) -> LogPage in
-            let (last, trimmedThrough) = try logHead(host)
-            if sequence < trimmedThrough { return LogPage(entries: [], head: last, trimmed: true) }
-            var entries: [LogEntry] = []
-            for row in try db.query("SELECT seq, refresh FROM change_log WHERE host = ? AND seq > ? ORDER BY seq LIMIT ?",
-                                    .text(host), .int(sequence), .int(Int64(limit))) {
-                guard let s = row[0].flatMap({ Int64($0) }), let text = row[1], let r = Refresh(logText: text) else {
-                    // A row this version cannot read: the whole document says everything it could.
-                    return LogPage(entries: [], head: last, trimmed: true)
-                }
-                entries.append(LogEntry(sequence: s, refresh: r))
-            }
-            return LogPage(entries: entries, head: last, trimmed: false)
-        }
+        try logEntries(positions: [host: sequence], limit: limit)[host] ?? LogPage(entries: [], head: 0, trimmed: false)
     }
 
     /// Several hosts' applied positions in one statement (one host: the daemon's own write).
@@ -215,7 +192,9 @@ extension SQLStore {
         guard !positions.isEmpty else { return }
         // Rows in name order: two relays writing overlapping hosts lock them in the same order.
         let sorted = positions.sorted { $0.key < $1.key }
-        try transaction { () throws(StoreError) in
+        // One statement, committed on its own (no BEGIN and COMMIT round trips): it is atomic,
+        // and GREATEST keeps a position from moving back whatever order writers come in.
+        try locked { () throws(StoreError) in
             try db.run("""
                 INSERT INTO host_progress(host, applied_seq, applied_at)
                 SELECT h, s, now() FROM unnest(CAST(? AS text[]), CAST(? AS bigint[])) AS u(h, s)
@@ -224,13 +203,16 @@ extension SQLStore {
         }
     }
 
-    /// Several hosts' pages in one statement (the relay's read after a wake-up): per host, the
-    /// rows after its position (`LATERAL … LIMIT`: at most `limit` each, from the primary key),
-    /// its head and whether the log was trimmed past the position, as `logEntries` decides them.
+    /// Several hosts' pages in one statement (the relay's read after a wake-up; a daemon's, for
+    /// its host): per host, the rows after its position (`LATERAL … LIMIT`: at most `limit` each,
+    /// from the primary key), its head (the last number, also when trimmed away) and whether the
+    /// log was trimmed past the position, in which case no row is returned and the reader
+    /// reloads. One statement sees one snapshot, so the head, the trim mark and the rows agree
+    /// without a read transaction (whose BEGIN and COMMIT would be two more round trips).
     func logEntries(positions: [String: Int64], limit: Int) throws(StoreError) -> [String: LogPage] {
         guard !positions.isEmpty else { return [:] }
         let hosts = positions.keys.sorted()
-        let rows = try reading { () throws(StoreError) -> [[String?]] in
+        let rows = try locked { () throws(StoreError) -> [[String?]] in
             try db.query("""
                 SELECT u.h, GREATEST(COALESCE((SELECT max(seq) FROM change_log m WHERE m.host = u.h), 0), COALESCE(c.trimmed_through, 0)),
                        COALESCE(c.trimmed_through, 0), l.seq, l.refresh

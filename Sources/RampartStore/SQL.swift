@@ -53,6 +53,10 @@ struct SQLDialect: Sendable {
     var beginRead: String
     /// The instance's groups in position order, comma-separated, for instance row `i`.
     var instanceGroupsColumn: String
+    /// The references of the rules of row `groups` (its `group_refs`), comma-separated: the
+    /// rules decode against them, and reading them in the same statement makes a group one
+    /// round trip, consistent without a transaction.
+    var groupRefsColumn: String
     /// Whether verbs append their fan-out to the per-host change log (and wake its readers).
     var keepsChangeLog: Bool
 
@@ -60,11 +64,13 @@ struct SQLDialect: Sendable {
         beginWrite: "BEGIN IMMEDIATE",
         beginRead: "BEGIN",
         instanceGroupsColumn: "(SELECT group_concat(group_id, ',') FROM (SELECT group_id FROM instance_groups WHERE instance = i.id ORDER BY position))",
+        groupRefsColumn: "(SELECT group_concat(r.ref, ',') FROM group_refs r WHERE r.group_id = groups.id)",
         keepsChangeLog: false)
 
     static let postgres = SQLDialect(
         beginWrite: "BEGIN ISOLATION LEVEL SERIALIZABLE",
         beginRead: "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
         instanceGroupsColumn: "(SELECT string_agg(group_id, ',' ORDER BY position) FROM instance_groups WHERE instance = i.id)",
+        groupRefsColumn: "(SELECT string_agg(r.ref, ',') FROM group_refs r WHERE r.group_id = groups.id)",
         keepsChangeLog: true)
 }

@@ -37,8 +37,9 @@ import RampartStore
 /// - **cold start**: a new daemon for hv0 (host-1k) in a fresh namespace: connect, prime the
 ///   follower, first sync (document from PostgreSQL → kernel), ready. Baseline: the same host's
 ///   daemon on SQLite.
-/// - Diagnostics: one statement's round trip (`groupExists`), and reading hv9's document (what a
-///   members change's `validateHost` costs inside the transaction).
+/// - Diagnostics: one statement's round trip (`groupExists`), and reading hv9's document (what
+///   `validateHost` costs inside an import's transaction; a members change checked it too until
+///   it checked only its instance, `validateMember`).
 struct ControllerBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "controller",
