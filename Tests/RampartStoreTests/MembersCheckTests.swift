@@ -1,5 +1,6 @@
 import Foundation
 import RampartCore
+import RampartCoreTestSupport
 @testable import RampartStore
 import Testing
 
@@ -11,18 +12,9 @@ import Testing
 /// PostgreSQL its change log).
 @Suite("Members changes: checking the instance refuses exactly what checking the host did", .scratchDirectory)
 struct MembersCheckTests {
-    /// A seeded generator (SplitMix64), so that a failing run can be replayed: the seed is in
-    /// every failure's message; `RAMPART_SEED` replays one.
-    struct Generator: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
+    /// A seeded generator, so that a failing run can be replayed: the seed is in every
+    /// failure's message; `RAMPART_SEED` replays one.
+    typealias Generator = SplitMix64
 
     static let groups = (0..<20).map { "g\($0)" }
     static let ids = (0..<14).map { "i\($0)" }
