@@ -141,10 +141,11 @@ enum Observe {
         return st
     }
 
-    /// The core's member sets from the `members` sets: each element's comment names its group
-    /// and its tag must be that group's. A member set with no element exists when the
-    /// reference has it and the family's `members` set exists. False when an element or a set
-    /// is not what Rampart writes.
+    /// The core's member sets from the `members` sets: each element belongs to the group its
+    /// tag names (`Slots.Members.parse`: the comment's group, or the group a short tag spells).
+    /// A member set with no element exists when the reference has it and the family's `members`
+    /// set exists. False when a set, or an element whose tag names no group, is not what Rampart
+    /// writes: the caller rebuilds the table.
     static func liftMembers(_ snap: TableSnapshot, reference: RulesetIR?, into ir: inout RulesetIR, _ st: inout SlotState) -> Bool {
         for f in IPFamily.allCases {
             guard let def = snap.set(Slots.Members.set(f)) else { continue }
