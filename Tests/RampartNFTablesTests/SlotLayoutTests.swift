@@ -103,6 +103,41 @@ import RampartTestSupport
         #expect(Slots.Members.literalGroup(Slots.Members.tag("web")) == "web")
     }
 
+    /// A group whose id does not fit a tag (more than 15 bytes) is found by its digest: the
+    /// read-back (`converge` finds nothing to do) and `explain`'s decoding name its members.
+    @Test func aLongGroupIdReadsBackAndDecodes() throws {
+        var doc = exampleDocument
+        let long = "a-group-with-a-long-id:42"
+        doc.groups[long] = Group(rules: [])
+        for (id, var inst) in doc.instances where inst.groups.contains("admin") {
+            inst.groups = inst.groups.map { $0 == "admin" ? long : $0 }
+            doc.instances[id] = inst
+        }
+        for (g, var group) in doc.groups {
+            group.rules = group.rules.map { r in
+                var r = r
+                if case .group("admin") = r.remote { r.remote = .group(long) }
+                return r
+            }
+            doc.groups[g] = group
+        }
+        doc.groups["admin"] = nil
+        try doc.validate()
+        let fake = RecordingNFTables()
+        let desired = Compiler.compile(doc)
+        try NFTablesBackend(client: fake, layout: .slots).converge(to: desired)
+        #expect(try NFTablesBackend(client: fake, layout: .slots).converge(to: desired).isEmpty)
+        let snap = try #require(try fake.readTable(family: .inet, name: Naming.table))
+        let tag = Slots.Members.tag(Naming.kernelID(long))
+        #expect(tag.first == UInt8(ascii: "#"))
+        #expect(snap.elements[Slots.Members.set4]?.contains { Array($0.key.prefix(16)) == tag } == true)
+        let (ir, undecoded) = Decode.ir(snap)
+        #expect(undecoded.isEmpty, "\(undecoded)")
+        let name = Naming.memberSet(.ipv4, long)
+        #expect(ir.sets[name]?.elements == desired.sets[name]?.elements)
+        #expect(ir.chains.values.contains { $0.rules.contains { $0.matches.contains(.saddrInSet(.ipv4, name)) } })
+    }
+
     @Test func randomEventsReadBackAsTheirIR() throws {
         try Self.randomEvents(client: RecordingNFTables(), steps: 200)
     }
