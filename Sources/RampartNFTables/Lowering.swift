@@ -154,18 +154,18 @@ struct SlotLowering {
         case .addElements(let n, let e):
             guard let (f, g) = Slots.Members.group(ofSet: n) else { return Translate.append(op, to: &b, table: table, desired: desired) }
             guard state.memberSets[n] != nil else { throw .protocolError("slot layout: elements for member set \(n), which does not exist") }
-            memberAdditions[f, default: []] += e.compactMap { Slots.Members.element(g, $0) }
+            memberAdditions[f, default: []] += Slots.Members.elements(g, e)
             state.memberSets[n]!.formUnion(e)
         case .removeElements(let n, let e):
             guard let (f, g) = Slots.Members.group(ofSet: n) else { return Translate.append(op, to: &b, table: table, desired: desired) }
-            memberRemovals[f, default: []] += e.compactMap { Slots.Members.element(g, $0) }
+            memberRemovals[f, default: []] += Slots.Members.elements(g, e)
             state.memberSets[n]?.subtract(e)
         case .deleteSet(let n):
             guard let (f, g) = Slots.Members.group(ofSet: n) else { return Translate.append(op, to: &b, table: table, desired: desired) }
             // The set is the group's elements in `members`: each is named (the kernel has no
             // "delete by tag"); the `members` set itself stays while the table lives.
             if let gone = state.memberSets.removeValue(forKey: n) {
-                memberRemovals[f, default: []] += gone.sorted().compactMap { Slots.Members.element(g, $0) }
+                memberRemovals[f, default: []] += Slots.Members.elements(g, gone.sorted())
             }
         case .addMapElements(let m, let e) where Slots.Direction(logicalMap: m) != nil:
             interfaces.formUnion(e.keys)

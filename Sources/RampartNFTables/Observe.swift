@@ -152,8 +152,9 @@ enum Observe {
             let want = Slots.Members.definition(f, table: snap.table.name)
             guard def.keyType == want.keyType, !def.isVerdictMap, def.dataType == nil, !def.isAnonymous else { return false }
             st.hasMembers.insert(f)
+            var tags: [String: [UInt8]] = [:]
             for e in snap.elements[def.name] ?? [] {
-                guard let (g, x) = Slots.Members.parse(e, f) else { return false }
+                guard let (g, x) = Slots.Members.parse(e, f, tags: &tags) else { return false }
                 st.memberSets[Slots.Members.logicalSet(f, g), default: []].insert(x)
             }
             for name in reference?.sets.keys ?? [:].keys where st.memberSets[name] == nil {
