@@ -365,7 +365,7 @@ public final class EC2Service: Sendable {
                     added.append(r)
                     if let d = p.description { descriptions[r.id!] = d }
                 }
-                let deliveries = try tx.setRules(g.id, rules, descriptions: descriptions)
+                let deliveries = try tx.setRules(g.id, rules, descriptions: descriptions, previous: g)
                 var after = g
                 after.ruleDescriptions = descriptions
                 for r in added where !ruleTags.isEmpty {
@@ -414,7 +414,7 @@ public final class EC2Service: Sendable {
                     }
                     rules.remove(at: i)
                 }
-                return ((), try tx.setRules(g.id, rules, descriptions: g.ruleDescriptions))
+                return ((), try tx.setRules(g.id, rules, descriptions: g.ruleDescriptions, previous: g))
             } catch let e as EC2Error { throw e } catch let e as StoreError { throw Self.storeFailure(e) } catch { throw .server("\(error)") }
         }
         return { w in w.leaf("return", true) }

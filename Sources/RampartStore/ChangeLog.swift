@@ -154,12 +154,16 @@ extension SQLStore {
     /// which PostgreSQL breaks by aborting one: it is then run again).
     func appendToChangeLog(_ deliveries: [Delivery]) throws(StoreError) -> [Delivery] {
         guard !deliveries.isEmpty else { return [] }
-        // Three statements whatever the fan-out (each is a round trip to the server): the
-        // hosts' locks, every row, the NOTIFY.
+        // Two statements whatever the fan-out (each is a round trip to the server): the hosts'
+        // locks with the NOTIFY (queued now, delivered at COMMIT, dropped by a rollback: where
+        // in the transaction it is sent does not matter), then every row.
         let order = deliveries.indices.sorted { deliveries[$0] < deliveries[$1] }
         let hosts = Array(Set(deliveries.map(\.host))).sorted()
-        _ = try db.query("SELECT count(pg_advisory_xact_lock(CAST(? AS integer), hashtext(h))) FROM unnest(CAST(? AS text[])) WITH ORDINALITY AS u(h, n)",
-                         .int(Int64(Self.hostLockClass)), .text(Self.arrayLiteral(hosts)))
+        _ = try db.query("""
+            SELECT (SELECT count(pg_advisory_xact_lock(CAST(? AS integer), hashtext(h))) FROM unnest(CAST(? AS text[])) WITH ORDINALITY AS u(h, n)),
+                   pg_notify(?, ?)
+            """, .int(Int64(Self.hostLockClass)), .text(Self.arrayLiteral(hosts)),
+            .text(WakeupPayload.channel), .text(WakeupPayload.encode(hosts: hosts)))
         let rows = try db.query("""
             INSERT INTO change_log(host, seq, refresh)
             SELECT h, nextval('change_log_seq'), r FROM unnest(CAST(? AS text[]), CAST(? AS text[])) WITH ORDINALITY AS u(h, r, n) ORDER BY n
@@ -172,7 +176,6 @@ extension SQLStore {
             guard let text = rows[k][0], let seq = Int64(text) else { throw StoreError(.database, "store: a change-log row has no sequence number") }
             out[i].sequence = seq
         }
-        _ = try db.query("SELECT pg_notify(?, ?)", .text(WakeupPayload.channel), .text(WakeupPayload.encode(hosts: hosts)))
         return out
     }
 

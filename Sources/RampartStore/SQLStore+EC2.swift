@@ -256,13 +256,19 @@ public struct EC2Transaction {
 
     /// Replaces the group's rules and their descriptions; returns the fan-out (the hosts of its
     /// members get `refresh_security_group_rules`). A referenced group must exist.
-    public func setRules(_ group: String, _ rules: [Rule], descriptions: [String: String]) throws(StoreError) -> [Delivery] {
+    /// `previous`: the group as read in this transaction, when the caller has it: what did not
+    /// change (the groups referenced, the descriptions, the rules whose tags would go) is then
+    /// not written again (an Authorize: three round trips fewer on PostgreSQL).
+    public func setRules(_ group: String, _ rules: [Rule], descriptions: [String: String], previous: EC2Group? = nil) throws(StoreError) -> [Delivery] {
         let issues = rules.enumerated().flatMap { Validate.rule($1, at: "rules[\($0)]") }
         if !issues.isEmpty { throw StoreError(.invalid, issues.map(\.description).joined(separator: "; ")) }
-        try store.writeRules(group, rules)
-        try setRuleDescriptions(group, rules, descriptions)
-        // The tags of rules that are gone go with them.
+        try store.writeRules(group, rules, previous: previous?.rules)
         let kept = Set(rules.compactMap(\.id))
+        if previous?.ruleDescriptions != descriptions.filter({ kept.contains($0.key) }) {
+            try setRuleDescriptions(group, rules, descriptions)
+        }
+        // The tags of rules that are gone go with them.
+        if let previous, previous.rules.allSatisfy({ $0.id.map(kept.contains) ?? true }) { return try store.fanOut(rules: group).sorted() }
         for r in try db.query("SELECT DISTINCT rule_id FROM ec2_rule_tags WHERE group_id = ?", .text(group)) {
             if let id = r[0], !kept.contains(id) { try db.run("DELETE FROM ec2_rule_tags WHERE rule_id = ?", .text(id)) }
         }
