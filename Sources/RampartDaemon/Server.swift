@@ -58,12 +58,43 @@ public final class APIServer: Sendable {
     /// else can swap the entry between our checks and our calls); the entry is examined with
     /// `fstatat(AT_SYMLINK_NOFOLLOW)` relative to that directory's descriptor; a stale socket is
     /// removed with `unlinkat`; anything else at the path (a regular file, a directory, a
-    /// symbolic link) is refused untouched. `bind` creates the socket 0600 (umask 0177, so there
-    /// is no window in which others could connect) and never follows a link (it fails if the path
+    /// symbolic link) is refused untouched. `bind` creates the socket 0600 (its mode set before
+    /// `bind`, see `boundSocket`: no window in which others could connect) and never follows a link (it fails if the path
     /// exists); the group and mode are then set with `fchownat`/`fchmodat` with
     /// `AT_SYMLINK_NOFOLLOW` (the socket inode's own `fchmod` would not change the path's
     /// permissions, which are what `connect` checks).
     public func start(mode: mode_t = 0o600, group gid: gid_t? = nil) async throws {
+        try await startListening(mode: mode, group: gid)
+    }
+
+    /// A Unix stream socket bound at `path`, created 0600 without touching the process's umask:
+    /// on Linux, a socket's mode set with `fchmod` before `bind` is the mode `bind` gives the new
+    /// file (less the umask). Changing the umask instead (as this did) is process-wide: a thread
+    /// creating a directory meanwhile got it without search permission (seen: a test process's
+    /// PostgreSQL data directory, created while a daemon bound its socket, refused to initdb).
+    static func boundSocket(_ path: String) throws -> CInt {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw ServerError(description: "socket(AF_UNIX): \(errno())") }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        let fits = withUnsafeMutableBytes(of: &addr.sun_path) { buf -> Bool in
+            guard bytes.count < buf.count else { return false }
+            for (i, b) in bytes.enumerated() { buf[i] = b }
+            return true
+        }
+        let bound = fits && fchmod(fd, 0o600) == 0 && withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        } == 0
+        guard bound else {
+            let e = errno()
+            close(fd)
+            throw ServerError(description: "bind \(path): \(fits ? e : "path too long")")
+        }
+        return fd
+    }
+
+    private func startListening(mode: mode_t, group gid: gid_t?) async throws {
         // A path that does not fit a sockaddr_un is refused by name, before anything is touched.
         do { _ = try UnixSocketAddress(socketPath) } catch { throw ServerError(description: error.description) }
         var dir = (socketPath as NSString).deletingLastPathComponent
@@ -105,16 +136,20 @@ public final class APIServer: Sendable {
             .childChannelInitializer { channel in
                 cap.initialize(channel) { HTTPHandler(router: router, logger: logger, idleTimeout: limits.idleTimeout) }
             }
-        let old = umask(0o177)
         let ch: Channel
+        let fd = try Self.boundSocket(socketPath)
         do {
-            ch = try await bootstrap.bind(unixDomainSocketPath: socketPath).get()
-            umask(old)
+            ch = try await bootstrap.withBoundSocket(fd).get()
         } catch {
-            umask(old)
+            close(fd)
+            unlinkat(dfd, name, 0)
             throw error
         }
         do {
+            // Created 0600 (see boundSocket); a kernel that ignored the mode fails closed.
+            guard fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0, st.st_mode & 0o077 == 0 else {
+                throw ServerError(description: "\(socketPath) was not created private (mode \(String(st.st_mode & 0o7777, radix: 8))); not serving on it")
+            }
             if let gid, fchownat(dfd, name, uid_t.max, gid, AT_SYMLINK_NOFOLLOW) != 0 {
                 throw ServerError(description: "chown \(socketPath) to group \(gid): \(Self.errno())")
             }
