@@ -57,6 +57,7 @@ public final class EC2Service: Sendable {
         "ModifySecurityGroupRules", "UpdateSecurityGroupRuleDescriptionsIngress", "UpdateSecurityGroupRuleDescriptionsEgress",
         "CreateTags", "DeleteTags", "RunInstances", "TerminateInstances", "DescribeInstances",
         "StopInstances", "StartInstances", "RebootInstances", "ModifyInstanceAttribute", "DescribeInstanceAttribute",
+        "CreateVpc", "DescribeVpcs", "DeleteVpc",
     ]
 
     /// Answers one request: the XML body of a success, or the error.
@@ -89,6 +90,9 @@ public final class EC2Service: Sendable {
         case "RebootInstances": body = try transition(form, caller, .reboot)
         case "ModifyInstanceAttribute": body = try modifyInstanceAttribute(form, caller)
         case "DescribeInstanceAttribute": body = try describeInstanceAttribute(form, caller)
+        case "CreateVpc": body = try createVpc(form, caller)
+        case "DescribeVpcs": body = try describeVpcs(form, caller)
+        case "DeleteVpc": body = try deleteVpc(form, caller)
         default: throw EC2Error("InvalidAction", "The action \(action) is not valid for this web service.")
         }
         return XMLWriter.response(action, requestID: requestID, body)
@@ -147,13 +151,7 @@ public final class EC2Service: Sendable {
         if let v = try tx.defaultVPC(account: caller.account, region: caller.region) { return v }
         let vpc = EC2VPC(id: newID("vpc"), account: caller.account, region: caller.region, cidr: "172.31.0.0/16", isDefault: true)
         try tx.insertVPC(vpc)
-        let sg = newID("sg")
-        try tx.insertGroup(id: sg, vpc: vpc.id, name: "default", description: "default VPC security group")
-        let rules = [
-            Rule(id: newID("sgr"), direction: .ingress, proto: .any, remote: .group(sg)),
-            Rule(id: newID("sgr"), direction: .egress, proto: .any, remote: .cidr(anyIPv4)),
-        ]
-        _ = try tx.setRules(sg, rules, descriptions: [:])
+        try createDefaultGroup(tx, vpc: vpc.id)
         return vpc
     }
 
@@ -249,13 +247,7 @@ public final class EC2Service: Sendable {
         guard description.unicodeScalars.count <= 255 else { throw .invalidParameter("GroupDescription: at most 255 characters") }
         let (id, tagged): (String, [String: String]) = try change(dryRun, caller) { tx, vpc throws(EC2Error) in
             do {
-                var target = vpc
-                if let vpcID, vpcID != vpc.id {
-                    guard let v = try tx.vpc(vpcID), v.account == caller.account, v.region == caller.region else {
-                        throw EC2Error("InvalidVpcID.NotFound", "The vpc ID '\(vpcID)' does not exist")
-                    }
-                    target = v
-                }
+                let target = try vpcID.map { try Self.ownVPC(tx, caller, id: $0) } ?? vpc
                 if try tx.groupID(vpc: target.id, name: name) != nil {
                     throw EC2Error("InvalidGroup.Duplicate", "The security group '\(name)' already exists for VPC '\(target.id)'")
                 }
@@ -315,7 +307,7 @@ public final class EC2Service: Sendable {
         let (group, added): (EC2Group, [Rule]) = try change(dryRun, caller) { tx, vpc throws(EC2Error) in
             do {
                 let g = try Self.resolve(tx, caller, vpc, t)
-                for r in referenced { _ = try Self.ownGroup(tx, caller, id: r) }
+                for r in referenced { try Self.checkReferenced(tx, caller, r, from: g) }
                 var rules = g.rules
                 var descriptions = g.ruleDescriptions
                 var added: [Rule] = []
@@ -534,7 +526,7 @@ public final class EC2Service: Sendable {
 
     // MARK: tags
 
-    /// CreateTags/DeleteTags on security groups (`sg-`) and their rules (`sgr-`).
+    /// CreateTags/DeleteTags on VPCs (`vpc-`), security groups (`sg-`) and their rules (`sgr-`).
     func tags(_ form: Form, _ caller: Caller, create: Bool) throws(EC2Error) -> (inout XMLWriter) -> Void {
         let resources = try form.strings("ResourceId")
         if resources.isEmpty { throw .missing("ResourceId.1") }
@@ -542,8 +534,8 @@ public final class EC2Service: Sendable {
         if create && tags.isEmpty { throw .missing("Tag.1.Key") }
         let dryRun = try form.bool("DryRun")
         try finish(form)
-        for r in resources where !Self.isID(r, "sg") && !Self.isID(r, "sgr") {
-            throw EC2Error("InvalidID", "The ID '\(r)' is not valid (this server tags security groups and their rules only)")
+        for r in resources where !Self.isID(r, "sg") && !Self.isID(r, "sgr") && !Self.isID(r, "vpc") {
+            throw EC2Error("InvalidID", "The ID '\(r)' is not valid (this server tags VPCs, security groups and their rules only)")
         }
         try change(dryRun, caller) { tx, _ throws(EC2Error) -> (Void, [Delivery]) in
             try Self.storeCall {
@@ -554,6 +546,8 @@ public final class EC2Service: Sendable {
                     if Self.isID(r, "sgr") {
                         guard let g = owned.first(where: { $0.rules.contains { $0.id == r } }) else { throw Self.ruleNotFound(r, in: "this account's groups") }
                         (group, rule) = (g.id, r)
+                    } else if Self.isID(r, "vpc") {
+                        _ = try Self.ownVPC(tx, caller, id: r)
                     } else {
                         _ = try Self.ownGroup(tx, caller, id: r)
                     }
