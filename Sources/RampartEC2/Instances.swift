@@ -49,7 +49,7 @@ extension EC2Service {
                     throw EC2Error("InvalidParameterCombination",
                                    "Security groups \(groups[0].id) and \(other.id) belong to different networks (\(target.id), \(other.vpc.id))")
                 }
-                var memberOf = groups.map(\.id)
+                var memberOf = groups.map { $0.id }
                 if memberOf.isEmpty, let def = try tx.groupID(vpc: target.id, name: "default") { memberOf = [def] }
                 let loads = try tx.hostLoads()
                 let host: String

@@ -96,7 +96,7 @@ extension EC2Service {
         for id in ids where !all.contains(where: { $0.vpc.id == id }) { throw Self.vpcNotFound(id) }
         let selected = all.filter { v, tags in
             (ids.isEmpty || ids.contains(v.id)) && filters.allSatisfy { f in
-                Self.matchesAny(f.values, switch f.name {
+                let candidates: [String] = switch f.name {
                 case "vpc-id": [v.id]
                 case "cidr", "cidr-block", "cidr-block-association.cidr-block": [v.cidr]
                 case "is-default": [v.isDefault ? "true" : "false"]
@@ -105,7 +105,8 @@ extension EC2Service {
                 case "dhcp-options-id": ["default"]
                 case "tag-key": Array(tags.keys)
                 default: tags[String(f.name.dropFirst(4))].map { [$0] } ?? []
-                })
+                }
+                return Self.matchesAny(f.values, candidates)
             }
         }
         let (page, next) = Self.page(selected, key: { $0.vpc.id }, size: size, after: after)
@@ -137,7 +138,7 @@ extension EC2Service {
                 let instances = try tx.instances(vpc: v.id)
                 if !instances.isEmpty { throw refuse("instances \(instances.joined(separator: ", "))") }
                 let groups = try tx.groupNames(vpc: v.id)
-                let others = groups.filter { $0.name != "default" }.map(\.id)
+                let others = groups.filter { $0.name != "default" }.map { $0.id }
                 if !others.isEmpty { throw refuse("security groups \(others.prefix(3).joined(separator: ", "))") }
                 for g in groups {
                     let members = try tx.members(of: g.id)

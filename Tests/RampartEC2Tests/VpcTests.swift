@@ -1,5 +1,6 @@
 import Foundation
 import RampartCore
+import RampartEC2
 import RampartStore
 import Testing
 
@@ -90,7 +91,7 @@ extension APIServerFixture {
                          code: "InvalidGroup.NotFound")
         try api.awsFails(["delete-vpc", "--vpc-id", id], code: "DependencyViolation")
         try api.awsFails(["delete-vpc", "--vpc-id", defID], code: "OperationNotPermitted")
-        try api.awsFails(["delete-vpc", "--vpc-id", id, "--dry-run"], code: "DryRunOperation")
+        try api.awsFails(["delete-vpc", "--vpc-id", id, "--dry-run"], code: "DependencyViolation")  // a dry run checks as the call would
         #expect(try api.fullSnapshot() == before)
         _ = try api.awsOK(["authorize-security-group-ingress", "--group-id", web, "--protocol", "tcp", "--port", "80", "--source-group", vpcDefaultID])
 
