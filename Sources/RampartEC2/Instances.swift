@@ -98,12 +98,7 @@ extension EC2Service {
         let filters = try Self.parseFilters(form) {
             ["instance-id", "instance-state-name", "private-ip-address", "instance.group-id", "vpc-id", "image-id", "instance-type"].contains($0)
         }
-        let size = try Self.pageSize(form, range: 5...1000)
-        let after = try form.string("NextToken").map { t throws(EC2Error) in try Self.parseToken(t) }
-        let dryRun = try form.bool("DryRun")
-        try finish(form)
-        if dryRun { throw .dryRun }
-        if size != nil && !ids.isEmpty { throw EC2Error("InvalidParameterCombination", "The parameter instancesSet cannot be used with the parameter maxResults") }
+        let (size, after) = try describePaging(form, listed: !ids.isEmpty, listName: "instancesSet")
         for id in ids where !Self.isID(id, "i") { throw Self.malformedInstanceID(id) }
         let cutoff = terminatedCutoff
         let all: [EC2Instance] = try read(caller) { tx, _ throws(EC2Error) in

@@ -418,6 +418,20 @@ public final class EC2Service: Sendable {
         return n
     }
 
+    /// The end of a Describe's parameters, read the same way by every Describe: `MaxResults`
+    /// (5–1000), `NextToken`, `DryRun` (answered here, once every parameter is read and the
+    /// unread ones refused). `MaxResults` with an explicit list of ids (`listed`) is
+    /// `InvalidParameterCombination`, naming the list as AWS does (`listName`).
+    func describePaging(_ form: Form, listed: Bool, listName: String) throws(EC2Error) -> (size: Int?, after: String?) {
+        let size = try Self.pageSize(form, range: 5...1000)
+        let after = try form.string("NextToken").map { t throws(EC2Error) in try Self.parseToken(t) }
+        let dryRun = try form.bool("DryRun")
+        try finish(form)
+        if dryRun { throw .dryRun }
+        if size != nil && listed { throw EC2Error("InvalidParameterCombination", "The parameter \(listName) cannot be used with the parameter maxResults") }
+        return (size, after)
+    }
+
     static func token(after id: String) -> String { Data(("v1:" + id).utf8).base64EncodedString() }
 
     static func parseToken(_ t: String) throws(EC2Error) -> String {
@@ -440,14 +454,7 @@ public final class EC2Service: Sendable {
         let ids = try form.strings("GroupId")
         let names = try form.strings("GroupName")
         let filters = try Self.parseFilters(form) { ["group-id", "group-name", "vpc-id", "description", "owner-id", "tag-key"].contains($0) || $0.hasPrefix("tag:") }
-        let size = try Self.pageSize(form, range: 5...1000)
-        let after = try form.string("NextToken").map { t throws(EC2Error) in try Self.parseToken(t) }
-        let dryRun = try form.bool("DryRun")
-        try finish(form)
-        if dryRun { throw .dryRun }
-        if size != nil && !(ids.isEmpty && names.isEmpty) {
-            throw EC2Error("InvalidParameterCombination", "The parameter GroupIds or GroupNames cannot be used with the parameter maxResults")
-        }
+        let (size, after) = try describePaging(form, listed: !(ids.isEmpty && names.isEmpty), listName: "GroupIds or GroupNames")
         for id in ids where !Self.isID(id, "sg") { throw EC2Error.malformedGroupID(id) }
         let groups: [EC2Group] = try read(caller) { tx, vpc throws(EC2Error) in
             do {
@@ -489,11 +496,7 @@ public final class EC2Service: Sendable {
     func describeSecurityGroupRules(_ form: Form, _ caller: Caller) throws(EC2Error) -> (inout XMLWriter) -> Void {
         let ids = try form.strings("SecurityGroupRuleId")
         let filters = try Self.parseFilters(form) { ["group-id", "security-group-rule-id", "tag-key"].contains($0) || $0.hasPrefix("tag:") }
-        let size = try Self.pageSize(form, range: 5...1000)
-        let after = try form.string("NextToken").map { t throws(EC2Error) in try Self.parseToken(t) }
-        let dryRun = try form.bool("DryRun")
-        try finish(form)
-        if dryRun { throw .dryRun }
+        let (size, after) = try describePaging(form, listed: false, listName: "")
         for id in ids where !Self.isID(id, "sgr") { throw Self.malformedRuleID(id) }
         let groups: [EC2Group] = try read(caller) { tx, _ throws(EC2Error) in
             do { return try tx.groups(account: caller.account, region: caller.region) } catch let e as StoreError { throw Self.storeFailure(e) } catch { throw .server("\(error)") }

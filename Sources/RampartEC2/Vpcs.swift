@@ -85,12 +85,7 @@ extension EC2Service {
             ["vpc-id", "cidr", "cidr-block", "cidr-block-association.cidr-block", "is-default", "state", "owner-id", "dhcp-options-id", "tag-key"]
                 .contains($0) || $0.hasPrefix("tag:")
         }
-        let size = try Self.pageSize(form, range: 5...1000)
-        let after = try form.string("NextToken").map { t throws(EC2Error) in try Self.parseToken(t) }
-        let dryRun = try form.bool("DryRun")
-        try finish(form)
-        if dryRun { throw .dryRun }
-        if size != nil && !ids.isEmpty { throw EC2Error("InvalidParameterCombination", "The parameter vpcIds cannot be used with the parameter maxResults") }
+        let (size, after) = try describePaging(form, listed: !ids.isEmpty, listName: "vpcIds")
         for id in ids where !Self.isID(id, "vpc") { throw Self.malformedVPCID(id) }
         let all = try read(caller) { tx, _ throws(EC2Error) in try Self.storeCall { try tx.vpcs(account: caller.account, region: caller.region) } }
         for id in ids where !all.contains(where: { $0.vpc.id == id }) { throw Self.vpcNotFound(id) }
