@@ -1,4 +1,5 @@
 import Foundation
+import RampartStore
 
 /// An error answered to the client: AWS's code, a message, and a 4xx status (a client error is
 /// never 5xx: clients retry those).
@@ -6,11 +7,19 @@ public struct EC2Error: Error, Sendable, Equatable, CustomStringConvertible {
     public var code: String
     public var message: String
     public var status: Int
+    /// The store's serialization failure (PostgreSQL SQLSTATE 40001 or 40P01) this error was
+    /// mapped from, if so: the transaction that met it is run again instead of answering it
+    /// (`EC2Service.change`).
+    var retryable: StoreError?
 
     public init(_ code: String, _ message: String, status: Int = 400) {
         self.code = code
         self.message = message
         self.status = status
+    }
+
+    public static func == (a: EC2Error, b: EC2Error) -> Bool {
+        a.code == b.code && a.message == b.message && a.status == b.status
     }
 
     public var description: String { "\(code): \(message)" }

@@ -40,12 +40,21 @@ public struct EC2Settings: Sendable {
 /// Each action reads all its parameters, and refuses any it did not read, before it touches
 /// the store.
 public final class EC2Service: Sendable {
-    public let store: SQLStore
+    /// The pool's first connection (for callers outside a request).
+    public var store: SQLStore { pool.primary }
+    /// The connections requests run their transactions on.
+    public let pool: StorePool
     public let settings: EC2Settings
     let deliver: @Sendable ([Delivery]) -> Void
 
-    public init(store: SQLStore, settings: EC2Settings = EC2Settings(), deliver: @escaping @Sendable ([Delivery]) -> Void) {
-        self.store = store
+    /// The service over one connection (requests take turns on it).
+    public convenience init(store: SQLStore, settings: EC2Settings = EC2Settings(), deliver: @escaping @Sendable ([Delivery]) -> Void) {
+        self.init(pool: StorePool([store]), settings: settings, deliver: deliver)
+    }
+
+    /// The service over a pool of connections to one store.
+    public init(pool: StorePool, settings: EC2Settings = EC2Settings(), deliver: @escaping @Sendable ([Delivery]) -> Void) {
+        self.pool = pool
         self.settings = settings
         self.deliver = deliver
     }
@@ -110,7 +119,12 @@ public final class EC2Service: Sendable {
         case .notFound: EC2Error("InvalidGroup.NotFound", e.message)
         case .conflict: EC2Error("DependencyViolation", e.message)
         case .invalid: .invalidParameter(e.message)
-        case .database, .unavailable, .missing, .unsafe: .server("the store failed: \(e.message)")
+        case .database, .unavailable, .missing, .unsafe:
+            {
+                var failure = EC2Error.server("the store failed: \(e.message)")
+                if let state = e.sqlState, state == "40001" || state == "40P01" { failure.retryable = e }
+                return failure
+            }()
         }
     }
 
@@ -123,11 +137,20 @@ public final class EC2Service: Sendable {
     /// One write transaction; a dry run is rolled back after the body succeeded.
     func change<T>(_ dryRun: Bool, _ caller: Caller, _ body: (EC2Transaction, EC2VPC) throws(EC2Error) -> (T, [Delivery])) throws(EC2Error) -> T {
         do {
-            let (value, deliveries) = try store.ec2Change { tx in
-                let vpc = try Self.defaultVPC(tx, caller)
-                let r = try body(tx, vpc)
-                if dryRun { throw EC2Error.dryRun }
-                return r
+            let (value, deliveries) = try pool.with { store in
+                try store.ec2Change { tx in
+                    do {
+                        let vpc = try Self.defaultVPC(tx, caller)
+                        let r = try body(tx, vpc)
+                        if dryRun { throw EC2Error.dryRun }
+                        return r
+                    } catch let e as EC2Error {
+                        // A serialization failure goes back to the store as it came, so that it
+                        // runs the transaction again (concurrent writers on PostgreSQL).
+                        if let retry = e.retryable { throw retry }
+                        throw e
+                    }
+                }
             }
             deliver(deliveries)
             return value
@@ -137,14 +160,27 @@ public final class EC2Service: Sendable {
     /// One read transaction (after making sure the caller's default VPC exists).
     func read<T>(_ caller: Caller, _ body: (EC2Transaction, EC2VPC) throws(EC2Error) -> T) throws(EC2Error) -> T {
         do {
-            let existing = try store.ec2Read { tx in try tx.defaultVPC(account: caller.account, region: caller.region) }
-            if existing == nil { let _: Int = try change(false, caller) { _, _ in (0, []) } }
-            return try store.ec2Read { tx in
-                guard let vpc = try tx.defaultVPC(account: caller.account, region: caller.region) else { throw EC2Error.server("no default VPC") }
-                return try body(tx, vpc)
+            // The default VPC is looked up in the read's own transaction (one round trip of
+            // BEGIN…COMMIT fewer on PostgreSQL); only a caller's first request writes it, then
+            // reads again. One connection per transaction, given back in between: `change`
+            // borrows its own.
+            func attempt() throws -> ReadAttempt<T> {
+                try pool.with { store in
+                    try store.ec2Read { tx in
+                        guard let vpc = try tx.defaultVPC(account: caller.account, region: caller.region) else { return .noDefaultVPC }
+                        return .read(try body(tx, vpc))
+                    }
+                }
             }
+            if case .read(let value) = try attempt() { return value }
+            let _: Int = try change(false, caller) { _, _ in (0, []) }
+            guard case .read(let value) = try attempt() else { throw EC2Error.server("no default VPC") }
+            return value
         } catch let e as EC2Error { throw e } catch let e as StoreError { throw Self.storeFailure(e) } catch { throw .server("\(error)") }
     }
+
+    /// A read that found the caller's default VPC, or did not (the caller's first request).
+    enum ReadAttempt<T> { case read(T), noDefaultVPC }
 
     /// The caller's default VPC, created with its `default` group on first use.
     static func defaultVPC(_ tx: EC2Transaction, _ caller: Caller) throws -> EC2VPC {
@@ -458,7 +494,11 @@ public final class EC2Service: Sendable {
         for id in ids where !Self.isID(id, "sg") { throw EC2Error.malformedGroupID(id) }
         let groups: [EC2Group] = try read(caller) { tx, vpc throws(EC2Error) in
             do {
-                var all = try tx.groups(account: caller.account, region: caller.region)
+                // Only the groups asked for, when they are named: a Describe of one group must
+                // not read every group of the account.
+                var all = !ids.isEmpty ? try tx.groups(account: caller.account, region: caller.region, ids: ids)
+                    : !names.isEmpty ? try tx.groups(vpc: vpc.id, names: names)
+                    : try tx.groups(account: caller.account, region: caller.region)
                 if !ids.isEmpty {
                     for id in ids where !all.contains(where: { $0.id == id }) { throw EC2Error.groupNotFound(id) }
                     all = all.filter { ids.contains($0.id) }

@@ -127,6 +127,24 @@ public final class RelayHub: @unchecked Sendable {
         }
     }
 
+    /// The subscribers behind: for each, its host and how many rows it was sent and has not
+    /// acknowledged, the `limit` furthest behind first. Counted in the host's window while the
+    /// window holds the subscriber's last ack (sequence numbers are global, with gaps); beyond
+    /// it, the distance in sequence numbers (an upper bound). For `/metrics`: a label per host
+    /// only while it lags, so thousands of healthy hosts do not become thousands of series.
+    public func lagging(limit: Int) -> [(host: String, rows: Int64)] {
+        let all: [(host: String, rows: Int64)] = condition.withLock {
+            subscribers.values.flatMap { subs in
+                subs.values.compactMap { sub -> (host: String, rows: Int64)? in
+                    guard let p = sub.position, sub.acked < p else { return nil }
+                    if let w = windows[sub.host], w.covers(sub.acked) { return (sub.host, Int64(w.rows(after: sub.acked).count)) }
+                    return (sub.host, p - sub.acked)
+                }
+            }
+        }
+        return Array(all.sorted { ($0.rows, $1.host) > ($1.rows, $0.host) }.prefix(limit))
+    }
+
     // MARK: connections (called on their event loops: never blocks on the store)
 
     /// A `hello`: the subscriber if its token is its host's and there is room, else why not.

@@ -133,19 +133,34 @@ public struct SocketDelivery: Sendable {
     }
 
     public let sockets: [String]
+    private let known = KnownHosts()
     public init(sockets: [String]) { self.sockets = sockets }
 
-    /// The daemons among the sockets that exist and answer, by the host each serves.
+    /// The daemons among the sockets that exist and answer, by the host each serves. A socket's
+    /// host is asked (`GET /v1/status`) once per socket file: it is remembered with the file's
+    /// identity (device, inode, change time), and asked again only when the file was made anew
+    /// (a restarted daemon binds a new socket). A long-running caller (the EC2 API) thus pays
+    /// one `stat` per socket and delivery, not a status call per socket (~1 ms each).
     public func daemons() -> [String: DaemonClient] {
         var out: [String: DaemonClient] = [:]
-        for path in sockets where FileManager.default.fileExists(atPath: path) {
+        for path in sockets {
+            var st = stat()
+            guard stat(path, &st) == 0 else { known.forget(path); continue }
+            let identity = KnownHosts.Identity(device: UInt64(st.st_dev), inode: UInt64(st.st_ino),
+                                               changed: Int64(st.st_ctim.tv_sec) * 1_000_000_000 + Int64(st.st_ctim.tv_nsec))
             let c = DaemonClient(socketPath: path)
-            if let h = try? c.host() { out[h] = c }
+            if let h = known.host(path, identity) {
+                out[h] = c
+            } else if let h = try? c.host() {
+                known.remember(path, identity, h)
+                out[h] = c
+            }
         }
         return out
     }
 
-    /// Delivers each call, in order, to the daemon of its host.
+    /// Delivers each call, in order, to the daemon of its host. A call that cannot be made
+    /// forgets what was remembered of that socket (the next delivery asks it again).
     public func deliver(_ deliveries: [Delivery]) -> [(Delivery, Outcome)] {
         guard !deliveries.isEmpty else { return [] }
         let daemons = daemons()
@@ -156,8 +171,32 @@ public struct SocketDelivery: Sendable {
                 let body = r.body.trimmingCharacters(in: .whitespacesAndNewlines)
                 return (d, r.status == 200 ? .sent(body) : .failed(status: r.status, body: body))
             } catch {
+                known.forget(c.socketPath)
                 return (d, .error("\(error)"))
             }
         }
+    }
+}
+
+/// The host each socket file's daemon serves, as asked once per file identity.
+final class KnownHosts: @unchecked Sendable {
+    struct Identity: Hashable {
+        var device: UInt64
+        var inode: UInt64
+        var changed: Int64
+    }
+    private let lock = NSLock()
+    private var hosts: [String: (Identity, String)] = [:]
+
+    func host(_ path: String, _ identity: Identity) -> String? {
+        lock.withLock { hosts[path].flatMap { $0.0 == identity ? $0.1 : nil } }
+    }
+
+    func remember(_ path: String, _ identity: Identity, _ host: String) {
+        lock.withLock { hosts[path] = (identity, host) }
+    }
+
+    func forget(_ path: String) {
+        lock.withLock { hosts[path] = nil }
     }
 }

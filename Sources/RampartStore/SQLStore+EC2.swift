@@ -163,36 +163,64 @@ public struct EC2Transaction {
         try loadGroups("g.vpc_id IN (SELECT id FROM ec2_vpcs WHERE account = ? AND region = ?)", [.text(account), .text(region)])
     }
 
+    /// The account's groups in `region` among `ids` (those that exist; any order): a Describe
+    /// of a few groups reads those groups, not all of them.
+    public func groups(account: String, region: String, ids: [String]) throws(StoreError) -> [EC2Group] {
+        guard !ids.isEmpty else { return [] }
+        let marks = Array(repeating: "?", count: ids.count).joined(separator: ", ")
+        return try loadGroups("g.id IN (\(marks)) AND g.vpc_id IN (SELECT id FROM ec2_vpcs WHERE account = ? AND region = ?)",
+                              ids.map { .text($0) } + [.text(account), .text(region)])
+    }
+
+    /// The groups of `vpc` named among `names` (those that exist).
+    public func groups(vpc: String, names: [String]) throws(StoreError) -> [EC2Group] {
+        guard !names.isEmpty else { return [] }
+        let marks = Array(repeating: "?", count: names.count).joined(separator: ", ")
+        return try loadGroups("g.vpc_id = ? AND g.name IN (\(marks))", [.text(vpc)] + names.map { .text($0) })
+    }
+
     public func group(_ id: String) throws(StoreError) -> EC2Group? {
         try loadGroups("g.id = ?", [.text(id)]).first
     }
 
-    /// The groups `condition` (on `ec2_groups g`) selects, by id, in seven statements however
-    /// many groups: a Describe of 1,000 groups is not 5,000 round trips to PostgreSQL.
+    /// The groups `condition` (on `ec2_groups g`) selects, by id, in three statements however
+    /// many groups (each statement is a round trip to PostgreSQL: a Describe of 1,000 groups is
+    /// not 5,000 of them, and a Describe of one group is three): the groups with their rules,
+    /// their VPCs, and their descriptions and tags together.
     private func loadGroups(_ condition: String, _ args: [SQLValue]) throws(StoreError) -> [EC2Group] {
-        let rows = try db.query("SELECT g.id, g.name, g.vpc_id FROM ec2_groups g WHERE \(condition) ORDER BY g.id", args)
+        let rows = try db.query("""
+            SELECT g.id, g.name, g.vpc_id, groups.description, groups.rules, \(store.dialect.groupRefsColumn)
+            FROM ec2_groups g JOIN groups ON groups.id = g.id WHERE \(condition) ORDER BY g.id
+            """, args)
         if rows.isEmpty { return [] }
         let selected = "SELECT g.id FROM ec2_groups g WHERE \(condition)"
         var vpcs: [String: EC2VPC] = [:]
         for v in try self.vpcs("WHERE id IN (SELECT g.vpc_id FROM ec2_groups g WHERE \(condition))", args) { vpcs[v.id] = v }
-        let contract = try store.groupRows(where: "id IN (\(selected))", args)
         var descriptions: [String: [String: String]] = [:]
-        for r in try db.query("SELECT group_id, rule_id, description FROM ec2_rule_descriptions WHERE group_id IN (\(selected))", args) {
-            if let g = r[0], let k = r[1], let v = r[2] { descriptions[g, default: [:]][k] = v }
-        }
         var tags: [String: [String: String]] = [:]
-        for r in try db.query("SELECT resource, key, value FROM ec2_tags WHERE resource IN (\(selected))", args) {
-            if let g = r[0], let k = r[1], let v = r[2] { tags[g, default: [:]][k] = v }
-        }
         var ruleTags: [String: [String: [String: String]]] = [:]
-        for r in try db.query("SELECT group_id, rule_id, key, value FROM ec2_rule_tags WHERE group_id IN (\(selected))", args) {
-            if let g = r[0], let rule = r[1], let k = r[2], let v = r[3] { ruleTags[g, default: [:]][rule, default: [:]][k] = v }
+        let metadata = """
+            SELECT 'd', group_id, rule_id, description, NULL FROM ec2_rule_descriptions WHERE group_id IN (\(selected))
+            UNION ALL SELECT 't', resource, key, value, NULL FROM ec2_tags WHERE resource IN (\(selected))
+            UNION ALL SELECT 'r', group_id, rule_id, key, value FROM ec2_rule_tags WHERE group_id IN (\(selected))
+            """
+        for r in try db.query(metadata, args + args + args) {
+            guard let g = r[1], let k = r[2], let v = r[3] else { continue }
+            switch r[0] {
+            case "d": descriptions[g, default: [:]][k] = v
+            case "t": tags[g, default: [:]][k] = v
+            default: if let value = r[4] { ruleTags[g, default: [:]][k, default: [:]][v] = value }
+            }
         }
-        return rows.compactMap { r in
-            guard let id = r[0], let name = r[1], let vpc = r[2].flatMap({ vpcs[$0] }), let g = contract[id] else { return nil }
-            return EC2Group(id: id, name: name, description: g.description ?? "", vpc: vpc, rules: g.rules,
-                            ruleDescriptions: descriptions[id] ?? [:], tags: tags[id] ?? [:], ruleTags: ruleTags[id] ?? [:])
+        var groups: [EC2Group] = []
+        for r in rows {
+            guard let id = r[0], let name = r[1], let vpc = r[2].flatMap({ vpcs[$0] }) else { continue }
+            let refs = r[5].map { $0.split(separator: ",").map(String.init) } ?? []
+            let rules = try RulesCodec.decode(r[4] ?? "[]", group: id, references: refs)
+            groups.append(EC2Group(id: id, name: name, description: r[3] ?? "", vpc: vpc, rules: rules,
+                                   ruleDescriptions: descriptions[id] ?? [:], tags: tags[id] ?? [:], ruleTags: ruleTags[id] ?? [:]))
         }
+        return groups
     }
 
     /// The id of the group named `name` in `vpc`.

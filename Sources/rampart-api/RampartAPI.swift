@@ -39,6 +39,9 @@ struct RampartAPI: ParsableCommand {
     @Option(help: "With --no-auth: the account (12 digits) every request acts as.")
     var account = "000000000000"
 
+    @Option(help: "Connections to the store, 1-64: as many transactions run at once (requests beyond wait for one).")
+    var connections = 4
+
     @Option(name: .long, help: "A daemon's API socket (repeatable), for deliveries with a SQLite store.")
     var socket: [String] = ["/run/rampart/rampartd.sock"]
 
@@ -82,13 +85,18 @@ struct RampartAPI: ParsableCommand {
             throw fail("--listen must be ADDRESS:PORT")
         }
         let host = String(listen[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+        guard (1...64).contains(connections) else { throw fail("--connections must be 1-64") }
         let st: SQLStore
+        var pool: [SQLStore] = []
         do {
+            // The first connection creates or upgrades the store; the others only open it.
             st = try StoreAddress(store).openForWriting()
+            pool = [st]
+            for _ in 1..<connections { pool.append(try StoreAddress(store).openExisting(checkFiles: false).store) }
         } catch { throw fail("the store: \(error.message)") }
         let delivery = SocketDelivery(sockets: socket)
         let logsDeliver = st is ChangeLog
-        let service = EC2Service(store: st, settings: settings) { deliveries in
+        let service = EC2Service(pool: StorePool(pool), settings: settings) { deliveries in
             guard !logsDeliver else { return }  // PostgreSQL: the change log delivers
             for (d, outcome) in delivery.deliver(deliveries) {
                 switch outcome {

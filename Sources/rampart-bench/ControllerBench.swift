@@ -407,24 +407,38 @@ final class SQLiteBaseline {
         for h in hosts { _ = try store.importDocument(try postgres.exportDocument(forHost: h)) }
         report.note("SQLite baseline: the \(hosts.count) daemon hosts' documents exported from PostgreSQL and imported in \(formatDuration(monotonicNanos() - t0))")
         for (h, ns) in zip(hosts, namespaces) {
-            let own = try SQLiteStore(path: dir + "/rampart.db", create: false)
-            let choice = BackendChoice(.nftables, netns: ns.name)
             t0 = monotonicNanos()
-            let daemon = Daemon(configuration: .init(host: h, resyncInterval: 3600), store: own, backend: choice.factory, cutter: choice.cutter())
-            let socket = dir + "/\(h).sock"
-            let server = APIServer(socketPath: socket, router: APIRouter(daemon: daemon))
-            daemon.start()
-            let started = DispatchSemaphore(value: 0)
-            Task { try? await server.start(); started.signal() }
-            started.wait()
-            while !daemon.currentStatus.ready {
-                if let e = daemon.currentStatus.lastError { throw ValidationError("\(h): \(e)") }
-                usleep(1_000)
-            }
+            let started = try Self.startDaemon(host: h, store: dir + "/rampart.db", netns: ns.name, socket: dir + "/\(h).sock")
             // hv0 comes first, in a namespace no daemon used: a cold start.
             if h == hosts[0] { coldStart = monotonicNanos() - t0 }
-            daemons[h] = (daemon, server, DaemonClient(socketPath: socket))
+            daemons[h] = started
         }
+    }
+
+    /// A daemon for `host` on the SQLite store at `store`, enforcing nftables in `netns`,
+    /// serving its Unix socket at `socket`; returns once it is ready (first sync done).
+    static func startDaemon(host: String, store: String, netns: String, socket: String) throws -> (Daemon, APIServer, DaemonClient) {
+        let own = try SQLiteStore(path: store, create: false)
+        let choice = BackendChoice(.nftables, netns: netns)
+        let daemon = Daemon(configuration: .init(host: host, resyncInterval: 3600), store: own, backend: choice.factory, cutter: choice.cutter())
+        let server = APIServer(socketPath: socket, router: APIRouter(daemon: daemon))
+        daemon.start()
+        let started = DispatchSemaphore(value: 0)
+        Task { try? await server.start(); started.signal() }
+        started.wait()
+        while !daemon.currentStatus.ready {
+            if let e = daemon.currentStatus.lastError { throw ValidationError("\(host): \(e)") }
+            usleep(1_000)
+        }
+        return (daemon, server, DaemonClient(socketPath: socket))
+    }
+
+    /// Stops a daemon started by `startDaemon`: its socket server, then the daemon.
+    static func stopDaemon(_ d: (Daemon, APIServer, DaemonClient)) {
+        let stopped = DispatchSemaphore(value: 0)
+        Task { await d.1.stop(); stopped.signal() }
+        stopped.wait()
+        d.0.stop()
     }
 
     func timedVerbs(_ count: Int, _ verb: () throws(StoreError) -> [Delivery]) throws -> VerbTimes {
@@ -445,12 +459,7 @@ final class SQLiteBaseline {
     }
 
     func stop() {
-        for (_, (daemon, server, _)) in daemons {
-            let stopped = DispatchSemaphore(value: 0)
-            Task { await server.stop(); stopped.signal() }
-            stopped.wait()
-            daemon.stop()
-        }
+        for (_, d) in daemons { Self.stopDaemon(d) }
         daemons = [:]
         try? FileManager.default.removeItem(atPath: dir)
     }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import RampartCore
+import RampartDaemon
 import RampartHarness
 import RampartStore
 
@@ -37,7 +38,11 @@ struct EC2Bench: ParsableCommand {
     }
 
     func measureStore(_ name: String, address: String, api: String, report: Report) throws {
-        let server = try APIProcess(binary: api, store: address)
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("rampart-bench-ec2-hv-\(getpid())").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let socket = dir + "/rampartd.sock"
+        let server = try APIProcess(binary: api, store: address, socket: socket)
         defer { server.stop() }
         let client = try HTTPClient(port: server.port)
         let store = try StoreAddress(address).openForWriting()
@@ -50,7 +55,22 @@ struct EC2Bench: ParsableCommand {
             guard let r = xml.range(of: "<groupId>"), let e = xml.range(of: "</groupId>") else { throw ValidationError("CreateSecurityGroup: \(xml)") }
             ids.append(String(xml[r.upperBound..<e.lowerBound]))
         }
+        guard ids.count > Self.clients else { throw ValidationError("--groups must be more than \(Self.clients)") }
         report.note("\(name): \(groups) groups created through the API in \(formatDuration(monotonicNanos() - t0))")
+
+        // The hypervisor: the first group has a member on `hv-ec2`, whose daemon enforces
+        // nftables in a namespace of its own (SQLite: served on the socket the API delivers to;
+        // PostgreSQL: following the host's change log).
+        let target = ids[0]
+        _ = try store.addInstance("i-bench-member", Instance(host: Self.host, groups: [target], ips: [IPAddress("10.20.0.5")!], interface: "tapbench"))
+        let ns = try TestNamespace(prefix: "ec2")  // removed when released
+        let hypervisor = try Hypervisor(address: address, netns: ns.name, socket: socket)
+        defer { hypervisor.stop() }
+
+        // Context for the figures below: one statement's round trip to the store.
+        let rtt = try measure(repeats: 201) { _ = try store.groupExists(target) }
+        report.add(Figure(benchmark: "ec2 \(name): one statement's round trip (in-process)", median_ns: median(rtt), baseline: nil, baseline_median_ns: nil,
+                          extra: ["p99": formatDuration(percentile(rtt, 99))]))
 
         // DescribeSecurityGroups: every group of the account (the default VPC's `default` too).
         let describeRepeats = options.repeats ?? 31
@@ -63,35 +83,116 @@ struct EC2Bench: ParsableCommand {
         add(report, "ec2 \(name): DescribeSecurityGroups (\(groups + 1) groups), API call → answer", describe, wall: describeWall,
             baseline: "the same groups read in-process (EC2Transaction.groups)", describeBase)
 
-        // AuthorizeSecurityGroupIngress of one rule, revoked (untimed) before the next.
-        let target = ids[0]
+        // AuthorizeSecurityGroupIngress of one rule to the group with a member, until the
+        // hypervisor's daemon has committed it; revoked (untimed, also applied) before the next.
+        // Baseline: the controller verb (`rampart group authorize`: the store call, then the
+        // delivery to the daemon or its change-log row applied), same group and rule.
         let authorizeRepeats = options.repeats ?? 201
+        let permission = ["IpPermissions.1.IpProtocol": "tcp", "IpPermissions.1.FromPort": "8080", "IpPermissions.1.ToPort": "8080",
+                          "IpPermissions.1.IpRanges.1.CidrIp": "10.9.0.0/16", "GroupId": target]
         var authorize: [UInt64] = []
-        t0 = monotonicNanos()
-        var untimed: UInt64 = 0
+        let startPosition = hypervisor.position
         for _ in 0..<authorizeRepeats {
-            let permission = ["IpPermissions.1.IpProtocol": "tcp", "IpPermissions.1.FromPort": "8080", "IpPermissions.1.ToPort": "8080",
-                              "IpPermissions.1.IpRanges.1.CidrIp": "10.9.0.0/16", "GroupId": target]
+            let mark = hypervisor.position
             let t = monotonicNanos()
             _ = try client.call(permission.merging(["Action": "AuthorizeSecurityGroupIngress"]) { $1 })
+            try hypervisor.waitPast(mark)
             authorize.append(monotonicNanos() - t)
-            let u = monotonicNanos()
+            let before = hypervisor.position
             _ = try client.call(permission.merging(["Action": "RevokeSecurityGroupIngress"]) { $1 })
-            untimed += monotonicNanos() - u
+            try hypervisor.waitPast(before)
         }
-        let authorizeWall = monotonicNanos() - t0 - untimed
-        // Baseline: the controller verb's store call (`rampart group authorize`), same group and rule.
         guard case .ok(let cidr) = IPPrefix.parse("10.9.0.0/16") else { throw ValidationError("prefix") }
         let rule = Rule(id: "bench-rule", proto: .tcp, ports: 8080...8080, remote: .cidr(cidr))
         var authorizeBase: [UInt64] = []
         for _ in 0..<authorizeRepeats {
             let t = monotonicNanos()
-            _ = try store.authorize(group: target, rule: rule)
+            try hypervisor.apply(try store.authorize(group: target, rule: rule))
             authorizeBase.append(monotonicNanos() - t)
-            _ = try store.revoke(group: target, rule: nil, id: "bench-rule")
+            try hypervisor.apply(try store.revoke(group: target, rule: nil, id: "bench-rule"))
         }
-        add(report, "ec2 \(name): AuthorizeSecurityGroupIngress (one rule), API call → committed", authorize, wall: authorizeWall,
-            baseline: "the rampart verb's store call in-process (SQLStore.authorize)", authorizeBase)
+        // Every change, through the API and through the verb, was applied on the hypervisor.
+        guard hypervisor.position - startPosition >= Int64(4 * authorizeRepeats) else {
+            throw ValidationError("the hypervisor applied \(hypervisor.position - startPosition) changes, expected \(4 * authorizeRepeats)")
+        }
+        add(report, "ec2 \(name): AuthorizeSecurityGroupIngress (one rule, a member on a daemon host), API call → committed on the hypervisor",
+            authorize, wall: authorize.reduce(0, +), baseline: "the controller verb: store call + delivery, until committed on the hypervisor", authorizeBase)
+
+        // Eight clients at once, each on its own keep-alive connection: DescribeSecurityGroups of
+        // one group by id, and Authorize/Revoke pairs on a group of its own (no members: the
+        // API and the store's share). Baseline: the same calls from one client.
+        let seconds = Self.seconds
+        let one = try concurrent(clients: 1, port: server.port, seconds: seconds) { [ids] k, _ in ["Action": "DescribeSecurityGroups", "GroupId.1": ids[1 + k]] }
+        let eight = try concurrent(clients: Self.clients, port: server.port, seconds: seconds) { [ids] k, _ in ["Action": "DescribeSecurityGroups", "GroupId.1": ids[1 + k]] }
+        addConcurrent(report, "ec2 \(name): DescribeSecurityGroups of one group, \(Self.clients) clients", eight, one, target: "≥ 2,000 calls/s")
+        let pair: @Sendable (Int, Int) -> [String: String] = { [ids] k, n in
+            ["Action": n % 2 == 0 ? "AuthorizeSecurityGroupIngress" : "RevokeSecurityGroupIngress",
+             "GroupId": ids[1 + k], "IpPermissions.1.IpProtocol": "tcp", "IpPermissions.1.FromPort": "9090", "IpPermissions.1.ToPort": "9090",
+             "IpPermissions.1.IpRanges.1.CidrIp": "10.8.0.0/16"]
+        }
+        let pairOne = try concurrent(clients: 1, port: server.port, seconds: seconds, pairs: true, pair)
+        let pairEight = try concurrent(clients: Self.clients, port: server.port, seconds: seconds, pairs: true, pair)
+        addConcurrent(report, "ec2 \(name): Authorize/Revoke pairs (one rule, no members), \(Self.clients) clients", pairEight, pairOne, target: nil)
+    }
+
+    static let host = "hv-ec2"
+    static let clients = 8
+    static let seconds = 3.0
+
+    /// What `concurrent` measured: every call's latency and the calls per second of all clients.
+    struct Throughput {
+        var latencies: [UInt64] = []
+        var perSecond: Double = 0
+    }
+
+    /// `clients` threads, each with its own connection, call the API for `seconds` with the form
+    /// `form(client, n)` (n counts that client's calls). With `pairs`, a client stops only after
+    /// an even number of calls (every Authorize revoked).
+    func concurrent(clients: Int, port: Int, seconds: Double, pairs: Bool = false,
+                    _ form: @escaping @Sendable (Int, Int) -> [String: String]) throws -> Throughput {
+        final class Shared: @unchecked Sendable {
+            let lock = NSLock()
+            var latencies: [UInt64] = []
+            var failure: String?
+        }
+        let shared = Shared()
+        let connections = try (0..<clients).map { _ in try HTTPClient(port: port) }
+        let group = DispatchGroup()
+        let t0 = monotonicNanos()
+        let stopAt = t0 + UInt64(seconds * 1e9)
+        for (k, connection) in connections.enumerated() {
+            group.enter()
+            let box = UncheckedBox(connection)
+            Thread {
+                var mine: [UInt64] = []
+                var n = 0
+                do {
+                    while monotonicNanos() < stopAt || (pairs && n % 2 == 1) {
+                        let t = monotonicNanos()
+                        _ = try box.value.call(form(k, n))
+                        mine.append(monotonicNanos() - t)
+                        n += 1
+                    }
+                } catch {
+                    shared.lock.withLock { shared.failure = "client \(k): \(error)" }
+                }
+                shared.lock.withLock { shared.latencies += mine }
+                group.leave()
+            }.start()
+        }
+        group.wait()
+        let elapsed = Double(monotonicNanos() - t0) / 1e9
+        if let failure = shared.failure { throw ValidationError(failure) }
+        return Throughput(latencies: shared.latencies, perSecond: Double(shared.latencies.count) / elapsed)
+    }
+
+    func addConcurrent(_ report: Report, _ name: String, _ many: Throughput, _ one: Throughput, target: String?) {
+        var extra = ["p99": formatDuration(percentile(many.latencies, 99)), "calls_per_s": String(format: "%.0f", many.perSecond),
+                     "one_client_calls_per_s": String(format: "%.0f", one.perSecond), "baseline_p99": formatDuration(percentile(one.latencies, 99)),
+                     "samples": "\(many.latencies.count)"]
+        if let target { extra["target"] = target }
+        report.add(Figure(benchmark: name, median_ns: median(many.latencies), baseline: "the same calls from one client",
+                          baseline_median_ns: median(one.latencies), extra: extra))
     }
 
     /// One figure: median, p99 and requests/s of one client (calls over their wall time).
@@ -108,11 +209,11 @@ final class APIProcess {
     let process = Process()
     let port: Int
 
-    init(binary: String, store: String) throws {
+    /// `socket`: the daemon the API delivers to with a SQLite store (it may start later).
+    init(binary: String, store: String, socket: String) throws {
         process.executableURL = URL(fileURLWithPath: binary)
-        // No daemon listens at --socket: the measured groups have no members, so nothing is delivered.
         process.arguments = ["--store", store, "--listen", "127.0.0.1:0", "--no-auth", "--account", "000000000000",
-                             "--socket", "/nonexistent/rampartd.sock"]
+                             "--socket", socket]
         let out = Pipe()
         process.standardOutput = out
         process.standardError = FileHandle.nullDevice
@@ -196,5 +297,64 @@ final class HTTPClient {
         let answer = String(decoding: buffer[start..<start + length], as: UTF8.self)
         guard status == 200 else { throw ValidationError("HTTP \(status): \(answer)") }
         return answer
+    }
+}
+
+/// A value handed to one thread that alone uses it.
+struct UncheckedBox<T>: @unchecked Sendable {
+    let value: T
+    init(_ value: T) { self.value = value }
+}
+
+/// The bench's hypervisor `EC2Bench.host`: a real daemon enforcing nftables in a namespace.
+/// SQLite: served on the Unix socket the API (and the verb's delivery) reach; PostgreSQL:
+/// following its host's change log. `position` tells how far it has applied.
+final class Hypervisor {
+    private var socketDaemon: (Daemon, APIServer, DaemonClient)?
+    private var logDaemon: LiveDaemon?
+
+    init(address: String, netns: String, socket: String) throws {
+        if address.hasPrefix("postgres") {
+            let d = try LiveDaemon(url: address, host: EC2Bench.host, netns: netns)
+            try d.waitReady()
+            logDaemon = d
+        } else {
+            socketDaemon = try SQLiteBaseline.startDaemon(host: EC2Bench.host, store: address, netns: netns, socket: socket)
+        }
+    }
+
+    private var daemon: Daemon { socketDaemon?.0 ?? logDaemon!.daemon }
+
+    /// How far the daemon has applied: the change-log position (PostgreSQL), or its commits
+    /// (SQLite: the API returns only after the daemon has committed what it delivered).
+    var position: Int64 { logDaemon.map(\.applied) ?? Int64(daemon.currentStatus.commits) }
+
+    /// Waits until the daemon has applied past `mark` (30 s at most).
+    func waitPast(_ mark: Int64) throws {
+        let deadline = monotonicNanos() + 30_000_000_000
+        while position <= mark {
+            if monotonicNanos() > deadline { throw ValidationError("\(EC2Bench.host) did not apply a change within 30 s") }
+            usleep(50)
+        }
+    }
+
+    /// What the controller verb does after its store call: SQLite, deliver each refresh and
+    /// wait for its commit (as `rampart` does); PostgreSQL, wait until the host's row is applied.
+    func apply(_ deliveries: [Delivery]) throws {
+        guard deliveries.contains(where: { $0.host == EC2Bench.host }) else { throw ValidationError("the verb did not reach \(EC2Bench.host)") }
+        if let (_, _, client) = socketDaemon {
+            for d in deliveries where d.host == EC2Bench.host {
+                let r = try client.deliver(d.refresh, wait: true)
+                guard r.status == 200 else { throw ValidationError("\(d): \(r.status) \(r.body)") }
+            }
+        } else {
+            let target = deliveries.filter { $0.host == EC2Bench.host }.compactMap(\.sequence).max() ?? 0
+            try waitPast(target - 1)
+        }
+    }
+
+    func stop() {
+        if let d = socketDaemon { SQLiteBaseline.stopDaemon(d) }
+        logDaemon?.stop()
     }
 }

@@ -41,6 +41,9 @@ struct RampartRelayCommand: ParsableCommand {
     @Option(help: "Seconds between status lines on stderr (0: none).")
     var statusInterval: Double = 10
 
+    @Option(help: "Serve GET /metrics (Prometheus text) on ADDRESS:PORT (plain HTTP; default: no metrics).")
+    var metrics: String?
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
@@ -61,10 +64,12 @@ struct RampartRelayCommand: ParsableCommand {
             throw ExitCode(1)
         }
         let endpoint: RelayEndpoint
+        let metricsEndpoint: RelayEndpoint?
         let tokens: TokenFile
         let location: PostgresLocation
         do {
             endpoint = try RelayEndpoint(listen)
+            metricsEndpoint = try metrics.map { m throws(RelayError) in try RelayEndpoint(m) }
             tokens = try TokenFile(path: tokenFile)
             guard let url = store ?? ProcessInfo.processInfo.environment["RAMPART_STORE"] else { throw RelayError("--store (or RAMPART_STORE) is required") }
             location = try PostgresLocation(url: url)
@@ -104,6 +109,18 @@ struct RampartRelayCommand: ParsableCommand {
             throw ExitCode(3)
         }
         logger.info("relaying", metadata: ["listen": "\(endpoint.host):\(port)", "tls": "\(tls != nil)", "hosts": "\(tokens.tokens.count)"])
+        let metricsServer = metricsEndpoint.map { RelayMetricsServer(hub: hub, host: $0.host, port: $0.port, group: MultiThreadedEventLoopGroup.singleton) }
+        if let metricsServer {
+            do {
+                let bound = try metricsServer.start()
+                logger.info("metrics", metadata: ["listen": "\(metricsEndpoint!.host):\(bound)", "path": "/metrics"])
+            } catch {
+                logger.critical("cannot serve metrics: \(error)")
+                server.stop()
+                hub.stop()
+                throw ExitCode(3)
+            }
+        }
         let stopped = DispatchSemaphore(value: 0)
         let signals = [SIGTERM, SIGINT].map { sig -> any DispatchSourceSignal in
             signal(sig, SIG_IGN)
@@ -118,6 +135,7 @@ struct RampartRelayCommand: ParsableCommand {
         _ = signals
         reporter?.stop()
         logger.info("stopping")
+        metricsServer?.stop()
         server.stop()
         hub.stop()
     }

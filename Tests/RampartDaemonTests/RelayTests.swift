@@ -401,8 +401,9 @@ struct RelayTests {
         let refused = try runCommand(["timeout", "20", executable("rampart-relay"), "--store", f.url, "--token-file", unsafe, "--listen", "127.0.0.1:\(port)"])
         #expect(refused.status == 1)
         #expect(refused.stderr.contains("it must be 0600"), "\(refused.stderr)")
+        let metricsPort = try freeLoopbackPort()
         let relay = try Command([executable("rampart-relay"), "--store", f.url, "--token-file", f.tokenPath, "--listen", "127.0.0.1:\(port)",
-                                 "--log-level", "warning"], output: .inherit).spawn()
+                                 "--metrics", "127.0.0.1:\(metricsPort)", "--log-level", "warning"], output: .inherit).spawn()
         defer { relay.signal(SIGKILL); _ = try? relay.wait() }
         #expect(eventually(10) {
             guard let c = try? LineClient(port: port) else { return false }
@@ -414,6 +415,10 @@ struct RelayTests {
         let truth = try f.truth("hv3")
         #expect(try reader.read(until: { $0.rows.count >= truth.count }))
         #expect(reader.rows == truth)
+        // --metrics serves the same counters to a scraper.
+        let metrics = try RelayMetricsTests.get(port: metricsPort, path: "/metrics")
+        #expect(RelayMetricsTests.value(metrics, "rampart_relay_subscribers") == 1, "\(metrics)")
+        #expect(RelayMetricsTests.value(metrics, "rampart_relay_rows_sent_total") >= truth.count)
         relay.signal(SIGTERM)
         #expect((try? relay.wait(timeout: 10)) == 0)
     }

@@ -29,8 +29,12 @@ final class FakeDaemon: @unchecked Sendable {
         t.start()
     }
 
+    private var statusCalls = 0
+
     /// The refresh calls received so far.
     var received: [String] { lock.withLock { paths } }
+    /// How many times it was asked its status (which host it serves).
+    var statusAsked: Int { lock.withLock { statusCalls } }
 
     private func serve() {
         while true {
@@ -50,11 +54,20 @@ final class FakeDaemon: @unchecked Sendable {
                 let p = String(parts[1].split(separator: "?").first ?? "")
                 lock.withLock { paths.append(p) }
                 body = "{\"applied\":true}"
+            } else {
+                lock.withLock { statusCalls += 1 }
             }
             let response = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n" + body
             _ = response.withCString { send(c, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
             close(c)
         }
+    }
+
+    /// Stops listening and removes the socket file (its thread holds it: deinit alone would
+    /// not run while it serves).
+    func stop() {
+        shutdown(fd, Int32(SHUT_RDWR))
+        unlink(path)
     }
 
     deinit {
