@@ -109,7 +109,7 @@ extension APIServerFixture {
     }
 
     @Test func refusalsPaginationAndAccountsWithBoto3() throws {
-        let api = try APIServerFixture()
+        let api = try APIServerFixture(arguments: ["--regions", "us-east-1,eu-west-1"])
         _ = try api.store().setGuardedPrefixes(host: "hv1", ["tap"])
         let setup = try api.python(pythonPrelude + """
             vpc = ec2.create_vpc(CidrBlock='10.0.0.0/24')['Vpc']['VpcId']
@@ -178,7 +178,7 @@ extension APIServerFixture {
         ])
         #expect(try api.fullSnapshot() == before)
 
-        // Another account: A's VPCs do not exist for it (its own default VPC appears on its first call).
+        // Another account, or region: A's VPCs do not exist for it (its own default VPC appears on its first call).
         let beforeA = (try api.snapshot()[0], try api.vpcSnapshot().filter { $0.contains(keyA.account) })
         let b = try api.python(pythonPrelude + """
             vpc, g = '\(vpc)', '\(g)'
@@ -196,6 +196,15 @@ extension APIServerFixture {
         #expect(b["describe"] as? String == "InvalidVpcID.NotFound" && b["delete"] as? String == "InvalidVpcID.NotFound")
         #expect(b["group"] as? String == "InvalidVpcID.NotFound" && b["tag"] as? String == "InvalidVpcID.NotFound")
         #expect(b["run"] as? String == "InvalidGroup.NotFound")
+        // The same account in another region: its own default VPC only.
+        let eu = try api.python(pythonPrelude + """
+            vpc = '\(vpc)'
+            eu = boto3.client('ec2', endpoint_url=os.environ['ENDPOINT'], region_name='eu-west-1', config=Config(retries={'max_attempts': 1, 'mode': 'standard'}))
+            print(json.dumps({'vpcs': [v['CidrBlock'] for v in eu.describe_vpcs()['Vpcs']], 'describe': code(eu.describe_vpcs, VpcIds=[vpc]),
+                              'delete': code(eu.delete_vpc, VpcId=vpc), 'group': code(eu.create_security_group, GroupName='x', Description='x', VpcId=vpc)}))
+            """)
+        #expect(eu["vpcs"] as? [String] == ["172.31.0.0/16"] && eu["describe"] as? String == "InvalidVpcID.NotFound")
+        #expect(eu["delete"] as? String == "InvalidVpcID.NotFound" && eu["group"] as? String == "InvalidVpcID.NotFound")
         #expect(try api.snapshot()[0] == beforeA.0 && api.vpcSnapshot().filter { $0.contains(keyA.account) } == beforeA.1)
 
         // Pagination: 8 VPCs in pages of 5, each once, in id order; filters apply before paging.
