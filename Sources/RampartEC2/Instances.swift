@@ -5,6 +5,8 @@ import RampartStore
 /// RunInstances and DescribeInstances (the lifecycle actions are in Lifecycle.swift): an instance is the contract's instance
 /// record on a registered hypervisor (a host the store knows), with one address from its VPC's
 /// range, a MAC and an interface name (`tap` + 12 hex of its id), in security groups of its VPC.
+/// There are no subnets: the VPC is the one of its `SecurityGroupId.N` (all of one VPC), else
+/// the default VPC.
 extension EC2Service {
     func runInstances(_ form: Form, _ caller: Caller) throws(EC2Error) -> (inout XMLWriter) -> Void {
         let image = try form.required("ImageId")
@@ -14,6 +16,9 @@ extension EC2Service {
         let groupIDs = try form.strings("SecurityGroupId")
         let groupNames = try form.strings("SecurityGroup")
         let hostID = form.string("Placement.HostId")
+        if form.string("SubnetId") != nil {
+            throw EC2Error("UnsupportedOperation", "SubnetId: this server has no subnets; an instance's VPC is the one of its SecurityGroupId.N")
+        }
         _ = form.string("Placement.AvailabilityZone")
         let token = form.string("ClientToken")
         let dryRun = try form.bool("DryRun")
@@ -34,14 +39,18 @@ extension EC2Service {
                         + tx.terminatedInstances(account: caller.account, region: caller.region, since: terminatedCutoff)).filter { $0.clientToken == token }
                     if let first = earlier.first { return ((first.reservation, earlier), []) }
                 }
-                var groups: [String] = []
-                for id in groupIDs {
-                    let g = try Self.ownGroup(tx, caller, id: id)
-                    guard g.vpc.id == vpc.id else { throw EC2Error("InvalidParameterCombination", "Security group \(id) is not in VPC \(vpc.id)") }
-                    groups.append(g.id)
+                // The VPC is the groups' (AWS takes it from SubnetId, and refuses groups of another
+                // network); names (SecurityGroup.N) are of the default VPC's groups.
+                var groups: [(id: String, vpc: EC2VPC)] = []
+                for id in groupIDs { let g = try Self.ownGroup(tx, caller, id: id); groups.append((g.id, g.vpc)) }
+                for n in groupNames { groups.append((try Self.resolve(tx, caller, vpc, (nil, n)).id, vpc)) }
+                let target = groups.first?.vpc ?? vpc
+                if let other = groups.first(where: { $0.vpc.id != target.id }) {
+                    throw EC2Error("InvalidParameterCombination",
+                                   "Security groups \(groups[0].id) and \(other.id) belong to different networks (\(target.id), \(other.vpc.id))")
                 }
-                for n in groupNames { groups.append(try Self.resolve(tx, caller, vpc, (nil, n)).id) }
-                if groups.isEmpty, let def = try tx.groupID(vpc: vpc.id, name: "default") { groups = [def] }
+                var memberOf = groups.map { $0.id }
+                if memberOf.isEmpty, let def = try tx.groupID(vpc: target.id, name: "default") { memberOf = [def] }
                 let loads = try tx.hostLoads()
                 let host: String
                 if let hostID {
@@ -53,19 +62,21 @@ extension EC2Service {
                     }
                     host = least.host
                 }
-                var used = try tx.addresses(vpc: vpc.id)
+                // Addresses are unique in the VPC, and on the hypervisor whatever the VPC: it
+                // enforces by address (anti-spoofing, group members), and VPC ranges may overlap.
+                var used = try tx.addresses(vpc: target.id).union(tx.addresses(host: host))
                 let reservation = Self.newID("r")
                 let now = ISO8601DateFormatter().string(from: Date())
                 var out: [EC2Instance] = []
                 var deliveries: [Delivery] = []
                 for _ in 0..<maxCount {
                     let id = Self.newID("i")
-                    guard let address = Self.freeAddress(in: vpc.cidr, used: used) else {
-                        throw EC2Error("InsufficientFreeAddressesInSubnet", "No free address left in \(vpc.cidr)")
+                    guard let address = Self.freeAddress(in: target.cidr, used: used) else {
+                        throw EC2Error("InsufficientFreeAddressesInSubnet", "No free address left in \(target.cidr) (of VPC \(target.id)) for host \(host)")
                     }
                     used.insert(address)
-                    let record = Instance(host: host, groups: groups, ips: [address], interface: "tap" + id.dropFirst(2).prefix(12), mac: Self.newMAC())
-                    let meta = EC2Instance(id: id, vpc: vpc, reservation: reservation, image: image, type: type, launched: now,
+                    let record = Instance(host: host, groups: memberOf, ips: [address], interface: "tap" + id.dropFirst(2).prefix(12), mac: Self.newMAC())
+                    let meta = EC2Instance(id: id, vpc: target, reservation: reservation, image: image, type: type, launched: now,
                                            clientToken: token, record: record)
                     deliveries += try tx.insertInstance(id, record, meta)
                     out.append(meta)
@@ -87,12 +98,7 @@ extension EC2Service {
         let filters = try Self.parseFilters(form) {
             ["instance-id", "instance-state-name", "private-ip-address", "instance.group-id", "vpc-id", "image-id", "instance-type"].contains($0)
         }
-        let size = try Self.pageSize(form, range: 5...1000)
-        let after = try form.string("NextToken").map { t throws(EC2Error) in try Self.parseToken(t) }
-        let dryRun = try form.bool("DryRun")
-        try finish(form)
-        if dryRun { throw .dryRun }
-        if size != nil && !ids.isEmpty { throw EC2Error("InvalidParameterCombination", "The parameter instancesSet cannot be used with the parameter maxResults") }
+        let (size, after) = try describePaging(form, listed: !ids.isEmpty, listName: "instancesSet")
         for id in ids where !Self.isID(id, "i") { throw Self.malformedInstanceID(id) }
         let cutoff = terminatedCutoff
         let all: [EC2Instance] = try read(caller) { tx, _ throws(EC2Error) in

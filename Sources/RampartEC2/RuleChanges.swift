@@ -41,7 +41,7 @@ extension EC2Service {
         try change(dryRun, caller) { tx, _ throws(EC2Error) -> (Void, [Delivery]) in
             try Self.storeCall {
                 let g = try Self.ownGroup(tx, caller, id: groupID)
-                for r in referenced { _ = try Self.ownGroup(tx, caller, id: r) }
+                for r in referenced { try Self.checkReferenced(tx, caller, r, from: g) }
                 var rules = g.rules
                 var descriptions = g.ruleDescriptions
                 for c in changes {

@@ -66,6 +66,7 @@ public final class EC2Service: Sendable {
         "ModifySecurityGroupRules", "UpdateSecurityGroupRuleDescriptionsIngress", "UpdateSecurityGroupRuleDescriptionsEgress",
         "CreateTags", "DeleteTags", "RunInstances", "TerminateInstances", "DescribeInstances",
         "StopInstances", "StartInstances", "RebootInstances", "ModifyInstanceAttribute", "DescribeInstanceAttribute",
+        "CreateVpc", "DescribeVpcs", "DeleteVpc",
     ]
 
     /// Answers one request: the XML body of a success, or the error.
@@ -98,6 +99,9 @@ public final class EC2Service: Sendable {
         case "RebootInstances": body = try transition(form, caller, .reboot)
         case "ModifyInstanceAttribute": body = try modifyInstanceAttribute(form, caller)
         case "DescribeInstanceAttribute": body = try describeInstanceAttribute(form, caller)
+        case "CreateVpc": body = try createVpc(form, caller)
+        case "DescribeVpcs": body = try describeVpcs(form, caller)
+        case "DeleteVpc": body = try deleteVpc(form, caller)
         default: throw EC2Error("InvalidAction", "The action \(action) is not valid for this web service.")
         }
         return XMLWriter.response(action, requestID: requestID, body)
@@ -183,13 +187,7 @@ public final class EC2Service: Sendable {
         if let v = try tx.defaultVPC(account: caller.account, region: caller.region) { return v }
         let vpc = EC2VPC(id: newID("vpc"), account: caller.account, region: caller.region, cidr: "172.31.0.0/16", isDefault: true)
         try tx.insertVPC(vpc)
-        let sg = newID("sg")
-        try tx.insertGroup(id: sg, vpc: vpc.id, name: "default", description: "default VPC security group")
-        let rules = [
-            Rule(id: newID("sgr"), direction: .ingress, proto: .any, remote: .group(sg)),
-            Rule(id: newID("sgr"), direction: .egress, proto: .any, remote: .cidr(anyIPv4)),
-        ]
-        _ = try tx.setRules(sg, rules, descriptions: [:])
+        try createDefaultGroup(tx, vpc: vpc.id)
         return vpc
     }
 
@@ -285,13 +283,7 @@ public final class EC2Service: Sendable {
         guard description.unicodeScalars.count <= 255 else { throw .invalidParameter("GroupDescription: at most 255 characters") }
         let (id, tagged): (String, [String: String]) = try change(dryRun, caller) { tx, vpc throws(EC2Error) in
             do {
-                var target = vpc
-                if let vpcID, vpcID != vpc.id {
-                    guard let v = try tx.vpc(vpcID), v.account == caller.account, v.region == caller.region else {
-                        throw EC2Error("InvalidVpcID.NotFound", "The vpc ID '\(vpcID)' does not exist")
-                    }
-                    target = v
-                }
+                let target = try vpcID.map { try Self.ownVPC(tx, caller, id: $0) } ?? vpc
                 if try tx.groupID(vpc: target.id, name: name) != nil {
                     throw EC2Error("InvalidGroup.Duplicate", "The security group '\(name)' already exists for VPC '\(target.id)'")
                 }
@@ -351,7 +343,7 @@ public final class EC2Service: Sendable {
         let (group, added): (EC2Group, [Rule]) = try change(dryRun, caller) { tx, vpc throws(EC2Error) in
             do {
                 let g = try Self.resolve(tx, caller, vpc, t)
-                for r in referenced { _ = try Self.ownGroup(tx, caller, id: r) }
+                for r in referenced { try Self.checkReferenced(tx, caller, r, from: g) }
                 var rules = g.rules
                 var descriptions = g.ruleDescriptions
                 var added: [Rule] = []
@@ -462,6 +454,20 @@ public final class EC2Service: Sendable {
         return n
     }
 
+    /// The end of a Describe's parameters, read the same way by every Describe: `MaxResults`
+    /// (5–1000), `NextToken`, `DryRun` (answered here, once every parameter is read and the
+    /// unread ones refused). `MaxResults` with an explicit list of ids (`listed`) is
+    /// `InvalidParameterCombination`, naming the list as AWS does (`listName`).
+    func describePaging(_ form: Form, listed: Bool, listName: String) throws(EC2Error) -> (size: Int?, after: String?) {
+        let size = try Self.pageSize(form, range: 5...1000)
+        let after = try form.string("NextToken").map { t throws(EC2Error) in try Self.parseToken(t) }
+        let dryRun = try form.bool("DryRun")
+        try finish(form)
+        if dryRun { throw .dryRun }
+        if size != nil && listed { throw EC2Error("InvalidParameterCombination", "The parameter \(listName) cannot be used with the parameter maxResults") }
+        return (size, after)
+    }
+
     static func token(after id: String) -> String { Data(("v1:" + id).utf8).base64EncodedString() }
 
     static func parseToken(_ t: String) throws(EC2Error) -> String {
@@ -484,14 +490,7 @@ public final class EC2Service: Sendable {
         let ids = try form.strings("GroupId")
         let names = try form.strings("GroupName")
         let filters = try Self.parseFilters(form) { ["group-id", "group-name", "vpc-id", "description", "owner-id", "tag-key"].contains($0) || $0.hasPrefix("tag:") }
-        let size = try Self.pageSize(form, range: 5...1000)
-        let after = try form.string("NextToken").map { t throws(EC2Error) in try Self.parseToken(t) }
-        let dryRun = try form.bool("DryRun")
-        try finish(form)
-        if dryRun { throw .dryRun }
-        if size != nil && !(ids.isEmpty && names.isEmpty) {
-            throw EC2Error("InvalidParameterCombination", "The parameter GroupIds or GroupNames cannot be used with the parameter maxResults")
-        }
+        let (size, after) = try describePaging(form, listed: !(ids.isEmpty && names.isEmpty), listName: "GroupIds or GroupNames")
         for id in ids where !Self.isID(id, "sg") { throw EC2Error.malformedGroupID(id) }
         let groups: [EC2Group] = try read(caller) { tx, vpc throws(EC2Error) in
             do {
@@ -537,11 +536,7 @@ public final class EC2Service: Sendable {
     func describeSecurityGroupRules(_ form: Form, _ caller: Caller) throws(EC2Error) -> (inout XMLWriter) -> Void {
         let ids = try form.strings("SecurityGroupRuleId")
         let filters = try Self.parseFilters(form) { ["group-id", "security-group-rule-id", "tag-key"].contains($0) || $0.hasPrefix("tag:") }
-        let size = try Self.pageSize(form, range: 5...1000)
-        let after = try form.string("NextToken").map { t throws(EC2Error) in try Self.parseToken(t) }
-        let dryRun = try form.bool("DryRun")
-        try finish(form)
-        if dryRun { throw .dryRun }
+        let (size, after) = try describePaging(form, listed: false, listName: "")
         for id in ids where !Self.isID(id, "sgr") { throw Self.malformedRuleID(id) }
         let groups: [EC2Group] = try read(caller) { tx, _ throws(EC2Error) in
             do { return try tx.groups(account: caller.account, region: caller.region) } catch let e as StoreError { throw Self.storeFailure(e) } catch { throw .server("\(error)") }
@@ -574,7 +569,7 @@ public final class EC2Service: Sendable {
 
     // MARK: tags
 
-    /// CreateTags/DeleteTags on security groups (`sg-`) and their rules (`sgr-`).
+    /// CreateTags/DeleteTags on VPCs (`vpc-`), security groups (`sg-`) and their rules (`sgr-`).
     func tags(_ form: Form, _ caller: Caller, create: Bool) throws(EC2Error) -> (inout XMLWriter) -> Void {
         let resources = try form.strings("ResourceId")
         if resources.isEmpty { throw .missing("ResourceId.1") }
@@ -582,8 +577,8 @@ public final class EC2Service: Sendable {
         if create && tags.isEmpty { throw .missing("Tag.1.Key") }
         let dryRun = try form.bool("DryRun")
         try finish(form)
-        for r in resources where !Self.isID(r, "sg") && !Self.isID(r, "sgr") {
-            throw EC2Error("InvalidID", "The ID '\(r)' is not valid (this server tags security groups and their rules only)")
+        for r in resources where !Self.isID(r, "sg") && !Self.isID(r, "sgr") && !Self.isID(r, "vpc") {
+            throw EC2Error("InvalidID", "The ID '\(r)' is not valid (this server tags VPCs, security groups and their rules only)")
         }
         try change(dryRun, caller) { tx, _ throws(EC2Error) -> (Void, [Delivery]) in
             try Self.storeCall {
@@ -594,6 +589,8 @@ public final class EC2Service: Sendable {
                     if Self.isID(r, "sgr") {
                         guard let g = owned.first(where: { $0.rules.contains { $0.id == r } }) else { throw Self.ruleNotFound(r, in: "this account's groups") }
                         (group, rule) = (g.id, r)
+                    } else if Self.isID(r, "vpc") {
+                        _ = try Self.ownVPC(tx, caller, id: r)
                     } else {
                         _ = try Self.ownGroup(tx, caller, id: r)
                     }

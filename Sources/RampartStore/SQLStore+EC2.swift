@@ -137,7 +137,7 @@ public struct EC2Transaction {
 
     // MARK: VPCs
 
-    private func vpcs(_ whereClause: String, _ args: [SQLValue]) throws(StoreError) -> [EC2VPC] {
+    func vpcs(_ whereClause: String, _ args: [SQLValue]) throws(StoreError) -> [EC2VPC] {
         try db.query("SELECT id, account, region, cidr, is_default FROM ec2_vpcs " + whereClause, args).map { r in
             EC2VPC(id: r[0] ?? "", account: r[1] ?? "", region: r[2] ?? "", cidr: r[3] ?? "", isDefault: r[4] == "1")
         }
@@ -337,8 +337,13 @@ public struct EC2Transaction {
 
     /// Every address used by an instance of `vpc`.
     public func addresses(vpc: String) throws(StoreError) -> Set<IPAddress> {
+        try addresses("SELECT i.ips FROM instances i JOIN ec2_instances e ON e.id = i.id WHERE e.vpc_id = ?", [.text(vpc)])
+    }
+
+    /// The addresses in the `ips` column (comma-separated) of the rows `query` selects.
+    func addresses(_ query: String, _ args: [SQLValue]) throws(StoreError) -> Set<IPAddress> {
         var out = Set<IPAddress>()
-        for r in try db.query("SELECT i.ips FROM instances i JOIN ec2_instances e ON e.id = i.id WHERE e.vpc_id = ?", .text(vpc)) {
+        for r in try db.query(query, args) {
             for t in (r[0] ?? "").split(separator: ",") { if let a = IPAddress(String(t)) { out.insert(a) } }
         }
         return out

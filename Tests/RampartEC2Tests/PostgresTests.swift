@@ -46,4 +46,31 @@ struct EC2PostgresTests {
         _ = try api.awsOK(["delete-security-group", "--group-id", web])
         #expect(try st.group(web) == nil)
     }
+
+    /// A VPC with its default group, a group and an instance in it; DeleteVpc refused while in
+    /// use (nothing changed), then deleted with its default group and terminated instance.
+    @Test func vpcsOnPostgres() throws {
+        let url = try SharedPostgres.freshDatabase("ec2vpc")
+        let api = try APIServerFixture(store: url)
+        let st = try #require(try api.store() as? PostgresStore)
+        _ = try st.setGuardedPrefixes(host: "hv1", ["tap"])
+        let vpc = try #require((try api.awsOK(["create-vpc", "--cidr-block", "10.5.0.0/24", "--tag-specifications",
+                                               "ResourceType=vpc,Tags=[{Key=env,Value=test}]"])["Vpc"] as? [String: Any])?["VpcId"] as? String)
+        #expect(items(try api.awsOK(["describe-vpcs", "--filters", "Name=tag:env,Values=test"]), "Vpcs").compactMap { $0["VpcId"] as? String } == [vpc])
+        let vpcDefault = try #require(try st.ec2Read { tx in try tx.groupID(vpc: vpc, name: "default") })
+        let app = try #require(try api.awsOK(["create-security-group", "--vpc-id", vpc, "--group-name", "app", "--description", "a"])["GroupId"] as? String)
+        let launched = try #require(items(try api.awsOK(["run-instances", "--image-id", "ami-1", "--security-group-ids", app, "--placement", "HostId=hv1"]),
+                                          "Instances").first)
+        #expect(launched["PrivateIpAddress"] as? String == "10.5.0.4" && launched["VpcId"] as? String == vpc)
+        try api.awsFails(["delete-vpc", "--vpc-id", vpc], code: "InvalidVpcID.NotFound", as: keyB)
+        let before = try api.fullSnapshot()
+        try api.awsFails(["delete-vpc", "--vpc-id", vpc], code: "DependencyViolation")
+        #expect(try api.fullSnapshot() == before)
+        _ = try api.awsOK(["terminate-instances", "--instance-ids", try #require(launched["InstanceId"] as? String)])
+        _ = try api.awsOK(["delete-security-group", "--group-id", app])
+        _ = try api.awsOK(["delete-vpc", "--vpc-id", vpc])
+        #expect(try st.group(vpcDefault) == nil)
+        #expect(try st.ec2Read { tx in try tx.vpc(vpc) } == nil)
+        #expect(items(try api.awsOK(["describe-vpcs"]), "Vpcs").count == 1)
+    }
 }
