@@ -176,7 +176,10 @@ public enum Revocation {
         let found = DispatchTime.now().uptimeNanoseconds
         report.findNanoseconds = found - start
         if !doomed.isEmpty {
-            let d = try conntrack.delete(doomed)
+            // Through the index when it found them: it leaves the DESTROY events out meanwhile.
+            let d = try report.indexed && index != nil
+                ? index!.deleting(doomed) { (e) throws(NetlinkError) in try conntrack.delete(e) }
+                : conntrack.delete(doomed)
             report.cut = d.deleted
             report.alreadyGone = d.alreadyGone
         }
