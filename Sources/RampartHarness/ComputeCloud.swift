@@ -6,8 +6,8 @@ import RampartSystem
 /// knows them (guarded prefix `tap`), one `rampartd` per hypervisor namespace on its own socket,
 /// and `rampart-api` on 127.0.0.1 with `--compute netns` over them, signed with a key file it
 /// writes (0600). Instances come from `aws ec2 run-instances`; each is a namespace named as its
-/// id. `destroy()` (also on deinit) stops the processes and removes the instance namespaces
-/// the store still lists, the cloud and the directory.
+/// id. `destroy()` (also on deinit) stops the processes and removes the namespaces of the
+/// store's instances, the cloud and the directory.
 public final class ComputeCloud: @unchecked Sendable {
     /// An access key of the API's key file.
     public struct Key: Sendable {
@@ -108,20 +108,18 @@ public final class ComputeCloud: @unchecked Sendable {
         return (id, address)
     }
 
-    /// The namespaces of the instances the store lists on this cloud's hypervisors that exist.
+    /// The namespaces that exist of the instances the store knows, live or terminated (its
+    /// `ec2_instances` and `ec2_terminated` tables, docs/ec2-api.md): a terminated instance's
+    /// namespace is left only if the driver failed to remove it.
     public func instanceNamespaces() -> [String] {
-        var out: [String] = []
-        for host in hosts {
-            guard let r = try? runCommand([binaries + "/rampart", "export", "--host", host, "--store", storePath]), r.succeeded,
-                  let doc = try? JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any],
-                  let instances = doc["instances"] as? [String: Any] else { continue }
-            out += instances.keys.filter { FileManager.default.fileExists(atPath: "/run/netns/\($0)") }
-        }
-        return out.sorted()
+        let query = "SELECT id FROM ec2_instances UNION SELECT id FROM ec2_terminated"
+        guard let r = try? runCommand(["sqlite3", "-readonly", storePath, query]), r.succeeded else { return [] }
+        return r.stdout.split(separator: "\n").map(String.init)
+            .filter { $0.hasPrefix("i-") && !$0.contains("/") && FileManager.default.fileExists(atPath: "/run/netns/\($0)") }.sorted()
     }
 
-    /// Stops rampart-api and every rampartd, removes the instance namespaces the store still
-    /// lists, the cloud's namespaces and the directory (idempotent).
+    /// Stops rampart-api and every rampartd, removes the instance namespaces of the store's
+    /// instances, the cloud's namespaces and the directory (idempotent).
     public func destroy() {
         guard destroyed.claim() else { return }
         let running = lock.withLock { defer { processes = [] }; return processes }
