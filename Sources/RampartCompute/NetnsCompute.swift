@@ -95,7 +95,7 @@ public final class NetnsCompute: InstanceCompute, @unchecked Sendable {
                 try runIPBatch(in: fabric, addresses.map { FabricWiring.route("replace", to: $0, device: record.host) })
             }
             for a in addresses { holders[a] = ns }
-            try waitUntilUp(ns, hypervisor: hypervisor, tap: tap)
+            try waitUntilUp([(ns, RoutedWiring.instanceDevice), (hypervisor, tap)])
         } catch {
             _ = try? runChecked(["ip", "netns", "del", ns])
             try? removeFabricRoutes(addresses, of: ns)
@@ -109,6 +109,8 @@ public final class NetnsCompute: InstanceCompute, @unchecked Sendable {
         let device = RoutedWiring.instanceDevice
         guard up else { return try runIPBatch(in: ns, ["link set \(device) down"]) }
         try runIPBatch(in: ns, ["link set \(device) up"] + RoutedWiring.instanceRoutes(addresses: try addresses(of: ns)))
+        // The tap stayed up: eth0 up means the carrier is back on both ends.
+        try waitUntilUp([(ns, device)])
     }
 
     /// The addresses on the instance's `eth0`.
@@ -131,18 +133,20 @@ public final class NetnsCompute: InstanceCompute, @unchecked Sendable {
         }
     }
 
-    /// Returns once both ends of the new veth are up: a fresh veth drops what is sent before
-    /// the kernel's link watcher has attached its queue, and the watcher sets the operational
-    /// state in the same step, under the lock a link dump also takes.
-    private func waitUntilUp(_ ns: String, hypervisor: String, tap: String) throws {
+    /// Returns once every (namespace, device) is operationally up: a veth just raised drops
+    /// what is sent before the kernel's link watcher has attached its queue, and the watcher
+    /// sets the operational state in the same step, under the lock a link dump also takes.
+    private func waitUntilUp(_ devices: [(namespace: String, device: String)]) throws {
         let deadline = Date().addingTimeInterval(Self.linkTimeout)
         func up(_ namespace: String, _ device: String) -> Bool {
             let out = (try? runChecked(["ip", "-n", namespace, "-j", "link", "show", "dev", device]).stdout) ?? ""
             let links = (try? JSONSerialization.jsonObject(with: Data(out.utf8))) as? [[String: Any]] ?? []
             return links.first?["operstate"] as? String == "UP"
         }
-        while !(up(ns, RoutedWiring.instanceDevice) && up(hypervisor, tap)) {
-            guard Date() < deadline else { throw WiringError("\(ns): its link did not come up within \(Self.linkTimeout) s") }
+        while let down = devices.first(where: { !up($0.namespace, $0.device) }) {
+            guard Date() < deadline else {
+                throw WiringError("\(down.device) in \(down.namespace) did not come up within \(Self.linkTimeout) s")
+            }
             usleep(20_000)
         }
     }

@@ -23,6 +23,11 @@ public protocol InstanceCompute: Sendable {
     func setRunning(_ id: String, _ running: Bool) throws
 }
 
+/// Orders the compute calls of concurrent requests after their commits: a launch reads its
+/// instances' states under it, so that a terminate committed meanwhile is never followed by
+/// the launch of what it removed.
+private let computeOrder = NSLock()
+
 extension EC2Service {
     /// The registered hosts instances may be placed on: with a compute, those it serves. A host
     /// asked for by `Placement.HostId` that is registered but not served is refused here, in
@@ -46,10 +51,16 @@ extension EC2Service {
     /// launch ends in `terminated`.
     func realize(_ instances: [EC2Instance], _ caller: Caller) throws(EC2Error) {
         guard let compute, !instances.isEmpty else { return }
+        computeOrder.lock()
+        defer { computeOrder.unlock() }
+        // Their states now: a stop or terminate that committed since (another request) has had
+        // its compute call already, and must not be undone by this launch.
+        let ids = instances.map(\.id)
+        let current = (try? read(caller) { tx, _ throws(EC2Error) in try Self.storeCall { try ids.map { try lookup(tx, caller, $0) } } }) ?? instances
         do {
-            try compute.launch(instances)
+            try compute.launch(current)
         } catch {
-            let live = instances.filter { $0.state != .terminated }.map(\.id)
+            let live = current.filter { $0.state != .terminated }.map(\.id)
             let undone: String
             do {
                 let _: Int = try change(false, caller) { tx, _ throws(EC2Error) in
@@ -63,7 +74,7 @@ extension EC2Service {
                         return (0, deliveries.sorted())
                     }
                 }
-                for i in instances where live.contains(i.id) { try? compute.terminate(i.id, record: i.record) }
+                for i in current where live.contains(i.id) { try? compute.terminate(i.id, record: i.record) }
                 undone = "they were terminated"
             } catch let e {
                 undone = "terminating them failed too (\(e)): terminate them"
@@ -77,6 +88,8 @@ extension EC2Service {
     /// change stays committed, and repeating the call (idempotent) retries the compute.
     func realize(_ t: Transition, _ changes: [(id: String, after: EC2InstanceState)], _ caller: Caller) throws(EC2Error) {
         guard let compute, t != .reboot else { return }
+        computeOrder.lock()
+        defer { computeOrder.unlock() }
         for c in changes {
             do {
                 switch c.after {
