@@ -73,9 +73,12 @@ let package = Package(
             "RampartCore", "RampartNFTables", "RampartIPTables", "RampartConntrack", "RampartNetlink", "RampartSystem",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
+        // How a routed hypervisor wires an instance (and a fabric routes to it) with `ip`: the
+        // one description the harness and rampart-api's netns compute driver both follow.
+        .target(name: "RampartWiring", dependencies: ["RampartSystem"]),
         // Network-namespace fixtures for tests, benchmarks and the demo (uses `ip`, never on
         // Rampart's own kernel path).
-        .target(name: "RampartHarness", dependencies: ["RampartSystem"]),
+        .target(name: "RampartHarness", dependencies: ["RampartSystem", "RampartWiring"]),
         // SQLite from the system (libsqlite3-dev), for the embedded store.
         .systemLibrary(name: "CSQLite"),
         // The controller's store: groups, rules, instances, hosts; per-host documents; fan-out;
@@ -138,9 +141,12 @@ let package = Package(
             .product(name: "NIOHTTP1", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // rampart-api's `--compute netns`: an instance becomes a namespace and a veth on its
+        // hypervisor's namespace (demos and tests). docs/ec2-api.md, "A cloud you can touch".
+        .target(name: "RampartCompute", dependencies: ["RampartCore", "RampartEC2", "RampartStore", "RampartSystem", "RampartWiring"]),
         // rampart-api: the EC2 API server.
         .executableTarget(name: "rampart-api", dependencies: [
-            "RampartEC2", "RampartStore",
+            "RampartEC2", "RampartStore", "RampartCompute", "RampartWiring",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         // The change-log relay (docs/relay.md): one LISTEN and one log reader streaming each
@@ -187,7 +193,7 @@ let package = Package(
             dependencies: ["RampartNFTables", "RampartIPTables", "RampartConntrack", "RampartCore", "RampartNetlink", "RampartHarness", "RampartSystem", "RampartTestSupport"]
         ),
         .testTarget(name: "RampartIPTablesTests", dependencies: ["RampartIPTables", "RampartCore", "RampartHarness", "RampartSystem"]),
-        .testTarget(name: "RampartEC2Tests", dependencies: ["RampartEC2", "RampartStore", "RampartCore", "RampartHarness"]),
+        .testTarget(name: "RampartEC2Tests", dependencies: ["RampartEC2", "RampartStore", "RampartCore", "RampartHarness", "RampartCompute"]),
         .testTarget(name: "RampartStoreTests", dependencies: ["RampartStore", "RampartCore", "RampartCoreTestSupport", "RampartSystem", "RampartHarness"]),
         .testTarget(
             name: "RampartDaemonTests",

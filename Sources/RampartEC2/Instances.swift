@@ -51,7 +51,7 @@ extension EC2Service {
                 }
                 var memberOf = groups.map { $0.id }
                 if memberOf.isEmpty, let def = try tx.groupID(vpc: target.id, name: "default") { memberOf = [def] }
-                let loads = try tx.hostLoads()
+                let loads = try placeable(tx.hostLoads(), requested: hostID)  // the hosts --compute can serve
                 let host: String
                 if let hostID {
                     guard loads.contains(where: { $0.host == hostID }) else { throw EC2Error("InvalidHostId.NotFound", "The host '\(hostID)' is not a registered hypervisor") }
@@ -84,6 +84,7 @@ extension EC2Service {
                 return ((reservation, out), Array(Set(deliveries)).sorted())
             } catch let e as EC2Error { throw e } catch let e as StoreError { throw Self.storeFailure(e) } catch { throw .server("\(error)") }
         }
+        try realize(launched, caller)  // after COMMIT: --compute creates them (Compute.swift)
         let names = try groupNamesByID(caller)
         return { w in
             w.leaf("reservationId", reservation)

@@ -101,6 +101,7 @@ extension EC2Service {
                 return (out, deliveries.sorted())
             }
         }
+        try realize(t, changes.map { ($0.id, $0.after) }, caller)  // after COMMIT: --compute follows (Compute.swift)
         return { w in
             if t == .reboot { return w.leaf("return", true) }
             w.list("instancesSet", changes) { w, c in

@@ -46,16 +46,22 @@ public final class EC2Service: Sendable {
     public let pool: StorePool
     public let settings: EC2Settings
     let deliver: @Sendable ([Delivery]) -> Void
+    /// What makes the instances exist once their records are committed (`--compute`); nil:
+    /// records only, the operator's compute creates the devices (Compute.swift).
+    public let compute: (any InstanceCompute)?
 
     /// The service over one connection (requests take turns on it).
-    public convenience init(store: SQLStore, settings: EC2Settings = EC2Settings(), deliver: @escaping @Sendable ([Delivery]) -> Void) {
-        self.init(pool: StorePool([store]), settings: settings, deliver: deliver)
+    public convenience init(store: SQLStore, settings: EC2Settings = EC2Settings(), compute: (any InstanceCompute)? = nil,
+                            deliver: @escaping @Sendable ([Delivery]) -> Void) {
+        self.init(pool: StorePool([store]), settings: settings, compute: compute, deliver: deliver)
     }
 
     /// The service over a pool of connections to one store.
-    public init(pool: StorePool, settings: EC2Settings = EC2Settings(), deliver: @escaping @Sendable ([Delivery]) -> Void) {
+    public init(pool: StorePool, settings: EC2Settings = EC2Settings(), compute: (any InstanceCompute)? = nil,
+                deliver: @escaping @Sendable ([Delivery]) -> Void) {
         self.pool = pool
         self.settings = settings
+        self.compute = compute
         self.deliver = deliver
     }
 

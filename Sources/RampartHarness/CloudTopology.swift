@@ -1,4 +1,5 @@
 import Foundation
+import RampartWiring
 
 // Several routed hypervisors joined by a fabric, all in network namespaces: a small cloud on
 // one machine. See docs/topology.md for the picture. Each hypervisor is a `HypervisorTopology`
@@ -11,12 +12,12 @@ import Foundation
 public final class CloudTopology: ProbeRunning, @unchecked Sendable {
     /// The fabric's end of every uplink: 169.254.255.1/32 (scope link) and fe80::ff:1/64, the
     /// next hop of every hypervisor's default routes.
-    public static let fabricIPv4 = "169.254.255.1"
-    public static let fabricIPv6 = "fe80::ff:1"
+    public static let fabricIPv4 = FabricWiring.fabricIPv4
+    public static let fabricIPv6 = FabricWiring.fabricIPv6
     /// The hypervisor's end of its uplink: 169.254.255.2/32 (scope link) and fe80::ff:2/64, the
     /// next hop of the fabric's routes to that hypervisor's addresses.
-    public static let uplinkIPv4 = "169.254.255.2"
-    public static let uplinkIPv6 = "fe80::ff:2"
+    public static let uplinkIPv4 = FabricWiring.uplinkIPv4
+    public static let uplinkIPv6 = FabricWiring.uplinkIPv6
 
     public let spec: CloudTopologySpec
     /// The hypervisors, in spec order. Probe through the cloud, not through one of these: a
@@ -85,10 +86,7 @@ public final class CloudTopology: ProbeRunning, @unchecked Sendable {
                 "addr add \(fabricIPv6)/64 dev \(down) nodad",
             ]
             for node in [hv.hypervisorNode] + hv.instances {
-                for a in node.addresses {
-                    routes.append(isIPv6(a) ? "route add \(a)/128 via \(uplinkIPv6) dev \(down)"
-                                            : "route add \(a)/32 via \(uplinkIPv4) dev \(down) onlink")
-                }
+                routes += node.addresses.map { FabricWiring.route(to: $0, device: down) }
             }
         }
         try runCommand(["ip", "-n", fabric.name, "-batch", "-"], input: links.joined(separator: "\n") + "\n", check: true)

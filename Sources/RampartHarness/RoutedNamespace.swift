@@ -1,21 +1,15 @@
 import Foundation
+import RampartWiring
 
 /// What every routed fixture (`HypervisorTopology`, `CloudTopology`) sets in its namespaces,
 /// and how it dumps a router for a failing test's message.
 enum RoutedNamespace {
-    /// For every namespace, before any device exists (new devices copy "default"): no DAD
-    /// waits, no router advertisements, and no reverse-path filter (spoofing tests must reach
-    /// the firewall, not the RPF check).
-    static let quietSysctls = [
-        "net/ipv6/conf/all/accept_dad=0", "net/ipv6/conf/default/accept_dad=0",
-        "net/ipv6/conf/all/accept_ra=0", "net/ipv6/conf/default/accept_ra=0",
-        "net/ipv4/conf/all/rp_filter=0", "net/ipv4/conf/default/rp_filter=0",
-    ]
+    /// For every namespace, before any device exists: RoutedWiring's (shared with the netns
+    /// compute driver).
+    static let quietSysctls = RoutedWiring.quietSysctls
 
     /// For a namespace that routes between others (a hypervisor, the fabric).
-    static let routerSysctls = [
-        "net/ipv4/ip_forward=1", "net/ipv6/conf/all/forwarding=1", "net/ipv6/conf/default/forwarding=1",
-    ]
+    static let routerSysctls = RoutedWiring.routerSysctls
 
     /// The forwarding sysctls and the nftables ruleset of a router namespace.
     static func diagnostics(_ namespace: TestNamespace, label: String) -> String {

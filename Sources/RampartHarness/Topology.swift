@@ -1,4 +1,5 @@
 import Foundation
+import RampartWiring
 
 // A routed hypervisor in network namespaces, for checking a firewall with real packets.
 // See docs/topology.md for the picture. Nothing here touches the machine's own namespace:
@@ -11,8 +12,8 @@ import Foundation
 public final class HypervisorTopology: ProbeRunning, @unchecked Sendable {
     /// The gateway every node uses: on each hypervisor-side device, 169.254.0.1/32 (scope link)
     /// and fe80::1/64.
-    public static let gatewayIPv4 = "169.254.0.1"
-    public static let gatewayIPv6 = "fe80::1"
+    public static let gatewayIPv4 = RoutedWiring.gatewayIPv4
+    public static let gatewayIPv6 = RoutedWiring.gatewayIPv6
     /// The probe name of the hypervisor node.
     public static let hypervisorName = "hv"
 
@@ -85,45 +86,26 @@ public final class HypervisorTopology: ProbeRunning, @unchecked Sendable {
             }
         }
         for (plan, ns) in zip(plans, namespaces) where !spec.bridged {
-            hvBatch += [
-                "link add \(plan.tap) type veth peer name eth0 netns \(ns.name)",
-                "link set \(plan.tap) up",
-                "addr add \(Self.gatewayIPv4)/32 dev \(plan.tap) scope link",
-                "addr add \(Self.gatewayIPv6)/64 dev \(plan.tap) nodad",
-            ]
-            for a in plan.addresses {
-                let v6 = isIPv6(a)
-                var route = "route add \(a)/\(v6 ? 128 : 32) dev \(plan.tap)"
-                if let src = v6 ? hvSource.1 : hvSource.0 { route += " src \(src)" }
-                hvBatch.append(route)
-            }
+            hvBatch += RoutedWiring.hypervisorSide(tap: plan.tap, instanceNamespace: ns.name, addresses: plan.addresses, source: hvSource)
         }
         try runCommand(["ip", "-n", hv.name, "-batch", "-"], input: hvBatch.joined(separator: "\n") + "\n", check: true)
         // proxy_delay has no namespace default: set it (and the rest, to be sure) per device,
         // else proxy ARP answers wait up to 0.8 s.
         if !plans.isEmpty && !spec.bridged {
-            try hv.run(["sysctl", "-q", "-w"] + plans.flatMap { p in [
-                "net/ipv4/conf/\(p.tap)/proxy_arp=1", "net/ipv4/neigh/\(p.tap)/proxy_delay=0",
-                "net/ipv4/conf/\(p.tap)/rp_filter=0", "net/ipv6/conf/\(p.tap)/accept_dad=0",
-            ] }, check: true)
+            try hv.run(["sysctl", "-q", "-w"] + plans.flatMap { RoutedWiring.tapSysctls($0.tap) }, check: true)
         }
 
         // 3. Each node: its MAC, its addresses (/32, /128), default routes to the gateway.
         for (plan, ns) in zip(plans, namespaces) {
-            var batch = ["link set lo up"]
-            if let mac = plan.mac { batch.append("link set eth0 address \(mac)") }
-            batch.append("link set eth0 up")
-            for a in plan.addresses {
-                batch.append(isIPv6(a) ? "addr add \(a)/128 dev eth0 nodad" : "addr add \(a)/32 dev eth0")
-            }
-            let v4 = plan.addresses.first { !isIPv6($0) }, v6 = plan.addresses.first { isIPv6($0) }
+            var batch: [String]
             if spec.bridged {
                 // Everything on-link: ARP/NDP for every destination, answered across the bridge.
+                let v4 = plan.addresses.first { !isIPv6($0) }, v6 = plan.addresses.first { isIPv6($0) }
+                batch = RoutedWiring.instanceDevice(mac: plan.mac, addresses: plan.addresses)
                 batch.append("route add default dev eth0" + (v4.map { " src \($0)" } ?? ""))
                 batch.append("route add ::/0 dev eth0" + (v6.map { " src \($0)" } ?? ""))
             } else {
-                batch.append("route add default via \(Self.gatewayIPv4) dev eth0 onlink" + (v4.map { " src \($0)" } ?? ""))
-                batch.append("route add default via \(Self.gatewayIPv6) dev eth0" + (v6.map { " src \($0)" } ?? ""))
+                batch = RoutedWiring.instanceSide(mac: plan.mac, addresses: plan.addresses)
             }
             try runCommand(["ip", "-n", ns.name, "-batch", "-"], input: batch.joined(separator: "\n") + "\n", check: true)
         }

@@ -1,8 +1,10 @@
 import ArgumentParser
 import Foundation
 import Logging
+import RampartCompute
 import RampartEC2
 import RampartStore
+import RampartWiring
 
 /// `rampart-api`: the EC2 Query API (security groups) over the Rampart store. docs/ec2-api.md.
 @main
@@ -45,6 +47,15 @@ struct RampartAPI: ParsableCommand {
     @Option(name: .long, help: "A daemon's API socket (repeatable), for deliveries with a SQLite store.")
     var socket: [String] = ["/run/rampart/rampartd.sock"]
 
+    @Option(help: "What makes launched instances exist: none (records only: the operator's compute makes the devices) or netns (a namespace and veth per instance: demos and tests).")
+    var compute = "none"
+
+    @Option(name: .customLong("compute-host"), help: "With --compute netns: HOST=NETNS, the network namespace of hypervisor HOST (repeatable).")
+    var computeHosts: [String] = []
+
+    @Option(name: .customLong("compute-fabric"), help: "With --compute netns: the namespace routing between hypervisors (its device towards each is named as the host).")
+    var computeFabric: String?
+
     func fail(_ message: String) -> ExitCode {
         FileHandle.standardError.write(Data("rampart-api: \(message)\n".utf8))
         return ExitCode(1)
@@ -80,6 +91,8 @@ struct RampartAPI: ParsableCommand {
         }
         guard terminatedVisible >= 0 else { throw fail("--terminated-visible must be 0 or more seconds") }
         let settings = EC2Settings(regions: allowed, maxGroupsPerInterface: maxGroupsPerInterface, terminatedVisibleSeconds: terminatedVisible)
+        let driver: (any InstanceCompute)?
+        do { driver = try Self.computeDriver(compute, hosts: computeHosts, fabric: computeFabric) } catch { throw fail("\(error)") }
         let colon = listen.lastIndex(of: ":")
         guard let colon, let port = Int(listen[listen.index(after: colon)...]), (0...65535).contains(port) else {
             throw fail("--listen must be ADDRESS:PORT")
@@ -96,7 +109,7 @@ struct RampartAPI: ParsableCommand {
         } catch { throw fail("the store: \(error.message)") }
         let delivery = SocketDelivery(sockets: socket)
         let logsDeliver = st is ChangeLog
-        let service = EC2Service(pool: StorePool(pool), settings: settings) { deliveries in
+        let service = EC2Service(pool: StorePool(pool), settings: settings, compute: driver) { deliveries in
             guard !logsDeliver else { return }  // PostgreSQL: the change log delivers
             for (d, outcome) in delivery.deliver(deliveries) {
                 switch outcome {
@@ -124,6 +137,22 @@ extension RampartAPI {
     static func isRegionName(_ s: String) -> Bool {
         !s.isEmpty && s.count <= 32 && s.allSatisfy { ($0.isASCII && ($0.isLowercase || $0.isNumber)) || $0 == "-" }
             && !s.hasPrefix("-") && !s.hasSuffix("-")
+    }
+}
+
+extension RampartAPI {
+    /// The compute `--compute` names: nil for none; netns with its hosts (and fabric) checked.
+    static func computeDriver(_ kind: String, hosts: [String], fabric: String?) throws -> (any InstanceCompute)? {
+        switch kind {
+        case "none":
+            guard hosts.isEmpty, fabric == nil else { throw WiringError("--compute-host and --compute-fabric need --compute netns") }
+            return nil
+        case "netns":
+            guard getuid() == 0 else { throw WiringError("--compute netns needs root (it creates network namespaces)") }
+            return try NetnsCompute(NetnsComputeConfiguration(mappings: hosts, fabric: fabric))
+        default:
+            throw WiringError("--compute must be none or netns, not \(kind)")
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 import Foundation
 import RampartHarness
 
-// rampart-demo: a demo hypervisor in network namespaces, enforced by the `rampart` CLI.
+// rampart-demo: a demo hypervisor in network namespaces, enforced by the `rampart` CLI
+// (`rampart-demo cloud`: a cloud behind the EC2 API instead, CloudDemo.swift).
 //
 // It builds a routed hypervisor ("hv1") with three instances and two outside hosts, applies
 // docs/examples/two-tier.json (the spec's example), sends real packets to show what passes and
@@ -9,6 +10,10 @@ import RampartHarness
 // made. Nothing is changed in the machine's own network namespace.
 
 let here = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+// `rampart-demo cloud`: the EC2 API over two hypervisors (scripts/demo-cloud, CloudDemo.swift).
+if CommandLine.arguments.dropFirst().first == "cloud" {
+    exit(CloudDemo.main(Array(CommandLine.arguments.dropFirst(2)), binaries: here.path))
+}
 let rampart = here.appendingPathComponent("rampart").path
 let document = CommandLine.arguments.count > 1 ? CommandLine.arguments[1] : "docs/examples/two-tier.json"
 

@@ -3,7 +3,7 @@ import Testing
 
 // The same few lines in each test target that has kernel tests (RampartCoreTests,
 // RampartStoreTests, RampartNFTablesTests, RampartIPTablesTests, RampartHarnessTests,
-// RampartDaemonTests): a target
+// RampartDaemonTests, RampartEC2Tests): a target
 // cannot see another's test helpers, and a shared library importing Testing would link it into
 // whatever else depends on that library.
 
