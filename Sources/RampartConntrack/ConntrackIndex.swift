@@ -54,10 +54,6 @@ public final class ConntrackIndex: @unchecked Sendable {
         public var rebuilds = 0
         /// How long the last whole dump and catch-up took.
         public var lastRebuildNanoseconds: UInt64 = 0
-        /// Rampart's own deletes made with the DESTROY group left (`deleting`), since the start.
-        public var deleteWindows = 0
-        /// Re-dumps taken to drop entries that may have ended unseen during such deletes.
-        public var windowResyncs = 0
         public var fresh = false
         public init() {}
     }
@@ -74,12 +70,6 @@ public final class ConntrackIndex: @unchecked Sendable {
     private var stats = Statistics()
     private var stopped = false
     private var lastError: NetlinkError?
-    /// Deletes made with the DESTROY group left since the last whole dump: entries that ended
-    /// on their own meanwhile may still be held (see `deleting`).
-    private var unseenWindows = 0
-    private var lastRebuildAt: UInt64 = 0
-    /// How long after a whole dump entries possibly ended unseen are dropped by another one.
-    public let windowResyncSeconds: Double
     // Used by whoever rebuilds: `start` before the thread exists, then the thread only.
     private let dumper: ConntrackConnection
     private var thread: Thread?
@@ -100,9 +90,7 @@ public final class ConntrackIndex: @unchecked Sendable {
     }
 
     /// An index over given connections, not started: tests drive it with `rebuild()` and `pump()`.
-    package init(events: ConntrackEvents, dumper: ConntrackConnection, namespace: NetworkNamespace = .current, limit: Int = 4_000_000,
-                 windowResyncSeconds: Double = 600) {
-        self.windowResyncSeconds = windowResyncSeconds
+    package init(events: ConntrackEvents, dumper: ConntrackConnection, namespace: NetworkNamespace = .current, limit: Int = 4_000_000) {
         self.events = events
         self.dumper = dumper
         self.namespace = namespace
@@ -163,59 +151,6 @@ public final class ConntrackIndex: @unchecked Sendable {
         }
     }
 
-    // MARK: Rampart's own deletes
-
-    /// Deletes `entries` with `delete` (the caller's ctnetlink connection) while the index's
-    /// socket is out of the DESTROY group, then removes them from the index itself.
-    ///
-    /// Why: while any socket in the namespace listens to DESTROY, the kernel builds and queues
-    /// an event for every deleted entry (~3 µs each here: a revocation of 1,000 entries cost
-    /// 7–11 ms of deletes with the index listening, 3.7–4.7 ms without; docs/conntrack.md), and
-    /// the index's own thread then spends the two cores applying them. The entries Rampart
-    /// deletes need no event: the index knows them. What it cannot see meanwhile are entries
-    /// that end on their own during the deletes (a few milliseconds): they stay held until the
-    /// next whole dump. That costs memory, never correctness: a held entry that no longer exists
-    /// is deleted with ENOENT ("already gone") if a revocation meets it, and a new connection
-    /// with its tuple replaces it (NEW events are still followed). The index re-dumps
-    /// `windowResyncSeconds` after the last whole dump once such deletes happened.
-    ///
-    /// If `delete` throws (a failure other than "already gone"), what was deleted is unknown:
-    /// the index goes stale and rebuilds.
-    public func deleting(_ entries: [ConntrackEntry],
-                         _ delete: ([ConntrackEntry]) throws(NetlinkError) -> ConntrackDeletion) throws(NetlinkError) -> ConntrackDeletion {
-        // Apply what is queued (older than these deletes), then leave the group.
-        let left = lock.withLock { () -> Bool in
-            _ = catchUp()
-            return events.leaveDestroy()
-        }
-        let result: ConntrackDeletion
-        do {
-            result = try delete(entries)
-        } catch {
-            lock.withLock {
-                if left { do throws(NetlinkError) { try events.rejoinDestroy() } catch { lastError = error } }
-                fresh = false
-                stats.losses += 1
-            }
-            throw error
-        }
-        lock.withLock {
-            if left {
-                do throws(NetlinkError) { try events.rejoinDestroy() } catch {
-                    // Not listening to DESTROY any more: stale until a rebuild subscribes again.
-                    lastError = error
-                    fresh = false
-                    stats.losses += 1
-                }
-                unseenWindows += 1
-                stats.deleteWindows += 1
-            }
-            // Every entry was deleted or already gone: drop each (only with its own id).
-            for e in entries { _ = table.apply(ConntrackEvent(.destroy, e), limit: limit) }
-        }
-        return result
-    }
-
     // MARK: upkeep
 
     /// Applies every queued event (lock held). False if the index is stale, or became so.
@@ -242,8 +177,8 @@ public final class ConntrackIndex: @unchecked Sendable {
     /// One turn of the thread's work: applies what is queued, or rebuilds when stale. Returns
     /// whether the index is fresh afterwards.
     @discardableResult
-    package func pump(forceRebuild: Bool = false) -> Bool {
-        if !forceRebuild, lock.withLock({ catchUp() }) { return true }
+    package func pump() -> Bool {
+        if lock.withLock({ catchUp() }) { return true }
         do { try rebuild() } catch { lock.withLock { lastError = error } }
         return isFresh
     }
@@ -276,8 +211,6 @@ public final class ConntrackIndex: @unchecked Sendable {
         lock.withLock {
             table = built
             stats.rebuilds += 1
-            unseenWindows = 0
-            lastRebuildAt = DispatchTime.now().uptimeNanoseconds
             if overflow {
                 stats.losses += 1
                 return
@@ -303,17 +236,7 @@ public final class ConntrackIndex: @unchecked Sendable {
                 }
                 // Only waits for readability: the socket is read under the lock.
                 _ = events.wait(milliseconds: 100)
-                let resync = lock.withLock { () -> Bool in
-                    _ = catchUp()
-                    let due = Double(DispatchTime.now().uptimeNanoseconds &- lastRebuildAt) / 1e9 >= windowResyncSeconds
-                    return unseenWindows > 0 && due
-                }
-                if resync {
-                    // Entries may have ended unseen during Rampart's own deletes: a whole dump
-                    // drops them (lookups dump meanwhile, as for any rebuild).
-                    lock.withLock { stats.windowResyncs += 1 }
-                    _ = pump(forceRebuild: true)
-                }
+                lock.withLock { _ = catchUp() }
             }
             finished.signal()
         }

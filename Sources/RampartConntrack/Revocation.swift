@@ -176,10 +176,7 @@ public enum Revocation {
         let found = DispatchTime.now().uptimeNanoseconds
         report.findNanoseconds = found - start
         if !doomed.isEmpty {
-            // Through the index when it found them: it leaves the DESTROY events out meanwhile.
-            let d = try report.indexed && index != nil
-                ? index!.deleting(doomed) { (e) throws(NetlinkError) in try conntrack.delete(e) }
-                : conntrack.delete(doomed)
+            let d = try conntrack.delete(doomed)
             report.cut = d.deleted
             report.alreadyGone = d.alreadyGone
         }

@@ -190,36 +190,6 @@ final class ScriptedConntrackTable {
         #expect(index.statistics.losses == 0)
     }
 
-    /// Rampart's own deletes through the index (`deleting`): the index leaves the DESTROY group
-    /// meanwhile (no event is built for them: none reaches it), drops the deleted entries
-    /// itself, and listens again afterwards (a later delete by someone else is seen). Catches:
-    /// a window that stays open (later destroys missed), deleted entries kept, the group never
-    /// left (the 100 DESTROY events would reach the index).
-    @Test func ownDeletesLeaveTheDestroyEventsOut() throws {
-        let ns = try TestNamespace(prefix: "ctw")
-        let ct = try ConntrackConnection(namespace: .named(ns.name))
-        func plain(_ e: ConntrackEntry) -> ConntrackEntry { var e = e; e.id = nil; e.status = 0; return e }
-        let index = try ConntrackIndex.start(namespace: .named(ns.name))
-        defer { index.stop() }
-        try ct.create((0..<300).map { plain(ConntrackIndexTests.tcp("192.0.2.10", UInt16(30000 + $0), "10.0.1.11", 80, id: 0)) })
-        let found = try #require(index.entries(involving: ConntrackIndexTests.web1))
-        #expect(found.count == 300)
-        let eventsBefore = index.statistics.events
-        let d = try index.deleting(Array(found.prefix(100))) { (e) throws(NetlinkError) in try ct.delete(e) }
-        #expect(d.deleted == 100)
-        #expect(index.entries(involving: ConntrackIndexTests.web1)?.count == 200)
-        #expect(index.statistics.deleteWindows == 1)
-        // No DESTROY event for the 100 reached the index (they were never built for it).
-        Thread.sleep(forTimeInterval: 0.2)
-        _ = index.entries(involving: [])
-        #expect(index.statistics.events - eventsBefore < 100, "\(index.statistics)")
-        // Listening again: a delete made outside the index is seen through its DESTROY event.
-        let rest = try #require(index.entries(involving: ConntrackIndexTests.web1))
-        _ = try ct.delete(Array(rest.prefix(50)))
-        #expect(index.entries(involving: ConntrackIndexTests.web1)?.count == 150)
-        #expect(index.statistics.losses == 0 && index.isFresh)
-    }
-
     /// Catches: ENOBUFS not noticed (an index that silently misses entries), a revocation that
     /// trusts a stale index, an index that does not come back after a loss.
     @Test func lostEventsStillGiveTheRightCut() throws {
