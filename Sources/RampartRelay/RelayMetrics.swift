@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import RampartHTTP
 
 /// The relay's counters in Prometheus' text format (version 0.0.4), for `GET /metrics`.
 ///
@@ -46,8 +47,15 @@ public enum RelayMetrics {
 
 /// `GET /metrics` over plain HTTP/1.1 on its own address (`rampart-relay --metrics`): the relay's
 /// counters for a Prometheus scraper. Anything else is 404 (405 for another method); a request
-/// body is ignored; each answer closes the connection.
+/// body is ignored; each answer closes the connection. Like the daemon's and the EC2 API's
+/// servers (RampartHTTP): at most `maxConnections` at once (the next is answered 503), and a
+/// connection without a complete request within `idleSeconds` is closed, so a client holding
+/// connections open costs the relay nothing but those.
 public final class RelayMetricsServer: @unchecked Sendable {
+    public static let maxConnections = 16
+    public static let idleSeconds = 10.0
+    private let cap = ConnectionCap(maxConnections: RelayMetricsServer.maxConnections,
+                                    refusal: ConnectionRefuser.serviceUnavailable(contentType: "text/plain", body: "too many connections\n"))
     let hub: RelayHub
     let host: String
     let port: Int
@@ -64,12 +72,11 @@ public final class RelayMetricsServer: @unchecked Sendable {
     /// Binds and serves; returns the port bound (useful with port 0).
     public func start() throws -> Int {
         let hub = self.hub
+        let cap = self.cap
         let ch = try ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
-                channel.pipeline.configureHTTPServerPipeline().flatMap {
-                    channel.pipeline.addHandler(MetricsHandler(hub: hub))
-                }
+                cap.initialize(channel) { MetricsHandler(hub: hub) }
             }
             .bind(host: host, port: port).wait()
         channel = ch
@@ -82,10 +89,11 @@ public final class RelayMetricsServer: @unchecked Sendable {
     }
 }
 
-final class MetricsHandler: ChannelInboundHandler, @unchecked Sendable {
+final class MetricsHandler: IdleClosingHandler, @unchecked Sendable {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
     let hub: RelayHub
+    let idle = IdleDeadline(seconds: RelayMetricsServer.idleSeconds)
     private var head: HTTPRequestHead?
 
     init(hub: RelayHub) { self.hub = hub }
@@ -96,6 +104,7 @@ final class MetricsHandler: ChannelInboundHandler, @unchecked Sendable {
         case .body: break
         case .end:
             guard let h = head else { return }
+            idle.begin()
             let (status, body): (HTTPResponseStatus, String)
             if h.uri.split(separator: "?").first != "/metrics" {
                 (status, body) = (.notFound, "not found: GET /metrics\n")

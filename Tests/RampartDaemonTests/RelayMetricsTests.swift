@@ -46,6 +46,13 @@ struct RelayMetricsTests {
         #expect(Self.value(text, "rampart_relay_subscribers_behind") == 1)
         // Only /metrics, only GET.
         #expect(try Self.get(port: port, path: "/").hasPrefix("HTTP/1.1 404"))
+        // Clients holding connections open without a word fill the cap; the next is refused at
+        // once, and the scraper is served again when they go.
+        var silent16: [LoopbackLineClient] = []
+        for _ in 0..<RelayMetricsServer.maxConnections { silent16.append(try LoopbackLineClient(port: port)) }
+        #expect(eventually(5) { (try? Self.get(port: port, path: "/metrics"))?.hasPrefix("HTTP/1.1 503") == true })
+        silent16.removeAll()
+        #expect(eventually(5) { (try? Self.get(port: port, path: "/metrics"))?.hasPrefix("HTTP/1.1 200") == true })
     }
 
     /// The whole answer (status line, headers, body) to `GET path`.
