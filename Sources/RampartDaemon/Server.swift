@@ -141,7 +141,8 @@ public final class APIServer: Sendable {
         do {
             ch = try await bootstrap.withBoundSocket(fd).get()
         } catch {
-            close(fd)
+            // NIO owns the descriptor once handed over (it closes it when the channel fails):
+            // closing it here too could close another thread's new file with the same number.
             unlinkat(dfd, name, 0)
             throw error
         }
