@@ -1,5 +1,6 @@
 #define _GNU_SOURCE
 #include <sched.h>
+#include <spawn.h>
 #include <sys/mman.h>
 #include "CRampartSystem.h"
 
@@ -9,4 +10,8 @@ int rampart_setns_net(int fd) {
 
 int rampart_memfd(const char *name) {
     return memfd_create(name, MFD_CLOEXEC);
+}
+
+int rampart_spawn_closefrom(void *actions, int from) {
+    return posix_spawn_file_actions_addclosefrom_np((posix_spawn_file_actions_t *)actions, from);
 }

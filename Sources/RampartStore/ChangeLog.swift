@@ -154,28 +154,19 @@ extension SQLStore {
     /// which PostgreSQL breaks by aborting one: it is then run again).
     func appendToChangeLog(_ deliveries: [Delivery]) throws(StoreError) -> [Delivery] {
         guard !deliveries.isEmpty else { return [] }
-        // Two statements whatever the fan-out (each is a round trip to the server): the hosts'
-        // locks with the NOTIFY (queued now, delivered at COMMIT, dropped by a rollback: where
-        // in the transaction it is sent does not matter), then every row.
+        // One statement whatever the fan-out (each is a round trip to the server): the hosts'
+        // locks, the NOTIFY (queued now, delivered at COMMIT, dropped by a rollback) and every
+        // row, in `rampart_log_append` (PostgresRoutines.swift), which every writer of the log
+        // goes through, so that all take the hosts' locks in one order.
         let order = deliveries.indices.sorted { deliveries[$0] < deliveries[$1] }
-        let hosts = Array(Set(deliveries.map(\.host))).sorted()
-        _ = try db.query("""
-            SELECT (SELECT count(pg_advisory_xact_lock(CAST(? AS integer), hashtext(h))) FROM unnest(CAST(? AS text[])) WITH ORDINALITY AS u(h, n)),
-                   pg_notify(?, ?)
-            """, .int(Int64(Self.hostLockClass)), .text(Self.arrayLiteral(hosts)),
-            .text(WakeupPayload.channel), .text(WakeupPayload.encode(hosts: hosts)))
-        let rows = try db.query("""
-            INSERT INTO change_log(host, seq, refresh)
-            SELECT h, nextval('change_log_seq'), r FROM unnest(CAST(? AS text[]), CAST(? AS text[])) WITH ORDINALITY AS u(h, r, n) ORDER BY n
-            RETURNING seq
-            """, .text(Self.arrayLiteral(order.map { deliveries[$0].host })), .text(Self.arrayLiteral(order.map { deliveries[$0].refresh.logText })))
-        guard rows.count == order.count else { throw StoreError(.database, "store: \(rows.count) change-log rows written for \(order.count) deliveries") }
-        // RETURNING gives the rows in insertion order, which the ORDER BY fixed.
+        let rows = try db.query("SELECT array_to_string(rampart_log_append(CAST(? AS text[]), CAST(? AS text[])), ',')",
+                                .text(Self.arrayLiteral(order.map { deliveries[$0].host })),
+                                .text(Self.arrayLiteral(order.map { deliveries[$0].refresh.logText })))
+        let seqs = (rows.first?[0] ?? nil).map { $0.split(separator: ",").compactMap { Int64($0) } } ?? []
+        guard seqs.count == order.count else { throw StoreError(.database, "store: \(seqs.count) change-log rows written for \(order.count) deliveries") }
+        // In the order given: the rows were numbered in it.
         var out = deliveries
-        for (k, i) in order.enumerated() {
-            guard let text = rows[k][0], let seq = Int64(text) else { throw StoreError(.database, "store: a change-log row has no sequence number") }
-            out[i].sequence = seq
-        }
+        for (k, i) in order.enumerated() { out[i].sequence = seqs[k] }
         return out
     }
 

@@ -59,18 +59,23 @@ struct SQLDialect: Sendable {
     var groupRefsColumn: String
     /// Whether verbs append their fan-out to the per-host change log (and wake its readers).
     var keepsChangeLog: Bool
+    /// Whether the rules verbs run as server-side routines (`PostgresRoutines.swift`): two round
+    /// trips instead of seven.
+    var rulesOnServer: Bool
 
     static let sqlite = SQLDialect(
         beginWrite: "BEGIN IMMEDIATE",
         beginRead: "BEGIN",
         instanceGroupsColumn: "(SELECT group_concat(group_id, ',') FROM (SELECT group_id FROM instance_groups WHERE instance = i.id ORDER BY position))",
         groupRefsColumn: "(SELECT group_concat(r.ref, ',') FROM group_refs r WHERE r.group_id = groups.id)",
-        keepsChangeLog: false)
+        keepsChangeLog: false,
+        rulesOnServer: false)
 
     static let postgres = SQLDialect(
         beginWrite: "BEGIN ISOLATION LEVEL SERIALIZABLE",
         beginRead: "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
         instanceGroupsColumn: "(SELECT string_agg(group_id, ',' ORDER BY position) FROM instance_groups WHERE instance = i.id)",
         groupRefsColumn: "(SELECT string_agg(r.ref, ',') FROM group_refs r WHERE r.group_id = groups.id)",
-        keepsChangeLog: true)
+        keepsChangeLog: true,
+        rulesOnServer: true)
 }

@@ -117,34 +117,39 @@ extension SQLStore {
         // group's existence is checked in the transaction.
         let issues = Validate.rule(rule, at: "rule")
         if !issues.isEmpty { throw StoreError(.invalid, issues.map(\.description).joined(separator: "; ")) }
-        return try verb { () throws(StoreError) in
-            guard var g = try groupRow(group) else { throw StoreError(.notFound, "unknown group \(group)") }
-            let previous = g.rules
+        return try changeRules(group) { (rules: [Rule]) throws(StoreError) -> [Rule] in
             var bare = rule
             bare.id = nil
-            if g.rules.contains(where: { var o = $0; o.id = nil; return o == bare }) {
+            if rules.contains(where: { var o = $0; o.id = nil; return o == bare }) {
                 throw StoreError(.conflict, "group \(group) already has this rule")
             }
-            if let id = rule.id, g.rules.contains(where: { $0.id == id }) { throw StoreError(.conflict, "group \(group) already has a rule with id \(id)") }
-            g.rules.append(rule)
-            try writeRules(group, g.rules, previous: previous)
-            return try fanOut(rules: group).sorted()
+            if let id = rule.id, rules.contains(where: { $0.id == id }) { throw StoreError(.conflict, "group \(group) already has a rule with id \(id)") }
+            return rules + [rule]
         }
     }
 
     public func revoke(group: String, rule: Rule?, id: String?) throws(StoreError) -> [Delivery] {
-        try verb { () throws(StoreError) in
-            guard var g = try groupRow(group) else { throw StoreError(.notFound, "unknown group \(group)") }
-            let previous = g.rules
-            let before = g.rules.count
-            if let id { g.rules.removeAll { $0.id == id } }
+        try changeRules(group) { (rules: [Rule]) throws(StoreError) -> [Rule] in
+            var kept = rules
+            if let id { kept.removeAll { $0.id == id } }
             if let rule {
                 var bare = rule
                 bare.id = nil
-                g.rules.removeAll { var o = $0; o.id = nil; return o == bare }
+                kept.removeAll { var o = $0; o.id = nil; return o == bare }
             }
-            if g.rules.count == before { throw StoreError(.notFound, "group \(group) has no such rule") }
-            try writeRules(group, g.rules, previous: previous)
+            if kept.count == rules.count { throw StoreError(.notFound, "group \(group) has no such rule") }
+            return kept
+        }
+    }
+
+    /// A rules verb: `change` maps the group's rules to the new ones (or refuses); the group's
+    /// members' hosts get `rules(group)`. On PostgreSQL a read and one server-side call
+    /// (`changeRulesOnServer`), elsewhere one transaction.
+    func changeRules(_ group: String, _ change: ([Rule]) throws(StoreError) -> [Rule]) throws(StoreError) -> [Delivery] {
+        if dialect.rulesOnServer { return try changeRulesOnServer(group, change) }
+        return try verb { () throws(StoreError) in
+            guard let g = try groupRow(group) else { throw StoreError(.notFound, "unknown group \(group)") }
+            try writeRules(group, try change(g.rules), previous: g.rules)
             return try fanOut(rules: group).sorted()
         }
     }

@@ -50,6 +50,12 @@ extension Command {
         } catch {
             throw failed(.systemCall(error))
         }
+        // The child gets standard input, output and error and nothing else: descriptors opened
+        // without O_CLOEXEC (a test's raw sockets, a library's) would otherwise live on in `nft`,
+        // `iptables-restore` or a daemon started from here, holding connections, files and
+        // sockets open after this process closed them.
+        let closing = rampart_spawn_closefrom(&actions, 3)
+        guard closing == 0 else { throw failed(.systemCall(SystemCallError("posix_spawn_file_actions_addclosefrom_np", Errno(closing)))) }
         // The child starts with no signal blocked and every signal at its default action: a
         // caller that ignores SIGPIPE (SwiftNIO does) must not hand that on to `nft`.
         var attributes = posix_spawnattr_t()

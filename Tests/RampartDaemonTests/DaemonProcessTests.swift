@@ -310,10 +310,13 @@ import Testing
 
     @Test func idleConnectionsAreClosedAndClientsAreStillServed() async throws {
         let h = try await DaemonHypervisor(inProcess: false)
-        let d = try DaemonProcessTests.DaemonProcess(h, extra: ["--idle-timeout", "0.5", "--max-connections", "4"])
+        // The idle timeout leaves the fifth client ample time to arrive while the four are
+        // held: with 0.5 s a loaded machine (other tests blocking the cooperative pool) let
+        // them lapse first, and the fifth was served instead of refused.
+        let d = try DaemonProcessTests.DaemonProcess(h, extra: ["--idle-timeout", "1.5", "--max-connections", "4"])
         // 4 clients hold connections without a word; a fifth is answered 503 at once
         let idle = (0..<4).map { _ in rawConnect(h.socketPath) }
-        try await Task.sleep(for: .milliseconds(100))
+        usleep(100_000)  // not Task.sleep: its wake-up waits for a free cooperative thread
         let over = try DaemonClient(socketPath: h.socketPath, timeout: 2).request("GET", "/v1/status")
         #expect(over.status == 503 && over.retryAfter != nil, "\(over.status) \(over.body)")
         // they are closed after the idle timeout, and the controller's delivery gets through

@@ -21,6 +21,21 @@ import Testing
         #expect(r.succeeded)
     }
 
+    /// A descriptor opened without O_CLOEXEC (a socket a library or a test made with `socket()`)
+    /// does not reach the child: it starts with standard input, output and error only. One that
+    /// did held a connection open after this process closed it (seen: a spawned rampartd kept
+    /// another test's connections alive past their server's idle close).
+    @Test func theChildInheritsNoDescriptorButItsStandardOnes() throws {
+        var fds: [Int32] = [-1, -1]
+        #expect(pipe(&fds) == 0)
+        defer { close(fds[0]); close(fds[1]) }
+        let r = try Command(["sh", "-c", "ls /proc/self/fd"]).run()
+        let open = Set(r.stdout.split(separator: "\n").compactMap { Int32($0) })
+        #expect(!open.contains(fds[0]) && !open.contains(fds[1]), "\(open)")
+        // ls's own directory descriptor is the one more: nothing from this process.
+        #expect(open.subtracting([0, 1, 2]).count <= 1, "\(open)")
+    }
+
     @Test func noInputIsDevNull() throws {
         #expect(try Command(["cat"]).run().stdout == "")
     }
