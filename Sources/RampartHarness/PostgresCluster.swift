@@ -43,6 +43,7 @@ public final class PostgresCluster: @unchecked Sendable {
     /// plus psql and PostgreSQL's reserved superuser slots.
     public init(database: String = "rampart", allowTCP: Bool = false, maxConnections: Int = 64) throws {
         binDirectory = try Self.serverBinDirectory()
+        Self.reapAbandoned()
         self.database = database
         allowsTCP = allowTCP
         port = UInt16(try freeLoopbackPort())
@@ -50,6 +51,7 @@ public final class PostgresCluster: @unchecked Sendable {
         guard let made = mkdtemp(&template) else { throw HarnessError("mkdtemp: \(errnoText(errno))") }
         directory = String(cString: made)
         do {
+            try Self.recordOwner(directory)
             try Self.giveToServerAccount(directory)
             try runServerProgram(["initdb", "-D", dataDirectory, "-U", user, "-A", "trust", "-E", "UTF8",
                                   "--locale=C", "--no-sync", "--no-instructions"])
@@ -166,6 +168,45 @@ public final class PostgresCluster: @unchecked Sendable {
         try? FileManager.default.removeItem(atPath: directory)
     }
 
+    // MARK: Abandoned clusters
+
+    /// The file naming the process that made a cluster: `<pid> <start time>`.
+    static let ownerFile = "owner"
+
+    private static func recordOwner(_ directory: String) throws {
+        let me = getpid()
+        guard let stat = processStat(me) else { throw HarnessError("cannot read /proc/\(me)/stat") }
+        guard FileManager.default.createFile(atPath: directory + "/" + ownerFile, contents: Data("\(me) \(stat.startTime)\n".utf8)) else {
+            throw HarnessError("cannot write \(directory)/\(ownerFile)")
+        }
+    }
+
+    /// Stops and removes the clusters of processes that are gone without destroying theirs (a
+    /// test process killed, or crashed, runs no exit handler): each kept a server running and a
+    /// directory in /tmp. Only directories with an owner record whose process is gone (a pid
+    /// reused by another process has another start time); a running test process's cluster, or a
+    /// directory this harness did not make, is never touched.
+    static func reapAbandoned() {
+        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/tmp") else { return }
+        for entry in entries where entry.hasPrefix("rampart-pg-") {
+            let directory = "/tmp/" + entry
+            guard let text = try? String(contentsOfFile: directory + "/" + ownerFile, encoding: .utf8) else { continue }
+            let fields = text.split(whereSeparator: { $0 == " " || $0 == "\n" })
+            guard fields.count == 2, let pid = Int32(fields[0]), let started = UInt64(fields[1]) else { continue }
+            if let owner = processStat(pid), owner.state != "Z", owner.startTime == started { continue }
+            let data = directory + "/data"
+            if let pidText = try? String(contentsOfFile: data + "/postmaster.pid", encoding: .utf8),
+               let postmaster = pidText.split(separator: "\n").first.flatMap({ Int32($0.trimmingCharacters(in: .whitespaces)) }),
+               let s = processStat(postmaster), s.state != "Z" {
+                // An immediate stop: the data is thrown away.
+                Glibc.kill(postmaster, SIGQUIT)
+                for _ in 0..<100 where processStat(postmaster).map({ $0.state != "Z" }) ?? false { usleep(20_000) }
+                if processStat(postmaster).map({ $0.state != "Z" }) ?? false { Glibc.kill(postmaster, SIGKILL) }
+            }
+            try? FileManager.default.removeItem(atPath: directory)
+        }
+    }
+
     // MARK: Set-up
 
     /// Test-only settings appended to postgresql.conf, and pg_hba.conf replaced.
@@ -240,6 +281,9 @@ public final class PostgresCluster: @unchecked Sendable {
         var cpu: Int
         /// cutime + cstime: of the children it has waited for.
         var reapedCPU: Int
+        /// When it started, in clock ticks after boot: with the pid, names one process for good
+        /// (a pid is reused, a pid and a start time are not).
+        var startTime: UInt64
     }
 
     /// /proc/<pid>/stat: the fields after the command name (which may hold spaces and parens).
@@ -248,9 +292,9 @@ public final class PostgresCluster: @unchecked Sendable {
               let close = text.lastIndex(of: ")") else { return nil }
         let f = text[text.index(after: close)...].split(separator: " ")
         // f[0] is field 3 (state): ppid is field 4, utime..cstime fields 14–17.
-        guard f.count > 14, let state = f[0].first, let ppid = Int32(f[1]) else { return nil }
+        guard f.count > 19, let state = f[0].first, let ppid = Int32(f[1]) else { return nil }
         let n = { (i: Int) in Int(f[i]) ?? 0 }
-        return ProcessStat(state: state, ppid: ppid, cpu: n(11) + n(12), reapedCPU: n(13) + n(14))
+        return ProcessStat(state: state, ppid: ppid, cpu: n(11) + n(12), reapedCPU: n(13) + n(14), startTime: UInt64(f[19]) ?? 0)
     }
 
     /// Every process's stat, by pid.

@@ -78,8 +78,22 @@ extension ChangeLog {
 public enum Wakeup: Sendable, Equatable {
     /// Rows may have been appended for these hosts (nil: for any host).
     case appended(hosts: Set<String>?)
+    /// These rows were committed, each host's in order: every row of one verb's transaction
+    /// (`WakeupPayload`). A reader that has listened without a break since it last read a host's
+    /// log can append them without reading it: PostgreSQL delivers notifications in commit order
+    /// and a host's numbers grow in commit order.
+    case committed([String: [LogEntry]])
     /// The wake-up source is gone (connection lost): the reader must reconnect and catch up.
     case lost(String)
+
+    /// The hosts it names (nil: any host; empty for `lost`).
+    public var hosts: Set<String>? {
+        switch self {
+        case .appended(let hosts): hosts
+        case .committed(let rows): Set(rows.keys)
+        case .lost: []
+        }
+    }
 }
 
 /// Wakes a change-log reader when its host's log may have grown. The direct mode is one
@@ -93,23 +107,35 @@ public protocol ChangeWakeups: AnyObject, Sendable {
     func stop()
 }
 
-/// The NOTIFY payload of a verb: the hosts whose logs grew, comma-separated, or `*` when the
-/// list would not fit (PostgreSQL's payload limit is 8000 bytes). One channel for everything:
-/// PostgreSQL 15–18 wakes every listening backend for every NOTIFY whatever its channel, so
-/// more channels would cost the same server CPU and only lose the collapsing of duplicates.
+/// The NOTIFY payload of a verb, written by `rampart_log_append` (PostgresRoutines.swift): its
+/// rows, `+host seq refresh,host seq refresh,…` (ids never hold a space or a comma); when they
+/// would not fit PostgreSQL's 8000 bytes, the hosts whose logs grew, comma-separated; when those
+/// would not either, `*`. One channel for everything: PostgreSQL 15–18 wakes every listening
+/// backend for every NOTIFY whatever its channel, so more channels would cost the same server
+/// CPU and only lose the collapsing of duplicates.
+///
+/// Why the rows: a relay woken by a host list reads the new rows of its hosts, one statement per
+/// wake-up, i.e. per verb; with the rows in the payload it reads nothing (docs/relay.md).
 public enum WakeupPayload {
     public static let channel = "rampart_changes"
     static let limit = 7900
 
-    public static func encode(hosts: [String]) -> String {
-        let text = hosts.joined(separator: ",")
-        return text.utf8.count <= limit && !text.isEmpty ? text : "*"
-    }
-
-    /// The hosts named, or nil for all (`*`, or a payload this version cannot read).
-    public static func decode(_ payload: String) -> Set<String>? {
-        if payload == "*" || payload.isEmpty { return nil }
-        return Set(payload.split(separator: ",").map(String.init))
+    /// What a payload says.
+    public static func decode(_ payload: String) -> Wakeup {
+        if payload.hasPrefix("+") {
+            var rows: [String: [LogEntry]] = [:]
+            for item in payload.dropFirst().split(separator: ",") {
+                let parts = item.split(separator: " ")
+                guard parts.count == 3, let seq = Int64(parts[1]), let refresh = Refresh(logText: String(parts[2])) else {
+                    return .appended(hosts: nil)  // a payload this version cannot read: read every host's log
+                }
+                rows[String(parts[0]), default: []].append(LogEntry(sequence: seq, refresh: refresh))
+            }
+            for h in rows.keys { rows[h]!.sort { $0.sequence < $1.sequence } }
+            return rows.isEmpty ? .appended(hosts: nil) : .committed(rows)
+        }
+        if payload == "*" || payload.isEmpty { return .appended(hosts: nil) }
+        return .appended(hosts: Set(payload.split(separator: ",").map(String.init)))
     }
 }
 

@@ -75,6 +75,14 @@ final class RelayFixture: @unchecked Sendable {
         return r
     }
 
+    /// A relay that reconnects to the store within 0.2 s, and a session of `host` through it.
+    func quicklyReconnectingRelay(following host: String) throws -> (TestRelay, SessionReader) {
+        var settings = RelayHub.Settings()
+        settings.maxBackoff = 0.2
+        let relay = try self.relay(settings: settings)
+        return (relay, try SessionReader(session(host, relays: [relay])))
+    }
+
     func session(_ host: String, token: String? = nil, relays: [TestRelay]) -> RelaySession {
         RelaySession(host: host, token: token ?? tokens.tokens[host]!, relays: relays.map(\.endpoint))
     }
@@ -175,7 +183,10 @@ struct RelayTests {
             let p = (try? f.controller.progress(hosts: RelayFixture.hosts)) ?? []
             return p.count == 3 && p.allSatisfy { $0.applied == $0.head }
         })
-        #expect(relay.hub.statistics().subscribers == 4, "three sessions and the raw subscriber")
+        let stats = relay.hub.statistics()
+        #expect(stats.subscribers == 4, "three sessions and the raw subscriber")
+        // The rows rode on the verbs' NOTIFYs: far fewer reads than verbs (one each before).
+        #expect(stats.rowsFromWakeups > 0 && stats.storeReads < 40, "\(stats)")
     }
 
     /// The relay's one-statement reads and ack writes say what the per-host calls say: rows,
@@ -268,10 +279,7 @@ struct RelayTests {
     /// again and relays the rows committed after the restart.
     @Test func relaySurvivesAStoreRestart() throws {
         let f = try RelayFixture("relay_pgrestart")
-        var settings = RelayHub.Settings()
-        settings.maxBackoff = 0.2
-        let relay = try f.relay(settings: settings)
-        let reader = try SessionReader(f.session("hv1", relays: [relay]))
+        let (relay, reader) = try f.quicklyReconnectingRelay(following: "hv1")
         try f.verb("g1", port: 8000)
         let before = try f.truth("hv1")
         #expect(try reader.read(until: { $0.rows.count >= before.count }))
@@ -283,6 +291,36 @@ struct RelayTests {
         #expect(reader.rows == truth)
         #expect(relay.hub.statistics().connected)
         #expect(reader.session.relay == relay.endpoint, "the daemon's connection to the relay outlived the store's restart")
+    }
+
+    /// The relay's LISTEN connection killed, and kept from coming back, while verbs commit:
+    /// their NOTIFYs are lost, and the rows carried by the NOTIFYs after it reconnects must not be
+    /// appended across the gap. The relay reads every window again first; the subscriber gets
+    /// every row, in order.
+    @Test func aLostListenIsReadAcrossNotGuessed() throws {
+        let f = try RelayFixture("relay_listen_lost")
+        let (relay, reader) = try f.quicklyReconnectingRelay(following: "hv1")
+        try f.verb("g1", port: 9000)
+        let first = try f.truth("hv1").count
+        #expect(try reader.read(until: { $0.rows.count >= first }))
+        let database = String(URLComponents(string: f.url)!.path.dropFirst())
+        let pg = try SharedPostgres.cluster()
+        // New connections refused (the controller's stays): the LISTEN cannot come back yet.
+        _ = try pg.psql("ALTER DATABASE \(database) WITH ALLOW_CONNECTIONS false")
+        defer { _ = try? pg.psql("ALTER DATABASE \(database) WITH ALLOW_CONNECTIONS true") }
+        let killed = try pg.psql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '\(database)' AND query LIKE 'LISTEN%'")
+        #expect(killed.trimmingCharacters(in: .whitespacesAndNewlines) == "1", "\(killed)")
+        for k in 0..<5 { try f.verb(k % 2 == 0 ? "g1" : "shared", port: 9001 + k) }
+        Thread.sleep(forTimeInterval: 0.5)
+        _ = try pg.psql("ALTER DATABASE \(database) WITH ALLOW_CONNECTIONS true")
+        #expect(eventually(10) {
+            (try? pg.psql("SELECT count(*) FROM pg_stat_activity WHERE datname = '\(database)' AND query LIKE 'LISTEN%'"))?.hasPrefix("1") == true
+        })
+        // After the reconnect, more verbs whose rows come with their NOTIFYs.
+        for k in 0..<5 { try f.verb("g1", port: 9100 + k) }
+        let truth = try f.truth("hv1")
+        #expect(try reader.read(until: { $0.rows.count >= truth.count }, timeout: 15))
+        #expect(reader.rows == truth, "every row once, in order, across the lost LISTEN")
     }
 
     /// A subscriber behind a trimmed log is told to reload, then follows from the head.

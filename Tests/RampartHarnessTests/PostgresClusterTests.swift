@@ -11,6 +11,27 @@ func processAlive(_ pid: Int32) -> Bool {
 
 @Suite("Throwaway PostgreSQL cluster", .tags(.kernel), .rootOnly)
 struct PostgresClusterTests {
+    /// A test process killed before its exit handler ran leaves its cluster running; the next
+    /// cluster made on the machine stops it and removes its directory. A live owner's cluster is
+    /// left alone.
+    @Test func anAbandonedClusterIsReapedAndALiveOnesIsNot() throws {
+        let abandoned = try PostgresCluster()
+        try abandoned.start()
+        let servers = abandoned.serverProcessIDs()
+        #expect(!servers.isEmpty)
+        // Its owner is now a process that is gone: pid 1's number with another start time
+        // stands for a pid reused since.
+        try "1 0\n".write(toFile: abandoned.directory + "/owner", atomically: false, encoding: .utf8)
+        let alive = try PostgresCluster()
+        try alive.start()
+        defer { alive.destroy() }
+        let next = try PostgresCluster()
+        defer { next.destroy() }
+        #expect(!FileManager.default.fileExists(atPath: abandoned.directory))
+        #expect(servers.allSatisfy { !processAlive($0) }, "\(servers)")
+        #expect(alive.isRunning && FileManager.default.fileExists(atPath: alive.directory))
+    }
+
     @Test("start, query, restart, kill and start again, stop: nothing is left behind")
     func lifecycle() throws {
         let pg = try PostgresCluster()

@@ -54,11 +54,44 @@ struct PostgresStoreTests {
             try st.addInstance("dup", Instance(host: "hv1", groups: ["web"], ips: [ip("10.0.5.5")], interface: "tapweb1"))
         }
         #expect(try st.progress(hosts: nil).map(\.head) == heads)
-        // A verb that commits is heard, naming exactly its hosts.
+        // A verb that commits is heard with exactly its rows: its hosts, their numbers, the calls.
         let d = try st.authorize(group: "web", rule: try rule(#"{"protocol":"tcp","ports":"443","cidr":"0.0.0.0/0"}"#, "web"))
         #expect(Set(d.map(\.host)) == ["hv1", "hv2"])
         let got = heard.waitFor(count: 1, timeout: 5)
-        #expect(got == [.appended(hosts: ["hv1", "hv2"])])
+        let rows = Dictionary(grouping: d, by: \.host).mapValues { $0.map { LogEntry(sequence: $0.sequence!, refresh: $0.refresh) } }
+        #expect(got == [.committed(rows)])
+    }
+
+    /// A verb whose rows would not fit a NOTIFY (8,000 bytes) names its hosts instead, and one
+    /// whose hosts would not either says `*`: a reader then reads the log, as it must.
+    @Test func payloadsTooLargeForRowsFallBackToHostsThenToAll() throws {
+        #expect(WakeupPayload.decode("+hv1 12 rules:web,hv2 13 rules:web,hv1 15 members:db")
+                == .committed(["hv1": [LogEntry(sequence: 12, refresh: .rules("web")), LogEntry(sequence: 15, refresh: .members("db"))],
+                               "hv2": [LogEntry(sequence: 13, refresh: .rules("web"))]]))
+        #expect(WakeupPayload.decode("hv1,hv2") == .appended(hosts: ["hv1", "hv2"]))
+        #expect(WakeupPayload.decode("*") == .appended(hosts: nil))
+        #expect(WakeupPayload.decode("+hv1 x rules:web") == .appended(hosts: nil))
+        let url = try SharedPostgres.freshDatabase("pgstore")
+        let st = try PostgresStore(url: url, migrate: true)
+        let wakeups = PostgresWakeups(location: try PostgresLocation(url: url))
+        let heard = Heard()
+        try wakeups.start { heard.add($0) }
+        defer { wakeups.stop() }
+        _ = try st.createGroup("web", description: nil)
+        // 300 hosts of ~12-byte names: rows (~25 bytes each) do not fit, names (~13) do.
+        for k in 0..<300 {
+            _ = try st.addInstance("i\(k)", Instance(host: "hypervisor\(k)", groups: ["web"], ips: [ip("10.7.\(k / 250).\(k % 250 + 1)")], interface: "tap\(k)"))
+        }
+        let before = heard.waitFor(count: 300, timeout: 10).count
+        _ = try st.authorize(group: "web", rule: try rule(#"{"protocol":"tcp","ports":"22","cidr":"0.0.0.0/0"}"#, "web"))
+        #expect(heard.waitFor(count: before + 1, timeout: 5).last == .appended(hosts: Set((0..<300).map { "hypervisor\($0)" })))
+        // 700 hosts: the names do not fit either.
+        for k in 300..<700 {
+            _ = try st.addInstance("i\(k)", Instance(host: "hypervisor\(k)", groups: ["web"], ips: [ip("10.7.\(k / 250).\(k % 250 + 1)")], interface: "tap\(k)"))
+        }
+        let more = heard.waitFor(count: before + 401, timeout: 10).count
+        _ = try st.authorize(group: "web", rule: try rule(#"{"protocol":"tcp","ports":"23","cidr":"0.0.0.0/0"}"#, "web"))
+        #expect(heard.waitFor(count: more + 1, timeout: 5).last == .appended(hosts: nil))
     }
 
     @Test func wakeupsReportALostConnection() throws {
