@@ -233,7 +233,7 @@ extension SQLStore {
         guard !positions.isEmpty else { return [:] }
         let hosts = positions.keys.sorted()
         let rows = try locked { () throws(StoreError) -> [[String?]] in
-            try db.query("""
+            try db.queryPlannedEachTime("""
                 SELECT u.h, GREATEST(COALESCE((SELECT max(seq) FROM change_log m WHERE m.host = u.h), 0), COALESCE(c.trimmed_through, 0)),
                        COALESCE(c.trimmed_through, 0), l.seq, l.refresh
                 FROM unnest(CAST(? AS text[]), CAST(? AS bigint[])) AS u(h, after)
@@ -241,7 +241,7 @@ extension SQLStore {
                 LEFT JOIN LATERAL (SELECT seq, refresh FROM change_log r WHERE r.host = u.h AND r.seq > u.after
                                    AND u.after >= COALESCE(c.trimmed_through, 0) ORDER BY seq LIMIT ?) l ON true
                 ORDER BY u.h, l.seq
-                """, .text(Self.arrayLiteral(hosts)), .text(Self.arrayLiteral(hosts.map { String(positions[$0]!) })), .int(Int64(limit)))
+                """, [.text(Self.arrayLiteral(hosts)), .text(Self.arrayLiteral(hosts.map { String(positions[$0]!) })), .int(Int64(limit))])
         }
         var pages: [String: LogPage] = [:]
         for row in rows {
