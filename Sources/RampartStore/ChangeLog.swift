@@ -107,35 +107,45 @@ public protocol ChangeWakeups: AnyObject, Sendable {
     func stop()
 }
 
-/// The NOTIFY payload of a verb, written by `rampart_log_append` (PostgresRoutines.swift): its
-/// rows, `+host seq refresh,host seq refresh,…` (ids never hold a space or a comma); when they
-/// would not fit PostgreSQL's 8000 bytes, the hosts whose logs grew, comma-separated; when those
-/// would not either, `*`. One channel for everything: PostgreSQL 15–18 wakes every listening
-/// backend for every NOTIFY whatever its channel, so more channels would cost the same server
-/// CPU and only lose the collapsing of duplicates.
+/// The NOTIFY payload of a verb, written by `rampart_log_append` (PostgresRoutines.swift): the
+/// hosts whose logs grew, comma-separated, then its rows, `hv1,hv7,+hv1 48213 rules:web;hv7 48214
+/// rules:web` (ids never hold a space, a comma or a semicolon); when that would not fit
+/// PostgreSQL's 8000 bytes, the hosts alone; when those would not either, `*`. One channel for
+/// everything: PostgreSQL 15–18 wakes every listening backend for every NOTIFY whatever its
+/// channel, so more channels would cost the same server CPU and only lose the collapsing of
+/// duplicates.
 ///
 /// Why the rows: a relay woken by a host list reads the new rows of its hosts, one statement per
-/// wake-up, i.e. per verb; with the rows in the payload it reads nothing (docs/relay.md).
+/// wake-up, i.e. per verb; with the rows in the payload it reads nothing (docs/relay.md). Why the
+/// hosts first: a reader of the previous version (hosts only) still finds its host among the
+/// comma-separated names (the rows are one more name that matches no host), so daemons and relays
+/// can be upgraded after the controller without losing their wake-ups.
 public enum WakeupPayload {
     public static let channel = "rampart_changes"
     static let limit = 7900
 
     /// What a payload says.
     public static func decode(_ payload: String) -> Wakeup {
-        if payload.hasPrefix("+") {
-            var rows: [String: [LogEntry]] = [:]
-            for item in payload.dropFirst().split(separator: ",") {
-                let parts = item.split(separator: " ")
+        if payload == "*" || payload.isEmpty { return .appended(hosts: nil) }
+        var hosts: Set<String> = []
+        var rows: [String: [LogEntry]] = [:]
+        for item in payload.split(separator: ",") {
+            guard item.hasPrefix("+") else {
+                hosts.insert(String(item))
+                continue
+            }
+            for row in item.dropFirst().split(separator: ";") {
+                let parts = row.split(separator: " ")
                 guard parts.count == 3, let seq = Int64(parts[1]), let refresh = Refresh(logText: String(parts[2])) else {
                     return .appended(hosts: nil)  // a payload this version cannot read: read every host's log
                 }
                 rows[String(parts[0]), default: []].append(LogEntry(sequence: seq, refresh: refresh))
             }
-            for h in rows.keys { rows[h]!.sort { $0.sequence < $1.sequence } }
-            return rows.isEmpty ? .appended(hosts: nil) : .committed(rows)
         }
-        if payload == "*" || payload.isEmpty { return .appended(hosts: nil) }
-        return .appended(hosts: Set(payload.split(separator: ",").map(String.init)))
+        // Rows are trusted only when they cover exactly the hosts named.
+        guard !rows.isEmpty, Set(rows.keys) == hosts else { return .appended(hosts: hosts) }
+        for h in rows.keys { rows[h]!.sort { $0.sequence < $1.sequence } }
+        return .committed(rows)
     }
 }
 

@@ -29,6 +29,7 @@ extension SQLStore {
         DECLARE
           h text;
           payload text;
+          row_list text;
           seqs bigint[];
         BEGIN
           IF cardinality(hosts) IS DISTINCT FROM cardinality(refreshes) THEN
@@ -44,13 +45,15 @@ extension SQLStore {
           WITH ins AS (INSERT INTO change_log(host, seq, refresh)
                        SELECT x, nextval('change_log_seq'), r FROM unnest(hosts, refreshes) WITH ORDINALITY AS u(x, r, n) ORDER BY n
                        RETURNING host, seq, refresh)
-          SELECT array_agg(seq ORDER BY seq), '+' || string_agg(host || ' ' || seq || ' ' || refresh, ',' ORDER BY seq)
-            INTO seqs, payload FROM ins;
-          -- The rows; if they would not fit, the hosts; if those would not either, `*`
-          -- (WakeupPayload). Queued now, delivered at COMMIT, dropped by a rollback.
+          SELECT array_agg(seq ORDER BY seq), string_agg(host || ' ' || seq || ' ' || refresh, ';' ORDER BY seq)
+            INTO seqs, row_list FROM ins;
+          -- The hosts, then the rows; if that would not fit, the hosts; if those would not
+          -- either, `*` (WakeupPayload). Queued now, delivered at COMMIT, dropped by a rollback.
+          SELECT string_agg(x, ',' ORDER BY x) INTO payload FROM (SELECT DISTINCT x COLLATE "C" AS x FROM unnest(hosts) AS u(x)) d;
           IF octet_length(payload) > \(WakeupPayload.limit) THEN
-            SELECT string_agg(x, ',' ORDER BY x) INTO payload FROM (SELECT DISTINCT x COLLATE "C" AS x FROM unnest(hosts) AS u(x)) d;
-            IF octet_length(payload) > \(WakeupPayload.limit) THEN payload := '*'; END IF;
+            payload := '*';
+          ELSIF octet_length(payload) + 2 + octet_length(row_list) <= \(WakeupPayload.limit) THEN
+            payload := payload || ',+' || row_list;
           END IF;
           PERFORM pg_notify('\(WakeupPayload.channel)', payload);
           RETURN seqs;

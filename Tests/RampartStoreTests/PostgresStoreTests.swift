@@ -65,12 +65,17 @@ struct PostgresStoreTests {
     /// A verb whose rows would not fit a NOTIFY (8,000 bytes) names its hosts instead, and one
     /// whose hosts would not either says `*`: a reader then reads the log, as it must.
     @Test func payloadsTooLargeForRowsFallBackToHostsThenToAll() throws {
-        #expect(WakeupPayload.decode("+hv1 12 rules:web,hv2 13 rules:web,hv1 15 members:db")
+        let payload = "hv1,hv2,+hv1 12 rules:web;hv2 13 rules:web;hv1 15 members:db"
+        #expect(WakeupPayload.decode(payload)
                 == .committed(["hv1": [LogEntry(sequence: 12, refresh: .rules("web")), LogEntry(sequence: 15, refresh: .members("db"))],
                                "hv2": [LogEntry(sequence: 13, refresh: .rules("web"))]]))
+        // The previous version's reader (hosts, comma-separated) still finds its hosts in it.
+        #expect(Set(payload.split(separator: ",").map(String.init)).isSuperset(of: ["hv1", "hv2"]))
         #expect(WakeupPayload.decode("hv1,hv2") == .appended(hosts: ["hv1", "hv2"]))
         #expect(WakeupPayload.decode("*") == .appended(hosts: nil))
-        #expect(WakeupPayload.decode("+hv1 x rules:web") == .appended(hosts: nil))
+        #expect(WakeupPayload.decode("hv1,+hv1 x rules:web") == .appended(hosts: nil))
+        // Rows that do not cover exactly the hosts named are not trusted: the hosts are read.
+        #expect(WakeupPayload.decode("hv1,hv2,+hv1 12 rules:web") == .appended(hosts: ["hv1", "hv2"]))
         let url = try SharedPostgres.freshDatabase("pgstore")
         let st = try PostgresStore(url: url, migrate: true)
         let wakeups = PostgresWakeups(location: try PostgresLocation(url: url))
@@ -78,7 +83,7 @@ struct PostgresStoreTests {
         try wakeups.start { heard.add($0) }
         defer { wakeups.stop() }
         _ = try st.createGroup("web", description: nil)
-        // 300 hosts of ~12-byte names: rows (~25 bytes each) do not fit, names (~13) do.
+        // 300 hosts of ~12-byte names: names and rows (~14 + ~29 bytes each) do not fit, names do.
         for k in 0..<300 {
             _ = try st.addInstance("i\(k)", Instance(host: "hypervisor\(k)", groups: ["web"], ips: [ip("10.7.\(k / 250).\(k % 250 + 1)")], interface: "tap\(k)"))
         }
