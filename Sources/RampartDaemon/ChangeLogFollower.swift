@@ -109,9 +109,8 @@ public final class ChangeLogFollower: @unchecked Sendable {
     private func wake(_ w: Wakeup) {
         condition.withLock {
             switch w {
-            case .appended, .committed:
-                // It reads its own rows from the log either way (one host: one statement).
-                guard w.hosts?.contains(daemon.host) ?? true else { return }
+            case .appended(let hosts):
+                guard hosts == nil || hosts!.contains(daemon.host) else { return }
             case .lost(let why):
                 listening = false
                 logger.warning("store wake-ups lost; reconnecting", metadata: ["error": "\(why)"])

@@ -74,8 +74,6 @@ public final class RelayHub: @unchecked Sendable {
     private var nextID = 0
     private var dirty: Set<String> = []
     private var allDirty = false
-    /// Rows the wake-ups carried, per host in commit order, not yet in the windows.
-    private var notified: [String: [LogEntry]] = [:]
     private var catchUps: [Subscriber] = []
     private var welcomes: [Subscriber] = []
     private var acks: [String: Int64] = [:]
@@ -228,10 +226,6 @@ public final class RelayHub: @unchecked Sendable {
                 for h in hosts where subscribers[h] != nil { dirty.insert(h) }
             case .appended(nil):
                 allDirty = true
-            case .committed(let rows):
-                // Appended by the reader thread after any read it has under way (a read's
-                // snapshot can be older than these rows, never newer than the ones it returns).
-                for (h, r) in rows where windows[h] != nil { notified[h, default: []] += r }
             case .lost(let why):
                 logger.warning("store wake-ups lost; reconnecting", metadata: ["error": "\(why)"])
                 listening = false
@@ -300,8 +294,7 @@ public final class RelayHub: @unchecked Sendable {
         var catchUps: [(Subscriber, Int64)] = []
         var welcomes: [Subscriber] = []
         var acks: [String: Int64] = [:]
-        var notified: [String: [LogEntry]] = [:]
-        var isEmpty: Bool { refresh.isEmpty && catchUps.isEmpty && welcomes.isEmpty && acks.isEmpty && notified.isEmpty }
+        var isEmpty: Bool { refresh.isEmpty && catchUps.isEmpty && welcomes.isEmpty && acks.isEmpty }
     }
 
     private func run() {
@@ -342,7 +335,7 @@ public final class RelayHub: @unchecked Sendable {
             let poll = Date(timeIntervalSinceNow: settings.pollInterval)
             while !loop.stopping && listening {
                 let ackDue = firstAck.map { Date().timeIntervalSince($0) >= settings.ackFlushInterval } ?? false
-                if !dirty.isEmpty || allDirty || !notified.isEmpty || !catchUps.isEmpty || !welcomes.isEmpty || ackDue { break }
+                if !dirty.isEmpty || allDirty || !catchUps.isEmpty || !welcomes.isEmpty || ackDue { break }
                 let until = firstAck.map { $0.addingTimeInterval(settings.ackFlushInterval) } ?? poll
                 if !condition.wait(until: min(until, poll)) && Date() >= poll {
                     allDirty = true
@@ -354,8 +347,6 @@ public final class RelayHub: @unchecked Sendable {
             for h in hosts { if let w = windows[h] { work.refresh[h] = w.head } }
             dirty = []
             allDirty = false
-            work.notified = notified
-            notified = [:]
             // One catch-up per host per round: positions are per host in one statement.
             var seen: Set<String> = []
             var later: [Subscriber] = []
@@ -409,10 +400,6 @@ public final class RelayHub: @unchecked Sendable {
                     for (sub, p) in work.catchUps { if let page = pages[sub.host] { catchUp(sub, from: p, page) } }
                 }
             }
-            // After this round's reads: a row they returned is not appended twice.
-            if !work.notified.isEmpty {
-                condition.withLock { for (host, rows) in work.notified { append(host, notified: rows) } }
-            }
         } catch {
             condition.withLock {
                 for (h, s) in work.acks { acks[h] = max(acks[h] ?? 0, s) }
@@ -420,8 +407,6 @@ public final class RelayHub: @unchecked Sendable {
                 welcomes += work.welcomes
                 dirty.formUnion(work.refresh.keys)
                 catchUps += work.catchUps.map(\.0)
-                // Kept, in front of any that came meanwhile: they go in after the reads that failed.
-                for (h, rows) in work.notified { notified[h] = rows + (notified[h] ?? []) }
             }
             throw error
         }
@@ -448,32 +433,12 @@ public final class RelayHub: @unchecked Sendable {
         // A full page may stop short of the head: only the rows read are known.
         w.append(page.entries, head: full ? (page.entries.last?.sequence ?? position) : page.head, capacity: settings.windowRows)
         windows[host] = w
-        sendNewRows(host, w)
-    }
-
-    /// The window's rows after each synced subscriber's position, to it. Under the lock.
-    private func sendNewRows(_ host: String, _ w: Window) {
         for sub in (subscribers[host] ?? [:]).values where sub.synced && !sub.overflowed {
             guard let p = sub.position, w.head > p else { continue }
             let rows = w.rows(after: p)
             send(sub, .rows(rows, after: p, through: w.head, head: w.head), rows: rows.count)
             sub.position = w.head
         }
-    }
-
-    /// Rows a wake-up carried: into the host's window, out to its synced subscribers. Every
-    /// commit since the window's last read is notified, in commit order, while the LISTEN stays
-    /// up (a lost LISTEN makes every window read again before more of these are taken), so the
-    /// rows after the window's head continue it without a gap; those at or below it were in a
-    /// read already. Under the lock.
-    private func append(_ host: String, notified rows: [LogEntry]) {
-        guard var w = windows[host] else { return }
-        let before = w.head
-        w.append(rows, head: w.head, capacity: settings.windowRows)
-        guard w.head > before else { return }
-        stats.rowsFromWakeups += rows.filter { $0.sequence > before }.count
-        windows[host] = w
-        sendNewRows(host, w)
     }
 
     /// A catch-up read for `sub` (rows after `position`): sent; then it follows the window if

@@ -27,7 +27,6 @@ public enum RelayMetrics {
         one("rampart_relay_subscribers_behind", "gauge", "Subscribers whose last ack is behind the last row sent to them.", s.behind)
         one("rampart_relay_max_unacked_rows", "gauge", "The most rows sent to one subscriber and not acknowledged.", s.maxUnackedRows)
         one("rampart_relay_rows_read_total", "counter", "Change-log rows read from the store.", s.rowsRead)
-        one("rampart_relay_rows_from_wakeups_total", "counter", "Change-log rows taken from the verbs' notifications, without a read.", s.rowsFromWakeups)
         one("rampart_relay_rows_sent_total", "counter", "Change-log rows sent to subscribers.", s.rowsSent)
         one("rampart_relay_store_reads_total", "counter", "Statements sent to the store to read the log.", s.storeReads)
         one("rampart_relay_acks_written_total", "counter", "Acknowledged positions written to the store.", s.acksWritten)

@@ -113,8 +113,6 @@ public struct RelayStatistics: Codable, Sendable, Equatable {
     /// Change-log rows read from the store, and sent to subscribers, since start.
     public var rowsRead: Int = 0
     public var rowsSent: Int = 0
-    /// Rows taken from wake-ups (the verbs' NOTIFY payloads) without reading the store.
-    public var rowsFromWakeups: Int = 0
     /// Statements sent to the store for reads, since start.
     public var storeReads: Int = 0
     /// Acknowledged positions written to the store, and the statements that wrote them.

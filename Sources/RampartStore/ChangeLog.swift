@@ -78,22 +78,8 @@ extension ChangeLog {
 public enum Wakeup: Sendable, Equatable {
     /// Rows may have been appended for these hosts (nil: for any host).
     case appended(hosts: Set<String>?)
-    /// These rows were committed, each host's in order: every row of one verb's transaction
-    /// (`WakeupPayload`). A reader that has listened without a break since it last read a host's
-    /// log can append them without reading it: PostgreSQL delivers notifications in commit order
-    /// and a host's numbers grow in commit order.
-    case committed([String: [LogEntry]])
     /// The wake-up source is gone (connection lost): the reader must reconnect and catch up.
     case lost(String)
-
-    /// The hosts it names (nil: any host; empty for `lost`).
-    public var hosts: Set<String>? {
-        switch self {
-        case .appended(let hosts): hosts
-        case .committed(let rows): Set(rows.keys)
-        case .lost: []
-        }
-    }
 }
 
 /// Wakes a change-log reader when its host's log may have grown. The direct mode is one
@@ -108,44 +94,24 @@ public protocol ChangeWakeups: AnyObject, Sendable {
 }
 
 /// The NOTIFY payload of a verb, written by `rampart_log_append` (PostgresRoutines.swift): the
-/// hosts whose logs grew, comma-separated, then its rows, `hv1,hv7,+hv1 48213 rules:web;hv7 48214
-/// rules:web` (ids never hold a space, a comma or a semicolon); when that would not fit
-/// PostgreSQL's 8000 bytes, the hosts alone; when those would not either, `*`. One channel for
-/// everything: PostgreSQL 15–18 wakes every listening backend for every NOTIFY whatever its
-/// channel, so more channels would cost the same server CPU and only lose the collapsing of
-/// duplicates.
+/// hosts whose logs grew, comma-separated, or `*` when the list would not fit (PostgreSQL's
+/// payload limit is 8000 bytes). One channel for everything: PostgreSQL 15–18 wakes every
+/// listening backend for every NOTIFY whatever its channel, so more channels would cost the same
+/// server CPU and only lose the collapsing of duplicates.
 ///
-/// Why the rows: a relay woken by a host list reads the new rows of its hosts, one statement per
-/// wake-up, i.e. per verb; with the rows in the payload it reads nothing (docs/relay.md). Why the
-/// hosts first: a reader of the previous version (hosts only) still finds its host among the
-/// comma-separated names (the rows are one more name that matches no host), so daemons and relays
-/// can be upgraded after the controller without losing their wake-ups.
+/// Only a wake-up, never data: any role that can connect to the database can NOTIFY on any
+/// channel (PostgreSQL checks no privilege), so a reader trusts nothing in a payload but "read
+/// the log". A payload that carried the rows spared a relay its read per verb, and let a
+/// hypervisor's read-only credentials forge rows that move other hosts' positions past real ones
+/// (docs/relay.md, "Why the NOTIFY carries no rows").
 public enum WakeupPayload {
     public static let channel = "rampart_changes"
     static let limit = 7900
 
-    /// What a payload says.
-    public static func decode(_ payload: String) -> Wakeup {
-        if payload == "*" || payload.isEmpty { return .appended(hosts: nil) }
-        var hosts: Set<String> = []
-        var rows: [String: [LogEntry]] = [:]
-        for item in payload.split(separator: ",") {
-            guard item.hasPrefix("+") else {
-                hosts.insert(String(item))
-                continue
-            }
-            for row in item.dropFirst().split(separator: ";") {
-                let parts = row.split(separator: " ")
-                guard parts.count == 3, let seq = Int64(parts[1]), let refresh = Refresh(logText: String(parts[2])) else {
-                    return .appended(hosts: nil)  // a payload this version cannot read: read every host's log
-                }
-                rows[String(parts[0]), default: []].append(LogEntry(sequence: seq, refresh: refresh))
-            }
-        }
-        // Rows are trusted only when they cover exactly the hosts named.
-        guard !rows.isEmpty, Set(rows.keys) == hosts else { return .appended(hosts: hosts) }
-        for h in rows.keys { rows[h]!.sort { $0.sequence < $1.sequence } }
-        return .committed(rows)
+    /// The hosts named, or nil for all (`*`, or a payload this version cannot read).
+    public static func decode(_ payload: String) -> Set<String>? {
+        if payload == "*" || payload.isEmpty { return nil }
+        return Set(payload.split(separator: ",").map(String.init))
     }
 }
 

@@ -29,7 +29,6 @@ extension SQLStore {
         DECLARE
           h text;
           payload text;
-          row_list text;
           seqs bigint[];
         BEGIN
           IF cardinality(hosts) IS DISTINCT FROM cardinality(refreshes) THEN
@@ -41,21 +40,14 @@ extension SQLStore {
           FOR h IN SELECT DISTINCT x COLLATE "C" FROM unnest(hosts) AS u(x) ORDER BY 1 LOOP
             PERFORM pg_advisory_xact_lock(\(hostLockClass), hashtext(h));
           END LOOP;
+          SELECT string_agg(x, ',' ORDER BY x) INTO payload FROM (SELECT DISTINCT x COLLATE "C" AS x FROM unnest(hosts) AS u(x)) d;
+          -- Queued now, delivered at COMMIT, dropped by a rollback. `*`: the list would not fit.
+          PERFORM pg_notify('\(WakeupPayload.channel)', CASE WHEN octet_length(payload) <= \(WakeupPayload.limit) THEN payload ELSE '*' END);
           -- Numbered after the locks, in the order given (the sort comes before nextval).
           WITH ins AS (INSERT INTO change_log(host, seq, refresh)
                        SELECT x, nextval('change_log_seq'), r FROM unnest(hosts, refreshes) WITH ORDINALITY AS u(x, r, n) ORDER BY n
-                       RETURNING host, seq, refresh)
-          SELECT array_agg(seq ORDER BY seq), string_agg(host || ' ' || seq || ' ' || refresh, ';' ORDER BY seq)
-            INTO seqs, row_list FROM ins;
-          -- The hosts, then the rows; if that would not fit, the hosts; if those would not
-          -- either, `*` (WakeupPayload). Queued now, delivered at COMMIT, dropped by a rollback.
-          SELECT string_agg(x, ',' ORDER BY x) INTO payload FROM (SELECT DISTINCT x COLLATE "C" AS x FROM unnest(hosts) AS u(x)) d;
-          IF octet_length(payload) > \(WakeupPayload.limit) THEN
-            payload := '*';
-          ELSIF octet_length(payload) + 2 + octet_length(row_list) <= \(WakeupPayload.limit) THEN
-            payload := payload || ',+' || row_list;
-          END IF;
-          PERFORM pg_notify('\(WakeupPayload.channel)', payload);
+                       RETURNING seq)
+          SELECT array_agg(seq ORDER BY seq) INTO seqs FROM ins;
           RETURN seqs;
         END
         $fn$

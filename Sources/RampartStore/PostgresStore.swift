@@ -104,7 +104,7 @@ public final class PostgresStore: SQLStore, ChangeLog, @unchecked Sendable {
 }
 
 /// Direct-mode wake-ups: one LISTEN connection to PostgreSQL (channel `rampart_changes`). The
-/// handler hears `.committed` (or `.appended`) for every verb's NOTIFY, and `.lost` once when the connection
+/// handler hears `.appended` for every verb's NOTIFY, and `.lost` once when the connection
 /// closes; `start` again to reconnect.
 public final class PostgresWakeups: ChangeWakeups, @unchecked Sendable {
     public let location: PostgresLocation
@@ -138,7 +138,7 @@ public final class PostgresWakeups: ChangeWakeups, @unchecked Sendable {
         let added = c.eventLoop.submit { () -> Bool in
             guard !c.isClosed else { return false }
             c.addListener(channel: WakeupPayload.channel) { _, note in
-                handler(WakeupPayload.decode(note.payload))
+                handler(.appended(hosts: WakeupPayload.decode(note.payload)))
             }
             return true
         }

@@ -168,7 +168,7 @@ struct FleetBench: ParsableCommand {
                                   "all_acked_after_end": drained ? String(format: "%.2f s", drainTime) : "no (30 s)",
                                   "errors": "\(box.errors.count)", "target": "≥ 1000 verbs/s"]))
         let stats = relays.compactMap { relayStatus(port: $0.1) }
-        report.note("fleet of \(n): relays: " + stats.map { "\($0.subscribers) subscribers, \($0.rowsRead) rows read in \($0.storeReads) reads, \($0.rowsFromWakeups) from wake-ups, \($0.rowsSent) sent, \($0.acksWritten) acks in \($0.ackWrites) writes, \($0.reloadsOverflow) overflow reloads" }.joined(separator: "; "))
+        report.note("fleet of \(n): relays: " + stats.map { "\($0.subscribers) subscribers, \($0.rowsRead) rows read in \($0.storeReads) reads, \($0.rowsSent) sent, \($0.acksWritten) acks in \($0.ackWrites) writes, \($0.reloadsOverflow) overflow reloads" }.joined(separator: "; "))
         let relayCPU = relays.enumerated().map { i, r in String(format: "%.2f", (processCPUSeconds(r.0.pid) - relayCPU0[i]) * 1000 / Double(max(verbs + repeats, 1))) }
         report.note("fleet of \(n): relay CPU per verb (each relay, while verbs ran): \(relayCPU.joined(separator: ", ")) ms")
         fleet.close()
@@ -187,7 +187,7 @@ struct FleetBench: ParsableCommand {
             let w = PostgresWakeups(location: location)
             try w.start { [fleet] wake in
                 // Woken: the host's rows are there to read (the read is not measured).
-                if wake.hosts?.contains(host) ?? true { fleet.woken(i) }
+                if case .appended(let hosts) = wake, hosts?.contains(host) ?? true { fleet.woken(i) }
             }
             listeners.append(w)
         }

@@ -171,7 +171,6 @@ final class StatusLine: @unchecked Sendable {
             logger.info("status", metadata: [
                 "subscribers": "\(s.subscribers)", "connected": "\(s.connected)",
                 "rows_read_per_s": "\(Int(Double(s.rowsRead - last.rowsRead) / dt))",
-                "rows_from_wakeups_per_s": "\(Int(Double(s.rowsFromWakeups - last.rowsFromWakeups) / dt))",
                 "rows_sent_per_s": "\(Int(Double(s.rowsSent - last.rowsSent) / dt))",
                 "behind": "\(s.behind)", "max_unacked_rows": "\(s.maxUnackedRows)",
                 "reloads_trimmed": "\(s.reloadsTrimmed)", "reloads_overflow": "\(s.reloadsOverflow)", "refused": "\(s.refused)",

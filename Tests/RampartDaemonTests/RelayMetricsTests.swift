@@ -42,8 +42,7 @@ struct RelayMetricsTests {
         #expect(text.contains("# TYPE rampart_relay_rows_sent_total counter\n"))
         let sent = Self.value(text, "rampart_relay_rows_sent_total")
         #expect(sent >= hv1 + hv2, "\(text)")
-        // Each row came from a read or from the verb's NOTIFY (most, once the windows exist).
-        #expect(Self.value(text, "rampart_relay_rows_read_total") + Self.value(text, "rampart_relay_rows_from_wakeups_total") >= hv1 + hv2, "\(text)")
+        #expect(Self.value(text, "rampart_relay_rows_read_total") >= hv1 + hv2)
         #expect(Self.value(text, "rampart_relay_subscribers_behind") == 1)
         // Only /metrics, only GET.
         #expect(try Self.get(port: port, path: "/").hasPrefix("HTTP/1.1 404"))

@@ -153,7 +153,8 @@ struct MembersCheckTests {
         for rule in ["shared interface or address", "too many groups", "unknown group", "bad interface", "bad address", "no interface"] {
             #expect((refused[rule] ?? 0) > 0, "seed \(seed): no change was refused for \(rule): \(refused)")
         }
-        #expect(accepted > 50, "seed \(seed): \(accepted) accepted")
+        // 72–83 of 400 in six runs, 50 once: the bound only says the run was not all refusals.
+        #expect(accepted > 30, "seed \(seed): \(accepted) accepted")
     }
 
     @Test(arguments: StoreKind.available) func aRefusedMembersChangeSaysWhyAndChangesNothing(_ kind: StoreKind) throws {
