@@ -186,10 +186,19 @@ public final class PostgresCluster: @unchecked Sendable {
     /// directory in /tmp. Only directories with an owner record whose process is gone (a pid
     /// reused by another process has another start time); a running test process's cluster, or a
     /// directory this harness did not make, is never touched.
+    ///
+    /// /tmp is anyone's: a directory is taken for one of ours only if it is a real directory
+    /// (not a link) owned by the account our servers run as, closed to others (0700), and a
+    /// process is signalled only if it is a PostgreSQL server whose command line names that
+    /// directory's data — never on the word of a pid file alone.
     static func reapAbandoned() {
         guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/tmp") else { return }
+        let serverUID: uid_t = getuid() == 0 ? (getpwnam(serverAccount).map { $0.pointee.pw_uid } ?? 0) : getuid()
         for entry in entries where entry.hasPrefix("rampart-pg-") {
             let directory = "/tmp/" + entry
+            var info = stat()
+            guard lstat(directory, &info) == 0, info.st_mode & S_IFMT == S_IFDIR, info.st_uid == serverUID,
+                  info.st_mode & 0o077 == 0 else { continue }
             guard let text = try? String(contentsOfFile: directory + "/" + ownerFile, encoding: .utf8) else { continue }
             let fields = text.split(whereSeparator: { $0 == " " || $0 == "\n" })
             guard fields.count == 2, let pid = Int32(fields[0]), let started = UInt64(fields[1]) else { continue }
@@ -197,14 +206,22 @@ public final class PostgresCluster: @unchecked Sendable {
             let data = directory + "/data"
             if let pidText = try? String(contentsOfFile: data + "/postmaster.pid", encoding: .utf8),
                let postmaster = pidText.split(separator: "\n").first.flatMap({ Int32($0.trimmingCharacters(in: .whitespaces)) }),
-               let s = processStat(postmaster), s.state != "Z" {
+               let s = processStat(postmaster), s.state != "Z", isServer(postmaster, of: data) {
                 // An immediate stop: the data is thrown away.
                 Glibc.kill(postmaster, SIGQUIT)
                 for _ in 0..<100 where processStat(postmaster).map({ $0.state != "Z" }) ?? false { usleep(20_000) }
-                if processStat(postmaster).map({ $0.state != "Z" }) ?? false { Glibc.kill(postmaster, SIGKILL) }
+                if processStat(postmaster).map({ $0.state != "Z" }) ?? false, isServer(postmaster, of: data) { Glibc.kill(postmaster, SIGKILL) }
             }
             try? FileManager.default.removeItem(atPath: directory)
         }
+    }
+
+    /// Whether `pid` is a PostgreSQL server started on `data` (`postgres -D <data>`).
+    static func isServer(_ pid: Int32, of data: String) -> Bool {
+        guard let bytes = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return false }
+        let args = bytes.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+        guard let program = args.first, program.hasSuffix("/postgres") || program == "postgres" else { return false }
+        return zip(args, args.dropFirst()).contains { $0 == "-D" && $1 == data }
     }
 
     // MARK: Set-up

@@ -1,5 +1,6 @@
 import Foundation
 import RampartHarness
+import RampartSystem
 import Testing
 
 /// Whether process `pid` exists and is not a zombie.
@@ -30,6 +31,34 @@ struct PostgresClusterTests {
         #expect(!FileManager.default.fileExists(atPath: abandoned.directory))
         #expect(servers.allSatisfy { !processAlive($0) }, "\(servers)")
         #expect(alive.isRunning && FileManager.default.fileExists(atPath: alive.directory))
+    }
+
+    /// /tmp is anyone's: a directory named like ours whose pid file names some other process is
+    /// never a reason to signal it, and one not owned by the servers' account is left alone.
+    @Test func aForgedAbandonedClusterSignalsNobody() throws {
+        let victim = try Command(["sleep", "30"]).spawn()
+        defer { kill(victim.pid, SIGKILL); _ = try? victim.wait() }
+        func forged(owner: String?) throws -> String {
+            var template = Array("/tmp/rampart-pg-XXXXXX".utf8CString)
+            let dir = String(cString: mkdtemp(&template)!)
+            try FileManager.default.createDirectory(atPath: dir + "/data", withIntermediateDirectories: true)
+            try "1 0\n".write(toFile: dir + "/owner", atomically: false, encoding: .utf8)
+            try "\(victim.pid)\n".write(toFile: dir + "/data/postmaster.pid", atomically: false, encoding: .utf8)
+            if let owner, let account = getpwnam(owner) {
+                for path in [dir, dir + "/data", dir + "/owner", dir + "/data/postmaster.pid"] {
+                    #expect(chown(path, account.pointee.pw_uid, account.pointee.pw_gid) == 0)
+                }
+            }
+            return dir
+        }
+        let notOurs = try forged(owner: nil)  // root's, not the servers' account
+        defer { try? FileManager.default.removeItem(atPath: notOurs) }
+        let ours = try forged(owner: PostgresCluster.serverAccount)
+        let next = try PostgresCluster()
+        defer { next.destroy() }
+        #expect(processAlive(victim.pid), "a process named by a forged pid file was signalled")
+        #expect(FileManager.default.fileExists(atPath: notOurs), "a directory not owned by the servers' account was removed")
+        #expect(!FileManager.default.fileExists(atPath: ours), "an abandoned directory of the servers' account stays")
     }
 
     @Test("start, query, restart, kill and start again, stop: nothing is left behind")
