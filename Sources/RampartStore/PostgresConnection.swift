@@ -174,7 +174,13 @@ final class PostgresSyncConnection: SQLConnection, @unchecked Sendable {
     /// statement's parameters have the types the arguments are sent with, as an unnamed
     /// statement's do. Outside string literals.
     func typed(_ sql: String, _ args: [SQLValue]) -> String {
-        Self.placeholders(sql) { n in
+        // Cached by the text and the arguments' kinds: rewriting the statement on every call
+        // was work on every refresh's path.
+        let key = sql + "\u{0}" + String(args.map { a -> Character in
+            switch a { case .text: "t"; case .int: "i"; case .null: "n" }
+        })
+        if let known = typedTexts[key] { return known }
+        let out = Self.placeholders(sql) { n in
             guard n <= args.count else { return "$\(n)" }
             switch args[n - 1] {
             case .text: return "$\(n)::text"
@@ -182,7 +188,12 @@ final class PostgresSyncConnection: SQLConnection, @unchecked Sendable {
             case .null: return "$\(n)"
             }
         }
+        if typedTexts.count < 4 * Self.preparedLimit { typedTexts[key] = out }
+        return out
     }
+
+    /// `typed`'s answers (bounded like the prepared statements they name).
+    private var typedTexts: [String: String] = [:]
 
     private func unnamed(_ sql: String, _ args: [SQLValue], _ c: PostgresConnection) throws(StoreError) -> [[String?]] {
         var binds = PostgresBindings(capacity: args.count)

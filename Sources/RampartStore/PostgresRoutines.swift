@@ -118,7 +118,7 @@ extension SQLStore {
         let rows = try db.query("SELECT rules, \(dialect.groupRefsColumn) FROM groups WHERE id = ?", .text(group))
         guard let row = rows.first else { throw StoreError(.notFound, "unknown group \(group)") }
         let stored = row[0] ?? "[]"
-        let old = try RulesCodec.decode(stored, group: group, references: row[1].map { $0.split(separator: ",").map(String.init) } ?? [])
+        let old = try Self.rules(stored, references: row[1], group: group)
         let new = try change(old)
         let refs = Self.referencedGroups(new)
         let refsArgument: SQLValue = refs == Self.referencedGroups(old) ? .null : .text(Self.arrayLiteral(refs.sorted()))

@@ -215,8 +215,7 @@ public struct EC2Transaction {
         var groups: [EC2Group] = []
         for r in rows {
             guard let id = r[0], let name = r[1], let vpc = r[2].flatMap({ vpcs[$0] }) else { continue }
-            let refs = r[5].map { $0.split(separator: ",").map(String.init) } ?? []
-            let rules = try RulesCodec.decode(r[4] ?? "[]", group: id, references: refs)
+            let rules = try SQLStore.rules(r[4], references: r[5], group: id)
             groups.append(EC2Group(id: id, name: name, description: r[3] ?? "", vpc: vpc, rules: rules,
                                    ruleDescriptions: descriptions[id] ?? [:], tags: tags[id] ?? [:], ruleTags: ruleTags[id] ?? [:]))
         }

@@ -160,11 +160,15 @@ public class SQLStore: Store, @unchecked Sendable {
         var out: [String: Group] = [:]
         for row in try db.query("SELECT id, description, rules, \(dialect.groupRefsColumn) FROM groups WHERE \(condition)", args) {
             guard let id = row[0] else { continue }
-            let refs = row[3].map { $0.split(separator: ",").map(String.init) } ?? []
-            let rules = try RulesCodec.decode(row[2] ?? "[]", group: id, references: refs)
-            out[id] = Group(description: row[1], rules: rules)
+            out[id] = Group(description: row[1], rules: try Self.rules(row[2], references: row[3], group: id))
         }
         return out
+    }
+
+    /// A group's rules from its row: the stored text and its references column
+    /// (`dialect.groupRefsColumn`, comma-separated).
+    static func rules(_ text: String?, references: String?, group: String) throws(StoreError) -> [Rule] {
+        try RulesCodec.decode(text ?? "[]", group: group, references: references.map { $0.split(separator: ",").map(String.init) } ?? [])
     }
 
     /// The group's description and rules, or nil. One statement, consistent without a read
