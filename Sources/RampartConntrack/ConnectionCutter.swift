@@ -30,8 +30,9 @@ public final class ConntrackCutter: ConnectionCutter {
         do {
             let c = try connection ?? ConntrackConnection(namespace: namespace)
             connection = c
-            return try Revocation.run(c, ir: ir, scope: scope, departed: departed, hostAddresses: try Revocation.hostAddresses(in: namespace),
-                                      index: index)
+            let namespace = self.namespace
+            return try Revocation.run(c, ir: ir, scope: scope, departed: departed,
+                                      hostAddresses: { () throws(NetlinkError) in try Revocation.hostAddresses(in: namespace) }, index: index)
         } catch {
             connection = nil
             throw error

@@ -91,15 +91,25 @@ public enum Revocation {
     public static func run(_ conntrack: ConntrackConnection, ir: RulesetIR, scope: Scope,
                            departed: Set<IPAddress> = [], hostAddresses: Set<IPAddress> = [],
                            index: ConntrackIndex? = nil) throws(NetlinkError) -> Report {
+        try run(conntrack, ir: ir, scope: scope, departed: departed, hostAddresses: { () throws(NetlinkError) in hostAddresses }, index: index)
+    }
+
+    /// `run`, reading the host's addresses (`hostAddresses`) only if an entry needs them: a run
+    /// that finds no entry (the common case with an index: nothing connected) costs neither
+    /// that read nor the evaluator's set-up, which both grow with the host.
+    public static func run(_ conntrack: ConntrackConnection, ir: RulesetIR, scope: Scope,
+                           departed: Set<IPAddress> = [], hostAddresses readHostAddresses: () throws(NetlinkError) -> Set<IPAddress>,
+                           index: ConntrackIndex? = nil) throws(NetlinkError) -> Report {
         let start = DispatchTime.now().uptimeNanoseconds
         var report = Report()
         report.scope = scope
-        let local = LocalAddresses(ir)
-        let evaluator = CachedEvaluator(ir)
+        let local = Lazily { LocalAddresses(ir) }  // a walk of the IR: only if an entry is found
+        var evaluatorCache: CachedEvaluator?
+        var hostAddressesCache: Set<IPAddress>?
         var doomed: [ConntrackEntry] = []
         var seen: Set<ConntrackEntry> = []
 
-        func consider(_ e: ConntrackEntry) {
+        func consider(_ e: ConntrackEntry) throws(NetlinkError) {
             report.examined += 1
             // A related connection (FTP data, ...) passed as `ct state related`: it stands or
             // falls with the connection that expected it, so that one's first packet is evaluated.
@@ -112,9 +122,14 @@ public enum Revocation {
                 doomed.append(e)
                 return
             }
-            let sourceIface = local.interface(of: source)
-            let destinationIface = local.interface(of: destination)
+            let sourceIface = local.value.interface(of: source)
+            let destinationIface = local.value.interface(of: destination)
             guard sourceIface != nil || destinationIface != nil else { return }  // not an instance's
+            let hostAddresses: Set<IPAddress>
+            if let h = hostAddressesCache { hostAddresses = h } else { hostAddresses = try readHostAddresses() }
+            hostAddressesCache = hostAddresses
+            let evaluator = evaluatorCache ?? CachedEvaluator(ir)
+            evaluatorCache = evaluator
             let input = sourceIface ?? (hostAddresses.contains(source) ? nil : outsideInterface)
             let output = destinationIface ?? (hostAddresses.contains(destination) ? nil : outsideInterface)
             let ports = [6, 17, 132, 33, 136].contains(t.protocolNumber)
@@ -131,19 +146,19 @@ public enum Revocation {
         case .none:
             break
         case .all:
-            if let index, let found = index.entries(involving: Set(local.interfaceOf.keys).union(departed)) {
+            if let index, let found = index.entries(involving: Set(local.value.interfaceOf.keys).union(departed)) {
                 report.indexed = true
-                for e in found { consider(e) }
+                for e in found { try consider(e) }
                 break
             }
             // One walk for both families (a family filter would not make the walk shorter).
             report.dumps += 1
-            try conntrack.dump(.all) { (e) throws(NetlinkError) in consider(e) }
+            try conntrack.dump(.all) { (e) throws(NetlinkError) in try consider(e) }
         case .addresses(let addresses):
             let wanted = addresses.union(departed)
             if let index, let found = index.entries(involving: wanted) {
                 report.indexed = true
-                for e in found { consider(e) }
+                for e in found { try consider(e) }
                 break
             }
             let families = Set(wanted.map(\.family.conntrack))
@@ -159,7 +174,7 @@ public enum Revocation {
                     let f = e.original.family
                     let s = IPAddress(e.original.source, f), d = IPAddress(e.original.destination, f)
                     let r = e.reply.map { IPAddress($0.source, f) }
-                    if wanted.contains(s) || wanted.contains(d) || r.map(wanted.contains) == true { consider(e) }
+                    if wanted.contains(s) || wanted.contains(d) || r.map(wanted.contains) == true { try consider(e) }
                 }
             } else {
                 for a in wanted.sorted() {
@@ -167,7 +182,7 @@ public enum Revocation {
                         report.dumps += 1
                         try conntrack.dump(ConntrackFilter(family: a.family.conntrack, field: field)) { (e) throws(NetlinkError) in
                             // An entry with the address at both ends comes twice.
-                            if seen.insert(e).inserted { consider(e) }
+                            if seen.insert(e).inserted { try consider(e) }
                         }
                     }
                 }
@@ -189,10 +204,10 @@ public enum Revocation {
 
     /// The addresses of the network namespace's own devices (the hypervisor's), read with
     /// getifaddrs from inside it.
-    public static func hostAddresses(in namespace: NetworkNamespace) throws -> Set<IPAddress> {
-        try namespace.perform { () -> Set<IPAddress> in
+    public static func hostAddresses(in namespace: NetworkNamespace) throws(NetlinkError) -> Set<IPAddress> {
+        try namespace.run { () throws(NetlinkError) -> Set<IPAddress> in
             var list: UnsafeMutablePointer<ifaddrs>?
-            guard getifaddrs(&list) == 0 else { throw NetlinkError.systemCall("getifaddrs", Errno(errno)) }
+            guard getifaddrs(&list) == 0 else { throw .systemCall("getifaddrs", Errno(errno)) }
             defer { freeifaddrs(list) }
             var out: Set<IPAddress> = []
             var p = list
@@ -215,6 +230,19 @@ public enum Revocation {
             }
             return out
         }
+    }
+}
+
+/// A value built on first use: what walks the whole IR is built only by a run that needs it.
+final class Lazily<Value> {
+    private let make: () -> Value
+    private var built: Value?
+    init(_ make: @escaping () -> Value) { self.make = make }
+    var value: Value {
+        if let v = built { return v }
+        let v = make()
+        built = v
+        return v
     }
 }
 

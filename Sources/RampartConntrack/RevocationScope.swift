@@ -17,19 +17,25 @@ extension Revocation {
         var addresses: Set<IPAddress> = []
         var all = false
         var narrows = false
-        let local = LocalAddresses(ir)
-        // Group chain → local instance addresses that jump to it (from in-/out- chains).
-        var membersOfGroupChain: [String: Set<IPAddress>] = [:]
-        var addressesOfInstanceChain: [String: Set<IPAddress>] = [:]
-        for map in [Naming.fromInstanceMap, Naming.toInstanceMap] {
-            for (iface, v) in ir.maps[map]?.elements ?? [:] {
-                guard let c = v.chainReference else { continue }
-                let mine = Set(local.addresses(of: iface))
-                addressesOfInstanceChain[c, default: []].formUnion(mine)
-                for r in ir.chains[c]?.rules ?? [] {
-                    if let g = r.verdict.chainReference { membersOfGroupChain[g, default: []].formUnion(mine) }
+        // Both walk the whole IR (they grow with the host): built only for a plan that needs
+        // them, so that a members change or a plan that only adds costs what it holds.
+        let local = Lazily { LocalAddresses(ir) }
+        // Group chain → local instance addresses that jump to it (from in-/out- chains), and
+        // instance chain → its instance's addresses.
+        let reach = Lazily { () -> (groups: [String: Set<IPAddress>], instances: [String: Set<IPAddress>]) in
+            var membersOfGroupChain: [String: Set<IPAddress>] = [:]
+            var addressesOfInstanceChain: [String: Set<IPAddress>] = [:]
+            for map in [Naming.fromInstanceMap, Naming.toInstanceMap] {
+                for (iface, v) in ir.maps[map]?.elements ?? [:] {
+                    guard let c = v.chainReference else { continue }
+                    let mine = Set(local.value.addresses(of: iface))
+                    addressesOfInstanceChain[c, default: []].formUnion(mine)
+                    for r in ir.chains[c]?.rules ?? [] {
+                        if let g = r.verdict.chainReference { membersOfGroupChain[g, default: []].formUnion(mine) }
+                    }
                 }
             }
+            return (membersOfGroupChain, addressesOfInstanceChain)
         }
         for op in plan.ops {
             switch op {
@@ -44,7 +50,7 @@ extension Revocation {
                 narrows = true
                 // Unplugged (or moved) interfaces: their addresses left the anti-spoofing sets
                 // in the same plan (removeElements below) or moved to another interface.
-                for k in keys { addresses.formUnion(local.addresses(of: k)) }
+                for k in keys { addresses.formUnion(local.value.addresses(of: k)) }
             case .removeElements(let set, let elements):
                 narrows = true
                 for e in elements {
@@ -54,7 +60,7 @@ extension Revocation {
                     case .ifaceIPv4(_, let a): addresses.insert(.v4(a))  // an address left an instance
                     case .ifaceIPv6(_, let a), .ifaceNDTarget(_, let a): addresses.insert(.v6(a))
                     case .ifname(let i):
-                        addresses.formUnion(local.addresses(of: i))
+                        addresses.formUnion(local.value.addresses(of: i))
                     case .ifaceEther:
                         // A MAC changed: checked on every packet before any conntrack verdict.
                         if set != Naming.sourceMACs { all = true }
@@ -64,9 +70,9 @@ extension Revocation {
                 if case .rewriteChain(_, let rules) = op, let old = previous?.chains[name], old.base == nil,
                    onlyAdds(old.rules, rules) { continue }
                 narrows = true
-                if let members = membersOfGroupChain[name] {
+                if let members = reach.value.groups[name] {
                     addresses.formUnion(members)
-                } else if let mine = addressesOfInstanceChain[name] {
+                } else if let mine = reach.value.instances[name] {
                     addresses.formUnion(mine)
                 } else if name.hasPrefix("gin-") || name.hasPrefix("gout-") || name.hasPrefix("in-") || name.hasPrefix("out-") {
                     // A chain no local instance reaches any more (deleted or orphaned): whoever
@@ -113,13 +119,13 @@ extension Revocation {
     /// it led to (an instance removed, an address taken from one): every connection at them is
     /// cut. Read from the plan's removals from the anti-spoofing sets, so no earlier IR is needed.
     public static func departed(in plan: Plan, result ir: RulesetIR) -> Set<IPAddress> {
-        let now = LocalAddresses(ir)
+        let now = Lazily { LocalAddresses(ir) }  // built only if the plan removes a source address
         var out: Set<IPAddress> = []
         for case .removeElements(let set, let elements) in plan.ops where set == Naming.sources4 || set == Naming.sources6 {
             for e in elements {
                 switch e {
-                case .ifaceIPv4(_, let a) where now.interface(of: .v4(a)) == nil: out.insert(.v4(a))
-                case .ifaceIPv6(_, let a) where now.interface(of: .v6(a)) == nil: out.insert(.v6(a))
+                case .ifaceIPv4(_, let a) where now.value.interface(of: .v4(a)) == nil: out.insert(.v4(a))
+                case .ifaceIPv6(_, let a) where now.value.interface(of: .v6(a)) == nil: out.insert(.v6(a))
                 default: break
                 }
             }

@@ -192,7 +192,9 @@ final class Reconciler: @unchecked Sendable {
         let before = engine.planned.map { RulesetIR(chains: $0.chains) }
         let plan: Plan
         do {
+            let reads = events.documentReads
             plan = try events.plan(for: items, engine: &engine)
+            if events.documentReads != reads { state.locked { $0.status.documentReloads += 1 } }
         } catch {
             record(error: "refresh failed: \(error)")
             return .failed("\(error)")

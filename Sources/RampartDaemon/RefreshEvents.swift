@@ -57,9 +57,13 @@ struct RefreshEvents {
         switch r { case .host: 0; case .instance: 1; case .rules: 2; case .members: 3 }
     }
 
+    /// Whole-document reads so far (the first sync's and resyncs' included).
+    private(set) var documentReads = 0
+
     /// Loads the host's whole document into the engine; its Plan is the difference.
     mutating func reload(_ engine: inout Engine) throws -> Plan {
         localCache = nil
+        documentReads += 1
         return try engine.apply(document: store.document(forHost: host))
     }
 

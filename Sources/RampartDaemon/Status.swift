@@ -22,6 +22,10 @@ public struct DaemonStatus: Sendable {
     public var refreshesReceived: Int = 0
     public var resyncs: Int = 0
     public var driftRepaired: Int = 0
+    /// Drains whose refreshes could not be expressed as events and read the host's whole
+    /// document instead (a group or instance the host did not know, a deleted object): each
+    /// costs a read that grows with the host. A count that climbs with every refresh is a bug.
+    public var documentReloads: Int = 0
     public var pending: Int = 0
     /// API refresh calls refused because the queue was full (503).
     public var refreshesRefused: Int = 0
@@ -73,7 +77,7 @@ struct StatusDTO: Encodable {
     var lastError: String?
     var consecutiveFailedSyncs, syncs, commits, refreshesReceived, refreshesRefused, conntrackCut: Int
     var conntrackCutOwed: Bool
-    var resyncs, driftRepaired, pending: Int
+    var resyncs, driftRepaired, documentReloads, pending: Int
     var counts: Counts
     var changeLog: ChangeLogDTO?
     var conntrackIndex: ConntrackIndexDTO?
@@ -111,7 +115,7 @@ struct StatusDTO: Encodable {
         case host, ready, generation, lastSync = "last_sync", lastSyncMs = "last_sync_ms", lastError = "last_error"
         case consecutiveFailedSyncs = "consecutive_failed_syncs", syncs, commits, refreshesReceived = "refreshes_received"
         case refreshesRefused = "refreshes_refused", conntrackCut = "conntrack_cut", conntrackCutOwed = "conntrack_cut_owed"
-        case resyncs, driftRepaired = "drift_repaired", pending, counts, changeLog = "change_log", conntrackIndex = "conntrack_index"
+        case resyncs, driftRepaired = "drift_repaired", documentReloads = "document_reloads", pending, counts, changeLog = "change_log", conntrackIndex = "conntrack_index"
     }
 
     init(_ s: DaemonStatus) {
@@ -131,6 +135,7 @@ struct StatusDTO: Encodable {
         conntrackCutOwed = s.conntrackCutOwed
         resyncs = s.resyncs
         driftRepaired = s.driftRepaired
+        documentReloads = s.documentReloads
         pending = s.pending
         counts = Counts(instances: s.instances, localInstances: s.localInstances, groups: s.groups, chains: s.chains, sets: s.sets)
         conntrackIndex = s.conntrackIndex.map {
@@ -161,6 +166,7 @@ struct StatusDTO: Encodable {
         try c.encode(conntrackCutOwed, forKey: .conntrackCutOwed)
         try c.encode(resyncs, forKey: .resyncs)
         try c.encode(driftRepaired, forKey: .driftRepaired)
+        try c.encode(documentReloads, forKey: .documentReloads)
         try c.encode(pending, forKey: .pending)
         try c.encode(counts, forKey: .counts)
         try c.encode(changeLog, forKey: .changeLog)
@@ -216,6 +222,7 @@ final class DaemonMetrics: Sendable {
         gauge("rampart_pending_refreshes", Int64(st.pending))
         gauge("rampart_consecutive_failed_syncs", Int64(st.consecutiveFailedSyncs))
         counter("rampart_refreshes_refused_total", st.refreshesRefused)
+        counter("rampart_document_reloads_total", st.documentReloads)
         family("rampart_instances", "gauge", [(#"{scope="local"}"#, Int64(st.localInstances)), (#"{scope="document"}"#, Int64(st.instances))])
         if let x = st.conntrackIndex {
             gauge("rampart_conntrack_index_entries", Int64(x.entries))

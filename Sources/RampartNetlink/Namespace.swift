@@ -5,7 +5,7 @@ import RampartSystem
 
 extension NetworkNamespace {
     /// `perform(_:)`, with the failure to enter or leave typed as this module's error.
-    func run<T>(_ body: () throws(NetlinkError) -> T) throws(NetlinkError) -> T {
+    package func run<T>(_ body: () throws(NetlinkError) -> T) throws(NetlinkError) -> T {
         do {
             return try perform(body)
         } catch let error as NetlinkError {

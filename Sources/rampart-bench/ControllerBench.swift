@@ -1,6 +1,7 @@
 import RampartBackends
 import ArgumentParser
 import Foundation
+import RampartConntrack
 import RampartCore
 import RampartDaemon
 import RampartHarness
@@ -288,13 +289,13 @@ final class LiveDaemon: @unchecked Sendable {
     let host: String
     let store: PostgresStore
     let daemon: Daemon
+    private let index: ConntrackIndex
     private(set) var follower: ChangeLogFollower
 
     init(url: String, host: String, netns: String) throws {
         self.host = host
         store = try PostgresStore(url: url, migrate: false)
-        let choice = BackendChoice(.nftables, netns: netns)
-        daemon = Daemon(configuration: .init(host: host, resyncInterval: 3600), store: store, backend: choice.factory, cutter: choice.cutter())
+        (daemon, index) = try BackendChoice(.nftables, netns: netns).benchDaemon(host: host, store: store)
         follower = ChangeLogFollower(daemon: daemon, postgres: store)
         try follower.prime()
         daemon.start()
@@ -331,6 +332,7 @@ final class LiveDaemon: @unchecked Sendable {
     func stop() {
         follower.stop()
         daemon.stop()
+        index.stop()
         store.disconnect()
     }
 }
@@ -396,7 +398,7 @@ enum Sustained {
 final class SQLiteBaseline {
     let store: SQLiteStore
     let dir: String
-    var daemons: [String: (Daemon, APIServer, DaemonClient)] = [:]
+    var daemons: [String: (Daemon, APIServer, DaemonClient, ConntrackIndex)] = [:]
     var coldStart: UInt64 = 0
 
     init(postgres: PostgresStore, hosts: [String], namespaces: [TestNamespace], report: Report) throws {
@@ -417,10 +419,9 @@ final class SQLiteBaseline {
 
     /// A daemon for `host` on the SQLite store at `store`, enforcing nftables in `netns`,
     /// serving its Unix socket at `socket`; returns once it is ready (first sync done).
-    static func startDaemon(host: String, store: String, netns: String, socket: String) throws -> (Daemon, APIServer, DaemonClient) {
+    static func startDaemon(host: String, store: String, netns: String, socket: String) throws -> (Daemon, APIServer, DaemonClient, ConntrackIndex) {
         let own = try SQLiteStore(path: store, create: false)
-        let choice = BackendChoice(.nftables, netns: netns)
-        let daemon = Daemon(configuration: .init(host: host, resyncInterval: 3600), store: own, backend: choice.factory, cutter: choice.cutter())
+        let (daemon, index) = try BackendChoice(.nftables, netns: netns).benchDaemon(host: host, store: own)
         let server = APIServer(socketPath: socket, router: APIRouter(daemon: daemon))
         daemon.start()
         let started = DispatchSemaphore(value: 0)
@@ -430,15 +431,16 @@ final class SQLiteBaseline {
             if let e = daemon.currentStatus.lastError { throw ValidationError("\(host): \(e)") }
             usleep(1_000)
         }
-        return (daemon, server, DaemonClient(socketPath: socket))
+        return (daemon, server, DaemonClient(socketPath: socket), index)
     }
 
     /// Stops a daemon started by `startDaemon`: its socket server, then the daemon.
-    static func stopDaemon(_ d: (Daemon, APIServer, DaemonClient)) {
+    static func stopDaemon(_ d: (Daemon, APIServer, DaemonClient, ConntrackIndex)) {
         let stopped = DispatchSemaphore(value: 0)
         Task { await d.1.stop(); stopped.signal() }
         stopped.wait()
         d.0.stop()
+        d.3.stop()
     }
 
     func timedVerbs(_ count: Int, _ verb: () throws(StoreError) -> [Delivery]) throws -> VerbTimes {

@@ -35,7 +35,7 @@ struct DaemonBench: ParsableCommand {
         report.note("store: host-1k imported in \(formatDuration(monotonicNanos() - t0)) (\(doc.instances.count) instances, \(doc.groups.count) groups)")
 
         let target = BackendChoice(.nftables, netns: ns.name)
-        let daemon = Daemon(configuration: .init(host: doc.host, resyncInterval: 3600), store: store, backend: target.factory, cutter: target.cutter())
+        let (daemon, index) = try target.benchDaemon(host: doc.host, store: store)
         let socket = dir + "/rampartd.sock"
         let server = APIServer(socketPath: socket, router: APIRouter(daemon: daemon))
         t0 = monotonicNanos()
@@ -132,6 +132,7 @@ struct DaemonBench: ParsableCommand {
         Task { await server.stop(); stopped.signal() }
         stopped.wait()
         daemon.stop()
+        index.stop()
         try? FileManager.default.removeItem(atPath: dir)
         report.finish()
     }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import RampartConntrack
 import RampartCore
 import RampartDaemon
 import RampartHarness
@@ -310,7 +311,7 @@ struct UncheckedBox<T>: @unchecked Sendable {
 /// SQLite: served on the Unix socket the API (and the verb's delivery) reach; PostgreSQL:
 /// following its host's change log. `position` tells how far it has applied.
 final class Hypervisor {
-    private var socketDaemon: (Daemon, APIServer, DaemonClient)?
+    private var socketDaemon: (Daemon, APIServer, DaemonClient, ConntrackIndex)?
     private var logDaemon: LiveDaemon?
 
     init(address: String, netns: String, socket: String) throws {
@@ -342,7 +343,7 @@ final class Hypervisor {
     /// wait for its commit (as `rampart` does); PostgreSQL, wait until the host's row is applied.
     func apply(_ deliveries: [Delivery]) throws {
         guard deliveries.contains(where: { $0.host == EC2Bench.host }) else { throw ValidationError("the verb did not reach \(EC2Bench.host)") }
-        if let (_, _, client) = socketDaemon {
+        if let (_, _, client, _) = socketDaemon {
             for d in deliveries where d.host == EC2Bench.host {
                 let r = try client.deliver(d.refresh, wait: true)
                 guard r.status == 200 else { throw ValidationError("\(d): \(r.status) \(r.body)") }

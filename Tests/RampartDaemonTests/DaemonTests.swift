@@ -60,6 +60,24 @@ import Testing
         #expect(f.daemon.currentStatus.localInstances == 2)
     }
 
+    /// `document_reloads` counts the drains that read the host's whole document: a rules change
+    /// of an enforced group is an event (no reload), a plug into a group the host does not
+    /// enforce yet is answered by a reload (what it must read is new to the host).
+    @Test func drainsThatReadTheWholeDocumentAreCounted() async throws {
+        let f = try Fixture(populate: Self.base)
+        await f.start()
+        defer { f.daemon.stop() }
+        #expect(f.daemon.currentStatus.documentReloads == 0)
+        try await f.deliver(try f.store.authorize(group: "web", rule: try rule(#"{"protocol":"tcp","ports":"443","cidr":"0.0.0.0/0"}"#, "web")))
+        #expect(f.daemon.currentStatus.documentReloads == 0)
+        _ = try f.store.createGroup("ops", description: nil)
+        try await f.deliver(try f.store.addInstance("ops-1", Instance(host: "hv1", groups: ["ops"], ips: [ip("10.0.5.1")], interface: "tapops")))
+        #expect(f.daemon.currentStatus.documentReloads == 1)
+        #expect(f.daemon.currentStatus.json.contains(#""document_reloads":1"#))
+        #expect(f.daemon.metricsText().contains("rampart_document_reloads_total 1"))
+        #expect(try f.kernelIR() == f.expected())
+    }
+
     /// Random controller verbs; after each, the fan-out for hv1 is delivered and the daemon's
     /// committed state must equal the compiled document of the store (the incremental paths and
     /// their fall-backs agree with a full recompile).

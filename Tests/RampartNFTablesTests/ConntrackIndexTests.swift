@@ -190,6 +190,29 @@ final class ScriptedConntrackTable {
         #expect(index.statistics.losses == 0)
     }
 
+    /// Catches: a cut that reads the host's addresses (a trip into the namespace) or sets up
+    /// its evaluator when no entry is there to evaluate, the common case of a daemon's drain
+    /// with an index; and one that skips the read when an entry does need it.
+    @Test func aCutWithNothingToEvaluateReadsNothing() throws {
+        let ns = try TestNamespace(prefix: "ctn")
+        let ct = try ConntrackConnection(namespace: .named(ns.name))
+        let index = try ConntrackIndex.start(namespace: .named(ns.name))
+        defer { index.stop() }
+        #expect(Self.waitFresh(index))
+        let ir = try RevocationTests.ir(RevocationTests.document(withoutWebRules: ["ssh-from-admin"]))
+        var reads = 0
+        let none = try Revocation.run(ct, ir: ir, scope: .addresses(ConntrackIndexTests.web1),
+                                      hostAddresses: { () throws(NetlinkError) in reads += 1; return [] }, index: index)
+        #expect(none.indexed && none.examined == 0 && none.cut == 0 && reads == 0, "\(none)")
+        let ssh = ConntrackEntry(original: ConntrackTuple(family: .ipv4, protocolNumber: 6, source: IPAddress("10.0.9.5")!.conntrack,
+                                                          destination: IPAddress("10.0.1.11")!.conntrack, sourcePort: 40000, destinationPort: 22))
+        try ct.create([ssh, { var e = ssh; e.original.sourcePort = 40001; return e }()])
+        #expect(Self.waitFresh(index))
+        let two = try Revocation.run(ct, ir: ir, scope: .addresses(ConntrackIndexTests.web1),
+                                     hostAddresses: { () throws(NetlinkError) in reads += 1; return [] }, index: index)
+        #expect(two.cut == 2 && reads == 1, "\(two), \(reads) reads of the host's addresses (one per run that needs them)")
+    }
+
     /// Catches: ENOBUFS not noticed (an index that silently misses entries), a revocation that
     /// trusts a stale index, an index that does not come back after a loss.
     @Test func lostEventsStillGiveTheRightCut() throws {
