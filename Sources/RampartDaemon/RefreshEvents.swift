@@ -1,3 +1,4 @@
+import Foundation
 import RampartCore
 import RampartStore
 
@@ -28,9 +29,12 @@ struct RefreshEvents {
     mutating func plan(for items: Set<Refresh>, engine: inout Engine) throws -> Plan {
         if items.contains(.host) { return try reload(&engine) }
         var ops: [PlanOp] = []
+        refreshedInstances = Set(items.compactMap { if case .instance(let id) = $0 { id } else { nil } })
+        defer { refreshedInstances = [] }
         do {
-            // Instances first (their groups decide what is local), then rules, then members.
-            for item in items.sorted(by: { Self.order($0) < Self.order($1) }) {
+            // Instances first (their groups decide what is local), then rules, then members; in
+            // a fixed order within each kind, so that a drain is reproducible.
+            for item in items.sorted(by: { (Self.order($0), "\($0)") < (Self.order($1), "\($1)") }) {
                 let p: Plan
                 switch item {
                 case .instance(let id): p = try instanceRefresh(id, &engine)
@@ -67,6 +71,19 @@ struct RefreshEvents {
         return try engine.apply(document: store.document(forHost: host))
     }
 
+    /// The instances this drain refreshes: their records in the engine may be behind the store.
+    private var refreshedInstances: Set<String> = []
+
+    /// The groups whose rules (and whose references' members) the engine has kept up to date:
+    /// those with a member here that this drain does not refresh. A group whose only members
+    /// here are being refreshed may have had none in the store for a while (one instance left
+    /// it, then another joined, in the same drain): its rules refreshes then went to other hosts
+    /// only, and the engine's copy may be stale. (Seen: such a group's rule missing from the
+    /// kernel after a batched drain, `randomVerbsConverge`, seed 46.)
+    private mutating func upToDateGroups(_ engine: Engine) -> Set<String> {
+        HostProjection.localGroups(of: localInstances(engine).filter { !refreshedInstances.contains($0.key) }.values)
+    }
+
     /// This host's instances as the engine has them (only instance events and reloads change them).
     private mutating func localInstances(_ engine: Engine) -> [String: Instance] {
         if let c = localCache { return c }
@@ -90,13 +107,66 @@ struct RefreshEvents {
             var same = c
             same.groups = rec.groups
             guard same == rec else { throw Reload() }
-            // Only its groups changed: every new group must already be enforced here.
-            let others = HostProjection.localGroups(of: locals.filter { $0.key != id }.values)
-            guard Set(rec.groups).subtracting(c.groups).isSubset(of: others) else { throw Reload() }
+            // Only its groups changed: an event if every new group is already enforced here,
+            // with rules the engine kept up to date.
+            guard Set(rec.groups).subtracting(c.groups).isSubset(of: upToDateGroups(engine)) else {
+                return try documentWith(locals.merging([id: rec]) { _, new in new }, &engine)
+            }
             return try engine.instanceGroupsChanged(id: id, groups: rec.groups)
         }
-        guard current == nil, Set(rec.groups).isSubset(of: HostProjection.localGroups(of: locals.values)) else { throw Reload() }
+        guard current == nil else { throw Reload() }  // moved here from another host
+        guard Set(rec.groups).isSubset(of: upToDateGroups(engine)) else {
+            return try documentWith(locals.merging([id: rec]) { _, new in new }, &engine)
+        }
         return try engine.instancePlugged(id: id, instance: rec)
+    }
+
+    /// The host's instances become `local` (one instance plugged or its groups changed) and some
+    /// group becomes enforced here that was not: the document is rebuilt from what the engine
+    /// holds plus what is new to it, read from the store (the new local groups' rules, and the
+    /// members elsewhere of every group new to the document, in full), and the engine plans the
+    /// difference. That reads what changed, not the host's whole document (a whole reload: 45 ms
+    /// for a 100-instance host at cloud-1M, `rampart-bench controller`); the engine's compile and
+    /// diff still grow with the host, as a reload's do.
+    ///
+    /// What the engine holds is trusted only where refreshes kept it up to date
+    /// (`upToDateGroups`): those groups' rules, and the members of the groups their rules
+    /// reference. Instances elsewhere already in the document are projected (only the document's
+    /// groups): for such a referenced group that is exactly their membership; the members of any
+    /// other group referenced now are read in full, and what the document said of them is
+    /// dropped, so the projection below is the one the store makes.
+    private mutating func documentWith(_ local: [String: Instance], _ engine: inout Engine) throws -> Plan {
+        let doc = engine.document
+        let upToDate = upToDateGroups(engine)
+        var localGroups: [String: Group] = [:]
+        for g in HostProjection.localGroups(of: local.values) {
+            if upToDate.contains(g), let known = doc.groups[g] {
+                localGroups[g] = known
+            } else {
+                guard let read = try store.group(g) else { throw Reload() }  // deleted meanwhile: the store decides
+                localGroups[g] = read
+            }
+        }
+        let referenced = HostProjection.referencedGroups(by: localGroups.values)
+        let keptReferenced = HostProjection.referencedGroups(by: upToDate.compactMap { doc.groups[$0] })
+        // A group referenced only now (new to the document, or in it but referenced by nothing
+        // here): members refreshes did not reach this host for it, so what the document says of
+        // its members may be stale or missing. That membership comes only from the store.
+        let referencedNow = referenced.subtracting(keptReferenced)
+        var remote = doc.instances.filter { $0.value.host != host }
+        if !referencedNow.isEmpty {
+            for (id, inst) in remote { remote[id]!.groups = inst.groups.filter { !referencedNow.contains($0) } }
+        }
+        for g in referencedNow {
+            for (id, inst) in try store.memberRecords(of: g) where inst.host != host { remote[id] = inst }
+        }
+        // Only members of a referenced group stay (a group left by the changed instance may no
+        // longer be referenced by anything here).
+        remote = remote.filter { !referenced.isDisjoint(with: $0.value.groups) }
+        let next = HostProjection.document(host: host, local: local, localGroups: localGroups, referenced: referenced,
+                                           remote: remote, guardedPrefixes: doc.guardedPrefixes)
+        defer { localCache = nil }
+        return try engine.apply(document: next)
     }
 
     private mutating func rulesRefresh(_ group: String, _ engine: inout Engine) throws -> Plan {
@@ -123,7 +193,10 @@ struct RefreshEvents {
         // Instances elsewhere as the store has them; instances of this host as the engine has
         // them: their changes arrive as instance refreshes (which decide whether a group becomes
         // enforced here and so needs its real rules), never through a members refresh.
-        for (id, inst) in try store.memberRecords(of: group) where inst.host != host {
+        let tq0 = DispatchTime.now().uptimeNanoseconds
+        let recs = try store.memberRecords(of: group)
+        if ProcessInfo.processInfo.environment["XPROF"] != nil { FileHandle.standardError.write("XPROF \(host) memberRecords=\((DispatchTime.now().uptimeNanoseconds-tq0)/1000)us\n".data(using: .utf8)!) }
+        for (id, inst) in recs where inst.host != host {
             members[id] = HostProjection.project(inst, onto: host, groups: doc.groups)
         }
         for (id, inst) in localInstances(engine) where inst.groups.contains(group) {

@@ -154,18 +154,18 @@ struct SlotLowering {
         case .addElements(let n, let e):
             guard let (f, g) = Slots.Members.group(ofSet: n) else { return Translate.append(op, to: &b, table: table, desired: desired) }
             guard state.memberSets[n] != nil else { throw .protocolError("slot layout: elements for member set \(n), which does not exist") }
-            memberAdditions[f, default: []] += Slots.Members.elements(g, e)
+            addMembers(f, Slots.Members.elements(g, e))
             state.memberSets[n]!.formUnion(e)
         case .removeElements(let n, let e):
             guard let (f, g) = Slots.Members.group(ofSet: n) else { return Translate.append(op, to: &b, table: table, desired: desired) }
-            memberRemovals[f, default: []] += Slots.Members.elements(g, e)
+            removeMembers(f, Slots.Members.elements(g, e))
             state.memberSets[n]?.subtract(e)
         case .deleteSet(let n):
             guard let (f, g) = Slots.Members.group(ofSet: n) else { return Translate.append(op, to: &b, table: table, desired: desired) }
             // The set is the group's elements in `members`: each is named (the kernel has no
             // "delete by tag"); the `members` set itself stays while the table lives.
             if let gone = state.memberSets.removeValue(forKey: n) {
-                memberRemovals[f, default: []] += Slots.Members.elements(g, gone.sorted())
+                removeMembers(f, Slots.Members.elements(g, gone.sorted()))
             }
         case .addMapElements(let m, let e) where Slots.Direction(logicalMap: m) != nil:
             interfaces.formUnion(e.keys)
@@ -275,17 +275,45 @@ struct SlotLowering {
 
     /// Member elements to remove and to add, by family: sent as one message each per family at
     /// the end of the batch, however many groups the plan touched (a plug of an instance in 5
-    /// groups is one message, not 5). No key is both removed and added: a plan never removes
-    /// and adds one element of one set.
-    private var memberRemovals: [IPFamily: [NFTSetElement]] = [:]
-    private var memberAdditions: [IPFamily: [NFTSetElement]] = [:]
+    /// groups is one message, not 5). Only the net change goes: a daemon's drain concatenates
+    /// the plans of several events, so one element can be added by one and removed by the next
+    /// (or the reverse); sending both, removals first, made the kernel refuse the batch (ENOENT
+    /// for an element it never held) and the daemon repair by a whole converge.
+    private var memberRemovals: [IPFamily: NetElements] = [:]
+    private var memberAdditions: [IPFamily: NetElements] = [:]
+
+    /// Elements in the order first given, without repeats.
+    struct NetElements {
+        private(set) var order: [NFTSetElement] = []
+        private(set) var members: Set<NFTSetElement> = []
+        mutating func insert(_ e: NFTSetElement) { if members.insert(e).inserted { order.append(e) } }
+        /// Removes `e`; true if it was there.
+        mutating func remove(_ e: NFTSetElement) -> Bool { members.remove(e) != nil }
+        var elements: [NFTSetElement] { order.filter(members.contains) }
+    }
+
+    /// `elements` join the kernel's set by the end of the batch: an element this batch removed
+    /// (so the kernel holds it) stays as it is.
+    private mutating func addMembers(_ f: IPFamily, _ elements: [NFTSetElement]) {
+        for e in elements {
+            if !memberRemovals[f, default: NetElements()].remove(e) { memberAdditions[f, default: NetElements()].insert(e) }
+        }
+    }
+
+    /// `elements` leave the kernel's set by the end of the batch: an element this batch added
+    /// (so the kernel never held it) is simply not sent.
+    private mutating func removeMembers(_ f: IPFamily, _ elements: [NFTSetElement]) {
+        for e in elements {
+            if !memberAdditions[f, default: NetElements()].remove(e) { memberRemovals[f, default: NetElements()].insert(e) }
+        }
+    }
 
     private mutating func finishMembers() {
         for f in IPFamily.allCases {
-            if let e = memberRemovals[f], !e.isEmpty { b.append(.deleteElements(family: family, table: table, set: Slots.Members.set(f), elements: e)) }
+            if let e = memberRemovals[f]?.elements, !e.isEmpty { b.append(.deleteElements(family: family, table: table, set: Slots.Members.set(f), elements: e)) }
         }
         for f in IPFamily.allCases {
-            if let e = memberAdditions[f], !e.isEmpty { b.append(.addElements(family: family, table: table, set: Slots.Members.set(f), elements: e)) }
+            if let e = memberAdditions[f]?.elements, !e.isEmpty { b.append(.addElements(family: family, table: table, set: Slots.Members.set(f), elements: e)) }
         }
     }
 
