@@ -1,4 +1,3 @@
-import Foundation
 import RampartCore
 import RampartStore
 
@@ -193,10 +192,7 @@ struct RefreshEvents {
         // Instances elsewhere as the store has them; instances of this host as the engine has
         // them: their changes arrive as instance refreshes (which decide whether a group becomes
         // enforced here and so needs its real rules), never through a members refresh.
-        let tq0 = DispatchTime.now().uptimeNanoseconds
-        let recs = try store.memberRecords(of: group)
-        if ProcessInfo.processInfo.environment["XPROF"] != nil { FileHandle.standardError.write("XPROF \(host) memberRecords=\((DispatchTime.now().uptimeNanoseconds-tq0)/1000)us\n".data(using: .utf8)!) }
-        for (id, inst) in recs where inst.host != host {
+        for (id, inst) in try store.memberRecords(of: group) where inst.host != host {
             members[id] = HostProjection.project(inst, onto: host, groups: doc.groups)
         }
         for (id, inst) in localInstances(engine) where inst.groups.contains(group) {

@@ -282,11 +282,16 @@ struct SlotLowering {
     private var memberRemovals: [IPFamily: NetElements] = [:]
     private var memberAdditions: [IPFamily: NetElements] = [:]
 
-    /// Elements in the order first given, without repeats.
+    /// Elements in the order first given, each once (one given, taken away and given again
+    /// keeps its first place).
     struct NetElements {
-        private(set) var order: [NFTSetElement] = []
-        private(set) var members: Set<NFTSetElement> = []
-        mutating func insert(_ e: NFTSetElement) { if members.insert(e).inserted { order.append(e) } }
+        private var order: [NFTSetElement] = []
+        private var everGiven: Set<NFTSetElement> = []
+        private var members: Set<NFTSetElement> = []
+        mutating func insert(_ e: NFTSetElement) {
+            members.insert(e)
+            if everGiven.insert(e).inserted { order.append(e) }
+        }
         /// Removes `e`; true if it was there.
         mutating func remove(_ e: NFTSetElement) -> Bool { members.remove(e) != nil }
         var elements: [NFTSetElement] { order.filter(members.contains) }

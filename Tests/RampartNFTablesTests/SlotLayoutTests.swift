@@ -119,8 +119,10 @@ import RampartTestSupport
                 }
             }
         }
-        // Plugged and unplugged in one drain.
+        // Plugged, unplugged, plugged and unplugged again in one drain: nothing to send.
         var ops = try engine.instancePlugged(id: "new", instance: vm).ops
+        ops += try engine.instanceUnplugged(id: "new").ops
+        ops += try engine.instancePlugged(id: "new", instance: vm).ops
         ops += try engine.instanceUnplugged(id: "new").ops
         try backend.commit(Plan(ops: ops), result: engine.planned)
         if let lastBatch { #expect(membersOps(try #require(lastBatch())) == []) }
@@ -131,6 +133,19 @@ import RampartTestSupport
         ops += try engine.instancePlugged(id: "new", instance: vm).ops
         try backend.commit(Plan(ops: ops), result: engine.planned)
         if let lastBatch { #expect(membersOps(try #require(lastBatch())) == []) }
+        #expect(try NFTablesBackend(client: client, layout: .slots).readBack(reference: engine.planned) == engine.planned)
+        // Plugged, unplugged and plugged again in one drain (from unplugged): each element once.
+        try backend.commit(try engine.instanceUnplugged(id: "new"), result: engine.planned)
+        ops = try engine.instancePlugged(id: "new", instance: vm).ops
+        ops += try engine.instanceUnplugged(id: "new").ops
+        ops += try engine.instancePlugged(id: "new", instance: vm).ops
+        try backend.commit(Plan(ops: ops), result: engine.planned)
+        if let lastBatch {
+            let added = try #require(lastBatch()).operations.flatMap { op -> [NFTSetElement] in
+                if case .addElements(_, _, let set, let e) = op, set.hasPrefix("members") { e } else { [] }
+            }
+            #expect(added.count == 4 && Set(added).count == 4, "\(added.count) member elements sent for 2 groups × 2 families")
+        }
         #expect(try NFTablesBackend(client: client, layout: .slots).readBack(reference: engine.planned) == engine.planned)
         #expect(engine.planned == Compiler.compile(engine.document))
     }
