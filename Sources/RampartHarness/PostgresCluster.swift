@@ -113,7 +113,12 @@ public final class PostgresCluster: @unchecked Sendable {
     /// commit to survive sets `synchronous_commit = on` for it.
     public func kill() throws {
         guard isRunning else { return }
+        let processes = serverProcessIDs()
         try runServerProgram(["pg_ctl", "-D", dataDirectory, "-m", "immediate", "-w", "-t", "60", "-s", "stop"])
+        // pg_ctl returns once the postmaster is gone; a backend it told to quit can still be
+        // exiting (seen once in CI: a child alive just after). Wait for all of them (≤ 10 s).
+        let deadline = Date(timeIntervalSinceNow: 10)
+        while processes.contains(where: isAlive) && Date() < deadline { usleep(5_000) }
     }
 
     /// Whether the server's postmaster is alive.
