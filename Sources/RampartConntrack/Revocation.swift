@@ -104,8 +104,8 @@ public enum Revocation {
         var report = Report()
         report.scope = scope
         let local = Lazily { LocalAddresses(ir) }  // a walk of the IR: only if an entry is found
-        var evaluatorCache: CachedEvaluator?
-        var hostAddressesCache: Set<IPAddress>?
+        let evaluator = Lazily { CachedEvaluator(ir) }  // likewise
+        var hostAddressesCache: Set<IPAddress>?  // read only if an entry needs it (its read throws)
         var doomed: [ConntrackEntry] = []
         var seen: Set<ConntrackEntry> = []
 
@@ -128,8 +128,6 @@ public enum Revocation {
             let hostAddresses: Set<IPAddress>
             if let h = hostAddressesCache { hostAddresses = h } else { hostAddresses = try readHostAddresses() }
             hostAddressesCache = hostAddresses
-            let evaluator = evaluatorCache ?? CachedEvaluator(ir)
-            evaluatorCache = evaluator
             let input = sourceIface ?? (hostAddresses.contains(source) ? nil : outsideInterface)
             let output = destinationIface ?? (hostAddresses.contains(destination) ? nil : outsideInterface)
             let ports = [6, 17, 132, 33, 136].contains(t.protocolNumber)
@@ -139,7 +137,7 @@ public enum Revocation {
                 destinationPort: ports ? (e.master == nil ? e.reply?.sourcePort ?? t.destinationPort : t.destinationPort) : nil,
                 icmpType: t.icmpType, icmpCode: t.icmpCode, connectionState: .new, tcpFlags: 0x02)
             report.evaluated += 1
-            if !evaluator.allows(packet) { doomed.append(e) }
+            if !evaluator.value.allows(packet) { doomed.append(e) }
         }
 
         switch scope {

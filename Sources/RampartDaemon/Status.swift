@@ -23,7 +23,7 @@ public struct DaemonStatus: Sendable {
     public var resyncs: Int = 0
     public var driftRepaired: Int = 0
     /// Drains whose refreshes could not be expressed as events and read the host's whole
-    /// document instead (a group or instance the host did not know, a deleted object): each
+    /// document instead (an instance moved between hosts, a deleted object, a host refresh): each
     /// costs a read that grows with the host. A count that climbs with every refresh is a bug.
     public var documentReloads: Int = 0
     public var pending: Int = 0
