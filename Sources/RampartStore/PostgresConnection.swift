@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import NIOSSL
@@ -20,6 +21,8 @@ final class PostgresSyncConnection: SQLConnection, @unchecked Sendable {
     private var connection: PostgresConnection?
     private var placeholders: [String: String] = [:]
     private let logger: Logger
+    /// Fails the statement in flight, if any, when its connection closes (`wait`).
+    private let pending = PendingStatement()
 
     /// The event-loop thread every store connection of the process shares.
     static let sharedGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
@@ -55,6 +58,9 @@ final class PostgresSyncConnection: SQLConnection, @unchecked Sendable {
         let config = try Self.configuration(location)
         do {
             let c = try PostgresConnection.connect(on: group.next(), configuration: config, id: 1, logger: logger).wait()
+            let pending = pending
+            let location = location
+            c.closeFuture.whenComplete { _ in pending.fail(StoreError(.unavailable, "lost the store \(location): the connection closed")) }
             connection = c
             return c
         } catch {
@@ -215,6 +221,14 @@ final class PostgresSyncConnection: SQLConnection, @unchecked Sendable {
     private func wait<T: Sendable>(_ future: EventLoopFuture<T>, sql: String, connection c: PostgresConnection) throws(StoreError) -> T {
         let promise = c.eventLoop.makePromise(of: T.self)
         future.cascade(to: promise)
+        // postgres-nio can leave a statement unanswered for ever when it is sent as the
+        // connection closes (a server restart: vapor/postgres-nio#487, whose fix was reverted in
+        // #501); seen here as a relay stalled for the whole statement timeout after PostgreSQL
+        // restarted. The connection's close fails the statement at once instead. Registered
+        // before `isClosed` is read: a close before it is seen there, one after it fails this.
+        pending.set { promise.fail($0) }
+        defer { pending.set(nil) }
+        if c.isClosed { promise.fail(StoreError(.unavailable, "lost the store \(location): the connection closed")) }
         let timeout = statementTimeout
         let timer = c.eventLoop.scheduleTask(in: timeout) {
             promise.fail(StoreError(.unavailable, "the store \(self.location) did not answer within \(timeout.nanoseconds / 1_000_000_000) s"))
@@ -279,6 +293,14 @@ final class PostgresSyncConnection: SQLConnection, @unchecked Sendable {
         } else if let e = error as? PostgresError, case .server(let info) = e {
             server = (info.fields[.message] ?? "error", info.fields[.detail], info.fields[.sqlState])
         }
+        if let server, let state = server.state, Self.endsTheSession(state) {
+            // The server said goodbye (a terminated backend, a shutdown, a restart): the
+            // connection is gone, not the statement refused.
+            let closing: EventLoopFuture<Void> = c.close()
+            try? closing.wait()
+            connection = nil
+            return StoreError(.unavailable, "lost the store \(location): \(server.message)", sqlState: state)
+        }
         if let server {
             // Raised by Rampart's own routines (PostgresRoutines.swift, class P0): their message
             // is meant for the user as it is.
@@ -291,6 +313,13 @@ final class PostgresSyncConnection: SQLConnection, @unchecked Sendable {
         try? closing.wait()
         connection = nil
         return StoreError(.unavailable, "lost the store \(location): \(Self.describe(error))")
+    }
+
+    /// SQLSTATEs with which the server ends the session: class 57P (operator intervention:
+    /// `pg_terminate_backend`, shutdown, crash recovery, database dropped) and class 08
+    /// (connection exception). A statement refused for itself never carries them.
+    static func endsTheSession(_ state: String) -> Bool {
+        state.hasPrefix("57P") || state.hasPrefix("08")
     }
 
     /// Starts closing `c` without waiting (the future-returning `close`, not the async one).
@@ -306,5 +335,20 @@ final class PostgresSyncConnection: SQLConnection, @unchecked Sendable {
             return "\(e.code)"
         }
         return "\(error)"
+    }
+}
+
+/// The statement a `PostgresSyncConnection` waits for, failed from the connection's close
+/// callback (on its event loop) while the caller's thread waits. A connection runs one statement
+/// at a time, so one slot serves; one close callback per connection, not one per statement.
+final class PendingStatement: Sendable {
+    private let slot = NIOLockedValueBox<(@Sendable (any Error) -> Void)?>(nil)
+
+    func set(_ fail: (@Sendable (any Error) -> Void)?) { slot.withLockedValue { $0 = fail } }
+
+    /// Fails the statement in flight (a completed promise ignores it).
+    func fail(_ error: any Error) {
+        let f = slot.withLockedValue { $0 }
+        f?(error)
     }
 }

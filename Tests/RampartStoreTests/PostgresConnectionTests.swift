@@ -71,4 +71,35 @@ struct PostgresConnectionTests {
         #expect(try st.group("web")?.rules == [])
         #expect(try st.progress(hosts: nil).allSatisfy { $0.head == 0 })
     }
+
+    /// A statement sent while the server closes its connection (a backend terminated, as a
+    /// server restart does) is answered at once: it fails as `.unavailable`, or runs on a new
+    /// connection. postgres-nio can leave such a statement unanswered (vapor/postgres-nio#487):
+    /// it then waited for the whole statement timeout (a relay stalled 30 s after a restart).
+    @Test func aStatementSentAsItsConnectionClosesIsAnsweredAtOnce() throws {
+        let c = try connection()
+        c.statementTimeout = .seconds(20)
+        let killer = try connection()
+        var failed = 0, slowest = 0.0
+        // Every statement here may meet the close (the backend acts on the signal when it
+        // next checks for interrupts): each must fail as `.unavailable` or succeed, at once.
+        func timed(_ sql: String, _ args: [SQLValue]) -> [[String?]]? {
+            let t = Date()
+            defer { slowest = max(slowest, Date().timeIntervalSince(t)) }
+            do { return try c.query(sql, args) } catch {
+                #expect(error.kind == .unavailable, "\(error)")
+                failed += 1
+                return nil
+            }
+        }
+        for k in 0..<200 {
+            guard let pid = timed("SELECT pg_backend_pid()", [])?.first?[0] else { continue }
+            _ = try killer.query("SELECT pg_terminate_backend(\(pid))", [])
+            // Vary the moment the statement meets the close.
+            if k % 4 != 0 { usleep(UInt32(k % 4) * 50) }
+            _ = timed("SELECT ?::text", [.text("\(k)")])
+        }
+        #expect(slowest < 5, "a statement waited \(slowest) s")
+        #expect(failed > 0, "no statement met a closing connection: the test did not test")
+    }
 }
