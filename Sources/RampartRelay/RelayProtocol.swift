@@ -20,6 +20,11 @@ public struct RelayMessage: Codable, Sendable, Equatable {
     public struct Row: Codable, Sendable, Equatable {
         public var seq: Int64
         public var refresh: String
+
+        public init(seq: Int64, refresh: String) {
+            self.seq = seq
+            self.refresh = refresh
+        }
     }
 
     public var op: Op
@@ -84,8 +89,10 @@ public struct RelayMessage: Codable, Sendable, Equatable {
         return out
     }
 
-    /// The message as one line (JSON and `\n`).
+    /// The message as one line (JSON and `\n`): written directly (`RelayLineCodec`), or by
+    /// `JSONEncoder` for a status answer.
     public func line(allocator: ByteBufferAllocator) -> ByteBuffer {
+        if let direct = RelayLineCodec.write(self, allocator: allocator) { return direct }
         // JSONEncoder cannot fail on this type (strings, integers, arrays).
         let data = (try? JSONEncoder().encode(self)) ?? Data(#"{"op":"error","message":"unencodable"}"#.utf8)
         var buffer = allocator.buffer(capacity: data.count + 1)
@@ -94,8 +101,10 @@ public struct RelayMessage: Codable, Sendable, Equatable {
         return buffer
     }
 
-    /// Parses one line (without its `\n`); the error says what is wrong.
+    /// Parses one line (without its `\n`); the error says what is wrong. The flat messages
+    /// every verb makes are read directly (`RelayLineCodec`), anything else by `JSONDecoder`.
     public static func parse(_ line: ByteBuffer) throws(RelayError) -> Self {
+        if let direct = RelayLineCodec.read(line) { return direct }
         do {
             return try JSONDecoder().decode(Self.self, from: Data(line.readableBytesView))
         } catch {

@@ -46,12 +46,42 @@ struct FleetBench: ParsableCommand {
             setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
         }
         guard limit.rlim_cur >= needed else { throw ValidationError("needs \(needed) open files; the hard limit is \(limit.rlim_max)") }
+        lineCodec(report: report)
         let cluster = try PostgresCluster(database: "postgres", maxConnections: max(100, directHosts + 50))
         defer { cluster.destroy() }
         try cluster.start()
         for size in sizes { try fleet(size, cluster: cluster, repeats: repeats, report: report) }
         if directHosts > 0 { try direct(directHosts, cluster: cluster, repeats: repeats, report: report) }
         report.finish()
+    }
+
+    /// The lines every verb makes, written and read: a `rows` message of two rows (what a
+    /// relay writes per notified subscriber and a daemon reads) and an `ack` (the reverse),
+    /// through the relay's line codec, beside Foundation's JSON coders (what it replaced).
+    func lineCodec(report: Report) {
+        let rows = RelayMessage(op: .rows, after: 48_211, head: 48_213, through: 48_213,
+                                rows: [.init(seq: 48_212, refresh: "rules:web-tier"), .init(seq: 48_213, refresh: "members:db-primary")])
+        let ack = RelayMessage.ack(48_213)
+        let allocator = ByteBufferAllocator()
+        var direct: [UInt64] = [], foundation: [UInt64] = []
+        for _ in 0..<2_001 {
+            var t = monotonicNanos()
+            for m in [rows, ack] {
+                var line = m.line(allocator: allocator)
+                line.moveWriterIndex(to: line.writerIndex - 1)
+                guard (try? RelayMessage.parse(line)) == m else { fatalError("relay line codec: \(m) did not read back") }
+            }
+            direct.append(monotonicNanos() - t)
+            t = monotonicNanos()
+            for m in [rows, ack] {
+                let data = try! JSONEncoder().encode(m)
+                guard (try? JSONDecoder().decode(RelayMessage.self, from: data)) == m else { fatalError("JSON coders: \(m) did not read back") }
+            }
+            foundation.append(monotonicNanos() - t)
+        }
+        report.add(Figure(benchmark: "relay lines of one notified host (rows of 2 + ack, written and read)", median_ns: percentile(direct, 50),
+                          baseline: "JSONEncoder + JSONDecoder", baseline_median_ns: percentile(foundation, 50),
+                          extra: ["p99": formatDuration(percentile(direct, 99)), "baseline_p99": formatDuration(percentile(foundation, 99))]))
     }
 
     /// A database holding `hosts` hosts, `hosts` groups and 5 × `hosts` instances (each in 2
@@ -167,6 +197,7 @@ struct FleetBench: ParsableCommand {
                                   "server_cpu_per_verb": String(format: "%.2f ms", cpu * 1000 / Double(max(verbs, 1))),
                                   "all_acked_after_end": drained ? String(format: "%.2f s", drainTime) : "no (30 s)",
                                   "errors": "\(box.errors.count)", "target": "≥ 1000 verbs/s"]))
+        if let first = box.errors.first { report.note("fleet of \(n): \(box.errors.count) verbs failed in the sustained run; the first: \(first)") }
         let stats = relays.compactMap { relayStatus(port: $0.1) }
         report.note("fleet of \(n): relays: " + stats.map { "\($0.subscribers) subscribers, \($0.rowsRead) rows read in \($0.storeReads) reads, \($0.rowsSent) sent, \($0.acksWritten) acks in \($0.ackWrites) writes, \($0.reloadsOverflow) overflow reloads" }.joined(separator: "; "))
         let relayCPU = relays.enumerated().map { i, r in String(format: "%.2f", (processCPUSeconds(r.0.pid) - relayCPU0[i]) * 1000 / Double(max(verbs + repeats, 1))) }
