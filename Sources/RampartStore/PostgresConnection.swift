@@ -23,6 +23,9 @@ final class PostgresSyncConnection: SQLConnection, @unchecked Sendable {
     private let logger: Logger
     /// Fails the statement in flight, if any, when its connection closes (`wait`).
     private let pending = PendingStatement()
+    /// Counts the connections opened, so that a closed one's callback (which may run after a
+    /// new connection took its place) fails only its own statement.
+    private var generation = 0
 
     /// The event-loop thread every store connection of the process shares.
     static let sharedGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
@@ -60,7 +63,9 @@ final class PostgresSyncConnection: SQLConnection, @unchecked Sendable {
             let c = try PostgresConnection.connect(on: group.next(), configuration: config, id: 1, logger: logger).wait()
             let pending = pending
             let location = location
-            c.closeFuture.whenComplete { _ in pending.fail(StoreError(.unavailable, "lost the store \(location): the connection closed")) }
+            generation += 1
+            let mine = generation
+            c.closeFuture.whenComplete { _ in pending.fail(StoreError(.unavailable, "lost the store \(location): the connection closed"), connection: mine) }
             connection = c
             return c
         } catch {
@@ -226,8 +231,8 @@ final class PostgresSyncConnection: SQLConnection, @unchecked Sendable {
         // #501); seen here as a relay stalled for the whole statement timeout after PostgreSQL
         // restarted. The connection's close fails the statement at once instead. Registered
         // before `isClosed` is read: a close before it is seen there, one after it fails this.
-        pending.set { promise.fail($0) }
-        defer { pending.set(nil) }
+        pending.set(connection: generation) { promise.fail($0) }
+        defer { pending.clear() }
         if c.isClosed { promise.fail(StoreError(.unavailable, "lost the store \(location): the connection closed")) }
         let timeout = statementTimeout
         let timer = c.eventLoop.scheduleTask(in: timeout) {
@@ -342,13 +347,17 @@ final class PostgresSyncConnection: SQLConnection, @unchecked Sendable {
 /// callback (on its event loop) while the caller's thread waits. A connection runs one statement
 /// at a time, so one slot serves; one close callback per connection, not one per statement.
 final class PendingStatement: Sendable {
-    private let slot = NIOLockedValueBox<(@Sendable (any Error) -> Void)?>(nil)
+    private let slot = NIOLockedValueBox<(connection: Int, fail: @Sendable (any Error) -> Void)?>(nil)
 
-    func set(_ fail: (@Sendable (any Error) -> Void)?) { slot.withLockedValue { $0 = fail } }
+    /// The statement now waited for, on connection number `connection`.
+    func set(connection: Int, _ fail: @escaping @Sendable (any Error) -> Void) { slot.withLockedValue { $0 = (connection, fail) } }
 
-    /// Fails the statement in flight (a completed promise ignores it).
-    func fail(_ error: any Error) {
-        let f = slot.withLockedValue { $0 }
+    func clear() { slot.withLockedValue { $0 = nil } }
+
+    /// Fails the statement in flight if it runs on connection number `connection` (a completed
+    /// promise ignores it).
+    func fail(_ error: any Error, connection: Int) {
+        let f = slot.withLockedValue { $0?.connection == connection ? $0?.fail : nil }
         f?(error)
     }
 }

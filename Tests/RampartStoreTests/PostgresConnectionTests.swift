@@ -102,4 +102,23 @@ struct PostgresConnectionTests {
         #expect(slowest < 5, "a statement waited \(slowest) s")
         #expect(failed > 0, "no statement met a closing connection: the test did not test")
     }
+
+    /// A closed connection's callback fails the statement of that connection only: one that
+    /// closed late, after a new connection took its place, leaves the new statement alone.
+    @Test func aClosedConnectionFailsOnlyItsOwnStatement() {
+        let pending = PendingStatement()
+        final class Failures: @unchecked Sendable {
+            let lock = NSLock()
+            var seen: [String] = []
+        }
+        let failed = Failures()
+        pending.set(connection: 2) { e in failed.lock.withLock { failed.seen.append("\(e)") } }
+        pending.fail(StoreError(.unavailable, "old"), connection: 1)
+        #expect(failed.lock.withLock { failed.seen }.isEmpty)
+        pending.fail(StoreError(.unavailable, "current"), connection: 2)
+        #expect(failed.lock.withLock { failed.seen }.count == 1)
+        pending.clear()
+        pending.fail(StoreError(.unavailable, "after"), connection: 2)
+        #expect(failed.lock.withLock { failed.seen }.count == 1, "nothing waits any more")
+    }
 }
