@@ -108,14 +108,16 @@ struct RefreshEvents {
             guard same == rec else { throw Reload() }
             // Only its groups changed: an event if every new group is already enforced here,
             // with rules the engine kept up to date.
-            guard Set(rec.groups).subtracting(c.groups).isSubset(of: upToDateGroups(engine)) else {
-                return try documentWith(locals.merging([id: rec]) { _, new in new }, &engine)
+            let upToDate = upToDateGroups(engine)
+            guard Set(rec.groups).subtracting(c.groups).isSubset(of: upToDate) else {
+                return try documentWith(locals.merging([id: rec]) { _, new in new }, upToDate: upToDate, &engine)
             }
             return try engine.instanceGroupsChanged(id: id, groups: rec.groups)
         }
         guard current == nil else { throw Reload() }  // moved here from another host
-        guard Set(rec.groups).isSubset(of: upToDateGroups(engine)) else {
-            return try documentWith(locals.merging([id: rec]) { _, new in new }, &engine)
+        let upToDate = upToDateGroups(engine)
+        guard Set(rec.groups).isSubset(of: upToDate) else {
+            return try documentWith(locals.merging([id: rec]) { _, new in new }, upToDate: upToDate, &engine)
         }
         return try engine.instancePlugged(id: id, instance: rec)
     }
@@ -134,9 +136,9 @@ struct RefreshEvents {
     /// groups): for such a referenced group that is exactly their membership; the members of any
     /// other group referenced now are read in full, and what the document said of them is
     /// dropped, so the projection below is the one the store makes.
-    private mutating func documentWith(_ local: [String: Instance], _ engine: inout Engine) throws -> Plan {
+    /// `upToDate`: `upToDateGroups(engine)`, as the caller computed it (a walk of the host's instances).
+    private mutating func documentWith(_ local: [String: Instance], upToDate: Set<String>, _ engine: inout Engine) throws -> Plan {
         let doc = engine.document
-        let upToDate = upToDateGroups(engine)
         var localGroups: [String: Group] = [:]
         for g in HostProjection.localGroups(of: local.values) {
             if upToDate.contains(g), let known = doc.groups[g] {

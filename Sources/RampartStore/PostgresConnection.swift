@@ -285,10 +285,8 @@ final class PostgresSyncConnection: SQLConnection, @unchecked Sendable {
     /// unusable connection: `.unavailable`, and the connection is dropped.
     private func classify(_ error: any Error, sql: String, connection c: PostgresConnection) -> StoreError {
         if let e = error as? StoreError {
-            // The timeout closed it: release it only once closed (postgres-nio requires that).
-            let closing: EventLoopFuture<Void> = c.close()
-            try? closing.wait()
-            connection = nil
+            // The timeout or the close closed it: released only once closed (postgres-nio requires that).
+            drop(c)
             return e
         }
         // The new API's error, or the one its prepared statements report (the older type).
@@ -301,9 +299,7 @@ final class PostgresSyncConnection: SQLConnection, @unchecked Sendable {
         if let server, let state = server.state, Self.endsTheSession(state) {
             // The server said goodbye (a terminated backend, a shutdown, a restart): the
             // connection is gone, not the statement refused.
-            let closing: EventLoopFuture<Void> = c.close()
-            try? closing.wait()
-            connection = nil
+            drop(c)
             return StoreError(.unavailable, "lost the store \(location): \(server.message)", sqlState: state)
         }
         if let server {
@@ -314,10 +310,15 @@ final class PostgresSyncConnection: SQLConnection, @unchecked Sendable {
             if let d = server.detail { text += " (\(d))" }
             return StoreError(.database, text + " [\(sql.prefix(60))]", sqlState: server.state)
         }
+        drop(c)
+        return StoreError(.unavailable, "lost the store \(location): \(Self.describe(error))")
+    }
+
+    /// Closes `c` and waits until it is closed; the next statement opens a new connection.
+    private func drop(_ c: PostgresConnection) {
         let closing: EventLoopFuture<Void> = c.close()
         try? closing.wait()
         connection = nil
-        return StoreError(.unavailable, "lost the store \(location): \(Self.describe(error))")
     }
 
     /// SQLSTATEs with which the server ends the session: class 57P (operator intervention:
