@@ -191,7 +191,7 @@ let package = Package(
         // Kernel suites (tagged `.kernel`) run only as root; the rest run anywhere.
         .testTarget(
             name: "RampartNFTablesTests",
-            dependencies: ["RampartNFTables", "RampartIPTables", "RampartConntrack", "RampartCore", "RampartNetlink", "RampartHarness", "RampartSystem", "RampartTestSupport"]
+            dependencies: ["RampartNFTables", "RampartIPTables", "RampartConntrack", "RampartCore", "RampartNetlink", "RampartHarness", "RampartSystem", "RampartTestSupport", "RampartCoreTestSupport"]
         ),
         .testTarget(name: "RampartIPTablesTests", dependencies: ["RampartIPTables", "RampartCore", "RampartHarness", "RampartSystem"]),
         .testTarget(name: "RampartEC2Tests", dependencies: ["RampartEC2", "RampartStore", "RampartCore", "RampartHarness", "RampartCompute"]),

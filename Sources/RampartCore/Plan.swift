@@ -49,8 +49,12 @@ public struct PlanSummary: Hashable, Sendable, CustomStringConvertible {
     public var chainsRewritten = 0
     /// Chains deleted.
     public var chainsDeleted = 0
-    /// Rules written by rewrites (each rewrite re-adds all rules of its chain).
+    /// Rules written by rewrites (each rewrite re-adds all rules of its chain, unless the
+    /// backend edits the chain rule by rule: then only the new rules).
     public var rulesWritten = 0
+    /// Rules deleted one by one by rewrites that a backend sent as edits (nftables' group
+    /// chains); 0 for a rewrite sent whole.
+    public var rulesDeleted = 0
     /// Sets and maps created.
     public var setsCreated = 0
     /// Sets and maps deleted.
@@ -96,7 +100,8 @@ public struct PlanSummary: Hashable, Sendable, CustomStringConvertible {
         if tableDeleted && !tableCreated { return "table deleted" }
         var parts: [String] = []
         if tableCreated { parts.append(tableDeleted ? "table rebuilt" : "table created") }
-        parts.append("chains: \(chainsCreated) created, \(chainsRewritten) rewritten (\(rulesWritten) rules), \(chainsDeleted) deleted")
+        let rules = rulesDeleted == 0 ? "\(rulesWritten) rules" : "\(rulesWritten) rules written, \(rulesDeleted) deleted"
+        parts.append("chains: \(chainsCreated) created, \(chainsRewritten) rewritten (\(rules)), \(chainsDeleted) deleted")
         parts.append("sets/maps: \(setsCreated) created, \(setsDeleted) deleted")
         parts.append("elements: +\(elementsAdded) -\(elementsRemoved)")
         parts.append("dispatch: +\(mapElementsAdded) -\(mapElementsRemoved)")

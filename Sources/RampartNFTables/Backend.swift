@@ -24,6 +24,9 @@ public final class NFTablesBackend {
     public private(set) var mirrorGeneration: UInt32?
     /// What the kernel holds of the slot layout's own objects, valid with the mirror.
     var slots = SlotState()
+    /// Whether the slot layout edits a rewritten group chain rule by rule (`ChainEdit`, the
+    /// default) instead of flushing and re-filling it; off only to measure the difference.
+    public var editsGroupChains = true
 
     public init(client: NFTablesClient, table: String = Naming.table, layout: NFTLayout = .slots) {
         self.client = client
@@ -85,7 +88,7 @@ public final class NFTablesBackend {
         swap(&working, &slots)
         let batch: Batch
         do {
-            batch = try lower(plan, result: result, state: &working)
+            batch = try lower(plan, result: result, state: &working, heldRules: try heldRules(plan))
         } catch let error {
             mirrorGeneration = nil  // the slot state is gone: the next converge reads back
             throw error
@@ -161,17 +164,51 @@ public final class NFTablesBackend {
     /// The batch a plan would be sent as (for tests and `--dry-run` diagnostics).
     public func batch(for plan: Plan, result: RulesetIR?) throws(NetlinkError) -> Batch {
         var copy = slots
-        return try lower(plan, result: result, state: &copy)
+        return try lower(plan, result: result, state: &copy, heldRules: try heldRules(plan))
     }
+
+    /// The rules the kernel holds now, with their handles, in each group chain that `plan`
+    /// rewrites once and neither creates nor deletes: the slot layout edits those rule by rule
+    /// (`ChainEdit`), so that revoking a rule deletes one rule instead of re-adding the others,
+    /// which made the kernel re-validate the whole table. One rule dump of that chain each (the
+    /// kernel walks only that chain). Read at the generation the commit is guarded by: if anyone
+    /// committed since, the commit is refused whatever was read here.
+    private func heldRules(_ plan: Plan) throws(NetlinkError) -> [String: [NFTRule]] {
+        guard layout == .slots, editsGroupChains else { return [:] }
+        var rewrites: [String: Int] = [:]
+        var createdOrDeleted = Set<String>()
+        for op in plan.ops {
+            switch op {
+            case .createTable, .deleteTable: return [:]
+            case .rewriteChain(let n, _):
+                if case .group? = Slots.role(of: n) { rewrites[n, default: 0] += 1 }
+            case .createChain(let h): createdOrDeleted.insert(h.name)
+            case .deleteChain(let n): createdOrDeleted.insert(n)
+            default: break
+            }
+        }
+        // A plan rewriting many group chains (a repair, a rebuilt document) is sent whole: a
+        // dump per chain would cost more than it saves, and such a plan adds rules anyway.
+        guard rewrites.count <= Self.maxEditedChains else { return [:] }
+        var held: [String: [NFTRule]] = [:]
+        for (n, count) in rewrites where count == 1 && !createdOrDeleted.contains(n) {
+            if let rules = try client.readRules(family: Translate.family, table: table, chain: n) { held[n] = rules }
+        }
+        return held
+    }
+
+    /// At most this many group chains of one plan are edited rule by rule (`heldRules`).
+    static let maxEditedChains = 64
 
     /// The plan in this backend's layout; `state` (the slot layout's) is brought to what the
     /// kernel will hold once the batch commits, in place.
-    private func lower(_ plan: Plan, result: RulesetIR?, state: inout SlotState) throws(NetlinkError) -> Batch {
+    private func lower(_ plan: Plan, result: RulesetIR?, state: inout SlotState, heldRules: [String: [NFTRule]]) throws(NetlinkError) -> Batch {
         switch layout {
         case .instanceChains:
             return Translate.batch(plan, table: table, desired: result)
         case .slots:
             var l = SlotLowering(table: table, desired: result, state: SlotState())
+            l.heldRules = heldRules
             swap(&l.state, &state)  // the lowering owns the only reference while it works
             defer { swap(&l.state, &state) }
             return try l.batch(plan)

@@ -49,7 +49,16 @@ enum SlotRender {
     /// every commit (a plug's hot path), so no Plan is copied.
     static func summary(_ plan: Plan, batch: Batch) -> PlanSummary {
         var s = PlanSummary()
-        for op in plan.ops where isSentAsIs(op) { s.count(op) }
+        let edits = EditedChains(batch)
+        for op in plan.ops where isSentAsIs(op) {
+            if case .rewriteChain(let n, _) = op, let e = edits.counts[n] {
+                s.chainsRewritten += 1
+                s.rulesWritten += e.written
+                s.rulesDeleted += e.deleted
+            } else {
+                s.count(op)
+            }
+        }
         for op in batch.operations {
             switch op {
             case .addSet(let d) where Slots.objectNames.contains(d.name): s.setsCreated += 1
@@ -72,6 +81,10 @@ enum SlotRender {
         let kept = sentAsIs(plan)
         var lines = [Render.plan(kept, table: table)]
         let t = "inet \(table)"
+        // A chain edited rule by rule is shown whole above (what it will hold); say how it goes.
+        for (n, e) in EditedChains(batch).counts.sorted(by: { $0.key < $1.key }) {
+            lines.append("# \(n): sent as \(e.deleted) rules deleted and \(e.written) added; its other rules stay (handles and counters kept)\n")
+        }
         for op in batch.operations {
             switch op {
             case .addSet(let d) where isMembers(d.name):
@@ -100,6 +113,27 @@ enum SlotRender {
             }
         }
         return lines.joined()
+    }
+
+    /// The chains a batch edits rule by rule (`ChainEdit`: rules deleted by handle or
+    /// inserted, and the chain not flushed), with the rules added and deleted in each.
+    struct EditedChains {
+        var counts: [String: (written: Int, deleted: Int)] = [:]
+        init(_ batch: Batch) {
+            var flushed = Set<String>()
+            var edited = Set<String>()
+            var written: [String: Int] = [:], deleted: [String: Int] = [:]
+            for op in batch.operations {
+                switch op {
+                case .flushChain(_, _, let n): flushed.insert(n)
+                case .addRule(let r): written[r.chain, default: 0] += 1
+                case .insertRule(let r, _): written[r.chain, default: 0] += 1; edited.insert(r.chain)
+                case .deleteRule(_, _, let c, _): deleted[c, default: 0] += 1; edited.insert(c)
+                default: break
+                }
+            }
+            for n in edited where !flushed.contains(n) { counts[n] = (written[n] ?? 0, deleted[n] ?? 0) }
+        }
     }
 
     /// The dispatch as the slot layout sends it.

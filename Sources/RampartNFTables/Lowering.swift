@@ -57,6 +57,9 @@ struct SlotLowering {
     /// What the kernel holds before the batch; after `batch` returns, what it will hold once the
     /// batch commits.
     var state: SlotState
+    /// The rules (with handles) the kernel holds in group chains that the plan rewrites and may
+    /// edit rule by rule (`ChainEdit`); a rewritten chain not here is flushed and re-filled.
+    var heldRules: [String: [NFTRule]] = [:]
 
     private var b = Batch()
     private var previousSecret: [UInt8]?
@@ -186,6 +189,13 @@ struct SlotLowering {
             if case .instance(_, let id)? = Slots.role(of: n), desired?.chains[n]?.base == nil {
                 instances.insert(id)
                 return
+            }
+            if let held = heldRules[n], case .rewriteChain(_, let rules) = op {
+                let wanted = rules.map { Translate.rule($0, chain: n, table: table, layout: .slots) }
+                if let edit = ChainEdit.between(held: held, wanted: wanted) {
+                    b.operations += edit.operations(wanted: wanted)
+                    return
+                }
             }
             Translate.append(op, to: &b, table: table, desired: desired) { r, c in
                 Translate.rule(r, chain: c, table: table, layout: .slots)

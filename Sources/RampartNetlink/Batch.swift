@@ -15,6 +15,12 @@ public enum BatchOperation: Sendable, Hashable, CustomStringConvertible {
     case flushChain(family: NFTFamily, table: String, name: String)
     /// Append a rule to its chain.
     case addRule(NFTRule)
+    /// Insert a rule into its chain just before the rule whose kernel handle is `before`
+    /// (several inserted before the same rule keep the order they are sent in).
+    case insertRule(NFTRule, before: UInt64)
+    /// Delete one rule, named by its kernel handle. Unlike adding a rule, this does not make the
+    /// kernel re-validate the table at commit (netlink notes, "Commit-time validation").
+    case deleteRule(family: NFTFamily, table: String, chain: String, handle: UInt64)
     /// Create a set or map (no error if it exists with the same definition).
     case addSet(NFTSetDefinition)
     /// Delete a set or map: no rule may still use it.
@@ -34,7 +40,8 @@ public enum BatchOperation: Sendable, Hashable, CustomStringConvertible {
         case .deleteTable(let f, let n): (f, n)
         case .addChain(let c): (c.family, c.table)
         case .deleteChain(let f, let t, _), .flushChain(let f, let t, _), .deleteSet(let f, let t, _), .flushSet(let f, let t, _): (f, t)
-        case .addRule(let r): (r.family, r.table)
+        case .addRule(let r), .insertRule(let r, _): (r.family, r.table)
+        case .deleteRule(let f, let t, _, _): (f, t)
         case .addSet(let s): (s.family, s.table)
         case .addElements(let f, let t, _, _), .deleteElements(let f, let t, _, _): (f, t)
         }
@@ -50,6 +57,9 @@ public enum BatchOperation: Sendable, Hashable, CustomStringConvertible {
         case .flushChain(let f, let t, let n): "flush chain \(f) \(t) \(n)"
         case .addRule(let r):
             "add rule \(r.family) \(r.table) \(r.chain)" + (r.comment.map { " (comment \"\($0)\")" } ?? "")
+        case .insertRule(let r, let before):
+            "insert rule \(r.family) \(r.table) \(r.chain) before handle \(before)" + (r.comment.map { " (comment \"\($0)\")" } ?? "")
+        case .deleteRule(let f, let t, let c, let h): "delete rule \(f) \(t) \(c) handle \(h)"
         case .addSet(let s): "add \(s.isVerdictMap ? "map" : "set") \(s.family) \(s.table) \(s.name)"
         case .deleteSet(let f, let t, let n): "delete set \(f) \(t) \(n)"
         case .flushSet(let f, let t, let n): "flush set \(f) \(t) \(n)"

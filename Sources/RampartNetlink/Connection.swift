@@ -18,9 +18,16 @@ public protocol NFTablesClient: AnyObject {
     /// Reads one table back, or nil if it does not exist. The snapshot is consistent: taken
     /// within one generation.
     func readTable(family: NFTFamily, name: String) throws(NetlinkError) -> TableSnapshot?
+    /// The rules of one chain with their kernel handles, in order; nil when the chain (or its
+    /// table) does not exist, when the read was interrupted, or when this client does not offer
+    /// it. Callers that edit a chain rule by rule fall back to rewriting it whole on nil.
+    func readRules(family: NFTFamily, table: String, chain: String) throws(NetlinkError) -> [NFTRule]?
 }
 
 extension NFTablesClient {
+    /// Not offered: chains are rewritten whole.
+    public func readRules(family: NFTFamily, table: String, chain: String) throws(NetlinkError) -> [NFTRule]? { nil }
+
     @discardableResult
     public func commit(_ batch: Batch) throws(NetlinkError) -> CommitResult {
         try commit(batch, expectedGeneration: nil)
@@ -276,6 +283,26 @@ public final class NFTablesConnection: NFTablesClient {
             }
         }
         return .value(snapshot)
+    }
+
+    public func readRules(family: NFTFamily, table: String, chain: String) throws(NetlinkError) -> [NFTRule]? {
+        var rules: [NFTRule] = []
+        let read: Read<Int>
+        do {
+            // A rule dump naming a chain walks only that chain (the kernel finds it by name).
+            read = try request(NFT_MSG_GETRULE.rawValue, family: family, dump: true, payload: { (nlh) throws(NetlinkError) in
+                let r = try NftnlRule(NFTRule(family: family, table: table, chain: chain, expressions: []))
+                nftnl_rule_nlmsg_build_payload(nlh, r.pointer)
+            }, each: { (nlh) throws(NetlinkError) in
+                let r = try Decode.rule(nlh)
+                if r.table == table && r.chain == chain { rules.append(r) }
+            })
+        } catch let error {
+            if case .systemCall(_, let e) = error, e == .ENOENT { return nil }
+            throw error
+        }
+        if read.interruption != nil { return nil }
+        return rules
     }
 
     /// Reads a set's elements. A dump larger than one datagram restarts the kernel's walk of the

@@ -132,6 +132,15 @@ struct EncodedBatch: ~Copyable {
                        NftnlRule(NFTRule(family: family, table: table, chain: chain, expressions: [])))
         case .addRule(let r):
             try append(NFT_MSG_NEWRULE.rawValue, r.family, NLM_F_CREATE | NLM_F_APPEND, echo: echo, index: index, NftnlRule(r))
+        case .insertRule(let r, let before):
+            // NEWRULE with a position and without NLM_F_APPEND goes before that rule.
+            let obj = try NftnlRule(r)
+            nftnl_rule_set_u64(obj.pointer, UInt16(NFTNL_RULE_POSITION.rawValue), before)
+            try append(NFT_MSG_NEWRULE.rawValue, r.family, NLM_F_CREATE, echo: echo, index: index, obj)
+        case .deleteRule(let family, let table, let chain, let handle):
+            let obj = try NftnlRule(NFTRule(family: family, table: table, chain: chain, expressions: []))
+            nftnl_rule_set_u64(obj.pointer, UInt16(NFTNL_RULE_HANDLE.rawValue), handle)
+            try append(NFT_MSG_DELRULE.rawValue, family, 0, echo: echo, index: index, obj)
         case .addSet(let d):
             let obj = try NftnlSet(d)
             // The kernel requires a batch-local set id on creation (it lets later messages of the

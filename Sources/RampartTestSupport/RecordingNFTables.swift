@@ -117,6 +117,10 @@ public final class RecordingNFTables: NFTablesClient {
                 t.rules[r.chain]!.append(stored)
                 return nil
             }
+        case .insertRule, .deleteRule:
+            // The fake keeps no rule handles and offers no `readRules`, so nothing edits its
+            // chains rule by rule; a batch that tries is refused like an unknown handle.
+            return .ENOENT
         case .addSet(let d):
             return withTable(d.family, d.table) { t in
                 if let existing = t.set(d.name) { return existing.keyType == d.keyType ? nil : .EEXIST }

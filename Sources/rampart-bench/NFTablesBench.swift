@@ -371,7 +371,53 @@ private struct HostRun {
             extra: ["batch_messages": "\(plugBatch)", "engine": formatDuration(median(ev.plugEngine)),
                     "commit": formatDuration(median(ev.plugCommit))])
         add("[slot layout, the default] instance unplug", unplug, baseline: "instance-chains layout (before), this run", unplugOurs)
+        let r = try revokes(&engine, backend)
+        guard try backend.readBack(reference: engine.planned) == engine.planned else {
+            throw HarnessError("\(tag): slot layout: after the revokes the kernel read back differs from the engine's IR")
+        }
+        add("[slot layout] rule revoked (its rules deleted by handle)", r.revoke, baseline: "the same revoke, chain flushed and re-filled, this run", r.revokeWhole,
+            extra: ["rules_deleted": "\(r.deleted)", "engine": formatDuration(median(r.revokeEngine))])
+        add("[slot layout] rule given back (its rules inserted in place)", r.giveBack, baseline: "the same, chain flushed and re-filled, this run", r.giveBackWhole)
         try dropTable()
+    }
+
+    /// Rule 0 of the hot group (a rule from a remote group: one kernel rule per family) revoked
+    /// and given back, alternately, with the group chain edited rule by rule (the default) and
+    /// rewritten whole (flush + re-add, as before), the two ways alternating pair by pair. A
+    /// revoke only deletes rules, which the kernel does not re-validate the table for; giving
+    /// the rule back adds rules, which it does.
+    func revokes(_ engine: inout Engine, _ backend: NFTablesBackend)
+        throws -> (revoke: [UInt64], giveBack: [UInt64], revokeWhole: [UInt64], giveBackWhole: [UInt64], deleted: Int, revokeEngine: [UInt64]) {
+        var revoke: [UInt64] = [], giveBack: [UInt64] = [], revokeWhole: [UInt64] = [], giveBackWhole: [UInt64] = []
+        var revokeEngine: [UInt64] = []
+        var deleted = 0
+        let without = Array(oldRules.dropFirst())
+        defer { backend.editsGroupChains = true }
+        for k in 0..<((fast + 1) / 2) {
+            for edits in (k % 2 == 0 ? [true, false] : [false, true]) {
+                backend.editsGroupChains = edits
+                var t0 = monotonicNanos()
+                let gone = try engine.rulesChanged(group: hotGroup, rules: without)
+                if edits && deleted == 0 {
+                    // What a revoke sends (outside the timing): rule deletions only.
+                    let b = try backend.batch(for: gone, result: engine.planned)
+                    guard b.operations.allSatisfy({ if case .deleteRule = $0 { true } else { false } }) else {
+                        throw HarnessError("\(tag): a revoke sent more than rule deletions: \(b.operations.map(\.description))")
+                    }
+                    deleted = b.operations.count
+                    t0 = monotonicNanos()
+                }
+                let tEngine = monotonicNanos()
+                try backend.commit(gone, result: engine.planned)
+                var t1 = monotonicNanos()
+                (edits ? { revoke.append(t1 - t0); revokeEngine.append(tEngine - t0) } : { revokeWhole.append(t1 - t0) })()
+                t0 = monotonicNanos()
+                try backend.commit(try engine.rulesChanged(group: hotGroup, rules: oldRules), result: engine.planned)
+                t1 = monotonicNanos()
+                (edits ? { giveBack.append(t1 - t0) } : { giveBackWhole.append(t1 - t0) })()
+            }
+        }
+        return (revoke, giveBack, revokeWhole, giveBackWhole, deleted, revokeEngine)
     }
 
     /// The timed events, in one layout: a membership change (a member elsewhere joins and leaves

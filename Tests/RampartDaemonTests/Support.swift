@@ -75,6 +75,11 @@ final class ControlledClient: NFTablesClient, @unchecked Sendable {
         if failReads || failAll { throw NetlinkError.protocolError("injected read failure") }
         return try inner.readTable(family: family, name: name)
     }
+
+    func readRules(family: NFTFamily, table: String, chain: String) throws(NetlinkError) -> [NFTRule]? {
+        if failReads || failAll { throw NetlinkError.protocolError("injected read failure") }
+        return try inner.readRules(family: family, table: table, chain: chain)
+    }
 }
 
 /// Polls `condition` until it holds or `seconds` pass.
