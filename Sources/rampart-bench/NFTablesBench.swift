@@ -376,7 +376,7 @@ private struct HostRun {
             throw HarnessError("\(tag): slot layout: after the revokes the kernel read back differs from the engine's IR")
         }
         add("[slot layout] rule revoked (its rules deleted by handle)", r.revoke, baseline: "the same revoke, chain flushed and re-filled, this run", r.revokeWhole,
-            extra: ["rules_deleted": "\(r.deleted)", "engine": formatDuration(median(r.revokeEngine))])
+            extra: ["rules_deleted": "\(r.deleted)", "engine": formatDuration(median(r.revokeEngine)), "chain_read": formatDuration(median(r.reads))])
         add("[slot layout] rule given back (its rules inserted in place)", r.giveBack, baseline: "the same, chain flushed and re-filled, this run", r.giveBackWhole)
         try dropTable()
     }
@@ -387,7 +387,7 @@ private struct HostRun {
     /// revoke only deletes rules, which the kernel does not re-validate the table for; giving
     /// the rule back adds rules, which it does.
     func revokes(_ engine: inout Engine, _ backend: NFTablesBackend)
-        throws -> (revoke: [UInt64], giveBack: [UInt64], revokeWhole: [UInt64], giveBackWhole: [UInt64], deleted: Int, revokeEngine: [UInt64]) {
+        throws -> (revoke: [UInt64], giveBack: [UInt64], revokeWhole: [UInt64], giveBackWhole: [UInt64], deleted: Int, revokeEngine: [UInt64], reads: [UInt64]) {
         var revoke: [UInt64] = [], giveBack: [UInt64] = [], revokeWhole: [UInt64] = [], giveBackWhole: [UInt64] = []
         var revokeEngine: [UInt64] = []
         var deleted = 0
@@ -417,7 +417,16 @@ private struct HostRun {
                 (edits ? { giveBack.append(t1 - t0) } : { giveBackWhole.append(t1 - t0) })()
             }
         }
-        return (revoke, giveBack, revokeWhole, giveBackWhole, deleted, revokeEngine)
+        // Of a revoke's commit: the rule dump of the group chain that the edit reads first.
+        var reads: [UInt64] = []
+        for _ in 0..<fast {
+            let t0 = monotonicNanos()
+            guard try backend.client.readRules(family: .inet, table: Naming.table, chain: Naming.groupIn(hotGroup)) != nil else {
+                throw HarnessError("\(tag): no chain gin-\(hotGroup) to read")
+            }
+            reads.append(monotonicNanos() - t0)
+        }
+        return (revoke, giveBack, revokeWhole, giveBackWhole, deleted, revokeEngine, reads)
     }
 
     /// The timed events, in one layout: a membership change (a member elsewhere joins and leaves
