@@ -217,8 +217,12 @@ import RampartCoreTestSupport
                                result: engine.planned)
         }
         guard case .generationChanged = error else { Issue.record("expected generationChanged, got \(String(describing: error))"); return }
-        // Converging edits gin-web: the intruder and the dropped rule go, the rest stays.
+        // `rampart diff` (pending) shows the chain whole and says how it is sent; it changes nothing.
         let held = try #require(try nl.readRules(family: .inet, table: "rampart", chain: "gin-web")).filter { $0.comment != nil }
+        let pending = try NFTablesBackend(client: nl, layout: .slots).pending(to: engine.planned)
+        #expect(pending.text.contains("# gin-web: sent as 2 rules deleted and 0 added"), "\(pending.text)")
+        #expect(pending.text.contains("flush chain inet rampart gin-web"))
+        // Converging edits gin-web: the intruder and the dropped rule go, the rest stays.
         let change = try backend.converge(to: engine.planned)
         #expect(change.summary.contains("1 rewritten (0 rules written, 2 deleted)"),
                 "\(change.summary)")
