@@ -115,8 +115,9 @@ enum SlotRender {
         return lines.joined()
     }
 
-    /// The chains a batch edits rule by rule (`ChainEdit`: rules deleted by handle or
-    /// inserted, and the chain not flushed), with the rules added and deleted in each.
+    /// The chains a batch edits rule by rule (`ChainEdit`: rules deleted by handle, inserted or
+    /// appended, and the chain not flushed: every other rewrite flushes first), with the rules
+    /// added and deleted in each.
     struct EditedChains {
         var counts: [String: (written: Int, deleted: Int)] = [:]
         init(_ batch: Batch) {
@@ -126,7 +127,7 @@ enum SlotRender {
             for op in batch.operations {
                 switch op {
                 case .flushChain(_, _, let n): flushed.insert(n)
-                case .addRule(let r): written[r.chain, default: 0] += 1
+                case .addRule(let r): written[r.chain, default: 0] += 1; edited.insert(r.chain)
                 case .insertRule(let r, _): written[r.chain, default: 0] += 1; edited.insert(r.chain)
                 case .deleteRule(_, _, let c, _): deleted[c, default: 0] += 1; edited.insert(c)
                 default: break

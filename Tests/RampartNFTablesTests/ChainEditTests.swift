@@ -75,6 +75,17 @@ import RampartCoreTestSupport
         #expect(ChainEdit.between(held: [Self.rule("a", handle: 1)], wanted: [fresh]) == ChainEdit())
     }
 
+    @Test func aChainOnlyAppendedToCountsAsEditedAndAFlushedOneDoesNot() {
+        let r = Self.rule("a")
+        var other = r
+        other.chain = "gout-g"
+        let batch = Batch([.addRule(r), .flushChain(family: .inet, table: "rampart", name: "gout-g"), .addRule(other), .addRule(other),
+                           .deleteRule(family: .inet, table: "rampart", chain: "gin-h", handle: 7)])
+        let counts = SlotRender.EditedChains(batch).counts
+        #expect(counts.keys.sorted() == ["gin-g", "gin-h"])
+        #expect(counts["gin-g"]! == (1, 0) && counts["gin-h"]! == (0, 1))
+    }
+
     /// Records every batch sent through a real connection.
     final class Tap: NFTablesClient {
         let inner: NFTablesConnection
