@@ -88,7 +88,7 @@ public final class NFTablesBackend {
         swap(&working, &slots)
         let batch: Batch
         do {
-            batch = try lower(plan, result: result, state: &working, heldRules: try heldRules(plan))
+            batch = try lower(plan, result: result, state: &working, heldRules: heldRules(plan))
         } catch let error {
             mirrorGeneration = nil  // the slot state is gone: the next converge reads back
             throw error
@@ -164,7 +164,7 @@ public final class NFTablesBackend {
     /// The batch a plan would be sent as (for tests and `--dry-run` diagnostics).
     public func batch(for plan: Plan, result: RulesetIR?) throws(NetlinkError) -> Batch {
         var copy = slots
-        return try lower(plan, result: result, state: &copy, heldRules: try heldRules(plan))
+        return try lower(plan, result: result, state: &copy, heldRules: heldRules(plan))
     }
 
     /// The rules the kernel holds now, with their handles, in each group chain that `plan`
@@ -173,7 +173,7 @@ public final class NFTablesBackend {
     /// which made the kernel re-validate the whole table. One rule dump of that chain each (the
     /// kernel walks only that chain). Read at the generation the commit is guarded by: if anyone
     /// committed since, the commit is refused whatever was read here.
-    private func heldRules(_ plan: Plan) throws(NetlinkError) -> [String: [NFTRule]] {
+    private func heldRules(_ plan: Plan) -> [String: [NFTRule]] {
         guard layout == .slots, editsGroupChains else { return [:] }
         var rewrites: [String: Int] = [:]
         var createdOrDeleted = Set<String>()
@@ -192,7 +192,8 @@ public final class NFTablesBackend {
         guard rewrites.count <= Self.maxEditedChains else { return [:] }
         var held: [String: [NFTRule]] = [:]
         for (n, count) in rewrites where count == 1 && !createdOrDeleted.contains(n) {
-            if let rules = try client.readRules(family: Translate.family, table: table, chain: n) { held[n] = rules }
+            // A failed read costs the edit, not the commit: that chain is rewritten whole.
+            if let rules = (try? client.readRules(family: Translate.family, table: table, chain: n)) ?? nil { held[n] = rules }
         }
         return held
     }

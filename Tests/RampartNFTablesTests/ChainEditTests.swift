@@ -97,8 +97,11 @@ import RampartCoreTestSupport
             return try inner.commit(batch, expectedGeneration: expectedGeneration)
         }
         func readTable(family: NFTFamily, name: String) throws(NetlinkError) -> TableSnapshot? { try inner.readTable(family: family, name: name) }
+        /// Makes every `readRules` fail, as a broken dump would.
+        var failRuleReads = false
         func readRules(family: NFTFamily, table: String, chain: String) throws(NetlinkError) -> [NFTRule]? {
-            try inner.readRules(family: family, table: table, chain: chain)
+            if failRuleReads { throw .protocolError("injected rule-read failure") }
+            return try inner.readRules(family: family, table: table, chain: chain)
         }
     }
 
@@ -215,6 +218,19 @@ import RampartCoreTestSupport
             #expect(engine.planned == Compiler.compile(engine.document), "seed \(seed) step \(step)")
         }
         #expect(edited > 10, "seed \(seed): only \(edited) of 40 changes were edits")
+    }
+
+    /// A chain whose rules cannot be read is rewritten whole: the commit still goes through.
+    @Test(.tags(.kernel), .rootOnly) func aFailedRuleReadFallsBackToTheWholeRewrite() throws {
+        var (ns, nl, tap, backend, engine) = try Self.exampleTable("cedf")
+        defer { withExtendedLifetime(ns) {} }
+        tap.failRuleReads = true
+        try backend.commit(try engine.rulesChanged(group: "web", rules: engine.document.groups["web"]!.rules.filter { $0.id != "http" }),
+                           result: engine.planned)
+        let sent = try #require(tap.batches.last).operations
+        #expect(sent.contains(.flushChain(family: .inet, table: "rampart", name: "gin-web")))
+        #expect(!sent.contains { if case .deleteRule = $0 { true } else { false } })
+        #expect(try NFTablesBackend(client: nl, layout: .slots).readBack(reference: engine.planned) == engine.planned)
     }
 
     /// A rule someone added by hand to a group chain goes at the next edit of that chain; a
