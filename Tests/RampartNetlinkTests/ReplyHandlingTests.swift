@@ -47,6 +47,34 @@ import RampartTestSupport
         #expect(k.transport.queued.isEmpty)
     }
 
+    /// Catches: `readRules` returning another chain's rules or losing the handles an edit of the
+    /// chain deletes and inserts by.
+    @Test func readRulesReturnsThatChainsRulesWithHandles() throws {
+        let k = ScriptedKernel(table: Self.content)
+        let rules = try #require(try k.nft.readRules(family: .inet, table: T, chain: "c"))
+        #expect(rules == Self.content.rules["c"]!)
+        #expect(rules.map(\.handle) == [2])
+        #expect(k.count(NFT_MSG_GETRULE) == 1 && k.transport.queued.isEmpty)
+    }
+
+    /// Catches: a chain (or table) that is gone, an interrupted dump or lost replies thrown, or
+    /// trusted: each is nil, and the caller rewrites the chain whole.
+    @Test(arguments: ["absent", "interrupted", "lost"]) func readRulesThatCannotBeTrustedIsNil(_ what: String) throws {
+        let k = ScriptedKernel(table: Self.content)
+        k.fault = { msg, _, seq, normal in
+            guard msg == NFT_MSG_GETRULE.rawValue else { return nil }
+            switch what {
+            case "absent": return [NetlinkReply.datagram([NetlinkReply.error(seq: seq, errno: ENOENT)])]
+            case "interrupted":
+                return ScriptedKernel.dump([ScriptedKernel.object(NFT_MSG_NEWRULE, seq: seq, family: .inet, try! NftnlRule(Self.content.rules["c"]![0]))],
+                                           seq: seq, doneFlags: UInt16(NLM_F_DUMP_INTR))
+            default: return [.failure(.ENOBUFS)] + normal
+            }
+        }
+        #expect(try k.nft.readRules(family: .inet, table: T, chain: "c") == nil)
+        #expect(k.transport.queued.isEmpty)
+    }
+
     /// Catches: an absent table reported as an error, or as present.
     @Test func absentTableIsNil() throws {
         let k = ScriptedKernel(table: nil)
