@@ -20,20 +20,54 @@ extension Revocation {
         // Both walk the whole IR (they grow with the host): built only for a plan that needs
         // them, so that a members change or a plan that only adds costs what it holds.
         let local = Lazily { LocalAddresses(ir) }
+        // The chains whose rewrite or deletion can narrow: `reach` is worked out for them only.
+        var narrowing = Set<String>()
+        for op in plan.ops {
+            switch op {
+            case .rewriteChain(let name, let rules):
+                if let old = previous?.chains[name], old.base == nil, onlyAdds(old.rules, rules) { continue }
+                narrowing.insert(name)
+            case .deleteChain(let name): narrowing.insert(name)
+            default: continue
+            }
+        }
         // Group chain → local instance addresses that jump to it (from in-/out- chains), and
-        // instance chain → its instance's addresses.
+        // instance chain → its instance's addresses, for the narrowing chains. One walk of the
+        // dispatch maps and instance chains; addresses are looked up only for the interfaces
+        // that reach a narrowing chain (at a host with 1,000 instances, collecting every group
+        // chain's addresses was most of a revoke's drain).
         let reach = Lazily { () -> (groups: [String: Set<IPAddress>], instances: [String: Set<IPAddress>]) in
-            var membersOfGroupChain: [String: Set<IPAddress>] = [:]
-            var addressesOfInstanceChain: [String: Set<IPAddress>] = [:]
+            var groupChainsOf: [String: Set<String>] = [:], instanceChainsOf: [String: Set<String>] = [:]
             for map in [Naming.fromInstanceMap, Naming.toInstanceMap] {
                 for (iface, v) in ir.maps[map]?.elements ?? [:] {
                     guard let c = v.chainReference else { continue }
-                    let mine = Set(local.value.addresses(of: iface))
-                    addressesOfInstanceChain[c, default: []].formUnion(mine)
+                    if narrowing.contains(c) { instanceChainsOf[iface, default: []].insert(c) }
                     for r in ir.chains[c]?.rules ?? [] {
-                        if let g = r.verdict.chainReference { membersOfGroupChain[g, default: []].formUnion(mine) }
+                        if let g = r.verdict.chainReference, narrowing.contains(g) { groupChainsOf[iface, default: []].insert(g) }
                     }
                 }
+            }
+            // The addresses of those interfaces only: one pass over the anti-spoofing sets,
+            // without indexing every instance's (`LocalAddresses`).
+            var addressesOf: [String: [IPAddress]] = [:]
+            if !groupChainsOf.isEmpty || !instanceChainsOf.isEmpty {
+                for name in [Naming.sources4, Naming.sources6] {
+                    for e in ir.sets[name]?.elements ?? [] {
+                        switch e {
+                        case .ifaceIPv4(let i, let a) where groupChainsOf[i] != nil || instanceChainsOf[i] != nil: addressesOf[i, default: []].append(.v4(a))
+                        case .ifaceIPv6(let i, let a) where groupChainsOf[i] != nil || instanceChainsOf[i] != nil: addressesOf[i, default: []].append(.v6(a))
+                        default: break
+                        }
+                    }
+                }
+            }
+            var membersOfGroupChain: [String: Set<IPAddress>] = [:]
+            var addressesOfInstanceChain: [String: Set<IPAddress>] = [:]
+            for (iface, chains) in groupChainsOf {
+                for g in chains { membersOfGroupChain[g, default: []].formUnion(addressesOf[iface] ?? []) }
+            }
+            for (iface, chains) in instanceChainsOf {
+                for c in chains { addressesOfInstanceChain[c, default: []].formUnion(addressesOf[iface] ?? []) }
             }
             return (membersOfGroupChain, addressesOfInstanceChain)
         }
@@ -67,8 +101,7 @@ extension Revocation {
                     }
                 }
             case .rewriteChain(let name, _), .deleteChain(let name):
-                if case .rewriteChain(_, let rules) = op, let old = previous?.chains[name], old.base == nil,
-                   onlyAdds(old.rules, rules) { continue }
+                guard narrowing.contains(name) else { continue }  // only adds access
                 narrows = true
                 if let members = reach.value.groups[name] {
                     addresses.formUnion(members)

@@ -24,6 +24,28 @@ public struct Engine: Sendable {
     /// The IR compiled from the current document (equal to `planned` after every event).
     public func desiredIR() -> RulesetIR { model.compileAll() }
 
+    // MARK: what this host enforces (the model's indexes: no walk of the document)
+
+    /// Whether `group` has a member on this host, i.e. its chains are in the kernel.
+    public func enforces(_ group: String) -> Bool { model.isActive(group) }
+
+    /// The ids of this host's members of `group`.
+    public func localMemberIDs(of group: String) -> Set<String> { model.localMembers[group] ?? [] }
+
+    /// This host's members of `group`, as the document has them.
+    public func localMembers(of group: String) -> [String: Instance] {
+        var out: [String: Instance] = [:]
+        for id in model.localMembers[group] ?? [] { out[id] = model.doc.instances[id] }
+        return out
+    }
+
+    /// Whether a rule of a group enforced here (see `enforces`) names `group` as its remote
+    /// side, i.e. `group`'s members are in a member set of the kernel.
+    public func isReferencedByEnforcedGroup(_ group: String) -> Bool {
+        model.setReferences[MemberSetKey(family: .ipv4, group: group)] != nil
+            || model.setReferences[MemberSetKey(family: .ipv6, group: group)] != nil
+    }
+
     // MARK: whole document
 
     /// Replaces the whole document: compile and diff (cost proportional to the host).

@@ -83,6 +83,12 @@ struct RefreshEvents {
         HostProjection.localGroups(of: localInstances(engine).filter { !refreshedInstances.contains($0.key) }.values)
     }
 
+    /// Whether `group` is one of `upToDateGroups(engine)`, from the engine's index of its
+    /// members here (no walk of the host's instances).
+    private func isUpToDate(_ group: String, _ engine: Engine) -> Bool {
+        engine.localMemberIDs(of: group).contains { !refreshedInstances.contains($0) }
+    }
+
     /// This host's instances as the engine has them (only instance events and reloads change them).
     private mutating func localInstances(_ engine: Engine) -> [String: Instance] {
         if let c = localCache { return c }
@@ -100,7 +106,6 @@ struct RefreshEvents {
             if current == nil && record == nil { return Plan() }
             throw Reload()
         }
-        let locals = localInstances(engine)
         if let c = current, c.host == host {
             if c == rec { return Plan() }
             var same = c
@@ -108,72 +113,92 @@ struct RefreshEvents {
             guard same == rec else { throw Reload() }
             // Only its groups changed: an event if every new group is already enforced here,
             // with rules the engine kept up to date.
-            let upToDate = upToDateGroups(engine)
-            guard Set(rec.groups).subtracting(c.groups).isSubset(of: upToDate) else {
-                return try documentWith(locals.merging([id: rec]) { _, new in new }, upToDate: upToDate, &engine)
+            guard Set(rec.groups).subtracting(c.groups).allSatisfy({ isUpToDate($0, engine) }) else {
+                return try joinGroupsNewHere(id, rec, upToDate: upToDateGroups(engine), &engine)
             }
             return try engine.instanceGroupsChanged(id: id, groups: rec.groups)
         }
         guard current == nil else { throw Reload() }  // moved here from another host
-        let upToDate = upToDateGroups(engine)
-        guard Set(rec.groups).isSubset(of: upToDate) else {
-            return try documentWith(locals.merging([id: rec]) { _, new in new }, upToDate: upToDate, &engine)
+        guard rec.groups.allSatisfy({ isUpToDate($0, engine) }) else {
+            return try joinGroupsNewHere(id, rec, upToDate: upToDateGroups(engine), &engine)
         }
         return try engine.instancePlugged(id: id, instance: rec)
     }
 
-    /// The host's instances become `local` (one instance plugged or its groups changed) and some
-    /// group becomes enforced here that was not: the document is rebuilt from what the engine
-    /// holds plus what is new to it, read from the store (the new local groups' rules, and the
-    /// members elsewhere of every group new to the document, in full), and the engine plans the
-    /// difference. That reads what changed, not the host's whole document (a whole reload: 45 ms
-    /// for a 100-instance host at cloud-1M, `rampart-bench controller`); the engine's compile and
-    /// diff still grow with the host, as a reload's do.
+    /// Instance `id` becomes `rec` (plugged here, or its groups changed) and brings a group
+    /// this host does not enforce yet, or enforces with a copy of its rules that may be stale:
+    /// what is new is read from the store (those groups' rules, and the members elsewhere of
+    /// every group their rules reference that nothing here referenced before, in full) and
+    /// given to the engine as events, so the cost is what changed. Before, the document was
+    /// rebuilt and compiled and diffed whole: 0.1–0.25 s for an instance joining a group new to
+    /// a host-1k host (`rampart-bench controller`, one notified host).
     ///
     /// What the engine holds is trusted only where refreshes kept it up to date
     /// (`upToDateGroups`): those groups' rules, and the members of the groups their rules
-    /// reference. Instances elsewhere already in the document are projected (only the document's
-    /// groups): for such a referenced group that is exactly their membership; the members of any
-    /// other group referenced now are read in full, and what the document said of them is
-    /// dropped, so the projection below is the one the store makes.
+    /// reference. The events, in order:
+    /// 1. every group new to the document is created (no rules yet), so that the records and
+    ///    rules below can name it;
+    /// 2. each group referenced only now gets its members exactly as the store has them
+    ///    (elsewhere: projected onto this host; here: as the engine has them, since this
+    ///    host's own changes arrive as instance refreshes) — what the document said of them
+    ///    may be stale or missing, as members refreshes did not reach this host for it;
+    /// 3. the groups read from the store get their rules;
+    /// 4. the instance is plugged, or its groups change.
+    /// A group or member the change leaves unreferenced stays in the document, compiling to
+    /// nothing (no member here, or no rule here reads it), as after any unplug; it is read
+    /// afresh should it be needed again. Every read comes before the first event, so a failed
+    /// read leaves the engine as it was.
     /// `upToDate`: `upToDateGroups(engine)`, as the caller computed it (a walk of the host's instances).
-    private mutating func documentWith(_ local: [String: Instance], upToDate: Set<String>, _ engine: inout Engine) throws -> Plan {
+    private mutating func joinGroupsNewHere(_ id: String, _ rec: Instance, upToDate: Set<String>, _ engine: inout Engine) throws -> Plan {
+        defer { localCache = nil }
         let doc = engine.document
-        var localGroups: [String: Group] = [:]
-        for g in HostProjection.localGroups(of: local.values) {
+        let locals = localInstances(engine)
+        var fresh: [String: Group] = [:]
+        var rulesHere: [Group] = []
+        for g in HostProjection.localGroups(of: locals.merging([id: rec]) { _, new in new }.values) {
             if upToDate.contains(g), let known = doc.groups[g] {
-                localGroups[g] = known
+                rulesHere.append(known)
             } else {
                 guard let read = try store.group(g) else { throw Reload() }  // deleted meanwhile: the store decides
-                localGroups[g] = read
+                fresh[g] = read
+                rulesHere.append(read)
             }
         }
-        let referenced = HostProjection.referencedGroups(by: localGroups.values)
+        let referenced = HostProjection.referencedGroups(by: rulesHere)
         let keptReferenced = HostProjection.referencedGroups(by: upToDate.compactMap { doc.groups[$0] })
-        // A group referenced only now (new to the document, or in it but referenced by nothing
-        // here): members refreshes did not reach this host for it, so what the document says of
-        // its members may be stale or missing. That membership comes only from the store.
         let referencedNow = referenced.subtracting(keptReferenced)
-        var remote = doc.instances.filter { $0.value.host != host }
-        if !referencedNow.isEmpty {
-            for (id, inst) in remote { remote[id]!.groups = inst.groups.filter { !referencedNow.contains($0) } }
-        }
+        var elsewhere: [String: [String: Instance]] = [:]
         for g in referencedNow {
-            for (id, inst) in try store.memberRecords(of: g) where inst.host != host { remote[id] = inst }
+            elsewhere[g] = try store.memberRecords(of: g).filter { $0.value.host != host }
         }
-        // Only members of a referenced group stay (a group left by the changed instance may no
-        // longer be referenced by anything here).
-        remote = remote.filter { !referenced.isDisjoint(with: $0.value.groups) }
-        let next = HostProjection.document(host: host, local: local, localGroups: localGroups, referenced: referenced,
-                                           remote: remote, guardedPrefixes: doc.guardedPrefixes)
-        defer { localCache = nil }
-        return try engine.apply(document: next)
+
+        var ops: [PlanOp] = []
+        for g in referencedNow.union(fresh.keys).sorted() where engine.document.groups[g] == nil {
+            ops += try engine.rulesChanged(group: g, rules: []).ops
+        }
+        for g in referencedNow.sorted() {
+            let groups = engine.document.groups
+            var members: [String: Instance] = [:]
+            for (mid, inst) in elsewhere[g]! { members[mid] = HostProjection.project(inst, onto: host, groups: groups) }
+            for (lid, inst) in locals where inst.groups.contains(g) { members[lid] = inst }
+            ops += try engine.membersChanged(group: g, members: members).ops
+        }
+        for (g, group) in fresh.sorted(by: { $0.key < $1.key }) {
+            ops += try engine.rulesChanged(group: g, rules: group.rules, description: group.description).ops
+        }
+        ops += try (locals[id] == nil
+            ? engine.instancePlugged(id: id, instance: rec)
+            : engine.instanceGroupsChanged(id: id, groups: rec.groups)).ops
+        return Plan(ops: ops)
     }
 
+    // Both below ask the engine's indexes (which groups have a member here, which groups their
+    // rules reference) instead of walking the host's instances and groups: at a host with 1,000
+    // instances in 2,000 groups those walks were most of a refresh's CPU (`rampart-bench
+    // controller`, one notified host).
+
     private mutating func rulesRefresh(_ group: String, _ engine: inout Engine) throws -> Plan {
-        let doc = engine.document
-        let local = HostProjection.localGroups(of: localInstances(engine).values)
-        guard local.contains(group) else {
+        guard engine.enforces(group) else {
             // Not enforced here (as far as this host knows): only a reload can tell.
             if try store.hostsForRulesRefresh(group).contains(host) { throw Reload() }
             return Plan()
@@ -182,24 +207,24 @@ struct RefreshEvents {
         // Only the groups that this host's own groups reference have their members kept up to
         // date here (that is where the store sends members refreshes); a group referenced only by
         // a group with no member here any more may hold stale members.
-        let known = HostProjection.referencedGroups(by: local.compactMap { doc.groups[$0] })
-        guard HostProjection.referencedGroups(by: [g]).isSubset(of: known) else { throw Reload() }
+        guard HostProjection.referencedGroups(by: [g]).allSatisfy(engine.isReferencedByEnforcedGroup) else { throw Reload() }
         return try engine.rulesChanged(group: group, rules: g.rules, description: g.description)
     }
 
     private mutating func membersRefresh(_ group: String, _ engine: inout Engine) throws -> Plan {
-        let doc = engine.document
-        guard HostProjection.referencedGroups(by: doc.groups.values).contains(group) else { return Plan() }
+        // Members matter here only to a rule of a group with a member here; a group referenced
+        // only by groups without one is read afresh when one of them gains a member here
+        // (`joinGroupsNewHere`), so its members need not be kept meanwhile.
+        guard engine.isReferencedByEnforcedGroup(group) else { return Plan() }
+        let groups = engine.document.groups
         var members: [String: Instance] = [:]
         // Instances elsewhere as the store has them; instances of this host as the engine has
         // them: their changes arrive as instance refreshes (which decide whether a group becomes
         // enforced here and so needs its real rules), never through a members refresh.
         for (id, inst) in try store.memberRecords(of: group) where inst.host != host {
-            members[id] = HostProjection.project(inst, onto: host, groups: doc.groups)
+            members[id] = HostProjection.project(inst, onto: host, groups: groups)
         }
-        for (id, inst) in localInstances(engine) where inst.groups.contains(group) {
-            members[id] = inst
-        }
+        for (id, inst) in engine.localMembers(of: group) { members[id] = inst }
         return try engine.membersChanged(group: group, members: members)
     }
 }
