@@ -18,6 +18,36 @@ public struct Engine: Sendable {
         self.planned = planned
     }
 
+    /// While recording (`recordReplacedChains()`): each chain the Plans since changed (rewrote,
+    /// deleted or created), as it was before the first of them (nil: it did not exist). What a
+    /// caller needs of the IR before a series of events (the conntrack cut compares a rewritten
+    /// chain with its old rules) without holding the planned IR itself, which would make every
+    /// event copy the IR's whole chain dictionary (copy-on-write) before changing one chain.
+    public private(set) var replacedChains: [String: Chain?]?
+
+    /// Starts recording `replacedChains` afresh.
+    public mutating func recordReplacedChains() { replacedChains = [:] }
+
+    /// Stops recording and returns what was recorded (empty if nothing was).
+    public mutating func takeReplacedChains() -> [String: Chain?] {
+        defer { replacedChains = nil }
+        return replacedChains ?? [:]
+    }
+
+    /// Records the pre-images of the chains `plan` changes, before it is applied to `planned`.
+    private mutating func noteReplacedChains(_ plan: Plan) {
+        guard replacedChains != nil else { return }
+        for op in plan.ops {
+            let name: String
+            switch op {
+            case .rewriteChain(let n, _), .deleteChain(let n): name = n
+            case .createChain(let header): name = header.name
+            default: continue
+            }
+            if replacedChains![name] == nil { replacedChains![name] = .some(planned?.chains[name]) }
+        }
+    }
+
     /// The current desired document.
     public var document: Document { model.doc }
 
@@ -59,6 +89,7 @@ public struct Engine: Sendable {
         let next = HostModel(document)
         let ir = next.compileAll()
         let plan = diff(from: planned, to: ir)
+        noteReplacedChains(plan)
         model = next
         planned = ir
         loaded = true
@@ -68,6 +99,7 @@ public struct Engine: Sendable {
     /// The Plan that removes everything Rampart programmed (`flush`).
     public mutating func flush() -> Plan {
         let plan = diff(from: planned, to: nil)
+        noteReplacedChains(plan)
         planned = nil
         model = HostModel(Document(host: model.host))
         loaded = false
@@ -216,12 +248,14 @@ public struct Engine: Sendable {
             // Nothing planned yet (no document applied): a full diff.
             let ir = model.compileAll()
             let plan = diff(from: nil, to: ir)
+            noteReplacedChains(plan)
             planned = ir
             return plan
         }
         let plan = plan(for: t)
         // `plan(for:)` holds no reference into the planned IR any more, so this updates it in
         // place instead of copying its dictionaries.
+        noteReplacedChains(plan)
         applyUnchecked(plan, to: &planned!)
         return plan
     }

@@ -186,16 +186,22 @@ final class Reconciler: @unchecked Sendable {
     private func drain(_ items: Set<Refresh>) -> SyncOutcome {
         let start = DispatchTime.now().uptimeNanoseconds
         metrics.lastDrainItems.record(items.count)
-        // What the previous successful commit left: the cut compares against its chains (the old
-        // version of a rewritten chain). Only the chains: holding the whole IR would make the
-        // engine copy every set an event touches (copy-on-write), a cost that grows with the host.
-        let before = engine.planned.map { RulesetIR(chains: $0.chains) }
+        // What the previous successful commit left: the cut compares a rewritten chain with its
+        // old version. Only those chains, recorded by the engine as the events replace them:
+        // holding the planned IR (or its chain dictionary) here would make the first event copy
+        // all of it (copy-on-write), a cost that grows with the host.
+        let hadTable = engine.planned != nil
+        engine.recordReplacedChains()
         let plan: Plan
+        let before: RulesetIR?
         do {
             let reads = events.documentReads
             plan = try events.plan(for: items, engine: &engine)
+            let replaced = engine.takeReplacedChains()
+            before = hadTable ? RulesetIR(chains: replaced.compactMapValues { $0 }) : nil
             if events.documentReads != reads { state.locked { $0.status.documentReloads += 1 } }
         } catch {
+            _ = engine.takeReplacedChains()
             record(error: "refresh failed: \(error)")
             return .failed("\(error)")
         }

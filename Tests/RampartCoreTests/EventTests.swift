@@ -28,6 +28,39 @@ import Testing
         #expect(try e.membersChanged(group: "admin", members: members).isEmpty)
     }
 
+    /// `replacedChains` holds, for every chain a series of events rewrote, deleted or created,
+    /// its version before the first of them (nil: absent then): what the daemon's conntrack cut
+    /// compares with, instead of a copy of the whole planned IR. Checked against the IR held
+    /// before the series, over events that touch the same chains twice.
+    @Test func replacedChainsAreThePreImagesOfASeries() throws {
+        var e = try engine()
+        let start = e.planned!
+        e.recordReplacedChains()
+        var touched = Set<String>()
+        func note(_ p: Plan) {
+            for op in p.ops {
+                switch op {
+                case .rewriteChain(let n, _), .deleteChain(let n): touched.insert(n)
+                case .createChain(let h): touched.insert(h.name)
+                default: break
+                }
+            }
+        }
+        var rules = e.document.groups["db"]!.rules
+        rules.removeAll { $0.remote == .group("admin") }
+        note(try e.rulesChanged(group: "db", rules: rules))
+        note(try e.rulesChanged(group: "db", rules: []))
+        note(try e.instancePlugged(id: "db-9", instance: Instance(host: "hv1", groups: ["db"], ips: [IPAddress("10.0.2.99")!], interface: "tapd9")))
+        note(try e.instanceUnplugged(id: "db-9"))
+        let replaced = e.takeReplacedChains()
+        #expect(!touched.isEmpty)
+        #expect(Set(replaced.keys) == touched)
+        for (name, old) in replaced { #expect(old == start.chains[name], "\(name)") }
+        #expect(e.replacedChains == nil, "taking stops the recording")
+        _ = try e.rulesChanged(group: "db", rules: rules)
+        #expect(e.replacedChains == nil)
+    }
+
     @Test func sharedAddressLeavesOnlyWithItsLastMember() throws {
         var e = try engine()
         let twin = Instance(host: "hv2", groups: ["admin"], ips: [IPAddress("10.0.9.5")!])
