@@ -76,6 +76,19 @@ public struct Engine: Sendable {
             || model.setReferences[MemberSetKey(family: .ipv6, group: group)] != nil
     }
 
+    /// The same, counting only the rules of enforced groups not in `excluded`.
+    public func isReferencedByEnforcedGroup(_ group: String, excluding excluded: Set<String>) -> Bool {
+        for family in [IPFamily.ipv4, .ipv6] {
+            let key = MemberSetKey(family: family, group: group)
+            var n = model.setReferences[key] ?? 0
+            for g in excluded where n > 0 && model.isActive(g) {
+                n -= Compiler.memberSetReferences(g, model.doc.groups[g] ?? Group())[key] ?? 0
+            }
+            if n > 0 { return true }
+        }
+        return false
+    }
+
     // MARK: whole document
 
     /// Replaces the whole document: compile and diff (cost proportional to the host).

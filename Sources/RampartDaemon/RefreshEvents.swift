@@ -29,7 +29,8 @@ struct RefreshEvents {
         if items.contains(.host) { return try reload(&engine) }
         var ops: [PlanOp] = []
         refreshedInstances = Set(items.compactMap { if case .instance(let id) = $0 { id } else { nil } })
-        defer { refreshedInstances = [] }
+        pendingRules = Set(items.compactMap { if case .rules(let g) = $0 { g } else { nil } })
+        defer { refreshedInstances = []; pendingRules = [] }
         do {
             // Instances first (their groups decide what is local), then rules, then members; in
             // a fixed order within each kind, so that a drain is reproducible.
@@ -72,21 +73,63 @@ struct RefreshEvents {
 
     /// The instances this drain refreshes: their records in the engine may be behind the store.
     private var refreshedInstances: Set<String> = []
+    /// The groups whose rules this drain refreshes: the engine's copy may be behind the store,
+    /// and for the whole drain (after their refresh too) what they reference may have gone
+    /// unreferenced here in the store for a while, so that members refreshes skipped this host.
+    private var pendingRules: Set<String> = []
 
     /// The groups whose rules (and whose references' members) the engine has kept up to date:
     /// those with a member here that this drain does not refresh. A group whose only members
     /// here are being refreshed may have had none in the store for a while (one instance left
     /// it, then another joined, in the same drain): its rules refreshes then went to other hosts
     /// only, and the engine's copy may be stale. (Seen: such a group's rule missing from the
-    /// kernel after a batched drain, `randomVerbsConverge`, seed 46.)
+    /// kernel after a batched drain, `randomVerbsConverge`, seed 46.) Nor is a group whose rules
+    /// this drain refreshes: a drain holding a rule revoked from g5 (which dropped g5's
+    /// reference to g4, so a member that joined g4 next was not sent here) and then an instance
+    /// joining a group that references g4 trusted g5's old rules, took g4's members as kept up to
+    /// date, and missed that member (`randomVerbsConverge`, seed 276, batched, when the drain
+    /// held all three).
     private mutating func upToDateGroups(_ engine: Engine) -> Set<String> {
         HostProjection.localGroups(of: localInstances(engine).filter { !refreshedInstances.contains($0.key) }.values)
+            .subtracting(pendingRules)
     }
 
     /// Whether `group` is one of `upToDateGroups(engine)`, from the engine's index of its
     /// members here (no walk of the host's instances).
     private func isUpToDate(_ group: String, _ engine: Engine) -> Bool {
-        engine.localMemberIDs(of: group).contains { !refreshedInstances.contains($0) }
+        !pendingRules.contains(group) && engine.localMemberIDs(of: group).contains { !refreshedInstances.contains($0) }
+    }
+
+    /// The enforced groups that are not up to date (`upToDateGroups`): only among the groups this
+    /// drain refreshes the rules of and those of the instances it refreshes.
+    private func enforcedButNotUpToDate(_ engine: Engine) -> Set<String> {
+        var candidates = pendingRules
+        for id in refreshedInstances { candidates.formUnion(engine.document.instances[id]?.groups ?? []) }
+        return candidates.filter { engine.enforces($0) && !isUpToDate($0, engine) }
+    }
+
+    /// Gives the engine the members of `groups` exactly as the store has them (elsewhere:
+    /// projected onto this host; here: as the engine has them, since this host's own changes
+    /// arrive as instance refreshes), first creating in the document, without rules, each of
+    /// `groups` and `alsoCreate` it lacks (so that records and rules can name them). Every read
+    /// comes before the first event.
+    private mutating func membersAfresh(_ groups: Set<String>, alsoCreate: some Sequence<String>, _ engine: inout Engine) throws -> [PlanOp] {
+        var elsewhere: [String: [String: Instance]] = [:]
+        for g in groups {
+            elsewhere[g] = try store.memberRecords(of: g).filter { $0.value.host != host }
+        }
+        var ops: [PlanOp] = []
+        for g in groups.union(alsoCreate).sorted() where engine.document.groups[g] == nil {
+            ops += try engine.rulesChanged(group: g, rules: []).ops
+        }
+        for g in groups.sorted() {
+            let docGroups = engine.document.groups
+            var members: [String: Instance] = [:]
+            for (id, inst) in elsewhere[g]! { members[id] = HostProjection.project(inst, onto: host, groups: docGroups) }
+            for (id, inst) in engine.localMembers(of: g) { members[id] = inst }
+            ops += try engine.membersChanged(group: g, members: members).ops
+        }
+        return ops
     }
 
     /// This host's instances as the engine has them (only instance events and reloads change them).
@@ -167,22 +210,7 @@ struct RefreshEvents {
         let referenced = HostProjection.referencedGroups(by: rulesHere)
         let keptReferenced = HostProjection.referencedGroups(by: upToDate.compactMap { doc.groups[$0] })
         let referencedNow = referenced.subtracting(keptReferenced)
-        var elsewhere: [String: [String: Instance]] = [:]
-        for g in referencedNow {
-            elsewhere[g] = try store.memberRecords(of: g).filter { $0.value.host != host }
-        }
-
-        var ops: [PlanOp] = []
-        for g in referencedNow.union(fresh.keys).sorted() where engine.document.groups[g] == nil {
-            ops += try engine.rulesChanged(group: g, rules: []).ops
-        }
-        for g in referencedNow.sorted() {
-            let groups = engine.document.groups
-            var members: [String: Instance] = [:]
-            for (mid, inst) in elsewhere[g]! { members[mid] = HostProjection.project(inst, onto: host, groups: groups) }
-            for (lid, inst) in locals where inst.groups.contains(g) { members[lid] = inst }
-            ops += try engine.membersChanged(group: g, members: members).ops
-        }
+        var ops = try membersAfresh(referencedNow, alsoCreate: fresh.keys, &engine)
         for (g, group) in fresh.sorted(by: { $0.key < $1.key }) {
             ops += try engine.rulesChanged(group: g, rules: group.rules, description: group.description).ops
         }
@@ -204,11 +232,16 @@ struct RefreshEvents {
             return Plan()
         }
         guard let g = try store.group(group) else { throw Reload() }
-        // Only the groups that this host's own groups reference have their members kept up to
-        // date here (that is where the store sends members refreshes); a group referenced only by
-        // a group with no member here any more may hold stale members.
-        guard HostProjection.referencedGroups(by: [g]).allSatisfy(engine.isReferencedByEnforcedGroup) else { throw Reload() }
-        return try engine.rulesChanged(group: group, rules: g.rules, description: g.description)
+        // Only the groups that this host's up-to-date groups reference have their members kept
+        // up to date here (that is where the store sends members refreshes); any other group the
+        // new rules reference (new to the host, or referenced only by groups whose own rules or
+        // members here are being refreshed) has its members read afresh, before the rules that
+        // read them. (Until 2026-12-04 that was a reload of the whole document.)
+        let untrusted = enforcedButNotUpToDate(engine)
+        let stale = HostProjection.referencedGroups(by: [g]).filter { !engine.isReferencedByEnforcedGroup($0, excluding: untrusted) }
+        var ops = try membersAfresh(stale, alsoCreate: [String](), &engine)
+        ops += try engine.rulesChanged(group: group, rules: g.rules, description: g.description).ops
+        return Plan(ops: ops)
     }
 
     private mutating func membersRefresh(_ group: String, _ engine: inout Engine) throws -> Plan {
