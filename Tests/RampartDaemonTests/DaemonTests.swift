@@ -32,6 +32,19 @@ import Testing
                 guard case .committed = o else { throw DaemonFailure(description: "\(d): \(o)") }
             }
         }
+        /// Queues this host's refreshes of `ds` together (a drain may take them at once, as a
+        /// daemon behind its log does) and waits for the drain of the last.
+        func deliverTogether(_ ds: [Delivery]) async throws {
+            var last: UInt64 = 0
+            for d in ds where d.host == daemon.host { last = daemon.enqueue(d.refresh) }
+            let o = await daemon.wait(for: last)
+            guard case .committed = o else { throw DaemonFailure(description: "drain: \(o)") }
+        }
+        /// The daemon's committed state against the store's compiled document, as a diff.
+        func committedAgainstStore() throws -> (equal: Bool, diff: String) {
+            let want = try expected()
+            return (daemon.engineCommittedForTesting == want, Render.plan(diff(from: daemon.engineCommittedForTesting, to: want)))
+        }
         /// What the store says this host must enforce.
         func expected() throws -> RulesetIR { Compiler.compile(try store.document(forHost: daemon.host)) }
         func kernelIR() throws -> RulesetIR? {
@@ -154,12 +167,10 @@ import Testing
         _ = try f.store.createGroup("ops", description: nil)
         _ = try f.store.authorize(group: "ops", rule: try rule(#"{"protocol":"tcp","ports":"9100","group":"admin"}"#, "ops", refs: ["admin"]))
         queued += try f.store.addInstance("ops-1", Instance(host: "hv1", groups: ["ops"], ips: [ip("10.0.5.1")], interface: "tapops"))
-        var last: UInt64 = 0
-        for d in queued where d.host == "hv1" { last = f.daemon.enqueue(d.refresh) }
-        guard case .committed = await f.daemon.wait(for: last) else { Issue.record("drain failed"); return }
-        let want = try f.expected()
-        #expect(want.sets["m4-admin"]?.elements.contains(.ipv4(IPv4Address("10.0.9.6")!)) == true)
-        #expect(f.daemon.engineCommittedForTesting == want, "daemon → store: \(Render.plan(diff(from: f.daemon.engineCommittedForTesting, to: want)))")
+        try await f.deliverTogether(queued)
+        #expect(try f.expected().sets["m4-admin"]?.elements.contains(.ipv4(IPv4Address("10.0.9.6")!)) == true)
+        let (equal, diff) = try f.committedAgainstStore()
+        #expect(equal, "daemon → store: \(diff)")
     }
 
     /// A rule that references a group this host's up-to-date groups do not reference reads that
@@ -181,12 +192,10 @@ import Testing
         let joined = try f.store.addInstance("bastion-2", Instance(host: "hv2", groups: ["admin"], ips: [ip("10.0.9.6")], interface: "tapb2"))
         #expect(!joined.contains { $0.host == "hv1" })
         queued += try f.store.authorize(group: "web", rule: adminRule)
-        var last: UInt64 = 0
-        for d in queued where d.host == "hv1" { last = f.daemon.enqueue(d.refresh) }
-        guard case .committed = await f.daemon.wait(for: last) else { Issue.record("drain failed"); return }
-        let want = try f.expected()
-        #expect(want.sets["m4-admin"]?.elements.contains(.ipv4(IPv4Address("10.0.9.6")!)) == true)
-        #expect(f.daemon.engineCommittedForTesting == want, "daemon → store: \(Render.plan(diff(from: f.daemon.engineCommittedForTesting, to: want)))")
+        try await f.deliverTogether(queued)
+        #expect(try f.expected().sets["m4-admin"]?.elements.contains(.ipv4(IPv4Address("10.0.9.6")!)) == true)
+        let (equal, diff) = try f.committedAgainstStore()
+        #expect(equal, "daemon → store: \(diff)")
         #expect(f.daemon.currentStatus.documentReloads == 0)
     }
 
