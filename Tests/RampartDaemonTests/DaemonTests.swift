@@ -202,7 +202,9 @@ import Testing
     /// Random controller verbs; after each, the fan-out for hv1 is delivered and the daemon's
     /// committed state must equal the compiled document of the store (the incremental paths and
     /// their fall-backs agree with a full recompile).
-    @Test(arguments: (40..<52).map { ($0, $0 % 2 == 0) })
+    // 48 seeds, half of them batched (~7 s): seed 276 batched found a bug only a coalesced drain
+    // shows, on some runs; 300 seeds x 3 runs pass (docs/daemon.md).
+    @Test(arguments: (40..<88).map { ($0, $0 % 2 == 0) })
     func randomVerbsConverge(seed: Int, batched: Bool) async throws {
         let f = try Fixture(populate: Self.base)
         await f.start()
