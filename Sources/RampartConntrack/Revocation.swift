@@ -249,14 +249,20 @@ struct LocalAddresses {
     var interfaceOf: [IPAddress: String] = [:]
     var byInterface: [String: [IPAddress]] = [:]
 
-    init(_ ir: RulesetIR) {
+    /// From the anti-spoofing sets of `ir`; with `interfaces`, only theirs (a scope needs a few
+    /// interfaces' addresses, not every instance's).
+    init(_ ir: RulesetIR, interfaces: Set<String>? = nil) {
         for name in [Naming.sources4, Naming.sources6] {
             for e in ir.sets[name]?.elements ?? [] {
+                let (i, a): (String, IPAddress)
                 switch e {
-                case .ifaceIPv4(let i, let a): interfaceOf[.v4(a)] = i; byInterface[i, default: []].append(.v4(a))
-                case .ifaceIPv6(let i, let a): interfaceOf[.v6(a)] = i; byInterface[i, default: []].append(.v6(a))
-                default: break
+                case .ifaceIPv4(let iface, let v4): (i, a) = (iface, .v4(v4))
+                case .ifaceIPv6(let iface, let v6): (i, a) = (iface, .v6(v6))
+                default: continue
                 }
+                if let interfaces, !interfaces.contains(i) { continue }
+                interfaceOf[a] = i
+                byInterface[i, default: []].append(a)
             }
         }
     }

@@ -47,27 +47,16 @@ extension Revocation {
                     }
                 }
             }
-            // The addresses of those interfaces only: one pass over the anti-spoofing sets,
-            // without indexing every instance's (`LocalAddresses`).
-            var addressesOf: [String: [IPAddress]] = [:]
-            if !groupChainsOf.isEmpty || !instanceChainsOf.isEmpty {
-                for name in [Naming.sources4, Naming.sources6] {
-                    for e in ir.sets[name]?.elements ?? [] {
-                        switch e {
-                        case .ifaceIPv4(let i, let a) where groupChainsOf[i] != nil || instanceChainsOf[i] != nil: addressesOf[i, default: []].append(.v4(a))
-                        case .ifaceIPv6(let i, let a) where groupChainsOf[i] != nil || instanceChainsOf[i] != nil: addressesOf[i, default: []].append(.v6(a))
-                        default: break
-                        }
-                    }
-                }
-            }
+            // The addresses of those interfaces only, not every instance's.
+            let ifaces = Set(groupChainsOf.keys).union(instanceChainsOf.keys)
+            let addresses = LocalAddresses(ir, interfaces: ifaces)
             var membersOfGroupChain: [String: Set<IPAddress>] = [:]
             var addressesOfInstanceChain: [String: Set<IPAddress>] = [:]
             for (iface, chains) in groupChainsOf {
-                for g in chains { membersOfGroupChain[g, default: []].formUnion(addressesOf[iface] ?? []) }
+                for g in chains { membersOfGroupChain[g, default: []].formUnion(addresses.addresses(of: iface)) }
             }
             for (iface, chains) in instanceChainsOf {
-                for c in chains { addressesOfInstanceChain[c, default: []].formUnion(addressesOf[iface] ?? []) }
+                for c in chains { addressesOfInstanceChain[c, default: []].formUnion(addresses.addresses(of: iface)) }
             }
             return (membersOfGroupChain, addressesOfInstanceChain)
         }

@@ -71,13 +71,8 @@ public struct Engine: Sendable {
 
     /// Whether a rule of a group enforced here (see `enforces`) names `group` as its remote
     /// side, i.e. `group`'s members are in a member set of the kernel.
-    public func isReferencedByEnforcedGroup(_ group: String) -> Bool {
-        model.setReferences[MemberSetKey(family: .ipv4, group: group)] != nil
-            || model.setReferences[MemberSetKey(family: .ipv6, group: group)] != nil
-    }
-
-    /// The same, counting only the rules of enforced groups not in `excluded`.
-    public func isReferencedByEnforcedGroup(_ group: String, excluding excluded: Set<String>) -> Bool {
+    /// With `excluded`, only the rules of enforced groups not in it count.
+    public func isReferencedByEnforcedGroup(_ group: String, excluding excluded: Set<String> = []) -> Bool {
         for family in [IPFamily.ipv4, .ipv6] {
             let key = MemberSetKey(family: family, group: group)
             var n = model.setReferences[key] ?? 0

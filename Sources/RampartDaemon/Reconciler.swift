@@ -168,7 +168,6 @@ final class Reconciler: @unchecked Sendable {
                 b.invalidate()  // converge reads back below, against the real desired state
             }
             _ = try engine.apply(document: doc)
-            events.documentReplaced()
             let change = try converge(b, asDrift: false)
             let ns = recordSync(since: start, commits: change.isEmpty ? 0 : 1)
             logger.info("first sync", metadata: ["summary": "\(change.summary)", "generation": "\(b.generation.map(String.init) ?? "-")",

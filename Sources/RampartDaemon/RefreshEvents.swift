@@ -3,25 +3,20 @@ import RampartStore
 
 /// Turns a drain's refreshes into engine events: each refresh reads what changed from the store
 /// and becomes one event (plug, unplug, groups changed, rules changed, members changed), whose
-/// Plan is the kernel work. Anything an event cannot express exactly (a group new to this host,
-/// a reference to a group whose members this host does not have yet, a deleted object, an
-/// instance moved between hosts) falls back to reloading the host's whole document (compile +
-/// diff), in the same drain.
+/// Plan is the kernel work. What is new to the host (a group it did not enforce, a group whose
+/// members it did not keep) is read from the store and given to the engine as events too; what
+/// an event cannot express (a deleted object, an instance moved between hosts) falls back to
+/// reloading the host's whole document (compile + diff), in the same drain.
 ///
 /// What the host's document holds is `HostProjection`'s answer, as in the store.
 struct RefreshEvents {
     let host: String
     let store: Store
-    /// This host's instances in the engine's document (rebuilt after an event that may change them).
-    private var localCache: [String: Instance]?
 
     init(host: String, store: Store) {
         self.host = host
         self.store = store
     }
-
-    /// The engine's document changed wholesale (a reload, a first sync): forget what was derived.
-    mutating func documentReplaced() { localCache = nil }
 
     /// The Plans of a drain, concatenated (each applies to the state the previous one left; the
     /// kernel runs a batch in order).
@@ -66,7 +61,6 @@ struct RefreshEvents {
 
     /// Loads the host's whole document into the engine; its Plan is the difference.
     mutating func reload(_ engine: inout Engine) throws -> Plan {
-        localCache = nil
         documentReads += 1
         return try engine.apply(document: store.document(forHost: host))
     }
@@ -78,30 +72,25 @@ struct RefreshEvents {
     /// unreferenced here in the store for a while, so that members refreshes skipped this host.
     private var pendingRules: Set<String> = []
 
-    /// The groups whose rules (and whose references' members) the engine has kept up to date:
-    /// those with a member here that this drain does not refresh. A group whose only members
-    /// here are being refreshed may have had none in the store for a while (one instance left
-    /// it, then another joined, in the same drain): its rules refreshes then went to other hosts
-    /// only, and the engine's copy may be stale. (Seen: such a group's rule missing from the
-    /// kernel after a batched drain, `randomVerbsConverge`, seed 46.) Nor is a group whose rules
-    /// this drain refreshes: a drain holding a rule revoked from g5 (which dropped g5's
-    /// reference to g4, so a member that joined g4 next was not sent here) and then an instance
-    /// joining a group that references g4 trusted g5's old rules, took g4's members as kept up to
-    /// date, and missed that member (`randomVerbsConverge`, seed 276, batched, when the drain
-    /// held all three).
-    private mutating func upToDateGroups(_ engine: Engine) -> Set<String> {
-        HostProjection.localGroups(of: localInstances(engine).filter { !refreshedInstances.contains($0.key) }.values)
-            .subtracting(pendingRules)
-    }
-
-    /// Whether `group` is one of `upToDateGroups(engine)`, from the engine's index of its
-    /// members here (no walk of the host's instances).
+    /// Whether the engine has kept `group`'s rules (and its references' members) up to date: it
+    /// has a member here that this drain does not refresh, and this drain does not refresh its
+    /// rules. A group whose only members here are being refreshed may have had none in the store
+    /// for a while (one instance left it, then another joined, in the same drain): its rules
+    /// refreshes then went to other hosts only, and the engine's copy may be stale. (Seen: such a
+    /// group's rule missing from the kernel after a batched drain, `randomVerbsConverge`, seed
+    /// 46.) A group whose rules this drain refreshes may have dropped a reference and taken it
+    /// back while this host was behind: a drain holding a rule revoked from g5 (its reference to
+    /// g4, so a member that joined g4 next was not sent here) and then an instance joining a
+    /// group that references g4 trusted g5's old rules, took g4's members as kept up to date, and
+    /// missed that member (`randomVerbsConverge`, seed 276, batched, when the drain held all
+    /// three). From the engine's index of the group's members here: no walk of the host.
     private func isUpToDate(_ group: String, _ engine: Engine) -> Bool {
         !pendingRules.contains(group) && engine.localMemberIDs(of: group).contains { !refreshedInstances.contains($0) }
     }
 
-    /// The enforced groups that are not up to date (`upToDateGroups`): only among the groups this
-    /// drain refreshes the rules of and those of the instances it refreshes.
+    /// The enforced groups that are not up to date (`isUpToDate`): only among the groups this
+    /// drain refreshes the rules of and those of the instances it refreshes. Their references do
+    /// not keep a group's members trusted (`isReferencedByEnforcedGroup(_:excluding:)`).
     private func enforcedButNotUpToDate(_ engine: Engine) -> Set<String> {
         var candidates = pendingRules
         for id in refreshedInstances { candidates.formUnion(engine.document.instances[id]?.groups ?? []) }
@@ -132,16 +121,7 @@ struct RefreshEvents {
         return ops
     }
 
-    /// This host's instances as the engine has them (only instance events and reloads change them).
-    private mutating func localInstances(_ engine: Engine) -> [String: Instance] {
-        if let c = localCache { return c }
-        let out = engine.document.instances.filter { $0.value.host == host }
-        localCache = out
-        return out
-    }
-
     private mutating func instanceRefresh(_ id: String, _ engine: inout Engine) throws -> Plan {
-        defer { localCache = nil }
         let current = engine.document.instances[id]
         let record = try store.instance(id)
         guard let rec = record, rec.host == host else {
@@ -157,64 +137,49 @@ struct RefreshEvents {
             // Only its groups changed: an event if every new group is already enforced here,
             // with rules the engine kept up to date.
             guard Set(rec.groups).subtracting(c.groups).allSatisfy({ isUpToDate($0, engine) }) else {
-                return try joinGroupsNewHere(id, rec, upToDate: upToDateGroups(engine), &engine)
+                return try joinGroupsNewHere(id, rec, &engine)
             }
             return try engine.instanceGroupsChanged(id: id, groups: rec.groups)
         }
         guard current == nil else { throw Reload() }  // moved here from another host
         guard rec.groups.allSatisfy({ isUpToDate($0, engine) }) else {
-            return try joinGroupsNewHere(id, rec, upToDate: upToDateGroups(engine), &engine)
+            return try joinGroupsNewHere(id, rec, &engine)
         }
         return try engine.instancePlugged(id: id, instance: rec)
     }
 
     /// Instance `id` becomes `rec` (plugged here, or its groups changed) and brings a group
-    /// this host does not enforce yet, or enforces with a copy of its rules that may be stale:
-    /// what is new is read from the store (those groups' rules, and the members elsewhere of
-    /// every group their rules reference that nothing here referenced before, in full) and
-    /// given to the engine as events, so the cost is what changed. Before, the document was
-    /// rebuilt and compiled and diffed whole: 0.1–0.25 s for an instance joining a group new to
-    /// a host-1k host (`rampart-bench controller`, one notified host).
+    /// this host does not enforce yet, or enforces with a copy of its rules that may be stale
+    /// (not `isUpToDate`): those groups' rules are read from the store, and the members of every
+    /// group their rules reference that no up-to-date group here references, in full; then all
+    /// of it goes to the engine as events, so the cost is what changed. Before, the document was
+    /// rebuilt and compiled and diffed whole: 136 ms verb → applied for an instance joining a
+    /// group new to a host-1k host (`rampart-bench controller`, one notified host).
     ///
-    /// What the engine holds is trusted only where refreshes kept it up to date
-    /// (`upToDateGroups`): those groups' rules, and the members of the groups their rules
-    /// reference. The events, in order:
-    /// 1. every group new to the document is created (no rules yet), so that the records and
-    ///    rules below can name it;
-    /// 2. each group referenced only now gets its members exactly as the store has them
-    ///    (elsewhere: projected onto this host; here: as the engine has them, since this
-    ///    host's own changes arrive as instance refreshes) — what the document said of them
-    ///    may be stale or missing, as members refreshes did not reach this host for it;
-    /// 3. the groups read from the store get their rules;
-    /// 4. the instance is plugged, or its groups change.
-    /// A group or member the change leaves unreferenced stays in the document, compiling to
-    /// nothing (no member here, or no rule here reads it), as after any unplug; it is read
-    /// afresh should it be needed again. Every read comes before the first event, so a failed
-    /// read leaves the engine as it was.
-    /// `upToDate`: `upToDateGroups(engine)`, as the caller computed it (a walk of the host's instances).
-    private mutating func joinGroupsNewHere(_ id: String, _ rec: Instance, upToDate: Set<String>, _ engine: inout Engine) throws -> Plan {
-        defer { localCache = nil }
-        let doc = engine.document
-        let locals = localInstances(engine)
+    /// The events, in order: the groups new to the document are created (no rules yet) and the
+    /// referenced groups get their members (`membersAfresh`); the groups read get their rules;
+    /// the instance is plugged, or its groups change. A group or member the change leaves
+    /// unreferenced stays in the document, compiling to nothing (no member here, or no rule here
+    /// reads it), as after any unplug; it is read afresh should it be needed again. Every read
+    /// comes before the first event, so a failed read leaves the engine as it was.
+    private mutating func joinGroupsNewHere(_ id: String, _ rec: Instance, _ engine: inout Engine) throws -> Plan {
+        let untrusted = enforcedButNotUpToDate(engine)
+        // The groups local after the change that are not up to date: the instance's new ones,
+        // and those enforced but not up to date that keep a member here besides it.
+        var stale = Set(rec.groups.filter { !isUpToDate($0, engine) })
+        for g in untrusted where engine.localMemberIDs(of: g).contains(where: { $0 != id }) { stale.insert(g) }
         var fresh: [String: Group] = [:]
-        var rulesHere: [Group] = []
-        for g in HostProjection.localGroups(of: locals.merging([id: rec]) { _, new in new }.values) {
-            if upToDate.contains(g), let known = doc.groups[g] {
-                rulesHere.append(known)
-            } else {
-                guard let read = try store.group(g) else { throw Reload() }  // deleted meanwhile: the store decides
-                fresh[g] = read
-                rulesHere.append(read)
-            }
+        for g in stale {
+            guard let read = try store.group(g) else { throw Reload() }  // deleted meanwhile: the store decides
+            fresh[g] = read
         }
-        let referenced = HostProjection.referencedGroups(by: rulesHere)
-        let keptReferenced = HostProjection.referencedGroups(by: upToDate.compactMap { doc.groups[$0] })
-        let referencedNow = referenced.subtracting(keptReferenced)
-        var ops = try membersAfresh(referencedNow, alsoCreate: fresh.keys, &engine)
+        let unkept = HostProjection.referencedGroups(by: fresh.values).filter { !engine.isReferencedByEnforcedGroup($0, excluding: untrusted) }
+        let plugged = engine.document.instances[id] == nil
+        var ops = try membersAfresh(unkept, alsoCreate: fresh.keys, &engine)
         for (g, group) in fresh.sorted(by: { $0.key < $1.key }) {
             ops += try engine.rulesChanged(group: g, rules: group.rules, description: group.description).ops
         }
-        ops += try (locals[id] == nil
+        ops += try (plugged
             ? engine.instancePlugged(id: id, instance: rec)
             : engine.instanceGroupsChanged(id: id, groups: rec.groups)).ops
         return Plan(ops: ops)

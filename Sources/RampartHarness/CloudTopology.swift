@@ -115,7 +115,7 @@ public final class CloudTopology: ProbeRunning, @unchecked Sendable {
         guard destroyed.claim() else { return }
         server.stop()
         for hv in hypervisors { hv.destroy() }
-        _ = try? runCommand(["ip", "netns", "del", fabric.name])
+        removeNamespace(fabric.name)
     }
 
     /// Every namespace name of the cloud: the fabric's, then each hypervisor's (its own first).

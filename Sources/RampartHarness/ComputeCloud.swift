@@ -129,7 +129,7 @@ public final class ComputeCloud: @unchecked Sendable {
             p.process.signal(SIGKILL)
             _ = try? p.process.wait()
         }
-        for ns in instanceNamespaces() { _ = try? runCommand(["ip", "netns", "del", ns]) }
+        for ns in instanceNamespaces() { removeNamespace(ns) }
         cloud.destroy()
         try? FileManager.default.removeItem(atPath: directory)
     }

@@ -14,9 +14,7 @@ public final class TestNamespace: Sendable {
         try runCommand(["ip", "-n", name, "link", "set", "lo", "up"], check: true)
     }
 
-    deinit {
-        _ = try? runCommand(["ip", "netns", "del", name])
-    }
+    deinit { removeNamespace(name) }
 
     /// Runs a command inside the namespace.
     @discardableResult
@@ -49,4 +47,21 @@ private final class Counter: @unchecked Sendable {
         value += 1
         return value
     }
+}
+
+/// Removes network namespace `name` (`ip netns del`). A removal can fail for a moment (EBUSY
+/// while another `ip netns exec` in its own mount namespace still holds the bind mount): it is
+/// tried again for about two seconds, and a namespace that stays is named on standard error
+/// instead of being left behind silently (a leftover demo fabric failed CI once).
+public func removeNamespace(_ name: String) {
+    var last = ""
+    for attempt in 0..<20 {
+        guard let r = try? runCommand(["ip", "netns", "del", name]) else { return }
+        if r.succeeded { return }
+        // Already gone (removed by someone else, or never made): nothing to do.
+        if !FileManager.default.fileExists(atPath: "/run/netns/\(name)") { return }
+        last = r.stderr.trimmingCharacters(in: .whitespacesAndNewlines)
+        if attempt < 19 { usleep(100_000) }
+    }
+    FileHandle.standardError.write(Data("warning: network namespace \(name) could not be removed: \(last)\n".utf8))
 }

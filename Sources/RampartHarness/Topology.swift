@@ -163,7 +163,7 @@ public final class HypervisorTopology: ProbeRunning, @unchecked Sendable {
         guard first else { return }
         server.stop()
         for s in open { s.close() }
-        for name in namespaceNames { _ = try? runCommand(["ip", "netns", "del", name]) }
+        for name in namespaceNames { removeNamespace(name) }
     }
 
     /// Every namespace name of the topology (hypervisor first).
