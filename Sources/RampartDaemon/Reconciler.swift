@@ -199,6 +199,15 @@ final class Reconciler: @unchecked Sendable {
             let replaced = engine.takeReplacedChains()
             before = hadTable ? RulesetIR(chains: replaced.compactMapValues { $0 }) : nil
             if events.documentReads != reads { state.locked { $0.status.documentReloads += 1 } }
+        } catch let partly as RefreshEvents.PartlyPlanned {
+            // The store failed after some refreshes reached the engine: their Plan goes to the
+            // kernel now (no store needed), so that a revoke already read is not held back until
+            // the store returns, and the engine never runs ahead of the kernel. The drain still
+            // fails: the resync after it reloads the rest.
+            let replaced = engine.takeReplacedChains()
+            record(error: "refresh failed part-way (the refreshes read before it are committed): \(partly.underlying)")
+            commitOrRepair(partly.applied, previous: hadTable ? RulesetIR(chains: replaced.compactMapValues { $0 }) : nil, since: start)
+            return .failed("\(partly.underlying)")
         } catch {
             _ = engine.takeReplacedChains()
             record(error: "refresh failed: \(error)")
@@ -221,17 +230,23 @@ final class Reconciler: @unchecked Sendable {
             recordSync(since: start, commits: 0)
             return .committed(generation: backend?.generation)
         }
+        logger.debug("drained", metadata: ["refreshes": "\(items.count)", "summary": "\(plan.summary)"])
+        return commitOrRepair(plan, previous: before, since: start)
+    }
+
+    /// Commits a drain's `plan` (the engine's planned IR the result) and cuts what it narrowed
+    /// from `previous`; if the kernel refuses it whole (someone else committed) or the outcome is
+    /// unknown, reads the kernel back and converges it to the engine's desired state instead.
+    @discardableResult
+    private func commitOrRepair(_ plan: Plan, previous: RulesetIR?, since start: UInt64) -> SyncOutcome {
         do {
             let b = try connect()
-            cutConnections(after: try b.commit(plan, result: engine.planned), previous: before)
+            cutConnections(after: try b.commit(plan, result: engine.planned), previous: previous)
             metrics.opsApplied.increment(by: plan.ops.count)
             metrics.commits.increment()
             recordSync(since: start, commits: 1)
-            logger.debug("drained", metadata: ["refreshes": "\(items.count)", "summary": "\(plan.summary)"])
             return committedOutcome(b)
         } catch {
-            // Refused whole (someone else committed) or outcome unknown: read the kernel back
-            // and converge to the engine's desired state.
             if error.backendFailureKind == .conflict {
                 logger.info("another process committed; reading the kernel back")
             } else {

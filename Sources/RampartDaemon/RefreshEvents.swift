@@ -18,11 +18,31 @@ struct RefreshEvents {
         self.store = store
     }
 
+    /// A drain that failed part-way (a store read failed): `applied` is the Plan of the
+    /// refreshes the engine took before the failure. Each refresh reads everything before its
+    /// first event, so the engine holds whole refreshes only; their Plan must reach the kernel
+    /// (a revoke among them read from the store is owed to it), the rest waits for the store.
+    struct PartlyPlanned: Error, CustomStringConvertible {
+        let applied: Plan
+        let underlying: any Error
+        var description: String { "\(underlying)" }
+    }
+
     /// The Plans of a drain, concatenated (each applies to the state the previous one left; the
-    /// kernel runs a batch in order).
+    /// kernel runs a batch in order). Throws `PartlyPlanned` when a refresh fails after others
+    /// were given to the engine.
     mutating func plan(for items: Set<Refresh>, engine: inout Engine) throws -> Plan {
-        if items.contains(.host) { return try reload(&engine) }
         var ops: [PlanOp] = []
+        do {
+            return try plan(for: items, engine: &engine, ops: &ops)
+        } catch {
+            if ops.isEmpty { throw error }
+            throw PartlyPlanned(applied: Plan(ops: ops), underlying: error)
+        }
+    }
+
+    private mutating func plan(for items: Set<Refresh>, engine: inout Engine, ops: inout [PlanOp]) throws -> Plan {
+        if items.contains(.host) { return try reload(&engine) }
         refreshedInstances = Set(items.compactMap { if case .instance(let id) = $0 { id } else { nil } })
         pendingRules = Set(items.compactMap { if case .rules(let g) = $0 { g } else { nil } })
         defer { refreshedInstances = []; pendingRules = [] }

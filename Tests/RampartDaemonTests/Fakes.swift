@@ -2,6 +2,7 @@ import Foundation
 import RampartConntrack
 import RampartCore
 import RampartDaemon
+import RampartStore
 
 /// A clock the test moves by hand: the reconciler's resync interval and retry backoff pass
 /// without sleeping. `wait` blocks until signalled or until `advance` reaches the deadline.
@@ -171,4 +172,68 @@ final class RecordingCutter: ConnectionCutter, @unchecked Sendable {
             return r
         }
     }
+}
+
+/// A store that forwards to a real one and can go down: `blockReadingMembers(of:)` holds the
+/// reader of one group's members until released (so that a test can line up a drain), and
+/// `goDownAtMembers(of:)` makes that read and every read after it fail as unavailable until
+/// `down` is cleared. The verbs are the inner store's own (a test changes it directly).
+final class FlakyStore: Store, @unchecked Sendable {
+    let inner: SQLiteStore
+    private let lock = NSLock()
+    private var _down = false
+    private var failAt: String?
+    private var blockAt: String?
+    private let entered = DispatchSemaphore(value: 0)
+    private let released = DispatchSemaphore(value: 0)
+
+    init(_ inner: SQLiteStore) { self.inner = inner }
+
+    var down: Bool {
+        get { lock.withLock { _down } }
+        set { lock.withLock { _down = newValue } }
+    }
+    func goDownAtMembers(of group: String) { lock.withLock { failAt = group } }
+    func blockReadingMembers(of group: String) { lock.withLock { blockAt = group } }
+    /// Waits (up to 5 s) until a reader is held by `blockReadingMembers(of:)`.
+    func waitUntilBlocked() -> Bool { entered.wait(timeout: .now() + 5) == .success }
+    func release() { released.signal() }
+
+    private func read<T>(_ body: () throws(StoreError) -> T) throws(StoreError) -> T {
+        if down { throw StoreError(.unavailable, "injected: the store is down") }
+        return try body()
+    }
+
+    func document(forHost host: String) throws(StoreError) -> Document { try read { () throws(StoreError) in try inner.document(forHost: host) } }
+    func group(_ id: String) throws(StoreError) -> Group? { try read { () throws(StoreError) in try inner.group(id) } }
+    func groupExists(_ id: String) throws(StoreError) -> Bool { try read { () throws(StoreError) in try inner.groupExists(id) } }
+    func instance(_ id: String) throws(StoreError) -> Instance? { try read { () throws(StoreError) in try inner.instance(id) } }
+    func memberRecords(of group: String) throws(StoreError) -> [String: Instance] {
+        let (block, fail) = lock.withLock { () -> (Bool, Bool) in
+            let b = blockAt == group, f = failAt == group
+            if b { blockAt = nil }
+            if f { failAt = nil; _down = true }
+            return (b, f)
+        }
+        if block {
+            entered.signal()
+            released.wait()
+        }
+        if fail { throw StoreError(.unavailable, "injected: the store went down reading \(group)'s members") }
+        return try read { () throws(StoreError) in try inner.memberRecords(of: group) }
+    }
+    func hosts() throws(StoreError) -> [String] { try read { () throws(StoreError) in try inner.hosts() } }
+    func knowsHost(_ host: String) throws(StoreError) -> Bool { try read { () throws(StoreError) in try inner.knowsHost(host) } }
+    func exportDocument(forHost host: String) throws(StoreError) -> Document { try read { () throws(StoreError) in try inner.exportDocument(forHost: host) } }
+    func hostsForMembersRefresh(_ group: String) throws(StoreError) -> [String] { try read { () throws(StoreError) in try inner.hostsForMembersRefresh(group) } }
+    func hostsForRulesRefresh(_ group: String) throws(StoreError) -> [String] { try read { () throws(StoreError) in try inner.hostsForRulesRefresh(group) } }
+    func createGroup(_ id: String, description: String?) throws(StoreError) -> [Delivery] { try inner.createGroup(id, description: description) }
+    func deleteGroup(_ id: String) throws(StoreError) -> [Delivery] { try inner.deleteGroup(id) }
+    func authorize(group: String, rule: Rule) throws(StoreError) -> [Delivery] { try inner.authorize(group: group, rule: rule) }
+    func revoke(group: String, rule: Rule?, id: String?) throws(StoreError) -> [Delivery] { try inner.revoke(group: group, rule: rule, id: id) }
+    func addInstance(_ id: String, _ instance: Instance) throws(StoreError) -> [Delivery] { try inner.addInstance(id, instance) }
+    func removeInstance(_ id: String) throws(StoreError) -> [Delivery] { try inner.removeInstance(id) }
+    func setGroups(instance id: String, groups: [String]) throws(StoreError) -> [Delivery] { try inner.setGroups(instance: id, groups: groups) }
+    func importDocument(_ document: Document) throws(StoreError) -> [Delivery] { try inner.importDocument(document) }
+    func setGuardedPrefixes(host: String, _ prefixes: [String]) throws(StoreError) -> [Delivery] { try inner.setGuardedPrefixes(host: host, prefixes) }
 }

@@ -95,6 +95,55 @@ import Testing
         #expect(try f.backend.kernel == f.expected())
     }
 
+    /// The store goes down in the middle of a drain, after a revoke was read: the revoke reaches
+    /// the kernel (and the cut) at once; what could not be read waits for the store. Before, the
+    /// engine kept the revoke planned but the kernel did not get it until the store returned.
+    @Test func aRevokeReadBeforeTheStoreWentDownIsCommitted() async throws {
+        let inner = try SQLiteStore(path: tempDir("rec") + "/rampart.db")
+        try DaemonTests.base(inner)
+        let store = FlakyStore(inner)
+        let backend = MemoryBackend(planless: false)
+        let clock = ManualClock()
+        let cutter = RecordingCutter()
+        let daemon = Daemon(configuration: .init(host: "hv1", resyncInterval: 30), store: store, clock: clock, backend: { backend }, cutter: cutter)
+        daemon.start()
+        defer { daemon.stop() }
+        await daemon.waitUntilReady()
+        func expected() throws -> RulesetIR { Compiler.compile(try inner.document(forHost: "hv1")) }
+
+        // Hold a drain so that the next one takes both refreshes below together.
+        store.blockReadingMembers(of: "admin")
+        let held = daemon.enqueue(.members("admin"))
+        #expect(store.waitUntilBlocked())
+        let http = try inner.group("web")!.rules.first { $0.ports == 80...80 }!
+        var ds = try inner.revoke(group: "web", rule: http, id: nil)  // rules(web) to hv1
+        ds += try inner.addInstance("web-2", Instance(host: "hv2", groups: ["web"], ips: [ip("10.0.1.12")], interface: "tapweb2"))  // members(web): db reads it
+        var last: UInt64 = 0
+        for d in ds where d.host == "hv1" { last = daemon.enqueue(d.refresh) }
+        #expect(ds.contains(Delivery(host: "hv1", refresh: Refresh.rules("web"))) && ds.contains(Delivery(host: "hv1", refresh: Refresh.members("web"))))
+        store.goDownAtMembers(of: "web")  // rules(web) is read first; members(web) finds the store gone
+        let scopesBefore = cutter.scopes.count
+        store.release()
+        #expect(await daemon.wait(for: held).isCommitted)
+        let outcome = await daemon.wait(for: last)
+        #expect(!outcome.isCommitted, "\(outcome)")
+
+        // While the store is down: the revoke is in the kernel and was cut; the new member is not.
+        let want = try expected()
+        #expect(backend.kernel?.chains["gin-web"] == want.chains["gin-web"], "the revoked rule is still in the kernel")
+        #expect(backend.kernel != want)
+        #expect(cutter.scopes.count > scopesBefore)
+        #expect(daemon.currentStatus.lastError?.contains("injected") == true)
+
+        // The store returns: the retry reloads the rest.
+        store.down = false
+        #expect(clock.waitForSleeper(at: 0.2))
+        clock.advance(to: 0.2)
+        #expect(clock.waitForSleeper(at: 0.2 + 30))
+        #expect(try backend.kernel == expected())
+        #expect(daemon.currentStatus.consecutiveFailedSyncs == 0)
+    }
+
     @Test func aConflictIsReadBackAndConvergedNotCountedAsAnError() async throws {
         let f = try Fixture()
         f.daemon.start()
