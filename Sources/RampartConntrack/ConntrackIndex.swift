@@ -66,8 +66,6 @@ public final class ConntrackIndex: @unchecked Sendable {
     // Guarded by `lock`:
     private let events: ConntrackEvents
     private var table = Table()
-    /// Entries expired by a cut, to drop at the next catch-up (`forget`).
-    private var forgotten: [ConntrackEntry] = []
     private var fresh = false
     private var stats = Statistics()
     private var stopped = false
@@ -147,17 +145,6 @@ public final class ConntrackIndex: @unchecked Sendable {
         }
     }
 
-    /// Drops entries the caller has just expired in the kernel (`ConntrackConnection.expire`):
-    /// the kernel sends their DESTROY event only when it reaps them, which may be a minute later
-    /// (its garbage collector's pace), and until then a lookup would return them again. As a
-    /// destroy event would: by tuple and zone, and only the entry with the same id, so that
-    /// applying it late cannot remove a newer connection. Queued, not applied: the index's
-    /// thread applies it within ~0.1 s, or the next lookup first (applied here, it cost a cut
-    /// ~1.2 µs per entry, 1.2–1.7 ms of a 1,000-entry cut).
-    public func forget(_ entries: [ConntrackEntry]) {
-        lock.withLock { forgotten.append(contentsOf: entries) }
-    }
-
     /// Every entry held, as of this call; nil while stale.
     public func allEntries() -> [ConntrackEntry]? {
         lock.withLock { () -> [ConntrackEntry]? in
@@ -168,14 +155,9 @@ public final class ConntrackIndex: @unchecked Sendable {
 
     // MARK: upkeep
 
-    /// Applies every queued event, then the entries to forget (lock held). False if the index is
-    /// stale, or became so.
+    /// Applies every queued event (lock held). False if the index is stale, or became so.
     private func catchUp() -> Bool {
         guard fresh else { return false }
-        defer {
-            for e in forgotten { _ = table.apply(ConntrackEvent(.destroy, e), limit: .max) }
-            forgotten.removeAll(keepingCapacity: true)
-        }
         do {
             var overflow = false
             let r = try events.drain { (e) throws(NetlinkError) in

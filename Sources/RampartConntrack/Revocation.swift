@@ -14,14 +14,14 @@ import RampartSystem
 /// direction, state new, a TCP SYN; the input device is the source instance's interface, the
 /// output device the destination instance's, an outside placeholder otherwise, none for the host
 /// itself) and evaluated with `Evaluate.packet` against the committed IR: exactly the verdict the
-/// kernel would give that first packet today. Entries it drops are cut over ctnetlink (expired at
-/// once: `ConntrackConnection.expire`); entries still allowed are not touched.
+/// kernel would give that first packet today. Entries it drops are deleted over ctnetlink; entries
+/// still allowed are not touched.
 public enum Revocation {
     /// What a run did.
     public struct Report: Hashable, Sendable, CustomStringConvertible {
-        /// Entries cut (expired at once; the summary's `conntrack: N cut`).
+        /// Entries deleted (the summary's `conntrack: N cut`).
         public var cut = 0
-        /// Entries to cut that were already gone.
+        /// Entries to delete that were already gone.
         public var alreadyGone = 0
         /// Entries that crossed into user space (after the kernel's filtering).
         public var examined = 0
@@ -36,7 +36,7 @@ public enum Revocation {
         /// Whether the run looked at the whole table (per family) or only at affected addresses.
         public var scope: Scope = .none
         public var nanoseconds: UInt64 = 0
-        /// Of which: finding and evaluating the entries (dumps or the index), and cutting them.
+        /// Of which: finding and evaluating the entries (dumps or the index), and deleting them.
         public var findNanoseconds: UInt64 = 0
         public var deleteNanoseconds: UInt64 = 0
 
@@ -208,13 +208,11 @@ public enum Revocation {
         let found = DispatchTime.now().uptimeNanoseconds
         report.findNanoseconds = found - start
         if !doomed.isEmpty {
-            // Expired (timeout 0), not deleted: dead to the kernel at once (the flow's next
-            // packet finds no entry and is judged as a new one; dumps skip it), while the kernel
-            // unlinks and frees it, and sends its DESTROY event, when it next meets it: the
-            // delete's own costs, out of the revoke's time. 2.2× cheaper per entry here with the
-            // index listening (docs/conntrack.md).
-            let d = try conntrack.expire(doomed)
-            index?.forget(doomed)
+            // Deleted, not expired (timeout 0, 2–5× cheaper): a packet of a busy flow that found
+            // the entry just before would refresh its timeout and bring it back to life, and the
+            // kernel refuses a timeout change on an entry whose timeout was frozen first
+            // (docs/conntrack.md, "Tried and not kept").
+            let d = try conntrack.delete(doomed)
             report.cut = d.deleted
             report.alreadyGone = d.alreadyGone
         }

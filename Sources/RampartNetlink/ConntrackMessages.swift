@@ -97,17 +97,6 @@ enum ConntrackMessages {
         return Int(nlh.pointee.nlmsg_len)
     }
 
-    /// IPCTNL_MSG_CT_NEW updating one existing entry (no NLM_F_CREATE) to a timeout of 0, asking
-    /// for an ack: the entry is expired at once (every lookup skips and reaps it, a dump does not
-    /// list it) without the delete's unlinking and DESTROY event in the caller's time.
-    static func buildExpire(into buf: UnsafeMutableRawPointer, sequence: UInt32, entry: ConntrackEntry) -> Int {
-        let nlh = header(buf, type: IPCTNL_MSG_CT_NEW.rawValue, flags: NLM_F_ACK, sequence: sequence, family: entry.original.family)
-        putTuple(nlh, CTA_TUPLE_ORIG.rawValue, entry.original)
-        mnl_attr_put_u32(nlh, UInt16(CTA_TIMEOUT.rawValue), 0)
-        if entry.zone != 0 { mnl_attr_put_u16(nlh, UInt16(CTA_ZONE.rawValue), entry.zone.bigEndian) }
-        return Int(nlh.pointee.nlmsg_len)
-    }
-
     /// IPCTNL_MSG_CT_NEW creating one entry (both tuples, a timeout), asking for an ack.
     static func buildCreate(into buf: UnsafeMutableRawPointer, sequence: UInt32, entry: ConntrackEntry, timeout: UInt32) -> Int {
         let nlh = header(buf, type: IPCTNL_MSG_CT_NEW.rawValue, flags: NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,

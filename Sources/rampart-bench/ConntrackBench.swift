@@ -147,21 +147,6 @@ struct ConntrackBench: ParsableCommand {
             _ = try ct.delete(live)
             deleteListened.append(monotonicNanos() - t0)
         }
-        // The same 1,000 expired instead (timeout set to 0: the kernel frees them later, off
-        // the cut's time), the index listening.
-        var expireListened: [UInt64] = []
-        for _ in 0..<repeats {
-            try ct.create(affected)
-            _ = index.entries(involving: [])
-            let live = try ct.entries(ConntrackFilter(family: .ipv4, field: .originalSource(ConntrackAddress(ipv4: bastion))))
-            t0 = monotonicNanos()
-            let e = try ct.expire(live)
-            expireListened.append(monotonicNanos() - t0)
-            guard e.deleted == live.count else { throw ValidationError("expired \(e.deleted) of \(live.count)") }
-            let after = try ct.entries(ConntrackFilter(family: .ipv4, field: .originalSource(ConntrackAddress(ipv4: bastion))))
-            guard after.isEmpty else { throw ValidationError("\(after.count) expired entries still listed") }
-        }
-        report.note("conntrack: expiring the 1,000 entries (timeout 0), the index listening: \(formatDuration(median(expireListened))) (p99 \(formatDuration(percentile(expireListened, 99))))")
         index.stop()  // leaves the event groups: no more events for it
         // A socket subscribed like the index's that nobody reads: the kernel's part of the cost
         // (building and queueing a DESTROY event per entry) without the index's thread.

@@ -7,9 +7,8 @@ import RampartHarness
 import RampartTestSupport
 @testable import RampartNetlink
 
-/// A conntrack table played by the scripted transport: dumps return `entries`, deletes (by tuple
-/// and id) and expires (by tuple) remove them and are recorded, stats count them. No socket, no
-/// root.
+/// A conntrack table played by the scripted transport: dumps return `entries`, deletes remove
+/// them (by tuple and id) and are recorded, stats count them. No socket, no root.
 final class ScriptedConntrackTable {
     var entries: [ConntrackEntry]
     var deleted: [ConntrackEntry] = []
@@ -36,9 +35,7 @@ final class ScriptedConntrackTable {
                         mnl_attr_put_u32(nlh, UInt16(CTA_STATS_GLOBAL_ENTRIES.rawValue), n.bigEndian)
                     })
                     out.append(NetlinkReply.ack(seq: m.seq))
-                } else if type == IPCTNL_MSG_CT_DELETE.rawValue || (type == IPCTNL_MSG_CT_NEW.rawValue && m.flags & UInt16(NLM_F_CREATE) == 0) {
-                    // A delete, or an update (the cut's expire, timeout 0, by tuple and zone):
-                    // either way the entry leaves the table.
+                } else if type == IPCTNL_MSG_CT_DELETE.rawValue {
                     let p = UnsafeMutableRawBufferPointer.allocate(byteCount: m.bytes.count, alignment: 16)
                     defer { p.deallocate() }
                     p.copyBytes(from: m.bytes)
@@ -191,15 +188,6 @@ final class ScriptedConntrackTable {
         _ = try ct.delete(Array(found.prefix(100)))
         #expect(index.entries(involving: ConntrackIndexTests.web1)?.count == 201)
         #expect(index.statistics.losses == 0)
-        // Expired (as a cut does): the kernel's DESTROY comes only when it reaps them, so the
-        // cut tells the index; an entry not expired stays, whatever `forget` is given.
-        let rest = try #require(index.entries(involving: ConntrackIndexTests.web1)).filter { $0.original != dnat.original }
-        #expect(try ct.expire(Array(rest.prefix(50))).deleted == 50)
-        index.forget(Array(rest.prefix(50)))
-        var newer = rest[60]
-        newer.id = newer.id.map { $0 &+ 1 }  // not the entry the index holds: not forgotten
-        index.forget([newer])
-        #expect(index.entries(involving: ConntrackIndexTests.web1)?.count == 151)
     }
 
     /// Catches: a cut that reads the host's addresses (a trip into the namespace) or sets up

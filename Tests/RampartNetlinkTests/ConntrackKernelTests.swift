@@ -70,25 +70,6 @@ import RampartHarness
         #expect(try ct.delete(all6).deleted == 1)
     }
 
-    /// An expired entry (timeout 0, how the revocation cuts) is gone for every reader at once:
-    /// dumps, `conntrack -L`, a second expire, and a new entry with its tuple can be made.
-    @Test func expireEndsAnEntryAtOnce() throws {
-        let ns = try TestNamespace(prefix: "ctexp")
-        let ct = try ConntrackConnection(namespace: .named(ns.name))
-        let doomed = (0..<40).map { Self.tcp(0xC000_020A, UInt16(30000 + $0), Self.web1, 22) }
-        let kept = (0..<10).map { Self.tcp(0xC000_020A, UInt16(31000 + $0), Self.web2, 22) }
-        try ct.create(doomed + kept)
-        let found = try ct.entries(ConntrackFilter(family: .ipv4, field: .originalDestination(Self.v4(Self.web1))))
-        #expect(found.count == 40)
-        #expect(try ct.expire(found) == ConntrackDeletion(deleted: 40, alreadyGone: 0))
-        #expect(try ct.entries(ConntrackFilter(family: .ipv4, field: .originalDestination(Self.v4(Self.web1)))).isEmpty)
-        #expect(try Self.oracleCount(ns, ["-d", "10.0.1.11"]) == 0)
-        #expect(try Self.oracleCount(ns) == 10)
-        #expect(try ct.expire(found) == ConntrackDeletion(deleted: 0, alreadyGone: 40))
-        try ct.create([doomed[0]])  // NLM_F_EXCL: refused if the expired entry still counted
-        #expect(try Self.oracleCount(ns, ["-d", "10.0.1.11"]) == 1)
-    }
-
     /// The costs the revocation pays, with a big table: a dump per family, a dump filtered by one
     /// address in the kernel, and deleting 1,000 entries (figures printed, bounds loose).
     @Test func costsWithABigTable() throws {

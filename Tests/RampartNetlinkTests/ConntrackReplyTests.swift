@@ -43,4 +43,31 @@ import RampartTestSupport
         let error = #expect(throws: NetlinkError.self) { try ConntrackConnection(transport: kernel([EPERM, 0])).delete([Self.a, Self.b]) }
         #expect(error?.errno == .EPERM)
     }
+
+    /// Catches: an ack asked per entry (a `recv` each), or a silent success not counted, or a
+    /// refusal among the silent ones lost, across more than one datagram.
+    @Test func deleteAsksOneAckPerDatagram() throws {
+        let entries = (0..<1_000).map { i -> ConntrackEntry in
+            var e = Self.b
+            e.original.sourcePort = UInt16(10_000 + i)
+            return e
+        }
+        var datagrams = 0, acksAsked = 0
+        let kernel = ScriptedNetlinkTransport { request in
+            datagrams += 1
+            var out: [[UInt8]] = []
+            for m in request.messages {
+                let asked = m.flags & UInt16(NLM_F_ACK) != 0
+                if asked { acksAsked += 1 }
+                // As the kernel answers: an error always, a success only when asked.
+                let errno: Int32 = m.seq % 7 == 0 ? ENOENT : 0
+                if errno != 0 || asked { out.append(NetlinkReply.error(seq: m.seq, errno: errno)) }
+            }
+            return [NetlinkReply.datagram(out)]
+        }
+        let result = try ConntrackConnection(transport: kernel).delete(entries)
+        #expect(datagrams > 1)
+        #expect(acksAsked == datagrams)
+        #expect(result.deleted + result.alreadyGone == 1_000 && result.alreadyGone > 100, "\(result)")
+    }
 }
