@@ -18,10 +18,10 @@ struct RefreshEvents {
         self.store = store
     }
 
-    /// A drain that failed part-way (a store read failed): `applied` is the Plan of the
-    /// refreshes the engine took before the failure. Each refresh reads everything before its
-    /// first event, so the engine holds whole refreshes only; their Plan must reach the kernel
-    /// (a revoke among them read from the store is owed to it), the rest waits for the store.
+    /// A drain that failed part-way (a store read failed): `applied` is the Plan of every event
+    /// the engine took before the failure. Each refresh reads everything before its first event,
+    /// so the engine holds whole refreshes only; their Plan must reach the kernel (a revoke among
+    /// them read from the store is owed to it), the rest waits for the store.
     struct PartlyPlanned: Error, CustomStringConvertible {
         let applied: Plan
         let underlying: any Error
@@ -32,17 +32,27 @@ struct RefreshEvents {
     /// kernel runs a batch in order). Throws `PartlyPlanned` when a refresh fails after others
     /// were given to the engine.
     mutating func plan(for items: Set<Refresh>, engine: inout Engine) throws -> Plan {
-        var ops: [PlanOp] = []
+        applied = []
+        defer { applied = [] }
         do {
-            return try plan(for: items, engine: &engine, ops: &ops)
+            try planEach(items, &engine)
+            return Plan(ops: applied)
         } catch {
-            if ops.isEmpty { throw error }
-            throw PartlyPlanned(applied: Plan(ops: ops), underlying: error)
+            if applied.isEmpty { throw error }
+            throw PartlyPlanned(applied: Plan(ops: applied), underlying: error)
         }
     }
 
-    private mutating func plan(for items: Set<Refresh>, engine: inout Engine, ops: inout [PlanOp]) throws -> Plan {
-        if items.contains(.host) { return try reload(&engine) }
+    /// The operations of every event given to the engine in this drain so far, in order. Each
+    /// event's Plan is kept as soon as the engine took it, so that a refresh that fails after
+    /// some of its events (an event the engine refuses, then a reload) loses none of them: the
+    /// reload's Plan is a difference from the engine's state, which already includes them.
+    private var applied: [PlanOp] = []
+
+    private mutating func record(_ p: Plan) { applied += p.ops }
+
+    private mutating func planEach(_ items: Set<Refresh>, _ engine: inout Engine) throws {
+        if items.contains(.host) { return record(try reload(&engine)) }
         refreshedInstances = Set(items.compactMap { if case .instance(let id) = $0 { id } else { nil } })
         pendingRules = Set(items.compactMap { if case .rules(let g) = $0 { g } else { nil } })
         defer { refreshedInstances = []; pendingRules = [] }
@@ -50,22 +60,17 @@ struct RefreshEvents {
             // Instances first (their groups decide what is local), then rules, then members; in
             // a fixed order within each kind, so that a drain is reproducible.
             for item in items.sorted(by: { (Self.order($0), "\($0)") < (Self.order($1), "\($1)") }) {
-                let p: Plan
                 switch item {
-                case .instance(let id): p = try instanceRefresh(id, &engine)
-                case .rules(let g): p = try rulesRefresh(g, &engine)
-                case .members(let g): p = try membersRefresh(g, &engine)
-                case .host: p = Plan()
+                case .instance(let id): try instanceRefresh(id, &engine)
+                case .rules(let g): try rulesRefresh(g, &engine)
+                case .members(let g): try membersRefresh(g, &engine)
+                case .host: break
                 }
-                ops += p.ops
             }
-            return Plan(ops: ops)
         } catch is Reload {
-            ops += try reload(&engine).ops
-            return Plan(ops: ops)
+            record(try reload(&engine))
         } catch is DocumentError {
-            ops += try reload(&engine).ops
-            return Plan(ops: ops)
+            record(try reload(&engine))
         }
     }
 
@@ -122,35 +127,33 @@ struct RefreshEvents {
     /// arrive as instance refreshes), first creating in the document, without rules, each of
     /// `groups` and `alsoCreate` it lacks (so that records and rules can name them). Every read
     /// comes before the first event.
-    private mutating func membersAfresh(_ groups: Set<String>, alsoCreate: some Sequence<String>, _ engine: inout Engine) throws -> [PlanOp] {
+    private mutating func membersAfresh(_ groups: Set<String>, alsoCreate: some Sequence<String>, _ engine: inout Engine) throws {
         var elsewhere: [String: [String: Instance]] = [:]
         for g in groups {
             elsewhere[g] = try store.memberRecords(of: g).filter { $0.value.host != host }
         }
-        var ops: [PlanOp] = []
         for g in groups.union(alsoCreate).sorted() where engine.document.groups[g] == nil {
-            ops += try engine.rulesChanged(group: g, rules: []).ops
+            record(try engine.rulesChanged(group: g, rules: []))
         }
         for g in groups.sorted() {
             let docGroups = engine.document.groups
             var members: [String: Instance] = [:]
             for (id, inst) in elsewhere[g]! { members[id] = HostProjection.project(inst, onto: host, groups: docGroups) }
             for (id, inst) in engine.localMembers(of: g) { members[id] = inst }
-            ops += try engine.membersChanged(group: g, members: members).ops
+            record(try engine.membersChanged(group: g, members: members))
         }
-        return ops
     }
 
-    private mutating func instanceRefresh(_ id: String, _ engine: inout Engine) throws -> Plan {
+    private mutating func instanceRefresh(_ id: String, _ engine: inout Engine) throws {
         let current = engine.document.instances[id]
         let record = try store.instance(id)
         guard let rec = record, rec.host == host else {
-            if let c = current, c.host == host, record == nil { return try engine.instanceUnplugged(id: id) }
-            if current == nil && record == nil { return Plan() }
+            if let c = current, c.host == host, record == nil { return self.record(try engine.instanceUnplugged(id: id)) }
+            if current == nil && record == nil { return }
             throw Reload()
         }
         if let c = current, c.host == host {
-            if c == rec { return Plan() }
+            if c == rec { return }
             var same = c
             same.groups = rec.groups
             guard same == rec else { throw Reload() }
@@ -159,13 +162,13 @@ struct RefreshEvents {
             guard Set(rec.groups).subtracting(c.groups).allSatisfy({ isUpToDate($0, engine) }) else {
                 return try joinGroupsNewHere(id, rec, &engine)
             }
-            return try engine.instanceGroupsChanged(id: id, groups: rec.groups)
+            return self.record(try engine.instanceGroupsChanged(id: id, groups: rec.groups))
         }
         guard current == nil else { throw Reload() }  // moved here from another host
         guard rec.groups.allSatisfy({ isUpToDate($0, engine) }) else {
             return try joinGroupsNewHere(id, rec, &engine)
         }
-        return try engine.instancePlugged(id: id, instance: rec)
+        self.record(try engine.instancePlugged(id: id, instance: rec))
     }
 
     /// Instance `id` becomes `rec` (plugged here, or its groups changed) and brings a group
@@ -182,7 +185,7 @@ struct RefreshEvents {
     /// unreferenced stays in the document, compiling to nothing (no member here, or no rule here
     /// reads it), as after any unplug; it is read afresh should it be needed again. Every read
     /// comes before the first event, so a failed read leaves the engine as it was.
-    private mutating func joinGroupsNewHere(_ id: String, _ rec: Instance, _ engine: inout Engine) throws -> Plan {
+    private mutating func joinGroupsNewHere(_ id: String, _ rec: Instance, _ engine: inout Engine) throws {
         let untrusted = enforcedButNotUpToDate(engine)
         // The groups local after the change that are not up to date: the instance's new ones,
         // and those enforced but not up to date that keep a member here besides it.
@@ -195,14 +198,13 @@ struct RefreshEvents {
         }
         let unkept = HostProjection.referencedGroups(by: fresh.values).filter { !engine.isReferencedByEnforcedGroup($0, excluding: untrusted) }
         let plugged = engine.document.instances[id] == nil
-        var ops = try membersAfresh(unkept, alsoCreate: fresh.keys, &engine)
+        try membersAfresh(unkept, alsoCreate: fresh.keys, &engine)
         for (g, group) in fresh.sorted(by: { $0.key < $1.key }) {
-            ops += try engine.rulesChanged(group: g, rules: group.rules, description: group.description).ops
+            record(try engine.rulesChanged(group: g, rules: group.rules, description: group.description))
         }
-        ops += try (plugged
+        record(try plugged
             ? engine.instancePlugged(id: id, instance: rec)
-            : engine.instanceGroupsChanged(id: id, groups: rec.groups)).ops
-        return Plan(ops: ops)
+            : engine.instanceGroupsChanged(id: id, groups: rec.groups))
     }
 
     // Both below ask the engine's indexes (which groups have a member here, which groups their
@@ -210,11 +212,11 @@ struct RefreshEvents {
     // instances in 2,000 groups those walks were most of a refresh's CPU (`rampart-bench
     // controller`, one notified host).
 
-    private mutating func rulesRefresh(_ group: String, _ engine: inout Engine) throws -> Plan {
+    private mutating func rulesRefresh(_ group: String, _ engine: inout Engine) throws {
         guard engine.enforces(group) else {
             // Not enforced here (as far as this host knows): only a reload can tell.
             if try store.hostsForRulesRefresh(group).contains(host) { throw Reload() }
-            return Plan()
+            return
         }
         guard let g = try store.group(group) else { throw Reload() }
         // Only the groups that this host's up-to-date groups reference have their members kept
@@ -224,16 +226,15 @@ struct RefreshEvents {
         // read them. (Until 2026-12-04 that was a reload of the whole document.)
         let untrusted = enforcedButNotUpToDate(engine)
         let stale = HostProjection.referencedGroups(by: [g]).filter { !engine.isReferencedByEnforcedGroup($0, excluding: untrusted) }
-        var ops = try membersAfresh(stale, alsoCreate: [String](), &engine)
-        ops += try engine.rulesChanged(group: group, rules: g.rules, description: g.description).ops
-        return Plan(ops: ops)
+        try membersAfresh(stale, alsoCreate: [String](), &engine)
+        record(try engine.rulesChanged(group: group, rules: g.rules, description: g.description))
     }
 
-    private mutating func membersRefresh(_ group: String, _ engine: inout Engine) throws -> Plan {
+    private mutating func membersRefresh(_ group: String, _ engine: inout Engine) throws {
         // Members matter here only to a rule of a group with a member here; a group referenced
         // only by groups without one is read afresh when one of them gains a member here
         // (`joinGroupsNewHere`), so its members need not be kept meanwhile.
-        guard engine.isReferencedByEnforcedGroup(group) else { return Plan() }
+        guard engine.isReferencedByEnforcedGroup(group) else { return }
         let groups = engine.document.groups
         var members: [String: Instance] = [:]
         // Instances elsewhere as the store has them; instances of this host as the engine has
@@ -243,6 +244,6 @@ struct RefreshEvents {
             members[id] = HostProjection.project(inst, onto: host, groups: groups)
         }
         for (id, inst) in engine.localMembers(of: group) { members[id] = inst }
-        return try engine.membersChanged(group: group, members: members)
+        record(try engine.membersChanged(group: group, members: members))
     }
 }
