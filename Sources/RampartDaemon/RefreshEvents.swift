@@ -18,10 +18,11 @@ struct RefreshEvents {
         self.store = store
     }
 
-    /// A drain that failed part-way (a store read failed): `applied` is the Plan of every event
-    /// the engine took before the failure. Each refresh reads everything before its first event,
-    /// so the engine holds whole refreshes only; their Plan must reach the kernel (a revoke among
-    /// them read from the store is owed to it), the rest waits for the store.
+    /// A drain that failed part-way (a store read failed, or the reload after a refused event
+    /// did): `applied` is the Plan of every event the engine took before the failure. Each
+    /// refresh reads everything before its first event, so a store failure leaves whole
+    /// refreshes in the engine. Their Plan must reach the kernel (a revoke among them, read from
+    /// the store, is owed to it); the rest waits for the store.
     struct PartlyPlanned: Error, CustomStringConvertible {
         let applied: Plan
         let underlying: any Error
@@ -146,10 +147,10 @@ struct RefreshEvents {
 
     private mutating func instanceRefresh(_ id: String, _ engine: inout Engine) throws {
         let current = engine.document.instances[id]
-        let record = try store.instance(id)
-        guard let rec = record, rec.host == host else {
-            if let c = current, c.host == host, record == nil { return self.record(try engine.instanceUnplugged(id: id)) }
-            if current == nil && record == nil { return }
+        let stored = try store.instance(id)
+        guard let rec = stored, rec.host == host else {
+            if let c = current, c.host == host, stored == nil { return record(try engine.instanceUnplugged(id: id)) }
+            if current == nil && stored == nil { return }
             throw Reload()
         }
         if let c = current, c.host == host {
@@ -162,13 +163,13 @@ struct RefreshEvents {
             guard Set(rec.groups).subtracting(c.groups).allSatisfy({ isUpToDate($0, engine) }) else {
                 return try joinGroupsNewHere(id, rec, &engine)
             }
-            return self.record(try engine.instanceGroupsChanged(id: id, groups: rec.groups))
+            return record(try engine.instanceGroupsChanged(id: id, groups: rec.groups))
         }
         guard current == nil else { throw Reload() }  // moved here from another host
         guard rec.groups.allSatisfy({ isUpToDate($0, engine) }) else {
             return try joinGroupsNewHere(id, rec, &engine)
         }
-        self.record(try engine.instancePlugged(id: id, instance: rec))
+        record(try engine.instancePlugged(id: id, instance: rec))
     }
 
     /// Instance `id` becomes `rec` (plugged here, or its groups changed) and brings a group
