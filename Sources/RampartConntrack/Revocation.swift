@@ -104,13 +104,14 @@ public enum Revocation {
         var report = Report()
         report.scope = scope
         let local = Lazily { LocalAddresses(ir) }  // a walk of the IR: only if an entry is found
-        let evaluator = Lazily { CachedEvaluator(ir) }  // likewise
+        let sourcePortsRead = Lazily { Revocation.sourcePortsRead(by: ir) }  // likewise
         var hostAddressesCache: Set<IPAddress>?  // read only if an entry needs it (its read throws)
         var doomed: [ConntrackEntry] = []
         var seen: Set<ConntrackEntry> = []
         // What each flow pattern came to, keyed by the tuple the policy sees (integers: cheaper
         // to hash than the packet with its interface names): the entries of a revoked service
-        // are mostly one pattern with many source ports, evaluated once.
+        // are mostly one pattern with many source ports, evaluated once. The source port is in
+        // the key only where a rule reads it (`udp sport`).
         var outcomes: [ConntrackTuple: Outcome] = [:]
 
         func consider(_ e: ConntrackEntry) throws(NetlinkError) {
@@ -132,7 +133,7 @@ public enum Revocation {
             pattern.destination = destination.conntrack
             pattern.destinationPort = destinationPort
             pattern.icmpID = nil
-            if !ports { pattern.sourcePort = nil } else if let p = t.sourcePort, !evaluator.value.sourcePortsSeen.contains(p) { pattern.sourcePort = 0 }
+            if !ports { pattern.sourcePort = nil } else if let p = t.sourcePort, !sourcePortsRead.value.contains(p) { pattern.sourcePort = 0 }
             if let known = outcomes[pattern] {
                 if known != .notAnInstances { report.evaluated += 1 }
                 if known == .refused { doomed.append(e) }
@@ -151,10 +152,10 @@ public enum Revocation {
             let output = destinationIface ?? (hostAddresses.contains(destination) ? nil : outsideInterface)
             let packet = PacketDescription(
                 from: input, to: output, source: source, destination: destination, protocolNumber: t.protocolNumber,
-                sourcePort: ports ? t.sourcePort : nil, destinationPort: destinationPort,
+                sourcePort: pattern.sourcePort, destinationPort: destinationPort,
                 icmpType: t.icmpType, icmpCode: t.icmpCode, connectionState: .new, tcpFlags: 0x02)
             report.evaluated += 1
-            let allowed = evaluator.value.allows(packet)
+            let allowed = Evaluate.packet(packet, in: ir).allowed
             outcomes[pattern] = allowed ? .allowed : .refused
             if !allowed { doomed.append(e) }
         }
@@ -298,32 +299,17 @@ struct LocalAddresses {
     func has(_ f: ConntrackFamily) -> Bool { interfaceOf.keys.contains { $0.family.conntrack == f } }
 }
 
-/// `Evaluate.packet` with its verdicts remembered per packet: entries of one flow pattern (many
-/// source ports to one service) are evaluated once. The source port is kept only when some rule
-/// looks at it (`udp sport`), else it is left out of the key.
-final class CachedEvaluator {
-    let ir: RulesetIR
-    let sourcePortsSeen: Set<UInt16>
-    var cache: [PacketDescription: Bool] = [:]
-
-    init(_ ir: RulesetIR) {
-        self.ir = ir
+extension Revocation {
+    /// The source ports some rule of `ir` matches (`udp sport`): the only ones that can change a
+    /// verdict, so the only ones a flow pattern keeps.
+    static func sourcePortsRead(by ir: RulesetIR) -> Set<UInt16> {
         var ports: Set<UInt16> = []
         for c in ir.chains.values {
             for r in c.rules {
                 for m in r.matches { if case .udpSport(let p) = m { ports.insert(p) } }
             }
         }
-        sourcePortsSeen = ports
-    }
-
-    func allows(_ packet: PacketDescription) -> Bool {
-        var p = packet
-        if let s = p.sourcePort, !sourcePortsSeen.contains(s) { p.sourcePort = 0 }
-        if let v = cache[p] { return v }
-        let v = Evaluate.packet(p, in: ir).allowed
-        cache[p] = v
-        return v
+        return ports
     }
 }
 

@@ -191,22 +191,26 @@ final class Reconciler: @unchecked Sendable {
         // all of it (copy-on-write), a cost that grows with the host.
         let hadTable = engine.planned != nil
         engine.recordReplacedChains()
+        // The chains the events replaced, as they were (nil: there was no table).
+        func replacedChains() -> RulesetIR? {
+            let replaced = engine.takeReplacedChains()
+            return hadTable ? RulesetIR(chains: replaced.compactMapValues { $0 }) : nil
+        }
         let plan: Plan
         let before: RulesetIR?
         do {
             let reads = events.documentReads
             plan = try events.plan(for: items, engine: &engine)
-            let replaced = engine.takeReplacedChains()
-            before = hadTable ? RulesetIR(chains: replaced.compactMapValues { $0 }) : nil
+            before = replacedChains()
             if events.documentReads != reads { state.locked { $0.status.documentReloads += 1 } }
         } catch let partly as RefreshEvents.PartlyPlanned {
             // The store failed after some refreshes reached the engine: their Plan goes to the
             // kernel now (no store needed), so that a revoke already read is not held back until
             // the store returns, and the engine never runs ahead of the kernel. The drain still
             // fails: the resync after it reloads the rest.
-            let replaced = engine.takeReplacedChains()
+            let previous = replacedChains()
             record(error: "refresh failed part-way (the refreshes read before it are committed): \(partly.underlying)")
-            commitOrRepair(partly.applied, previous: hadTable ? RulesetIR(chains: replaced.compactMapValues { $0 }) : nil, since: start)
+            commitOrRepair(partly.applied, previous: previous, since: start)
             return .failed("\(partly.underlying)")
         } catch {
             _ = engine.takeReplacedChains()

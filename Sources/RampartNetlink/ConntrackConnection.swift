@@ -109,12 +109,12 @@ public final class ConntrackConnection {
 
     // MARK: delete
 
-    /// Deletes these entries (by original tuple, zone and, when known, id), many per datagram,
-    /// only each datagram's last asking for an ack (`Acks.lastOfDatagram`). ENOENT (already gone)
-    /// is counted, not thrown; any other refusal is thrown after the rest were tried.
+    /// Deletes these entries (by original tuple, zone and, when known, id), many per datagram
+    /// (`requests`). ENOENT (already gone) is counted, not thrown; any other refusal is thrown
+    /// after the rest were tried.
     @discardableResult
     public func delete(_ entries: [ConntrackEntry]) throws(NetlinkError) -> ConntrackDeletion {
-        let (done, gone, failure) = try requests(entries, "IPCTNL_MSG_CT_DELETE", acks: .lastOfDatagram) { ConntrackMessages.buildDelete(into: $0, sequence: $1, entry: $2) }
+        let (done, gone, failure) = try requests(entries, "IPCTNL_MSG_CT_DELETE") { ConntrackMessages.buildDelete(into: $0, sequence: $1, entry: $2) }
         if let failure { throw failure }
         return ConntrackDeletion(deleted: done, alreadyGone: gone)
     }
@@ -126,21 +126,13 @@ public final class ConntrackConnection {
         if let failure { throw failure }
     }
 
-    /// Which requests of a datagram ask for an ack. The kernel handles every message of a
-    /// datagram inside `sendto`, in order, and queues an answer per acked message (and an error
-    /// for any message that failed), each a datagram of its own: one `recv` each.
-    enum Acks {
-        /// Every request: its answer says done, ENOENT or why not.
-        case each
-        /// Only a datagram's last request: a success is silence, a failure still answers, and
-        /// the last one's answer comes after all of theirs. One `recv` per datagram instead of
-        /// one per entry (deleting 1,000 entries: 1,000 `recv`s fewer, ~1 ms here).
-        case lastOfDatagram
-    }
-
     /// Sends one request per entry, packed into datagrams of at most 60 KiB, and counts the
-    /// answers: done, ENOENT, and the first other failure.
-    private func requests(_ entries: [ConntrackEntry], _ label: String, acks: Acks = .each,
+    /// answers: done, ENOENT, and the first other failure. Only a datagram's last request asks
+    /// for an ack: the kernel handles every message of a datagram inside `sendto`, in order, and
+    /// queues each answer as a datagram of its own (one `recv` each), so a success is silence,
+    /// a failure still answers, and the last one's ack comes after all of them. (An ack per
+    /// request cost deleting 1,000 entries 1,000 `recv`s: 3.0–3.5 ms against 1.5–2.0 ms.)
+    private func requests(_ entries: [ConntrackEntry], _ label: String,
                           _ build: (UnsafeMutableRawPointer, UInt32, ConntrackEntry) -> Int) throws(NetlinkError) -> (Int, Int, NetlinkError?) {
         var done = 0, gone = 0
         var firstFailure: NetlinkError?
@@ -155,28 +147,27 @@ public final class ConntrackConnection {
                 while index < entries.count, offset + 512 <= capacity {
                     let nlh = (buf + offset).assumingMemoryBound(to: nlmsghdr.self)
                     offset += build(buf + offset, first &+ UInt32(count), entries[index])
-                    if acks == .lastOfDatagram { nlh.pointee.nlmsg_flags &= ~UInt16(NLM_F_ACK) }
+                    nlh.pointee.nlmsg_flags &= ~UInt16(NLM_F_ACK)
                     last = nlh
                     index += 1
                     count += 1
                 }
-                if acks == .lastOfDatagram { last?.pointee.nlmsg_flags |= UInt16(NLM_F_ACK) }
+                last?.pointee.nlmsg_flags |= UInt16(NLM_F_ACK)
                 _ = socket.reserveSequence(count)
                 try socket.send(buf, length: offset)
             }
-            var answered = 0, refused = 0
+            var refused = 0
             var lastAnswered = false
             let lastSequence = first &+ UInt32(count - 1)
-            while acks == .each ? answered < count : !lastAnswered {
+            while !lastAnswered {
                 let got = try socket.receive(wait: true) { (nlh) throws(NetlinkError) in
                     guard nlh.pointee.nlmsg_type == UInt16(NLMSG_ERROR) else { return }
                     var err = rampart_nlerr()
                     guard rampart_parse_nlerr(nlh, &err) else { throw .protocolError("truncated error message") }
                     guard err.seq &- first < UInt32(count) else { return }
-                    answered += 1
                     if err.seq == lastSequence { lastAnswered = true }
                     switch err.error {
-                    case 0: if acks == .each { done += 1 }
+                    case 0: break
                     case ENOENT:
                         gone += 1
                         refused += 1
@@ -190,7 +181,7 @@ public final class ConntrackConnection {
                 }
                 if !got { throw .protocolError("no reply to \(label)") }
             }
-            if acks == .lastOfDatagram { done += count - refused }
+            done += count - refused
         }
         return (done, gone, firstFailure)
     }
