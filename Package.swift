@@ -194,7 +194,7 @@ let package = Package(
             dependencies: ["RampartNFTables", "RampartIPTables", "RampartConntrack", "RampartCore", "RampartNetlink", "RampartHarness", "RampartSystem", "RampartTestSupport", "RampartCoreTestSupport"]
         ),
         .testTarget(name: "RampartIPTablesTests", dependencies: ["RampartIPTables", "RampartCore", "RampartHarness", "RampartSystem"]),
-        .testTarget(name: "RampartEC2Tests", dependencies: ["RampartEC2", "RampartStore", "RampartCore", "RampartHarness", "RampartCompute"]),
+        .testTarget(name: "RampartEC2Tests", dependencies: ["RampartEC2", "RampartStore", "RampartCore", "RampartHarness", "RampartCompute", "RampartCoreTestSupport"]),
         .testTarget(name: "RampartStoreTests", dependencies: ["RampartStore", "RampartCore", "RampartCoreTestSupport", "RampartSystem", "RampartHarness"]),
         .testTarget(
             name: "RampartDaemonTests",

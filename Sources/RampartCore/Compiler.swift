@@ -42,13 +42,32 @@ public enum Compiler {
             IRRule([fromMine, .nfproto(.ipv6), .ifaceSaddrNotInSet(.ipv6, Naming.sources6)], .drop),
         ]
         // Conntrack, then the instance's own chain, then the guard, for one direction.
+        //
+        // From an instance, `related` is accepted only for a connection the instance is an end
+        // of (its interface and one of its addresses as the source of the connection's original
+        // or reply direction): conntrack relates an ICMP error to a connection by the header it
+        // quotes and checks that the error goes to that connection's end, never who sends it,
+        // so an instance with no egress could otherwise send errors quoting anyone's connection
+        // through this host (a channel out of an isolated instance, and errors into other
+        // instances' flows past their ingress rules). Any other related packet from an
+        // instance is left to its group rules, like a new one.
         func stateAndDispatch(_ mine: Match, _ key: InterfaceKey, _ map: String) -> [IRRule] {
-            [
+            let accepted: [IRRule]
+            if key == .iifname {
+                accepted = [IRRule([mine, .ctState(.established)], .accept)]
+                    + [(IPFamily.ipv4, Naming.sources4), (.ipv6, Naming.sources6)].flatMap { f, set in
+                        [false, true].map { reply in
+                            IRRule([mine, .ctState(.related), .nfproto(f), .ifaceCtSaddrInSet(f, reply: reply, set)], .accept)
+                        }
+                    }
+            } else {
+                accepted = [IRRule([mine, .ctState(ctEstablished)], .accept)]
+            }
+            return [
                 IRRule([mine, .ctState(.invalid)], .drop),
                 IRRule([mine, .l4proto(6), .ctState(.new), .tcpNotInitialSYN], .drop),
-                IRRule([mine, .ctState(ctEstablished)], .accept),
-                IRRule([], .vmap(key, map)),
-            ] + guarded.map { IRRule([key == .iifname ? .iifnamePrefix($0) : .oifnamePrefix($0)], .drop) }
+            ] + accepted + [IRRule([], .vmap(key, map))]
+                + guarded.map { IRRule([key == .iifname ? .iifnamePrefix($0) : .oifnamePrefix($0)], .drop) }
         }
         let fromState = stateAndDispatch(fromMine, .iifname, Naming.fromInstanceMap)
         let toState = stateAndDispatch(toMine, .oifname, Naming.toInstanceMap)

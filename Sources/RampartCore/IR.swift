@@ -148,12 +148,18 @@ public enum Match: Hashable, Sendable {
     case ndTargetNotLinkLocal
     /// `iifname . <neighbour advertisement target> != @set` (set of `ifname . ipv6_addr`).
     case ifaceNDTargetNotInSet(String)
+    /// `iifname . ct original ip saddr @set` (`reply`: `ct reply …`; family says ip or ip6): the
+    /// input interface and the source of one direction of the packet's connection are a pair
+    /// in the set. With `ctState(.related)`: an ICMP error from an instance about a connection
+    /// it is an end of (contract rules 1 and 3).
+    case ifaceCtSaddrInSet(IPFamily, reply: Bool, String)
 
     /// The named set this term reads, if any.
     public var setReference: String? {
         switch self {
         case .iifnameInSet(let s), .oifnameInSet(let s), .saddrInSet(_, let s), .daddrInSet(_, let s),
-             .ifaceSaddrNotInSet(_, let s), .ifaceEtherSaddrNotInSet(let s), .ifaceNDTargetNotInSet(let s): s
+             .ifaceSaddrNotInSet(_, let s), .ifaceEtherSaddrNotInSet(let s), .ifaceNDTargetNotInSet(let s),
+             .ifaceCtSaddrInSet(_, _, let s): s
         default: nil
         }
     }

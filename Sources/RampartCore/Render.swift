@@ -58,6 +58,7 @@ public enum Render {
         // nft 1.0.6 has no name for the target field: raw payload (ICMPv6 bytes 8-9, 8-23).
         case .ndTargetNotLinkLocal: return "@th,64,16 & 0xffc0 != 0xfe80"
         case .ifaceNDTargetNotInSet(let s): return "iifname . @th,64,128 != \(ref(s))"
+        case .ifaceCtSaddrInSet(let f, let reply, let s): return "iifname . ct \(reply ? "reply" : "original") \(f == .ipv4 ? "ip" : "ip6") saddr \(ref(s))"
         }
     }
 

@@ -434,24 +434,44 @@ public final class EC2Service: Sendable {
     }
 
     /// AWS's filter patterns: `*` any run of characters, `?` one character, `\` escapes.
+    ///
+    /// Greedy with one backtrack point (the last `*`): at most pattern × value steps. A
+    /// recursive backtracker took time exponential in the stars (`*a*a*a*a*b` against 255 `a`s
+    /// did not finish in minutes), and a request cannot be cancelled: a few such filters from any
+    /// account would have held the API's threads for everyone.
     static func matches(_ pattern: String, _ value: String) -> Bool {
-        let p = Array(pattern), v = Array(value)
-        func go(_ i: Int, _ j: Int) -> Bool {
-            if i == p.count { return j == v.count }
-            switch p[i] {
-            case "*":
-                var k = j
-                while true {
-                    if go(i + 1, k) { return true }
-                    if k == v.count { return false }
-                    k += 1
-                }
-            case "?": return j < v.count && go(i + 1, j + 1)
-            case "\\" where i + 1 < p.count: return j < v.count && v[j] == p[i + 1] && go(i + 2, j + 1)
-            default: return j < v.count && v[j] == p[i] && go(i + 1, j + 1)
+        enum Token: Equatable { case star, one, char(Character) }
+        var t: [Token] = []
+        var it = Array(pattern)[...]
+        while let c = it.popFirst() {
+            switch c {
+            case "*": if t.last != .star { t.append(.star) }
+            case "?": t.append(.one)
+            case "\\" where !it.isEmpty: t.append(.char(it.popFirst()!))
+            default: t.append(.char(c))
             }
         }
-        return go(0, 0)
+        let v = Array(value)
+        var i = 0, j = 0
+        var star: (token: Int, value: Int)?
+        while j < v.count {
+            if i < t.count, t[i] == .one || t[i] == .char(v[j]) {
+                i += 1
+                j += 1
+            } else if i < t.count, t[i] == .star {
+                star = (i, j)
+                i += 1
+            } else if let s = star {
+                // The last star takes one character more; everything after it is tried again.
+                star = (s.token, s.value + 1)
+                i = s.token + 1
+                j = s.value + 1
+            } else {
+                return false
+            }
+        }
+        while i < t.count, t[i] == .star { i += 1 }
+        return i == t.count
     }
 
     static func pageSize(_ form: Form, range: ClosedRange<Int>) throws(EC2Error) -> Int? {

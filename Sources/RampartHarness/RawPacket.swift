@@ -128,6 +128,22 @@ public enum RawPacket {
         return try ip(src: src, dst: dst, proto: 6, ttl: ttl, withChecksum(seg, at: 16, src: src, dst: dst, proto: 6))
     }
 
+    /// A whole IPv4 packet carrying one ICMP message (`body`: what follows type, code and checksum).
+    public static func icmp(src: String, dst: String, type: UInt8, code: UInt8 = 0, ttl: UInt8 = 64, _ body: [UInt8]) throws -> [UInt8] {
+        var msg = [type, code, 0, 0] + body
+        let c = checksum(msg)
+        msg[2] = UInt8(c >> 8); msg[3] = UInt8(c & 0xff)
+        return try ip(src: src, dst: dst, proto: 1, ttl: ttl, msg)
+    }
+
+    /// A "destination (port) unreachable" error from `src` to `dst` quoting `quoted` (a whole IP
+    /// packet of the family): ICMP type 3 code 3, or ICMPv6 type 1 code 4.
+    public static func portUnreachable(src: String, dst: String, quoting quoted: [UInt8]) throws -> [UInt8] {
+        try addressBytes(src).count == 4
+            ? icmp(src: src, dst: dst, type: 3, code: 3, [0, 0, 0, 0] + quoted)
+            : icmpv6(src: src, dst: dst, type: 1, code: 4, hopLimit: 64, [0, 0, 0, 0] + quoted)
+    }
+
     /// A whole IPv6 packet carrying one ICMPv6 message (`body`: what follows type, code and checksum).
     public static func icmpv6(src: String, dst: String, type: UInt8, code: UInt8 = 0, hopLimit: UInt8 = 255, _ body: [UInt8]) throws -> [UInt8] {
         let msg = [type, code, 0, 0] + body

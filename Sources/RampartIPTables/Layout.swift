@@ -8,8 +8,9 @@ import RampartCore
 ///
 /// Order on every path that starts at an instance's interface: MAC, then source address (or the
 /// few link-protocol packets that may carry another source, to the host only), then the link
-/// protocols, then the guarded destinations, then conntrack (invalid, non-SYN new, established),
-/// then the policy. Nothing is accepted or returned before the source checks.
+/// protocols, then the guarded destinations, then conntrack (invalid, non-SYN new, established,
+/// related to a connection the instance is an end of), then the policy. Nothing is accepted or
+/// returned before the source checks.
 struct InstanceChecks {
     let topology: IPTTopology
     let guarded: [String]
@@ -82,6 +83,12 @@ struct InstanceChecks {
         let inv = "-m conntrack --ctstate INVALID -j DROP"
         let syn = "-p tcp -m conntrack --ctstate NEW -m tcp ! --tcp-flags FIN,SYN,RST,ACK SYN -j DROP"
         let est = "-m conntrack --ctstate RELATED,ESTABLISHED"
+        // From an instance, only its own connections' related packets (docs/iptables.md; the
+        // nftables backend's reason, Compiler.baseChains): the rest go through its group rules.
+        let established = "-m conntrack --ctstate ESTABLISHED"
+        func relatedOwn(_ then: String) -> [String] {
+            [clear, "-m conntrack --ctstate RELATED -j \(IPTNames.relatedOwn)", "\(marked) -g \(then)"]
+        }
         let clear = IPTRender.clearMark
         let marked = "-m mark --mark \(IPTRender.markMask)/\(IPTRender.markMask)", unmarked = "-m mark ! --mark \(IPTRender.markMask)/\(IPTRender.markMask)"
         let notMarked = "\(unmarked) -j DROP"
@@ -143,7 +150,7 @@ struct InstanceChecks {
         chains[IPTNames.forward] = testIn + ["\(marked) -g \(IPTNames.forwardFrom)"] + guarded.map { "\(guardIn($0)) -j DROP" }
             + testOut + ["\(marked) -g \(IPTNames.forwardTo)"] + guarded.map { "\(guardOut($0)) -j DROP" }
         chains[IPTNames.forwardFrom] = fromInstanceHead(accept: bridged ? "ACCEPT" : nil, forward: true)
-            + [inv, syn, "\(est) -j ACCEPT"] + policyFrom + policyTo + [clear, "-j ACCEPT"]
+            + [inv, syn, "\(established) -j ACCEPT"] + relatedOwn(IPTNames.relatedAccept) + policyFrom + policyTo + [clear, "-j ACCEPT"]
         var toLink: [String]
         if bridged {
             // The router and DHCP server of a bridged segment may sit elsewhere on it.
@@ -155,7 +162,8 @@ struct InstanceChecks {
 
         // INPUT: instance → host.
         chains[IPTNames.input] = testIn + ["\(marked) -g \(IPTNames.inputInstances)"] + guarded.map { "\(guardIn($0)) -j DROP" }
-        chains[IPTNames.inputInstances] = fromInstanceHead(accept: "RETURN", forward: false) + [inv, syn, "\(est) -j RETURN"] + policyFrom + [clear]
+        chains[IPTNames.inputInstances] = fromInstanceHead(accept: "RETURN", forward: false) + [inv, syn, "\(established) -j RETURN"]
+            + relatedOwn(IPTNames.clearReturn) + policyFrom + [clear]
 
         if !guarded.isEmpty { chains[IPTNames.guardTo] = testOut + [notMarked, clear] }
         if bridged && !v6 { chains[IPTNames.dhcpTo] = testOut + ["\(marked) -j DROP", clear] }
@@ -192,6 +200,13 @@ struct InstanceChecks {
         chains[IPTNames.fromInstances] = fromMap.map { "\(iif($0.0)) -j \(IPTNames.chain($0.1))" }
         chains[IPTNames.toInstances] = toMap.map { "\(oif($0.0)) -j \(IPTNames.chain($0.1))" }
         chains[IPTNames.accept] = [IPTRender.setMark]
+        chains[IPTNames.relatedOwn] = interfaces.flatMap { i in
+            (v6 ? (ipv6[i] ?? []).map { "\($0)" } : (ipv4[i] ?? []).map { "\($0)" }).flatMap { a in
+                ["--ctorigsrc", "--ctreplsrc"].map { "\(iif(i)) -m conntrack \($0) \(a) -g \(IPTNames.accept)" }
+            }
+        }
+        chains[IPTNames.relatedAccept] = [clear, "-j ACCEPT"]
+        chains[IPTNames.clearReturn] = [clear]
         if v6 {
             chains[IPTNames.naCheck] = [
                 // Extension headers before the ICMPv6 header would move the target: refused.

@@ -48,6 +48,13 @@ public enum IPTNames {
     public static let naTargets = "rp-na"
     /// An IR `accept` in a regular chain: `-g rp-accept` sets the mark bit and returns.
     public static let accept = "rp-accept"
+    /// A related packet from an instance (an ICMP error) about a connection it is an end of:
+    /// one rule per interface (port) and address and direction (`--ctorigsrc`, `--ctreplsrc`)
+    /// that sets the mark bit; `rp-rel-ok` then clears it and accepts (forward), `rp-clear`
+    /// clears it and returns (input).
+    public static let relatedOwn = "rp-related"
+    public static let relatedAccept = "rp-rel-ok"
+    public static let clearReturn = "rp-clear"
     /// The built-in chains and the Rampart chain each jumps to.
     public static let entries: [(builtin: String, chain: String)] = [("FORWARD", forward), ("INPUT", input), ("OUTPUT", output)]
 
@@ -69,14 +76,14 @@ public enum IPTNames {
     /// compared as multisets and changed rule by rule (`-D` / `-A`), not rewritten: plugging an
     /// instance adds its few dispatch rules.
     public static let unordered: Set<String> = [fromInstances, toInstances, toHostInstances, outputDispatch, macCheck, naTargets,
-                                                isInstanceIn, isInstanceOut, spoof]
+                                                isInstanceIn, isInstanceOut, spoof, relatedOwn]
 
     /// Every chain the fixed layout renders (`InstanceChecks`), ebtables' included; with the
     /// chains of the earlier layout (`rp-fwd`), so an upgrade deletes them.
     public static let fixedChains: Set<String> = [
         forward, input, output, forwardFrom, forwardTo, inputInstances, outputInstances, fromInstances,
         toInstances, toHostInstances, outputDispatch, macCheck, naCheck, naTargets, accept, arp, bridgeOutput, "rp-fwd", "rp-fwd-ing",
-        isInstanceIn, isInstanceOut, spoof, guardTo, dhcpTo,
+        isInstanceIn, isInstanceOut, spoof, guardTo, dhcpTo, relatedOwn, relatedAccept, clearReturn,
     ]
 
     /// The packet-mark bit Rampart uses (and clears again) to carry "accepted" out of a group

@@ -199,7 +199,7 @@ public enum IPTRender {
             case .etherSaddrNot(let m): mac.append("-m mac ! --mac-source \(m.description)")
             case .ifaceSaddrNotInSet, .ifaceEtherSaddrNotInSet, .ifaceNDTargetNotInSet:
                 throw IPTUnsupported("interface . address sets in regular chains")
-            case .iifnamePrefix, .oifnamePrefix, .ip6HopLimit, .ip6HopLimitNot, .tcpNotInitialSYN, .ndTargetNotLinkLocal:
+            case .iifnamePrefix, .oifnamePrefix, .ip6HopLimit, .ip6HopLimitNot, .tcpNotInitialSYN, .ndTargetNotLinkLocal, .ifaceCtSaddrInSet:
                 throw IPTUnsupported("base-chain matches in regular chains")
             }
         }

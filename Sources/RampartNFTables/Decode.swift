@@ -111,6 +111,9 @@ enum Decode {
                     i += 3; return .ifaceSaddrNotInSet(f, s)
                 case (.iifname, .payload(.transport, 8, 16, .r2)?, .lookup(let s, .r1, nil, true)?):
                     i += 3; return .ifaceNDTargetNotInSet(s)
+                case (.iifname, .ctTuple(let key, let reply, .r2)?, .lookup(let s, .r1, nil, false)?):
+                    guard let f = family, key == (f == .ipv4 ? .sourceIPv4 : .sourceIPv6) else { return nil }
+                    i += 3; return .ifaceCtSaddrInSet(f, reply: reply, s)
                 case (.nfproto, .cmp(.r1, .eq, let d)?, _) where d.count == 1:
                     guard let f: IPFamily = d[0] == 2 ? .ipv4 : d[0] == 10 ? .ipv6 : nil else { return nil }
                     family = f; i += 2; return .nfproto(f)

@@ -162,6 +162,8 @@ enum Translate {
             case .tcpNotInitialSYN: need(l4: 6); out += NFTMatch.tcpNotInitialSYN
             case .ndTargetNotLinkLocal: need(l4: 58); out += NFTMatch.ndTargetNotLinkLocal
             case .ifaceNDTargetNotInSet(let s): need(l4: 58); out += NFTMatch.interfaceAndNDTarget(inSet: s, inverted: true)
+            case .ifaceCtSaddrInSet(let f, let reply, let s):
+                need(f); out += NFTMatch.interfaceAndConnectionSourceWithoutFamilyCheck(ipv6: f == .ipv6, reply: reply, inSet: s)
             }
         }
         if r.counter { out += NFTMatch.counter }

@@ -112,6 +112,10 @@ enum Decode {
             if has(NFTNL_EXPR_CT_DREG), !has(NFTNL_EXPR_CT_DIR), let key = NFTCtKey(rawValue: u32(NFTNL_EXPR_CT_KEY)), let d = reg(NFTNL_EXPR_CT_DREG) {
                 return .ct(key: key, dreg: d)
             }
+            if has(NFTNL_EXPR_CT_DREG), has(NFTNL_EXPR_CT_DIR), let key = NFTCtKey(rawValue: u32(NFTNL_EXPR_CT_KEY)), let d = reg(NFTNL_EXPR_CT_DREG) {
+                let dir = nftnl_expr_get_u8(x, UInt16(NFTNL_EXPR_CT_DIR))
+                if dir <= 1 { return .ctTuple(key: key, reply: dir == 1, dreg: d) }
+            }
         case "counter":
             return .counter(packets: nftnl_expr_get_u64(x, UInt16(NFTNL_EXPR_CTR_PACKETS)), bytes: nftnl_expr_get_u64(x, UInt16(NFTNL_EXPR_CTR_BYTES)))
         case "immediate":

@@ -393,6 +393,9 @@ private func makeExpression(_ e: NFTExpr) throws(NetlinkError) -> OpaquePointer 
         if inverted { u32(NFTNL_EXPR_LOOKUP_FLAGS, UInt32(NFT_LOOKUP_F_INV.rawValue)) }
     case .ct(let key, let dreg):
         u32(NFTNL_EXPR_CT_KEY, key.rawValue); u32(NFTNL_EXPR_CT_DREG, dreg.rawValue)
+    case .ctTuple(let key, let reply, let dreg):
+        u32(NFTNL_EXPR_CT_KEY, key.rawValue); u32(NFTNL_EXPR_CT_DREG, dreg.rawValue)
+        nftnl_expr_set_u8(x, UInt16(NFTNL_EXPR_CT_DIR), reply ? 1 : 0)
     case .counter(let packets, let bytes):
         nftnl_expr_set_u64(x, UInt16(NFTNL_EXPR_CTR_PACKETS), packets)
         nftnl_expr_set_u64(x, UInt16(NFTNL_EXPR_CTR_BYTES), bytes)

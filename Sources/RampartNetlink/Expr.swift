@@ -22,6 +22,8 @@ public enum NFTMetaKey: UInt32, Sendable, Hashable {
 /// `ct` keys Rampart uses (`NFT_CT_*`).
 public enum NFTCtKey: UInt32, Sendable, Hashable {
     case state = 0, direction = 1, status = 2, mark = 3
+    /// The tuple's source address of one direction (`ct original ip saddr`, `ct reply ip6 saddr`).
+    case sourceIPv4 = 19, sourceIPv6 = 21
 }
 
 /// Where a payload offset counts from (`NFT_PAYLOAD_*_HEADER`).
@@ -51,6 +53,10 @@ public enum NFTExpr: Sendable, Hashable {
     case lookup(set: String, sreg: NFTRegister, dreg: NFTRegister?, inverted: Bool)
     /// Load conntrack data into `dreg`.
     case ct(key: NFTCtKey, dreg: NFTRegister)
+    /// Load a key of one direction's tuple of the packet's connection (`ct original ip saddr`):
+    /// `reply` false for the original direction. For a related packet (an ICMP error) the
+    /// connection is the one it is related to.
+    case ctTuple(key: NFTCtKey, reply: Bool, dreg: NFTRegister)
     /// Count packets and bytes. Values are ignored when writing a new rule's counter as 0.
     case counter(packets: UInt64, bytes: UInt64)
     /// Set the verdict.
@@ -69,7 +75,7 @@ public enum NFTExpr: Sendable, Hashable {
         case .bitwise: "bitwise"
         case .range: "range"
         case .lookup: "lookup"
-        case .ct: "ct"
+        case .ct, .ctTuple: "ct"
         case .counter: "counter"
         case .verdict, .immediate: "immediate"
         case .foreign(let name): name
@@ -198,6 +204,14 @@ public enum NFTMatch {
         return [.meta(key: .iifname, dreg: .r1),
                 .payload(base: .network, offset: offset, length: length, dreg: .r2),
                 .lookup(set: set, sreg: .r1, dreg: nil, inverted: inverted)]
+    }
+
+    /// `iifname . ct original ip saddr @set` (`reply`: `ct reply …`; `ipv6`: `ip6 saddr`), without
+    /// the family check nft adds before it.
+    public static func interfaceAndConnectionSourceWithoutFamilyCheck(ipv6: Bool, reply: Bool, inSet set: String) -> [NFTExpr] {
+        [.meta(key: .iifname, dreg: .r1),
+         .ctTuple(key: ipv6 ? .sourceIPv6 : .sourceIPv4, reply: reply, dreg: .r2),
+         .lookup(set: set, sreg: .r1, dreg: nil, inverted: false)]
     }
 
     /// `iifname . ether saddr @set` (or `!= @set`), with the `meta iiftype ether` check nft adds.

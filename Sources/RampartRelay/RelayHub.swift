@@ -241,20 +241,25 @@ public final class RelayHub: @unchecked Sendable {
         guard let p = sub.position, let w = windows[sub.host], w.covers(p) else { return false }
         sub.synced = true
         let through = max(w.head, p)
-        send(sub, .rows(w.rows(after: p), after: p, through: through, head: w.head), rows: w.rows(after: p).count)
-        sub.position = through
+        if send(sub, .rows(w.rows(after: p), after: p, through: through, head: w.head), rows: w.rows(after: p).count) { sub.position = through }
         return true
     }
 
     /// Queues a message unless the subscriber's buffer is full; then it is cut off until drained.
-    private func send(_ sub: Subscriber, _ message: RelayMessage, rows: Int = 0) {
-        guard !sub.gone, !sub.overflowed else { return }
+    /// True if queued: only then may the caller move the subscriber's position, which is the
+    /// last `through` it was sent — the `after` of the reload it gets once drained, which it
+    /// accepts only if it follows on from what it has (a position moved past a dropped message
+    /// made it ignore the reload and every message after it: the host's rows stopped until the
+    /// connection broke).
+    @discardableResult
+    private func send(_ sub: Subscriber, _ message: RelayMessage, rows: Int = 0) -> Bool {
+        guard !sub.gone, !sub.overflowed else { return false }
         let buffer = message.line(allocator: sub.channel.allocator)
         let size = buffer.readableBytes
         // An empty buffer always takes one message, however large: a big verb still goes out.
         if sub.queuedBytes > 0 && sub.queuedBytes + size > settings.maxBufferedBytes {
             sub.overflowed = true
-            return
+            return false
         }
         sub.queuedBytes += size
         if let t = message.through { sub.told = max(sub.told, t) }
@@ -266,6 +271,7 @@ public final class RelayHub: @unchecked Sendable {
         channel.eventLoop.execute { [self] in
             channel.writeAndFlush(buffer).whenComplete { _ in channel.eventLoop.execute { self.written(sub, size) } }
         }
+        return true
     }
 
     /// A write reached the socket (or failed: the connection is closing).
@@ -277,8 +283,7 @@ public final class RelayHub: @unchecked Sendable {
             sub.overflowed = false
             stats.reloadsOverflow += 1
             let head = max(windows[sub.host]?.head ?? p, p)
-            send(sub, .reload(after: p, through: head))
-            sub.position = head
+            if send(sub, .reload(after: p, through: head)) { sub.position = head }
             if !serveFromWindow(sub) {
                 sub.synced = false
                 catchUps.append(sub)
@@ -425,8 +430,7 @@ public final class RelayHub: @unchecked Sendable {
             for sub in (subscribers[host] ?? [:]).values where sub.synced {
                 guard let p = sub.position, p < page.head else { continue }
                 stats.reloadsTrimmed += 1
-                send(sub, .reload(after: p, through: page.head))
-                sub.position = page.head
+                if send(sub, .reload(after: p, through: page.head)) { sub.position = page.head }
             }
             return
         }
@@ -436,24 +440,23 @@ public final class RelayHub: @unchecked Sendable {
         for sub in (subscribers[host] ?? [:]).values where sub.synced && !sub.overflowed {
             guard let p = sub.position, w.head > p else { continue }
             let rows = w.rows(after: p)
-            send(sub, .rows(rows, after: p, through: w.head, head: w.head), rows: rows.count)
-            sub.position = w.head
+            if send(sub, .rows(rows, after: p, through: w.head, head: w.head), rows: rows.count) { sub.position = w.head }
         }
     }
 
     /// A catch-up read for `sub` (rows after `position`): sent; then it follows the window if
     /// that covers it, else it is caught up further. Under the lock.
     private func catchUp(_ sub: Subscriber, from position: Int64, _ page: LogPage) {
-        guard !sub.gone, sub.position == position, !sub.synced else { return }
+        // An overflowed subscriber is caught up after it drains (`written`), not read for now.
+        guard !sub.gone, !sub.overflowed, sub.position == position, !sub.synced else { return }
         stats.rowsRead += page.entries.count
         let complete = page.entries.count < settings.batch
         if page.trimmed {
             stats.reloadsTrimmed += 1
-            send(sub, .reload(after: position, through: page.head))
-            sub.position = page.head
+            if send(sub, .reload(after: position, through: page.head)) { sub.position = page.head }
         } else {
             let through = complete ? max(page.head, position) : (page.entries.last?.sequence ?? position)
-            send(sub, .rows(page.entries, after: position, through: through, head: page.head), rows: page.entries.count)
+            guard send(sub, .rows(page.entries, after: position, through: through, head: page.head), rows: page.entries.count) else { return }
             sub.position = through
             if complete && windows[sub.host] == nil {
                 // The first subscriber of the host here: its read is the window. Rows committed

@@ -189,11 +189,17 @@ extension SQLStore {
         // Rows in name order: two relays writing overlapping hosts lock them in the same order.
         let sorted = positions.sorted { $0.key < $1.key }
         // One statement, committed on its own (no BEGIN and COMMIT round trips): it is atomic,
-        // and GREATEST keeps a position from moving back whatever order writers come in.
+        // and GREATEST keeps a position from moving back whatever order writers come in. A
+        // position is never recorded past the host's head (its last row, or the last trimmed):
+        // a position beyond it would stay forever under GREATEST, and every later `--wait` and
+        // status would call the host up to date whatever it applied (one host's relay token was
+        // enough: subscribe far ahead, then acknowledge that).
         try locked { () throws(StoreError) in
             try db.run("""
                 INSERT INTO host_progress(host, applied_seq, applied_at)
-                SELECT h, s, now() FROM unnest(CAST(? AS text[]), CAST(? AS bigint[])) AS u(h, s)
+                SELECT h, LEAST(s, GREATEST(COALESCE((SELECT max(seq) FROM change_log m WHERE m.host = u.h), 0),
+                                            COALESCE((SELECT trimmed_through FROM change_log_heads c WHERE c.host = u.h), 0))), now()
+                FROM unnest(CAST(? AS text[]), CAST(? AS bigint[])) AS u(h, s)
                 ON CONFLICT(host) DO UPDATE SET applied_seq = GREATEST(host_progress.applied_seq, excluded.applied_seq), applied_at = now()
                 """, .text(Self.arrayLiteral(sorted.map(\.key))), .text(Self.arrayLiteral(sorted.map { String($0.value) })))
         }

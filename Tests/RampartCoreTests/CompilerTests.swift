@@ -34,11 +34,16 @@ func rendered(_ c: Chain?) -> [String] { c?.rules.map(Render.rule) ?? [] }
         #expect(ir.chains["input"]?.base?.hook == .input)
         #expect(ir.chains["output"]?.base?.hook == .output)
         // Source checks before anything else; the link's protocols dropped on the forward path;
-        // rule 1 (initial SYN) before the established accept; every accept scoped to instances.
+        // rule 1 (initial SYN) before the established accept; every accept scoped to instances;
+        // from an instance, related packets only of a connection it is an end of.
         let fromState = [
             "iifname @inst-ifaces ct state invalid drop",
             "iifname @inst-ifaces meta l4proto tcp ct state new tcp flags & (fin|syn|rst|ack) != syn drop",
-            "iifname @inst-ifaces ct state established,related accept",
+            "iifname @inst-ifaces ct state established accept",
+            "iifname @inst-ifaces ct state related meta nfproto ipv4 iifname . ct original ip saddr @inst-src4 accept",
+            "iifname @inst-ifaces ct state related meta nfproto ipv4 iifname . ct reply ip saddr @inst-src4 accept",
+            "iifname @inst-ifaces ct state related meta nfproto ipv6 iifname . ct original ip6 saddr @inst-src6 accept",
+            "iifname @inst-ifaces ct state related meta nfproto ipv6 iifname . ct reply ip6 saddr @inst-src6 accept",
             "iifname vmap @from-inst",
         ]
         let sourceChecks = [

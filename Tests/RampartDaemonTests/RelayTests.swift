@@ -208,6 +208,25 @@ struct RelayTests {
         #expect(progress == ["hv1": 7, "hv2": 3, "hv3": 2])
     }
 
+    /// A daemon (or anyone with its host's token) subscribes far past its host's head and
+    /// acknowledges that: the store records the head, no more, so `--wait` and the status
+    /// still see what the host has really applied once new rows come.
+    @Test func anAcknowledgementPastTheHeadRecordsTheHead() throws {
+        let f = try RelayFixture("relay_ackpast")
+        let relay = try f.relay()
+        let c = try LineClient(port: relay.port)
+        c.send(#"{"op":"hello","version":1,"host":"hv2","token":"\#(f.tokens.tokens["hv2"]!)"}"#)
+        c.send(#"{"op":"subscribe","host":"hv2","after":999999999999}"#)
+        c.send(#"{"op":"ack","seq":999999999999}"#)
+        let head = try f.controller.entries(host: "hv2", after: .max, limit: 0).head
+        #expect(eventually(5) { relay.hub.statistics().acksWritten >= 1 })
+        #expect(try f.controller.progress(hosts: ["hv2"]).first?.applied == head)
+        try f.verb("shared", port: 5000)
+        let next = try f.controller.entries(host: "hv2", after: .max, limit: 0).head
+        #expect(next > head)
+        #expect(try f.controller.progress(hosts: ["hv2"]).first!.applied < next, "the new row is not applied by anyone")
+    }
+
     /// A wrong token, another host's token, another host's subscription: refused, named.
     @Test func wrongTokenOrAnotherHostIsRefused() throws {
         let f = try RelayFixture("relay_auth")
@@ -353,10 +372,20 @@ struct RelayTests {
         #expect(worst < 1.0)
         #expect(fast.rows == (try f.truth("hv1")))
         #expect(relay.hub.statistics().reloadsOverflow == 0, "nothing is dropped before the stalled one drains")
-        // The stalled subscriber reads at last: what was queued, then a reload to the head.
+        // The stalled subscriber reads at last: what was queued, then a reload to the head that
+        // follows on from the last message it got (a daemon ignores any other).
         var sawReload = false
+        var through: Int64 = 0
         while let m = slow.receive() {
-            if m.op == .reload { sawReload = true; break }
+            if m.op == .reload {
+                sawReload = true
+                #expect(m.after == through, "the reload follows on from the last rows it was sent")
+                break
+            }
+            if m.op == .rows, let t = m.through {
+                #expect(m.after == through)
+                through = t
+            }
         }
         #expect(sawReload)
         #expect(relay.hub.statistics().reloadsOverflow == 1)

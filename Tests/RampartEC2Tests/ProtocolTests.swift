@@ -1,5 +1,6 @@
 import Foundation
 @testable import RampartEC2
+import RampartCoreTestSupport
 import Testing
 
 /// The form parser, SigV4 and the key file, without a server.
@@ -124,5 +125,42 @@ import Testing
         #expect(!EC2Service.matches("w?b", "wb"))
         #expect(EC2Service.matches("a\\*", "a*"))
         #expect(!EC2Service.matches("a\\*", "ab"))
+        #expect(EC2Service.matches("*", ""))
+        #expect(EC2Service.matches("**a**", "xay"))
+        #expect(!EC2Service.matches("a*b", "acbd"))
+        #expect(EC2Service.matches("a*b*", "acbd"))
+        #expect(EC2Service.matches("\\?x", "?x"))
+        #expect(!EC2Service.matches("\\?x", "ax"))
+    }
+
+    /// Many stars against a long value: answered at once (a recursive backtracker took time
+    /// exponential in the stars, and any account could send such a filter).
+    @Test func filterPatternsTakeTimeLinearInBothLengths() {
+        let value = String(repeating: "a", count: 255)
+        let pattern = String(repeating: "*a", count: 30) + "*b"
+        let start = ContinuousClock.now
+        #expect(!EC2Service.matches(pattern, value))
+        #expect(EC2Service.matches(String(repeating: "*a", count: 30) + "*", value))
+        #expect(ContinuousClock.now - start < .milliseconds(200))
+    }
+
+    /// The same answers as the obvious recursive matcher, on random short patterns and values.
+    @Test func filterPatternsAgreeWithTheDefinition() {
+        func reference(_ p: [Character], _ v: [Character]) -> Bool {
+            guard let c = p.first else { return v.isEmpty }
+            switch c {
+            case "*": return (0...v.count).contains { reference(Array(p.dropFirst()), Array(v.dropFirst($0))) }
+            case "?": return !v.isEmpty && reference(Array(p.dropFirst()), Array(v.dropFirst()))
+            case "\\" where p.count > 1: return v.first == p[1] && reference(Array(p.dropFirst(2)), Array(v.dropFirst()))
+            default: return v.first == c && reference(Array(p.dropFirst()), Array(v.dropFirst()))
+            }
+        }
+        var rng = SplitMix64(state: 7)
+        let alphabet: [Character] = ["a", "b", "*", "?", "\\"]
+        for _ in 0..<20_000 {
+            let p = String((0..<Int.random(in: 0...6, using: &rng)).map { _ in alphabet.randomElement(using: &rng)! })
+            let v = String((0..<Int.random(in: 0...6, using: &rng)).map { _ in alphabet.randomElement(using: &rng)! })
+            #expect(EC2Service.matches(p, v) == reference(Array(p), Array(v)), "\(p) against \(v)")
+        }
     }
 }

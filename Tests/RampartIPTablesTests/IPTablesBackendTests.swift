@@ -70,8 +70,11 @@ import RampartHarness
                 }
                 #expect(!rules[..<spoof].contains { $0.contains("conntrack") })
                 let syn = try #require(rules.firstIndex { $0.contains("! --tcp-flags FIN,SYN,RST,ACK SYN -j DROP") })
-                let est = try #require(rules.firstIndex { $0.contains("--ctstate RELATED,ESTABLISHED") })
-                #expect(spoof < syn && syn < est)
+                let est = try #require(rules.firstIndex { $0.contains("--ctstate ESTABLISHED") })
+                // Related packets from an instance: only of its own connections (`rp-related`).
+                let related = try #require(rules.firstIndex { $0 == "-m conntrack --ctstate RELATED -j rp-related" })
+                #expect(spoof < syn && syn < est && est < related)
+                #expect(!rules.contains { $0.contains("RELATED,ESTABLISHED") })
             }
             // Instances first, then the guard (instance interfaces share its prefix).
             let fwd = try #require(c[IPTNames.forward])
@@ -380,13 +383,15 @@ import RampartHarness
         try backend.commit(try engine.instancePlugged(id: "web-9", instance: Instance(host: "hv1", groups: ["web"], ips: [IPAddress("10.0.1.19")!], interface: "tapweb9")), result: engine.planned)
         let p = backend.lastChange
         // Its address is a member of rp-src4, its dispatch rules are appended to rp-is-in,
-        // rp-is-out, rp-from and rp-to (both families); no fixed chain is rewritten.
+        // rp-is-out, rp-from and rp-to (both families) and rp-related (IPv4); no fixed chain is
+        // rewritten.
         if bridged {
             // Bridged: no interface sets; the port tests (rp-is-in, rp-is-out, rp-spoof) are
             // patched, the ARP chain (and the host → port guard) rewritten.
             #expect(p.chainsCreated == 4 && p.membersAdded == 1 && p.restoreEB != nil, "\(p.summary)")
         } else {
-            #expect(p.chainsCreated == 4 && p.membersAdded == 2 && p.chainsRewritten == 0 && p.chainsPatched == 8 && p.restoreEB == nil, "\(p.summary)")
+            // … and rp-related, of the family it has an address in.
+            #expect(p.chainsCreated == 4 && p.membersAdded == 2 && p.chainsRewritten == 0 && p.chainsPatched == 9 && p.restoreEB == nil, "\(p.summary)")
         }
         try matchesFullRender()
         // Another plug, then unplugging the earlier one: its dispatch rules are deleted by

@@ -219,6 +219,39 @@ import RampartHarness
         v.check(backend)
     }
 
+    /// Conntrack calls an ICMP error related to the connection whose packet it quotes, checking
+    /// only that it goes back to that packet's sender, never who sends it. lonely (no group, so
+    /// no egress) quotes internet ↔ bob's flow: to internet (a way out of an isolated instance,
+    /// with any payload after the quote) and to bob (an error into bob's flow past bob's
+    /// ingress). Both dropped; bob's own error about its own flow passes, and alice's (her group
+    /// allows all egress) passes through her group rules like any packet she may send.
+    @Test(arguments: TrafficBackend.allCases) func relatedErrorsOnlyAboutOwnConnections(_ backend: TrafficBackend) throws {
+        let s = try Site(backend)
+        let t = s.topo
+        var v = Verdicts()
+        for (bob, net, lonely) in [("10.0.1.12", "192.0.2.10", "10.0.3.31"), ("fd00::12", "2001:db8::10", "fd00::31")] {
+            let netPort: UInt16 = 7010, bobPort: UInt16 = 41010
+            _ = try v.udpFlow(t, "internet → bob \(bob):\(bobPort)", client: ("internet", net, netPort), server: ("bob", bob, bobPort))
+            let netLink = try t.captureLink("internet"), bobLink = try t.captureLink("bob")
+            // What internet sent bob, and what bob sent internet: the packets an error quotes.
+            let toBob = try RawPacket.udp(src: net, dst: bob, sport: netPort, dport: bobPort, Self.token("quoted"))
+            let toNet = try RawPacket.udp(src: bob, dst: net, sport: bobPort, dport: netPort, Self.token("quoted"))
+            let out = Self.token("lonely-out"), into = Self.token("lonely-into-bob")
+            let own = Self.token("bob-own"), alice = Self.token("alice")
+            try s.send(from: "lonely", to: net, RawPacket.portUnreachable(src: lonely, dst: net, quoting: toBob + out))
+            try s.send(from: "lonely", to: bob, RawPacket.portUnreachable(src: lonely, dst: bob, quoting: toNet + into))
+            try s.send(from: "bob", to: net, RawPacket.portUnreachable(src: bob, dst: net, quoting: toBob + own))
+            let aliceAddress = bob.contains(":") ? "fd00::11" : "10.0.1.11"
+            try s.send(from: "alice", to: net, RawPacket.portUnreachable(src: aliceAddress, dst: net, quoting: toBob + alice))
+            v.expect("bob's error about its own flow with internet (\(bob))", netLink.saw(own, within: 1), true)
+            v.expect("alice's error about bob's flow, through her group rules (\(bob))", netLink.saw(alice, within: 1), true)
+            Self.settle()
+            v.expect("lonely's error about bob's flow, to internet (\(bob))", netLink.saw(out), false)
+            v.expect("lonely's error into bob's flow, to bob (\(bob))", bobLink.saw(into), false)
+        }
+        v.check(backend)
+    }
+
     // MARK: 2. DHCPv4 between an instance and its host only (rule 5)
 
     @Test(arguments: TrafficBackend.allCases) func rogueDHCP(_ backend: TrafficBackend) throws {

@@ -111,6 +111,10 @@ struct PostgresStoreTests {
         #expect(p.count == 1)
         #expect(p[0].host == "hv1" && p[0].applied == 3 && p[0].appliedAt != nil)
         #expect(try st.progress(hosts: ["hv2"]).first?.applied == 0)
+        // Never past the host's head: it would stay there for good (positions only move forward).
+        let head = try #require(try st.progress(hosts: ["hv1"]).first).head
+        try st.recordApplied(host: "hv1", sequence: head + 1_000_000)
+        #expect(try st.progress(hosts: ["hv1"]).first?.applied == head)
     }
 
     @Test func trimmingMarksWhatReadersMissed() throws {
