@@ -27,6 +27,13 @@ public final class NFTablesBackend {
     /// Whether the slot layout edits a rewritten group chain rule by rule (`ChainEdit`, the
     /// default) instead of flushing and re-filling it; off only to measure the difference.
     public var editsGroupChains = true
+    /// Whether the slot layout holds group chains' rules as elements of shared sets
+    /// (`RuleShapes`, the default) instead of as rules; off only to measure the difference. A
+    /// table written the other way reads back as drifted group chains and is converted by the
+    /// repair.
+    public var groupRulesAsElements = true {
+        didSet { if groupRulesAsElements != oldValue { invalidate() } }
+    }
 
     public init(client: NFTablesClient, table: String = Naming.table, layout: NFTLayout = .slots) {
         self.client = client
@@ -40,7 +47,7 @@ public final class NFTablesBackend {
         while true {
             let before = try client.generation()
             if let snap = try client.readTable(family: .inet, name: table) {
-                (mirror, slots) = Observe.read(snap, reference: reference, layout: layout)
+                (mirror, slots) = Observe.read(snap, reference: reference, layout: layout, rulesAsElements: groupRulesAsElements)
                 mirrorKnown = true
                 mirrorGeneration = snap.generation
                 return mirror
@@ -173,13 +180,14 @@ public final class NFTablesBackend {
     /// which made the kernel re-validate the whole table. One rule dump of that chain each (the
     /// kernel walks only that chain). Read at the generation the commit is guarded by: if anyone
     /// committed since, the commit is refused whatever was read here.
-    private func heldRules(_ plan: Plan) -> [String: [NFTRule]] {
-        guard layout == .slots, editsGroupChains else { return [:] }
+    private func heldRules(_ plan: Plan) -> (String) -> [NFTRule]? {
+        let none: (String) -> [NFTRule]? = { _ in nil }
+        guard layout == .slots, editsGroupChains else { return none }
         var rewrites: [String: Int] = [:]
         var createdOrDeleted = Set<String>()
         for op in plan.ops {
             switch op {
-            case .createTable, .deleteTable: return [:]
+            case .createTable, .deleteTable: return none
             case .rewriteChain(let n, _):
                 if case .group? = Slots.role(of: n) { rewrites[n, default: 0] += 1 }
             case .createChain(let h): createdOrDeleted.insert(h.name)
@@ -189,13 +197,16 @@ public final class NFTablesBackend {
         }
         // A plan rewriting many group chains (a repair, a rebuilt document) is sent whole: a
         // dump per chain would cost more than it saves, and such a plan adds rules anyway.
-        guard rewrites.count <= Self.maxEditedChains else { return [:] }
-        var held: [String: [NFTRule]] = [:]
-        for (n, count) in rewrites where count == 1 && !createdOrDeleted.contains(n) {
-            // A failed read costs the edit, not the commit: that chain is rewritten whole.
-            if let rules = (try? client.readRules(family: Translate.family, table: table, chain: n)) ?? nil { held[n] = rules }
+        guard rewrites.count <= Self.maxEditedChains else { return none }
+        let editable = Set(rewrites.filter { $0.value == 1 && !createdOrDeleted.contains($0.key) }.keys)
+        let client = self.client, table = self.table
+        // Read when the lowering asks: with rules as elements most rewrites change elements only
+        // and read nothing. A failed read costs the edit, not the commit: that chain is
+        // rewritten whole.
+        return { n in
+            guard editable.contains(n) else { return nil }
+            return (try? client.readRules(family: Translate.family, table: table, chain: n)) ?? nil
         }
-        return held
     }
 
     /// At most this many group chains of one plan are edited rule by rule (`heldRules`).
@@ -203,13 +214,14 @@ public final class NFTablesBackend {
 
     /// The plan in this backend's layout; `state` (the slot layout's) is brought to what the
     /// kernel will hold once the batch commits, in place.
-    private func lower(_ plan: Plan, result: RulesetIR?, state: inout SlotState, heldRules: [String: [NFTRule]]) throws(NetlinkError) -> Batch {
+    private func lower(_ plan: Plan, result: RulesetIR?, state: inout SlotState, heldRules: @escaping (String) -> [NFTRule]?) throws(NetlinkError) -> Batch {
         switch layout {
         case .instanceChains:
             return Translate.batch(plan, table: table, desired: result)
         case .slots:
             var l = SlotLowering(table: table, desired: result, state: SlotState())
             l.heldRules = heldRules
+            l.rulesAsElements = groupRulesAsElements
             swap(&l.state, &state)  // the lowering owns the only reference while it works
             defer { swap(&l.state, &state) }
             return try l.batch(plan)

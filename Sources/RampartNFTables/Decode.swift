@@ -16,7 +16,8 @@ enum Decode {
     /// The whole table as IR, every rule decoded (undecodable rules are reported by name).
     static func ir(_ snap: TableSnapshot) -> (ir: RulesetIR, undecoded: [String]) {
         let layout = Observe.layout(of: snap)
-        var ir = Observe.ir(snap, reference: nil, layout: layout)
+        let shapeSets = layout == .slots && snap.sets.contains { RuleShapes.isShapeSet($0.name) }
+        var ir = Observe.read(snap, reference: nil, layout: layout, rulesAsElements: shapeSets).ir
         var undecoded: [String] = []
         // The groups a `members` lookup's tag can name: those with members, and those with chains.
         var tags: [[UInt8]: String] = [:]
@@ -28,8 +29,12 @@ enum Decode {
             // The slot layout's own chains are read as the logical dispatch they encode.
             if layout == .slots && Slots.objectNames.contains(c.name) { continue }
             var rules: [IRRule] = []
+            let group: (Slots.Direction, String)? = if layout == .slots, case .group(let d, let g)? = Slots.role(of: c.name) { (d, g) } else { nil }
             for (i, r) in (snap.rules[c.name] ?? []).enumerated() {
-                if layout == .slots, let d = Slots.Direction.allCases.first(where: { Translate.withoutCounts(r.expressions) == Slots.entryRule($0) }) {
+                if let (d, g) = group, let shape = RuleShapes.shape(ofRule: r.expressions, comment: r.comment, group: g, direction: d) {
+                    // A shape rule stands for its elements of this group (and remote group).
+                    rules += RuleShapes.rules(of: shape, group: g, in: snap.elements[shape.setName] ?? [])
+                } else if layout == .slots, let d = Slots.Direction.allCases.first(where: { Translate.withoutCounts(r.expressions) == Slots.entryRule($0) }) {
                     rules.append(IRRule([], .vmap(d == .out ? .iifname : .oifname, d.logicalMap), comment: r.comment))
                 } else if let x = rule(r, groupTags: tags) { rules.append(x) } else { undecoded.append("\(c.name)[\(i)]") }
             }

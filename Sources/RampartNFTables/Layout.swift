@@ -323,6 +323,12 @@ struct SlotState: Sendable {
     /// hold them: a deleted member set's elements must be named to be removed.
     var memberSets: [String: Set<SetElement>] = [:]
 
+    /// Group chains as the kernel holds them when their rules are elements (`RuleShapes`): every
+    /// group chain of the table, from the read-back or from the batches since.
+    var groupChains: [String: RuleShapes.Lowered] = [:]
+    /// The shapes' sets that exist (they live as long as the table).
+    var shapeSets: Set<String> = []
+
     /// Group → its `inst-groups` value under `keys`, each computed once: an HMAC is a few
     /// microseconds, and a plug or unplug would otherwise pay one per group of the instance.
     /// Emptied with the rest of the state when the table (and so its secret) changes.

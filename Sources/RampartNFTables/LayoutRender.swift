@@ -55,6 +55,9 @@ enum SlotRender {
                 s.chainsRewritten += 1
                 s.rulesWritten += e.written
                 s.rulesDeleted += e.deleted
+            } else if case .rewriteChain(let n, _) = op, case .group? = Slots.role(of: n), !edits.touched.contains(n) {
+                // Its rules as elements, and none of its rules changed: the elements are counted below.
+                s.chainsRewritten += 1
             } else {
                 s.count(op)
             }
@@ -63,8 +66,9 @@ enum SlotRender {
             switch op {
             case .addSet(let d) where Slots.objectNames.contains(d.name): s.setsCreated += 1
             case .deleteSet(_, _, let n) where Slots.objectNames.contains(n): s.setsDeleted += 1
-            case .addElements(_, _, let set, let e) where isMembers(set): s.elementsAdded += e.count
-            case .deleteElements(_, _, let set, let e) where isMembers(set): s.elementsRemoved += e.count
+            case .addElements(_, _, let set, let e) where isMembers(set) || RuleShapes.isShapeSet(set): s.elementsAdded += e.count
+            case .deleteElements(_, _, let set, let e) where isMembers(set) || RuleShapes.isShapeSet(set): s.elementsRemoved += e.count
+            case .addSet(let d) where RuleShapes.isShapeSet(d.name): s.setsCreated += 1
             case .addElements(_, _, let set, let e) where Slots.objectNames.contains(set): s.mapElementsAdded += e.count
             case .deleteElements(_, _, let set, let e) where Slots.objectNames.contains(set): s.mapElementsRemoved += e.count
             case .addChain(let c) where Slots.objectNames.contains(c.name): s.chainsCreated += 1
@@ -82,8 +86,24 @@ enum SlotRender {
         var lines = [Render.plan(kept, table: table)]
         let t = "inet \(table)"
         // A chain edited rule by rule is shown whole above (what it will hold); say how it goes.
-        for (n, e) in EditedChains(batch).counts.sorted(by: { $0.key < $1.key }) {
+        let edited = EditedChains(batch)
+        for (n, e) in edited.counts.sorted(by: { $0.key < $1.key }) {
             lines.append("# \(n): sent as \(e.deleted) rules deleted and \(e.written) added; its other rules stay (handles and counters kept)\n")
+        }
+        // Group rules as elements: which rules each shape set gains and loses (by comment).
+        var shapeChanges: [String] = []
+        for op in batch.operations {
+            switch op {
+            case .addElements(_, _, let set, let e) where RuleShapes.isShapeSet(set):
+                shapeChanges.append("# \(set): +\(e.count) (\(e.compactMap(\.comment).joined(separator: ", ")))\n")
+            case .deleteElements(_, _, let set, let e) where RuleShapes.isShapeSet(set):
+                shapeChanges.append("# \(set): -\(e.count) (\(e.compactMap(\.comment).joined(separator: ", ")))\n")
+            default: break
+            }
+        }
+        if !shapeChanges.isEmpty {
+            lines.append("# group rules sent as elements of the shapes' sets (a chain above whose rules did not change is not rewritten):\n")
+            lines += shapeChanges
         }
         for op in batch.operations {
             switch op {
@@ -120,6 +140,8 @@ enum SlotRender {
     /// added and deleted in each.
     struct EditedChains {
         var counts: [String: (written: Int, deleted: Int)] = [:]
+        /// Chains the batch flushes or adds, inserts or deletes a rule in.
+        var touched: Set<String> = []
         init(_ batch: Batch) {
             var flushed = Set<String>()
             var edited = Set<String>()
@@ -134,6 +156,7 @@ enum SlotRender {
                 }
             }
             for n in edited where !flushed.contains(n) { counts[n] = (written[n] ?? 0, deleted[n] ?? 0) }
+            touched = edited.union(flushed)
         }
     }
 

@@ -57,9 +57,11 @@ struct SlotLowering {
     /// What the kernel holds before the batch; after `batch` returns, what it will hold once the
     /// batch commits.
     var state: SlotState
-    /// The rules (with handles) the kernel holds in group chains that the plan rewrites and may
-    /// edit rule by rule (`ChainEdit`); a rewritten chain not here is flushed and re-filled.
-    var heldRules: [String: [NFTRule]] = [:]
+    /// The rules (with handles) the kernel holds in a group chain that the plan rewrites and may
+    /// edit rule by rule (`ChainEdit`), read when first asked for; nil: flush and re-fill it.
+    var heldRules: (String) -> [NFTRule]? = { _ in nil }
+    /// Group chains' rules as elements of the shapes' sets (`RuleShapes`), not as rules.
+    var rulesAsElements = true
 
     private var b = Batch()
     private var previousSecret: [UInt8]?
@@ -76,6 +78,7 @@ struct SlotLowering {
     /// two chains disagree on its groups): nothing is sent then.
     mutating func batch(_ plan: Plan) throws(NetlinkError) -> Batch {
         for op in Self.perInterfaceObjectsFirst(plan.ops) { try lower(op) }
+        finishShapeElements()
         finishMembers()
         try finishInterfaces()
         finishDispatch()
@@ -118,10 +121,14 @@ struct SlotLowering {
             let secret = state.keys?.secret ?? previousSecret ?? Slots.newSecret()
             b.append(.addTable(NFTTable(family: family, name: table, comment: Translate.tableComment, tag: secret)))
             state = SlotState(keys: SlotKeys(secret: secret))
+            shapeRemovals = [:]
+            shapeAdditions = [:]
         case .deleteTable:
             Translate.append(op, to: &b, table: table, desired: desired)
             previousSecret = state.keys?.secret
             state = SlotState()
+            shapeRemovals = [:]
+            shapeAdditions = [:]
         case .createMap(let m):
             guard let d = Slots.Direction(logicalMap: m) else { return Translate.append(op, to: &b, table: table, desired: desired) }
             if !state.hasInstanceGroups {
@@ -179,6 +186,7 @@ struct SlotLowering {
             case .instance(_, let id)?: instances.insert(id)
             case .group(let d, let g)?:
                 Translate.append(op, to: &b, table: table, desired: desired)
+                if rulesAsElements { state.groupChains[h.name] = RuleShapes.Lowered() }
                 if state.groups[d]?.contains(g) == false {
                     b.append(.addElements(family: family, table: table, set: d.groupsMap, elements: [try keys().groupElement(d, g)]))
                     state.groups[d]?.insert(g)
@@ -190,7 +198,10 @@ struct SlotLowering {
                 instances.insert(id)
                 return
             }
-            if let held = heldRules[n], case .rewriteChain(_, let rules) = op {
+            if rulesAsElements, case .group(let d, let g)? = Slots.role(of: n), case .rewriteChain(_, let rules) = op {
+                return try rewriteGroupChain(n, d, g, rules)
+            }
+            if let held = heldRules(n), case .rewriteChain(_, let rules) = op {
                 let wanted = rules.map { Translate.rule($0, chain: n, table: table, layout: .slots) }
                 if let edit = ChainEdit.between(held: held, wanted: wanted) {
                     b.operations += edit.operations(wanted: wanted)
@@ -208,11 +219,75 @@ struct SlotLowering {
                     b.append(.deleteElements(family: family, table: table, set: d.groupsMap, elements: [NFTSetElement(key: try keys().mapKey(g))]))
                     state.groups[d]?.remove(g)
                 }
+                if rulesAsElements {
+                    // Its elements live in the shared sets: each is named, or it would outlive the chain.
+                    guard let have = state.groupChains.removeValue(forKey: n) else {
+                        throw .protocolError("slot layout: group chain \(n) is deleted but what it holds is not known (read it back first)")
+                    }
+                    for (set, elements) in have.elements { removeShapeElements(set, elements) }
+                }
                 Translate.append(op, to: &b, table: table, desired: desired)
             case nil: Translate.append(op, to: &b, table: table, desired: desired)
             }
         default:
             Translate.append(op, to: &b, table: table, desired: desired)
+        }
+    }
+
+    /// A group chain's new rules as shape rules and elements (`RuleShapes`): only what differs
+    /// from what the kernel holds is sent — the chain's rules only when its shapes changed (edited
+    /// rule by rule when they can be read, else flushed and re-filled), its elements as a delta.
+    private mutating func rewriteGroupChain(_ n: String, _ d: Slots.Direction, _ g: String, _ rules: [IRRule]) throws(NetlinkError) {
+        guard let have = state.groupChains[n] else {
+            throw .protocolError("slot layout: group chain \(n) is rewritten but what it holds is not known (read it back first)")
+        }
+        let want = RuleShapes.lower(rules, group: g, direction: d) { Translate.expressions($0, layout: .slots) }
+        // In name order: the same plan creates the sets in the same order (`nft list` lists them so).
+        for (set, shape) in want.shapes.sorted(by: { $0.key < $1.key }) where !state.shapeSets.contains(set) {
+            b.append(.addSet(shape.definition(table: table)))
+            state.shapeSets.insert(set)
+        }
+        if have.rules != want.rules {
+            let wanted = want.rules.map { NFTRule(family: family, table: table, chain: n, expressions: $0.expressions, comment: $0.comment) }
+            if let held = heldRules(n), let edit = ChainEdit.between(held: held, wanted: wanted) {
+                b.operations += edit.operations(wanted: wanted)
+            } else {
+                b.append(.flushChain(family: family, table: table, name: n))
+                for r in wanted { b.append(.addRule(r)) }
+            }
+        }
+        for set in Set(have.elements.keys).union(want.elements.keys) {
+            let old = have.elements[set] ?? [], new = want.elements[set] ?? []
+            removeShapeElements(set, old.subtracting(new))
+            addShapeElements(set, new.subtracting(old))
+        }
+        state.groupChains[n] = want
+    }
+
+    /// Shape-set elements to remove and to add, by set, sent at the end of the batch as the net
+    /// change (as the member elements are, for the same reason: a drain joins several plans).
+    private var shapeRemovals: [String: NetElements] = [:]
+    private var shapeAdditions: [String: NetElements] = [:]
+
+    private mutating func addShapeElements(_ set: String, _ elements: Set<NFTSetElement>) {
+        for e in elements.sorted(by: { $0.key.lexicographicallyPrecedes($1.key) }) {
+            if !shapeRemovals[set, default: NetElements()].remove(e) { shapeAdditions[set, default: NetElements()].insert(e) }
+        }
+    }
+
+    private mutating func removeShapeElements(_ set: String, _ elements: Set<NFTSetElement>) {
+        for e in elements.sorted(by: { $0.key.lexicographicallyPrecedes($1.key) }) {
+            if !shapeAdditions[set, default: NetElements()].remove(e) { shapeRemovals[set, default: NetElements()].insert(e) }
+        }
+    }
+
+    /// Removals first: an element whose comment changed is the same key removed and added.
+    private mutating func finishShapeElements() {
+        for set in shapeRemovals.keys.sorted() {
+            if let e = shapeRemovals[set]?.elements, !e.isEmpty { b.append(.deleteElements(family: family, table: table, set: set, elements: e)) }
+        }
+        for set in shapeAdditions.keys.sorted() {
+            if let e = shapeAdditions[set]?.elements, !e.isEmpty { b.append(.addElements(family: family, table: table, set: set, elements: e)) }
         }
     }
 

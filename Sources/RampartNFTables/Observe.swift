@@ -27,12 +27,17 @@ enum Observe {
     /// of the other layout) reads back as a base chain with another hook, which makes the differ
     /// rebuild the table in one transaction: that is also how a table written by an earlier
     /// release is converted.
-    static func read(_ snap: TableSnapshot, reference: RulesetIR?, layout: NFTLayout) -> (ir: RulesetIR, slots: SlotState) {
+    ///
+    /// `rulesAsElements`: group chains are expected as `RuleShapes` writes them (their rules as
+    /// elements of the shapes' sets), and those sets belong to the layout.
+    static func read(_ snap: TableSnapshot, reference: RulesetIR?, layout: NFTLayout,
+                     rulesAsElements: Bool = false) -> (ir: RulesetIR, slots: SlotState) {
         var ir = RulesetIR()
         let lowered = layout == .slots ? Slots.objectNames : []
+        let shapes = layout == .slots && rulesAsElements ? ShapeElements(snap) : nil
         // An anonymous set (someone's `tcp dport { 1, 2 }` in our table) is part of the rule that
         // uses it: repairing that rule's chain removes it; planning its deletion would be refused.
-        for def in snap.sets where !def.isAnonymous && !lowered.contains(def.name) {
+        for def in snap.sets where !def.isAnonymous && !lowered.contains(def.name) && !(shapes != nil && RuleShapes.isShapeSet(def.name)) {
             let raw = snap.elements[def.name] ?? []
             if def.isVerdictMap {
                 var m = VerdictMap(name: def.name)
@@ -56,7 +61,15 @@ enum Observe {
         for c in snap.chains where !lowered.contains(c.name) {
             let header = ChainHeader(name: c.name, base: c.base.map(baseSpec))
             let rules = snap.rules[c.name] ?? []
-            if let want = reference?.chains[c.name], want.header == header,
+            if let shapes, case .group(let d, let g)? = Slots.role(of: c.name), header.base == nil {
+                if let want = reference?.chains[c.name], want.header == header,
+                   RuleShapes.lower(want.rules, group: g, direction: d, plain: { Translate.expressions($0, layout: layout) })
+                    == shapes.held(c.name, rules: rules) {
+                    ir.chains[c.name] = want
+                } else {
+                    ir.chains[c.name] = Chain(name: c.name, base: header.base, rules: rules.map(drifted))
+                }
+            } else if let want = reference?.chains[c.name], want.header == header,
                want.rules.count == rules.count,
                zip(want.rules, rules).allSatisfy({ w, got in
                    Translate.expressions(w, layout: layout) == Translate.withoutCounts(got.expressions) && w.comment == got.comment
@@ -67,7 +80,7 @@ enum Observe {
             }
         }
         guard layout == .slots else { return (ir, SlotState()) }
-        guard let slots = liftSlots(snap, reference: reference, into: &ir) else {
+        guard var slots = liftSlots(snap, reference: reference, into: &ir), shapes?.isWellFormed ?? true else {
             // Rebuild: a base chain no compiled table has.
             ir.chains[Naming.egressChain] = Chain(name: Naming.egressChain, base: BaseChainSpec(hook: .forward, priority: Int32.min, policy: .accept))
             // The rebuilt table keeps the secret, so that its group keys stay the same.
@@ -75,7 +88,59 @@ enum Observe {
             if let s = snap.table.tag, s.count == 16 { st.keys = SlotKeys(secret: s) }
             return (ir, st)
         }
+        if let shapes {
+            slots.shapeSets = shapes.sets
+            for c in snap.chains where c.base == nil {
+                if case .group? = Slots.role(of: c.name) { slots.groupChains[c.name] = shapes.held(c.name, rules: snap.rules[c.name] ?? []) }
+            }
+        }
         return (ir, slots)
+    }
+
+    /// The elements of the shapes' sets (`RuleShapes`), by the group chain they belong to: an
+    /// element's first 16 bytes are its group's tag, and its set says the direction.
+    struct ShapeElements {
+        /// The shapes' sets the table holds.
+        private(set) var sets: Set<String> = []
+        /// Group chain → set → elements.
+        private var byChain: [String: [String: Set<NFTSetElement>]] = [:]
+        private var shapes: [String: RuleShapes.Shape] = [:]
+        /// False when a shape set is not what Rampart writes, or holds an element of no group
+        /// chain of the table: the table is then rebuilt (nothing can name such an element for
+        /// removal otherwise).
+        private(set) var isWellFormed = true
+
+        init(_ snap: TableSnapshot) {
+            var chainOfTag: [Slots.Direction: [[UInt8]: String]] = [:]
+            for c in snap.chains where c.base == nil {
+                if case .group(let d, let g)? = Slots.role(of: c.name) { chainOfTag[d, default: [:]][Slots.Members.tag(g)] = c.name }
+            }
+            for def in snap.sets where RuleShapes.isShapeSet(def.name) {
+                guard let shape = RuleShapes.parse(setName: def.name), def.keyType == shape.keyType,
+                      def.keyLength == UInt32(shape.keyLength), !def.isVerdictMap, def.dataType == nil, !def.isInterval, !def.isAnonymous else {
+                    isWellFormed = false
+                    continue
+                }
+                sets.insert(def.name)
+                shapes[def.name] = shape
+                for e in snap.elements[def.name] ?? [] {
+                    guard e.key.count == shape.keyLength, let chain = chainOfTag[shape.direction]?[Array(e.key[0..<16])] else {
+                        isWellFormed = false
+                        continue
+                    }
+                    byChain[chain, default: [:]][def.name, default: []].insert(NFTSetElement(key: e.key, comment: e.comment))
+                }
+            }
+        }
+
+        /// What a group chain holds, in the form `RuleShapes.lower` gives.
+        func held(_ chain: String, rules: [NFTRule]) -> RuleShapes.Lowered {
+            var l = RuleShapes.Lowered()
+            l.rules = rules.map { .init(expressions: Translate.withoutCounts($0.expressions), comment: $0.comment) }
+            l.elements = byChain[chain] ?? [:]
+            for set in l.elements.keys { l.shapes[set] = shapes[set] }
+            return l
+        }
     }
 
     /// Adds the core's logical dispatch (maps `from-inst`/`to-inst`, chains `out-<id>`/`in-<id>`)

@@ -12,6 +12,9 @@ public struct EnforcementView: Codable, Sendable, Hashable {
         public var match: String
         public var packets: UInt64
         public var bytes: UInt64
+        /// For a rule held as an element of a shape's set: how many rules of its group share
+        /// the counter shown (its shape rule's), nil for a rule of its own.
+        public var counterSharedBy: Int?
     }
     public struct GroupView: Codable, Sendable, Hashable {
         public var group: String
@@ -56,10 +59,19 @@ public struct EnforcementView: Codable, Sendable, Hashable {
             }
         }
         func rules(_ chain: String, _ direction: String) -> [RuleView] {
-            (snap.rules[chain] ?? []).map { r in
+            let group: (Slots.Direction, String)? = if case .group(let d, let g)? = Slots.role(of: chain) { (d, g) } else { nil }
+            return (snap.rules[chain] ?? []).flatMap { r -> [RuleView] in
                 let c = Describe.counter(r.expressions)
-                return RuleView(direction: direction, comment: r.comment, match: Describe.rule(r.expressions),
-                                packets: c?.packets ?? 0, bytes: c?.bytes ?? 0)
+                // A shape rule stands for its elements of this group: each shown as the rule it is.
+                if let (d, g) = group, let shape = RuleShapes.shape(ofRule: r.expressions, comment: r.comment, group: g, direction: d) {
+                    let held = RuleShapes.rules(of: shape, group: g, in: snap.elements[shape.setName] ?? [])
+                    return held.map { x in
+                        RuleView(direction: direction, comment: x.comment, match: Describe.rule(Translate.expressions(x, layout: .slots)),
+                                 packets: c?.packets ?? 0, bytes: c?.bytes ?? 0, counterSharedBy: held.count)
+                    }
+                }
+                return [RuleView(direction: direction, comment: r.comment, match: Describe.rule(r.expressions),
+                                 packets: c?.packets ?? 0, bytes: c?.bytes ?? 0)]
             }
         }
         instances = interfaces.keys.sorted().map { id in
@@ -80,7 +92,8 @@ public struct EnforcementView: Codable, Sendable, Hashable {
                 if g.rules.isEmpty { out += "    (no rules)\n" }
                 for r in g.rules {
                     let name = (r.comment ?? "-").padding(toLength: 28, withPad: " ", startingAt: 0)
-                    out += "    \(r.direction.padding(toLength: 8, withPad: " ", startingAt: 0)) \(name) \(r.match)   [\(r.packets) packets, \(r.bytes) bytes]\n"
+                    let shared = r.counterSharedBy.map { $0 > 1 ? ", counted with \($0 - 1) rule\($0 == 2 ? "" : "s") of its shape" : "" } ?? ""
+                    out += "    \(r.direction.padding(toLength: 8, withPad: " ", startingAt: 0)) \(name) \(r.match)   [\(r.packets) packets, \(r.bytes) bytes\(shared)]\n"
                 }
             }
         }

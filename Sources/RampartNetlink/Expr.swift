@@ -9,8 +9,22 @@
 /// registers, enough for an interface name or an IPv6 address.
 public enum NFTRegister: UInt32, Sendable, Hashable {
     case verdict = 0, r1 = 1, r2 = 2, r3 = 3, r4 = 4
-    /// The second 32-bit word of `r3` (`NFT_REG32_09`).
-    case r32_09 = 17
+    /// 32-bit registers (`NFT_REG32_00` … `_15`), for concatenations: word k of the data
+    /// registers (`r1` is words 0–3, `r2` 4–7, `r3` 8–11, `r4` 12–15: the same storage, named
+    /// either way).
+    case r32_00 = 8, r32_01 = 9, r32_02 = 10, r32_03 = 11, r32_04 = 12, r32_05 = 13, r32_06 = 14, r32_07 = 15
+    case r32_08 = 16, r32_09 = 17, r32_10 = 18, r32_11 = 19, r32_12 = 20, r32_13 = 21, r32_14 = 22, r32_15 = 23
+
+    /// The register that starts at 32-bit word `k` (0–15): the 128-bit name where one starts there.
+    public static func word(_ k: Int) -> NFTRegister {
+        switch k {
+        case 0: .r1
+        case 4: .r2
+        case 8: .r3
+        case 12: .r4
+        default: NFTRegister(rawValue: UInt32(8 + k))!
+        }
+    }
 }
 
 /// `meta` keys Rampart uses (`NFT_META_*`).

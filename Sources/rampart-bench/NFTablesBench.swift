@@ -345,42 +345,73 @@ private struct HostRun {
             guard try nl.readTable(family: .inet, name: Naming.table) != nil else { return }
             try expectZero(try spawnQuiet(["nft", "delete", "table", "inet", Naming.table], in: place), "nft delete table")
         }
-        var cold: [UInt64] = []
-        var engine = Engine(host: doc.host)
-        var backend = NFTablesBackend(client: nl, layout: .slots)
-        for _ in 0..<self.cold {
-            try dropTable()
-            engine = Engine(host: doc.host)
-            backend = NFTablesBackend(client: nl, layout: .slots)
-            let t0 = monotonicNanos()
-            try commitReconciling(backend, try engine.apply(document: doc), engine.planned)
-            cold.append(monotonicNanos() - t0)
+        /// Cold applies and the timed events in the slot layout, group rules as elements of the
+        /// shapes' sets or as rules; the backend and engine left holding the table.
+        func pass(elements: Bool) throws -> (cold: [UInt64], ev: EventSamples, engine: Engine, backend: NFTablesBackend) {
+            var cold: [UInt64] = []
+            var engine = Engine(host: doc.host)
+            var backend = NFTablesBackend(client: nl, layout: .slots)
+            for _ in 0..<self.cold {
+                try dropTable()
+                engine = Engine(host: doc.host)
+                backend = NFTablesBackend(client: nl, layout: .slots)
+                backend.groupRulesAsElements = elements
+                let t0 = monotonicNanos()
+                try commitReconciling(backend, try engine.apply(document: doc), engine.planned)
+                cold.append(monotonicNanos() - t0)
+            }
+            let ev = try events(&engine, backend)
+            if let b = ev.plugBatch, b.operations.contains(where: { if case .addChain = $0 { true } else if case .addRule = $0 { true } else { false } }) {
+                throw HarnessError("\(tag): a plug in the slot layout sent a chain or a rule")
+            }
+            if elements {
+                // What the rules change sends (outside the timing, on a copy of the engine):
+                // elements only.
+                var probe = engine
+                let change = try probe.rulesChanged(group: hotGroup, rules: probe.document.groups[hotGroup]!.rules == newRules ? oldRules : newRules)
+                let b = try backend.batch(for: change, result: probe.planned)
+                guard b.operations.allSatisfy({ if case .addElements = $0 { true } else if case .deleteElements = $0 { true } else { false } }) else {
+                    throw HarnessError("\(tag): a rules change with rules as elements sent more than elements: \(b.operations.map(\.description))")
+                }
+            }
+            guard try backend.readBack(reference: engine.planned) == engine.planned else {
+                throw HarnessError("\(tag): slot layout: the kernel read back differs from the engine's IR")
+            }
+            return (cold, ev, engine, backend)
         }
-        let ev = try events(&engine, backend)
-        let plugBatch = ev.plugBatch?.operations.count ?? 0
-        if let b = ev.plugBatch, b.operations.contains(where: { if case .addChain = $0 { true } else if case .addRule = $0 { true } else { false } }) {
-            throw HarnessError("\(tag): a plug in the slot layout sent a chain or a rule")
-        }
-        let (members, rules, plug, unplug) = (ev.members, ev.rules, ev.plug, ev.unplug)
-        point.slots = median(members)
-        guard try backend.readBack(reference: engine.planned) == engine.planned else {
-            throw HarnessError("\(tag): slot layout: the kernel read back differs from the engine's IR")
-        }
-        add("[slot layout, the default] cold apply", cold, baseline: "instance-chains layout (before), this run", coldOurs)
-        add("[slot layout, the default] membership change", members, baseline: "instance-chains layout (before), this run", membersOurs, target: 20_000,
-            extra: ["engine": formatDuration(median(ev.membersEngine))])
-        add("[slot layout, the default] rules change, 100 local members", rules, baseline: "instance-chains layout (before), this run", rulesOurs, target: 500_000)
-        add("[slot layout, the default] instance plug", plug, baseline: "instance-chains layout (before), this run", plugOurs, target: 50_000,
-            extra: ["batch_messages": "\(plugBatch)", "engine": formatDuration(median(ev.plugEngine)),
-                    "commit": formatDuration(median(ev.plugCommit))])
-        add("[slot layout, the default] instance unplug", unplug, baseline: "instance-chains layout (before), this run", unplugOurs)
-        let r = try revokes(&engine, backend)
-        guard try backend.readBack(reference: engine.planned) == engine.planned else {
+
+        // Group rules as rules (the encoding before), beside the instance-chains layout.
+        var plain = try pass(elements: false)
+        let pe = plain.ev
+        let plugBatch = pe.plugBatch?.operations.count ?? 0
+        let before = "instance-chains layout (before), this run"
+        add("[slot layout, group rules as rules] cold apply", plain.cold, baseline: before, coldOurs)
+        add("[slot layout, group rules as rules] membership change", pe.members, baseline: before, membersOurs,
+            extra: ["engine": formatDuration(median(pe.membersEngine))])
+        add("[slot layout, group rules as rules] rules change, 100 local members", pe.rules, baseline: before, rulesOurs)
+        add("[slot layout, group rules as rules] instance plug", pe.plug, baseline: before, plugOurs,
+            extra: ["batch_messages": "\(plugBatch)", "engine": formatDuration(median(pe.plugEngine)), "commit": formatDuration(median(pe.plugCommit))])
+        add("[slot layout, group rules as rules] instance unplug", pe.unplug, baseline: before, unplugOurs)
+        let r = try revokes(&plain.engine, plain.backend)
+        guard try plain.backend.readBack(reference: plain.engine.planned) == plain.engine.planned else {
             throw HarnessError("\(tag): slot layout: after the revokes the kernel read back differs from the engine's IR")
         }
-        add("[slot layout] rule revoked (its rules deleted by handle)", r.revoke, baseline: "the same revoke, chain flushed and re-filled, this run", r.revokeWhole,
+        add("[slot layout, group rules as rules] rule revoked (its rules deleted by handle)", r.revoke, baseline: "the same revoke, chain flushed and re-filled, this run", r.revokeWhole,
             extra: ["rules_deleted": "\(r.deleted)", "engine": formatDuration(median(r.revokeEngine)), "chain_read": formatDuration(median(r.reads))])
-        add("[slot layout] rule given back (its rules inserted in place)", r.giveBack, baseline: "the same, chain flushed and re-filled, this run", r.giveBackWhole)
+        add("[slot layout, group rules as rules] rule given back (its rules inserted in place)", r.giveBack, baseline: "the same, chain flushed and re-filled, this run", r.giveBackWhole)
+
+        // Group rules as elements of the shapes' sets (the default), beside the same as rules.
+        let el = try pass(elements: true)
+        let asRules = "slot layout, group rules as rules, this run"
+        point.slots = median(el.ev.members)
+        add("[slot layout, the default: rules as elements] cold apply", el.cold, baseline: asRules, plain.cold, target: 300_000_000)
+        add("[slot layout, the default: rules as elements] membership change", el.ev.members, baseline: asRules, pe.members, target: 20_000,
+            extra: ["engine": formatDuration(median(el.ev.membersEngine))])
+        add("[slot layout, the default: rules as elements] rules change, 100 local members", el.ev.rules, baseline: asRules, pe.rules, target: 500_000)
+        add("[slot layout, the default: rules as elements] instance plug", el.ev.plug, baseline: asRules, pe.plug, target: 50_000,
+            extra: ["batch_messages": "\(el.ev.plugBatch?.operations.count ?? 0)", "engine": formatDuration(median(el.ev.plugEngine)),
+                    "commit": formatDuration(median(el.ev.plugCommit))])
+        add("[slot layout, the default: rules as elements] instance unplug", el.ev.unplug, baseline: asRules, pe.unplug)
         try dropTable()
     }
 

@@ -61,19 +61,23 @@ struct PacketBench: ParsableCommand {
         try out.namespace.nft("add", "chain", "inet", "sink", "pre", "{ type filter hook prerouting priority -300; policy accept; }")
         try out.namespace.nft("add", "rule", "inet", "sink", "pre", "udp", "dport", "1024-65000", "counter", "drop")
 
-        func load(_ layout: NFTLayout) throws {
+        /// The three ways measured: the instance-chains layout, the slot layout with group rules
+        /// as rules, the slot layout with them as elements of the shapes' sets (the default).
+        enum Variant: Int, CaseIterable { case instanceChains, slotsRules, slotsElements }
+        func load(_ v: Variant) throws {
             if try nl.readTable(family: .inet, name: Naming.table) != nil {
                 _ = try spawnQuiet(["nft", "delete", "table", "inet", Naming.table], in: place)
             }
-            let backend = NFTablesBackend(client: nl, layout: layout)
+            let backend = NFTablesBackend(client: nl, layout: v == .instanceChains ? .instanceChains : .slots)
+            backend.groupRulesAsElements = v == .slotsElements
             try backend.commit(diff(from: nil, to: ir), result: ir)
             _ = try spawnQuiet(["conntrack", "-F"], in: place)
         }
 
         let target = sockaddr_in(port: 0, address: "192.0.2.10")
-        var results: [NFTLayout: (new: [Double], established: [Double])] = [:]
-        for round in 0..<(2 * rounds) {
-            let layout: NFTLayout = round % 2 == 0 ? .instanceChains : .slots
+        var results: [Variant: (new: [Double], established: [Double])] = [:]
+        for round in 0..<(3 * rounds) {
+            let layout = Variant(rawValue: round % 3)!
             try load(layout)
             let perNew = try NetworkNamespace.named(vm.namespace.name).perform { () throws(HarnessError) -> Double in
                 try blast(to: target, packets: packets, newFlows: true)
@@ -85,23 +89,26 @@ struct PacketBench: ParsableCommand {
             results[layout, default: ([], [])].new.append(perNew)
             results[layout, default: ([], [])].established.append(perEstablished)
         }
-        func figure(_ name: String, _ ours: [Double], _ base: [Double]) {
+        func figure(_ name: String, _ ours: [Double], _ base: [Double], baseline: String = "instance-chains layout, same rounds") {
             let m = median(ours.map { UInt64($0) }), b = median(base.map { UInt64($0) })
-            report.add(Figure(benchmark: name, median_ns: m, baseline: "instance-chains layout, same rounds", baseline_median_ns: b,
+            report.add(Figure(benchmark: name, median_ns: m, baseline: baseline, baseline_median_ns: b,
                               extra: ["difference": String(format: "%+.0f ns", Double(m) - Double(b)), "rounds": "\(ours.count)",
                                       "packets_per_round": "\(packets)"]))
         }
-        guard let s = results[.slots], let c = results[.instanceChains] else { throw HarnessError("no rounds") }
+        guard let s = results[.slotsElements], let r = results[.slotsRules], let c = results[.instanceChains] else { throw HarnessError("no rounds") }
         // Every new-flow packet crossed the hypervisor (the outside host counted it): the
         // figures are of forwarded packets, not of packets dropped on the way.
         let listed = try out.namespace.nft("list", "chain", "inet", "sink", "pre").stdout
         let counted = listed.split(separator: " ").drop { $0 != "packets" }.dropFirst().first.flatMap { Int($0) } ?? 0
-        guard counted == 2 * rounds * packets else {
-            throw HarnessError("the outside host counted \(counted) packets of \(2 * rounds * packets) sent: the path dropped some")
+        guard counted == 3 * rounds * packets else {
+            throw HarnessError("the outside host counted \(counted) packets of \(3 * rounds * packets) sent: the path dropped some")
         }
-        figure("per packet, new flow (dispatch through two groups), slot layout", s.new, c.new)
-        figure("per packet, established flow, slot layout", s.established, c.established)
-        report.note("host-1k plus the measured instance; \(rounds) rounds per layout of \(packets) packets, alternating")
+        figure("per packet, new flow (dispatch through two groups), slot layout, rules as elements", s.new, c.new)
+        figure("per packet, established flow, slot layout, rules as elements", s.established, c.established)
+        figure("per packet, new flow, slot layout, rules as elements", s.new, r.new, baseline: "slot layout, group rules as rules, same rounds")
+        figure("per packet, new flow, slot layout, rules as rules", r.new, c.new)
+        figure("per packet, established flow, slot layout, rules as rules", r.established, c.established)
+        report.note("host-1k plus the measured instance; \(rounds) rounds per variant of \(packets) packets, the three alternating")
         report.finish()
         _ = try? spawnQuiet(["nft", "delete", "table", "inet", Naming.table], in: place)
     }

@@ -168,7 +168,8 @@ import Testing
         try h.expect([(.tcp(from: "internet", to: "10.0.1.11", port: 80), true)])
         // SIGTERM: a clean exit, and the rules stay
         #expect(d.terminate() == 0)
-        #expect(try h.topo.hypervisor.nft("list", "chain", "inet", "rampart", "gin-web").stdout.contains("dport 80"))
+        // (web's port rules are elements of the shapes' sets: `"web" . tcp . 80`)
+        #expect(try h.topo.hypervisor.nft("list", "table", "inet", "rampart").stdout.contains(#""web" . tcp . 80"#))
         try h.expect([(.tcp(from: "internet", to: "10.0.1.11", port: 22), false)])
     }
 }

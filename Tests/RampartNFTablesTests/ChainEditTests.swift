@@ -118,12 +118,21 @@ import RampartCoreTestSupport
         throw HarnessError("rule \(comment) has no counter")
     }
 
+    /// A backend that keeps group chains' rules as rules (`groupRulesAsElements` off): what
+    /// these tests exercise is the rule-by-rule edit, which the default encoding uses only when
+    /// a chain's shape rules change (RuleShapesTests covers that encoding).
+    static func plain(_ client: some NFTablesClient) -> NFTablesBackend {
+        let b = NFTablesBackend(client: client, layout: .slots)
+        b.groupRulesAsElements = false
+        return b
+    }
+
     /// A namespace holding the example document's table, committed through a `Tap`.
     static func exampleTable(_ prefix: String) throws -> (TestNamespace, NFTablesConnection, Tap, NFTablesBackend, Engine) {
         let ns = try TestNamespace(prefix: prefix)
         let nl = try NFTablesConnection(namespace: .named(ns.name))
         let tap = Tap(nl)
-        let backend = NFTablesBackend(client: tap, layout: .slots)
+        let backend = Self.plain(tap)
         var engine = Engine(host: "hv1")
         try backend.commit(try engine.apply(document: exampleDocument), result: engine.planned)
         return (ns, nl, tap, backend, engine)
@@ -155,7 +164,7 @@ import RampartCoreTestSupport
         var after = try Self.handles(nl, "gin-web")
         #expect(after == before.filter { $0.comment != "web/ssh-from-admin" })
         #expect(try Self.counter(nl, "gin-web", comment: "web/http") == counted, "the kept rule's counter")
-        #expect(try NFTablesBackend(client: nl, layout: .slots).readBack(reference: engine.planned) == engine.planned)
+        #expect(try Self.plain(nl).readBack(reference: engine.planned) == engine.planned)
 
         // Given back: the two rules inserted where the IR has them, the others untouched.
         try backend.commit(try engine.rulesChanged(group: "web", rules: webRules), result: engine.planned)
@@ -170,7 +179,7 @@ import RampartCoreTestSupport
         after = try Self.handles(nl, "gin-web")
         #expect(after.map(\.comment) == before.map(\.comment))
         #expect(after.filter { $0.comment != "web/ssh-from-admin" } == before.filter { $0.comment != "web/ssh-from-admin" })
-        #expect(try NFTablesBackend(client: nl, layout: .slots).readBack(reference: engine.planned) == engine.planned)
+        #expect(try Self.plain(nl).readBack(reference: engine.planned) == engine.planned)
         #expect(try Self.counter(nl, "gin-web", comment: "web/http") == counted, "the kept rule's counter")
     }
 
@@ -213,7 +222,7 @@ import RampartCoreTestSupport
                 }
             })
             #expect(flushed.isDisjoint(with: editedChains), "seed \(seed) step \(step): \(flushed.intersection(editedChains)) flushed and edited at once")
-            #expect(try NFTablesBackend(client: nl, layout: .slots).readBack(reference: engine.planned) == engine.planned,
+            #expect(try Self.plain(nl).readBack(reference: engine.planned) == engine.planned,
                     "seed \(seed) step \(step)")
             #expect(engine.planned == Compiler.compile(engine.document), "seed \(seed) step \(step)")
         }
@@ -230,7 +239,7 @@ import RampartCoreTestSupport
         let sent = try #require(tap.batches.last).operations
         #expect(sent.contains(.flushChain(family: .inet, table: "rampart", name: "gin-web")))
         #expect(!sent.contains { if case .deleteRule = $0 { true } else { false } })
-        #expect(try NFTablesBackend(client: nl, layout: .slots).readBack(reference: engine.planned) == engine.planned)
+        #expect(try Self.plain(nl).readBack(reference: engine.planned) == engine.planned)
     }
 
     /// A rule someone added by hand to a group chain goes at the next edit of that chain; a
@@ -246,7 +255,7 @@ import RampartCoreTestSupport
         guard case .generationChanged = error else { Issue.record("expected generationChanged, got \(String(describing: error))"); return }
         // `rampart diff` (pending) shows the chain whole and says how it is sent; it changes nothing.
         let held = try #require(try nl.readRules(family: .inet, table: "rampart", chain: "gin-web")).filter { $0.comment != nil }
-        let pending = try NFTablesBackend(client: nl, layout: .slots).pending(to: engine.planned)
+        let pending = try Self.plain(nl).pending(to: engine.planned)
         #expect(pending.text.contains("# gin-web: sent as 2 rules deleted and 0 added"), "\(pending.text)")
         #expect(pending.text.contains("flush chain inet rampart gin-web"))
         // Converging edits gin-web: the intruder and the dropped rule go, the rest stays.
@@ -256,7 +265,7 @@ import RampartCoreTestSupport
         let now = try #require(try nl.readRules(family: .inet, table: "rampart", chain: "gin-web"))
         #expect(!now.contains { $0.comment == nil })
         #expect(Set(now.map(\.handle)).isSubset(of: Set(held.map(\.handle))))
-        #expect(try NFTablesBackend(client: nl, layout: .slots).readBack(reference: engine.planned) == engine.planned)
+        #expect(try Self.plain(nl).readBack(reference: engine.planned) == engine.planned)
         #expect(!(try ns.nft("list", "chain", "inet", "rampart", "gin-web").stdout.contains("6666")))
     }
 }

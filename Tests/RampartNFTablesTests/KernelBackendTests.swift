@@ -39,9 +39,13 @@ import RampartNetlink
         #expect(try nl.generation() == g0 + 1)
         // nft reads it back as a valid ruleset with our comments.
         let listed = try ns.nft("list", "ruleset").stdout
-        // A group's members are elements of `members4`/`members6` tagged with its id; a rule
-        // looks the tag and the address up (nft prints the tag in hex: "web").
-        #expect(listed.contains(#"0x77656200000000000000000000000000 [invalid type] . ip saddr @members4 tcp dport 5432 counter packets 0 bytes 0 accept comment "db/pg-from-web""#))
+        // A group's members are elements of `members4`/`members6` tagged with its id; a group's
+        // rules are elements of the shapes' sets, tagged with its id (and the remote group's),
+        // named by their comments; its chain has one rule per shape, which looks the remote
+        // group's tag and the address up in `members4`, then the key in the shape's set (nft
+        // prints an immediate tag in hex: "web", "db").
+        #expect(listed.contains(#""db" . "web" . tcp . 5432 comment "db/pg-from-web""#))
+        #expect(listed.contains(#"0x77656200000000000000000000000000 [invalid type] . ip saddr @members4 0x64620000000000000000000000000000 [invalid type] . 0x77656200000000000000000000000000 [invalid type] . meta l4proto . th dport @rules4-in-grp-pp counter packets 0 bytes 0 accept comment "rules from/to group web: elements of @rules4-in-grp-pp""#))
         #expect(listed.contains(#""web" . 10.0.1.11 comment "web""#))
         // The slot layout: instances reach their groups through `inst-groups`, named in comments.
         #expect(listed.contains(#"oifname @inst-ifaces jump dispatch-in"#))
