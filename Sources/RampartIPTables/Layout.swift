@@ -146,11 +146,17 @@ struct InstanceChecks {
         // a destination that is no instance's matches nothing in rp-to.
         let policyTo = [clear, "-j \(IPTNames.toInstances)"]
 
-        // FORWARD.
+        // FORWARD. Bridged, a packet the hypervisor routes onto the bridge has no output port yet
+        // (`--physdev-is-bridged` is false, `--physdev-out` names nothing): the receiving
+        // instance is found by the destination address instead (`rp-fwd-dst`, and `rp-to-host`
+        // from an instance), else its ingress would never be asked.
+        let routed = "-m physdev ! --physdev-is-bridged"
         chains[IPTNames.forward] = testIn + ["\(marked) -g \(IPTNames.forwardFrom)"] + guarded.map { "\(guardIn($0)) -j DROP" }
-            + testOut + ["\(marked) -g \(IPTNames.forwardTo)"] + guarded.map { "\(guardOut($0)) -j DROP" }
+            + testOut + ["\(marked) -g \(IPTNames.forwardTo)"] + (bridged ? ["\(routed) -j \(IPTNames.forwardRoutedDispatch)"] : [])
+            + guarded.map { "\(guardOut($0)) -j DROP" }
         chains[IPTNames.forwardFrom] = fromInstanceHead(accept: bridged ? "ACCEPT" : nil, forward: true)
-            + [inv, syn, "\(established) -j ACCEPT"] + relatedOwn(IPTNames.relatedAccept) + policyFrom + policyTo + [clear, "-j ACCEPT"]
+            + [inv, syn, "\(established) -j ACCEPT"] + relatedOwn(IPTNames.relatedAccept) + policyFrom + policyTo
+            + (bridged ? ["\(routed) -j \(IPTNames.toHostInstances)"] : []) + [clear, "-j ACCEPT"]
         var toLink: [String]
         if bridged {
             // The router and DHCP server of a bridged segment may sit elsewhere on it.
@@ -159,6 +165,10 @@ struct InstanceChecks {
             toLink = v6 ? ndpAll.map { "\(icmp6($0)) -j DROP" } : ["\(dhcpReply) -j DROP"]
         }
         chains[IPTNames.forwardTo] = [clear] + toLink + [inv, syn, "\(est) -j ACCEPT"] + policyTo + [notMarked, clear, "-j ACCEPT"]
+        if bridged {
+            chains[IPTNames.forwardToRouted] = [clear] + toLink + [inv, syn, "\(est) -j ACCEPT"]
+                + [clear, "-j \(IPTNames.toHostInstances)", notMarked, clear, "-j ACCEPT"]
+        }
 
         // INPUT: instance → host.
         chains[IPTNames.input] = testIn + ["\(marked) -g \(IPTNames.inputInstances)"] + guarded.map { "\(guardIn($0)) -j DROP" }
@@ -178,16 +188,18 @@ struct InstanceChecks {
         // OUTPUT: host → instance. Bridged, the port is chosen after OUTPUT: by address.
         let hostLink = v6 ? ndpAll.map { "\(icmp6($0)) \(hl255) -j RETURN" } : ["\(dhcpReply) -j RETURN"]
         if bridged {
-            var dests: [String] = [], toHost: [String] = []
+            var dests: [String] = [], toHost: [String] = [], routedDests: [String] = []
             for (iface, inChain) in toMap {
                 let addrs = v6 ? (ipv6[iface] ?? []).map { "\($0)/128" } : (ipv4[iface] ?? []).map { "\($0)/32" }
                 for a in addrs {
                     dests.append("-d \(a) -g \(IPTNames.outputInstances)")
+                    routedDests.append("-d \(a) -g \(IPTNames.forwardToRouted)")
                     toHost.append("-d \(a) -j \(IPTNames.chain(inChain))")
                 }
             }
             chains[IPTNames.output] = ["-j \(IPTNames.outputDispatch)"]
             chains[IPTNames.outputDispatch] = dests
+            chains[IPTNames.forwardRoutedDispatch] = routedDests
             chains[IPTNames.toHostInstances] = toHost
         } else {
             chains[IPTNames.output] = testOut + ["\(marked) -g \(IPTNames.outputInstances)"] + guarded.map { "\(guardOut($0)) -j DROP" }

@@ -53,6 +53,12 @@ public enum IPTNames {
     /// that sets the mark bit; `rp-rel-ok` then clears it and accepts (forward), `rp-clear`
     /// clears it and returns (input).
     public static let relatedOwn = "rp-related"
+    /// Bridged: a packet the hypervisor routes onto the bridge to an instance (its bridge port is
+    /// chosen after FORWARD, so `--physdev-out` cannot name it): dispatched by destination
+    /// address (`-d A -g rp-fwd-to-rt`) to the receiver's path, which picks its ingress by
+    /// address (`rp-to-host`), as OUTPUT does.
+    public static let forwardRoutedDispatch = "rp-fwd-dst"
+    public static let forwardToRouted = "rp-fwd-to-rt"
     public static let relatedAccept = "rp-rel-ok"
     public static let clearReturn = "rp-clear"
     /// The built-in chains and the Rampart chain each jumps to.
@@ -76,7 +82,7 @@ public enum IPTNames {
     /// compared as multisets and changed rule by rule (`-D` / `-A`), not rewritten: plugging an
     /// instance adds its few dispatch rules.
     public static let unordered: Set<String> = [fromInstances, toInstances, toHostInstances, outputDispatch, macCheck, naTargets,
-                                                isInstanceIn, isInstanceOut, spoof, relatedOwn]
+                                                isInstanceIn, isInstanceOut, spoof, relatedOwn, forwardRoutedDispatch]
 
     /// Every chain the fixed layout renders (`InstanceChecks`), ebtables' included; with the
     /// chains of the earlier layout (`rp-fwd`), so an upgrade deletes them.
@@ -84,6 +90,7 @@ public enum IPTNames {
         forward, input, output, forwardFrom, forwardTo, inputInstances, outputInstances, fromInstances,
         toInstances, toHostInstances, outputDispatch, macCheck, naCheck, naTargets, accept, arp, bridgeOutput, "rp-fwd", "rp-fwd-ing",
         isInstanceIn, isInstanceOut, spoof, guardTo, dhcpTo, relatedOwn, relatedAccept, clearReturn,
+        forwardRoutedDispatch, forwardToRouted,
     ]
 
     /// The packet-mark bit Rampart uses (and clears again) to carry "accepted" out of a group

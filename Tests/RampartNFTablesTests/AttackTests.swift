@@ -252,6 +252,35 @@ import RampartHarness
         v.check(backend)
     }
 
+    /// A packet sent to the hypervisor's MAC for an instance's address is routed by the host to
+    /// that instance: it must meet the receiver's ingress like any other. On a bridged
+    /// hypervisor the bridge port is chosen after FORWARD, so a layout that finds the receiver
+    /// by its port never asked its ingress (found in an attacker's review: lonely, with no
+    /// ingress at all, was reachable from outside and from alice this way). Both families.
+    @Test(arguments: TrafficBackend.allCases) func routedByTheHostMeetsTheReceiversIngress(_ backend: TrafficBackend) throws {
+        let s = try Site(backend)
+        let t = s.topo
+        var v = Verdicts()
+        let lonelyLink = try t.captureLink("lonely"), bobLink = try t.captureLink("bob")
+        for v6 in [false, true] {
+            guard let hv = t.hypervisorNode.addresses.first(where: { $0.contains(":") == v6 }) else { continue }
+            let lonely = v6 ? "fd00::31" : "10.0.3.31", bob = v6 ? "fd00::12" : "10.0.1.12"
+            let senders = [("internet", v6 ? "2001:db8::10" : "192.0.2.10"), ("alice", v6 ? "fd00::11" : "10.0.1.11")]
+            for (node, from) in senders {
+                let hvMAC = try t.nextHopMAC(from: node, to: hv)
+                let toLonely = Self.token("\(node)-lonely"), toBob = Self.token("\(node)-bob")
+                try t.sendFrames(from: node, [
+                    RawPacket.frame(dst: hvMAC, src: try t[node].mac(), RawPacket.udp(src: from, dst: lonely, sport: 40100, dport: 7100, toLonely)),
+                    RawPacket.frame(dst: hvMAC, src: try t[node].mac(), RawPacket.udp(src: from, dst: bob, sport: 40101, dport: 7101, toBob)),
+                ])
+                v.expect("UDP \(node) → bob \(bob), routed by the host (bob's ingress allows it)", bobLink.saw(toBob, within: 2), true)
+                Self.settle()
+                v.expect("UDP \(node) → lonely \(lonely), routed by the host (lonely has no ingress)", lonelyLink.saw(toLonely), false)
+            }
+        }
+        v.check(backend)
+    }
+
     // MARK: 2. DHCPv4 between an instance and its host only (rule 5)
 
     @Test(arguments: TrafficBackend.allCases) func rogueDHCP(_ backend: TrafficBackend) throws {
