@@ -119,14 +119,10 @@ public enum Evaluate {
         case .ifaceNDTargetNotInSet(let s):
             guard p.protocolNumber == 58, let t = p.neighbourTarget, let i = p.inputInterface else { return false }
             return !inSet(s, .ifaceNDTarget(i, t))
-        case .ifaceCtSaddrInSet(let f, let reply, let s):
-            // The connection a related packet belongs to is not part of a packet description:
-            // the term holds only for one that names it.
-            guard p.family == f, let i = p.inputInterface, let c = p.relatedConnection else { return false }
-            switch reply ? c.replySource : c.originalSource {
-            case .v4(let a): return inSet(s, .ifaceIPv4(i, a))
-            case .v6(let a): return inSet(s, .ifaceIPv6(i, a))
-            }
+        case .ifaceCtSaddrInSet:
+            // Only with `ctState(.related)`: a packet description is new or established, never
+            // related, and does not carry the connection a related packet belongs to.
+            return false
         }
     }
 }
@@ -160,17 +156,6 @@ public struct PacketDescription: Hashable, Sendable {
     public var sourceMAC: MACAddress?
     /// A neighbour advertisement's target address.
     public var neighbourTarget: IPv6Address?
-    /// For a related packet (an ICMP error): the sources of the two directions of the connection
-    /// it is related to; nil when not known.
-    public var relatedConnection: (originalSource: IPAddress, replySource: IPAddress)? {
-        get { related.map { ($0.a, $0.b) } }
-        set { related = newValue.map { Pair($0.originalSource, $0.replySource) } }
-    }
-    private var related: Pair?
-    private struct Pair: Hashable, Sendable {
-        var a: IPAddress, b: IPAddress
-        init(_ a: IPAddress, _ b: IPAddress) { self.a = a; self.b = b }
-    }
 
     public init(from inputInterface: String?, to outputInterface: String?, source: IPAddress, destination: IPAddress,
                 protocolNumber: UInt8, sourcePort: UInt16? = nil, destinationPort: UInt16? = nil,

@@ -243,7 +243,9 @@ struct SlotLowering {
         }
         let want = RuleShapes.lower(rules, group: g, direction: d) { Translate.expressions($0, layout: .slots) }
         // In name order: the same plan creates the sets in the same order (`nft list` lists them so).
-        for (set, shape) in want.shapes.sorted(by: { $0.key < $1.key }) where !state.shapeSets.contains(set) {
+        // A set's definition is all in its name (`RuleShapes.parse`).
+        for set in want.elements.keys.sorted() where !state.shapeSets.contains(set) {
+            guard let shape = RuleShapes.parse(setName: set) else { throw .protocolError("slot layout: no shape is named \(set)") }
             b.append(.addSet(shape.definition(table: table)))
             state.shapeSets.insert(set)
         }

@@ -104,7 +104,6 @@ enum Observe {
         private(set) var sets: Set<String> = []
         /// Group chain → set → elements.
         private var byChain: [String: [String: Set<NFTSetElement>]] = [:]
-        private var shapes: [String: RuleShapes.Shape] = [:]
         /// False when a shape set is not what Rampart writes, or holds an element of no group
         /// chain of the table: the table is then rebuilt (nothing can name such an element for
         /// removal otherwise).
@@ -122,7 +121,6 @@ enum Observe {
                     continue
                 }
                 sets.insert(def.name)
-                shapes[def.name] = shape
                 for e in snap.elements[def.name] ?? [] {
                     guard e.key.count == shape.keyLength, let chain = chainOfTag[shape.direction]?[Array(e.key[0..<16])] else {
                         isWellFormed = false
@@ -138,7 +136,6 @@ enum Observe {
             var l = RuleShapes.Lowered()
             l.rules = rules.map { .init(expressions: Translate.withoutCounts($0.expressions), comment: $0.comment) }
             l.elements = byChain[chain] ?? [:]
-            for set in l.elements.keys { l.shapes[set] = shapes[set] }
             return l
         }
     }

@@ -346,11 +346,6 @@ enum RuleShapes {
         }
         var rules: [KernelRule] = []
         var elements: [String: Set<NFTSetElement>] = [:]
-        /// The shapes of the sets this chain's elements are in, by set name (what creating a
-        /// set needs; not compared: a read-back knows a group shape's set, not its remote group).
-        var shapes: [String: Shape] = [:]
-
-        static func == (a: Lowered, b: Lowered) -> Bool { a.rules == b.rules && a.elements == b.elements }
     }
 
     /// `rules` of `group`'s chain in direction `d`; `plain` lowers a rule that stays a rule.
@@ -363,7 +358,6 @@ enum RuleShapes {
             if let (shape, e) = element(r, direction: d, group: group), keys.insert(ElementKey(set: shape.setName, key: e.key)).inserted {
                 shapeRules[shape] = ()
                 out.elements[shape.setName, default: []].insert(e)
-                out.shapes[shape.setName] = shape
             } else {
                 // No shape, or the same key as a rule before it (two rules that match the same
                 // packets): a rule of its own, so that both read back.
