@@ -174,6 +174,7 @@ public final class IPTablesBackend {
         // ebtables-nft (or the kernel's bridge family) has nothing there.
         let eb = topology == .bridged ? try saveEB() : ((try? saveEB()) ?? "")
         (st.eb, st.jumpsEB) = Self.parseSave(eb, entries: Self.ebEntries)
+        st.jumpsEB.formUnion(IPTNames.legacyEBJumps.filter { eb.contains("\n-A \($0)\n") })
         st.sets = Self.parseIPSetSave(try runner.check(["ipset", "save"]))
         mirror = st
         return st
@@ -345,7 +346,7 @@ public final class IPTablesBackend {
                 chains.formUnion(cur[f].chains.keys.filter { IPTNames.fixedChains.contains($0) })
             }
             sets.formUnion(IPTNames.fixedSets)
-            chains.formUnion([IPTNames.arp, IPTNames.bridgeOutput])
+            chains.formUnion([IPTNames.link, IPTNames.arp, IPTNames.bridgeOutput])
             des.eb = part.eb
         }
         for f in [IPFamily.ipv4, .ipv6] {

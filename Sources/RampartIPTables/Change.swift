@@ -150,6 +150,9 @@ extension IPTablesBackend {
             if nc[e] != nil && !had.contains(b) { jumpLines.append("-I \(b) 1 \(m)-j \(e)"); c.jumps += 1 }
             if nc[e] == nil && had.contains(b) { unjump.append("-D \(b) \(m)-j \(e)"); c.jumps += 1 }
         }
+        if eb {
+            for j in IPTNames.legacyEBJumps where had.contains(j) { unjump.append("-D \(j)"); c.jumps += 1 }
+        }
         guard !declare.isEmpty || !patchDel.isEmpty || !patchAdd.isEmpty || !jumpLines.isEmpty || !unjump.isEmpty else { return nil }
         var text = eb ? "*nat\n" : "*filter\n"
         text += declare.map { ":\($0) \(policy)\(eb ? "" : " [0:0]")\n" }.joined()

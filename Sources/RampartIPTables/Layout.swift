@@ -230,12 +230,26 @@ struct InstanceChecks {
         }
     }
 
-    /// ebtables' nat table (bridged only): ARP from instance ports must carry one of the
-    /// instance's IPv4 addresses (and its MAC, when it has one), as Neutron's `neutronARP-*`
-    /// chains do; guarded ports send no ARP, and the host sends no IP to them (OUTPUT: the
-    /// bridge port is known here, not in iptables' OUTPUT).
+    /// ebtables' nat table (bridged only). Every frame entering the bridge meets `RAMPART-L2`
+    /// before the bridge learns its source MAC: a frame from an instance with a MAC must carry
+    /// it (whatever it holds: iptables' MAC check comes after the learning, and a frame with
+    /// another's MAC would move that MAC to the sender's port), and an instance may send plain
+    /// IPv4, IPv6 and ARP only — a VLAN-tagged (802.1Q, 802.1ad) or PPPoE frame is not IP to
+    /// br_netfilter and would cross the bridge past every iptables rule. ARP from instance
+    /// ports must carry one of the instance's IPv4 addresses (and its MAC, when it has one),
+    /// as Neutron's `neutronARP-*` chains do; guarded ports send no ARP nor any other non-IP
+    /// frame, and the host sends no IP to them (OUTPUT: the bridge port is known here, not in
+    /// iptables' OUTPUT).
     func ebtables() -> [String: [String]] {
         guard bridged else { return [:] }
+        // Source MACs first (one rule per instance with a MAC: every frame walks them, as every
+        // packet walks `rp-spoof`), then IP passes on to br_netfilter, ARP to its checks, and
+        // any other ethertype from an instance or a guarded port is dropped.
+        var link = interfaces.compactMap { i in macs[i].map { "-s ! \($0) -i \(i) -j DROP" } }
+        // `RAMPART-ARP` drops or returns here: an ARP frame it let through leaves by the RETURN after.
+        link += ["-p IPv4 -j RETURN", "-p IPv6 -j RETURN", "-p ARP -j \(IPTNames.arp)", "-p ARP -j RETURN"]
+        link += interfaces.map { "-i \($0) -j DROP" }
+        link += guarded.map { "-i \(Self.wildcard($0)) -j DROP" }
         var arp: [String] = []
         for i in interfaces {
             let m = macs[i]
@@ -246,7 +260,7 @@ struct InstanceChecks {
             arp.append("-p ARP -i \(i) -j DROP")
         }
         arp += guarded.map { "-p ARP -i \(Self.wildcard($0)) -j DROP" }
-        var out = [IPTNames.arp: arp]
+        var out = [IPTNames.link: link, IPTNames.arp: arp]
         if !guarded.isEmpty {
             out[IPTNames.bridgeOutput] = interfaces.map { "-o \($0) -j RETURN" }
                 + guarded.flatMap { ["-p IPv4 -o \(Self.wildcard($0)) -j DROP", "-p IPv6 -o \(Self.wildcard($0)) -j DROP"] }

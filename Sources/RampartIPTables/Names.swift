@@ -71,11 +71,16 @@ public enum IPTNames {
     /// The fixed sets (never a group's: those start with `rp4-`/`rp6-`).
     public static let fixedSets: Set<String> = [sources4, sources6]
 
-    /// Bridged topology, ebtables (nat table): ARP from instance ports (PREROUTING, `-p ARP`),
-    /// and host → guarded ports (OUTPUT), where iptables cannot see the bridge port.
+    /// Bridged topology, ebtables (nat table): every frame entering the bridge (PREROUTING:
+    /// source MACs, the ethertypes an instance may send, its ARP in `RAMPART-ARP`), and host →
+    /// guarded ports (OUTPUT), where iptables cannot see the bridge port.
+    public static let link = "RAMPART-L2"
     public static let arp = "RAMPART-ARP"
     public static let bridgeOutput = "RAMPART-EBOUT"
-    public static let ebEntries: [(builtin: String, chain: String, match: String)] = [("PREROUTING", arp, "-p ARP "), ("OUTPUT", bridgeOutput, "")]
+    public static let ebEntries: [(builtin: String, chain: String, match: String)] = [("PREROUTING", link, ""), ("OUTPUT", bridgeOutput, "")]
+    /// Jumps of an earlier layout, deleted where found: until 2026-12-04 PREROUTING sent only
+    /// ARP to Rampart (`-p ARP -j RAMPART-ARP`). Kept in `IPTState.jumpsEB` as the whole line.
+    public static let legacyEBJumps: [String] = ["PREROUTING -p ARP -j \(arp)"]
 
     /// Dispatch chains: each rule matches one interface (or address) no other rule of the chain
     /// matches, or all its rules have the same effect, so their order does not matter. They are
@@ -88,7 +93,7 @@ public enum IPTNames {
     /// chains of the earlier layout (`rp-fwd`), so an upgrade deletes them.
     public static let fixedChains: Set<String> = [
         forward, input, output, forwardFrom, forwardTo, inputInstances, outputInstances, fromInstances,
-        toInstances, toHostInstances, outputDispatch, macCheck, naCheck, naTargets, accept, arp, bridgeOutput, "rp-fwd", "rp-fwd-ing",
+        toInstances, toHostInstances, outputDispatch, macCheck, naCheck, naTargets, accept, link, arp, bridgeOutput, "rp-fwd", "rp-fwd-ing",
         isInstanceIn, isInstanceOut, spoof, guardTo, dhcpTo, relatedOwn, relatedAccept, clearReturn,
         forwardRoutedDispatch, forwardToRouted,
     ]

@@ -94,6 +94,14 @@ import RampartHarness
         if topology == .bridged {
             #expect(st.eb.chains[IPTNames.arp]?.contains("-p ARP -s 02:00:00:00:01:11 -i tapweb1 --arp-ip-src 10.0.1.11 --arp-mac-src 02:00:00:00:01:11 -j RETURN") == true)
             #expect(st.eb.chains[IPTNames.arp]?.last == "-p ARP -i tap+ -j DROP")
+            // Every frame into the bridge: source MACs first, then IP on, ARP to its checks,
+            // anything else from an instance or a guarded port dropped.
+            let link = try #require(st.eb.chains[IPTNames.link])
+            #expect(link.first == "-s ! 02:00:00:00:01:11 -i tapweb1 -j DROP")
+            let ipOn = try #require(link.firstIndex(of: "-p IPv4 -j RETURN"))
+            #expect(link[ipOn...].prefix(4) == ["-p IPv4 -j RETURN", "-p IPv6 -j RETURN", "-p ARP -j RAMPART-ARP", "-p ARP -j RETURN"])
+            #expect(link[..<ipOn].allSatisfy { $0.hasPrefix("-s ! ") && $0.hasSuffix(" -j DROP") })
+            #expect(link.contains("-i tapweb1 -j DROP") && link.last == "-i tap+ -j DROP")
             #expect(st.v4.chains[IPTNames.spoof]?.contains("-s 10.0.1.11/32 -m physdev --physdev-in tapweb1 -g rp-accept") == true)
             #expect(st.sets["rp-src4"] == nil)
         }
@@ -245,7 +253,7 @@ import RampartHarness
         let eb = try ns.run(["ebtables-nft-save", "-t", "nat"], check: true).stdout
         #expect(eb.contains("-A RAMPART-EBOUT -p IPv6 -o vnet-abcdefghij -j DROP"), "\(eb)")
         // Rampart's jumps went to the top; the other owner's rules are as they were.
-        #expect(eb.split(separator: "\n").filter { $0.hasPrefix("-A PREROUTING") } == ["-A PREROUTING -p ARP -j RAMPART-ARP", "-A PREROUTING -p ARP -i eth9 -j AGENT-ARP"])
+        #expect(eb.split(separator: "\n").filter { $0.hasPrefix("-A PREROUTING") } == ["-A PREROUTING -j RAMPART-L2", "-A PREROUTING -p ARP -i eth9 -j AGENT-ARP"])
         #expect(eb.contains("-A AGENT-ARP -p ARP --arp-ip-src 192.0.2.1 -j DROP"))
         // ebtables drift (the ARP chain flushed, the OUTPUT jump deleted) is repaired like the rest.
         let clean = eb.split(separator: "\n").filter { !$0.hasPrefix("#") }
@@ -255,6 +263,15 @@ import RampartHarness
         #expect(drift.stdout.contains("# ebtables-restore --noflush") && drift.stdout.contains("-I OUTPUT 1 -j RAMPART-EBOUT"), "\(drift.stdout)")
         #expect(try Self.cli(ns, v, ["apply", "--topology", "bridged", "-"], input: text).status == 0)
         #expect(try ns.run(["ebtables-nft-save", "-t", "nat"], check: true).stdout.split(separator: "\n").filter { !$0.hasPrefix("#") } == clean)
+        // A host written by the layout before 2026-12-04 (PREROUTING sent ARP only, to
+        // RAMPART-ARP): the next apply puts the jump to RAMPART-L2 in its place.
+        try ns.run(["ebtables-nft", "-t", "nat", "-D", "PREROUTING", "-j", "RAMPART-L2"], check: true)
+        try ns.run(["ebtables-nft", "-t", "nat", "-I", "PREROUTING", "1", "-p", "ARP", "-j", "RAMPART-ARP"], check: true)
+        let old = try Self.cli(ns, v, ["diff", "--topology", "bridged", "-"], input: text)
+        #expect(old.stdout.contains("-D PREROUTING -p ARP -j RAMPART-ARP") && old.stdout.contains("-I PREROUTING 1 -j RAMPART-L2"), "\(old.stdout)")
+        #expect(try Self.cli(ns, v, ["apply", "--topology", "bridged", "-"], input: text).status == 0)
+        #expect(try ns.run(["ebtables-nft-save", "-t", "nat"], check: true).stdout.split(separator: "\n").filter { !$0.hasPrefix("#") } == clean)
+        #expect(try Self.cli(ns, v, ["diff", "--topology", "bridged", "-"], input: text).stdout.contains("in sync"))
         #expect(try Self.cli(ns, v, ["flush"]).status == 0)
         #expect(try ns.run(["ebtables-nft-save"], check: true).stdout.split(separator: "\n").filter { !$0.hasPrefix("#") } == foreignEB)
         #expect(!(try Self.save(ns, v).contains { $0.contains("RAMPART") || $0.contains("rp-") }))
@@ -473,7 +490,7 @@ import RampartHarness
         #expect(again.isEmpty, "\(again.text)")
         if topology == .bridged {
             let eb = try hv.run(["ebtables-nft-save", "-t", "nat"], check: true).stdout
-            #expect(eb.contains("-A PREROUTING -p ARP -j RAMPART-ARP") && eb.contains("-A RAMPART-EBOUT -p IPv4 -o tap+ -j DROP"), "\(eb)")
+            #expect(eb.contains("-A PREROUTING -j RAMPART-L2") && eb.contains("-A RAMPART-L2 -i tap+ -j DROP") && eb.contains("-A RAMPART-EBOUT -p IPv4 -o tap+ -j DROP"), "\(eb)")
         }
 
         try backend.converge(to: nil)

@@ -675,4 +675,63 @@ import RampartHarness
         ])
         v.check(backend)
     }
+
+    // MARK: 8. Other link protocols on the bridge
+
+    /// Bridged only: a frame from an instance that is not plain IPv4, IPv6 or ARP (VLAN-tagged
+    /// IP, QinQ, PPPoE, an unknown ethertype) reaches no other port, and no frame from an
+    /// instance with a MAC in the document carries another source MAC into the bridge — whose
+    /// forwarding database learns a frame's source before iptables' FORWARD can drop it, so a
+    /// frame with bob's MAC from alice's port would send the traffic for bob to alice.
+    @Test(arguments: TrafficBackend.allCases.filter(\.bridged)) func linkLayerAbuseOnTheBridge(_ backend: TrafficBackend) throws {
+        let s = try Site(backend)
+        let t = s.topo
+        var v = Verdicts()
+        // bob's MAC learned on his own port first.
+        try v.probes(t, [(.tcp(from: "bob", to: "192.0.2.10", port: 80), true), (.tcp(from: "alice", to: "192.0.2.10", port: 80), true)])
+        let links = try ["bob", "carol", "internet", "lonely"].map { ($0, try t.captureLink($0)) }
+        let broadcast = "ff:ff:ff:ff:ff:ff", foreign = "02:00:00:00:99:99"
+        func udp4(_ token: [UInt8]) throws -> [UInt8] {
+            try RawPacket.udp(src: "10.0.1.11", dst: "10.0.1.12", sport: 5000, dport: 6000, token)
+        }
+        func udp6(_ token: [UInt8]) throws -> [UInt8] {
+            try RawPacket.udp(src: "fd00::11", dst: "fd00::12", sport: 5000, dport: 6000, token)
+        }
+        var attacks: [(what: String, frame: [UInt8], token: [UInt8])] = []
+        func attack(_ what: String, src: String = AttackTests.aliceMAC, type: UInt16, _ payload: ([UInt8]) throws -> [UInt8]) throws {
+            let token = AttackTests.token(what)
+            attacks.append((what, try RawPacket.ethernet(dst: broadcast, src: src, type: type, try payload(token)), token))
+        }
+        // 802.1Q: tag control (VID 100), then the inner ethertype.
+        try attack("alice: IPv4 in an 802.1Q tag", type: 0x8100) { [0x00, 0x64, 0x08, 0x00] + (try udp4($0)) }
+        try attack("alice: IPv6 in an 802.1Q tag", type: 0x8100) { [0x00, 0x64, 0x86, 0xDD] + (try udp6($0)) }
+        try attack("alice: IPv4 in 802.1ad + 802.1Q tags", type: 0x88A8) { [0x00, 0x64, 0x81, 0x00, 0x00, 0x65, 0x08, 0x00] + (try udp4($0)) }
+        try attack("alice: IPv4 in a PPPoE session", type: 0x8864) { t in
+            let ip = try udp4(t)
+            let length = UInt16(ip.count + 2)
+            return [0x11, 0x00, 0x00, 0x01, UInt8(length >> 8), UInt8(length & 0xFF), 0x00, 0x21] + ip
+        }
+        try attack("alice: an unknown ethertype (0x88B5)", type: 0x88B5) { $0 }
+        try attack("alice: an unknown ethertype with bob's MAC as source", src: AttackTests.bobMAC, type: 0x88B5) { $0 }
+        try attack("alice: IPv4 from her own address with bob's MAC as source", src: AttackTests.bobMAC, type: RawPacket.etherIPv4) { try udp4($0) }
+        try attack("alice: IPv4 from her own address with a foreign MAC as source", src: foreign, type: RawPacket.etherIPv4) { try udp4($0) }
+        try t.sendFrames(from: "alice", attacks.map(\.frame))
+        // Sent after the attacks: what arrived of those has arrived once these have.
+        try v.probes(t, [(.tcp(from: "alice", to: "10.0.1.12", port: 80), true), (.tcp(from: "internet", to: "10.0.1.12", port: 80), true)])
+        Self.settle()
+        for a in attacks {
+            for (name, capture) in links { v.expect("\(a.what), at \(name)", capture.saw(a.token), false) }
+        }
+        let fdb = try t["hv"].run(["bridge", "fdb", "show", "br", TopologySpec.bridge], check: true).stdout
+        for line in fdb.split(separator: "\n") where line.contains("dev tapalice") {
+            v.never("the bridge learned \(line.split(separator: " ").first ?? "") on alice's port [\(line)]",
+                    line.hasPrefix(AttackTests.bobMAC) || line.hasPrefix(foreign))
+        }
+        // bob's traffic still goes to bob, and the others still talk.
+        try v.probes(t, [
+            (.tcp(from: "internet", to: "10.0.1.12", port: 80), true), (.tcp(from: "carol", to: "10.0.1.12", port: 80), true),
+            (.tcp(from: "alice", to: "fd00::12", port: 80), true), (.icmp(from: "carol", to: "10.0.1.11"), true),
+        ])
+        v.check(backend)
+    }
 }
