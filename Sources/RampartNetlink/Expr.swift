@@ -126,8 +126,12 @@ public struct NFTCtState: OptionSet, Sendable, Hashable {
 public enum NFTMatch {
     /// Interface names are compared as 16 NUL-padded bytes (`IFNAMSIZ`), as nft does.
     public static func ifnameBytes(_ name: String) -> [UInt8] {
-        var bytes = Array(name.utf8.prefix(15))
-        bytes += [UInt8](repeating: 0, count: 16 - bytes.count)
+        var bytes = [UInt8](repeating: 0, count: 16)
+        var i = 0
+        for b in name.utf8 where i < 15 {
+            bytes[i] = b
+            i += 1
+        }
         return bytes
     }
 

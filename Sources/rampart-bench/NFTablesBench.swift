@@ -347,8 +347,8 @@ private struct HostRun {
         }
         /// Cold applies and the timed events in the slot layout, group rules as elements of the
         /// shapes' sets or as rules; the backend and engine left holding the table.
-        func pass(elements: Bool) throws -> (cold: [UInt64], ev: EventSamples, engine: Engine, backend: NFTablesBackend) {
-            var cold: [UInt64] = []
+        func pass(elements: Bool) throws -> (cold: ColdSamples, ev: EventSamples, engine: Engine, backend: NFTablesBackend) {
+            var cold = ColdSamples()
             var engine = Engine(host: doc.host)
             var backend = NFTablesBackend(client: nl, layout: .slots)
             for _ in 0..<self.cold {
@@ -357,8 +357,20 @@ private struct HostRun {
                 backend = NFTablesBackend(client: nl, layout: .slots)
                 backend.groupRulesAsElements = elements
                 let t0 = monotonicNanos()
-                try commitReconciling(backend, try engine.apply(document: doc), engine.planned)
-                cold.append(monotonicNanos() - t0)
+                let plan = try engine.apply(document: doc)
+                let t1 = monotonicNanos()
+                try commitReconciling(backend, plan, engine.planned)
+                let t2 = monotonicNanos()
+                cold.total.append(t2 - t0)
+                cold.engine.append(t1 - t0)
+                cold.commit.append(t2 - t1)
+                // The lowering alone, outside the timing, on a backend that has not committed:
+                // the commit's part that is not the kernel's.
+                let probe = NFTablesBackend(client: nl, layout: .slots)
+                probe.groupRulesAsElements = elements
+                let t3 = monotonicNanos()
+                _ = try probe.batch(for: plan, result: engine.planned)
+                cold.lowering.append(monotonicNanos() - t3)
             }
             let ev = try events(&engine, backend)
             if let b = ev.plugBatch, b.operations.contains(where: { if case .addChain = $0 { true } else if case .addRule = $0 { true } else { false } }) {
@@ -385,7 +397,7 @@ private struct HostRun {
         let pe = plain.ev
         let plugBatch = pe.plugBatch?.operations.count ?? 0
         let before = "instance-chains layout (before), this run"
-        add("[slot layout, group rules as rules] cold apply", plain.cold, baseline: before, coldOurs)
+        add("[slot layout, group rules as rules] cold apply", plain.cold.total, baseline: before, coldOurs, extra: plain.cold.extra)
         add("[slot layout, group rules as rules] membership change", pe.members, baseline: before, membersOurs,
             extra: ["engine": formatDuration(median(pe.membersEngine))])
         add("[slot layout, group rules as rules] rules change, 100 local members", pe.rules, baseline: before, rulesOurs)
@@ -404,7 +416,8 @@ private struct HostRun {
         let el = try pass(elements: true)
         let asRules = "slot layout, group rules as rules, this run"
         point.slots = median(el.ev.members)
-        add("[slot layout, the default: rules as elements] cold apply", el.cold, baseline: asRules, plain.cold, target: 300_000_000)
+        add("[slot layout, the default: rules as elements] cold apply", el.cold.total, baseline: asRules, plain.cold.total, target: 300_000_000,
+            extra: el.cold.extra)
         add("[slot layout, the default: rules as elements] membership change", el.ev.members, baseline: asRules, pe.members, target: 20_000,
             extra: ["engine": formatDuration(median(el.ev.membersEngine))])
         add("[slot layout, the default: rules as elements] rules change, 100 local members", el.ev.rules, baseline: asRules, pe.rules, target: 500_000)
@@ -413,6 +426,16 @@ private struct HostRun {
                     "commit": formatDuration(median(el.ev.plugCommit))])
         add("[slot layout, the default: rules as elements] instance unplug", el.ev.unplug, baseline: asRules, pe.unplug)
         try dropTable()
+    }
+
+    /// A cold apply's samples: in all, the engine's plan, the commit (lowering and the kernel's
+    /// transaction), and the lowering alone (measured apart, once more, outside the total).
+    struct ColdSamples {
+        var total: [UInt64] = [], engine: [UInt64] = [], commit: [UInt64] = [], lowering: [UInt64] = []
+        var extra: [String: String] {
+            ["engine": formatDuration(median(engine)), "commit": formatDuration(median(commit)),
+             "of_which_lowering": formatDuration(median(lowering))]
+        }
     }
 
     /// Rule 0 of the hot group (a rule from a remote group: one kernel rule per family) revoked
