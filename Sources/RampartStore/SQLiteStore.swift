@@ -28,10 +28,12 @@ public final class SQLiteStore: SQLStore, @unchecked Sendable {
         self.path = path
         if create {
             try StoreFiles.makeDirectories((path as NSString).deletingLastPathComponent)
+            try StoreFiles.refuseNonRegular(path)
             try StoreFiles.createPrivateFile(path)
         } else {
             var st = stat()
             if lstat(path, &st) != 0 { throw StoreError(.missing, "no store at \(path)") }
+            try StoreFiles.refuseNonRegular(path)
         }
         let db = try SQLiteConnection(path: path, create: create)
         if !create {

@@ -39,6 +39,20 @@ public enum StoreFiles {
         if fchmod(fd, 0o600) != 0 { throw StoreError(.database, "chmod 0600 \(path): \(errno())") }
     }
 
+    /// Refuses a store path, or a companion of it, that exists and is not a regular file: SQLite
+    /// follows a symbolic link, so a link planted where `rampart --store` points (in a shared
+    /// directory, say) would make a root `rampart` verb write a database into the link's target,
+    /// and a link at `-wal` or `-journal` would have it write its log there. Any verb, any mode.
+    static func refuseNonRegular(_ path: String) throws(StoreError) {
+        for p in [path] + companions(of: path) {
+            var st = stat()
+            guard lstat(p, &st) == 0 else { continue }
+            guard st.st_mode & S_IFMT == S_IFREG else {
+                throw StoreError(.unsafe, "\(p) is not a regular file (a symbolic link, a directory or a device is refused): not opening the store through it")
+            }
+        }
+    }
+
     /// What the daemon requires of a store before reading policy from it: the database exists
     /// (only `rampart` verbs and `rampart import` create one) and is a regular file; it, its
     /// companions and its directory are owned by `owner` (root) and not writable by group or

@@ -106,6 +106,44 @@ extension Trait where Self == ScratchDirectory {
         #expect(try SQLiteStore.openExisting(path: path).warnings.isEmpty)
     }
 
+    /// A symbolic link where a verb's `--store` points, or where SQLite would keep its log, is
+    /// refused whether the store is created or opened, and the link's target stays as it was
+    /// (SQLite follows links: a root verb would have written a database, or its log, there).
+    @Test func aStoreIsNeverOpenedThroughALink() throws {
+        let dir = (tempStorePath() as NSString).deletingLastPathComponent
+        try #require(mkdir(dir, 0o700) == 0)
+        let precious = dir + "/precious", store = dir + "/real.db"
+        try #require(FileManager.default.createFile(atPath: precious, contents: Data()))
+        _ = try SQLiteStore(path: store)
+        let storeBytes = try Data(contentsOf: URL(fileURLWithPath: store))
+        func refused(_ path: String, create: Bool, naming: String, sourceLocation: SourceLocation = #_sourceLocation) {
+            do {
+                _ = try SQLiteStore(path: path, create: create)
+                Issue.record("opened \(path) (create: \(create))", sourceLocation: sourceLocation)
+            } catch {
+                #expect(error.kind == .unsafe && error.message.contains(naming) && error.message.contains("symbolic link"), "\(error)", sourceLocation: sourceLocation)
+            }
+        }
+        // The store itself a link: to an empty file, to a store, dangling.
+        symlink(precious, dir + "/to-precious.db")
+        symlink(store, dir + "/to-store.db")
+        symlink(dir + "/nowhere", dir + "/dangling.db")
+        for name in ["to-precious.db", "to-store.db", "dangling.db"] {
+            for create in [true, false] { refused(dir + "/" + name, create: create, naming: dir + "/" + name) }
+        }
+        #expect(!FileManager.default.fileExists(atPath: dir + "/nowhere"))
+        // Its log a link (the store itself a regular file).
+        let fresh = dir + "/fresh.db"
+        symlink(precious, fresh + "-wal")
+        refused(fresh, create: true, naming: fresh + "-wal")
+        #expect(!FileManager.default.fileExists(atPath: fresh))
+        _ = try SQLiteStore(path: dir + "/other.db")
+        symlink(precious, dir + "/other.db-journal")
+        refused(dir + "/other.db", create: false, naming: dir + "/other.db-journal")
+        #expect(try Data(contentsOf: URL(fileURLWithPath: precious)).isEmpty)
+        #expect(try Data(contentsOf: URL(fileURLWithPath: store)) == storeBytes)
+    }
+
     @Test func aHostIsKnownOnceRegistered() throws {
         let st = try SQLiteStore(path: tempStorePath())
         try populate(st)
