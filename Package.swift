@@ -134,7 +134,7 @@ let package = Package(
         // The EC2 Query API (2016-11-15) over the store: forms, XML, Signature Version 4, the
         // security-group actions, and its HTTP server (SwiftNIO). docs/ec2-api.md.
         .target(name: "RampartEC2", dependencies: [
-            "RampartCore", "RampartStore", "RampartHTTP",
+            "RampartCore", "RampartStore", "RampartHTTP", "RampartSystem",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "NIOCore", package: "swift-nio"),
@@ -194,7 +194,7 @@ let package = Package(
             dependencies: ["RampartNFTables", "RampartIPTables", "RampartConntrack", "RampartCore", "RampartNetlink", "RampartHarness", "RampartSystem", "RampartTestSupport", "RampartCoreTestSupport"]
         ),
         .testTarget(name: "RampartIPTablesTests", dependencies: ["RampartIPTables", "RampartCore", "RampartHarness", "RampartSystem"]),
-        .testTarget(name: "RampartEC2Tests", dependencies: ["RampartEC2", "RampartStore", "RampartCore", "RampartHarness", "RampartCompute", "RampartCoreTestSupport"]),
+        .testTarget(name: "RampartEC2Tests", dependencies: ["RampartEC2", "RampartStore", "RampartCore", "RampartHarness", "RampartCompute", "RampartCoreTestSupport", "RampartSystem"]),
         .testTarget(name: "RampartStoreTests", dependencies: ["RampartStore", "RampartCore", "RampartCoreTestSupport", "RampartSystem", "RampartHarness"]),
         .testTarget(
             name: "RampartDaemonTests",

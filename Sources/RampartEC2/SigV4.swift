@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import RampartSystem
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -18,16 +19,12 @@ public struct AccessKey: Sendable, Equatable {
 
 /// The access-key file: one key per line, `ACCESS_KEY_ID SECRET_ACCESS_KEY ACCOUNT_ID`
 /// (whitespace-separated; `#` starts a comment line; blank lines ignored). It must be a regular
-/// file that only its owner can read or write (mode 0600 or stricter).
+/// file of this process's user that only it can read or write (mode 0600 or stricter), named
+/// directly (not through a symbolic link): `SecretFile`.
 public enum KeyFile {
     public static func load(_ path: String) throws(EC2Error) -> [String: AccessKey] {
-        var st = stat()
-        guard lstat(path, &st) == 0 else { throw EC2Error("KeyFile", "cannot read the key file \(path): \(String(cString: strerror(errno)))") }
-        guard st.st_mode & S_IFMT == S_IFREG else { throw EC2Error("KeyFile", "the key file \(path) is not a regular file") }
-        guard st.st_mode & 0o077 == 0 else {
-            throw EC2Error("KeyFile", "the key file \(path) has mode 0\(String(st.st_mode & 0o777, radix: 8)): it must be 0600 (chmod 600 \(path))")
-        }
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw EC2Error("KeyFile", "cannot read the key file \(path) as UTF-8") }
+        let text: String
+        do { text = try SecretFile.read(path, what: "the key file") } catch { throw EC2Error("KeyFile", error.description) }
         return try parse(text, path: path)
     }
 

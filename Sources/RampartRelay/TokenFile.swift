@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import RampartSystem
 
 /// The relay's per-host tokens: a file of `HOST TOKEN` lines (blank lines and `#` comments
 /// ignored), mode 0600 or stricter: a file that group or others can read is refused, as the
@@ -15,16 +16,11 @@ public struct TokenFile: Sendable {
     /// Tokens shorter than this are refused (a guessable token is no authentication).
     public static let minimumTokenLength = 16
 
-    /// Reads and checks `path`: a regular file, not readable or writable by group or others,
-    /// every line `HOST TOKEN`, no host twice, no token twice, tokens of at least 16 characters.
+    /// Reads and checks `path` (`SecretFile`: a regular file of this process's user, not readable
+    /// or writable by group or others, not reached through a symbolic link), every line `HOST TOKEN`, no host twice, no token twice, tokens of at least 16 characters.
     public init(path: String) throws(RelayError) {
-        var st = stat()
-        guard stat(path, &st) == 0 else { throw RelayError("the token file \(path): \(String(cString: strerror(errno)))") }
-        guard st.st_mode & S_IFMT == S_IFREG else { throw RelayError("the token file \(path) is not a regular file") }
-        guard st.st_mode & 0o077 == 0 else {
-            throw RelayError("the token file \(path) has mode 0\(String(st.st_mode & 0o777, radix: 8)): it must be 0600 (chmod 600 \(path))")
-        }
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw RelayError("the token file \(path) cannot be read as UTF-8 text") }
+        let text: String
+        do { text = try SecretFile.read(path, what: "the token file") } catch { throw RelayError(error.description) }
         try self.init(text: text, source: path)
     }
 

@@ -1,4 +1,5 @@
 import Foundation
+import RampartSystem
 @testable import RampartEC2
 import RampartCoreTestSupport
 import Testing
@@ -108,6 +109,30 @@ import Testing
         #expect(throws: EC2Error.self) { try KeyFile.load(path) }
         chmod(path, 0o600)
         #expect(try KeyFile.load(path).count == 1)
+        // Read the way it was checked (`SecretFile`): not through a link, not a FIFO (without
+        // blocking on it), not another user's file even at 0600, not oversized.
+        func refused(_ p: String, _ naming: String, sourceLocation: SourceLocation = #_sourceLocation) {
+            do {
+                _ = try KeyFile.load(p)
+                Issue.record("accepted \(p)", sourceLocation: sourceLocation)
+            } catch {
+                #expect(error.message.contains(naming), "\(error.message)", sourceLocation: sourceLocation)
+            }
+        }
+        let link = path + ".link", fifo = path + ".fifo", big = path + ".big"
+        defer { for p in [link, fifo, big] { try? FileManager.default.removeItem(atPath: p) } }
+        symlink(path, link)
+        refused(link, "symbolic link")
+        mkfifo(fifo, 0o600)
+        refused(fifo, "not a regular file")
+        _ = FileManager.default.createFile(atPath: big, contents: Data(count: SecretFile.maximumSize + 1), attributes: [.posixPermissions: 0o600])
+        refused(big, "more than")
+        if geteuid() == 0 {
+            chown(path, 65534, 65534)
+            refused(path, "owned by uid 65534")
+            chown(path, 0, 0)
+            #expect(try KeyFile.load(path).count == 1)
+        }
     }
 
     /// XML text: the five special characters escaped, characters XML 1.0 cannot carry replaced,
