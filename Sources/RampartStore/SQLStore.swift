@@ -56,9 +56,15 @@ public class SQLStore: Store, @unchecked Sendable {
         self.dialect = dialect
     }
 
+    /// What a store checks before each use of its connection (the SQLite store: that its file
+    /// was not replaced); nothing here.
+    func checkBeforeUse() throws(StoreError) {}
+
+    /// Every use of the connection: serialized, after `checkBeforeUse`.
     func locked<T>(_ body: () throws(StoreError) -> T) throws(StoreError) -> T {
         lock.lock()
         defer { lock.unlock() }
+        try checkBeforeUse()
         return try body()
     }
 

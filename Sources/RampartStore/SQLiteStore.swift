@@ -6,6 +6,9 @@ import RampartCore
 /// with PostgreSQL; this type only opens, creates and checks the file.
 public final class SQLiteStore: SQLStore, @unchecked Sendable {
     public let path: String
+    /// The file opened (device and inode): a transaction first checks that `path` still names
+    /// it (`checkBeforeUse`).
+    private var opened: (device: UInt64, inode: UInt64) = (0, 0)
 
     /// Opens the store at `path`, creating it if needed (the controller verbs and `import`):
     /// missing directories are made 0700 and the database file 0600, whatever the umask.
@@ -48,5 +51,28 @@ public final class SQLiteStore: SQLStore, @unchecked Sendable {
         if create { for statement in Self.schema { try db.exec(statement) } }
         for statement in Self.additions { try db.exec(statement) }
         super.init(db: db, dialect: .sqlite)
+        opened = try Self.identity(path)
+    }
+
+    /// Device and inode of the file at `path` (not following a link: none is ever opened).
+    private static func identity(_ path: String) throws(StoreError) -> (device: UInt64, inode: UInt64) {
+        var st = stat()
+        guard lstat(path, &st) == 0 else {
+            throw StoreError(.missing, "the store \(path) is gone since it was opened (removed or renamed): nothing read from it; restart with the store back in place")
+        }
+        return (UInt64(st.st_dev), UInt64(st.st_ino))
+    }
+
+    /// A store file replaced under an open connection (a backup restored by `mv`, a new file
+    /// renamed over it) goes on being read from the old, unlinked file while verbs write to
+    /// the new one: a daemon would apply stale policy, a revocation written since never taking
+    /// effect, and say nothing. So every use of the connection first checks that the path still
+    /// names the file opened (one `lstat`), and fails naming what happened if not: the daemon keeps the
+    /// kernel's rules, reports the error and is not ready until restarted on the new file.
+    override func checkBeforeUse() throws(StoreError) {
+        let now = try Self.identity(path)
+        guard now == opened else {
+            throw StoreError(.unsafe, "the store \(path) was replaced since it was opened (another file is at that path now): not reading the old one; restart to open the new one")
+        }
     }
 }

@@ -144,6 +144,45 @@ extension Trait where Self == ScratchDirectory {
         #expect(try Data(contentsOf: URL(fileURLWithPath: store)) == storeBytes)
     }
 
+    /// An open store whose file is replaced (another file renamed over its path) or removed
+    /// answers no more reads from the old file: each use fails naming what happened, where it
+    /// went on reading the unlinked file (a daemon applying stale policy without a word). A
+    /// write to the same file in place is no replacement.
+    @Test func aReplacedOrRemovedStoreFileIsNoLongerRead() throws {
+        let path = tempStorePath()
+        let store = try SQLiteStore(path: path)
+        try populate(store)
+        let before = try store.document(forHost: "hv1")
+        // Written in place by another connection (a verb): still the same file.
+        _ = try SQLiteStore(path: path).removeInstance("bastion-3")
+        #expect(try store.knowsHost("hv1"))
+        // A backup restored with `mv`: a new file at the path.
+        let other = (path as NSString).deletingLastPathComponent + "/restored.db"
+        _ = try SQLiteStore(path: other)
+        try #require(rename(other, path) == 0)
+        for read in [{ _ = try store.document(forHost: "hv1") }, { _ = try store.knowsHost("hv1") }] as [() throws -> Void] {
+            do {
+                try read()
+                Issue.record("read the replaced file")
+            } catch let error as StoreError {
+                #expect(error.kind == .unsafe && error.message.contains("was replaced since it was opened"), "\(error)")
+            }
+        }
+        // A fresh open reads the new file.
+        #expect(try SQLiteStore(path: path).document(forHost: "hv1") != before)
+        // Removed.
+        let path2 = tempStorePath()
+        let store2 = try SQLiteStore(path: path2)
+        try populate(store2)
+        try #require(unlink(path2) == 0)
+        do {
+            _ = try store2.document(forHost: "hv1")
+            Issue.record("read the removed file")
+        } catch {
+            #expect(error.kind == .missing && error.message.contains("is gone since it was opened"), "\(error)")
+        }
+    }
+
     @Test func aHostIsKnownOnceRegistered() throws {
         let st = try SQLiteStore(path: tempStorePath())
         try populate(st)
