@@ -88,18 +88,23 @@ public enum Compiler {
         // neighbour advertisement names only its own addresses or a link-local one) and DHCP
         // requests, from the unspecified or a link-local source before the address check,
         // from its own addresses after it.
+        // The link's protocols that may come from outside the instance's addresses (rule 4):
+        // NDP from a link-local or the unspecified address, DHCP from 0.0.0.0.
+        let linkSources = [
+            IRRule([fromMine, .ip6Saddr(IPv6Prefix.linkLocal), icmpv6, .icmpv6Type(133...133)], .accept),
+            IRRule([fromMine, .ip6Saddr(IPv6Prefix.linkLocal), icmpv6, .icmpv6Type(135...136)], .accept),
+            IRRule([fromMine, .ip6Saddr(IPv6Prefix.unspecified), icmpv6, .icmpv6Type(133...133)], .accept),
+            IRRule([fromMine, .ip6Saddr(IPv6Prefix.unspecified), icmpv6, .icmpv6Type(135...135)], .accept),
+            IRRule([fromMine, .ip4Saddr(IPv4Prefix.unspecified), .udpSport(68), .udpDport(67)], .accept),
+        ]
         let input = [sourceChecks[0]]
             + [
                 IRRule([fromMine, icmpv6, .icmpv6Type(134...134)], .drop),
                 IRRule([fromMine, icmpv6, .icmpv6Type(137...137)], .drop),
                 IRRule([fromMine, icmpv6, .icmpv6Type(133...136), .ip6HopLimitNot(255)], .drop),
                 IRRule([fromMine, icmpv6, .icmpv6Type(136...136), .ndTargetNotLinkLocal, .ifaceNDTargetNotInSet(Naming.ndTargets)], .drop),
-                IRRule([fromMine, .ip6Saddr(IPv6Prefix.linkLocal), icmpv6, .icmpv6Type(133...133)], .accept),
-                IRRule([fromMine, .ip6Saddr(IPv6Prefix.linkLocal), icmpv6, .icmpv6Type(135...136)], .accept),
-                IRRule([fromMine, .ip6Saddr(IPv6Prefix.unspecified), icmpv6, .icmpv6Type(133...133)], .accept),
-                IRRule([fromMine, .ip6Saddr(IPv6Prefix.unspecified), icmpv6, .icmpv6Type(135...135)], .accept),
-                IRRule([fromMine, .ip4Saddr(IPv4Prefix.unspecified), .udpSport(68), .udpDport(67)], .accept),
             ]
+            + linkSources
             + sourceChecks[1...]
             + [
                 IRRule([fromMine, icmpv6, .icmpv6Type(133...133)], .accept),
@@ -112,15 +117,33 @@ public enum Compiler {
             IRRule([toMine, icmpv6, .icmpv6Type(133...137), .ip6HopLimit(255)], .accept),
             IRRule([toMine, .nfproto(.ipv4), .udpSport(67), .udpDport(68)], .accept),
         ] + toState
+        // The source checks again, on the prerouting hook before defragmentation (-400) and
+        // conntrack (-200): the forward and input checks come after conntrack has taken the
+        // packet, so a spoofed in-window RST in another instance's name, dropped there, had
+        // already closed that instance's connection in conntrack (and any spoofed segment moved
+        // its state and timers). Its accepts (the link's own sources) only end this chain: the
+        // packet meets every check of forward or input as before.
+        // A packet from no instance leaves after one lookup (the gate); the others meet the
+        // checks without asking again whether they come from an instance.
+        let prerouting = [IRRule([.iifnameNotInSet(Naming.instanceInterfaces)], .accept)]
+            + ([sourceChecks[0]] + linkSources + sourceChecks[1...]).map { r in
+                IRRule(r.matches.filter { $0 != fromMine }, r.verdict, comment: r.comment)
+            }
         // Egress before ingress on the forward hook (priority -1 < 0): the sender's accept ends
         // only its own base chain, so the receiver's ingress chain still sees the packet.
         return [
+            Chain(name: Naming.preroutingChain, base: BaseChainSpec(hook: .prerouting, priority: Self.preroutingPriority, policy: .accept),
+                  rules: prerouting),
             Chain(name: Naming.egressChain, base: BaseChainSpec(hook: .forward, priority: -1, policy: .accept), rules: egress),
             Chain(name: Naming.ingressChain, base: BaseChainSpec(hook: .forward, priority: 0, policy: .accept), rules: ingress),
             Chain(name: Naming.inputChain, base: BaseChainSpec(hook: .input, priority: 0, policy: .accept), rules: input),
             Chain(name: Naming.outputChain, base: BaseChainSpec(hook: .output, priority: 0, policy: .accept), rules: output),
         ]
     }
+
+    /// Before defragmentation (`NF_IP_PRI_CONNTRACK_DEFRAG`, -400): a fragment is checked by
+    /// its own header, before it can join a reassembly queue another instance's packet is in.
+    public static let preroutingPriority: Int32 = -450
 
     /// Groups in document order without repeats (a repeated group would only jump twice).
     static func uniqueGroups(_ groups: [String]) -> [String] {

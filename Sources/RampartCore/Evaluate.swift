@@ -17,17 +17,28 @@ public enum Evaluate {
         case (.some, nil): hook = .input
         case (nil, _): hook = .output
         }
-        let bases = ir.chains.values.filter { $0.base?.hook == hook }.sorted { ($0.base!.priority, $0.name) < ($1.base!.priority, $1.name) }
+        // A packet that arrives meets the prerouting hook first (the source checks before
+        // conntrack), then its own.
+        let hooks: [Hook] = hook == .output ? [.output] : [.prerouting, hook]
+        let bases = hooks.flatMap { h in
+            ir.chains.values.filter { $0.base?.hook == h }.sorted { ($0.base!.priority, $0.name) < ($1.base!.priority, $1.name) }
+        }
         for base in bases {
             var depth = 0
+            // What the prerouting checks let through is not part of the answer (they only drop):
+            // their steps are kept only when they stop the packet.
+            let mark = trace.count
             switch run(base, packet, ir, &trace, &depth) {
             case .drop: return PolicyVerdict(allowed: false, trace: trace)
-            case .accept: continue
+            case .accept:
+                if base.base?.hook == .prerouting { trace.removeSubrange(mark...) }
+                continue
             case .fallThrough:
                 if base.base?.policy == .drop {
                     trace.append(TraceStep(chain: base.name, rule: nil, text: "policy drop", comment: nil))
                     return PolicyVerdict(allowed: false, trace: trace)
                 }
+                if base.base?.hook == .prerouting { trace.removeSubrange(mark...) }
             }
         }
         return PolicyVerdict(allowed: true, trace: trace)
@@ -78,6 +89,7 @@ public enum Evaluate {
         let v6 = p.source.v6.flatMap { s in p.destination.v6.map { (s, $0) } }
         switch m {
         case .iifnameInSet(let s): return p.inputInterface.map { inSet(s, .ifname($0)) } ?? false
+        case .iifnameNotInSet(let s): return p.inputInterface.map { !inSet(s, .ifname($0)) } ?? false
         case .oifnameInSet(let s): return p.outputInterface.map { inSet(s, .ifname($0)) } ?? false
         case .ctState(let st): return !st.intersection(p.connectionState).isEmpty
         case .nfproto(let f): return p.family == f

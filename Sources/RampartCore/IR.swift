@@ -31,7 +31,9 @@ public struct RulesetIR: Hashable, Sendable {
 
 /// Netfilter hooks Rampart attaches base chains to.
 public enum Hook: String, Hashable, Sendable {
-    case forward, input, output
+    /// `prerouting`: every packet arriving, before defragmentation and conntrack (the source
+    /// checks run there first, so that a spoofed packet never touches a connection's state).
+    case prerouting, forward, input, output
 }
 
 /// Policy of a base chain.
@@ -105,6 +107,9 @@ public enum Match: Hashable, Sendable {
     /// `iifname @set` / `oifname @set`.
     case iifnameInSet(String)
     case oifnameInSet(String)
+    /// `iifname != @set`: the prerouting chain's gate (a packet from no instance leaves it
+    /// after one lookup).
+    case iifnameNotInSet(String)
     case ctState(CTStates)
     case nfproto(IPFamily)
     case l4proto(UInt8)
@@ -157,7 +162,7 @@ public enum Match: Hashable, Sendable {
     /// The named set this term reads, if any.
     public var setReference: String? {
         switch self {
-        case .iifnameInSet(let s), .oifnameInSet(let s), .saddrInSet(_, let s), .daddrInSet(_, let s),
+        case .iifnameInSet(let s), .oifnameInSet(let s), .iifnameNotInSet(let s), .saddrInSet(_, let s), .daddrInSet(_, let s),
              .ifaceSaddrNotInSet(_, let s), .ifaceEtherSaddrNotInSet(let s), .ifaceNDTargetNotInSet(let s),
              .ifaceCtSaddrInSet(_, _, let s): s
         default: nil

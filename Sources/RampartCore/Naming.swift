@@ -36,6 +36,8 @@ public enum Naming {
     public static let inputChain = "input"
     /// Base chain for host → instance traffic (output hook).
     public static let outputChain = "output"
+    /// Base chain of the source checks before defragmentation and conntrack (prerouting hook).
+    public static let preroutingChain = "prerouting"
 
     /// An id as it appears inside kernel names: `:` becomes `/` (see above).
     public static func kernelID(_ id: String) -> String {

@@ -22,6 +22,7 @@ public enum Render {
     public static func match(_ m: Match) -> String {
         switch m {
         case .iifnameInSet(let s): return "iifname \(ref(s))"
+        case .iifnameNotInSet(let s): return "iifname != \(ref(s))"
         case .oifnameInSet(let s): return "oifname \(ref(s))"
         case .ctState(let st):
             var names: [String] = []

@@ -171,7 +171,7 @@ public enum IPTRender {
         var icmpType: UInt8?, icmpCode: UInt8?, icmp6Types: ClosedRange<UInt8>?, icmp6Code: UInt8?
         for m in r.matches {
             switch m {
-            case .iifnameInSet, .oifnameInSet: throw IPTUnsupported("interface sets in regular chains")
+            case .iifnameInSet, .oifnameInSet, .iifnameNotInSet: throw IPTUnsupported("interface sets in regular chains")
             case .ctState(let s):
                 var names: [String] = []
                 if s.contains(.invalid) { names.append("INVALID") }

@@ -108,6 +108,7 @@ enum Decode {
             case .meta(let key, .r1):
                 switch (key, peek(1), peek(2)) {
                 case (.iifname, .lookup(let s, .r1, nil, false)?, _): i += 2; return .iifnameInSet(s)
+                case (.iifname, .lookup(let s, .r1, nil, true)?, _): i += 2; return .iifnameNotInSet(s)
                 case (.oifname, .lookup(let s, .r1, nil, false)?, _): i += 2; return .oifnameInSet(s)
                 case (.iifname, .cmp(.r1, .eq, let d)?, _) where d.count < 16 && !d.contains(0): i += 2; return .iifnamePrefix(Translate.ifname(d))
                 case (.oifname, .cmp(.r1, .eq, let d)?, _) where d.count < 16 && !d.contains(0): i += 2; return .oifnamePrefix(Translate.ifname(d))

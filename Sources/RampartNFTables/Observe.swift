@@ -235,6 +235,7 @@ enum Observe {
     static func baseSpec(_ b: NFTBaseChainSpec) -> BaseChainSpec {
         let policy: ChainPolicy = b.policy == .accept ? .accept : .drop
         switch b.hook {
+        case .prerouting where b.type == "filter": return .init(hook: .prerouting, priority: b.priority, policy: policy)
         case .forward where b.type == "filter": return .init(hook: .forward, priority: b.priority, policy: policy)
         case .input where b.type == "filter": return .init(hook: .input, priority: b.priority, policy: policy)
         case .output where b.type == "filter": return .init(hook: .output, priority: b.priority, policy: policy)

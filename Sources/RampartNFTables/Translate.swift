@@ -96,6 +96,7 @@ enum Translate {
 
     static func hook(_ h: Hook) -> NFTHook {
         switch h {
+        case .prerouting: .prerouting
         case .forward: .forward
         case .input: .input
         case .output: .output
@@ -124,6 +125,7 @@ enum Translate {
         for m in r.matches {
             switch m {
             case .iifnameInSet(let s): out += NFTMatch.interface(.iifname, inSet: s)
+            case .iifnameNotInSet(let s): out += NFTMatch.interface(.iifname, inSet: s, inverted: true)
             case .oifnameInSet(let s): out += NFTMatch.interface(.oifname, inSet: s)
             case .ctState(let s): out += NFTMatch.ctState(NFTCtState(rawValue: UInt32(s.rawValue)))
             case .nfproto(let f): need(f)

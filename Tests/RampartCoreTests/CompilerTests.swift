@@ -15,8 +15,18 @@ func rendered(_ c: Chain?) -> [String] { c?.rules.map(Render.rule) ?? [] }
 @Suite struct CompilerTests {
     @Test func twoTierObjects() throws {
         let ir = Compiler.compile(try twoTier())
-        #expect(Set(ir.chains.keys) == ["egress", "ingress", "input", "output", "in-web-1", "out-web-1", "in-web-2", "out-web-2",
+        #expect(Set(ir.chains.keys) == ["prerouting", "egress", "ingress", "input", "output", "in-web-1", "out-web-1", "in-web-2", "out-web-2",
                                         "in-db-1", "out-db-1", "gin-web", "gout-web", "gin-db", "gout-db"])
+        // The source checks run first on the prerouting hook, before defragmentation and
+        // conntrack, with the same rules as forward's and input's.
+        let pre = try #require(ir.chains[Naming.preroutingChain])
+        #expect(pre.base == BaseChainSpec(hook: .prerouting, priority: -450, policy: .accept))
+        #expect(pre.rules.first == IRRule([.iifnameNotInSet(Naming.instanceInterfaces)], .accept))
+        let egress = try #require(ir.chains[Naming.egressChain]).rules
+        let mine = Match.iifnameInSet(Naming.instanceInterfaces)
+        let checks = egress.prefix(3).map { IRRule($0.matches.filter { $0 != mine }, $0.verdict) }
+        #expect(checks == [pre.rules[1]] + pre.rules.suffix(2))
+        #expect(pre.rules.allSatisfy { $0.verdict == .drop || $0.verdict == .accept })
         // admin has no member here: no chains; it is referenced, so it has sets.
         #expect(Set(ir.sets.keys) == ["inst-ifaces", "inst-src4", "inst-src6", "inst-macs", "mac-ifaces", "inst-nd-targets",
                                       "m4-web", "m6-web", "m4-admin", "m6-admin"])

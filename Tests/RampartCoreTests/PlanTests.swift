@@ -66,8 +66,8 @@ import Testing
         let p = diff(from: nil, to: ir)
         let s = p.summary
         #expect(s.tableCreated)
-        #expect(s.chainsCreated == 14)
-        #expect(s.chainsRewritten == 14)
+        #expect(s.chainsCreated == 15)
+        #expect(s.chainsRewritten == 15)
         // 3 interfaces, 5 member addresses, 4 anti-spoofing address pairs, 1 MAC pair and its
         // interface, 1 neighbour-advertisement target (web-1's IPv6 address).
         #expect(s.elementsAdded == 15)

@@ -219,6 +219,46 @@ import RampartHarness
         v.check(backend)
     }
 
+    /// A spoofed packet never reaches conntrack: alice's in-window RST in bob's name, aimed at
+    /// bob's established connection, was dropped by the source check of the forward hook —
+    /// after conntrack (prerouting, priority -200) had already taken it for bob's and moved the
+    /// connection to CLOSE, so that ten seconds later bob's next segment met no entry and the
+    /// SYN rule: a blind cross-instance reset (a window's worth of guesses finds the sequence).
+    /// nftables only so far: the iptables backend writes the filter table only, and its raw
+    /// table (before conntrack) is not written yet — there the reset still closes the entry.
+    @Test(arguments: [TrafficBackend.nftables]) func spoofedResetNeverReachesConntrack(_ backend: TrafficBackend) throws {
+        let s = try Site(backend)
+        let t = s.topo
+        var v = Verdicts()
+        let session = try t.openTCPSession(from: "bob", to: "192.0.2.10", port: 8000)
+        let bobLink = try t.captureLink("bob", outgoing: true)
+        v.expect("TCP bob → internet:8000 (its own connection)", session.exchange(), true)
+        usleep(100_000)
+        let segments = bobLink.received.compactMap { RawPacket.parseTCP(frame: $0) }.filter {
+            ($0.sport == session.localPort && $0.dport == 8000) || ($0.dport == session.localPort && $0.sport == 8000)
+        }
+        func state() throws -> String {
+            let out = try t["hv"].run(["conntrack", "-L", "-p", "tcp", "--orig-src", "10.0.1.12", "--orig-port-src", "\(session.localPort)"], check: false).stdout
+            return out.split(separator: "\n").first.map(String.init) ?? "(no entry)"
+        }
+        guard let out = segments.last(where: { $0.src == "10.0.1.12" }), let into = segments.last(where: { $0.dst == "10.0.1.12" }) else {
+            Issue.record("could not read bob's TCP sequence numbers (\(segments.count) segments seen)")
+            return
+        }
+        let before = try state()
+        v.never("bob's connection not ESTABLISHED before the attack: \(before)", !before.contains("ESTABLISHED"))
+        for (sender, src) in [("alice", "10.0.1.12"), ("lonely", "10.0.1.12")] {
+            try s.send(from: sender, to: "192.0.2.10", RawPacket.tcp(
+                src: src, dst: "192.0.2.10", sport: session.localPort, dport: 8000,
+                seq: out.nextSeq, ack: into.nextSeq, flags: RawPacket.rst | RawPacket.ack, window: 0, []))
+        }
+        Self.settle()
+        let after = try state()
+        v.never("bob's connection entry after the spoofed RSTs: \(after)", !after.contains("ESTABLISHED"))
+        v.expect("TCP bob's connection after the spoofed RSTs", session.exchange(), true)
+        v.check(backend)
+    }
+
     /// Conntrack calls an ICMP error related to the connection whose packet it quotes, checking
     /// only that it goes back to that packet's sender, never who sends it. lonely (no group, so
     /// no egress) quotes internet ↔ bob's flow: to internet (a way out of an isolated instance,
