@@ -18,9 +18,11 @@ public enum Compiler {
     /// (measured: `docs/nftables-bench.md`).
     ///
     /// The order is the security argument (contract rules 1, 4, 5, 9; docs/nftables.md):
-    /// 1. Source checks (MAC, then `ifname . address`) come before any conntrack accept, for
-    ///    every packet: conntrack is not tied to an interface, so an `established` accept ahead
-    ///    of them would let one instance inject into another's connection with a spoofed source.
+    /// 1. Source checks (MAC, then `ifname . address`) come before conntrack itself, for every
+    ///    packet: they are the prerouting chain, below conntrack's priority. Conntrack is not
+    ///    tied to an interface, so a spoofed packet that reached it would be taken for another
+    ///    instance's connection — accepted as `established`, or changing its state (a RST
+    ///    closing it) even when a later check drops it.
     /// 2. The link's protocols (NDP, DHCPv4) exist only between an instance and its host: the
     ///    input and output chains accept them (with hop limit 255, checked sources and targets);
     ///    the forward chains drop them whatever the group rules say.
@@ -35,11 +37,11 @@ public enum Compiler {
         let icmpv6: Match = .l4proto(58)
         let guarded = uniqued(guardedPrefixes)
 
-        // Source checks of packets arriving from an instance (forward and input alike).
+        // Source checks of packets arriving from an instance (the prerouting chain, below).
         let sourceChecks = [
-            IRRule([fromMine, .iifnameInSet(Naming.macInterfaces), .ifaceEtherSaddrNotInSet(Naming.sourceMACs)], .drop),
-            IRRule([fromMine, .nfproto(.ipv4), .ifaceSaddrNotInSet(.ipv4, Naming.sources4)], .drop),
-            IRRule([fromMine, .nfproto(.ipv6), .ifaceSaddrNotInSet(.ipv6, Naming.sources6)], .drop),
+            IRRule([.iifnameInSet(Naming.macInterfaces), .ifaceEtherSaddrNotInSet(Naming.sourceMACs)], .drop),
+            IRRule([.nfproto(.ipv4), .ifaceSaddrNotInSet(.ipv4, Naming.sources4)], .drop),
+            IRRule([.nfproto(.ipv6), .ifaceSaddrNotInSet(.ipv6, Naming.sources6)], .drop),
         ]
         // Conntrack, then the instance's own chain, then the guard, for one direction.
         //
@@ -72,9 +74,9 @@ public enum Compiler {
         let fromState = stateAndDispatch(fromMine, .iifname, Naming.fromInstanceMap)
         let toState = stateAndDispatch(toMine, .oifname, Naming.toInstanceMap)
 
-        // Forwarded from an instance: the link's protocols never leave the link.
-        let egress = sourceChecks
-            + [
+        // Forwarded from an instance (its source already checked): the link's protocols never
+        // leave the link.
+        let egress: [IRRule] = [
                 IRRule([fromMine, icmpv6, .icmpv6Type(133...137)], .drop),
                 IRRule([fromMine, .nfproto(.ipv4), .udpSport(68), .udpDport(67)], .drop),
                 IRRule([fromMine, .nfproto(.ipv4), .udpSport(67)], .drop),
@@ -84,28 +86,25 @@ public enum Compiler {
             IRRule([toMine, icmpv6, .icmpv6Type(133...137)], .drop),
             IRRule([toMine, .nfproto(.ipv4), .udpSport(67), .udpDport(68)], .drop),
         ] + toState
-        // From an instance to the host: NDP (hop limit 255; RA and redirects refused; a
-        // neighbour advertisement names only its own addresses or a link-local one) and DHCP
-        // requests, from the unspecified or a link-local source before the address check,
-        // from its own addresses after it.
         // The link's protocols that may come from outside the instance's addresses (rule 4):
-        // NDP from a link-local or the unspecified address, DHCP from 0.0.0.0.
+        // NDP from a link-local or the unspecified address, DHCP from 0.0.0.0 (prerouting lets
+        // them past the address check; forward then drops them, input takes them below).
         let linkSources = [
-            IRRule([fromMine, .ip6Saddr(IPv6Prefix.linkLocal), icmpv6, .icmpv6Type(133...133)], .accept),
-            IRRule([fromMine, .ip6Saddr(IPv6Prefix.linkLocal), icmpv6, .icmpv6Type(135...136)], .accept),
-            IRRule([fromMine, .ip6Saddr(IPv6Prefix.unspecified), icmpv6, .icmpv6Type(133...133)], .accept),
-            IRRule([fromMine, .ip6Saddr(IPv6Prefix.unspecified), icmpv6, .icmpv6Type(135...135)], .accept),
-            IRRule([fromMine, .ip4Saddr(IPv4Prefix.unspecified), .udpSport(68), .udpDport(67)], .accept),
+            IRRule([.ip6Saddr(IPv6Prefix.linkLocal), icmpv6, .icmpv6Type(133...133)], .accept),
+            IRRule([.ip6Saddr(IPv6Prefix.linkLocal), icmpv6, .icmpv6Type(135...136)], .accept),
+            IRRule([.ip6Saddr(IPv6Prefix.unspecified), icmpv6, .icmpv6Type(133...133)], .accept),
+            IRRule([.ip6Saddr(IPv6Prefix.unspecified), icmpv6, .icmpv6Type(135...135)], .accept),
+            IRRule([.ip4Saddr(IPv4Prefix.unspecified), .udpSport(68), .udpDport(67)], .accept),
         ]
-        let input = [sourceChecks[0]]
-            + [
+        // From an instance to the host (its source already checked, the link's own sources
+        // let through): NDP (hop limit 255; RA and redirects refused; a neighbour
+        // advertisement names only its own addresses or a link-local one) and DHCP requests.
+        let input = [
                 IRRule([fromMine, icmpv6, .icmpv6Type(134...134)], .drop),
                 IRRule([fromMine, icmpv6, .icmpv6Type(137...137)], .drop),
                 IRRule([fromMine, icmpv6, .icmpv6Type(133...136), .ip6HopLimitNot(255)], .drop),
                 IRRule([fromMine, icmpv6, .icmpv6Type(136...136), .ndTargetNotLinkLocal, .ifaceNDTargetNotInSet(Naming.ndTargets)], .drop),
             ]
-            + linkSources
-            + sourceChecks[1...]
             + [
                 IRRule([fromMine, icmpv6, .icmpv6Type(133...133)], .accept),
                 IRRule([fromMine, icmpv6, .icmpv6Type(135...136)], .accept),
@@ -117,18 +116,14 @@ public enum Compiler {
             IRRule([toMine, icmpv6, .icmpv6Type(133...137), .ip6HopLimit(255)], .accept),
             IRRule([toMine, .nfproto(.ipv4), .udpSport(67), .udpDport(68)], .accept),
         ] + toState
-        // The source checks again, on the prerouting hook before defragmentation (-400) and
-        // conntrack (-200): the forward and input checks come after conntrack has taken the
-        // packet, so a spoofed in-window RST in another instance's name, dropped there, had
-        // already closed that instance's connection in conntrack (and any spoofed segment moved
-        // its state and timers). Its accepts (the link's own sources) only end this chain: the
-        // packet meets every check of forward or input as before.
-        // A packet from no instance leaves after one lookup (the gate); the others meet the
-        // checks without asking again whether they come from an instance.
-        let prerouting = [IRRule([.iifnameNotInSet(Naming.instanceInterfaces)], .accept)]
-            + ([sourceChecks[0]] + linkSources + sourceChecks[1...]).map { r in
-                IRRule(r.matches.filter { $0 != fromMine }, r.verdict, comment: r.comment)
-            }
+        // The source checks, on the prerouting hook before defragmentation (-400) and conntrack
+        // (-200). They were the first rules of forward and input until 2026-12-04, after
+        // conntrack had taken the packet: a spoofed in-window RST in another instance's name,
+        // dropped there, had already closed that instance's connection in conntrack. A packet
+        // from no instance leaves after one lookup (the gate); the accepts (the gate, the
+        // link's own sources) end only this chain.
+        let prerouting = [IRRule([.iifnameNotInSet(Naming.instanceInterfaces)], .accept), sourceChecks[0]]
+            + linkSources + sourceChecks[1...]
         // Egress before ingress on the forward hook (priority -1 < 0): the sender's accept ends
         // only its own base chain, so the receiver's ingress chain still sees the packet.
         return [

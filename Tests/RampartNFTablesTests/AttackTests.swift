@@ -196,13 +196,7 @@ import RampartHarness
 
         // TCP: bob's established connection to internet:8000; alice sends the next segment bob
         // would send (sequence and acknowledgement numbers read off bob's link).
-        let session = try t.openTCPSession(from: "bob", to: "192.0.2.10", port: 8000)
-        let bobLink = try t.captureLink("bob", outgoing: true)
-        v.expect("TCP bob → internet:8000 (its own connection)", session.exchange(), true)
-        usleep(100_000)
-        let segments = bobLink.received.compactMap { RawPacket.parseTCP(frame: $0) }.filter {
-            ($0.sport == session.localPort && $0.dport == 8000) || ($0.dport == session.localPort && $0.sport == 8000)
-        }
+        let (session, segments) = try Self.bobsConnection(t, &v)
         let out = segments.last(where: { $0.src == "10.0.1.12" }), into = segments.last(where: { $0.dst == "10.0.1.12" })
         if let out, let into {
             let netLink = try t.captureLink("internet")
@@ -219,6 +213,19 @@ import RampartHarness
         v.check(backend)
     }
 
+    /// bob's established TCP connection to internet:8000 and its segments both ways as seen on
+    /// bob's link (the sequence numbers an attacker would need).
+    static func bobsConnection(_ t: HypervisorTopology, _ v: inout Verdicts) throws -> (session: TCPSession, segments: [RawPacket.TCPSegment]) {
+        let session = try t.openTCPSession(from: "bob", to: "192.0.2.10", port: 8000)
+        let bobLink = try t.captureLink("bob", outgoing: true)
+        v.expect("TCP bob → internet:8000 (its own connection)", session.exchange(), true)
+        usleep(100_000)
+        let segments = bobLink.received.compactMap { RawPacket.parseTCP(frame: $0) }.filter {
+            ($0.sport == session.localPort && $0.dport == 8000) || ($0.dport == session.localPort && $0.sport == 8000)
+        }
+        return (session, segments)
+    }
+
     /// A spoofed packet never reaches conntrack: alice's in-window RST in bob's name, aimed at
     /// bob's established connection, was dropped by the source check of the forward hook —
     /// after conntrack (prerouting, priority -200) had already taken it for bob's and moved the
@@ -230,13 +237,7 @@ import RampartHarness
         let s = try Site(backend)
         let t = s.topo
         var v = Verdicts()
-        let session = try t.openTCPSession(from: "bob", to: "192.0.2.10", port: 8000)
-        let bobLink = try t.captureLink("bob", outgoing: true)
-        v.expect("TCP bob → internet:8000 (its own connection)", session.exchange(), true)
-        usleep(100_000)
-        let segments = bobLink.received.compactMap { RawPacket.parseTCP(frame: $0) }.filter {
-            ($0.sport == session.localPort && $0.dport == 8000) || ($0.dport == session.localPort && $0.sport == 8000)
-        }
+        let (session, segments) = try Self.bobsConnection(t, &v)
         func state() throws -> String {
             let out = try t["hv"].run(["conntrack", "-L", "-p", "tcp", "--orig-src", "10.0.1.12", "--orig-port-src", "\(session.localPort)"], check: false).stdout
             return out.split(separator: "\n").first.map(String.init) ?? "(no entry)"
