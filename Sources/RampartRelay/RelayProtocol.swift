@@ -47,6 +47,10 @@ public struct RelayMessage: Codable, Sendable, Equatable {
     public static let version = 1
     /// The longest line either side accepts (a `rows` message is cut to fit well below it).
     public static let maxLineBytes = 4 << 20
+    /// The longest line a relay accepts from a connection: a daemon sends `hello`, `subscribe`,
+    /// `ack` and `status`, a few hundred bytes each, so a peer that has said nothing valid yet
+    /// cannot make the relay buffer 4 MiB per connection.
+    public static let maxDaemonLineBytes = 64 << 10
 
     public init(op: Op, version: Int? = nil, host: String? = nil, token: String? = nil, after: Int64? = nil, seq: Int64? = nil,
                 head: Int64? = nil, through: Int64? = nil, rows: [Row]? = nil, message: String? = nil) {
@@ -161,6 +165,8 @@ public struct LineFrameDecoder: ByteToMessageDecoder {
         let view = buffer.readableBytesView
         if let i = view.dropFirst(scanned).firstIndex(of: UInt8(ascii: "\n")) {
             let length = i - view.startIndex
+            // Whole in one read or not, a line past the limit is refused.
+            if length > maxLength { throw RelayError("a line longer than \(maxLength) bytes") }
             let line = buffer.readSlice(length: length)!
             buffer.moveReaderIndex(forwardBy: 1)
             scanned = 0

@@ -17,10 +17,20 @@ public final class RelayServer: @unchecked Sendable {
     let helloTimeout: Double
     /// SO_SNDBUF of each connection, if set (tests shrink it to make a slow subscriber quick).
     let sendBuffer: Int?
+    /// Connections that have not said a valid `hello` yet, and how many may wait at once.
+    let waiting: WaitingConnections
     private var channel: (any Channel)?
 
+    /// Connections open now that have not said a valid `hello` yet.
+    public var connectionsWaiting: Int { waiting.now }
+
+    /// Connections at most waiting for their `hello` at once, by default: far more than a
+    /// fleet's daemons reconnecting together need (each says `hello` at once), few enough that
+    /// unauthenticated peers cannot hold the relay's memory and descriptors.
+    public static let defaultMaxWaiting = 1_024
+
     public init(hub: RelayHub, host: String, port: Int, tls: NIOSSLContext? = nil, group: any EventLoopGroup,
-                helloTimeout: Double = 10, sendBuffer: Int? = nil) {
+                helloTimeout: Double = 10, sendBuffer: Int? = nil, maxWaiting: Int = RelayServer.defaultMaxWaiting) {
         self.hub = hub
         self.host = host
         self.requestedPort = port
@@ -28,6 +38,7 @@ public final class RelayServer: @unchecked Sendable {
         self.group = group
         self.helloTimeout = helloTimeout
         self.sendBuffer = sendBuffer
+        waiting = WaitingConnections(limit: maxWaiting)
     }
 
     /// The TLS context of a PEM certificate chain and key (`--tls-cert`, `--tls-key`).
@@ -44,7 +55,7 @@ public final class RelayServer: @unchecked Sendable {
     /// Binds and starts accepting; returns the bound port (useful with port 0).
     @discardableResult
     public func start() throws(RelayError) -> Int {
-        let hub = self.hub, tls = self.tls, timeout = helloTimeout
+        let hub = self.hub, tls = self.tls, timeout = helloTimeout, waiting = self.waiting
         var bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -55,8 +66,8 @@ public final class RelayServer: @unchecked Sendable {
         bootstrap = bootstrap.childChannelInitializer { channel in
             channel.eventLoop.makeCompletedFuture {
                 if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls)) }
-                try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(LineFrameDecoder()))
-                try channel.pipeline.syncOperations.addHandler(RelayConnectionHandler(hub: hub, helloTimeout: timeout))
+                try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(LineFrameDecoder(maxLength: RelayMessage.maxDaemonLineBytes)))
+                try channel.pipeline.syncOperations.addHandler(RelayConnectionHandler(hub: hub, helloTimeout: timeout, waiting: waiting))
             }
         }
         do {
@@ -75,6 +86,33 @@ public final class RelayServer: @unchecked Sendable {
     }
 }
 
+/// How many connections are waiting for their `hello`, against a limit (shared by a server's
+/// connections, on any event loop).
+final class WaitingConnections: @unchecked Sendable {
+    let limit: Int
+    private var count = 0
+    private let lock = NSLock()
+    init(limit: Int) { self.limit = limit }
+    /// Counts one more; false (nothing counted) if `limit` are waiting already.
+    func enter() -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        guard count < limit else { return false }
+        count += 1
+        return true
+    }
+    func leave() {
+        lock.lock()
+        count -= 1
+        lock.unlock()
+    }
+    var now: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return count
+    }
+}
+
 /// One connection: `hello` within the deadline (or `status`), then `subscribe` and `ack`s.
 /// Anything else, or bad input, is answered with an `error` and the connection is closed.
 final class RelayConnectionHandler: ChannelInboundHandler, IdleClosingHandler {
@@ -84,10 +122,30 @@ final class RelayConnectionHandler: ChannelInboundHandler, IdleClosingHandler {
     /// Until `hello`: a connection that says nothing valid is closed (RampartHTTP's deadline).
     let idle: IdleDeadline
     private var subscriber: Subscriber?
+    let waiting: WaitingConnections
+    /// Whether this connection is counted in `waiting` (from its start to its `hello`).
+    private var counted = false
 
-    init(hub: RelayHub, helloTimeout: Double) {
+    init(hub: RelayHub, helloTimeout: Double, waiting: WaitingConnections) {
         self.hub = hub
         idle = IdleDeadline(seconds: helloTimeout)
+        self.waiting = waiting
+    }
+
+    /// Arms the hello deadline (as `IdleClosingHandler` does) and counts the connection as
+    /// waiting, or refuses it when `waiting.limit` are already.
+    func channelActive(context: ChannelHandlerContext) {
+        idle.arm(context)
+        counted = waiting.enter()
+        context.fireChannelActive()
+        if !counted {
+            refuse(context, "this relay has \(waiting.limit) connections waiting for their hello: try again or another relay")
+        }
+    }
+
+    private func stopCounting() {
+        if counted { waiting.leave() }
+        counted = false
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -111,6 +169,7 @@ final class RelayConnectionHandler: ChannelInboundHandler, IdleClosingHandler {
             case .success(let sub):
                 subscriber = sub
                 idle.cancel()
+                stopCounting()
             case .failure(let e):
                 refuse(context, e.description)
             }
@@ -135,6 +194,7 @@ final class RelayConnectionHandler: ChannelInboundHandler, IdleClosingHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         idle.cancel()
+        stopCounting()
         if let subscriber { hub.detach(subscriber) }
         context.fireChannelInactive()
     }

@@ -22,11 +22,12 @@ final class TestRelay: @unchecked Sendable {
     private var killed = false
 
     init(url: String, tokens: TokenFile, settings: RelayHub.Settings = .init(), sendBuffer: Int? = nil, tls: NIOSSLContext? = nil,
-         helloTimeout: Double = 10) throws {
+         helloTimeout: Double = 10, maxWaiting: Int = RelayServer.defaultMaxWaiting) throws {
         let location = try PostgresLocation(url: url)
         hub = RelayHub(log: try PostgresStore(location: location, migrate: false), wakeups: PostgresWakeups(location: location),
                        tokens: tokens, settings: settings, logger: Logger(label: "test-relay"))
-        server = RelayServer(hub: hub, host: "127.0.0.1", port: 0, tls: tls, group: group, helloTimeout: helloTimeout, sendBuffer: sendBuffer)
+        server = RelayServer(hub: hub, host: "127.0.0.1", port: 0, tls: tls, group: group, helloTimeout: helloTimeout, sendBuffer: sendBuffer,
+                             maxWaiting: maxWaiting)
         hub.start()
         port = try server.start()
     }
@@ -290,6 +291,39 @@ struct RelayTests {
         #expect(session.relay == relay.endpoint, "the daemon that said hello stays connected")
         #expect(relay.hub.statistics().subscribers == 1)
         session.stop()
+    }
+
+    /// Before its `hello` a connection is nobody: it may not make the relay buffer more than a
+    /// daemon's longest line, and only so many may wait at once (the next is refused at once,
+    /// naming why); a daemon's `hello` still gets through, and a waiting connection that goes
+    /// frees its place.
+    @Test func connectionsWithoutHelloAreBounded() throws {
+        let f = try RelayFixture("relay_waiting")
+        let relay = try TestRelay(url: f.url, tokens: f.tokens, helloTimeout: 5, maxWaiting: 2)
+        f.relays.append(relay)
+        let long = try LineClient(port: relay.port)
+        long.send(String(repeating: "x", count: RelayMessage.maxDaemonLineBytes + 1024))
+        let cut = long.receive()
+        #expect(cut?.op == .error && cut?.message?.contains("longer than") == true, "\(String(describing: cut))")
+        #expect(long.receive() == nil, "closed after the refusal")
+        var silent = [try LineClient(port: relay.port), try LineClient(port: relay.port)]
+        Thread.sleep(forTimeInterval: 0.2)
+        let third = try LineClient(port: relay.port)
+        let refusal = third.receive()
+        #expect(refusal?.op == .error && refusal?.message?.contains("connections waiting for their hello") == true, "\(String(describing: refusal))")
+        #expect(relay.server.connectionsWaiting == 2)
+        // One waiting connection goes: its place is free, and a daemon says hello in it.
+        silent.removeLast()
+        Thread.sleep(forTimeInterval: 0.2)
+        #expect(relay.server.connectionsWaiting == 1)
+        let session = f.session("hv1", relays: [relay])
+        try session.start { _ in }
+        let deadline = Date().addingTimeInterval(5)
+        while relay.hub.statistics().subscribers < 1 && Date() < deadline { Thread.sleep(forTimeInterval: 0.05) }
+        #expect(relay.hub.statistics().subscribers == 1)
+        #expect(relay.server.connectionsWaiting == 1, "a subscriber no longer counts as waiting")
+        session.stop()
+        _ = silent
     }
 
     /// PostgreSQL restarted under a relay: its subscribers stay connected, the relay listens
