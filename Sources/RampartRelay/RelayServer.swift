@@ -4,6 +4,7 @@ import NIOCore
 import NIOPosix
 import NIOSSL
 import RampartHTTP
+import RampartSystem
 
 /// The relay's TCP listener: each connection is TLS (if configured), lines, then a
 /// `RelayConnectionHandler` talking to the hub.
@@ -41,11 +42,16 @@ public final class RelayServer: @unchecked Sendable {
         waiting = WaitingConnections(limit: maxWaiting)
     }
 
-    /// The TLS context of a PEM certificate chain and key (`--tls-cert`, `--tls-key`).
+    /// The TLS context of a PEM certificate chain and key (`--tls-cert`, `--tls-key`). The key
+    /// is a secret like the token file and is read the same way (`SecretFile`: this user's,
+    /// 0600 or stricter, not through a link): a key others can read lets them be the relay.
     public static func tlsContext(certificate: String, key: String) throws(RelayError) -> NIOSSLContext {
+        let pem: String
+        do { pem = try SecretFile.read(key, what: "the TLS key") } catch { throw RelayError("TLS: \(error.description)") }
         do {
             let chain = try NIOSSLCertificate.fromPEMFile(certificate).map { NIOSSLCertificateSource.certificate($0) }
-            let config = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(try NIOSSLPrivateKey(file: key, format: .pem)))
+            let privateKey = try NIOSSLPrivateKey(bytes: Array(pem.utf8), format: .pem)
+            let config = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(privateKey))
             return try NIOSSLContext(configuration: config)
         } catch {
             throw RelayError("TLS: cannot use --tls-cert \(certificate) / --tls-key \(key): \(error)")

@@ -532,6 +532,12 @@ struct RelayTests {
         try "subjectAltName=DNS:localhost\n".write(toFile: "\(dir)/ext", atomically: true, encoding: .utf8)
         try openssl(["x509", "-req", "-in", "\(dir)/relay.csr", "-CA", "\(dir)/ca.pem", "-CAkey", "\(dir)/ca.key", "-CAcreateserial",
                      "-days", "1", "-extfile", "\(dir)/ext", "-out", "\(dir)/relay.pem"])
+        // The key is a secret: one others can read is refused, naming its mode.
+        chmod("\(dir)/relay.key", 0o644)
+        #expect {
+            _ = try RelayServer.tlsContext(certificate: "\(dir)/relay.pem", key: "\(dir)/relay.key")
+        } throws: { ($0 as? RelayError)?.description.contains("the TLS key \(dir)/relay.key has mode 0644") == true }
+        chmod("\(dir)/relay.key", 0o600)
         let relay = try TestRelay(url: f.url, tokens: f.tokens, tls: try RelayServer.tlsContext(certificate: "\(dir)/relay.pem", key: "\(dir)/relay.key"))
         f.relays.append(relay)
         let good = RelaySession(host: "hv1", token: f.tokens.tokens["hv1"]!, relays: [RelayEndpoint(host: "localhost", port: relay.port)],
