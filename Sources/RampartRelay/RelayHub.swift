@@ -47,6 +47,10 @@ public final class RelayHub: @unchecked Sendable {
         public var maxBufferedBytes = 1 << 20
         /// Subscribers at once; the next `hello` is refused (its daemon tries another relay).
         public var maxSubscribers = 20_000
+        /// Subscribers of one host at once: a `hello` past it closes that host's oldest
+        /// connection. A daemon has one; a restarted daemon's new connection can meet its old
+        /// one not yet found dead. Without it, one host's token could fill the relay.
+        public var maxSubscribersPerHost = 2
         /// Acknowledgements are gathered this long (seconds) before one write to the store.
         public var ackFlushInterval = 0.005
         /// Seconds between reads of every window when no wake-up came (a missed NOTIFY costs
@@ -153,10 +157,19 @@ public final class RelayHub: @unchecked Sendable {
             condition.withLock { stats.refused += 1 }
             return .failure(RelayError(why))
         }
-        return condition.withLock { () -> Result<Subscriber, RelayError> in
+        var evicted: [any Channel] = []
+        let result = condition.withLock { () -> Result<Subscriber, RelayError> in
             guard subscriberCount < settings.maxSubscribers else {
                 stats.refused += 1
                 return .failure(RelayError("this relay is full (\(settings.maxSubscribers) subscribers): try another"))
+            }
+            // The host's oldest connections make room (detached now, told and closed below):
+            // the newest is the daemon that is alive.
+            if let mine = subscribers[host], mine.count >= settings.maxSubscribersPerHost {
+                for old in mine.values.sorted(by: { $0.id < $1.id }).prefix(mine.count - settings.maxSubscribersPerHost + 1) {
+                    detachLocked(old)
+                    evicted.append(old.channel)
+                }
             }
             nextID += 1
             let sub = Subscriber(id: nextID, host: host, channel: channel)
@@ -167,6 +180,13 @@ public final class RelayHub: @unchecked Sendable {
             condition.signal()
             return .success(sub)
         }
+        // Outside the lock: on the caller's own event loop the write and the close run at once,
+        // and the closed connection's handler detaches (takes the lock) as it goes.
+        for ch in evicted {
+            ch.writeAndFlush(RelayMessage.error("another connection said hello as \(host): closing the oldest").line(allocator: ch.allocator))
+                .whenComplete { _ in ch.close(promise: nil) }
+        }
+        return result
     }
 
     /// A `subscribe`: rows after `after`, from the window or, behind it, from the store.
@@ -205,16 +225,19 @@ public final class RelayHub: @unchecked Sendable {
 
     /// The connection closed.
     func detach(_ sub: Subscriber) {
-        condition.withLock {
-            guard !sub.gone else { return }
-            sub.gone = true
-            subscribers[sub.host]?[sub.id] = nil
-            subscriberCount -= 1
-            if subscribers[sub.host]?.isEmpty ?? false {
-                // Nobody follows the host here any more: its window would only go stale.
-                subscribers[sub.host] = nil
-                windows[sub.host] = nil
-            }
+        condition.withLock { detachLocked(sub) }
+    }
+
+    /// `detach` with the lock held (once per subscriber: a second call does nothing).
+    private func detachLocked(_ sub: Subscriber) {
+        guard !sub.gone else { return }
+        sub.gone = true
+        subscribers[sub.host]?[sub.id] = nil
+        subscriberCount -= 1
+        if subscribers[sub.host]?.isEmpty ?? false {
+            // Nobody follows the host here any more: its window would only go stale.
+            subscribers[sub.host] = nil
+            windows[sub.host] = nil
         }
     }
 

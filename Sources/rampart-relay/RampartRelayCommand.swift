@@ -32,6 +32,9 @@ struct RampartRelayCommand: ParsableCommand {
     @Option(help: "Subscribers at once; the next is refused and its daemon tries another relay.")
     var maxSubscribers: Int = 20_000
 
+    @Option(help: "Subscribers of one host at once; a hello past it closes the host's oldest connection.")
+    var maxSubscribersPerHost: Int = 2
+
     @Option(help: "Bytes queued for one subscriber before it is cut off and told to reload.")
     var bufferBytes: Int = 1 << 20
 
@@ -55,8 +58,8 @@ struct RampartRelayCommand: ParsableCommand {
             return h
         }
         let logger = Logger(label: "rampart-relay")
-        guard maxSubscribers >= 1, bufferBytes >= 1024, windowRows >= 1, statusInterval >= 0 else {
-            logger.critical("--max-subscribers and --window-rows must be at least 1, --buffer-bytes at least 1024, --status-interval 0 or more")
+        guard maxSubscribers >= 1, maxSubscribersPerHost >= 1, bufferBytes >= 1024, windowRows >= 1, statusInterval >= 0 else {
+            logger.critical("--max-subscribers, --max-subscribers-per-host and --window-rows must be at least 1, --buffer-bytes at least 1024, --status-interval 0 or more")
             throw ExitCode(1)
         }
         guard (tlsCert == nil) == (tlsKey == nil) else {
@@ -98,6 +101,7 @@ struct RampartRelayCommand: ParsableCommand {
         }
         var settings = RelayHub.Settings()
         settings.maxSubscribers = maxSubscribers
+        settings.maxSubscribersPerHost = maxSubscribersPerHost
         settings.maxBufferedBytes = bufferBytes
         settings.windowRows = windowRows
         let hub = RelayHub(log: opened!, wakeups: PostgresWakeups(location: location), tokens: tokens, settings: settings, logger: logger)

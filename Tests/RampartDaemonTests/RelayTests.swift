@@ -326,6 +326,35 @@ struct RelayTests {
         _ = silent
     }
 
+    /// One host's token cannot fill a relay: past `maxSubscribersPerHost` a `hello` closes that
+    /// host's oldest connection (told why), the newest ones stay, and other hosts are untouched.
+    @Test func oneHostCannotFillTheRelay() throws {
+        let f = try RelayFixture("relay_perhost")
+        let relay = try TestRelay(url: f.url, tokens: f.tokens)
+        f.relays.append(relay)
+        func hello(_ host: String) throws -> LineClient {
+            let c = try LineClient(port: relay.port)
+            c.send(#"{"op":"hello","version":1,"host":"\#(host)","token":"\#(f.tokens.tokens[host]!)"}"#)
+            #expect(c.receive()?.op == .welcome)
+            return c
+        }
+        let other = try hello("hv2")
+        let clients = try (0..<5).map { _ in try hello("hv1") }
+        // The first three were closed, each told why; the last two stay.
+        for c in clients.prefix(3) {
+            let last = c.receive()
+            #expect(last?.op == .error && last?.message?.contains("another connection said hello as hv1") == true, "\(String(describing: last))")
+            #expect(c.receive() == nil, "closed")
+        }
+        #expect(relay.hub.statistics().subscribers == 3, "two of hv1, one of hv2")
+        // The newest hv1 connection still follows its host, and hv2 is untouched.
+        clients[4].send(#"{"op":"subscribe","host":"hv1","after":0}"#)
+        other.send(#"{"op":"subscribe","host":"hv2","after":0}"#)
+        try f.verb("shared", port: 7000)
+        #expect(clients[4].receive()?.op == .rows)
+        #expect(other.receive()?.op == .rows)
+    }
+
     /// PostgreSQL restarted under a relay: its subscribers stay connected, the relay listens
     /// again and relays the rows committed after the restart.
     @Test func relaySurvivesAStoreRestart() throws {
