@@ -151,8 +151,21 @@ public final class PostgresWakeups: ChangeWakeups, @unchecked Sendable {
             guard let self, self.lock.withLock({ self.generation == myGeneration }) else { return }
             handler(.lost("the LISTEN connection to \(self.location) closed"))
         }
+        // The LISTEN's answer, or the connection's close, or 10 s, whichever comes first:
+        // postgres-nio can leave a statement sent as its connection closes unanswered
+        // (vapor/postgres-nio#487), and a store going down here then held this thread, and a
+        // follower's stop that joins it, for good (seen once in CI, 2026-12-04).
+        let listened = c.eventLoop.makePromise(of: Void.self)
+        let once = Once()
+        func settle(_ result: Result<Void, any Error>) {
+            if once.first() { listened.completeWith(result) }
+        }
+        c.query(PostgresQuery(unsafeSQL: "LISTEN \(WakeupPayload.channel)"), logger: logger).whenComplete { r in settle(r.map { _ in () }) }
+        c.closeFuture.whenComplete { _ in settle(.failure(StoreError(.unavailable, "the connection closed before the LISTEN was answered"))) }
+        let timeout = c.eventLoop.scheduleTask(in: .seconds(10)) { settle(.failure(StoreError(.unavailable, "no answer to LISTEN within 10 s"))) }
+        defer { timeout.cancel() }
         do {
-            _ = try c.query(PostgresQuery(unsafeSQL: "LISTEN \(WakeupPayload.channel)"), logger: logger).wait()
+            try listened.futureResult.wait()
         } catch {
             stop()
             throw StoreError(.unavailable, "LISTEN on the store \(location) failed: \(PostgresSyncConnection.describe(error))")
@@ -166,5 +179,18 @@ public final class PostgresWakeups: ChangeWakeups, @unchecked Sendable {
             return connection
         }
         if let c { let closing: EventLoopFuture<Void> = c.close(); try? closing.wait() }
+    }
+}
+
+/// True for the first caller only (a promise is completed once, whoever gets there first).
+private final class Once: @unchecked Sendable {
+    private let lock = NSLock()
+    private var done = false
+    func first() -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        if done { return false }
+        done = true
+        return true
     }
 }
