@@ -121,8 +121,12 @@ public enum Compiler {
         // conntrack had taken the packet: a spoofed in-window RST in another instance's name,
         // dropped there, had already closed that instance's connection in conntrack. A packet
         // from no instance leaves after one lookup (the gate); the accepts (the gate, the
-        // link's own sources) end only this chain.
-        let prerouting = [IRRule([.iifnameNotInSet(Naming.instanceInterfaces)], .accept), sourceChecks[0]]
+        // link's own sources) end only this chain. A guarded interface that is no instance's
+        // (rule 9) is dropped here first, for the same reason: its packets pass nowhere, so
+        // they must not move anyone's conntrack entry either (until 2026-12-05 they passed
+        // the gate, and a reset from such a device in an instance's name closed its entry).
+        let prerouting = guarded.map { IRRule([.iifnamePrefix($0), .iifnameNotInSet(Naming.instanceInterfaces)], .drop) }
+            + [IRRule([.iifnameNotInSet(Naming.instanceInterfaces)], .accept), sourceChecks[0]]
             + linkSources + sourceChecks[1...]
         // Egress before ingress on the forward hook (priority -1 < 0): the sender's accept ends
         // only its own base chain, so the receiver's ingress chain still sees the packet.

@@ -63,13 +63,24 @@ public final class IPTablesBackend {
         } ?? nil
     }
 
-    /// Rampart's chains of one family as `iptables-save -t filter` prints them.
-    public func save(_ f: IPFamily) throws -> String {
-        let r = try runner.run([variant.tool(f, "save"), "-t", "filter"])
-        // No filter table yet (nothing was ever written in this namespace) is an empty state.
-        if r.status != 0 && (r.stderr.contains("does not exist") || r.stderr.contains("Table does not exist")) { return "" }
+    /// Every table of one family as `iptables-save` prints them (one process; no table yet is
+    /// no text), by table name (`filter`, `raw`, …).
+    public func save(_ f: IPFamily) throws -> [String: String] {
+        let r = try runner.run([variant.tool(f, "save")])
         guard r.status == 0 else { throw IPTError(command: variant.tool(f, "save"), status: r.status, message: r.stderr) }
-        return r.stdout
+        return Self.tables(r.stdout)
+    }
+
+    /// Save output split at its `*table` lines.
+    static func tables(_ text: String) -> [String: String] {
+        var out: [String: String] = [:]
+        var table: String?
+        for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
+            if line.hasPrefix("*") { table = String(line.dropFirst()); continue }
+            guard let table else { continue }
+            out[table, default: ""] += line + "\n"
+        }
+        return out
     }
 
     /// Parses save output: Rampart's chains and which built-ins jump to Rampart's entries.
@@ -77,7 +88,7 @@ public final class IPTablesBackend {
         parseSave(text, entries: Dictionary(uniqueKeysWithValues: IPTNames.entries.map { ($0.builtin, "-j " + $0.chain) }))
     }
 
-    /// Parses save output with the given jump spec per built-in chain (ebtables: `-p ARP -j ...`).
+    /// Parses save output with the given jump spec per built-in chain.
     static func parseSave(_ text: String, entries: [String: String]) -> (IPTChains, Set<String>) {
         var chains = IPTChains()
         var jumps: Set<String> = []
@@ -108,13 +119,15 @@ public final class IPTablesBackend {
         public var bytes: UInt64
     }
 
-    /// Rampart's rules of both families with their packet and byte counters.
+    /// Rampart's rules of both families (filter and raw tables) with their packet and byte
+    /// counters.
     public func countedRules() throws -> [CountedRule] {
         var out: [CountedRule] = []
         for f in [IPFamily.ipv4, .ipv6] {
-            let r = try runner.run([variant.tool(f, "save"), "-c", "-t", "filter"])
+            let r = try runner.run([variant.tool(f, "save"), "-c"])
             guard r.status == 0 else { continue }
-            for line in r.stdout.split(separator: "\n") where line.hasPrefix("[") {
+            let tables = Self.tables(r.stdout)
+            for line in [tables["raw"], tables["filter"]].compactMap({ $0 }).joined().split(separator: "\n") where line.hasPrefix("[") {
                 guard let close = line.firstIndex(of: "]") else { continue }
                 let nums = line[line.index(after: line.startIndex)..<close].split(separator: ":")
                 let rest = line[line.index(after: close)...].drop { $0 == " " }
@@ -168,8 +181,12 @@ public final class IPTablesBackend {
     /// What the kernel holds of Rampart's (four processes: three saves and `ipset save`).
     public func readBack() throws -> IPTState {
         var st = IPTState()
-        (st.v4, st.jumps4) = Self.parseSave(try save(.ipv4))
-        (st.v6, st.jumps6) = Self.parseSave(try save(.ipv6))
+        let raw = Dictionary(uniqueKeysWithValues: IPTNames.rawEntries.map { ($0.builtin, $0.match + "-j " + $0.chain) })
+        let t4 = try save(.ipv4), t6 = try save(.ipv6)
+        (st.v4, st.jumps4) = Self.parseSave(t4["filter"] ?? "")
+        (st.v6, st.jumps6) = Self.parseSave(t6["filter"] ?? "")
+        (st.raw4, st.jumpsRaw4) = Self.parseSave(t4["raw"] ?? "", entries: raw)
+        (st.raw6, st.jumpsRaw6) = Self.parseSave(t6["raw"] ?? "", entries: raw)
         // Routed, ebtables is read only to remove what a bridged apply left: a host without
         // ebtables-nft (or the kernel's bridge family) has nothing there.
         let eb = topology == .bridged ? try saveEB() : ((try? saveEB()) ?? "")
@@ -182,15 +199,15 @@ public final class IPTablesBackend {
 
     // MARK: writing
 
-    /// One atomic unit of writing: a family's filter table, or ebtables' nat table.
-    enum Part: Hashable, CaseIterable { case v4, v6, eb }
+    /// One atomic unit of writing: a family's filter or raw table, or ebtables' nat table.
+    enum Part: Hashable, CaseIterable { case v4, v6, raw4, raw6, eb }
 
     /// The restore command of one table (ebtables-nft-restore has no -w: no xtables lock, one
     /// nftables transaction).
     static func restoreCommand(_ p: Part, _ variant: IPTablesVariant) -> [String] {
         switch p {
-        case .v4: [variant.tool(.ipv4, "restore"), "-w", "--noflush"]
-        case .v6: [variant.tool(.ipv6, "restore"), "-w", "--noflush"]
+        case .v4, .raw4: [variant.tool(.ipv4, "restore"), "-w", "--noflush"]
+        case .v6, .raw6: [variant.tool(.ipv6, "restore"), "-w", "--noflush"]
         case .eb: [ebtablesTool + "-restore", "--noflush"]
         }
     }
@@ -199,8 +216,9 @@ public final class IPTablesBackend {
         _ = try runner.check(Self.restoreCommand(p, variant), input: text)
     }
 
-    /// Runs a change: ipset creations and additions, then the IPv4, IPv6 and ebtables restores
-    /// (processes run side by side: each table is its own atomic unit), then ipset removals. If
+    /// Runs a change: ipset creations and additions, then the IPv4 and IPv6 filter and raw
+    /// restores and the ebtables one (processes run side by side: each table is its own atomic
+    /// unit), then ipset removals. If
     /// a restore fails, the other tables' restores are undone where they succeeded, the ipset
     /// additions are undone (best effort), so the previous rules stay in place; the error is
     /// rethrown.
@@ -208,7 +226,7 @@ public final class IPTablesBackend {
         if !c.ipsetBefore.isEmpty { try ipset.apply(c.ipsetBefore) }
         nonisolated(unsafe) var errors: [Part: any Error] = [:]
         let lock = NSLock()
-        let work: [(Part, String)] = [(Part.v4, c.restore4), (.v6, c.restore6), (.eb, c.restoreEB)].compactMap { p, t in t.map { (p, $0) } }
+        let work: [(Part, String)] = Part.allCases.compactMap { p in c.restore(p).map { (p, $0) } }
         let runner = self.runner, variant = self.variant
         DispatchQueue.concurrentPerform(iterations: work.count) { i in
             let (p, text) = work[i]
@@ -223,8 +241,9 @@ public final class IPTablesBackend {
                 var written = c.applied(to: des).only(p)
                 written.setJumps()
                 written.jumps4.formUnion(cur.jumps4); written.jumps6.formUnion(cur.jumps6); written.jumpsEB.formUnion(cur.jumpsEB)
+                written.jumpsRaw4.formUnion(cur.jumpsRaw4); written.jumpsRaw6.formUnion(cur.jumpsRaw6)
                 let back = Self.change(from: written, to: cur.only(p))
-                if let text = p == .v4 ? back.restore4 : p == .v6 ? back.restore6 : back.restoreEB { try? restore(p, text) }
+                if let text = back.restore(p) { try? restore(p, text) }
             }
             if !c.ipsetRollback.isEmpty { try? ipset.apply(c.ipsetRollback) }
             throw failed
@@ -347,7 +366,10 @@ public final class IPTablesBackend {
             }
             sets.formUnion(IPTNames.fixedSets)
             chains.formUnion([IPTNames.link, IPTNames.arp, IPTNames.bridgeOutput])
+            chains.formUnion(IPTNames.rawChains)
             des.eb = part.eb
+            des.raw4 = part.raw4
+            des.raw6 = part.raw6
         }
         for f in [IPFamily.ipv4, .ipv6] {
             for n in chains { des[f].chains[n] = part[f].chains[n] }

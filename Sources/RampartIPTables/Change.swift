@@ -13,22 +13,42 @@ public struct IPTChange: Sendable {
     public var restore6: String?
     /// One `ebtables-restore --noflush` input (nat table; bridged topology).
     public var restoreEB: String?
+    /// One `iptables-restore --noflush` input per family for the raw table (its own process:
+    /// each table is one atomic unit, undone on its own when another fails).
+    public var restoreRaw4: String?
+    public var restoreRaw6: String?
     public var chainsCreated = 0, chainsRewritten = 0, chainsDeleted = 0, rulesWritten = 0
     /// Dispatch chains changed rule by rule, and the rules deleted from them.
     public var chainsPatched = 0, rulesDeleted = 0
     /// The patched dispatch chains as the kernel holds them afterwards, in its order.
     public var patched4: [String: [String]] = [:], patched6: [String: [String]] = [:]
+    public var patchedRaw4: [String: [String]] = [:], patchedRaw6: [String: [String]] = [:]
 
     /// `des` with the patched chains in kernel order: what the mirror must hold.
     func applied(to des: IPTState) -> IPTState {
         var d = des
         for (n, l) in patched4 { d.v4.chains[n] = l }
         for (n, l) in patched6 { d.v6.chains[n] = l }
+        for (n, l) in patchedRaw4 { d.raw4.chains[n] = l }
+        for (n, l) in patchedRaw6 { d.raw6.chains[n] = l }
         return d
+    }
+
+    /// The restore input of one table (nil: nothing to write there).
+    func restore(_ p: IPTablesBackend.Part) -> String? {
+        switch p {
+        case .v4: restore4
+        case .v6: restore6
+        case .raw4: restoreRaw4
+        case .raw6: restoreRaw6
+        case .eb: restoreEB
+        }
     }
     public var setsCreated = 0, setsDestroyed = 0, membersAdded = 0, membersRemoved = 0, jumps = 0
 
-    public var isEmpty: Bool { ipsetBefore.isEmpty && ipsetAfter.isEmpty && restore4 == nil && restore6 == nil && restoreEB == nil }
+    public var isEmpty: Bool {
+        ipsetBefore.isEmpty && ipsetAfter.isEmpty && IPTablesBackend.Part.allCases.allSatisfy { restore($0) == nil }
+    }
 
     /// One line, in the shape of the nftables backend's Plan summary.
     public var summary: String {
@@ -42,6 +62,8 @@ public struct IPTChange: Sendable {
         if !ipsetBefore.isEmpty { out += "# ipset restore\n" + ipsetBefore.joined(separator: "\n") + "\n" }
         if let r = restore4 { out += "# iptables-restore --noflush\n" + r }
         if let r = restore6 { out += "# ip6tables-restore --noflush\n" + r }
+        if let r = restoreRaw4 { out += "# iptables-restore --noflush\n" + r }
+        if let r = restoreRaw6 { out += "# ip6tables-restore --noflush\n" + r }
         if let r = restoreEB { out += "# ebtables-restore --noflush\n" + r }
         if !ipsetAfter.isEmpty { out += "# ipset restore\n" + ipsetAfter.joined(separator: "\n") + "\n" }
         return out
@@ -91,22 +113,28 @@ extension IPTablesBackend {
             let had = f == .ipv4 ? cur.jumps4 : cur.jumps6
             let entries = IPTNames.entries.map { (builtin: $0.builtin, chain: $0.chain, match: "") }
             var patched: [String: [String]] = [:]
-            let text = restoreText(&c, cur[f].chains, des[f].chains, only: only, had: had, entries: entries, policy: "-", eb: false) { n, l in
+            let text = restoreText(&c, cur[f].chains, des[f].chains, only: only, had: had, entries: entries, table: "filter") { n, l in
                 patched[n] = l
             }
             if f == .ipv4 { c.restore4 = text; c.patched4 = patched } else { c.restore6 = text; c.patched6 = patched }
+            var patchedRaw: [String: [String]] = [:]
+            let raw = restoreText(&c, cur.raw(f).chains, des.raw(f).chains, only: only, had: cur.jumpsRaw(f), entries: IPTNames.rawEntries,
+                                  table: "raw") { n, l in patchedRaw[n] = l }
+            if f == .ipv4 { c.restoreRaw4 = raw; c.patchedRaw4 = patchedRaw } else { c.restoreRaw6 = raw; c.patchedRaw6 = patchedRaw }
         }
         c.restoreEB = restoreText(&c, cur.eb.chains, des.eb.chains, only: only, had: cur.jumpsEB, entries: IPTNames.ebEntries,
-                                  policy: "RETURN", eb: true) { _, _ in }
+                                  table: "nat", eb: true) { _, _ in }
         return c
     }
 
     /// One table's `*-restore --noflush` input (nil: nothing to write): changed chains declared
     /// (created or flushed) and refilled, dispatch chains patched rule by rule, deleted chains
-    /// removed, missing jumps from the built-ins inserted at the top.
+    /// removed, missing jumps from the built-ins inserted at the top. `eb`: ebtables' syntax
+    /// (chain policy RETURN, no counters, dispatch chains rewritten whole).
     static func restoreText(_ c: inout IPTChange, _ oc: [String: [String]], _ nc: [String: [String]], only: Set<String>?, had: Set<String>,
-                            entries: [(builtin: String, chain: String, match: String)], policy: String, eb: Bool,
+                            entries: [(builtin: String, chain: String, match: String)], table: String, eb: Bool = false,
                             patched: (String, [String]) -> Void) -> String? {
+        let policy = eb ? "RETURN" : "-"
         let names = only.map { n in n.filter { oc[$0] != nil || nc[$0] != nil } } ?? Set(oc.keys).union(nc.keys)
         var declare: [String] = [], body: [String] = [], delete: [String] = [], patchDel: [String] = [], patchAdd: [String] = []
         for n in names.sorted() {
@@ -154,7 +182,7 @@ extension IPTablesBackend {
             for j in IPTNames.legacyEBJumps where had.contains(j) { unjump.append("-D \(j)"); c.jumps += 1 }
         }
         guard !declare.isEmpty || !patchDel.isEmpty || !patchAdd.isEmpty || !jumpLines.isEmpty || !unjump.isEmpty else { return nil }
-        var text = eb ? "*nat\n" : "*filter\n"
+        var text = "*\(table)\n"
         text += declare.map { ":\($0) \(policy)\(eb ? "" : " [0:0]")\n" }.joined()
         text += unjump.map { $0 + "\n" }.joined()
         text += body.map { $0 + "\n" }.joined()
@@ -175,6 +203,8 @@ extension IPTState {
         switch p {
         case .v4: s.v4 = v4; s.jumps4 = jumps4
         case .v6: s.v6 = v6; s.jumps6 = jumps6
+        case .raw4: s.raw4 = raw4; s.jumpsRaw4 = jumpsRaw4
+        case .raw6: s.raw6 = raw6; s.jumpsRaw6 = jumpsRaw6
         case .eb: s.eb = eb; s.jumpsEB = jumpsEB
         }
         return s
@@ -185,5 +215,7 @@ extension IPTState {
         jumps4 = v4.chains[IPTNames.forward] == nil ? [] : Set(IPTNames.entries.map(\.builtin))
         jumps6 = v6.chains[IPTNames.forward] == nil ? [] : Set(IPTNames.entries.map(\.builtin))
         jumpsEB = Set(IPTNames.ebEntries.filter { eb.chains[$0.chain] != nil }.map(\.builtin))
+        jumpsRaw4 = Set(IPTNames.rawEntries.filter { raw4.chains[$0.chain] != nil }.map(\.builtin))
+        jumpsRaw6 = Set(IPTNames.rawEntries.filter { raw6.chains[$0.chain] != nil }.map(\.builtin))
     }
 }

@@ -42,6 +42,15 @@ struct InstanceChecks {
     func iif(_ x: String) -> String { bridged ? "-m physdev --physdev-in \(x)" : "-i \(x)" }
     func oif(_ x: String) -> String { bridged ? "-m physdev --physdev-out \(x) --physdev-is-bridged" : "-o \(x)" }
 
+    /// A guarded prefix as a match of the incoming interface (bridged: port).
+    func guardIn(_ p: String) -> String { bridged ? "-m physdev --physdev-in \(Self.wildcard(p))" : "-i \(Self.wildcard(p))" }
+    func guardOut(_ p: String) -> String { bridged ? "-m physdev --physdev-out \(Self.wildcard(p)) --physdev-is-bridged" : "-o \(Self.wildcard(p))" }
+
+    /// Whether the match `wildcard(prefix)` takes interface `name`.
+    static func covers(_ prefix: String, _ name: String) -> Bool {
+        prefix.utf8.count >= 15 ? prefix == name : name.utf8.starts(with: prefix.utf8)
+    }
+
     /// The fixed ipsets, routed only: (address, interface) pairs per family, for the source
     /// check (see `chains`).
     func sets() -> [String: IPSetSpec] {
@@ -98,10 +107,8 @@ struct InstanceChecks {
         let dhcpRequest = "-p udp -m udp --sport 68 --dport 67", dhcpReply = "-p udp -m udp --sport 67 --dport 68"
         let dhcpServer = "-p udp -m udp --sport 67"
         let ndpAll = [133, 134, 135, 136, 137], ndpFromInstance = [133, 135, 136], ndpUnspecified = [133, 135]
-        // Guarded prefixes: an interface (port) of the prefix that is no instance's. Only
-        // reached after the instance test sent instances elsewhere.
-        func guardIn(_ p: String) -> String { bridged ? "-m physdev --physdev-in \(Self.wildcard(p))" : "-i \(Self.wildcard(p))" }
-        func guardOut(_ p: String) -> String { bridged ? "-m physdev --physdev-out \(Self.wildcard(p)) --physdev-is-bridged" : "-o \(Self.wildcard(p))" }
+        // Guarded prefixes (`guardIn`, `guardOut`): an interface (port) of the prefix that is
+        // no instance's. Only reached after the instance test sent instances elsewhere.
         // The instance tests leave the mark bit set when they match.
         let testIn = [clear, "-j \(IPTNames.isInstanceIn)"], testOut = [clear, "-j \(IPTNames.isInstanceOut)"]
         let spoof = bridged ? [clear, "-j \(IPTNames.spoof)", notMarked, clear] : ["-m set ! --match-set \(IPTNames.sources(f)) src,src -j DROP"]
@@ -228,6 +235,44 @@ struct InstanceChecks {
             ]
             chains[IPTNames.naTargets] = interfaces.flatMap { i in (ipv6[i] ?? []).map { "\(iif(i)) \(Self.naTarget($0)) -g \(IPTNames.accept)" } }
         }
+    }
+
+    /// The raw table of one family: the source checks again, before conntrack (raw is at
+    /// priority -300, conntrack at -200). The filter table's checks come after conntrack has
+    /// taken the packet: an instance's in-window RST in another's name, dropped there, had
+    /// already moved that instance's connection to CLOSE (`AttackTests.spoofedResetNeverReaches
+    /// Conntrack`; the nftables backend checks on its prerouting hook for the same reason).
+    ///
+    /// `RAMPART-PRE` sends only packets from an interface of a guarded prefix (one wildcard
+    /// rule each) or from an instance interface no prefix covers (one rule each) on to
+    /// `rp-pre-chk`; everything else leaves after those few rules. `rp-pre-chk` returns a
+    /// packet whose source is its interface's (routed: one lookup in `rp-src4`/`rp-src6`;
+    /// bridged: the `-s A --physdev-in X` rules, as `rp-spoof`) or one of the link's own
+    /// sources (rule 5: DHCP from 0.0.0.0, NDP from `::` or link-local; filter decides about
+    /// them), and drops the rest: spoofed packets and every packet of a guarded interface that
+    /// is no instance's (rule 9), before they can touch anyone's conntrack entry. The filter
+    /// table keeps its own checks (a foreign raw rule inserted before Rampart's jump could
+    /// accept a packet past these).
+    func raw(_ f: IPFamily) -> [String: [String]] {
+        let v6 = f == .ipv6
+        let uncovered = interfaces.filter { i in !guarded.contains { Self.covers($0, i) } }
+        let entry = guarded.map { "\(guardIn($0)) -g \(IPTNames.preCheck)" } + uncovered.map { "\(iif($0)) -g \(IPTNames.preCheck)" }
+        var check: [String]
+        if bridged {
+            check = interfaces.flatMap { i in
+                (v6 ? (ipv6[i] ?? []).map { "\($0)/128" } : (ipv4[i] ?? []).map { "\($0)/32" }).map { "-s \($0) \(iif(i)) -j RETURN" }
+            }
+        } else {
+            check = ["-m set --match-set \(IPTNames.sources(f)) src,src -j RETURN"]
+        }
+        if v6 {
+            check += [133, 135, 136].map { "-s fe80::/10 -p ipv6-icmp -m icmp6 --icmpv6-type \($0) -j RETURN" }
+            check += [133, 135].map { "-s ::/128 -p ipv6-icmp -m icmp6 --icmpv6-type \($0) -j RETURN" }
+        } else {
+            check.append("-s 0.0.0.0/32 -p udp -m udp --sport 68 --dport 67 -j RETURN")
+        }
+        check.append("-j DROP")
+        return [IPTNames.prerouting: entry, IPTNames.preCheck: check]
     }
 
     /// ebtables' nat table (bridged only). Every frame entering the bridge meets `RAMPART-L2`

@@ -31,7 +31,8 @@ extension IPTablesBackend {
 /// and hashed by `IPTNames` stay as the kernel has them (`rp-i-<cut>-<hash>` reads `in-<cut>-<hash>`).
 public enum IPTLift {
     public static func ir(_ st: IPTState, topology: IPTTopology) -> (ir: RulesetIR, undecoded: [String])? {
-        if st.v4.chains.isEmpty && st.v6.chains.isEmpty && st.eb.chains.isEmpty && st.sets.isEmpty { return nil }
+        if st.v4.chains.isEmpty && st.v6.chains.isEmpty && st.raw4.chains.isEmpty && st.raw6.chains.isEmpty && st.eb.chains.isEmpty
+            && st.sets.isEmpty { return nil }
         var lift = Lifter(st, topology: topology)
         return (lift.run(), lift.undecoded)
     }
@@ -461,10 +462,16 @@ struct Lifter {
         }
         diff("ipv4", st.v4.chains, want.v4.chains)
         diff("ipv6", st.v6.chains, want.v6.chains)
+        diff("ipv4 raw", st.raw4.chains, want.raw4.chains)
+        diff("ipv6 raw", st.raw6.chains, want.raw6.chains)
         if bridged || !st.eb.chains.isEmpty { diff("ebtables", st.eb.chains, want.eb.chains) }
         for (b, c) in IPTNames.entries {
             if !st.jumps4.contains(b) { undecoded.append("ipv4 \(b): no jump to \(c): nothing of it is enforced") }
             if !st.jumps6.contains(b) { undecoded.append("ipv6 \(b): no jump to \(c): nothing of it is enforced") }
+        }
+        for (b, c, _) in IPTNames.rawEntries {
+            if !st.jumpsRaw4.contains(b) { undecoded.append("ipv4 raw \(b): no jump to \(c): no source check before conntrack") }
+            if !st.jumpsRaw6.contains(b) { undecoded.append("ipv6 raw \(b): no jump to \(c): no source check before conntrack") }
         }
     }
 }

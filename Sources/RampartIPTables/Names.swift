@@ -64,6 +64,18 @@ public enum IPTNames {
     /// The built-in chains and the Rampart chain each jumps to.
     public static let entries: [(builtin: String, chain: String)] = [("FORWARD", forward), ("INPUT", input), ("OUTPUT", output)]
 
+    /// The raw table (before conntrack), jumped to once from its PREROUTING: every packet from
+    /// an instance's interface (or a guarded one) goes on to `rp-pre-chk`; nothing else is
+    /// touched. A dispatch chain (all its rules go to the same place).
+    public static let prerouting = "RAMPART-PRE"
+    /// The source check before conntrack: the instance's own address on its interface, or one
+    /// of the link's own sources (rule 5), returns; anything else is dropped before conntrack
+    /// can take it for another's connection.
+    public static let preCheck = "rp-pre-chk"
+    public static let rawEntries: [(builtin: String, chain: String, match: String)] = [("PREROUTING", prerouting, "")]
+    /// The raw table's chains.
+    public static let rawChains: Set<String> = [prerouting, preCheck]
+
     /// Anti-spoofing: `A,tapX` pairs (`hash:net,iface`), looked up with `src,src`.
     public static let sources4 = "rp-src4"
     public static let sources6 = "rp-src6"
@@ -87,7 +99,7 @@ public enum IPTNames {
     /// compared as multisets and changed rule by rule (`-D` / `-A`), not rewritten: plugging an
     /// instance adds its few dispatch rules.
     public static let unordered: Set<String> = [fromInstances, toInstances, toHostInstances, outputDispatch, macCheck, naTargets,
-                                                isInstanceIn, isInstanceOut, spoof, relatedOwn, forwardRoutedDispatch]
+                                                isInstanceIn, isInstanceOut, spoof, relatedOwn, forwardRoutedDispatch, prerouting]
 
     /// Every chain the fixed layout renders (`InstanceChecks`), ebtables' included; with the
     /// chains of the earlier layout (`rp-fwd`), so an upgrade deletes them.
@@ -95,7 +107,7 @@ public enum IPTNames {
         forward, input, output, forwardFrom, forwardTo, inputInstances, outputInstances, fromInstances,
         toInstances, toHostInstances, outputDispatch, macCheck, naCheck, naTargets, accept, link, arp, bridgeOutput, "rp-fwd", "rp-fwd-ing",
         isInstanceIn, isInstanceOut, spoof, guardTo, dhcpTo, relatedOwn, relatedAccept, clearReturn,
-        forwardRoutedDispatch, forwardToRouted,
+        forwardRoutedDispatch, forwardToRouted, prerouting, preCheck,
     ]
 
     /// The packet-mark bit Rampart uses (and clears again) to carry "accepted" out of a group

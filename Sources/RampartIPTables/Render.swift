@@ -44,17 +44,28 @@ public struct IPTState: Hashable, Sendable {
     public var v6 = IPTChains()
     /// ebtables' nat table (bridged topology: ARP anti-spoofing, host → guarded ports).
     public var eb = IPTChains()
+    /// The raw table of each family: the source checks before conntrack (`RAMPART-PRE`).
+    public var raw4 = IPTChains()
+    public var raw6 = IPTChains()
     public var sets: [String: IPSetSpec] = [:]
     /// Built-in chains (per family) that already jump to Rampart's entry chain.
     public var jumps4: Set<String> = []
     public var jumps6: Set<String> = []
     public var jumpsEB: Set<String> = []
+    /// The raw table's PREROUTING, when it jumps to `RAMPART-PRE`.
+    public var jumpsRaw4: Set<String> = []
+    public var jumpsRaw6: Set<String> = []
     public init() {}
 
+    /// The filter table of one family.
     public subscript(_ f: IPFamily) -> IPTChains {
         get { f == .ipv4 ? v4 : v6 }
         set { if f == .ipv4 { v4 = newValue } else { v6 = newValue } }
     }
+
+    /// The raw table of one family.
+    public func raw(_ f: IPFamily) -> IPTChains { f == .ipv4 ? raw4 : raw6 }
+    public func jumpsRaw(_ f: IPFamily) -> Set<String> { f == .ipv4 ? jumpsRaw4 : jumpsRaw6 }
 }
 
 /// An IR the iptables backend cannot express.
@@ -107,7 +118,10 @@ public enum IPTRender {
                 for r in c.rules { lines += try rule(r, in: name, family: f, helpers: &out.chains) }
                 out.chains[name] = lines
             }
-            if let layout { layout.chains(f, into: &out.chains) }
+            if let layout {
+                layout.chains(f, into: &out.chains)
+                if f == .ipv4 { st.raw4.chains = layout.raw(f) } else { st.raw6.chains = layout.raw(f) }
+            }
             st[f] = out
         }
         if let layout {

@@ -35,6 +35,9 @@ struct PacketBench: ParsableCommand {
     @Option(help: "Rounds per layout and kind.")
     var rounds = 15
 
+    @Option(help: "Guarded interface prefixes of the document (e.g. tap): their drop rule sits ahead of prerouting's gate, so every packet pays it.")
+    var guarded: [String] = []
+
     func run() throws {
         let report = Report(json: options.json)
         let topo = try HypervisorTopology(TopologySpec(
@@ -52,6 +55,7 @@ struct PacketBench: ParsableCommand {
             Rule(id: "to-g2", direction: .egress, proto: .udp, remote: .group("g2")),
         ])
         doc.instances["vm"] = Instance(host: "hv0", groups: ["quiet", "g0"], ips: [IPAddress("172.31.0.11")!], interface: "tapvm")
+        doc.guardedPrefixes = guarded
         try doc.validate()
         let ir = Compiler.compile(doc)
         let place = NetworkNamespace.named(topo.hypervisor.name)

@@ -109,9 +109,12 @@ func rendered(_ c: Chain?) -> [String] { c?.rules.map(Render.rule) ?? [] }
             #expect(rendered(ir.chains[c]).suffix(3) == ["\(key) vmap @\(key == "iifname" ? "from-inst" : "to-inst")",
                                                          "\(key) \"tap*\" drop", "\(key) \"vnet*\" drop"])
         }
-        // Changing the prefixes rewrites the four base chains and nothing else.
+        // Before conntrack, a guarded interface that is no instance's is dropped first.
+        #expect(rendered(ir.chains[Naming.preroutingChain]).prefix(2) == ["iifname \"tap*\" iifname != @inst-ifaces drop",
+                                                                         "iifname \"vnet*\" iifname != @inst-ifaces drop"])
+        // Changing the prefixes rewrites the five base chains and nothing else.
         let p = diff(from: Compiler.compile(try twoTier()), to: ir)
-        #expect(p.summary.chainsRewritten == 4)
+        #expect(p.summary.chainsRewritten == 5)
         #expect(p.summary.chainsCreated == 0)
         #expect(p.summary.elementsAdded == 0)
     }

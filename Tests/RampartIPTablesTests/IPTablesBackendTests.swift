@@ -106,6 +106,40 @@ import RampartHarness
             #expect(st.sets["rp-src4"] == nil)
         }
     }
+
+    /// The raw table (before conntrack): a guarded prefix sends all its interfaces to the check
+    /// with one rule, an instance interface no prefix covers gets its own, a 15-byte prefix
+    /// covers only the name it equals; the check returns the instance's own source and the
+    /// link's, and drops everything else.
+    @Test(arguments: IPTTopology.allCases) func rawTableChecksSourcesBeforeConntrack(_ topology: IPTTopology) throws {
+        var d = exampleDocument
+        d.instances["odd"] = Instance(host: "hv1", groups: [], ips: [IPAddress("10.0.1.50")!, IPAddress("fd00::50")!], interface: "vnet50")
+        let st = try IPTRender.state(Compiler.compile(d), topology: topology, guarded: ["tap", "vnet50xxxxxxxxxx"])
+        let bridged = topology == .bridged
+        for f in [IPFamily.ipv4, .ipv6] {
+            let raw = st.raw(f).chains
+            let iif = bridged ? "-m physdev --physdev-in" : "-i"
+            #expect(raw[IPTNames.prerouting]?.sorted() == ["\(iif) tap+ -g rp-pre-chk", "\(iif) vnet50 -g rp-pre-chk", "\(iif) vnet50xxxxxxxxxx -g rp-pre-chk"])
+            let check = try #require(raw[IPTNames.preCheck])
+            #expect(check.last == "-j DROP")
+            if bridged {
+                let own = f == .ipv4 ? "-s 10.0.1.50/32 -m physdev --physdev-in vnet50 -j RETURN" : "-s fd00::50/128 -m physdev --physdev-in vnet50 -j RETURN"
+                #expect(check.contains(own), "\(check)")
+            } else {
+                #expect(check.first == "-m set --match-set \(IPTNames.sources(f)) src,src -j RETURN")
+            }
+            let link = f == .ipv4 ? ["-s 0.0.0.0/32 -p udp -m udp --sport 68 --dport 67 -j RETURN"]
+                : ["-s fe80::/10 -p ipv6-icmp -m icmp6 --icmpv6-type 133 -j RETURN", "-s ::/128 -p ipv6-icmp -m icmp6 --icmpv6-type 135 -j RETURN"]
+            #expect(link.allSatisfy(check.contains), "\(check)")
+            // Nothing else returns: every other RETURN is an instance's own source.
+            for r in check.dropLast() {
+                let linkOwn = r.hasPrefix("-s 0.0.0.0/32 ") || r.hasPrefix("-s fe80::/10 ") || r.hasPrefix("-s ::/128 ")
+                let instanceOwn = bridged ? r.contains(" -m physdev --physdev-in ") && (r.contains("/32 ") || r.contains("/128 ")) : r.hasPrefix("-m set --match-set rp-src")
+                #expect(r.hasSuffix(" -j RETURN") && (linkOwn || instanceOwn), "\(r)")
+            }
+        }
+        #expect(Set(st.raw4.chains.keys) == IPTNames.rawChains && Set(st.raw6.chains.keys) == IPTNames.rawChains)
+    }
 }
 
 /// The iptables backend against the kernel (legacy and nft-based), in throwaway namespaces.
@@ -114,8 +148,8 @@ import RampartHarness
         try runCommand([rampartExecutable] + args.prefix(1) + ["--netns", ns.name, "--backend", "iptables", "--iptables", v.rawValue] + args.dropFirst(), input: input)
     }
 
-    static func save(_ ns: TestNamespace, _ v: IPTablesVariant, v6: Bool = false) throws -> [String] {
-        try ns.run([(v6 ? "ip6tables-" : "iptables-") + v.rawValue + "-save", "-t", "filter"], check: true).stdout
+    static func save(_ ns: TestNamespace, _ v: IPTablesVariant, v6: Bool = false, table: String = "filter") throws -> [String] {
+        try ns.run([(v6 ? "ip6tables-" : "iptables-") + v.rawValue + "-save", "-t", table], check: true).stdout
             .split(separator: "\n").map(String.init).filter { !$0.hasPrefix("#") }
     }
 
@@ -143,10 +177,16 @@ import RampartHarness
                 -A INPUT -j AGENT-FW
                 -A OUTPUT -p udp -m udp --dport 9 -j ACCEPT
                 COMMIT
+                *raw
+                :AGENT-RAW - [0:0]
+                -A AGENT-RAW -p udp -m udp --dport 53 -j CT --notrack
+                -A PREROUTING -j AGENT-RAW
+                COMMIT
 
                 """, check: true)
         }
         let before4 = try Self.save(ns, v), before6 = try Self.save(ns, v, v6: true)
+        let raw4 = try Self.save(ns, v, table: "raw"), raw6 = try Self.save(ns, v, v6: true, table: "raw")
         #expect(try Self.cli(ns, v, ["apply", examplePath]).status == 0)
         // A change of rules and membership, then a flush.
         var text = try String(contentsOfFile: examplePath, encoding: .utf8)
@@ -160,9 +200,16 @@ import RampartHarness
         #expect(Self.foreign(try Self.save(ns, v, v6: true)) == before6)
         // Rampart's jumps went to the top once; the foreign jumps keep their order after them.
         #expect(during4.filter { $0.hasPrefix("-A FORWARD") } == ["-A FORWARD -j RAMPART-FWD", "-A FORWARD -j DOCKER-USER"])
+        // The raw table: the source check before conntrack, ahead of the foreign jump.
+        let duringRaw4 = try Self.save(ns, v, table: "raw")
+        let duringRaw6 = try Self.save(ns, v, v6: true, table: "raw")
+        #expect(Self.foreign(duringRaw4) == raw4 && Self.foreign(duringRaw6) == raw6)
+        #expect(duringRaw4.filter { $0.hasPrefix("-A PREROUTING") } == ["-A PREROUTING -j RAMPART-PRE", "-A PREROUTING -j AGENT-RAW"])
         #expect(try Self.cli(ns, v, ["flush"]).status == 0)
         #expect(try Self.save(ns, v) == before4)
         #expect(try Self.save(ns, v, v6: true) == before6)
+        #expect(try Self.save(ns, v, table: "raw") == raw4)
+        #expect(try Self.save(ns, v, v6: true, table: "raw") == raw6)
         #expect(try ns.run(["ipset", "list", "-n"], check: true).stdout.isEmpty)
     }
 
@@ -304,7 +351,11 @@ import RampartHarness
         let ns = try TestNamespace(prefix: "ipt")
         #expect(try Self.cli(ns, v, ["apply", examplePath]).status == 0)
         let clean4 = try Self.save(ns, v), clean6 = try Self.save(ns, v, v6: true)
+        let cleanRaw6 = try Self.save(ns, v, v6: true, table: "raw")
         let t = "iptables-" + v.rawValue
+        // Before conntrack: the IPv6 source check emptied, its jump gone.
+        try ns.run(["ip6tables-" + v.rawValue, "-w", "-t", "raw", "-F", "rp-pre-chk"], check: true)
+        try ns.run(["ip6tables-" + v.rawValue, "-w", "-t", "raw", "-D", "PREROUTING", "-j", "RAMPART-PRE"], check: true)
         try ns.run([t, "-w", "-F", "rp-gi-web"], check: true)
         try ns.run([t, "-w", "-I", "rp-i-db-1", "1", "-j", "ACCEPT"], check: true)
         try ns.run([t, "-w", "-N", "rp-extra"], check: true)
@@ -316,10 +367,11 @@ import RampartHarness
         #expect(diff.stdout.contains("add rp4-web 10.0.1.12") && diff.stdout.contains("del rp4-admin 192.0.2.1"))
         let repair = try Self.cli(ns, v, ["apply", examplePath])
         #expect(repair.status == 0, "\(repair.stderr)")
-        #expect(repair.stdout.contains("chains: 0 created, 2 rewritten"), "\(repair.stdout)")
+        #expect(repair.stdout.contains("chains: 0 created, 3 rewritten"), "\(repair.stdout)")
         // The INPUT jump is back (at the top, where it was).
         #expect(try Self.save(ns, v) == clean4)
         #expect(try Self.save(ns, v, v6: true) == clean6)
+        #expect(try Self.save(ns, v, v6: true, table: "raw") == cleanRaw6)
         #expect(try Self.cli(ns, v, ["diff", examplePath]).stdout.contains("in sync"))
     }
 
@@ -407,8 +459,10 @@ import RampartHarness
             // patched, the ARP chain (and the host → port guard) rewritten.
             #expect(p.chainsCreated == 4 && p.membersAdded == 1 && p.restoreEB != nil, "\(p.summary)")
         } else {
-            // … and rp-related, of the family it has an address in.
-            #expect(p.chainsCreated == 4 && p.membersAdded == 2 && p.chainsRewritten == 0 && p.chainsPatched == 9 && p.restoreEB == nil, "\(p.summary)")
+            // … and rp-related, of the family it has an address in; the raw tables'
+            // RAMPART-PRE (no guarded prefix covers tapweb9) gain its interface.
+            #expect(p.chainsCreated == 4 && p.membersAdded == 2 && p.chainsRewritten == 0 && p.chainsPatched == 11 && p.restoreEB == nil, "\(p.summary)")
+            #expect(p.restoreRaw4?.contains("-A RAMPART-PRE -i tapweb9 -g rp-pre-chk\n") == true, "\(p.text)")
         }
         try matchesFullRender()
         // Another plug, then unplugging the earlier one: its dispatch rules are deleted by

@@ -22,6 +22,8 @@ struct IPTablesLiftTests {
         var st = try IPTRender.state(ir, topology: topology)
         st.jumps4 = Set(IPTNames.entries.map(\.builtin))
         st.jumps6 = st.jumps4
+        st.jumpsRaw4 = Set(IPTNames.rawEntries.map(\.builtin))
+        st.jumpsRaw6 = st.jumpsRaw4
         return st
     }
 
@@ -120,11 +122,16 @@ struct IPTablesLiftTests {
         st.v4.chains["rp-gi-web"]!.insert("-s 192.0.2.0/24 -j ACCEPT", at: 0)
         st.v4.chains[IPTNames.forward]!.insert("-i tapa -p tcp -m tcp --dport 22 -j ACCEPT", at: 0)
         st.v6.chains[IPTNames.forwardTo]!.removeLast()
+        // Before conntrack: a hand-made return ahead of the source check, a jump gone.
+        st.raw4.chains[IPTNames.preCheck]!.insert("-j RETURN", at: 0)
+        st.jumpsRaw6 = []
         let (lifted, undecoded) = try #require(IPTLift.ir(st, topology: .routed))
         #expect(undecoded.contains("ipv4 rp-gi-web: -s 192.0.2.0/24 -j ACCEPT"), "\(undecoded)")
         #expect(undecoded.contains("ipv4 RAMPART-FWD: -i tapa -p tcp -m tcp --dport 22 -j ACCEPT"), "\(undecoded)")
         #expect(undecoded.contains { $0.hasPrefix("ipv6 rp-fwd-to: missing from the kernel: ") }, "\(undecoded)")
-        #expect(undecoded.count == 3, "\(undecoded)")
+        #expect(undecoded.contains("ipv4 raw rp-pre-chk: -j RETURN"), "\(undecoded)")
+        #expect(undecoded.contains("ipv6 raw PREROUTING: no jump to RAMPART-PRE: no source check before conntrack"), "\(undecoded)")
+        #expect(undecoded.count == 5, "\(undecoded)")
         // The group's own rule still reads.
         #expect(lifted.chains["gin-web"]?.rules.count == 1)
         let p = PacketDescription(from: "up0", to: "tapa", source: IPAddress("10.0.9.5")!, destination: IPAddress("10.0.1.11")!,
