@@ -30,6 +30,18 @@ public struct RelayEndpoint: Sendable, Equatable, CustomStringConvertible {
     }
 
     public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+
+    /// Whether the address is this machine's loopback (`localhost`, 127.0.0.0/8, `::1`): the
+    /// only place where plain TCP keeps a host's token and rows off the network.
+    public var isLoopback: Bool {
+        if host == "localhost" { return true }
+        var v4 = in_addr(), v6 = in6_addr()
+        if inet_pton(AF_INET, host, &v4) == 1 { return UInt32(bigEndian: v4.s_addr) >> 24 == 127 }
+        if inet_pton(AF_INET6, host, &v6) == 1 {
+            return withUnsafeBytes(of: &v6) { b in b.prefix(15).allSatisfy { $0 == 0 } && b[15] == 1 }
+        }
+        return false
+    }
 }
 
 /// The daemon's side of a relay: its host's change log as the relays stream it. It is both the
@@ -52,6 +64,10 @@ public final class RelaySession: ChangeLog, ChangeWakeups, @unchecked Sendable {
     /// Seconds to wait for a relay's TCP connection, its `welcome`, or its first answer to a
     /// subscription.
     public var timeout: Double = 3
+    /// Rows held for the follower at most: past it the session drops them and has the follower
+    /// reload the document (as for a relay's `reload`), so a burst the daemon applies slower
+    /// than it arrives, or a relay that floods, costs one reload instead of unbounded memory.
+    public var maxBufferedRows = 100_000
 
     private let condition = NSCondition()
     // Guarded by `condition`:
@@ -69,6 +85,10 @@ public final class RelaySession: ChangeLog, ChangeWakeups, @unchecked Sendable {
     private var answered = false
     private var reloadPending = false
     private var connectedTo: RelayEndpoint?
+    private var overflows = 0
+
+    /// How often the rows waiting for the follower passed `maxBufferedRows` (each time: a reload).
+    public var bufferOverflows: Int { condition.withLock { overflows } }
 
     /// `token`: this host's, as in the relays' token file. `tls`: a client context (the relays'
     /// CA) or nil for plain TCP.
@@ -282,8 +302,14 @@ public final class RelaySession: ChangeLog, ChangeWakeups, @unchecked Sendable {
                     buffer = []
                     streamFrom = t
                     reloadPending = true
-                } else if let rows = m.entries {
+                } else if let rows = m.entries, buffer.count + rows.count <= maxBufferedRows {
                     buffer += rows
+                } else if m.entries != nil {
+                    // Too far behind to hold: reload (the log stays the truth).
+                    buffer = []
+                    streamFrom = t
+                    reloadPending = true
+                    overflows += 1
                 } else {
                     // A refresh this version cannot read: reload, as for such a row in the store.
                     buffer = []

@@ -29,6 +29,9 @@ struct RampartRelayCommand: ParsableCommand {
     @Option(help: "The PEM private key of --tls-cert.")
     var tlsKey: String?
 
+    @Flag(help: "Serve plain TCP on an address other than loopback: every host's token and rows cross the network in clear (without it, such a --listen needs --tls-cert).")
+    var plaintext = false
+
     @Option(help: "Subscribers at once; the next is refused and its daemon tries another relay.")
     var maxSubscribers: Int = 20_000
 
@@ -79,6 +82,15 @@ struct RampartRelayCommand: ParsableCommand {
         } catch {
             logger.critical("\(error)")
             throw ExitCode(1)
+        }
+        // Tokens in clear on a network let anyone who reads them subscribe as that host (and,
+        // with the per-host limit, push its daemon off): only on purpose.
+        if tlsCert == nil && !endpoint.isLoopback {
+            guard plaintext else {
+                logger.critical("--listen \(endpoint) without TLS would send every host's token and rows over the network in clear: give --tls-cert and --tls-key, listen on loopback, or say --plaintext")
+                throw ExitCode(1)
+            }
+            logger.warning("serving plain TCP on a network address (--plaintext): tokens and rows cross it in clear", metadata: ["listen": "\(endpoint)"])
         }
         let tls = try tlsCert.map { cert throws -> NIOSSLContextBox in
             do { return NIOSSLContextBox(try RelayServer.tlsContext(certificate: cert, key: tlsKey!)) } catch {

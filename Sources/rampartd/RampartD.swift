@@ -69,6 +69,9 @@ struct RampartD: AsyncParsableCommand {
     @Option(help: "With --relay: connect with TLS, verifying the relays' certificates against this CA (PEM).")
     var relayCA: String?
 
+    @Flag(help: "With --relay and no --relay-ca: allow relays at addresses other than loopback over plain TCP (this host's token and rows cross the network in clear).")
+    var relayPlaintext = false
+
     func run() async throws {
         let level = Logger.Level(rawValue: logLevel) ?? .info
         LoggingSystem.bootstrap { label in
@@ -88,6 +91,8 @@ struct RampartD: AsyncParsableCommand {
             logger.critical("--store: \(error)")
             throw ExitCode(1)
         }
+        // The relay options are checked before anything is opened (bad input exits 1).
+        let session = relay.isEmpty ? nil : try relaySession(logger: logger)
         let st = try await Self.openStore(address, logger: logger)
         guard relay.isEmpty || st is PostgresStore else {
             logger.critical("--relay needs a PostgreSQL store (the relays serve its change log)")
@@ -115,11 +120,10 @@ struct RampartD: AsyncParsableCommand {
         var follower: ChangeLogFollower?
         if let pg = st as? PostgresStore {
             let f: ChangeLogFollower
-            if relay.isEmpty {
-                f = ChangeLogFollower(daemon: daemon, postgres: pg)
-            } else {
-                let session = try relaySession(logger: logger)
+            if let session {
                 f = ChangeLogFollower(daemon: daemon, log: session, wakeups: session, logger: logger)
+            } else {
+                f = ChangeLogFollower(daemon: daemon, postgres: pg)
             }
             // Before the first sync: its document is then at least as new as this position.
             do { try f.prime() } catch { logger.warning("change log head unreadable; the follower reloads the document once it can", metadata: ["error": "\(error)"]) }
@@ -187,6 +191,16 @@ extension RampartD {
                 throw RelayError("--relay-token-file \(relayTokenFile) has no line for host \(host)")
             }
             let tls = try relayCA.map { (ca: String) throws(RelayError) in try RelaySession.tlsContext(caFile: ca) }
+            // The token in clear on a network lets whoever reads it subscribe as this host (and
+            // push this daemon off the relay): only on purpose.
+            let exposed = tls == nil ? endpoints.filter { !$0.isLoopback } : []
+            if let first = exposed.first {
+                guard relayPlaintext else {
+                    throw RelayError("--relay \(first) without --relay-ca would send this host's token and rows over the network in clear: give --relay-ca, use a loopback relay, or say --relay-plaintext")
+                }
+                logger.warning("following relays over plain TCP (--relay-plaintext): the token and rows cross the network in clear",
+                               metadata: ["relays": "\(exposed.map(\.description).joined(separator: ","))"])
+            }
             return RelaySession(host: host, token: token, relays: endpoints, tls: tls)
         } catch {
             logger.critical("\(error)")

@@ -413,6 +413,27 @@ struct RelayTests {
         #expect(relay.hub.statistics().reloadsTrimmed == 1)
     }
 
+    /// The daemon's side holds at most `maxBufferedRows` rows its follower has not taken: past
+    /// that it drops them and has the follower reload (until 2026-12-05 it kept every row a
+    /// relay sent, however many), then follows on.
+    @Test func sessionHoldsBoundedRowsThenReloads() throws {
+        let f = try RelayFixture("relay_session_cap")
+        let relay = try f.relay()
+        let session = f.session("hv1", relays: [relay])
+        session.maxBufferedRows = 3
+        let r = try SessionReader(session, from: try f.controller.entries(host: "hv1", after: .max, limit: 0).head)
+        try f.verb("g1", port: 4000)
+        #expect(try r.read(until: { $0.rows.count == 1 }))
+        for i in 1...5 { try f.verb("g1", port: 4000 + i) }  // not read: they pile up in the session
+        #expect(eventually(5) { session.bufferOverflows == 1 })
+        let head = try f.controller.entries(host: "hv1", after: .max, limit: 0).head
+        #expect(try r.read(until: { $0.reloads == 1 && $0.position == head }))
+        #expect(r.rows.count == 1, "the rows past the cap were dropped for a reload, not delivered")
+        try f.verb("g1", port: 4100)
+        #expect(try r.read(until: { $0.rows.count == 2 }))
+        #expect(r.rows.last?.sequence == (try f.truth("hv1")).last?.sequence)
+    }
+
     /// A subscriber that stops reading is cut off and told to reload; the others are not slowed.
     @Test func slowSubscriberDoesNotDelayOthers() throws {
         let f = try RelayFixture("relay_slow")
@@ -504,6 +525,14 @@ struct RelayTests {
         let d = try DaemonProcessTests.DaemonProcess(host: "hv1", store: f.url, socket: dir + "/hv1.sock", netns: ns.name,
                                                      extra: ["--relay", "127.0.0.1:\(relay.port)", "--relay-token-file", tokenFile])
         defer { _ = d.terminate() }
+        // A relay at a network address over plain TCP: refused before anything is opened,
+        // unless asked for (a loopback relay, as here, needs neither).
+        for (address, reason) in [("192.0.2.1:7946", "192.0.2.1:7946"), ("[2001:db8::1]:7946", "[2001:db8::1]:7946")] {
+            let r = try runCommand(["timeout", "20", executable("rampartd"), "--host", "hv1", "--store", f.url, "--socket", dir + "/refused.sock",
+                                    "--netns", ns.name, "--relay", address, "--relay-token-file", tokenFile])
+            #expect(r.status == 1 && r.stderr.contains("--relay \(reason) without --relay-ca") && r.stderr.contains("--relay-plaintext"), "\(r.stderr)")
+        }
+        #expect(!FileManager.default.fileExists(atPath: dir + "/refused.sock"))
         #expect(eventually(5) { relay.hub.statistics().subscribers == 1 })
         let r = try runCommand([executable("rampart"), "group", "authorize", "g1", "--protocol", "tcp", "--ports", "22",
                                 "--cidr", "0.0.0.0/0", "--store", f.url, "--wait", "--timeout", "10"])
@@ -523,6 +552,10 @@ struct RelayTests {
         let refused = try runCommand(["timeout", "20", executable("rampart-relay"), "--store", f.url, "--token-file", unsafe, "--listen", "127.0.0.1:\(port)"])
         #expect(refused.status == 1)
         #expect(refused.stderr.contains("it must be 0600"), "\(refused.stderr)")
+        // Plain TCP on a network address: only with --plaintext (tokens would cross in clear).
+        let exposed = try runCommand(["timeout", "20", executable("rampart-relay"), "--store", f.url, "--token-file", f.tokenPath, "--listen", "0.0.0.0:\(port)"])
+        #expect(exposed.status == 1)
+        #expect(exposed.stderr.contains("--listen 0.0.0.0:\(port) without TLS") && exposed.stderr.contains("--plaintext"), "\(exposed.stderr)")
         let metricsPort = try freeLoopbackPort()
         let relay = try Command([executable("rampart-relay"), "--store", f.url, "--token-file", f.tokenPath, "--listen", "127.0.0.1:\(port)",
                                  "--metrics", "127.0.0.1:\(metricsPort)", "--log-level", "warning"], output: .inherit).spawn()
@@ -587,5 +620,22 @@ struct RelayTests {
         plain.send(#"{"op":"status"}"#)
         #expect(plain.receive()?.op != .status)
         #expect(relay.hub.statistics().subscribers == 1)
+    }
+}
+
+/// Relay addresses: parsing, and which count as loopback (plain TCP allowed without asking).
+@Suite struct RelayEndpointTests {
+    @Test func parsesAndTellsLoopback() throws {
+        #expect(try RelayEndpoint("[::1]:7946") == RelayEndpoint(host: "::1", port: 7946))
+        #expect(try RelayEndpoint("relay.example:443").host == "relay.example")
+        #expect(throws: RelayError.self) { try RelayEndpoint("relay.example") }
+        #expect(throws: RelayError.self) { try RelayEndpoint("[::1]7946") }
+        #expect(throws: RelayError.self) { try RelayEndpoint("host:70000") }
+        for loop in ["localhost:1", "127.0.0.1:1", "127.9.8.7:1", "[::1]:1", "[0:0:0:0:0:0:0:1]:1"] {
+            #expect(try RelayEndpoint(loop).isLoopback, "\(loop)")
+        }
+        for net in ["0.0.0.0:1", "10.0.0.1:1", "128.0.0.1:1", "[::]:1", "[::2]:1", "[::ffff:127.0.0.1]:1", "relay.example:1", "localhost.evil:1"] {
+            #expect(!(try RelayEndpoint(net).isLoopback), "\(net)")
+        }
     }
 }
