@@ -1,7 +1,7 @@
 import Foundation
 import RampartCore
 
-/// Server-side routines of the PostgreSQL store (schema version 5), and the Swift that calls them.
+/// Server-side routines of the PostgreSQL store (schema versions 5 and 6), and the Swift that calls them.
 ///
 /// Why: on PostgreSQL every statement is a round trip (postgres-nio speaks the extended
 /// protocol only: one statement per message, `BEGIN` and `COMMIT` included), and on this
@@ -19,7 +19,9 @@ import RampartCore
 ///   statement, outside any transaction) and computed the new ones; if another verb changed
 ///   them meanwhile, nothing is written and the caller reads again (`applied: false`).
 ///   Serializable as every verb is, so a member joining the group concurrently is either seen by
-///   the fan-out or makes one of the two transactions fail and run again.
+///   the fan-out or makes one of the two transactions fail and run again. It commits before it
+///   returns: a commit at the end of the statement would be the extended protocol's, at Sync,
+///   whose failure postgres-nio never reports (`PostgresCommitTests`).
 extension SQLStore {
     /// Schema version 5.
     static let routinesSchema: [String] = [
@@ -52,7 +54,12 @@ extension SQLStore {
         END
         $fn$
         """,
-        """
+        setRulesProcedure,
+    ]
+
+    /// The rules verb's procedure (versions 5 and 6 create the same text: a store at version
+    /// 5 gets it replaced by 6).
+    static let setRulesProcedure = """
         CREATE OR REPLACE PROCEDURE rampart_set_rules(g text, old_rules text, new_rules text, new_refs text[], refresh text,
                                                       INOUT result text DEFAULT NULL)
         LANGUAGE plpgsql AS $fn$
@@ -82,10 +89,17 @@ extension SQLStore {
             FROM instance_groups ig JOIN instances i ON i.id = ig.instance WHERE ig.group_id = g;
           seqs := rampart_log_append(hosts, array_fill(refresh, ARRAY[cardinality(hosts)]));
           result := json_build_object('applied', true, 'hosts', to_json(hosts), 'seqs', to_json(seqs))::text;
+          -- Committed here, inside the CALL, so a commit that fails (a serializable transaction
+          -- that loses at COMMIT) fails the CALL. Left to the end of the statement, the commit
+          -- came at the extended protocol's Sync, after the server had answered the CALL, and
+          -- postgres-nio reported the write done while it was rolled back (schema version 6).
+          COMMIT;
         END
         $fn$
-        """,
-    ]
+        """
+
+    /// Schema version 6: `rampart_set_rules` commits inside the `CALL` (see `setRulesProcedure`).
+    static let commitInsideSchema: [String] = [setRulesProcedure]
 
     /// A rules verb in two round trips (PostgreSQL): the group's rules read, `change` applied
     /// to them, the result written by `rampart_set_rules` if nobody changed them meanwhile

@@ -166,7 +166,9 @@ struct PostgresStoreTests {
         }
         #expect(errors.all.isEmpty)
         let st = try PostgresStore(url: url, migrate: false)
-        #expect(try st.group("web")!.rules.count == 8 * 6)
+        let ports = Set(try st.group("web")!.rules.compactMap { $0.ports.map { Int($0.lowerBound) } })
+        let wanted = Set((0..<8).flatMap { w in (0..<6).map { 2000 + w * 100 + $0 } })
+        #expect(try st.group("web")!.rules.count == 8 * 6, "missing: \(wanted.subtracting(ports).sorted()), extra: \(ports.subtracting(wanted).sorted())")
         var seen = Set<Int64>()
         for p in try st.progress(hosts: nil) {
             let seqs = try st.entries(host: p.host, after: 0, limit: 10_000).entries.map(\.sequence)
