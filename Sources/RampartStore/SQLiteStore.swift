@@ -8,7 +8,7 @@ public final class SQLiteStore: SQLStore, @unchecked Sendable {
     public let path: String
     /// The file opened (device and inode): a transaction first checks that `path` still names
     /// it (`checkBeforeUse`).
-    private var opened: (device: UInt64, inode: UInt64) = (0, 0)
+    private let opened: (device: UInt64, inode: UInt64)
 
     /// Opens the store at `path`, creating it if needed (the controller verbs and `import`):
     /// missing directories are made 0700 and the database file 0600, whatever the umask.
@@ -38,7 +38,14 @@ public final class SQLiteStore: SQLStore, @unchecked Sendable {
             if lstat(path, &st) != 0 { throw StoreError(.missing, "no store at \(path)") }
             try StoreFiles.refuseNonRegular(path)
         }
+        // The path names the same file before and after SQLite opened it: the identity kept is
+        // the file's that SQLite holds, not one swapped in meanwhile.
+        let before = try Self.identity(path)
         let db = try SQLiteConnection(path: path, create: create)
+        opened = try Self.identity(path)
+        guard opened == before else {
+            throw StoreError(.unsafe, "the store \(path) was replaced while it was being opened: not using it; try again")
+        }
         if !create {
             // Checked before anything writes (setting WAL would turn an empty file into a database).
             let have = Set(try db.query("SELECT name FROM sqlite_master WHERE type = 'table'").compactMap { $0[0] })
@@ -51,7 +58,6 @@ public final class SQLiteStore: SQLStore, @unchecked Sendable {
         if create { for statement in Self.schema { try db.exec(statement) } }
         for statement in Self.additions { try db.exec(statement) }
         super.init(db: db, dialect: .sqlite)
-        opened = try Self.identity(path)
     }
 
     /// Device and inode of the file at `path` (not following a link: none is ever opened).
