@@ -123,7 +123,7 @@ public enum Compiler {
         // from no instance leaves after one lookup (the gate); the accepts (the gate, the
         // link's own sources) end only this chain. A guarded interface that is no instance's
         // (rule 9) is dropped here first, for the same reason: its packets pass nowhere, so
-        // they must not move anyone's conntrack entry either (until 2026-12-05 they passed
+        // they must not move anyone's conntrack entry either (until 2026-12-04 they passed
         // the gate, and a reset from such a device in an instance's name closed its entry).
         let prerouting = guarded.map { IRRule([.iifnamePrefix($0), .iifnameNotInSet(Naming.instanceInterfaces)], .drop) }
             + [IRRule([.iifnameNotInSet(Naming.instanceInterfaces)], .accept), sourceChecks[0]]

@@ -417,7 +417,7 @@ struct RelayTests {
     }
 
     /// The daemon's side holds at most `maxBufferedRows` rows its follower has not taken: past
-    /// that it drops them and has the follower reload (until 2026-12-05 it kept every row a
+    /// that it drops them and has the follower reload (until 2026-12-04 it kept every row a
     /// relay sent, however many), then follows on.
     @Test func sessionHoldsBoundedRowsThenReloads() throws {
         let f = try RelayFixture("relay_session_cap")

@@ -232,7 +232,7 @@ import RampartHarness
     /// connection to CLOSE, so that ten seconds later bob's next segment met no entry and the
     /// SYN rule: a blind cross-instance reset (a window's worth of guesses finds the sequence).
     /// The same from rogue, whose interface is guarded (`tap`) and in no document: its packets
-    /// are dropped before conntrack too (until 2026-12-05 the prerouting gate let every
+    /// are dropped before conntrack too (until 2026-12-04 the prerouting gate let every
     /// non-instance interface through, so rogue's reset closed bob's entry as alice's had).
     @Test(arguments: TrafficBackend.allCases) func spoofedResetNeverReachesConntrack(_ backend: TrafficBackend) throws {
         let s = try Site(backend, Self.document(guarded: true))
