@@ -247,7 +247,7 @@ struct InstanceChecks {
     /// rule each) or from an instance interface no prefix covers (one rule each) on to
     /// `rp-pre-chk`; everything else leaves after those few rules. `rp-pre-chk` returns a
     /// packet whose source is its interface's (routed: one lookup in `rp-src4`/`rp-src6`;
-    /// bridged: the `-s A --physdev-in X` rules, as `rp-spoof`) or one of the link's own
+    /// bridged: the `-s A --physdev-in X` rules of `rp-pre-src`, as `rp-spoof`) or one of the link's own
     /// sources (rule 5: DHCP from 0.0.0.0, NDP from `::` or link-local; filter decides about
     /// them), and drops the rest: spoofed packets and every packet of a guarded interface that
     /// is no instance's (rule 9), before they can touch anyone's conntrack entry. The filter
@@ -258,10 +258,19 @@ struct InstanceChecks {
         let uncovered = interfaces.filter { i in !guarded.contains { Self.covers($0, i) } }
         let entry = guarded.map { "\(guardIn($0)) -g \(IPTNames.preCheck)" } + uncovered.map { "\(iif($0)) -g \(IPTNames.preCheck)" }
         var check: [String]
+        var out: [String: [String]] = [:]
         if bridged {
-            check = interfaces.flatMap { i in
-                (v6 ? (ipv6[i] ?? []).map { "\($0)/128" } : (ipv4[i] ?? []).map { "\($0)/32" }).map { "-s \($0) \(iif(i)) -j RETURN" }
+            // The per-address rules are a dispatch chain (a plug patches it, as `rp-spoof`): a
+            // RETURN there would only leave it, so a match sets the mark bit and `rp-pre-ok`
+            // clears it and leaves (the bit is never set past the raw table: routing after
+            // PREROUTING may read marks).
+            let clear = IPTRender.clearMark, marked = "-m mark --mark \(IPTRender.markMask)/\(IPTRender.markMask)"
+            check = [clear, "-j \(IPTNames.preSources)", "\(marked) -g \(IPTNames.preOK)"]
+            out[IPTNames.preSources] = interfaces.flatMap { i in
+                (v6 ? (ipv6[i] ?? []).map { "\($0)/128" } : (ipv4[i] ?? []).map { "\($0)/32" }).map { "-s \($0) \(iif(i)) -g \(IPTNames.preMark)" }
             }
+            out[IPTNames.preMark] = [IPTRender.setMark]
+            out[IPTNames.preOK] = [clear]
         } else {
             check = ["-m set --match-set \(IPTNames.sources(f)) src,src -j RETURN"]
         }
@@ -272,7 +281,9 @@ struct InstanceChecks {
             check.append("-s 0.0.0.0/32 -p udp -m udp --sport 68 --dport 67 -j RETURN")
         }
         check.append("-j DROP")
-        return [IPTNames.prerouting: entry, IPTNames.preCheck: check]
+        out[IPTNames.prerouting] = entry
+        out[IPTNames.preCheck] = check
+        return out
     }
 
     /// ebtables' nat table (bridged only). Every frame entering the bridge meets `RAMPART-L2`

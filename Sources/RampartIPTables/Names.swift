@@ -72,9 +72,16 @@ public enum IPTNames {
     /// of the link's own sources (rule 5), returns; anything else is dropped before conntrack
     /// can take it for another's connection.
     public static let preCheck = "rp-pre-chk"
+    /// Bridged (no `hash:net,iface` lookup can name a bridge port): `-s A -m physdev
+    /// --physdev-in X -g rp-pre-mark` per instance address, a dispatch chain patched rule by
+    /// rule as `rp-spoof` is; `rp-pre-mark` sets the mark bit, `rp-pre-ok` clears it again and
+    /// leaves the raw table's Rampart chains.
+    public static let preSources = "rp-pre-src"
+    public static let preMark = "rp-pre-mark"
+    public static let preOK = "rp-pre-ok"
     public static let rawEntries: [(builtin: String, chain: String, match: String)] = [("PREROUTING", prerouting, "")]
     /// The raw table's chains.
-    public static let rawChains: Set<String> = [prerouting, preCheck]
+    public static let rawChains: Set<String> = [prerouting, preCheck, preSources, preMark, preOK]
 
     /// Anti-spoofing: `A,tapX` pairs (`hash:net,iface`), looked up with `src,src`.
     public static let sources4 = "rp-src4"
@@ -99,7 +106,7 @@ public enum IPTNames {
     /// compared as multisets and changed rule by rule (`-D` / `-A`), not rewritten: plugging an
     /// instance adds its few dispatch rules.
     public static let unordered: Set<String> = [fromInstances, toInstances, toHostInstances, outputDispatch, macCheck, naTargets,
-                                                isInstanceIn, isInstanceOut, spoof, relatedOwn, forwardRoutedDispatch, prerouting]
+                                                isInstanceIn, isInstanceOut, spoof, relatedOwn, forwardRoutedDispatch, prerouting, preSources]
 
     /// Every chain the fixed layout renders (`InstanceChecks`), ebtables' included; with the
     /// chains of the earlier layout (`rp-fwd`), so an upgrade deletes them.
@@ -107,7 +114,7 @@ public enum IPTNames {
         forward, input, output, forwardFrom, forwardTo, inputInstances, outputInstances, fromInstances,
         toInstances, toHostInstances, outputDispatch, macCheck, naCheck, naTargets, accept, link, arp, bridgeOutput, "rp-fwd", "rp-fwd-ing",
         isInstanceIn, isInstanceOut, spoof, guardTo, dhcpTo, relatedOwn, relatedAccept, clearReturn,
-        forwardRoutedDispatch, forwardToRouted, prerouting, preCheck,
+        forwardRoutedDispatch, forwardToRouted, prerouting, preCheck, preSources, preMark, preOK,
     ]
 
     /// The packet-mark bit Rampart uses (and clears again) to carry "accepted" out of a group
