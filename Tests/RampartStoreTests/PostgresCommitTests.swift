@@ -38,4 +38,25 @@ struct PostgresCommitTests {
         _ = try authorize(80)
         #expect(try st.group("web")!.rules.compactMap(\.ports) == [80...80])
     }
+
+    /// A store at version 5 (the procedure without its own COMMIT) is brought to 6 by the next
+    /// controller: the procedure replaced, the version recorded; a daemon refuses it until then.
+    @Test func aVersionFiveStoreGetsTheProcedureReplaced() throws {
+        let url = try SharedPostgres.freshDatabase("pgcommit5")
+        let st = try PostgresStore(url: url, migrate: true)
+        // Version 5's text: the same without the last COMMIT.
+        let procedure = SQLStore.setRulesProcedure
+        let last = try #require(procedure.range(of: "COMMIT;", options: .backwards))
+        try st.db.exec(procedure.replacingCharacters(in: last, with: ""))
+        try st.db.exec("DELETE FROM rampart_schema WHERE version = 6")
+        func commits() throws -> Int {
+            let text = try st.db.query("SELECT prosrc FROM pg_proc WHERE proname = 'rampart_set_rules'", []).first?.first ?? nil
+            return (text ?? "").components(separatedBy: "COMMIT;").count - 1
+        }
+        #expect(try commits() == 1)
+        #expect(throws: StoreError.self) { try PostgresStore(url: url, migrate: false) }
+        let upgraded = try PostgresStore(url: url, migrate: true)
+        #expect(try upgraded.installedSchemaVersion() == 6)
+        #expect(try commits() == 2)
+    }
 }
