@@ -153,7 +153,8 @@ let package = Package(
         // The change-log relay (docs/relay.md): one LISTEN and one log reader streaming each
         // daemon its host's rows over TCP (optionally TLS), and the daemon's side of it.
         .target(name: "RampartRelay", dependencies: [
-            "RampartStore", "RampartHTTP", "RampartSystem",
+            "RampartCore", "RampartStore", "RampartHTTP", "RampartSystem",
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),

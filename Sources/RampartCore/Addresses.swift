@@ -85,6 +85,14 @@ public enum IPAddress: Hashable, Sendable, Comparable, CustomStringConvertible {
         switch self { case .v4: .ipv4; case .v6: .ipv6 }
     }
 
+    /// 127.0.0.0/8 or ::1: this machine's own loopback.
+    public var isLoopback: Bool {
+        switch self {
+        case .v4(let x): x.raw >> 24 == 127
+        case .v6(let x): x.hi == 0 && x.lo == 1
+        }
+    }
+
     public var description: String {
         switch self { case .v4(let a): a.description; case .v6(let a): a.description }
     }

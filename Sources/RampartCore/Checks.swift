@@ -33,13 +33,13 @@ enum Checks {
             let r = x.raw
             if r == 0 { kind = "the unspecified address" }
             else if r == 0xffff_ffff { kind = "the broadcast address" }
-            else if r >> 24 == 127 { kind = "a loopback address (127.0.0.0/8)" }
+            else if a.isLoopback { kind = "a loopback address (127.0.0.0/8)" }
             else if r >> 28 == 0xe { kind = "a multicast address (224.0.0.0/4)" }
             else if r >> 16 == 0xa9fe { kind = "a link-local address (169.254.0.0/16)" }
             else { kind = nil }
         case .v6(let x):
             if x.hi == 0 && x.lo == 0 { kind = "the unspecified address" }
-            else if x.hi == 0 && x.lo == 1 { kind = "the loopback address" }
+            else if a.isLoopback { kind = "the loopback address" }
             else if x.hi >> 56 == 0xff { kind = "a multicast address (ff00::/8)" }
             else if x.hi >> 54 == 0x3fa { kind = "a link-local address (fe80::/10)" }
             else if x.hi == 0 && x.lo >> 32 == 0xffff { kind = "an IPv4-mapped address (::ffff:0:0/96)" }

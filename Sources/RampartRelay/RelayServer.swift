@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import NIOSSL
@@ -94,29 +95,20 @@ public final class RelayServer: @unchecked Sendable {
 
 /// How many connections are waiting for their `hello`, against a limit (shared by a server's
 /// connections, on any event loop).
-final class WaitingConnections: @unchecked Sendable {
+final class WaitingConnections: Sendable {
     let limit: Int
-    private var count = 0
-    private let lock = NSLock()
+    private let count = NIOLockedValueBox(0)
     init(limit: Int) { self.limit = limit }
     /// Counts one more; false (nothing counted) if `limit` are waiting already.
     func enter() -> Bool {
-        lock.lock()
-        defer { lock.unlock() }
-        guard count < limit else { return false }
-        count += 1
-        return true
+        count.withLockedValue { n in
+            guard n < limit else { return false }
+            n += 1
+            return true
+        }
     }
-    func leave() {
-        lock.lock()
-        count -= 1
-        lock.unlock()
-    }
-    var now: Int {
-        lock.lock()
-        defer { lock.unlock() }
-        return count
-    }
+    func leave() { count.withLockedValue { $0 -= 1 } }
+    var now: Int { count.withLockedValue { $0 } }
 }
 
 /// One connection: `hello` within the deadline (or `status`), then `subscribe` and `ack`s.

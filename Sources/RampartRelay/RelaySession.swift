@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 import NIOPosix
 import NIOSSL
+import RampartCore
 import RampartStore
 
 /// A relay's address, `HOST:PORT` (`[V6]:PORT` for an IPv6 literal).
@@ -33,15 +34,7 @@ public struct RelayEndpoint: Sendable, Equatable, CustomStringConvertible {
 
     /// Whether the address is this machine's loopback (`localhost`, 127.0.0.0/8, `::1`): the
     /// only place where plain TCP keeps a host's token and rows off the network.
-    public var isLoopback: Bool {
-        if host == "localhost" { return true }
-        var v4 = in_addr(), v6 = in6_addr()
-        if inet_pton(AF_INET, host, &v4) == 1 { return UInt32(bigEndian: v4.s_addr) >> 24 == 127 }
-        if inet_pton(AF_INET6, host, &v6) == 1 {
-            return withUnsafeBytes(of: &v6) { b in b.prefix(15).allSatisfy { $0 == 0 } && b[15] == 1 }
-        }
-        return false
-    }
+    public var isLoopback: Bool { host == "localhost" || IPAddress(host)?.isLoopback == true }
 }
 
 /// The daemon's side of a relay: its host's change log as the relays stream it. It is both the

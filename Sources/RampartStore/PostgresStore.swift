@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import PostgresNIO
 
@@ -157,9 +158,11 @@ public final class PostgresWakeups: ChangeWakeups, @unchecked Sendable {
         // (vapor/postgres-nio#487), and a store going down here then held this thread, and a
         // follower's stop that joins it, for good (seen once in CI, 2026-12-04).
         let listened = c.eventLoop.makePromise(of: Void.self)
-        let once = Once()
+        let settled = NIOLockedValueBox(false)
         func settle(_ result: Result<Void, any Error>) {
-            if once.first() { listened.completeWith(result) }
+            // A promise is completed once: whoever gets here first.
+            let first = settled.withLockedValue { done in defer { done = true }; return !done }
+            if first { listened.completeWith(result) }
         }
         c.query(PostgresQuery(unsafeSQL: "LISTEN \(WakeupPayload.channel)"), logger: logger).whenComplete { r in settle(r.map { _ in () }) }
         c.closeFuture.whenComplete { _ in settle(.failure(StoreError(.unavailable, "the connection closed before the LISTEN was answered"))) }
@@ -180,18 +183,5 @@ public final class PostgresWakeups: ChangeWakeups, @unchecked Sendable {
             return connection
         }
         if let c { let closing: EventLoopFuture<Void> = c.close(); try? closing.wait() }
-    }
-}
-
-/// True for the first caller only (a promise is completed once, whoever gets there first).
-private final class Once: @unchecked Sendable {
-    private let lock = NSLock()
-    private var done = false
-    func first() -> Bool {
-        lock.lock()
-        defer { lock.unlock() }
-        if done { return false }
-        done = true
-        return true
     }
 }
