@@ -35,6 +35,19 @@ public final class NFTablesBackend {
         didSet { if groupRulesAsElements != oldValue { invalidate() } }
     }
 
+    /// The smallest size the slot layout creates its large sets with (`SetSizes`; the default
+    /// 1,024). Lower only to make tests outgrow them.
+    public var minimumSetSize: UInt32 = SetSizes.defaultMinimum
+    /// Whether the slot layout creates its large sets with a size (`SetSizes`, the default);
+    /// off only to measure the difference (a table is then created as before, its sets
+    /// resizable and unlimited).
+    public var sizesLargeSets = true {
+        didSet { if sizesLargeSets != oldValue { invalidate() } }
+    }
+    /// Commits sent as a rebuild of the table because a set would have outgrown its size
+    /// (`SetSizes`), since this backend was made.
+    public private(set) var sizeRebuilds = 0
+
     public init(client: NFTablesClient, table: String = Naming.table, layout: NFTLayout = .slots) {
         self.client = client
         self.table = table
@@ -93,9 +106,9 @@ public final class NFTablesBackend {
         // touches in place, where a shared copy would be copied whole, at every commit.
         var working = SlotState()
         swap(&working, &slots)
-        let batch: Batch
+        let batch: Batch, rebuilt: Bool
         do {
-            batch = try lower(plan, result: result, state: &working, heldRules: heldRules(plan))
+            (batch, rebuilt) = try lower(plan, result: result, state: &working, heldRules: heldRules(plan))
         } catch let error {
             mirrorGeneration = nil  // the slot state is gone: the next converge reads back
             throw error
@@ -107,6 +120,7 @@ public final class NFTablesBackend {
             swap(&slots, &working)
             mirrorGeneration = r.generation
             lastCommit = r
+            if rebuilt { sizeRebuilds += 1 }
             return change(plan, batch: batch, previous: previous, generation: r.generation)
         } catch let error {
             // Whatever happened, the mirror (and the slot state) can no longer be trusted
@@ -171,7 +185,7 @@ public final class NFTablesBackend {
     /// The batch a plan would be sent as (for tests and `--dry-run` diagnostics).
     public func batch(for plan: Plan, result: RulesetIR?) throws(NetlinkError) -> Batch {
         var copy = slots
-        return try lower(plan, result: result, state: &copy, heldRules: heldRules(plan))
+        return try lower(plan, result: result, state: &copy, heldRules: heldRules(plan)).batch
     }
 
     /// The rules the kernel holds now, with their handles, in each group chain that `plan`
@@ -213,18 +227,36 @@ public final class NFTablesBackend {
     static let maxEditedChains = 64
 
     /// The plan in this backend's layout; `state` (the slot layout's) is brought to what the
-    /// kernel will hold once the batch commits, in place.
-    private func lower(_ plan: Plan, result: RulesetIR?, state: inout SlotState, heldRules: @escaping (String) -> [NFTRule]?) throws(NetlinkError) -> Batch {
+    /// kernel will hold once the batch commits, in place. `rebuilt`: the plan would have taken
+    /// a sized set past its size (`SetSizes`), so the batch rebuilds the table instead.
+    private func lower(_ plan: Plan, result: RulesetIR?, state: inout SlotState,
+                       heldRules: @escaping (String) -> [NFTRule]?) throws(NetlinkError) -> (batch: Batch, rebuilt: Bool) {
         switch layout {
         case .instanceChains:
-            return Translate.batch(plan, table: table, desired: result)
+            return (Translate.batch(plan, table: table, desired: result), false)
         case .slots:
-            var l = SlotLowering(table: table, desired: result, state: SlotState())
+            var l = slotLowering(result)
             l.heldRules = heldRules
-            l.rulesAsElements = groupRulesAsElements
             swap(&l.state, &state)  // the lowering owns the only reference while it works
             defer { swap(&l.state, &state) }
-            return try l.batch(plan)
+            let batch = try l.batch(plan)
+            guard !l.outgrown.isEmpty else { return (batch, false) }
+            // A plan to no table adds nothing, so `result` is there.
+            guard let result else { throw .protocolError("slot layout: set \(l.outgrown[0]) outgrown by a plan to no table") }
+            // One transaction: the table deleted and created again with sizes for what it now
+            // holds (its secret kept, so its group keys stay the same).
+            var r = slotLowering(result)
+            swap(&r.state, &l.state)
+            defer { swap(&r.state, &l.state) }
+            return (try r.batch(Plan(ops: [.deleteTable] + diff(from: nil, to: result).ops)), true)
         }
+    }
+
+    private func slotLowering(_ result: RulesetIR?) -> SlotLowering {
+        var l = SlotLowering(table: table, desired: result, state: SlotState())
+        l.rulesAsElements = groupRulesAsElements
+        l.minimumSetSize = minimumSetSize
+        l.sizesSets = sizesLargeSets
+        return l
     }
 }

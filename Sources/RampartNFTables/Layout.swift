@@ -329,6 +329,11 @@ struct SlotState: Sendable {
     /// The shapes' sets that exist (they live as long as the table).
     var shapeSets: Set<String> = []
 
+    /// The sized sets' element counts and sizes (`SetSizes`); a set with a count and no size
+    /// has no limit (it was created without one).
+    var setCounts: [String: Int] = [:]
+    var setSizes: [String: UInt32] = [:]
+
     /// Group → its `inst-groups` value under `keys`, each computed once: an HMAC is a few
     /// microseconds, and a plug or unplug would otherwise pay one per group of the instance.
     /// Emptied with the rest of the state when the table (and so its secret) changes.

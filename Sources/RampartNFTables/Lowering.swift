@@ -62,6 +62,12 @@ struct SlotLowering {
     var heldRules: (String) -> [NFTRule]? = { _ in nil }
     /// Group chains' rules as elements of the shapes' sets (`RuleShapes`), not as rules.
     var rulesAsElements = true
+    /// Whether the large sets are created with a size (`SetSizes`), and the smallest one.
+    var sizesSets = true
+    var minimumSetSize = SetSizes.defaultMinimum
+    /// After `batch`: the existing sets it would take past their size (empty: it fits). The
+    /// batch cannot be sent then; the table must be rebuilt (`NFTablesBackend`).
+    private(set) var outgrown: [String] = []
 
     private var b = Batch()
     private var previousSecret: [UInt8]?
@@ -82,6 +88,7 @@ struct SlotLowering {
         finishMembers()
         try finishInterfaces()
         finishDispatch()
+        if sizesSets { outgrown = SetSizes.fit(&b, &state, minimum: minimumSetSize) }
         return b
     }
 

@@ -88,6 +88,7 @@ enum Observe {
             if let s = snap.table.tag, s.count == 16 { st.keys = SlotKeys(secret: s) }
             return (ir, st)
         }
+        SetSizes.read(snap, into: &slots)
         if let shapes {
             slots.shapeSets = shapes.sets
             for c in snap.chains where c.base == nil {

@@ -156,6 +156,10 @@ enum Decode {
             }
         }
         definition.isAnonymous = flags & 0x1 != 0
+        if nftnl_set_is_set(s, attr(NFTNL_SET_DESC_SIZE)) {
+            let size = nftnl_set_get_u32(s, attr(NFTNL_SET_DESC_SIZE))
+            definition.size = size == 0 ? nil : size
+        }
         return definition
     }
 

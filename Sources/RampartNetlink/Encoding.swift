@@ -299,6 +299,7 @@ final class NftnlSet {
         nftnl_set_set_u32(pointer, UInt16(NFTNL_SET_FLAGS.rawValue), d.kernelFlags)
         nftnl_set_set_u32(pointer, UInt16(NFTNL_SET_KEY_TYPE.rawValue), d.keyType.rawValue)
         nftnl_set_set_u32(pointer, UInt16(NFTNL_SET_KEY_LEN.rawValue), d.keyLength)
+        if let size = d.size { nftnl_set_set_u32(pointer, UInt16(NFTNL_SET_DESC_SIZE.rawValue), size) }
         if d.isVerdictMap {
             nftnl_set_set_u32(pointer, UInt16(NFTNL_SET_DATA_TYPE.rawValue), NFT_DATA_VERDICT.rawValue)
             nftnl_set_set_u32(pointer, UInt16(NFTNL_SET_DATA_LEN.rawValue), 0)

@@ -56,6 +56,9 @@ public struct OperationFailure: Sendable, Hashable, CustomStringConvertible {
         var s = operation.map { "operation #\(index ?? -1) (\($0))" } ?? "the batch"
         s += ": \(errno)"
         if let kernelMessage, !kernelMessage.isEmpty { s += ": \(kernelMessage)" }
+        // The kernel's word for a set at its size is ENFILE, whose text ("too many open files
+        // in system") would send an operator looking in the wrong place.
+        if errno == .ENFILE, case .addElements? = operation { s += " (the set is full: its size is a hard limit)" }
         return s
     }
 }

@@ -249,6 +249,12 @@ public struct NFTSetDefinition: Sendable, Hashable {
     public var comment: String?
     /// A private tag kept in the set's userdata (nft ignores it).
     public var tag: [UInt8]?
+    /// The most elements the set may hold (`NFTA_SET_DESC_SIZE`, nft's `size`); nil: no limit.
+    /// Also a size hint: given one, the kernel builds the set as a hash table of that size from
+    /// the start (`nft_hash`) instead of a resizable one (`nft_rhash`) that starts at 4 buckets
+    /// and is grown behind the inserts. The limit is hard: an element past it is refused
+    /// (ENFILE), and the kernel cannot change a set's size in place.
+    public var size: UInt32?
 
     public init(family: NFTFamily, table: String, name: String, keyType: NFTSetKeyType,
                 isInterval: Bool = false, isVerdictMap: Bool = false, dataType: NFTSetKeyType? = nil,

@@ -23,6 +23,7 @@ public struct Errno: Error, Sendable, Hashable, CustomStringConvertible {
     public static let EPERM = Errno(Glibc.EPERM)
     public static let ERESTART = Errno(Glibc.ERESTART)
     public static let EMSGSIZE = Errno(Glibc.EMSGSIZE)
+    public static let ENFILE = Errno(Glibc.ENFILE)
     public static let EOPNOTSUPP = Errno(Glibc.EOPNOTSUPP)
     public static let ENOSPC = Errno(Glibc.ENOSPC)
     public static let EACCES = Errno(Glibc.EACCES)

@@ -153,6 +153,8 @@ public final class RecordingNFTables: NFTablesClient {
                     if let i = t.elements[s]!.firstIndex(where: { $0.key == e.key }) {
                         t.elements[s]![i] = e
                     } else {
+                        // Like the kernel: a sized set refuses an element past its size.
+                        if let size = def.size, t.elements[s]!.count >= Int(size) { return .ENFILE }
                         t.elements[s]!.append(e)
                     }
                 }

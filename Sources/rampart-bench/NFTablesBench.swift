@@ -347,31 +347,40 @@ private struct HostRun {
         }
         /// Cold applies and the timed events in the slot layout, group rules as elements of the
         /// shapes' sets or as rules; the backend and engine left holding the table.
+        /// One cold apply into an empty namespace, timed into `cold`; the engine and backend
+        /// left holding the table.
+        func coldApply(elements: Bool, sized: Bool, into cold: inout ColdSamples) throws -> (Engine, NFTablesBackend) {
+            try dropTable()
+            var engine = Engine(host: doc.host)
+            func backend() -> NFTablesBackend {
+                let b = NFTablesBackend(client: nl, layout: .slots)
+                b.groupRulesAsElements = elements
+                b.sizesLargeSets = sized
+                return b
+            }
+            let committing = backend()
+            let t0 = monotonicNanos()
+            let plan = try engine.apply(document: doc)
+            let t1 = monotonicNanos()
+            try commitReconciling(committing, plan, engine.planned)
+            let t2 = monotonicNanos()
+            cold.total.append(t2 - t0)
+            cold.engine.append(t1 - t0)
+            cold.commit.append(t2 - t1)
+            // The lowering alone, outside the timing, on a backend that has not committed:
+            // the commit's part that is not the kernel's.
+            let probe = backend()
+            let t3 = monotonicNanos()
+            _ = try probe.batch(for: plan, result: engine.planned)
+            cold.lowering.append(monotonicNanos() - t3)
+            return (engine, committing)
+        }
+
         func pass(elements: Bool) throws -> (cold: ColdSamples, ev: EventSamples, engine: Engine, backend: NFTablesBackend) {
             var cold = ColdSamples()
             var engine = Engine(host: doc.host)
             var backend = NFTablesBackend(client: nl, layout: .slots)
-            for _ in 0..<self.cold {
-                try dropTable()
-                engine = Engine(host: doc.host)
-                backend = NFTablesBackend(client: nl, layout: .slots)
-                backend.groupRulesAsElements = elements
-                let t0 = monotonicNanos()
-                let plan = try engine.apply(document: doc)
-                let t1 = monotonicNanos()
-                try commitReconciling(backend, plan, engine.planned)
-                let t2 = monotonicNanos()
-                cold.total.append(t2 - t0)
-                cold.engine.append(t1 - t0)
-                cold.commit.append(t2 - t1)
-                // The lowering alone, outside the timing, on a backend that has not committed:
-                // the commit's part that is not the kernel's.
-                let probe = NFTablesBackend(client: nl, layout: .slots)
-                probe.groupRulesAsElements = elements
-                let t3 = monotonicNanos()
-                _ = try probe.batch(for: plan, result: engine.planned)
-                cold.lowering.append(monotonicNanos() - t3)
-            }
+            for _ in 0..<self.cold { (engine, backend) = try coldApply(elements: elements, sized: true, into: &cold) }
             let ev = try events(&engine, backend)
             if let b = ev.plugBatch, b.operations.contains(where: { if case .addChain = $0 { true } else if case .addRule = $0 { true } else { false } }) {
                 throw HarnessError("\(tag): a plug in the slot layout sent a chain or a rule")
@@ -425,6 +434,23 @@ private struct HostRun {
             extra: ["batch_messages": "\(el.ev.plugBatch?.operations.count ?? 0)", "engine": formatDuration(median(el.ev.plugEngine)),
                     "commit": formatDuration(median(el.ev.plugCommit))])
         add("[slot layout, the default: rules as elements] instance unplug", el.ev.unplug, baseline: asRules, pe.unplug)
+
+        // Large sets sized (the default) against resizable, cold applies alternating pair by
+        // pair (the machine's drift hits both alike).
+        var sized = ColdSamples(), unsized = ColdSamples()
+        for k in 0..<self.cold {
+            for withSizes in (k % 2 == 0 ? [true, false] : [false, true]) {
+                let (engine, backend) = withSizes ? try coldApply(elements: true, sized: true, into: &sized)
+                                                  : try coldApply(elements: true, sized: false, into: &unsized)
+                guard try backend.readBack(reference: engine.planned) == engine.planned else {
+                    throw HarnessError("\(tag): slot layout, sets \(withSizes ? "sized" : "resizable"): the kernel read back differs from the engine's IR")
+                }
+            }
+        }
+        var pairs = sized.extra
+        for (k, v) in unsized.extra { pairs["unsized_" + k] = v }
+        add("[slot layout, the default] cold apply, large sets sized (pairs)", sized.total,
+            baseline: "the same, sets resizable (no size), alternating", unsized.total, target: 300_000_000, extra: pairs)
         try dropTable()
     }
 

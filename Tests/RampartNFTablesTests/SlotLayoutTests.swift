@@ -211,8 +211,9 @@ import RampartTestSupport
     /// Random plugs, unplugs, groups changes (up to three groups) and rules changes; after each,
     /// the engine's IR equals a full compile of its document and a fresh reader of the table
     /// (a new process) reads exactly that IR back.
-    static func randomEvents(client: some NFTablesClient, steps: Int) throws {
+    static func randomEvents(client: some NFTablesClient, steps: Int, minimumSetSize: UInt32? = nil) throws {
         let backend = NFTablesBackend(client: client, layout: .slots)
+        if let m = minimumSetSize { backend.minimumSetSize = m }
         var engine = Engine(host: "hv1")
         try backend.commit(try engine.apply(document: exampleDocument), result: engine.planned)
         var rng = SystemRandomNumberGenerator()
@@ -243,6 +244,102 @@ import RampartTestSupport
             let reader = NFTablesBackend(client: client, layout: .slots)
             #expect(try reader.readBack(reference: engine.planned) == engine.planned, "step \(step)")
         }
+        if minimumSetSize != nil { #expect(backend.sizeRebuilds > 0, "no set outgrew its size: the rebuild went untested") }
+    }
+
+    /// The same with sets created as small as can be, so that they outgrow their sizes and the
+    /// table is rebuilt along the way (`SetSizes`).
+    @Test func randomEventsWithSetsThatOutgrowTheirSizes() throws {
+        try Self.randomEvents(client: RecordingNFTables(), steps: 200, minimumSetSize: 1)
+    }
+
+    @Test(.tags(.kernel), .rootOnly) func randomEventsWithSetsThatOutgrowTheirSizesInTheKernel() throws {
+        let ns = try TestNamespace(prefix: "slotz")
+        try Self.randomEvents(client: try NFTablesConnection(namespace: .named(ns.name)), steps: 60, minimumSetSize: 1)
+    }
+
+    /// What `SetSizes` relies on, in the real kernel: a set created with a size refuses an
+    /// element past it (ENFILE) and leaves the batch undone; one without a size takes as many
+    /// as it is given. The fake does the same.
+    @Test(.tags(.kernel), .rootOnly) func aSizedSetRefusesAnElementPastItsSize() throws {
+        let ns = try TestNamespace(prefix: "slotn")
+        let clients: [any NFTablesClient] = [try NFTablesConnection(namespace: .named(ns.name)), RecordingNFTables()]
+        for client in clients {
+            func set(_ name: String, size: UInt32?) -> NFTSetDefinition {
+                var d = NFTSetDefinition(family: .inet, table: "sized", name: name, keyType: .ipv4Address)
+                d.size = size
+                return d
+            }
+            func elements(_ n: Int) -> [NFTSetElement] { (0..<n).map { NFTSetElement(key: [10, 0, 0, UInt8($0)]) } }
+            var create = Batch()
+            create.append(.addTable(NFTTable(family: .inet, name: "sized")))
+            create.append(.addSet(set("small", size: 4)))
+            create.append(.addSet(set("open", size: nil)))
+            create.append(.addElements(family: .inet, table: "sized", set: "small", elements: elements(3)))
+            create.append(.addElements(family: .inet, table: "sized", set: "open", elements: elements(100)))
+            _ = try client.commit(create, expectedGeneration: nil)
+            var past = Batch()
+            past.append(.addElements(family: .inet, table: "sized", set: "small", elements: [NFTSetElement(key: [10, 0, 1, 1]), NFTSetElement(key: [10, 0, 1, 2])]))
+            #expect(throws: NetlinkError.self) { try client.commit(past, expectedGeneration: nil) }
+            // Room made in the same batch counts, as `SetSizes.fit` counts it.
+            var swapped = Batch()
+            swapped.append(.deleteElements(family: .inet, table: "sized", set: "small", elements: [NFTSetElement(key: [10, 0, 0, 0])]))
+            swapped.append(.addElements(family: .inet, table: "sized", set: "small", elements: [NFTSetElement(key: [10, 0, 1, 1]), NFTSetElement(key: [10, 0, 1, 2])]))
+            _ = try client.commit(swapped, expectedGeneration: nil)
+            let snap = try #require(try client.readTable(family: .inet, name: "sized"))
+            #expect(snap.set("small")?.size == 4)
+            #expect(snap.set("open")?.size == nil)
+            #expect(snap.elements["small"]?.count == 4)
+            #expect(snap.elements["open"]?.count == 100)
+        }
+    }
+
+    /// A new table's large sets are created at twice what they hold (a power of two, at least
+    /// the minimum); the shape sets and maps stay resizable. A plug that fits sends elements
+    /// only; the one that would pass a size is sent as one rebuild of the table, which keeps its
+    /// secret and gives the outgrown set twice its new count.
+    @Test func aSetThatWouldOutgrowItsSizeRebuildsTheTable() throws {
+        let fake = RecordingNFTables()
+        let backend = NFTablesBackend(client: fake, layout: .slots)
+        backend.minimumSetSize = 4
+        var engine = Engine(host: "hv1")
+        try backend.commit(try engine.apply(document: exampleDocument), result: engine.planned)
+        let first = try #require(fake.committed.last)
+        var sized: [String: UInt32] = [:]
+        for case .addSet(let d) in first.operations {
+            if SetSizes.names.contains(d.name) { sized[d.name] = try #require(d.size, "\(d.name)") } else { #expect(d.size == nil, "\(d.name)") }
+        }
+        #expect(Set(sized.keys) == SetSizes.names)
+        let before = try #require(try fake.readTable(family: .inet, name: "rampart"))
+        for (name, size) in sized {
+            let n = before.elements[name]?.count ?? 0
+            #expect(size == SetSizes.size(for: n, minimum: 4), "\(name) holds \(n)")
+        }
+        let room = Int(sized[Naming.instanceInterfaces]!) - (before.elements[Naming.instanceInterfaces]?.count ?? 0)
+        var plugged = 0
+        while backend.sizeRebuilds == 0 {
+            let vm = Instance(host: "hv1", groups: ["db"], ips: [IPAddress("10.0.9.\(plugged + 1)")!], interface: "tapz\(plugged)")
+            try backend.commit(try engine.instancePlugged(id: "z\(plugged)", instance: vm), result: engine.planned)
+            plugged += 1
+            let batch = try #require(fake.committed.last)
+            let rebuilds = batch.operations.contains { if case .deleteTable = $0 { true } else { false } }
+            #expect(rebuilds == (backend.sizeRebuilds > 0), "plug \(plugged)")
+            #expect(try NFTablesBackend(client: fake, layout: .slots).readBack(reference: engine.planned) == engine.planned)
+            try #require(plugged <= room + 1)
+        }
+        // Some set (the one-element-per-instance ones fill alike) ran out no later than inst-ifaces.
+        #expect(plugged <= room + 1)
+        let after = try #require(try fake.readTable(family: .inet, name: "rampart"))
+        #expect(after.table.tag == before.table.tag)
+        for name in SetSizes.names {
+            let n = after.elements[name]?.count ?? 0
+            #expect(after.set(name)?.size == SetSizes.size(for: n, minimum: 4), "\(name) holds \(n)")
+        }
+        // The next plug fits again: elements only.
+        let vm = Instance(host: "hv1", groups: ["db"], ips: [IPAddress("10.0.9.200")!], interface: "tapz200")
+        try backend.commit(try engine.instancePlugged(id: "z200", instance: vm), result: engine.planned)
+        #expect(backend.sizeRebuilds == 1)
+        #expect(!Self.touchesChainsOrJumps(try #require(fake.committed.last)))
     }
 
     @Test func slotDriftRebuildsTheTableWithItsKeys() throws {
