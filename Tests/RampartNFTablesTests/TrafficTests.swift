@@ -26,8 +26,7 @@ import RampartNetlink
     /// The policy under test (the spec's example, extended with UDP and ICMPv6 rules).
     static func document(webRules extraWeb: String = "", adminMembers: String = "", webSSH: Bool = true) -> String {
         let ssh = webSSH ? #"{"id": "ssh-from-admin", "protocol": "tcp", "ports": "22", "group": "admin"},"# : ""
-        return
-        """
+        return """
         {
           "version": 1, "host": "hv1",
           "groups": {
