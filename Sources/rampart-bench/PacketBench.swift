@@ -65,23 +65,26 @@ struct PacketBench: ParsableCommand {
         try out.namespace.nft("add", "chain", "inet", "sink", "pre", "{ type filter hook prerouting priority -300; policy accept; }")
         try out.namespace.nft("add", "rule", "inet", "sink", "pre", "udp", "dport", "1024-65000", "counter", "drop")
 
-        /// The three ways measured: the instance-chains layout, the slot layout with group rules
-        /// as rules, the slot layout with them as elements of the shapes' sets (the default).
-        enum Variant: Int, CaseIterable { case instanceChains, slotsRules, slotsElements }
+        /// The ways measured: the instance-chains layout, the slot layout with group rules as
+        /// rules, the slot layout with them as elements of the shapes' sets (the default), and
+        /// the default with its large sets resizable (no size, as before `SetSizes`).
+        enum Variant: Int, CaseIterable { case instanceChains, slotsRules, slotsElements, slotsElementsResizable }
         func load(_ v: Variant) throws {
             if try nl.readTable(family: .inet, name: Naming.table) != nil {
                 _ = try spawnQuiet(["nft", "delete", "table", "inet", Naming.table], in: place)
             }
             let backend = NFTablesBackend(client: nl, layout: v == .instanceChains ? .instanceChains : .slots)
-            backend.groupRulesAsElements = v == .slotsElements
+            backend.groupRulesAsElements = v == .slotsElements || v == .slotsElementsResizable
+            backend.sizesLargeSets = v != .slotsElementsResizable
             try backend.commit(diff(from: nil, to: ir), result: ir)
             _ = try spawnQuiet(["conntrack", "-F"], in: place)
         }
 
         let target = sockaddr_in(port: 0, address: "192.0.2.10")
         var results: [Variant: (new: [Double], established: [Double])] = [:]
-        for round in 0..<(3 * rounds) {
-            let layout = Variant(rawValue: round % 3)!
+        let variants = Variant.allCases.count
+        for round in 0..<(variants * rounds) {
+            let layout = Variant(rawValue: round % variants)!
             try load(layout)
             let perNew = try NetworkNamespace.named(vm.namespace.name).perform { () throws(HarnessError) -> Double in
                 try blast(to: target, packets: packets, newFlows: true)
@@ -99,20 +102,24 @@ struct PacketBench: ParsableCommand {
                               extra: ["difference": String(format: "%+.0f ns", Double(m) - Double(b)), "rounds": "\(ours.count)",
                                       "packets_per_round": "\(packets)"]))
         }
-        guard let s = results[.slotsElements], let r = results[.slotsRules], let c = results[.instanceChains] else { throw HarnessError("no rounds") }
+        guard let s = results[.slotsElements], let r = results[.slotsRules], let c = results[.instanceChains],
+              let z = results[.slotsElementsResizable] else { throw HarnessError("no rounds") }
         // Every new-flow packet crossed the hypervisor (the outside host counted it): the
         // figures are of forwarded packets, not of packets dropped on the way.
         let listed = try out.namespace.nft("list", "chain", "inet", "sink", "pre").stdout
         let counted = listed.split(separator: " ").drop { $0 != "packets" }.dropFirst().first.flatMap { Int($0) } ?? 0
-        guard counted == 3 * rounds * packets else {
-            throw HarnessError("the outside host counted \(counted) packets of \(3 * rounds * packets) sent: the path dropped some")
+        guard counted == variants * rounds * packets else {
+            throw HarnessError("the outside host counted \(counted) packets of \(variants * rounds * packets) sent: the path dropped some")
         }
         figure("per packet, new flow (dispatch through two groups), slot layout, rules as elements", s.new, c.new)
         figure("per packet, established flow, slot layout, rules as elements", s.established, c.established)
         figure("per packet, new flow, slot layout, rules as elements", s.new, r.new, baseline: "slot layout, group rules as rules, same rounds")
         figure("per packet, new flow, slot layout, rules as rules", r.new, c.new)
         figure("per packet, established flow, slot layout, rules as rules", r.established, c.established)
-        report.note("host-1k plus the measured instance; \(rounds) rounds per variant of \(packets) packets, the three alternating")
+        let resizable = "the same with the large sets resizable (no size), same rounds"
+        figure("per packet, new flow, slot layout, large sets sized", s.new, z.new, baseline: resizable)
+        figure("per packet, established flow, slot layout, large sets sized", s.established, z.established, baseline: resizable)
+        report.note("host-1k plus the measured instance; \(rounds) rounds per variant of \(packets) packets, the \(variants) alternating")
         report.finish()
         _ = try? spawnQuiet(["nft", "delete", "table", "inet", Naming.table], in: place)
     }
