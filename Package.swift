@@ -187,7 +187,7 @@ let package = Package(
         // kernel replies, so reply handling is tested without root.
         .target(name: "RampartTestSupport", dependencies: ["RampartNetlink", "RampartSystem", "CNetfilter"]),
         .testTarget(name: "RampartSystemTests", dependencies: ["RampartSystem"]),
-        .testTarget(name: "RampartNetlinkTests", dependencies: ["RampartNetlink", "RampartSystem", "RampartHarness", "RampartTestSupport"]),
+        .testTarget(name: "RampartNetlinkTests", dependencies: ["RampartNetlink", "RampartSystem", "RampartHarness", "RampartTestSupport", "RampartCoreTestSupport"]),
         .testTarget(name: "RampartHarnessTests", dependencies: ["RampartHarness", "RampartSystem"]),
         // Kernel suites (tagged `.kernel`) run only as root; the rest run anywhere.
         .testTarget(

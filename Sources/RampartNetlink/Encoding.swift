@@ -15,6 +15,9 @@ struct EncodedBatch: ~Copyable {
     /// For message k of the datagram, the index of its operation (nil for begin and end).
     private(set) var operationOfMessage: [Int?] = []
     private var nextSetID: UInt32 = 0
+    /// Whether element lists are written by libnftnl's objects (one per set and per element,
+    /// as before `ElementListWriter`): only for the test that both write the same bytes.
+    private let elementsThroughLibnftnl: Bool
 
     /// The number of messages that carry operations (batch begin, end and the echo carrier excluded).
     var operationMessages: Int { operationOfMessage.compactMap { $0 }.count }
@@ -24,37 +27,36 @@ struct EncodedBatch: ~Copyable {
     /// iterator writes one element past that before it notices, so keep twice that free.
     private static let headroom = 160 * 1024
 
-    init(_ batch: Batch, firstSequence: UInt32, expectedGeneration: UInt32?) throws(NetlinkError) {
+    init(_ batch: Batch, firstSequence: UInt32, expectedGeneration: UInt32?, elementsThroughLibnftnl: Bool = false) throws(NetlinkError) {
         self.firstSequence = firstSequence
+        self.elementsThroughLibnftnl = elementsThroughLibnftnl
         capacity = max(Self.headroom * 2, batch.operations.count * 256)
         buffer = .allocate(byteCount: capacity, alignment: 16)
-        do {
-            try append(operation: nil) { buf, seq in
-                rampart_batch_begin(buf, seq, expectedGeneration != nil, expectedGeneration ?? 0)
-            }
-            // The first message after batch-begin carries NLM_F_ECHO: the kernel then sends us
-            // the new generation (NFT_MSG_NEWGEN) once the transaction commits, a positive
-            // confirmation that needs no extra round trip. But the echo also returns every
-            // notification that message causes (deleting a table echoes each of its rules and
-            // chains; adding 100k elements echoes 100k elements), which would overflow the
-            // receive buffer. So the echo rides on a message of its own that causes at most one
-            // notification: NEWTABLE of the first operation's table (a no-op when the table
-            // exists; if it does not, the batch's own operations decide whether it stays).
-            // A batch that starts by adding a table needs no carrier: that message is one.
-            let startsWithTable: Bool
-            if case .addTable? = batch.operations.first { startsWithTable = true } else { startsWithTable = false }
-            if !startsWithTable, let (family, table) = batch.operations.first?.tableIdentity {
-                try append(NFT_MSG_NEWTABLE.rawValue, family, NLM_F_CREATE, echo: true, index: nil,
-                           NftnlTable(NFTTable(family: family, name: table)))
-            }
-            for (index, op) in batch.operations.enumerated() {
-                try encode(op, index: index, echo: index == 0 && startsWithTable)
-            }
-            try append(operation: nil) { buf, seq in nftnl_batch_end(buf, seq) }
-        } catch {
-            buffer.deallocate()
-            throw error
+        // Every stored property is set from here on, so a throw below destroys `self` and its
+        // `deinit` frees the buffer (freeing it here too was a double free: a comment too long
+        // for an element crashed the process instead of failing the commit).
+        try append(operation: nil) { buf, seq in
+            rampart_batch_begin(buf, seq, expectedGeneration != nil, expectedGeneration ?? 0)
         }
+        // The first message after batch-begin carries NLM_F_ECHO: the kernel then sends us
+        // the new generation (NFT_MSG_NEWGEN) once the transaction commits, a positive
+        // confirmation that needs no extra round trip. But the echo also returns every
+        // notification that message causes (deleting a table echoes each of its rules and
+        // chains; adding 100k elements echoes 100k elements), which would overflow the
+        // receive buffer. So the echo rides on a message of its own that causes at most one
+        // notification: NEWTABLE of the first operation's table (a no-op when the table
+        // exists; if it does not, the batch's own operations decide whether it stays).
+        // A batch that starts by adding a table needs no carrier: that message is one.
+        let startsWithTable: Bool
+        if case .addTable? = batch.operations.first { startsWithTable = true } else { startsWithTable = false }
+        if !startsWithTable, let (family, table) = batch.operations.first?.tableIdentity {
+            try append(NFT_MSG_NEWTABLE.rawValue, family, NLM_F_CREATE, echo: true, index: nil,
+                       NftnlTable(NFTTable(family: family, name: table)))
+        }
+        for (index, op) in batch.operations.enumerated() {
+            try encode(op, index: index, echo: index == 0 && startsWithTable)
+        }
+        try append(operation: nil) { buf, seq in nftnl_batch_end(buf, seq) }
     }
 
     deinit { buffer.deallocate() }
@@ -161,11 +163,32 @@ struct EncodedBatch: ~Copyable {
         }
     }
 
-    /// Element lists are one netlink attribute with a 16-bit length: libnftnl's iterator fills
-    /// one message up to that limit and says whether elements remain for the next.
+    /// Element lists (`ElementListWriter`, or libnftnl's objects when `elementsThroughLibnftnl`).
     private mutating func encodeElements(_ type: UInt32, _ flags: Int32, _ family: NFTFamily, _ table: String, _ set: String,
                                          _ elements: [NFTSetElement], index: Int, echo: Bool) throws(NetlinkError) {
         guard !elements.isEmpty else { return }
+        guard !elementsThroughLibnftnl else {
+            return try encodeElementsThroughLibnftnl(type, flags, family, table, set, elements, index: index, echo: echo)
+        }
+        let writer = try ElementListWriter(table: table, set: set, elements: elements)
+        let total = writer.count
+        var next = 0
+        var first = true
+        while next < total {
+            let hdr = header(type, family, flags, echo: echo && first)
+            try append(operation: index) { b, s in
+                guard let n = hdr(b, s) else { return nil }
+                next = writer.write(from: next, into: n)
+                return n
+            }
+            first = false
+        }
+    }
+
+    /// Element lists are one netlink attribute with a 16-bit length: libnftnl's iterator fills
+    /// one message up to that limit and says whether elements remain for the next.
+    private mutating func encodeElementsThroughLibnftnl(_ type: UInt32, _ flags: Int32, _ family: NFTFamily, _ table: String, _ set: String,
+                                                        _ elements: [NFTSetElement], index: Int, echo: Bool) throws(NetlinkError) {
         let obj = try NftnlSet(family: family, table: table, name: set)
         for e in elements { try obj.addElement(e) }
         guard let iter = nftnl_set_elems_iter_create(obj.pointer) else { throw .protocolError("out of memory") }
@@ -181,6 +204,15 @@ struct EncodedBatch: ~Copyable {
             }
             first = false
         }
+    }
+}
+
+extension Batch {
+    /// The length of the datagram this batch is sent as, encoded and thrown away (no socket):
+    /// for benchmarks of the encoding alone. `elementsThroughLibnftnl`: element lists written
+    /// as before `ElementListWriter` (libnftnl objects), to compare the two.
+    public func encodedLength(elementsThroughLibnftnl: Bool = false) throws(NetlinkError) -> Int {
+        try EncodedBatch(self, firstSequence: 1, expectedGeneration: nil, elementsThroughLibnftnl: elementsThroughLibnftnl).length
     }
 }
 

@@ -41,6 +41,20 @@ struct NetlinkBench: ParsableCommand {
         try bulk("netlink.bulk_100k_elements", elements.batch(), elements.nftText(), baseline: "nft -f (same set)",
                  extra: ["elements": "100000"])
 
+        // The element lists' encoding alone (no kernel), written directly and through libnftnl
+        // objects (as before `ElementListWriter`), alternating.
+        let bulk = elements.batch()
+        var direct: [UInt64] = [], throughLibnftnl: [UInt64] = []
+        for k in 0..<(2 * bulkRepeats) {
+            let viaLibnftnl = k % 2 == 1
+            let t0 = monotonicNanos()
+            _ = try bulk.encodedLength(elementsThroughLibnftnl: viaLibnftnl)
+            (viaLibnftnl ? { throughLibnftnl.append(monotonicNanos() - t0) } : { direct.append(monotonicNanos() - t0) })()
+        }
+        report.add(Figure(benchmark: "netlink.encode_100k_elements", median_ns: median(direct),
+                          baseline: "the same through libnftnl objects", baseline_median_ns: median(throughLibnftnl),
+                          extra: ["elements": "100000", "note": "encoding only, no kernel"]))
+
         // One element committed: add then delete, alternating, on a table with a set of 1,000.
         try resetTable(nl: nl, table: table)
         try nl.commit(BulkElements(table: table, count: 1_000).batch())
