@@ -329,10 +329,8 @@ struct SlotState: Sendable {
     /// The shapes' sets that exist (they live as long as the table).
     var shapeSets: Set<String> = []
 
-    /// The sized sets' element counts and sizes (`SetSizes`); a set with a count and no size
-    /// has no limit (it was created without one).
-    var setCounts: [String: Int] = [:]
-    var setSizes: [String: UInt32] = [:]
+    /// The sized sets that exist, with their element counts and sizes (`SetSizes`).
+    var sizedSets: [String: SetFill] = [:]
 
     /// Group → its `inst-groups` value under `keys`, each computed once: an HMAC is a few
     /// microseconds, and a plug or unplug would otherwise pay one per group of the instance.

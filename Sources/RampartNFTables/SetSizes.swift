@@ -52,32 +52,31 @@ enum SetSizes {
     static func fit(_ batch: inout Batch, _ state: inout SlotState, minimum: UInt32) -> [String] {
         var created: [String: (index: Int, peak: Int)] = [:]
         var outgrown: [String] = []
+        // One lookup per operation: this runs on every commit (a plug's six messages).
         for (i, op) in batch.operations.enumerated() {
             switch op {
             case .addTable, .deleteTable:
-                state.setCounts = [:]
-                state.setSizes = [:]
+                state.sizedSets = [:]
                 created = [:]
-            case .addSet(let d) where names.contains(d.name) && state.setCounts[d.name] == nil:
-                state.setCounts[d.name] = 0
+            case .addSet(let d) where names.contains(d.name) && state.sizedSets[d.name] == nil:
+                state.sizedSets[d.name] = SetFill(count: 0, size: nil)
                 created[d.name] = (i, 0)
             case .deleteSet(_, _, let n) where names.contains(n):
-                state.setCounts[n] = nil
-                state.setSizes[n] = nil
+                state.sizedSets[n] = nil
                 created[n] = nil
-            case .flushSet(_, _, let n) where state.setCounts[n] != nil:
-                state.setCounts[n] = 0
+            case .flushSet(_, _, let n):
+                if let k = state.sizedSets.index(forKey: n) { state.sizedSets.values[k].count = 0 }
             case .addElements(_, _, let s, let e):
-                guard let c = state.setCounts[s] else { continue }
-                let n = c + e.count
-                state.setCounts[s] = n
-                if let made = created[s] {
-                    created[s]!.peak = max(made.peak, n)
-                } else if let size = state.setSizes[s], n > Int(size), !outgrown.contains(s) {
+                guard let k = state.sizedSets.index(forKey: s) else { continue }
+                state.sizedSets.values[k].count += e.count
+                let fill = state.sizedSets.values[k]
+                if fill.size == nil, let made = created[s] {
+                    created[s]!.peak = max(made.peak, fill.count)
+                } else if let size = fill.size, fill.count > Int(size), !outgrown.contains(s) {
                     outgrown.append(s)
                 }
             case .deleteElements(_, _, let s, let e):
-                if let c = state.setCounts[s] { state.setCounts[s] = max(0, c - e.count) }
+                if let k = state.sizedSets.index(forKey: s) { state.sizedSets.values[k].count = max(0, state.sizedSets.values[k].count - e.count) }
             default:
                 break
             }
@@ -86,7 +85,7 @@ enum SetSizes {
             guard case .addSet(var d) = batch.operations[made.index] else { continue }
             d.size = size(for: made.peak, minimum: minimum)
             batch.operations[made.index] = .addSet(d)
-            state.setSizes[name] = d.size
+            state.sizedSets[name]?.size = d.size
         }
         return outgrown
     }
@@ -94,8 +93,14 @@ enum SetSizes {
     /// The sized sets' counts and sizes as read back (a set without a size has no limit).
     static func read(_ snap: TableSnapshot, into state: inout SlotState) {
         for def in snap.sets where names.contains(def.name) {
-            state.setCounts[def.name] = snap.elements[def.name]?.count ?? 0
-            state.setSizes[def.name] = def.size
+            state.sizedSets[def.name] = SetFill(count: snap.elements[def.name]?.count ?? 0, size: def.size)
         }
     }
+}
+
+/// A sized set's element count, and its size (nil: created without one, so unlimited; or
+/// created in the batch being fitted, sized at its end).
+struct SetFill: Sendable, Hashable {
+    var count: Int
+    var size: UInt32?
 }

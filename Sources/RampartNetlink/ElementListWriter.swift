@@ -16,8 +16,6 @@ struct ElementListWriter {
     private let table: String
     private let set: String
     private let elements: [NFTSetElement]
-    /// Each element's comment as userdata, encoded once (nil: no element has a comment).
-    private let userdata: [[UInt8]?]?
     /// Whether some element is an interval (its end is a kernel element of its own).
     private let hasRanges: Bool
 
@@ -25,7 +23,6 @@ struct ElementListWriter {
     init(table: String, set: String, elements: [NFTSetElement]) throws(NetlinkError) {
         try checkName(table, "table")
         try checkName(set, "set")
-        var userdata: [[UInt8]?]?
         var hasRanges = false
         // Fields read in place: a copy of each element (five references retained and released)
         // was a third of this loop.
@@ -33,9 +30,8 @@ struct ElementListWriter {
             for i in all.indices {
                 if case .jump(let chain)? = all[i].verdict { try checkName(chain, "chain") }
                 if case .goto(let chain)? = all[i].verdict { try checkName(chain, "chain") }
-                if all[i].comment != nil {
-                    if userdata == nil { userdata = Array(repeating: nil, count: all.count) }
-                    userdata![i] = try UserData.encode(comment: all[i].comment, commentType: UserData.elementCommentType, tag: nil)
+                if let c = all[i].comment, c.utf8.count >= UserData.maxCommentLength || c.utf8.contains(0) {
+                    throw .protocolError("comment is longer than \(UserData.maxCommentLength - 1) bytes or contains NUL: \(c.prefix(40))…")
                 }
                 if all[i].rangeEnd != nil { hasRanges = true }
             }
@@ -43,7 +39,6 @@ struct ElementListWriter {
         self.table = table
         self.set = set
         self.elements = elements
-        self.userdata = userdata
         self.hasRanges = hasRanges
     }
 
@@ -69,7 +64,7 @@ struct ElementListWriter {
                 if end {
                     put(key: all[i].rangeEnd!, flags: UInt32(NFT_SET_ELEM_INTERVAL_END.rawValue), nlh)
                 } else {
-                    put(all[i], userdata: userdata?[i] ?? nil, nlh)
+                    put(all[i], nlh)
                 }
                 mnl_attr_nest_end(nlh, nest)
                 if Int(bitPattern: UnsafeRawPointer(nest)) + Int(nest.pointee.nla_len) - listStart > Int(UInt16.max) {
@@ -103,7 +98,7 @@ struct ElementListWriter {
         mnl_attr_nest_end(nlh, nest)
     }
 
-    private func put(_ e: borrowing NFTSetElement, userdata: [UInt8]?, _ nlh: UnsafeMutablePointer<nlmsghdr>) {
+    private func put(_ e: borrowing NFTSetElement, _ nlh: UnsafeMutablePointer<nlmsghdr>) {
         put(key: e.key, flags: 0, nlh)
         if let v = e.verdict {
             let data = mnl_attr_nest_start(nlh, UInt16(NFTA_SET_ELEM_DATA.rawValue))!
@@ -118,8 +113,25 @@ struct ElementListWriter {
             d.withUnsafeBytes { mnl_attr_put(nlh, UInt16(NFTA_DATA_VALUE.rawValue), $0.count, $0.baseAddress) }
             mnl_attr_nest_end(nlh, data)
         }
-        if let u = userdata {
-            u.withUnsafeBytes { mnl_attr_put(nlh, UInt16(NFTA_SET_ELEM_USERDATA.rawValue), $0.count, $0.baseAddress) }
+        if let c = e.comment { putComment(c, nlh) }
+    }
+
+    /// The comment as nft's userdata (one TLV: type, length, the bytes and a NUL), written in
+    /// place: building it as an array first was two allocations per element.
+    private func putComment(_ comment: String, _ nlh: UnsafeMutablePointer<nlmsghdr>) {
+        var c = comment
+        c.withUTF8 { utf8 in
+            let payload = 2 + utf8.count + 1
+            let attr = UnsafeMutableRawPointer(mnl_nlmsg_get_payload_tail(nlh)!)
+            attr.storeBytes(of: UInt16(4 + payload), as: UInt16.self)
+            attr.storeBytes(of: UInt16(NFTA_SET_ELEM_USERDATA.rawValue), toByteOffset: 2, as: UInt16.self)
+            let p = attr + 4
+            p.storeBytes(of: UserData.elementCommentType, as: UInt8.self)
+            p.storeBytes(of: UInt8(utf8.count + 1), toByteOffset: 1, as: UInt8.self)
+            if let base = utf8.baseAddress { (p + 2).copyMemory(from: base, byteCount: utf8.count) }
+            let padded = (4 + payload + 3) & ~3
+            (p + 2 + utf8.count).initializeMemory(as: UInt8.self, repeating: 0, count: padded - 4 - 2 - utf8.count)
+            nlh.pointee.nlmsg_len += UInt32(padded)
         }
     }
 }
