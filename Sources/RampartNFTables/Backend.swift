@@ -121,7 +121,7 @@ public final class NFTablesBackend {
             mirrorGeneration = r.generation
             lastCommit = r
             if rebuilt { sizeRebuilds += 1 }
-            return change(plan, batch: batch, previous: previous, generation: r.generation)
+            return change(plan, batch: batch, previous: previous, generation: r.generation, rebuilt: rebuilt)
         } catch let error {
             // Whatever happened, the mirror (and the slot state) can no longer be trusted
             // without a look.
@@ -135,8 +135,11 @@ public final class NFTablesBackend {
 
     /// `rendered`: the nft text too (only `pending` pays for it: a commit's hot path does not).
     /// `batch`: what was sent, which the summary counts in the slot layout.
-    private func change(_ plan: Plan, batch: Batch? = nil, previous: RulesetIR?, generation: UInt32?, rendered: Bool = false) -> BackendChange {
-        let summary = layout == .slots && batch != nil ? SlotRender.summary(plan, batch: batch!) : plan.summary
+    /// `rebuilt`: the batch rebuilt the table (a set outgrew its size), which the summary says.
+    private func change(_ plan: Plan, batch: Batch? = nil, previous: RulesetIR?, generation: UInt32?, rendered: Bool = false,
+                        rebuilt: Bool = false) -> BackendChange {
+        var summary = layout == .slots && batch != nil ? SlotRender.summary(plan, batch: batch!) : plan.summary
+        if rebuilt { (summary.tableCreated, summary.tableDeleted) = (true, true) }
         return BackendChange(isEmpty: plan.isEmpty, counts: summary,
                       text: rendered && !plan.isEmpty ? Render.plan(plan, table: table) : "", plan: plan, previous: previous,
                       operations: plan.ops.count, generation: generation)

@@ -327,11 +327,12 @@ import RampartTestSupport
         var plugged = 0
         while backend.sizeRebuilds == 0 {
             let vm = Instance(host: "hv1", groups: ["db"], ips: [IPAddress("10.0.9.\(plugged + 1)")!], interface: "tapz\(plugged)")
-            try backend.commit(try engine.instancePlugged(id: "z\(plugged)", instance: vm), result: engine.planned)
+            let change = try backend.commit(try engine.instancePlugged(id: "z\(plugged)", instance: vm), result: engine.planned)
             plugged += 1
             let batch = try #require(fake.committed.last)
             let rebuilds = batch.operations.contains { if case .deleteTable = $0 { true } else { false } }
             #expect(rebuilds == (backend.sizeRebuilds > 0), "plug \(plugged)")
+            #expect(change.summary.hasPrefix("table rebuilt") == rebuilds, "\(change.summary)")
             #expect(try NFTablesBackend(client: fake, layout: .slots).readBack(reference: engine.planned) == engine.planned)
             try #require(plugged <= room + 1)
         }
