@@ -291,9 +291,10 @@ public struct Engine: Sendable {
             case (nil, false): break
             }
         }
+        var sources: [String: [(set: String, element: SetElement)]] = [:]
         for (set, candidates) in t.sourceCandidates {
             for e in candidates {
-                let want = model.sourceElementWanted(set, e), have = ir.sets[set]?.elements.contains(e) ?? false
+                let want = model.sourceElementWanted(set, e, cache: &sources), have = ir.sets[set]?.elements.contains(e) ?? false
                 if want && !have { b.addElements[set, default: []].append(e) }
                 if have && !want { b.removeElements[set, default: []].append(e) }
             }

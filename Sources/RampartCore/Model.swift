@@ -213,15 +213,18 @@ struct HostModel: Sendable {
     }
 
     /// Whether an anti-spoofing element belongs in its set: its interface is a local instance's
-    /// whose record yields it.
-    func sourceElementWanted(_ set: String, _ e: SetElement) -> Bool {
+    /// whose record yields it. `cache` keeps each interface's elements for the rest of one Plan
+    /// (a plug asks for each of its five or so elements, and each ask compiled them all again).
+    func sourceElementWanted(_ set: String, _ e: SetElement, cache: inout [String: [(set: String, element: SetElement)]]) -> Bool {
         let iface: String
         switch e {
         case .ifaceIPv4(let i, _), .ifaceIPv6(let i, _), .ifaceEther(let i, _), .ifaceNDTarget(let i, _), .ifname(let i): iface = i
         default: return false
         }
-        guard let id = localInterfaces[iface], let inst = doc.instances[id] else { return false }
-        return Compiler.sourceElements(inst).contains { $0.set == set && $0.element == e }
+        if cache[iface] == nil {
+            cache[iface] = localInterfaces[iface].flatMap { doc.instances[$0] }.map(Compiler.sourceElements) ?? []
+        }
+        return cache[iface]!.contains { $0.set == set && $0.element == e }
     }
 
     /// The whole IR for this host.

@@ -206,7 +206,7 @@ public final class NFTablesBackend {
             switch op {
             case .createTable, .deleteTable: return none
             case .rewriteChain(let n, _):
-                if case .group? = Slots.role(of: n) { rewrites[n, default: 0] += 1 }
+                if case .group? = Slots.kind(of: n) { rewrites[n, default: 0] += 1 }
             case .createChain(let h): createdOrDeleted.insert(h.name)
             case .deleteChain(let n): createdOrDeleted.insert(n)
             default: break

@@ -188,6 +188,18 @@ enum Slots {
         case group(Direction, String)
     }
 
+    /// A chain's role without its id: for the many places that only ask which kind a chain
+    /// is (a commit's summary asks for every op), without allocating the id.
+    enum ChainKind: Equatable {
+        case instance(Direction), group(Direction)
+    }
+
+    static func kind(of chain: String) -> ChainKind? {
+        for d in Direction.allCases where chain.hasPrefix(d.groupPrefix) { return .group(d) }
+        for d in Direction.allCases where chain.hasPrefix(d.instancePrefix) { return .instance(d) }
+        return nil
+    }
+
     static func role(of chain: String) -> ChainRole? {
         for d in Direction.allCases where chain.hasPrefix(d.groupPrefix) {
             return .group(d, String(chain.dropFirst(d.groupPrefix.count)))

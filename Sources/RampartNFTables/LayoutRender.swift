@@ -27,10 +27,10 @@ enum SlotRender {
         case .createMap(let m), .deleteMap(let m), .addMapElements(let m, _), .removeMapElements(let m, _):
             return Slots.Direction(logicalMap: m) == nil
         case .createChain(let h):
-            if case .instance? = Slots.role(of: h.name), h.base == nil { return false }
+            if case .instance? = Slots.kind(of: h.name), h.base == nil { return false }
             return true
         case .deleteChain(let n), .rewriteChain(let n, _):
-            if case .instance? = Slots.role(of: n) { return false }
+            if case .instance? = Slots.kind(of: n) { return false }
             return true
         case .createSet(let h):
             return Slots.Members.group(ofSet: h.name) == nil
@@ -55,7 +55,7 @@ enum SlotRender {
                 s.chainsRewritten += 1
                 s.rulesWritten += e.written
                 s.rulesDeleted += e.deleted
-            } else if case .rewriteChain(let n, _) = op, case .group? = Slots.role(of: n), !edits.touched.contains(n) {
+            } else if case .rewriteChain(let n, _) = op, case .group? = Slots.kind(of: n), !edits.touched.contains(n) {
                 // Its rules as elements, and none of its rules changed: the elements are counted below.
                 s.chainsRewritten += 1
             } else {

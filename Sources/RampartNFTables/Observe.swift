@@ -92,7 +92,7 @@ enum Observe {
         if let shapes {
             slots.shapeSets = shapes.sets
             for c in snap.chains where c.base == nil {
-                if case .group? = Slots.role(of: c.name) { slots.groupChains[c.name] = shapes.held(c.name, rules: snap.rules[c.name] ?? []) }
+                if case .group? = Slots.kind(of: c.name) { slots.groupChains[c.name] = shapes.held(c.name, rules: snap.rules[c.name] ?? []) }
             }
         }
         return (ir, slots)
@@ -150,7 +150,7 @@ enum Observe {
         if snap.set(Naming.fromInstanceMap) != nil || snap.set(Naming.toInstanceMap) != nil { return nil }
         if snap.sets.contains(where: { Slots.Members.group(ofSet: $0.name) != nil }) { return nil }
         guard liftMembers(snap, reference: reference, into: &ir, &st) else { return nil }
-        for c in snap.chains { if case .instance? = Slots.role(of: c.name) { return nil } }
+        for c in snap.chains { if case .instance? = Slots.kind(of: c.name) { return nil } }
         guard let secret = snap.table.tag, secret.count == 16 else { return nil }
         let keys = SlotKeys(secret: secret)
         st.keys = keys
