@@ -190,11 +190,15 @@ struct EncodedBatch: ~Copyable {
         var first = true
         while next < total {
             let hdr = header(type, family, flags, echo: echo && first)
+            let before = next
             try append(operation: index) { b, s in
                 guard let n = hdr(b, s) else { return nil }
                 next = writer.write(from: next, into: n)
                 return n
             }
+            // An element that fits in no message would loop here forever (none of Rampart's
+            // can: keys, values and comments are bounded far below 64 KiB).
+            guard next > before else { throw .protocolError("set \(set): an element larger than one netlink attribute") }
             first = false
         }
     }
