@@ -201,13 +201,11 @@ enum Slots {
     }
 
     static func role(of chain: String) -> ChainRole? {
-        for d in Direction.allCases where chain.hasPrefix(d.groupPrefix) {
-            return .group(d, String(chain.dropFirst(d.groupPrefix.count)))
+        switch kind(of: chain) {
+        case .group(let d)?: .group(d, String(chain.dropFirst(d.groupPrefix.count)))
+        case .instance(let d)?: .instance(d, String(chain.dropFirst(d.instancePrefix.count)))
+        case nil: nil
         }
-        for d in Direction.allCases where chain.hasPrefix(d.instancePrefix) {
-            return .instance(d, String(chain.dropFirst(d.instancePrefix.count)))
-        }
-        return nil
     }
 
     // MARK: keys and values

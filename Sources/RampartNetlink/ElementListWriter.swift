@@ -30,9 +30,7 @@ struct ElementListWriter {
             for i in all.indices {
                 if case .jump(let chain)? = all[i].verdict { try checkName(chain, "chain") }
                 if case .goto(let chain)? = all[i].verdict { try checkName(chain, "chain") }
-                if let c = all[i].comment, c.utf8.count >= UserData.maxCommentLength || c.utf8.contains(0) {
-                    throw .protocolError("comment is longer than \(UserData.maxCommentLength - 1) bytes or contains NUL: \(c.prefix(40))…")
-                }
+                if let c = all[i].comment { try UserData.check(comment: c) }
                 if all[i].rangeEnd != nil { hasRanges = true }
             }
         }

@@ -26,11 +26,15 @@ struct UserData {
 
     mutating func putComment(_ comment: String?, type: UInt8) throws(NetlinkError) {
         guard let comment else { return }
-        let utf8 = Array(comment.utf8)
-        guard utf8.count < Self.maxCommentLength, !utf8.contains(0) else {
-            throw .protocolError("comment is longer than \(Self.maxCommentLength - 1) bytes or contains NUL: \(comment.prefix(40))…")
+        try Self.check(comment: comment)
+        put(type, Array(comment.utf8) + [0])
+    }
+
+    /// A comment nft can hold: under `maxCommentLength` bytes (with its NUL), none of them NUL.
+    static func check(comment: String) throws(NetlinkError) {
+        guard comment.utf8.count < maxCommentLength, !comment.utf8.contains(0) else {
+            throw .protocolError("comment is longer than \(maxCommentLength - 1) bytes or contains NUL: \(comment.prefix(40))…")
         }
-        put(type, utf8 + [0])
     }
 
     mutating func putTag(_ tag: [UInt8]?) throws(NetlinkError) {
