@@ -35,6 +35,13 @@ public final class NFTablesBackend {
         didSet { if groupRulesAsElements != oldValue { invalidate() } }
     }
 
+    /// Whether a group whose rules of a direction accept all of a family and nothing else, or
+    /// have no rules, goes without a chain of its own (`GroupForm`, the default); off only to
+    /// measure the difference (every group chain is then its own, as before).
+    public var sharesGroupChains = true {
+        didSet { if sharesGroupChains != oldValue { invalidate() } }
+    }
+
     /// The smallest size the slot layout creates its large sets with (`SetSizes`; the default
     /// 1,024). Lower only to make tests outgrow them.
     public var minimumSetSize: UInt32 = SetSizes.defaultMinimum
@@ -258,6 +265,7 @@ public final class NFTablesBackend {
     private func slotLowering(_ result: RulesetIR?) -> SlotLowering {
         var l = SlotLowering(table: table, desired: result, state: SlotState())
         l.rulesAsElements = groupRulesAsElements
+        l.sharesGroupChains = sharesGroupChains
         l.minimumSetSize = minimumSetSize
         l.sizesSets = sizesLargeSets
         return l

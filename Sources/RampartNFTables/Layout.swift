@@ -69,8 +69,8 @@ enum Slots {
 
     /// Names the slot layout gives kernel objects, which no id-derived name can take (ids never
     /// start a name: every derived name has a prefix such as `in-`, `gin-`, `m4-`).
-    static let objectNames: Set<String> = [instanceGroups, "groups-out", "groups-in", "dispatch-out", "dispatch-in",
-                                           Members.set4, Members.set6]
+    static let objectNames: Set<String> = Set([instanceGroups, "groups-out", "groups-in", "dispatch-out", "dispatch-in",
+                                               Members.set4, Members.set6]).union(AcceptAll.chainNames)
 
     /// Every group's member addresses in one set per family, keyed `tag . address`, instead of
     /// the core's set per group and family (`m4-<g>`, `m6-<g>`).
@@ -338,6 +338,11 @@ struct SlotState: Sendable {
     var groupChains: [String: RuleShapes.Lowered] = [:]
     /// The shapes' sets that exist (they live as long as the table).
     var shapeSets: Set<String> = []
+    /// Groups whose element in a groups map jumps to a shared chain (`GroupForm.acceptsAll`),
+    /// with the families it accepts; they have no chain of their own.
+    var acceptsAll: [Slots.Direction: [String: Set<IPFamily>]] = [:]
+    /// The shared chains that exist (`Slots.AcceptAll`; they live as long as the table).
+    var acceptAllChains: Set<String> = []
 
     /// The sized sets that exist, with their element counts and sizes (`SetSizes`).
     var sizedSets: [String: SetFill] = [:]

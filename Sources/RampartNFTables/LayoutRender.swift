@@ -58,6 +58,8 @@ enum SlotRender {
             } else if case .rewriteChain(let n, _) = op, case .group? = Slots.kind(of: n), !edits.touched.contains(n) {
                 // Its rules as elements, and none of its rules changed: the elements are counted below.
                 s.chainsRewritten += 1
+            } else if isGroupChainCreatedOrDeleted(op) {
+                // Counted below from the batch: a group chain may have no chain of its own (`GroupForm`).
             } else {
                 s.count(op)
             }
@@ -71,7 +73,9 @@ enum SlotRender {
             case .addSet(let d) where RuleShapes.isShapeSet(d.name): s.setsCreated += 1
             case .addElements(_, _, let set, let e) where Slots.objectNames.contains(set): s.mapElementsAdded += e.count
             case .deleteElements(_, _, let set, let e) where Slots.objectNames.contains(set): s.mapElementsRemoved += e.count
-            case .addChain(let c) where Slots.objectNames.contains(c.name): s.chainsCreated += 1
+            case .addChain(let c) where Slots.objectNames.contains(c.name) || Slots.kind(of: c.name) == .group(.out)
+                || Slots.kind(of: c.name) == .group(.in): s.chainsCreated += 1
+            case .deleteChain(_, _, let n) where Slots.kind(of: n) == .group(.out) || Slots.kind(of: n) == .group(.in): s.chainsDeleted += 1
             case .flushChain(_, _, let n) where Slots.objectNames.contains(n): s.chainsRewritten += 1
             case .addRule(let r) where Slots.objectNames.contains(r.chain): s.rulesWritten += 1
             case .deleteChain(_, _, let n) where Slots.objectNames.contains(n): s.chainsDeleted += 1
@@ -79,6 +83,16 @@ enum SlotRender {
             }
         }
         return s
+    }
+
+    /// A plan's creation or deletion of a group chain (which the batch may send as no chain).
+    static func isGroupChainCreatedOrDeleted(_ op: PlanOp) -> Bool {
+        switch op {
+        case .createChain(let h): if case .group? = Slots.kind(of: h.name) { return true }
+        case .deleteChain(let n): if case .group? = Slots.kind(of: n) { return true }
+        default: break
+        }
+        return false
     }
 
     static func text(_ plan: Plan, batch: Batch, table: String) -> String {
@@ -99,6 +113,15 @@ enum SlotRender {
             case .deleteElements(_, _, let set, let e) where RuleShapes.isShapeSet(set):
                 shapeChanges.append("# \(set): -\(e.count) (\(e.compactMap(\.comment).joined(separator: ", ")))\n")
             default: break
+            }
+        }
+        // Groups without a chain of their own (`GroupForm`): their chain above is not sent.
+        for op in batch.operations {
+            guard case .addElements(_, _, let set, let e) = op, Slots.Direction.allCases.contains(where: { $0.groupsMap == set }) else { continue }
+            for x in e {
+                if case .jump(let c)? = x.verdict, Slots.AcceptAll.parse(c) != nil, let g = x.comment {
+                    lines.append("# group \(g): its rules accept all of a family and nothing else: no chain of its own, its element in \(set) jumps to the shared chain \(c)\n")
+                }
             }
         }
         if !shapeChanges.isEmpty {
@@ -126,7 +149,9 @@ enum SlotRender {
             case .deleteChain(_, _, let n) where Slots.objectNames.contains(n):
                 lines.append("delete chain \(t) \(n)\n")
             case .addRule(let r) where Slots.objectNames.contains(r.chain):
-                let body = r.expressions == [.verdict(.drop)] ? "drop" : (r.comment.map { String($0.drop { $0 != ":" }.dropFirst(2)) } ?? "?")
+                let body = r.expressions == [.verdict(.drop)] ? "drop"
+                    : Slots.AcceptAll.parse(r.chain) != nil ? Describe.rule(r.expressions)
+                    : (r.comment.map { String($0.drop { $0 != ":" }.dropFirst(2)) } ?? "?")
                 lines.append("add rule \(t) \(r.chain) \(body)\n")
             default:
                 break

@@ -62,6 +62,10 @@ struct SlotLowering {
     var heldRules: (String) -> [NFTRule]? = { _ in nil }
     /// Group chains' rules as elements of the shapes' sets (`RuleShapes`), not as rules.
     var rulesAsElements = true
+    /// With `rulesAsElements`: a group chain that accepts all of a family, or nothing, has no
+    /// chain of its own (`GroupForm`); off, every group chain is its own (to measure the
+    /// difference).
+    var sharesGroupChains = true
     /// Whether the large sets are created with a size (`SetSizes`), and the smallest one.
     var sizesSets = true
     var minimumSetSize = SetSizes.defaultMinimum
@@ -130,12 +134,14 @@ struct SlotLowering {
             state = SlotState(keys: SlotKeys(secret: secret))
             shapeRemovals = [:]
             shapeAdditions = [:]
+            settled = []
         case .deleteTable:
             Translate.append(op, to: &b, table: table, desired: desired)
             previousSecret = state.keys?.secret
             state = SlotState()
             shapeRemovals = [:]
             shapeAdditions = [:]
+            settled = []
         case .createMap(let m):
             guard let d = Slots.Direction(logicalMap: m) else { return Translate.append(op, to: &b, table: table, desired: desired) }
             if !state.hasInstanceGroups {
@@ -192,8 +198,8 @@ struct SlotLowering {
             switch Slots.role(of: h.name) {
             case .instance(_, let id)?: instances.insert(id)
             case .group(let d, let g)?:
+                if rulesAsElements { return try settleGroupChain(h.name, d, g) }
                 Translate.append(op, to: &b, table: table, desired: desired)
-                if rulesAsElements { state.groupChains[h.name] = RuleShapes.Lowered() }
                 if state.groups[d]?.contains(g) == false {
                     b.append(.addElements(family: family, table: table, set: d.groupsMap, elements: [try keys().groupElement(d, g)]))
                     state.groups[d]?.insert(g)
@@ -205,8 +211,8 @@ struct SlotLowering {
                 instances.insert(id)
                 return
             }
-            if rulesAsElements, case .group(let d, let g)? = Slots.role(of: n), case .rewriteChain(_, let rules) = op {
-                return try rewriteGroupChain(n, d, g, rules)
+            if rulesAsElements, case .group(let d, let g)? = Slots.role(of: n) {
+                return try settleGroupChain(n, d, g)
             }
             if let held = heldRules(n), case .rewriteChain(_, let rules) = op {
                 let wanted = rules.map { Translate.rule($0, chain: n, table: table, layout: .slots) }
@@ -222,16 +228,10 @@ struct SlotLowering {
             switch Slots.role(of: n) {
             case .instance(_, let id)?: instances.insert(id)
             case .group(let d, let g)?:
+                if rulesAsElements { return try settleGroupChain(n, d, g) }
                 if state.groups[d]?.contains(g) == true {
                     b.append(.deleteElements(family: family, table: table, set: d.groupsMap, elements: [NFTSetElement(key: try keys().mapKey(g))]))
                     state.groups[d]?.remove(g)
-                }
-                if rulesAsElements {
-                    // Its elements live in the shared sets: each is named, or it would outlive the chain.
-                    guard let have = state.groupChains.removeValue(forKey: n) else {
-                        throw .protocolError("slot layout: group chain \(n) is deleted but what it holds is not known (read it back first)")
-                    }
-                    for (set, elements) in have.elements { removeShapeElements(set, elements) }
                 }
                 Translate.append(op, to: &b, table: table, desired: desired)
             case nil: Translate.append(op, to: &b, table: table, desired: desired)
@@ -241,10 +241,66 @@ struct SlotLowering {
         }
     }
 
+    /// Group chains this batch has brought to what `desired` holds (see `settleGroupChain`).
+    private var settled = Set<String>()
+
+    /// Brings group `g`'s chain of direction `d` (named `n`) from the form the kernel holds it
+    /// in to the form of its rules in `desired` (`GroupForm`), at the first op of the plan that
+    /// creates, rewrites or deletes it; later ops for it in the same batch (a daemon's drain
+    /// joins several plans) find it settled. Its own chain is created before the element that
+    /// jumps to it and deleted after the element is gone (the kernel refuses to delete a chain
+    /// something jumps to); an element that changes target is removed and added again.
+    private mutating func settleGroupChain(_ n: String, _ d: Slots.Direction, _ g: String) throws(NetlinkError) {
+        guard settled.insert(n).inserted else { return }
+        let rules = desired?.chains[n]?.rules
+        let old = state.form(d, g, chain: n)
+        let new = sharesGroupChains ? GroupForm(rules) : (rules == nil ? .none : .own)
+        if new == .own {
+            if old != .own {
+                b.append(.addChain(NFTChain(family: family, table: table, name: n)))
+                state.groupChains[n] = RuleShapes.Lowered()
+            }
+            try rewriteGroupChain(n, d, g, rules ?? [], created: old != .own)
+        }
+        let (was, target) = (old.target(d, g), new.target(d, g))
+        if was != target, state.groups[d] != nil {
+            if was != nil {
+                b.append(.deleteElements(family: family, table: table, set: d.groupsMap, elements: [NFTSetElement(key: try keys().mapKey(g))]))
+                state.groups[d]?.remove(g)
+            }
+            if let target {
+                if case .acceptsAll(let f) = new { addAcceptAllChain(d, f) }
+                b.append(.addElements(family: family, table: table, set: d.groupsMap,
+                                      elements: [NFTSetElement(key: try keys().mapKey(g), verdict: target, comment: g)]))
+                state.groups[d]?.insert(g)
+            }
+        }
+        if case .acceptsAll(let f) = new { state.acceptsAll[d, default: [:]][g] = f } else { state.acceptsAll[d]?[g] = nil }
+        if old == .own && new != .own {
+            // Its elements live in the shared sets: each is named, or it would outlive the chain.
+            guard let have = state.groupChains.removeValue(forKey: n) else {
+                throw .protocolError("slot layout: group chain \(n) is deleted but what it holds is not known (read it back first)")
+            }
+            for (set, elements) in have.elements { removeShapeElements(set, elements) }
+            b.append(.deleteChain(family: family, table: table, name: n))
+        }
+    }
+
+    /// Creates the shared chain for groups of direction `d` that accept all of `families`, if
+    /// the table does not have it yet.
+    private mutating func addAcceptAllChain(_ d: Slots.Direction, _ families: Set<IPFamily>) {
+        let name = Slots.AcceptAll.chain(d, families)
+        guard state.acceptAllChains.insert(name).inserted else { return }
+        b.append(.addChain(NFTChain(family: family, table: table, name: name)))
+        for r in Slots.AcceptAll.kernelRules(d, families, table: table) { b.append(.addRule(r)) }
+    }
+
     /// A group chain's new rules as shape rules and elements (`RuleShapes`): only what differs
     /// from what the kernel holds is sent — the chain's rules only when its shapes changed (edited
     /// rule by rule when they can be read, else flushed and re-filled), its elements as a delta.
-    private mutating func rewriteGroupChain(_ n: String, _ d: Slots.Direction, _ g: String, _ rules: [IRRule]) throws(NetlinkError) {
+    /// `created`: the chain is new in this batch (nothing to read, nothing to flush).
+    private mutating func rewriteGroupChain(_ n: String, _ d: Slots.Direction, _ g: String, _ rules: [IRRule],
+                                            created: Bool) throws(NetlinkError) {
         guard let have = state.groupChains[n] else {
             throw .protocolError("slot layout: group chain \(n) is rewritten but what it holds is not known (read it back first)")
         }
@@ -258,7 +314,9 @@ struct SlotLowering {
         }
         if have.rules != want.rules {
             let wanted = want.rules.map { NFTRule(family: family, table: table, chain: n, expressions: $0.expressions, comment: $0.comment) }
-            if let held = heldRules(n), let edit = ChainEdit.between(held: held, wanted: wanted) {
+            if created {
+                for r in wanted { b.append(.addRule(r)) }
+            } else if let held = heldRules(n), let edit = ChainEdit.between(held: held, wanted: wanted) {
                 b.operations += edit.operations(wanted: wanted)
             } else {
                 b.append(.flushChain(family: family, table: table, name: n))

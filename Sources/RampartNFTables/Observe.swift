@@ -79,10 +79,17 @@ enum Observe {
                 ir.chains[c.name] = Chain(name: c.name, base: header.base, rules: rules.map(drifted))
             }
         }
-        guard layout == .slots else { return (ir, SlotState()) }
+        guard layout == .slots else {
+            // A table of the slot layout read by the other: rebuilt in one transaction (its
+            // objects reference each other in ways the differ's deletion order does not know:
+            // a groups map's elements jump to chains, which cannot go first).
+            if Observe.layout(of: snap) == .slots {
+                markForRebuild(&ir)
+            }
+            return (ir, SlotState())
+        }
         guard var slots = liftSlots(snap, reference: reference, into: &ir), shapes?.isWellFormed ?? true else {
-            // Rebuild: a base chain no compiled table has.
-            ir.chains[Naming.egressChain] = Chain(name: Naming.egressChain, base: BaseChainSpec(hook: .forward, priority: Int32.min, policy: .accept))
+            markForRebuild(&ir)
             // The rebuilt table keeps the secret, so that its group keys stay the same.
             var st = SlotState()
             if let s = snap.table.tag, s.count == 16 { st.keys = SlotKeys(secret: s) }
@@ -96,6 +103,12 @@ enum Observe {
             }
         }
         return (ir, slots)
+    }
+
+    /// Makes the read-back IR one the differ can only repair by rebuilding the table in one
+    /// transaction: its egress chain becomes a base chain no compiled table has.
+    static func markForRebuild(_ ir: inout RulesetIR) {
+        ir.chains[Naming.egressChain] = Chain(name: Naming.egressChain, base: BaseChainSpec(hook: .forward, priority: Int32.min, policy: .accept))
     }
 
     /// The elements of the shapes' sets (`RuleShapes`), by the group chain they belong to: an
@@ -165,6 +178,16 @@ enum Observe {
               let entries = SlotState.entries(snap.elements[Slots.instanceGroups] ?? []) else { return nil }
         st.hasInstanceGroups = true
         let chainNames = Set(snap.chains.map(\.name))
+        // The shared accept-all chains: exactly as Rampart writes them, or the table is rebuilt.
+        for name in Slots.AcceptAll.chainNames {
+            guard let c = snap.chain(name) else { continue }
+            let (d, f) = Slots.AcceptAll.parse(name)!
+            let rules = (snap.rules[name] ?? []).map { NFTRule(family: $0.family, table: $0.table, chain: $0.chain,
+                                                               expressions: Translate.withoutCounts($0.expressions), comment: $0.comment) }
+            guard c.base == nil, rules.map(\.expressions) == Slots.AcceptAll.kernelRules(d, f, table: snap.table.name).map(\.expressions),
+                  rules.map(\.comment) == Slots.AcceptAll.kernelRules(d, f, table: snap.table.name).map(\.comment) else { return nil }
+            st.acceptAllChains.insert(name)
+        }
         for d in Slots.Direction.allCases {
             guard let def = snap.set(d.groupsMap), def.keyType == .integer, def.keyLength == UInt32(Slots.groupKeyBytes),
                   def.isVerdictMap, def.dataType == nil else { return nil }
@@ -176,8 +199,15 @@ enum Observe {
                     end = true
                     continue
                 }
-                guard let g = e.comment, !groups.contains(g), e.key == keys.mapKey(g), e.verdict == .jump(d.groupPrefix + g),
-                      chainNames.contains(d.groupPrefix + g) else { return nil }
+                guard let g = e.comment, !groups.contains(g), e.key == keys.mapKey(g) else { return nil }
+                if e.verdict == .jump(d.groupPrefix + g), chainNames.contains(d.groupPrefix + g) {
+                    // Its own chain.
+                } else if case .jump(let c)? = e.verdict, let (cd, f) = Slots.AcceptAll.parse(c), cd == d,
+                          st.acceptAllChains.contains(c), !chainNames.contains(d.groupPrefix + g) {
+                    st.acceptsAll[d, default: [:]][g] = f
+                } else {
+                    return nil
+                }
                 groups.insert(g)
             }
             guard end else { return nil }
@@ -190,6 +220,7 @@ enum Observe {
             st.dispatchSlots[d] = rules.count - 1
             ir.maps[d.logicalMap] = VerdictMap(name: d.logicalMap)
         }
+        var named: [Slots.Direction: Set<String>] = [:]
         for (iface, e) in entries {
             guard let (id, groups) = SlotState.decode(e, keys: keys), st.interfaceOf[id] == nil else { return nil }
             st.interfaceOf[id] = iface
@@ -199,9 +230,39 @@ enum Observe {
                 let name = d.instancePrefix + id
                 ir.maps[d.logicalMap]!.elements[iface] = .jump(name)
                 ir.chains[name] = Chain(name: name, rules: groups.map { IRRule([], .jump(d.groupPrefix + $0)) } + [IRRule([], .drop)])
+                named[d, default: []].formUnion(groups)
             }
         }
+        liftGroupsWithoutChains(snap, reference: reference, st, named: named, into: &ir)
         return st
+    }
+
+    /// The IR chains of the groups that have no chain of their own (`GroupForm`): a group whose
+    /// element jumps to a shared accept-all chain holds that chain's rules, a group with no
+    /// element holds none. Each reads back as the reference's chain when the reference's rules
+    /// have that form (their comments are not in the kernel), else as the rules it holds, which
+    /// the differ then rewrites. `named`: the groups some instance's slots name, by direction
+    /// (an instance in a group without rules still jumps to its empty chain in the IR).
+    static func liftGroupsWithoutChains(_ snap: TableSnapshot, reference: RulesetIR?, _ st: SlotState,
+                                        named: [Slots.Direction: Set<String>], into ir: inout RulesetIR) {
+        for d in Slots.Direction.allCases {
+            var groups = named[d] ?? []
+            groups.formUnion(st.acceptsAll[d]?.keys ?? [:].keys)
+            for n in reference?.chains.keys ?? [:].keys {
+                if case .group(d, let g)? = Slots.role(of: n) { groups.insert(g) }
+            }
+            for g in groups {
+                let n = d.groupPrefix + g
+                guard snap.chain(n) == nil else { continue }
+                let held = st.acceptsAll[d]?[g]
+                let form: GroupForm = held.map { .acceptsAll($0) } ?? .none
+                if let want = reference?.chains[n], want.base == nil, GroupForm(want.rules) == form {
+                    ir.chains[n] = want
+                } else if form != .none || named[d]?.contains(g) == true {
+                    ir.chains[n] = Chain(name: n, rules: held.map { Slots.AcceptAll.rules(d, $0) } ?? [])
+                }
+            }
+        }
     }
 
     /// The core's member sets from the `members` sets: each element belongs to the group its

@@ -15,6 +15,10 @@ public struct EnforcementView: Codable, Sendable, Hashable {
         /// For a rule held as an element of a shape's set: how many rules of its group share
         /// the counter shown (its shape rule's), nil for a rule of its own.
         public var counterSharedBy: Int?
+        /// For a group whose rules of this direction accept all of a family and nothing else
+        /// (no chain of its own: a shared chain holds the rule, `GroupForm`): how many groups
+        /// share the counter shown.
+        public var counterSharedByGroups: Int?
     }
     public struct GroupView: Codable, Sendable, Hashable {
         public var group: String
@@ -58,7 +62,24 @@ public struct EnforcementView: Codable, Sendable, Hashable {
                 groupsOf[id] = (groups(of: "in-" + id, prefix: "gin-") + groups(of: "out-" + id, prefix: "gout-")).filter { seen.insert($0).inserted }
             }
         }
+        // Groups without a chain of their own whose element jumps to a shared accept-all chain.
+        var sharedChainOf: [String: String] = [:]  // group chain → shared chain
+        var sharers: [String: Int] = [:]  // shared chain → groups
+        for d in Slots.Direction.allCases {
+            for e in snap.elements[d.groupsMap] ?? [] {
+                guard let g = e.comment, case .jump(let c)? = e.verdict, Slots.AcceptAll.parse(c) != nil else { continue }
+                sharedChainOf[d.groupPrefix + g] = c
+                sharers[c, default: 0] += 1
+            }
+        }
         func rules(_ chain: String, _ direction: String) -> [RuleView] {
+            if snap.chain(chain) == nil, let shared = sharedChainOf[chain] {
+                return (snap.rules[shared] ?? []).map { r in
+                    let c = Describe.counter(r.expressions)
+                    return RuleView(direction: direction, comment: r.comment, match: Describe.rule(r.expressions),
+                                    packets: c?.packets ?? 0, bytes: c?.bytes ?? 0, counterSharedByGroups: sharers[shared])
+                }
+            }
             let group: (Slots.Direction, String)? = if case .group(let d, let g)? = Slots.role(of: chain) { (d, g) } else { nil }
             return (snap.rules[chain] ?? []).flatMap { r -> [RuleView] in
                 let c = Describe.counter(r.expressions)
@@ -92,7 +113,8 @@ public struct EnforcementView: Codable, Sendable, Hashable {
                 if g.rules.isEmpty { out += "    (no rules)\n" }
                 for r in g.rules {
                     let name = (r.comment ?? "-").padding(toLength: 28, withPad: " ", startingAt: 0)
-                    let shared = r.counterSharedBy.map { $0 > 1 ? ", counted with \($0 - 1) rule\($0 == 2 ? "" : "s") of its shape" : "" } ?? ""
+                    var shared = r.counterSharedBy.map { $0 > 1 ? ", counted with \($0 - 1) rule\($0 == 2 ? "" : "s") of its shape" : "" } ?? ""
+                    if let n = r.counterSharedByGroups, n > 1 { shared += ", counted with \(n - 1) other group\(n == 2 ? "" : "s") (shared chain)" }
                     out += "    \(r.direction.padding(toLength: 8, withPad: " ", startingAt: 0)) \(name) \(r.match)   [\(r.packets) packets, \(r.bytes) bytes\(shared)]\n"
                 }
             }

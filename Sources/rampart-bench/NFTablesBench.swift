@@ -349,13 +349,16 @@ private struct HostRun {
         /// shapes' sets or as rules; the backend and engine left holding the table.
         /// One cold apply into an empty namespace, timed into `cold`; the engine and backend
         /// left holding the table.
-        func coldApply(elements: Bool, sized: Bool, into cold: inout ColdSamples) throws -> (Engine, NFTablesBackend) {
+        /// `shared`: groups that accept all of a family (or have no rules) go without a chain of
+        /// their own (`GroupForm`, the default); off, every group chain is its own (before).
+        func coldApply(elements: Bool, sized: Bool, shared: Bool = true, into cold: inout ColdSamples) throws -> (Engine, NFTablesBackend) {
             try dropTable()
             var engine = Engine(host: doc.host)
             func backend() -> NFTablesBackend {
                 let b = NFTablesBackend(client: nl, layout: .slots)
                 b.groupRulesAsElements = elements
                 b.sizesLargeSets = sized
+                b.sharesGroupChains = shared
                 return b
             }
             let committing = backend()
@@ -376,11 +379,11 @@ private struct HostRun {
             return (engine, committing)
         }
 
-        func pass(elements: Bool) throws -> (cold: ColdSamples, ev: EventSamples, engine: Engine, backend: NFTablesBackend) {
+        func pass(elements: Bool, shared: Bool = true) throws -> (cold: ColdSamples, ev: EventSamples, engine: Engine, backend: NFTablesBackend) {
             var cold = ColdSamples()
             var engine = Engine(host: doc.host)
             var backend = NFTablesBackend(client: nl, layout: .slots)
-            for _ in 0..<self.cold { (engine, backend) = try coldApply(elements: elements, sized: true, into: &cold) }
+            for _ in 0..<self.cold { (engine, backend) = try coldApply(elements: elements, sized: true, shared: shared, into: &cold) }
             let ev = try events(&engine, backend)
             if let b = ev.plugBatch, b.operations.contains(where: { if case .addChain = $0 { true } else if case .addRule = $0 { true } else { false } }) {
                 throw HarnessError("\(tag): a plug in the slot layout sent a chain or a rule")
@@ -423,6 +426,7 @@ private struct HostRun {
 
         // Group rules as elements of the shapes' sets (the default), beside the same as rules.
         let el = try pass(elements: true)
+        let chainsDefault = try nl.readTable(family: .inet, name: Naming.table)?.chains.count ?? 0
         let asRules = "slot layout, group rules as rules, this run"
         point.slots = median(el.ev.members)
         add("[slot layout, the default: rules as elements] cold apply", el.cold.total, baseline: asRules, plain.cold.total, target: 300_000_000,
@@ -434,6 +438,17 @@ private struct HostRun {
             extra: ["batch_messages": "\(el.ev.plugBatch?.operations.count ?? 0)", "engine": formatDuration(median(el.ev.plugEngine)),
                     "commit": formatDuration(median(el.ev.plugCommit))])
         add("[slot layout, the default: rules as elements] instance unplug", el.ev.unplug, baseline: asRules, pe.unplug)
+
+        // Every group chain its own (before `GroupForm`), beside the default: host-N's groups'
+        // egress accepts all of IPv4, so the default holds half the chains.
+        let own = try pass(elements: true, shared: false)
+        let ownChains = "the same, every group chain its own (no shared accept-all chain), this run"
+        let chains = try nl.readTable(family: .inet, name: Naming.table)?.chains.count ?? 0
+        add("[slot layout, the default] membership change", el.ev.members, baseline: ownChains, own.ev.members, target: 20_000,
+            extra: ["chains": "\(chainsDefault)", "chains_own": "\(chains)"])
+        add("[slot layout, the default] instance plug", el.ev.plug, baseline: ownChains, own.ev.plug, target: 50_000)
+        add("[slot layout, the default] rules change, 100 local members", el.ev.rules, baseline: ownChains, own.ev.rules, target: 500_000)
+        add("[slot layout, the default] cold apply", el.cold.total, baseline: ownChains, own.cold.total, target: 300_000_000)
 
         // Large sets sized (the default) against resizable, cold applies alternating pair by
         // pair (the machine's drift hits both alike).

@@ -67,15 +67,18 @@ struct PacketBench: ParsableCommand {
 
         /// The ways measured: the instance-chains layout, the slot layout with group rules as
         /// rules, the slot layout with them as elements of the shapes' sets (the default), and
-        /// the default with its large sets resizable (no size, as before `SetSizes`).
-        enum Variant: Int, CaseIterable { case instanceChains, slotsRules, slotsElements, slotsElementsResizable }
+        /// the default with its large sets resizable (no size, as before `SetSizes`), and the
+        /// default with every group chain its own (before `GroupForm`: `g0`'s egress, which
+        /// accepts all of IPv4, had a chain; now its element jumps to the shared `all-ipv4-out`).
+        enum Variant: Int, CaseIterable { case instanceChains, slotsRules, slotsElements, slotsElementsResizable, slotsElementsOwnChains }
         func load(_ v: Variant) throws {
             if try nl.readTable(family: .inet, name: Naming.table) != nil {
                 _ = try spawnQuiet(["nft", "delete", "table", "inet", Naming.table], in: place)
             }
             let backend = NFTablesBackend(client: nl, layout: v == .instanceChains ? .instanceChains : .slots)
-            backend.groupRulesAsElements = v == .slotsElements || v == .slotsElementsResizable
+            backend.groupRulesAsElements = v == .slotsElements || v == .slotsElementsResizable || v == .slotsElementsOwnChains
             backend.sizesLargeSets = v != .slotsElementsResizable
+            backend.sharesGroupChains = v != .slotsElementsOwnChains
             try backend.commit(diff(from: nil, to: ir), result: ir)
             _ = try spawnQuiet(["conntrack", "-F"], in: place)
         }
@@ -103,7 +106,7 @@ struct PacketBench: ParsableCommand {
                                       "packets_per_round": "\(packets)"]))
         }
         guard let s = results[.slotsElements], let r = results[.slotsRules], let c = results[.instanceChains],
-              let z = results[.slotsElementsResizable] else { throw HarnessError("no rounds") }
+              let z = results[.slotsElementsResizable], let o = results[.slotsElementsOwnChains] else { throw HarnessError("no rounds") }
         // Every new-flow packet crossed the hypervisor (the outside host counted it): the
         // figures are of forwarded packets, not of packets dropped on the way.
         let listed = try out.namespace.nft("list", "chain", "inet", "sink", "pre").stdout
@@ -119,6 +122,9 @@ struct PacketBench: ParsableCommand {
         let resizable = "the same with the large sets resizable (no size), same rounds"
         figure("per packet, new flow, slot layout, large sets sized", s.new, z.new, baseline: resizable)
         figure("per packet, established flow, slot layout, large sets sized", s.established, z.established, baseline: resizable)
+        let own = "the same with every group chain its own (no shared accept-all chain), same rounds"
+        figure("per packet, new flow, slot layout, accept-all groups share a chain", s.new, o.new, baseline: own)
+        figure("per packet, established flow, slot layout, accept-all groups share a chain", s.established, o.established, baseline: own)
         report.note("host-1k plus the measured instance; \(rounds) rounds per variant of \(packets) packets, the \(variants) alternating")
         report.finish()
         _ = try? spawnQuiet(["nft", "delete", "table", "inet", Naming.table], in: place)
