@@ -161,19 +161,20 @@ enum SlotRender {
     }
 
     /// The chains a batch edits rule by rule (`ChainEdit`: rules deleted by handle, inserted or
-    /// appended, and the chain not flushed: every other rewrite flushes first), with the rules
-    /// added and deleted in each.
+    /// appended, and the chain neither flushed nor created in the batch: every other rewrite
+    /// flushes first), with the rules added and deleted in each.
     struct EditedChains {
         var counts: [String: (written: Int, deleted: Int)] = [:]
         /// Chains the batch flushes or adds, inserts or deletes a rule in.
         var touched: Set<String> = []
         init(_ batch: Batch) {
-            var flushed = Set<String>()
+            var flushed = Set<String>()  // or created in the batch: filled, not edited
             var edited = Set<String>()
             var written: [String: Int] = [:], deleted: [String: Int] = [:]
             for op in batch.operations {
                 switch op {
                 case .flushChain(_, _, let n): flushed.insert(n)
+                case .addChain(let c): flushed.insert(c.name)
                 case .addRule(let r): written[r.chain, default: 0] += 1; edited.insert(r.chain)
                 case .insertRule(let r, _): written[r.chain, default: 0] += 1; edited.insert(r.chain)
                 case .deleteRule(_, _, let c, _): deleted[c, default: 0] += 1; edited.insert(c)

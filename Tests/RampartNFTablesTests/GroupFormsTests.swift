@@ -44,12 +44,15 @@ import RampartTestSupport
 
         let ingress = exampleDocument.groups["web"]!.rules.filter { $0.direction == .ingress }
         // Own chain: a rule that is not "all of a family".
-        try backend.commit(try engine.rulesChanged(group: "web", rules: ingress + [Self.all4, Self.https]), result: engine.planned)
+        var change = try backend.commit(try engine.rulesChanged(group: "web", rules: ingress + [Self.all4, Self.https]), result: engine.planned)
+        #expect(change.summary.contains("chains: 1 created") && change.summary.contains(", 0 deleted"), "\(change.summary)")
         t = try layout(client)
         #expect(t.chains.contains("gout-web") && t.out["web"] == .jump("gout-web"))
         try check("own")
         // Back to shared, now both families: the own chain goes, after its element.
-        try backend.commit(try engine.rulesChanged(group: "web", rules: ingress + [Self.all6, Self.all4]), result: engine.planned)
+        change = try backend.commit(try engine.rulesChanged(group: "web", rules: ingress + [Self.all6, Self.all4]), result: engine.planned)
+        // gout-web deleted, all-out created: the summary counts what the kernel gets.
+        #expect(change.summary.contains("chains: 1 created") && change.summary.contains(", 1 deleted"), "\(change.summary)")
         t = try layout(client)
         #expect(!t.chains.contains("gout-web") && t.out["web"] == .jump("all-out"))
         try check("shared, both families")
