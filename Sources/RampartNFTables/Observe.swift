@@ -233,7 +233,7 @@ enum Observe {
                 named[d, default: []].formUnion(groups)
             }
         }
-        liftGroupsWithoutChains(snap, reference: reference, st, named: named, into: &ir)
+        liftGroupsWithoutChains(chainNames, reference: reference, st, named: named, into: &ir)
         return st
     }
 
@@ -243,17 +243,18 @@ enum Observe {
     /// have that form (their comments are not in the kernel), else as the rules it holds, which
     /// the differ then rewrites. `named`: the groups some instance's slots name, by direction
     /// (an instance in a group without rules still jumps to its empty chain in the IR).
-    static func liftGroupsWithoutChains(_ snap: TableSnapshot, reference: RulesetIR?, _ st: SlotState,
+    /// `chainNames`: the chains the table holds.
+    static func liftGroupsWithoutChains(_ chainNames: Set<String>, reference: RulesetIR?, _ st: SlotState,
                                         named: [Slots.Direction: Set<String>], into ir: inout RulesetIR) {
         for d in Slots.Direction.allCases {
             var groups = named[d] ?? []
             groups.formUnion(st.acceptsAll[d]?.keys ?? [:].keys)
-            for n in reference?.chains.keys ?? [:].keys {
-                if case .group(d, let g)? = Slots.role(of: n) { groups.insert(g) }
+            for n in reference?.chains.keys ?? [:].keys where Slots.kind(of: n) == .group(d) {
+                groups.insert(String(n.dropFirst(d.groupPrefix.count)))
             }
             for g in groups {
                 let n = d.groupPrefix + g
-                guard snap.chain(n) == nil else { continue }
+                guard !chainNames.contains(n) else { continue }
                 let held = st.acceptsAll[d]?[g]
                 let form: GroupForm = held.map { .acceptsAll($0) } ?? .none
                 if let want = reference?.chains[n], want.base == nil, GroupForm(want.rules) == form {

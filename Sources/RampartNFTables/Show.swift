@@ -72,8 +72,9 @@ public struct EnforcementView: Codable, Sendable, Hashable {
                 sharers[c, default: 0] += 1
             }
         }
+        let chainNames = Set(snap.chains.map(\.name))
         func rules(_ chain: String, _ direction: String) -> [RuleView] {
-            if snap.chain(chain) == nil, let shared = sharedChainOf[chain] {
+            if !chainNames.contains(chain), let shared = sharedChainOf[chain] {
                 return (snap.rules[shared] ?? []).map { r in
                     let c = Describe.counter(r.expressions)
                     return RuleView(direction: direction, comment: r.comment, match: Describe.rule(r.expressions),
