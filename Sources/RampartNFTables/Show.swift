@@ -77,7 +77,8 @@ public struct EnforcementView: Codable, Sendable, Hashable {
             if !chainNames.contains(chain), let shared = sharedChainOf[chain] {
                 return (snap.rules[shared] ?? []).map { r in
                     let c = Describe.counter(r.expressions)
-                    return RuleView(direction: direction, comment: r.comment, match: Describe.rule(r.expressions),
+                    // The group's own rule comments are not in the kernel: name the chain that holds its rule.
+                    return RuleView(direction: direction, comment: "shared: \(shared)", match: Describe.rule(r.expressions),
                                     packets: c?.packets ?? 0, bytes: c?.bytes ?? 0, counterSharedByGroups: sharers[shared])
                 }
             }

@@ -71,7 +71,7 @@ import RampartTestSupport
         let view = EnforcementView(try #require(try client.readTable(family: .inet, name: "rampart")))
         let web = try #require(view.instances.first { $0.instance == "web-1" }?.groups.first { $0.group == "web" })
         let egress = web.rules.filter { $0.direction == "egress" }
-        #expect(egress.count == 1 && egress[0].comment == Slots.AcceptAll.comment(.out, .ipv4) && egress[0].counterSharedByGroups == 1)
+        #expect(egress.count == 1 && egress[0].comment == "shared: all-ipv4-out" && egress[0].counterSharedByGroups == 1)
     }
 
     @Test func formsWithTheFake() throws {
