@@ -159,7 +159,7 @@ public final class PostgresWakeups: ChangeWakeups, @unchecked Sendable {
         // follower's stop that joins it, for good (seen once in CI, 2026-12-04).
         let listened = c.eventLoop.makePromise(of: Void.self)
         let settled = NIOLockedValueBox(false)
-        func settle(_ result: Result<Void, any Error>) {
+        @Sendable func settle(_ result: Result<Void, any Error>) {
             // A promise is completed once: whoever gets here first.
             let first = settled.withLockedValue { done in defer { done = true }; return !done }
             if first { listened.completeWith(result) }
