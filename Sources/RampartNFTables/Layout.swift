@@ -24,8 +24,9 @@ public enum NFTLayout: String, Sendable, CaseIterable {
 /// `I . 0 : key(g0)`, …, `I . n-1 : key(gn-1)` and the end marker `I . n : 0` (each element
 /// commented with its group's id, the end marker with the instance's). `dispatch-out` has one
 /// rule per slot, in order: `iifname . k` looked up in `inst-groups`, the key found looked up
-/// in `groups-out` (`key(g) : jump gout-g`, `0 : drop`), so a packet is offered to each group's
-/// chain in turn and dropped at the end marker; a final `drop` catches an interface without
+/// in `groups-out` (`key(g) : jump gout-g`, or a chain shared by every group whose rules accept
+/// all of a family, `GroupForm`; `0 : drop`), so a packet is offered to each group's chain in turn
+/// and dropped at the end marker; a final `drop` catches an interface without
 /// elements. nft's syntax cannot express such chained lookups; see `slotRule` for how nft 1.0.6
 /// is kept able to list them.
 ///
