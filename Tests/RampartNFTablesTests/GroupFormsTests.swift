@@ -84,7 +84,8 @@ import RampartTestSupport
     }
 
     /// A shared chain that is not exactly what Rampart writes, or an element that jumps to one of
-    /// another direction, makes the read-back rebuild the table (keys kept).
+    /// another direction, makes the read-back rebuild the table (keys kept); a shared element
+    /// removed is put back.
     @Test func aTamperedSharedChainRebuildsTheTable() throws {
         let fake = RecordingNFTables()
         let desired = Compiler.compile(exampleDocument)
@@ -102,6 +103,15 @@ import RampartTestSupport
             }
         }
         #expect(try NFTablesBackend(client: fake, layout: .slots).converge(to: desired).summary.hasPrefix("table rebuilt"))
+        #expect(try NFTablesBackend(client: fake, layout: .slots).converge(to: desired).isEmpty)
+        // A shared element removed by hand: web's members' egress would meet the next slot
+        // (and the end's drop); the repair puts the element back, nothing else.
+        fake.mutateTable(family: .inet, name: "rampart") { t in
+            t.elements[Slots.Direction.out.groupsMap]!.removeAll { $0.comment == "web" }
+        }
+        let repair = try NFTablesBackend(client: fake, layout: .slots).converge(to: desired)
+        #expect(!repair.isEmpty && !repair.summary.hasPrefix("table rebuilt"), "\(repair.summary)")
+        #expect(try Self.layout(fake).out["web"] == .jump("all-ipv4-out"))
         #expect(try NFTablesBackend(client: fake, layout: .slots).converge(to: desired).isEmpty)
     }
 }
