@@ -201,6 +201,10 @@ enum Slots {
         return nil
     }
 
+    static func isGroupChain(_ chain: String) -> Bool {
+        if case .group? = kind(of: chain) { true } else { false }
+    }
+
     static func role(of chain: String) -> ChainRole? {
         switch kind(of: chain) {
         case .group(let d)?: .group(d, String(chain.dropFirst(d.groupPrefix.count)))

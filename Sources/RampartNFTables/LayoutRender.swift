@@ -73,9 +73,8 @@ enum SlotRender {
             case .addSet(let d) where RuleShapes.isShapeSet(d.name): s.setsCreated += 1
             case .addElements(_, _, let set, let e) where Slots.objectNames.contains(set): s.mapElementsAdded += e.count
             case .deleteElements(_, _, let set, let e) where Slots.objectNames.contains(set): s.mapElementsRemoved += e.count
-            case .addChain(let c) where Slots.objectNames.contains(c.name) || Slots.kind(of: c.name) == .group(.out)
-                || Slots.kind(of: c.name) == .group(.in): s.chainsCreated += 1
-            case .deleteChain(_, _, let n) where Slots.kind(of: n) == .group(.out) || Slots.kind(of: n) == .group(.in): s.chainsDeleted += 1
+            case .addChain(let c) where Slots.objectNames.contains(c.name) || Slots.isGroupChain(c.name): s.chainsCreated += 1
+            case .deleteChain(_, _, let n) where Slots.isGroupChain(n): s.chainsDeleted += 1
             case .flushChain(_, _, let n) where Slots.objectNames.contains(n): s.chainsRewritten += 1
             case .addRule(let r) where Slots.objectNames.contains(r.chain): s.rulesWritten += 1
             case .deleteChain(_, _, let n) where Slots.objectNames.contains(n): s.chainsDeleted += 1
@@ -88,11 +87,10 @@ enum SlotRender {
     /// A plan's creation or deletion of a group chain (which the batch may send as no chain).
     static func isGroupChainCreatedOrDeleted(_ op: PlanOp) -> Bool {
         switch op {
-        case .createChain(let h): if case .group? = Slots.kind(of: h.name) { return true }
-        case .deleteChain(let n): if case .group? = Slots.kind(of: n) { return true }
-        default: break
+        case .createChain(let h): Slots.isGroupChain(h.name)
+        case .deleteChain(let n): Slots.isGroupChain(n)
+        default: false
         }
-        return false
     }
 
     static func text(_ plan: Plan, batch: Batch, table: String) -> String {

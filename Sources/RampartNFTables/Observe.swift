@@ -182,10 +182,10 @@ enum Observe {
         for name in Slots.AcceptAll.chainNames {
             guard let c = snap.chain(name) else { continue }
             let (d, f) = Slots.AcceptAll.parse(name)!
-            let rules = (snap.rules[name] ?? []).map { NFTRule(family: $0.family, table: $0.table, chain: $0.chain,
-                                                               expressions: Translate.withoutCounts($0.expressions), comment: $0.comment) }
-            guard c.base == nil, rules.map(\.expressions) == Slots.AcceptAll.kernelRules(d, f, table: snap.table.name).map(\.expressions),
-                  rules.map(\.comment) == Slots.AcceptAll.kernelRules(d, f, table: snap.table.name).map(\.comment) else { return nil }
+            let want = Slots.AcceptAll.kernelRules(d, f, table: snap.table.name), held = snap.rules[name] ?? []
+            guard c.base == nil, held.count == want.count, zip(held, want).allSatisfy({ h, w in
+                Translate.withoutCounts(h.expressions) == w.expressions && h.comment == w.comment
+            }) else { return nil }
             st.acceptAllChains.insert(name)
         }
         for d in Slots.Direction.allCases {
