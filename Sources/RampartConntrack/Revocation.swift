@@ -213,7 +213,10 @@ public enum Revocation {
             // the entry just before would refresh its timeout and bring it back to life, and the
             // kernel refuses a timeout change on an entry whose timeout was frozen first
             // (docs/conntrack.md, "Tried and not kept").
-            let d = try conntrack.delete(doomed)
+            // Through the index when it found them: it leaves the DESTROY events out meanwhile.
+            let d = try report.indexed && index != nil
+                ? index!.deleting(doomed) { (e) throws(NetlinkError) in try conntrack.delete(e) }
+                : conntrack.delete(doomed)
             report.cut = d.deleted
             report.alreadyGone = d.alreadyGone
         }

@@ -83,11 +83,12 @@ struct StatusDTO: Encodable {
     var conntrackIndex: ConntrackIndexDTO?
 
     struct ConntrackIndexDTO: Encodable {
-        var entries, addresses, events, losses, rebuilds: Int
+        var entries, addresses, events, losses, rebuilds, deleteWindows, windowResyncs: Int
         var lastRebuildMs: Double
         var fresh: Bool
         enum CodingKeys: String, CodingKey {
-            case entries, addresses, events, losses, rebuilds, lastRebuildMs = "last_rebuild_ms", fresh
+            case entries, addresses, events, losses, rebuilds, deleteWindows = "delete_windows", windowResyncs = "window_resyncs",
+                 lastRebuildMs = "last_rebuild_ms", fresh
         }
     }
 
@@ -140,6 +141,7 @@ struct StatusDTO: Encodable {
         counts = Counts(instances: s.instances, localInstances: s.localInstances, groups: s.groups, chains: s.chains, sets: s.sets)
         conntrackIndex = s.conntrackIndex.map {
             ConntrackIndexDTO(entries: $0.entries, addresses: $0.addresses, events: $0.events, losses: $0.losses, rebuilds: $0.rebuilds,
+                              deleteWindows: $0.deleteWindows, windowResyncs: $0.windowResyncs,
                               lastRebuildMs: (Double($0.lastRebuildNanoseconds) / 1e3).rounded() / 1e3, fresh: $0.fresh)
         }
         changeLog = s.changeLog.map {
@@ -230,6 +232,8 @@ final class DaemonMetrics: Sendable {
             counter("rampart_conntrack_index_events_total", x.events)
             counter("rampart_conntrack_index_losses_total", x.losses)
             counter("rampart_conntrack_index_rebuilds_total", x.rebuilds)
+            counter("rampart_conntrack_index_delete_windows_total", x.deleteWindows)
+            counter("rampart_conntrack_index_window_resyncs_total", x.windowResyncs)
         }
         if let c = st.changeLog {
             gauge("rampart_store_connected", c.connected ? 1 : 0)

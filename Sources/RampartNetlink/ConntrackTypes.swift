@@ -59,6 +59,24 @@ public struct ConntrackTuple: Hashable, Sendable, CustomStringConvertible {
         self.icmpID = icmpID
     }
 
+    /// Every field, packed into six words: the synthesized hash fed the hasher fourteen values
+    /// of mixed widths, and hashing tuples is most of what the conntrack index does per event.
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(source.high)
+        hasher.combine(source.low)
+        hasher.combine(destination.high)
+        hasher.combine(destination.low)
+        var present: UInt64 = 0
+        if sourcePort != nil { present |= 1 }
+        if destinationPort != nil { present |= 2 }
+        if icmpID != nil { present |= 4 }
+        if icmpType != nil { present |= 8 }
+        if icmpCode != nil { present |= 16 }
+        hasher.combine(UInt64(family.rawValue) | UInt64(protocolNumber) << 8 | UInt64(icmpType ?? 0) << 16
+                       | UInt64(icmpCode ?? 0) << 24 | present << 32)
+        hasher.combine(UInt64(sourcePort ?? 0) | UInt64(destinationPort ?? 0) << 16 | UInt64(icmpID ?? 0) << 32)
+    }
+
     public var description: String {
         var s = "proto \(protocolNumber) \(source)"
         if let p = sourcePort { s += ":\(p)" }

@@ -249,7 +249,7 @@ import Testing
         st.changeLog = ChangeLogStatus()
         st.conntrackIndex = ConntrackIndex.Statistics()
         #expect(st.json.contains(#""change_log":{"applied":0,"connected":false,"head":0,"last_error":null,"reconnects":0,"reloads":0,"rows_applied":0}"#), "\(st.json)")
-        #expect(st.json.contains(#""conntrack_index":{"addresses":0,"entries":0,"events":0,"fresh":false,"last_rebuild_ms":0,"losses":0,"rebuilds":0}"#), "\(st.json)")
+        #expect(st.json.contains(#""conntrack_index":{"addresses":0,"delete_windows":0,"entries":0,"events":0,"fresh":false,"last_rebuild_ms":0,"losses":0,"rebuilds":0,"window_resyncs":0}"#), "\(st.json)")
         f.daemon.start()
         defer { f.daemon.stop() }
         await f.daemon.waitUntilReady()

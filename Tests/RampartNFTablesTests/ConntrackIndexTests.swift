@@ -213,6 +213,109 @@ final class ScriptedConntrackTable {
         #expect(two.cut == 2 && reads == 1, "\(two), \(reads) reads of the host's addresses (one per run that needs them)")
     }
 
+    /// Rampart's own deletes through the index (`deleting`): the index leaves the DESTROY group
+    /// meanwhile (no event is built for them: none reaches it), drops the deleted entries
+    /// itself, and listens again afterwards (a later delete by someone else is seen). Catches:
+    /// a window that stays open (later destroys missed), deleted entries kept, the group never
+    /// left (the 100 DESTROY events would reach the index).
+    @Test func ownDeletesLeaveTheDestroyEventsOut() throws {
+        let ns = try TestNamespace(prefix: "ctw")
+        let ct = try ConntrackConnection(namespace: .named(ns.name))
+        func plain(_ e: ConntrackEntry) -> ConntrackEntry { var e = e; e.id = nil; e.status = 0; return e }
+        let index = try ConntrackIndex.start(namespace: .named(ns.name))
+        defer { index.stop() }
+        try ct.create((0..<300).map { plain(ConntrackIndexTests.tcp("192.0.2.10", UInt16(30000 + $0), "10.0.1.11", 80, id: 0)) })
+        let found = try #require(index.entries(involving: ConntrackIndexTests.web1))
+        #expect(found.count == 300)
+        let eventsBefore = index.statistics.events
+        let d = try index.deleting(Array(found.prefix(100))) { (e) throws(NetlinkError) in try ct.delete(e) }
+        #expect(d.deleted == 100)
+        #expect(index.entries(involving: ConntrackIndexTests.web1)?.count == 200)
+        #expect(index.statistics.deleteWindows == 1)
+        // No DESTROY event for the 100 reached the index (they were never built for it).
+        Thread.sleep(forTimeInterval: 0.2)
+        _ = index.entries(involving: [])
+        #expect(index.statistics.events - eventsBefore < 100, "\(index.statistics)")
+        // Listening again: a delete made outside the index is seen through its DESTROY event.
+        let rest = try #require(index.entries(involving: ConntrackIndexTests.web1))
+        _ = try ct.delete(Array(rest.prefix(50)))
+        #expect(index.entries(involving: ConntrackIndexTests.web1)?.count == 150)
+        #expect(index.statistics.losses == 0 && index.isFresh)
+    }
+
+    /// Entries that end while the index is out of the DESTROY group (deleted by someone else
+    /// during Rampart's own deletes) stay held until the resync drops them; lookups answer
+    /// throughout, and entries created and deleted while it dumps come out right. Catches: a
+    /// resync that never comes, one that makes the index stale meanwhile (a lookup answering
+    /// nil), events of the dump's time lost or replayed wrong (the index then differs from the
+    /// kernel), Rampart's deleted entries kept.
+    @Test func entriesEndingUnseenAreDroppedByTheResync() throws {
+        let ns = try TestNamespace(prefix: "ctr")
+        let name = ns.name
+        let ct = try ConntrackConnection(namespace: .named(name))
+        func plain(_ e: ConntrackEntry) -> ConntrackEntry { var e = e; e.id = nil; e.status = 0; return e }
+        let index = try ConntrackIndex.start(namespace: .named(name), windowResyncSeconds: 1)
+        defer { index.stop() }
+        try ct.create((0..<5000).map { plain(ConntrackIndexTests.tcp("192.0.2.\(10 + $0 / 1000)", UInt16(30000 + $0 % 1000), "10.0.1.11", 80, id: 0)) })
+        let found = try #require(index.entries(involving: ConntrackIndexTests.web1))
+        #expect(found.count == 5000)
+        let other = try ConntrackConnection(namespace: .named(name))
+        _ = try index.deleting(Array(found.prefix(100))) { (e) throws(NetlinkError) in
+            _ = try other.delete(Array(found.suffix(10)))   // ends unseen: the group is left
+            return try ct.delete(e)
+        }
+        #expect(index.entries(involving: ConntrackIndexTests.web1)?.count == 4900, "the 10 are still held")
+        // Churn on another thread while the resync (due a second after the start) dumps.
+        let done = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async {
+            defer { done.signal() }
+            guard let c = try? ConntrackConnection(namespace: .named(name)) else { return }
+            for round in 0..<30 {
+                let batch = (0..<100).map { i in
+                    ConntrackEntry(original: ConntrackTuple(family: .ipv4, protocolNumber: 6, source: IPAddress("198.51.100.\(round + 1)")!.conntrack,
+                                                            destination: IPAddress("10.0.1.11")!.conntrack, sourcePort: UInt16(20000 + i), destinationPort: 443))
+                }
+                try? c.create(batch)
+                if round % 2 == 1, let live = try? c.entries(ConntrackFilter(family: .ipv4, field: .originalSource(IPAddress("198.51.100.\(round)")!.conntrack))) {
+                    _ = try? c.delete(live)
+                }
+                usleep(60_000)
+            }
+        }
+        let end = Date().addingTimeInterval(15)
+        var unanswered = 0
+        while index.statistics.windowResyncs == 0, Date() < end {
+            if index.entries(involving: ConntrackIndexTests.web1) == nil { unanswered += 1 }
+            usleep(2_000)
+        }
+        done.wait()
+        #expect(index.statistics.windowResyncs >= 1, "\(index.statistics)")
+        #expect(unanswered == 0, "lookups answered nil \(unanswered) times during the resync")
+        let held = Set(try #require(index.allEntries()).map(\.original))
+        let kernel = Set(try ct.entries(.all).map(\.original))
+        #expect(held == kernel, "index \(held.count), kernel \(kernel.count): \(held.subtracting(kernel).count) held but gone, \(kernel.subtracting(held).count) missing")
+        #expect(kernel.count == 4890 + 15 * 100, "\(kernel.count)")
+        #expect(index.statistics.losses == 0 && index.isFresh)
+
+        // Deterministically: entries created, and dumped ones deleted, after the dump and
+        // before the swap (the thread's own resync is an hour away here).
+        let quiet = try ConntrackIndex.start(namespace: .named(name), windowResyncSeconds: 3600)
+        defer { quiet.stop() }
+        let late = (0..<50).map { i in
+            ConntrackEntry(original: ConntrackTuple(family: .ipv4, protocolNumber: 6, source: IPAddress("203.0.113.9")!.conntrack,
+                                                    destination: IPAddress("10.0.1.11")!.conntrack, sourcePort: UInt16(50000 + i), destinationPort: 443))
+        }
+        let dumped = try #require(quiet.entries(involving: ConntrackIndexTests.web1))
+        try quiet.resync {
+            try? other.create(late)
+            _ = try? other.delete(Array(dumped.prefix(20)))
+        }
+        let after = Set(try #require(quiet.allEntries()).map(\.original))
+        #expect(after == Set(try ct.entries(.all).map(\.original)), "\(after.count) held")
+        #expect(after.isSuperset(of: late.map(\.original)) && after.isDisjoint(with: dumped.prefix(20).map(\.original)))
+        #expect(quiet.statistics.windowResyncs == 1 && quiet.isFresh)
+    }
+
     /// Catches: ENOBUFS not noticed (an index that silently misses entries), a revocation that
     /// trusts a stale index, an index that does not come back after a loss.
     @Test func lostEventsStillGiveTheRightCut() throws {
