@@ -206,24 +206,18 @@ extension SQLStore {
     }
 
     /// Several hosts' pages in one statement (the relay's read after a wake-up; a daemon's, for
-    /// its host): per host, the rows after its position (`LATERAL … LIMIT`: at most `limit` each,
-    /// from the primary key), its head (the last number, also when trimmed away) and whether the
-    /// log was trimmed past the position, in which case no row is returned and the reader
-    /// reloads. One statement sees one snapshot, so the head, the trim mark and the rows agree
-    /// without a read transaction (whose BEGIN and COMMIT would be two more round trips).
+    /// its host): per host, the rows after its position (at most `limit` each, from the primary
+    /// key), its head (the last number, also when trimmed away) and whether the log was trimmed
+    /// past the position, in which case no row is returned and the reader reloads. One
+    /// statement (`rampart_log_read`, PostgresRoutines.swift) sees one snapshot, so the head,
+    /// the trim mark and the rows agree without a read transaction (whose BEGIN and COMMIT would
+    /// be two more round trips).
     func logEntries(positions: [String: Int64], limit: Int) throws(StoreError) -> [String: LogPage] {
         guard !positions.isEmpty else { return [:] }
         let hosts = positions.keys.sorted()
         let rows = try locked { () throws(StoreError) -> [[String?]] in
-            try db.queryPlannedEachTime("""
-                SELECT u.h, GREATEST(COALESCE((SELECT max(seq) FROM change_log m WHERE m.host = u.h), 0), COALESCE(c.trimmed_through, 0)),
-                       COALESCE(c.trimmed_through, 0), l.seq, l.refresh
-                FROM unnest(CAST(? AS text[]), CAST(? AS bigint[])) AS u(h, after)
-                LEFT JOIN change_log_heads c ON c.host = u.h
-                LEFT JOIN LATERAL (SELECT seq, refresh FROM change_log r WHERE r.host = u.h AND r.seq > u.after
-                                   AND u.after >= COALESCE(c.trimmed_through, 0) ORDER BY seq LIMIT ?) l ON true
-                ORDER BY u.h, l.seq
-                """, [.text(Self.arrayLiteral(hosts)), .text(Self.arrayLiteral(hosts.map { String(positions[$0]!) })), .int(Int64(limit))])
+            try db.query("SELECT * FROM rampart_log_read(CAST(? AS text[]), CAST(? AS bigint[]), ?)",
+                         [.text(Self.arrayLiteral(hosts)), .text(Self.arrayLiteral(hosts.map { String(positions[$0]!) })), .int(Int64(limit))])
         }
         var pages: [String: LogPage] = [:]
         for row in rows {

@@ -170,17 +170,6 @@ final class PostgresSyncConnection: SQLConnection, @unchecked Sendable {
         }
     }
 
-    /// An unnamed statement: parsed and planned for these arguments.
-    ///
-    /// Why: the change log's read (`logEntries`) joins `unnest` of its array arguments to the
-    /// log. Prepared, PostgreSQL settled after five runs on a generic plan that cannot know how
-    /// many hosts the arrays hold, and scanned the whole log: a daemon's read of one row took
-    /// 20–60 ms with ~100,000 rows in the log (`rampart-bench controller --quick`), against
-    /// ~1 ms planned each time.
-    func queryPlannedEachTime(_ sql: String, _ args: [SQLValue]) throws(StoreError) -> [[String?]] {
-        try unnamed(sql, args, try live())
-    }
-
     /// `?` → `$n::text` / `$n::bigint` (NULL: `$n`, typed by its context), so that a prepared
     /// statement's parameters have the types the arguments are sent with, as an unnamed
     /// statement's do. Outside string literals.

@@ -15,8 +15,9 @@ public final class PostgresStore: SQLStore, ChangeLog, @unchecked Sendable {
     /// The schema this version writes: 1 = the tables SQLite has, 2 = the change log, 3 = the
     /// EC2 API's metadata (VPCs, group names, tags, rule descriptions), 4 = instance lifecycle,
     /// 5 = the server-side routines (`PostgresRoutines.swift`: the log's append, the rules verbs),
-    /// 6 = the rules verbs' procedure commits inside its `CALL`.
-    public static let schemaVersion = 6
+    /// 6 = the rules verbs' procedure commits inside its `CALL`, 7 = the change log's read as a
+    /// function (`rampart_log_read`).
+    public static let schemaVersion = 7
 
     /// Connects. `migrate`: create or upgrade the schema (the controller's verbs and `import`);
     /// otherwise (the daemon) a database without the current schema is refused, never changed.
@@ -58,7 +59,7 @@ public final class PostgresStore: SQLStore, ChangeLog, @unchecked Sendable {
     /// Brings the schema to `schemaVersion`, one version per step, each in one transaction
     /// under an advisory lock (two controllers starting at once do not race).
     private func migrate() throws(StoreError) {
-        let steps: [[String]] = [Self.schema + Self.guardsSchema, Self.changeLogSchema, Self.ec2Schema, Self.ec2LifecycleSchema, Self.routinesSchema, Self.commitInsideSchema]
+        let steps: [[String]] = [Self.schema + Self.guardsSchema, Self.changeLogSchema, Self.ec2Schema, Self.ec2LifecycleSchema, Self.routinesSchema, Self.commitInsideSchema, Self.logReadSchema]
         try transaction { () throws(StoreError) in
             // Transaction-scoped: released at COMMIT or ROLLBACK. The key is "rampart".
             _ = try db.query("SELECT pg_advisory_xact_lock(7233118244501612)")

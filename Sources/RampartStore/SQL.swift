@@ -36,14 +36,9 @@ protocol SQLConnection: AnyObject {
     func run(_ sql: String, _ args: [SQLValue]) throws(StoreError)
     /// Runs a query; each row is an array of the columns as text (nil: NULL).
     func query(_ sql: String, _ args: [SQLValue]) throws(StoreError) -> [[String?]]
-    /// `query`, planned for its arguments on every call: for a statement whose best plan
-    /// depends on them (PostgreSQL would otherwise settle on one generic plan for a prepared
-    /// statement after five runs).
-    func queryPlannedEachTime(_ sql: String, _ args: [SQLValue]) throws(StoreError) -> [[String?]]
 }
 
 extension SQLConnection {
-    func queryPlannedEachTime(_ sql: String, _ args: [SQLValue]) throws(StoreError) -> [[String?]] { try query(sql, args) }
     func run(_ sql: String, _ args: SQLValue...) throws(StoreError) { try run(sql, args) }
     func query(_ sql: String, _ args: SQLValue...) throws(StoreError) -> [[String?]] { try query(sql, args) }
 }

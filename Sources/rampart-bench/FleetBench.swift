@@ -117,6 +117,14 @@ struct FleetBench: ParsableCommand {
             _ = try ctl.authorize(group: "g\((k * 7919) % (n - n % 10))", rule: Rule(id: "z\(k)", proto: .tcp, ports: UInt16(30_000 + k)...UInt16(30_000 + k), remote: .cidr(CloudLoad.prefix("0.0.0.0/0"))))
             baseline.append(monotonicNanos() - start)
         }
+        // Baseline: the sustained run (below) with nobody reading the log: what the relays'
+        // reads and acks add to the server's CPU per verb.
+        let (quietRate, quietCPU): (Int, String) = try {
+            let quiet = try (0..<8).map { _ in try PostgresStore(location: location, migrate: false) }
+            defer { for c in quiet { c.disconnect() } }
+            let (b, w, c) = sustained(quiet, groupCount: n - n % 10, cluster: cluster, tag: "q", remote: "172.16.0.0/12")
+            return (Int(Double(b.commits.count) / w), String(format: "%.2f ms", c * 1000 / Double(max(b.commits.count, 1))))
+        }()
         let relayPath = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("rampart-relay").path
         var relays: [(ChildProcess, Int)] = []
         defer { for (p, _) in relays { p.signal(SIGTERM); _ = try? p.wait(timeout: 10) } }
@@ -167,30 +175,11 @@ struct FleetBench: ParsableCommand {
                           extra: ["p99": formatDuration(percentile(applied, 99)), "notified_hosts_median": "\(median)", "target_p99": "25 ms"]))
 
         // Sustained: 8 controllers, each its own connection.
-        let threads = 8
-        let controllers = try (0..<threads).map { _ in try PostgresStore(location: location, migrate: false) }
-        let cpu0 = cluster.serverCPUSeconds()
-        let box = SustainedBox()
-        let end = Date(timeIntervalSinceNow: seconds)
-        let wall0 = monotonicNanos()
-        DispatchQueue.concurrentPerform(iterations: threads) { t in
-            var local: [UInt64] = [], last: [Delivery] = []
-            var k = 0
-            while Date() < end {
-                k += 1
-                let g = "g\((t * 7919 + k * 104_729) % groupCount)"
-                let s = monotonicNanos()
-                do {
-                    last = try controllers[t].authorize(group: g, rule: Rule(id: "s\(t)-\(k)", proto: .udp, ports: UInt16(k % 60000 + 1)...UInt16(k % 60000 + 1), remote: .cidr(CloudLoad.prefix("10.0.0.0/8"))))
-                    local.append(monotonicNanos() - s)
-                } catch { box.fail("\(error)") }
-            }
-            box.add(local, last)
-        }
-        let wall = Double(monotonicNanos() - wall0) / 1e9
-        let cpu = cluster.serverCPUSeconds() - cpu0
+        let controllers = try (0..<8).map { _ in try PostgresStore(location: location, migrate: false) }
+        let (box, wall, cpu) = sustained(controllers, groupCount: groupCount, cluster: cluster, tag: "s", remote: "10.0.0.0/8")
+        let ended = monotonicNanos()
         let drained = fleet.waitAcked(box.lasts, timeout: 30)
-        let drainTime = Double(monotonicNanos() - wall0) / 1e9 - wall
+        let drainTime = Double(monotonicNanos() - ended) / 1e9
         let verbs = box.commits.count
         report.add(Figure(benchmark: "fleet \(n) via 2 relays: sustained, 8 controllers", median_ns: percentile(box.commits, 50), baseline: nil, baseline_median_ns: nil,
                           extra: ["verbs_per_s": "\(Int(Double(verbs) / wall))", "commit_p99": formatDuration(percentile(box.commits, 99)),
@@ -198,6 +187,7 @@ struct FleetBench: ParsableCommand {
                                   "all_acked_after_end": drained ? String(format: "%.2f s", drainTime) : "no (30 s)",
                                   "errors": "\(box.errors.count)", "target": "≥ 1000 verbs/s"]))
         if let first = box.errors.first { report.note("fleet of \(n): \(box.errors.count) verbs failed in the sustained run; the first: \(first)") }
+        report.note("fleet of \(n): the same sustained run with nobody reading the log (before the relays started): \(quietRate) verbs/s, \(quietCPU) of server CPU per verb")
         let stats = relays.compactMap { relayStatus(port: $0.1) }
         report.note("fleet of \(n): relays: " + stats.map { "\($0.subscribers) subscribers, \($0.rowsRead) rows read in \($0.storeReads) reads, \($0.rowsSent) sent, \($0.acksWritten) acks in \($0.ackWrites) writes, \($0.reloadsOverflow) overflow reloads" }.joined(separator: "; "))
         let relayCPU = relays.enumerated().map { i, r in String(format: "%.2f", (processCPUSeconds(r.0.pid) - relayCPU0[i]) * 1000 / Double(max(verbs + repeats, 1))) }
@@ -205,6 +195,32 @@ struct FleetBench: ParsableCommand {
         fleet.close()
         for c in controllers { c.disconnect() }
         ctl.disconnect()
+    }
+
+    /// `seconds` of authorize verbs on random groups from one thread per controller, each on
+    /// its own connection (rules from `remote`: each run its own, so none repeats another's).
+    /// Returns what they did, the wall time and the server's CPU seconds.
+    func sustained(_ controllers: [PostgresStore], groupCount: Int, cluster: PostgresCluster, tag: String,
+                   remote: String) -> (SustainedBox, Double, Double) {
+        let cpu0 = cluster.serverCPUSeconds()
+        let box = SustainedBox()
+        let end = Date(timeIntervalSinceNow: seconds)
+        let wall0 = monotonicNanos()
+        DispatchQueue.concurrentPerform(iterations: controllers.count) { t in
+            var local: [UInt64] = [], last: [Delivery] = []
+            var k = 0
+            while Date() < end {
+                k += 1
+                let g = "g\((t * 7919 + k * 104_729) % groupCount)"
+                let s = monotonicNanos()
+                do {
+                    last = try controllers[t].authorize(group: g, rule: Rule(id: "\(tag)\(t)-\(k)", proto: .udp, ports: UInt16(k % 60000 + 1)...UInt16(k % 60000 + 1), remote: .cidr(CloudLoad.prefix(remote))))
+                    local.append(monotonicNanos() - s)
+                } catch { box.fail("\(error)") }
+            }
+            box.add(local, last)
+        }
+        return (box, Double(monotonicNanos() - wall0) / 1e9, cluster.serverCPUSeconds() - cpu0)
     }
 
     /// Direct mode's cost at a smaller fleet: one LISTEN connection per host.

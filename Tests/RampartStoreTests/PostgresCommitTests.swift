@@ -48,7 +48,7 @@ struct PostgresCommitTests {
         let procedure = SQLStore.setRulesProcedure
         let last = try #require(procedure.range(of: "COMMIT;", options: .backwards))
         try st.db.exec(procedure.replacingCharacters(in: last, with: ""))
-        try st.db.exec("DELETE FROM rampart_schema WHERE version = 6")
+        try st.db.exec("DELETE FROM rampart_schema WHERE version >= 6")
         func commits() throws -> Int {
             let text = try st.db.query("SELECT prosrc FROM pg_proc WHERE proname = 'rampart_set_rules'", []).first?.first ?? nil
             return (text ?? "").components(separatedBy: "COMMIT;").count - 1
@@ -56,7 +56,7 @@ struct PostgresCommitTests {
         #expect(try commits() == 1)
         #expect(throws: StoreError.self) { try PostgresStore(url: url, migrate: false) }
         let upgraded = try PostgresStore(url: url, migrate: true)
-        #expect(try upgraded.installedSchemaVersion() == 6)
+        #expect(try upgraded.installedSchemaVersion() == PostgresStore.schemaVersion)
         #expect(try commits() == 2)
     }
 }

@@ -142,6 +142,48 @@ struct PostgresStoreTests {
         #expect(try st.trim(maxAge: 86_400, keep: nil) == 0)
     }
 
+    /// The log's read (`rampart_log_read`: many hosts in one statement) against plain SQL per
+    /// host: positions before, inside and past each host's rows, behind its trim mark or not,
+    /// limits 0, 1, 2 and 1,000, and a host with no rows at all. Catches: a head taken from a
+    /// page that stopped at its limit, rows from behind a trim mark, a host missing or its rows
+    /// out of order.
+    @Test func theLogReadAgreesWithPlainSQL() throws {
+        let st = try store()
+        try populate(st)
+        for port in 2000..<2012 {
+            _ = try st.authorize(group: "web", rule: try rule(#"{"protocol":"tcp","ports":"\#(port)","cidr":"0.0.0.0/0"}"#, "web"))
+        }
+        _ = try st.trim(maxAge: nil, keep: 5)
+        func numbers(_ sql: String) throws -> [Int64] { try cluster(st, sql).compactMap { Int64($0) } }
+        let hosts = try cluster(st, "SELECT name FROM hosts ORDER BY name") + ["hv-without-rows"]
+        var checked = 0
+        for limit in [0, 1, 2, 1000] {
+            for pick in 0..<5 {
+                var positions: [String: Int64] = [:]
+                for h in hosts {
+                    let seqs = try numbers("SELECT seq FROM change_log WHERE host = '\(h)' ORDER BY seq")
+                    let mark = try numbers("SELECT trimmed_through FROM change_log_heads WHERE host = '\(h)'").first ?? 0
+                    let choices: [Int64] = [0, mark, max(0, mark - 1), seqs.first.map { $0 - 1 } ?? 0, seqs.isEmpty ? 0 : seqs[seqs.count / 2],
+                                            seqs.last ?? 0, (seqs.last ?? 0) + 1]
+                    positions[h] = choices[(pick + hosts.firstIndex(of: h)!) % choices.count]
+                }
+                let got = try st.entries(positions: positions, limit: limit)
+                #expect(Set(got.keys) == Set(hosts))
+                for (h, p) in positions {
+                    let mark = try numbers("SELECT trimmed_through FROM change_log_heads WHERE host = '\(h)'").first ?? 0
+                    let head = max(try numbers("SELECT max(seq) FROM change_log WHERE host = '\(h)'").first ?? 0, mark)
+                    let trimmed = p < mark
+                    let rows = trimmed ? [] : try numbers("SELECT seq FROM change_log WHERE host = '\(h)' AND seq > \(p) ORDER BY seq LIMIT \(limit)")
+                    let page = try #require(got[h])
+                    #expect(page.head == head && page.trimmed == trimmed && page.entries.map(\.sequence) == rows,
+                            "\(h) after \(p) limit \(limit): \(page.head)/\(page.trimmed)/\(page.entries.map(\.sequence)), expected \(head)/\(trimmed)/\(rows)")
+                    checked += 1
+                }
+            }
+        }
+        #expect(checked == 4 * 5 * hosts.count)
+    }
+
     /// Eight controllers at once: authorizes of one group lose no rule (serializable
     /// transactions, retried on conflict, never surfacing a serialization failure); every
     /// host's sequence stays gapless and unique.
