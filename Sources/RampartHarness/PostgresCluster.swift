@@ -40,8 +40,10 @@ public final class PostgresCluster: @unchecked Sendable {
     private let destroyed = OnceFlag()
 
     /// Makes the cluster (initdb; not started). `maxConnections` leaves room for ~40 clients
-    /// plus psql and PostgreSQL's reserved superuser slots.
-    public init(database: String = "rampart", allowTCP: Bool = false, maxConnections: Int = 64) throws {
+    /// plus psql and PostgreSQL's reserved superuser slots. `settings`: more postgresql.conf
+    /// lines (`name = value`), after the harness's own (so they override them).
+    public init(database: String = "rampart", allowTCP: Bool = false, maxConnections: Int = 64,
+                settings: [String: String] = [:]) throws {
         binDirectory = try Self.serverBinDirectory()
         Self.reapAbandoned()
         self.database = database
@@ -55,7 +57,7 @@ public final class PostgresCluster: @unchecked Sendable {
             try Self.giveToServerAccount(directory)
             try runServerProgram(["initdb", "-D", dataDirectory, "-U", user, "-A", "trust", "-E", "UTF8",
                                   "--locale=C", "--no-sync", "--no-instructions"])
-            try configure(maxConnections: maxConnections)
+            try configure(maxConnections: maxConnections, settings: settings)
         } catch {
             try? FileManager.default.removeItem(atPath: directory)
             throw error
@@ -232,7 +234,7 @@ public final class PostgresCluster: @unchecked Sendable {
     // MARK: Set-up
 
     /// Test-only settings appended to postgresql.conf, and pg_hba.conf replaced.
-    private func configure(maxConnections: Int) throws {
+    private func configure(maxConnections: Int, settings: [String: String]) throws {
         let conf = """
 
             # PostgresCluster (Rampart's test harness): a throwaway cluster.
@@ -241,12 +243,14 @@ public final class PostgresCluster: @unchecked Sendable {
             unix_socket_directories = '\(socketDirectory)'
             max_connections = \(maxConnections)
             shared_buffers = 32MB
+            # As docs/postgres.md advises for a controller's serializable verbs (default 64).
+            max_pred_locks_per_transaction = 256
             # Test-only: trades crash safety for speed. Never for data that matters.
             fsync = off
             synchronous_commit = off
             full_page_writes = off
 
-            """
+            """ + settings.sorted { $0.key < $1.key }.map { "\($0.key) = \($0.value)\n" }.joined()
         try append(conf, to: dataDirectory + "/postgresql.conf")
         var hba = "# PostgresCluster: trust on the Unix socket only (its directory is private).\nlocal all all trust\n"
         if allowsTCP { hba += "host all all 127.0.0.1/32 trust\n" }

@@ -183,7 +183,7 @@ extension SQLStore {
                 } catch {
                     guard let state = error.sqlState else { throw error }
                     if state == "P0002" { throw StoreError(.notFound, error.message) }
-                    guard state == "40001" || state == "40P01" else { throw error }
+                    guard error.isTransientConflict else { throw error }
                 }
                 let elapsed = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
                 guard elapsed < Self.serializationRetrySeconds else {

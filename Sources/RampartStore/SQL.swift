@@ -19,6 +19,17 @@ public struct StoreError: Error, Sendable, CustomStringConvertible, Equatable {
         self.sqlState = sqlState
     }
     public var description: String { message }
+
+    /// A failure that running the whole transaction again can cure, after a pause: it lost a
+    /// serialization race (`40001`), a deadlock (`40P01`), or found the server's lock table full
+    /// (`53200`, "out of shared memory": the predicate locks that serializable transactions
+    /// hold, and keep after commit while transactions that overlapped them run, are bounded by
+    /// `max_pred_locks_per_transaction` × connections; under a burst of verbs they fill, and
+    /// free as those transactions end). Each rolled back whole: nothing was written.
+    public var isTransientConflict: Bool {
+        guard let sqlState else { return false }
+        return sqlState == "40001" || sqlState == "40P01" || sqlState == "53200"
+    }
 }
 
 /// A value bound to a statement's `?` placeholder.

@@ -90,7 +90,8 @@ public class SQLStore: Store, @unchecked Sendable {
     }
 
     /// How long a transaction that keeps losing serialization races (PostgreSQL's SQLSTATE
-    /// 40001, or a deadlock, 40P01) is run again before the error is returned.
+    /// 40001, a deadlock, 40P01, or a full lock table, 53200: `StoreError.isTransientConflict`)
+    /// is run again before the error is returned.
     static let serializationRetrySeconds = 30.0
 
     /// `body` between `begin` and COMMIT, rolled back if it throws; run again (from the start:
@@ -111,7 +112,7 @@ public class SQLStore: Store, @unchecked Sendable {
                 } catch {
                     if error.kind != .unavailable { try? db.exec("ROLLBACK") }
                     let elapsed = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
-                    if let state = error.sqlState, state == "40001" || state == "40P01", elapsed < Self.serializationRetrySeconds {
+                    if error.isTransientConflict, elapsed < Self.serializationRetrySeconds {
                         let ceiling = min(50_000, 250 << min(attempt, 8))  // µs
                         usleep(UInt32.random(in: 0...UInt32(ceiling)))
                         continue
