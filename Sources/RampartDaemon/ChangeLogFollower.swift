@@ -20,7 +20,29 @@ public struct ChangeLogStatus: Sendable, Equatable {
     public var reconnects: Int = 0
     /// Why the store is unreachable, while it is.
     public var lastError: String?
+    /// Where the last step that applied rows spent its time; nil before the first.
+    public var lastStep: StepTimes?
     public init() {}
+
+    /// The moments of one step of the follower (`DispatchTime.uptimeNanoseconds`, the process's
+    /// monotonic clock): an operator reads the phases' durations in the status; a benchmark in
+    /// the same process places them on the timeline of the verb that caused them.
+    public struct StepTimes: Sendable, Equatable {
+        /// The wake-up that started this step arrived (its NOTIFY or relay message); the step's
+        /// start when none did (a poll, a retry, more rows after a full batch).
+        public var woken: UInt64
+        /// The step began (before the log read).
+        public var started: UInt64
+        /// The log's rows were read.
+        public var read: UInt64
+        /// The drain covering them committed (kernel and conntrack done).
+        public var drained: UInt64
+        /// The applied position was written to the store (what `--wait` sees).
+        public var recorded: UInt64
+        public init(woken: UInt64, started: UInt64, read: UInt64, drained: UInt64, recorded: UInt64) {
+            self.woken = woken; self.started = started; self.read = read; self.drained = drained; self.recorded = recorded
+        }
+    }
 }
 
 /// Applies this host's change log (the PostgreSQL store's per-host rows, `ChangeLog`) through
@@ -60,6 +82,8 @@ public final class ChangeLogFollower: @unchecked Sendable {
     private let loop: LoopThread
     // Guarded by `condition`:
     private var woken = false
+    /// When the pending wake-up arrived (nil: none since the last step began).
+    private var wokenAt: UInt64?
     private var listening = false
     /// Where the log is applied through; nil until the first sync covered a known position.
     private var applied: Int64?
@@ -116,6 +140,7 @@ public final class ChangeLogFollower: @unchecked Sendable {
                 logger.warning("store wake-ups lost; reconnecting", metadata: ["error": "\(why)"])
             }
             woken = true
+            if wokenAt == nil { wokenAt = DispatchTime.now().uptimeNanoseconds }
             condition.signal()
         }
     }
@@ -172,6 +197,8 @@ public final class ChangeLogFollower: @unchecked Sendable {
     /// (more may follow at once).
     private func step() throws -> Bool {
         let host = daemon.host
+        let started = DispatchTime.now().uptimeNanoseconds
+        let woken = condition.withLock { () -> UInt64 in defer { wokenAt = nil }; return wokenAt ?? started }
         guard let from = condition.withLock({ applied }) else {
             // Never primed (the store was down at start): whole document, from a fresh head.
             try reload(reason: "start")
@@ -181,6 +208,7 @@ public final class ChangeLogFollower: @unchecked Sendable {
         // a controller waiting with --wait reads it there.
         if recorded != from { try record(from) }
         let page = try log.entries(host: host, after: from, limit: settings.batch)
+        let read = DispatchTime.now().uptimeNanoseconds
         daemon.updateChangeLog { $0.head = page.head }
         if page.trimmed {
             try reload(reason: "log trimmed past \(from)")
@@ -194,9 +222,12 @@ public final class ChangeLogFollower: @unchecked Sendable {
         }
         // A failed drain: read and offer again after the backoff (apply paused), not after a poll.
         guard try apply(page.entries.map(\.refresh)) else { return true }
+        let drained = DispatchTime.now().uptimeNanoseconds
         condition.withLock { applied = last.sequence }
         try record(last.sequence)
-        daemon.updateChangeLog { $0.applied = last.sequence; $0.rowsApplied += page.entries.count }
+        let times = ChangeLogStatus.StepTimes(woken: min(woken, started), started: started, read: read, drained: drained,
+                                              recorded: DispatchTime.now().uptimeNanoseconds)
+        daemon.updateChangeLog { $0.applied = last.sequence; $0.rowsApplied += page.entries.count; $0.lastStep = times }
         return page.entries.count == settings.batch
     }
 

@@ -97,8 +97,19 @@ struct StatusDTO: Encodable {
         var applied, head: Int64
         var rowsApplied, reloads, reconnects: Int
         var lastError: String?
+        var lastStep: StepDTO?
+        /// The last step's phases in milliseconds: wake-up to the step's start, the log read,
+        /// the drain, the position write.
+        struct StepDTO: Encodable {
+            var wait, read, drain, record: Double
+            init(_ t: ChangeLogStatus.StepTimes) {
+                func ms(_ a: UInt64, _ b: UInt64) -> Double { (Double(b &- a) / 1e3).rounded() / 1e3 }
+                wait = ms(t.woken, t.started); read = ms(t.started, t.read); drain = ms(t.read, t.drained); record = ms(t.drained, t.recorded)
+            }
+            enum CodingKeys: String, CodingKey { case wait = "wait_ms", read = "read_ms", drain = "drain_ms", record = "record_ms" }
+        }
         enum CodingKeys: String, CodingKey {
-            case connected, applied, head, rowsApplied = "rows_applied", reloads, reconnects, lastError = "last_error"
+            case connected, applied, head, rowsApplied = "rows_applied", reloads, reconnects, lastError = "last_error", lastStep = "last_step"
         }
         func encode(to encoder: Encoder) throws {
             var c = encoder.container(keyedBy: CodingKeys.self)
@@ -109,6 +120,7 @@ struct StatusDTO: Encodable {
             try c.encode(reloads, forKey: .reloads)
             try c.encode(reconnects, forKey: .reconnects)
             try c.encode(lastError, forKey: .lastError)
+            try c.encode(lastStep, forKey: .lastStep)
         }
     }
 
@@ -146,7 +158,7 @@ struct StatusDTO: Encodable {
         }
         changeLog = s.changeLog.map {
             ChangeLogDTO(connected: $0.connected, applied: $0.applied, head: $0.head, rowsApplied: $0.rowsApplied,
-                         reloads: $0.reloads, reconnects: $0.reconnects, lastError: $0.lastError)
+                         reloads: $0.reloads, reconnects: $0.reconnects, lastError: $0.lastError, lastStep: $0.lastStep.map(ChangeLogDTO.StepDTO.init))
         }
     }
 

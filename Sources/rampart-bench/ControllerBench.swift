@@ -206,6 +206,7 @@ struct ControllerBench: ParsableCommand {
             var e = ["p99": p(a), "baseline_p99": p(b), "samples": "\(a.count)", "hosts_notified": "\(pg.hostsNotified)",
                      "server_cpu_per_verb": formatDuration(pg.cpuPerVerbNs)]
             if applied {
+                e.merge(pg.lastHost.summary) { a, _ in a }
                 e["target"] = "p50 ≤ 5 ms, p99 ≤ 25 ms"
                 e["met"] = median(a) <= 5_000_000 && percentile(a, 99) <= 25_000_000 ? "yes" : "NO"
             }
@@ -264,7 +265,9 @@ struct ControllerBench: ParsableCommand {
         for _ in 0..<count {
             let t0 = monotonicNanos()
             let deliveries = try verb()
-            out.commit.append(monotonicNanos() - t0)
+            let committed = monotonicNanos()
+            let committedOnDispatchClock = DispatchTime.now().uptimeNanoseconds  // the clock of the step times
+            out.commit.append(committed - t0)
             var targets: [String: Int64] = [:]
             for d in deliveries { targets[d.host] = max(targets[d.host] ?? 0, d.sequence ?? 0) }
             guard !targets.isEmpty else { throw ValidationError("a verb notified nobody") }
@@ -276,6 +279,10 @@ struct ControllerBench: ParsableCommand {
                 usleep(100)
             }
             out.applied.append(monotonicNanos() - t0)
+            let steps = targets.keys.compactMap { h in daemons[h]!.daemon.currentStatus.changeLog?.lastStep.map { (h, $0) } }
+            if steps.count == targets.count, let last = steps.max(by: { $0.1.recorded < $1.1.recorded }) {
+                out.lastHost.add(host: last.0, last.1, committedAt: committedOnDispatchClock)
+            }
             if targets.count == 1, let ms = daemons[targets.first!.key]!.daemon.currentStatus.lastSyncMillis {
                 out.drain.append(UInt64(ms * 1e6))
             }
@@ -323,8 +330,42 @@ struct VerbTimes {
     /// With one notified host: its daemon's drain (refresh → plan → kernel commit → conntrack
     /// cut), from its status, per verb.
     var drain: [UInt64] = []
+    /// Per verb, the path of the host that applied last, from its follower's step times:
+    /// COMMIT seen by the verb → its wake-up arrived (negative: before the client saw COMMIT),
+    /// wake-up → the step began, the log read, the drain, the position write.
+    var lastHost = LastHostPath()
     var hostsNotified = 0
     var cpuPerVerbNs: UInt64 = 0
+}
+
+/// The phases of the last host to apply a verb, one sample per verb.
+struct LastHostPath {
+    var wake: [Int64] = []
+    var queued: [UInt64] = []
+    var read: [UInt64] = []
+    var drain: [UInt64] = []
+    var record: [UInt64] = []
+    /// How often each host was the last.
+    var hosts: [String: Int] = [:]
+
+    mutating func add(host: String, _ t: ChangeLogStatus.StepTimes, committedAt: UInt64) {
+        wake.append(Int64(bitPattern: t.woken &- committedAt))
+        queued.append(t.started - t.woken)
+        read.append(t.read - t.started)
+        drain.append(t.drained - t.read)
+        record.append(t.recorded - t.drained)
+        hosts[host, default: 0] += 1
+    }
+
+    /// Medians of each phase, for a figure's extra fields.
+    var summary: [String: String] {
+        guard !read.isEmpty else { return [:] }
+        let w = wake.sorted()[wake.count / 2]
+        return ["last_host_wake_after_commit": (w < 0 ? "-" : "") + formatDuration(UInt64(w.magnitude)),
+                "last_host_wake_to_step": formatDuration(median(queued)), "last_host_log_read": formatDuration(median(read)),
+                "last_host_drain": formatDuration(median(drain)), "last_host_record": formatDuration(median(record)),
+                "last_hosts": hosts.sorted { $0.value > $1.value }.prefix(3).map { "\($0.key) \($0.value)×" }.joined(separator: ", ")]
+    }
 }
 
 /// A daemon of the cloud on the PostgreSQL store, as rampartd wires it: its own store
@@ -493,7 +534,9 @@ final class SQLiteBaseline {
         for _ in 0..<count {
             let t0 = monotonicNanos()
             let deliveries = try verb()
-            out.commit.append(monotonicNanos() - t0)
+            let committed = monotonicNanos()
+            let committedOnDispatchClock = DispatchTime.now().uptimeNanoseconds  // the clock of the step times
+            out.commit.append(committed - t0)
             for d in deliveries {
                 guard let c = daemons[d.host]?.2 else { throw ValidationError("no daemon for \(d.host)") }
                 let r = try c.deliver(d.refresh, wait: true)

@@ -90,6 +90,10 @@ struct ChangeLogFollowerTests {
         #expect(try f.kernelEqualsTheStore())
         let st = try #require(f.daemon.currentStatus.changeLog)
         #expect(st.connected && st.rowsApplied >= 1 && st.reloads == 0 && st.head >= mine)
+        // The step's moments are in order; its read, which saw the verb's row, came after the verb.
+        let step = try #require(st.lastStep)
+        #expect(step.woken <= step.started && step.started <= step.read && start <= step.read && step.read <= step.drained
+                    && step.drained <= step.recorded && step.recorded <= DispatchTime.now().uptimeNanoseconds, "\(step)")
         // A change for hv2 only: hv1 commits nothing.
         let commits = f.backend.commits
         let other = try ctl.addInstance("bastion-2", Instance(host: "hv2", groups: ["admin"], ips: [ip("10.0.9.6")], interface: "tapb2"))
