@@ -62,6 +62,8 @@ struct ControllerBench: ParsableCommand {
     var quick = false
     @Option(help: "Seconds of the sustained run.")
     var seconds: Double = 5
+    @Flag(help: "Load pg_stat_statements and print, after each ten-host verb series, the statements that took the server's time (a diagnostic: it costs the server a little on every statement).")
+    var statementStats = false
 
     static let daemonCount = 10
 
@@ -72,7 +74,8 @@ struct ControllerBench: ParsableCommand {
         guard g % 10 == 0, g >= 20, h > Self.daemonCount, i >= 1_000 + h, i < 16_000_000 else {
             throw ValidationError("--groups a multiple of 10, --hosts > \(Self.daemonCount), 1,000 + hosts ≤ --instances < 16M")
         }
-        let cluster = try PostgresCluster(database: "rampart", maxConnections: 100)
+        let cluster = try PostgresCluster(database: "rampart", maxConnections: 100,
+                                          settings: statementStats ? ["shared_preload_libraries": "'pg_stat_statements'", "pg_stat_statements.track": "all"] : [:])
         defer { cluster.destroy() }
         try cluster.start()
         _ = try cluster.psql("ALTER SYSTEM SET shared_buffers = '1GB'")
@@ -144,8 +147,11 @@ struct ControllerBench: ParsableCommand {
                     : ctl.revoke(group: group, rule: nil, id: "bench")
             }
         }
+        if statementStats { _ = try cluster.psql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT pg_stat_statements_reset()") }
         let members = try timedVerbs(repeats, cluster: cluster, daemons: byHost, memberVerb)
+        if statementStats { try printStatementStats(cluster, "members change, 10 hosts", verbs: repeats) }
         let rules = try timedVerbs(repeats, cluster: cluster, daemons: byHost, ruleVerb("bench-app"))
+        if statementStats { try printStatementStats(cluster, "rules change, 10 hosts", verbs: repeats) }
         ruleOn = false
         ruleOn = false
         let soloRules = try timedVerbs(repeats, cluster: cluster, daemons: byHost, ruleVerb("bench-solo"))
@@ -254,6 +260,21 @@ struct ControllerBench: ParsableCommand {
         report.add(Figure(benchmark: "controller cold start: hv0 (host-1k) from PostgreSQL", median_ns: coldNs,
                           baseline: "hv0 from SQLite", baseline_median_ns: sq.coldStart, extra: ["chains": "\(coldChains)"]))
         report.finish()
+    }
+
+    /// The statements that took the server's time since the last reset (`pg_stat_statements`,
+    /// top-level and nested: a function's statements appear beside its call), per verb; then
+    /// resets the counts.
+    func printStatementStats(_ cluster: PostgresCluster, _ series: String, verbs: Int) throws {
+        let out = try cluster.psql("""
+            SELECT round((total_exec_time + total_plan_time)::numeric * 1000 / \(verbs)) AS us_per_verb, calls / \(verbs) AS calls_per_verb,
+                   round(((total_exec_time + total_plan_time) / calls)::numeric * 1000) AS us_per_call, toplevel,
+                   left(regexp_replace(query, '\\s+', ' ', 'g'), 110)
+            FROM pg_stat_statements WHERE calls >= \(verbs / 2) ORDER BY total_exec_time + total_plan_time DESC LIMIT 14;
+            SELECT pg_stat_statements_reset();
+            """)
+        print("server statements, \(series) (µs per verb, calls per verb, µs per call, top level, statement):")
+        for line in out.split(separator: "\n") where line.contains("|") { print("  " + line) }
     }
 
     /// Times `count` verbs one after the other: COMMIT, and verb → applied on every notified
