@@ -59,6 +59,10 @@ public struct Engine: Sendable {
     /// Whether `group` has a member on this host, i.e. its chains are in the kernel.
     public func enforces(_ group: String) -> Bool { model.isActive(group) }
 
+    /// How many of the document's instances are on this host (each has its own interface:
+    /// the model's interface index counts them without walking the document).
+    public var localInstanceCount: Int { model.localInterfaceCount }
+
     /// The ids of this host's members of `group`.
     public func localMemberIDs(of group: String) -> Set<String> { model.localMembers[group] ?? [] }
 

@@ -107,7 +107,7 @@ public final class ChangeLogFollower: @unchecked Sendable {
     /// Direct mode: the PostgreSQL store's own log, woken by one LISTEN connection of its own
     /// (what `rampartd --store postgres://…` runs; a relay tier would pass other wake-ups).
     public convenience init(daemon: Daemon, postgres store: PostgresStore, settings: Settings = Settings()) {
-        self.init(daemon: daemon, log: store, wakeups: PostgresWakeups(location: store.location), settings: settings, logger: daemon.logger)
+        self.init(daemon: daemon, log: store, wakeups: PostgresWakeups(location: store.location, eventLoopGroup: store.eventLoopGroup), settings: settings, logger: daemon.logger)
     }
 
     /// Reads the host's log head: call before the daemon's first sync, which then loads a

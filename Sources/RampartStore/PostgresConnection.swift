@@ -27,12 +27,14 @@ final class PostgresSyncConnection: SQLConnection, @unchecked Sendable {
     /// new connection took its place) fails only its own statement.
     private var generation = 0
 
-    /// The event-loop thread every store connection of the process shares.
+    /// The event-loop thread every store connection of the process shares unless given another
+    /// (one process, one daemon: one thread is plenty).
     static let sharedGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
 
-    init(location: PostgresLocation, logger: Logger = Logger(label: "rampart.store.postgres")) {
+    init(location: PostgresLocation, eventLoopGroup: MultiThreadedEventLoopGroup = sharedGroup,
+         logger: Logger = Logger(label: "rampart.store.postgres")) {
         self.location = location
-        self.group = Self.sharedGroup
+        self.group = eventLoopGroup
         var l = logger
         l.logLevel = .critical  // postgres-nio logs every statement at debug/trace
         self.logger = l

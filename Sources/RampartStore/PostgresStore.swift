@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
+import NIOPosix
 import PostgresNIO
 
 /// The store of a cloud: PostgreSQL, shared by the controller and every hypervisor's daemon.
@@ -19,19 +20,31 @@ public final class PostgresStore: SQLStore, ChangeLog, @unchecked Sendable {
     /// function (`rampart_log_read`).
     public static let schemaVersion = 7
 
+    /// The event-loop thread that runs this store's connection (and its follower's LISTEN).
+    public let eventLoopGroup: MultiThreadedEventLoopGroup
+
+    /// The event-loop thread every store connection of the process shares by default.
+    public static var sharedEventLoopGroup: MultiThreadedEventLoopGroup { PostgresSyncConnection.sharedGroup }
+
     /// Connects. `migrate`: create or upgrade the schema (the controller's verbs and `import`);
     /// otherwise (the daemon) a database without the current schema is refused, never changed.
-    public init(location: PostgresLocation, migrate: Bool) throws(StoreError) {
+    /// `eventLoopGroup`: the thread that runs the connection; by default the one every store
+    /// connection of the process shares. Several daemons in one process (a benchmark standing
+    /// for several hypervisors) each pass their own, as separate processes would have.
+    public init(location: PostgresLocation, migrate: Bool,
+                eventLoopGroup: MultiThreadedEventLoopGroup = PostgresStore.sharedEventLoopGroup) throws(StoreError) {
         self.location = location
-        connection = PostgresSyncConnection(location: location)
+        self.eventLoopGroup = eventLoopGroup
+        connection = PostgresSyncConnection(location: location, eventLoopGroup: eventLoopGroup)
         try connection.connect()
         super.init(db: connection, dialect: .postgres)
         if migrate { try self.migrate() } else { try checkSchema() }
     }
 
     /// Opens the store named by a `postgres://` URL.
-    public convenience init(url: String, migrate: Bool) throws(StoreError) {
-        try self.init(location: PostgresLocation(url: url), migrate: migrate)
+    public convenience init(url: String, migrate: Bool,
+                            eventLoopGroup: MultiThreadedEventLoopGroup = PostgresStore.sharedEventLoopGroup) throws(StoreError) {
+        try self.init(location: PostgresLocation(url: url), migrate: migrate, eventLoopGroup: eventLoopGroup)
     }
 
     /// The schema's version in the database (0: none).
@@ -111,11 +124,16 @@ public final class PostgresStore: SQLStore, ChangeLog, @unchecked Sendable {
 /// closes; `start` again to reconnect.
 public final class PostgresWakeups: ChangeWakeups, @unchecked Sendable {
     public let location: PostgresLocation
+    private let eventLoopGroup: MultiThreadedEventLoopGroup
     private let lock = NSLock()
     private var connection: PostgresConnection?
     private var generation = 0
 
-    public init(location: PostgresLocation) { self.location = location }
+    /// `eventLoopGroup`: as the store's (`PostgresStore.eventLoopGroup`).
+    public init(location: PostgresLocation, eventLoopGroup: MultiThreadedEventLoopGroup = PostgresStore.sharedEventLoopGroup) {
+        self.location = location
+        self.eventLoopGroup = eventLoopGroup
+    }
 
     deinit { stop() }
 
@@ -126,7 +144,7 @@ public final class PostgresWakeups: ChangeWakeups, @unchecked Sendable {
         let config = try PostgresSyncConnection.configuration(location)
         let c: PostgresConnection
         do {
-            c = try PostgresConnection.connect(on: PostgresSyncConnection.sharedGroup.next(), configuration: config, id: 2, logger: logger).wait()
+            c = try PostgresConnection.connect(on: eventLoopGroup.next(), configuration: config, id: 2, logger: logger).wait()
         } catch {
             throw StoreError(.unavailable, "cannot connect to the store \(location) to LISTEN: \(PostgresSyncConnection.describe(error))")
         }

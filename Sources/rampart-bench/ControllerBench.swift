@@ -1,6 +1,7 @@
 import RampartBackends
 import ArgumentParser
 import Foundation
+import NIOPosix
 import RampartConntrack
 import RampartCore
 import RampartDaemon
@@ -147,7 +148,7 @@ struct ControllerBench: ParsableCommand {
                     : ctl.revoke(group: group, rule: nil, id: "bench")
             }
         }
-        if statementStats { _ = try cluster.psql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT pg_stat_statements_reset()") }
+        if statementStats { _ = try cluster.psql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT pg_stat_statements_reset(); SELECT pg_stat_reset()") }
         let members = try timedVerbs(repeats, cluster: cluster, daemons: byHost, memberVerb)
         if statementStats { try printStatementStats(cluster, "members change, 10 hosts", verbs: repeats) }
         let rules = try timedVerbs(repeats, cluster: cluster, daemons: byHost, ruleVerb("bench-app"))
@@ -275,6 +276,15 @@ struct ControllerBench: ParsableCommand {
             """)
         print("server statements, \(series) (µs per verb, calls per verb, µs per call, top level, statement):")
         for line in out.split(separator: "\n") where line.contains("|") { print("  " + line) }
+        // Tables read by sequential scans meanwhile (a backend reports its counts within about
+        // a second: approximate).
+        let scans = try cluster.psql("""
+            SELECT relname, seq_scan, seq_tup_read, COALESCE(idx_scan, 0), n_live_tup, n_dead_tup FROM pg_stat_user_tables
+            WHERE seq_scan > 0 ORDER BY seq_tup_read DESC LIMIT 8;
+            SELECT pg_stat_reset();
+            """)
+        print("tables scanned sequentially meanwhile (table, scans, rows read, index scans, live rows, dead rows):")
+        for line in scans.split(separator: "\n") where line.contains("|") { print("  " + line) }
     }
 
     /// Times `count` verbs one after the other: COMMIT, and verb → applied on every notified
@@ -398,10 +408,14 @@ final class LiveDaemon: @unchecked Sendable {
     let daemon: Daemon
     private let index: ConntrackIndex
     private(set) var follower: ChangeLogFollower
+    /// Its own event-loop thread for its store connection and LISTEN, as a rampartd process on
+    /// its own hypervisor has. (Until 2026-12-05 the ten daemons shared the bench process's one
+    /// thread, which queued each daemon's statements behind the nine others'.)
+    private let eventLoops = MultiThreadedEventLoopGroup(numberOfThreads: 1)
 
     init(url: String, host: String, netns: String) throws {
         self.host = host
-        store = try PostgresStore(url: url, migrate: false)
+        store = try PostgresStore(url: url, migrate: false, eventLoopGroup: eventLoops)
         (daemon, index) = try BackendChoice(.nftables, netns: netns).benchDaemon(host: host, store: store)
         follower = ChangeLogFollower(daemon: daemon, postgres: store)
         try follower.prime()
@@ -441,6 +455,8 @@ final class LiveDaemon: @unchecked Sendable {
         daemon.stop()
         index.stop()
         store.disconnect()
+        // After the connection closed (its deinit would otherwise close it on a stopped loop).
+        try? eventLoops.syncShutdownGracefully()
     }
 }
 
@@ -556,7 +572,6 @@ final class SQLiteBaseline {
             let t0 = monotonicNanos()
             let deliveries = try verb()
             let committed = monotonicNanos()
-            let committedOnDispatchClock = DispatchTime.now().uptimeNanoseconds  // the clock of the step times
             out.commit.append(committed - t0)
             for d in deliveries {
                 guard let c = daemons[d.host]?.2 else { throw ValidationError("no daemon for \(d.host)") }

@@ -82,6 +82,8 @@ func recording(_ seed: UInt64, _ body: () throws -> Void) {
                 let got = try #require(try apply(plan, to: before), "seed \(seed) step \(step) \(what)")
                 #expect(got == want, "seed \(seed) step \(step) \(what)")
                 #expect(engine.planned == want)
+                // The index's count of local instances follows every edit.
+                #expect(engine.localInstanceCount == engine.document.instances.values.filter { $0.host == "hv1" }.count, "seed \(seed) step \(step) \(what)")
                 // So does the whole-document differ, and the two agree on what changes.
                 let full = diff(from: before, to: want)
                 #expect(try apply(full, to: before) == want)
