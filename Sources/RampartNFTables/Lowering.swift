@@ -304,7 +304,10 @@ struct SlotLowering {
         guard let have = state.groupChains[n] else {
             throw .protocolError("slot layout: group chain \(n) is rewritten but what it holds is not known (read it back first)")
         }
-        let want = RuleShapes.lower(rules, group: g, direction: d) { Translate.expressions($0, layout: .slots) }
+        // Emptied shape rules stay (up to a few): adding a rule of that shape again is then an
+        // element, which costs the kernel no walk of the table (`RuleShapes.retaining`).
+        let want = RuleShapes.retaining(have, into: RuleShapes.lower(rules, group: g, direction: d) { Translate.expressions($0, layout: .slots) },
+                                        group: g, direction: d)
         // In name order: the same plan creates the sets in the same order (`nft list` lists them so).
         // A set's definition is all in its name (`RuleShapes.parse`).
         for set in want.elements.keys.sorted() where !state.shapeSets.contains(set) {

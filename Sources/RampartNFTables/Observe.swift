@@ -62,9 +62,11 @@ enum Observe {
             let header = ChainHeader(name: c.name, base: c.base.map(baseSpec))
             let rules = snap.rules[c.name] ?? []
             if let shapes, case .group(let d, let g)? = Slots.role(of: c.name), header.base == nil {
+                // As lowered, or with the emptied shape rules the backend keeps (`RuleShapes.retaining`).
+                let held = shapes.held(c.name, rules: rules)
                 if let want = reference?.chains[c.name], want.header == header,
-                   RuleShapes.lower(want.rules, group: g, direction: d, plain: { Translate.expressions($0, layout: layout) })
-                    == shapes.held(c.name, rules: rules) {
+                   case let lowered = RuleShapes.lower(want.rules, group: g, direction: d, plain: { Translate.expressions($0, layout: layout) }),
+                   lowered == held || RuleShapes.retaining(held, into: lowered, group: g, direction: d) == held {
                     ir.chains[c.name] = want
                 } else {
                     ir.chains[c.name] = Chain(name: c.name, base: header.base, rules: rules.map(drifted))

@@ -174,6 +174,7 @@ import RampartSystem
         let more = TrafficTests.document(webRules: #", {"id": "alt", "protocol": "tcp", "ports": "8443", "cidr": "192.0.2.0/24"}"#)
         let r0 = try e.apply(more)
         #expect(r0.status == 0 && RevocationTests.cutCount(r0.stdout) == 0, "\(r0.stdout) \(r0.stderr)")
+        #expect(try e.topo.tcp(from: "internet", to: "10.0.1.11", port: 8443), "alt (192.0.2.0/24, a shape web had no rule of) lets internet in")
 
         let r = try e.apply(RevocationTests.document(withoutWebRules: ["ssh-from-admin", "game"]))
         #expect(r.status == 0, "\(r.stderr)")
@@ -190,6 +191,9 @@ import RampartSystem
         #expect(try !RevocationTests.conntrackLines(e, sourcePort: otherInstance.localPort, protocol: "tcp").isEmpty)
         // New connections are refused too (that was already so before this change).
         #expect(!(try e.topo.tcp(from: "bastion", to: "10.0.1.11", port: 22)))
+        // alt went too (the document is the base one): with nftables its shape rule stays in
+        // web's chain, empty (docs/nftables.md), and lets nothing through.
+        #expect(!(try e.topo.tcp(from: "internet", to: "10.0.1.11", port: 8443)), "the revoked alt rule still lets internet in")
         // Re-applying the same document: nothing to do, nothing cut.
         #expect(try e.apply(RevocationTests.document(withoutWebRules: ["ssh-from-admin", "game"])).stdout.hasPrefix("no changes"))
     }

@@ -95,6 +95,71 @@ import RampartCoreTestSupport
         }
     }
 
+    /// A rule of a new shape revoked leaves its shape rule in the chain, empty (no rule
+    /// deleted), so that authorizing it again is an element: no rule added, so no walk of the
+    /// table at commit. At most `retainedLimit` are kept; a remote group's shape is not. Each
+    /// state reads back as what was planned (no drift), also by a backend that starts afresh.
+    @Test func anEmptiedShapeRuleStaysSoItsRuleComesBackAsAnElement() throws {
+        let fake = RecordingNFTables()
+        let backend = NFTablesBackend(client: fake, layout: .slots)
+        var engine = Engine(host: "hv1")
+        try backend.commit(try engine.apply(document: exampleDocument), result: engine.planned)
+        let base = engine.document.groups["web"]!.rules
+        func cidr(_ id: String, _ text: String) -> Rule {
+            Rule(id: id, proto: .tcp, ports: 8080...8080, remote: .cidr(try! Validate.parseCIDR(text, at: "t").get()))
+        }
+        func chainRules() throws -> [NFTRule] { try fake.readTable(family: .inet, name: "rampart")?.rules["gin-web"] ?? [] }
+        func addsOrDeletesRules(_ b: Batch) -> Bool {
+            b.operations.contains { if case .addRule = $0 { true } else if case .insertRule = $0 { true } else if case .deleteRule = $0 { true } else { false } }
+        }
+        func readsBackAsPlanned(_ what: String) throws {
+            #expect(try backend.readBack(reference: engine.planned) == engine.planned, "\(what)")
+            #expect(try NFTablesBackend(client: fake, layout: .slots).converge(to: engine.planned).isEmpty, "\(what): a fresh backend finds drift")
+        }
+        let bench = cidr("bench", "10.1.0.0/16")  // a prefix length web has no rule of: a new shape
+        try backend.commit(try engine.rulesChanged(group: "web", rules: base + [bench]), result: engine.planned)
+        #expect(try addsOrDeletesRules(#require(fake.committed.last)), "a new shape adds its rule")
+        let withShape = try chainRules().count
+        try readsBackAsPlanned("added")
+        for round in 0..<2 {
+            try backend.commit(try engine.rulesChanged(group: "web", rules: base), result: engine.planned)
+            #expect(try !addsOrDeletesRules(#require(fake.committed.last)), "round \(round): the revoke deletes only the element")
+            #expect(try chainRules().count == withShape, "round \(round): the emptied shape rule stays")
+            try readsBackAsPlanned("round \(round) revoked")
+            try backend.commit(try engine.rulesChanged(group: "web", rules: base + [bench]), result: engine.planned)
+            let batch = try #require(fake.committed.last)
+            #expect(!SlotLayoutTests.touchesChainsOrJumps(batch) && !addsOrDeletesRules(batch), "round \(round): \(batch.operations.map(\.description))")
+            try readsBackAsPlanned("round \(round) authorized again")
+        }
+        // Six new shapes at once, all revoked: the limit's worth stay (with bench's: the first
+        // ones in the chain's order), the rest go.
+        let many = (9...14).map { cidr("p\($0)", "10.0.0.0/\($0)") }
+        try backend.commit(try engine.rulesChanged(group: "web", rules: base + many), result: engine.planned)
+        try backend.commit(try engine.rulesChanged(group: "web", rules: base), result: engine.planned)
+        #expect(try chainRules().count == withShape - 1 + RuleShapes.retainedLimit)
+        try readsBackAsPlanned("six revoked")
+        // A remote group's shape goes with its last rule.
+        let fromDB = Rule(id: "from-db", proto: .tcp, ports: 9000...9000, remote: .group("db"))
+        let before = try chainRules().count
+        try backend.commit(try engine.rulesChanged(group: "web", rules: base + [fromDB]), result: engine.planned)
+        #expect(try chainRules().count > before, "its shape rules (one per family db has members of) added")
+        try backend.commit(try engine.rulesChanged(group: "web", rules: base), result: engine.planned)
+        #expect(try chainRules().count == before)
+        try readsBackAsPlanned("remote group revoked")
+        // More emptied shape rules than a chain keeps (made by hand) are drift, repaired.
+        var extra = try #require(try chainRules().first { $0.comment?.contains("net10") == true })
+        for l in [17, 18] as [UInt8] {
+            let shape = RuleShapes.Shape(family: .ipv4, direction: .in, remote: .prefix(l), fields: try #require(RuleShapes.parse(setName: "rules4-in-net10-pp")).fields)
+            extra.expressions = shape.rule(group: "web")
+            extra.comment = shape.ruleComment
+            extra.handle = nil
+            let rule = extra
+            fake.mutateTable(family: .inet, name: "rampart") { t in t.rules["gin-web", default: []].append(rule) }
+        }
+        #expect(try !NFTablesBackend(client: fake, layout: .slots).converge(to: engine.planned).isEmpty, "six emptied shapes: drift")
+        try readsBackAsPlanned("repaired")
+    }
+
     /// A table whose group chains hold rules (the encoding before) reads back as drifted group
     /// chains and is converted by the repair, in one transaction; and back again.
     @Test func aTableOfTheOtherEncodingIsConverted() throws {
