@@ -62,13 +62,19 @@ import RampartCoreTestSupport
         #expect(try prefix(8).setName != prefix(16).setName)
     }
 
-    /// A port changed, a rule added beside one of its shape, a rule removed while another of
-    /// its shape stays: elements only (no chain, no rule, no jump), and the table reads back.
-    @Test func aRuleEditOfAKnownShapeIsElementsOnly() throws {
+    /// The example document committed to the recording fake by a slot-layout backend.
+    static func exampleOnTheFake() throws -> (RecordingNFTables, NFTablesBackend, Engine) {
         let fake = RecordingNFTables()
         let backend = NFTablesBackend(client: fake, layout: .slots)
         var engine = Engine(host: "hv1")
         try backend.commit(try engine.apply(document: exampleDocument), result: engine.planned)
+        return (fake, backend, engine)
+    }
+
+    /// A port changed, a rule added beside one of its shape, a rule removed while another of
+    /// its shape stays: elements only (no chain, no rule, no jump), and the table reads back.
+    @Test func aRuleEditOfAKnownShapeIsElementsOnly() throws {
+        var (fake, backend, engine) = try Self.exampleOnTheFake()
         var rules = engine.document.groups["web"]!.rules
         let http = try #require(rules.firstIndex { $0.id == "http" })
         var steps: [[Rule]] = []
@@ -100,10 +106,7 @@ import RampartCoreTestSupport
     /// table at commit. At most `retainedLimit` are kept; a remote group's shape is not. Each
     /// state reads back as what was planned (no drift), also by a backend that starts afresh.
     @Test func anEmptiedShapeRuleStaysSoItsRuleComesBackAsAnElement() throws {
-        let fake = RecordingNFTables()
-        let backend = NFTablesBackend(client: fake, layout: .slots)
-        var engine = Engine(host: "hv1")
-        try backend.commit(try engine.apply(document: exampleDocument), result: engine.planned)
+        var (fake, backend, engine) = try Self.exampleOnTheFake()
         let base = engine.document.groups["web"]!.rules
         func cidr(_ id: String, _ text: String) -> Rule {
             Rule(id: id, proto: .tcp, ports: 8080...8080, remote: .cidr(try! Validate.parseCIDR(text, at: "t").get()))
