@@ -388,6 +388,7 @@ enum RuleShapes {
         for r in held.rules where kept.count < retainedLimit && !wanted.contains(r) {
             guard let shape = shape(ofRule: r.expressions, comment: r.comment, group: group, direction: d) else { continue }
             if case .group = shape.remote { continue }
+            if kept.contains(shape) { continue }  // twice in the kernel (by hand): once is enough
             kept.append(shape)
         }
         guard !kept.isEmpty else { return want }

@@ -134,6 +134,14 @@ import RampartCoreTestSupport
             #expect(!SlotLayoutTests.touchesChainsOrJumps(batch) && !addsOrDeletesRules(batch), "round \(round): \(batch.operations.map(\.description))")
             try readsBackAsPlanned("round \(round) authorized again")
         }
+        // A kept shape rule twice, side by side (by hand), is drift: kept once.
+        try backend.commit(try engine.rulesChanged(group: "web", rules: base), result: engine.planned)
+        let held = try chainRules()
+        let at = try #require(held.firstIndex { $0.comment?.contains("net16") == true })
+        fake.mutateTable(family: .inet, name: "rampart") { t in var r = held[at]; r.handle = nil; t.rules["gin-web"]!.insert(r, at: at + 1) }
+        #expect(try !NFTablesBackend(client: fake, layout: .slots).converge(to: engine.planned).isEmpty, "a kept shape rule twice: drift")
+        #expect(try chainRules().count == withShape)
+        try readsBackAsPlanned("a shape rule twice, repaired")
         // Six new shapes at once, all revoked: the limit's worth stay (with bench's: the first
         // ones in the chain's order), the rest go.
         let many = (9...14).map { cidr("p\($0)", "10.0.0.0/\($0)") }
