@@ -61,7 +61,7 @@ public struct Engine: Sendable {
 
     /// How many of the document's instances are on this host (each has its own interface:
     /// the model's interface index counts them without walking the document).
-    public var localInstanceCount: Int { model.localInterfaceCount }
+    public var localInstanceCount: Int { model.localInterfaces.count }
 
     /// The ids of this host's members of `group`.
     public func localMemberIDs(of group: String) -> Set<String> { model.localMembers[group] ?? [] }

@@ -39,7 +39,6 @@ struct Touched {
 struct HostModel: Sendable {
     private(set) var doc: Document
     private(set) var localInterfaces: [String: String] = [:]
-    var localInterfaceCount: Int { localInterfaces.count }
     private(set) var localAddresses: [IPAddress: String] = [:]
     private(set) var localMembers: [String: Set<String>] = [:]
     private(set) var members: [String: Set<String>] = [:]

@@ -154,7 +154,6 @@ struct ControllerBench: ParsableCommand {
         let rules = try timedVerbs(repeats, cluster: cluster, daemons: byHost, ruleVerb("bench-app"))
         if statementStats { try printStatementStats(cluster, "rules change, 10 hosts", verbs: repeats) }
         ruleOn = false
-        ruleOn = false
         let soloRules = try timedVerbs(repeats, cluster: cluster, daemons: byHost, ruleVerb("bench-solo"))
         var soloMember = false
         let soloMembers = try timedVerbs(repeats, cluster: cluster, daemons: byHost) { () throws(StoreError) -> [Delivery] in
@@ -571,8 +570,7 @@ final class SQLiteBaseline {
         for _ in 0..<count {
             let t0 = monotonicNanos()
             let deliveries = try verb()
-            let committed = monotonicNanos()
-            out.commit.append(committed - t0)
+            out.commit.append(monotonicNanos() - t0)
             for d in deliveries {
                 guard let c = daemons[d.host]?.2 else { throw ValidationError("no daemon for \(d.host)") }
                 let r = try c.deliver(d.refresh, wait: true)
