@@ -211,14 +211,11 @@ extension SQLStore {
         // a position beyond it would stay forever under GREATEST, and every later `--wait` and
         // status would call the host up to date whatever it applied (one host's relay token was
         // enough: subscribe far ahead, then acknowledge that).
+        // The statement is `rampart_record_applied` (PostgresRoutines.swift, schema version 8),
+        // so that its plan keeps to the log's primary key.
         try locked { () throws(StoreError) in
-            try db.run("""
-                INSERT INTO host_progress(host, applied_seq, applied_at)
-                SELECT h, LEAST(s, GREATEST(COALESCE((SELECT max(seq) FROM change_log m WHERE m.host = u.h), 0),
-                                            COALESCE((SELECT trimmed_through FROM change_log_heads c WHERE c.host = u.h), 0))), now()
-                FROM unnest(CAST(? AS text[]), CAST(? AS bigint[])) AS u(h, s)
-                ON CONFLICT(host) DO UPDATE SET applied_seq = GREATEST(host_progress.applied_seq, excluded.applied_seq), applied_at = now()
-                """, .text(Self.arrayLiteral(sorted.map(\.key))), .text(Self.arrayLiteral(sorted.map { String($0.value) })))
+            try db.run("SELECT rampart_record_applied(CAST(? AS text[]), CAST(? AS bigint[]))",
+                       .text(Self.arrayLiteral(sorted.map(\.key))), .text(Self.arrayLiteral(sorted.map { String($0.value) })))
         }
     }
 
