@@ -18,8 +18,9 @@ public final class PostgresStore: SQLStore, ChangeLog, @unchecked Sendable {
     /// 5 = the server-side routines (`PostgresRoutines.swift`: the log's append, the rules verbs),
     /// 6 = the rules verbs' procedure commits inside its `CALL`, 7 = the change log's read as a
     /// function (`rampart_log_read`), 8 = the log's statements keep to their indexes
-    /// (`logPlansSchema`).
-    public static let schemaVersion = 8
+    /// (`logPlansSchema`), 9 = an instance added or removed by one server-side call
+    /// (`instanceRoutinesSchema`).
+    public static let schemaVersion = 9
 
     /// The event-loop thread that runs this store's connection (and its follower's LISTEN).
     public let eventLoopGroup: MultiThreadedEventLoopGroup
@@ -73,7 +74,7 @@ public final class PostgresStore: SQLStore, ChangeLog, @unchecked Sendable {
     /// Brings the schema to `schemaVersion`, one version per step, each in one transaction
     /// under an advisory lock (two controllers starting at once do not race).
     private func migrate() throws(StoreError) {
-        let steps: [[String]] = [Self.schema + Self.guardsSchema, Self.changeLogSchema, Self.ec2Schema, Self.ec2LifecycleSchema, Self.routinesSchema, Self.commitInsideSchema, Self.logReadSchema, Self.logPlansSchema]
+        let steps: [[String]] = [Self.schema + Self.guardsSchema, Self.changeLogSchema, Self.ec2Schema, Self.ec2LifecycleSchema, Self.routinesSchema, Self.commitInsideSchema, Self.logReadSchema, Self.logPlansSchema, Self.instanceRoutinesSchema]
         try transaction { () throws(StoreError) in
             // Transaction-scoped: released at COMMIT or ROLLBACK. The key is "rampart".
             _ = try db.query("SELECT pg_advisory_xact_lock(7233118244501612)")

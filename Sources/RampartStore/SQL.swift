@@ -70,9 +70,10 @@ struct SQLDialect: Sendable {
     var groupRefsColumn: String
     /// Whether verbs append their fan-out to the per-host change log (and wake its readers).
     var keepsChangeLog: Bool
-    /// Whether the rules verbs run as server-side routines (`PostgresRoutines.swift`): two round
-    /// trips instead of seven.
-    var rulesOnServer: Bool
+    /// Whether the rules verbs and an instance's addition and removal run as server-side
+    /// routines (`PostgresRoutines.swift`): two round trips instead of seven for a rules verb,
+    /// one instead of eleven or eight for an instance.
+    var verbsOnServer: Bool
 
     static let sqlite = SQLDialect(
         beginWrite: "BEGIN IMMEDIATE",
@@ -80,7 +81,7 @@ struct SQLDialect: Sendable {
         instanceGroupsColumn: "(SELECT group_concat(group_id, ',') FROM (SELECT group_id FROM instance_groups WHERE instance = i.id ORDER BY position))",
         groupRefsColumn: "(SELECT group_concat(r.ref, ',') FROM group_refs r WHERE r.group_id = groups.id)",
         keepsChangeLog: false,
-        rulesOnServer: false)
+        verbsOnServer: false)
 
     static let postgres = SQLDialect(
         beginWrite: "BEGIN ISOLATION LEVEL SERIALIZABLE",
@@ -88,5 +89,5 @@ struct SQLDialect: Sendable {
         instanceGroupsColumn: "(SELECT string_agg(group_id, ',' ORDER BY position) FROM instance_groups WHERE instance = i.id)",
         groupRefsColumn: "(SELECT string_agg(r.ref, ',') FROM group_refs r WHERE r.group_id = groups.id)",
         keepsChangeLog: true,
-        rulesOnServer: true)
+        verbsOnServer: true)
 }

@@ -146,7 +146,7 @@ extension SQLStore {
     /// members' hosts get `rules(group)`. On PostgreSQL a read and one server-side call
     /// (`changeRulesOnServer`), elsewhere one transaction.
     func changeRules(_ group: String, _ change: ([Rule]) throws(StoreError) -> [Rule]) throws(StoreError) -> [Delivery] {
-        if dialect.rulesOnServer { return try changeRulesOnServer(group, change) }
+        if dialect.verbsOnServer { return try changeRulesOnServer(group, change) }
         return try verb { () throws(StoreError) in
             guard let g = try groupRow(group) else { throw StoreError(.notFound, "unknown group \(group)") }
             try writeRules(group, try change(g.rules), previous: g.rules)
@@ -169,6 +169,12 @@ extension SQLStore {
 
     public func addInstance(_ id: String, _ inst: Instance) throws(StoreError) -> [Delivery] {
         try checkID(id, "instance")
+        // On PostgreSQL one `CALL` when the instance is fine on its own (the procedure checks
+        // what the store holds); whatever it declines, the transaction below refuses in words.
+        if dialect.verbsOnServer, !checksWholeHost, Validate.instanceOnHost(inst, id: id).isEmpty,
+           let deliveries = try addInstanceOnServer(id, inst) {
+            return deliveries
+        }
         return try verb { () throws(StoreError) in try insertInstance(id, inst) }
     }
 
@@ -183,7 +189,8 @@ extension SQLStore {
     }
 
     public func removeInstance(_ id: String) throws(StoreError) -> [Delivery] {
-        try verb { () throws(StoreError) in try deleteInstance(id) }
+        if dialect.verbsOnServer, let deliveries = try removeInstanceOnServer(id) { return deliveries }
+        return try verb { () throws(StoreError) in try deleteInstance(id) }
     }
 
     /// `removeInstance` inside a transaction (the EC2 API's TerminateInstances shares it).

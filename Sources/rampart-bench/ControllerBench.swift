@@ -277,10 +277,20 @@ struct ControllerBench: ParsableCommand {
                    round(((total_exec_time + total_plan_time) / calls)::numeric * 1000) AS us_per_call, toplevel,
                    left(regexp_replace(query, '\\s+', ' ', 'g'), 110)
             FROM pg_stat_statements WHERE calls >= \(verbs / 2) ORDER BY total_exec_time + total_plan_time DESC LIMIT 14;
-            SELECT pg_stat_statements_reset();
             """)
         print("server statements, \(series) (µs per verb, calls per verb, µs per call, top level, statement):")
         for line in out.split(separator: "\n") where line.contains("|") { print("  " + line) }
+        // Whatever their number of calls: the statements that touched the most pages per call
+        // (a sequential scan of a large table shows here even when it ran a few times).
+        let pages = try cluster.psql("""
+            SELECT calls, (shared_blks_hit + shared_blks_read) / calls AS pages_per_call,
+                   round(((total_exec_time + total_plan_time) / calls)::numeric * 1000) AS us_per_call,
+                   left(regexp_replace(query, '\\s+', ' ', 'g'), 140)
+            FROM pg_stat_statements WHERE (shared_blks_hit + shared_blks_read) / calls >= 200 ORDER BY shared_blks_hit + shared_blks_read DESC LIMIT 5;
+            SELECT pg_stat_statements_reset();
+            """)
+        print("statements touching ≥ 200 pages per call (calls, pages per call, µs per call, statement):")
+        for line in pages.split(separator: "\n") where line.contains("|") { print("  " + line) }
         // Tables read by sequential scans meanwhile (a backend reports its counts within about
         // a second: approximate).
         let scans = try cluster.psql("""

@@ -285,6 +285,52 @@ struct PostgresStoreTests {
     /// Seen in `rampart-bench fleet` at ~1,000 verbs/s with the default setting (88 of 5,400
     /// verbs failed). Catches: the error returned to the caller, a rule lost on the retry. The
     /// server log must show the table filled, or the test proved nothing.
+    /// Eight controllers add instances that want the same interface on one host at once, then
+    /// remove one instance at once: through the server-side procedures (schema version 9),
+    /// whose check and write must hold as one serializable transaction. Exactly one add wins,
+    /// the others are refused saying why; exactly one removal wins, the others find nothing.
+    @Test func concurrentInstanceVerbsOnOneInterfaceLetExactlyOneThrough() throws {
+        let url = try SharedPostgres.freshDatabase("pgstore")
+        let setup = try PostgresStore(url: url, migrate: true)
+        _ = try setup.createGroup("web", description: nil)
+        // Connected first, so that the eight calls start together; three rounds, three hosts.
+        let stores = try (0..<8).map { _ in try PostgresStore(url: url, migrate: false) }
+        for st in stores { _ = try st.groupExists("web") }
+        var winners: [String] = []
+        for round in 1...3 {
+            let added = Collected(), refused = Collected()
+            DispatchQueue.concurrentPerform(iterations: 8) { worker in
+                do {
+                    _ = try stores[worker].addInstance("c\(round)-\(worker)", Instance(host: "hv\(round)", groups: ["web"],
+                                                                                       ips: [ip("10.8.\(round).\(worker + 1)")], interface: "tapsame"))
+                    added.add("c\(round)-\(worker)")
+                } catch let error as StoreError {
+                    refused.add(error.kind == .invalid && error.message.contains(#""tapsame" is already used"#) ? "said why" : "\(error)")
+                } catch {
+                    refused.add("\(error)")
+                }
+            }
+            #expect(added.all.count == 1 && refused.all.allSatisfy { $0 == "said why" }, "round \(round): added \(added.all), refused \(refused.all)")
+            winners += added.all
+        }
+        #expect(try cluster(setup, "SELECT id FROM instances ORDER BY id") == winners.sorted())
+        guard let winner = winners.first else { return }
+        let removed = Collected(), missing = Collected()
+        DispatchQueue.concurrentPerform(iterations: 8) { worker in
+            do {
+                let d = try stores[worker].removeInstance(winner)
+                removed.add(d.map(\.description).joined(separator: ";"))
+            } catch let error as StoreError {
+                missing.add(error.kind == .notFound ? "not found" : "\(error)")
+            } catch {
+                missing.add("\(error)")
+            }
+        }
+        #expect(removed.all == ["hv1: \(Refresh.instance(winner))"] && missing.all.allSatisfy { $0 == "not found" },
+                "removed \(removed.all), missing \(missing.all)")
+        #expect(try cluster(setup, "SELECT id FROM instances ORDER BY id") == Array(winners.sorted().dropFirst()))
+    }
+
     @Test func aFullLockTableIsWaitedOutNotFailed() throws {
         let cluster = try PostgresCluster(maxConnections: 20, settings: ["max_pred_locks_per_transaction": "10"])
         try cluster.start()
@@ -374,6 +420,14 @@ struct PostgresStoreTests {
 func cluster(_ st: PostgresStore, _ sql: String) throws -> [String] {
     let out = try SharedPostgres.cluster().psql(sql, database: st.location.database)
     return out.isEmpty ? [] : out.split(separator: "\n").map { String($0.split(separator: "|").first ?? "") }
+}
+
+/// Strings collected from several threads.
+final class Collected: @unchecked Sendable {
+    private let lock = NSLock()
+    private var items: [String] = []
+    func add(_ s: String) { lock.withLock { items.append(s) } }
+    var all: [String] { lock.withLock { items } }
 }
 
 /// What a wake-up handler heard (from the event loop's thread).
