@@ -286,10 +286,10 @@ struct ControllerBench: ParsableCommand {
             SELECT calls, (shared_blks_hit + shared_blks_read) / calls AS pages_per_call,
                    round(((total_exec_time + total_plan_time) / calls)::numeric * 1000) AS us_per_call,
                    left(regexp_replace(query, '\\s+', ' ', 'g'), 140)
-            FROM pg_stat_statements WHERE (shared_blks_hit + shared_blks_read) / calls >= 200 ORDER BY shared_blks_hit + shared_blks_read DESC LIMIT 5;
+            FROM pg_stat_statements WHERE (shared_blks_hit + shared_blks_read) / calls >= 100 ORDER BY shared_blks_hit + shared_blks_read DESC LIMIT 8;
             SELECT pg_stat_statements_reset();
             """)
-        print("statements touching ≥ 200 pages per call (calls, pages per call, µs per call, statement):")
+        print("statements touching ≥ 100 pages per call (calls, pages per call, µs per call, statement):")
         for line in pages.split(separator: "\n") where line.contains("|") { print("  " + line) }
         // Tables read by sequential scans meanwhile (a backend reports its counts within about
         // a second: approximate).
