@@ -239,17 +239,33 @@ extension SQLStore {
     /// in the words every store uses (or finds it possible by then). The instance's own fields
     /// are checked by the caller before the call.
     static let instanceRoutinesSchema: [String] = [
+        // The address check reads every instance of the host: from this index alone (an
+        // index-only scan of the host's entries, ~1 page per 100 instances once vacuumed)
+        // instead of one heap page per instance (~1,000 at a host-1k). It also serves every
+        // lookup by host that `instances_host` served.
+        "CREATE INDEX IF NOT EXISTS instances_host_addresses ON instances(host) INCLUDE (id, interface, ips)",
+        "DROP INDEX IF EXISTS instances_host",
         // Who hears of a change to these groups' members: every host with a member of a group
         // whose rules reference one of them (`SQLStore.membersFanOut`), one row per host and group.
         """
         CREATE OR REPLACE FUNCTION rampart_members_fan_out(groups text[], OUT hosts text[], OUT refreshes text[])
         LANGUAGE plpgsql STABLE AS $fn$
+        DECLARE
+          g text;
+          h text;
         BEGIN
-          -- plpgsql, not sql: its plan is cached per connection (PostgreSQL 15 plans an SQL
-          -- function's body on every call).
-          SELECT coalesce(array_agg(f.host), '{}'), coalesce(array_agg('members:' || f.ref), '{}') INTO hosts, refreshes
-          FROM (SELECT DISTINCT i.host, r.ref FROM group_refs r JOIN instance_groups ig ON ig.group_id = r.group_id
-                JOIN instances i ON i.id = ig.instance WHERE r.ref = ANY(groups)) f;
+          -- One query per group, on a scalar: written as one query over `ref = ANY(groups)`,
+          -- its generic plan (estimated for ten groups) never beat the custom ones (for one), so
+          -- it was planned again on every call: 0.38 ms a call against 0.086 ms (pgbench).
+          hosts := '{}';
+          refreshes := '{}';
+          FOR g IN SELECT DISTINCT x FROM unnest(groups) AS u(x) LOOP
+            FOR h IN SELECT DISTINCT i.host FROM group_refs r JOIN instance_groups ig ON ig.group_id = r.group_id
+                     JOIN instances i ON i.id = ig.instance WHERE r.ref = g LOOP
+              hosts := hosts || h;
+              refreshes := refreshes || ('members:' || g);
+            END LOOP;
+          END LOOP;
         END
         $fn$
         """,
