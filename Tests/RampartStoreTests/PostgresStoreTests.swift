@@ -331,6 +331,54 @@ struct PostgresStoreTests {
         #expect(try cluster(setup, "SELECT id FROM instances ORDER BY id") == Array(winners.sorted().dropFirst()))
     }
 
+    /// The production roles of docs/postgres.md ("Production set-up"), as written there: a
+    /// hypervisor's own role reads and records its host's log and its document, and cannot
+    /// change policy (the verbs and their server-side procedures run with the caller's rights),
+    /// nor read or move another host's log. Roles are the cluster's: created once per process.
+    @Test func aHypervisorsRoleReadsItsOwnLogAndChangesNothingElse() throws {
+        let st = try store()
+        try populate(st)
+        try cluster(st, """
+            DO $$ BEGIN
+              IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'rampartd') THEN CREATE ROLE rampartd LOGIN; END IF;
+              IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'rampartd_hv1') THEN CREATE ROLE rampartd_hv1 LOGIN IN ROLE rampartd; END IF;
+            END $$;
+            GRANT SELECT ON ALL TABLES IN SCHEMA public TO rampartd;
+            GRANT INSERT, UPDATE ON host_progress TO rampartd;
+            ALTER TABLE change_log ENABLE ROW LEVEL SECURITY;
+            CREATE POLICY own_rows ON change_log FOR SELECT TO rampartd USING (host = substring(current_user from 'rampartd_(.*)'));
+            ALTER TABLE host_progress ENABLE ROW LEVEL SECURITY;
+            CREATE POLICY own_progress ON host_progress TO rampartd USING (host = substring(current_user from 'rampartd_(.*)'));
+            """)
+        let url = try SharedPostgres.cluster().url(database: st.location.database)
+        let userAt = try #require(url.range(of: "://")).upperBound
+        let hv1URL = url.replacingCharacters(in: userAt..<(try #require(url.range(of: "@")).lowerBound), with: "rampartd_hv1")
+        let hv1 = try PostgresStore(url: hv1URL, migrate: false)
+        let own = try st.entries(host: "hv1", after: 0, limit: 1000)
+        #expect(!own.entries.isEmpty)
+        #expect(try hv1.entries(host: "hv1", after: 0, limit: 1000).entries == own.entries)
+        #expect(try hv1.document(forHost: "hv1") == st.document(forHost: "hv1"))
+        try hv1.recordApplied(host: "hv1", sequence: own.head)
+        #expect(try st.progress(hosts: ["hv1"]).first?.applied == own.head)
+        // Another host's log: not readable, its position not writable.
+        #expect(!(try st.entries(host: "hv2", after: 0, limit: 1000).entries.isEmpty))
+        #expect(try hv1.entries(host: "hv2", after: 0, limit: 1000).entries.isEmpty)
+        #expect(throws: StoreError.self) { try hv1.recordApplied(host: "hv2", sequence: 1) }
+        // Policy: every verb refused, nothing changed (the procedures' paths and the transactions').
+        let before = try st.document(forHost: "hv1")
+        let heads = try st.progress(hosts: nil).map(\.head)
+        #expect(throws: StoreError.self) {
+            try hv1.addInstance("intruder", Instance(host: "hv1", groups: ["web"], ips: [ip("10.0.7.7")], interface: "tapx"))
+        }
+        #expect(throws: StoreError.self) { try hv1.removeInstance("web-1") }
+        #expect(throws: StoreError.self) {
+            try hv1.authorize(group: "web", rule: try rule(#"{"protocol":"tcp","ports":"1-65535","cidr":"0.0.0.0/0"}"#, "web"))
+        }
+        #expect(throws: StoreError.self) { try hv1.setGroups(instance: "web-1", groups: ["db"]) }
+        #expect(try st.document(forHost: "hv1") == before)
+        #expect(try st.progress(hosts: nil).map(\.head) == heads)
+    }
+
     @Test func aFullLockTableIsWaitedOutNotFailed() throws {
         let cluster = try PostgresCluster(maxConnections: 20, settings: ["max_pred_locks_per_transaction": "10"])
         try cluster.start()
