@@ -183,8 +183,8 @@ extension SQLStore {
     /// 1,600 times per series (0.2–0.5 ms a read, half the server's CPU per verb). With
     /// `enable_seqscan` off for these functions only, every plan they make takes the primary
     /// key (a sequential scan is still taken where nothing else can answer, which here never
-    /// happens). The recorded position is the same statement as before, moved into a function
-    /// so that it carries the setting.
+    /// happens). The recorded position is the same write as before, moved into a function so
+    /// that it carries the setting, and made per host (see its comment).
     static let logPlansSchema: [String] = [
         "ALTER FUNCTION rampart_log_read(text[], bigint[], bigint) SET enable_seqscan = off",
         """
@@ -210,20 +210,6 @@ extension SQLStore {
         """,
     ]
 
-    /// Schema version 9: an instance added or removed in one round trip.
-    ///
-    /// Why: `addInstance` as a transaction was eleven round trips on PostgreSQL (BEGIN, the
-    /// existence check, the host row, each group's check, the old group rows, the instance, its
-    /// group rows, the address check, each group's fan-out, the log append, COMMIT) and
-    /// `removeInstance` eight; a members change's COMMIT was 2–4 ms of its 10-host verb →
-    /// applied. Each procedure is the verb's whole write as one serializable transaction of its
-    /// own, as `rampart_set_rules` is (it ends the transaction its `CALL` began, and commits
-    /// before it returns). It writes only what the transaction would accept: when the instance
-    /// exists (or, removing, does not), a group does not, or another instance of the host has
-    /// its interface or one of its addresses (`validateMember`'s query), it writes nothing and
-    /// answers `applied: false`, and the caller runs the verb as a transaction, which refuses it
-    /// in the words every store uses (or finds it possible by then). The instance's own fields
-    /// are checked by the caller before the call.
     /// Schema version 9: an instance added or removed in one round trip.
     ///
     /// Why: `addInstance` as a transaction was eleven round trips on PostgreSQL (BEGIN, the
