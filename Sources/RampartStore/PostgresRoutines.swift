@@ -180,7 +180,8 @@ extension SQLStore {
     /// read while it grows, until autovacuum next analyzes it. Measured: after ten reads of an
     /// empty log, a read of 100,000 rows took 9.7 ms instead of 0.03 ms; in `rampart-bench
     /// controller` the ten daemons' reads and recorded positions scanned the log's ~1,500 rows
-    /// 1,600 times per series (0.2–0.5 ms a read, half the server's CPU per verb). With
+    /// 1,600 times per series, 0.2–0.5 ms a read (the server's CPU per members change: 10.8 ms
+    /// before; 6.6–10.8 ms with this alone in a noisy hour; 5.0–7.9 ms with schema 9 too). With
     /// `enable_seqscan` off for these functions only, every plan they make takes the primary
     /// key (a sequential scan is still taken where nothing else can answer, which here never
     /// happens). The recorded position is the same write as before, moved into a function so
