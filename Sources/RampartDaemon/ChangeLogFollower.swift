@@ -59,6 +59,10 @@ public final class ChangeLogFollower: @unchecked Sendable {
     public struct Settings: Sendable {
         /// Rows read per query.
         public var batch: Int = 1000
+        /// A page of at most this many rows comes with what its refreshes will read, in the
+        /// same statement (`ReadAhead`; 0: never). Longer pages are a catch-up, whose refreshes
+        /// read the store themselves (or the host reloads, `reloadAbove`).
+        public var readAhead: Int = 16
         /// Seconds between reads of the log when no wake-up came.
         public var pollInterval: Double = 10
         /// Reconnect backoff: from `minBackoff`, doubling, up to `maxBackoff` seconds.
@@ -170,7 +174,13 @@ public final class ChangeLogFollower: @unchecked Sendable {
                     if wasDown { daemon.updateChangeLog { $0.reconnects += 1 } }
                 }
                 daemon.updateChangeLog { $0.connected = true; $0.lastError = nil }
-                if wasDown { logger.info("store reachable again; catching up from the change log") }
+                if wasDown {
+                    logger.info("store reachable again; catching up from the change log")
+                    // The last position was committed without waiting for the WAL flush
+                    // (`PostgresStore.recordApplied`): a server that crashed may have lost it.
+                    // Written again by the next step, so that a `--wait` sees it.
+                    recorded = nil
+                }
                 wasDown = false
                 backoff = settings.minBackoff
                 if try step() { continue }  // more rows may wait: read again at once
@@ -207,7 +217,7 @@ public final class ChangeLogFollower: @unchecked Sendable {
         // A position not yet in the store (the first sync's, or a write that failed) goes first:
         // a controller waiting with --wait reads it there.
         if recorded != from { try record(from) }
-        let page = try log.entries(host: host, after: from, limit: settings.batch)
+        let page = try log.entries(host: host, after: from, limit: settings.batch, readingAhead: settings.readAhead)
         let read = DispatchTime.now().uptimeNanoseconds
         daemon.updateChangeLog { $0.head = page.head }
         if page.trimmed {
@@ -221,7 +231,7 @@ public final class ChangeLogFollower: @unchecked Sendable {
             return true
         }
         // A failed drain: read and offer again after the backoff (apply paused), not after a poll.
-        guard try apply(page.entries.map(\.refresh)) else { return true }
+        guard try apply(page.entries.map(\.refresh), readAhead: page.readAhead) else { return true }
         let drained = DispatchTime.now().uptimeNanoseconds
         condition.withLock { applied = last.sequence }
         try record(last.sequence)
@@ -248,9 +258,10 @@ public final class ChangeLogFollower: @unchecked Sendable {
         recorded = sequence
     }
 
-    /// Offers the refreshes in order and waits for the drain that covers the last one. Returns
-    /// false if that drain failed (after a pause that grows while drains keep failing).
-    private func apply(_ refreshes: [Refresh]) throws -> Bool {
+    /// Offers the refreshes in order (with what they will read, if it was read ahead) and waits
+    /// for the drain that covers the last one. Returns false if that drain failed (after a pause
+    /// that grows while drains keep failing).
+    private func apply(_ refreshes: [Refresh], readAhead: ReadAhead? = nil) throws -> Bool {
         let done = DispatchSemaphore(value: 0)
         let outcome = OutcomeBox()
         for (i, r) in refreshes.enumerated() {
@@ -262,7 +273,7 @@ public final class ChangeLogFollower: @unchecked Sendable {
                 }
             }
             // A full queue (the API's cap) is waited out: the log is the truth, nothing is dropped.
-            while daemon.offer(r, reply: reply) == nil {
+            while daemon.offer(r, reply: reply, readAhead: readAhead) == nil {
                 if !pause(0.05) { return false }
             }
         }

@@ -200,10 +200,11 @@ public final class Daemon: @unchecked Sendable {
 
     /// The API's enqueue: refused (nil) when `maxQueuedRefreshes` distinct refreshes already wait
     /// and this one is not among them; with `reply`, the waiter is registered atomically with
-    /// the ticket and answered with the outcome of the drain that carries it.
-    public func offer(_ refresh: Refresh, reply: (@Sendable (SyncOutcome) -> Void)? = nil) -> UInt64? {
+    /// the ticket and answered with the outcome of the drain that carries it. `readAhead`: what
+    /// the refresh will read, read with it (`ReadAhead`, the change log's follower).
+    public func offer(_ refresh: Refresh, reply: (@Sendable (SyncOutcome) -> Void)? = nil, readAhead: ReadAhead? = nil) -> UInt64? {
         let (offer, immediate) = state.locked { s in
-            let r = s.queue.offer(refresh, reply: reply)
+            let r = s.queue.offer(refresh, reply: reply, readAhead: readAhead)
             if case .queued = r.0 {
                 s.status.refreshesReceived += 1
                 s.condition.signal()

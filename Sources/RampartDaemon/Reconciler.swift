@@ -91,7 +91,7 @@ final class Reconciler: @unchecked Sendable {
             // Refresh tickets get the outcome of the drain that carried them (or, if it failed,
             // of the repair that reloaded the store after it); resync tickets get the resync's.
             var refreshOutcome: SyncOutcome = .committed(generation: backend?.generation)
-            if !work.items.isEmpty { refreshOutcome = drain(work.items) }
+            if !work.items.isEmpty { refreshOutcome = drain(work.items, readAhead: work.readAhead) }
             var resyncOutcome = refreshOutcome
             let drainFailed = !refreshOutcome.isCommitted
             if doResync || drainFailed {
@@ -181,8 +181,9 @@ final class Reconciler: @unchecked Sendable {
     }
 
     /// One drain: every pending refresh becomes engine events (or one whole reload), and all
-    /// their Plans go to the kernel as one transaction.
-    private func drain(_ items: Set<Refresh>) -> SyncOutcome {
+    /// their Plans go to the kernel as one transaction. `readAhead` answers the refreshes' reads
+    /// it holds (`ReadAhead`); the store answers the rest.
+    private func drain(_ items: Set<Refresh>, readAhead: ReadAhead?) -> SyncOutcome {
         let start = DispatchTime.now().uptimeNanoseconds
         metrics.lastDrainItems.record(items.count)
         // What the previous successful commit left: the cut compares a rewritten chain with its
@@ -199,10 +200,17 @@ final class Reconciler: @unchecked Sendable {
         let plan: Plan
         let before: RulesetIR?
         do {
-            let reads = events.documentReads
-            plan = try events.plan(for: items, engine: &engine)
+            let reads = events.reads
+            defer {
+                let now = events.reads
+                state.locked {
+                    if now.documents != reads.documents { $0.status.documentReloads += 1 }
+                    $0.status.refreshStoreReads += now.store - reads.store
+                    $0.status.refreshReadsAhead += now.ahead - reads.ahead
+                }
+            }
+            plan = try events.plan(for: items, engine: &engine, readAhead: readAhead)
             before = replacedChains()
-            if events.documentReads != reads { state.locked { $0.status.documentReloads += 1 } }
         } catch let partly as RefreshEvents.PartlyPlanned {
             // The store failed after some refreshes reached the engine: their Plan goes to the
             // kernel now (no store needed), so that a revoke already read is not held back until

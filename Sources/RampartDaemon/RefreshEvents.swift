@@ -32,9 +32,10 @@ struct RefreshEvents {
     /// The Plans of a drain, concatenated (each applies to the state the previous one left; the
     /// kernel runs a batch in order). Throws `PartlyPlanned` when a refresh fails after others
     /// were given to the engine.
-    mutating func plan(for items: Set<Refresh>, engine: inout Engine) throws -> Plan {
+    mutating func plan(for items: Set<Refresh>, engine: inout Engine, readAhead: ReadAhead? = nil) throws -> Plan {
         applied = []
-        defer { applied = [] }
+        ahead = readAhead
+        defer { applied = []; ahead = nil }
         do {
             try planEach(items, &engine)
             return Plan(ops: applied)
@@ -82,13 +83,43 @@ struct RefreshEvents {
         switch r { case .host: 0; case .instance: 1; case .rules: 2; case .members: 3 }
     }
 
-    /// Whole-document reads so far (the first sync's and resyncs' included).
-    private(set) var documentReads = 0
+    /// What the refreshes read so far: whole documents (the first sync's and resyncs' included),
+    /// other reads of the store, and reads the drain's read-ahead answered.
+    struct Reads: Equatable {
+        var documents = 0
+        var store = 0
+        var ahead = 0
+    }
+    private(set) var reads = Reads()
 
     /// Loads the host's whole document into the engine; its Plan is the difference.
     mutating func reload(_ engine: inout Engine) throws -> Plan {
-        documentReads += 1
+        reads.documents += 1
         return try engine.apply(document: store.document(forHost: host))
+    }
+
+    // MARK: reads
+
+    /// This drain's read-ahead (`ReadAhead`): its answers stand for the store's, being at least
+    /// as new as the refreshes that asked for them.
+    private var ahead: ReadAhead?
+
+    private mutating func instance(_ id: String) throws -> Instance? {
+        if let answer = ahead?.instances[id] { reads.ahead += 1; return answer }
+        reads.store += 1
+        return try store.instance(id)
+    }
+
+    private mutating func group(_ id: String) throws -> Group? {
+        if let answer = ahead?.groups[id] { reads.ahead += 1; return answer }
+        reads.store += 1
+        return try store.group(id)
+    }
+
+    private mutating func memberRecords(of group: String) throws -> [String: Instance] {
+        if let answer = ahead?.members[group] { reads.ahead += 1; return answer }
+        reads.store += 1
+        return try store.memberRecords(of: group)
     }
 
     /// The instances this drain refreshes: their records in the engine may be behind the store.
@@ -131,7 +162,7 @@ struct RefreshEvents {
     private mutating func membersAfresh(_ groups: Set<String>, alsoCreate: some Sequence<String>, _ engine: inout Engine) throws {
         var elsewhere: [String: [String: Instance]] = [:]
         for g in groups {
-            elsewhere[g] = try store.memberRecords(of: g).filter { $0.value.host != host }
+            elsewhere[g] = try memberRecords(of: g).filter { $0.value.host != host }
         }
         for g in groups.union(alsoCreate).sorted() where engine.document.groups[g] == nil {
             record(try engine.rulesChanged(group: g, rules: []))
@@ -147,7 +178,7 @@ struct RefreshEvents {
 
     private mutating func instanceRefresh(_ id: String, _ engine: inout Engine) throws {
         let current = engine.document.instances[id]
-        let stored = try store.instance(id)
+        let stored = try instance(id)
         guard let rec = stored, rec.host == host else {
             if let c = current, c.host == host, stored == nil { return record(try engine.instanceUnplugged(id: id)) }
             if current == nil && stored == nil { return }
@@ -194,7 +225,7 @@ struct RefreshEvents {
         for g in untrusted where engine.localMemberIDs(of: g).contains(where: { $0 != id }) { stale.insert(g) }
         var fresh: [String: Group] = [:]
         for g in stale {
-            guard let read = try store.group(g) else { throw Reload() }  // deleted meanwhile: the store decides
+            guard let read = try group(g) else { throw Reload() }  // deleted meanwhile: the store decides
             fresh[g] = read
         }
         let unkept = HostProjection.referencedGroups(by: fresh.values).filter { !engine.isReferencedByEnforcedGroup($0, excluding: untrusted) }
@@ -216,10 +247,11 @@ struct RefreshEvents {
     private mutating func rulesRefresh(_ group: String, _ engine: inout Engine) throws {
         guard engine.enforces(group) else {
             // Not enforced here (as far as this host knows): only a reload can tell.
+            reads.store += 1
             if try store.hostsForRulesRefresh(group).contains(host) { throw Reload() }
             return
         }
-        guard let g = try store.group(group) else { throw Reload() }
+        guard let g = try self.group(group) else { throw Reload() }
         // Only the groups that this host's up-to-date groups reference have their members kept
         // up to date here (that is where the store sends members refreshes); any other group the
         // new rules reference (new to the host, or referenced only by groups whose own rules or
@@ -241,7 +273,7 @@ struct RefreshEvents {
         // Instances elsewhere as the store has them; instances of this host as the engine has
         // them: their changes arrive as instance refreshes (which decide whether a group becomes
         // enforced here and so needs its real rules), never through a members refresh.
-        for (id, inst) in try store.memberRecords(of: group) where inst.host != host {
+        for (id, inst) in try memberRecords(of: group) where inst.host != host {
             members[id] = HostProjection.project(inst, onto: host, groups: groups)
         }
         for (id, inst) in engine.localMembers(of: group) { members[id] = inst }

@@ -34,6 +34,9 @@ public struct RefreshQueue: Sendable {
     public private(set) var resyncRequested = false
     /// The queue is closed: new waiters are answered at once with `stoppingOutcome`.
     public private(set) var stopping = false
+    /// The read-ahead of the pending refreshes (`Work.readAhead`), and whether one came without.
+    private var readAhead: ReadAhead?
+    private var cameWithoutReadAhead = false
 
     private var lastOutcome: SyncOutcome = .failed("not synced yet")
     private var waiters: [(ticket: UInt64, reply: Reply)] = []
@@ -61,6 +64,10 @@ public struct RefreshQueue: Sendable {
         public var items: Set<Refresh>
         public var covered: UInt64
         public var resync: Bool
+        /// What the items will read, read ahead with them (`ReadAhead`); nil when any item came
+        /// without it (the socket API's, a log page too long to read ahead), since an answer
+        /// read before such a call may be older than the change it announces.
+        public var readAhead: ReadAhead? = nil
     }
 
     /// What `offer` did.
@@ -82,7 +89,13 @@ public struct RefreshQueue: Sendable {
     public var hasWork: Bool { !pending.isEmpty || resyncRequested }
 
     /// Marks `refresh` dirty, with no cap (internal callers and tests); returns its ticket.
-    public mutating func enqueue(_ refresh: Refresh) -> UInt64 {
+    public mutating func enqueue(_ refresh: Refresh, readAhead ahead: ReadAhead? = nil) -> UInt64 {
+        if let ahead, !cameWithoutReadAhead {
+            if readAhead == nil { readAhead = ahead } else if readAhead != ahead { readAhead!.merge(ahead) }
+        } else {
+            cameWithoutReadAhead = true
+            readAhead = nil
+        }
         pending.insert(refresh)
         requested += 1
         return requested
@@ -92,9 +105,10 @@ public struct RefreshQueue: Sendable {
     /// is not among them. With `reply`, the waiter is registered with the ticket (so that it is
     /// answered by the drain that carries this refresh); if the queue is stopping, the reply is
     /// returned to be called at once (outside the caller's lock).
-    public mutating func offer(_ refresh: Refresh, reply: Reply? = nil) -> (Offer, immediate: (Reply, SyncOutcome)?) {
+    /// `readAhead`: what the refresh will read, read with it (the change log's), if anything.
+    public mutating func offer(_ refresh: Refresh, reply: Reply? = nil, readAhead ahead: ReadAhead? = nil) -> (Offer, immediate: (Reply, SyncOutcome)?) {
         if !pending.contains(refresh) && pending.count >= capacity { return (.full, nil) }
-        let ticket = enqueue(refresh)
+        let ticket = enqueue(refresh, readAhead: ahead)
         guard let reply else { return (.queued(ticket), nil) }
         if stopping { return (.queued(ticket), (reply, Self.stoppingOutcome)) }
         waiters.append((ticket, reply))
@@ -128,9 +142,11 @@ public struct RefreshQueue: Sendable {
 
     /// Takes everything pending for one pass (the resync request too).
     public mutating func take() -> Work {
-        let work = Work(items: pending, covered: requested, resync: resyncRequested)
+        let work = Work(items: pending, covered: requested, resync: resyncRequested, readAhead: cameWithoutReadAhead ? nil : readAhead)
         pending = []
         resyncRequested = false
+        readAhead = nil
+        cameWithoutReadAhead = false
         return work
     }
 

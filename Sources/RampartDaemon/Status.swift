@@ -26,6 +26,11 @@ public struct DaemonStatus: Sendable {
     /// document instead (an instance moved between hosts, a deleted object, a host refresh): each
     /// costs a read that grows with the host. A count that climbs with every refresh is a bug.
     public var documentReloads: Int = 0
+    /// Refreshes' reads of the store (a group, an instance, a group's members), and those that
+    /// the change log's read-ahead answered instead (`ReadAhead`): with a PostgreSQL store the
+    /// second should take most of them, each a round trip saved.
+    public var refreshStoreReads: Int = 0
+    public var refreshReadsAhead: Int = 0
     public var pending: Int = 0
     /// API refresh calls refused because the queue was full (503).
     public var refreshesRefused: Int = 0
@@ -77,7 +82,7 @@ struct StatusDTO: Encodable {
     var lastError: String?
     var consecutiveFailedSyncs, syncs, commits, refreshesReceived, refreshesRefused, conntrackCut: Int
     var conntrackCutOwed: Bool
-    var resyncs, driftRepaired, documentReloads, pending: Int
+    var resyncs, driftRepaired, documentReloads, refreshStoreReads, refreshReadsAhead, pending: Int
     var counts: Counts
     var changeLog: ChangeLogDTO?
     var conntrackIndex: ConntrackIndexDTO?
@@ -128,7 +133,7 @@ struct StatusDTO: Encodable {
         case host, ready, generation, lastSync = "last_sync", lastSyncMs = "last_sync_ms", lastError = "last_error"
         case consecutiveFailedSyncs = "consecutive_failed_syncs", syncs, commits, refreshesReceived = "refreshes_received"
         case refreshesRefused = "refreshes_refused", conntrackCut = "conntrack_cut", conntrackCutOwed = "conntrack_cut_owed"
-        case resyncs, driftRepaired = "drift_repaired", documentReloads = "document_reloads", pending, counts, changeLog = "change_log", conntrackIndex = "conntrack_index"
+        case resyncs, driftRepaired = "drift_repaired", documentReloads = "document_reloads", refreshStoreReads = "refresh_store_reads", refreshReadsAhead = "refresh_reads_ahead", pending, counts, changeLog = "change_log", conntrackIndex = "conntrack_index"
     }
 
     init(_ s: DaemonStatus) {
@@ -149,6 +154,8 @@ struct StatusDTO: Encodable {
         resyncs = s.resyncs
         driftRepaired = s.driftRepaired
         documentReloads = s.documentReloads
+        refreshStoreReads = s.refreshStoreReads
+        refreshReadsAhead = s.refreshReadsAhead
         pending = s.pending
         counts = Counts(instances: s.instances, localInstances: s.localInstances, groups: s.groups, chains: s.chains, sets: s.sets)
         conntrackIndex = s.conntrackIndex.map {
@@ -181,6 +188,8 @@ struct StatusDTO: Encodable {
         try c.encode(resyncs, forKey: .resyncs)
         try c.encode(driftRepaired, forKey: .driftRepaired)
         try c.encode(documentReloads, forKey: .documentReloads)
+        try c.encode(refreshStoreReads, forKey: .refreshStoreReads)
+        try c.encode(refreshReadsAhead, forKey: .refreshReadsAhead)
         try c.encode(pending, forKey: .pending)
         try c.encode(counts, forKey: .counts)
         try c.encode(changeLog, forKey: .changeLog)
@@ -237,6 +246,8 @@ final class DaemonMetrics: Sendable {
         gauge("rampart_consecutive_failed_syncs", Int64(st.consecutiveFailedSyncs))
         counter("rampart_refreshes_refused_total", st.refreshesRefused)
         counter("rampart_document_reloads_total", st.documentReloads)
+        family("rampart_refresh_reads_total", "counter", [(#"{answered_by="store"}"#, Int64(st.refreshStoreReads)),
+                                                           (#"{answered_by="read_ahead"}"#, Int64(st.refreshReadsAhead))])
         family("rampart_instances", "gauge", [(#"{scope="local"}"#, Int64(st.localInstances)), (#"{scope="document"}"#, Int64(st.instances))])
         if let x = st.conntrackIndex {
             gauge("rampart_conntrack_index_entries", Int64(x.entries))

@@ -19,8 +19,9 @@ public final class PostgresStore: SQLStore, ChangeLog, @unchecked Sendable {
     /// 6 = the rules verbs' procedure commits inside its `CALL`, 7 = the change log's read as a
     /// function (`rampart_log_read`), 8 = the log's statements keep to their indexes
     /// (`logPlansSchema`), 9 = an instance added or removed by one server-side call
-    /// (`instanceRoutinesSchema`).
-    public static let schemaVersion = 9
+    /// (`instanceRoutinesSchema`), 10 = the log read with its refreshes' reads
+    /// (`readAheadSchema`).
+    public static let schemaVersion = 10
 
     /// The event-loop thread that runs this store's connection (and its follower's LISTEN).
     public let eventLoopGroup: MultiThreadedEventLoopGroup
@@ -74,7 +75,7 @@ public final class PostgresStore: SQLStore, ChangeLog, @unchecked Sendable {
     /// Brings the schema to `schemaVersion`, one version per step, each in one transaction
     /// under an advisory lock (two controllers starting at once do not race).
     private func migrate() throws(StoreError) {
-        let steps: [[String]] = [Self.schema + Self.guardsSchema, Self.changeLogSchema, Self.ec2Schema, Self.ec2LifecycleSchema, Self.routinesSchema, Self.commitInsideSchema, Self.logReadSchema, Self.logPlansSchema, Self.instanceRoutinesSchema]
+        let steps: [[String]] = [Self.schema + Self.guardsSchema, Self.changeLogSchema, Self.ec2Schema, Self.ec2LifecycleSchema, Self.routinesSchema, Self.commitInsideSchema, Self.logReadSchema, Self.logPlansSchema, Self.instanceRoutinesSchema, Self.readAheadSchema]
         try transaction { () throws(StoreError) in
             // Transaction-scoped: released at COMMIT or ROLLBACK. The key is "rampart".
             _ = try db.query("SELECT pg_advisory_xact_lock(7233118244501612)")
@@ -100,8 +101,14 @@ public final class PostgresStore: SQLStore, ChangeLog, @unchecked Sendable {
         try logEntries(host: host, after: sequence, limit: limit)
     }
 
+    public func entries(host: String, after sequence: Int64, limit: Int, readingAhead ahead: Int) throws(StoreError) -> LogPage {
+        try logEntriesReadingAhead(host: host, after: sequence, limit: limit, ahead: ahead)
+    }
+
+    /// A daemon's own position: committed without waiting for the WAL flush (see
+    /// `logRecordApplied(_:durable:)`).
     public func recordApplied(host: String, sequence: Int64) throws(StoreError) {
-        try logRecordApplied([host: sequence])
+        try logRecordApplied([host: sequence], durable: false)
     }
 
     public func entries(positions: [String: Int64], limit: Int) throws(StoreError) -> [String: LogPage] {

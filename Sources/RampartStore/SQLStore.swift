@@ -136,24 +136,30 @@ public class SQLStore: Store, @unchecked Sendable {
     func records(_ whereClause: String, _ args: [SQLValue]) throws(StoreError) -> [String: Instance] {
         var out: [String: Instance] = [:]
         for row in try db.query(recordColumns + " " + whereClause, args) {
-            guard let id = row[0] else { throw StoreError(.invalid, "store: an instance row has no id") }
-            let path = "store: instances.\(id)"
-            guard let host = row[1] else { throw StoreError(.invalid, "\(path).host: missing") }
-            guard let ipText = row[2] else { throw StoreError(.invalid, "\(path).ips: missing") }
-            var ips: [IPAddress] = []
-            for t in ipText.split(separator: ",", omittingEmptySubsequences: false) {
-                guard let a = IPAddress(String(t)) else { throw StoreError(.invalid, "\(path).ips: \(jsonString(String(t))) is not an IP address") }
-                ips.append(a)
-            }
-            var mac: MACAddress?
-            if let m = row[4] {
-                guard let x = MACAddress(m) else { throw StoreError(.invalid, "\(path).mac: \(jsonString(m)) is not a MAC address") }
-                mac = x
-            }
-            let groups = (row[5] ?? "").split(separator: ",", omittingEmptySubsequences: false).map(String.init)
-            out[id] = Instance(host: host, groups: row[5] == nil ? [] : groups, ips: ips, interface: row[3], mac: mac)
+            let (id, instance) = try Self.record(row)
+            out[id] = instance
         }
         return out
+    }
+
+    /// One instance row (`recordColumns`: id, host, ips, interface, mac, groups) as a record.
+    static func record(_ row: [String?]) throws(StoreError) -> (id: String, instance: Instance) {
+        guard row.count >= 6, let id = row[0] else { throw StoreError(.invalid, "store: an instance row has no id") }
+        let path = "store: instances.\(id)"
+        guard let host = row[1] else { throw StoreError(.invalid, "\(path).host: missing") }
+        guard let ipText = row[2] else { throw StoreError(.invalid, "\(path).ips: missing") }
+        var ips: [IPAddress] = []
+        for t in ipText.split(separator: ",", omittingEmptySubsequences: false) {
+            guard let a = IPAddress(String(t)) else { throw StoreError(.invalid, "\(path).ips: \(jsonString(String(t))) is not an IP address") }
+            ips.append(a)
+        }
+        var mac: MACAddress?
+        if let m = row[4] {
+            guard let x = MACAddress(m) else { throw StoreError(.invalid, "\(path).mac: \(jsonString(m)) is not a MAC address") }
+            mac = x
+        }
+        let groups = (row[5] ?? "").split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        return (id, Instance(host: host, groups: row[5] == nil ? [] : groups, ips: ips, interface: row[3], mac: mac))
     }
 
     func groupRow(_ id: String) throws(StoreError) -> Group? {

@@ -65,6 +65,8 @@ struct ControllerBench: ParsableCommand {
     var seconds: Double = 5
     @Flag(help: "Load pg_stat_statements and print, after each ten-host verb series, the statements that took the server's time (a diagnostic: it costs the server a little on every statement).")
     var statementStats = false
+    @Option(help: "The daemons' read-ahead: a log page of at most this many rows comes with its refreshes' reads (0: off, each refresh reads the store; to compare in runs side by side).")
+    var readAhead: Int = ChangeLogFollower.Settings().readAhead
 
     static let daemonCount = 10
 
@@ -123,7 +125,7 @@ struct ControllerBench: ParsableCommand {
         for host in daemonHosts {
             let ns = try TestNamespace(prefix: "bc")
             namespaces.append(ns)
-            live.append(try LiveDaemon(url: url, host: host, netns: ns.name))
+            live.append(try LiveDaemon(url: url, host: host, netns: ns.name, readAhead: readAhead))
         }
         for d in live { try d.waitReady() }
         report.note("10 daemons ready (hv0: \(live[0].daemon.currentStatus.chains) chains)")
@@ -182,7 +184,7 @@ struct ControllerBench: ParsableCommand {
         live[0].stop()
         let coldNS = try TestNamespace(prefix: "bc")
         t0 = monotonicNanos()
-        let cold = try LiveDaemon(url: url, host: "hv0", netns: coldNS.name)
+        let cold = try LiveDaemon(url: url, host: "hv0", netns: coldNS.name, readAhead: readAhead)
         try cold.waitReady()
         let coldNs = monotonicNanos() - t0
         let coldChains = cold.daemon.currentStatus.chains
@@ -428,11 +430,16 @@ final class LiveDaemon: @unchecked Sendable {
     /// thread, which queued each daemon's statements behind the nine others'.)
     private let eventLoops = MultiThreadedEventLoopGroup(numberOfThreads: 1)
 
-    init(url: String, host: String, netns: String) throws {
+    private let settings: ChangeLogFollower.Settings
+
+    init(url: String, host: String, netns: String, readAhead: Int = ChangeLogFollower.Settings().readAhead) throws {
         self.host = host
         store = try PostgresStore(url: url, migrate: false, eventLoopGroup: eventLoops)
         (daemon, index) = try BackendChoice(.nftables, netns: netns).benchDaemon(host: host, store: store)
-        follower = ChangeLogFollower(daemon: daemon, postgres: store)
+        var settings = ChangeLogFollower.Settings()
+        settings.readAhead = readAhead
+        self.settings = settings
+        follower = ChangeLogFollower(daemon: daemon, postgres: store, settings: settings)
         try follower.prime()
         daemon.start()
         follower.start()
@@ -451,7 +458,7 @@ final class LiveDaemon: @unchecked Sendable {
     /// Stops the follower and makes a new one, primed now and not started.
     func replaceFollower() throws -> ChangeLogFollower {
         follower.stop()
-        follower = ChangeLogFollower(daemon: daemon, postgres: store)
+        follower = ChangeLogFollower(daemon: daemon, postgres: store, settings: settings)
         try follower.prime()
         return follower
     }

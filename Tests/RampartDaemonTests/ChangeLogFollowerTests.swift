@@ -33,9 +33,10 @@ struct ChangeLogFollowerTests {
         }
 
         /// A follower that polls only every 60 s: within a test, only NOTIFY wakes it.
-        func follower(prime: Bool = true, reloadAbove: Int = 64) throws -> ChangeLogFollower {
+        func follower(prime: Bool = true, reloadAbove: Int = 64, readAhead: Int = 16) throws -> ChangeLogFollower {
             var settings = ChangeLogFollower.Settings()
             settings.reloadAbove = reloadAbove
+            settings.readAhead = readAhead
             settings.pollInterval = 60
             settings.maxBackoff = 0.5
             let f = ChangeLogFollower(daemon: daemon, log: store, wakeups: PostgresWakeups(location: location), settings: settings,
@@ -45,8 +46,8 @@ struct ChangeLogFollowerTests {
             return f
         }
 
-        func start() async throws {
-            let f = try follower()
+        func start(readAhead: Int = 16) async throws {
+            let f = try follower(readAhead: readAhead)
             daemon.start()
             await daemon.waitUntilReady()
             f.start()
@@ -104,6 +105,43 @@ struct ChangeLogFollowerTests {
         let applied = try #require(f.daemon.currentStatus.changeLog?.applied)
         #expect(f.daemon.metricsText().contains("rampart_changelog_applied_sequence \(applied)\n"))
         #expect(f.daemon.metricsText().contains("rampart_store_connected 1"))
+    }
+
+    /// The refreshes of a log row read what they need with the row (`ReadAhead`): a rules
+    /// change (its group), a member joining and leaving elsewhere (the group's members), an
+    /// instance plugged here into a group new to the host (its record and group): the drains
+    /// read nothing else from the store, and the kernel equals the store's document after each.
+    /// The same verbs with the read-ahead off read the store for each (the control).
+    @Test(arguments: [16, 0]) func refreshesReadWhatTheLogReadAhead(readAhead: Int) async throws {
+        let f = try Fixture(url: SharedPostgres.freshDatabase("follow"))
+        try await f.start(readAhead: readAhead)
+        defer { f.stop() }
+        let ctl = try f.controller()
+        func reads() -> (store: Int, ahead: Int) {
+            let s = f.daemon.currentStatus
+            return (s.refreshStoreReads, s.refreshReadsAhead)
+        }
+        let verbs: [(String, () throws -> [Delivery])] = [
+            ("rules of web", { try ctl.authorize(group: "web", rule: try rule(#"{"protocol":"tcp","ports":"443","cidr":"0.0.0.0/0"}"#, "web")) }),
+            ("web-2 joins web on hv2", { try ctl.addInstance("web-2", Instance(host: "hv2", groups: ["web"], ips: [ip("10.0.1.12")], interface: "tapweb2")) }),
+            ("web-2 leaves", { try ctl.removeInstance("web-2") }),
+            ("admin-1 plugged here", { try ctl.addInstance("admin-1", Instance(host: "hv1", groups: ["admin"], ips: [ip("10.0.9.7")], interface: "tapa1")) }),
+            ("admin-1 unplugged", { try ctl.removeInstance("admin-1") }),
+        ]
+        for (name, verb) in verbs {
+            let before = reads()
+            let d = try verb()
+            let mine = try #require(d.filter { $0.host == "hv1" }.compactMap(\.sequence).max(), "\(name) notified hv1")
+            try f.waitApplied(mine)
+            #expect(try f.kernelEqualsTheStore(), "\(name)")
+            let after = reads()
+            if readAhead > 0 {
+                #expect(after.store == before.store && after.ahead > before.ahead, "\(name): \(before) → \(after)")
+            } else {
+                #expect(after.store > before.store && after.ahead == before.ahead, "\(name): \(before) → \(after)")
+            }
+        }
+        #expect(f.daemon.metricsText().contains(#"rampart_refresh_reads_total{answered_by="read_ahead"} \#(reads().ahead)"#))
     }
 
     @Test func anOutageKeepsTheKernelAndIsCaughtUpFromTheLog() async throws {

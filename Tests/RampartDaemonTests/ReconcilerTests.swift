@@ -244,7 +244,7 @@ import Testing
         st.lastError = "store: instances.db-1.interface: \"tap/db\""
         st.lastSyncMillis = 1.23456
         let json = st.json
-        #expect(json == #"{"change_log":null,"commits":0,"conntrack_cut":0,"conntrack_cut_owed":false,"conntrack_index":null,"consecutive_failed_syncs":0,"counts":{"chains":0,"groups":0,"instances":0,"local_instances":0,"sets":0},"document_reloads":0,"drift_repaired":0,"generation":null,"host":"hv\"1","last_error":"store: instances.db-1.interface: \"tap/db\"","last_sync":null,"last_sync_ms":1.235,"pending":0,"ready":false,"refreshes_received":0,"refreshes_refused":0,"resyncs":0,"syncs":0}"#, "\(json)")
+        #expect(json == #"{"change_log":null,"commits":0,"conntrack_cut":0,"conntrack_cut_owed":false,"conntrack_index":null,"consecutive_failed_syncs":0,"counts":{"chains":0,"groups":0,"instances":0,"local_instances":0,"sets":0},"document_reloads":0,"drift_repaired":0,"generation":null,"host":"hv\"1","last_error":"store: instances.db-1.interface: \"tap/db\"","last_sync":null,"last_sync_ms":1.235,"pending":0,"ready":false,"refresh_reads_ahead":0,"refresh_store_reads":0,"refreshes_received":0,"refreshes_refused":0,"resyncs":0,"syncs":0}"#, "\(json)")
         // With a change log and an index, their objects keep their shape too.
         st.changeLog = ChangeLogStatus()
         st.conntrackIndex = ConntrackIndex.Statistics()

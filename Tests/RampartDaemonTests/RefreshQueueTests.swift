@@ -1,4 +1,5 @@
 import Foundation
+import RampartCore
 import RampartDaemon
 import RampartStore
 import Testing
@@ -24,6 +25,32 @@ import Testing
         let work = q.take()
         #expect(work.items.count == 2 && work.covered == 1000 && !work.resync)
         #expect(q.pending.isEmpty && !q.hasWork)
+    }
+
+    /// A pass carries the read-ahead of its refreshes only if every one of them came with one:
+    /// an answer read before a call without one (the socket API's) may be older than the change
+    /// that call announces. Two read-aheads in one pass merge, the later's answers winning.
+    @Test func aPassCarriesItsReadAheadOnlyIfEveryRefreshCameWithOne() {
+        let older = ReadAhead(groups: ["web": Group(description: "old")], members: ["db": [:]])
+        let newer = ReadAhead(groups: ["web": Group(description: "new"), "gone": Group?.none])
+        var q = RefreshQueue()
+        _ = q.offer(.rules("web"), readAhead: older)
+        _ = q.offer(.members("db"), readAhead: older)
+        _ = q.offer(.rules("gone"), readAhead: newer)
+        var merged = older
+        merged.merge(newer)
+        #expect(q.take().readAhead == merged && merged.groups["web"] == Group(description: "new") && merged.members["db"] == [:])
+        // One refresh without: the pass reads the store, whatever came after it.
+        _ = q.offer(.rules("web"), readAhead: older)
+        _ = q.offer(.members("admin"))
+        _ = q.offer(.members("db"), readAhead: older)
+        #expect(q.take().readAhead == nil)
+        _ = q.enqueue(.rules("web"))
+        #expect(q.take().readAhead == nil)
+        // Each pass starts afresh.
+        _ = q.offer(.rules("web"), readAhead: newer)
+        #expect(q.take().readAhead == newer)
+        #expect(q.take().readAhead == nil)
     }
 
     @Test func theCapRefusesOnlyNewRefreshes() {

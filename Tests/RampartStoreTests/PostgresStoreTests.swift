@@ -184,6 +184,72 @@ struct PostgresStoreTests {
         #expect(checked == 4 * 5 * hosts.count)
     }
 
+    /// The log read with its refreshes' reads (schema version 10) gives the same page as the
+    /// plain read, and for every refresh in it exactly what the store's own reads answer: the
+    /// members of each members refresh (none, for a group left empty), each rules refresh's
+    /// group (nil once deleted), each instance refresh's record (nil once removed) and its groups.
+    /// Nothing is read ahead for a page longer than asked, a trimmed one, or an empty one.
+    @Test func aDaemonReadsAheadWhatItsRefreshesRead() throws {
+        let st = try store()
+        try populate(st)
+        _ = try st.createGroup("gone", description: "deleted below")
+        _ = try st.authorize(group: "gone", rule: try rule(#"{"id":"nine","protocol":"tcp","ports":"9","cidr":"10.0.0.0/8"}"#, "gone"))
+        _ = try st.addInstance("gone-1", Instance(host: "hv1", groups: ["gone"], ips: [ip("10.0.7.1")], interface: "tapgone"))
+        let from = try st.entries(host: "hv1", after: 0, limit: 0).head
+        // Rows of every kind for hv1: members (web-4 joins web, which db references), rules, an
+        // instance removed (gone-1) and one added, a group deleted after its rules refresh.
+        _ = try st.addInstance("web-4", Instance(host: "hv2", groups: ["web"], ips: [ip("10.0.1.14"), ip("fd00::14")], interface: "tapweb4",
+                                                 mac: MACAddress("02:00:00:00:01:14")))
+        _ = try st.authorize(group: "db", rule: try rule(#"{"protocol":"udp","ports":"53","cidr":"10.0.0.0/8"}"#, "db"))
+        _ = try st.revoke(group: "gone", rule: nil, id: "nine")
+        _ = try st.removeInstance("gone-1")
+        let _: [Delivery] = try st.deleteGroup("gone")
+        _ = try st.addInstance("db-2", Instance(host: "hv1", groups: ["db", "admin"], ips: [ip("10.0.2.22")], interface: "tapdb2"))
+        _ = try st.removeInstance("bastion")  // admin's members change: web's rules reference admin
+        let plain = try st.entries(host: "hv1", after: from, limit: 1000)
+        let page = try st.entries(host: "hv1", after: from, limit: 1000, readingAhead: 16)
+        #expect(page.entries == plain.entries && page.head == plain.head && !page.trimmed)
+        let ahead = try #require(page.readAhead)
+        let refreshes = Set(page.entries.map(\.refresh))
+        #expect(refreshes.contains(.members("web")) && refreshes.contains(.rules("db")) && refreshes.contains(.instance("gone-1"))
+                    && refreshes.contains(.instance("db-2")) && refreshes.contains(.members("admin")), "\(refreshes)")
+        var expected = ReadAhead()
+        for r in refreshes {
+            switch r {
+            case .members(let g): expected.members[g] = try st.memberRecords(of: g)
+            case .rules(let g): expected.groups[g] = .some(try st.group(g))
+            case .instance(let id):
+                let rec = try st.instance(id)
+                expected.instances[id] = .some(rec)
+                for g in rec?.groups ?? [] { expected.groups[g] = .some(try st.group(g)) }
+            case .host: break
+            }
+        }
+        #expect(ahead == expected)
+        #expect(ahead.instances["gone-1"] == .some(nil) && ahead.instances["db-2"]??.groups == ["db", "admin"])
+        #expect(ahead.members["web"]?["web-4"]?.mac == MACAddress("02:00:00:00:01:14"))
+        // A group with no member left is read as empty, not left to the store.
+        _ = try st.removeInstance("db-2")
+        _ = try st.removeInstance("db-1")
+        let emptied = try st.entries(host: "hv2", after: try st.entries(host: "hv2", after: 0, limit: 0).head, limit: 10, readingAhead: 16)
+        #expect(emptied.readAhead == nil)  // nothing new for hv2
+        _ = try st.createGroup("lonely", description: nil)
+        _ = try st.authorize(group: "web", rule: try rule(#"{"protocol":"tcp","ports":"7","group":"lonely"}"#, "web", refs: ["lonely"]))
+        let h1 = try st.entries(host: "hv1", after: 0, limit: 0).head
+        _ = try st.addInstance("lonely-1", Instance(host: "hv3", groups: ["lonely"], ips: [ip("10.0.5.1")], interface: "taplonely"))
+        _ = try st.removeInstance("lonely-1")
+        let lonely = try st.entries(host: "hv1", after: h1, limit: 10, readingAhead: 16)
+        #expect(lonely.entries.map(\.refresh) == [.members("lonely"), .members("lonely")])
+        #expect(lonely.readAhead?.members == ["lonely": [:]])
+        // Longer than `ahead`, trimmed, or nothing after the position: no read-ahead.
+        #expect(try st.entries(host: "hv1", after: from, limit: 1000, readingAhead: plain.entries.count - 1).readAhead == nil)
+        #expect(try st.entries(host: "hv1", after: from, limit: 1000, readingAhead: 0).readAhead == nil)
+        #expect(try st.entries(host: "hv1", after: h1 + 1_000_000, limit: 10, readingAhead: 16).readAhead == nil)
+        _ = try st.trim(maxAge: nil, keep: 1)
+        let trimmed = try st.entries(host: "hv1", after: from, limit: 10, readingAhead: 16)
+        #expect(trimmed.trimmed && trimmed.readAhead == nil)
+    }
+
     /// A reader that connected while the log was empty keeps reading it by its primary key once
     /// it holds many rows (schema version 8). Its statements' plans are made in its first calls
     /// and kept; made for an empty log they scanned all of it on every later read and recorded
@@ -357,12 +423,18 @@ struct PostgresStoreTests {
         let own = try st.entries(host: "hv1", after: 0, limit: 1000)
         #expect(!own.entries.isEmpty)
         #expect(try hv1.entries(host: "hv1", after: 0, limit: 1000).entries == own.entries)
+        // With its refreshes' reads, as the follower reads it (schema version 10).
+        let ahead = try hv1.entries(host: "hv1", after: 0, limit: 1000, readingAhead: 1000)
+        let aheadAsOwner = try st.entries(host: "hv1", after: 0, limit: 1000, readingAhead: 1000).readAhead
+        #expect(ahead.entries == own.entries && ahead.readAhead != nil && ahead.readAhead == aheadAsOwner)
         #expect(try hv1.document(forHost: "hv1") == st.document(forHost: "hv1"))
         try hv1.recordApplied(host: "hv1", sequence: own.head)
         #expect(try st.progress(hosts: ["hv1"]).first?.applied == own.head)
         // Another host's log: not readable, its position not writable.
         #expect(!(try st.entries(host: "hv2", after: 0, limit: 1000).entries.isEmpty))
         #expect(try hv1.entries(host: "hv2", after: 0, limit: 1000).entries.isEmpty)
+        let theirs = try hv1.entries(host: "hv2", after: 0, limit: 1000, readingAhead: 1000)
+        #expect(theirs.entries.isEmpty && theirs.readAhead == nil)
         #expect(throws: StoreError.self) { try hv1.recordApplied(host: "hv2", sequence: 1) }
         // Policy: every verb refused, nothing changed (the procedures' paths and the transactions').
         let before = try st.document(forHost: "hv1")
