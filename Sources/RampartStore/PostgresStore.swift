@@ -20,7 +20,8 @@ public final class PostgresStore: SQLStore, ChangeLog, @unchecked Sendable {
     /// function (`rampart_log_read`), 8 = the log's statements keep to their indexes
     /// (`logPlansSchema`), 9 = an instance added or removed by one server-side call
     /// (`instanceRoutinesSchema`), 10 = the log read with its refreshes' reads
-    /// (`readAheadSchema`).
+    /// (`readAheadSchema`), and generic plans for the log's reads and the verbs' procedures
+    /// (`genericPlansSchema`).
     public static let schemaVersion = 10
 
     /// The event-loop thread that runs this store's connection (and its follower's LISTEN).
@@ -75,7 +76,7 @@ public final class PostgresStore: SQLStore, ChangeLog, @unchecked Sendable {
     /// Brings the schema to `schemaVersion`, one version per step, each in one transaction
     /// under an advisory lock (two controllers starting at once do not race).
     private func migrate() throws(StoreError) {
-        let steps: [[String]] = [Self.schema + Self.guardsSchema, Self.changeLogSchema, Self.ec2Schema, Self.ec2LifecycleSchema, Self.routinesSchema, Self.commitInsideSchema, Self.logReadSchema, Self.logPlansSchema, Self.instanceRoutinesSchema, Self.readAheadSchema]
+        let steps: [[String]] = [Self.schema + Self.guardsSchema, Self.changeLogSchema, Self.ec2Schema, Self.ec2LifecycleSchema, Self.routinesSchema, Self.commitInsideSchema, Self.logReadSchema, Self.logPlansSchema, Self.instanceRoutinesSchema, Self.readAheadSchema + Self.genericPlansSchema]
         try transaction { () throws(StoreError) in
             // Transaction-scoped: released at COMMIT or ROLLBACK. The key is "rampart".
             _ = try db.query("SELECT pg_advisory_xact_lock(7233118244501612)")
