@@ -58,6 +58,17 @@ extension SQLStore {
         setRulesProcedure,
     ]
 
+    /// How each verb's procedure begins: it ends the transaction its `CALL` began (empty: only a
+    /// `CALL` outside a transaction block may do this, and `SQLStore` never calls one inside
+    /// one), makes the next serializable, and gives it generic plans (schema version 10,
+    /// `genericPlansSchema`). The same lines in all three procedures, indented as their bodies.
+    static let ownSerializableTransaction = [
+        "COMMIT;",
+        "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE;",
+        "-- Generic plans for the rest of this transaction (schema version 10, `genericPlansSchema`).",
+        "PERFORM set_config('plan_cache_mode', 'force_generic_plan', true);",
+    ].joined(separator: "\n  ")
+
     /// The rules verb's procedure (versions 5 and 6 create the same text: a store at version
     /// 5 gets it replaced by 6).
     static let setRulesProcedure = """
@@ -70,10 +81,7 @@ extension SQLStore {
           seqs bigint[];
         BEGIN
           -- Only a CALL outside a transaction block may do this (SQLStore never calls it inside one).
-          COMMIT;
-          SET TRANSACTION ISOLATION LEVEL SERIALIZABLE;
-          -- Generic plans for the rest of this transaction (schema version 10, `genericPlansSchema`).
-          PERFORM set_config('plan_cache_mode', 'force_generic_plan', true);
+          \(ownSerializableTransaction)
           UPDATE groups SET rules = new_rules WHERE id = g AND rules = old_rules;
           IF NOT FOUND THEN
             result := '{"applied":false}';
@@ -292,10 +300,7 @@ extension SQLStore {
           hosts text[];
           refreshes text[];
         BEGIN
-          COMMIT;
-          SET TRANSACTION ISOLATION LEVEL SERIALIZABLE;
-          -- Generic plans for the rest of this transaction (schema version 10, `genericPlansSchema`).
-          PERFORM set_config('plan_cache_mode', 'force_generic_plan', true);
+          \(ownSerializableTransaction)
           IF EXISTS (SELECT 1 FROM instances WHERE id = iid)
              OR EXISTS (SELECT 1 FROM unnest(igroups) AS u(x) WHERE NOT EXISTS (SELECT 1 FROM groups WHERE id = u.x))
              OR EXISTS (SELECT 1 FROM instances i WHERE i.host = ihost AND i.id <> iid
@@ -327,10 +332,7 @@ extension SQLStore {
           hosts text[];
           refreshes text[];
         BEGIN
-          COMMIT;
-          SET TRANSACTION ISOLATION LEVEL SERIALIZABLE;
-          -- Generic plans for the rest of this transaction (schema version 10, `genericPlansSchema`).
-          PERFORM set_config('plan_cache_mode', 'force_generic_plan', true);
+          \(ownSerializableTransaction)
           SELECT i.host INTO ihost FROM instances i WHERE i.id = iid;
           IF NOT FOUND THEN
             result := '{"applied":false}';
