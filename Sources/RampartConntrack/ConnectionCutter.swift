@@ -8,8 +8,8 @@ import RampartSystem
 /// namespace must never be touched).
 public protocol ConnectionCutter: AnyObject {
     /// Cuts, among the entries `scope` names, those `ir` refuses, and every entry at a
-    /// `departed` address.
-    func cut(ir: RulesetIR, scope: Revocation.Scope, departed: Set<IPAddress>) throws -> Revocation.Report
+    /// `departed` address. `local` describes `ir`'s local instances (nil: `ir` answers).
+    func cut(ir: RulesetIR, scope: Revocation.Scope, departed: Set<IPAddress>, local: (any LocalInstances)?) throws -> Revocation.Report
 }
 
 /// The cut over ctnetlink in a network namespace; works for either backend (it evaluates the
@@ -26,13 +26,13 @@ public final class ConntrackCutter: ConnectionCutter {
         self.index = index
     }
 
-    public func cut(ir: RulesetIR, scope: Revocation.Scope, departed: Set<IPAddress>) throws -> Revocation.Report {
+    public func cut(ir: RulesetIR, scope: Revocation.Scope, departed: Set<IPAddress>, local: (any LocalInstances)?) throws -> Revocation.Report {
         do {
             let c = try connection ?? ConntrackConnection(namespace: namespace)
             connection = c
             let namespace = self.namespace
             return try Revocation.run(c, ir: ir, scope: scope, departed: departed,
-                                      hostAddresses: { () throws(NetlinkError) in try Revocation.hostAddresses(in: namespace) }, index: index)
+                                      hostAddresses: { () throws(NetlinkError) in try Revocation.hostAddresses(in: namespace) }, index: index, local: local)
         } catch {
             connection = nil
             throw error

@@ -90,21 +90,23 @@ public enum Revocation {
     /// nil and the run dumps as without one.
     public static func run(_ conntrack: ConntrackConnection, ir: RulesetIR, scope: Scope,
                            departed: Set<IPAddress> = [], hostAddresses: Set<IPAddress> = [],
-                           index: ConntrackIndex? = nil) throws(NetlinkError) -> Report {
-        try run(conntrack, ir: ir, scope: scope, departed: departed, hostAddresses: { () throws(NetlinkError) in hostAddresses }, index: index)
+                           index: ConntrackIndex? = nil, local: (any LocalInstances)? = nil) throws(NetlinkError) -> Report {
+        try run(conntrack, ir: ir, scope: scope, departed: departed, hostAddresses: { () throws(NetlinkError) in hostAddresses }, index: index, local: local)
     }
 
     /// `run`, reading the host's addresses (`hostAddresses`) only if an entry needs them: a run
     /// that finds no entry (the common case with an index: nothing connected) costs neither
-    /// that read nor the evaluator's set-up, which both grow with the host.
+    /// that read nor the evaluator's set-up, which both grow with the host. `local` describes
+    /// `ir` (a daemon passes its engine, whose indexes answer without a walk; nil: `ir` answers,
+    /// indexing itself on the first entry found).
     public static func run(_ conntrack: ConntrackConnection, ir: RulesetIR, scope: Scope,
                            departed: Set<IPAddress> = [], hostAddresses readHostAddresses: () throws(NetlinkError) -> Set<IPAddress>,
-                           index: ConntrackIndex? = nil) throws(NetlinkError) -> Report {
+                           index: ConntrackIndex? = nil, local view: (any LocalInstances)? = nil) throws(NetlinkError) -> Report {
         let start = DispatchTime.now().uptimeNanoseconds
         var report = Report()
         report.scope = scope
-        let local = Lazily { LocalAddresses(ir) }  // a walk of the IR: only if an entry is found
-        let sourcePortsRead = Lazily { Revocation.sourcePortsRead(by: ir) }  // likewise
+        let local = view ?? IRLocalInstances(ir)
+        let sourcePortsRead = Lazily { Revocation.sourcePortsRead(by: ir) }  // a walk of the IR: only if an entry is found
         var hostAddressesCache: Set<IPAddress>?  // read only if an entry needs it (its read throws)
         var doomed: [ConntrackEntry] = []
         var seen: Set<ConntrackEntry> = []
@@ -139,8 +141,8 @@ public enum Revocation {
                 if known == .refused { doomed.append(e) }
                 return
             }
-            let sourceIface = local.value.interface(of: source)
-            let destinationIface = local.value.interface(of: destination)
+            let sourceIface = local.interface(of: source)
+            let destinationIface = local.interface(of: destination)
             guard sourceIface != nil || destinationIface != nil else {  // not an instance's
                 outcomes[pattern] = .notAnInstances
                 return
@@ -164,7 +166,7 @@ public enum Revocation {
         case .none:
             break
         case .all:
-            if let index, let found = index.entries(involving: Set(local.value.interfaceOf.keys).union(departed)) {
+            if let index, let found = index.entries(involving: local.everyAddress.union(departed)) {
                 report.indexed = true
                 for e in found { try consider(e) }
                 break
@@ -272,34 +274,6 @@ final class Lazily<Value> {
         built = v
         return v
     }
-}
-
-/// Local instance addresses → their interface, from the IR's anti-spoofing sets.
-struct LocalAddresses {
-    var interfaceOf: [IPAddress: String] = [:]
-    var byInterface: [String: [IPAddress]] = [:]
-
-    /// From the anti-spoofing sets of `ir`; with `interfaces`, only theirs (a scope needs a few
-    /// interfaces' addresses, not every instance's).
-    init(_ ir: RulesetIR, interfaces: Set<String>? = nil) {
-        for name in [Naming.sources4, Naming.sources6] {
-            for e in ir.sets[name]?.elements ?? [] {
-                let (i, a): (String, IPAddress)
-                switch e {
-                case .ifaceIPv4(let iface, let v4): (i, a) = (iface, .v4(v4))
-                case .ifaceIPv6(let iface, let v6): (i, a) = (iface, .v6(v6))
-                default: continue
-                }
-                if let interfaces, !interfaces.contains(i) { continue }
-                interfaceOf[a] = i
-                byInterface[i, default: []].append(a)
-            }
-        }
-    }
-
-    func interface(of a: IPAddress) -> String? { interfaceOf[a] }
-    func addresses(of iface: String) -> [IPAddress] { byInterface[iface] ?? [] }
-    func has(_ f: ConntrackFamily) -> Bool { interfaceOf.keys.contains { $0.family.conntrack == f } }
 }
 
 extension Revocation {

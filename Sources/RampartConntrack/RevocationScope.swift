@@ -13,14 +13,15 @@ extension Revocation {
     /// entry removed, no table deleted). With `previous` (the IR the plan started from), a
     /// rewritten group or instance chain that keeps every rule it had, in order, and only gains
     /// accepts or jumps to group chains (a rule added, a group joined) counts as adding access.
-    public static func scope(of plan: Plan, result ir: RulesetIR, previous: RulesetIR? = nil) -> Scope {
+    ///
+    /// `local` answers what the plan's chains and interfaces serve; it must describe `ir` (a
+    /// daemon passes its engine; nil: `ir` answers, by walks that grow with the host).
+    public static func scope(of plan: Plan, result ir: RulesetIR, previous: RulesetIR? = nil, local view: (any LocalInstances)? = nil) -> Scope {
         var addresses: Set<IPAddress> = []
         var all = false
         var narrows = false
-        // Both walk the whole IR (they grow with the host): built only for a plan that needs
-        // them, so that a members change or a plan that only adds costs what it holds.
-        let local = Lazily { LocalAddresses(ir) }
-        // The chains whose rewrite or deletion can narrow: `reach` is worked out for them only.
+        let local = view ?? IRLocalInstances(ir)
+        // The chains whose rewrite or deletion can narrow: who they serve is asked for them only.
         var narrowing = Set<String>()
         for op in plan.ops {
             switch op {
@@ -31,35 +32,10 @@ extension Revocation {
             default: continue
             }
         }
-        // Group chain → local instance addresses that jump to it (from in-/out- chains), and
-        // instance chain → its instance's addresses, for the narrowing chains. One walk of the
-        // dispatch maps and instance chains; addresses are looked up only for the interfaces
-        // that reach a narrowing chain (at a host with 1,000 instances, collecting every group
-        // chain's addresses was most of a revoke's drain).
-        let reach = Lazily { () -> (groups: [String: Set<IPAddress>], instances: [String: Set<IPAddress>]) in
-            var groupChainsOf: [String: Set<String>] = [:], instanceChainsOf: [String: Set<String>] = [:]
-            for map in [Naming.fromInstanceMap, Naming.toInstanceMap] {
-                for (iface, v) in ir.maps[map]?.elements ?? [:] {
-                    guard let c = v.chainReference else { continue }
-                    if narrowing.contains(c) { instanceChainsOf[iface, default: []].insert(c) }
-                    for r in ir.chains[c]?.rules ?? [] {
-                        if let g = r.verdict.chainReference, narrowing.contains(g) { groupChainsOf[iface, default: []].insert(g) }
-                    }
-                }
-            }
-            // The addresses of those interfaces only, not every instance's.
-            let ifaces = Set(groupChainsOf.keys).union(instanceChainsOf.keys)
-            let addresses = LocalAddresses(ir, interfaces: ifaces)
-            var membersOfGroupChain: [String: Set<IPAddress>] = [:]
-            var addressesOfInstanceChain: [String: Set<IPAddress>] = [:]
-            for (iface, chains) in groupChainsOf {
-                for g in chains { membersOfGroupChain[g, default: []].formUnion(addresses.addresses(of: iface)) }
-            }
-            for (iface, chains) in instanceChainsOf {
-                for c in chains { addressesOfInstanceChain[c, default: []].formUnion(addresses.addresses(of: iface)) }
-            }
-            return (membersOfGroupChain, addressesOfInstanceChain)
-        }
+        // The local instances' addresses each narrowing chain serves, asked once, for those
+        // chains only (at a host with 1,000 instances, collecting every group chain's addresses
+        // was most of a revoke's drain; the IR's answer still walks every instance chain).
+        let served = Lazily { local.localAddresses(reaching: narrowing) }
         for op in plan.ops {
             switch op {
             case .createTable, .createSet, .createMap, .createChain, .addElements, .addMapElements:
@@ -73,7 +49,7 @@ extension Revocation {
                 narrows = true
                 // Unplugged (or moved) interfaces: their addresses left the anti-spoofing sets
                 // in the same plan (removeElements below) or moved to another interface.
-                for k in keys { addresses.formUnion(local.value.addresses(of: k)) }
+                for k in keys { addresses.formUnion(local.addresses(onInterface: k)) }
             case .removeElements(let set, let elements):
                 narrows = true
                 for e in elements {
@@ -83,7 +59,7 @@ extension Revocation {
                     case .ifaceIPv4(_, let a): addresses.insert(.v4(a))  // an address left an instance
                     case .ifaceIPv6(_, let a), .ifaceNDTarget(_, let a): addresses.insert(.v6(a))
                     case .ifname(let i):
-                        addresses.formUnion(local.value.addresses(of: i))
+                        addresses.formUnion(local.addresses(onInterface: i))
                     case .ifaceEther:
                         // A MAC changed: checked on every packet before any conntrack verdict.
                         if set != Naming.sourceMACs { all = true }
@@ -92,10 +68,8 @@ extension Revocation {
             case .rewriteChain(let name, _), .deleteChain(let name):
                 guard narrowing.contains(name) else { continue }  // only adds access
                 narrows = true
-                if let members = reach.value.groups[name] {
-                    addresses.formUnion(members)
-                } else if let mine = reach.value.instances[name] {
-                    addresses.formUnion(mine)
+                if let served = served.value[name] {
+                    addresses.formUnion(served)
                 } else if name.hasPrefix("gin-") || name.hasPrefix("gout-") || name.hasPrefix("in-") || name.hasPrefix("out-") {
                     // A chain no local instance reaches any more (deleted or orphaned): whoever
                     // reached it was rewritten or unplugged in the same plan.
@@ -115,9 +89,11 @@ extension Revocation {
     /// one (`previous`: the IR it started from); a Plan-less change (an iptables converge) that
     /// changed anything reviews every local instance's entries, and cuts at the addresses it
     /// reports as departed.
-    public static func work(after change: BackendChange, result ir: RulesetIR, previous: RulesetIR?) -> (scope: Scope, departed: Set<IPAddress>) {
+    /// `local`: see `scope`.
+    public static func work(after change: BackendChange, result ir: RulesetIR, previous: RulesetIR?,
+                            local: (any LocalInstances)? = nil) -> (scope: Scope, departed: Set<IPAddress>) {
         if let plan = change.plan {
-            return (scope(of: plan, result: ir, previous: previous), departed(in: plan, result: ir))
+            return (scope(of: plan, result: ir, previous: previous, local: local), departed(in: plan, result: ir, local: local))
         }
         return (change.isEmpty ? .none : .all, change.departed)
     }
@@ -140,14 +116,15 @@ extension Revocation {
     /// The addresses that were a local instance's before `plan` and are no instance's in the IR
     /// it led to (an instance removed, an address taken from one): every connection at them is
     /// cut. Read from the plan's removals from the anti-spoofing sets, so no earlier IR is needed.
-    public static func departed(in plan: Plan, result ir: RulesetIR) -> Set<IPAddress> {
-        let now = Lazily { LocalAddresses(ir) }  // built only if the plan removes a source address
+    /// `local` describes `ir` (see `scope`).
+    public static func departed(in plan: Plan, result ir: RulesetIR, local: (any LocalInstances)? = nil) -> Set<IPAddress> {
+        let now = local ?? IRLocalInstances(ir)  // the IR's indexes itself only if asked
         var out: Set<IPAddress> = []
         for case .removeElements(let set, let elements) in plan.ops where set == Naming.sources4 || set == Naming.sources6 {
             for e in elements {
                 switch e {
-                case .ifaceIPv4(_, let a) where now.value.interface(of: .v4(a)) == nil: out.insert(.v4(a))
-                case .ifaceIPv6(_, let a) where now.value.interface(of: .v6(a)) == nil: out.insert(.v6(a))
+                case .ifaceIPv4(_, let a) where now.interface(of: .v4(a)) == nil: out.insert(.v4(a))
+                case .ifaceIPv6(_, let a) where now.interface(of: .v6(a)) == nil: out.insert(.v6(a))
                 default: break
                 }
             }

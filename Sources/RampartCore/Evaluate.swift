@@ -260,7 +260,7 @@ public struct PolicyVerdict: Hashable, Sendable {
         if m.isEmpty, step.chain.hasPrefix("in-") || step.chain.hasPrefix("out-") {
             // Group chains are `gin-<id>` / `gout-<id>`, `:` written as `/` (Naming.kernelID).
             let groups = (ir.chains[step.chain]?.rules ?? []).compactMap { $0.verdict.chainReference }
-                .map { String($0.drop { $0 != "-" }.dropFirst()).replacingOccurrences(of: "/", with: ":") }
+                .map { Naming.id(fromKernelID: $0.drop { $0 != "-" }.dropFirst()) }
             let side = step.chain.hasPrefix("in-") ? "ingress" : "egress"
             if groups.isEmpty { return "dropped: the instance is in no group, so no \(side) is allowed" }
             return "dropped: no \(side) rule of group \(groups.joined(separator: ", ")) allows it (the instance's default drop)"

@@ -314,3 +314,40 @@ public struct Engine: Sendable {
         return b.build()
     }
 }
+
+/// The local instances as the model's indexes have them (`planned` is compiled from the same
+/// model, so the answers are the IR's): a group chain serves its local members, an instance
+/// chain its own instance; addresses and interfaces are looked up, not collected. What a revoke
+/// or an unplug costs revocation then grows with what it touches, not with the host (the IR's
+/// walks were ~40 % of a revoke's drain at host-1k, `rampart-bench controller`).
+extension Engine: LocalInstances {
+    public func localAddresses(reaching chains: Set<String>) -> [String: Set<IPAddress>] {
+        var out: [String: Set<IPAddress>] = [:]
+        for name in chains {
+            let ids: Set<String>
+            switch ChainKey(name: name) {
+            case .groupIn(let g)?, .groupOut(let g)?: ids = model.localMembers[g] ?? []
+            case .instanceIn(let id)?, .instanceOut(let id)?:
+                guard model.doc.instances[id]?.host == model.host else { continue }
+                ids = [id]
+            case nil: continue
+            }
+            var addresses = Set<IPAddress>()
+            for id in ids { addresses.formUnion(model.doc.instances[id]?.ips ?? []) }
+            if !addresses.isEmpty { out[name] = addresses }
+        }
+        return out
+    }
+
+    public func addresses(onInterface interface: String) -> Set<IPAddress> {
+        Set(model.localInterfaces[interface].flatMap { model.doc.instances[$0]?.ips } ?? [])
+    }
+
+    /// Local addresses are unique among local instances (`Document.localUniquenessIssues`), so
+    /// the index names the one instance that has it.
+    public func interface(of address: IPAddress) -> String? {
+        model.localAddresses[address].flatMap { model.doc.instances[$0]?.interface }
+    }
+
+    public var everyAddress: Set<IPAddress> { Set(model.localAddresses.keys) }
+}

@@ -17,6 +17,18 @@ enum ChainKey: Hashable, Sendable {
         case .groupOut(let g): Naming.groupOut(g)
         }
     }
+
+    /// The instance or group chain named `name` (`name` undone); nil for a base chain.
+    init?(name: String) {
+        func rest(after prefix: String) -> String? {
+            name.hasPrefix(prefix) ? Naming.id(fromKernelID: name.dropFirst(prefix.count)) : nil
+        }
+        if let g = rest(after: "gin-") { self = .groupIn(g) }
+        else if let g = rest(after: "gout-") { self = .groupOut(g) }
+        else if let i = rest(after: "in-") { self = .instanceIn(i) }
+        else if let i = rest(after: "out-") { self = .instanceOut(i) }
+        else { return nil }
+    }
 }
 
 /// What an edit of the model may have changed: the objects an event must look at, and nothing

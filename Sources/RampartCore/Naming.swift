@@ -45,6 +45,12 @@ public enum Naming {
         return String(decoding: id.utf8.map { $0 == UInt8(ascii: ":") ? UInt8(ascii: "/") : $0 }, as: UTF8.self)
     }
 
+    /// An id from its form inside kernel names (`kernelID` undone: `/` is never part of an id).
+    public static func id(fromKernelID k: Substring) -> String {
+        guard k.utf8.contains(UInt8(ascii: "/")) else { return String(k) }
+        return String(decoding: k.utf8.map { $0 == UInt8(ascii: "/") ? UInt8(ascii: ":") : $0 }, as: UTF8.self)
+    }
+
     /// Egress chain of one instance on this host.
     public static func instanceOut(_ id: String) -> String { "out-" + kernelID(id) }
     /// Ingress chain of one instance on this host.

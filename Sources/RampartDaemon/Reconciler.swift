@@ -360,11 +360,14 @@ final class Reconciler: @unchecked Sendable {
     private func cutConnections(after change: BackendChange, previous: RulesetIR?) {
         guard let cutter else { return }
         guard let ir = engine.planned else { cutOwed = false; return }  // no table: nothing is enforced
-        var (scope, departed) = Revocation.work(after: change, result: ir, previous: previous)
+        // The engine answers what revocation asks of the local instances from its indexes
+        // (`LocalInstances`): `ir` is its planned IR, so the answers are the IR's, without a walk
+        // of the host.
+        var (scope, departed) = Revocation.work(after: change, result: ir, previous: previous, local: engine)
         if cutOwed { scope = .all }
         guard scope != .none else { return }
         do {
-            let report = try cutter.cut(ir: ir, scope: scope, departed: departed)
+            let report = try cutter.cut(ir: ir, scope: scope, departed: departed, local: engine)
             cutOwed = false
             metrics.conntrackTimer.recordNanoseconds(Int64(report.nanoseconds))
             if report.cut > 0 {

@@ -97,7 +97,7 @@ struct ConntrackBench: ParsableCommand {
             let beforeIndexed = engine.planned
             t0 = monotonicNanos()
             let planI = try revoke()
-            let scopeI = Revocation.scope(of: planI, result: engine.planned!, previous: beforeIndexed)
+            let scopeI = Revocation.scope(of: planI, result: engine.planned!, previous: beforeIndexed, local: engine)
             let ri = try Revocation.run(ct, ir: engine.planned!, scope: scopeI, departed: Revocation.departed(in: planI, result: engine.planned!), index: index)
             indexed.append(monotonicNanos() - t0)
             indexedCounts.append(ri.cut)
@@ -110,7 +110,7 @@ struct ConntrackBench: ParsableCommand {
             let before = engine.planned
             t0 = monotonicNanos()
             let plan = try revoke()
-            let scope = Revocation.scope(of: plan, result: engine.planned!, previous: before)
+            let scope = Revocation.scope(of: plan, result: engine.planned!, previous: before, local: engine)
             let r = try Revocation.run(ct, ir: engine.planned!, scope: scope, departed: Revocation.departed(in: plan, result: engine.planned!))
             cut.append(monotonicNanos() - t0)
             cutCounts.append(r.cut)

@@ -60,9 +60,10 @@ struct Apply: ParsableCommand {
     /// Deletes the conntrack entries `desired` no longer allows, looking only where `change`
     /// can have narrowed access (everything local when the backend worked without a Plan).
     static func cutConnections(after change: BackendChange, desired: RulesetIR, namespace: NetworkNamespace) throws -> Int {
-        let (scope, departed) = Revocation.work(after: change, result: desired, previous: change.previous)
+        let local = IRLocalInstances(desired)  // indexed once, for the scope and the cut
+        let (scope, departed) = Revocation.work(after: change, result: desired, previous: change.previous, local: local)
         guard scope != .none else { return 0 }
-        return try ConntrackCutter(namespace: namespace).cut(ir: desired, scope: scope, departed: departed).cut
+        return try ConntrackCutter(namespace: namespace).cut(ir: desired, scope: scope, departed: departed, local: local).cut
     }
 }
 

@@ -82,6 +82,22 @@ func recording(_ seed: UInt64, _ body: () throws -> Void) {
                 let got = try #require(try apply(plan, to: before), "seed \(seed) step \(step) \(what)")
                 #expect(got == want, "seed \(seed) step \(step) \(what)")
                 #expect(engine.planned == want)
+                // Who each chain serves (what revocation looks at when it narrows): the engine's
+                // indexes answer what a walk of the IR answers, for every chain before and after
+                // the edit (deleted ones included), base chains and a name that is no chain.
+                var names = Set((before?.chains.keys).map(Array.init) ?? []).union(want.chains.keys)
+                names.formUnion(["gin-nowhere", "out-nobody", "in-"])
+                let walked = IRLocalInstances(want)
+                #expect(engine.localAddresses(reaching: names) == walked.localAddresses(reaching: names), "seed \(seed) step \(step) \(what)")
+                // So do the interfaces and addresses, for every interface and address either IR has.
+                #expect(engine.everyAddress == walked.everyAddress, "seed \(seed) step \(step) \(what)")
+                let old = before.map(IRLocalInstances.init)
+                for a in walked.everyAddress.union(old?.everyAddress ?? []) {
+                    #expect(engine.interface(of: a) == walked.interface(of: a), "seed \(seed) step \(step) \(what): \(a)")
+                }
+                for iface in Set(want.maps[Naming.fromInstanceMap]?.elements.keys.map { $0 } ?? []).union(before?.maps[Naming.fromInstanceMap]?.elements.keys.map { $0 } ?? []).union(["nowhere"]) {
+                    #expect(engine.addresses(onInterface: iface) == walked.addresses(onInterface: iface), "seed \(seed) step \(step) \(what): \(iface)")
+                }
                 // The index's count of local instances follows every edit.
                 #expect(engine.localInstanceCount == engine.document.instances.values.filter { $0.host == "hv1" }.count, "seed \(seed) step \(step) \(what)")
                 // So does the whole-document differ, and the two agree on what changes.

@@ -163,7 +163,7 @@ final class RecordingCutter: ConnectionCutter, @unchecked Sendable {
         set { lock.withLock { _fail = newValue } }
     }
 
-    func cut(ir: RulesetIR, scope: Revocation.Scope, departed: Set<IPAddress>) throws -> Revocation.Report {
+    func cut(ir: RulesetIR, scope: Revocation.Scope, departed: Set<IPAddress>, local: (any LocalInstances)?) throws -> Revocation.Report {
         try lock.withLock {
             if _fail { throw FakeBackendFailure(kind: .unknown) }
             _scopes.append(scope)
