@@ -77,11 +77,88 @@ extension SQLStore {
         """,
     ]
 
+    /// Schema version 11: `rampart_log_read_ahead(host, after, lim, ahead, ref_members)`, which
+    /// also reads, for each rules refresh of the page, the members of every group its group
+    /// references that has at most `ref_members` members (`member` rows under a `members` marker,
+    /// as a members refresh's; each group once however many refreshes want it).
+    ///
+    /// Why: a rules refresh reads those members afresh whenever no other group enforced on the
+    /// host references them (`RefreshEvents.rulesRefresh`: its own old rules cannot vouch for
+    /// them), which is the usual case, so a rules change still cost each daemon a store round
+    /// trip after its log read (`perf` over `rampart-bench controller`'s ten-host rules series:
+    /// the daemons' `memberRecords` calls took 334 samples, the drains' kernel commits ~700). The
+    /// bound keeps a read the daemon may not need (another of its groups does reference the
+    /// group) from growing with a large group. Version 10's function (four arguments) is dropped.
+    static let readAheadReferencesSchema: [String] = [
+        "DROP FUNCTION IF EXISTS rampart_log_read_ahead(text, bigint, bigint, bigint)",
+        """
+        CREATE OR REPLACE FUNCTION rampart_log_read_ahead(h text, after_seq bigint, lim bigint, ahead bigint, ref_members bigint)
+        RETURNS TABLE(kind text, key text, c1 text, c2 text, c3 text, c4 text, c5 text, c6 text)
+        LANGUAGE plpgsql STABLE SET enable_seqscan = off SET plan_cache_mode = force_generic_plan AS $fn$
+        DECLARE
+          r record;
+          refs text[] := '{}';
+          wanted text[] := '{}';
+          member_groups text[] := '{}';
+          x text;
+          g text;
+        BEGIN
+          FOR r IN SELECT * FROM rampart_log_read(ARRAY[h], ARRAY[after_seq], lim) LOOP
+            kind := 'log'; key := r.log_refresh;
+            c1 := r.log_seq::text; c2 := r.log_head::text; c3 := r.log_trimmed::text;
+            c4 := NULL; c5 := NULL; c6 := NULL;
+            RETURN NEXT;
+            IF r.log_seq IS NOT NULL THEN refs := refs || r.log_refresh; END IF;
+          END LOOP;
+          IF cardinality(refs) = 0 OR cardinality(refs) > ahead THEN RETURN; END IF;
+          FOR x IN SELECT DISTINCT u FROM unnest(refs) AS t(u) LOOP
+            IF starts_with(x, 'members:') THEN
+              member_groups := member_groups || substr(x, 9);
+            ELSIF starts_with(x, 'instance:') THEN
+              key := substr(x, 10);
+              RETURN QUERY SELECT 'instance', key, i.id, i.host, i.ips, i.interface, i.mac,
+                  (SELECT string_agg(n.group_id, ',' ORDER BY n.position) FROM instance_groups n WHERE n.instance = i.id)
+                FROM (SELECT key AS k) w LEFT JOIN instances i ON i.id = w.k;
+              wanted := wanted || ARRAY(SELECT n.group_id FROM instance_groups n WHERE n.instance = key);
+            ELSIF starts_with(x, 'rules:') THEN
+              g := substr(x, 7);
+              wanted := wanted || g;
+              -- The groups it references, unless larger than ref_members (counted no further).
+              member_groups := member_groups || ARRAY(SELECT f.ref FROM group_refs f WHERE f.group_id = g
+                  AND (SELECT count(*) FROM (SELECT 1 FROM instance_groups m WHERE m.group_id = f.ref LIMIT ref_members + 1) c) <= ref_members);
+            END IF;
+          END LOOP;
+          -- The members: the members refreshes' groups and the rules refreshes' references (each once).
+          FOR g IN SELECT DISTINCT u FROM unnest(member_groups) AS t(u) LOOP
+            kind := 'members'; key := g; c1 := NULL; c2 := NULL; c3 := NULL; c4 := NULL; c5 := NULL; c6 := NULL;
+            RETURN NEXT;
+            RETURN QUERY SELECT 'member', g, i.id, i.host, i.ips, i.interface, i.mac,
+                (SELECT string_agg(n.group_id, ',' ORDER BY n.position) FROM instance_groups n WHERE n.instance = i.id)
+              FROM instance_groups m JOIN instances i ON i.id = m.instance WHERE m.group_id = g;
+          END LOOP;
+          -- The groups: the rules refreshes', and the instances' (each once).
+          FOR g IN SELECT DISTINCT u FROM unnest(wanted) AS t(u) LOOP
+            RETURN QUERY SELECT 'group', g, s.id, s.description, s.rules,
+                (SELECT string_agg(f.ref, ',') FROM group_refs f WHERE f.group_id = s.id), NULL::text, NULL::text
+              FROM (SELECT g AS k) w LEFT JOIN groups s ON s.id = w.k;
+          END LOOP;
+        END
+        $fn$
+        """,
+    ]
+
+    /// A read-ahead reads the members of a group a rules refresh's group references only if it
+    /// has at most this many (`readAheadReferencesSchema`).
+    static let readAheadReferencedMembers = 1_000
+
     /// One host's page, and what its refreshes will read when it has at most `ahead` rows
-    /// (`readAheadSchema`): one round trip for both.
-    func logEntriesReadingAhead(host: String, after sequence: Int64, limit: Int, ahead: Int) throws(StoreError) -> LogPage {
+    /// (`readAheadReferencesSchema`): one round trip for both. `referencedMembers`: see
+    /// `readAheadReferencedMembers` (a test passes a small bound).
+    func logEntriesReadingAhead(host: String, after sequence: Int64, limit: Int, ahead: Int,
+                                referencedMembers: Int = readAheadReferencedMembers) throws(StoreError) -> LogPage {
         let rows = try locked { () throws(StoreError) -> [[String?]] in
-            try db.query("SELECT * FROM rampart_log_read_ahead(?, ?, ?, ?)", [.text(host), .int(sequence), .int(Int64(limit)), .int(Int64(ahead))])
+            try db.query("SELECT * FROM rampart_log_read_ahead(?, ?, ?, ?, ?)",
+                         [.text(host), .int(sequence), .int(Int64(limit)), .int(Int64(ahead)), .int(Int64(referencedMembers))])
         }
         // The page: the rows of kind `log`, in `rampart_log_read`'s columns.
         let logRows = rows.filter { $0.first == "log" }.map { r -> [String?] in [host, r[3], r[4], r[2], r[1]] }

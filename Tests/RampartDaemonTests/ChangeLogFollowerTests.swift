@@ -108,9 +108,11 @@ struct ChangeLogFollowerTests {
     }
 
     /// The refreshes of a log row read what they need with the row (`ReadAhead`): a rules
-    /// change (its group), a member joining and leaving elsewhere (the group's members), an
-    /// instance plugged here into a group new to the host (its record and group): the drains
-    /// read nothing else from the store, and the kernel equals the store's document after each.
+    /// change (its group, and the members of the groups it references that no other group
+    /// here does: web's for db's rules, admin's when web's rules first name it), a member
+    /// joining and leaving elsewhere (the group's members), an instance plugged here into a
+    /// group new to the host (its record and group): the drains read nothing else from the
+    /// store, and the kernel equals the store's document after each.
     /// The same verbs with the read-ahead off read the store for each (the control).
     @Test(arguments: [16, 0]) func refreshesReadWhatTheLogReadAhead(readAhead: Int) async throws {
         let f = try Fixture(url: SharedPostgres.freshDatabase("follow"))
@@ -123,6 +125,10 @@ struct ChangeLogFollowerTests {
         }
         let verbs: [(String, () throws -> [Delivery])] = [
             ("rules of web", { try ctl.authorize(group: "web", rule: try rule(#"{"protocol":"tcp","ports":"443","cidr":"0.0.0.0/0"}"#, "web")) }),
+            ("rules of db, the only group here that references web", {
+                try ctl.authorize(group: "db", rule: try rule(#"{"protocol":"tcp","ports":"6432","group":"web"}"#, "db", refs: ["web"])) }),
+            ("web's rules name admin, new here", {
+                try ctl.authorize(group: "web", rule: try rule(#"{"protocol":"tcp","ports":"22","group":"admin"}"#, "web", refs: ["admin"])) }),
             ("web-2 joins web on hv2", { try ctl.addInstance("web-2", Instance(host: "hv2", groups: ["web"], ips: [ip("10.0.1.12")], interface: "tapweb2")) }),
             ("web-2 leaves", { try ctl.removeInstance("web-2") }),
             ("admin-1 plugged here", { try ctl.addInstance("admin-1", Instance(host: "hv1", groups: ["admin"], ips: [ip("10.0.9.7")], interface: "tapa1")) }),

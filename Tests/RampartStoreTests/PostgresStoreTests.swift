@@ -184,10 +184,11 @@ struct PostgresStoreTests {
         #expect(checked == 4 * 5 * hosts.count)
     }
 
-    /// The log read with its refreshes' reads (schema version 10) gives the same page as the
-    /// plain read, and for every refresh in it exactly what the store's own reads answer: the
+    /// The log read with its refreshes' reads (schema versions 10 and 11) gives the same page as
+    /// the plain read, and for every refresh in it exactly what the store's own reads answer: the
     /// members of each members refresh (none, for a group left empty), each rules refresh's
-    /// group (nil once deleted), each instance refresh's record (nil once removed) and its groups.
+    /// group (nil once deleted) and the members of the groups it references (up to a bound on
+    /// their size), each instance refresh's record (nil once removed) and its groups.
     /// Nothing is read ahead for a page longer than asked, a trimmed one, or an empty one.
     @Test func aDaemonReadsAheadWhatItsRefreshesRead() throws {
         let st = try store()
@@ -217,7 +218,10 @@ struct PostgresStoreTests {
         for r in refreshes {
             switch r {
             case .members(let g): expected.members[g] = try st.memberRecords(of: g)
-            case .rules(let g): expected.groups[g] = .some(try st.group(g))
+            case .rules(let g):
+                let group = try st.group(g)
+                expected.groups[g] = .some(group)
+                for ref in HostProjection.referencedGroups(by: [group].compactMap { $0 }) { expected.members[ref] = try st.memberRecords(of: ref) }
             case .instance(let id):
                 let rec = try st.instance(id)
                 expected.instances[id] = .some(rec)
@@ -226,7 +230,16 @@ struct PostgresStoreTests {
             }
         }
         #expect(ahead == expected)
+        #expect(ahead.members["web"]?.count == 4, "db's rules refresh brings web's members, read once")
         #expect(ahead.instances["gone-1"] == .some(nil) && ahead.instances["db-2"]??.groups == ["db", "admin"])
+        // A referenced group larger than the bound is left to the store; one at it is read.
+        let bounded = try st.logEntriesReadingAhead(host: "hv1", after: from, limit: 1000, ahead: 16, referencedMembers: 3)
+        #expect(bounded.readAhead?.members["web"] == expected.members["web"], "web is also a members refresh of the page")
+        let dbRules = try #require(page.entries.first { $0.refresh == .rules("db") }?.sequence)
+        let onlyRules = try st.logEntriesReadingAhead(host: "hv1", after: dbRules - 1, limit: 1, ahead: 16, referencedMembers: 3)
+        #expect(onlyRules.entries.map(\.refresh) == [.rules("db")] && onlyRules.readAhead?.members["web"] == nil && onlyRules.readAhead?.groups["db"] != nil)
+        let atBound = try st.logEntriesReadingAhead(host: "hv1", after: dbRules - 1, limit: 1, ahead: 16, referencedMembers: 4)
+        #expect(atBound.readAhead?.members["web"] == expected.members["web"])
         #expect(ahead.members["web"]?["web-4"]?.mac == MACAddress("02:00:00:00:01:14"))
         // A group with no member left is read as empty, not left to the store.
         _ = try st.removeInstance("db-2")
