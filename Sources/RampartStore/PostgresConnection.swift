@@ -150,7 +150,7 @@ final class PostgresSyncConnection: SQLConnection, @unchecked Sendable {
         if let known = prepared[text] {
             statement = known
         } else if prepared.count < Self.preparedLimit {
-            statement = try wait(c.prepare(query: text), sql: sql, connection: c)
+            statement = try wait(sql: sql, connection: c) { c.prepare(query: text) }
             prepared[text] = statement
         } else {
             return try unnamed(sql, args, c)
@@ -163,7 +163,7 @@ final class PostgresSyncConnection: SQLConnection, @unchecked Sendable {
             }
         }
         do throws(StoreError) {
-            return try Self.rows(wait(statement.execute(binds), sql: sql, connection: c), binary: true)
+            return try Self.rows(wait(sql: sql, connection: c) { statement.execute(binds) }, binary: true)
         } catch {
             // The statement is gone or its plan cannot serve any more (another process changed
             // the schema): prepared again next time.
@@ -207,36 +207,47 @@ final class PostgresSyncConnection: SQLConnection, @unchecked Sendable {
             }
         }
         let q = PostgresQuery(unsafeSQL: numbered(sql), binds: binds)
-        let result: PostgresQueryResult = try wait(c.query(q, logger: logger), sql: sql, connection: c)
+        let logger = logger
+        let result: PostgresQueryResult = try wait(sql: sql, connection: c) { c.query(q, logger: logger) }
         return try Self.rows(result, binary: false)
     }
 
-    /// Waits for a statement's result. A server that stops answering must not hang a verb or the
-    /// daemon: the statement is given up and the connection dropped (the server rolls back what
-    /// it had not committed).
-    private func wait<T: Sendable>(_ future: EventLoopFuture<T>, sql: String, connection c: PostgresConnection) throws(StoreError) -> T {
+    /// Runs a statement (`start` sends it) and waits for its result. A server that stops
+    /// answering must not hang a verb or the daemon: the statement is given up and the connection
+    /// dropped (the server rolls back what it had not committed).
+    ///
+    /// One hop to the event loop and one wake-up back: the statement is sent, its timer set and
+    /// its completion watched from inside the loop. (Sent from the calling thread, with the timer
+    /// scheduled, the result awaited and the timer cancelled from there too, each of those crossed
+    /// to the loop on its own: `perf` over `rampart-bench controller` put the timer's scheduling
+    /// and cancelling alone at a quarter of a daemon's change-log thread.)
+    private func wait<T: Sendable>(sql: String, connection c: PostgresConnection, _ start: @escaping () -> EventLoopFuture<T>) throws(StoreError) -> T {
         let promise = c.eventLoop.makePromise(of: T.self)
-        future.cascade(to: promise)
+        let outcome = StatementOutcome<T>()
         // postgres-nio can leave a statement unanswered for ever when it is sent as the
         // connection closes (a server restart: vapor/postgres-nio#487, whose fix was reverted in
         // #501); seen here as a relay stalled for the whole statement timeout after PostgreSQL
         // restarted. The connection's close fails the statement at once instead. Registered
-        // before `isClosed` is read: a close before it is seen there, one after it fails this.
+        // before `isClosed` is read (on the loop, below): a close before it is seen there, one
+        // after it fails this.
         pending.set(connection: generation) { promise.fail($0) }
         defer { pending.clear() }
-        if c.isClosed { promise.fail(StoreError(.unavailable, "lost the store \(location): the connection closed")) }
         let timeout = statementTimeout
-        let timer = c.eventLoop.scheduleTask(in: timeout) {
-            promise.fail(StoreError(.unavailable, "the store \(self.location) did not answer within \(timeout.nanoseconds / 1_000_000_000) s"))
-            Self.closeSoon(c)
+        let location = location
+        let send = LoopWork(start)
+        c.eventLoop.execute {
+            promise.futureResult.whenComplete(outcome.complete)
+            if c.isClosed { return promise.fail(StoreError(.unavailable, "lost the store \(location): the connection closed")) }
+            let timer = c.eventLoop.scheduleTask(in: timeout) {
+                promise.fail(StoreError(.unavailable, "the store \(location) did not answer within \(timeout.nanoseconds / 1_000_000_000) s"))
+                Self.closeSoon(c)
+            }
+            promise.futureResult.whenComplete { _ in timer.cancel() }
+            send.body().cascade(to: promise)
         }
-        do {
-            let value = try promise.futureResult.wait()
-            timer.cancel()
-            return value
-        } catch {
-            timer.cancel()
-            throw classify(error, sql: sql, connection: c)
+        switch outcome.wait() {
+        case .success(let value): return value
+        case .failure(let error): throw classify(error, sql: sql, connection: c)
         }
     }
 
@@ -352,4 +363,30 @@ final class PendingStatement: Sendable {
         let f = slot.withLockedValue { $0?.connection == connection ? $0?.fail : nil }
         f?(error)
     }
+}
+
+/// A statement's result, handed from the event loop to the thread that waits for it.
+final class StatementOutcome<T: Sendable>: @unchecked Sendable {
+    private let lock = NIOLock()
+    private let done = DispatchSemaphore(value: 0)
+    private var result: Result<T, any Error>?
+
+    /// Called once, on the loop, by the statement's promise.
+    func complete(_ r: Result<T, any Error>) {
+        lock.withLock { result = r }
+        done.signal()
+    }
+
+    func wait() -> Result<T, any Error> {
+        done.wait()
+        return lock.withLock { result! }
+    }
+}
+
+/// A closure that builds a statement's future, carried to the event loop it runs on: it is
+/// called there once and never again, so its captures (a prepared statement, its bindings) are
+/// not shared between threads.
+struct LoopWork<T>: @unchecked Sendable {
+    let body: () -> EventLoopFuture<T>
+    init(_ body: @escaping () -> EventLoopFuture<T>) { self.body = body }
 }

@@ -103,6 +103,28 @@ struct PostgresConnectionTests {
         #expect(failed > 0, "no statement met a closing connection: the test did not test")
     }
 
+    /// A statement the server does not answer within the timeout fails as `.unavailable`, when
+    /// the timeout ends and not when the server would have answered, and its connection is given
+    /// up; the next statement runs on a new one. One that answers in time is untouched by its
+    /// timer (statements sent, timed and watched from the event loop, `wait`).
+    @Test func aStatementUnansweredWithinTheTimeoutIsGivenUp() throws {
+        let c = try connection()
+        c.statementTimeout = .milliseconds(1500)
+        let pid = try #require(try c.query("SELECT pg_backend_pid()", []).first?[0])
+        let t = Date()
+        do {
+            _ = try c.query("SELECT pg_sleep(?)", [.int(6)])
+            Issue.record("a 6 s statement returned within a 1.5 s timeout")
+        } catch {
+            #expect(error.kind == .unavailable && error.message.contains("did not answer within 1 s"), "\(error)")
+        }
+        let waited = Date().timeIntervalSince(t)
+        #expect(waited >= 1.4 && waited < 5, "gave up after \(waited) s")
+        let again = try #require(try c.query("SELECT pg_backend_pid()", []).first?[0])
+        #expect(again != pid, "the connection that timed out was kept")
+        for k in 0..<50 { #expect(try c.query("SELECT ?::bigint + 1", [.int(Int64(k))]) == [["\(k + 1)"]]) }
+    }
+
     /// A closed connection's callback fails the statement of that connection only: one that
     /// closed late, after a new connection took its place, leaves the new statement alone.
     @Test func aClosedConnectionFailsOnlyItsOwnStatement() {
