@@ -2,7 +2,9 @@ import RampartCore
 
 /// What a drain's refreshes will read from the store, read ahead together with the change-log
 /// rows that asked for them, in the same statement and snapshot (`PostgresStore`'s
-/// `rampart_log_read_ahead`, schema version 10).
+/// `rampart_log_read_ahead`, schema versions 10 and 11: since 11 also the members of the groups
+/// a rules refresh's group references, which its refresh reads afresh when no other group here
+/// references them).
 ///
 /// Why: a daemon applying a members change read its log (one round trip), then the group's
 /// members (another), then recorded its position (a third); the host that plugged the instance
@@ -22,7 +24,8 @@ public struct ReadAhead: Sendable, Equatable {
     /// Groups by id (nil: no such group), for the rules refreshes and the groups of each
     /// instance read.
     public var groups: [String: Group?] = [:]
-    /// Every member's record by group (`Store.memberRecords(of:)`), for the members refreshes.
+    /// Every member's record by group (`Store.memberRecords(of:)`), for the members refreshes
+    /// and the groups the rules refreshes' groups reference.
     public var members: [String: [String: Instance]] = [:]
 
     public init(instances: [String: Instance?] = [:], groups: [String: Group?] = [:], members: [String: [String: Instance]] = [:]) {
