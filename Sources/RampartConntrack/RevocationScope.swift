@@ -93,6 +93,7 @@ extension Revocation {
     public static func work(after change: BackendChange, result ir: RulesetIR, previous: RulesetIR?,
                             local: (any LocalInstances)? = nil) -> (scope: Scope, departed: Set<IPAddress>) {
         if let plan = change.plan {
+            let local = local ?? IRLocalInstances(ir)  // one index of the IR for both, if asked
             return (scope(of: plan, result: ir, previous: previous, local: local), departed(in: plan, result: ir, local: local))
         }
         return (change.isEmpty ? .none : .all, change.departed)

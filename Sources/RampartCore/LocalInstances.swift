@@ -20,7 +20,8 @@ public protocol LocalInstances {
     var everyAddress: Set<IPAddress> { get }
 }
 
-/// A host's local instances as its IR has them. Each answer walks the IR once, on first use.
+/// A host's local instances as its IR has them: the address index is built on the first
+/// question about an address or an interface; `localAddresses(reaching:)` walks on every call.
 public final class IRLocalInstances: LocalInstances {
     public let ir: RulesetIR
     public init(_ ir: RulesetIR) { self.ir = ir }
