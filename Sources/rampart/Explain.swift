@@ -62,7 +62,7 @@ struct Explain: ParsableCommand {
             guard let (ir, undecoded) = try enforcedPolicy() else {
                 throw Failure.document("rampart explain: no rampart \(target.backend == .nftables ? "table" : "chains or ipsets") here: nothing is enforced, every packet passes")
             }
-            let instances = LocalInstances(ir)
+            let instances = ExplainedInstances(ir)
             var src = try instances.endpoint(from, name: "--from")
             if let text = source {
                 guard let a = IPAddress(text) else { throw Failure.document("rampart explain: --source \(text): not an address") }
@@ -152,31 +152,22 @@ struct Endpoint {
     }
 }
 
-/// The instances the kernel table knows: interface → instance id (from the dispatch map) and
-/// their addresses (from the anti-spoofing sets).
-struct LocalInstances {
+/// The instances the kernel table knows: interface → instance id (from the dispatch map); their
+/// addresses and interfaces as the IR's anti-spoofing sets have them (`IRLocalInstances`, the
+/// index revocation uses without a daemon's engine).
+struct ExplainedInstances {
     var interfaceOf: [String: String] = [:]
     var idOf: [String: String] = [:]
-    var addresses: [String: [IPAddress]] = [:]
+    let local: IRLocalInstances
 
     init(_ ir: RulesetIR) {
+        local = IRLocalInstances(ir)
         for (iface, v) in ir.maps[Naming.fromInstanceMap]?.elements ?? [:] {
             guard let c = v.chainReference, c.hasPrefix("out-") else { continue }
-            // Kernel names carry `/` for `:` (Naming.kernelID).
-            let id = String(c.dropFirst(4)).replacingOccurrences(of: "/", with: ":")
+            let id = Naming.id(fromKernelID: c.dropFirst(4))
             interfaceOf[id] = iface
             idOf[iface] = id
         }
-        for name in [Naming.sources4, Naming.sources6] {
-            for e in ir.sets[name]?.elements ?? [] {
-                switch e {
-                case .ifaceIPv4(let i, let a): addresses[i, default: []].append(.v4(a))
-                case .ifaceIPv6(let i, let a): addresses[i, default: []].append(.v6(a))
-                default: break
-                }
-            }
-        }
-        for (k, v) in addresses { addresses[k] = v.sorted() }
     }
 
     func endpoint(_ text: String, name: String) throws -> Endpoint {
@@ -185,10 +176,10 @@ struct LocalInstances {
             return Endpoint(label: "the host", isHost: true, fixed: a)
         }
         if let iface = interfaceOf[text] {
-            return Endpoint(label: "\(text) on \(iface)", interface: iface, addresses: addresses[iface] ?? [])
+            return Endpoint(label: "\(text) on \(iface)", interface: iface, addresses: local.addresses(onInterface: iface).sorted())
         }
         if let a = IPAddress(text) {
-            if let (iface, _) = addresses.first(where: { $0.value.contains(a) }) {
+            if let iface = local.interface(of: a) {
                 return Endpoint(label: "\(idOf[iface] ?? iface) on \(iface)", interface: iface, fixed: a)
             }
             return Endpoint(label: "outside", fixed: a)
