@@ -22,8 +22,9 @@ public final class PostgresStore: SQLStore, ChangeLog, @unchecked Sendable {
     /// (`instanceRoutinesSchema`), 10 = the log read with its refreshes' reads
     /// (`readAheadSchema`), and generic plans for the log's reads and the verbs' procedures
     /// (`genericPlansSchema`), 11 = the read-ahead brings the members a rules refresh reads
-    /// (`readAheadReferencesSchema`).
-    public static let schemaVersion = 11
+    /// (`readAheadReferencesSchema`), 12 = the same read-ahead in fewer statements
+    /// (`readAheadLeanSchema`).
+    public static let schemaVersion = 12
 
     /// The event-loop thread that runs this store's connection (and its follower's LISTEN).
     public let eventLoopGroup: MultiThreadedEventLoopGroup
@@ -77,7 +78,7 @@ public final class PostgresStore: SQLStore, ChangeLog, @unchecked Sendable {
     /// Brings the schema to `schemaVersion`, one version per step, each in one transaction
     /// under an advisory lock (two controllers starting at once do not race).
     private func migrate() throws(StoreError) {
-        let steps: [[String]] = [Self.schema + Self.guardsSchema, Self.changeLogSchema, Self.ec2Schema, Self.ec2LifecycleSchema, Self.routinesSchema, Self.commitInsideSchema, Self.logReadSchema, Self.logPlansSchema, Self.instanceRoutinesSchema, Self.readAheadSchema + Self.genericPlansSchema, Self.readAheadReferencesSchema]
+        let steps: [[String]] = [Self.schema + Self.guardsSchema, Self.changeLogSchema, Self.ec2Schema, Self.ec2LifecycleSchema, Self.routinesSchema, Self.commitInsideSchema, Self.logReadSchema, Self.logPlansSchema, Self.instanceRoutinesSchema, Self.readAheadSchema + Self.genericPlansSchema, Self.readAheadReferencesSchema, Self.readAheadLeanSchema]
         try transaction { () throws(StoreError) in
             // Transaction-scoped: released at COMMIT or ROLLBACK. The key is "rampart".
             _ = try db.query("SELECT pg_advisory_xact_lock(7233118244501612)")

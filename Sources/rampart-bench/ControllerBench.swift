@@ -312,6 +312,7 @@ struct ControllerBench: ParsableCommand {
         let cpu0 = cluster.serverCPUSeconds()
         for _ in 0..<count {
             let t0 = monotonicNanos()
+            let startedOnDispatchClock = DispatchTime.now().uptimeNanoseconds
             let deliveries = try verb()
             let committed = monotonicNanos()
             let committedOnDispatchClock = DispatchTime.now().uptimeNanoseconds  // the clock of the step times
@@ -328,6 +329,10 @@ struct ControllerBench: ParsableCommand {
             }
             out.applied.append(monotonicNanos() - t0)
             let steps = targets.keys.compactMap { h in daemons[h]!.daemon.currentStatus.changeLog?.lastStep.map { (h, $0) } }
+            if steps.count == targets.count, let first = steps.min(by: { $0.1.woken < $1.1.woken }) {
+                out.lastHost.firstWake.append(first.1.woken &- startedOnDispatchClock)
+                out.lastHost.inEveryKernel.append((steps.map(\.1.drained).max() ?? 0) &- startedOnDispatchClock)
+            }
             if steps.count == targets.count, let last = steps.max(by: { $0.1.recorded < $1.1.recorded }) {
                 out.lastHost.add(host: last.0, last.1, committedAt: committedOnDispatchClock)
             }
@@ -393,6 +398,11 @@ struct LastHostPath {
     var read: [UInt64] = []
     var drain: [UInt64] = []
     var record: [UInt64] = []
+    /// Per verb, from the verb's start (the same clock): the first wake-up of a notified host
+    /// (the verb's own part: its statements, COMMIT, the NOTIFY's delivery), and the last drain's
+    /// end (the change in every notified kernel, before the positions are written).
+    var firstWake: [UInt64] = []
+    var inEveryKernel: [UInt64] = []
     /// How often each host was the last.
     var hosts: [String: Int] = [:]
 
@@ -412,6 +422,7 @@ struct LastHostPath {
         return ["last_host_wake_after_commit": (w < 0 ? "-" : "") + formatDuration(UInt64(w.magnitude)),
                 "last_host_wake_to_step": formatDuration(median(queued)), "last_host_log_read": formatDuration(median(read)),
                 "last_host_drain": formatDuration(median(drain)), "last_host_record": formatDuration(median(record)),
+                "first_wake": formatDuration(median(firstWake)), "in_every_kernel": formatDuration(median(inEveryKernel)),
                 "last_hosts": hosts.sorted { $0.value > $1.value }.prefix(3).map { "\($0.key) \($0.value)×" }.joined(separator: ", ")]
     }
 }
