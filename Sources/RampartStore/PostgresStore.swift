@@ -23,8 +23,9 @@ public final class PostgresStore: SQLStore, ChangeLog, @unchecked Sendable {
     /// (`readAheadSchema`), and generic plans for the log's reads and the verbs' procedures
     /// (`genericPlansSchema`), 11 = the read-ahead brings the members a rules refresh reads
     /// (`readAheadReferencesSchema`), 12 = the same read-ahead in fewer statements
-    /// (`readAheadLeanSchema`).
-    public static let schemaVersion = 12
+    /// (`readAheadLeanSchema`), 13 = an added instance checked against its host's from indexes
+    /// (`instanceChecksSchema`).
+    public static let schemaVersion = 13
 
     /// The event-loop thread that runs this store's connection (and its follower's LISTEN).
     public let eventLoopGroup: MultiThreadedEventLoopGroup
@@ -78,7 +79,7 @@ public final class PostgresStore: SQLStore, ChangeLog, @unchecked Sendable {
     /// Brings the schema to `schemaVersion`, one version per step, each in one transaction
     /// under an advisory lock (two controllers starting at once do not race).
     private func migrate() throws(StoreError) {
-        let steps: [[String]] = [Self.schema + Self.guardsSchema, Self.changeLogSchema, Self.ec2Schema, Self.ec2LifecycleSchema, Self.routinesSchema, Self.commitInsideSchema, Self.logReadSchema, Self.logPlansSchema, Self.instanceRoutinesSchema, Self.readAheadSchema + Self.genericPlansSchema, Self.readAheadReferencesSchema, Self.readAheadLeanSchema]
+        let steps: [[String]] = [Self.schema + Self.guardsSchema, Self.changeLogSchema, Self.ec2Schema, Self.ec2LifecycleSchema, Self.routinesSchema, Self.commitInsideSchema, Self.logReadSchema, Self.logPlansSchema, Self.instanceRoutinesSchema, Self.readAheadSchema + Self.genericPlansSchema, Self.readAheadReferencesSchema, Self.readAheadLeanSchema, Self.instanceChecksSchema]
         try transaction { () throws(StoreError) in
             // Transaction-scoped: released at COMMIT or ROLLBACK. The key is "rampart".
             _ = try db.query("SELECT pg_advisory_xact_lock(7233118244501612)")

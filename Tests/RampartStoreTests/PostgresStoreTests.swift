@@ -263,6 +263,38 @@ struct PostgresStoreTests {
         #expect(trimmed.trimmed && trimmed.readAhead == nil)
     }
 
+    /// An added instance is checked against its host's others from indexes (schema version 13):
+    /// at a host of 2,000 instances, the procedure's two lookups, planned as it plans them
+    /// (generic plans), take `instances_host_interface` and the GIN index of host-prefixed
+    /// addresses, not a walk of the host; an address or interface in use there is refused, one
+    /// in use on another host is not, and the procedure carries the new check.
+    @Test func anAddedInstanceIsCheckedFromIndexes() throws {
+        let st = try store()
+        try populate(st)
+        #expect(SQLStore.addInstanceIndexedProcedure.contains("rampart_host_addresses(ihost, iips)")
+                    && !SQLStore.addInstanceIndexedProcedure.contains("LIKE"), "version 13's procedure kept the host walk")
+        _ = try cluster(st, """
+            INSERT INTO instances(id, host, ips, interface)
+              SELECT 'big-' || n, 'hv1', '10.7.' || (n / 250) || '.' || (n % 250) || ',fd07::' || to_hex(n), 'tapbig' || n
+              FROM generate_series(1, 2000) n;
+            ANALYZE instances
+            """)
+        let plans = try cluster(st, """
+            SET plan_cache_mode = force_generic_plan;
+            PREPARE a(text, text, text) AS SELECT 1 FROM instances i
+              WHERE rampart_host_addresses(i.host, i.ips) && rampart_host_addresses($1, $2) AND i.id <> $3;
+            EXPLAIN EXECUTE a('hv1', '10.7.3.3', 'x');
+            PREPARE b(text, text, text) AS SELECT 1 FROM instances i WHERE i.host = $1 AND i.interface = $2 AND i.id <> $3;
+            EXPLAIN EXECUTE b('hv1', 'tapbig7', 'x')
+            """).joined(separator: "\n")
+        #expect(plans.contains("instances_addresses") && plans.contains("instances_host_interface") && !plans.contains("Seq Scan"), "\(plans)")
+        #expect(throws: StoreError.self) { try st.addInstance("dup-a", Instance(host: "hv1", groups: ["web"], ips: [ip("fd07::7cf")], interface: "tapdupa")) }
+        #expect(throws: StoreError.self) { try st.addInstance("dup-i", Instance(host: "hv1", groups: ["web"], ips: [ip("10.7.99.1")], interface: "tapbig1999")) }
+        _ = try st.addInstance("elsewhere", Instance(host: "hv2", groups: ["web"], ips: [ip("10.7.3.3")], interface: "tapbig3"))
+        _ = try st.addInstance("new-here", Instance(host: "hv1", groups: ["web"], ips: [ip("10.7.99.2")], interface: "tapnew"))
+        #expect(try st.instance("new-here") != nil && st.instance("dup-a") == nil && st.instance("dup-i") == nil)
+    }
+
     /// A reader that connected while the log was empty keeps reading it by its primary key once
     /// it holds many rows (schema version 8). Its statements' plans are made in its first calls
     /// and kept; made for an empty log they scanned all of it on every later read and recorded
@@ -364,27 +396,33 @@ struct PostgresStoreTests {
     /// Seen in `rampart-bench fleet` at ~1,000 verbs/s with the default setting (88 of 5,400
     /// verbs failed). Catches: the error returned to the caller, a rule lost on the retry. The
     /// server log must show the table filled, or the test proved nothing.
-    /// Eight controllers add instances that want the same interface on one host at once, then
-    /// remove one instance at once: through the server-side procedures (schema version 9),
-    /// whose check and write must hold as one serializable transaction. Exactly one add wins,
-    /// the others are refused saying why; exactly one removal wins, the others find nothing.
+    /// Eight controllers add instances that want the same interface on one host at once (three
+    /// rounds), then the same address (two rounds, the check from indexes since schema version
+    /// 13), then remove one instance at once: through the server-side procedures (schema
+    /// version 9), whose check and write must hold as one serializable transaction. Exactly one
+    /// add wins, the others are refused saying why; exactly one removal wins, the others find
+    /// nothing.
     @Test func concurrentInstanceVerbsOnOneInterfaceLetExactlyOneThrough() throws {
         let url = try SharedPostgres.freshDatabase("pgstore")
         let setup = try PostgresStore(url: url, migrate: true)
         _ = try setup.createGroup("web", description: nil)
-        // Connected first, so that the eight calls start together; three rounds, three hosts.
+        // Connected first, so that the eight calls start together; five rounds, five hosts.
         let stores = try (0..<8).map { _ in try PostgresStore(url: url, migrate: false) }
         for st in stores { _ = try st.groupExists("web") }
         var winners: [String] = []
-        for round in 1...3 {
+        for round in 1...5 {
             let added = Collected(), refused = Collected()
+            let sameAddress = round > 3
+            let why = sameAddress ? "10.8.9.9 is already used" : #""tapsame" is already used"#
             DispatchQueue.concurrentPerform(iterations: 8) { worker in
                 do {
-                    _ = try stores[worker].addInstance("c\(round)-\(worker)", Instance(host: "hv\(round)", groups: ["web"],
-                                                                                       ips: [ip("10.8.\(round).\(worker + 1)")], interface: "tapsame"))
+                    let inst = sameAddress
+                        ? Instance(host: "hv\(round)", groups: ["web"], ips: [ip("10.8.9.9")], interface: "tapc\(worker)")
+                        : Instance(host: "hv\(round)", groups: ["web"], ips: [ip("10.8.\(round).\(worker + 1)")], interface: "tapsame")
+                    _ = try stores[worker].addInstance("c\(round)-\(worker)", inst)
                     added.add("c\(round)-\(worker)")
                 } catch let error as StoreError {
-                    refused.add(error.kind == .invalid && error.message.contains(#""tapsame" is already used"#) ? "said why" : "\(error)")
+                    refused.add(error.kind == .invalid && error.message.contains(why) ? "said why" : "\(error)")
                 } catch {
                     refused.add("\(error)")
                 }
