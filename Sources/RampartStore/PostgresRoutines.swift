@@ -363,7 +363,7 @@ extension SQLStore {
     /// one of 10.
     ///
     /// Why: versions 9–12 read every instance of the host (from `instances_host_addresses`, an
-    /// index-only scan) and matched each one's address list with `LIKE`: 0.6 ms of the verb at a
+    /// index-only scan) and matched each one's address list with `LIKE`: 0.6–0.95 ms of the verb at a
     /// host-1k host (`EXPLAIN ANALYZE`, `rampart-bench controller`'s hv0), on the path of every
     /// instance added there, and a predicate lock on the whole host's range, so that any two
     /// adds on one host conflicted. Now the interface is one lookup in `(host, interface)` and the

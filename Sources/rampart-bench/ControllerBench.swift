@@ -330,7 +330,8 @@ struct ControllerBench: ParsableCommand {
             }
             out.applied.append(monotonicNanos() - t0)
             let steps = targets.keys.compactMap { h in daemons[h]!.daemon.currentStatus.changeLog?.lastStep.map { (h, $0) } }
-            if steps.count == targets.count, let first = steps.min(by: { $0.1.woken < $1.1.woken }) {
+            // Every notified host's last step is this verb's (a reload's leaves none).
+            if steps.count == targets.count, let first = steps.min(by: { $0.1.woken < $1.1.woken }), first.1.woken >= startedOnDispatchClock {
                 out.lastHost.firstWake.append(first.1.woken &- startedOnDispatchClock)
                 out.lastHost.inEveryKernel.append((steps.map(\.1.drained).max() ?? 0) &- startedOnDispatchClock)
             }
@@ -695,11 +696,4 @@ enum CloudLoad {
         CREATE TRIGGER bench_broadcast AFTER UPDATE OF rules ON groups FOR EACH ROW
           WHEN (NEW.id = 'bench-bcast') EXECUTE FUNCTION bench_broadcast();
         """
-}
-
-/// This process's CPU time (user and system, all threads).
-func processCPUNanos() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts)
-    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
 }

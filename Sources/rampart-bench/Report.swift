@@ -89,6 +89,13 @@ func monotonicNanos() -> UInt64 {
     return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
 }
 
+/// This process's CPU time (user and system, all threads).
+func processCPUNanos() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+}
+
 /// Runs `body` `repeats` times and returns every duration in nanoseconds.
 func measure(repeats: Int, _ body: () throws -> Void) rethrows -> [UInt64] {
     var samples: [UInt64] = []
