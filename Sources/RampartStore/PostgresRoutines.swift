@@ -368,7 +368,8 @@ extension SQLStore {
     /// every instance added there. Now the interface is one lookup in `(host, interface)` and the
     /// addresses one in a GIN index of each instance's addresses prefixed with its host
     /// (`rampart_host_addresses`: "hv1 10.0.1.11"); overlapping arrays are exactly the shared
-    /// addresses the `LIKE` found (an address's text has no comma and no wildcard). Both in
+    /// addresses the `LIKE` found (an address's text has no comma and no wildcard, a host name
+    /// no comma and no space: `Checks.isValidID`, so the spliced text splits unambiguously). Both in
     /// `rampart_instance_clashes`, called by version 10's procedure in place of the walk
     /// (`addInstanceIndexedProcedure`).
     static let instanceChecksSchema: [String] = [
