@@ -266,8 +266,8 @@ struct PostgresStoreTests {
     /// An added instance is checked against its host's others from indexes (schema version 13):
     /// at a host of 2,000 instances, `rampart_instance_clashes`'s statement, planned as the
     /// function plans it (generic plans, bitmap scans only), takes `instances_host_interface` and
-    /// the GIN index of host-prefixed addresses, never a scan of the table or of the host (with
-    /// sequential scans allowed, its `EXISTS` read every instance); an address or interface in
+    /// the GIN index of host-prefixed addresses, never a scan of the table or of the host (at
+    /// cloud-1M, with sequential scans allowed, its `EXISTS` read every instance); an address or interface in
     /// use there is refused, one in use on another host is not; the procedure calls it.
     @Test func anAddedInstanceIsCheckedFromIndexes() throws {
         let st = try store()
