@@ -332,6 +332,13 @@ final class Hypervisor {
 
     /// Waits until the daemon has applied past `mark` (30 s at most).
     func waitPast(_ mark: Int64) throws {
+        if let logDaemon {
+            // Woken when the position moves, not polled (`Daemon.waitForChangeLog`).
+            guard logDaemon.daemon.waitForChangeLog(appliedThrough: mark + 1, deadline: Date(timeIntervalSinceNow: 30)) else {
+                throw ValidationError("\(EC2Bench.host) did not apply a change within 30 s")
+            }
+            return
+        }
         let deadline = monotonicNanos() + 30_000_000_000
         while position <= mark {
             if monotonicNanos() > deadline { throw ValidationError("\(EC2Bench.host) did not apply a change within 30 s") }

@@ -29,6 +29,31 @@ import Testing
         var status: DaemonStatus { daemon.currentStatus }
     }
 
+    /// `waitForChangeLog`, which the controller bench waits on instead of polling statuses:
+    /// it returns at once for a position already reached, times out below it, and wakes when
+    /// another thread moves the position through the one it waits for (not before).
+    @Test func aWaitForTheChangeLogWakesWhenThePositionArrives() throws {
+        let f = try Fixture()
+        f.daemon.updateChangeLog { $0.applied = 5 }
+        #expect(f.daemon.waitForChangeLog(appliedThrough: 5, deadline: Date()))
+        #expect(f.daemon.waitForChangeLog(appliedThrough: 3, deadline: Date()))
+        let t0 = Date()
+        #expect(!f.daemon.waitForChangeLog(appliedThrough: 6, deadline: Date(timeIntervalSinceNow: 0.05)))
+        #expect(Date().timeIntervalSince(t0) >= 0.05)
+        let mover = Thread {
+            usleep(20_000)
+            f.daemon.updateChangeLog { $0.head = 9 }  // the head alone: no wake-up for the waiter's position
+            usleep(20_000)
+            f.daemon.updateChangeLog { $0.applied = 6 }
+            usleep(20_000)
+            f.daemon.updateChangeLog { $0.applied = 8 }
+        }
+        mover.start()
+        #expect(f.daemon.waitForChangeLog(appliedThrough: 8, deadline: Date(timeIntervalSinceNow: 10)))
+        #expect(f.daemon.currentStatus.changeLog?.applied == 8)
+        #expect(f.daemon.currentStatus.changeLog?.head == 9)
+    }
+
     @Test func thePeriodicResyncFollowsTheClock() async throws {
         let f = try Fixture(resync: 30)
         f.daemon.start()
