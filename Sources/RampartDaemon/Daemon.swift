@@ -185,8 +185,9 @@ public final class Daemon: @unchecked Sendable {
         appliedChanged.unlock()
     }
 
-    /// Waits until the change log is applied through `sequence` (its position recorded in the
-    /// store, as `--wait` sees it) or until `deadline`; returns whether it was.
+    /// Waits until the change log's position in the status (`ChangeLogStatus.applied`, which the
+    /// follower moves after each step once it has recorded it in the store, where `--wait` reads
+    /// it) reaches `sequence`, or until `deadline`; returns whether it did.
     ///
     /// For observers in this process (`rampart-bench controller`, tests): a status read takes
     /// the daemon's lock and copies the whole status, and a benchmark that polled it every

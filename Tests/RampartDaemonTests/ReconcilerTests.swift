@@ -39,7 +39,7 @@ import Testing
         #expect(f.daemon.waitForChangeLog(appliedThrough: 3, deadline: Date()))
         let t0 = Date()
         #expect(!f.daemon.waitForChangeLog(appliedThrough: 6, deadline: Date(timeIntervalSinceNow: 0.05)))
-        #expect(Date().timeIntervalSince(t0) >= 0.05)
+        #expect(Date().timeIntervalSince(t0) >= 0.04)  // it waited (a margin for the clocks' granularity)
         let mover = Thread {
             usleep(20_000)
             f.daemon.updateChangeLog { $0.head = 9 }  // the head alone: no wake-up for the waiter's position
