@@ -23,8 +23,9 @@ import RampartStore
 ///   `bench-app` reference; `bench-app` has a member on each of the 10 daemon hosts) and a rules
 ///   change (a rule added to or removed from `bench-app`). Every notified host is a daemon host.
 ///   Baseline: the same verbs on a SQLite store holding the same hosts' policy, then the refresh
-///   calls delivered one by one to the daemons' Unix sockets, each waiting for its commit
-///   (what `rampart` does with SQLite).
+///   calls delivered one by one to ten more daemons' Unix sockets, each waiting for its commit
+///   (what `rampart` does with SQLite). Both stores' series run in alternating blocks of ~20
+///   verbs (five blocks each), so that a figure and its baseline share the machine's minutes.
 /// - **one notified host**: the same two kinds of verb on `bench-solo`, whose only members are on
 ///   hv0 (host-1k): a rule added to or removed from it, and a member of `bench-solo-web` (which
 ///   its rule references) joining or leaving on hv0. Only hv0 applies anything, so the figure is
@@ -139,30 +140,55 @@ struct ControllerBench: ParsableCommand {
         report.add(Figure(benchmark: "controller: hv9 document read (~100 instances)", median_ns: median(doc9), baseline: nil, baseline_median_ns: nil,
                           extra: ["p99": formatDuration(percentile(doc9, 99))]))
 
-        // Members and rules changes, verb → applied on every notified daemon host.
-        var member = false
-        let memberVerb = { () throws(StoreError) -> [Delivery] in
-            member.toggle()
-            return try member
-                ? ctl.addInstance("bench-m", Instance(host: "hv9", groups: ["bench-web"], ips: [IPAddress("172.16.1.1")!], interface: "tbm"))
-                : ctl.removeInstance("bench-m")
-        }
-        var ruleOn = false
-        func ruleVerb(_ group: String) -> () throws(StoreError) -> [Delivery] {
-            { () throws(StoreError) -> [Delivery] in
-                ruleOn.toggle()
-                return try ruleOn
-                    ? ctl.authorize(group: group, rule: Rule(id: "bench", proto: .tcp, ports: 8080...8080, remote: .cidr(CloudLoad.prefix("10.1.0.0/16"))))
-                    : ctl.revoke(group: group, rule: nil, id: "bench")
+        // Baseline: the same verbs on SQLite, refresh calls delivered to the daemons' sockets:
+        // ten more daemons, each in a namespace of its own, on the ten hosts' documents as they
+        // are now (the export copies them; hv0's first sync is the cold start baseline).
+        var sqliteNamespaces: [TestNamespace] = []
+        for _ in daemonHosts { sqliteNamespaces.append(try TestNamespace(prefix: "bc")) }
+        let sq = try SQLiteBaseline(postgres: ctl, hosts: daemonHosts, namespaces: sqliteNamespaces, report: report)
+
+        // Members and rules changes, verb → applied on every notified daemon host. The verbs
+        // toggle (add, remove, …; authorize, revoke, …), each store from the same start.
+        func memberVerb(_ store: SQLStore) -> () throws(StoreError) -> [Delivery] {
+            var member = false
+            return { () throws(StoreError) -> [Delivery] in
+                member.toggle()
+                return try member
+                    ? store.addInstance("bench-m", Instance(host: "hv9", groups: ["bench-web"], ips: [IPAddress("172.16.1.1")!], interface: "tbm"))
+                    : store.removeInstance("bench-m")
             }
         }
+        func ruleVerb(_ store: SQLStore, _ group: String) -> () throws(StoreError) -> [Delivery] {
+            var ruleOn = false
+            return { () throws(StoreError) -> [Delivery] in
+                ruleOn.toggle()
+                return try ruleOn
+                    ? store.authorize(group: group, rule: Rule(id: "bench", proto: .tcp, ports: 8080...8080, remote: .cidr(CloudLoad.prefix("10.1.0.0/16"))))
+                    : store.revoke(group: group, rule: nil, id: "bench")
+            }
+        }
+        // The two stores' series in alternating blocks (PostgreSQL members, SQLite members,
+        // PostgreSQL rules, SQLite rules, again …), so that each figure and its baseline sample
+        // the same minutes of a machine whose speed moves by a quarter within one (until
+        // 2026-12-06 the baseline ran minutes after, at another speed). One block each with
+        // --statement-stats, whose figures are per series. Blocks of an even number of verbs:
+        // each starts from the same state.
+        let blocks = statementStats ? 1 : 5
+        let perBlock = max(2, (repeats / blocks + 1) / 2 * 2)
+        let (pgMember, pgRule, sqMember, sqRule) = (memberVerb(ctl), ruleVerb(ctl, "bench-app"), memberVerb(sq.store), ruleVerb(sq.store, "bench-app"))
+        var members = VerbTimes(), rules = VerbTimes(), sqMembers = VerbTimes(), sqRules = VerbTimes()
         if statementStats { _ = try cluster.psql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT pg_stat_statements_reset(); SELECT pg_stat_reset()") }
-        let members = try timedVerbs(repeats, cluster: cluster, daemons: byHost, memberVerb)
-        if statementStats { try printStatementStats(cluster, "members change, 10 hosts", verbs: repeats) }
-        let rules = try timedVerbs(repeats, cluster: cluster, daemons: byHost, ruleVerb("bench-app"))
-        if statementStats { try printStatementStats(cluster, "rules change, 10 hosts", verbs: repeats) }
-        ruleOn = false
-        let soloRules = try timedVerbs(repeats, cluster: cluster, daemons: byHost, ruleVerb("bench-solo"))
+        for _ in 0..<blocks {
+            members.merge(try timedVerbs(perBlock, cluster: cluster, daemons: byHost, pgMember))
+            sqMembers.merge(try sq.timedVerbs(perBlock, sqMember))
+            if statementStats { try printStatementStats(cluster, "members change, 10 hosts", verbs: perBlock) }
+            rules.merge(try timedVerbs(perBlock, cluster: cluster, daemons: byHost, pgRule))
+            sqRules.merge(try sq.timedVerbs(perBlock, sqRule))
+            if statementStats { try printStatementStats(cluster, "rules change, 10 hosts", verbs: perBlock) }
+        }
+        sq.stop()
+        sqliteNamespaces = []
+        let soloRules = try timedVerbs(repeats, cluster: cluster, daemons: byHost, ruleVerb(ctl, "bench-solo"))
         var soloMember = false
         let soloMembers = try timedVerbs(repeats, cluster: cluster, daemons: byHost) { () throws(StoreError) -> [Delivery] in
             soloMember.toggle()
@@ -170,8 +196,7 @@ struct ControllerBench: ParsableCommand {
                 ? ctl.addInstance("bench-sm", Instance(host: "hv0", groups: ["bench-solo-web"], ips: [IPAddress("172.16.2.2")!], interface: "tbsm"))
                 : ctl.removeInstance("bench-sm")
         }
-        ruleOn = false
-        let broadcast = try timedVerbs(max(11, repeats / 2), cluster: cluster, daemons: byHost, ruleVerb("bench-bcast"))
+        let broadcast = try timedVerbs(max(11, repeats / 2), cluster: cluster, daemons: byHost, ruleVerb(ctl, "bench-bcast"))
         try cluster.psql("DROP TRIGGER bench_broadcast ON groups")
 
         // Sustained: 8 clients, authorize/revoke pairs on distinct groups of the cloud.
@@ -191,27 +216,7 @@ struct ControllerBench: ParsableCommand {
         cold.stop()
         for d in live.dropFirst() { d.stop() }
 
-        // Baseline: the same verbs on SQLite, refresh calls delivered to the daemons' sockets.
-        // hv0 in a namespace no daemon used (its first sync is the cold start baseline).
-        let sqliteNS = try TestNamespace(prefix: "bc")
-        let sq = try SQLiteBaseline(postgres: ctl, hosts: daemonHosts, namespaces: [sqliteNS] + namespaces.dropFirst(), report: report)
-        defer { sq.stop() }
         ctl.disconnect()
-        // Where the PostgreSQL series left them (the export copied them).
-        member = try sq.store.instance("bench-m") != nil
-        ruleOn = try sq.store.group("bench-app")?.rules.contains { $0.id == "bench" } ?? false
-        let sqMembers = try sq.timedVerbs(repeats) { () throws(StoreError) -> [Delivery] in
-            member.toggle()
-            return try member
-                ? sq.store.addInstance("bench-m", Instance(host: "hv9", groups: ["bench-web"], ips: [IPAddress("172.16.1.1")!], interface: "tbm"))
-                : sq.store.removeInstance("bench-m")
-        }
-        let sqRules = try sq.timedVerbs(repeats) { () throws(StoreError) -> [Delivery] in
-            ruleOn.toggle()
-            return try ruleOn
-                ? sq.store.authorize(group: "bench-app", rule: Rule(id: "bench", proto: .tcp, ports: 8080...8080, remote: .cidr(CloudLoad.prefix("10.1.0.0/16"))))
-                : sq.store.revoke(group: "bench-app", rule: nil, id: "bench")
-        }
 
         // The report.
         func p(_ s: [UInt64]) -> String { formatDuration(percentile(s, 99)) }
@@ -396,6 +401,21 @@ struct VerbTimes {
     /// This process's CPU per verb: the ten daemons (their threads, kernels' netlink work), the
     /// controller's client and the bench's own wait.
     var daemonsCPUPerVerbNs: UInt64 = 0
+
+    /// Adds another block of the same series: its samples, and its CPU per verb weighted by
+    /// its verbs.
+    mutating func merge(_ other: VerbTimes) {
+        let (n, m) = (UInt64(applied.count), UInt64(other.applied.count))
+        if n + m > 0 {
+            cpuPerVerbNs = (cpuPerVerbNs * n + other.cpuPerVerbNs * m) / (n + m)
+            daemonsCPUPerVerbNs = (daemonsCPUPerVerbNs * n + other.daemonsCPUPerVerbNs * m) / (n + m)
+        }
+        commit += other.commit
+        applied += other.applied
+        drain += other.drain
+        lastHost.merge(other.lastHost)
+        hostsNotified = max(hostsNotified, other.hostsNotified)
+    }
 }
 
 /// The phases of the last host to apply a verb, one sample per verb.
@@ -420,6 +440,13 @@ struct LastHostPath {
         drain.append(t.drained - t.read)
         record.append(t.recorded - t.drained)
         hosts[host, default: 0] += 1
+    }
+
+    /// Adds another block's samples.
+    mutating func merge(_ other: LastHostPath) {
+        wake += other.wake; queued += other.queued; read += other.read; drain += other.drain; record += other.record
+        firstWake += other.firstWake; inEveryKernel += other.inEveryKernel
+        hosts.merge(other.hosts, uniquingKeysWith: +)
     }
 
     /// Medians of each phase, for a figure's extra fields.
