@@ -190,8 +190,8 @@ public final class Daemon: @unchecked Sendable {
     /// it) reaches `sequence`, or until `deadline`; returns whether it did.
     ///
     /// For observers in this process (`rampart-bench controller`, tests): a status read takes
-    /// the daemon's lock and copies the whole status, and a benchmark that polled it every
-    /// 100 µs for ten daemons took CPU from the daemons it timed.
+    /// the daemon's lock and copies the whole status, which a benchmark polling ten daemons
+    /// every 100 µs did beside the work it timed.
     public func waitForChangeLog(appliedThrough sequence: Int64, deadline: Date) -> Bool {
         appliedChanged.lock()
         defer { appliedChanged.unlock() }

@@ -329,9 +329,9 @@ struct ControllerBench: ParsableCommand {
             for host in targets.keys where daemons[host] == nil { throw ValidationError("a verb notified \(host), which has no daemon here") }
             out.hostsNotified = targets.count
             // Each daemon in turn, woken when its position moves. Until 2026-12-06 the bench
-            // polled the ten statuses every 100 µs, taking each daemon's lock ~6,000 times a
-            // second beside the work it timed; three interleaved pairs of runs showed no
-            // difference beyond the machine's noise, but a timer should not load what it times.
+            // polled the ten statuses every 100 µs, each read taking the daemon's lock beside the
+            // work it timed; three interleaved pairs of runs showed no difference beyond the
+            // machine's noise, but a timer should not load what it times.
             let deadline = Date(timeIntervalSinceNow: 30)
             for (host, sequence) in targets where !daemons[host]!.daemon.waitForChangeLog(appliedThrough: sequence, deadline: deadline) {
                 throw ValidationError("not applied within 30 s: \(targets)")
