@@ -132,10 +132,19 @@ struct ControllerBench: ParsableCommand {
         report.note("10 daemons ready (hv0: \(live[0].daemon.currentStatus.chains) chains)")
         let byHost = Dictionary(uniqueKeysWithValues: live.map { ($0.host, $0) })
 
-        // Diagnostics: a round trip, and a 100-instance host's document.
+        // Diagnostics: a round trip, and a 100-instance host's document. Then the CPU of one
+        // statement on each side, over 2,000 more (the server's is read from /proc in clock
+        // ticks): this process (postgres-nio, its event-loop thread, the caller's wake-ups; the
+        // ten idle daemons' followers poll once in 10 s each) and the server's processes.
         let rtt = try measure(repeats: repeats) { _ = try ctl.groupExists("bench-web") }
+        let cpuCalls = 2_000
+        let rttCPU0 = processCPUNanos(), rttServer0 = cluster.serverCPUSeconds()
+        for _ in 0..<cpuCalls { _ = try ctl.groupExists("bench-web") }
+        let rttCPU = (processCPUNanos() - rttCPU0) / UInt64(cpuCalls)
+        let rttServer = UInt64(max(0, cluster.serverCPUSeconds() - rttServer0) / Double(cpuCalls) * 1e9)
         report.add(Figure(benchmark: "controller: one statement's round trip", median_ns: median(rtt), baseline: nil, baseline_median_ns: nil,
-                          extra: ["p99": formatDuration(percentile(rtt, 99))]))
+                          extra: ["p99": formatDuration(percentile(rtt, 99)), "client_cpu_per_call": formatDuration(rttCPU),
+                                  "server_cpu_per_call": formatDuration(rttServer)]))
         let doc9 = try measure(repeats: max(5, repeats / 5)) { _ = try ctl.document(forHost: "hv9") }
         report.add(Figure(benchmark: "controller: hv9 document read (~100 instances)", median_ns: median(doc9), baseline: nil, baseline_median_ns: nil,
                           extra: ["p99": formatDuration(percentile(doc9, 99))]))

@@ -44,6 +44,19 @@ import RampartCore
         #expect(lines(Validate.parseMAC("02:00:00:00:01", at: "mac")) == [#"mac: "02:00:00:00:01" is not a MAC address like aa:bb:cc:dd:ee:ff"#])
     }
 
+    /// The MAC parser reads bytes: exactly six pairs of ASCII hex digits (either case) joined
+    /// by colons, nothing before or after.
+    @Test func macAddressesParseExactly() {
+        #expect(MACAddress("02:aB:Cd:eF:00:9f")?.raw == 0x02ab_cdef_009f)
+        #expect(MACAddress("ff:ff:ff:ff:ff:ff")?.raw == 0xffff_ffff_ffff)
+        #expect(MACAddress("02:00:00:00:01:11")?.description == "02:00:00:00:01:11")
+        for bad in ["", "02:00:00:00:01", "02:00:00:00:01:1", "02:00:00:00:01:111", "02:00:00:00:01:11:", ":02:00:00:00:01:11",
+                    "02-00-00-00-01-11", "0200.0000.0111", "02:00:00:00:01:1g", "2:00:00:00:01:111", "02::00:00:00:01:11",
+                    "02:00:00:00:01:1\u{0}", "０2:00:00:00:01:11", "02:00:00:00:01:1\u{301}", " 02:00:00:00:01:11"] {
+            #expect(MACAddress(bad) == nil, "\(bad.debugDescription)")
+        }
+    }
+
     @Test func instancesAtAnyPath() {
         let ok = Instance(host: "hv1", groups: ["web"], ips: [IPAddress("10.0.0.1")!], interface: "tap1")
         #expect(Validate.instance(ok, id: "web-1", at: "instances.web-1", thisHost: "hv1") == [])
