@@ -206,8 +206,8 @@ public struct MACAddress: Hashable, Sendable, CustomStringConvertible {
 
     /// Parses exactly `aa:bb:cc:dd:ee:ff` (two ASCII hex digits per octet, either case).
     ///
-    /// Over the UTF-8 bytes: a daemon's members refresh parses every member's record, and the
-    /// split into `Character`s this replaced was a fifth of that parse (`perf`, `rampart-bench
+    /// Over the UTF-8 bytes: a daemon's members refresh parses every member's record, and this
+    /// parse, splitting into `Character`s, was a quarter of the record's (`perf`, `rampart-bench
     /// daemon`'s membership refresh at host-1k).
     public init?(_ text: String) {
         var v: UInt64 = 0

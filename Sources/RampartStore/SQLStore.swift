@@ -167,10 +167,10 @@ public class SQLStore: Store, @unchecked Sendable {
     }
 
     /// `text` split at every comma byte, empty fields kept (`""` is one empty field), as
-    /// `split(separator: ",", omittingEmptySubsequences: false)` splits it except that this
-    /// works on UTF-8 bytes, not `Character`s (which also splits a comma that a combining mark
-    /// follows, where `split` would not: a field of valid data has neither): `perf` put that
-    /// split at a third of a member record's parse.
+    /// `split(separator: ",", omittingEmptySubsequences: false)` splits it, but over UTF-8
+    /// bytes instead of `Character`s (so it also splits at a comma that a combining mark
+    /// follows, where `split` would not; valid data has neither): `perf` put `Character`
+    /// splitting (the lists' and the MAC address's) at nearly half of a member record's parse.
     static func commaFields(_ text: String) -> [Substring] {
         var out: [Substring] = []
         let utf8 = text.utf8
