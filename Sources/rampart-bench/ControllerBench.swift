@@ -197,9 +197,12 @@ struct ControllerBench: ParsableCommand {
         }
         sq.stop()
         sqliteNamespaces = []
-        let soloRules = try timedVerbs(repeats, cluster: cluster, daemons: byHost, ruleVerb(ctl, "bench-solo"))
+        // An even number of toggling verbs: each series ends where it began (its rule revoked,
+        // its member gone), so that a series added after it starts from the same state.
+        let soloCount = max(2, (repeats + 1) / 2 * 2)
+        let soloRules = try timedVerbs(soloCount, cluster: cluster, daemons: byHost, ruleVerb(ctl, "bench-solo"))
         var soloMember = false
-        let soloMembers = try timedVerbs(repeats, cluster: cluster, daemons: byHost) { () throws(StoreError) -> [Delivery] in
+        let soloMembers = try timedVerbs(soloCount, cluster: cluster, daemons: byHost) { () throws(StoreError) -> [Delivery] in
             soloMember.toggle()
             return try soloMember
                 ? ctl.addInstance("bench-sm", Instance(host: "hv0", groups: ["bench-solo-web"], ips: [IPAddress("172.16.2.2")!], interface: "tbsm"))
