@@ -218,7 +218,7 @@ public struct MACAddress: Hashable, Sendable, CustomStringConvertible {
                 guard c == UInt8(ascii: ":") else { return nil }
                 continue
             }
-            guard let d = Self.hexValue(c) else { return nil }
+            guard let d = hexDigitValue(c) else { return nil }
             v = v << 4 | UInt64(d)
             n += 1
         }
@@ -226,18 +226,20 @@ public struct MACAddress: Hashable, Sendable, CustomStringConvertible {
         raw = v
     }
 
-    private static func hexValue(_ c: UInt8) -> UInt8? {
-        switch c {
-        case UInt8(ascii: "0")...UInt8(ascii: "9"): c - UInt8(ascii: "0")
-        case UInt8(ascii: "a")...UInt8(ascii: "f"): c - UInt8(ascii: "a") + 10
-        case UInt8(ascii: "A")...UInt8(ascii: "F"): c - UInt8(ascii: "A") + 10
-        default: nil
-        }
-    }
-
     /// The 6 octets in wire order.
     public var bytes: [UInt8] { (0..<6).map { UInt8(truncatingIfNeeded: raw >> (40 - 8 * UInt64($0))) } }
     public var description: String { bytes.map { String(format: "%02x", $0) }.joined(separator: ":") }
+}
+
+/// The value of one ASCII hex digit (either case), or nil for any other byte: what a MAC
+/// address's text and a percent-encoded form (the EC2 API's) are read with.
+public func hexDigitValue(_ c: UInt8) -> UInt8? {
+    switch c {
+    case UInt8(ascii: "0")...UInt8(ascii: "9"): c - UInt8(ascii: "0")
+    case UInt8(ascii: "a")...UInt8(ascii: "f"): c - UInt8(ascii: "a") + 10
+    case UInt8(ascii: "A")...UInt8(ascii: "F"): c - UInt8(ascii: "A") + 10
+    default: nil
+    }
 }
 
 /// Quotes a user string for an error message, so that empty and odd strings stay visible.

@@ -1,4 +1,5 @@
 import Foundation
+import RampartCore
 
 /// An EC2 Query request's parameters (`application/x-www-form-urlencoded`), read strictly:
 /// a name given twice, a malformed escape, invalid UTF-8, a list whose indices are not exactly
@@ -40,20 +41,12 @@ public final class Form: @unchecked Sendable {
         var out: [UInt8] = []
         out.reserveCapacity(bytes.count)
         var i = bytes.startIndex
-        func hex(_ b: UInt8) -> UInt8? {
-            switch b {
-            case UInt8(ascii: "0")...UInt8(ascii: "9"): b - UInt8(ascii: "0")
-            case UInt8(ascii: "a")...UInt8(ascii: "f"): b - UInt8(ascii: "a") + 10
-            case UInt8(ascii: "A")...UInt8(ascii: "F"): b - UInt8(ascii: "A") + 10
-            default: nil
-            }
-        }
         while i != bytes.endIndex {
             let b = bytes[i]
             if b == UInt8(ascii: "%") {
                 let j = bytes.index(after: i)
                 guard j != bytes.endIndex, bytes.index(after: j) != bytes.endIndex,
-                      let hi = hex(bytes[j]), let lo = hex(bytes[bytes.index(after: j)])
+                      let hi = hexDigitValue(bytes[j]), let lo = hexDigitValue(bytes[bytes.index(after: j)])
                 else { throw .invalidParameter("malformed percent-encoding in the request") }
                 out.append(hi << 4 | lo)
                 i = bytes.index(j, offsetBy: 2)
