@@ -167,18 +167,23 @@ public enum IPPrefix: Hashable, Sendable, CustomStringConvertible {
 
     /// Parses `a.b.c.d/len`, `x::/len` or a bare address (/32, /128). Host bits set is an error that
     /// names the prefix the author probably meant.
+    ///
+    /// Split at the first `/` byte and the length read as bytes (a rule's prefix is parsed on
+    /// every rules verb and every daemon's rules refresh: `rampart-bench rules-json`). A
+    /// combining mark after the `/` now fails as a bad length rather than a bad address.
     public static func parse(_ text: String) -> ParseResult {
-        let parts = text.split(separator: "/", maxSplits: 1, omittingEmptySubsequences: false)
-        guard let addr = IPAddress(String(parts[0])) else {
+        let slash = text.utf8.firstIndex(of: UInt8(ascii: "/"))
+        guard let addr = IPAddress(slash.map { String(text[..<$0]) } ?? text) else {
             return .invalid("\(quoted(text)) is not an IPv4 or IPv6 prefix")
         }
         let maxLen = addr.family == .ipv4 ? 32 : 128
         var len = maxLen
-        if parts.count == 2 {
-            let s = parts[1]
-            guard !s.isEmpty, s.count <= 3, s.allSatisfy({ $0.isASCII && $0.isNumber }), let l = Int(s),
-                  !(s.count > 1 && s.first == "0")
+        if let slash {
+            let digits = text.utf8[text.utf8.index(after: slash)...]
+            guard (1...3).contains(digits.count), digits.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }),
+                  !(digits.count > 1 && digits.first == UInt8(ascii: "0"))
             else { return .invalid("\(quoted(text)) has an invalid prefix length") }
+            let l = digits.reduce(0) { $0 * 10 + Int($1 - UInt8(ascii: "0")) }
             guard l <= maxLen else { return .invalid("\(quoted(text)): prefix length \(l) is out of range 0-\(maxLen)") }
             len = l
         }

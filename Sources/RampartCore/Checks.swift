@@ -117,10 +117,10 @@ enum Checks {
     }
 
     /// Cross-field and cross-reference rules of one rule at `path`.
-    static func ruleIssues(_ d: RuleDraft, path: String, groupExists: (String) -> Bool) -> [ValidationIssue] {
+    static func ruleIssues(_ d: RuleDraft, path: @autoclosure () -> String, groupExists: (String) -> Bool) -> [ValidationIssue] {
         var out: [ValidationIssue] = []
         func add(_ key: String?, _ reason: String) {
-            out.append(ValidationIssue(path: key.map { joinPath(path, $0) } ?? path, reason: reason))
+            out.append(ValidationIssue(path: key.map { joinPath(path(), $0) } ?? path(), reason: reason))
         }
         if !d.hasCidr && !d.hasGroup { add(nil, "needs one of cidr or group") }
         if d.hasCidr && d.hasGroup { add(nil, "cidr and group are mutually exclusive") }

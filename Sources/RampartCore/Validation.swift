@@ -60,6 +60,12 @@ extension Rule {
 struct DocumentWalker {
     var issues: [ValidationIssue] = []
 
+    /// A rule's keys; `RuleKey` numbers them.
+    static let ruleKeys = ["id", "direction", "protocol", "ports", "icmp_type", "icmp_code", "cidr", "group", "ethertype"]
+    private enum RuleKey {
+        static let id = 0, direction = 1, proto = 2, ports = 3, icmpType = 4, icmpCode = 5, cidr = 6, group = 7, ethertype = 8
+    }
+
     private mutating func issue(_ path: String, _ reason: String) {
         issues.append(ValidationIssue(path: path, reason: reason))
     }
@@ -71,18 +77,37 @@ struct DocumentWalker {
     }
 
     /// Checks an object's keys (unknown, duplicate, missing) and returns it as a dictionary.
-    private mutating func object(_ v: JSONValue, _ path: String, allowed: Set<String>, required: [String]) -> [String: JSONValue]? {
+    private mutating func object(_ v: JSONValue, _ path: @autoclosure () -> String, allowed: Set<String>, required: [String]) -> [String: JSONValue]? {
         guard case .object(let pairs) = v else {
-            issue(path, "expected an object, got \(v.typeName)")
+            issue(path(), "expected an object, got \(v.typeName)")
             return nil
         }
         var out: [String: JSONValue] = [:]
         for (k, val) in pairs {
-            if !allowed.contains(k) { issue(joinPath(path, k), "unknown key"); continue }
-            if out[k] != nil { issue(joinPath(path, k), "duplicate key"); continue }
+            if !allowed.contains(k) { issue(joinPath(path(), k), "unknown key"); continue }
+            if out[k] != nil { issue(joinPath(path(), k), "duplicate key"); continue }
             out[k] = val
         }
-        for k in required where out[k] == nil { issue(joinPath(path, k), "missing required key") }
+        for k in required where out[k] == nil { issue(joinPath(path(), k), "missing required key") }
+        return out
+    }
+
+    /// `object` for an object with a few known keys: its values by the position of their key in
+    /// `keys` (nil: absent), with the same issues. Every rules verb and every daemon's rules
+    /// refresh parses its group's rules: building a dictionary and a set of the allowed keys was
+    /// half of a rule's parse (`perf`, `rampart-bench rules-json`).
+    private mutating func fields(_ v: JSONValue, _ path: @autoclosure () -> String, keys: [String], required: [Int]) -> [JSONValue?]? {
+        guard case .object(let pairs) = v else {
+            issue(path(), "expected an object, got \(v.typeName)")
+            return nil
+        }
+        var out = [JSONValue?](repeating: nil, count: keys.count)
+        for (k, val) in pairs {
+            guard let n = keys.firstIndex(of: k) else { issue(joinPath(path(), k), "unknown key"); continue }
+            if out[n] != nil { issue(joinPath(path(), k), "duplicate key"); continue }
+            out[n] = val
+        }
+        for n in required where out[n] == nil { issue(joinPath(path(), keys[n]), "missing required key") }
         return out
     }
 
@@ -103,23 +128,23 @@ struct DocumentWalker {
         return out
     }
 
-    private mutating func string(_ v: JSONValue, _ path: String) -> String? {
-        guard case .string(let s) = v else { issue(path, "expected a string, got \(v.typeName)"); return nil }
+    private mutating func string(_ v: JSONValue, _ path: @autoclosure () -> String) -> String? {
+        guard case .string(let s) = v else { issue(path(), "expected a string, got \(v.typeName)"); return nil }
         return s
     }
 
-    private mutating func integer(_ v: JSONValue, _ path: String, _ range: ClosedRange<Int>) -> Int? {
-        guard case .number(let text) = v else { issue(path, "expected an integer, got \(v.typeName)"); return nil }
+    private mutating func integer(_ v: JSONValue, _ path: @autoclosure () -> String, _ range: ClosedRange<Int>) -> Int? {
+        guard case .number(let text) = v else { issue(path(), "expected an integer, got \(v.typeName)"); return nil }
         guard let n = v.integer else {
             // An integer too large for Int is still an integer, just out of range.
             if !text.contains(where: { $0 == "." || $0 == "e" || $0 == "E" }) {
-                issue(path, "\(text) is out of range \(range.lowerBound)-\(range.upperBound)")
+                issue(path(), "\(text) is out of range \(range.lowerBound)-\(range.upperBound)")
             } else {
-                issue(path, "expected an integer, got \(text)")
+                issue(path(), "expected an integer, got \(text)")
             }
             return nil
         }
-        guard range.contains(n) else { issue(path, "\(n) is out of range \(range.lowerBound)-\(range.upperBound)"); return nil }
+        guard range.contains(n) else { issue(path(), "\(n) is out of range \(range.lowerBound)-\(range.upperBound)"); return nil }
         return n
     }
 
@@ -192,68 +217,67 @@ struct DocumentWalker {
         return ok ? g : nil
     }
 
-    mutating func rule(_ v: JSONValue, _ path: String, exists: (String) -> Bool) -> Rule? {
-        guard let o = object(v, path, allowed: ["id", "direction", "protocol", "ports", "icmp_type", "icmp_code", "cidr", "group", "ethertype"],
-                             required: ["protocol"]) else { return nil }
+    mutating func rule(_ v: JSONValue, _ path: @autoclosure () -> String, exists: (String) -> Bool) -> Rule? {
+        guard let o = fields(v, path(), keys: Self.ruleKeys, required: [RuleKey.proto]) else { return nil }
         let before = issues.count
         var d = Checks.RuleDraft()
         var id: String?
-        if let x = o["id"] { id = string(x, joinPath(path, "id")) }
+        if let x = o[RuleKey.id] { id = string(x, joinPath(path(), "id")) }
         var direction = Direction.ingress
-        if let x = o["direction"], let s = string(x, joinPath(path, "direction")) {
-            if let dir = Validate.parseDirection(s, at: joinPath(path, "direction")).collect(into: &issues) { direction = dir }
+        if let x = o[RuleKey.direction], let s = string(x, joinPath(path(), "direction")) {
+            if let dir = Validate.parseDirection(s, at: joinPath(path(), "direction")).collect(into: &issues) { direction = dir }
         }
-        if let x = o["protocol"] { d.proto = proto(x, joinPath(path, "protocol")) }
+        if let x = o[RuleKey.proto] { d.proto = proto(x, joinPath(path(), "protocol")) }
         var ports: ClosedRange<UInt16>?
-        if let x = o["ports"] {
+        if let x = o[RuleKey.ports] {
             d.hasPorts = true
-            ports = self.ports(x, joinPath(path, "ports"))
+            ports = self.ports(x, joinPath(path(), "ports"))
         }
         var icmpType: UInt8?, icmpCode: UInt8?
-        if let x = o["icmp_type"] {
+        if let x = o[RuleKey.icmpType] {
             d.hasIcmpType = true
-            icmpType = integer(x, joinPath(path, "icmp_type"), 0...255).map { UInt8($0) }
+            icmpType = integer(x, joinPath(path(), "icmp_type"), 0...255).map { UInt8($0) }
         }
-        if let x = o["icmp_code"] {
+        if let x = o[RuleKey.icmpCode] {
             d.hasIcmpCode = true
-            icmpCode = integer(x, joinPath(path, "icmp_code"), 0...255).map { UInt8($0) }
+            icmpCode = integer(x, joinPath(path(), "icmp_code"), 0...255).map { UInt8($0) }
         }
-        if let x = o["cidr"] {
+        if let x = o[RuleKey.cidr] {
             d.hasCidr = true
-            if let s = string(x, joinPath(path, "cidr")) {
-                d.cidr = Validate.parseCIDR(s, at: joinPath(path, "cidr")).collect(into: &issues)
+            if let s = string(x, joinPath(path(), "cidr")) {
+                d.cidr = Validate.parseCIDR(s, at: joinPath(path(), "cidr")).collect(into: &issues)
             }
         }
-        if let x = o["group"] {
+        if let x = o[RuleKey.group] {
             d.hasGroup = true
-            d.group = string(x, joinPath(path, "group"))
+            d.group = string(x, joinPath(path(), "group"))
         }
-        if let x = o["ethertype"], let s = string(x, joinPath(path, "ethertype")) {
-            d.ethertype = Validate.parseEthertype(s, at: joinPath(path, "ethertype")).collect(into: &issues)
+        if let x = o[RuleKey.ethertype], let s = string(x, joinPath(path(), "ethertype")) {
+            d.ethertype = Validate.parseEthertype(s, at: joinPath(path(), "ethertype")).collect(into: &issues)
         }
-        issues += Checks.ruleIssues(d, path: path, groupExists: exists)
+        issues += Checks.ruleIssues(d, path: path(), groupExists: exists)
         guard issues.count == before, let p = d.proto else { return nil }
         let remote: Remote = d.cidr.map { .cidr($0) } ?? .group(d.group!)
         return Rule(id: id, direction: direction, proto: p, ports: ports, icmpType: icmpType, icmpCode: icmpCode,
                     remote: remote, ethertype: d.ethertype)
     }
 
-    private mutating func proto(_ v: JSONValue, _ path: String) -> RuleProtocol? {
+    private mutating func proto(_ v: JSONValue, _ path: @autoclosure () -> String) -> RuleProtocol? {
         switch v {
         case .string(let s):
-            return Validate.parseProtocol(name: s, at: path).collect(into: &issues)
+            return Validate.parseProtocol(name: s, at: path()).collect(into: &issues)
         case .number:
-            if v.integer == 0 { return Validate.parseProtocol(number: 0, at: path).collect(into: &issues) }
-            return integer(v, path, 0...255).map { .number(UInt8($0)) }
+            if v.integer == 0 { return Validate.parseProtocol(number: 0, at: path()).collect(into: &issues) }
+            return integer(v, path(), 0...255).map { .number(UInt8($0)) }
         default:
-            issue(path, "expected a string or an integer, got \(v.typeName)")
+            issue(path(), "expected a string or an integer, got \(v.typeName)")
             return nil
         }
     }
 
-    private mutating func ports(_ v: JSONValue, _ path: String) -> ClosedRange<UInt16>? {
-        guard let s = string(v, path) else { return nil }
-        return Validate.parsePorts(s, at: path).collect(into: &issues)
+    private mutating func ports(_ v: JSONValue, _ path: @autoclosure () -> String) -> ClosedRange<UInt16>? {
+        guard let s = string(v, path()) else { return nil }
+        return Validate.parsePorts(s, at: path()).collect(into: &issues)
     }
 
     private mutating func instance(_ v: JSONValue, _ path: String, thisHost: String?, exists: (String) -> Bool) -> Instance? {

@@ -79,61 +79,75 @@ public enum Validate {
     }
 
     /// A rule's direction: `ingress` or `egress`.
-    public static func parseDirection(_ text: String, at path: String) -> Result<Direction, ValidationIssue> {
-        guard let d = Direction(rawValue: text) else { return .failure(ValidationIssue(path: path, reason: "\(quoted(text)) is not \"ingress\" or \"egress\"")) }
+    public static func parseDirection(_ text: String, at path: @autoclosure () -> String) -> Result<Direction, ValidationIssue> {
+        guard let d = Direction(rawValue: text) else { return .failure(ValidationIssue(path: path(), reason: "\(quoted(text)) is not \"ingress\" or \"egress\"")) }
         return .success(d)
     }
 
     /// A protocol given by name: tcp, udp, sctp, icmp, icmpv6 or any. (A document writes other
     /// protocols as JSON numbers: `parseProtocol(number:)`.)
-    public static func parseProtocol(name text: String, at path: String) -> Result<RuleProtocol, ValidationIssue> {
+    public static func parseProtocol(name text: String, at path: @autoclosure () -> String) -> Result<RuleProtocol, ValidationIssue> {
         if text == "any" { return .success(.any) }
         if let n = RuleProtocol.names[text] { return .success(.number(n)) }
-        return .failure(ValidationIssue(path: path, reason: "\(quoted(text)) is not one of tcp, udp, sctp, icmp, icmpv6, any, or a number 1-255"))
+        return .failure(ValidationIssue(path: path(), reason: "\(quoted(text)) is not one of tcp, udp, sctp, icmp, icmpv6, any, or a number 1-255"))
     }
 
     /// A protocol given by number: 1–255 (0 is ambiguous: `any` is meant, or a mistake).
-    public static func parseProtocol(number n: Int, at path: String) -> Result<RuleProtocol, ValidationIssue> {
-        if n == 0 { return .failure(ValidationIssue(path: path, reason: "0 is ambiguous; write \"any\"")) }
-        return parseByte(n, at: path).map { .number($0) }
+    public static func parseProtocol(number n: Int, at path: @autoclosure () -> String) -> Result<RuleProtocol, ValidationIssue> {
+        if n == 0 { return .failure(ValidationIssue(path: path(), reason: "0 is ambiguous; write \"any\"")) }
+        return parseByte(n, at: path()).map { .number($0) }
     }
 
     /// An integer field of 0–255 (icmp_type, icmp_code, a protocol number).
-    public static func parseByte(_ n: Int, at path: String) -> Result<UInt8, ValidationIssue> {
-        guard (0...255).contains(n) else { return .failure(ValidationIssue(path: path, reason: "\(n) is out of range 0-255")) }
+    public static func parseByte(_ n: Int, at path: @autoclosure () -> String) -> Result<UInt8, ValidationIssue> {
+        guard (0...255).contains(n) else { return .failure(ValidationIssue(path: path(), reason: "\(n) is out of range 0-255")) }
         return .success(UInt8(n))
     }
 
     /// Ports: `"N"` or `"N-M"`, 1–65535, N ≤ M, digits only.
-    public static func parsePorts(_ s: String, at path: String) -> Result<ClosedRange<UInt16>, ValidationIssue> {
-        let parts = s.split(separator: "-", maxSplits: 1, omittingEmptySubsequences: false)
+    ///
+    /// Over the UTF-8 bytes: every rules verb parses its group's rules, and every notified daemon
+    /// parses them again (`rampart-bench rules-json`).
+    public static func parsePorts(_ s: String, at path: @autoclosure () -> String) -> Result<ClosedRange<UInt16>, ValidationIssue> {
         var nums: [Int] = []
-        for p in parts {
-            // Digits only: Int("+80") would otherwise accept a sign.
-            guard !p.isEmpty, p.count <= 10, p.allSatisfy({ $0.isASCII && $0.isNumber }), let n = Int(p) else {
-                return .failure(ValidationIssue(path: path, reason: "\(quoted(s)) is not \"N\" or \"N-M\""))
+        var n = 0, digits = 0
+        var malformed = false
+        for b in s.utf8 {
+            if b == UInt8(ascii: "-") && nums.isEmpty {
+                if digits == 0 { malformed = true; break }
+                nums.append(n); n = 0; digits = 0
+            } else if b >= UInt8(ascii: "0") && b <= UInt8(ascii: "9") {
+                // Digits only (Int("+80") would accept a sign); at most 10, as before.
+                digits += 1
+                if digits > 10 { malformed = true; break }
+                n = n * 10 + Int(b - UInt8(ascii: "0"))
+            } else {
+                malformed = true; break
             }
-            nums.append(n)
         }
+        if malformed || digits == 0 {
+            return .failure(ValidationIssue(path: path(), reason: "\(quoted(s)) is not \"N\" or \"N-M\""))
+        }
+        nums.append(n)
         for n in nums where !(1...65535).contains(n) {
-            return .failure(ValidationIssue(path: path, reason: "\(n) is out of range 1-65535"))
+            return .failure(ValidationIssue(path: path(), reason: "\(n) is out of range 1-65535"))
         }
         let lo = nums[0], hi = nums.count == 2 ? nums[1] : nums[0]
-        guard lo <= hi else { return .failure(ValidationIssue(path: path, reason: "\(quoted(s)): \(lo) is greater than \(hi)")) }
+        guard lo <= hi else { return .failure(ValidationIssue(path: path(), reason: "\(quoted(s)): \(lo) is greater than \(hi)")) }
         return .success(UInt16(lo)...UInt16(hi))
     }
 
     /// A remote prefix: `a.b.c.d/len`, `x::/len` or a bare address, host bits zero.
-    public static func parseCIDR(_ text: String, at path: String) -> Result<IPPrefix, ValidationIssue> {
+    public static func parseCIDR(_ text: String, at path: @autoclosure () -> String) -> Result<IPPrefix, ValidationIssue> {
         switch IPPrefix.parse(text) {
         case .ok(let p): .success(p)
-        case .invalid(let why): .failure(ValidationIssue(path: path, reason: why))
+        case .invalid(let why): .failure(ValidationIssue(path: path(), reason: why))
         }
     }
 
     /// A rule's ethertype: `ipv4` or `ipv6`.
-    public static func parseEthertype(_ text: String, at path: String) -> Result<IPFamily, ValidationIssue> {
-        guard let e = IPFamily(rawValue: text) else { return .failure(ValidationIssue(path: path, reason: "\(quoted(text)) is not \"ipv4\" or \"ipv6\"")) }
+    public static func parseEthertype(_ text: String, at path: @autoclosure () -> String) -> Result<IPFamily, ValidationIssue> {
+        guard let e = IPFamily(rawValue: text) else { return .failure(ValidationIssue(path: path(), reason: "\(quoted(text)) is not \"ipv4\" or \"ipv6\"")) }
         return .success(e)
     }
 }

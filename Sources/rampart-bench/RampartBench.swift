@@ -9,7 +9,7 @@ struct RampartBench: ParsableCommand {
         commandName: "rampart-bench",
         abstract: "Benchmarks of Rampart beside their baselines, measured in the same run.",
         subcommands: [NetlinkBench.self, EngineBench.self, NFTablesBench.self, IPTablesBench.self, DaemonBench.self, ConntrackBench.self,
-                      ControllerBench.self, FleetBench.self, PacketBench.self, EC2Bench.self]
+                      ControllerBench.self, FleetBench.self, PacketBench.self, EC2Bench.self, RulesJSONBench.self]
     )
 }
 
