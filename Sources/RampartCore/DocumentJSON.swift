@@ -71,13 +71,11 @@ extension Rule: Encodable {
         var c = encoder.container(keyedBy: JSONKey.self)
         try c.encodeIfPresent(id, forKey: "id")
         try c.encode(direction.rawValue, forKey: "direction")
-        switch proto {
-        case .any: try c.encode("any", forKey: "protocol")
-        case .number(let n):
-            // Numbers that have a name in the spec are written by name; others as integers.
-            if let name = RuleProtocol.names.first(where: { $0.value == n })?.key { try c.encode(name, forKey: "protocol") } else { try c.encode(n, forKey: "protocol") }
+        switch protocolSpelling {
+        case .name(let name): try c.encode(name, forKey: "protocol")
+        case .number(let n): try c.encode(n, forKey: "protocol")
         }
-        if let p = ports { try c.encode(p.lowerBound == p.upperBound ? "\(p.lowerBound)" : "\(p.lowerBound)-\(p.upperBound)", forKey: "ports") }
+        try c.encodeIfPresent(portsText, forKey: "ports")
         try c.encodeIfPresent(icmpType, forKey: "icmp_type")
         try c.encodeIfPresent(icmpCode, forKey: "icmp_code")
         switch remote {
@@ -86,6 +84,20 @@ extension Rule: Encodable {
         }
         try c.encodeIfPresent(ethertype?.rawValue, forKey: "ethertype")
     }
+
+    /// How a document writes the protocol: by name where the spec has one (and `any`), else as
+    /// an integer. (`encode(to:)` and the direct writer below both spell it so.)
+    enum ProtocolSpelling { case name(String), number(UInt8) }
+
+    var protocolSpelling: ProtocolSpelling {
+        switch proto {
+        case .any: .name("any")
+        case .number(let n): RuleProtocol.names.first(where: { $0.value == n }).map { .name($0.key) } ?? .number(n)
+        }
+    }
+
+    /// The ports as a document writes them: `"N"` or `"N-M"`.
+    var portsText: String? { ports.map { $0.lowerBound == $0.upperBound ? "\($0.lowerBound)" : "\($0.lowerBound)-\($0.upperBound)" } }
 
     /// Canonical JSON text of one rule, as it appears in a document's `rules` array.
     public func jsonText() -> String {
@@ -129,12 +141,11 @@ extension Rule: Encodable {
         if let c = icmpCode { key("icmp_code"); number(c) }
         if let t = icmpType { key("icmp_type"); number(t) }
         if let id { key("id"); writeJSONString(id, to: &out) }
-        if let p = ports { key("ports"); writeJSONString(p.lowerBound == p.upperBound ? "\(p.lowerBound)" : "\(p.lowerBound)-\(p.upperBound)", to: &out) }
+        if let p = portsText { key("ports"); writeJSONString(p, to: &out) }
         key("protocol")
-        switch proto {
-        case .any: writeJSONString("any", to: &out)
-        case .number(let n):
-            if let name = RuleProtocol.names.first(where: { $0.value == n })?.key { writeJSONString(name, to: &out) } else { number(n) }
+        switch protocolSpelling {
+        case .name(let name): writeJSONString(name, to: &out)
+        case .number(let n): number(n)
         }
         out.append(UInt8(ascii: "}"))
     }
