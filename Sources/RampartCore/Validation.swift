@@ -77,23 +77,15 @@ struct DocumentWalker {
     }
 
     /// Checks an object's keys (unknown, duplicate, missing) and returns it as a dictionary.
-    private mutating func object(_ v: JSONValue, _ path: @autoclosure () -> String, allowed: Set<String>, required: [String]) -> [String: JSONValue]? {
-        guard case .object(let pairs) = v else {
-            issue(path(), "expected an object, got \(v.typeName)")
-            return nil
-        }
+    private mutating func object(_ v: JSONValue, _ path: @autoclosure () -> String, allowed: [String], required: [String]) -> [String: JSONValue]? {
+        guard let values = fields(v, path(), keys: allowed, required: required.compactMap { allowed.firstIndex(of: $0) }) else { return nil }
         var out: [String: JSONValue] = [:]
-        for (k, val) in pairs {
-            if !allowed.contains(k) { issue(joinPath(path(), k), "unknown key"); continue }
-            if out[k] != nil { issue(joinPath(path(), k), "duplicate key"); continue }
-            out[k] = val
-        }
-        for k in required where out[k] == nil { issue(joinPath(path(), k), "missing required key") }
+        for (k, value) in zip(allowed, values) where value != nil { out[k] = value }
         return out
     }
 
-    /// `object` for an object with a few known keys: its values by the position of their key in
-    /// `keys` (nil: absent), with the same issues. Every rules verb and every daemon's rules
+    /// An object's values by the position of their key in `keys` (nil: absent); an unknown,
+    /// duplicate or missing key is an issue. Every rules verb and every daemon's rules
     /// refresh parses its group's rules: building a dictionary and a set of the allowed keys was
     /// half of a rule's parse (`perf`, `rampart-bench rules-json`).
     private mutating func fields(_ v: JSONValue, _ path: @autoclosure () -> String, keys: [String], required: [Int]) -> [JSONValue?]? {
