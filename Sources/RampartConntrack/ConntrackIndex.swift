@@ -363,6 +363,7 @@ public final class ConntrackIndex: @unchecked Sendable {
 
     private func startThread() {
         let t = Thread { [self] in
+            nameThisThreadForKernel("rampartd-ct")
             var failedAt: UInt64?
             while !lock.withLock({ stopped }) {
                 if !isFresh {
@@ -395,7 +396,6 @@ public final class ConntrackIndex: @unchecked Sendable {
             }
             finished.signal()
         }
-        t.name = "conntrack-index"
         thread = t
         t.start()
     }

@@ -125,7 +125,7 @@ public final class ChangeLogFollower: @unchecked Sendable {
 
     /// Starts the follower's thread; it records the primed position once the daemon is ready.
     public func start() {
-        loop.start(name: "rampartd-changelog") { [self] in run() }
+        loop.start(name: "rampartd-log") { [self] in run() }
     }
 
     /// Stops the thread after the step in progress and waits for it.

@@ -4,6 +4,7 @@ import Logging
 import Prometheus
 import RampartCore
 import RampartStore
+import RampartSystem
 
 /// The hypervisor daemon's core, as the API and `rampartd` see it: refresh calls go into the
 /// coalescing `RefreshQueue`; the `Reconciler` (one dedicated thread, run by `ReconcilerService`)
@@ -84,6 +85,7 @@ public final class Daemon: @unchecked Sendable {
         state.locked { _ in
             guard thread == nil else { return }
             let t = Thread { [self] in
+                nameThisThreadForKernel("rampartd-recon")
                 reconciler.run()
                 let (waiters, hooks) = state.locked { s in
                     s.finished = true
@@ -94,7 +96,6 @@ public final class Daemon: @unchecked Sendable {
                 for w in waiters { w(RefreshQueue.stoppingOutcome) }
                 for h in hooks { h() }
             }
-            t.name = "rampartd-reconciler"
             thread = t
             t.start()
         }

@@ -101,7 +101,7 @@ public final class RelayHub: @unchecked Sendable {
 
     /// Starts the reader thread (it connects the LISTEN and retries while the store is down).
     public func start() {
-        loop.start(name: "rampart-relay-reader") { [self] in run() }
+        loop.start(name: "relay-reader") { [self] in run() }
     }
 
     /// Stops the reader (after the step in progress) and the LISTEN; subscribers stay open
