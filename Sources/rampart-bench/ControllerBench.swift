@@ -329,7 +329,7 @@ struct ControllerBench: ParsableCommand {
         var out = VerbTimes()
         let cpu0 = cluster.serverCPUSeconds()
         let ownCPU0 = processCPUNanos()
-        let threads0 = threadCPUByRole()
+        let threads0 = ThreadCPU.read()
         for _ in 0..<count {
             let t0 = monotonicNanos()
             let startedOnDispatchClock = DispatchTime.now().uptimeNanoseconds
@@ -366,7 +366,7 @@ struct ControllerBench: ParsableCommand {
         }
         out.cpuPerVerbNs = UInt64((cluster.serverCPUSeconds() - cpu0) / Double(count) * 1e9)
         out.daemonsCPUPerVerbNs = (processCPUNanos() - ownCPU0) / UInt64(count)
-        for (role, ns) in threadCPUByRole() { out.threadCPUPerVerbNs[role] = (ns &- (threads0[role] ?? 0)) / UInt64(count) }
+        for (role, ns) in ThreadCPU.read().since(threads0) { out.threadCPUPerVerbNs[role] = ns / UInt64(count) }
         return out
     }
 
@@ -416,7 +416,7 @@ struct VerbTimes {
     /// This process's CPU per verb: the ten daemons (their threads, kernels' netlink work), the
     /// controller's client and the bench's own wait.
     var daemonsCPUPerVerbNs: UInt64 = 0
-    /// That CPU by thread (`threadCPUByRole`): the daemons' reconcilers, their change-log
+    /// That CPU by thread (`ThreadCPU`): the daemons' reconcilers, their change-log
     /// followers, the event-loop threads (postgres-nio for every connection of the process), the
     /// rest (the controller's verbs, the bench's wait).
     var threadCPUPerVerbNs: [String: UInt64] = [:]
@@ -748,21 +748,36 @@ enum CloudLoad {
         """
 }
 
-/// This process's CPU so far by thread role, in ns (each thread's `/proc/self/task/TID/schedstat`,
-/// exact where `stat` counts 10 ms ticks; threads are told apart by the names the daemon gives
-/// them for the kernel: `rampartd-recon`, `rampartd-log`, SwiftNIO's `NIO-ELT-…`; `other` is the
-/// rest, the bench's own threads among them). A thread that ended between two readings drops out
-/// of its role's sum: the series' threads live for the whole run.
-func threadCPUByRole() -> [String: UInt64] {
-    var out: [String: UInt64] = [:]
-    guard let tasks = try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task") else { return out }
-    for tid in tasks {
-        guard let comm = try? String(contentsOfFile: "/proc/self/task/\(tid)/comm", encoding: .utf8),
-              let stat = try? String(contentsOfFile: "/proc/self/task/\(tid)/schedstat", encoding: .utf8),
-              let first = stat.split(separator: " ").first, let ns = UInt64(first) else { continue }
-        let name = comm.trimmingCharacters(in: .newlines)
-        let role = name.hasPrefix("NIO-ELT") ? "event_loops" : name == "rampartd-recon" ? "reconcilers" : name == "rampartd-log" ? "followers" : "other"
-        out[role, default: 0] += ns
+/// This process's threads' CPU so far, in ns, by thread id (each thread's
+/// `/proc/self/task/TID/schedstat`, exact where `stat` counts 10 ms ticks), with the role its
+/// kernel name gives it: `rampartd-recon` (reconcilers), `rampartd-log` (followers), SwiftNIO's
+/// `NIO-ELT-…` (event loops), anything else (`other`: the bench's own threads among them).
+struct ThreadCPU {
+    var threads: [String: (role: String, ns: UInt64)] = [:]
+
+    static func read() -> ThreadCPU {
+        var out = ThreadCPU()
+        guard let tasks = try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task") else { return out }
+        for tid in tasks {
+            guard let comm = try? String(contentsOfFile: "/proc/self/task/\(tid)/comm", encoding: .utf8),
+                  let stat = try? String(contentsOfFile: "/proc/self/task/\(tid)/schedstat", encoding: .utf8),
+                  let first = stat.split(separator: " ").first, let ns = UInt64(first) else { continue }
+            let name = comm.trimmingCharacters(in: .newlines)
+            let role = name.hasPrefix("NIO-ELT") ? "event_loops" : name == "rampartd-recon" ? "reconcilers" : name == "rampartd-log" ? "followers" : "other"
+            out.threads[tid] = (role, ns)
+        }
+        return out
     }
-    return out
+
+    /// CPU by role since `earlier`, thread by thread: a thread started since counts whole; one
+    /// that ended since is not in this reading and its last moments are lost (an undercount, never
+    /// a negative: the series' threads live for the whole run).
+    func since(_ earlier: ThreadCPU) -> [String: UInt64] {
+        var out: [String: UInt64] = [:]
+        for (tid, t) in threads {
+            let before = earlier.threads[tid].map { $0.ns } ?? 0
+            out[t.role, default: 0] += t.ns >= before ? t.ns - before : 0
+        }
+        return out
+    }
 }
