@@ -18,6 +18,8 @@ public struct ChangeLogStatus: Sendable, Equatable {
     public var reloads: Int = 0
     /// Reconnections to the store since start.
     public var reconnects: Int = 0
+    /// Pages read by the wake-up connection as the NOTIFY came (`PrefetchingWakeups`), and used.
+    public var readsAtWakeup: Int = 0
     /// Why the store is unreachable, while it is.
     public var lastError: String?
     /// Where the last step that applied rows spent its time; nil before the first.
@@ -88,6 +90,8 @@ public final class ChangeLogFollower: @unchecked Sendable {
     private var woken = false
     /// When the pending wake-up arrived (nil: none since the last step began).
     private var wokenAt: UInt64?
+    /// A page the wake-up source read for this host as the NOTIFY came (`PrefetchingWakeups`).
+    private var prefetched: PrefetchedPage?
     private var listening = false
     /// Where the log is applied through; nil until the first sync covered a known position.
     private var applied: Int64?
@@ -149,9 +153,29 @@ public final class ChangeLogFollower: @unchecked Sendable {
         }
     }
 
-    /// Sleeps up to `seconds` or until woken (or stopping). Returns false when stopping.
-    private func pause(_ seconds: Double) -> Bool {
+    /// A page read for this host by the wake-up source (nil: its read failed): a wake-up.
+    private func delivered(_ page: PrefetchedPage?) {
         condition.withLock {
+            if let page { prefetched = page }
+            woken = true
+            if wokenAt == nil { wokenAt = page?.notified ?? DispatchTime.now().uptimeNanoseconds }
+            condition.signal()
+        }
+    }
+
+    /// Sleeps up to `seconds` or until woken (or stopping). Returns false when stopping.
+    /// `armed`: a wake-up source that can read for this host does so at the next NOTIFY that
+    /// names it, from the position applied and recorded now (only then: a page is used only
+    /// from the position it was read after).
+    private func pause(_ seconds: Double, armed: Bool = false) -> Bool {
+        let prefetching = armed ? wakeups as? any PrefetchingWakeups : nil
+        if let prefetching, let at = condition.withLock({ applied }), at == recorded {
+            prefetching.arm(host: daemon.host, after: at, limit: settings.batch, readingAhead: settings.readAhead) { [weak self] in
+                self?.delivered($0)
+            }
+        }
+        defer { prefetching?.disarm() }
+        return condition.withLock {
             let deadline = Date(timeIntervalSinceNow: seconds)
             while !woken && !loop.stopping && condition.wait(until: deadline) {}
             woken = false
@@ -184,7 +208,7 @@ public final class ChangeLogFollower: @unchecked Sendable {
                 wasDown = false
                 backoff = settings.minBackoff
                 if try step() { continue }  // more rows may wait: read again at once
-                _ = pause(settings.pollInterval)
+                _ = pause(settings.pollInterval, armed: true)
             } catch {
                 if !wasDown { logger.error("store unreachable; the kernel keeps its rules", metadata: ["error": "\(error)"]) }
                 wasDown = true
@@ -207,8 +231,11 @@ public final class ChangeLogFollower: @unchecked Sendable {
     /// (more may follow at once).
     private func step() throws -> Bool {
         let host = daemon.host
-        let started = DispatchTime.now().uptimeNanoseconds
-        let woken = condition.withLock { () -> UInt64 in defer { wokenAt = nil }; return wokenAt ?? started }
+        var started = DispatchTime.now().uptimeNanoseconds
+        let (woken, prefetched) = condition.withLock { () -> (UInt64, PrefetchedPage?) in
+            defer { wokenAt = nil; self.prefetched = nil }
+            return (wokenAt ?? started, self.prefetched)
+        }
         guard let from = condition.withLock({ applied }) else {
             // Never primed (the store was down at start): whole document, from a fresh head.
             try reload(reason: "start")
@@ -217,8 +244,18 @@ public final class ChangeLogFollower: @unchecked Sendable {
         // A position not yet in the store (the first sync's, or a write that failed) goes first:
         // a controller waiting with --wait reads it there.
         if recorded != from { try record(from) }
-        let page = try log.entries(host: host, after: from, limit: settings.batch, readingAhead: settings.readAhead)
-        let read = DispatchTime.now().uptimeNanoseconds
+        let page: LogPage
+        let read: UInt64
+        if let prefetched, prefetched.after == from {
+            // Read as the NOTIFY came, from this position (a page from another is dropped).
+            page = prefetched.page
+            started = prefetched.notified
+            read = prefetched.read
+            daemon.updateChangeLog { $0.readsAtWakeup += 1 }
+        } else {
+            page = try log.entries(host: host, after: from, limit: settings.batch, readingAhead: settings.readAhead)
+            read = DispatchTime.now().uptimeNanoseconds
+        }
         daemon.updateChangeLog { $0.head = page.head }
         if page.trimmed {
             try reload(reason: "log trimmed past \(from)")

@@ -100,7 +100,7 @@ struct StatusDTO: Encodable {
     struct ChangeLogDTO: Encodable {
         var connected: Bool
         var applied, head: Int64
-        var rowsApplied, reloads, reconnects: Int
+        var rowsApplied, reloads, reconnects, readsAtWakeup: Int
         var lastError: String?
         var lastStep: StepDTO?
         /// The last step's phases in milliseconds: wake-up to the step's start, the log read,
@@ -114,7 +114,7 @@ struct StatusDTO: Encodable {
             enum CodingKeys: String, CodingKey { case wait = "wait_ms", read = "read_ms", drain = "drain_ms", record = "record_ms" }
         }
         enum CodingKeys: String, CodingKey {
-            case connected, applied, head, rowsApplied = "rows_applied", reloads, reconnects, lastError = "last_error", lastStep = "last_step"
+            case connected, applied, head, rowsApplied = "rows_applied", reloads, reconnects, readsAtWakeup = "reads_at_wakeup", lastError = "last_error", lastStep = "last_step"
         }
         func encode(to encoder: Encoder) throws {
             var c = encoder.container(keyedBy: CodingKeys.self)
@@ -124,6 +124,7 @@ struct StatusDTO: Encodable {
             try c.encode(rowsApplied, forKey: .rowsApplied)
             try c.encode(reloads, forKey: .reloads)
             try c.encode(reconnects, forKey: .reconnects)
+            try c.encode(readsAtWakeup, forKey: .readsAtWakeup)
             try c.encode(lastError, forKey: .lastError)
             try c.encode(lastStep, forKey: .lastStep)
         }
@@ -165,7 +166,7 @@ struct StatusDTO: Encodable {
         }
         changeLog = s.changeLog.map {
             ChangeLogDTO(connected: $0.connected, applied: $0.applied, head: $0.head, rowsApplied: $0.rowsApplied,
-                         reloads: $0.reloads, reconnects: $0.reconnects, lastError: $0.lastError, lastStep: $0.lastStep.map(ChangeLogDTO.StepDTO.init))
+                         reloads: $0.reloads, reconnects: $0.reconnects, readsAtWakeup: $0.readsAtWakeup, lastError: $0.lastError, lastStep: $0.lastStep.map(ChangeLogDTO.StepDTO.init))
         }
     }
 
@@ -265,6 +266,7 @@ final class DaemonMetrics: Sendable {
             counter("rampart_changelog_rows_applied_total", c.rowsApplied)
             counter("rampart_changelog_reloads_total", c.reloads)
             counter("rampart_store_reconnects_total", c.reconnects)
+            counter("rampart_changelog_reads_at_wakeup_total", c.readsAtWakeup)
         }
         return s
     }

@@ -104,6 +104,37 @@ public protocol ChangeWakeups: AnyObject, Sendable {
     func stop()
 }
 
+/// A page that a wake-up source read for its reader as the wake-up came (`PrefetchingWakeups`).
+public struct PrefetchedPage: Sendable {
+    /// The page after `after`, as `ChangeLog.entries(host:after:limit:readingAhead:)` reads it.
+    public var page: LogPage
+    /// The position it was read after: the reader uses it only if that is still its own.
+    public var after: Int64
+    /// When the wake-up arrived and when the page did (`DispatchTime.uptimeNanoseconds`).
+    public var notified: UInt64
+    public var read: UInt64
+    public init(page: LogPage, after: Int64, notified: UInt64, read: UInt64) {
+        self.page = page; self.after = after; self.notified = notified; self.read = read
+    }
+}
+
+/// A wake-up source that can read a sleeping reader's page itself, on its own connection, the
+/// moment it hears that the reader's host has rows: the reader then wakes once, with the page,
+/// instead of waking to send the read and again for its answer (the direct mode's
+/// `PostgresWakeups`; a relay already streams the rows).
+///
+/// Only a shortcut: the page is the one the reader would have read (the same statement, on a
+/// snapshot taken after the NOTIFY's commit), and whatever goes wrong ends in the usual path.
+public protocol PrefetchingWakeups: ChangeWakeups {
+    /// Arms one read for the next wake-up that names `host` (or every host): the source reads
+    /// the host's page after `position` and hands it to `deliver` instead of waking the handler
+    /// given to `start`; `deliver(nil)` when the read failed or took too long (the reader then
+    /// reads itself). One read per arming; `disarm` or a new `arm` replaces it.
+    func arm(host: String, after position: Int64, limit: Int, readingAhead: Int, deliver: @escaping @Sendable (PrefetchedPage?) -> Void)
+    /// Withdraws an armed read that has not started.
+    func disarm()
+}
+
 /// The NOTIFY payload of a verb, written by `rampart_log_append` (PostgresRoutines.swift): the
 /// hosts whose logs grew, comma-separated, or `*` when the list would not fit (PostgreSQL's
 /// payload limit is 8000 bytes). One channel for everything: PostgreSQL 15–18 wakes every

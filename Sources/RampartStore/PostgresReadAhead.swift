@@ -257,9 +257,17 @@ extension SQLStore {
     func logEntriesReadingAhead(host: String, after sequence: Int64, limit: Int, ahead: Int,
                                 referencedMembers: Int = readAheadReferencedMembers) throws(StoreError) -> LogPage {
         let rows = try locked { () throws(StoreError) -> [[String?]] in
-            try db.query("SELECT * FROM rampart_log_read_ahead(?, ?, ?, ?, ?)",
+            try db.query(Self.readAheadStatement,
                          [.text(host), .int(sequence), .int(Int64(limit)), .int(Int64(ahead)), .int(Int64(referencedMembers))])
         }
+        return Self.readAheadPage(rows, host: host, after: sequence)
+    }
+
+    /// The read-ahead's statement: host, position, limit, ahead, referenced members (`?` each).
+    static let readAheadStatement = "SELECT * FROM rampart_log_read_ahead(?, ?, ?, ?, ?)"
+
+    /// The page a read-ahead's rows (`readAheadStatement`) describe, with what they read ahead.
+    static func readAheadPage(_ rows: [[String?]], host: String, after sequence: Int64) -> LogPage {
         // The page: the rows of kind `log`, in `rampart_log_read`'s columns.
         let logRows = rows.filter { $0.first == "log" }.map { r -> [String?] in [host, r[3], r[4], r[2], r[1]] }
         var page = Self.logPages(logRows, positions: [host: sequence])[host] ?? LogPage(entries: [], head: 0, trimmed: false)

@@ -135,12 +135,49 @@ public final class PostgresStore: SQLStore, ChangeLog, @unchecked Sendable {
 /// Direct-mode wake-ups: one LISTEN connection to PostgreSQL (channel `rampart_changes`). The
 /// handler hears `.appended` for every verb's NOTIFY, and `.lost` once when the connection
 /// closes; `start` again to reconnect.
-public final class PostgresWakeups: ChangeWakeups, @unchecked Sendable {
+///
+/// A reader that sleeps can arm a read (`PrefetchingWakeups`): the NOTIFY that names its host
+/// then sends the host's read-ahead at once, from the event loop, on this connection (otherwise
+/// idle), and the reader wakes once, with the page. Why: per notified host a verb woke the
+/// reader's thread for the NOTIFY, the event loop to send its read, and the reader again for
+/// the answer; and the read waited for the reader's thread to be scheduled (0.12–0.24 ms on the
+/// last host's path in `rampart-bench controller`, ten daemons on two cores).
+public final class PostgresWakeups: PrefetchingWakeups, @unchecked Sendable {
     public let location: PostgresLocation
     private let eventLoopGroup: MultiThreadedEventLoopGroup
     private let lock = NSLock()
     private var connection: PostgresConnection?
     private var generation = 0
+    /// The read the reader armed, taken by the first NOTIFY that names its host (under `lock`).
+    private var armed: ArmedRead?
+
+    /// A page read on the LISTEN connection may take this long before the reader is woken to
+    /// read it itself (postgres-nio can leave a statement sent as the connection closes
+    /// unanswered: vapor/postgres-nio#487).
+    static let prefetchTimeout: TimeAmount = .seconds(2)
+
+    struct ArmedRead: Sendable {
+        let host: String
+        let after: Int64
+        let limit: Int
+        let ahead: Int
+        let deliver: @Sendable (PrefetchedPage?) -> Void
+    }
+
+    public func arm(host: String, after position: Int64, limit: Int, readingAhead: Int, deliver: @escaping @Sendable (PrefetchedPage?) -> Void) {
+        lock.withLock { armed = ArmedRead(host: host, after: position, limit: limit, ahead: readingAhead, deliver: deliver) }
+    }
+
+    public func disarm() { lock.withLock { armed = nil } }
+
+    /// The armed read, if this wake-up names its host (taken: one read per arming).
+    private func takeArmed(naming hosts: Set<String>?) -> ArmedRead? {
+        lock.withLock {
+            guard let a = armed, hosts?.contains(a.host) ?? true else { return nil }
+            armed = nil
+            return a
+        }
+    }
 
     /// `eventLoopGroup`: as the store's (`PostgresStore.eventLoopGroup`).
     public init(location: PostgresLocation, eventLoopGroup: MultiThreadedEventLoopGroup = PostgresStore.sharedEventLoopGroup) {
@@ -169,10 +206,15 @@ public final class PostgresWakeups: ChangeWakeups, @unchecked Sendable {
         // On the connection's own event loop: a live channel takes the listener at once, while
         // a listener handed to a channel that closed meanwhile (the server shutting down) is
         // dropped, which postgres-nio turns into a crash ("Notification closure had not been used").
+        let reads = WakeupReads(connection: c)
+        let current: @Sendable () -> Bool = { [weak self] in self?.lock.withLock { self?.generation == myGeneration } ?? false }
         let added = c.eventLoop.submit { () -> Bool in
             guard !c.isClosed else { return false }
-            c.addListener(channel: WakeupPayload.channel) { _, note in
-                handler(.appended(hosts: WakeupPayload.decode(note.payload)))
+            c.addListener(channel: WakeupPayload.channel) { [weak self] _, note in
+                let hosts = WakeupPayload.decode(note.payload)
+                guard let read = self?.takeArmed(naming: hosts) else { return handler(.appended(hosts: hosts)) }
+                // A stopped source delivers nothing (`ChangeWakeups.stop`).
+                reads.run(read) { page in if current() { read.deliver(page) } }
             }
             return true
         }
@@ -215,5 +257,42 @@ public final class PostgresWakeups: ChangeWakeups, @unchecked Sendable {
             return connection
         }
         if let c { let closing: EventLoopFuture<Void> = c.close(); try? closing.wait() }
+    }
+}
+
+/// The reads a LISTEN connection sends for its armed reader (`PostgresWakeups`): the same
+/// statement as `SQLStore.logEntriesReadingAhead`, prepared once per connection. Used only on
+/// the connection's event loop.
+final class WakeupReads: @unchecked Sendable {
+    private let connection: PostgresConnection
+    private var statement: EventLoopFuture<PreparedQuery>?
+
+    init(connection: PostgresConnection) { self.connection = connection }
+
+    /// Sends `read`'s statement and hands `finish` its page, or nil if it failed or took
+    /// longer than `PostgresWakeups.prefetchTimeout` (once either way).
+    func run(_ read: PostgresWakeups.ArmedRead, _ finish: @escaping @Sendable (PrefetchedPage?) -> Void) {
+        let c = connection
+        let notified = DispatchTime.now().uptimeNanoseconds
+        let once = NIOLockedValueBox(false)
+        @Sendable func settle(_ page: PrefetchedPage?) {
+            if once.withLockedValue({ done in defer { done = true }; return !done }) { finish(page) }
+        }
+        let timer = c.eventLoop.scheduleTask(in: PostgresWakeups.prefetchTimeout) { settle(nil) }
+        let sql = PostgresSyncConnection.placeholders(SQLStore.readAheadStatement) { n in n == 1 ? "$1::text" : "$\(n)::bigint" }
+        let prepared = statement ?? c.prepare(query: sql)
+        statement = prepared
+        let binds = [PostgresData(string: read.host), PostgresData(int64: read.after), PostgresData(int64: Int64(read.limit)),
+                     PostgresData(int64: Int64(read.ahead)), PostgresData(int64: Int64(SQLStore.readAheadReferencedMembers))]
+        prepared.flatMap { $0.execute(binds) }.whenComplete { [self] result in
+            timer.cancel()
+            guard case .success(let rows) = result, let table = try? PostgresSyncConnection.rows(rows, binary: true) else {
+                // Prepared again next time (the statement may be what failed).
+                statement = nil
+                return settle(nil)
+            }
+            let page = SQLStore.readAheadPage(table, host: read.host, after: read.after)
+            settle(PrefetchedPage(page: page, after: read.after, notified: notified, read: DispatchTime.now().uptimeNanoseconds))
+        }
     }
 }

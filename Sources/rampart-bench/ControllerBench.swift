@@ -238,6 +238,7 @@ struct ControllerBench: ParsableCommand {
                      "server_cpu_per_verb": formatDuration(pg.cpuPerVerbNs), "daemons_cpu_per_verb": formatDuration(pg.daemonsCPUPerVerbNs)]
             if applied {
                 for (role, ns) in pg.threadCPUPerVerbNs { e["cpu_per_verb_\(role)"] = formatDuration(ns) }
+                for (role, runs) in pg.threadRunsPerVerb { e["runs_per_verb_\(role)"] = String(format: "%.1f", runs) }
                 e.merge(pg.lastHost.summary) { a, _ in a }
                 e["target"] = "p50 ≤ 5 ms, p99 ≤ 25 ms"
                 e["met"] = median(a) <= 5_000_000 && percentile(a, 99) <= 25_000_000 ? "yes" : "NO"
@@ -366,7 +367,10 @@ struct ControllerBench: ParsableCommand {
         }
         out.cpuPerVerbNs = UInt64((cluster.serverCPUSeconds() - cpu0) / Double(count) * 1e9)
         out.daemonsCPUPerVerbNs = (processCPUNanos() - ownCPU0) / UInt64(count)
-        for (role, ns) in ThreadCPU.read().since(threads0) { out.threadCPUPerVerbNs[role] = ns / UInt64(count) }
+        for (role, used) in ThreadCPU.read().since(threads0) {
+            out.threadCPUPerVerbNs[role] = used.ns / UInt64(count)
+            out.threadRunsPerVerb[role] = Double(used.slices) / Double(count)
+        }
         return out
     }
 
@@ -420,6 +424,9 @@ struct VerbTimes {
     /// followers, the event-loop threads (postgres-nio for every connection of the process), the
     /// rest (the controller's verbs, the bench's wait).
     var threadCPUPerVerbNs: [String: UInt64] = [:]
+    /// How many times those threads were put on a CPU per verb, by role: each is a wake-up (a
+    /// thread woken per message costs a switch in and out beside its work).
+    var threadRunsPerVerb: [String: Double] = [:]
 
     /// Adds another block of the same series: its samples, and its CPU per verb weighted by
     /// its verbs.
@@ -430,6 +437,7 @@ struct VerbTimes {
             daemonsCPUPerVerbNs = (daemonsCPUPerVerbNs * n + other.daemonsCPUPerVerbNs * m) / (n + m)
             for role in Set(threadCPUPerVerbNs.keys).union(other.threadCPUPerVerbNs.keys) {
                 threadCPUPerVerbNs[role] = ((threadCPUPerVerbNs[role] ?? 0) * n + (other.threadCPUPerVerbNs[role] ?? 0) * m) / (n + m)
+                threadRunsPerVerb[role] = ((threadRunsPerVerb[role] ?? 0) * Double(n) + (other.threadRunsPerVerb[role] ?? 0) * Double(m)) / Double(n + m)
             }
         }
         commit += other.commit
@@ -753,30 +761,36 @@ enum CloudLoad {
 /// kernel name gives it: `rampartd-recon` (reconcilers), `rampartd-log` (followers), SwiftNIO's
 /// `NIO-ELT-…` (event loops), anything else (`other`: the bench's own threads among them).
 struct ThreadCPU {
-    var threads: [String: (role: String, ns: UInt64)] = [:]
+    /// Per thread id: its role, its CPU (ns) and how many times it was put on a CPU (schedstat's
+    /// third field: a thread that sleeps and is woken for each message counts one per message).
+    var threads: [String: (role: String, ns: UInt64, slices: UInt64)] = [:]
 
     static func read() -> ThreadCPU {
         var out = ThreadCPU()
         guard let tasks = try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task") else { return out }
         for tid in tasks {
             guard let comm = try? String(contentsOfFile: "/proc/self/task/\(tid)/comm", encoding: .utf8),
-                  let stat = try? String(contentsOfFile: "/proc/self/task/\(tid)/schedstat", encoding: .utf8),
-                  let first = stat.split(separator: " ").first, let ns = UInt64(first) else { continue }
+                  let stat = try? String(contentsOfFile: "/proc/self/task/\(tid)/schedstat", encoding: .utf8) else { continue }
+            let fields = stat.split(separator: " ").map { UInt64($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+            guard fields.count >= 3, let ns = fields[0], let slices = fields[2] else { continue }
             let name = comm.trimmingCharacters(in: .newlines)
             let role = name.hasPrefix("NIO-ELT") ? "event_loops" : name == "rampartd-recon" ? "reconcilers" : name == "rampartd-log" ? "followers" : "other"
-            out.threads[tid] = (role, ns)
+            out.threads[tid] = (role, ns, slices)
         }
         return out
     }
 
-    /// CPU by role since `earlier`, thread by thread: a thread started since counts whole; one
-    /// that ended since is not in this reading and its last moments are lost (an undercount, never
-    /// a negative: the series' threads live for the whole run).
-    func since(_ earlier: ThreadCPU) -> [String: UInt64] {
-        var out: [String: UInt64] = [:]
+    /// CPU and times run by role since `earlier`, thread by thread: a thread started since counts
+    /// whole; one that ended since is not in this reading and its last moments are lost (an
+    /// undercount, never a negative: the series' threads live for the whole run).
+    func since(_ earlier: ThreadCPU) -> [String: (ns: UInt64, slices: UInt64)] {
+        var out: [String: (ns: UInt64, slices: UInt64)] = [:]
         for (tid, t) in threads {
-            let before = earlier.threads[tid].map { $0.ns } ?? 0
-            out[t.role, default: 0] += t.ns >= before ? t.ns - before : 0
+            let before = earlier.threads[tid]
+            let ns = t.ns >= (before?.ns ?? 0) ? t.ns - (before?.ns ?? 0) : 0
+            let slices = t.slices >= (before?.slices ?? 0) ? t.slices - (before?.slices ?? 0) : 0
+            let sum = out[t.role] ?? (0, 0)
+            out[t.role] = (sum.ns + ns, sum.slices + slices)
         }
         return out
     }

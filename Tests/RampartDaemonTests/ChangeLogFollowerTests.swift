@@ -33,21 +33,21 @@ struct ChangeLogFollowerTests {
         }
 
         /// A follower that polls only every 60 s: within a test, only NOTIFY wakes it.
-        func follower(prime: Bool = true, reloadAbove: Int = 64, readAhead: Int = 16) throws -> ChangeLogFollower {
+        func follower(prime: Bool = true, reloadAbove: Int = 64, readAhead: Int = 16, wakeups: (any ChangeWakeups)? = nil) throws -> ChangeLogFollower {
             var settings = ChangeLogFollower.Settings()
             settings.reloadAbove = reloadAbove
             settings.readAhead = readAhead
             settings.pollInterval = 60
             settings.maxBackoff = 0.5
-            let f = ChangeLogFollower(daemon: daemon, log: store, wakeups: PostgresWakeups(location: location), settings: settings,
+            let f = ChangeLogFollower(daemon: daemon, log: store, wakeups: wakeups ?? PostgresWakeups(location: location), settings: settings,
                                       logger: Logger(label: "test"))
             if prime { try f.prime() }
             followers.append(f)
             return f
         }
 
-        func start(readAhead: Int = 16) async throws {
-            let f = try follower(readAhead: readAhead)
+        func start(readAhead: Int = 16, wakeups: (any ChangeWakeups)? = nil) async throws {
+            let f = try follower(readAhead: readAhead, wakeups: wakeups)
             daemon.start()
             await daemon.waitUntilReady()
             f.start()
@@ -150,6 +150,62 @@ struct ChangeLogFollowerTests {
         #expect(f.daemon.metricsText().contains(#"rampart_refresh_reads_total{answered_by="read_ahead"} \#(reads().ahead)"#))
     }
 
+    /// An idle follower's page comes with the NOTIFY (`PrefetchingWakeups`): read on the
+    /// wake-up connection and applied from there, one wake-up per verb.
+    @Test func anIdleFollowersPagesComeWithTheWakeup() async throws {
+        let f = try Fixture(url: SharedPostgres.freshDatabase("follow"))
+        try await f.start()
+        defer { f.stop() }
+        let ctl = try f.controller()
+        for port in 7300..<7304 {
+            let d = try ctl.authorize(group: "web", rule: try rule(#"{"protocol":"udp","ports":"\#(port)","cidr":"10.0.0.0/8"}"#, "web"))
+            try f.waitApplied(try #require(d.first { $0.host == "hv1" }?.sequence))
+            #expect(try f.kernelEqualsTheStore())
+        }
+        // The first verb may find the follower still finishing its first step (not yet armed).
+        let st = try #require(f.daemon.currentStatus.changeLog)
+        #expect(st.readsAtWakeup >= 3 && st.reloads == 0, "\(st)")
+        #expect(f.daemon.metricsText().contains("rampart_changelog_reads_at_wakeup_total \(st.readsAtWakeup)\n"))
+    }
+
+    /// What the follower does with what an armed read delivers: a page read from a position
+    /// other than its own (stale: it names a row that does not exist) is dropped and the log
+    /// read again; no page (the read failed) is a plain wake-up; its own page is applied as read.
+    @Test func aPageFromAnotherPositionIsDroppedAndTheLogReadAgain() async throws {
+        let f = try Fixture(url: SharedPostgres.freshDatabase("follow"))
+        let wakeups = ArmedByHand()
+        try await f.start(wakeups: wakeups)
+        defer { f.stop() }
+        let ctl = try f.controller()
+        func verb(_ port: Int) throws -> Int64 {
+            let d = try ctl.authorize(group: "web", rule: try rule(#"{"protocol":"udp","ports":"\#(port)","cidr":"10.0.0.0/8"}"#, "web"))
+            return try #require(d.first { $0.host == "hv1" }?.sequence)
+        }
+        // Stale: read after an earlier position, naming a row past the head.
+        var armed = try #require(wakeups.waitArmed(timeout: 10))
+        let first = try verb(7400)
+        let ghost = LogPage(entries: [LogEntry(sequence: first + 1_000, refresh: .rules("ghost"))], head: first + 1_000, trimmed: false)
+        armed.deliver(PrefetchedPage(page: ghost, after: armed.after - 1, notified: 0, read: 0))
+        try f.waitApplied(first)
+        #expect(f.daemon.currentStatus.changeLog?.applied == first)
+        // No page: read as after any wake-up.
+        armed = try #require(wakeups.waitArmed(timeout: 10))
+        #expect(armed.after == first)
+        let second = try verb(7401)
+        armed.deliver(nil)
+        try f.waitApplied(second)
+        // Its own page, read as the follower would: applied from it.
+        armed = try #require(wakeups.waitArmed(timeout: 10))
+        #expect(armed.after == second)
+        let third = try verb(7402)
+        let page = try f.store.entries(host: "hv1", after: second, limit: 1000, readingAhead: 16)
+        armed.deliver(PrefetchedPage(page: page, after: second, notified: DispatchTime.now().uptimeNanoseconds, read: DispatchTime.now().uptimeNanoseconds))
+        try f.waitApplied(third)
+        #expect(try f.kernelEqualsTheStore())
+        let st = try #require(f.daemon.currentStatus.changeLog)
+        #expect(st.applied == third && st.readsAtWakeup == 1 && st.reloads == 0, "\(st)")
+    }
+
     @Test func anOutageKeepsTheKernelAndIsCaughtUpFromTheLog() async throws {
         let cluster = try PostgresCluster()
         try cluster.start()
@@ -223,5 +279,29 @@ struct ChangeLogFollowerTests {
         try f.waitApplied(head)
         #expect(try f.kernelEqualsTheStore())
         #expect(f.daemon.currentStatus.changeLog?.reloads == 1)
+    }
+}
+
+/// Wake-ups that never listen: the test delivers what an armed read would (`PrefetchingWakeups`).
+final class ArmedByHand: PrefetchingWakeups, @unchecked Sendable {
+    struct Armed { let after: Int64; let deliver: @Sendable (PrefetchedPage?) -> Void }
+    private let condition = NSCondition()
+    private var armed: Armed?
+
+    func start(_ handler: @escaping @Sendable (Wakeup) -> Void) throws(StoreError) {}
+    func stop() {}
+    func arm(host: String, after position: Int64, limit: Int, readingAhead: Int, deliver: @escaping @Sendable (PrefetchedPage?) -> Void) {
+        condition.withLock { armed = Armed(after: position, deliver: deliver); condition.broadcast() }
+    }
+    func disarm() { condition.withLock { armed = nil } }
+
+    /// The read armed now, taken (as a NOTIFY would take it), once the follower has armed one.
+    func waitArmed(timeout: Double) -> Armed? {
+        condition.withLock {
+            let deadline = Date(timeIntervalSinceNow: timeout)
+            while armed == nil && condition.wait(until: deadline) {}
+            defer { armed = nil }
+            return armed
+        }
     }
 }

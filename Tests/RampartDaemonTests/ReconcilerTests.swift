@@ -273,7 +273,7 @@ import Testing
         // With a change log and an index, their objects keep their shape too.
         st.changeLog = ChangeLogStatus()
         st.conntrackIndex = ConntrackIndex.Statistics()
-        #expect(st.json.contains(#""change_log":{"applied":0,"connected":false,"head":0,"last_error":null,"last_step":null,"reconnects":0,"reloads":0,"rows_applied":0}"#), "\(st.json)")
+        #expect(st.json.contains(#""change_log":{"applied":0,"connected":false,"head":0,"last_error":null,"last_step":null,"reads_at_wakeup":0,"reconnects":0,"reloads":0,"rows_applied":0}"#), "\(st.json)")
         // A step's phases in milliseconds (the clock's nanoseconds, rounded to the microsecond).
         st.changeLog?.lastStep = .init(woken: 1_000_000, started: 1_250_000, read: 1_750_000, drained: 4_000_000, recorded: 4_400_400)
         #expect(st.json.contains(#""last_step":{"drain_ms":2.25,"read_ms":0.5,"record_ms":0.4,"wait_ms":0.25}"#), "\(st.json)")

@@ -40,13 +40,19 @@ struct PostgresStoreTests {
         #expect(firstTwo + rest == all)
     }
 
-    @Test func aRefusedVerbLogsNothingAndNotifiesNobody() throws {
+    /// A populated store, and a LISTEN on it whose wake-ups go to `heard` (stop it when done).
+    func listening() throws -> (store: PostgresStore, wakeups: PostgresWakeups, heard: Heard) {
         let url = try SharedPostgres.freshDatabase("pgstore")
         let st = try PostgresStore(url: url, migrate: true)
         try populate(st)
         let wakeups = PostgresWakeups(location: try PostgresLocation(url: url))
         let heard = Heard()
         try wakeups.start { heard.add($0) }
+        return (st, wakeups, heard)
+    }
+
+    @Test func aRefusedVerbLogsNothingAndNotifiesNobody() throws {
+        let (st, wakeups, heard) = try listening()
         defer { wakeups.stop() }
         let heads = try st.progress(hosts: nil).map(\.head)
         // Refused inside the transaction (an interface already used on hv1): rolled back.
@@ -59,6 +65,39 @@ struct PostgresStoreTests {
         #expect(Set(d.map(\.host)) == ["hv1", "hv2"])
         let got = heard.waitFor(count: 1, timeout: 5)
         #expect(got == [.appended(hosts: ["hv1", "hv2"])])
+    }
+
+    /// A sleeping reader's armed read (`PrefetchingWakeups`): the NOTIFY that names its host
+    /// brings the page the reader would have read itself (the same rows, head and read-ahead)
+    /// instead of a plain wake-up; a NOTIFY for other hosts leaves it armed; used once, or
+    /// disarmed, wake-ups are plain again.
+    @Test func anArmedReadBringsThePageTheReaderWouldHaveRead() throws {
+        let (st, wakeups, heard) = try listening()
+        defer { wakeups.stop() }
+        let pages = Delivered()
+        let from = try st.entries(host: "hv1", after: .max, limit: 0).head
+        wakeups.arm(host: "hv1", after: from, limit: 1000, readingAhead: 16) { pages.add($0) }
+        // unused's only member is on hv3: a plain wake-up, the read stays armed.
+        let other = try st.authorize(group: "unused", rule: try rule(#"{"protocol":"udp","ports":"53","cidr":"10.0.0.0/8"}"#, "unused"))
+        #expect(other.map(\.host) == ["hv3"])
+        #expect(heard.waitFor(count: 1, timeout: 5) == [.appended(hosts: ["hv3"])])
+        // web's members are on hv1 and hv2: hv1's page comes with the wake-up.
+        let https = try rule(#"{"protocol":"tcp","ports":"443","cidr":"0.0.0.0/0"}"#, "web")
+        let d = try st.authorize(group: "web", rule: https)
+        let mine = try #require(d.first { $0.host == "hv1" }?.sequence)
+        let got = try #require(pages.waitFor(count: 1, timeout: 5).first ?? nil)
+        #expect(got.after == from && got.notified <= got.read)
+        #expect(got.page.entries == [LogEntry(sequence: mine, refresh: .rules("web"))])
+        #expect(got.page.readAhead?.groups["web"] != nil, "the rules refresh's group came with the page")
+        #expect(got.page == (try st.entries(host: "hv1", after: from, limit: 1000, readingAhead: 16)))
+        // Used once: the next verb is a plain wake-up, as is one after a disarmed read.
+        _ = try st.revoke(group: "web", rule: https, id: nil)
+        #expect(heard.waitFor(count: 2, timeout: 5).last == .appended(hosts: ["hv1", "hv2"]))
+        wakeups.arm(host: "hv1", after: mine, limit: 1000, readingAhead: 16) { pages.add($0) }
+        wakeups.disarm()
+        _ = try st.authorize(group: "web", rule: try rule(#"{"protocol":"tcp","ports":"8443","cidr":"0.0.0.0/0"}"#, "web"))
+        #expect(heard.waitFor(count: 3, timeout: 5).last == .appended(hosts: ["hv1", "hv2"]))
+        #expect(pages.all.count == 1)
     }
 
     /// A verb whose hosts would not fit a NOTIFY (8,000 bytes) says `*`: every reader reads.
@@ -613,6 +652,21 @@ final class Collected: @unchecked Sendable {
 }
 
 /// What a wake-up handler heard (from the event loop's thread).
+/// Pages an armed read delivered (`PrefetchingWakeups`), in order.
+final class Delivered: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var items: [PrefetchedPage?] = []
+    func add(_ p: PrefetchedPage?) { condition.withLock { items.append(p); condition.broadcast() } }
+    var all: [PrefetchedPage?] { condition.withLock { items } }
+    func waitFor(count: Int, timeout: Double) -> [PrefetchedPage?] {
+        condition.withLock {
+            let deadline = Date(timeIntervalSinceNow: timeout)
+            while items.count < count && condition.wait(until: deadline) {}
+            return items
+        }
+    }
+}
+
 final class Heard: @unchecked Sendable {
     private let condition = NSCondition()
     private var items: [Wakeup] = []
