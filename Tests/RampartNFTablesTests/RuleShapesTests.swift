@@ -38,6 +38,41 @@ import RampartCoreTestSupport
         #expect(elements > 1_000 && rules > 100)
     }
 
+    /// A lowered chain's shape rules carry their shape (`KernelRule.shape`), which spares
+    /// `retaining` reading it back from the expressions: each is the shape the expressions say
+    /// (none on a rule no shape holds), and `retaining` answers the same whether the rules carry
+    /// their shapes or not (as when read back from the kernel), over random rule lists, held and
+    /// wanted.
+    @Test func aLoweredRulesShapeIsTheOneItsExpressionsSay() throws {
+        var rng = SplitMix64(state: 29)
+        func lowered(_ n: Int, _ group: String, _ d: Slots.Direction) -> RuleShapes.Lowered {
+            let rules = (0..<Int.random(in: 0..<8, using: &rng)).flatMap { k in
+                Compiler.kernelRules(group: group, rule: Self.randomRule(n * 10 + k, &rng), index: k)
+            }
+            return RuleShapes.lower(rules, group: group, direction: d) { Translate.expressions($0, layout: .slots) }
+        }
+        func withoutShapes(_ l: RuleShapes.Lowered) -> RuleShapes.Lowered {
+            var out = l
+            out.rules = l.rules.map { RuleShapes.Lowered.KernelRule(expressions: $0.expressions, comment: $0.comment) }
+            return out
+        }
+        var carried = 0, kept = 0
+        for n in 0..<1_000 {
+            let group = ["web", "a-group-with-a-long-id:1"].randomElement(using: &rng)!
+            let d: Slots.Direction = Bool.random(using: &rng) ? .in : .out
+            let held = lowered(n, group, d), want = lowered(n + 5_000, group, d)
+            for r in held.rules + want.rules {
+                #expect(r.shape == RuleShapes.shape(ofRule: r.expressions, comment: r.comment, group: group, direction: d))
+                if r.shape != nil { carried += 1 }
+            }
+            let fast = RuleShapes.retaining(held, into: want, group: group, direction: d)
+            let slow = RuleShapes.retaining(withoutShapes(held), into: withoutShapes(want), group: group, direction: d)
+            #expect(fast == slow && fast.rules.map(\.comment) == slow.rules.map(\.comment))
+            if fast.rules.count > want.rules.count { kept += 1 }
+        }
+        #expect(carried > 1_000 && kept > 100, "carried \(carried), kept in \(kept)")
+    }
+
     /// A rule of another group, direction, family or remote group never finds the element:
     /// keys carry the group's tag (and the remote group's), sets the rest.
     @Test func elementsOfOneGroupAreNotAnothers() throws {
