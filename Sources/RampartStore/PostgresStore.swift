@@ -203,17 +203,17 @@ public final class PostgresWakeups: PrefetchingWakeups, @unchecked Sendable {
             connection = c
             return generation
         }
+        let reads = WakeupReads(connection: c)
+        // Whether this connection is still the one in use (a stopped source delivers nothing).
+        let current: @Sendable () -> Bool = { [weak self] in self?.lock.withLock { self?.generation == myGeneration } ?? false }
         // On the connection's own event loop: a live channel takes the listener at once, while
         // a listener handed to a channel that closed meanwhile (the server shutting down) is
         // dropped, which postgres-nio turns into a crash ("Notification closure had not been used").
-        let reads = WakeupReads(connection: c)
-        let current: @Sendable () -> Bool = { [weak self] in self?.lock.withLock { self?.generation == myGeneration } ?? false }
         let added = c.eventLoop.submit { () -> Bool in
             guard !c.isClosed else { return false }
             c.addListener(channel: WakeupPayload.channel) { [weak self] _, note in
                 let hosts = WakeupPayload.decode(note.payload)
                 guard let read = self?.takeArmed(naming: hosts) else { return handler(.appended(hosts: hosts)) }
-                // A stopped source delivers nothing (`ChangeWakeups.stop`).
                 reads.run(read) { page in if current() { read.deliver(page) } }
             }
             return true
