@@ -81,6 +81,8 @@ public final class ChangeLogFollower: @unchecked Sendable {
     let daemon: Daemon
     let log: any ChangeLog
     let wakeups: any ChangeWakeups
+    /// The same source, when it can read for this host at the wake-up (`PrefetchingWakeups`).
+    private let prefetching: (any PrefetchingWakeups)?
     let settings: Settings
     let logger: Logger
     private let condition: NSCondition
@@ -105,6 +107,7 @@ public final class ChangeLogFollower: @unchecked Sendable {
         self.daemon = daemon
         self.log = log
         self.wakeups = wakeups
+        prefetching = wakeups as? any PrefetchingWakeups
         self.settings = settings
         self.logger = logger
         let c = NSCondition()
@@ -168,7 +171,7 @@ public final class ChangeLogFollower: @unchecked Sendable {
     /// names it, from the position applied and recorded now (only then: a page is used only
     /// from the position it was read after).
     private func pause(_ seconds: Double, armed: Bool = false) -> Bool {
-        let prefetching = armed ? wakeups as? any PrefetchingWakeups : nil
+        let prefetching = armed ? prefetching : nil
         if let prefetching, let at = condition.withLock({ applied }), at == recorded {
             prefetching.arm(host: daemon.host, after: at, limit: settings.batch, readingAhead: settings.readAhead) { [weak self] in
                 self?.delivered($0)

@@ -269,6 +269,9 @@ final class WakeupReads: @unchecked Sendable {
 
     init(connection: PostgresConnection) { self.connection = connection }
 
+    /// The read-ahead statement with typed placeholders (the host, then integers), made once.
+    static let sql = PostgresSyncConnection.placeholders(SQLStore.readAheadStatement) { n in n == 1 ? "$1::text" : "$\(n)::bigint" }
+
     /// Sends `read`'s statement and hands `finish` its page, or nil if it failed or took
     /// longer than `PostgresWakeups.prefetchTimeout` (once either way).
     func run(_ read: PostgresWakeups.ArmedRead, _ finish: @escaping @Sendable (PrefetchedPage?) -> Void) {
@@ -279,8 +282,7 @@ final class WakeupReads: @unchecked Sendable {
             if once.withLockedValue({ done in defer { done = true }; return !done }) { finish(page) }
         }
         let timer = c.eventLoop.scheduleTask(in: PostgresWakeups.prefetchTimeout) { settle(nil) }
-        let sql = PostgresSyncConnection.placeholders(SQLStore.readAheadStatement) { n in n == 1 ? "$1::text" : "$\(n)::bigint" }
-        let prepared = statement ?? c.prepare(query: sql)
+        let prepared = statement ?? c.prepare(query: Self.sql)
         statement = prepared
         let binds = [PostgresData(string: read.host), PostgresData(int64: read.after), PostgresData(int64: Int64(read.limit)),
                      PostgresData(int64: Int64(read.ahead)), PostgresData(int64: Int64(SQLStore.readAheadReferencedMembers))]
