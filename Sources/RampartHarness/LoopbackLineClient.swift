@@ -3,9 +3,27 @@ import Foundation
 /// A TCP port on 127.0.0.1 that nobody listens on now (bound to port 0, read back, released),
 /// for a server process that must be told its port (`rampart-relay --listen`).
 public func freeLoopbackPort() throws -> Int {
+    let (fd, port) = try boundLoopbackSocket()
+    close(fd)
+    return port
+}
+
+/// A socket listening on 127.0.0.1 that never accepts: the kernel completes a client's TCP
+/// handshake and nothing ever answers (a server that hangs). The caller closes `fd`.
+public func silentLoopbackListener() throws -> (fd: Int32, port: Int) {
+    let (fd, port) = try boundLoopbackSocket()
+    guard listen(fd, 8) == 0 else {
+        let e = errno
+        close(fd)
+        throw HarnessError("listen(): \(errnoText(e))")
+    }
+    return (fd, port)
+}
+
+/// A TCP socket bound to 127.0.0.1 on a port the kernel picked, and that port.
+private func boundLoopbackSocket() throws -> (fd: Int32, port: Int) {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
     guard fd >= 0 else { throw HarnessError("socket(): \(errnoText(errno))") }
-    defer { close(fd) }
     var addr = sockaddr_in()
     addr.sin_family = sa_family_t(AF_INET)
     addr.sin_addr.s_addr = inet_addr("127.0.0.1")
@@ -13,8 +31,12 @@ public func freeLoopbackPort() throws -> Int {
     let ok = withUnsafeMutablePointer(to: &addr) { p in
         p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
     }
-    guard ok else { throw HarnessError("no free TCP port on 127.0.0.1: \(errnoText(errno))") }
-    return Int(UInt16(bigEndian: addr.sin_port))
+    guard ok else {
+        let e = errno
+        close(fd)
+        throw HarnessError("no free TCP port on 127.0.0.1: \(errnoText(e))")
+    }
+    return (fd, Int(UInt16(bigEndian: addr.sin_port)))
 }
 
 /// A blocking line-oriented TCP client of a server on 127.0.0.1: says what a well-behaved

@@ -141,6 +141,59 @@ public final class PostgresCluster: @unchecked Sendable {
         return out.hasSuffix("\n") ? String(out.dropLast()) : out
     }
 
+    /// What the server needs to speak TLS (PEM files): its certificate chain and key, and the
+    /// CA that client certificates must chain to (`hostssl … cert` authentication).
+    public struct ServerTLS: Sendable {
+        public var certificate: String
+        public var key: String
+        public var clientCA: String?
+        public init(certificate: String, key: String, clientCA: String? = nil) {
+            self.certificate = certificate
+            self.key = key
+            self.clientCA = clientCA
+        }
+    }
+
+    /// How the server authenticates TCP clients, and whether it speaks TLS: `authentication`
+    /// replaces the TCP lines of pg_hba.conf (e.g. `hostssl all all 127.0.0.1/32 scram-sha-256`);
+    /// `tls` turns TLS on (its files copied into the cluster's directory for the server's
+    /// account, mode 0600), nil turns it off. Applied by a reload; returns once new connections
+    /// get the new configuration. Needs `allowTCP`.
+    public func configureTCP(authentication: [String], tls: ServerTLS?) throws {
+        guard allowsTCP else { throw HarnessError("configureTCP: the cluster was made without allowTCP") }
+        var settings = ["ssl": tls == nil ? "off" : "on", "ssl_ca_file": ""]
+        if let tls {
+            let files = [("ssl_cert_file", tls.certificate), ("ssl_key_file", tls.key)] + (tls.clientCA.map { [("ssl_ca_file", $0)] } ?? [])
+            for (setting, source) in files {
+                let target = directory + "/" + setting
+                try? FileManager.default.removeItem(atPath: target)
+                try FileManager.default.copyItem(atPath: source, toPath: target)
+                try Self.giveToServerAccount(target)
+                guard chmod(target, 0o600) == 0 else { throw HarnessError("chmod \(target): \(errnoText(errno))") }
+                settings[setting] = target
+            }
+        }
+        try writeHBA(tcp: authentication)
+        generation += 1
+        settings["rampart.configuration"] = String(generation)
+        let text = settings.sorted(by: { $0.key < $1.key }).map { "\($0.key) = '\($0.value)'\n" }.joined()
+        try text.write(toFile: tcpSettingsPath, atomically: true, encoding: .utf8)
+        try psql("SELECT pg_reload_conf()", database: "postgres")
+        // The postmaster reads the files when it gets the signal, after pg_reload_conf returns;
+        // a backend started after that shows the marker set with them.
+        let deadline = Date(timeIntervalSinceNow: 10)
+        while try psql("SHOW rampart.configuration", database: "postgres") != String(generation) {
+            guard Date() < deadline else { throw HarnessError("the server did not reload its configuration within 10 s\n\(serverLog().suffix(2000))") }
+            usleep(20_000)
+        }
+    }
+
+    /// The settings `configureTCP` writes, included by postgresql.conf (last, so they win).
+    private var tcpSettingsPath: String { directory + "/tcp.conf" }
+
+    /// Counts `configureTCP` calls: the marker a reload is waited for by.
+    private var generation = 0
+
     /// The server's processes: the postmaster (from `postmaster.pid`) and its children. Empty
     /// when it is not running.
     public func serverProcessIDs() -> [Int32] {
@@ -251,9 +304,15 @@ public final class PostgresCluster: @unchecked Sendable {
             full_page_writes = off
 
             """ + settings.sorted { $0.key < $1.key }.map { "\($0.key) = \($0.value)\n" }.joined()
+            + "include_if_exists = '\(tcpSettingsPath)'\n"
         try append(conf, to: dataDirectory + "/postgresql.conf")
-        var hba = "# PostgresCluster: trust on the Unix socket only (its directory is private).\nlocal all all trust\n"
-        if allowsTCP { hba += "host all all 127.0.0.1/32 trust\n" }
+        try writeHBA(tcp: allowsTCP ? ["host all all 127.0.0.1/32 trust"] : [])
+    }
+
+    /// pg_hba.conf: trust on the Unix socket (its directory is private), then `tcp`'s lines.
+    private func writeHBA(tcp: [String]) throws {
+        let hba = "# PostgresCluster: trust on the Unix socket only (its directory is private).\nlocal all all trust\n"
+            + tcp.map { $0 + "\n" }.joined()
         // Written in place (not atomically), so the file keeps its owner and mode.
         try hba.write(toFile: dataDirectory + "/pg_hba.conf", atomically: false, encoding: .utf8)
     }

@@ -5,6 +5,7 @@ import NIOCore
 import NIOPosix
 import NIOSSL
 import PostgresNIO
+import RampartSystem
 
 /// A blocking PostgreSQL connection over postgres-nio, so that `SQLStore`'s synchronous SQL runs
 /// unchanged on PostgreSQL. Its I/O runs on one event-loop thread of its own; callers block on
@@ -71,7 +72,7 @@ final class PostgresSyncConnection: SQLConnection, @unchecked Sendable {
             connection = c
             return c
         } catch {
-            throw StoreError(.unavailable, "cannot connect to the store \(location): \(Self.describe(error))")
+            throw StoreError(.unavailable, "cannot connect to the store \(location): \(Self.describeConnecting(error, to: location))")
         }
     }
 
@@ -85,18 +86,44 @@ final class PostgresSyncConnection: SQLConnection, @unchecked Sendable {
             case .disable:
                 tls = .disable
             case .require, .verifyFull:
-                var t = TLSConfiguration.makeClientConfiguration()
-                if location.tls == .require { t.certificateVerification = .none }
-                if let ca = location.rootCertificate { t.trustRoots = .file(ca) }
-                do { tls = .require(try NIOSSLContext(configuration: t)) } catch {
-                    throw StoreError(.invalid, "store \(location): TLS set-up failed: \(error)")
-                }
+                tls = .require(try tlsContext(location))
             }
             config = .init(host: location.host ?? "localhost", port: location.port, username: location.user,
                            password: location.password, database: location.database, tls: tls)
         }
-        config.options.connectTimeout = .seconds(5)
+        config.options.connectTimeout = .seconds(Int64(location.connectTimeout))
         return config
+    }
+
+    /// The client's TLS context: `.fullVerification` (NIOSSL's default) checks the chain and the
+    /// name: a DNS entry matching the server name sent (postgres-nio sends HOST unless it is an
+    /// address), or an IP entry matching the address connected to (checked whatever the name:
+    /// why `PostgresLocation` wants a CA the operator chose). `require` checks neither. The
+    /// client key is read as a secret: this process's own file, mode 0600, never through a
+    /// symbolic link.
+    static func tlsContext(_ location: PostgresLocation) throws(StoreError) -> NIOSSLContext {
+        var t = TLSConfiguration.makeClientConfiguration()
+        if location.tls == .require { t.certificateVerification = .none }
+        // The files are named here: NIOSSL's own error for a missing one names no path.
+        for (file, parameter) in [(location.rootCertificate, "sslrootcert"), (location.clientCertificate, "sslcert")] {
+            guard let file, file != PostgresLocation.systemRoots || parameter != "sslrootcert" else { continue }
+            guard access(file, R_OK) == 0 else {
+                throw StoreError(.invalid, "store \(location): cannot read \(parameter) \(file): \(String(cString: strerror(errno)))")
+            }
+        }
+        if let ca = location.rootCertificate, ca != PostgresLocation.systemRoots { t.trustRoots = .file(ca) }
+        do {
+            if let certificate = location.clientCertificate, let key = location.clientKey {
+                let pem = try SecretFile.read(key, what: "the TLS client key (sslkey)")
+                t.certificateChain = try NIOSSLCertificate.fromPEMFile(certificate).map { .certificate($0) }
+                t.privateKey = .privateKey(try NIOSSLPrivateKey(bytes: Array(pem.utf8), format: .pem))
+            }
+            return try NIOSSLContext(configuration: t)
+        } catch let refusal as SecretFile.Refusal {
+            throw StoreError(.invalid, "store \(location): \(refusal.description)")
+        } catch {
+            throw StoreError(.invalid, "store \(location): TLS set-up failed: \(error)")
+        }
     }
 
     /// `?` → `$n`, outside string literals (cached per statement text).
@@ -334,6 +361,37 @@ final class PostgresSyncConnection: SQLConnection, @unchecked Sendable {
     static func closeSoon(_ c: PostgresConnection) {
         let closing: EventLoopFuture<Void> = c.close()
         _ = closing
+    }
+
+    /// Why connecting failed, in the URL's terms where the library's words are a code: what
+    /// the operator must change (sslrootcert, sslcert, the password), then the library's own
+    /// text for the record.
+    static func describeConnecting(_ error: any Error, to location: PostgresLocation) -> String {
+        let raw = describe(error)
+        guard let e = error as? PSQLError, e.serverInfo?[.message] == nil else { return raw }
+        switch e.code {
+        case .sslUnsupported:
+            return "the server does not offer TLS, and sslmode=\(location.tls.rawValue) never falls back to plain text"
+        case .authMechanismRequiresPassword:
+            return "the server asks for a password: give it in PGPASSWORD (or the URL)"
+        default:
+            break
+        }
+        if let channel = e.underlying as? ChannelError, case .connectTimeout = channel {
+            return "no answer within connect_timeout=\(location.connectTimeout) s (connecting, TLS and authentication)"
+        }
+        if let extra = e.underlying as? NIOSSLExtraError, extra == .failedToValidateHostname {
+            return "the server's certificate names neither \(location.host ?? "") nor the address connected to (\(raw))"
+        }
+        if raw.contains("CERTIFICATE_VERIFY_FAILED") {
+            let ca = location.rootCertificate.map { $0 == PostgresLocation.systemRoots ? "the system's roots" : $0 } ?? ""
+            return "the server's certificate is not signed by a CA of sslrootcert (\(ca)), or has expired (\(raw))"
+        }
+        if raw.contains("ALERT_UNKNOWN_CA") || raw.contains("ALERT_BAD_CERTIFICATE") || raw.contains("ALERT_CERTIFICATE_REQUIRED") {
+            let sent = location.clientCertificate.map { "the client certificate \($0)" } ?? "a missing client certificate"
+            return "the server refused \(sent): it must be signed by the server's client CA (\(raw))"
+        }
+        return raw
     }
 
     static func describe(_ error: any Error) -> String {

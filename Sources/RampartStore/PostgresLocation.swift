@@ -2,14 +2,24 @@ import Foundation
 
 /// Where a PostgreSQL store is, parsed from the URL given to `--store` or `RAMPART_STORE`:
 ///
-///     postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=MODE&sslrootcert=FILE]
+///     postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=MODE&sslrootcert=FILE
+///                                                     &sslcert=FILE&sslkey=FILE&connect_timeout=S]
 ///     postgres://USER@/DATABASE?host=/run/postgresql&port=5432      (a Unix socket directory)
 ///
-/// `postgresql://` is accepted too. As in libpq, a `host` parameter that is a directory
-/// names the Unix socket `DIR/.s.PGSQL.PORT`. `sslmode`: `disable` (the default for a Unix
-/// socket), `require` (encrypted, server not verified), `verify-full` (the default over TCP:
-/// encrypted, the certificate must chain to `sslrootcert`, else to the system's roots, and
-/// match HOST when HOST is a name: postgres-nio sends no server name for an address). A password may also come from `PGPASSWORD`, which keeps it out of `ps`.
+/// `postgresql://` is accepted too; the parameters keep libpq's names and meanings. As in
+/// libpq, a `host` parameter that is a directory names the Unix socket `DIR/.s.PGSQL.PORT`.
+/// `sslmode`: `disable` (the default for a Unix socket), `require` (encrypted, server not
+/// verified), `verify-full` (the default over TCP: encrypted, the certificate must chain to
+/// `sslrootcert`, which it needs, and name HOST: a DNS name in its subject alternative names,
+/// or an IP address entry holding the address connected to). `sslrootcert=system` trusts the
+/// system's roots, as in libpq 16; it is never implied: NIOSSL accepts a certificate whose IP
+/// entry is the address connected to even when HOST is a name, so whoever can both answer for
+/// HOST in DNS and get an IP certificate from a trusted CA could pose as the server, and only a
+/// CA the operator chose (and that issues no certificates to others' addresses) rules that out.
+/// `sslcert`/`sslkey`: a client certificate for `hostssl … cert` authentication (the key must
+/// be this process's and 0600). A password may also come from `PGPASSWORD`, which keeps it
+/// out of `ps`. A parameter that would be ignored (`sslrootcert` without `verify-full`, a
+/// client certificate without TLS) is refused rather than silently dropped.
 public struct PostgresLocation: Sendable, Equatable, CustomStringConvertible {
     public enum TLSMode: String, Sendable { case disable, require, verifyFull = "verify-full" }
 
@@ -22,8 +32,22 @@ public struct PostgresLocation: Sendable, Equatable, CustomStringConvertible {
     /// The directory of the server's Unix socket.
     public var socketDirectory: String?
     public var tls: TLSMode
-    /// CA certificates (PEM) that `verify-full` trusts instead of the system's.
+    /// CA certificates (PEM) that `verify-full` trusts, or `system` for the system's roots
+    /// (`systemRoots`).
     public var rootCertificate: String?
+    /// The `sslrootcert` that names the system's trusted roots instead of a file.
+    public static let systemRoots = "system"
+    /// The client's certificate chain (PEM, `sslcert`) and its private key (PEM, `sslkey`),
+    /// sent when the server asks for one; both or neither.
+    public var clientCertificate: String?
+    public var clientKey: String?
+    /// How long connecting may take, TLS and authentication included (`connect_timeout`, in
+    /// whole seconds; 5 when not given).
+    public var connectTimeout: Int
+
+    /// The bounds of `connect_timeout`. libpq's 0 (wait for ever) is refused: a daemon that
+    /// waits for ever on a dead address never reports the store as unreachable.
+    public static let connectTimeouts = 1...3600
 
     /// Whether `text` names a PostgreSQL store (anything else given as a store is a SQLite file).
     public static func isURL(_ text: String) -> Bool {
@@ -47,7 +71,7 @@ public struct PostgresLocation: Sendable, Equatable, CustomStringConvertible {
             guard let value = item.value else { throw bad("parameter \(item.name) has no value") }
             guard params.updateValue(value, forKey: item.name) == nil else { throw bad("parameter \(item.name) given twice") }
         }
-        let known: Set = ["host", "port", "sslmode", "sslrootcert", "connect_timeout"]
+        let known: Set = ["host", "port", "sslmode", "sslrootcert", "sslcert", "sslkey", "connect_timeout"]
         if let unknown = params.keys.sorted().first(where: { !known.contains($0) }) {
             throw bad("unknown parameter \(unknown) (known: \(known.sorted().joined(separator: ", ")))")
         }
@@ -73,6 +97,24 @@ public struct PostgresLocation: Sendable, Equatable, CustomStringConvertible {
         if tls != .disable && socketDirectory != nil { throw bad("sslmode \(mode) over a Unix socket") }
         self.tls = tls
         rootCertificate = params["sslrootcert"]
+        if rootCertificate != nil && tls != .verifyFull {
+            throw bad("sslrootcert is used only by sslmode=verify-full (sslmode=\(mode) does not check the server's certificate)")
+        }
+        if rootCertificate == nil && tls == .verifyFull {
+            throw bad("sslmode=verify-full (the default over TCP) needs sslrootcert=FILE, the CA that signs the server's certificate (or sslrootcert=system for the system's roots)")
+        }
+        clientCertificate = params["sslcert"]
+        clientKey = params["sslkey"]
+        if (clientCertificate == nil) != (clientKey == nil) { throw bad("sslcert and sslkey go together") }
+        if clientCertificate != nil && tls == .disable { throw bad("sslcert without TLS (sslmode=disable)") }
+        if let t = params["connect_timeout"] {
+            guard let seconds = Int(t), Self.connectTimeouts.contains(seconds) else {
+                throw bad("connect_timeout \(t) is not a whole number of seconds \(Self.connectTimeouts.lowerBound)–\(Self.connectTimeouts.upperBound)")
+            }
+            connectTimeout = seconds
+        } else {
+            connectTimeout = 5
+        }
     }
 
     /// The Unix socket's path, when the store is reached through one.

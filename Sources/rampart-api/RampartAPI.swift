@@ -14,7 +14,7 @@ struct RampartAPI: ParsableCommand {
         abstract: "Serve the EC2 API (security groups) over the Rampart store.",
         discussion: "Each mutating call is one store transaction; its refresh calls are delivered (SQLite: to --socket daemons; PostgreSQL: by the change log) before the answer.")
 
-    @Option(help: "The store: a SQLite file, or postgres://USER@HOST[:PORT]/DATABASE (default: $RAMPART_STORE, else \(StoreAddress.defaultPath)).")
+    @Option(help: "The store: a SQLite file, or postgres://USER@HOST[:PORT]/DATABASE?sslrootcert=CA.pem (docs/postgres.md; default: $RAMPART_STORE, else \(StoreAddress.defaultPath)).")
     var store: String?
 
     @Option(help: "ADDRESS:PORT to listen on (port 0: any free port; the bound one is printed).")

@@ -14,7 +14,7 @@ struct RampartRelayCommand: ParsableCommand {
         commandName: "rampart-relay",
         abstract: "The change-log relay: one LISTEN and one reader for many rampartd (docs/relay.md).")
 
-    @Option(help: "The PostgreSQL store, postgres://USER@HOST[:PORT]/DATABASE (default: $RAMPART_STORE). It must have this version's schema; the relay never changes it.")
+    @Option(help: "The PostgreSQL store, postgres://USER@HOST[:PORT]/DATABASE?sslrootcert=CA.pem (docs/postgres.md; default: $RAMPART_STORE). It must have this version's schema; the relay never changes it.")
     var store: String?
 
     @Option(help: "Where to accept daemons, ADDRESS:PORT.")

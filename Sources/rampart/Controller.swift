@@ -8,7 +8,7 @@ import RampartStore
 
 /// Where the store is, where the daemons listen, and whether to wait for them.
 struct ControllerOptions: ParsableArguments {
-    @Option(help: "The store: a SQLite file, or postgres://USER@HOST[:PORT]/DATABASE (default: $RAMPART_STORE, else \(StoreAddress.defaultPath)).")
+    @Option(help: "The store: a SQLite file, or postgres://USER@HOST[:PORT]/DATABASE?sslrootcert=CA.pem (docs/postgres.md; default: $RAMPART_STORE, else \(StoreAddress.defaultPath)).")
     var store: String?
 
     @Option(name: .long, help: "A daemon's API socket (repeat for several daemons; each serves the host its status names). SQLite store only: with PostgreSQL the change log delivers.")

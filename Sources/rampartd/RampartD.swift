@@ -22,7 +22,7 @@ struct RampartD: AsyncParsableCommand {
     @Option(help: "The name of this hypervisor (instances whose host is this name are filtered here).")
     var host: String
 
-    @Option(help: "The store: a SQLite file, or postgres://USER@HOST[:PORT]/DATABASE (default: $RAMPART_STORE, else /var/lib/rampart/rampart.db). A SQLite file must exist (rampartd never creates one) and, with its directory, be owned by root and not writable by group or others; a PostgreSQL store must have this version's schema, and its change log then delivers this host's refresh calls.")
+    @Option(help: "The store: a SQLite file, or postgres://USER@HOST[:PORT]/DATABASE?sslrootcert=CA.pem (docs/postgres.md; default: $RAMPART_STORE, else /var/lib/rampart/rampart.db). A SQLite file must exist (rampartd never creates one) and, with its directory, be owned by root and not writable by group or others; a PostgreSQL store must have this version's schema, and its change log then delivers this host's refresh calls.")
     var store: String?
 
     @Option(help: "The API's Unix socket (mode 0600: root only).")

@@ -687,7 +687,7 @@ final class Heard: @unchecked Sendable {
         #expect(try StoreAddress("/var/lib/rampart/x.db", environment: env) == .sqlite(path: "/var/lib/rampart/x.db"))
         #expect(try StoreAddress(nil, environment: env) == .sqlite(path: StoreAddress.defaultPath))
         #expect(try StoreAddress(nil, environment: ["RAMPART_STORE": "/tmp/a.db"]) == .sqlite(path: "/tmp/a.db"))
-        guard case .postgres(let l) = try StoreAddress("postgres://ctl@db.example:6543/rampart", environment: env) else {
+        guard case .postgres(let l) = try StoreAddress("postgres://ctl@db.example:6543/rampart?sslrootcert=/etc/ca.pem", environment: env) else {
             Issue.record("not postgres")
             return
         }
@@ -706,6 +706,7 @@ final class Heard: @unchecked Sendable {
             ("postgres://u@h/", "no database"),
             ("postgres://u@h:99999/d", "port"),
             ("postgres://u@h/d?sslmode=maybe", "sslmode"),
+            ("postgres://u@h/d", "sslmode=verify-full (the default over TCP) needs sslrootcert"),
             ("postgres://u@h/d?colour=red", "unknown parameter colour"),
             ("postgres://u@/d?host=/run/pg&sslmode=require", "over a Unix socket"),
             ("postgres://u:hunter2@h/d?port=1&port=2", "given twice"),
