@@ -69,6 +69,12 @@ struct ControllerBench: ParsableCommand {
     @Option(help: "The daemons' read-ahead: a log page of at most this many rows comes with its refreshes' reads (0: off, each refresh reads the store; to compare in runs side by side).")
     var readAhead: Int = ChangeLogFollower.Settings().readAhead
 
+    @Option(help: "How every client reaches the server: socket (its Unix socket, the default), tcp (127.0.0.1, plain), or tls (127.0.0.1, TLS with verify-full against a throwaway CA), to see what production's TCP and TLS add.")
+    var connection: StoreConnection = .socket
+
+    /// How the bench's clients reach the server (`--connection`).
+    enum StoreConnection: String, ExpressibleByArgument, CaseIterable { case socket, tcp, tls }
+
     static let daemonCount = 10
 
     func run() throws {
@@ -78,13 +84,16 @@ struct ControllerBench: ParsableCommand {
         guard g % 10 == 0, g >= 20, h > Self.daemonCount, i >= 1_000 + h, i < 16_000_000 else {
             throw ValidationError("--groups a multiple of 10, --hosts > \(Self.daemonCount), 1,000 + hosts ≤ --instances < 16M")
         }
-        let cluster = try PostgresCluster(database: "rampart", maxConnections: 100,
+        let cluster = try PostgresCluster(database: "rampart", allowTCP: connection != .socket, maxConnections: 100,
                                           settings: statementStats ? ["shared_preload_libraries": "'pg_stat_statements'", "pg_stat_statements.track": "all"] : [:])
         defer { cluster.destroy() }
         try cluster.start()
         _ = try cluster.psql("ALTER SYSTEM SET shared_buffers = '1GB'")
         try cluster.restart()
-        let url = cluster.url
+        let pki = connection == .tls ? try ThrowawayPKI() : nil
+        defer { pki?.remove() }
+        let url = try Self.url(cluster, connection, pki: pki)
+        report.note("store connections: \(connection.rawValue) (\(url))")
         let ctl = try PostgresStore(url: url, migrate: true)
 
         // Load: server-side SQL, one transaction, then ANALYZE.
@@ -292,6 +301,26 @@ struct ControllerBench: ParsableCommand {
     /// The statements that took the server's time since the last reset (`pg_stat_statements`,
     /// top-level and nested: a function's statements appear beside its call), per verb; then
     /// resets the counts.
+    /// The URL every client of the bench uses: the cluster's socket, or its TCP port, plain or
+    /// with TLS (a server certificate for localhost from `pki`'s CA, which the URL trusts; the
+    /// server then refuses plain TCP).
+    static func url(_ cluster: PostgresCluster, _ connection: StoreConnection, pki: ThrowawayPKI?) throws -> String {
+        let tcp = "postgres://\(cluster.user)@localhost:\(cluster.port)/\(cluster.database)"
+        switch connection {
+        case .socket:
+            return cluster.url
+        case .tcp:
+            try cluster.configureTCP(authentication: ["host all all 127.0.0.1/32 trust"], tls: nil)
+            return tcp + "?sslmode=disable"
+        case .tls:
+            guard let pki else { throw ValidationError("--connection tls: no certificates") }
+            let server = try pki.certificate("server", commonName: "localhost", altNames: ["DNS:localhost"])
+            try cluster.configureTCP(authentication: ["hostssl all all 127.0.0.1/32 trust", "hostnossl all all 127.0.0.1/32 reject"],
+                                     tls: .init(certificate: server.certificate, key: server.key))
+            return tcp + "?sslrootcert=\(pki.path("ca.pem"))"
+        }
+    }
+
     func printStatementStats(_ cluster: PostgresCluster, _ series: String, verbs: Int) throws {
         let out = try cluster.psql("""
             SELECT round((total_exec_time + total_plan_time)::numeric * 1000 / \(verbs)) AS us_per_verb, calls / \(verbs) AS calls_per_verb,

@@ -589,17 +589,10 @@ struct RelayTests {
     /// is one that names the relay by a name the certificate does not carry.
     @Test func tlsRelaysToATrustingSessionOnly() throws {
         let f = try RelayFixture("relay_tls")
-        let dir = tempDir("relaytls")
-        func openssl(_ args: [String]) throws { _ = try runCommand(["openssl"] + args, check: true) }
-        for ca in ["ca", "other"] {
-            try openssl(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
-                         "-subj", "/CN=\(ca)", "-keyout", "\(dir)/\(ca).key", "-out", "\(dir)/\(ca).pem"])
-        }
-        try openssl(["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-subj", "/CN=localhost",
-                     "-keyout", "\(dir)/relay.key", "-out", "\(dir)/relay.csr"])
-        try "subjectAltName=DNS:localhost\n".write(toFile: "\(dir)/ext", atomically: true, encoding: .utf8)
-        try openssl(["x509", "-req", "-in", "\(dir)/relay.csr", "-CA", "\(dir)/ca.pem", "-CAkey", "\(dir)/ca.key", "-CAcreateserial",
-                     "-days", "1", "-extfile", "\(dir)/ext", "-out", "\(dir)/relay.pem"])
+        let pki = try ThrowawayPKI()
+        defer { pki.remove() }
+        let dir = pki.directory
+        try pki.certificate("relay", commonName: "localhost", altNames: ["DNS:localhost"])
         // The key is a secret: one others can read is refused, naming its mode.
         chmod("\(dir)/relay.key", 0o644)
         #expect {

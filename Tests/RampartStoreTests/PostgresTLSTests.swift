@@ -3,42 +3,6 @@ import RampartHarness
 import RampartStore
 import Testing
 
-/// A throwaway PKI made with the openssl CLI: two CAs (`ca`, trusted by the tests, and `other`),
-/// certificates signed by either, each with the subject alternative names asked for.
-private struct TestPKI {
-    let directory: String
-
-    init() throws {
-        var template = Array("/tmp/rampart-pki-XXXXXX".utf8CString)
-        guard let made = mkdtemp(&template) else { throw HarnessError("mkdtemp failed") }
-        directory = String(cString: made)
-        for ca in ["ca", "other"] {
-            try Self.openssl(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
-                              "-subj", "/CN=rampart test \(ca)", "-keyout", path("\(ca).key"), "-out", path("\(ca).pem")])
-        }
-    }
-
-    func path(_ name: String) -> String { directory + "/" + name }
-
-    /// `<name>.pem` and `<name>.key` (mode 0600): common name `commonName`, signed by `ca`,
-    /// with `altNames` (`DNS:localhost`, `IP:127.0.0.1`) when given.
-    @discardableResult
-    func certificate(_ name: String, commonName: String, altNames: [String] = [], ca: String = "ca") throws -> (certificate: String, key: String) {
-        try Self.openssl(["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-subj", "/CN=\(commonName)",
-                          "-keyout", path("\(name).key"), "-out", path("\(name).csr")])
-        let ext = altNames.isEmpty ? "basicConstraints=CA:FALSE\n" : "subjectAltName=\(altNames.joined(separator: ","))\n"
-        try ext.write(toFile: path("\(name).ext"), atomically: true, encoding: .utf8)
-        try Self.openssl(["x509", "-req", "-in", path("\(name).csr"), "-CA", path("\(ca).pem"), "-CAkey", path("\(ca).key"),
-                          "-CAcreateserial", "-days", "1", "-extfile", path("\(name).ext"), "-out", path("\(name).pem")])
-        chmod(path("\(name).key"), 0o600)
-        return (path("\(name).pem"), path("\(name).key"))
-    }
-
-    func remove() { try? FileManager.default.removeItem(atPath: directory) }
-
-    private static func openssl(_ args: [String]) throws { _ = try runCommand(["openssl"] + args, check: true) }
-}
-
 /// The store's connection over TCP as production runs it: TLS that checks the server's
 /// certificate (its CA and its name or address), no fall-back to plain text, and password or
 /// client-certificate authentication, against a real PostgreSQL configured for each. Every
@@ -83,7 +47,7 @@ struct PostgresTLSTests {
     /// to. The system's roots (`sslrootcert=system`) do not vouch for a private CA. `require`
     /// encrypts without checking. `disable` meets the server's `hostnossl … reject`.
     @Test func verifyFullTrustsOnlyItsCAAndTheNameItDialled() throws {
-        let pki = try TestPKI()
+        let pki = try ThrowawayPKI()
         defer { pki.remove() }
         let named = try pki.certificate("named", commonName: "localhost", altNames: ["DNS:localhost"])
         let addressed = try pki.certificate("addressed", commonName: "127.0.0.1", altNames: ["IP:127.0.0.1"])
@@ -133,7 +97,7 @@ struct PostgresTLSTests {
     /// `require` and `verify-full` never fall back to plain text: a server that does not speak
     /// TLS is refused (and `disable` reaches it, so the refusal is about TLS alone).
     @Test func tlsIsNeverDowngradedToPlainText() throws {
-        let pki = try TestPKI()
+        let pki = try ThrowawayPKI()
         defer { pki.remove() }
         let cluster = try PostgresCluster(allowTCP: true)
         try cluster.start()
@@ -150,7 +114,7 @@ struct PostgresTLSTests {
     /// a client certificate must chain to the server's client CA and name the user; a client
     /// key others can read is refused before connecting.
     @Test func passwordsAndClientCertificatesAuthenticate() throws {
-        let pki = try TestPKI()
+        let pki = try ThrowawayPKI()
         defer { pki.remove() }
         let server = try pki.certificate("server", commonName: "localhost", altNames: ["DNS:localhost"])
         let cluster = try PostgresCluster(allowTCP: true)
