@@ -1,4 +1,5 @@
 import Foundation
+import RampartCore
 import RampartHarness
 import RampartStore
 import Testing
@@ -60,6 +61,22 @@ struct PostgresTLSTests {
         try write(url(cluster, "sslmode=verify-full&\(ca)"), group: "by-name")
         // The URL's default over TCP is verify-full.
         try write(url(cluster, ca), group: "by-default")
+        // A daemon's two connections over it: the LISTEN hears a verb's NOTIFY, and a read armed
+        // on it brings the page its host's log holds.
+        let daemonLocation = try PostgresLocation(url: url(cluster, ca), environment: [:])
+        let store = try PostgresStore(location: daemonLocation, migrate: false)
+        let wakeups = PostgresWakeups(location: daemonLocation)
+        let heard = Heard(), pages = Delivered()
+        try wakeups.start { heard.add($0) }
+        defer { wakeups.stop() }
+        _ = try store.addInstance("web-1", Instance(host: "hv1", groups: ["by-name"], ips: [ip("10.0.0.5")], interface: "tap1"))
+        #expect(heard.waitFor(count: 1, timeout: 5).last == .appended(hosts: ["hv1"]))
+        let position = try store.entries(host: "hv1", after: 0, limit: 1000).head
+        wakeups.arm(host: "hv1", after: position, limit: 1000, readingAhead: 16) { pages.add($0) }
+        let ssh = try store.authorize(group: "by-name", rule: try rule(#"{"protocol":"tcp","ports":"22","cidr":"0.0.0.0/0"}"#, "by-name"))
+        #expect(heard.waitFor(count: 2, timeout: 5).last == .appended(hosts: ["hv1"]))
+        let got = try #require(pages.waitFor(count: 1, timeout: 5).first ?? nil)
+        #expect(got.page.entries.map(\.sequence) == ssh.map(\.sequence) && got.page.entries.map(\.refresh) == [.rules("by-name")])
         refused(url(cluster, "sslmode=verify-full&sslrootcert=\(pki.path("other.pem"))"),
                 "the server's certificate is not signed by a CA of sslrootcert (\(pki.path("other.pem")))")
         refused(url(cluster, "sslmode=verify-full&sslrootcert=system"), "the server's certificate is not signed by a CA of sslrootcert (the system's roots)")
