@@ -105,13 +105,11 @@ final class PostgresSyncConnection: SQLConnection, @unchecked Sendable {
         var t = TLSConfiguration.makeClientConfiguration()
         if location.tls == .require { t.certificateVerification = .none }
         // The files are named here: NIOSSL's own error for a missing one names no path.
-        for (file, parameter) in [(location.rootCertificate, "sslrootcert"), (location.clientCertificate, "sslcert")] {
-            guard let file, file != PostgresLocation.systemRoots || parameter != "sslrootcert" else { continue }
-            guard access(file, R_OK) == 0 else {
-                throw StoreError(.invalid, "store \(location): cannot read \(parameter) \(file): \(String(cString: strerror(errno)))")
-            }
+        for case let (file?, parameter) in [(location.rootCertificateFile, "sslrootcert"), (location.clientCertificate, "sslcert")]
+        where access(file, R_OK) != 0 {
+            throw StoreError(.invalid, "store \(location): cannot read \(parameter) \(file): \(String(cString: strerror(errno)))")
         }
-        if let ca = location.rootCertificate, ca != PostgresLocation.systemRoots { t.trustRoots = .file(ca) }
+        if let ca = location.rootCertificateFile { t.trustRoots = .file(ca) }
         do {
             if let certificate = location.clientCertificate, let key = location.clientKey {
                 let pem = try SecretFile.read(key, what: "the TLS client key (sslkey)")
@@ -384,7 +382,7 @@ final class PostgresSyncConnection: SQLConnection, @unchecked Sendable {
             return "the server's certificate names neither \(location.host ?? "") nor the address connected to (\(raw))"
         }
         if raw.contains("CERTIFICATE_VERIFY_FAILED") {
-            let ca = location.rootCertificate.map { $0 == PostgresLocation.systemRoots ? "the system's roots" : $0 } ?? ""
+            let ca = location.rootCertificateFile ?? "the system's roots"
             return "the server's certificate is not signed by a CA of sslrootcert (\(ca)), or has expired (\(raw))"
         }
         if raw.contains("ALERT_UNKNOWN_CA") || raw.contains("ALERT_BAD_CERTIFICATE") || raw.contains("ALERT_CERTIFICATE_REQUIRED") {

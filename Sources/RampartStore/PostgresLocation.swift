@@ -37,6 +37,8 @@ public struct PostgresLocation: Sendable, Equatable, CustomStringConvertible {
     public var rootCertificate: String?
     /// The `sslrootcert` that names the system's trusted roots instead of a file.
     public static let systemRoots = "system"
+    /// The CA file `verify-full` trusts; nil for the system's roots (or without `verify-full`).
+    public var rootCertificateFile: String? { rootCertificate == Self.systemRoots ? nil : rootCertificate }
     /// The client's certificate chain (PEM, `sslcert`) and its private key (PEM, `sslkey`),
     /// sent when the server asks for one; both or neither.
     public var clientCertificate: String?

@@ -196,7 +196,7 @@ public final class PostgresWakeups: PrefetchingWakeups, @unchecked Sendable {
         do {
             c = try PostgresConnection.connect(on: eventLoopGroup.next(), configuration: config, id: 2, logger: logger).wait()
         } catch {
-            throw StoreError(.unavailable, "cannot connect to the store \(location) to LISTEN: \(PostgresSyncConnection.describe(error))")
+            throw StoreError(.unavailable, "cannot connect to the store \(location) to LISTEN: \(PostgresSyncConnection.describeConnecting(error, to: location))")
         }
         let myGeneration: Int = lock.withLock {
             generation += 1
