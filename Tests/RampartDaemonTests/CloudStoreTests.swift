@@ -8,6 +8,8 @@ import Testing
 /// A small cloud on one machine, end to end: three hypervisors (`CloudTopology`, one namespace
 /// each, two instances each, IPv4 and IPv6), one throwaway PostgreSQL, the real `rampartd` on
 /// every hypervisor following its host's change log, and the real `rampart` controller verbs.
+/// Everyone reaches the store as a cloud would: over TCP with verified TLS (a certificate for
+/// localhost from a throwaway CA; the server refuses plain TCP).
 final class StoreCloud: @unchecked Sendable {
     static let spec = CloudTopologySpec.grid(hypervisors: 3, instancesEach: 2)
     static let hosts = spec.hypervisors.map(\.name)
@@ -16,6 +18,9 @@ final class StoreCloud: @unchecked Sendable {
     static let seeded: [String: [String]] = ["vm1-1": ["web"], "vm1-2": ["app"], "vm2-1": ["db"], "vm2-2": ["app"], "vm3-1": ["app"]]
 
     let cluster: PostgresCluster
+    /// The store's URL for everyone: TLS to 127.0.0.1, verified against `pki`'s CA.
+    let url: String
+    let pki: ThrowawayPKI
     let cloud: CloudTopology
     /// The test's own connection (seeding, documents); the daemons and the CLI have theirs.
     let store: PostgresStore
@@ -27,20 +32,28 @@ final class StoreCloud: @unchecked Sendable {
     /// The cluster, the cloud, the seeded store and a ready daemon per hypervisor; whatever was
     /// made is removed again if a step fails.
     init() throws {
-        let cluster = try PostgresCluster(database: "rampart")
+        let cluster = try PostgresCluster(database: "rampart", allowTCP: true)
+        let pki = try ThrowawayPKI()
         var cloud: CloudTopology?
         do {
             try cluster.start()
+            let server = try pki.certificate("server", commonName: "localhost", altNames: ["DNS:localhost"])
+            try cluster.configureTCP(authentication: ["hostssl all all 127.0.0.1/32 trust", "hostnossl all all 127.0.0.1/32 reject"],
+                                     tls: .init(certificate: server.certificate, key: server.key))
+            let url = "postgres://\(cluster.user)@localhost:\(cluster.port)/\(cluster.database)?sslrootcert=\(pki.path("ca.pem"))"
             cloud = try CloudTopology(Self.spec)
-            let store = try PostgresStore(url: cluster.url, migrate: true)
+            let store = try PostgresStore(url: url, migrate: true)
             try Self.seed(store)
             self.cluster = cluster
+            self.url = url
+            self.pki = pki
             self.cloud = cloud!
             self.store = store
             dir = tempDir("cloud")
         } catch {
             cloud?.destroy()
             cluster.destroy()
+            pki.remove()
             throw error
         }
         do {
@@ -93,7 +106,7 @@ final class StoreCloud: @unchecked Sendable {
 
     /// Starts `host`'s rampartd and returns once it is ready (its first sync done).
     func start(_ host: String) throws {
-        let d = try DaemonProcessTests.DaemonProcess(host: host, store: cluster.url, socket: socket(host),
+        let d = try DaemonProcessTests.DaemonProcess(host: host, store: url, socket: socket(host),
                                                      netns: cloud.namespace(ofHypervisor: host))
         lock.withLock { daemons[host] = d }
     }
@@ -117,6 +130,7 @@ final class StoreCloud: @unchecked Sendable {
         store.disconnect()
         cloud.destroy()
         cluster.destroy()
+        pki.remove()
     }
 
     /// What a daemon's `/v1/status` says of its commits and its change log.
@@ -139,7 +153,7 @@ final class StoreCloud: @unchecked Sendable {
     /// The real `rampart` with `--store` this cloud's PostgreSQL.
     @discardableResult
     func cli(_ args: [String]) throws -> CommandResult {
-        try runCommand([executable("rampart")] + args + ["--store", cluster.url])
+        try runCommand([executable("rampart")] + args + ["--store", url])
     }
 
     // MARK: oracles (psql, not the store's code)
@@ -366,7 +380,7 @@ struct CloudStoreTests {
             var passed: [String] = []
         }
         let shared = Shared()
-        let url = c.cluster.url
+        let url = c.url
         let burst = Thread {
             var verbs = RandomVerbs(rng: SplitMix64(state: seed))
             for _ in 0..<36 {
