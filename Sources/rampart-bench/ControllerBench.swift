@@ -654,6 +654,7 @@ final class SQLiteBaseline {
         dir = FileManager.default.temporaryDirectory.appendingPathComponent("rampart-ctlbench-\(getpid())").path
         try? FileManager.default.removeItem(atPath: dir)
         store = try SQLiteStore(path: dir + "/rampart.db")
+        store.deferCheckpoints()
         var t0 = monotonicNanos()
         for h in hosts { _ = try store.importDocument(try postgres.exportDocument(forHost: h)) }
         report.note("SQLite baseline: the \(hosts.count) daemon hosts' documents exported from PostgreSQL and imported in \(formatDuration(monotonicNanos() - t0))")
@@ -705,6 +706,8 @@ final class SQLiteBaseline {
             }
             out.hostsNotified = Set(deliveries.map(\.host)).count
             out.applied.append(monotonicNanos() - t0)
+            // As `rampart` does: the WAL checkpoint after the deliveries, not in the COMMIT.
+            try store.checkpointIfDue()
         }
         return out
     }

@@ -44,6 +44,15 @@ struct ControllerOptions: ParsableArguments {
     /// failed or is unreachable (nothing changed), 4 a delivery failed or --wait timed out.
     func change(_ body: (SQLStore) throws(StoreError) -> [Delivery]) throws {
         let st = try open()
+        // SQLite: the WAL checkpoint a COMMIT may run is taken after the deliveries instead, off
+        // the path from the verb to the daemons' commits (SQLiteStore.deferCheckpoints).
+        let sqlite = st as? SQLiteStore
+        sqlite?.deferCheckpoints()
+        defer {
+            do { try sqlite?.checkpointIfDue() } catch {
+                FileHandle.standardError.write(Data("rampart: warning: the store's WAL checkpoint failed (the next verb tries again): \(error.message)\n".utf8))
+            }
+        }
         let deliveries: [Delivery]
         do { deliveries = try body(st) } catch {
             let code: Int32 = switch error.kind { case .invalid, .notFound, .conflict: 1; case .database, .unavailable, .missing, .unsafe: 3 }
