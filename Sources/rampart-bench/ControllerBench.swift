@@ -298,9 +298,6 @@ struct ControllerBench: ParsableCommand {
         report.finish()
     }
 
-    /// The statements that took the server's time since the last reset (`pg_stat_statements`,
-    /// top-level and nested: a function's statements appear beside its call), per verb; then
-    /// resets the counts.
     /// The URL every client of the bench uses: the cluster's socket, or its TCP port, plain or
     /// with TLS (a server certificate for localhost from `pki`'s CA, which the URL trusts; the
     /// server then refuses plain TCP).
@@ -321,6 +318,9 @@ struct ControllerBench: ParsableCommand {
         }
     }
 
+    /// The statements that took the server's time since the last reset (`pg_stat_statements`,
+    /// top-level and nested: a function's statements appear beside its call), per verb; then
+    /// resets the counts.
     func printStatementStats(_ cluster: PostgresCluster, _ series: String, verbs: Int) throws {
         let out = try cluster.psql("""
             SELECT round((total_exec_time + total_plan_time)::numeric * 1000 / \(verbs)) AS us_per_verb, calls / \(verbs) AS calls_per_verb,
