@@ -104,10 +104,8 @@ final class PostgresSyncConnection: SQLConnection, @unchecked Sendable {
     static func tlsContext(_ location: PostgresLocation) throws(StoreError) -> NIOSSLContext {
         var t = TLSConfiguration.makeClientConfiguration()
         if location.tls == .require { t.certificateVerification = .none }
-        // The files are named here: NIOSSL's own error for a missing one names no path.
-        for case let (file?, parameter) in [(location.rootCertificateFile, "sslrootcert"), (location.clientCertificate, "sslcert")]
-        where access(file, R_OK) != 0 {
-            throw StoreError(.invalid, "store \(location): cannot read \(parameter) \(file): \(String(cString: strerror(errno)))")
+        for case let (file?, parameter) in [(location.rootCertificateFile, "sslrootcert"), (location.clientCertificate, "sslcert")] {
+            try checkCertificateFile(file, parameter, location)
         }
         if let ca = location.rootCertificateFile { t.trustRoots = .file(ca) }
         do {
@@ -359,6 +357,23 @@ final class PostgresSyncConnection: SQLConnection, @unchecked Sendable {
     static func closeSoon(_ c: PostgresConnection) {
         let closing: EventLoopFuture<Void> = c.close()
         _ = closing
+    }
+
+    /// A certificate file the connection trusts or presents: readable (named here: NIOSSL's own
+    /// error for a missing file names no path), and writable by nobody but its owner, this
+    /// process's user or root. Not secret, but whoever can write the CA file chooses which
+    /// servers `verify-full` accepts.
+    static func checkCertificateFile(_ file: String, _ parameter: String, _ location: PostgresLocation) throws(StoreError) {
+        var st = stat()
+        guard stat(file, &st) == 0, access(file, R_OK) == 0 else {
+            throw StoreError(.invalid, "store \(location): cannot read \(parameter) \(file): \(String(cString: strerror(errno)))")
+        }
+        if st.st_uid != geteuid() && st.st_uid != 0 {
+            throw StoreError(.unsafe, "store \(location): \(parameter) \(file) is owned by uid \(st.st_uid), not by this process's user or root: its owner could change whom this trusts (chown it)")
+        }
+        if st.st_mode & 0o022 != 0 {
+            throw StoreError(.unsafe, "store \(location): \(parameter) \(file) has mode \(StoreFiles.modeText(st.st_mode)): writable by group or others, who could change whom this trusts (chmod go-w)")
+        }
     }
 
     /// Why connecting failed, in the URL's terms where the library's words are a code: what

@@ -80,8 +80,12 @@ struct PostgresTLSTests {
         refused(url(cluster, "sslmode=verify-full&sslrootcert=\(pki.path("other.pem"))"),
                 "the server's certificate is not signed by a CA of sslrootcert (\(pki.path("other.pem")))")
         refused(url(cluster, "sslmode=verify-full&sslrootcert=system"), "the server's certificate is not signed by a CA of sslrootcert (the system's roots)")
-        // A missing CA file is named.
+        // A missing CA file is named; one that others can write is refused (they would choose
+        // whom this trusts).
         refused(url(cluster, "sslrootcert=\(pki.path("missing.pem"))"), "cannot read sslrootcert \(pki.path("missing.pem")): No such file")
+        chmod(pki.path("ca.pem"), 0o666)
+        refused(url(cluster, ca), "sslrootcert \(pki.path("ca.pem")) has mode 0666: writable by group or others")
+        chmod(pki.path("ca.pem"), 0o644)
         // The certificate names localhost, not 127.0.0.1.
         refused(url(cluster, host: "127.0.0.1", "sslmode=verify-full&\(ca)"), "the server's certificate names neither 127.0.0.1 nor the address connected to")
         // require: encrypted (the server takes nothing else), the certificate not checked.
